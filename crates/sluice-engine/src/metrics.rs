@@ -1,0 +1,106 @@
+//! Run metrics: live progress counters and the summary of a finished run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Counters a UI can poll while a pipeline runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Rows read by all sources so far.
+    pub rows_read: Arc<AtomicU64>,
+    /// Estimated rows the run will read in total (0 = unknown).
+    pub rows_expected: AtomicU64,
+    /// Epochs committed in this run.
+    pub epochs_committed: AtomicU64,
+    /// Rows committed by all sinks in this run.
+    pub rows_committed: AtomicU64,
+    /// Files committed by all sinks in this run.
+    pub files_committed: AtomicU64,
+}
+
+impl Progress {
+    /// A snapshot: (rows read, rows expected or 0, epochs committed).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.rows_read.load(Ordering::Relaxed),
+            self.rows_expected.load(Ordering::Relaxed),
+            self.epochs_committed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What one component did over a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ComponentStats {
+    /// Component name.
+    pub name: String,
+    /// `source`, `stage` or `sink`.
+    pub role: String,
+    /// Kind (`tpch`, `sql`, `parquet`, ...).
+    pub kind: String,
+    /// Rows that reached it.
+    pub rows_in: u64,
+    /// Rows it produced (for sinks: rows committed).
+    pub rows_out: u64,
+    /// Batches it produced.
+    pub batches: u64,
+    /// Bytes it produced (Arrow buffer sizes; for sinks, file bytes).
+    pub bytes: u64,
+    /// Time from its first to its last batch, summed over epochs.
+    #[serde(serialize_with = "secs")]
+    pub wall: Duration,
+    /// Files committed (sinks only).
+    pub files: u64,
+}
+
+impl ComponentStats {
+    /// Rows out per second of wall time.
+    pub fn rows_per_sec(&self) -> f64 {
+        per_sec(self.rows_out as f64, self.wall)
+    }
+    /// Megabytes (10^6) out per second of wall time.
+    pub fn mb_per_sec(&self) -> f64 {
+        per_sec(self.bytes as f64 / 1e6, self.wall)
+    }
+}
+
+fn per_sec(v: f64, d: Duration) -> f64 {
+    if d.is_zero() { 0.0 } else { v / d.as_secs_f64() }
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// The summary of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// `name@version`.
+    pub pipeline: String,
+    /// Id of the run (in its file names and commits).
+    pub run_id: String,
+    /// Epochs committed by this run.
+    pub epochs: u64,
+    /// The epoch the run started at (0 for a fresh sink).
+    pub first_epoch: u64,
+    /// Files of earlier, interrupted runs that were deleted.
+    pub removed_files: Vec<String>,
+    /// Per-component stats: sources, stages, sinks, in pipeline order.
+    pub components: Vec<ComponentStats>,
+    /// Wall time of the run.
+    #[serde(serialize_with = "secs")]
+    pub wall: Duration,
+    /// Sink name → URL.
+    pub outputs: BTreeMap<String, String>,
+}
+
+impl RunSummary {
+    /// The stats of a component by name.
+    pub fn component(&self, name: &str) -> Option<&ComponentStats> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}

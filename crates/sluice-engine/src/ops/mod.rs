@@ -1,0 +1,5 @@
+//! sluice's own physical operators, one per module.
+
+pub mod line_scan;
+pub mod stage;
+pub mod tpch_scan;

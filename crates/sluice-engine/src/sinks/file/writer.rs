@@ -1,0 +1,136 @@
+//! Writers of one output file per format.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use object_store::ObjectStore;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::file::properties::WriterProperties;
+use tokio::io::AsyncWriteExt;
+
+/// The file format a sink writes.
+#[derive(Debug, Clone)]
+pub enum OutputFormat {
+    /// Parquet with these writer properties.
+    Parquet(WriterProperties),
+    /// CSV.
+    Csv {
+        /// Header line in every file.
+        header: bool,
+        /// Field delimiter.
+        delimiter: u8,
+    },
+    /// JSON lines.
+    Jsonl,
+}
+
+impl OutputFormat {
+    /// File extension, without the dot.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            OutputFormat::Parquet(_) => "parquet",
+            OutputFormat::Csv { .. } => "csv",
+            OutputFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// Errors while writing one file.
+pub type WriteResult<T> = Result<T, String>;
+
+/// One output file being written.
+pub enum OpenFile {
+    /// A Parquet file.
+    Parquet(Box<AsyncArrowWriter<BufWriter>>),
+    /// A text file (CSV or JSON lines).
+    Text {
+        /// The upload.
+        upload: BufWriter,
+        /// CSV or JSON lines.
+        format: OutputFormat,
+        /// Whether a batch was written already (the CSV header goes first only).
+        started: bool,
+        /// Bytes handed to the upload.
+        written: u64,
+    },
+}
+
+impl OpenFile {
+    /// Starts a file at `path`.
+    pub fn create(store: Arc<dyn ObjectStore>, path: ObjectPath, format: &OutputFormat, schema: SchemaRef) -> WriteResult<Self> {
+        match format {
+            OutputFormat::Parquet(props) => {
+                let w = AsyncArrowWriter::try_new(BufWriter::new(store, path), schema, Some(props.clone()))
+                    .map_err(|e| e.to_string())?;
+                Ok(OpenFile::Parquet(Box::new(w)))
+            }
+            other => Ok(OpenFile::Text { upload: BufWriter::new(store, path), format: other.clone(), started: false, written: 0 }),
+        }
+    }
+
+    /// Appends a batch.
+    pub async fn write(&mut self, batch: &RecordBatch) -> WriteResult<()> {
+        match self {
+            OpenFile::Parquet(w) => w.write(batch).await.map_err(|e| e.to_string()),
+            OpenFile::Text { upload, format, started, written } => {
+                let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2);
+                match format {
+                    OutputFormat::Csv { header, delimiter } => {
+                        let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                            .with_header(*header && !*started)
+                            .with_delimiter(*delimiter)
+                            .build(&mut buf);
+                        w.write(batch).map_err(|e| e.to_string())?;
+                    }
+                    _ => {
+                        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+                        w.write(batch).map_err(|e| e.to_string())?;
+                        w.finish().map_err(|e| e.to_string())?;
+                    }
+                }
+                *started = true;
+                *written += buf.len() as u64;
+                upload.put(Bytes::from(buf)).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Estimated size of the file so far (including buffered rows).
+    pub fn size(&self) -> u64 {
+        match self {
+            OpenFile::Parquet(w) => (w.bytes_written() + w.in_progress_size()) as u64,
+            OpenFile::Text { written, .. } => *written,
+        }
+    }
+
+    /// Finishes the file; returns its size in bytes.
+    pub async fn finish(self) -> WriteResult<u64> {
+        match self {
+            OpenFile::Parquet(mut w) => {
+                w.finish().await.map_err(|e| e.to_string())?;
+                Ok(w.bytes_written() as u64)
+            }
+            OpenFile::Text { mut upload, written, .. } => {
+                upload.shutdown().await.map_err(|e| e.to_string())?;
+                Ok(written)
+            }
+        }
+    }
+
+    /// Gives the file up (its partial upload is discarded).
+    pub async fn abort(self) {
+        match self {
+            OpenFile::Parquet(w) => {
+                let mut inner = w.into_inner();
+                let _ = inner.abort().await;
+            }
+            OpenFile::Text { mut upload, .. } => {
+                let _ = upload.abort().await;
+            }
+        }
+    }
+}

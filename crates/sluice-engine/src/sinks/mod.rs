@@ -1,0 +1,173 @@
+//! Sinks: where rows are delivered.
+//!
+//! A [`Sink`] writes one epoch's rows, then commits them. File sinks
+//! (`parquet`, `csv`, `jsonl`) write uniquely named files to any object store
+//! and then create one commit file per epoch, so output appears atomically and
+//! exactly once (see [`crate::commit_log`]). `stdout` prints a table, for
+//! debugging, and keeps no log.
+
+pub mod file;
+pub mod stdout;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use sluice_contract::{LineageEntry, Provenance};
+
+pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
+pub use stdout::StdoutSinkConfig;
+
+use crate::commit_log::{CommittedFile, SourceOffsets};
+use crate::error::Result;
+use crate::spec::{PipelineSpec, decode_table};
+use crate::storage::StoreRegistry;
+
+/// The config of one sink, by kind: the registry of sink kinds.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// `kind = "parquet"`.
+    Parquet(ParquetSinkConfig),
+    /// `kind = "csv"`.
+    Csv(CsvSinkConfig),
+    /// `kind = "jsonl"`.
+    Jsonl(JsonlSinkConfig),
+    /// `kind = "stdout"`.
+    Stdout(StdoutSinkConfig),
+}
+
+impl SinkConfig {
+    /// Every sink kind a pipeline file can name.
+    pub const KINDS: [&'static str; 4] = ["parquet", "csv", "jsonl", "stdout"];
+
+    /// Decodes the table of a sink of the given kind.
+    pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
+        match kind {
+            "parquet" => decode_table(table).map(SinkConfig::Parquet),
+            "csv" => decode_table(table).map(SinkConfig::Csv),
+            "jsonl" => decode_table(table).map(SinkConfig::Jsonl),
+            "stdout" => decode_table(table).map(SinkConfig::Stdout),
+            other => Err(format!("unknown kind `{other}`")),
+        }
+    }
+
+    /// The kind as written in pipeline files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Csv(_) => "csv",
+            SinkConfig::Jsonl(_) => "jsonl",
+            SinkConfig::Stdout(_) => "stdout",
+        }
+    }
+
+    /// The input (stage or source) this sink reads.
+    pub fn input(&self) -> &str {
+        match self {
+            SinkConfig::Parquet(c) => &c.input,
+            SinkConfig::Csv(c) => &c.input,
+            SinkConfig::Jsonl(c) => &c.input,
+            SinkConfig::Stdout(c) => &c.input,
+        }
+    }
+
+    /// The URL the sink writes to, if it writes files.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Parquet(c) => Some(&c.url),
+            SinkConfig::Csv(c) => Some(&c.url),
+            SinkConfig::Jsonl(c) => Some(&c.url),
+            SinkConfig::Stdout(_) => None,
+        }
+    }
+
+    /// Opens the sink.
+    pub fn open(&self, name: &str, spec: &PipelineSpec, stores: &StoreRegistry) -> Result<Arc<dyn Sink>> {
+        match self {
+            SinkConfig::Parquet(c) => file::FileSink::open_parquet(name, c, spec, stores),
+            SinkConfig::Csv(c) => file::FileSink::open_csv(name, c, spec, stores),
+            SinkConfig::Jsonl(c) => file::FileSink::open_jsonl(name, c, spec, stores),
+            SinkConfig::Stdout(c) => Ok(Arc::new(stdout::StdoutSink::new(name, c.clone()))),
+        }
+    }
+}
+
+/// What a sink found when a run started.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// The newest committed epoch and the source offsets it ended at.
+    pub last_epoch: Option<u64>,
+    /// Offsets per source of every committed epoch, by epoch (to replay an
+    /// epoch another sink has not committed yet).
+    pub offsets: BTreeMap<u64, BTreeMap<String, SourceOffsets>>,
+    /// Debris of earlier runs that was deleted.
+    pub removed_files: Vec<String>,
+    /// Whether the sink keeps a commit log at all.
+    pub durable: bool,
+}
+
+/// Files written for an epoch, not yet committed.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// The files.
+    pub files: Vec<CommittedFile>,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Everything a commit records besides the files.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    /// `name@version` of the pipeline.
+    pub pipeline: String,
+    /// This run's id.
+    pub run_id: String,
+    /// Lineage of the sink's data.
+    pub lineage: Vec<LineageEntry>,
+    /// Provenance of the sink's data.
+    pub provenance: Provenance,
+    /// Offsets of every source at this epoch.
+    pub source_offsets: BTreeMap<String, SourceOffsets>,
+}
+
+/// A sink; see the module docs.
+#[async_trait]
+pub trait Sink: Send + Sync + Debug {
+    /// Sink name in the pipeline.
+    fn name(&self) -> &str;
+
+    /// Kind as written in pipeline files.
+    fn kind(&self) -> &str;
+
+    /// Where it writes (for messages).
+    fn url(&self) -> String;
+
+    /// Checks the sink can be reached, without writing.
+    async fn check_reachable(&self) -> Result<()>;
+
+    /// Reads the commit log and deletes uncommitted debris of earlier runs.
+    async fn recover(&self) -> Result<Recovery>;
+
+    /// Writes every partition of `plan` for `epoch`, with `schema` (the plan's
+    /// schema plus sluice's metadata) as the files' schema.
+    async fn write(
+        &self,
+        epoch: u64,
+        run_id: &str,
+        plan: Arc<dyn ExecutionPlan>,
+        task: Arc<TaskContext>,
+        schema: SchemaRef,
+    ) -> Result<Written>;
+
+    /// Makes the written files of `epoch` part of the output, atomically.
+    async fn commit(&self, epoch: u64, written: &Written, schema: SchemaRef, info: &CommitInfo) -> Result<()>;
+
+    /// Deletes files written for an epoch that will not be committed.
+    async fn abort(&self, written: &Written);
+}

@@ -1,0 +1,101 @@
+//! The `stdout` sink: prints rows as a table, for debugging.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use super::{CommitInfo, Recovery, Sink, Written};
+use crate::error::{Result, RetryHint, SluiceError};
+
+fn default_max_rows() -> usize {
+    20
+}
+
+/// `[sinks.<name>] kind = "stdout"`: prints the rows as a table.
+///
+/// Not durable: it keeps no commit log, so every run prints its input again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// The stage or source to print.
+    pub input: String,
+    /// Rows printed per epoch at most (default 20); the rest are counted.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+}
+
+/// Prints rows; see [`StdoutSinkConfig`].
+#[derive(Debug)]
+pub struct StdoutSink {
+    name: String,
+    config: StdoutSinkConfig,
+}
+
+impl StdoutSink {
+    /// A stdout sink.
+    pub fn new(name: &str, config: StdoutSinkConfig) -> Self {
+        Self { name: name.to_string(), config }
+    }
+}
+
+#[async_trait]
+impl Sink for StdoutSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &str {
+        "stdout"
+    }
+    fn url(&self) -> String {
+        "stdout".into()
+    }
+    async fn check_reachable(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn recover(&self) -> Result<Recovery> {
+        Ok(Recovery::default())
+    }
+    async fn write(
+        &self,
+        epoch: u64,
+        _run_id: &str,
+        plan: Arc<dyn ExecutionPlan>,
+        task: Arc<TaskContext>,
+        _schema: SchemaRef,
+    ) -> Result<Written> {
+        let mut stream = execute_stream(plan, task).map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
+        let mut shown = Vec::new();
+        let (mut kept, mut total) = (0usize, 0u64);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
+            total += batch.num_rows() as u64;
+            if kept < self.config.max_rows {
+                let take = (self.config.max_rows - kept).min(batch.num_rows());
+                shown.push(batch.slice(0, take));
+                kept += take;
+            }
+        }
+        let table = pretty_format_batches(&shown).map_err(|e| SluiceError::Sink {
+            sink: self.name.clone(),
+            url: self.url(),
+            message: e.to_string(),
+            retry: RetryHint::Never,
+        })?;
+        println!("sink `{}` epoch {epoch}: {total} rows", self.name);
+        println!("{table}");
+        if total > kept as u64 {
+            println!("... {} more rows", total - kept as u64);
+        }
+        Ok(Written { files: vec![], rows: total, bytes: 0 })
+    }
+    async fn commit(&self, _epoch: u64, _written: &Written, _schema: SchemaRef, _info: &CommitInfo) -> Result<()> {
+        Ok(())
+    }
+    async fn abort(&self, _written: &Written) {}
+}

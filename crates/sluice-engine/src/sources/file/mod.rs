@@ -1,0 +1,358 @@
+//! File sources: `csv`, `jsonl`, `parquet` and `arrow_ipc` from a path, a glob
+//! or an object-store URL.
+//!
+//! The files are listed when the source opens; a slice is a run of files in
+//! path order (never a part of a file), and the offsets are the set of files
+//! consumed, so a restart skips exactly what a commit covered. CSV and JSON
+//! lines are read by sluice's own [`LineScanExec`](crate::ops::line_scan)
+//! (errors name the file and line); Parquet and Arrow IPC by DataFusion's
+//! listing tables (pruning and filter pushdown).
+//!
+//! Pointed at the output of a sluice sink, a file source reads only the files
+//! its commit log lists, and keeps the lineage and provenance written there.
+
+mod config;
+mod sample;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::arrow::ArrowFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use object_store::{ObjectMeta, ObjectStore};
+use serde_json::json;
+use sluice_contract::metadata::{lineage_from, provenance_from, strip_sluice_keys};
+use sluice_contract::{LineageEntry, Provenance, SourceProvenance};
+
+pub use config::{ArrowIpcSourceConfig, CsvSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
+
+use super::{Slice, SliceLimits, Source, SourceContext};
+use crate::commit_log::CommitLog;
+use crate::error::{Result, RetryHint, SluiceError};
+use crate::ops::line_scan::{Compression, LineFilesTable, LineFormat};
+use crate::spec::values::schema_from_columns;
+use crate::storage::{Location, list_objects};
+
+/// How a file source decodes its files.
+#[derive(Debug, Clone)]
+enum Format {
+    Lines(LineFormat, Compression),
+    Parquet,
+    ArrowIpc,
+}
+
+impl Format {
+    fn kind(&self) -> &'static str {
+        match self {
+            Format::Lines(LineFormat::Csv(_), _) => "csv",
+            Format::Lines(LineFormat::Jsonl, _) => "jsonl",
+            Format::Parquet => "parquet",
+            Format::ArrowIpc => "arrow_ipc",
+        }
+    }
+}
+
+/// Opens a `csv` source.
+pub async fn open_csv(cfg: &CsvSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+    let options = cfg.options().map_err(|(key, msg)| {
+        SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), msg))
+    })?;
+    let format = Format::Lines(LineFormat::Csv(options), cfg.compression);
+    FileSource::open(ctx, &cfg.path, format, cfg.columns.as_deref(), cfg.infer_rows).await
+}
+
+/// Opens a `jsonl` source.
+pub async fn open_jsonl(cfg: &JsonlSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+    let format = Format::Lines(LineFormat::Jsonl, cfg.compression);
+    FileSource::open(ctx, &cfg.path, format, cfg.columns.as_deref(), cfg.infer_rows).await
+}
+
+/// Opens a `parquet` source.
+pub async fn open_parquet(cfg: &ParquetSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+    FileSource::open(ctx, &cfg.path, Format::Parquet, None, 0).await
+}
+
+/// Opens an `arrow_ipc` source.
+pub async fn open_arrow_ipc(cfg: &ArrowIpcSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+    FileSource::open(ctx, &cfg.path, Format::ArrowIpc, None, 0).await
+}
+
+#[derive(Debug)]
+struct FileSource {
+    name: String,
+    format: Format,
+    location: Location,
+    store: Arc<dyn ObjectStore>,
+    schema: SchemaRef,
+    files: Vec<ObjectMeta>,
+    consumed: BTreeSet<String>,
+    /// Average bytes per row seen while inferring, to turn row limits into files.
+    bytes_per_row: Option<f64>,
+    upstream_lineage: Vec<LineageEntry>,
+    upstream_provenance: Option<Provenance>,
+    target_partitions: usize,
+    batch_size: usize,
+}
+
+impl FileSource {
+    fn error(&self, file: Option<String>, message: String, retry: RetryHint) -> SluiceError {
+        SluiceError::Source { source_name: self.name.clone(), file, line: None, message, retry }
+    }
+
+    async fn open(
+        ctx: &SourceContext<'_>,
+        path: &str,
+        format: Format,
+        columns: Option<&[crate::spec::ColumnSpec]>,
+        infer_rows: usize,
+    ) -> Result<Box<dyn Source>> {
+        let key = format!("sources.{}.path", ctx.name);
+        let location = Location::parse(path, &ctx.spec.base_dir)
+            .map_err(|m| SluiceError::spec(ctx.spec.issue(&key, m)))?;
+        let store = ctx
+            .stores
+            .store_for(&location, &ctx.spec.settings.s3)
+            .map_err(|m| SluiceError::spec(ctx.spec.issue(&key, m)))?;
+        let src_err = |file: Option<String>, message: String, retry| SluiceError::Source {
+            source_name: ctx.name.to_string(),
+            file,
+            line: None,
+            message,
+            retry,
+        };
+
+        // the output of a sluice sink: read what its commits list, nothing else
+        let log = CommitLog::new(Arc::clone(&store), location.clone());
+        let commits = if location.glob.is_none() {
+            log.read_all().await.map_err(|e| src_err(Some(location.url()), e.to_string(), RetryHint::WithBackoff))?
+        } else {
+            Vec::new()
+        };
+        let (files, upstream_lineage, upstream_provenance) = if let Some(last) = commits.last() {
+            let mut files = Vec::new();
+            for c in &commits {
+                for f in &c.files {
+                    files.push(ObjectMeta {
+                        location: location.child(&f.path),
+                        last_modified: chrono::Utc::now(),
+                        size: f.bytes,
+                        e_tag: None,
+                        version: None,
+                    });
+                }
+            }
+            (files, last.lineage.clone(), Some(last.provenance.clone()))
+        } else {
+            let files = list_objects(store.as_ref(), &location).await.map_err(|e| {
+                src_err(Some(location.url()), format!("cannot list input files: {e}"), RetryHint::WithBackoff)
+            })?;
+            (files, Vec::new(), None)
+        };
+        if files.is_empty() {
+            return Err(src_err(
+                Some(location.url()),
+                format!("no input files match `{path}`"),
+                RetryHint::Never,
+            ));
+        }
+
+        let mut bytes_per_row = None;
+        let (schema, lineage, provenance) = match (columns, &format) {
+            (Some(cols), _) => {
+                let schema = schema_from_columns(cols)
+                    .map_err(|m| SluiceError::spec(ctx.spec.issue(format!("sources.{}.columns", ctx.name), m)))?;
+                (schema, upstream_lineage, upstream_provenance)
+            }
+            (None, Format::Lines(lf, compression)) => {
+                let first = &files[0];
+                let (schema, bpr) =
+                    sample::infer_lines_schema(&store, first, lf, compression.of(first.location.as_ref()), infer_rows)
+                        .await
+                        .map_err(|m| src_err(Some(location.object_url(&first.location)), m, RetryHint::Never))?;
+                bytes_per_row = bpr;
+                (schema, upstream_lineage, upstream_provenance)
+            }
+            (None, Format::Parquet | Format::ArrowIpc) => {
+                let ff: Arc<dyn FileFormat> = match format {
+                    Format::Parquet => Arc::new(ParquetFormat::default().with_skip_metadata(false)),
+                    _ => Arc::new(ArrowFormat),
+                };
+                let state = ctx.session.state();
+                let inferred = ff.infer_schema(&state, &store, &files).await.map_err(|e| {
+                    src_err(Some(location.url()), format!("cannot read the schema: {e}"), RetryHint::Never)
+                })?;
+                // the files' own record of where they came from wins over nothing
+                let md = inferred.metadata().clone();
+                let lineage = if upstream_lineage.is_empty() {
+                    lineage_from(&md).map_err(|m| src_err(Some(location.url()), m, RetryHint::Never))?.unwrap_or_default()
+                } else {
+                    upstream_lineage
+                };
+                let provenance = match upstream_provenance {
+                    Some(p) => Some(p),
+                    None => provenance_from(&md).map_err(|m| src_err(Some(location.url()), m, RetryHint::Never))?,
+                };
+                let mut md = md;
+                strip_sluice_keys(&mut md);
+                (Schema::new_with_metadata(inferred.fields().clone(), md), lineage, provenance)
+            }
+        };
+        Ok(Box::new(FileSource {
+            name: ctx.name.to_string(),
+            format,
+            location,
+            store,
+            schema: Arc::new(schema),
+            files,
+            consumed: BTreeSet::new(),
+            bytes_per_row,
+            upstream_lineage: lineage,
+            upstream_provenance: provenance,
+            target_partitions: ctx.target_partitions,
+            batch_size: ctx.batch_size,
+        }))
+    }
+
+    fn offsets(&self) -> serde_json::Value {
+        json!({ "files": self.consumed.iter().collect::<Vec<_>>() })
+    }
+
+    fn table_for(&self, files: Vec<ObjectMeta>) -> Result<Arc<dyn TableProvider>> {
+        match &self.format {
+            Format::Lines(lf, compression) => Ok(Arc::new(LineFilesTable {
+                source_name: self.name.clone(),
+                store: Arc::clone(&self.store),
+                store_url: self.location.store_url.as_str().to_string(),
+                format: lf.clone(),
+                schema: Arc::clone(&self.schema),
+                files,
+                compression: *compression,
+                target_partitions: self.target_partitions,
+                batch_size: self.batch_size,
+            })),
+            Format::Parquet | Format::ArrowIpc => {
+                let urls = files
+                    .iter()
+                    .map(|f| ListingTableUrl::parse(self.location.object_url(&f.location)))
+                    .collect::<datafusion::common::Result<Vec<_>>>()
+                    .map_err(|e| self.error(None, e.to_string(), RetryHint::Never))?;
+                let ff: Arc<dyn FileFormat> = match self.format {
+                    Format::Parquet => Arc::new(ParquetFormat::default().with_skip_metadata(false)),
+                    _ => Arc::new(ArrowFormat),
+                };
+                let options = ListingOptions::new(ff).with_file_extension("");
+                let config = ListingTableConfig::new_with_multi_paths(urls)
+                    .with_listing_options(options)
+                    .with_schema(Arc::clone(&self.schema));
+                let table = ListingTable::try_new(config).map_err(|e| self.error(None, e.to_string(), RetryHint::Never))?;
+                Ok(Arc::new(table))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    fn kind(&self) -> &str {
+        self.format.kind()
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn provenance(&self) -> SourceProvenance {
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("format".into(), json!(self.format.kind()));
+        parameters.insert("location".into(), json!(self.location.original));
+        SourceProvenance {
+            source: self.name.clone(),
+            kind: self.format.kind().into(),
+            uris: self.files.iter().map(|f| self.location.object_url(&f.location)).collect(),
+            parameters,
+            upstream: self.upstream_provenance.clone().map(Box::new),
+        }
+    }
+
+    fn upstream_lineage(&self) -> Vec<LineageEntry> {
+        self.upstream_lineage.clone()
+    }
+
+    async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
+        let files = offsets.get("files").and_then(|f| f.as_array()).ok_or_else(|| {
+            SluiceError::Internal(format!("source `{}`: unreadable file offsets {offsets}", self.name))
+        })?;
+        self.consumed = files.iter().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        Ok(())
+    }
+
+    async fn next_slice(&mut self, limits: &SliceLimits) -> Result<Option<Slice>> {
+        let start = self.offsets();
+        let mut chosen = Vec::new();
+        let (mut bytes, mut rows) = (0u64, 0u64);
+        for f in &self.files {
+            if self.consumed.contains(f.location.as_ref()) {
+                continue;
+            }
+            let est_rows = self.bytes_per_row.map(|b| (f.size as f64 / b.max(1.0)) as u64);
+            let over_bytes = limits.max_bytes.is_some_and(|m| bytes + f.size > m);
+            let over_rows = matches!((limits.max_rows, est_rows), (Some(m), Some(r)) if rows + r > m);
+            if !chosen.is_empty() && (over_bytes || over_rows) {
+                break;
+            }
+            bytes += f.size;
+            rows += est_rows.unwrap_or(0);
+            chosen.push(f.clone());
+        }
+        if chosen.is_empty() {
+            return Ok(None);
+        }
+        for f in &chosen {
+            self.consumed.insert(f.location.to_string());
+        }
+        let uris = chosen.iter().map(|f| self.location.object_url(&f.location)).collect();
+        let estimated_rows = self.bytes_per_row.map(|_| rows);
+        let table = self.table_for(chosen)?;
+        Ok(Some(Slice { table, start, end: self.offsets(), estimated_rows, uris }))
+    }
+
+    async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
+        let set = |v: &serde_json::Value| -> BTreeSet<String> {
+            v.get("files")
+                .and_then(|f| f.as_array())
+                .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        let (before, after) = (set(start), set(end));
+        let files: Vec<ObjectMeta> = self
+            .files
+            .iter()
+            .filter(|f| after.contains(f.location.as_ref()) && !before.contains(f.location.as_ref()))
+            .cloned()
+            .collect();
+        let missing = after.difference(&before).count() - files.len();
+        if missing > 0 {
+            return Err(self.error(
+                Some(self.location.url()),
+                format!("{missing} file(s) of an epoch being replayed are gone from the input; it cannot be re-read exactly"),
+                RetryHint::Never,
+            ));
+        }
+        self.consumed = after;
+        let uris = files.iter().map(|f| self.location.object_url(&f.location)).collect();
+        let table = self.table_for(files)?;
+        Ok(Slice { table, start: start.clone(), end: end.clone(), estimated_rows: None, uris })
+    }
+
+    fn estimated_remaining_rows(&self) -> Option<u64> {
+        let b = self.bytes_per_row?;
+        let left: u64 =
+            self.files.iter().filter(|f| !self.consumed.contains(f.location.as_ref())).map(|f| f.size).sum();
+        Some((left as f64 / b.max(1.0)) as u64)
+    }
+}

@@ -1,0 +1,198 @@
+//! Sources: where rows come from.
+//!
+//! Every source implements [`Source`]: it has a fixed Arrow schema, hands out
+//! its input as a sequence of [`Slice`]s (one per epoch) with offsets, can
+//! resume from the offsets of the last commit, and is told when a slice is
+//! committed. Bounded sources (files, the TPC-H generator) end; the same trait
+//! serves sources that never end (a directory to tail, Kafka) without changes
+//! to the runner.
+//!
+//! Sources are nouns; the registry is the explicit [`SourceConfig`] enum.
+//! A Rust program embedding the engine adds its own with [`SourceFactory`].
+
+pub mod epoch_table;
+pub mod file;
+pub mod memory;
+pub mod tpch;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::prelude::SessionContext;
+use sluice_contract::{LineageEntry, SourceProvenance};
+
+pub use epoch_table::EpochTable;
+pub use file::{ArrowIpcSourceConfig, CsvSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
+pub use memory::MemorySource;
+pub use tpch::TpchSourceConfig;
+
+use crate::error::Result;
+use crate::spec::{PipelineSpec, decode_table};
+use crate::storage::StoreRegistry;
+
+/// Limits on the size of one slice (one epoch's worth of a source).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SliceLimits {
+    /// At most this many rows (estimated; a file or generator part is never split).
+    pub max_rows: Option<u64>,
+    /// At most this many input bytes.
+    pub max_bytes: Option<u64>,
+    /// Wait at most this long for input (unbounded sources).
+    pub max_latency: Option<Duration>,
+}
+
+/// One epoch's worth of a source's input.
+#[derive(Debug, Clone)]
+pub struct Slice {
+    /// The rows of the slice, as a table DataFusion can scan.
+    pub table: Arc<dyn TableProvider>,
+    /// Offsets the slice starts at (the previous slice's `end`).
+    pub start: serde_json::Value,
+    /// Offsets after the slice; a commit records them and a restart resumes there.
+    pub end: serde_json::Value,
+    /// Estimated rows, for progress reporting.
+    pub estimated_rows: Option<u64>,
+    /// Input URIs (or generator descriptions) the slice reads.
+    pub uris: Vec<String>,
+}
+
+/// A source of rows; see the module docs.
+#[async_trait]
+pub trait Source: Send + Sync + Debug {
+    /// The kind, as written in pipeline files (`csv`, `tpch`, ...).
+    fn kind(&self) -> &str;
+
+    /// The schema of every slice.
+    fn schema(&self) -> SchemaRef;
+
+    /// Where the data comes from (URIs, generator parameters).
+    fn provenance(&self) -> SourceProvenance;
+
+    /// Lineage carried by the input itself (e.g. sluice-written Parquet).
+    fn upstream_lineage(&self) -> Vec<LineageEntry> {
+        Vec::new()
+    }
+
+    /// Whether the source ends.
+    fn is_bounded(&self) -> bool {
+        true
+    }
+
+    /// Moves the read position to `offsets` (a slice `end` from a commit).
+    async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()>;
+
+    /// The next slice within `limits`, or `None` when a bounded source is exhausted.
+    async fn next_slice(&mut self, limits: &SliceLimits) -> Result<Option<Slice>>;
+
+    /// Re-creates the slice of an earlier epoch between two recorded offsets.
+    ///
+    /// Needed when a pipeline with several sinks stopped after some of them
+    /// committed an epoch: the others get exactly the same rows again.
+    async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
+        let _ = (start, end);
+        Err(crate::error::SluiceError::Internal(format!(
+            "source kind `{}` cannot replay an epoch; run the pipeline with a single durable sink",
+            self.kind()
+        )))
+    }
+
+    /// The slice ending at `offsets` is committed; its input may be released.
+    async fn ack(&mut self, _offsets: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+
+    /// Estimated rows still to read, for progress reporting.
+    fn estimated_remaining_rows(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// What a source needs to open itself.
+pub struct SourceContext<'a> {
+    /// Source name in the pipeline.
+    pub name: &'a str,
+    /// The whole spec (paths resolve against its directory).
+    pub spec: &'a PipelineSpec,
+    /// Object stores.
+    pub stores: &'a StoreRegistry,
+    /// A DataFusion context (for schema inference of file formats).
+    pub session: &'a SessionContext,
+    /// Partitions the plan runs with.
+    pub target_partitions: usize,
+    /// Rows per batch.
+    pub batch_size: usize,
+}
+
+/// Opens a custom source; implement this to add a source from Rust code.
+#[async_trait]
+pub trait SourceFactory: Send + Sync + Debug {
+    /// Creates the source for one run of the pipeline.
+    async fn open(&self, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>>;
+}
+
+/// A source implemented in Rust by the embedding program.
+#[derive(Debug, Clone)]
+pub struct CustomSource(pub Arc<dyn SourceFactory>);
+
+/// The config of one source, by kind: the registry of source kinds.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// `kind = "csv"`.
+    Csv(CsvSourceConfig),
+    /// `kind = "jsonl"`.
+    Jsonl(JsonlSourceConfig),
+    /// `kind = "parquet"`.
+    Parquet(ParquetSourceConfig),
+    /// `kind = "arrow_ipc"`.
+    ArrowIpc(ArrowIpcSourceConfig),
+    /// `kind = "tpch"`.
+    Tpch(TpchSourceConfig),
+    /// A source added in code.
+    Custom(CustomSource),
+}
+
+impl SourceConfig {
+    /// Every source kind a pipeline file can name.
+    pub const KINDS: [&'static str; 5] = ["csv", "jsonl", "parquet", "arrow_ipc", "tpch"];
+
+    /// Decodes the table of a source of the given kind.
+    pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
+        match kind {
+            "csv" => decode_table(table).map(SourceConfig::Csv),
+            "jsonl" => decode_table(table).map(SourceConfig::Jsonl),
+            "parquet" => decode_table(table).map(SourceConfig::Parquet),
+            "arrow_ipc" => decode_table(table).map(SourceConfig::ArrowIpc),
+            "tpch" => decode_table(table).map(SourceConfig::Tpch),
+            other => Err(format!("unknown kind `{other}`")),
+        }
+    }
+
+    /// Whether the source is a lookup table: read whole in every epoch
+    /// instead of being cut into slices.
+    pub fn is_lookup(&self) -> bool {
+        match self {
+            SourceConfig::Csv(c) => c.lookup,
+            SourceConfig::Jsonl(c) => c.lookup,
+            SourceConfig::Parquet(c) => c.lookup,
+            SourceConfig::ArrowIpc(c) => c.lookup,
+            SourceConfig::Tpch(c) => c.lookup,
+            SourceConfig::Custom(_) => false,
+        }
+    }
+
+    /// Opens the source.
+    pub async fn open(&self, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+        match self {
+            SourceConfig::Csv(c) => file::open_csv(c, ctx).await,
+            SourceConfig::Jsonl(c) => file::open_jsonl(c, ctx).await,
+            SourceConfig::Parquet(c) => file::open_parquet(c, ctx).await,
+            SourceConfig::ArrowIpc(c) => file::open_arrow_ipc(c, ctx).await,
+            SourceConfig::Tpch(c) => tpch::open(c, ctx),
+            SourceConfig::Custom(CustomSource(factory)) => factory.open(ctx).await,
+        }
+    }
+}

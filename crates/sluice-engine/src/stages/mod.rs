@@ -1,0 +1,54 @@
+//! Stages: the transformations between sources and sinks.
+//!
+//! Transforms are verbs; today there is one kind, `sql`, a SELECT over the
+//! stage's inputs. Chains of SQL stages compile into one DataFusion plan.
+
+pub mod sql;
+
+pub use sql::SqlStageConfig;
+
+use crate::spec::decode_table;
+
+/// The config of one stage, by kind.
+#[derive(Debug, Clone)]
+pub enum StageConfig {
+    /// `kind = "sql"`.
+    Sql(SqlStageConfig),
+}
+
+impl StageConfig {
+    /// Every stage kind, as written in pipeline files.
+    pub const KINDS: [&'static str; 1] = ["sql"];
+
+    /// Decodes the table of a stage of the given kind.
+    pub fn from_table(kind: &str, table: toml::Table) -> Result<Self, String> {
+        match kind {
+            "sql" => decode_table(table).map(StageConfig::Sql),
+            other => Err(format!("unknown kind `{other}`")),
+        }
+    }
+
+    /// The names this stage reads.
+    pub fn inputs(&self) -> &[String] {
+        match self {
+            StageConfig::Sql(c) => &c.inputs,
+        }
+    }
+
+    /// The kind as written in pipeline files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Sql(_) => "sql",
+        }
+    }
+
+    /// The declared output schema as `(name, version)`, if any.
+    pub fn declared_schema(&self) -> Option<(String, Option<String>)> {
+        match self {
+            StageConfig::Sql(c) => c.schema.as_ref().map(|s| match s.split_once('@') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (s.clone(), None),
+            }),
+        }
+    }
+}

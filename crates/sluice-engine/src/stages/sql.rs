@@ -1,0 +1,27 @@
+//! The `sql` stage: a SELECT over the stage's inputs.
+
+use serde::Deserialize;
+
+/// `[stages.<name>] kind = "sql"`: a SQL query over the stage's inputs.
+///
+/// The query may refer only to the names in `inputs` (sources or other
+/// stages); `sluice validate` refuses any other table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlStageConfig {
+    /// Sources or stages this stage reads, by name.
+    pub inputs: Vec<String>,
+    /// The query, inline. Exactly one of `query` and `sql` is required.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Path of a `.sql` file holding the query, relative to the pipeline file.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Declared output schema as `name@version`, written into output metadata
+    /// (default: the stage name at the pipeline's version).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Free text shown by `sluice explain`.
+    #[serde(default)]
+    pub description: Option<String>,
+}
