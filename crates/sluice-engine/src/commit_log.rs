@@ -225,6 +225,29 @@ impl CommitLog {
     }
 }
 
+impl CommitLog {
+    /// Deletes every committed data file and then the commit files, newest
+    /// first, so an interrupted reset still leaves a consistent log.
+    pub async fn reset(&self) -> Result<u64, CommitLogError> {
+        let mut deleted = 0;
+        let commits = self.read_all().await?;
+        for c in commits.iter().rev() {
+            for f in &c.files {
+                let p = self.root.child(&f.path);
+                match self.store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(e) => return Err(self.store_err(&p)(e)),
+                }
+            }
+            let p = self.commit_path(c.epoch);
+            self.store.delete(&p).await.map_err(self.store_err(&p))?;
+            deleted += 1;
+        }
+        deleted += self.remove_uncommitted().await?.len() as u64;
+        Ok(deleted)
+    }
+}
+
 /// The name of a data file sluice writes: `part-<epoch>-<run>-<partition>-<seq>.<ext>`.
 pub fn data_file_name(epoch: u64, run_id: &str, partition: usize, seq: usize, extension: &str) -> String {
     format!("part-{epoch:08}-{run_id}-{partition:03}-{seq:04}.{extension}")

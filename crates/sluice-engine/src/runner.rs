@@ -277,6 +277,16 @@ impl CompiledPipeline {
         })
     }
 
+    /// Deletes the committed output of every sink, so the next run starts
+    /// over. Returns the number of objects deleted.
+    pub async fn reset_sinks(&self) -> Result<u64> {
+        let mut n = 0;
+        for s in self.sinks.values() {
+            n += s.sink.reset().await?;
+        }
+        Ok(n)
+    }
+
     fn provenance_for(
         &self,
         sources: &[String],

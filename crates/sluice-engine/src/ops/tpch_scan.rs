@@ -243,6 +243,11 @@ impl DisplayAs for TpchScanExec {
             self.total_parts,
             self.groups.len()
         )?;
+        if let Some(p) = &self.projection {
+            let all = self.table.schema();
+            let names: Vec<&str> = p.iter().map(|i| all.field(*i).name().as_str()).collect();
+            write!(f, " projection=[{}]", names.join(", "))?;
+        }
         if let Some(l) = self.limit {
             write!(f, " limit={l}")?;
         }

@@ -170,4 +170,11 @@ pub trait Sink: Send + Sync + Debug {
 
     /// Deletes files written for an epoch that will not be committed.
     async fn abort(&self, written: &Written);
+
+    /// Deletes everything this sink ever committed (data files and commit
+    /// log), so the next run starts from the beginning. Returns the number of
+    /// objects deleted. Files sluice did not write are left alone.
+    async fn reset(&self) -> Result<u64> {
+        Ok(0)
+    }
 }

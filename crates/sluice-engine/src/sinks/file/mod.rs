@@ -383,6 +383,10 @@ impl Sink for FileSink {
         self.log.write(&commit).await.map_err(|e| self.err(e.to_string(), RetryHint::Never))
     }
 
+    async fn reset(&self) -> Result<u64> {
+        self.log.reset().await.map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))
+    }
+
     async fn abort(&self, written: &Written) {
         for f in &written.files {
             let _ = self.store.delete(&self.location.child(&f.path)).await;

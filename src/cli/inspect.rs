@@ -1,0 +1,70 @@
+//! `sluice inspect`: the commits of a sink.
+
+use std::process::ExitCode;
+
+use comfy_table::Table;
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use sluice::Engine;
+use sluice::spec::S3Settings;
+
+/// Prints what the sink at `url` holds.
+pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
+    let commits = match sluice::inspect::read_commits(engine, url, &S3Settings::default()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&commits) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let Some(last) = commits.last() else {
+        eprintln!("{url}: no sluice commits here (no _sluice/commits/ folder with commit files)");
+        return ExitCode::from(1);
+    };
+    println!("sink `{}` of pipeline {} at {url}", last.sink, last.pipeline);
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["epoch", "committed at", "run", "files", "rows", "bytes"]);
+    for c in &commits {
+        t.add_row(vec![
+            c.epoch.to_string(),
+            c.committed_at.clone(),
+            c.run_id.clone(),
+            c.files.len().to_string(),
+            c.rows.to_string(),
+            c.bytes.to_string(),
+        ]);
+    }
+    println!("{t}");
+    let (files, rows, bytes) = commits.iter().fold((0, 0, 0), |(f, r, b), c| (f + c.files.len(), r + c.rows, b + c.bytes));
+    println!("total: {} commits, {files} files, {rows} rows, {bytes} bytes", commits.len());
+    println!("\nfiles of the last commit:");
+    for f in &last.files {
+        println!("  {} ({} rows, {} bytes)", f.path, f.rows, f.bytes);
+    }
+    println!("\nschema:");
+    for field in last.schema.fields() {
+        println!("  {}: {}{}", field.name(), field.data_type(), if field.is_nullable() { "" } else { " not null" });
+    }
+    if !last.partition_by.is_empty() {
+        println!("  partitioned by: {}", last.partition_by.join(", "));
+    }
+    println!("\nlineage:");
+    for (i, l) in last.lineage.iter().enumerate() {
+        println!("  {}. {} ({}, {} {})", i + 1, l.stage, l.kind, l.language, l.version);
+    }
+    println!("\nsource offsets at the last commit:");
+    for (src, o) in &last.source_offsets {
+        println!("  {src}: {}", o.end);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,186 @@
+//! Command definitions and dispatch.
+
+mod inspect;
+mod progress;
+mod summary;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::explain::GraphFormat;
+use sluice::{Engine, PipelineSpec, RunOptions, SluiceError};
+
+/// sluice: streaming ETL on Apache Arrow and DataFusion.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline until its input is exhausted, committing each epoch.
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Stop after this many epochs; the next run continues from there.
+        #[arg(long)]
+        max_epochs: Option<u64>,
+        /// Delete the sinks' committed output first and start over.
+        #[arg(long)]
+        reset: bool,
+        /// Print the run summary as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a pipeline without running it. Exit code 0 when valid, 2 when not.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Print the pipeline graph and the optimized physical plan of every sink.
+    Explain {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Graph format: text, dot or mermaid.
+        #[arg(long, default_value = "text")]
+        format: GraphFormat,
+        /// Print the graph only, without plans.
+        #[arg(long)]
+        graph_only: bool,
+    },
+    /// List the commits, files, rows, schema and lineage of a sluice sink.
+    Inspect {
+        /// The sink's folder or URL (`out/revenue`, `s3://bucket/out`).
+        url: String,
+        /// Print the commits as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Logs go to stderr; `SLUICE_LOG` sets the filter (default `warn`),
+/// `SLUICE_LOG_FORMAT=json` switches to JSON lines.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::env::var("SLUICE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Exit code for an error: 2 for a pipeline that is invalid as written, 1 otherwise.
+fn exit_for(e: &SluiceError) -> ExitCode {
+    match e {
+        SluiceError::Spec(_) | SluiceError::Plan { .. } => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn report(e: &SluiceError) -> ExitCode {
+    eprintln!("error: {e}");
+    exit_for(e)
+}
+
+/// Runs one command.
+pub async fn main(cli: Cli) -> ExitCode {
+    let engine = Engine::new();
+    match cli.command {
+        Command::Run { pipeline, max_epochs, reset, json, quiet } => {
+            let spec = match PipelineSpec::from_file(&pipeline) {
+                Ok(s) => s,
+                Err(e) => return report(&e),
+            };
+            let mut compiled = match engine.compile(spec).await {
+                Ok(c) => c,
+                Err(e) => return report(&e),
+            };
+            if reset {
+                match compiled.reset_sinks().await {
+                    Ok(n) => eprintln!("reset: deleted {n} objects of earlier output"),
+                    Err(e) => return report(&e),
+                }
+            }
+            let bar = (!quiet && !json).then(|| progress::start(compiled.progress.clone()));
+            let result = compiled.run(RunOptions { max_epochs }).await;
+            if let Some(bar) = bar {
+                bar.finish().await;
+            }
+            match result {
+                Ok(summary) => {
+                    if json {
+                        match serde_json::to_string_pretty(&summary) {
+                            Ok(s) => println!("{s}"),
+                            Err(e) => eprintln!("error: cannot encode the summary: {e}"),
+                        }
+                    } else {
+                        summary::print(&summary);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("nothing of the failed epoch was committed; the next run redoes it from the last commit");
+                    exit_for(&e)
+                }
+            }
+        }
+        Command::Validate { pipeline } => {
+            let spec = match PipelineSpec::from_file(&pipeline) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{}: invalid\n{e}", pipeline.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match engine.validate(spec).await {
+                Ok(c) => {
+                    println!(
+                        "{}: valid ({} sources, {} stages, {} sinks)",
+                        pipeline.display(),
+                        c.sources.len(),
+                        c.spec.stages.len(),
+                        c.sinks.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: invalid\n{e}", pipeline.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Explain { pipeline, format, graph_only } => {
+            let spec = match PipelineSpec::from_file(&pipeline) {
+                Ok(s) => s,
+                Err(e) => return report(&e),
+            };
+            let mut compiled = match engine.compile(spec).await {
+                Ok(c) => c,
+                Err(e) => return report(&e),
+            };
+            print!("{}", compiled.graph_text(format));
+            if graph_only || format != GraphFormat::Text {
+                return ExitCode::SUCCESS;
+            }
+            match compiled.physical_plans().await {
+                Ok(plans) => {
+                    for (sink, plan) in plans {
+                        println!("\nphysical plan of sink `{sink}` (all stages fused into one DataFusion plan):\n{plan}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(&e),
+            }
+        }
+        Command::Inspect { url, json } => inspect::run(&engine, &url, json).await,
+    }
+}

@@ -1,0 +1,65 @@
+//! The table printed at the end of a run.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{CellAlignment, Table};
+use sluice::RunSummary;
+
+fn human(n: f64) -> String {
+    if n >= 1e9 {
+        format!("{:.2}G", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}k", n / 1e3)
+    } else {
+        format!("{n:.0}")
+    }
+}
+
+/// Prints the per-component table and what was committed.
+pub fn print(s: &RunSummary) {
+    if !s.removed_files.is_empty() {
+        println!("recovered: deleted {} uncommitted file(s) left by an interrupted run", s.removed_files.len());
+    }
+    if s.epochs == 0 {
+        println!(
+            "{}: nothing new to read — every source is at its committed offsets ({} epoch(s) committed before). Run with --reset to rebuild the output.",
+            s.pipeline, s.first_epoch
+        );
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["component", "kind", "rows in", "rows out", "batches", "wall s", "rows/s", "MB/s", "files"]);
+    for c in &s.components {
+        t.add_row(vec![
+            format!("{} {}", c.role, c.name),
+            c.kind.clone(),
+            if c.role == "source" { "-".into() } else { c.rows_in.to_string() },
+            c.rows_out.to_string(),
+            if c.role == "sink" { "-".into() } else { c.batches.to_string() },
+            format!("{:.2}", c.wall.as_secs_f64()),
+            human(c.rows_per_sec()),
+            format!("{:.1}", c.mb_per_sec()),
+            if c.role == "sink" { c.files.to_string() } else { "-".into() },
+        ]);
+    }
+    for i in 2..9 {
+        if let Some(col) = t.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    println!("{t}");
+    println!(
+        "{}: committed {} epoch(s) ({}..={}) in {:.2}s (run {})",
+        s.pipeline,
+        s.epochs,
+        s.first_epoch,
+        s.first_epoch + s.epochs - 1,
+        s.wall.as_secs_f64(),
+        s.run_id
+    );
+    for (sink, url) in &s.outputs {
+        println!("  {sink} -> {url}");
+    }
+}
