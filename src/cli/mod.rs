@@ -25,6 +25,9 @@ enum Command {
     Run {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
+        /// Override a key of the pipeline file: `--set sources.lineitem.scale_factor=0.1`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
         /// Stop after this many epochs; the next run continues from there.
         #[arg(long)]
         max_epochs: Option<u64>,
@@ -42,6 +45,9 @@ enum Command {
     Validate {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
+        /// Override a key of the pipeline file.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Print the pipeline graph and the optimized physical plan of every sink.
     Explain {
@@ -53,6 +59,9 @@ enum Command {
         /// Print the graph only, without plans.
         #[arg(long)]
         graph_only: bool,
+        /// Override a key of the pipeline file.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// List the commits, files, rows, schema and lineage of a sluice sink.
     Inspect {
@@ -94,8 +103,8 @@ fn report(e: &SluiceError) -> ExitCode {
 pub async fn main(cli: Cli) -> ExitCode {
     let engine = Engine::new();
     match cli.command {
-        Command::Run { pipeline, max_epochs, reset, json, quiet } => {
-            let spec = match PipelineSpec::from_file(&pipeline) {
+        Command::Run { pipeline, overrides, max_epochs, reset, json, quiet } => {
+            let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
                 Err(e) => return report(&e),
             };
@@ -133,8 +142,8 @@ pub async fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Validate { pipeline } => {
-            let spec = match PipelineSpec::from_file(&pipeline) {
+        Command::Validate { pipeline, overrides } => {
+            let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{}: invalid\n{e}", pipeline.display());
@@ -158,8 +167,8 @@ pub async fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Explain { pipeline, format, graph_only } => {
-            let spec = match PipelineSpec::from_file(&pipeline) {
+        Command::Explain { pipeline, format, graph_only, overrides } => {
+            let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
                 Err(e) => return report(&e),
             };

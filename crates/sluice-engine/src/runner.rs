@@ -228,6 +228,9 @@ impl CompiledPipeline {
             Failpoint::hit(&failpoint, "before_commit", epoch);
 
             // 6. commit
+            // a source or stage shared by several sinks is computed once per
+            // sink's plan; report the rows of one computation (the largest)
+            let mut epoch_stages: BTreeMap<(u8, String), Accumulated> = BTreeMap::new();
             for (i, ((name, plan, schema, provenance), (written, took))) in jobs.iter().zip(results).enumerate() {
                 let written = written?;
                 let s = &self.sinks[name];
@@ -250,7 +253,21 @@ impl CompiledPipeline {
                 a.bytes += written.bytes;
                 a.files += written.files.len() as u64;
                 a.wall += took + t.elapsed();
-                collect_stage_metrics(plan, &mut acc);
+                let mut this_plan = BTreeMap::new();
+                collect_stage_metrics(plan, &mut this_plan);
+                for (k, v) in this_plan {
+                    let e = epoch_stages.entry(k).or_default();
+                    if v.rows >= e.rows {
+                        *e = v;
+                    }
+                }
+            }
+            for (k, v) in epoch_stages {
+                let a = acc.entry(k).or_default();
+                a.rows += v.rows;
+                a.batches += v.batches;
+                a.bytes += v.bytes;
+                a.wall += v.wall;
             }
             Failpoint::hit(&failpoint, "after_commit", epoch);
 

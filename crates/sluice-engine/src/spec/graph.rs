@@ -82,6 +82,14 @@ impl Graph {
             inputs.insert(name.clone(), ins.to_vec());
         }
         for (name, sink) in &spec.sinks {
+            if let Some(kind) = kinds.get(name) {
+                let what = if *kind == NodeKind::Source { "source" } else { "stage" };
+                issues.push(
+                    spec.issue(format!("sinks.{name}"), format!("`{name}` is already the name of a {what}"))
+                        .with_help("every source, stage and sink needs its own name; e.g. call the sink `{name}_out`".replace("{name}", name)),
+                );
+                continue;
+            }
             let key = format!("sinks.{name}.input");
             let input = sink.input();
             if !kinds.contains_key(input) {

@@ -211,6 +211,43 @@ impl PipelineSpec {
         Self::from_toml(&text, path, &base_dir)
     }
 
+    /// Reads a pipeline file and applies `key=value` overrides first
+    /// (`sources.lineitem.scale_factor=0.01`, `sinks.out.url="/tmp/x"`).
+    /// Values are TOML values; anything that does not parse as one is a string.
+    pub fn from_file_with_overrides(path: impl AsRef<Path>, overrides: &[String]) -> Result<Self> {
+        if overrides.is_empty() {
+            return Self::from_file(path);
+        }
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SluiceError::spec(SpecIssue::new(path, "", format!("cannot read the pipeline file: {e}")))
+        })?;
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| {
+            SluiceError::spec(SpecIssue::new(path, "", e.message().to_string()).at_line(e.span().map(|s| line_of(&text, s.start))))
+        })?;
+        for o in overrides {
+            let (key, value) = o.split_once('=').ok_or_else(|| {
+                SluiceError::spec(SpecIssue::new(path, o.as_str(), "an override is written `key.path=value`"))
+            })?;
+            let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            let mut table = &mut doc;
+            for p in &parts[..parts.len() - 1] {
+                let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry.as_table_mut().ok_or_else(|| {
+                    SluiceError::spec(SpecIssue::new(path, key, format!("`{p}` is not a table, so `{key}` cannot be set")))
+                })?;
+            }
+            table.insert(parts[parts.len() - 1].to_string(), value);
+        }
+        let text = toml::to_string(&doc).map_err(|e| SluiceError::Internal(format!("cannot re-encode the spec: {e}")))?;
+        let base_dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        Self::from_toml(&text, path, &base_dir)
+    }
+
     /// Parses pipeline TOML text; `file` is used in error messages.
     pub fn from_toml(text: &str, file: &Path, base_dir: &Path) -> Result<Self> {
         let raw: RawSpec = toml::from_str(text).map_err(|e| {
@@ -445,6 +482,25 @@ delimeter = ";"
         let err = parse("[pipeline]\nname = \"x\"\n[sources.a]\nkind = \"xls\"\n").unwrap_err().to_string();
         assert!(err.contains("unknown kind `xls`"), "{err}");
         assert!(err.contains("csv, jsonl"), "{err}");
+    }
+
+    #[test]
+    fn overrides_set_nested_keys() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("sluice-ovr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.toml");
+        std::fs::write(&file, "[pipeline]\nname = \"x\"\n[sources.t]\nkind = \"tpch\"\n[sinks.o]\nkind = \"stdout\"\ninput = \"t\"\n").unwrap();
+        let spec = PipelineSpec::from_file_with_overrides(
+            &file,
+            &["sources.t.scale_factor=0.5".into(), "settings.epoch.max_rows=10".into(), "pipeline.version=2.0".into()],
+        )?;
+        match &spec.sources["t"] {
+            SourceConfig::Tpch(c) => assert_eq!(c.scale_factor, 0.5),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(spec.settings.epoch.max_rows, Some(10));
+        assert_eq!(spec.pipeline.version, "2.0");
+        Ok(())
     }
 
     #[test]

@@ -126,9 +126,13 @@ impl FileSource {
             retry,
         };
 
+        let listed = list_objects(store.as_ref(), &location).await.map_err(|e| {
+            src_err(Some(location.url()), format!("cannot list input files: {e}"), RetryHint::WithBackoff)
+        })?;
+        let single_file = listed.len() == 1 && listed[0].location == location.prefix;
         // the output of a sluice sink: read what its commits list, nothing else
-        let log = CommitLog::new(Arc::clone(&store), location.clone());
-        let commits = if location.glob.is_none() {
+        let commits = if location.glob.is_none() && !single_file {
+            let log = CommitLog::new(Arc::clone(&store), location.clone());
             log.read_all().await.map_err(|e| src_err(Some(location.url()), e.to_string(), RetryHint::WithBackoff))?
         } else {
             Vec::new()
@@ -148,10 +152,7 @@ impl FileSource {
             }
             (files, last.lineage.clone(), Some(last.provenance.clone()))
         } else {
-            let files = list_objects(store.as_ref(), &location).await.map_err(|e| {
-                src_err(Some(location.url()), format!("cannot list input files: {e}"), RetryHint::WithBackoff)
-            })?;
-            (files, Vec::new(), None)
+            (listed, Vec::new(), None)
         };
         if files.is_empty() {
             return Err(src_err(
