@@ -12,8 +12,10 @@ SELECT
     o.quantity,
     o.unit_price,
     o.coupon,
+    -- discounts as exact decimals (a bare 0.80 would be a float in DataFusion)
     CAST(o.quantity * o.unit_price
-         * CASE o.coupon WHEN 'VIP' THEN 0.80 WHEN 'WELCOME' THEN 0.90 WHEN 'SPRING' THEN 0.95 ELSE 1.00 END
+         * CAST(CASE o.coupon WHEN 'VIP' THEN '0.80' WHEN 'WELCOME' THEN '0.90' WHEN 'SPRING' THEN '0.95' ELSE '1.00' END
+                AS DECIMAL(3, 2))
          AS DECIMAL(12, 2)) AS amount
 FROM orders o
 LEFT JOIN customers c ON o.customer_id = c.customer_id

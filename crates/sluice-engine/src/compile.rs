@@ -323,7 +323,14 @@ fn stage_sql(spec: &PipelineSpec, name: &str, stage: &StageConfig) -> Result<(St
 
 async fn plan_stage(ctx: &SessionContext, spec: &PipelineSpec, name: &str, stage: &StageConfig) -> Result<LogicalPlan> {
     let (sql, file) = stage_sql(spec, name, stage)?;
-    let plan_err = |message: String| SluiceError::Plan { stage: name.to_string(), file: file.clone(), message };
+    let key = format!("stages.{name}.{}", if file.is_some() { "sql" } else { "query" });
+    let plan_err = |message: String| {
+        let source = file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default();
+        SluiceError::spec(
+            spec.issue(&key, format!("stage `{name}`: the SQL{source} does not plan: {message}"))
+                .with_help("fix the query; column and table names are those of the stage's inputs"),
+        )
+    };
     let state = ctx.state();
     let statement = state.sql_to_statement(&sql, &Dialect::Generic).map_err(|e| plan_err(e.to_string()))?;
     if !is_query(&statement) {

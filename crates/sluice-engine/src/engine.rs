@@ -84,9 +84,13 @@ impl Engine {
     pub async fn validate(&self, spec: PipelineSpec) -> Result<CompiledPipeline> {
         let compiled = self.compile(spec).await?;
         let mut errors = Vec::new();
-        for s in compiled.sinks.values() {
+        for (name, s) in &compiled.sinks {
             if let Err(e) = s.sink.check_reachable().await {
-                errors.push(e);
+                let issue = compiled
+                    .spec
+                    .issue(format!("sinks.{name}.url"), e.to_string())
+                    .with_help("point `url` at a folder (or bucket prefix) sluice can create and write");
+                errors.push(SluiceError::spec(issue));
             }
         }
         if errors.is_empty() { Ok(compiled) } else { Err(merge_errors(errors)) }

@@ -526,9 +526,9 @@ impl UnitReader<'_> {
             LineFormat::Csv(o) => {
                 let header = u64::from(o.has_header && whole);
                 // arrow counts records from 1 including the header in "for line N",
-                // and data rows from 0 in "at line N"
+                // and data rows from 1 (header excluded) in "at line N"
                 let line = number_after(message, "for line ")
-                    .or_else(|| number_after(message, "at line ").map(|n| n + 1 + header));
+                    .or_else(|| number_after(message, "at line ").map(|n| n + header));
                 let _ = rows_done;
                 if whole {
                     self.error(line, message.to_string(), RetryHint::Never)

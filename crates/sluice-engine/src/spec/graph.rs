@@ -76,7 +76,7 @@ impl Graph {
                 if i == name {
                     issues.push(spec.issue(&key, format!("stage `{name}` lists itself as an input")));
                 } else if !kinds.contains_key(i) {
-                    issues.push(unknown_input(spec, &key, i, &kinds));
+                    issues.push(unknown_input(spec, &key, i, name, &kinds));
                 }
             }
             inputs.insert(name.clone(), ins.to_vec());
@@ -93,7 +93,7 @@ impl Graph {
             let key = format!("sinks.{name}.input");
             let input = sink.input();
             if !kinds.contains_key(input) {
-                issues.push(unknown_input(spec, &key, input, &kinds));
+                issues.push(unknown_input(spec, &key, input, name, &kinds));
             }
             inputs.insert(name.clone(), vec![input.to_string()]);
             kinds.entry(name.clone()).or_insert(NodeKind::Sink);
@@ -153,9 +153,12 @@ impl Graph {
     }
 }
 
-fn unknown_input(spec: &PipelineSpec, key: &str, input: &str, kinds: &BTreeMap<String, NodeKind>) -> SpecIssue {
-    let known: Vec<&str> =
-        kinds.iter().filter(|(_, k)| **k != NodeKind::Sink).map(|(n, _)| n.as_str()).collect();
+fn unknown_input(spec: &PipelineSpec, key: &str, input: &str, reader: &str, kinds: &BTreeMap<String, NodeKind>) -> SpecIssue {
+    let known: Vec<&str> = kinds
+        .iter()
+        .filter(|(n, k)| **k != NodeKind::Sink && n.as_str() != reader)
+        .map(|(n, _)| n.as_str())
+        .collect();
     spec.issue(key, format!("unknown input `{input}`")).with_help(if known.is_empty() {
         "declare it as a [sources.<name>] or [stages.<name>] table".to_string()
     } else {

@@ -155,10 +155,10 @@ impl FileSource {
             (listed, Vec::new(), None)
         };
         if files.is_empty() {
-            return Err(src_err(
-                Some(location.url()),
-                format!("no input files match `{path}`"),
-                RetryHint::Never,
+            return Err(SluiceError::spec(
+                ctx.spec
+                    .issue(&key, format!("source `{}`: no input files match `{path}` ({})", ctx.name, location.url()))
+                    .with_help("the path is relative to the pipeline file; a folder, a file, a glob like `data/*.csv` or a URL"),
             ));
         }
 

@@ -1,0 +1,2 @@
+-- an incomplete WHERE clause
+SELECT name FROM customers WHERE
