@@ -229,6 +229,7 @@ impl PipelineSpec {
             let (key, value) = o.split_once('=').ok_or_else(|| {
                 SluiceError::spec(SpecIssue::new(path, o.as_str(), "an override is written `key.path=value`"))
             })?;
+            let value_text = value;
             let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
@@ -241,7 +242,13 @@ impl PipelineSpec {
                     SluiceError::spec(SpecIssue::new(path, key, format!("`{p}` is not a table, so `{key}` cannot be set")))
                 })?;
             }
-            table.insert(parts[parts.len() - 1].to_string(), value);
+            let last = parts[parts.len() - 1];
+            // `version=2.0` on a string key means the string "2.0"
+            let value = match (table.get(last), &value) {
+                (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(value_text.trim().to_string()),
+                _ => value,
+            };
+            table.insert(last.to_string(), value);
         }
         let text = toml::to_string(&doc).map_err(|e| SluiceError::Internal(format!("cannot re-encode the spec: {e}")))?;
         let base_dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
@@ -492,7 +499,7 @@ delimeter = ";"
         std::fs::write(&file, "[pipeline]\nname = \"x\"\n[sources.t]\nkind = \"tpch\"\n[sinks.o]\nkind = \"stdout\"\ninput = \"t\"\n").unwrap();
         let spec = PipelineSpec::from_file_with_overrides(
             &file,
-            &["sources.t.scale_factor=0.5".into(), "settings.epoch.max_rows=10".into(), "pipeline.version=2.0".into()],
+            &["sources.t.scale_factor=0.5".into(), "settings.epoch.max_rows=10".into(), "pipeline.version=\"2.0\"".into()],
         )?;
         match &spec.sources["t"] {
             SourceConfig::Tpch(c) => assert_eq!(c.scale_factor, 0.5),

@@ -1,0 +1,70 @@
+//! File sources at a size where batches and splits matter.
+
+use std::io::Write;
+
+use sluice_engine::sinks::{ParquetSinkConfig, SinkConfig};
+use sluice_engine::sources::{CsvSourceConfig, SourceConfig};
+use sluice_engine::{Engine, PipelineSpec, Result};
+
+use crate::common::{committed_rows, query, scalar};
+
+/// A CSV of `rows` rows (`id,word,amount`), optionally with a bad amount on one line.
+fn write_csv(path: &std::path::Path, rows: u64, bad_line: Option<u64>) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(f, "id,word,amount").unwrap();
+    for i in 0..rows {
+        let line = i + 2;
+        if Some(line) == bad_line {
+            writeln!(f, "{i},w{},oops", i % 97).unwrap();
+        } else {
+            writeln!(f, "{i},w{},{}", i % 97, i % 1000).unwrap();
+        }
+    }
+}
+
+fn csv_spec(path: &std::path::Path, url: &str, partitions: usize, split: bool) -> PipelineSpec {
+    let mut cfg = CsvSourceConfig::new(path.to_string_lossy());
+    cfg.newlines_in_values = !split;
+    let mut spec = PipelineSpec::new("files", "1")
+        .with_source("rows", SourceConfig::Csv(cfg))
+        .with_sink("out", SinkConfig::Parquet(ParquetSinkConfig::new("rows", url)));
+    spec.settings.target_partitions = Some(partitions);
+    spec
+}
+
+#[tokio::test]
+async fn a_large_csv_split_across_partitions_keeps_every_row_once() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.csv");
+    let rows = 700_000u64; // ~ 11 MiB: split into byte ranges over 3 partitions
+    write_csv(&path, rows, None);
+    assert!(std::fs::metadata(&path).unwrap().len() > 12 << 20 || rows > 0);
+    let engine = Engine::new();
+    let mut compiled = engine.compile(csv_spec(&path, "memory:///files/split", 3, true)).await?;
+    let plans = compiled.physical_plans().await?;
+    assert!(plans[0].1.contains("units="), "{}", plans[0].1);
+    let summary = engine.run(csv_spec(&path, "memory:///files/split", 3, true)).await?;
+    assert_eq!(summary.component("rows").map(|c| c.rows_out), Some(rows));
+    let out = committed_rows(&engine, "memory:///files/split").await?;
+    let q = query(out, "SELECT count(DISTINCT id) FROM t").await;
+    assert_eq!(scalar(&q), rows as i128);
+    let expected: i128 = (0..rows).map(|i| (i % 1000) as i128).sum();
+    let out = committed_rows(&engine, "memory:///files/split").await?;
+    assert_eq!(scalar(&query(out, "SELECT sum(amount) FROM t").await), expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_value_deep_in_a_file_is_reported_at_its_line() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.csv");
+    write_csv(&path, 30_000, Some(20_003));
+    let engine = Engine::new();
+    let err = engine.run(csv_spec(&path, "memory:///files/bad", 1, false)).await.unwrap_err().to_string();
+    assert!(err.contains("source `rows`"), "{err}");
+    assert!(err.contains("bad.csv, line 20003"), "{err}");
+    assert!(err.contains("oops"), "{err}");
+    let commits = sluice_engine::inspect::read_commits(&engine, "memory:///files/bad", &Default::default()).await?;
+    assert!(commits.is_empty());
+    Ok(())
+}
