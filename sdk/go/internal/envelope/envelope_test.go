@@ -1,0 +1,143 @@
+package envelope
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// goldenPath locates testdata/protocol/envelopes.jsonl from this file: the
+// repository layout is fixed (sdk/go/internal/envelope → repository root).
+func goldenPath(t *testing.T) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok || !filepath.IsAbs(file) { // -trimpath: fall back to the package directory
+		file = filepath.Join(".", "envelope_test.go")
+	}
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "..", "testdata", "protocol", "envelopes.jsonl")
+}
+
+func TestGoldenVectors(t *testing.T) {
+	f, err := os.Open(goldenPath(t))
+	if err != nil {
+		t.Fatalf("golden vectors: %v", err)
+	}
+	defer f.Close()
+
+	sc := bufio.NewScanner(f)
+	n := 0
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
+		n++
+		env, err := Decode(line)
+		if err != nil {
+			t.Errorf("line %d: decode: %v\n%s", n, err, line)
+			continue
+		}
+		if got := Encode(&env); !bytes.Equal(got, line) {
+			t.Errorf("line %d: re-encoding differs\n got: %s\nwant: %s", n, got, line)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n < 8 {
+		t.Fatalf("read %d vectors, want at least 8", n)
+	}
+}
+
+// The golden file covers these on purpose; check the decoded values too, not
+// only the bytes.
+func TestExactIntegers(t *testing.T) {
+	env, err := Decode([]byte(`{"v":1,"kind":"batch","epoch":18446744073709551615,"seq":9007199254740993,"in_seq":0}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Epoch != 18446744073709551615 || env.Seq != 9007199254740993 {
+		t.Fatalf("epoch %d seq %d", env.Epoch, env.Seq)
+	}
+	if env.InSeq == nil || *env.InSeq != 0 {
+		t.Fatalf("in_seq = %v, want present 0", env.InSeq)
+	}
+	flushed := Envelope{V: 1, Kind: Flushed, Epoch: 3, Seq: 0, Rows: Uint64(0)}
+	if got, want := string(Encode(&flushed)), `{"v":1,"kind":"flushed","epoch":3,"seq":0,"rows":0}`; got != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+// AppendString must agree with encoding/json (HTML escaping off) on every
+// string except U+2028/U+2029, which encoding/json always escapes and
+// serde_json never does, and invalid UTF-8.
+func TestMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{
+		"", "plain", `q"uote`, `back\slash`, "<a & b>", "\b\f\n\r\t", "\x00\x01\x1f\x7f",
+		"été ünïcødé 日本 🦀", "ship mode \"\" is empty <none> & été",
+	} {
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(s); err != nil {
+			t.Fatal(err)
+		}
+		want := strings.TrimSuffix(buf.String(), "\n")
+		if got := string(AppendString(nil, s)); got != want {
+			t.Errorf("%q: got %s, want %s", s, got, want)
+		}
+	}
+	if got, want := string(AppendString(nil, "a\u2028b\u2029c")), "\"a\u2028b\u2029c\""; got != want {
+		t.Errorf("U+2028/2029: got %q, want %q (as is, like serde_json)", got, want)
+	}
+	if got, want := string(AppendString(nil, "a\xffb")), "\"a\uFFFDb\""; got != want {
+		t.Errorf("invalid UTF-8: got %q, want %q", got, want)
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	for _, in := range []string{
+		``,
+		`not json`,
+		`{"kind":"batch","epoch":1,"seq":0}`,
+		`{"v":2,"kind":"batch","epoch":1,"seq":0}`,
+		`{"v":1,"epoch":1,"seq":0}`,
+		`{"v":1,"kind":"nope","epoch":1,"seq":0}`,
+		`{"v":1,"kind":"batch","seq":0}`,
+		`{"v":1,"kind":"batch","epoch":1}`,
+		`{"v":1,"kind":"batch","epoch":-1,"seq":0}`,
+		`{"v":1,"kind":"batch","epoch":1.5,"seq":0}`,
+		`{"v":1,"kind":"batch","epoch":18446744073709551616,"seq":0}`,
+	} {
+		if _, err := Decode([]byte(in)); err == nil {
+			t.Errorf("Decode(%q) succeeded, want an error", in)
+		}
+	}
+}
+
+func FuzzRoundTrip(f *testing.F) {
+	f.Add(uint64(12), uint64(3), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "quantity 47 exceeds 45", int64(7))
+	f.Add(^uint64(0), uint64(1)<<53+1, "", "a\u2028b \"<&>\" \x01", int64(0))
+	f.Fuzz(func(t *testing.T, epoch, seq uint64, trace, msg string, row int64) {
+		if !utf8Valid(trace) || !utf8Valid(msg) {
+			t.Skip()
+		}
+		in := Envelope{V: 1, Kind: RowErrors, Epoch: epoch, Seq: seq, InSeq: Uint64(seq / 2), Traceparent: trace,
+			Errors: []RowError{{Row: row, Code: "REJECTED", Message: msg}}}
+		b := Encode(&in)
+		out, err := Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if again := Encode(&out); !bytes.Equal(again, b) {
+			t.Fatalf("not stable:\n%s\n%s", b, again)
+		}
+	})
+}
+
+func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "") == s }

@@ -1,0 +1,411 @@
+// Package stagetest is the engine's side of the stage protocol, reduced to
+// what tests need: it serves a stage in-process on a unix socket and drives
+// it with a plain Flight client, message by message, checking the protocol
+// on the way (the schema comes first, every message after it has an
+// envelope).
+package stagetest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/flight"
+	flightgen "github.com/apache/arrow-go/v18/arrow/flight/gen/flight"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sluice-etl/sluice/sdk/go/internal/envelope"
+	"github.com/sluice-etl/sluice/sdk/go/stage"
+)
+
+// Server is a stage served on a unix socket in t.TempDir(), and a client.
+type Server struct {
+	Socket string
+	Client flightgen.FlightServiceClient
+	mem    memory.Allocator
+}
+
+// Start serves st until the test ends. mem is used by the client side to
+// decode output; pass the same checked allocator as to the server
+// (stage.WithAllocator in opts) to account for everything.
+func Start(t testing.TB, st stage.Stage, mem memory.Allocator, opts ...stage.Option) *Server {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "stage.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs, err := stage.NewServer(st, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop) // after the connection is closed (cleanups run last first)
+	return Connect(t, sock, mem)
+}
+
+// Connect returns a client of a stage that listens on socket; the
+// connection is closed when the test ends.
+func Connect(t testing.TB, socket string, mem memory.Allocator) *Server {
+	t.Helper()
+	conn, err := Dial(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return &Server{Socket: socket, Client: flightgen.NewFlightServiceClient(conn), mem: mem}
+}
+
+// EnvRunMain makes a test binary run its package's main instead of its
+// tests (see RunMainIfAsked): how StartProcess runs an example stage as a
+// child process without a separate build.
+const EnvRunMain = "SLUICE_STAGETEST_RUN_MAIN"
+
+// RunMainIfAsked is for TestMain of a stage's main package: when the
+// process was started by StartProcess it runs main and exits.
+func RunMainIfAsked(main func()) {
+	if os.Getenv(EnvRunMain) == "1" {
+		main()
+		os.Exit(0)
+	}
+}
+
+// StartProcess runs the test binary again as the stage, the way the engine
+// runs a stage: a child process with SLUICE_STAGE_SOCKET set. It waits
+// until the health action succeeds. When the test ends the child gets
+// SIGTERM and must exit with status 0.
+func StartProcess(t testing.TB, mem memory.Allocator) *Server {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("no unix signals")
+	}
+	sock := filepath.Join(t.TempDir(), "stage.sock")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), EnvRunMain+"=1", stage.EnvSocket+"="+sock)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("stage process: %v\n%s", err, stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("stage process did not stop on SIGTERM\n%s", stderr.String())
+		}
+	})
+
+	// Like the engine: poll health until it answers or a start timeout.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("stage process exited: %v\n%s", err, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stage process did not listen\n%s", stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	srv := Connect(t, sock, mem)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := srv.Action(ctx, stage.ActionHealth)
+		cancel()
+		if err == nil {
+			return srv
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health: %v\n%s", err, stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Dial connects to a stage's unix socket the way the engine does: gRPC
+// over unix://<path>, messages up to 64 MiB both ways. Reconnection backs
+// off from 10ms rather than gRPC's 1s: a stage that is starting refuses the
+// first attempts.
+func Dial(socket string) (*grpc.ClientConn, error) {
+	bo := backoff.DefaultConfig
+	bo.BaseDelay, bo.MaxDelay = 10*time.Millisecond, 200*time.Millisecond
+	return grpc.NewClient("unix://"+socket,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: time.Second}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(stage.MaxMessageSize), grpc.MaxCallSendMsgSize(stage.MaxMessageSize)))
+}
+
+// Action calls DoAction and returns the body of its single result.
+func (s *Server) Action(ctx context.Context, typ string) ([]byte, error) {
+	stream, err := s.Client.DoAction(ctx, &flight.Action{Type: typ})
+	if err != nil {
+		return nil, err
+	}
+	res, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		return nil, fmt.Errorf("action %q: more than one result (%v)", typ, err)
+	}
+	return res.GetBody(), nil
+}
+
+// Describe returns the manifest the stage describes itself with.
+func (s *Server) Describe(ctx context.Context) (stage.Manifest, []byte, error) {
+	body, err := s.Action(ctx, stage.ActionDescribe)
+	if err != nil {
+		return stage.Manifest{}, nil, err
+	}
+	var m stage.Manifest
+	err = json.Unmarshal(body, &m)
+	return m, body, err
+}
+
+// OpenCmd is an open request (protocol.md section 3); config is JSON or "".
+func OpenCmd(stageName string, epoch uint64, partition uint32, config string) []byte {
+	if config == "" {
+		config = "{}"
+	}
+	return fmt.Appendf(nil, `{"protocol":%q,"stage":%q,"epoch":%d,"partition":%d,"config":%s}`,
+		stage.Protocol, stageName, epoch, partition, config)
+}
+
+// Event is one message the stage sent after its schema.
+type Event struct {
+	Envelope envelope.Envelope
+	Record   arrow.RecordBatch // the body of a "batch", decoded; release it
+}
+
+// Release releases the records of events.
+func Release(events []Event) {
+	for _, e := range events {
+		if e.Record != nil {
+			e.Record.Release()
+		}
+	}
+}
+
+// Exchange is one DoExchange stream, driven by hand.
+type Exchange struct {
+	stream flightgen.FlightService_DoExchangeClient
+	mem    memory.Allocator
+	epoch  uint64
+	seq    uint64
+
+	outSchemaMsg *flight.FlightData // the stage's schema message
+	OutputSchema *arrow.Schema
+}
+
+// Open starts an exchange: its first message carries the open request in
+// a CMD descriptor and the input schema.
+func (s *Server) Open(ctx context.Context, open []byte, schema *arrow.Schema) (*Exchange, error) {
+	var req struct {
+		Epoch uint64 `json:"epoch"`
+	}
+	_ = json.Unmarshal(open, &req)
+	stream, err := s.Client.DoExchange(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p := ipc.GetSchemaPayload(schema, s.mem)
+	defer p.Release()
+	meta := p.Meta()
+	defer meta.Release()
+	err = stream.Send(&flight.FlightData{
+		FlightDescriptor: &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: open},
+		DataHeader:       meta.Bytes(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Exchange{stream: stream, mem: s.mem, epoch: req.Epoch}, nil
+}
+
+// Send sends rec with a "batch" envelope numbered from 0.
+func (x *Exchange) Send(rec arrow.RecordBatch) error {
+	env := envelope.Envelope{V: 1, Kind: envelope.Batch, Epoch: x.epoch, Seq: x.seq}
+	x.seq++
+	return x.SendRaw(rec, envelope.Encode(&env))
+}
+
+// SendRaw sends rec with the given app_metadata, for malformed input.
+func (x *Exchange) SendRaw(rec arrow.RecordBatch, appMetadata []byte) error {
+	p, err := ipc.GetRecordBatchPayload(rec, ipc.WithAllocator(x.mem))
+	if err != nil {
+		return err
+	}
+	defer p.Release()
+	meta := p.Meta()
+	defer meta.Release()
+	var body bytes.Buffer
+	if err := p.SerializeBody(&body); err != nil {
+		return err
+	}
+	return x.stream.Send(&flight.FlightData{DataHeader: meta.Bytes(), DataBody: body.Bytes(), AppMetadata: appMetadata})
+}
+
+// End sends "end" and closes the sending side.
+func (x *Exchange) End() error {
+	env := envelope.Envelope{V: 1, Kind: envelope.End, Epoch: x.epoch, Seq: x.seq}
+	x.seq++
+	if err := x.stream.Send(&flight.FlightData{AppMetadata: envelope.Encode(&env)}); err != nil {
+		return err
+	}
+	return x.stream.CloseSend()
+}
+
+// CloseSend closes the sending side without "end" (a protocol violation).
+func (x *Exchange) CloseSend() error { return x.stream.CloseSend() }
+
+// Recv returns the next message after the schema; io.EOF after a clean
+// end, else the gRPC status the stage ended the exchange with.
+func (x *Exchange) Recv() (Event, error) {
+	for {
+		fd, err := x.stream.Recv()
+		if err != nil {
+			return Event{}, err
+		}
+		if x.outSchemaMsg == nil {
+			if len(fd.GetDataHeader()) == 0 || len(fd.GetDataBody()) > 0 {
+				return Event{}, errors.New("stagetest: the stage's first message is not its schema")
+			}
+			x.outSchemaMsg = fd
+			rdr, err := flight.NewRecordReader(&replay{msgs: []*flight.FlightData{fd}}, ipc.WithAllocator(x.mem))
+			if err != nil {
+				return Event{}, fmt.Errorf("stagetest: output schema: %w", err)
+			}
+			x.OutputSchema = rdr.Schema()
+			rdr.Release()
+			continue
+		}
+		env, err := envelope.Decode(fd.GetAppMetadata())
+		if err != nil {
+			return Event{}, fmt.Errorf("stagetest: message without a valid envelope: %w", err)
+		}
+		if !bytes.Equal(envelope.Encode(&env), fd.GetAppMetadata()) {
+			return Event{}, fmt.Errorf("stagetest: envelope not canonical: %s", fd.GetAppMetadata())
+		}
+		ev := Event{Envelope: env}
+		if len(fd.GetDataHeader()) > 0 {
+			if ev.Record, err = x.decode(fd); err != nil {
+				return Event{}, err
+			}
+		}
+		return ev, nil
+	}
+}
+
+// decode reads one record batch message, replaying the schema before it
+// (no dictionaries in these tests, so no reader state is lost).
+func (x *Exchange) decode(fd *flight.FlightData) (arrow.RecordBatch, error) {
+	rdr, err := flight.NewRecordReader(&replay{msgs: []*flight.FlightData{x.outSchemaMsg, fd}}, ipc.WithAllocator(x.mem))
+	if err != nil {
+		return nil, err
+	}
+	defer rdr.Release()
+	if !rdr.Next() {
+		return nil, fmt.Errorf("stagetest: undecodable batch: %v", rdr.Err())
+	}
+	rec := rdr.RecordBatch()
+	rec.Retain()
+	return rec, nil
+}
+
+// RecvAll receives until the end of the stream.
+func (x *Exchange) RecvAll() ([]Event, error) {
+	var events []Event
+	for {
+		ev, err := x.Recv()
+		if err == io.EOF {
+			return events, nil
+		}
+		if err != nil {
+			return events, err
+		}
+		events = append(events, ev)
+	}
+}
+
+// Run is a whole exchange: open, every record, end, all the answers. It
+// sends and receives concurrently, as the engine does, so large exchanges
+// do not stall on flow control. The events are returned even on error.
+func (s *Server) Run(ctx context.Context, open []byte, schema *arrow.Schema, recs ...arrow.RecordBatch) ([]Event, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	x, err := s.Open(ctx, open, schema)
+	if err != nil {
+		return nil, err
+	}
+	sent := make(chan error, 1)
+	go func() {
+		for _, rec := range recs {
+			if err := x.Send(rec); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- x.End()
+	}()
+	events, err := x.RecvAll()
+	if serr := <-sent; err == nil && serr != nil && serr != io.EOF {
+		err = serr
+	}
+	return events, err
+}
+
+// replay is a flight.DataStreamReader over a fixed list of messages.
+type replay struct{ msgs []*flight.FlightData }
+
+func (r *replay) Recv() (*flight.FlightData, error) {
+	if len(r.msgs) == 0 {
+		return nil, io.EOF
+	}
+	fd := r.msgs[0]
+	r.msgs = r.msgs[1:]
+	return fd, nil
+}
+
+// Kinds lists the kinds of events, e.g. "batch(0) ack(1) row_errors(1) flushed",
+// with the in_seq in brackets: a compact thing to compare in tests.
+func Kinds(events []Event) string {
+	var b bytes.Buffer
+	for i, e := range events {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(string(e.Envelope.Kind))
+		if e.Envelope.InSeq != nil {
+			b.WriteString("(" + strconv.FormatUint(*e.Envelope.InSeq, 10) + ")")
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,106 @@
+// Package stage writes sluice external stages in Go.
+//
+// A stage is a program that transforms Arrow record batches for a sluice
+// pipeline, out of the engine's process. The engine talks to it over Arrow
+// Flight with the protocol sluice.stage.v1 (docs/protocol.md in the
+// repository); this package implements the stage's side of it, so a stage
+// is a type with four methods and a main that calls Serve.
+//
+// # Writing a stage
+//
+// Implement Stage (embed Base for the default Health) and return a
+// Processor from Open (embed Base for the default Flush, or use
+// ProcessorFunc):
+//
+//	type upper struct{ stage.Base }
+//
+//	func (upper) Manifest() stage.Manifest {
+//		return stage.Manifest{
+//			Name:         "upper",
+//			Version:      "1.0.0",
+//			InputSchema:  &stage.SchemaRef{Name: "names", Version: "1", Schema: names},
+//			OutputSchema: &stage.SchemaRef{Name: "names", Version: "1", Schema: names},
+//		}
+//	}
+//
+//	func (upper) Open(ctx context.Context, req stage.OpenRequest) (stage.Processor, error) {
+//		var cfg struct{ Locale string `json:"locale"` }
+//		if err := req.DecodeConfig(&cfg); err != nil {
+//			return nil, err // INVALID_ARGUMENT
+//		}
+//		return stage.ProcessorFunc(func(ctx context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+//			... build the output with req.Allocator ...
+//		}), nil
+//	}
+//
+//	func main() {
+//		if err := stage.Serve(context.Background(), upper{}); err != nil {
+//			log.Fatal(err)
+//		}
+//	}
+//
+// The engine starts the binary with SLUICE_STAGE_SOCKET set to a unix socket
+// path, waits until the "health" action succeeds, and opens one exchange
+// (one DoExchange stream) per partition and epoch; exchanges of one process
+// run concurrently. sdk/go/examples has three complete stages.
+//
+// # The contract
+//
+//   - Manifest is called once. It says what the stage accepts and produces:
+//     a nil InputSchema accepts any schema, and a nil OutputSchema (allowed
+//     only then) means output = input. The SDK fills the defaults (language
+//     "go", protocol, 65536 rows and 32 MiB per batch, ordering "preserve",
+//     errors "row") and refuses an inconsistent manifest before serving.
+//   - Open is called once per exchange with the open request: the pipeline's
+//     name for the stage, epoch, partition, the stage's config table and the
+//     input schema, already checked against the manifest (a mismatch fails
+//     the exchange with SCHEMA_MISMATCH naming the field before Open).
+//   - Process is called for every input batch of the exchange, in order,
+//     from one goroutine; the input record is released by the SDK after it
+//     returns, and the output record is handed over to the SDK, which sends
+//     and releases it. Return rec.Retain()ed rec to pass it through.
+//   - Flush is called once after the last batch, when the engine ends the
+//     epoch: a stateful stage returns what it held back. It is not called
+//     when the exchange fails; an io.Closer Processor is closed in every
+//     case.
+//   - Output records must have OpenRequest.OutputSchema (names, types,
+//     nullability; metadata is ignored) and no null in a not-null column,
+//     else the exchange fails with SCHEMA_MISMATCH naming the stage and the
+//     field.
+//
+// The SDK does the protocol: it answers every input batch with an output
+// batch, or with an "ack" when no row came out, then a "row_errors" message
+// if there are row errors; it stamps output batches with the lineage of the
+// stage; and after Flush it sends "flushed" with the number of rows.
+//
+// # Filtering and errors
+//
+// A stage decides the fate of every input row:
+//
+//   - kept: the row (or what it became) is in the output record;
+//   - filtered: the row is not in the output and not reported: it is gone,
+//     and nobody counts it;
+//   - failed: the row is not in the output and is reported as a RowError
+//     whose Row is its index in the input record. The engine applies the
+//     pipeline's on_error policy: fail the epoch, skip (drop and count) or
+//     dead_letter (keep with the error). Use Malformed, TypeMismatch,
+//     ConstraintViolation or Rejected. A stage whose manifest says
+//     errors = "fatal_only" must not report row errors.
+//
+// Anything that is not about one row is fatal: return an error from Open,
+// Process or Flush and the exchange ends with a gRPC status, and the epoch
+// fails. The engine retries it only for the retryable codes Timeout and
+// Unavailable (Code.Retryable), re-running it from its source offsets, so a
+// retry never duplicates output. Build fatal errors with Fatal to choose the
+// code (the status message is "[CODE] message"); any other error, and a
+// panic, is INTERNAL. Input that does not match the manifest fails with
+// SCHEMA_MISMATCH, a bad open request or config with INVALID_ARGUMENT.
+//
+// # Memory
+//
+// Records are reference counted (arrow-go's Retain/Release). Build outputs
+// with OpenRequest.Allocator, which is the allocator given to WithAllocator;
+// tests pass a memory.CheckedAllocator and assert that every byte comes
+// back. A cancelled exchange (the engine gave up on the epoch) cancels the
+// context passed to Open, Process and Flush; return promptly.
+package stage

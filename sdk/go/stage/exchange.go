@@ -1,0 +1,507 @@
+package stage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/flight"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sluice-etl/sluice/sdk/go/internal/envelope"
+	"github.com/sluice-etl/sluice/sdk/go/internal/schemacheck"
+)
+
+// DoExchange serves one exchange (protocol.md section 3) as a pipeline of
+// three goroutines joined by unbuffered channels:
+//
+//	read (own goroutine)     FlightData → input records + envelopes
+//	process (own goroutine)  Processor.Process per batch, then Flush → answers
+//	write (this goroutine)   answers → FlightData with envelopes, "flushed"
+//
+// so decoding batch n+1, processing batch n and sending the output of batch
+// n-1 overlap. The channels are unbuffered on purpose: a record is always
+// owned by exactly one goroutine (a send that completes hands it over; one
+// abandoned on cancellation is released by its sender), so nothing is left
+// in a channel when the exchange stops. The first error of any step cancels
+// ctx with that error as the cause, which stops the others.
+func (s *service) DoExchange(stream flight.FlightService_DoExchangeServer) error {
+	start := time.Now()
+	x := &exchange{svc: s, stream: stream}
+	err := x.run()
+	level := slog.LevelWarn
+	if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
+		level = slog.LevelInfo // the engine gave up on the epoch: nothing wrong here
+	}
+	if err != nil {
+		s.log.Log(context.Background(), level, "exchange failed", "pipeline_stage", x.req.Stage, "epoch", x.req.Epoch,
+			"partition", x.req.Partition, "error", err)
+	} else {
+		s.log.Debug("exchange flushed", "pipeline_stage", x.req.Stage, "epoch", x.req.Epoch,
+			"partition", x.req.Partition, "rows", x.rows, "elapsed", time.Since(start))
+	}
+	return toStatus(err)
+}
+
+type exchange struct {
+	svc    *service
+	stream flight.FlightService_DoExchangeServer
+	req    OpenRequest
+
+	// Owned by the writer (the handler goroutine).
+	seq  uint64 // the next envelope's seq: every message with an envelope counts
+	rows uint64 // output rows sent, for "flushed"
+}
+
+// input is one input batch on its way to the processing step.
+type input struct {
+	rec arrow.RecordBatch
+	env envelope.Envelope
+}
+
+// answer is what the processing step hands to the writer.
+type answer struct {
+	inSeq   *uint64           // the input batch answered; nil for Flush output
+	rec     arrow.RecordBatch // output rows, or nil: an "ack" when inSeq is set
+	errs    []envelope.RowError
+	flushed bool // the last answer: send "flushed"
+}
+
+func (a answer) release() {
+	if a.rec != nil {
+		a.rec.Release()
+	}
+}
+
+func (x *exchange) run() error {
+	ctx, cancel := context.WithCancelCause(x.stream.Context())
+	defer cancel(nil)
+	mem := x.svc.mem
+
+	// 1. The first message carries the open request (descriptor) and the
+	// input schema.
+	in := &inputStream{stream: x.stream}
+	rdr, err := flight.NewRecordReader(in, ipc.WithAllocator(mem))
+	if err != nil {
+		return inputError("reading the open request and input schema", err)
+	}
+	readerStarted := false
+	defer func() {
+		if !readerStarted {
+			rdr.Release()
+		}
+	}()
+	if err := x.open(rdr.LatestFlightDescriptor(), rdr.Schema()); err != nil {
+		return err
+	}
+	var proc Processor
+	err = guard("Open", x.svc.log, func() (err error) {
+		proc, err = x.svc.stage.Open(ctx, x.req)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if proc == nil {
+		return Fatal(Internal, "stage %q: Open returned a nil Processor", x.svc.manifest.Name)
+	}
+	if c, ok := proc.(io.Closer); ok {
+		defer func() { _ = guard("Close", x.svc.log, c.Close) }()
+	}
+
+	// 2. The answer starts with the output schema, sent now rather than
+	// with the first output batch: an "ack" or "row_errors" may come first.
+	out := &outputStream{stream: x.stream}
+	if err := out.sendSchema(x.req.OutputSchema, mem); err != nil {
+		return err
+	}
+	w := flight.NewRecordWriter(out, ipc.WithSchema(x.req.OutputSchema), ipc.WithAllocator(mem))
+	defer w.Close() // releases the writer's dictionaries; never sends (see outputStream)
+
+	// 3. The pipeline.
+	inputs := make(chan input)
+	answers := make(chan answer)
+	readerStarted = true
+	go x.read(ctx, cancel, rdr, in, inputs)
+	go x.process(ctx, cancel, proc, inputs, answers)
+	return x.write(ctx, cancel, w, answers)
+}
+
+// open parses and checks the open request and the input schema, and
+// decides the output schema.
+func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) error {
+	m := x.svc.manifest
+	if desc == nil || desc.GetType() != flight.DescriptorCMD || len(desc.GetCmd()) == 0 {
+		return Fatal(InvalidArgument, "the first message must carry a CMD FlightDescriptor whose cmd is the open request")
+	}
+	if err := json.Unmarshal(desc.GetCmd(), &x.req); err != nil {
+		return Fatal(InvalidArgument, "open request: %v", err)
+	}
+	if x.req.Protocol != Protocol {
+		return Fatal(InvalidArgument, "open request: protocol %q, stage %q speaks %q", x.req.Protocol, m.Name, Protocol)
+	}
+	if inSchema == nil {
+		return Fatal(InvalidArgument, "the first message carries no input schema")
+	}
+	if m.InputSchema != nil {
+		if err := schemacheck.Compatible(m.InputSchema.Schema, inSchema); err != nil {
+			return Fatal(SchemaMismatch, "stage %q: input %v (declared %s v%s)", m.Name, err, m.InputSchema.Name, m.InputSchema.Version)
+		}
+	}
+	x.req.InputSchema = inSchema
+	x.req.OutputSchema = inSchema // a null output schema: output = input
+	if m.OutputSchema != nil {
+		x.req.OutputSchema = m.OutputSchema.Schema
+	}
+	x.req.Allocator = x.svc.mem
+	return nil
+}
+
+// read decodes input batches and hands them to the processing step. It
+// closes inputs only after "end"; on any other outcome it cancels ctx.
+//
+// It is not waited for: when the exchange fails while the engine is still
+// sending, it may be blocked in Recv, which returns once the handler has
+// returned and gRPC ends the stream. It holds no record while blocked.
+func (x *exchange) read(ctx context.Context, cancel context.CancelCauseFunc, rdr *flight.Reader, in *inputStream, inputs chan<- input) {
+	defer rdr.Release()
+	for rdr.Next() {
+		rec := rdr.RecordBatch()
+		env, err := x.checkInput(rdr.LatestAppMetadata(), rec)
+		if err != nil {
+			cancel(err)
+			return
+		}
+		rec.Retain() // the reader reuses its reference on Next
+		select {
+		case inputs <- input{rec: rec, env: env}:
+		case <-ctx.Done():
+			rec.Release()
+			return
+		}
+	}
+	switch {
+	case rdr.Err() != nil:
+		cancel(inputError("reading input", rdr.Err()))
+	case in.end == nil:
+		cancel(Fatal(InvalidArgument, `the input ended without an "end" message`))
+	case in.end.Epoch != x.req.Epoch:
+		cancel(Fatal(InvalidArgument, `"end" is for epoch %d, the exchange is for epoch %d`, in.end.Epoch, x.req.Epoch))
+	default:
+		close(inputs)
+	}
+}
+
+func (x *exchange) checkInput(meta []byte, rec arrow.RecordBatch) (envelope.Envelope, error) {
+	if len(meta) == 0 {
+		return envelope.Envelope{}, Fatal(InvalidArgument, "an input batch has no envelope (app_metadata)")
+	}
+	env, err := envelope.Decode(meta)
+	if err != nil {
+		return env, Fatal(InvalidArgument, "input batch: %v", err)
+	}
+	if env.Kind != envelope.Batch {
+		return env, Fatal(InvalidArgument, "an input message with a body has kind %q, want %q", env.Kind, envelope.Batch)
+	}
+	if env.Epoch != x.req.Epoch {
+		return env, Fatal(InvalidArgument, "input batch seq %d is for epoch %d, the exchange is for epoch %d", env.Seq, env.Epoch, x.req.Epoch)
+	}
+	if n := rec.NumRows(); n > x.svc.manifest.MaxBatchRows {
+		return env, Fatal(InvalidArgument, "input batch seq %d has %d rows, more than max_batch_rows %d", env.Seq, n, x.svc.manifest.MaxBatchRows)
+	}
+	return env, nil
+}
+
+// process runs the Processor over every input batch, in order, then Flush
+// after "end". It closes answers when it returns, after the final answer on
+// success, early on failure.
+func (x *exchange) process(ctx context.Context, cancel context.CancelCauseFunc, proc Processor, inputs <-chan input, answers chan<- answer) {
+	defer close(answers)
+	send := func(a answer) bool {
+		select {
+		case answers <- a:
+			return true
+		case <-ctx.Done():
+			a.release()
+			return false
+		}
+	}
+	for {
+		var (
+			in input
+			ok bool
+		)
+		select {
+		case in, ok = <-inputs:
+		case <-ctx.Done():
+			return
+		}
+		if !ok {
+			break // "end": every input batch is processed
+		}
+		a, err := x.processOne(ctx, proc, in)
+		if err != nil {
+			cancel(err)
+			return
+		}
+		if !send(a) {
+			return
+		}
+	}
+
+	var recs []arrow.RecordBatch
+	err := guard("Flush", x.svc.log, func() (err error) {
+		recs, err = proc.Flush(ctx)
+		return err
+	})
+	for _, rec := range recs {
+		switch {
+		case rec == nil:
+		case err != nil || rec.NumRows() == 0:
+			rec.Release() // nothing more is sent after a failure; an empty record has nothing to send
+		default:
+			if rec, err = x.conform(rec); err == nil && !send(answer{rec: rec}) {
+				err = context.Cause(ctx)
+			}
+		}
+	}
+	if err != nil {
+		cancel(err)
+		return
+	}
+	send(answer{flushed: true})
+}
+
+// processOne calls Process on one input batch and checks what it returns.
+// It releases the input record.
+func (x *exchange) processOne(ctx context.Context, proc Processor, in input) (answer, error) {
+	defer in.rec.Release()
+	if in.env.Traceparent != "" {
+		ctx = context.WithValue(ctx, traceparentKey{}, in.env.Traceparent)
+	}
+	var (
+		out     arrow.RecordBatch
+		rowErrs []RowError
+	)
+	err := guard("Process", x.svc.log, func() (err error) {
+		out, rowErrs, err = proc.Process(ctx, in.rec)
+		return err
+	})
+	if err != nil {
+		if out != nil {
+			out.Release()
+		}
+		return answer{}, err
+	}
+	a := answer{inSeq: envelope.Uint64(in.env.Seq)}
+	if out != nil {
+		if out.NumRows() == 0 {
+			out.Release() // Flight cannot send an empty body: this becomes an "ack"
+		} else if a.rec, err = x.conform(out); err != nil {
+			return answer{}, err
+		}
+	}
+	if a.errs, err = x.rowErrors(rowErrs, in.rec.NumRows()); err != nil {
+		a.release()
+		return answer{}, err
+	}
+	return a, nil
+}
+
+// conform checks an output record against the output schema and returns it
+// stamped with that schema (the stream has one schema; metadata or a
+// stricter nullability may differ). It takes over rec: on error it is
+// released.
+func (x *exchange) conform(rec arrow.RecordBatch) (arrow.RecordBatch, error) {
+	want := x.req.OutputSchema
+	if !rec.Schema().Equal(want) {
+		if err := schemacheck.Compatible(want, rec.Schema()); err != nil {
+			rec.Release()
+			return nil, Fatal(SchemaMismatch, "stage %q: output %v", x.svc.manifest.Name, err)
+		}
+		stamped := array.NewRecordBatch(want, rec.Columns(), rec.NumRows())
+		rec.Release()
+		rec = stamped
+	}
+	if err := schemacheck.NoNullsWhereNotNull(want, rec); err != nil {
+		rec.Release()
+		return nil, Fatal(SchemaMismatch, "stage %q: output %v", x.svc.manifest.Name, err)
+	}
+	return rec, nil
+}
+
+// rowErrors checks the row errors of one batch; a bad one is a bug of the
+// stage, hence INTERNAL.
+func (x *exchange) rowErrors(errs []RowError, inRows int64) ([]envelope.RowError, error) {
+	if len(errs) == 0 {
+		return nil, nil
+	}
+	m := x.svc.manifest
+	if m.Errors == ErrorsFatalOnly {
+		return nil, Fatal(Internal, `stage %q reported %d row error(s), but its manifest says errors = %q`, m.Name, len(errs), ErrorsFatalOnly)
+	}
+	out := make([]envelope.RowError, len(errs))
+	for i, e := range errs {
+		if e.Row < 0 || e.Row >= inRows {
+			return nil, Fatal(Internal, "stage %q: a row error names row %d, the input batch has %d rows", m.Name, e.Row, inRows)
+		}
+		if !e.Code.Valid() {
+			return nil, Fatal(Internal, "stage %q: the row error of row %d has the unknown code %q", m.Name, e.Row, e.Code)
+		}
+		out[i] = envelope.RowError{Row: e.Row, Code: string(e.Code), Message: e.Message}
+	}
+	return out, nil
+}
+
+// write sends the answers, in order, with their envelopes. It returns nil
+// once "flushed" is sent, else the cause of the failure. It always drains
+// answers, so the processing step has returned when write does.
+func (x *exchange) write(ctx context.Context, cancel context.CancelCauseFunc, w *flight.Writer, answers <-chan answer) error {
+	var failed error
+	flushed := false
+	for a := range answers {
+		if failed == nil {
+			if failed = x.send(w, a); failed != nil {
+				cancel(failed)
+			}
+			flushed = a.flushed && failed == nil
+		}
+		a.release()
+	}
+	switch {
+	case failed != nil:
+		return failed
+	case flushed:
+		return nil
+	case context.Cause(ctx) != nil:
+		return context.Cause(ctx)
+	}
+	return Fatal(Internal, "the exchange ended without flushing") // unreachable
+}
+
+func (x *exchange) send(w *flight.Writer, a answer) error {
+	env := func(kind envelope.Kind) envelope.Envelope {
+		e := envelope.Envelope{V: envelope.Version, Kind: kind, Epoch: x.req.Epoch, Seq: x.seq}
+		x.seq++
+		return e
+	}
+	if a.flushed {
+		e := env(envelope.Flushed)
+		e.Rows = envelope.Uint64(x.rows)
+		return w.WriteMetadata(envelope.Encode(&e))
+	}
+	switch {
+	case a.rec != nil:
+		e := env(envelope.Batch)
+		e.InSeq, e.Lineage = a.inSeq, &x.svc.lineage
+		if err := w.WriteWithAppMetadata(a.rec, envelope.Encode(&e)); err != nil {
+			if status.Code(err) == codes.ResourceExhausted {
+				return Fatal(Internal, "stage %q: an output batch of %d rows is larger than the gRPC message limit (%d bytes): %v",
+					x.svc.manifest.Name, a.rec.NumRows(), MaxMessageSize, err)
+			}
+			return err
+		}
+		x.rows += uint64(a.rec.NumRows())
+	case a.inSeq != nil:
+		e := env(envelope.Ack)
+		e.InSeq = a.inSeq
+		if err := w.WriteMetadata(envelope.Encode(&e)); err != nil {
+			return err
+		}
+	}
+	if len(a.errs) > 0 {
+		e := env(envelope.RowErrors)
+		e.InSeq, e.Errors = a.inSeq, a.errs
+		return w.WriteMetadata(envelope.Encode(&e))
+	}
+	return nil
+}
+
+// inputError classifies a failure to read input: a gRPC status of the
+// stream (the engine cancelled) or an *Error stays as is; anything else
+// means the engine sent something undecodable.
+func inputError(what string, err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return Fatal(InvalidArgument, "%s: %v", what, err)
+}
+
+// inputStream is what flight.NewRecordReader reads. The record reader
+// only understands IPC messages, so metadata-only messages stop here: the
+// only one the engine sends is "end", which becomes io.EOF, a clean end of
+// the input.
+type inputStream struct {
+	stream  flight.FlightService_DoExchangeServer
+	started bool
+	end     *envelope.Envelope
+}
+
+func (s *inputStream) Recv() (*flight.FlightData, error) {
+	fd, err := s.stream.Recv()
+	if err != nil || !s.started || len(fd.GetDataHeader()) > 0 {
+		s.started = true // the first message is the open request; the reader handles it
+		return fd, err
+	}
+	env, err := envelope.Decode(fd.GetAppMetadata())
+	if err != nil {
+		return nil, Fatal(InvalidArgument, "metadata-only input message: %v", err)
+	}
+	if env.Kind != envelope.End {
+		return nil, Fatal(InvalidArgument, "a metadata-only input message has kind %q; only %q may have no body", env.Kind, envelope.End)
+	}
+	s.end = &env
+	return nil, io.EOF
+}
+
+// outputStream is what the flight.Writer writes to. The exchange sends
+// the schema message itself, first; the writer's own copy, written lazily
+// with the first batch, is dropped. And the writer attaches a batch's
+// app_metadata to the dictionary messages written before it too: only the
+// batch may carry the envelope.
+type outputStream struct {
+	stream     flight.FlightService_DoExchangeServer
+	schemaSent bool
+}
+
+func (o *outputStream) sendSchema(schema *arrow.Schema, mem memory.Allocator) error {
+	p := ipc.GetSchemaPayload(schema, mem)
+	defer p.Release()
+	meta := p.Meta()
+	defer meta.Release()
+	o.schemaSent = true
+	return o.stream.Send(&flight.FlightData{DataHeader: meta.Bytes()})
+}
+
+func (o *outputStream) Send(fd *flight.FlightData) error {
+	switch messageType(fd.GetDataHeader()) {
+	case ipc.MessageSchema:
+		if o.schemaSent {
+			return nil
+		}
+	case ipc.MessageDictionaryBatch:
+		fd = &flight.FlightData{DataHeader: fd.GetDataHeader(), DataBody: fd.GetDataBody()}
+	}
+	return o.stream.Send(fd)
+}
+
+func messageType(header []byte) ipc.MessageType {
+	if len(header) == 0 {
+		return ipc.MessageNone
+	}
+	m := ipc.NewMessage(memory.NewBufferBytes(header), memory.NewBufferBytes(nil))
+	defer m.Release()
+	return m.Type()
+}

@@ -1,0 +1,306 @@
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow/flight"
+	flightgen "github.com/apache/arrow-go/v18/arrow/flight/gen/flight"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sluice-etl/sluice/sdk/go/internal/envelope"
+)
+
+// The environment variables Serve listens on (protocol.md section 1).
+const (
+	// EnvSocket is the path of the unix socket the engine starts a child
+	// stage with.
+	EnvSocket = "SLUICE_STAGE_SOCKET"
+	// EnvAddr is host:port to listen on with TCP, for a remote stage; used
+	// when EnvSocket is not set.
+	EnvAddr = "SLUICE_STAGE_ADDR"
+)
+
+// The actions of protocol.md section 2.
+const (
+	ActionDescribe = "describe"
+	ActionHealth   = "health"
+)
+
+// Option configures Serve, NewServer and Register.
+type Option func(*config)
+
+type config struct {
+	mem             memory.Allocator
+	lis             net.Listener
+	log             *slog.Logger
+	shutdownTimeout time.Duration
+	grpcOpts        []grpc.ServerOption
+}
+
+func newConfig(opts []Option) config {
+	c := config{mem: memory.DefaultAllocator, log: slog.Default(), shutdownTimeout: 10 * time.Second}
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
+
+// WithAllocator sets the allocator for decoding and encoding batches, handed
+// to stages as OpenRequest.Allocator. Default: memory.DefaultAllocator.
+// Tests pass a memory.CheckedAllocator to catch leaks.
+func WithAllocator(mem memory.Allocator) Option { return func(c *config) { c.mem = mem } }
+
+// WithListener makes Serve serve on lis instead of the address in the
+// environment (tests, embedding). Serve closes it.
+func WithListener(lis net.Listener) Option { return func(c *config) { c.lis = lis } }
+
+// WithLogger sets the logger of the server: failed exchanges at Warn,
+// lifecycle at Info, exchanges at Debug. Default: slog.Default() (stderr,
+// which the engine collects from a child stage).
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
+
+// WithShutdownTimeout bounds how long Serve waits for running exchanges
+// after a signal or the cancellation of its context before it cuts them
+// off. Default: 10s.
+func WithShutdownTimeout(d time.Duration) Option { return func(c *config) { c.shutdownTimeout = d } }
+
+// WithServerOptions adds gRPC server options (TLS credentials for a remote
+// stage, interceptors) after the SDK's message size limits.
+func WithServerOptions(opts ...grpc.ServerOption) Option {
+	return func(c *config) { c.grpcOpts = append(c.grpcOpts, opts...) }
+}
+
+// Serve runs s until ctx is cancelled or the process gets SIGINT or SIGTERM,
+// then stops gracefully: it stops accepting exchanges and lets running ones
+// finish, for at most the shutdown timeout. It returns nil after such a
+// stop, and an error if it cannot listen or serve.
+//
+// It listens on the unix socket named by SLUICE_STAGE_SOCKET (the engine
+// sets it when it starts the stage as a child process; a stale socket file
+// left by a previous run is replaced), else on the TCP address
+// SLUICE_STAGE_ADDR (host:port), else it fails. WithListener overrides both.
+func Serve(ctx context.Context, s Stage, opts ...Option) error {
+	cfg := newConfig(opts)
+	svc, err := newService(s, cfg)
+	if err != nil {
+		if cfg.lis != nil {
+			cfg.lis.Close()
+		}
+		return err
+	}
+	lis := cfg.lis
+	if lis == nil {
+		if lis, err = listenFromEnv(); err != nil {
+			return err
+		}
+	}
+	gs := newGRPCServer(svc, cfg)
+
+	ctx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
+	cfg.log.Info("sluice stage serving", "stage", svc.manifest.Name, "version", svc.manifest.Version,
+		"network", lis.Addr().Network(), "addr", lis.Addr().String())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("stage: serve: %w", err)
+	case <-ctx.Done():
+	}
+	stopSignals() // from here a second signal kills the process the default way
+	cfg.log.Info("sluice stage stopping", "stage", svc.manifest.Name, "cause", context.Cause(ctx))
+
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	timer := time.NewTimer(cfg.shutdownTimeout)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		cfg.log.Warn("sluice stage: exchanges still running after the shutdown timeout; cutting them off",
+			"stage", svc.manifest.Name, "timeout", cfg.shutdownTimeout)
+		gs.Stop()
+		<-stopped
+	}
+	<-served // nil after a stop
+	return nil
+}
+
+func listenFromEnv() (net.Listener, error) {
+	if path := strings.TrimPrefix(os.Getenv(EnvSocket), "unix://"); path != "" {
+		// The engine restarts a stage that exits; the socket file of the
+		// previous process may still be there, and would make Listen fail.
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(path)
+		}
+		lis, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("stage: listen on %s=%s: %w", EnvSocket, path, err)
+		}
+		return lis, nil
+	}
+	if addr := os.Getenv(EnvAddr); addr != "" {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("stage: listen on %s=%s: %w", EnvAddr, addr, err)
+		}
+		return lis, nil
+	}
+	return nil, fmt.Errorf("stage: nowhere to listen: set %s (a unix socket path; the engine does) or %s (host:port)", EnvSocket, EnvAddr)
+}
+
+// NewServer returns a gRPC server serving s as a Flight service, with the
+// message size limits of the protocol; call its Serve with a listener.
+// Serve is this plus listening on the environment's address and signals.
+func NewServer(s Stage, opts ...Option) (*grpc.Server, error) {
+	cfg := newConfig(opts)
+	svc, err := newService(s, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return newGRPCServer(svc, cfg), nil
+}
+
+// Register registers s as the Flight service of reg, for a program that
+// runs its own gRPC server. That server must accept messages of
+// MaxMessageSize (grpc.MaxRecvMsgSize, grpc.MaxSendMsgSize).
+func Register(reg grpc.ServiceRegistrar, s Stage, opts ...Option) error {
+	svc, err := newService(s, newConfig(opts))
+	if err != nil {
+		return err
+	}
+	flightgen.RegisterFlightServiceServer(reg, svc)
+	return nil
+}
+
+func newGRPCServer(svc *service, cfg config) *grpc.Server {
+	opts := append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+	}, cfg.grpcOpts...)
+	gs := grpc.NewServer(opts...)
+	flightgen.RegisterFlightServiceServer(gs, svc)
+	return gs
+}
+
+// service is the Flight service of one stage: the actions here, DoExchange
+// in exchange.go. Every other Flight method answers Unimplemented.
+type service struct {
+	flight.BaseFlightServer
+
+	stage    Stage
+	manifest Manifest // normalized
+	describe []byte   // the manifest's JSON, computed once
+	lineage  envelope.Lineage
+	mem      memory.Allocator
+	log      *slog.Logger
+}
+
+func newService(s Stage, cfg config) (*service, error) {
+	if s == nil {
+		return nil, errors.New("stage: nil Stage")
+	}
+	m, err := s.Manifest().normalized()
+	if err != nil {
+		return nil, err
+	}
+	describe, err := marshalNoHTMLEscape(m)
+	if err != nil {
+		return nil, fmt.Errorf("stage: manifest of %q: %w", m.Name, err)
+	}
+	return &service{
+		stage:    s,
+		manifest: m,
+		describe: describe,
+		lineage:  envelope.Lineage{Stage: m.Name, Kind: "external", Version: m.Version, Language: m.Language},
+		mem:      cfg.mem,
+		log:      cfg.log.With("stage", m.Name),
+	}, nil
+}
+
+func (s *service) DoAction(a *flight.Action, stream flight.FlightService_DoActionServer) error {
+	switch a.GetType() {
+	case ActionDescribe:
+		return stream.Send(&flight.Result{Body: s.describe})
+	case ActionHealth:
+		err := guard("Health", s.log, func() error { return s.stage.Health(stream.Context()) })
+		if err != nil {
+			// protocol.md: a stage that cannot serve fails the action with UNAVAILABLE, whatever the cause.
+			msg := err.Error()
+			if e, ok := FromError(err); ok {
+				msg = e.Message
+			}
+			return status.Error(codes.Unavailable, "["+string(Unavailable)+"] "+msg)
+		}
+		return stream.Send(&flight.Result{Body: []byte(`{"status":"ok"}`)})
+	default:
+		return Fatal(InvalidArgument, "unknown action %q: a stage serves %q and %q", a.GetType(), ActionDescribe, ActionHealth)
+	}
+}
+
+func (s *service) ListActions(_ *flight.Empty, stream flight.FlightService_ListActionsServer) error {
+	for _, a := range []*flight.ActionType{
+		{Type: ActionDescribe, Description: "the stage manifest, JSON (" + Protocol + ")"},
+		{Type: ActionHealth, Description: `{"status":"ok"} when the stage can serve`},
+	} {
+		if err := stream.Send(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// guard runs a callback of the stage and turns a panic into an INTERNAL
+// error, so that a bug fails one exchange rather than the process (and with
+// it every other exchange).
+func guard(what string, log *slog.Logger, f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("panic in stage "+what, "panic", r, "stack", string(debug.Stack()))
+			err = Fatal(Internal, "panic in %s: %v", what, r)
+		}
+	}()
+	return f()
+}
+
+// toStatus turns the error an exchange ended with into the gRPC status the
+// engine receives: *Error keeps its code, a status of the stream (the
+// client cancelled, the connection broke) stays as it is, anything else is
+// INTERNAL.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.GRPCStatus().Err()
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return (&Error{Code: Timeout, Message: err.Error()}).GRPCStatus().Err()
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return (&Error{Code: InvalidArgument, Message: "input ended unexpectedly: " + err.Error()}).GRPCStatus().Err()
+	}
+	return (&Error{Code: Internal, Message: err.Error()}).GRPCStatus().Err()
+}

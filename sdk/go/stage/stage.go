@@ -1,0 +1,145 @@
+package stage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+)
+
+// Stage is an external stage: what Serve serves.
+//
+// A Stage is shared by all exchanges of the process, which run
+// concurrently: keep per-exchange state in the Processor that Open returns,
+// not in the Stage. Embed Base to get the default Health.
+type Stage interface {
+	// Manifest describes the stage. It is called once, when the server is
+	// built; the SDK fills the defaults (see Manifest) and checks every
+	// exchange against the result.
+	Manifest() Manifest
+
+	// Open starts one exchange: one partition of one epoch. req carries the
+	// open request of the engine, with the pipeline's config for this stage,
+	// and the input schema, already checked against the manifest. The
+	// returned Processor sees every batch of the exchange, in order, from one
+	// goroutine.
+	//
+	// An error fails the exchange before any input is processed: return
+	// Fatal(InvalidArgument, ...) for a bad config (req.DecodeConfig does),
+	// Fatal(Unavailable, ...) when a dependency is down; any other error is
+	// INTERNAL.
+	Open(ctx context.Context, req OpenRequest) (Processor, error)
+
+	// Health answers the "health" action. A non-nil error makes it fail
+	// with gRPC UNAVAILABLE, and the engine does not send work.
+	Health(ctx context.Context) error
+}
+
+// Processor transforms the batches of one exchange. Embed Base for the
+// default Flush, or use ProcessorFunc.
+//
+// If a Processor also implements io.Closer, Close is called once when the
+// exchange ends, however it ends (flushed, failed or cancelled): release
+// held records there.
+type Processor interface {
+	// Process transforms one input record.
+	//
+	// Ownership: rec belongs to the SDK and is released when Process
+	// returns; Retain it to keep it longer (a stateful stage buffering rows).
+	// out is handed over to the SDK, which releases it once sent: to pass
+	// rec through unchanged, call rec.Retain() and return rec. Build new
+	// records with OpenRequest.Allocator.
+	//
+	// out may be nil or have zero rows: the SDK then answers the batch with
+	// an "ack". Its schema must be OpenRequest.OutputSchema (field names,
+	// types and nullability; metadata is ignored), and a not-null column
+	// must hold no null, else the exchange fails with SCHEMA_MISMATCH.
+	//
+	// Filter and error rules: a row that is not in out and not in rowErrs
+	// is filtered out silently. A RowError's Row is the index of the row in
+	// rec (the input), never in out; a failed row must not also appear in
+	// out. Codes must be valid, and a stage whose manifest says
+	// errors = "fatal_only" must not report any: both are INTERNAL fatal.
+	//
+	// A non-nil err is fatal: the exchange ends with that error (an *Error
+	// made with Fatal keeps its code, anything else is INTERNAL) and the
+	// epoch fails. out and rowErrs are then ignored (out is released).
+	// ctx is cancelled when the exchange is; Traceparent(ctx) gives the
+	// trace context of the batch.
+	Process(ctx context.Context, rec arrow.RecordBatch) (out arrow.RecordBatch, rowErrs []RowError, err error)
+
+	// Flush is called once after the last input batch, when the engine ends
+	// the epoch, and never when the exchange fails. A stateful stage returns
+	// what it held back; the records are handed over to the SDK like out of
+	// Process, and sent before "flushed". A stateless stage returns nil.
+	Flush(ctx context.Context) ([]arrow.RecordBatch, error)
+}
+
+// Base gives a Stage or Processor the defaults: healthy, nothing to flush.
+// Embed it and override only what you need.
+type Base struct{}
+
+// Health reports the stage healthy.
+func (Base) Health(context.Context) error { return nil }
+
+// Flush returns no record: the stage holds no state.
+func (Base) Flush(context.Context) ([]arrow.RecordBatch, error) { return nil, nil }
+
+// ProcessorFunc turns a function into a stateless Processor.
+type ProcessorFunc func(ctx context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []RowError, error)
+
+// Process calls f.
+func (f ProcessorFunc) Process(ctx context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []RowError, error) {
+	return f(ctx, rec)
+}
+
+// Flush returns no record.
+func (ProcessorFunc) Flush(context.Context) ([]arrow.RecordBatch, error) { return nil, nil }
+
+// OpenRequest is the first message of an exchange: the JSON "open" request
+// of protocol.md section 3 and what the SDK knows about the exchange.
+type OpenRequest struct {
+	Protocol  string          `json:"protocol"`
+	Stage     string          `json:"stage"` // the stage's name in the pipeline
+	Epoch     uint64          `json:"epoch"`
+	Partition uint32          `json:"partition"`
+	Config    json.RawMessage `json:"config,omitempty"` // the stage's config table; may be empty
+
+	// Set by the SDK, not sent by the engine.
+
+	// InputSchema is the schema of the input records.
+	InputSchema *arrow.Schema `json:"-"`
+	// OutputSchema is the schema output records must have: the manifest's
+	// output schema, or InputSchema when that is null.
+	OutputSchema *arrow.Schema `json:"-"`
+	// Allocator is the allocator of the server (WithAllocator); build output
+	// records with it.
+	Allocator memory.Allocator `json:"-"`
+}
+
+// DecodeConfig decodes the config table into v (a pointer to a struct with
+// json tags). Keys that v does not have are an error, so a typo in the
+// pipeline file fails loudly; fields absent from the config keep the value
+// v had, which is how defaults are set. Errors are Fatal(InvalidArgument).
+func (r OpenRequest) DecodeConfig(v any) error {
+	if len(bytes.TrimSpace(r.Config)) == 0 || bytes.Equal(bytes.TrimSpace(r.Config), []byte("null")) {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(r.Config))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return Fatal(InvalidArgument, "stage %q: config: %v", r.Stage, err)
+	}
+	return nil
+}
+
+type traceparentKey struct{}
+
+// Traceparent returns the W3C trace context the engine sent with the batch
+// being processed, or "" (inside Process; ctx is Process's context).
+func Traceparent(ctx context.Context) string {
+	s, _ := ctx.Value(traceparentKey{}).(string)
+	return s
+}
