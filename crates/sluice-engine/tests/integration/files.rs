@@ -68,3 +68,50 @@ async fn a_bad_value_deep_in_a_file_is_reported_at_its_line() -> Result<()> {
     assert!(commits.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn arrow_ipc_and_gzip_semicolon_csv_sources_are_read() -> Result<()> {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::ipc::writer::FileWriter;
+    use sluice_engine::sources::ArrowIpcSourceConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    // an Arrow IPC file of two batches
+    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
+    let ipc = dir.path().join("data.arrow");
+    let mut w = FileWriter::try_new(std::fs::File::create(&ipc).unwrap(), &schema).unwrap();
+    for b in 0..2 {
+        let batch = datafusion::arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(b * 10..b * 10 + 10)), Arc::new(StringArray::from_iter_values((0..10).map(|i| format!("v{i}"))))],
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+    }
+    w.finish().unwrap();
+    // a gzip-compressed CSV with `;` as delimiter
+    let csv = dir.path().join("keys.csv.gz");
+    let gz = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf 'k;label\\n3;three\\n15;fifteen\\n99;none\\n' | gzip > {}", csv.display()))
+        .status()
+        .unwrap();
+    assert!(gz.success());
+
+    let mut keys = CsvSourceConfig::new(csv.to_string_lossy());
+    keys.delimiter = ";".into();
+    let spec = PipelineSpec::new("formats", "1")
+        .with_source("data", SourceConfig::ArrowIpc(ArrowIpcSourceConfig { path: ipc.to_string_lossy().into(), lookup: false }))
+        .with_source("keys", SourceConfig::Csv(keys))
+        .with_sql_stage("joined", &["data", "keys"], "SELECT d.k, d.v, l.label FROM data d JOIN keys l ON d.k = l.k")
+        .with_sink("out", SinkConfig::Parquet(ParquetSinkConfig::new("joined", "memory:///formats/out")));
+    let engine = Engine::new();
+    let summary = engine.run(spec).await?;
+    assert_eq!(summary.component("data").map(|c| c.rows_out), Some(20));
+    let out = committed_rows(&engine, "memory:///formats/out").await?;
+    assert_eq!(scalar(&query(out, "SELECT sum(k) FROM t").await), 18);
+    Ok(())
+}
