@@ -1,1 +1,40 @@
-//! placeholder
+//! sluice's stage protocol, `sluice.stage.v1`, over Arrow Flight.
+//!
+//! An external stage is a Flight server that transforms record batches; the
+//! engine is its client. `docs/protocol.md` is the normative text; this crate
+//! is its Rust implementation, shared by both ends:
+//!
+//! - [`envelope`]: the JSON envelope in every message's `app_metadata`,
+//!   encoded canonically (byte-identical to the Go SDK; golden vectors in
+//!   `testdata/protocol/`).
+//! - [`manifest`]: what `DoAction("describe")` returns.
+//! - [`server`]: the Rust stage SDK: implement [`Stage`] and [`Processor`],
+//!   call [`serve`].
+//! - [`client`]: the engine side: connect, describe, health, exchange.
+//! - [`codes`]: fatal errors as gRPC statuses, `[CODE] message`.
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod codec;
+pub mod codes;
+pub mod envelope;
+pub mod manifest;
+pub mod server;
+
+pub use client::{StageClient, StageEvent, Target};
+pub use codes::StageError;
+pub use envelope::{Envelope, Kind, RowErrorEntry};
+pub use manifest::{Manifest, OpenRequest, SchemaDecl};
+pub use server::{Processed, Processor, RowError, Stage, serve, service};
+
+/// The protocol name and version every manifest and open request carries.
+pub const PROTOCOL: &str = "sluice.stage.v1";
+
+/// Largest gRPC message either end accepts (a batch is one message).
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Environment variable naming the unix socket a child stage listens on.
+pub const ENV_SOCKET: &str = "SLUICE_STAGE_SOCKET";
+
+/// Environment variable naming the TCP address (`host:port`) a remote stage listens on.
+pub const ENV_ADDR: &str = "SLUICE_STAGE_ADDR";

@@ -1,0 +1,199 @@
+//! The engine side of the protocol: connect to a stage, describe it, check
+//! its health, and run exchanges.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, FlightData, FlightDescriptor};
+use arrow_schema::SchemaRef;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use sluice_contract::ErrorCode;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::MAX_MESSAGE_SIZE;
+use crate::codec::{BatchEncoder, control_message};
+use crate::codes::StageError;
+use crate::envelope::{Envelope, Kind};
+use crate::manifest::{Manifest, OpenRequest};
+
+/// Where a stage listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A unix socket (a child process the engine started).
+    Unix(PathBuf),
+    /// A URL: `grpc://host:port` or `http://host:port`.
+    Url(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "unix://{}", p.display()),
+            Target::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// What a stage sends back in an exchange.
+#[derive(Debug, Clone)]
+pub enum StageEvent {
+    /// Output rows.
+    Batch {
+        /// The rows.
+        batch: RecordBatch,
+        /// Its envelope.
+        envelope: Envelope,
+    },
+    /// An input batch produced no row.
+    Ack(Envelope),
+    /// Rows of an input batch failed (`envelope.errors`).
+    RowErrors(Envelope),
+    /// All output was sent (`envelope.rows` rows).
+    Flushed(Envelope),
+}
+
+/// A connection to one stage.
+#[derive(Debug, Clone)]
+pub struct StageClient {
+    inner: FlightServiceClient<Channel>,
+    target: Target,
+}
+
+fn unavailable(target: &Target, e: impl std::fmt::Display) -> StageError {
+    StageError::new(ErrorCode::Unavailable, format!("{target}: {e}"))
+}
+
+impl StageClient {
+    /// Connects (lazily: the first call dials).
+    pub async fn connect(target: &Target, timeout: Duration) -> Result<Self, StageError> {
+        let uri = match target {
+            Target::Unix(p) => format!("unix://{}", p.display()),
+            Target::Url(u) => u.replacen("grpc://", "http://", 1),
+        };
+        let endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| StageError::new(ErrorCode::InvalidArgument, format!("`{uri}` is not a stage address: {e}")))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| unavailable(target, e))?;
+        let inner = FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        Ok(Self { inner, target: target.clone() })
+    }
+
+    /// Where the stage listens.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    async fn action(&mut self, name: &str) -> Result<Vec<u8>, StageError> {
+        let mut stream = self
+            .inner
+            .do_action(Action { r#type: name.into(), body: Default::default() })
+            .await
+            .map_err(|s| StageError::from_status(&s))?
+            .into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| StageError::new(ErrorCode::Internal, format!("`{name}` returned no result")))?
+            .map_err(|s| StageError::from_status(&s))?;
+        Ok(first.body.to_vec())
+    }
+
+    /// `DoAction("describe")`.
+    pub async fn describe(&mut self) -> Result<Manifest, StageError> {
+        let body = self.action("describe").await?;
+        let m: Manifest = serde_json::from_slice(&body)
+            .map_err(|e| StageError::new(ErrorCode::SchemaMismatch, format!("{}: the manifest is not valid: {e}", self.target)))?;
+        m.check().map_err(|e| StageError::new(ErrorCode::SchemaMismatch, format!("{}: {e}", self.target)))?;
+        Ok(m)
+    }
+
+    /// `DoAction("health")`.
+    pub async fn health(&mut self) -> Result<(), StageError> {
+        self.action("health").await.map(|_| ())
+    }
+
+    /// Runs one exchange: sends `open`, the schema, every batch of `input`
+    /// and `end`; returns the stage's events as they arrive.
+    pub async fn exchange(
+        &mut self,
+        open: &OpenRequest,
+        input_schema: SchemaRef,
+        input: BoxStream<'static, RecordBatch>,
+        traceparent: Option<String>,
+    ) -> Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError> {
+        let cmd = serde_json::to_vec(open).map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
+        let epoch = open.epoch;
+        let mut encoder = BatchEncoder::new();
+        let mut first = encoder.schema_message(&input_schema);
+        first.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd));
+        let mut seq = 0u64;
+        let batches = input.flat_map(move |batch| {
+            let mut e = Envelope::new(Kind::Batch, epoch, seq);
+            e.traceparent = traceparent.clone();
+            seq += 1;
+            let msgs: Vec<FlightData> = match encoder.batch_messages(&batch, &e) {
+                Ok(m) => m,
+                // an unencodable batch cannot be sent; the stage sees the
+                // stream end without `end` and fails the exchange
+                Err(_) => Vec::new(),
+            };
+            futures::stream::iter(msgs)
+        });
+        let request = futures::stream::once(async move { first })
+            .chain(batches)
+            .chain(futures::stream::once(async move {
+                // `seq` of `end` only needs to be unique; u64::MAX never collides
+                control_message(&Envelope::new(Kind::End, epoch, u64::MAX))
+            }));
+        let response = self.inner.do_exchange(request).await.map_err(|s| StageError::from_status(&s))?.into_inner();
+        let target = self.target.clone();
+        let decoder = FlightDataDecoder::new(response.map_err(FlightError::from));
+        let events = decoder.filter_map(move |msg| {
+            let target = target.clone();
+            async move {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(FlightError::Tonic(status)) => return Some(Err(StageError::from_status(&status))),
+                    Err(e) => return Some(Err(StageError::new(ErrorCode::Unavailable, format!("{target}: {e}")))),
+                };
+                let md = msg.inner.app_metadata.clone();
+                match msg.payload {
+                    DecodedPayload::Schema(_) => None,
+                    DecodedPayload::RecordBatch(batch) => Some(
+                        Envelope::decode(&md)
+                            .map(|envelope| StageEvent::Batch { batch, envelope })
+                            .map_err(|m| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}"))),
+                    ),
+                    DecodedPayload::None => {
+                        if md.is_empty() {
+                            // a dictionary message: carried inside the decoder
+                            return None;
+                        }
+                        Some(
+                            Envelope::decode(&md)
+                                .map_err(|m| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}")))
+                                .and_then(|e| match e.kind {
+                                    Kind::Ack => Ok(StageEvent::Ack(e)),
+                                    Kind::RowErrors => Ok(StageEvent::RowErrors(e)),
+                                    Kind::Flushed => Ok(StageEvent::Flushed(e)),
+                                    other => Err(StageError::new(
+                                        ErrorCode::InvalidArgument,
+                                        format!("{target}: unexpected `{other:?}` message from the stage"),
+                                    )),
+                                }),
+                        )
+                    }
+                }
+            }
+        });
+        Ok(events.boxed())
+    }
+}

@@ -1,0 +1,62 @@
+//! Turning batches and envelopes into Flight messages.
+//!
+//! Each batch is one `FlightData` (dictionaries, if any, go first in their own
+//! messages, without an envelope), its envelope in `app_metadata`. Control
+//! messages are `FlightData` with only `app_metadata`.
+
+use arrow_array::RecordBatch;
+use arrow_flight::{FlightData, SchemaAsIpc};
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use arrow_schema::{ArrowError, Schema};
+
+use crate::envelope::Envelope;
+
+/// Encodes the batches of one stream.
+#[derive(Debug)]
+pub struct BatchEncoder {
+    generator: IpcDataGenerator,
+    tracker: DictionaryTracker,
+    options: IpcWriteOptions,
+    context: IpcWriteContext,
+}
+
+impl Default for BatchEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BatchEncoder {
+    /// An encoder for one stream.
+    pub fn new() -> Self {
+        let mut context = IpcWriteContext::default();
+        // batches of a stream are alike: keep the scratch capacity between them
+        context.set_reserve_scratch(true);
+        Self {
+            generator: IpcDataGenerator::default(),
+            tracker: DictionaryTracker::new(false),
+            options: IpcWriteOptions::default(),
+            context,
+        }
+    }
+
+    /// The schema message that starts a stream.
+    pub fn schema_message(&self, schema: &Schema) -> FlightData {
+        FlightData::from(SchemaAsIpc::new(schema, &self.options))
+    }
+
+    /// The messages of one batch: its dictionaries, then the batch with the envelope.
+    pub fn batch_messages(&mut self, batch: &RecordBatch, envelope: &Envelope) -> Result<Vec<FlightData>, ArrowError> {
+        let (dicts, data) = self.generator.encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
+        let mut out: Vec<FlightData> = dicts.into_iter().map(FlightData::from).collect();
+        let mut msg = FlightData::from(data);
+        msg.app_metadata = envelope.encode().into();
+        out.push(msg);
+        Ok(out)
+    }
+}
+
+/// A control message: only the envelope.
+pub fn control_message(envelope: &Envelope) -> FlightData {
+    FlightData { app_metadata: envelope.encode().into(), ..Default::default() }
+}

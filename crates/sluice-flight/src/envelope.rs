@@ -1,0 +1,116 @@
+//! The envelope: one JSON object in the `app_metadata` of every message.
+//!
+//! Canonical encoding (protocol.md §4): keys in declaration order, absent
+//! optional keys omitted, no whitespace, UTF-8 written as is. serde_json
+//! produces exactly that from these types, so encode is `to_vec`.
+
+use serde::{Deserialize, Serialize};
+use sluice_contract::LineageEntry;
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A message with a record batch.
+    Batch,
+    /// Engine → stage: no more input in this exchange.
+    End,
+    /// Stage → engine: an input batch produced no output row.
+    Ack,
+    /// Stage → engine: rows of an input batch failed.
+    RowErrors,
+    /// Stage → engine: all output of the exchange was sent.
+    Flushed,
+}
+
+/// One failed row of a `row_errors` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowErrorEntry {
+    /// Row index in the input batch `in_seq`.
+    pub row: u64,
+    /// Error code from the shared vocabulary.
+    pub code: String,
+    /// What is wrong with the row.
+    pub message: String,
+}
+
+/// The envelope of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Envelope version, 1.
+    pub v: u32,
+    /// What the message is.
+    pub kind: Kind,
+    /// Epoch of the exchange.
+    pub epoch: u64,
+    /// Sender's message number in the exchange, from 0.
+    pub seq: u64,
+    /// The input batch a stage message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_seq: Option<u64>,
+    /// W3C trace context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Lineage entry of the stage that produced the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<LineageEntry>,
+    /// Failed rows, for `row_errors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<RowErrorEntry>>,
+    /// Total output rows, for `flushed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+impl Envelope {
+    /// An envelope with only the required keys.
+    pub fn new(kind: Kind, epoch: u64, seq: u64) -> Self {
+        Self { v: 1, kind, epoch, seq, in_seq: None, traceparent: None, lineage: None, errors: None, rows: None }
+    }
+
+    /// Sets `in_seq`.
+    pub fn answering(mut self, in_seq: u64) -> Self {
+        self.in_seq = Some(in_seq);
+        self
+    }
+
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // serializing these plain types cannot fail
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes an envelope; the error says what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let e: Envelope = serde_json::from_slice(bytes).map_err(|e| format!("bad envelope: {e}"))?;
+        if e.v != 1 {
+            return Err(format!("unsupported envelope version {}", e.v));
+        }
+        Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_envelopes_round_trip_byte_for_byte() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/protocol/envelopes.jsonl");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut n = 0;
+        for line in text.split('\n').filter(|l| !l.is_empty()) {
+            let env = Envelope::decode(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(String::from_utf8(env.encode()).unwrap(), line);
+            n += 1;
+        }
+        assert!(n >= 9);
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused_with_a_reason() {
+        assert!(Envelope::decode(b"{\"v\":2,\"kind\":\"end\",\"epoch\":0,\"seq\":0}").unwrap_err().contains("version"));
+        assert!(Envelope::decode(b"{\"v\":1,\"kind\":\"nope\",\"epoch\":0,\"seq\":0}").is_err());
+        assert!(Envelope::decode(b"not json").is_err());
+    }
+}

@@ -1,0 +1,419 @@
+//! The Rust stage SDK: implement [`Stage`] (and a [`Processor`] per
+//! exchange), then call [`serve`].
+//!
+//! ```no_run
+//! use sluice_flight::{Manifest, OpenRequest, Processed, Processor, Stage, StageError, serve};
+//! use arrow_array::RecordBatch;
+//!
+//! struct Identity;
+//! struct Pass;
+//!
+//! #[async_trait::async_trait]
+//! impl Stage for Identity {
+//!     fn manifest(&self) -> Manifest { Manifest::new("identity", "1.0.0") }
+//!     async fn open(&self, _req: &OpenRequest) -> Result<Box<dyn Processor>, StageError> { Ok(Box::new(Pass)) }
+//! }
+//!
+//! #[async_trait::async_trait]
+//! impl Processor for Pass {
+//!     async fn process(&mut self, batch: RecordBatch) -> Result<Processed, StageError> { Ok(Processed::batch(batch)) }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     serve(Identity).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The rules, which the SDK enforces:
+//! - `process` gets each input batch once, in order. Row indexes of
+//!   [`RowError`]s refer to that batch. A row is either in the output or
+//!   reported as a row error or deliberately filtered, never two of these.
+//! - Returning `Err` is fatal for the exchange: the engine fails (and may
+//!   retry) the epoch. Use row errors for bad rows.
+//! - Output must match the manifest's output schema (the input schema when
+//!   the manifest has none); a mismatch is a `SCHEMA_MISMATCH` naming the field.
+//! - `flush` runs once at the end of the exchange; a stateful stage returns
+//!   what it still holds.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
+    PollInfo, PutResult, SchemaResult, Ticket,
+};
+use arrow_schema::SchemaRef;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use sluice_contract::{ErrorCode, LineageEntry};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec::{BatchEncoder, control_message};
+use crate::codes::StageError;
+use crate::envelope::{Envelope, Kind, RowErrorEntry};
+use crate::manifest::{ErrorSemantics, Manifest, OpenRequest, check_schema};
+use crate::{ENV_ADDR, ENV_SOCKET, MAX_MESSAGE_SIZE, PROTOCOL};
+
+/// A row that failed, reported instead of output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    /// Index of the row in the input batch.
+    pub row: u64,
+    /// Why, as a code.
+    pub code: ErrorCode,
+    /// Why, in words.
+    pub message: String,
+}
+
+impl RowError {
+    /// A row error.
+    pub fn new(row: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { row, code, message: message.into() }
+    }
+}
+
+/// What one input batch produced.
+#[derive(Debug, Clone, Default)]
+pub struct Processed {
+    /// Output rows, if any.
+    pub output: Option<RecordBatch>,
+    /// Rows that failed.
+    pub row_errors: Vec<RowError>,
+}
+
+impl Processed {
+    /// Just an output batch.
+    pub fn batch(batch: RecordBatch) -> Self {
+        Self { output: Some(batch), row_errors: Vec::new() }
+    }
+}
+
+/// Per-exchange processing state.
+#[async_trait::async_trait]
+pub trait Processor: Send {
+    /// Transforms one input batch.
+    async fn process(&mut self, batch: RecordBatch) -> Result<Processed, StageError>;
+
+    /// Returns what a stateful stage still holds, at the end of the exchange.
+    async fn flush(&mut self) -> Result<Vec<RecordBatch>, StageError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A stage: what it is ([`Manifest`]) and how to start an exchange.
+#[async_trait::async_trait]
+pub trait Stage: Send + Sync + 'static {
+    /// The manifest `describe` returns.
+    fn manifest(&self) -> Manifest;
+
+    /// Starts an exchange; `request.config` is the stage's config table.
+    async fn open(&self, request: &OpenRequest) -> Result<Box<dyn Processor>, StageError>;
+
+    /// Liveness; an error makes `health` fail with `UNAVAILABLE`.
+    async fn health(&self) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// The Flight service of a stage, for embedding in a tonic server.
+pub fn service<S: Stage>(stage: S) -> Result<FlightServiceServer<StageService<S>>, StageError> {
+    let manifest = stage.manifest();
+    manifest.check().map_err(|m| StageError::new(ErrorCode::Internal, format!("invalid manifest: {m}")))?;
+    Ok(FlightServiceServer::new(StageService { stage: Arc::new(stage), manifest: Arc::new(manifest) })
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+}
+
+/// Errors of [`serve`].
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Neither `SLUICE_STAGE_SOCKET` nor `SLUICE_STAGE_ADDR` is set.
+    #[error("set {ENV_SOCKET} (a unix socket path) or {ENV_ADDR} (host:port) so the stage knows where to listen")]
+    NoAddress,
+    /// The manifest is invalid.
+    #[error("{0}")]
+    Manifest(StageError),
+    /// Listening or serving failed.
+    #[error("cannot serve on {0}: {1}")]
+    Io(String, String),
+}
+
+/// Serves `stage` on the unix socket in `SLUICE_STAGE_SOCKET` (or TCP
+/// `SLUICE_STAGE_ADDR`) until SIGINT or SIGTERM.
+pub async fn serve<S: Stage>(stage: S) -> Result<(), ServeError> {
+    let svc = service(stage).map_err(ServeError::Manifest)?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    let router = tonic::transport::Server::builder().add_service(svc);
+    if let Ok(path) = std::env::var(ENV_SOCKET) {
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(|e| ServeError::Io(path.clone(), e.to_string()))?;
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let result = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+        let _ = std::fs::remove_file(&path);
+        return result.map_err(|e| ServeError::Io(path, e.to_string()));
+    }
+    if let Ok(addr) = std::env::var(ENV_ADDR) {
+        let sock = addr.parse().map_err(|e| ServeError::Io(addr.clone(), format!("{e}")))?;
+        return router.serve_with_shutdown(sock, shutdown).await.map_err(|e| ServeError::Io(addr, e.to_string()));
+    }
+    Err(ServeError::NoAddress)
+}
+
+/// The Flight service of one stage; see [`service`].
+pub struct StageService<S> {
+    stage: Arc<S>,
+    manifest: Arc<Manifest>,
+}
+
+type BoxS<T> = BoxStream<'static, Result<T, Status>>;
+
+fn fatal(code: ErrorCode, msg: impl Into<String>) -> Status {
+    StageError::new(code, msg).into()
+}
+
+#[tonic::async_trait]
+impl<S: Stage> FlightService for StageService<S> {
+    type HandshakeStream = BoxS<HandshakeResponse>;
+    type ListFlightsStream = BoxS<FlightInfo>;
+    type DoGetStream = BoxS<FlightData>;
+    type DoPutStream = BoxS<PutResult>;
+    type DoExchangeStream = BoxS<FlightData>;
+    type DoActionStream = BoxS<arrow_flight::Result>;
+    type ListActionsStream = BoxS<ActionType>;
+
+    async fn handshake(&self, _: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("a sluice stage has no handshake"))
+    }
+    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("a sluice stage lists no flights"))
+    }
+    async fn get_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("use DoAction(describe)"))
+    }
+    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("use DoAction(describe)"))
+    }
+    async fn get_schema(&self, _: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("use DoAction(describe)"))
+    }
+    async fn do_get(&self, _: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        Err(Status::unimplemented("a sluice stage serves DoExchange only"))
+    }
+    async fn do_put(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("a sluice stage serves DoExchange only"))
+    }
+    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = ["describe", "health"]
+            .map(|a| Ok(ActionType { r#type: a.into(), description: format!("sluice.stage.v1 {a}") }));
+        Ok(Response::new(futures::stream::iter(actions).boxed()))
+    }
+
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        let body = match request.get_ref().r#type.as_str() {
+            "describe" => serde_json::to_vec(self.manifest.as_ref())
+                .map_err(|e| fatal(ErrorCode::Internal, format!("cannot encode the manifest: {e}")))?,
+            "health" => match self.stage.health().await {
+                Ok(()) => br#"{"status":"ok"}"#.to_vec(),
+                Err(e) => return Err(fatal(ErrorCode::Unavailable, e.message)),
+            },
+            other => return Err(fatal(ErrorCode::InvalidArgument, format!("unknown action `{other}`; actions are describe and health"))),
+        };
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+    }
+
+    async fn do_exchange(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+        let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(8);
+        let input = request.into_inner();
+        let stage = Arc::clone(&self.stage);
+        let manifest = Arc::clone(&self.manifest);
+        tokio::spawn(async move {
+            let errors = tx.clone();
+            if let Err(status) = run_exchange(stage, manifest, input, tx).await {
+                let _ = errors.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+    }
+}
+
+/// Sends output messages, stopping quietly when the engine has gone.
+struct Out {
+    tx: mpsc::Sender<Result<FlightData, Status>>,
+    seq: u64,
+    epoch: u64,
+}
+
+impl Out {
+    async fn send(&self, m: FlightData) -> Result<(), Status> {
+        self.tx.send(Ok(m)).await.map_err(|_| Status::cancelled("the engine closed the exchange"))
+    }
+    fn envelope(&mut self, kind: Kind) -> Envelope {
+        let e = Envelope::new(kind, self.epoch, self.seq);
+        self.seq += 1;
+        e
+    }
+}
+
+async fn run_exchange<S: Stage>(
+    stage: Arc<S>,
+    manifest: Arc<Manifest>,
+    input: Streaming<FlightData>,
+    tx: mpsc::Sender<Result<FlightData, Status>>,
+) -> Result<(), Status> {
+    let mut decoder = FlightDataDecoder::new(input.map_err(FlightError::from));
+    // the first message: descriptor (open request) + input schema
+    let first = decoder
+        .next()
+        .await
+        .ok_or_else(|| fatal(ErrorCode::InvalidArgument, "the exchange ended before its first message"))?
+        .map_err(|e| fatal(ErrorCode::InvalidArgument, format!("cannot decode the first message: {e}")))?;
+    let cmd = first
+        .inner
+        .flight_descriptor
+        .as_ref()
+        .map(|d| d.cmd.clone())
+        .ok_or_else(|| fatal(ErrorCode::InvalidArgument, "the first message has no descriptor with the open request"))?;
+    let open: OpenRequest = serde_json::from_slice(&cmd)
+        .map_err(|e| fatal(ErrorCode::InvalidArgument, format!("the open request is not valid JSON: {e}")))?;
+    if open.protocol != PROTOCOL {
+        return Err(fatal(ErrorCode::InvalidArgument, format!("protocol `{}` is not {PROTOCOL}", open.protocol)));
+    }
+    let input_schema: SchemaRef = match first.payload {
+        DecodedPayload::Schema(s) => s,
+        _ => return Err(fatal(ErrorCode::InvalidArgument, "the first message must carry the input schema")),
+    };
+    if let Some(decl) = &manifest.input_schema {
+        check_schema(&decl.schema, &input_schema)
+            .map_err(|m| fatal(ErrorCode::SchemaMismatch, format!("stage `{}` input: {m}", manifest.name)))?;
+    }
+    let output_schema = manifest.output_for(&input_schema);
+    let mut processor = stage.open(&open).await.map_err(Status::from)?;
+
+    let mut out = Out { tx, seq: 0, epoch: open.epoch };
+    let mut encoder = BatchEncoder::new();
+    out.send(encoder.schema_message(&output_schema)).await?;
+    let lineage = LineageEntry {
+        stage: manifest.name.clone(),
+        kind: "external".into(),
+        version: manifest.version.clone(),
+        language: manifest.language.clone(),
+    };
+    let mut rows_out = 0u64;
+    let mut ended = false;
+    while let Some(msg) = decoder.next().await {
+        let msg = msg.map_err(|e| fatal(ErrorCode::InvalidArgument, format!("cannot decode an input message: {e}")))?;
+        let md = msg.inner.app_metadata.clone();
+        match msg.payload {
+            DecodedPayload::RecordBatch(batch) => {
+                let env = Envelope::decode(&md).map_err(|m| fatal(ErrorCode::InvalidArgument, m))?;
+                if env.kind != Kind::Batch || env.epoch != open.epoch {
+                    return Err(fatal(ErrorCode::InvalidArgument, format!("unexpected envelope on a batch: {env:?}")));
+                }
+                if batch.num_rows() as u64 > manifest.max_batch_rows {
+                    return Err(fatal(
+                        ErrorCode::InvalidArgument,
+                        format!("batch of {} rows exceeds max_batch_rows {}", batch.num_rows(), manifest.max_batch_rows),
+                    ));
+                }
+                let n = batch.num_rows() as u64;
+                let processed = processor.process(batch).await.map_err(Status::from)?;
+                match processed.output.filter(|b| b.num_rows() > 0) {
+                    Some(b) => {
+                        let b = conform(&manifest, &output_schema, b)?;
+                        rows_out += b.num_rows() as u64;
+                        let mut e = out.envelope(Kind::Batch).answering(env.seq);
+                        e.lineage = Some(lineage.clone());
+                        for m in encoder.batch_messages(&b, &e).map_err(|e| fatal(ErrorCode::Internal, e.to_string()))? {
+                            out.send(m).await?;
+                        }
+                    }
+                    None => {
+                        let e = out.envelope(Kind::Ack).answering(env.seq);
+                        out.send(control_message(&e)).await?;
+                    }
+                }
+                if !processed.row_errors.is_empty() {
+                    if manifest.errors == ErrorSemantics::FatalOnly {
+                        return Err(fatal(ErrorCode::Internal, "the stage reported row errors but its manifest says errors = fatal_only"));
+                    }
+                    if let Some(bad) = processed.row_errors.iter().find(|r| r.row >= n) {
+                        return Err(fatal(ErrorCode::Internal, format!("row error for row {} of a batch of {n} rows", bad.row)));
+                    }
+                    let mut e = out.envelope(Kind::RowErrors).answering(env.seq);
+                    e.errors = Some(
+                        processed
+                            .row_errors
+                            .into_iter()
+                            .map(|r| RowErrorEntry { row: r.row, code: r.code.to_string(), message: r.message })
+                            .collect(),
+                    );
+                    out.send(control_message(&e)).await?;
+                }
+            }
+            DecodedPayload::None => {
+                let env = Envelope::decode(&md).map_err(|m| fatal(ErrorCode::InvalidArgument, m))?;
+                if env.kind != Kind::End {
+                    return Err(fatal(ErrorCode::InvalidArgument, format!("unexpected control message `{:?}`", env.kind)));
+                }
+                ended = true;
+                break;
+            }
+            DecodedPayload::Schema(_) => {
+                return Err(fatal(ErrorCode::InvalidArgument, "the input schema may not change within an exchange"));
+            }
+        }
+    }
+    if !ended {
+        return Err(fatal(ErrorCode::InvalidArgument, "the exchange ended without an `end` message"));
+    }
+    for b in processor.flush().await.map_err(Status::from)? {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let b = conform(&manifest, &output_schema, b)?;
+        rows_out += b.num_rows() as u64;
+        let mut e = out.envelope(Kind::Batch);
+        e.lineage = Some(lineage.clone());
+        for m in encoder.batch_messages(&b, &e).map_err(|e| fatal(ErrorCode::Internal, e.to_string()))? {
+            out.send(m).await?;
+        }
+    }
+    let mut e = out.envelope(Kind::Flushed);
+    e.rows = Some(rows_out);
+    out.send(control_message(&e)).await
+}
+
+/// Checks an output batch against the declared output schema and labels it with it.
+fn conform(manifest: &Manifest, schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch, Status> {
+    let actual = batch.schema();
+    check_schema(schema, &actual)
+        .map_err(|m| fatal(ErrorCode::SchemaMismatch, format!("stage `{}` output: {m}", manifest.name)))?;
+    for (i, f) in schema.fields().iter().enumerate() {
+        if !f.is_nullable() && batch.column(i).null_count() > 0 {
+            return Err(fatal(
+                ErrorCode::SchemaMismatch,
+                format!("stage `{}` output: field `{}` is declared not null but has nulls", manifest.name, f.name()),
+            ));
+        }
+    }
+    RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())
+        .map_err(|e| fatal(ErrorCode::SchemaMismatch, format!("stage `{}` output: {e}", manifest.name)))
+}
+
+/// A stream type alias used by the client too.
+pub type FlightDataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send>>;
