@@ -50,6 +50,14 @@ pub fn print(s: &RunSummary) {
         }
     }
     println!("{t}");
+    for c in &s.components {
+        if c.rows_skipped > 0 {
+            println!("stage {}: {} row(s) reported as failed and skipped (on_error = \"skip\")", c.name, c.rows_skipped);
+        }
+        if c.process_starts > 1 {
+            println!("stage {}: the stage process was restarted {} time(s)", c.name, c.process_starts - 1);
+        }
+    }
     println!(
         "{}: committed {} epoch(s) ({}..={}) in {:.2}s (run {})",
         s.pipeline,

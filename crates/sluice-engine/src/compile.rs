@@ -28,7 +28,9 @@ use sluice_contract::{LineageEntry, metadata};
 use crate::engine::Engine;
 use crate::error::{Result, SluiceError, SpecIssue};
 use crate::metrics::Progress;
+use crate::ops::external_stage::{ExternalStageNode, ExternalStagePlanner};
 use crate::ops::stage::{StageNode, StagePlanner};
+use crate::stages::external::ExternalRuntime;
 use crate::sinks::Sink;
 use crate::sources::{EpochTable, Source, SourceContext};
 use crate::spec::PipelineSpec;
@@ -48,7 +50,7 @@ impl std::fmt::Debug for SluiceQueryPlanner {
 
 impl Default for SluiceQueryPlanner {
     fn default() -> Self {
-        Self { planners: vec![Arc::new(StagePlanner)] }
+        Self { planners: vec![Arc::new(StagePlanner), Arc::new(ExternalStagePlanner)] }
     }
 }
 
@@ -105,6 +107,8 @@ pub struct CompiledPipeline {
     pub sinks: BTreeMap<String, CompiledSink>,
     /// Live counters for progress display.
     pub progress: Arc<Progress>,
+    /// External stages, by name.
+    pub externals: BTreeMap<String, Arc<ExternalRuntime>>,
 }
 
 impl std::fmt::Debug for CompiledPipeline {
@@ -198,6 +202,7 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
     engine.stores().register_all(&ctx);
 
     let mut failed: Vec<String> = spec.sources.keys().filter(|n| !sources.contains_key(*n)).cloned().collect();
+    let mut externals = BTreeMap::new();
     for name in &graph.stage_order {
         let Some(stage) = spec.stages.get(name) else { continue };
         if stage.inputs().iter().any(|i| failed.contains(i)) {
@@ -205,7 +210,17 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
             failed.push(name.clone());
             continue;
         }
-        match plan_stage(&ctx, &spec, name, stage).await {
+        let planned = match stage {
+            StageConfig::Sql(_) => plan_stage(&ctx, &spec, name, stage).await,
+            StageConfig::External(c) => match plan_external(&ctx, &spec, name, c).await {
+                Ok((plan, runtime)) => {
+                    externals.insert(name.clone(), runtime);
+                    Ok(plan)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match planned {
             Ok(plan) => {
                 let view = ViewTable::new(plan, None);
                 if let Err(e) = ctx.register_table(name.as_str(), Arc::new(view)) {
@@ -249,7 +264,7 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
             Some((n, v)) => (n, v.unwrap_or_else(|| spec.pipeline.version.clone())),
             None => (input.to_string(), spec.pipeline.version.clone()),
         };
-        let lineage = lineage_of(&spec, &graph, &sources, name, cfg.kind());
+        let lineage = lineage_of(&spec, &graph, &sources, &externals, name, cfg.kind());
         sinks.insert(
             name.clone(),
             CompiledSink { sink, plan, lineage, schema_name, schema_version, sources: graph.sources_of(name) },
@@ -259,7 +274,7 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
     if !errors.is_empty() {
         return Err(merge_errors(errors));
     }
-    Ok(CompiledPipeline { spec, graph, ctx, sources, sinks, progress })
+    Ok(CompiledPipeline { spec, graph, ctx, sources, sinks, progress, externals })
 }
 
 /// One error, or all spec issues together, or a list.
@@ -299,7 +314,9 @@ fn check_partition_columns(
 
 /// The SQL text of a stage and the file it came from.
 fn stage_sql(spec: &PipelineSpec, name: &str, stage: &StageConfig) -> Result<(String, Option<PathBuf>)> {
-    let StageConfig::Sql(c) = stage;
+    let StageConfig::Sql(c) = stage else {
+        return Err(SluiceError::Internal(format!("stage `{name}` is not an sql stage")));
+    };
     match (&c.query, &c.sql) {
         (Some(q), None) => Ok((q.clone(), None)),
         (None, Some(path)) => {
@@ -361,6 +378,54 @@ async fn plan_stage(ctx: &SessionContext, spec: &PipelineSpec, name: &str, stage
     Ok(StageNode::wrap(name, stage.kind(), plan))
 }
 
+/// Starts an external stage, checks its manifest against its input and
+/// plans it as an [`ExternalStageNode`] inside a stage border.
+async fn plan_external(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+    name: &str,
+    c: &crate::stages::ExternalStageConfig,
+) -> Result<(LogicalPlan, Arc<ExternalRuntime>)> {
+    let [input] = c.inputs.as_slice() else {
+        return Err(SluiceError::spec(
+            spec.issue(format!("stages.{name}.inputs"), format!("an external stage reads exactly one input, found {}", c.inputs.len()))
+                .with_help("join or union the inputs in an sql stage first"),
+        ));
+    };
+    let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir).await.map_err(|e| {
+        let key = if c.url.is_some() { "url" } else { "command" };
+        SluiceError::spec(
+            spec.issue(format!("stages.{name}.{key}"), format!("stage `{name}`: {e}"))
+                .with_help("the program must serve sluice.stage.v1 on $SLUICE_STAGE_SOCKET (see docs/protocol.md); build the example stages with `./scripts/build-stages`"),
+        )
+    })?;
+    let plan = ctx
+        .table(input.as_str())
+        .await
+        .map_err(|e| SluiceError::Plan { stage: name.to_string(), file: None, message: e.to_string() })?
+        .into_unoptimized_plan();
+    let m = &runtime.manifest;
+    if let Some(decl) = &m.input_schema {
+        let upstream = plan.schema().as_arrow().clone();
+        sluice_flight::manifest::check_schema(&decl.schema, &upstream).map_err(|msg| {
+            SluiceError::spec(
+                spec.issue(
+                    format!("stages.{name}.inputs"),
+                    format!(
+                        "`{input}` does not give stage `{name}` ({} {} in {}) the input its manifest declares ({}@{}): {msg}",
+                        m.name, m.version, m.language, decl.name, decl.version
+                    ),
+                )
+                .with_help("CAST or rename the columns in an sql stage before it"),
+            )
+        })?;
+    }
+    let node = ExternalStageNode::try_new(Arc::clone(&runtime), plan)
+        .map_err(|e| SluiceError::Plan { stage: name.to_string(), file: None, message: e.to_string() })?;
+    let plan = LogicalPlan::Extension(datafusion::logical_expr::Extension { node: Arc::new(node) });
+    Ok((StageNode::wrap(name, "external", plan), runtime))
+}
+
 fn is_query(statement: &Statement) -> bool {
     matches!(statement, Statement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_)))
 }
@@ -369,6 +434,7 @@ fn lineage_of(
     spec: &PipelineSpec,
     graph: &Graph,
     sources: &BTreeMap<String, CompiledSource>,
+    externals: &BTreeMap<String, Arc<ExternalRuntime>>,
     sink: &str,
     sink_kind: &str,
 ) -> Vec<LineageEntry> {
@@ -382,6 +448,13 @@ fn lineage_of(
                 kind: format!("source:{}", src.source.kind()),
                 version: version.clone(),
                 language: "rust".into(),
+            });
+        } else if let Some(rt) = externals.get(&node) {
+            out.push(LineageEntry {
+                stage: node.clone(),
+                kind: "external".into(),
+                version: rt.manifest.version.clone(),
+                language: rt.manifest.language.clone(),
             });
         } else if let Some(stage) = spec.stages.get(&node) {
             out.push(LineageEntry { stage: node.clone(), kind: stage.kind().into(), version: version.clone(), language: "sql".into() });

@@ -116,6 +116,19 @@ pub enum SluiceError {
         retry: RetryHint,
     },
 
+    /// An external stage failed.
+    #[error("stage `{stage}` failed: [{code}] {message}")]
+    Stage {
+        /// Stage name.
+        stage: String,
+        /// Error code from the shared vocabulary.
+        code: sluice_contract::ErrorCode,
+        /// What went wrong.
+        message: String,
+        /// Whether a retry may succeed.
+        retry: RetryHint,
+    },
+
     /// Reading or writing an object store failed.
     #[error("object store {url}: {source}")]
     Store {
@@ -145,7 +158,7 @@ impl SluiceError {
     /// Whether retrying the same work may succeed.
     pub fn retry_hint(&self) -> RetryHint {
         match self {
-            SluiceError::Source { retry, .. } | SluiceError::Sink { retry, .. } => *retry,
+            SluiceError::Source { retry, .. } | SluiceError::Sink { retry, .. } | SluiceError::Stage { retry, .. } => *retry,
             SluiceError::Store { .. } => RetryHint::WithBackoff,
             SluiceError::Execution { source, .. } => match source.find_root() {
                 DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => RetryHint::WithBackoff,
@@ -220,6 +233,9 @@ fn clone_for_report(err: &SluiceError) -> SluiceError {
             SluiceError::Sink { sink: sink.clone(), url: url.clone(), message: message.clone(), retry: *retry }
         }
         SluiceError::Spec(issues) => SluiceError::Spec(issues.clone()),
+        SluiceError::Stage { stage, code, message, retry } => {
+            SluiceError::Stage { stage: stage.clone(), code: *code, message: message.clone(), retry: *retry }
+        }
         SluiceError::Plan { stage, file, message } => {
             SluiceError::Plan { stage: stage.clone(), file: file.clone(), message: message.clone() }
         }

@@ -55,6 +55,10 @@ pub struct ComponentStats {
     pub wall: Duration,
     /// Files committed (sinks only).
     pub files: u64,
+    /// Rows an external stage reported as failed and skipped (`on_error = "skip"`).
+    pub rows_skipped: u64,
+    /// Times an external stage's process was started (1 = never restarted).
+    pub process_starts: u64,
 }
 
 impl ComponentStats {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::physical_plan::ExecutionPlan;
@@ -187,44 +188,26 @@ impl CompiledPipeline {
                 src.table.set_slice(table);
             }
 
-            // 5. plan and write every sink that has not committed this epoch
-            let mut jobs = Vec::new();
-            for (name, s) in &self.sinks {
-                let r = &recoveries[name];
-                if r.durable && r.last_epoch.is_some_and(|l| l >= epoch) {
-                    continue;
-                }
-                let plan = self
-                    .ctx
-                    .state()
-                    .create_physical_plan(&s.plan)
-                    .await
-                    .map_err(|e| SluiceError::from_datafusion(e, Some(&format!("sink `{name}`"))))?;
-                let provenance = self.provenance_for(&s.sources, &slices, &lookups);
-                let schema = self.output_schema(s, &provenance)?;
-                jobs.push((name.clone(), plan, schema, provenance));
+            // 5. plan and write every sink that has not committed this epoch;
+            // a failure that may pass (a stage crashed or timed out, a store
+            // hiccup) is retried on the same slices, so nothing is duplicated
+            for rt in self.externals.values() {
+                rt.set_epoch(epoch);
             }
-            let task = self.ctx.task_ctx();
-            let writes = jobs.iter().map(|(name, plan, schema, _)| {
-                let sink = Arc::clone(&self.sinks[name].sink);
-                let (plan, schema, task, run_id) = (Arc::clone(plan), Arc::clone(schema), Arc::clone(&task), run_id.clone());
-                async move {
-                    let t = Instant::now();
-                    let r = sink.write(epoch, &run_id, plan, task, schema).await;
-                    (r, t.elapsed())
-                }
-            });
-            let results: Vec<(Result<Written>, Duration)> = futures::future::join_all(writes).await;
-            if results.iter().any(|(r, _)| r.is_err()) {
-                let mut first = None;
-                for ((name, ..), (r, _)) in jobs.iter().zip(results) {
-                    match r {
-                        Ok(w) => self.sinks[name].sink.abort(&w).await,
-                        Err(e) => first = first.or(Some(e)),
+            let max_retries = self.externals.values().map(|r| r.config.retries).max().unwrap_or(0);
+            let mut attempt = 0u32;
+            let (jobs, results) = loop {
+                match self.write_epoch(epoch, &run_id, &recoveries, &slices, &lookups).await {
+                    Ok(done) => break done,
+                    Err(e) if e.retry_hint() == crate::error::RetryHint::WithBackoff && attempt < max_retries => {
+                        attempt += 1;
+                        let delay = Duration::from_millis(200 * 2u64.pow(attempt.min(5)));
+                        tracing::warn!(epoch, attempt, error = %e, "epoch failed; retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
                     }
+                    Err(e) => return Err(e),
                 }
-                return Err(first.unwrap_or_else(|| SluiceError::Internal("a sink failed without an error".into())));
-            }
+            };
             Failpoint::hit(&failpoint, "before_commit", epoch);
 
             // 6. commit
@@ -282,6 +265,9 @@ impl CompiledPipeline {
             epoch += 1;
         }
 
+        for rt in self.externals.values() {
+            rt.shutdown().await;
+        }
         Ok(RunSummary {
             pipeline: self.spec.id(),
             run_id,
@@ -292,6 +278,57 @@ impl CompiledPipeline {
             wall: started.elapsed(),
             outputs: self.sinks.iter().map(|(n, s)| (n.clone(), s.sink.url())).collect(),
         })
+    }
+
+    /// Plans and writes one epoch to every sink that has not committed it;
+    /// on failure, deletes what was written.
+    #[allow(clippy::type_complexity)]
+    async fn write_epoch(
+        &self,
+        epoch: u64,
+        run_id: &str,
+        recoveries: &BTreeMap<String, Recovery>,
+        slices: &BTreeMap<String, Slice>,
+        lookups: &BTreeMap<String, Option<Slice>>,
+    ) -> Result<(Vec<(String, Arc<dyn ExecutionPlan>, SchemaRef, Provenance)>, Vec<(Result<Written>, Duration)>)> {
+        let mut jobs = Vec::new();
+        for (name, s) in &self.sinks {
+            let r = &recoveries[name];
+            if r.durable && r.last_epoch.is_some_and(|l| l >= epoch) {
+                continue;
+            }
+            let plan = self
+                .ctx
+                .state()
+                .create_physical_plan(&s.plan)
+                .await
+                .map_err(|e| SluiceError::from_datafusion(e, Some(&format!("sink `{name}`"))))?;
+            let provenance = self.provenance_for(&s.sources, slices, lookups);
+            let schema = self.output_schema(s, &provenance)?;
+            jobs.push((name.clone(), plan, schema, provenance));
+        }
+        let task = self.ctx.task_ctx();
+        let writes = jobs.iter().map(|(name, plan, schema, _)| {
+            let sink = Arc::clone(&self.sinks[name].sink);
+            let (plan, schema, task, run_id) = (Arc::clone(plan), Arc::clone(schema), Arc::clone(&task), run_id.to_string());
+            async move {
+                let t = Instant::now();
+                let r = sink.write(epoch, &run_id, plan, task, schema).await;
+                (r, t.elapsed())
+            }
+        });
+        let results: Vec<(Result<Written>, Duration)> = futures::future::join_all(writes).await;
+        if results.iter().any(|(r, _)| r.is_err()) {
+            let mut first = None;
+            for ((name, ..), (r, _)) in jobs.iter().zip(results) {
+                match r {
+                    Ok(w) => self.sinks[name].sink.abort(&w).await,
+                    Err(e) => first = first.or(Some(e)),
+                }
+            }
+            return Err(first.unwrap_or_else(|| SluiceError::Internal("a sink failed without an error".into())));
+        }
+        Ok((jobs, results))
     }
 
     /// Deletes the committed output of every sink, so the next run starts
@@ -342,7 +379,12 @@ impl CompiledPipeline {
         for name in &self.graph.stage_order {
             let kind = self.spec.stages.get(name).map_or("sql", |s| s.kind());
             let rows_in = self.graph.inputs.get(name).into_iter().flatten().map(|i| out_of(i)).sum();
-            out.push(stats(name, "stage", kind, rows_in, acc.get(&(1, name.clone()))));
+            let mut s = stats(name, "stage", kind, rows_in, acc.get(&(1, name.clone())));
+            if let Some(rt) = self.externals.get(name) {
+                s.rows_skipped = rt.rows_skipped.load(Ordering::Relaxed);
+                s.process_starts = rt.starts.load(Ordering::Relaxed);
+            }
+            out.push(s);
         }
         for (name, s) in &self.sinks {
             let rows_in = out_of(self.spec.sinks[name].input());

@@ -10,13 +10,14 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightData, FlightDescriptor};
 use arrow_schema::SchemaRef;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use sluice_contract::ErrorCode;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::MAX_MESSAGE_SIZE;
-use crate::codec::{BatchEncoder, control_message};
+use crate::codec::{BatchEncoder, control_message, normalize_metadata_only};
 use crate::codes::StageError;
 use crate::envelope::{Envelope, Kind};
 use crate::manifest::{Manifest, OpenRequest};
@@ -122,78 +123,101 @@ impl StageClient {
 
     /// Runs one exchange: sends `open`, the schema, every batch of `input`
     /// and `end`; returns the stage's events as they arrive.
-    pub async fn exchange(
-        &mut self,
+    ///
+    /// The future is boxed and owns everything it uses, so it can be awaited
+    /// inside tasks that must be `Send` (rustc cannot prove that for the
+    /// unboxed future of an `async fn` holding these stream closures).
+    pub fn exchange(
+        &self,
         open: &OpenRequest,
         input_schema: SchemaRef,
         input: BoxStream<'static, RecordBatch>,
         traceparent: Option<String>,
+    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError>> {
+        let this = self.clone();
+        let open = open.clone();
+        Box::pin(async move { this.exchange_owned(open, input_schema, input, traceparent).await })
+    }
+
+    async fn exchange_owned(
+        mut self,
+        open: OpenRequest,
+        input_schema: SchemaRef,
+        mut input: BoxStream<'static, RecordBatch>,
+        traceparent: Option<String>,
     ) -> Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError> {
-        let cmd = serde_json::to_vec(open).map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
+        let cmd = serde_json::to_vec(&open).map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
         let epoch = open.epoch;
-        let mut encoder = BatchEncoder::new();
-        let mut first = encoder.schema_message(&input_schema);
-        first.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd));
-        let mut seq = 0u64;
-        let batches = input.flat_map(move |batch| {
-            let mut e = Envelope::new(Kind::Batch, epoch, seq);
-            e.traceparent = traceparent.clone();
-            seq += 1;
-            let msgs: Vec<FlightData> = match encoder.batch_messages(&batch, &e) {
-                Ok(m) => m,
-                // an unencodable batch cannot be sent; the stage sees the
-                // stream end without `end` and fails the exchange
-                Err(_) => Vec::new(),
-            };
-            futures::stream::iter(msgs)
+        // encoding runs in its own task: it overlaps with the rest of the
+        // plan, and the request stream stays a plain channel
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel::<FlightData>(2);
+        tokio::spawn(async move {
+            let mut encoder = BatchEncoder::new();
+            let mut first = encoder.schema_message(&input_schema);
+            first.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd));
+            if req_tx.send(first).await.is_err() {
+                return;
+            }
+            let mut seq = 0u64;
+            while let Some(batch) = input.next().await {
+                let mut e = Envelope::new(Kind::Batch, epoch, seq);
+                e.traceparent = traceparent.clone();
+                seq += 1;
+                match encoder.batch_messages(&batch, &e) {
+                    Ok(msgs) => {
+                        for m in msgs {
+                            if req_tx.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // an unencodable batch: stop without `end`, the stage
+                    // fails the exchange and the engine sees why
+                    Err(_) => return,
+                }
+            }
+            let _ = req_tx.send(control_message(&Envelope::new(Kind::End, epoch, seq))).await;
         });
-        let request = futures::stream::once(async move { first })
-            .chain(batches)
-            .chain(futures::stream::once(async move {
-                // `seq` of `end` only needs to be unique; u64::MAX never collides
-                control_message(&Envelope::new(Kind::End, epoch, u64::MAX))
-            }));
+        let request = tokio_stream::wrappers::ReceiverStream::new(req_rx);
         let response = self.inner.do_exchange(request).await.map_err(|s| StageError::from_status(&s))?.into_inner();
         let target = self.target.clone();
-        let decoder = FlightDataDecoder::new(response.map_err(FlightError::from));
-        let events = decoder.filter_map(move |msg| {
-            let target = target.clone();
-            async move {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(FlightError::Tonic(status)) => return Some(Err(StageError::from_status(&status))),
-                    Err(e) => return Some(Err(StageError::new(ErrorCode::Unavailable, format!("{target}: {e}")))),
+        let (ev_tx, ev_rx) = tokio::sync::mpsc::channel::<Result<StageEvent, StageError>>(2);
+        tokio::spawn(async move {
+            let mut decoder = FlightDataDecoder::new(response.map_ok(normalize_metadata_only).map_err(FlightError::from));
+            while let Some(msg) = decoder.next().await {
+                let event = match msg {
+                    Ok(m) => decode_event(&target, m),
+                    Err(FlightError::Tonic(status)) => Some(Err(StageError::from_status(&status))),
+                    Err(e) => Some(Err(StageError::new(ErrorCode::Unavailable, format!("{target}: {e}")))),
                 };
-                let md = msg.inner.app_metadata.clone();
-                match msg.payload {
-                    DecodedPayload::Schema(_) => None,
-                    DecodedPayload::RecordBatch(batch) => Some(
-                        Envelope::decode(&md)
-                            .map(|envelope| StageEvent::Batch { batch, envelope })
-                            .map_err(|m| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}"))),
-                    ),
-                    DecodedPayload::None => {
-                        if md.is_empty() {
-                            // a dictionary message: carried inside the decoder
-                            return None;
-                        }
-                        Some(
-                            Envelope::decode(&md)
-                                .map_err(|m| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}")))
-                                .and_then(|e| match e.kind {
-                                    Kind::Ack => Ok(StageEvent::Ack(e)),
-                                    Kind::RowErrors => Ok(StageEvent::RowErrors(e)),
-                                    Kind::Flushed => Ok(StageEvent::Flushed(e)),
-                                    other => Err(StageError::new(
-                                        ErrorCode::InvalidArgument,
-                                        format!("{target}: unexpected `{other:?}` message from the stage"),
-                                    )),
-                                }),
-                        )
+                if let Some(event) = event {
+                    let stop = event.is_err();
+                    if ev_tx.send(event).await.is_err() || stop {
+                        return;
                     }
                 }
             }
         });
-        Ok(events.boxed())
+        Ok(tokio_stream::wrappers::ReceiverStream::new(ev_rx).boxed())
     }
+}
+
+/// One decoded message as an event; `None` for messages without one (schema, dictionaries).
+fn decode_event(target: &Target, msg: arrow_flight::decode::DecodedFlightData) -> Option<Result<StageEvent, StageError>> {
+    let md = msg.inner.app_metadata.clone();
+    let bad = |m: String| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}"));
+    match msg.payload {
+        DecodedPayload::Schema(_) => None,
+        DecodedPayload::RecordBatch(batch) => {
+            Some(Envelope::decode(&md).map(|envelope| StageEvent::Batch { batch, envelope }).map_err(bad))
+        }
+        DecodedPayload::None if md.is_empty() => None,
+        DecodedPayload::None => Some(Envelope::decode(&md).map_err(bad).and_then(|e| match e.kind {
+            Kind::Ack => Ok(StageEvent::Ack(e)),
+            Kind::RowErrors => Ok(StageEvent::RowErrors(e)),
+            Kind::Flushed => Ok(StageEvent::Flushed(e)),
+            other => Err(StageError::new(ErrorCode::InvalidArgument, format!("{target}: unexpected `{other:?}` message from the stage"))),
+        })),
+    }
+
 }

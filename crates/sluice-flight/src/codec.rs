@@ -56,6 +56,26 @@ impl BatchEncoder {
     }
 }
 
+/// An IPC message header that says "no payload" (`MessageHeader::NONE`).
+fn none_header() -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let mut mb = arrow_ipc::MessageBuilder::new(&mut fbb);
+    mb.add_version(arrow_ipc::MetadataVersion::V5);
+    mb.add_header_type(arrow_ipc::MessageHeader::NONE);
+    let m = mb.finish();
+    fbb.finish(m, None);
+    fbb.finished_data().to_vec()
+}
+
+/// Makes a metadata-only message (empty header, as arrow-go writes it)
+/// readable by arrow-rs's decoder, which wants a header of type NONE.
+pub fn normalize_metadata_only(mut data: FlightData) -> FlightData {
+    if data.data_header.is_empty() && data.data_body.is_empty() {
+        data.data_header = none_header().into();
+    }
+    data
+}
+
 /// A control message: only the envelope.
 pub fn control_message(envelope: &Envelope) -> FlightData {
     FlightData { app_metadata: envelope.encode().into(), ..Default::default() }

@@ -56,7 +56,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::codec::{BatchEncoder, control_message};
+use crate::codec::{BatchEncoder, control_message, normalize_metadata_only};
 use crate::codes::StageError;
 use crate::envelope::{Envelope, Kind, RowErrorEntry};
 use crate::manifest::{ErrorSemantics, Manifest, OpenRequest, check_schema};
@@ -275,7 +275,7 @@ async fn run_exchange<S: Stage>(
     input: Streaming<FlightData>,
     tx: mpsc::Sender<Result<FlightData, Status>>,
 ) -> Result<(), Status> {
-    let mut decoder = FlightDataDecoder::new(input.map_err(FlightError::from));
+    let mut decoder = FlightDataDecoder::new(input.map_ok(normalize_metadata_only).map_err(FlightError::from));
     // the first message: descriptor (open request) + input schema
     let first = decoder
         .next()

@@ -1,5 +1,6 @@
 //! sluice's own physical operators, one per module.
 
+pub mod external_stage;
 pub mod line_scan;
 pub mod stage;
 pub mod tpch_scan;

@@ -1,10 +1,13 @@
 //! Stages: the transformations between sources and sinks.
 //!
-//! Transforms are verbs; today there is one kind, `sql`, a SELECT over the
-//! stage's inputs. Chains of SQL stages compile into one DataFusion plan.
+//! Transforms are verbs: `sql`, a SELECT over the stage's inputs (chains of
+//! SQL stages compile into one DataFusion plan), and `external`, a Go or Rust
+//! program speaking the stage protocol, planned as an operator in that plan.
 
+pub mod external;
 pub mod sql;
 
+pub use external::ExternalStageConfig;
 pub use sql::SqlStageConfig;
 
 use crate::spec::decode_table;
@@ -14,16 +17,19 @@ use crate::spec::decode_table;
 pub enum StageConfig {
     /// `kind = "sql"`.
     Sql(SqlStageConfig),
+    /// `kind = "external"`: a Go or Rust program over Arrow Flight.
+    External(ExternalStageConfig),
 }
 
 impl StageConfig {
     /// Every stage kind, as written in pipeline files.
-    pub const KINDS: [&'static str; 1] = ["sql"];
+    pub const KINDS: [&'static str; 2] = ["sql", "external"];
 
     /// Decodes the table of a stage of the given kind.
     pub fn from_table(kind: &str, table: toml::Table) -> Result<Self, String> {
         match kind {
             "sql" => decode_table(table).map(StageConfig::Sql),
+            "external" => decode_table(table).map(StageConfig::External),
             other => Err(format!("unknown kind `{other}`")),
         }
     }
@@ -32,6 +38,7 @@ impl StageConfig {
     pub fn inputs(&self) -> &[String] {
         match self {
             StageConfig::Sql(c) => &c.inputs,
+            StageConfig::External(c) => &c.inputs,
         }
     }
 
@@ -39,6 +46,7 @@ impl StageConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StageConfig::Sql(_) => "sql",
+            StageConfig::External(_) => "external",
         }
     }
 
@@ -49,6 +57,7 @@ impl StageConfig {
                 Some((n, v)) => (n.to_string(), Some(v.to_string())),
                 None => (s.clone(), None),
             }),
+            StageConfig::External(_) => None,
         }
     }
 }

@@ -1,0 +1,92 @@
+//! `faulty`: an identity stage that misbehaves on request, for the engine's
+//! fault tests (crash, hang, output that breaks the manifest).
+//!
+//! Config (all optional):
+//! - `crash_at_batch = N`: the process exits at its Nth input batch;
+//! - `hang_at_batch = N`: it stops answering at its Nth input batch;
+//! - `bad_output = true`: it answers with a column of the wrong type;
+//! - `once = "/path"`: misbehave only if this file does not exist yet (the
+//!   stage creates it), so the restarted process behaves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use serde::Deserialize;
+use sluice_contract::ErrorCode;
+use sluice_flight::{Manifest, OpenRequest, Processed, Processor, Stage, StageError, serve};
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    crash_at_batch: Option<u64>,
+    hang_at_batch: Option<u64>,
+    #[serde(default)]
+    bad_output: bool,
+    once: Option<String>,
+}
+
+struct Faulty {
+    /// Input batches seen by this process, across exchanges.
+    seen: Arc<AtomicU64>,
+}
+
+struct Run {
+    config: Config,
+    armed: bool,
+    seen: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl Stage for Faulty {
+    fn manifest(&self) -> Manifest {
+        Manifest::new("faulty", "1.0.0")
+    }
+
+    async fn open(&self, request: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
+        let config: Config = if request.config.is_null() {
+            Config::default()
+        } else {
+            serde_json::from_value(request.config.clone()).map_err(|e| StageError::new(ErrorCode::InvalidArgument, e.to_string()))?
+        };
+        let armed = match &config.once {
+            Some(path) => std::fs::OpenOptions::new().write(true).create_new(true).open(path).is_ok(),
+            None => true,
+        };
+        Ok(Box::new(Run { config, armed, seen: Arc::clone(&self.seen) }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for Run {
+    async fn process(&mut self, batch: RecordBatch) -> Result<Processed, StageError> {
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.armed {
+            if self.config.crash_at_batch == Some(n) {
+                eprintln!("faulty: crashing at input batch {n}");
+                std::process::exit(3);
+            }
+            if self.config.hang_at_batch == Some(n) {
+                eprintln!("faulty: hanging at input batch {n}");
+                std::future::pending::<()>().await;
+            }
+        }
+        if self.config.bad_output {
+            // the first column replaced by text: breaks the output schema
+            let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+            cols[0] = Arc::new(StringArray::from_iter_values((0..batch.num_rows()).map(|i| i.to_string())));
+            let mut fields: Vec<arrow_schema::Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[0] = arrow_schema::Field::new(fields[0].name(), arrow_schema::DataType::Utf8, true);
+            let bad = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
+                .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
+            return Ok(Processed::batch(bad));
+        }
+        Ok(Processed::batch(batch))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    serve(Faulty { seen: Arc::new(AtomicU64::new(0)) }).await?;
+    Ok(())
+}
