@@ -29,6 +29,8 @@ struct Config {
 struct Faulty {
     /// Input batches seen by this process, across exchanges.
     seen: Arc<AtomicU64>,
+    /// Whether this process misbehaves: decided once, at its first exchange.
+    armed: std::sync::OnceLock<bool>,
 }
 
 struct Run {
@@ -49,10 +51,10 @@ impl Stage for Faulty {
         } else {
             serde_json::from_value(request.config.clone()).map_err(|e| StageError::new(ErrorCode::InvalidArgument, e.to_string()))?
         };
-        let armed = match &config.once {
+        let armed = *self.armed.get_or_init(|| match &config.once {
             Some(path) => std::fs::OpenOptions::new().write(true).create_new(true).open(path).is_ok(),
             None => true,
-        };
+        });
         Ok(Box::new(Run { config, armed, seen: Arc::clone(&self.seen) }))
     }
 }
@@ -87,6 +89,6 @@ impl Processor for Run {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    serve(Faulty { seen: Arc::new(AtomicU64::new(0)) }).await?;
+    serve(Faulty { seen: Arc::new(AtomicU64::new(0)), armed: std::sync::OnceLock::new() }).await?;
     Ok(())
 }

@@ -122,7 +122,9 @@ impl StageClient {
     }
 
     /// Runs one exchange: sends `open`, the schema, every batch of `input`
-    /// and `end`; returns the stage's events as they arrive.
+    /// and `end`; returns the stage's events as they arrive. An `Err` in
+    /// `input` aborts the exchange: `end` is never sent, so the stage cannot
+    /// mistake a failed input for a complete one.
     ///
     /// The future is boxed and owns everything it uses, so it can be awaited
     /// inside tasks that must be `Send` (rustc cannot prove that for the
@@ -131,7 +133,7 @@ impl StageClient {
         &self,
         open: &OpenRequest,
         input_schema: SchemaRef,
-        input: BoxStream<'static, RecordBatch>,
+        input: BoxStream<'static, Result<RecordBatch, StageError>>,
         traceparent: Option<String>,
     ) -> BoxFuture<'static, Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError>> {
         let this = self.clone();
@@ -143,7 +145,7 @@ impl StageClient {
         mut self,
         open: OpenRequest,
         input_schema: SchemaRef,
-        mut input: BoxStream<'static, RecordBatch>,
+        mut input: BoxStream<'static, Result<RecordBatch, StageError>>,
         traceparent: Option<String>,
     ) -> Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError> {
         let cmd = serde_json::to_vec(&open).map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
@@ -160,6 +162,7 @@ impl StageClient {
             }
             let mut seq = 0u64;
             while let Some(batch) = input.next().await {
+                let Ok(batch) = batch else { return };
                 let mut e = Envelope::new(Kind::Batch, epoch, seq);
                 e.traceparent = traceparent.clone();
                 seq += 1;

@@ -192,13 +192,24 @@ impl ExecutionPlan for ExternalStageExec {
         let runtime = Arc::clone(&self.runtime);
         let schema = Arc::clone(&self.schema);
         builder.spawn(async move {
-            let result = exchange(Arc::clone(&runtime), partition, input, schema, tx).await;
-            if let Err(e) = &result {
-                if e.code.is_retryable() {
-                    runtime.reset(e.code == ErrorCode::Timeout).await;
+            match exchange(Arc::clone(&runtime), partition, input, schema, tx).await {
+                Ok(()) => Ok(()),
+                Err(Failure::Input(e)) => Err(e),
+                Err(Failure::Stage(e)) => {
+                    // a dead child explains a broken stream: that may pass with a restart
+                    let e = match runtime.exit_status().await {
+                        Some(status) if !e.code.is_retryable() => StageError::new(
+                            ErrorCode::Unavailable,
+                            format!("the stage process exited ({status}) mid-exchange: {}", e.message),
+                        ),
+                        _ => e,
+                    };
+                    if e.code.is_retryable() {
+                        runtime.reset(e.code == ErrorCode::Timeout).await;
+                    }
+                    Err(stage_failure(&runtime.name, e).into_datafusion())
                 }
             }
-            result.map_err(|e| stage_failure(&runtime.name, e).into_datafusion())
         });
         Ok(builder.build())
     }
@@ -225,8 +236,20 @@ fn exchange(
     input: SendableRecordBatchStream,
     schema: SchemaRef,
     tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
-) -> futures::future::BoxFuture<'static, Result<(), StageError>> {
+) -> futures::future::BoxFuture<'static, Result<(), Failure>> {
     Box::pin(exchange_inner(runtime, partition, input, schema, tx))
+}
+
+/// Why an exchange ended early: the stage, or the stage's own input.
+enum Failure {
+    Stage(StageError),
+    Input(DataFusionError),
+}
+
+impl From<StageError> for Failure {
+    fn from(e: StageError) -> Self {
+        Failure::Stage(e)
+    }
 }
 
 async fn exchange_inner(
@@ -235,6 +258,23 @@ async fn exchange_inner(
     input: SendableRecordBatchStream,
     schema: SchemaRef,
     tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+) -> Result<(), Failure> {
+    let input_failed: Arc<std::sync::Mutex<Option<DataFusionError>>> = Arc::default();
+    let result = exchange_body(runtime, partition, input, schema, tx, Arc::clone(&input_failed)).await;
+    // an upstream failure explains whatever the stage then said: report it
+    if let Some(e) = input_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(Failure::Input(e));
+    }
+    result.map_err(Failure::Stage)
+}
+
+async fn exchange_body(
+    runtime: Arc<ExternalRuntime>,
+    partition: usize,
+    input: SendableRecordBatchStream,
+    schema: SchemaRef,
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    input_failed: Arc<std::sync::Mutex<Option<DataFusionError>>>,
 ) -> Result<(), StageError> {
     let client = runtime.client().await?;
     let manifest = runtime.manifest.clone();
@@ -254,8 +294,7 @@ async fn exchange_inner(
     let sent = Arc::new(AtomicU64::new(0));
     // a feeder task reads the input and hands batches to the exchange as
     // permits allow; an input error is passed on through `input_failed`
-    let (feed, fed) = tokio::sync::mpsc::channel::<RecordBatch>(1);
-    let input_failed: Arc<std::sync::Mutex<Option<DataFusionError>>> = Arc::default();
+    let (feed, fed) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(1);
     let feeder = {
         let (permits, in_flight, sent, failed) =
             (Arc::clone(&permits), Arc::clone(&in_flight), Arc::clone(&sent), Arc::clone(&input_failed));
@@ -266,6 +305,8 @@ async fn exchange_inner(
                     Ok(b) => b,
                     Err(e) => {
                         *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        // abort the exchange: the stage must not see an `end`
+                        let _ = feed.send(Err(StageError::new(ErrorCode::Internal, "input failed"))).await;
                         return;
                     }
                 };
@@ -279,7 +320,7 @@ async fn exchange_inner(
                     }
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     sent.fetch_add(1, Ordering::Relaxed);
-                    if feed.send(piece).await.is_err() {
+                    if feed.send(Ok(piece)).await.is_err() {
                         return;
                     }
                 }
@@ -300,9 +341,6 @@ async fn exchange_inner(
             }
         };
         let Some(event) = next else {
-            if let Some(e) = input_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                return Err(StageError::new(ErrorCode::Internal, format!("the stage's input failed: {e}")));
-            }
             return Err(StageError::new(ErrorCode::Unavailable, "the stage closed the exchange without `flushed` (did it crash?)"));
         };
         match event? {

@@ -245,6 +245,22 @@ impl ExternalRuntime {
         }
     }
 
+    /// If the child process has exited, how (for errors after a crash).
+    pub fn exit_status(&self) -> futures::future::BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            let child = state.child.as_mut()?;
+            // a crash closes the socket a moment before the exit is visible
+            for _ in 0..20 {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(status.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None
+        })
+    }
+
     /// Forgets the current connection after an exchange failed, so the next
     /// call checks the child and reconnects. With `kill` (the stage hung),
     /// the child is stopped so the next call starts a fresh one.

@@ -3,6 +3,8 @@
 //! input. DuckDB and pyarrow come from the Python environment `scripts/test`
 //! prepares (`SLUICE_PYTHON`).
 
+mod stages;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

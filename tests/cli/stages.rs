@@ -1,0 +1,172 @@
+//! External stages end to end: Go and Rust twins, crashes, hangs, broken
+//! output, row errors. Needs the stage binaries of `scripts/build-stages`
+//! (`scripts/test` builds them first).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::{commits, duckdb_check, ok, root, set, text};
+
+fn stages_built() {
+    for s in ["go/validate", "go/enrich", "rust/validate", "rust/enrich", "rust/faulty"] {
+        let p = root().join("target/stages").join(s);
+        assert!(p.exists(), "{} is missing: run ./scripts/build-stages (./scripts/test does)", p.display());
+    }
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).current_dir(root()).env_remove("SLUICE_FAILPOINT").output().unwrap()
+}
+
+fn mixed(out: &Path, validate: &str, enrich: &str, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--json".into(),
+        "examples/mixed_stages/pipeline.toml".into(),
+        "--set".into(),
+        "sources.lineitem.scale_factor=0.01".into(),
+        "--set".into(),
+        format!("stages.valid.command=[\"../../target/stages/{validate}\"]"),
+        "--set".into(),
+        format!("stages.enriched.command=[\"../../target/stages/{enrich}\"]"),
+        "--set".into(),
+        set("sinks.out.url", out),
+    ];
+    for e in extra {
+        args.push("--set".into());
+        args.push(e.to_string());
+    }
+    run(&args)
+}
+
+fn summary(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{}", text(o)))
+}
+
+fn component<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    s["components"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+}
+
+#[test]
+fn go_and_rust_twins_give_the_same_rows_as_duckdb() {
+    stages_built();
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    ok(run(&[
+        "run".into(),
+        "-q".into(),
+        "tests/pipelines/tpch_dump.toml".into(),
+        "--set".into(),
+        set("sinks.raw.url", &raw),
+    ]));
+    let expected = std::fs::read_to_string(root().join("tests/duckdb/mixed_stages_expected.sql")).unwrap();
+    let dump = format!("DUMP={}", raw.display());
+    let mut skipped = Vec::new();
+    for (validate, enrich) in [("go/validate", "rust/enrich"), ("rust/validate", "go/enrich"), ("go/validate", "go/enrich"), ("rust/validate", "rust/enrich")] {
+        let out = tmp.path().join(format!("{}-{}", validate.replace('/', "_"), enrich.replace('/', "_")));
+        let o = ok(mixed(&out, validate, enrich, &[]));
+        let s = summary(&o);
+        skipped.push(component(&s, "valid")["rows_skipped"].as_u64().unwrap());
+        let r = duckdb_check(&[
+            "compare",
+            "--setup",
+            "tests/duckdb/tpch_revenue.sql",
+            "--var",
+            &dump,
+            "--query",
+            &expected,
+            "--actual",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r["expected_rows"].as_u64().unwrap() > 50_000, "{validate}+{enrich}: {r}");
+        let lineage: Vec<String> = commits(&out)[0]["lineage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| format!("{}:{}", l["stage"].as_str().unwrap(), l["language"].as_str().unwrap()))
+            .collect();
+        let lang = |p: &str| p.split('/').next().unwrap().to_string();
+        assert!(lineage.contains(&format!("valid:{}", lang(validate))), "{lineage:?}");
+        assert!(lineage.contains(&format!("enriched:{}", lang(enrich))), "{lineage:?}");
+    }
+    assert!(skipped.iter().all(|s| *s == skipped[0] && *s > 0), "row errors differ: {skipped:?}");
+}
+
+#[test]
+fn row_errors_fail_the_epoch_under_on_error_fail() {
+    stages_built();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = mixed(&out, "go/validate", "rust/enrich", &["stages.valid.on_error=\"fail\""]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("stage `valid` failed: [REJECTED]"), "{t}");
+    assert!(t.contains("exceeds 45"), "{t}");
+    assert!(commits(&out).is_empty());
+}
+
+fn faulty(out: &Path, config: &str) -> Output {
+    run(&[
+        "run".into(),
+        "--json".into(),
+        "tests/pipelines/faulty.toml".into(),
+        "--set".into(),
+        format!("stages.f.config={config}"),
+        "--set".into(),
+        set("sinks.out.url", out),
+    ])
+}
+
+fn same_rows(a: &Path, b: &Path) {
+    let r = duckdb_check(&[
+        "compare",
+        "--query",
+        &format!("SELECT * FROM read_parquet('{}/*.parquet')", a.display()),
+        "--actual",
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(r["missing_count"], 0, "{r}");
+}
+
+#[test]
+fn a_stage_that_crashes_mid_epoch_is_restarted_and_the_epoch_rerun_without_duplicates() {
+    stages_built();
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    ok(faulty(&clean, "{}"));
+    let crashed = tmp.path().join("crashed");
+    let marker = tmp.path().join("crashed-once");
+    let o = ok(faulty(&crashed, &format!("{{ crash_at_batch = 5, once = \"{}\" }}", marker.display())));
+    assert!(marker.exists(), "the stage did crash once");
+    let s = summary(&o);
+    assert_eq!(component(&s, "f")["process_starts"], 2, "{s}");
+    assert_eq!(commits(&crashed).len(), 1);
+    same_rows(&clean, &crashed);
+}
+
+#[test]
+fn a_hung_stage_hits_its_timeout_and_is_replaced() {
+    stages_built();
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    ok(faulty(&clean, "{}"));
+    let hung = tmp.path().join("hung");
+    let marker = tmp.path().join("hung-once");
+    let o = ok(faulty(&hung, &format!("{{ hang_at_batch = 3, once = \"{}\" }}", marker.display())));
+    let s = summary(&o);
+    assert_eq!(component(&s, "f")["process_starts"], 2, "{s}");
+    same_rows(&clean, &hung);
+}
+
+#[test]
+fn output_that_breaks_the_manifest_names_the_stage_and_the_field() {
+    stages_built();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = faulty(&out, "{ bad_output = true }");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("stage `f` failed: [SCHEMA_MISMATCH]"), "{t}");
+    assert!(t.contains("field `l_orderkey`: expected Int64, got Utf8"), "{t}");
+    assert!(commits(&out).is_empty());
+}
