@@ -2,6 +2,7 @@
 
 mod inspect;
 mod progress;
+mod stage_check;
 mod summary;
 
 use std::path::PathBuf;
@@ -63,6 +64,9 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Work with external stages.
+    #[command(subcommand)]
+    Stage(StageCommand),
     /// List the commits, files, rows, schema and lineage of a sluice sink.
     Inspect {
         /// The sink's folder or URL (`out/revenue`, `s3://bucket/out`).
@@ -70,6 +74,20 @@ enum Command {
         /// Print the commits as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StageCommand {
+    /// Certify a stage against sluice.stage.v1 (the conformance kit):
+    /// `sluice stage check -- ./my-stage --flag` or `--url grpc://host:port`.
+    Check {
+        /// Address of a running stage.
+        #[arg(long)]
+        url: Option<String>,
+        /// The program (and arguments) to start on a unix socket.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
 }
 
@@ -191,5 +209,6 @@ pub async fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::Inspect { url, json } => inspect::run(&engine, &url, json).await,
+        Command::Stage(StageCommand::Check { url, command }) => stage_check::run(url, command).await,
     }
 }

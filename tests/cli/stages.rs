@@ -170,3 +170,37 @@ fn output_that_breaks_the_manifest_names_the_stage_and_the_field() {
     assert!(t.contains("field `l_orderkey`: expected Int64, got Utf8"), "{t}");
     assert!(commits(&out).is_empty());
 }
+
+#[test]
+fn the_conformance_kit_certifies_every_example_stage_in_both_languages() {
+    stages_built();
+    for s in ["go/identity", "rust/identity", "go/validate", "rust/validate", "go/enrich", "rust/enrich"] {
+        let bin = root().join("target/stages").join(s);
+        let o = run(&["stage".into(), "check".into(), "--".into(), bin.to_string_lossy().into()]);
+        let t = text(&o);
+        assert!(o.status.success(), "{s}:\n{t}");
+        assert!(t.contains("0 failed"), "{s}:\n{t}");
+        for check in ["describe", "health", "exchange", "empty", "malformed", "cancel", "backpressure", "concurrent"] {
+            assert!(t.lines().any(|l| l.contains(check) && l.contains("pass")), "{s}: `{check}` did not pass:\n{t}");
+        }
+        if s.ends_with("identity") {
+            assert!(t.lines().any(|l| l.contains("types") && l.contains("pass")), "{s}: type fidelity:\n{t}");
+            assert!(t.lines().any(|l| l.contains("large") && l.contains("pass")), "{s}: large batches:\n{t}");
+        }
+    }
+}
+
+#[test]
+fn the_conformance_kit_fails_a_stage_that_breaks_the_protocol() {
+    stages_built();
+    let bin = root().join("target/stages/rust/faulty");
+    let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["stage", "check", "--"])
+        .arg(&bin)
+        .env("SLUICE_FAULTY_CONFIG", r#"{"bad_output": true}"#)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.lines().any(|l| l.contains("types") && l.contains("FAIL") && l.contains("SCHEMA_MISMATCH")), "{t}");
+}

@@ -7,6 +7,10 @@
 //! - `bad_output = true`: it answers with a column of the wrong type;
 //! - `once = "/path"`: misbehave only if this file does not exist yet (the
 //!   stage creates it), so the restarted process behaves.
+//!
+//! Without a config in the open request, `SLUICE_FAULTY_CONFIG` (the same
+//! keys, as JSON) is used: that is how the conformance kit's own tests make
+//! it misbehave.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +51,10 @@ impl Stage for Faulty {
 
     async fn open(&self, request: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
         let config: Config = if request.config.is_null() {
-            Config::default()
+            match std::env::var("SLUICE_FAULTY_CONFIG") {
+                Ok(json) => serde_json::from_str(&json).map_err(|e| StageError::new(ErrorCode::InvalidArgument, e.to_string()))?,
+                Err(_) => Config::default(),
+            }
         } else {
             serde_json::from_value(request.config.clone()).map_err(|e| StageError::new(ErrorCode::InvalidArgument, e.to_string()))?
         };

@@ -5,7 +5,7 @@
 //! messages are `FlightData` with only `app_metadata`.
 
 use arrow_array::RecordBatch;
-use arrow_flight::{FlightData, SchemaAsIpc};
+use arrow_flight::FlightData;
 use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
 use arrow_schema::{ArrowError, Schema};
 
@@ -40,9 +40,10 @@ impl BatchEncoder {
         }
     }
 
-    /// The schema message that starts a stream.
-    pub fn schema_message(&self, schema: &Schema) -> FlightData {
-        FlightData::from(SchemaAsIpc::new(schema, &self.options))
+    /// The schema message that starts a stream; it also registers the
+    /// dictionary ids the batches' dictionaries are sent under.
+    pub fn schema_message(&mut self, schema: &Schema) -> FlightData {
+        FlightData::from(self.generator.schema_to_bytes_with_dictionary_tracker(schema, &mut self.tracker, &self.options))
     }
 
     /// The messages of one batch: its dictionaries, then the batch with the envelope.
@@ -79,4 +80,19 @@ pub fn normalize_metadata_only(mut data: FlightData) -> FlightData {
 /// A control message: only the envelope.
 pub fn control_message(envelope: &Envelope) -> FlightData {
     FlightData { app_metadata: envelope.encode().into(), ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Kind;
+
+    #[test]
+    fn every_type_of_the_zoo_encodes() {
+        let zoo = crate::conformance::type_zoo(50);
+        let mut enc = BatchEncoder::new();
+        let _schema = enc.schema_message(&zoo.schema());
+        let msgs = enc.batch_messages(&zoo, &Envelope::new(Kind::Batch, 0, 0)).unwrap();
+        assert!(msgs.len() >= 2, "a dictionary message and the batch");
+    }
 }

@@ -17,6 +17,7 @@
 pub mod client;
 pub mod codec;
 pub mod codes;
+pub mod conformance;
 pub mod envelope;
 pub mod manifest;
 pub mod server;

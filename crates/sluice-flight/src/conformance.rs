@@ -1,0 +1,486 @@
+//! The conformance kit: certifies that a stage speaks `sluice.stage.v1`.
+//!
+//! [`check`] runs every check against a live stage and returns one
+//! [`CheckResult`] per check; `sluice stage check` prints them as a table.
+//! Checks that need data generate it from the manifest's input schema (any
+//! schema for pass-through stages, which also get the full type zoo: nested
+//! struct and list, nullable, dictionary, decimal, timestamp with time zone).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{Int32Builder, ListBuilder, StringDictionaryBuilder};
+use arrow_array::types::Int32Type;
+use arrow_array::{
+    Array,
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array,
+    Int64Array, LargeStringArray, RecordBatch, StringArray, StructArray, TimestampMicrosecondArray, UInt32Array,
+    UInt64Array, new_null_array,
+};
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{FlightData, FlightDescriptor};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::client::{StageClient, StageEvent, Target};
+use crate::codec::{BatchEncoder, control_message};
+use crate::envelope::{Envelope, Kind};
+use crate::manifest::{ErrorSemantics, Manifest, OpenRequest, check_schema};
+use crate::{MAX_MESSAGE_SIZE, PROTOCOL, StageError};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The stage behaves as the protocol says.
+    Pass,
+    /// It does not; why.
+    Fail(String),
+    /// The check does not apply to this stage; why.
+    Skip(String),
+}
+
+/// One check and its outcome.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// Short name.
+    pub name: &'static str,
+    /// What it verifies.
+    pub what: &'static str,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// A generated batch for `schema` of `rows` rows, when every type is one
+/// the kit can generate.
+pub fn sample_batch(schema: &SchemaRef, rows: usize, seed: u64) -> Option<RecordBatch> {
+    let columns: Option<Vec<ArrayRef>> = schema.fields().iter().map(|f| sample_array(f, rows, seed)).collect();
+    RecordBatch::try_new(Arc::clone(schema), columns?).ok()
+}
+
+fn sample_array(field: &Field, rows: usize, seed: u64) -> Option<ArrayRef> {
+    let null = |i: usize| field.is_nullable() && (i as u64 + seed) % 7 == 3;
+    let n = |i: usize| (i as u64).wrapping_mul(2654435761).wrapping_add(seed);
+    Some(match field.data_type() {
+        DataType::Boolean => Arc::new((0..rows).map(|i| (!null(i)).then_some(n(i) % 2 == 0)).collect::<BooleanArray>()),
+        DataType::Int8 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 100) as i8)).collect::<Int8Array>()),
+        DataType::Int16 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 1000) as i16)).collect::<Int16Array>()),
+        // small positive values: valid for quantities, line numbers, keys
+        DataType::Int32 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 50 + 1) as i32)).collect::<Int32Array>()),
+        DataType::Int64 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 50 + 1) as i64)).collect::<Int64Array>()),
+        DataType::UInt32 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 1000) as u32)).collect::<UInt32Array>()),
+        DataType::UInt64 => Arc::new((0..rows).map(|i| (!null(i)).then_some(n(i) % 1000)).collect::<UInt64Array>()),
+        DataType::Float32 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 1000) as f32 / 10.0)).collect::<Float32Array>()),
+        DataType::Float64 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 100_000) as f64 / 100.0)).collect::<Float64Array>()),
+        DataType::Utf8 => {
+            let words = ["AIR", "MAIL", "SHIP", "TRUCK", "RAIL", "FOB", "REG AIR", "ünïcødé", ""];
+            Arc::new((0..rows).map(|i| (!null(i)).then(|| words[(n(i) % 8) as usize])).collect::<StringArray>())
+        }
+        DataType::LargeUtf8 => Arc::new((0..rows).map(|i| (!null(i)).then(|| format!("v{}", n(i) % 97))).collect::<LargeStringArray>()),
+        DataType::Date32 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 20_000) as i32)).collect::<Date32Array>()),
+        DataType::Timestamp(TimeUnit::Microsecond, tz) => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 1_000_000_000) as i64 * 1000))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone_opt(tz.clone()),
+        ),
+        DataType::Decimal128(p, s) => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 1_000_000) as i128))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(*p, *s)
+                .ok()?,
+        ),
+        DataType::Null => new_null_array(&DataType::Null, rows),
+        _ => return None,
+    })
+}
+
+/// A batch of every type the protocol must carry intact.
+pub fn type_zoo(rows: usize) -> RecordBatch {
+    let tags = {
+        let mut b = ListBuilder::new(Int32Builder::new());
+        for i in 0..rows {
+            if i % 5 == 4 {
+                b.append_null();
+            } else {
+                for j in 0..(i % 3) {
+                    b.values().append_value((i * 10 + j) as i32);
+                }
+                b.append(true);
+            }
+        }
+        b.finish()
+    };
+    let dict = {
+        let mut b = StringDictionaryBuilder::<Int32Type>::new();
+        for i in 0..rows {
+            if i % 6 == 5 { b.append_null() } else { b.append_value(["red", "green", "blue"][i % 3]) }
+        }
+        b.finish()
+    };
+    let inner_fields = vec![
+        Field::new("x", DataType::Int64, false),
+        Field::new("label", DataType::Utf8, true),
+    ];
+    let point = StructArray::new(
+        inner_fields.clone().into(),
+        vec![
+            Arc::new(Int64Array::from_iter_values((0..rows).map(|i| i as i64))) as ArrayRef,
+            Arc::new((0..rows).map(|i| (i % 4 != 0).then(|| format!("p{i}"))).collect::<StringArray>()),
+        ],
+        None,
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("maybe", DataType::Float64, true),
+        Field::new("price", DataType::Decimal128(15, 2), true),
+        Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("Europe/Oslo".into())), true),
+        Field::new("tags", tags.data_type().clone(), true),
+        Field::new("color", dict.data_type().clone(), true),
+        Field::new("point", DataType::Struct(inner_fields.into()), false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+        Arc::new((0..rows).map(|i| (i % 3 != 0).then_some(i as f64 / 3.0)).collect::<Float64Array>()),
+        Arc::new(
+            (0..rows)
+                .map(|i| (i % 4 != 1).then_some(i as i128 * 101))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(15, 2)
+                .unwrap_or_else(|_| Decimal128Array::from(vec![0i128; rows])),
+        ),
+        Arc::new(
+            (0..rows)
+                .map(|i| (i % 5 != 2).then_some(1_700_000_000_000_000 + i as i64))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("Europe/Oslo"),
+        ),
+        Arc::new(tags),
+        Arc::new(dict),
+        Arc::new(point),
+    ];
+    // every column above is built for `schema`; a failure here is a bug in the kit
+    RecordBatch::try_new(schema, columns).unwrap_or_else(|e| panic!("type zoo: {e}"))
+}
+
+struct Kit {
+    target: Target,
+    client: StageClient,
+    manifest: Manifest,
+}
+
+impl Kit {
+    fn open(&self, epoch: u64) -> OpenRequest {
+        OpenRequest { protocol: PROTOCOL.into(), stage: "conformance".into(), epoch, partition: 0, config: serde_json::Value::Null }
+    }
+
+    /// The batches to send through the stage, if the kit can make them.
+    fn input(&self, rows: usize, seed: u64) -> Option<RecordBatch> {
+        match &self.manifest.input_schema {
+            Some(decl) => sample_batch(&decl.schema, rows, seed),
+            None => Some(type_zoo(rows)),
+        }
+    }
+
+    /// Runs an exchange to its end; returns the events.
+    async fn run(&self, batches: Vec<RecordBatch>, epoch: u64) -> Result<Vec<StageEvent>, StageError> {
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => self.input(1, 0).map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty())),
+        };
+        let input = futures::stream::iter(batches.into_iter().map(Ok)).boxed();
+        let events = self.client.exchange(&self.open(epoch), schema, input, None).await?;
+        events.collect::<Vec<_>>().await.into_iter().collect()
+    }
+
+    async fn raw(&self) -> Result<FlightServiceClient<Channel>, String> {
+        let uri = match &self.target {
+            Target::Unix(p) => format!("unix://{}", p.display()),
+            Target::Url(u) => u.replacen("grpc://", "http://", 1),
+        };
+        let channel = tonic::transport::Endpoint::from_shared(uri).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
+        Ok(FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE).max_encoding_message_size(MAX_MESSAGE_SIZE))
+    }
+}
+
+fn rows_of(events: &[StageEvent]) -> usize {
+    events.iter().map(|e| if let StageEvent::Batch { batch, .. } = e { batch.num_rows() } else { 0 }).sum()
+}
+
+fn flushed_last(events: &[StageEvent]) -> Result<u64, String> {
+    match events.last() {
+        Some(StageEvent::Flushed(e)) => Ok(e.rows.unwrap_or(0)),
+        other => Err(format!("the last message is not `flushed` but {other:?}")),
+    }
+}
+
+/// Every answered input batch gets a batch or an ack; row errors point into it.
+fn answers_are_complete(events: &[StageEvent], inputs: &[RecordBatch], manifest: &Manifest) -> Result<(), String> {
+    for (i, b) in inputs.iter().enumerate() {
+        let i = i as u64;
+        let answered = events.iter().any(|e| match e {
+            StageEvent::Batch { envelope, .. } | StageEvent::Ack(envelope) => envelope.in_seq == Some(i),
+            _ => false,
+        });
+        if !answered {
+            return Err(format!("input batch {i} got neither an output batch nor an ack"));
+        }
+        for e in events {
+            if let StageEvent::RowErrors(env) = e {
+                if manifest.errors == ErrorSemantics::FatalOnly {
+                    return Err("row errors from a stage whose manifest says errors = fatal_only".into());
+                }
+                if env.in_seq == Some(i) {
+                    for r in env.errors.iter().flatten() {
+                        if r.row >= b.num_rows() as u64 {
+                            return Err(format!("row error for row {} of a {}-row batch", r.row, b.num_rows()));
+                        }
+                        if r.code.parse::<sluice_contract::ErrorCode>().is_err() {
+                            return Err(format!("row error code `{}` is not in the vocabulary", r.code));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_outputs(events: &[StageEvent], manifest: &Manifest, input: &SchemaRef) -> Result<(), String> {
+    let expected = manifest.output_for(input);
+    for e in events {
+        if let StageEvent::Batch { batch, .. } = e {
+            check_schema(&expected, &batch.schema())?;
+        }
+    }
+    Ok(())
+}
+
+async fn timed<F: std::future::Future<Output = Outcome>>(name: &'static str, what: &'static str, f: F) -> CheckResult {
+    let t = Instant::now();
+    let outcome = match tokio::time::timeout(Duration::from_secs(60), f).await {
+        Ok(o) => o,
+        Err(_) => Outcome::Fail("no result within 60 s".into()),
+    };
+    CheckResult { name, what, outcome, took: t.elapsed() }
+}
+
+fn from(r: Result<(), String>) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Pass,
+        Err(m) => Outcome::Fail(m),
+    }
+}
+
+/// Runs every check against the stage at `target`.
+pub async fn check(target: &Target) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let t = Instant::now();
+    let client = match StageClient::connect(target, Duration::from_secs(10)).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(CheckResult { name: "connect", what: "the stage accepts a gRPC connection", outcome: Outcome::Fail(e.to_string()), took: t.elapsed() });
+            return out;
+        }
+    };
+    let mut probe = client.clone();
+    let manifest = match probe.describe().await {
+        Ok(m) => {
+            let ok = if m.language.is_empty() || m.name.is_empty() { Outcome::Fail("name and language must be set".into()) } else { Outcome::Pass };
+            out.push(CheckResult { name: "describe", what: "the manifest decodes, is coherent and names the protocol", outcome: ok, took: t.elapsed() });
+            m
+        }
+        Err(e) => {
+            out.push(CheckResult { name: "describe", what: "the manifest decodes, is coherent and names the protocol", outcome: Outcome::Fail(e.to_string()), took: t.elapsed() });
+            return out;
+        }
+    };
+    let kit = Kit { target: target.clone(), client, manifest };
+    out.push(timed("health", "`health` answers ok", async { from(kit.client.clone().health().await.map_err(|e| e.to_string())) }).await);
+
+    out.push(
+        timed("exchange", "batches in, answers with envelopes, `flushed` last with the row count", async {
+            let Some(b) = kit.input(500, 1) else { return Outcome::Skip("the input schema has types the kit cannot generate".into()) };
+            let inputs = vec![b.clone(), kit.input(257, 2).unwrap_or(b.clone()), b.slice(0, 1)];
+            match kit.run(inputs.clone(), 1).await {
+                Ok(ev) => from((|| {
+                    let rows = flushed_last(&ev)?;
+                    if rows as usize != rows_of(&ev) {
+                        return Err(format!("`flushed` says {rows} rows, {} arrived", rows_of(&ev)));
+                    }
+                    answers_are_complete(&ev, &inputs, &kit.manifest)?;
+                    check_outputs(&ev, &kit.manifest, &inputs[0].schema())
+                })()),
+                Err(e) => Outcome::Fail(e.to_string()),
+            }
+        })
+        .await,
+    );
+
+    out.push(
+        timed("types", "nested struct and list, nullable, dictionary, decimal, timestamp with tz survive unchanged", async {
+            if kit.manifest.input_schema.is_some() {
+                return Outcome::Skip("the stage declares its input schema; fidelity is checked on that schema by `exchange`".into());
+            }
+            let zoo = type_zoo(300);
+            match kit.run(vec![zoo.clone()], 2).await {
+                Ok(ev) => {
+                    let got: Vec<RecordBatch> =
+                        ev.into_iter().filter_map(|e| if let StageEvent::Batch { batch, .. } = e { Some(batch) } else { None }).collect();
+                    let got = match arrow_select::concat::concat_batches(&zoo.schema(), &got) {
+                        Ok(b) => b,
+                        Err(e) => return Outcome::Fail(format!("output does not have the input schema: {e}")),
+                    };
+                    if got.columns() == zoo.columns() { Outcome::Pass } else { Outcome::Fail("values changed on the way".into()) }
+                }
+                Err(e) => Outcome::Fail(e.to_string()),
+            }
+        })
+        .await,
+    );
+
+    out.push(
+        timed("empty", "an exchange without batches ends with `flushed` and 0 rows", async {
+            match kit.run(vec![], 3).await {
+                Ok(ev) => from(flushed_last(&ev).and_then(|r| if r == 0 { Ok(()) } else { Err(format!("{r} rows from no input")) })),
+                Err(e) => Outcome::Fail(e.to_string()),
+            }
+        })
+        .await,
+    );
+
+    out.push(
+        timed("large", "a batch over 4 MiB (the gRPC default limit) goes through", async {
+            let rows = (kit.manifest.max_batch_rows as usize).min(200_000);
+            let Some(b) = kit.input(rows, 4) else { return Outcome::Skip("cannot generate input".into()) };
+            let size: usize = b.columns().iter().map(|c| c.get_array_memory_size()).sum();
+            if size < 4 << 20 {
+                return Outcome::Skip(format!("max_batch_rows {} allows only {} KiB batches", kit.manifest.max_batch_rows, size / 1024));
+            }
+            match kit.run(vec![b], 4).await {
+                Ok(ev) => from(flushed_last(&ev).map(|_| ())),
+                Err(e) => Outcome::Fail(e.to_string()),
+            }
+        })
+        .await,
+    );
+
+    out.push(
+        timed("malformed", "garbage FlightData gets an error status, and the stage keeps serving", async {
+            let mut raw = match kit.raw().await {
+                Ok(r) => r,
+                Err(e) => return Outcome::Fail(e),
+            };
+            let Some(b) = kit.input(10, 5) else { return Outcome::Skip("cannot generate input".into()) };
+            let mut encoder = BatchEncoder::new();
+            let mut first = encoder.schema_message(&b.schema());
+            first.flight_descriptor = Some(FlightDescriptor::new_cmd(serde_json::to_vec(&kit.open(5)).unwrap_or_default()));
+            let garbage = FlightData {
+                data_header: vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3].into(),
+                data_body: vec![9; 64].into(),
+                app_metadata: Envelope::new(Kind::Batch, 5, 0).encode().into(),
+                ..Default::default()
+            };
+            let request = futures::stream::iter(vec![first, garbage, control_message(&Envelope::new(Kind::End, 5, 1))]);
+            let answer = match raw.do_exchange(request).await {
+                Ok(resp) => resp.into_inner().collect::<Vec<_>>().await.into_iter().find_map(|m| m.err()),
+                Err(status) => Some(status),
+            };
+            match answer {
+                None => Outcome::Fail("the stage accepted a garbage message without an error".into()),
+                Some(_) => from(kit.client.clone().health().await.map_err(|e| format!("unhealthy afterwards: {e}"))),
+            }
+        })
+        .await,
+    );
+
+    out.push(
+        timed("cancel", "an exchange dropped mid-stream leaves the stage healthy and serving", async {
+            let Some(b) = kit.input(100, 6) else { return Outcome::Skip("cannot generate input".into()) };
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(1);
+            let input = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
+            match kit.client.exchange(&kit.open(6), b.schema(), input, None).await {
+                Ok(mut events) => {
+                    let _ = tx.send(Ok(b.clone())).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+                    drop(events);
+                    drop(tx);
+                }
+                Err(e) => return Outcome::Fail(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match kit.run(vec![b], 7).await {
+                Ok(ev) => from(flushed_last(&ev).map(|_| ())),
+                Err(e) => Outcome::Fail(format!("not serving after a cancelled exchange: {e}")),
+            }
+        })
+        .await,
+    );
+
+    out.push(
+        timed("backpressure", "200 batches sent while the answers are read slowly: no loss, no deadlock", async {
+            let Some(b) = kit.input(256, 8) else { return Outcome::Skip("cannot generate input".into()) };
+            let inputs: Vec<RecordBatch> = (0..200).map(|_| b.clone()).collect();
+            let input = futures::stream::iter(inputs.clone().into_iter().map(Ok)).boxed();
+            match kit.client.exchange(&kit.open(8), b.schema(), input, None).await {
+                Ok(mut events) => {
+                    let mut all = Vec::new();
+                    while let Some(e) = events.next().await {
+                        match e {
+                            Ok(e) => all.push(e),
+                            Err(e) => return Outcome::Fail(e.to_string()),
+                        }
+                        if all.len() % 20 == 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    from(flushed_last(&all).map(|_| ()).and_then(|_| answers_are_complete(&all, &inputs, &kit.manifest)))
+                }
+                Err(e) => Outcome::Fail(e.to_string()),
+            }
+        })
+        .await,
+    );
+
+    out.push(
+        timed("concurrent", "8 exchanges at once all complete", async {
+            let Some(b) = kit.input(300, 9) else { return Outcome::Skip("cannot generate input".into()) };
+            let runs = (0..8).map(|i| kit.run(vec![b.clone(), b.clone()], 100 + i));
+            let results = futures::future::join_all(runs).await;
+            from(results.into_iter().try_for_each(|r| r.map_err(|e| e.to_string()).and_then(|ev| flushed_last(&ev).map(|_| ()))))
+        })
+        .await,
+    );
+
+    out.push(
+        timed("row_errors", "row errors are well formed (row index inside the batch, known code)", async {
+            if kit.manifest.errors == ErrorSemantics::FatalOnly {
+                return Outcome::Skip("the manifest says errors = fatal_only".into());
+            }
+            // varied input makes a validating stage reject some rows
+            let inputs: Vec<RecordBatch> = (0..4).filter_map(|i| kit.input(1000, 20 + i)).collect();
+            match kit.run(inputs.clone(), 9).await {
+                Ok(ev) => {
+                    let n: usize = ev.iter().map(|e| if let StageEvent::RowErrors(env) = e { env.errors.as_ref().map_or(0, Vec::len) } else { 0 }).sum();
+                    match answers_are_complete(&ev, &inputs, &kit.manifest) {
+                        Err(m) => Outcome::Fail(m),
+                        Ok(()) if n == 0 => Outcome::Skip("no row failed on the generated input".into()),
+                        Ok(()) => Outcome::Pass,
+                    }
+                }
+                Err(e) => Outcome::Fail(e.to_string()),
+            }
+        })
+        .await,
+    );
+    out
+}
+
+/// Whether every check passed or was skipped.
+pub fn all_passed(results: &[CheckResult]) -> bool {
+    results.iter().all(|r| !matches!(r.outcome, Outcome::Fail(_)))
+}
+
