@@ -1,12 +1,12 @@
 //! `sluice stage check`: the conformance kit, as a table.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use comfy_table::Table;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use sluice_flight::conformance::{Outcome, all_passed, check};
-use sluice_flight::{StageClient, Target};
+use sluice_flight::Target;
 
 /// Certifies the stage at `url`, or the program `command` started on a unix socket.
 pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
@@ -14,43 +14,20 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
     let target = match (url, command.split_first()) {
         (Some(u), None) => Target::Url(u),
         (None, Some((program, args))) => {
-            let socket = std::env::temp_dir().join(format!("sluice-check-{}.sock", std::process::id()));
-            let _ = std::fs::remove_file(&socket);
-            let spawned = tokio::process::Command::new(program)
-                .args(args)
-                .env(sluice_flight::ENV_SOCKET, &socket)
-                .kill_on_drop(true)
-                .spawn();
-            match spawned {
-                Ok(c) => child = Some(c),
+            let socket = sluice_flight::launch::socket_path("check");
+            let mut c = match sluice_flight::launch::spawn(std::path::Path::new(program), args, &socket) {
+                Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: cannot start {program}: {e}");
+                    eprintln!("error: {e}");
                     return ExitCode::from(1);
                 }
+            };
+            if let Err(e) = sluice_flight::launch::wait_healthy(&mut c, &socket, Duration::from_secs(20)).await {
+                eprintln!("error: {program}: {e}");
+                return ExitCode::from(1);
             }
-            let target = Target::Unix(socket.clone());
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Some(c) = child.as_mut() {
-                    if let Ok(Some(status)) = c.try_wait() {
-                        eprintln!("error: {program} exited at start ({status})");
-                        return ExitCode::from(1);
-                    }
-                }
-                if socket.exists() {
-                    if let Ok(mut c) = StageClient::connect(&target, Duration::from_secs(2)).await {
-                        if c.health().await.is_ok() {
-                            break;
-                        }
-                    }
-                }
-                if Instant::now() > deadline {
-                    eprintln!("error: {program} did not answer `health` on {} within 20 s", socket.display());
-                    return ExitCode::from(1);
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            target
+            child = Some(c);
+            Target::Unix(socket)
         }
         _ => {
             eprintln!("error: give either --url grpc://host:port or a command after `--`");

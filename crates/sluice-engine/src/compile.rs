@@ -303,7 +303,7 @@ fn check_partition_columns(
         SinkConfig::Parquet(c) => &c.partition_by,
         SinkConfig::Csv(c) => &c.partition_by,
         SinkConfig::Jsonl(c) => &c.partition_by,
-        SinkConfig::Stdout(_) => return None,
+        SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => return None,
     };
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     cols.iter().find(|c| !names.contains(&c.as_str())).map(|c| {

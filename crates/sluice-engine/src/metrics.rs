@@ -59,6 +59,10 @@ pub struct ComponentStats {
     pub rows_skipped: u64,
     /// Times an external stage's process was started (1 = never restarted).
     pub process_starts: u64,
+    /// External stages: median round trip of a batch (sent → answered), µs.
+    pub batch_latency_p50_us: u64,
+    /// External stages: 99th percentile round trip of a batch, µs.
+    pub batch_latency_p99_us: u64,
 }
 
 impl ComponentStats {

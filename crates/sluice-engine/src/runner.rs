@@ -383,6 +383,8 @@ impl CompiledPipeline {
             if let Some(rt) = self.externals.get(name) {
                 s.rows_skipped = rt.rows_skipped.load(Ordering::Relaxed);
                 s.process_starts = rt.starts.load(Ordering::Relaxed);
+                s.batch_latency_p50_us = rt.latency_quantile_us(0.5).unwrap_or(0) as u64;
+                s.batch_latency_p99_us = rt.latency_quantile_us(0.99).unwrap_or(0) as u64;
             }
             out.push(s);
         }

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod codes;
 pub mod conformance;
 pub mod envelope;
+pub mod launch;
 pub mod manifest;
 pub mod server;
 

@@ -295,9 +295,12 @@ async fn exchange_body(
     // a feeder task reads the input and hands batches to the exchange as
     // permits allow; an input error is passed on through `input_failed`
     let (feed, fed) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(1);
+    // send time of every batch, by sequence number, for round-trip latency
+    let sent_at: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>> = Arc::default();
     let feeder = {
         let (permits, in_flight, sent, failed) =
             (Arc::clone(&permits), Arc::clone(&in_flight), Arc::clone(&sent), Arc::clone(&input_failed));
+        let sent_at = Arc::clone(&sent_at);
         let mut input = input;
         tokio::spawn(async move {
             while let Some(b) = input.next().await {
@@ -319,7 +322,8 @@ async fn exchange_body(
                         Err(_) => return,
                     }
                     in_flight.fetch_add(1, Ordering::Relaxed);
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    let seq = sent.fetch_add(1, Ordering::Relaxed);
+                    sent_at.lock().unwrap_or_else(|p| p.into_inner()).push_back((seq, std::time::Instant::now()));
                     if feed.send(Ok(piece)).await.is_err() {
                         return;
                     }
@@ -349,15 +353,21 @@ async fn exchange_body(
                     .map_err(|m| StageError::new(ErrorCode::SchemaMismatch, format!("output breaks the manifest: {m}")))?;
                 let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
                     .map_err(|e| StageError::new(ErrorCode::SchemaMismatch, format!("output breaks the manifest: {e}")))?;
-                if envelope.in_seq.is_some() {
+                if let Some(seq) = envelope.in_seq {
                     answered(&permits, &in_flight);
+                    record(&runtime, &sent_at, seq);
                 }
                 rows_received += batch.num_rows() as u64;
                 if forward(tx.clone(), batch).await.is_err() {
                     return Ok(());
                 }
             }
-            StageEvent::Ack(_) => answered(&permits, &in_flight),
+            StageEvent::Ack(envelope) => {
+                answered(&permits, &in_flight);
+                if let Some(seq) = envelope.in_seq {
+                    record(&runtime, &sent_at, seq);
+                }
+            }
             StageEvent::RowErrors(envelope) => {
                 let errors = envelope.errors.unwrap_or_default();
                 match config.on_error {
@@ -405,6 +415,20 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Records the round trip of input batch `seq` (answers come in order).
+fn record(runtime: &ExternalRuntime, sent_at: &std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>, seq: u64) {
+    let mut q = sent_at.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some((s, t)) = q.front().copied() {
+        if s > seq {
+            break;
+        }
+        q.pop_front();
+        if s == seq {
+            runtime.record_latency(t.elapsed());
+        }
     }
 }
 

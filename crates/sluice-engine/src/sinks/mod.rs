@@ -6,6 +6,7 @@
 //! exactly once (see [`crate::commit_log`]). `stdout` prints a table, for
 //! debugging, and keeps no log.
 
+pub mod blackhole;
 pub mod file;
 pub mod stdout;
 
@@ -20,6 +21,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use sluice_contract::{LineageEntry, Provenance};
 
 pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
+pub use blackhole::BlackholeSinkConfig;
 pub use stdout::StdoutSinkConfig;
 
 use crate::commit_log::{CommittedFile, SourceOffsets};
@@ -38,11 +40,13 @@ pub enum SinkConfig {
     Jsonl(JsonlSinkConfig),
     /// `kind = "stdout"`.
     Stdout(StdoutSinkConfig),
+    /// `kind = "blackhole"`.
+    Blackhole(BlackholeSinkConfig),
 }
 
 impl SinkConfig {
     /// Every sink kind a pipeline file can name.
-    pub const KINDS: [&'static str; 4] = ["parquet", "csv", "jsonl", "stdout"];
+    pub const KINDS: [&'static str; 5] = ["parquet", "csv", "jsonl", "stdout", "blackhole"];
 
     /// Decodes the table of a sink of the given kind.
     pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
@@ -51,6 +55,7 @@ impl SinkConfig {
             "csv" => decode_table(table).map(SinkConfig::Csv),
             "jsonl" => decode_table(table).map(SinkConfig::Jsonl),
             "stdout" => decode_table(table).map(SinkConfig::Stdout),
+            "blackhole" => decode_table(table).map(SinkConfig::Blackhole),
             other => Err(format!("unknown kind `{other}`")),
         }
     }
@@ -62,6 +67,7 @@ impl SinkConfig {
             SinkConfig::Csv(_) => "csv",
             SinkConfig::Jsonl(_) => "jsonl",
             SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Blackhole(_) => "blackhole",
         }
     }
 
@@ -72,6 +78,7 @@ impl SinkConfig {
             SinkConfig::Csv(c) => &c.input,
             SinkConfig::Jsonl(c) => &c.input,
             SinkConfig::Stdout(c) => &c.input,
+            SinkConfig::Blackhole(c) => &c.input,
         }
     }
 
@@ -81,7 +88,7 @@ impl SinkConfig {
             SinkConfig::Parquet(c) => Some(&c.url),
             SinkConfig::Csv(c) => Some(&c.url),
             SinkConfig::Jsonl(c) => Some(&c.url),
-            SinkConfig::Stdout(_) => None,
+            SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => None,
         }
     }
 
@@ -92,6 +99,7 @@ impl SinkConfig {
             SinkConfig::Csv(c) => file::FileSink::open_csv(name, c, spec, stores),
             SinkConfig::Jsonl(c) => file::FileSink::open_jsonl(name, c, spec, stores),
             SinkConfig::Stdout(c) => Ok(Arc::new(stdout::StdoutSink::new(name, c.clone()))),
+            SinkConfig::Blackhole(_) => Ok(Arc::new(blackhole::BlackholeSink::new(name))),
         }
     }
 }

@@ -9,12 +9,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_contract::ErrorCode;
 use sluice_flight::{Manifest, StageClient, StageError, Target};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::Mutex;
 
 use crate::spec::HumanDuration;
@@ -116,9 +116,9 @@ pub struct ExternalRuntime {
     pub rows_skipped: AtomicU64,
     /// Times the child process was (re)started.
     pub starts: AtomicU64,
+    /// Round-trip time of each answered batch, in microseconds (sent → answered).
+    pub latencies_us: std::sync::Mutex<Vec<u32>>,
 }
-
-static SOCKETS: AtomicU64 = AtomicU64::new(0);
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -129,8 +129,7 @@ impl ExternalRuntime {
             (Some(cmd), None) if !cmd.is_empty() => {
                 let program = PathBuf::from(&cmd[0]);
                 let program = if program.components().count() > 1 && program.is_relative() { base_dir.join(program) } else { program };
-                let n = SOCKETS.fetch_add(1, Ordering::Relaxed);
-                let socket = std::env::temp_dir().join(format!("sluice-{}-{name}-{n}.sock", std::process::id()));
+                let socket = sluice_flight::launch::socket_path(name);
                 Launch::Child { program, args: cmd[1..].to_vec(), socket }
             }
             (None, Some(url)) => Launch::Remote(Target::Url(url.clone())),
@@ -150,6 +149,7 @@ impl ExternalRuntime {
             epoch: AtomicU64::new(0),
             rows_skipped: AtomicU64::new(0),
             starts: AtomicU64::new(0),
+            latencies_us: std::sync::Mutex::new(Vec::new()),
         };
         let mut client = rt.client().await?;
         rt.manifest = client.describe().await?;
@@ -201,48 +201,37 @@ impl ExternalRuntime {
                 if let Some(mut old) = state.child.take() {
                     let _ = old.kill().await;
                 }
-                let _ = std::fs::remove_file(socket);
-                let child = Command::new(program)
-                    .args(args)
-                    .env(sluice_flight::ENV_SOCKET, socket)
-                    .kill_on_drop(true)
-                    .stdin(std::process::Stdio::null())
-                    .spawn()
-                    .map_err(|e| {
-                        StageError::new(ErrorCode::Unavailable, format!("stage `{}`: cannot start {}: {e}", self.name, program.display()))
-                    })?;
-                state.child = Some(child);
+                let mut child = sluice_flight::launch::spawn(program, args, socket)
+                    .map_err(|e| StageError::new(e.code, format!("stage `{}`: {}", self.name, e.message)))?;
                 state.starts += 1;
                 self.starts.fetch_add(1, Ordering::Relaxed);
-                let target = Target::Unix(socket.clone());
-                let deadline = Instant::now() + START_TIMEOUT;
-                loop {
-                    if let Some(child) = state.child.as_mut() {
-                        if let Ok(Some(status)) = child.try_wait() {
-                            return Err(StageError::new(
-                                ErrorCode::Unavailable,
-                                format!("stage `{}`: {} exited at start ({status})", self.name, program.display()),
-                            ));
-                        }
-                    }
-                    if socket.exists() {
-                        if let Ok(mut c) = StageClient::connect(&target, Duration::from_secs(2)).await {
-                            if c.health().await.is_ok() {
-                                state.client = Some(c.clone());
-                                return Ok(c);
-                            }
-                        }
-                    }
-                    if Instant::now() > deadline {
-                        return Err(StageError::new(
-                            ErrorCode::Timeout,
-                            format!("stage `{}`: {} did not answer `health` within {:?}", self.name, program.display(), START_TIMEOUT),
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
+                let result = sluice_flight::launch::wait_healthy(&mut child, socket, START_TIMEOUT).await;
+                state.child = Some(child);
+                let c = result.map_err(|e| StageError::new(e.code, format!("stage `{}` ({}): {}", self.name, program.display(), e.message)))?;
+                state.client = Some(c.clone());
+                Ok(c)
             }
         }
+    }
+
+    /// Records the round trip of one batch.
+    pub fn record_latency(&self, took: Duration) {
+        let mut l = self.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
+        // a bounded sample is plenty for percentiles
+        if l.len() < 1_000_000 {
+            l.push(took.as_micros().min(u32::MAX as u128) as u32);
+        }
+    }
+
+    /// The `q` quantile (0..=1) of the recorded batch round trips, in microseconds.
+    pub fn latency_quantile_us(&self, q: f64) -> Option<u32> {
+        let mut l = self.latencies_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if l.is_empty() {
+            return None;
+        }
+        l.sort_unstable();
+        let i = ((l.len() - 1) as f64 * q).round() as usize;
+        l.get(i).copied()
     }
 
     /// If the child process has exited, how (for errors after a crash).
