@@ -79,7 +79,10 @@ impl StageClient {
         let endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| StageError::new(ErrorCode::InvalidArgument, format!("`{uri}` is not a stage address: {e}")))?
             .connect_timeout(timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(crate::STREAM_WINDOW)
+            .initial_connection_window_size(crate::CONNECTION_WINDOW)
+            .max_frame_size(crate::MAX_FRAME);
         let channel = endpoint.connect().await.map_err(|e| unavailable(target, e))?;
         let inner = FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)

@@ -201,7 +201,13 @@ impl Kit {
             Target::Unix(p) => format!("unix://{}", p.display()),
             Target::Url(u) => u.replacen("grpc://", "http://", 1),
         };
-        let channel = tonic::transport::Endpoint::from_shared(uri).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
+        let channel = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| e.to_string())?
+            .initial_stream_window_size(crate::STREAM_WINDOW)
+            .initial_connection_window_size(crate::CONNECTION_WINDOW)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE).max_encoding_message_size(MAX_MESSAGE_SIZE))
     }
 }

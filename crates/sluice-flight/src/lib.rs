@@ -35,6 +35,17 @@ pub const PROTOCOL: &str = "sluice.stage.v1";
 /// Largest gRPC message either end accepts (a batch is one message).
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 
+/// HTTP/2 flow-control window per stream. gRPC's default (64 KiB) caps a
+/// stream at one window per round trip, far below what a local socket
+/// carries; batches are megabytes.
+pub const STREAM_WINDOW: u32 = 16 << 20;
+
+/// HTTP/2 flow-control window per connection (several exchanges share one).
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
+
+/// Largest HTTP/2 frame (the maximum the protocol allows is 16 MiB - 1).
+pub const MAX_FRAME: u32 = 1 << 20;
+
 /// Environment variable naming the unix socket a child stage listens on.
 pub const ENV_SOCKET: &str = "SLUICE_STAGE_SOCKET";
 

@@ -157,7 +157,11 @@ pub async fn serve<S: Stage>(stage: S) -> Result<(), ServeError> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    let router = tonic::transport::Server::builder().add_service(svc);
+    let router = tonic::transport::Server::builder()
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW)
+        .max_frame_size(crate::MAX_FRAME)
+        .add_service(svc);
     if let Ok(path) = std::env::var(ENV_SOCKET) {
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).map_err(|e| ServeError::Io(path.clone(), e.to_string()))?;

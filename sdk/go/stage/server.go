@@ -189,10 +189,22 @@ func Register(reg grpc.ServiceRegistrar, s Stage, opts ...Option) error {
 	return nil
 }
 
+// HTTP/2 flow-control windows, the same as the Rust SDK's.
+const (
+	streamWindow = 16 << 20
+	connWindow   = 64 << 20
+)
+
 func newGRPCServer(svc *service, cfg config) *grpc.Server {
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
+		// gRPC's 64 KiB HTTP/2 windows allow one window per round trip,
+		// far below what a local socket carries for megabyte batches.
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+		grpc.ReadBufferSize(1 << 20),
+		grpc.WriteBufferSize(1 << 20),
 	}, cfg.grpcOpts...)
 	gs := grpc.NewServer(opts...)
 	flightgen.RegisterFlightServiceServer(gs, svc)

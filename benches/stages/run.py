@@ -1,0 +1,79 @@
+"""Identity-stage benchmark: what a stage in Go, in Rust or in pyarrow.flight
+costs, in isolation and inside a pipeline.
+
+  target/pyenv/bin/python benches/stages/run.py [--quick]
+
+Needs release builds: `cargo build --release` and
+`./scripts/build-stages --release`. Prints a Markdown report.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SLUICE = os.path.join(ROOT, "target/release/sluice")
+BENCH = os.path.join(ROOT, "target/release/examples/exchange_bench")
+PY = os.path.join(ROOT, "target/pyenv/bin/python")
+QUICK = "--quick" in sys.argv
+RUNS = 1 if QUICK else 3
+SF = "0.05" if QUICK else "1"
+
+echo = os.path.join(ROOT, "target/stages/pyecho.sh")
+with open(echo, "w") as f:
+    f.write(f"#!/bin/sh\nexec {PY} {os.path.join(ROOT, 'benches/stages/echo_server.py')}\n")
+os.chmod(echo, 0o755)
+STAGES = {
+    "rust": os.path.join(ROOT, "target/stages/rust/identity"),
+    "go": os.path.join(ROOT, "target/stages/go/identity"),
+    "pyarrow": echo,
+}
+
+
+def isolated(stage, rows):
+    batches = max(20, (200 * 65536 // rows) // (10 if QUICK else 1))
+    out = subprocess.run([BENCH, "--rows", str(rows), "--batches", str(batches), "--", STAGES[stage]],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def pipeline(stage, rows):
+    cfg = os.path.join(ROOT, "benches/stages", "baseline.toml" if stage is None else "with_stage.toml")
+    args = [SLUICE, "run", "--json", cfg, "--set", f"settings.batch_size={rows}", "--set", f"sources.lineitem.scale_factor={SF}"]
+    if stage is not None:
+        args += ["--set", f'stages.through.command=["{STAGES[stage]}"]']
+    walls, summaries = [], []
+    for _ in range(RUNS + 1):  # the first run warms up
+        s = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+        walls.append(s["wall"])
+        summaries.append(s)
+    walls = walls[1:]
+    s = summaries[-1]
+    rows_total = next(c for c in s["components"] if c["name"] == "lineitem")["rows_out"]
+    nbytes = next(c for c in s["components"] if c["name"] == "lineitem")["bytes"]
+    st = next((c for c in s["components"] if c["name"] == "through"), None)
+    return {"wall": statistics.median(walls), "walls": walls, "rows": rows_total, "bytes": nbytes,
+            "p50_us": st["batch_latency_p50_us"] if st else None, "p99_us": st["batch_latency_p99_us"] if st else None}
+
+
+print(f"## Identity stage: Go, Rust and pyarrow.flight (SF {SF}, {RUNS} runs, median)\n")
+print("### In isolation (`exchange_bench`: one exchange, the same lineitem-like batch sent repeatedly)\n")
+print("| stage | rows/batch | GB/s | M rows/s | round trip p50 ms | p99 ms |")
+print("|---|---|---|---|---|---|")
+for rows in (8192, 65536):
+    for stage in STAGES:
+        r = isolated(stage, rows)
+        print(f"| {stage} | {rows} | {r['gb_per_s']:.2f} | {r['rows_per_s'] / 1e6:.2f} | {r['rtt_p50_ms']:.2f} | {r['rtt_p99_ms']:.2f} |")
+print()
+print("### In the pipeline (TPC-H lineitem → [identity stage] → blackhole)\n")
+print("| stage | rows/batch | wall s (median) | M rows/s | GB/s through the stage | throughput vs no stage | added p50 ms/batch | p99 ms |")
+print("|---|---|---|---|---|---|---|---|")
+for rows in (8192, 65536):
+    base = pipeline(None, rows)
+    print(f"| none | {rows} | {base['wall']:.2f} | {base['rows'] / base['wall'] / 1e6:.2f} | – | 100% | – | – |")
+    for stage in STAGES:
+        r = pipeline(stage, rows)
+        ratio = base["wall"] / r["wall"]
+        print(f"| {stage} | {rows} | {r['wall']:.2f} | {r['rows'] / r['wall'] / 1e6:.2f} | {r['bytes'] / r['wall'] / 1e9:.2f} | "
+              f"{ratio * 100:.0f}% | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} |")
