@@ -94,6 +94,10 @@ impl Processor for Run {
     }
 }
 
+// large batches: mimalloc reuses memory where the system allocator maps and faults in fresh pages
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     serve(Faulty { seen: Arc::new(AtomicU64::new(0)), armed: std::sync::OnceLock::new() }).await?;

@@ -31,6 +31,10 @@ impl Processor for Pass {
     }
 }
 
+// large batches: mimalloc reuses memory where the system allocator maps and faults in fresh pages
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     serve(Identity).await?;
