@@ -122,6 +122,16 @@ impl std::fmt::Debug for CompiledPipeline {
 }
 
 impl CompiledPipeline {
+    /// Plans a sink's input against the slices installed in the source tables.
+    pub async fn physical_plan(&self, sink: &str) -> Result<Arc<dyn ExecutionPlan>> {
+        let s = self.sinks.get(sink).ok_or_else(|| SluiceError::Internal(format!("no sink `{sink}`")))?;
+        self.ctx
+            .state()
+            .create_physical_plan(&s.plan)
+            .await
+            .map_err(|e| SluiceError::from_datafusion(e, Some(&format!("sink `{sink}`"))))
+    }
+
     /// The schema a sink writes: its plan's schema plus sluice's metadata.
     pub fn output_schema(&self, sink: &CompiledSink, provenance: &sluice_contract::Provenance) -> Result<SchemaRef> {
         let arrow: Schema = sink.plan.schema().as_arrow().clone();

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use datafusion::physical_plan::displayable;
 
 use crate::compile::CompiledPipeline;
-use crate::error::{Result, SluiceError};
+use crate::error::Result;
 use crate::sources::SliceLimits;
 use crate::spec::graph::NodeKind;
 
@@ -127,13 +127,8 @@ impl CompiledPipeline {
             src.table.set_slice(table);
         }
         let mut out = Vec::new();
-        for (name, s) in &self.sinks {
-            let plan = self
-                .ctx
-                .state()
-                .create_physical_plan(&s.plan)
-                .await
-                .map_err(|e| SluiceError::from_datafusion(e, Some(&format!("sink `{name}`"))))?;
+        for name in self.sinks.keys() {
+            let plan = self.physical_plan(name).await?;
             out.push((name.clone(), displayable(plan.as_ref()).indent(true).to_string()));
         }
         Ok(out)

@@ -297,12 +297,7 @@ impl CompiledPipeline {
             if r.durable && r.last_epoch.is_some_and(|l| l >= epoch) {
                 continue;
             }
-            let plan = self
-                .ctx
-                .state()
-                .create_physical_plan(&s.plan)
-                .await
-                .map_err(|e| SluiceError::from_datafusion(e, Some(&format!("sink `{name}`"))))?;
+            let plan = self.physical_plan(name).await?;
             let provenance = self.provenance_for(&s.sources, slices, lookups);
             let schema = self.output_schema(s, &provenance)?;
             jobs.push((name.clone(), plan, schema, provenance));

@@ -9,7 +9,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use super::{CommitInfo, Recovery, Sink, Written};
+use super::{Sink, Written};
 use crate::error::{Result, SluiceError};
 
 /// `[sinks.<name>] kind = "blackhole"`: counts rows and drops them.
@@ -47,12 +47,6 @@ impl Sink for BlackholeSink {
     fn url(&self) -> String {
         "blackhole".into()
     }
-    async fn check_reachable(&self) -> Result<()> {
-        Ok(())
-    }
-    async fn recover(&self) -> Result<Recovery> {
-        Ok(Recovery::default())
-    }
     async fn write(
         &self,
         _epoch: u64,
@@ -81,8 +75,4 @@ impl Sink for BlackholeSink {
         }
         Ok(Written { files: vec![], rows, bytes: 0 })
     }
-    async fn commit(&self, _epoch: u64, _written: &Written, _schema: SchemaRef, _info: &CommitInfo) -> Result<()> {
-        Ok(())
-    }
-    async fn abort(&self, _written: &Written) {}
 }

@@ -157,10 +157,15 @@ pub trait Sink: Send + Sync + Debug {
     fn url(&self) -> String;
 
     /// Checks the sink can be reached, without writing.
-    async fn check_reachable(&self) -> Result<()>;
+    async fn check_reachable(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Reads the commit log and deletes uncommitted debris of earlier runs.
-    async fn recover(&self) -> Result<Recovery>;
+    /// The default is a sink without a log (`durable = false`).
+    async fn recover(&self) -> Result<Recovery> {
+        Ok(Recovery::default())
+    }
 
     /// Writes every partition of `plan` for `epoch`, with `schema` (the plan's
     /// schema plus sluice's metadata) as the files' schema.
@@ -174,10 +179,13 @@ pub trait Sink: Send + Sync + Debug {
     ) -> Result<Written>;
 
     /// Makes the written files of `epoch` part of the output, atomically.
-    async fn commit(&self, epoch: u64, written: &Written, schema: SchemaRef, info: &CommitInfo) -> Result<()>;
+    /// The default does nothing (a sink without a log).
+    async fn commit(&self, _epoch: u64, _written: &Written, _schema: SchemaRef, _info: &CommitInfo) -> Result<()> {
+        Ok(())
+    }
 
     /// Deletes files written for an epoch that will not be committed.
-    async fn abort(&self, written: &Written);
+    async fn abort(&self, _written: &Written) {}
 
     /// Deletes everything this sink ever committed (data files and commit
     /// log), so the next run starts from the beginning. Returns the number of

@@ -10,7 +10,7 @@ use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use super::{CommitInfo, Recovery, Sink, Written};
+use super::{Sink, Written};
 use crate::error::{Result, RetryHint, SluiceError};
 
 fn default_max_rows() -> usize {
@@ -55,12 +55,6 @@ impl Sink for StdoutSink {
     fn url(&self) -> String {
         "stdout".into()
     }
-    async fn check_reachable(&self) -> Result<()> {
-        Ok(())
-    }
-    async fn recover(&self) -> Result<Recovery> {
-        Ok(Recovery::default())
-    }
     async fn write(
         &self,
         epoch: u64,
@@ -94,8 +88,4 @@ impl Sink for StdoutSink {
         }
         Ok(Written { files: vec![], rows: total, bytes: 0 })
     }
-    async fn commit(&self, _epoch: u64, _written: &Written, _schema: SchemaRef, _info: &CommitInfo) -> Result<()> {
-        Ok(())
-    }
-    async fn abort(&self, _written: &Written) {}
 }
