@@ -35,6 +35,9 @@ enum Command {
         /// Delete the sinks' committed output first and start over.
         #[arg(long)]
         reset: bool,
+        /// Stop (after committing) once streaming sources have nothing new.
+        #[arg(long)]
+        exit_when_idle: bool,
         /// Print the run summary as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -104,6 +107,27 @@ pub fn init_logging() {
     };
 }
 
+/// The first SIGINT/SIGTERM asks the run to stop after the current epoch and
+/// commit (exit 0); a second one exits at once without committing.
+async fn stop_on_signals(progress: std::sync::Arc<sluice::metrics::Progress>) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+    let mut first = true;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { if r.is_err() { return; } }
+            _ = term.recv() => {}
+        }
+        if first {
+            first = false;
+            eprintln!("\nstopping: finishing and committing the current epoch (signal again to abort without committing)");
+            progress.request_stop();
+        } else {
+            eprintln!("aborted: nothing of the uncommitted epochs was committed");
+            std::process::exit(130);
+        }
+    }
+}
+
 /// Exit code for an error: 2 for a pipeline that is invalid as written, 1 otherwise.
 fn exit_for(e: &SluiceError) -> ExitCode {
     match e {
@@ -121,7 +145,7 @@ fn report(e: &SluiceError) -> ExitCode {
 pub async fn main(cli: Cli) -> ExitCode {
     let engine = Engine::new();
     match cli.command {
-        Command::Run { pipeline, overrides, max_epochs, reset, json, quiet } => {
+        Command::Run { pipeline, overrides, max_epochs, reset, exit_when_idle, json, quiet } => {
             let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
                 Err(e) => return report(&e),
@@ -137,7 +161,9 @@ pub async fn main(cli: Cli) -> ExitCode {
                 }
             }
             let bar = (!quiet && !json).then(|| progress::start(compiled.progress.clone()));
-            let result = compiled.run(RunOptions { max_epochs }).await;
+            let signals = tokio::spawn(stop_on_signals(compiled.progress.clone()));
+            let result = compiled.run(RunOptions { max_epochs, exit_when_idle }).await;
+            signals.abort();
             if let Some(bar) = bar {
                 bar.finish().await;
             }

@@ -67,6 +67,12 @@ pub fn print(s: &RunSummary) {
         s.wall.as_secs_f64(),
         s.run_id
     );
+    if s.latency.epochs > 0 && (s.epochs > 1 || s.latency.max > 0.0) {
+        println!(
+            "read-to-commit latency over {} epoch(s): p50 {:.3}s  p95 {:.3}s  p99 {:.3}s  max {:.3}s",
+            s.latency.epochs, s.latency.p50, s.latency.p95, s.latency.p99, s.latency.max
+        );
+    }
     for (sink, url) in &s.outputs {
         println!("  {sink} -> {url}");
     }

@@ -53,8 +53,12 @@ pub struct SourceOffsets {
 pub struct Commit {
     /// [`COMMIT_FORMAT`].
     pub format: u32,
-    /// The epoch this commit closes.
+    /// The last epoch this commit covers.
     pub epoch: u64,
+    /// The first epoch this commit covers (several epochs share a commit when
+    /// files are rolled by size or age rather than per epoch).
+    #[serde(default)]
+    pub first_epoch: u64,
     /// `name@version` of the pipeline.
     pub pipeline: String,
     /// Sink name in the pipeline.
@@ -282,6 +286,7 @@ mod tests {
         Commit {
             format: COMMIT_FORMAT,
             epoch,
+            first_epoch: epoch,
             pipeline: "p@1".into(),
             sink: "out".into(),
             run_id: "0123abcd".into(),

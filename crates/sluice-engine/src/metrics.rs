@@ -20,9 +20,20 @@ pub struct Progress {
     pub rows_committed: AtomicU64,
     /// Files committed by all sinks in this run.
     pub files_committed: AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
+    /// Asks the run to stop after the current epoch and commit (a graceful stop).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a stop was requested.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
     /// A snapshot: (rows read, rows expected or 0, epochs committed).
     pub fn snapshot(&self) -> (u64, u64, u64) {
         (
@@ -84,6 +95,33 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
+/// Percentiles of the time from reading an epoch's input to committing it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LatencySummary {
+    /// Epochs measured.
+    pub epochs: usize,
+    /// Median, seconds.
+    pub p50: f64,
+    /// 95th percentile, seconds.
+    pub p95: f64,
+    /// 99th percentile, seconds.
+    pub p99: f64,
+    /// Largest, seconds.
+    pub max: f64,
+}
+
+impl LatencySummary {
+    /// Percentiles of `samples` (sorted in place).
+    pub fn of(samples: &mut [Duration]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let q = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64();
+        Self { epochs: samples.len(), p50: q(0.5), p95: q(0.95), p99: q(0.99), max: q(1.0) }
+    }
+}
+
 /// The summary of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -104,6 +142,8 @@ pub struct RunSummary {
     pub wall: Duration,
     /// Sink name → URL.
     pub outputs: BTreeMap<String, String>,
+    /// Read-to-commit latency of the epochs committed.
+    pub latency: LatencySummary,
 }
 
 impl RunSummary {

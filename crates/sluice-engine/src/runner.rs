@@ -1,23 +1,31 @@
-//! The epoch runner: slices in, files out, one atomic commit per epoch.
+//! The epoch runner: slices in, files out, atomic commits.
 //!
 //! ```text
 //! recover sinks ─► resume sources at the committed offsets
-//!   loop: next slice of every source ─► install slices in the source tables
-//!         ─► plan + write every sink ─► commit every sink ─► ack sources
+//!   loop: next slice of every source ─► install the slices in the source tables
+//!         ─► plan + write every sink (files stay open across epochs)
+//!         ─► at a commit point: seal the files, commit every sink, ack the sources
 //! ```
 //!
-//! A run that dies between writing and committing leaves files no commit
-//! lists; the next run deletes them and redoes the epoch from the recorded
-//! offsets. If the pipeline has several sinks and only some committed an epoch,
-//! the epoch is replayed from the offsets recorded by those that did, and
-//! written only to the others, so no sink sees a row twice.
+//! A commit point comes after every epoch of a bounded pipeline, and every
+//! `commit_interval` (default 10 s) of a streaming one, at the end of the
+//! input, and on a graceful stop. A commit covers the epochs since the last
+//! one, with the source offsets of the first epoch's start and the last
+//! epoch's end; so a restart resumes exactly after the committed rows.
+//!
+//! A run that dies before a commit leaves files no commit lists; the next run
+//! deletes them and re-reads from the committed offsets. If the pipeline has
+//! several sinks and only some committed, the missing range is replayed from
+//! the offsets recorded by those that did and written only to the others, so
+//! no sink sees a row twice. A failure that may pass (a stage crashed, a store
+//! hiccup) discards what was written since the last commit, rewinds the
+//! sources and tries again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::physical_plan::ExecutionPlan;
@@ -26,10 +34,10 @@ use sluice_contract::{Provenance, SourceProvenance};
 
 use crate::commit_log::{SourceOffsets, new_run_id};
 use crate::compile::CompiledPipeline;
-use crate::error::{Result, SluiceError};
-use crate::metrics::{ComponentStats, RunSummary};
+use crate::error::{Result, RetryHint, SluiceError};
+use crate::metrics::{ComponentStats, LatencySummary, RunSummary};
 use crate::ops::stage::{StageRole, stage_execs};
-use crate::sinks::{CommitInfo, Recovery, Written};
+use crate::sinks::{CommitInfo, Recovery};
 use crate::sources::{Slice, SliceLimits};
 use crate::spec::graph::NodeKind;
 
@@ -38,6 +46,8 @@ use crate::spec::graph::NodeKind;
 pub struct RunOptions {
     /// Stop after this many epochs (the rest is left for the next run).
     pub max_epochs: Option<u64>,
+    /// Stop (and commit) once streaming sources have nothing new for an epoch.
+    pub exit_when_idle: bool,
 }
 
 /// Environment variable naming a crash point, for crash tests:
@@ -79,9 +89,19 @@ struct Accumulated {
     files: u64,
 }
 
+/// An epoch written but not yet committed.
+struct Uncommitted {
+    epoch: u64,
+    read_at: Instant,
+    offsets: BTreeMap<String, SourceOffsets>,
+    provenance: BTreeMap<String, Provenance>,
+}
+
 impl CompiledPipeline {
-    /// Runs the pipeline until its bounded sources are exhausted (or
-    /// `max_epochs`), committing each epoch.
+    /// Runs the pipeline until its bounded sources are exhausted, `max_epochs`
+    /// is reached, streaming sources go idle (`exit_when_idle`) or a stop is
+    /// requested ([`crate::metrics::Progress::request_stop`]); commits
+    /// everything written before returning.
     pub async fn run(&mut self, options: RunOptions) -> Result<RunSummary> {
         let started = Instant::now();
         let run_id = new_run_id();
@@ -98,12 +118,28 @@ impl CompiledPipeline {
         let durable: Vec<&Recovery> = recoveries.values().filter(|r| r.durable).collect();
         let first_epoch = durable.iter().map(|r| r.last_epoch.map_or(0, |e| e + 1)).min().unwrap_or(0);
         let max_committed = durable.iter().filter_map(|r| r.last_epoch).max();
+        // ranges committed by some sinks and not others
+        let mut replays: Vec<crate::sinks::CommittedRange> = Vec::new();
+        if let Some(max) = max_committed {
+            let mut e = first_epoch;
+            while e <= max {
+                let Some(rec) = durable.iter().find_map(|r| r.commits.values().find(|c| c.first <= e && e <= c.last).cloned())
+                else {
+                    return Err(SluiceError::Internal(format!("no sink recorded the offsets of committed epoch {e}")));
+                };
+                e = rec.last + 1;
+                replays.push(rec);
+            }
+        }
 
         // 2. resume sources where the slowest sink's last commit ended
         let mut positions: BTreeMap<String, Value> = BTreeMap::new();
         if first_epoch > 0 {
             let prev = first_epoch - 1;
-            let offsets = durable.iter().find_map(|r| r.offsets.get(&prev)).cloned().unwrap_or_default();
+            let offsets = durable
+                .iter()
+                .find_map(|r| r.commits.values().find(|c| c.last == prev).map(|c| c.offsets.clone()))
+                .unwrap_or_default();
             for (name, src) in self.sources.iter_mut().filter(|(_, s)| !s.lookup) {
                 if let Some(o) = offsets.get(name) {
                     src.source.resume(&o.end).await?;
@@ -111,6 +147,7 @@ impl CompiledPipeline {
                 }
             }
         }
+        let committed_positions = positions.clone();
         let expected: u64 = self
             .sources
             .values()
@@ -119,211 +156,379 @@ impl CompiledPipeline {
             .sum();
         self.progress.rows_expected.store(expected, Ordering::Relaxed);
 
-        let e = &self.spec.settings.epoch;
+        let streaming = self.sources.values().any(|s| !s.lookup && !s.source.is_bounded());
+        let settings = self.spec.settings.clone();
+        let e = &settings.epoch;
         let limits = SliceLimits {
-            max_rows: e.max_rows,
+            max_rows: e.max_rows.or(streaming.then_some(1_000_000)),
             max_bytes: e.max_bytes.map(|b| b.0),
-            max_latency: e.max_latency.map(|d| d.0),
+            max_latency: Some(e.max_latency.map(|d| d.0).unwrap_or(Duration::from_secs(1))),
         };
-        let mut lookups: BTreeMap<String, Option<Slice>> = BTreeMap::new();
-        let mut acc: BTreeMap<(u8, String), Accumulated> = BTreeMap::new();
-        let mut epoch = first_epoch;
-        let mut done = 0u64;
+        let commit_interval = settings
+            .commit_interval
+            .map(|d| d.0)
+            .unwrap_or(if streaming { Duration::from_secs(10) } else { Duration::ZERO });
+        let max_retries = self.externals.values().map(|r| r.config.retries).max().unwrap_or(0).max(settings.retries.unwrap_or(0));
 
+        let mut state = LoopState {
+            run_id,
+            failpoint,
+            lookups: BTreeMap::new(),
+            acc: BTreeMap::new(),
+            latencies: Vec::new(),
+            uncommitted: Vec::new(),
+            positions,
+            committed_positions,
+            epoch: first_epoch,
+            done: 0,
+            last_commit: Instant::now(),
+            recoveries,
+        };
+
+        // 3. replay ranges only some sinks committed, one commit each
+        if !replays.is_empty() {
+            self.load_lookups(&mut state).await?;
+        }
+        for rec in replays {
+            let mut slices = BTreeMap::new();
+            for (name, src) in self.sources.iter_mut().filter(|(_, s)| !s.lookup) {
+                if let Some(o) = rec.offsets.get(name).filter(|o| o.start != o.end) {
+                    let slice = src.source.replay(&o.start, &o.end).await?;
+                    src.source.resume(&o.end).await?;
+                    slices.insert(name.clone(), slice);
+                }
+            }
+            state.epoch = rec.last;
+            let offsets = rec.offsets.clone();
+            self.write_with_retries(&mut state, slices, offsets, max_retries, Some(rec.first)).await?;
+            self.commit_pending(&mut state, Some(rec.first)).await?;
+            state.epoch = rec.last + 1;
+        }
+
+        // 4. the epoch loop
+        let mut retries_left = max_retries;
         loop {
-            if options.max_epochs.is_some_and(|m| done >= m) {
+            if options.max_epochs.is_some_and(|m| state.done >= m) || self.progress.stop_requested() {
                 break;
             }
-            let replaying = max_committed.is_some_and(|m| epoch <= m);
-
-            // 3. one slice per source
-            let mut slices: BTreeMap<String, Slice> = BTreeMap::new();
-            let mut offsets: BTreeMap<String, SourceOffsets> = BTreeMap::new();
-            let recorded = if replaying {
-                durable.iter().find_map(|r| r.offsets.get(&epoch)).cloned()
-            } else {
-                None
-            };
-            for (name, src) in self.sources.iter_mut() {
-                if src.lookup {
-                    if !lookups.contains_key(name) {
-                        let whole = src.source.next_slice(&SliceLimits::default()).await?;
-                        lookups.insert(name.clone(), whole);
-                    }
+            let (slices, offsets, any_data, exhausted) = self.next_slices(&mut state, &limits).await?;
+            if exhausted && !any_data {
+                break;
+            }
+            if !any_data {
+                // a streaming source had nothing new this epoch
+                if !state.uncommitted.is_empty() && state.last_commit.elapsed() >= commit_interval {
+                    self.commit_pending(&mut state, None).await?;
+                }
+                if options.exit_when_idle {
+                    break;
+                }
+                continue;
+            }
+            match self.write_with_retries(&mut state, slices, offsets, 0, None).await {
+                Ok(()) => {}
+                Err(e) if e.retry_hint() == RetryHint::WithBackoff && retries_left > 0 => {
+                    retries_left -= 1;
+                    let attempt = max_retries - retries_left;
+                    let delay = Duration::from_millis(200 * 2u64.pow(attempt.min(5)));
+                    tracing::warn!(epoch = state.epoch, attempt, error = %e, "epoch failed; rewinding to the last commit and retrying in {delay:?}");
+                    self.rewind(&mut state).await?;
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
-                let slice = match &recorded {
-                    Some(rec) => match rec.get(name) {
-                        Some(o) if o.start != o.end => {
-                            let s = src.source.replay(&o.start, &o.end).await?;
-                            src.source.resume(&o.end).await?;
-                            Some(s)
-                        }
-                        _ => None,
-                    },
-                    None => src.source.next_slice(&limits).await?,
-                };
-                let here = positions.get(name).cloned().unwrap_or(Value::Null);
-                match slice {
-                    Some(s) => {
-                        offsets.insert(name.clone(), SourceOffsets { start: s.start.clone(), end: s.end.clone() });
-                        positions.insert(name.clone(), s.end.clone());
-                        slices.insert(name.clone(), s);
-                    }
-                    None => {
-                        offsets.insert(name.clone(), SourceOffsets { start: here.clone(), end: here });
-                    }
+                Err(e) => {
+                    self.abort_sinks().await;
+                    return Err(e);
                 }
             }
-            if slices.is_empty() && recorded.is_none() {
-                break;
+            retries_left = max_retries;
+            state.done += 1;
+            state.epoch += 1;
+            if state.last_commit.elapsed() >= commit_interval {
+                self.commit_pending(&mut state, None).await?;
             }
-
-            // 4. install the slices
-            for (name, src) in &self.sources {
-                let table: Arc<dyn TableProvider> = match slices.get(name).or_else(|| lookups.get(name).and_then(|s| s.as_ref())) {
-                    Some(s) => Arc::clone(&s.table),
-                    None => Arc::new(EmptyTable::new(src.source.schema())),
-                };
-                src.table.set_slice(table);
-            }
-
-            // 5. plan and write every sink that has not committed this epoch;
-            // a failure that may pass (a stage crashed or timed out, a store
-            // hiccup) is retried on the same slices, so nothing is duplicated
-            for rt in self.externals.values() {
-                rt.set_epoch(epoch);
-            }
-            let max_retries = self.externals.values().map(|r| r.config.retries).max().unwrap_or(0);
-            let mut attempt = 0u32;
-            let (jobs, results) = loop {
-                match self.write_epoch(epoch, &run_id, &recoveries, &slices, &lookups).await {
-                    Ok(done) => break done,
-                    Err(e) if e.retry_hint() == crate::error::RetryHint::WithBackoff && attempt < max_retries => {
-                        attempt += 1;
-                        let delay = Duration::from_millis(200 * 2u64.pow(attempt.min(5)));
-                        tracing::warn!(epoch, attempt, error = %e, "epoch failed; retrying in {delay:?}");
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
-            Failpoint::hit(&failpoint, "before_commit", epoch);
-
-            // 6. commit
-            // a source or stage shared by several sinks is computed once per
-            // sink's plan; report the rows of one computation (the largest)
-            let mut epoch_stages: BTreeMap<(u8, String), Accumulated> = BTreeMap::new();
-            for (i, ((name, plan, schema, provenance), (written, took))) in jobs.iter().zip(results).enumerate() {
-                let written = written?;
-                let s = &self.sinks[name];
-                let info = CommitInfo {
-                    pipeline: self.spec.id(),
-                    run_id: run_id.clone(),
-                    lineage: s.lineage.clone(),
-                    provenance: provenance.clone(),
-                    source_offsets: offsets.clone(),
-                };
-                let t = Instant::now();
-                s.sink.commit(epoch, &written, Arc::clone(schema), &info).await?;
-                if i == 0 {
-                    Failpoint::hit(&failpoint, "between_commits", epoch);
-                }
-                self.progress.rows_committed.fetch_add(written.rows, Ordering::Relaxed);
-                self.progress.files_committed.fetch_add(written.files.len() as u64, Ordering::Relaxed);
-                let a = acc.entry((2, name.clone())).or_default();
-                a.rows += written.rows;
-                a.bytes += written.bytes;
-                a.files += written.files.len() as u64;
-                a.wall += took + t.elapsed();
-                let mut this_plan = BTreeMap::new();
-                collect_stage_metrics(plan, &mut this_plan);
-                for (k, v) in this_plan {
-                    let e = epoch_stages.entry(k).or_default();
-                    if v.rows >= e.rows {
-                        *e = v;
-                    }
-                }
-            }
-            for (k, v) in epoch_stages {
-                let a = acc.entry(k).or_default();
-                a.rows += v.rows;
-                a.batches += v.batches;
-                a.bytes += v.bytes;
-                a.wall += v.wall;
-            }
-            Failpoint::hit(&failpoint, "after_commit", epoch);
-
-            // 7. acknowledge
-            for (name, s) in &slices {
-                if let Some(src) = self.sources.get_mut(name) {
-                    src.source.ack(&s.end).await?;
-                }
-            }
-            self.progress.epochs_committed.fetch_add(1, Ordering::Relaxed);
-            done += 1;
-            epoch += 1;
+        }
+        if !state.uncommitted.is_empty() {
+            self.commit_pending(&mut state, None).await?;
         }
 
         for rt in self.externals.values() {
             rt.shutdown().await;
         }
+        let epochs = state.done;
         Ok(RunSummary {
             pipeline: self.spec.id(),
-            run_id,
-            epochs: done,
+            run_id: state.run_id.clone(),
+            epochs,
             first_epoch,
             removed_files,
-            components: self.components(&acc),
+            components: self.components(&state.acc),
             wall: started.elapsed(),
             outputs: self.sinks.iter().map(|(n, s)| (n.clone(), s.sink.url())).collect(),
+            latency: LatencySummary::of(&mut state.latencies),
         })
     }
 
-    /// Plans and writes one epoch to every sink that has not committed it;
-    /// on failure, deletes what was written.
-    #[allow(clippy::type_complexity)]
+    /// One slice per source (lookups: the whole table, read once).
+    /// Returns the slices, their offsets, whether any has rows to read, and
+    /// whether every bounded source is exhausted.
+    async fn next_slices(
+        &mut self,
+        state: &mut LoopState,
+        limits: &SliceLimits,
+    ) -> Result<(BTreeMap<String, Slice>, BTreeMap<String, SourceOffsets>, bool, bool)> {
+        let mut slices = BTreeMap::new();
+        let mut offsets = BTreeMap::new();
+        let mut exhausted = true;
+        self.load_lookups(state).await?;
+        for (name, src) in self.sources.iter_mut() {
+            if src.lookup {
+                continue;
+            }
+            let here = state.positions.get(name).cloned().unwrap_or(Value::Null);
+            match src.source.next_slice(limits).await? {
+                Some(s) => {
+                    exhausted = false;
+                    offsets.insert(name.clone(), SourceOffsets { start: s.start.clone(), end: s.end.clone() });
+                    if s.start != s.end {
+                        state.positions.insert(name.clone(), s.end.clone());
+                        slices.insert(name.clone(), s);
+                    }
+                }
+                None => {
+                    if !src.source.is_bounded() {
+                        exhausted = false;
+                    }
+                    offsets.insert(name.clone(), SourceOffsets { start: here.clone(), end: here });
+                }
+            }
+        }
+        let any = !slices.is_empty();
+        Ok((slices, offsets, any, exhausted))
+    }
+
+    /// Reads every lookup source whole, once per run.
+    async fn load_lookups(&mut self, state: &mut LoopState) -> Result<()> {
+        for (name, src) in self.sources.iter_mut().filter(|(_, s)| s.lookup) {
+            if !state.lookups.contains_key(name) {
+                let whole = src.source.next_slice(&SliceLimits::default()).await?;
+                state.lookups.insert(name.clone(), whole);
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs the slices and writes one epoch to every sink that has not
+    /// committed it; retries (on the same slices) failures that may pass.
+    async fn write_with_retries(
+        &mut self,
+        state: &mut LoopState,
+        slices: BTreeMap<String, Slice>,
+        offsets: BTreeMap<String, SourceOffsets>,
+        max_retries: u32,
+        replay_first: Option<u64>,
+    ) -> Result<()> {
+        for (name, src) in &self.sources {
+            let table: Arc<dyn TableProvider> =
+                match slices.get(name).or_else(|| state.lookups.get(name).and_then(|s| s.as_ref())) {
+                    Some(s) => Arc::clone(&s.table),
+                    None => Arc::new(EmptyTable::new(src.source.schema())),
+                };
+            src.table.set_slice(table);
+        }
+        for rt in self.externals.values() {
+            rt.set_epoch(state.epoch);
+        }
+        let read_at = Instant::now();
+        let mut attempt = 0;
+        loop {
+            match self.write_epoch(state, &slices, replay_first).await {
+                Ok(provenance) => {
+                    state.uncommitted.push(Uncommitted { epoch: state.epoch, read_at, offsets, provenance });
+                    return Ok(());
+                }
+                Err(e) if e.retry_hint() == RetryHint::WithBackoff && attempt < max_retries => {
+                    // a replay writes into sinks that hold nothing else uncommitted
+                    attempt += 1;
+                    self.abort_sinks().await;
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt.min(5)))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Plans and writes one epoch to every sink that needs it; returns the
+    /// provenance of each sink's rows.
     async fn write_epoch(
         &self,
-        epoch: u64,
-        run_id: &str,
-        recoveries: &BTreeMap<String, Recovery>,
+        state: &mut LoopState,
         slices: &BTreeMap<String, Slice>,
-        lookups: &BTreeMap<String, Option<Slice>>,
-    ) -> Result<(Vec<(String, Arc<dyn ExecutionPlan>, SchemaRef, Provenance)>, Vec<(Result<Written>, Duration)>)> {
+        replay_first: Option<u64>,
+    ) -> Result<BTreeMap<String, Provenance>> {
+        let epoch = state.epoch;
         let mut jobs = Vec::new();
         for (name, s) in &self.sinks {
-            let r = &recoveries[name];
-            if r.durable && r.last_epoch.is_some_and(|l| l >= epoch) {
+            if !Self::sink_needs(&state.recoveries, name, epoch, replay_first) {
                 continue;
             }
             let plan = self.physical_plan(name).await?;
-            let provenance = self.provenance_for(&s.sources, slices, lookups);
+            let provenance = self.provenance_for(&s.sources, slices, &state.lookups);
             let schema = self.output_schema(s, &provenance)?;
             jobs.push((name.clone(), plan, schema, provenance));
         }
         let task = self.ctx.task_ctx();
         let writes = jobs.iter().map(|(name, plan, schema, _)| {
             let sink = Arc::clone(&self.sinks[name].sink);
-            let (plan, schema, task, run_id) = (Arc::clone(plan), Arc::clone(schema), Arc::clone(&task), run_id.to_string());
+            let (plan, schema, task, run_id) = (Arc::clone(plan), Arc::clone(schema), Arc::clone(&task), state.run_id.clone());
             async move {
                 let t = Instant::now();
                 let r = sink.write(epoch, &run_id, plan, task, schema).await;
                 (r, t.elapsed())
             }
         });
-        let results: Vec<(Result<Written>, Duration)> = futures::future::join_all(writes).await;
-        if results.iter().any(|(r, _)| r.is_err()) {
-            let mut first = None;
-            for ((name, ..), (r, _)) in jobs.iter().zip(results) {
-                match r {
-                    Ok(w) => self.sinks[name].sink.abort(&w).await,
-                    Err(e) => first = first.or(Some(e)),
+        let results = futures::future::join_all(writes).await;
+        let mut first_error = None;
+        let mut epoch_stages: BTreeMap<(u8, String), Accumulated> = BTreeMap::new();
+        for ((name, plan, _, _), (r, took)) in jobs.iter().zip(results) {
+            match r {
+                Ok(w) => {
+                    let a = state.acc.entry((2, name.clone())).or_default();
+                    a.wall += took;
+                    let _ = w;
+                    // a source or stage shared by several sinks is computed once per
+                    // sink's plan; report the rows of one computation (the largest)
+                    let mut this_plan = BTreeMap::new();
+                    collect_stage_metrics(plan, &mut this_plan);
+                    for (k, v) in this_plan {
+                        let e = epoch_stages.entry(k).or_default();
+                        if v.rows >= e.rows {
+                            *e = v;
+                        }
+                    }
+                }
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for (k, v) in epoch_stages {
+            let a = state.acc.entry(k).or_default();
+            a.rows += v.rows;
+            a.batches += v.batches;
+            a.bytes += v.bytes;
+            a.wall += v.wall;
+        }
+        Ok(jobs.into_iter().map(|(n, _, _, p)| (n, p)).collect())
+    }
+
+    fn sink_needs(recoveries: &BTreeMap<String, Recovery>, sink: &str, epoch: u64, replay_first: Option<u64>) -> bool {
+        let Some(r) = recoveries.get(sink) else { return true };
+        if !r.durable {
+            // a sink without a log is not written twice by a replay
+            return replay_first.is_none();
+        }
+        !r.last_epoch.is_some_and(|l| l >= epoch)
+    }
+
+    /// Seals every sink's files and commits the epochs written since the last commit.
+    async fn commit_pending(&mut self, state: &mut LoopState, replay_first: Option<u64>) -> Result<()> {
+        let Some(last) = state.uncommitted.last() else { return Ok(()) };
+        let epoch = last.epoch;
+        let first = replay_first.unwrap_or_else(|| state.uncommitted.first().map_or(epoch, |u| u.epoch));
+        // offsets over the range: the first epoch's start, the last epoch's end
+        let mut offsets: BTreeMap<String, SourceOffsets> = BTreeMap::new();
+        for u in &state.uncommitted {
+            for (src, o) in &u.offsets {
+                offsets
+                    .entry(src.clone())
+                    .and_modify(|r| r.end = o.end.clone())
+                    .or_insert_with(|| o.clone());
+            }
+        }
+        let provenance = last.provenance.clone();
+        // seal every sink first: all files closed and on the store
+        let mut sealed = Vec::new();
+        for (name, s) in &self.sinks {
+            if Self::sink_needs(&state.recoveries, name, epoch, replay_first) {
+                let t = Instant::now();
+                sealed.push((name.clone(), s.sink.seal().await?, t.elapsed()));
+            }
+        }
+        Failpoint::hit(&state.failpoint, "before_commit", epoch);
+        for (i, (name, written, sealing)) in sealed.into_iter().enumerate() {
+            let s = &self.sinks[&name];
+            let t = Instant::now();
+            let info = CommitInfo {
+                pipeline: self.spec.id(),
+                run_id: state.run_id.clone(),
+                lineage: s.lineage.clone(),
+                provenance: provenance.get(&name).cloned().unwrap_or_default(),
+                source_offsets: offsets.clone(),
+                first_epoch: first,
+            };
+            let schema = self.output_schema(s, &info.provenance)?;
+            s.sink.commit(epoch, &written, schema, &info).await?;
+            if i == 0 {
+                Failpoint::hit(&state.failpoint, "between_commits", epoch);
+            }
+            self.progress.rows_committed.fetch_add(written.rows, Ordering::Relaxed);
+            self.progress.files_committed.fetch_add(written.files.len() as u64, Ordering::Relaxed);
+            let a = state.acc.entry((2, name.clone())).or_default();
+            a.rows += written.rows;
+            a.bytes += written.bytes;
+            a.files += written.files.len() as u64;
+            a.wall += sealing + t.elapsed();
+            if let Some(r) = state.recoveries.get_mut(&name) {
+                if r.durable {
+                    r.last_epoch = Some(epoch);
                 }
             }
-            return Err(first.unwrap_or_else(|| SluiceError::Internal("a sink failed without an error".into())));
         }
-        Ok((jobs, results))
+        Failpoint::hit(&state.failpoint, "after_commit", epoch);
+        for (name, o) in &offsets {
+            if let Some(src) = self.sources.get_mut(name) {
+                src.source.ack(&o.end).await?;
+            }
+        }
+        let now = Instant::now();
+        for u in state.uncommitted.drain(..) {
+            state.latencies.push(now.duration_since(u.read_at));
+        }
+        state.committed_positions = state.positions.clone();
+        state.last_commit = now;
+        self.progress.epochs_committed.store(epoch + 1, Ordering::Relaxed);
+        tracing::info!(first_epoch = first, epoch, "committed");
+        Ok(())
+    }
+
+    /// Discards what was written since the last commit and puts every source
+    /// back at the last committed offsets.
+    async fn rewind(&mut self, state: &mut LoopState) -> Result<()> {
+        self.abort_sinks().await;
+        let first = state.uncommitted.first().map(|u| u.epoch);
+        state.uncommitted.clear();
+        for (name, src) in self.sources.iter_mut().filter(|(_, s)| !s.lookup) {
+            let at = state.committed_positions.get(name).cloned().unwrap_or(Value::Null);
+            if at.is_null() {
+                src.source.restart().await?;
+            } else {
+                src.source.resume(&at).await?;
+            }
+        }
+        state.positions = state.committed_positions.clone();
+        if let Some(f) = first {
+            state.done = state.done.saturating_sub(state.epoch - f);
+            state.epoch = f;
+        }
+        Ok(())
+    }
+
+    async fn abort_sinks(&self) {
+        for s in self.sinks.values() {
+            s.sink.abort().await;
+        }
     }
 
     /// Deletes the committed output of every sink, so the next run starts
@@ -389,6 +594,22 @@ impl CompiledPipeline {
         }
         out
     }
+}
+
+/// What the epoch loop carries.
+struct LoopState {
+    run_id: String,
+    failpoint: Option<Failpoint>,
+    lookups: BTreeMap<String, Option<Slice>>,
+    acc: BTreeMap<(u8, String), Accumulated>,
+    latencies: Vec<Duration>,
+    uncommitted: Vec<Uncommitted>,
+    positions: BTreeMap<String, Value>,
+    committed_positions: BTreeMap<String, Value>,
+    epoch: u64,
+    done: u64,
+    last_commit: Instant,
+    recoveries: BTreeMap<String, Recovery>,
 }
 
 fn stats(name: &str, role: &str, kind: &str, rows_in: u64, a: Option<&Accumulated>) -> ComponentStats {

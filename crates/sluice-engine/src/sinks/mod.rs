@@ -104,14 +104,25 @@ impl SinkConfig {
     }
 }
 
+/// The epochs one commit covers and the source offsets over them.
+#[derive(Debug, Clone, Default)]
+pub struct CommittedRange {
+    /// First epoch covered.
+    pub first: u64,
+    /// Last epoch covered (the commit's number).
+    pub last: u64,
+    /// Offsets per source: the first epoch's start, the last epoch's end.
+    pub offsets: BTreeMap<String, SourceOffsets>,
+}
+
 /// What a sink found when a run started.
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
-    /// The newest committed epoch and the source offsets it ended at.
+    /// The newest committed epoch.
     pub last_epoch: Option<u64>,
-    /// Offsets per source of every committed epoch, by epoch (to replay an
-    /// epoch another sink has not committed yet).
-    pub offsets: BTreeMap<u64, BTreeMap<String, SourceOffsets>>,
+    /// Every commit, by last epoch (to resume, and to replay a range another
+    /// sink has not committed yet).
+    pub commits: BTreeMap<u64, CommittedRange>,
     /// Debris of earlier runs that was deleted.
     pub removed_files: Vec<String>,
     /// Whether the sink keeps a commit log at all.
@@ -140,8 +151,10 @@ pub struct CommitInfo {
     pub lineage: Vec<LineageEntry>,
     /// Provenance of the sink's data.
     pub provenance: Provenance,
-    /// Offsets of every source at this epoch.
+    /// Offsets of every source over the committed epochs.
     pub source_offsets: BTreeMap<String, SourceOffsets>,
+    /// First epoch the commit covers.
+    pub first_epoch: u64,
 }
 
 /// A sink; see the module docs.
@@ -168,7 +181,9 @@ pub trait Sink: Send + Sync + Debug {
     }
 
     /// Writes every partition of `plan` for `epoch`, with `schema` (the plan's
-    /// schema plus sluice's metadata) as the files' schema.
+    /// schema plus sluice's metadata) as the files' schema. Rows go into
+    /// files that may stay open for later epochs; nothing is output until
+    /// [`Sink::seal`] and [`Sink::commit`]. Returns the rows written.
     async fn write(
         &self,
         epoch: u64,
@@ -178,14 +193,20 @@ pub trait Sink: Send + Sync + Debug {
         schema: SchemaRef,
     ) -> Result<Written>;
 
-    /// Makes the written files of `epoch` part of the output, atomically.
-    /// The default does nothing (a sink without a log).
+    /// Closes every open file: returns all files written since the last
+    /// commit, ready to be committed. The default has none.
+    async fn seal(&self) -> Result<Written> {
+        Ok(Written::default())
+    }
+
+    /// Makes the sealed files part of the output, atomically, as the commit of
+    /// the epochs `info.first_epoch..=epoch`. The default does nothing.
     async fn commit(&self, _epoch: u64, _written: &Written, _schema: SchemaRef, _info: &CommitInfo) -> Result<()> {
         Ok(())
     }
 
-    /// Deletes files written for an epoch that will not be committed.
-    async fn abort(&self, _written: &Written) {}
+    /// Deletes everything written since the last commit.
+    async fn abort(&self) {}
 
     /// Deletes everything this sink ever committed (data files and commit
     /// log), so the next run starts from the beginning. Returns the number of

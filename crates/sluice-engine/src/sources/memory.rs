@@ -64,6 +64,11 @@ impl Source for MemorySource {
         }
     }
 
+    async fn restart(&mut self) -> Result<()> {
+        self.done = false;
+        Ok(())
+    }
+
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
         self.done = offsets.get("done").and_then(|d| d.as_bool()).unwrap_or(false);
         Ok(())

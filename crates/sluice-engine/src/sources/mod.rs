@@ -85,6 +85,14 @@ pub trait Source: Send + Sync + Debug {
     /// Moves the read position to `offsets` (a slice `end` from a commit).
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()>;
 
+    /// Moves the read position back to the very beginning (before any commit).
+    async fn restart(&mut self) -> Result<()> {
+        Err(crate::error::SluiceError::Internal(format!(
+            "source kind `{}` cannot restart from the beginning; an epoch that failed before the first commit cannot be retried",
+            self.kind()
+        )))
+    }
+
     /// The next slice within `limits`, or `None` when a bounded source is exhausted.
     async fn next_slice(&mut self, limits: &SliceLimits) -> Result<Option<Slice>>;
 

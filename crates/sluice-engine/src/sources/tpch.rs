@@ -116,6 +116,11 @@ impl Source for TpchSource {
         }
     }
 
+    async fn restart(&mut self) -> Result<()> {
+        self.next_part = 1;
+        Ok(())
+    }
+
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
         let next = offsets.get("next_part").and_then(|v| v.as_u64());
         let parts = offsets.get("parts").and_then(|v| v.as_u64());

@@ -75,6 +75,15 @@ pub struct Settings {
     /// How input is cut into epochs (the unit of commit).
     #[serde(default)]
     pub epoch: EpochSettings,
+    /// Longest time written rows wait for their commit (streaming default
+    /// 10s; bounded pipelines commit every epoch). Files stay open between
+    /// commits, so this also bounds a file's age.
+    #[serde(default)]
+    pub commit_interval: Option<HumanDuration>,
+    /// Retries of an epoch whose failure may pass (a store or stage hiccup);
+    /// external stages may raise it with their own `retries` (default 0).
+    #[serde(default)]
+    pub retries: Option<u32>,
     /// Settings for `s3://` URLs, on top of the `AWS_*` environment variables.
     #[serde(default)]
     pub s3: S3Settings,

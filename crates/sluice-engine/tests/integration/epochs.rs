@@ -43,7 +43,7 @@ async fn a_run_stopped_after_some_epochs_resumes_to_the_same_output() -> Result<
     assert_eq!(whole.epochs, 5, "5 parts of 3000 orders, one per epoch");
 
     let mut first = engine.compile(orders_spec("memory:///epochs/split")).await?;
-    assert_eq!(first.run(RunOptions { max_epochs: Some(2) }).await?.epochs, 2);
+    assert_eq!(first.run(RunOptions { max_epochs: Some(2), ..Default::default() }).await?.epochs, 2);
     let rest = engine.compile(orders_spec("memory:///epochs/split")).await?.run(RunOptions::default()).await?;
     assert_eq!((rest.first_epoch, rest.epochs), (2, 3));
 
@@ -62,7 +62,7 @@ async fn changing_the_generator_under_committed_output_is_refused() -> Result<()
     let engine = Engine::new();
     let mut spec = orders_spec("memory:///epochs/changed");
     let mut c = engine.compile(spec.clone()).await?;
-    c.run(RunOptions { max_epochs: Some(1) }).await?;
+    c.run(RunOptions { max_epochs: Some(1), ..Default::default() }).await?;
     if let Some(SourceConfig::Tpch(t)) = spec.sources.get_mut("orders") {
         t.scale_factor = 0.02;
     }

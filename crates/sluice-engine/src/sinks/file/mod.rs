@@ -29,14 +29,13 @@ pub use config::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
 pub use hive::{HiveSplitter, NULL_PARTITION};
 pub use writer::{OpenFile, OutputFormat};
 
-use super::{CommitInfo, Recovery, Sink, Written};
+use super::{CommitInfo, CommittedRange, Recovery, Sink, Written};
 use crate::commit_log::{COMMIT_FORMAT, Commit, CommitLog, CommittedFile, data_file_name};
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::spec::PipelineSpec;
 use crate::storage::{Location, StoreRegistry};
 
 /// A sink writing files; see the module docs.
-#[derive(Debug)]
 pub struct FileSink {
     name: String,
     location: Location,
@@ -45,6 +44,13 @@ pub struct FileSink {
     format: OutputFormat,
     partition_by: Vec<String>,
     target_file_bytes: u64,
+    pending: tokio::sync::Mutex<Pending>,
+}
+
+impl std::fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileSink({} -> {})", self.name, self.location.url())
+    }
 }
 
 impl FileSink {
@@ -74,6 +80,7 @@ impl FileSink {
             format,
             partition_by: partition_by.to_vec(),
             target_file_bytes: target,
+            pending: tokio::sync::Mutex::new(Pending::default()),
         }))
     }
 
@@ -149,6 +156,7 @@ struct EpochWrite {
     run_id: String,
 }
 
+/// A file being written.
 struct Open {
     file: OpenFile,
     rel: String,
@@ -156,15 +164,37 @@ struct Open {
     values: BTreeMap<String, String>,
 }
 
+/// What a sink holds between commits: files stay open across epochs (so a
+/// commit every few epochs does not mean a tiny file every epoch), files
+/// rolled by size wait, closed, for the next commit.
+#[derive(Default)]
+struct Pending {
+    /// Open files by plan partition and hive folder.
+    open: HashMap<usize, HashMap<String, Open>>,
+    /// Closed files not committed yet.
+    closed: Vec<CommittedFile>,
+    /// Next file number per plan partition.
+    seq: HashMap<usize, usize>,
+    /// Rows written since the last commit.
+    rows: u64,
+}
+
+/// One partition's files, handed to its writer task and back.
+struct PartitionFiles {
+    open: HashMap<String, Open>,
+    closed: Vec<CommittedFile>,
+    seq: usize,
+    rows: u64,
+}
+
 impl EpochWrite {
+    /// Appends one partition's rows of this epoch to its files.
     async fn write_partition(
         &self,
         partition: usize,
         mut stream: datafusion::execution::SendableRecordBatchStream,
-    ) -> std::result::Result<Vec<CommittedFile>, (Vec<CommittedFile>, SluiceError)> {
-        let mut open: HashMap<String, Open> = HashMap::new();
-        let mut done: Vec<CommittedFile> = Vec::new();
-        let mut seq = 0usize;
+        mut files: PartitionFiles,
+    ) -> std::result::Result<PartitionFiles, SluiceError> {
         let result: std::result::Result<(), SluiceError> = async {
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(|e| SluiceError::from_datafusion(e, None))?;
@@ -184,9 +214,9 @@ impl EpochWrite {
                     None => vec![(String::new(), BTreeMap::new(), batch)],
                 };
                 for (dir, values, piece) in pieces {
-                    if !open.contains_key(&dir) {
-                        let name = data_file_name(self.epoch, &self.run_id, partition, seq, self.format.extension());
-                        seq += 1;
+                    if !files.open.contains_key(&dir) {
+                        let name = data_file_name(self.epoch, &self.run_id, partition, files.seq, self.format.extension());
+                        files.seq += 1;
                         let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
                         let schema = match &self.splitter {
                             Some(s) => Arc::clone(&s.file_schema),
@@ -194,14 +224,15 @@ impl EpochWrite {
                         };
                         let file = OpenFile::create(Arc::clone(&self.store), self.location.child(&rel), &self.format, schema)
                             .map_err(|m| self.sink_err(&rel, m))?;
-                        open.insert(dir.clone(), Open { file, rel, rows: 0, values });
+                        files.open.insert(dir.clone(), Open { file, rel, rows: 0, values });
                     }
-                    let Some(o) = open.get_mut(&dir) else { continue };
+                    let Some(o) = files.open.get_mut(&dir) else { continue };
                     o.file.write(&piece).await.map_err(|m| self.sink_err(&o.rel, m))?;
                     o.rows += piece.num_rows() as u64;
+                    files.rows += piece.num_rows() as u64;
                     if o.file.size() >= self.target {
-                        if let Some(o) = open.remove(&dir) {
-                            done.push(self.finish(o).await?);
+                        if let Some(o) = files.open.remove(&dir) {
+                            files.closed.push(finish(&self.location, o).await?);
                         }
                     }
                 }
@@ -210,41 +241,34 @@ impl EpochWrite {
         }
         .await;
         match result {
-            Ok(()) => {
-                let mut first_err = None;
-                for (_, o) in open.drain() {
-                    match self.finish(o).await {
-                        Ok(f) => done.push(f),
-                        Err(e) => first_err = first_err.or(Some(e)),
-                    }
-                }
-                match first_err {
-                    None => Ok(done),
-                    Some(e) => Err((done, e)),
-                }
-            }
+            Ok(()) => Ok(files),
             Err(e) => {
-                for (_, o) in open.drain() {
+                for (_, o) in files.open.drain() {
                     o.file.abort().await;
                 }
-                Err((done, e))
+                Err(e)
             }
         }
-    }
-
-    async fn finish(&self, o: Open) -> std::result::Result<CommittedFile, SluiceError> {
-        let bytes = o.file.finish().await.map_err(|m| self.sink_err(&o.rel, m))?;
-        Ok(CommittedFile { path: o.rel, rows: o.rows, bytes, partition: o.values })
     }
 
     fn sink_err(&self, rel: &str, message: String) -> SluiceError {
-        SluiceError::Sink {
-            sink: String::new(),
-            url: self.location.object_url(&self.location.child(rel)),
-            message,
-            retry: RetryHint::WithBackoff,
-        }
+        sink_err(&self.location, rel, message)
     }
+}
+
+fn sink_err(location: &Location, rel: &str, message: String) -> SluiceError {
+    SluiceError::Sink {
+        sink: String::new(),
+        url: location.object_url(&location.child(rel)),
+        message,
+        retry: RetryHint::WithBackoff,
+    }
+}
+
+/// Closes a file; returns what the commit records of it.
+async fn finish(location: &Location, o: Open) -> std::result::Result<CommittedFile, SluiceError> {
+    let bytes = o.file.finish().await.map_err(|m| sink_err(location, &o.rel, m))?;
+    Ok(CommittedFile { path: o.rel, rows: o.rows, bytes, partition: o.values })
 }
 
 #[async_trait]
@@ -292,7 +316,10 @@ impl Sink for FileSink {
         let commits = self.log.read_all().await.map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))?;
         Ok(Recovery {
             last_epoch: commits.last().map(|c| c.epoch),
-            offsets: commits.into_iter().map(|c| (c.epoch, c.source_offsets)).collect(),
+            commits: commits
+                .into_iter()
+                .map(|c| (c.epoch, CommittedRange { first: c.first_epoch.min(c.epoch), last: c.epoch, offsets: c.source_offsets }))
+                .collect(),
             removed_files: removed,
             durable: true,
         })
@@ -321,52 +348,75 @@ impl Sink for FileSink {
             epoch,
             run_id: run_id.to_string(),
         });
+        // one epoch at a time: the lock is held for the whole write
+        let mut pending = self.pending.lock().await;
         let mut tasks = JoinSet::new();
         for p in 0..plan.output_partitioning().partition_count() {
             let stream = plan.execute(p, Arc::clone(&task)).map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
+            let files = PartitionFiles {
+                open: pending.open.remove(&p).unwrap_or_default(),
+                closed: Vec::new(),
+                seq: pending.seq.get(&p).copied().unwrap_or(0),
+                rows: 0,
+            };
             let job = Arc::clone(&job);
-            tasks.spawn(async move { job.write_partition(p, stream).await });
+            tasks.spawn(async move { (p, job.write_partition(p, stream, files).await) });
         }
-        let mut written = Written::default();
+        let mut rows = 0;
         let mut failure: Option<SluiceError> = None;
         while let Some(joined) = tasks.join_next().await {
-            let files = match joined {
-                Ok(Ok(files)) => files,
-                Ok(Err((files, e))) => {
+            match joined {
+                Ok((p, Ok(files))) => {
+                    rows += files.rows;
+                    pending.open.insert(p, files.open);
+                    pending.closed.extend(files.closed);
+                    pending.seq.insert(p, files.seq);
+                }
+                Ok((_, Err(e))) => {
                     failure.get_or_insert(e);
                     tasks.abort_all();
-                    files
                 }
-                Err(e) if e.is_cancelled() => continue,
+                Err(e) if e.is_cancelled() => {}
                 Err(e) => {
                     failure.get_or_insert(SluiceError::Internal(format!("a writer task of sink `{}` panicked: {e}", self.name)));
                     tasks.abort_all();
-                    continue;
                 }
-            };
-            for f in files {
-                written.rows += f.rows;
-                written.bytes += f.bytes;
-                written.files.push(f);
             }
         }
+        pending.rows += rows;
+        drop(pending);
         if let Some(e) = failure {
-            self.abort(&written).await;
-            // files of aborted writers carry sluice's names: sweep them now too
-            let _ = self.log.remove_uncommitted().await;
             return Err(match e {
                 SluiceError::Sink { url, message, retry, .. } => SluiceError::Sink { sink: self.name.clone(), url, message, retry },
                 other => other,
             });
         }
-        written.files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(written)
+        Ok(Written { files: Vec::new(), rows, bytes: 0 })
+    }
+
+    async fn seal(&self) -> Result<Written> {
+        let mut pending = self.pending.lock().await;
+        let opens: Vec<Open> = pending.open.drain().flat_map(|(_, m)| m.into_values()).collect();
+        let mut failure = None;
+        for o in opens {
+            match finish(&self.location, o).await {
+                Ok(f) => pending.closed.push(f),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut files = pending.closed.clone();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Written { rows: files.iter().map(|f| f.rows).sum(), bytes: files.iter().map(|f| f.bytes).sum(), files })
     }
 
     async fn commit(&self, epoch: u64, written: &Written, schema: SchemaRef, info: &CommitInfo) -> Result<()> {
         let commit = Commit {
             format: COMMIT_FORMAT,
             epoch,
+            first_epoch: info.first_epoch,
             pipeline: info.pipeline.clone(),
             sink: self.name.clone(),
             run_id: info.run_id.clone(),
@@ -380,16 +430,31 @@ impl Sink for FileSink {
             provenance: info.provenance.clone(),
             source_offsets: info.source_offsets.clone(),
         };
-        self.log.write(&commit).await.map_err(|e| self.err(e.to_string(), RetryHint::Never))
+        self.log.write(&commit).await.map_err(|e| self.err(e.to_string(), RetryHint::Never))?;
+        let mut pending = self.pending.lock().await;
+        pending.closed.clear();
+        pending.rows = 0;
+        Ok(())
     }
 
     async fn reset(&self) -> Result<u64> {
         self.log.reset().await.map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))
     }
 
-    async fn abort(&self, written: &Written) {
-        for f in &written.files {
+    async fn abort(&self) {
+        let mut pending = self.pending.lock().await;
+        for (_, files) in pending.open.drain() {
+            for (_, o) in files {
+                o.file.abort().await;
+            }
+        }
+        for f in pending.closed.drain(..) {
             let _ = self.store.delete(&self.location.child(&f.path)).await;
         }
+        pending.rows = 0;
+        drop(pending);
+        // anything else this run left (files of tasks that were cancelled)
+        let _ = self.log.remove_uncommitted().await;
     }
+
 }

@@ -284,6 +284,11 @@ impl Source for FileSource {
         self.upstream_lineage.clone()
     }
 
+    async fn restart(&mut self) -> Result<()> {
+        self.consumed.clear();
+        Ok(())
+    }
+
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
         let files = offsets.get("files").and_then(|f| f.as_array()).ok_or_else(|| {
             SluiceError::Internal(format!("source `{}`: unreadable file offsets {offsets}", self.name))
