@@ -384,9 +384,9 @@ fn explain_shows_one_fused_plan_with_the_filter_below_the_stage_border() {
     // shipped's WHERE runs inside priced's part of the plan, right above the scan
     assert!(pos("StageExec: stage=shipped") < pos("StageExec: stage=priced"));
     assert!(pos("StageExec: stage=priced") < pos("FilterExec: l_shipdate"));
-    assert!(pos("FilterExec: l_shipdate") < pos("TpchScanExec"));
+    assert!(pos("FilterExec: l_shipdate") < pos("GenerateExec: tpch"));
     // and only the columns the stages use are generated
-    assert!(!t[pos("TpchScanExec")..].contains("l_comment"), "{t}");
+    assert!(!t[pos("GenerateExec: tpch")..].contains("l_comment"), "{t}");
     for fmt in ["dot", "mermaid"] {
         let out = ok(sluice(&["explain", "examples/tpch_revenue/pipeline.toml", "--format", fmt]));
         let g = String::from_utf8_lossy(&out.stdout).to_string();

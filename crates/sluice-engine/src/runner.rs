@@ -296,9 +296,6 @@ impl CompiledPipeline {
                     }
                 }
                 None => {
-                    if !src.source.is_bounded() {
-                        exhausted = false;
-                    }
                     offsets.insert(name.clone(), SourceOffsets { start: here.clone(), end: here });
                 }
             }

@@ -1,6 +1,7 @@
 //! sluice's own physical operators, one per module.
 
 pub mod external_stage;
+pub mod generate;
 pub mod line_scan;
 pub mod stage;
 pub mod tpch_scan;

@@ -1,31 +1,11 @@
-//! `TpchScanExec`: generates TPC-H rows with `tpchgen-arrow`, one stream per partition.
-//!
-//! - Output schema: the table's schema (projected when a projection is pushed down).
-//! - Emits: one batch per `batch_size` generated rows, as generated.
-//! - State: none beyond the generator iterator of the part being generated.
-//! - Failure: generator errors are returned as execution errors.
-//!
-//! Each partition generates its share of the slice's parts in order, so the
-//! rows of a slice are the same whatever the number of partitions.
+//! TPC-H tables generated in-process by `tpchgen-arrow`, as a
+//! [`BatchGenerator`] for [`GenerateExec`](super::generate::GenerateExec):
+//! a unit of work is a generator part.
 
-use std::fmt;
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::error::ArrowError;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, project_schema};
-use datafusion::error::DataFusionError;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_expr::EquivalenceProperties;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties};
 use serde::Deserialize;
+
+use super::generate::{BatchGenerator, Batches};
 use tpchgen::generators::{
     CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator, PartSuppGenerator,
     RegionGenerator, SupplierGenerator,
@@ -56,7 +36,6 @@ pub enum TpchTable {
     Region,
 }
 
-type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 
 impl TpchTable {
     /// The table's name.
@@ -107,7 +86,7 @@ impl TpchTable {
         !matches!(self, TpchTable::Nation | TpchTable::Region)
     }
 
-    fn generate(self, sf: f64, part: i32, parts: i32, batch_size: usize) -> BatchIter {
+    fn generate(self, sf: f64, part: i32, parts: i32, batch_size: usize) -> Batches {
         match self {
             TpchTable::Lineitem => {
                 Box::new(LineItemArrow::new(LineItemGenerator::new(sf, part, parts)).with_batch_size(batch_size))
@@ -129,219 +108,60 @@ impl TpchTable {
     }
 }
 
-/// The parts of one slice of a TPC-H table, as a table.
+/// A TPC-H table cut into `parts` generator parts; a unit is a 1-based part.
 #[derive(Debug)]
-pub struct TpchTableProvider {
+pub struct TpchGenerator {
     table: TpchTable,
     scale_factor: f64,
-    total_parts: usize,
-    parts: Vec<usize>,
-    target_partitions: usize,
+    parts: usize,
     batch_size: usize,
 }
 
-impl TpchTableProvider {
-    /// Generates `parts` (1-based) of `total_parts` of `table`.
-    pub fn new(
-        table: TpchTable,
-        scale_factor: f64,
-        total_parts: usize,
-        parts: Vec<usize>,
-        target_partitions: usize,
-        batch_size: usize,
-    ) -> Self {
-        Self { table, scale_factor, total_parts, parts, target_partitions, batch_size }
+impl TpchGenerator {
+    /// `table` at `scale_factor` in `parts` parts.
+    pub fn new(table: TpchTable, scale_factor: f64, parts: usize, batch_size: usize) -> Self {
+        Self { table, scale_factor, parts, batch_size }
     }
 }
 
-#[async_trait]
-impl TableProvider for TpchTableProvider {
+impl BatchGenerator for TpchGenerator {
+    fn describe(&self) -> String {
+        format!("tpch table={} scale_factor={} parts={}", self.table.name(), self.scale_factor, self.parts)
+    }
     fn schema(&self) -> SchemaRef {
         self.table.schema()
     }
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let partitions = self.target_partitions.clamp(1, self.parts.len().max(1));
-        let mut groups = vec![Vec::new(); partitions];
-        for (i, p) in self.parts.iter().enumerate() {
-            groups[i % partitions].push(*p);
-        }
-        Ok(Arc::new(TpchScanExec::try_new(
-            self.table,
-            self.scale_factor,
-            self.total_parts,
-            groups,
-            projection.cloned(),
-            limit,
-            self.batch_size,
-        )?))
-    }
-}
-
-/// Generates TPC-H parts; see the module docs.
-#[derive(Debug)]
-pub struct TpchScanExec {
-    table: TpchTable,
-    scale_factor: f64,
-    total_parts: usize,
-    groups: Vec<Vec<usize>>,
-    projection: Option<Vec<usize>>,
-    limit: Option<usize>,
-    batch_size: usize,
-    schema: SchemaRef,
-    props: Arc<PlanProperties>,
-}
-
-impl TpchScanExec {
-    /// A scan generating `groups[i]` in partition `i`.
-    pub fn try_new(
-        table: TpchTable,
-        scale_factor: f64,
-        total_parts: usize,
-        groups: Vec<Vec<usize>>,
-        projection: Option<Vec<usize>>,
-        limit: Option<usize>,
-        batch_size: usize,
-    ) -> Result<Self> {
-        let schema = project_schema(&table.schema(), projection.as_ref())?;
-        let props = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(groups.len()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Ok(Self {
-            table,
-            scale_factor,
-            total_parts,
-            groups,
-            projection,
-            limit,
-            batch_size,
-            schema,
-            props: Arc::new(props),
-        })
-    }
-}
-
-impl DisplayAs for TpchScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let parts: usize = self.groups.iter().map(Vec::len).sum();
-        write!(
-            f,
-            "TpchScanExec: table={} scale_factor={} parts={parts}/{} partitions={}",
-            self.table.name(),
-            self.scale_factor,
-            self.total_parts,
-            self.groups.len()
-        )?;
-        if let Some(p) = &self.projection {
-            let all = self.table.schema();
-            let names: Vec<&str> = p.iter().map(|i| all.field(*i).name().as_str()).collect();
-            write!(f, " projection=[{}]", names.join(", "))?;
-        }
-        if let Some(l) = self.limit {
-            write!(f, " limit={l}")?;
-        }
-        Ok(())
-    }
-}
-
-impl ExecutionPlan for TpchScanExec {
-    fn name(&self) -> &str {
-        "TpchScanExec"
-    }
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
-    }
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal("TpchScanExec has no children".into()))
-        }
-    }
-    fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let parts = self.groups.get(partition).cloned().ok_or_else(|| {
-            DataFusionError::Internal(format!("TpchScanExec has no partition {partition}"))
-        })?;
-        let (table, sf, total, bs) = (self.table, self.scale_factor, self.total_parts as i32, self.batch_size);
-        let projection = self.projection.clone();
-        let batches = parts.into_iter().flat_map(move |p| table.generate(sf, p as i32, total, bs));
-        let mut remaining = self.limit.unwrap_or(usize::MAX);
-        let iter = batches
-            .map(move |b| {
-                let b = b?;
-                match &projection {
-                    Some(p) => b.project(p),
-                    None => Ok(b),
-                }
-            })
-            .map_while(move |b| {
-                if remaining == 0 {
-                    return None;
-                }
-                Some(b.map(|b| {
-                    let b = if b.num_rows() > remaining { b.slice(0, remaining) } else { b };
-                    remaining -= b.num_rows();
-                    b
-                }))
-            })
-            .map(|r| r.map_err(DataFusionError::from));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), futures::stream::iter(iter))))
+    fn generate(&self, unit: u64) -> Batches {
+        self.table.generate(self.scale_factor, unit as i32, self.parts as i32, self.batch_size)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::generate::GenerateExec;
+    use datafusion::arrow::array::Int64Array;
     use datafusion::physical_plan::collect;
     use datafusion::prelude::SessionContext;
+    use std::sync::Arc;
 
     #[tokio::test]
-    async fn parts_cover_the_table_whatever_the_partitioning() -> Result<()> {
+    async fn parts_cover_the_table_whatever_the_partitioning() -> datafusion::common::Result<()> {
         let ctx = SessionContext::new();
-        let count = |groups: Vec<Vec<usize>>| {
-            let exec = TpchScanExec::try_new(TpchTable::Orders, 0.01, 4, groups, Some(vec![0]), None, 1000).unwrap();
-            let task = ctx.task_ctx();
-            async move {
-                let out = collect(Arc::new(exec), task).await?;
-                let mut keys: Vec<i64> = out
-                    .iter()
-                    .flat_map(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                            .unwrap()
-                            .values()
-                            .to_vec()
-                    })
-                    .collect();
-                keys.sort_unstable();
-                Ok::<_, DataFusionError>(keys)
-            }
-        };
-        let one = count(vec![vec![1, 2, 3, 4]]).await?;
-        let two = count(vec![vec![1, 3], vec![2, 4]]).await?;
-        assert_eq!(one.len(), 15_000);
-        assert_eq!(one, two);
+        let generator: Arc<dyn BatchGenerator> = Arc::new(TpchGenerator::new(TpchTable::Orders, 0.01, 4, 1000));
+        let mut runs = Vec::new();
+        for groups in [vec![vec![1, 2, 3, 4]], vec![vec![1, 3], vec![2, 4]]] {
+            let exec = GenerateExec::try_new(Arc::clone(&generator), groups, Some(vec![0]), None)?;
+            let out = collect(Arc::new(exec), ctx.task_ctx()).await?;
+            let mut keys: Vec<i64> = out
+                .iter()
+                .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.values().to_vec()).unwrap_or_default())
+                .collect();
+            keys.sort_unstable();
+            runs.push(keys);
+        }
+        assert_eq!(runs[0].len(), 15_000);
+        assert_eq!(runs[0], runs[1]);
         Ok(())
     }
 }

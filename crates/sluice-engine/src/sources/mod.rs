@@ -12,6 +12,7 @@
 
 pub mod epoch_table;
 pub mod file;
+pub mod generator;
 pub mod memory;
 pub mod tpch;
 
@@ -26,7 +27,8 @@ use datafusion::prelude::SessionContext;
 use sluice_contract::{LineageEntry, SourceProvenance};
 
 pub use epoch_table::EpochTable;
-pub use file::{ArrowIpcSourceConfig, CsvSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
+pub use file::{ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
+pub use generator::GeneratorSourceConfig;
 pub use memory::MemorySource;
 pub use tpch::TpchSourceConfig;
 
@@ -159,13 +161,17 @@ pub enum SourceConfig {
     ArrowIpc(ArrowIpcSourceConfig),
     /// `kind = "tpch"`.
     Tpch(TpchSourceConfig),
+    /// `kind = "generator"`.
+    Generator(GeneratorSourceConfig),
+    /// `kind = "dir"`.
+    Dir(DirSourceConfig),
     /// A source added in code.
     Custom(CustomSource),
 }
 
 impl SourceConfig {
     /// Every source kind a pipeline file can name.
-    pub const KINDS: [&'static str; 5] = ["csv", "jsonl", "parquet", "arrow_ipc", "tpch"];
+    pub const KINDS: [&'static str; 7] = ["csv", "jsonl", "parquet", "arrow_ipc", "tpch", "generator", "dir"];
 
     /// Decodes the table of a source of the given kind.
     pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
@@ -175,6 +181,8 @@ impl SourceConfig {
             "parquet" => decode_table(table).map(SourceConfig::Parquet),
             "arrow_ipc" => decode_table(table).map(SourceConfig::ArrowIpc),
             "tpch" => decode_table(table).map(SourceConfig::Tpch),
+            "generator" => decode_table(table).map(SourceConfig::Generator),
+            "dir" => decode_table(table).map(SourceConfig::Dir),
             other => Err(format!("unknown kind `{other}`")),
         }
     }
@@ -188,6 +196,7 @@ impl SourceConfig {
             SourceConfig::Parquet(c) => c.lookup,
             SourceConfig::ArrowIpc(c) => c.lookup,
             SourceConfig::Tpch(c) => c.lookup,
+            SourceConfig::Generator(_) | SourceConfig::Dir(_) => false,
             SourceConfig::Custom(_) => false,
         }
     }
@@ -200,6 +209,8 @@ impl SourceConfig {
             SourceConfig::Parquet(c) => file::open_parquet(c, ctx).await,
             SourceConfig::ArrowIpc(c) => file::open_arrow_ipc(c, ctx).await,
             SourceConfig::Tpch(c) => tpch::open(c, ctx),
+            SourceConfig::Generator(c) => generator::open(c, ctx),
+            SourceConfig::Dir(c) => file::open_dir(c, ctx).await,
             SourceConfig::Custom(CustomSource(factory)) => factory.open(ctx).await,
         }
     }

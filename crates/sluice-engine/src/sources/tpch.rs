@@ -14,7 +14,8 @@ use sluice_contract::SourceProvenance;
 
 use super::{Slice, SliceLimits, Source, SourceContext};
 use crate::error::{Result, SluiceError};
-use crate::ops::tpch_scan::{TpchTable, TpchTableProvider};
+use crate::ops::generate::GeneratedTable;
+use crate::ops::tpch_scan::{TpchGenerator, TpchTable};
 
 /// `[sources.<name>] kind = "tpch"`: a TPC-H table generated in-process.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +85,10 @@ struct TpchSource {
 impl TpchSource {
     fn rows_per_part(&self) -> u64 {
         (self.table.estimated_rows(self.scale_factor) / self.parts as u64).max(1)
+    }
+
+    fn generator(&self) -> Arc<dyn crate::ops::generate::BatchGenerator> {
+        Arc::new(TpchGenerator::new(self.table, self.scale_factor, self.parts, self.batch_size))
     }
 
     fn offsets(&self, next_part: usize) -> serde_json::Value {
@@ -157,14 +162,7 @@ impl Source for TpchSource {
         let last = first + take - 1;
         let start = self.offsets(first);
         self.next_part = last + 1;
-        let table = TpchTableProvider::new(
-            self.table,
-            self.scale_factor,
-            self.parts,
-            (first..=last).collect(),
-            self.target_partitions,
-            self.batch_size,
-        );
+        let table = GeneratedTable::new(self.generator(), (first as u64..=last as u64).collect(), self.target_partitions);
         Ok(Some(Slice {
             table: Arc::new(table),
             start,
@@ -180,14 +178,7 @@ impl Source for TpchSource {
             return Err(SluiceError::Internal(format!("source `{}`: unreadable tpch offsets {start} .. {end}", self.name)));
         };
         self.resume(start).await?;
-        let table = TpchTableProvider::new(
-            self.table,
-            self.scale_factor,
-            self.parts,
-            (first..next).collect(),
-            self.target_partitions,
-            self.batch_size,
-        );
+        let table = GeneratedTable::new(self.generator(), (first as u64..next as u64).collect(), self.target_partitions);
         self.next_part = next;
         Ok(Slice {
             table: Arc::new(table),

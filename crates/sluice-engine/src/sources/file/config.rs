@@ -136,3 +136,48 @@ pub struct ArrowIpcSourceConfig {
     #[serde(default)]
     pub lookup: bool,
 }
+
+fn default_poll() -> crate::spec::HumanDuration {
+    crate::spec::HumanDuration(std::time::Duration::from_millis(500))
+}
+
+/// Format of the files a `dir` source tails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirFormat {
+    /// CSV (with a header line).
+    Csv,
+    /// JSON lines.
+    Jsonl,
+    /// Parquet.
+    Parquet,
+}
+
+/// `[sources.<name>] kind = "dir"`: tails a folder or object-store prefix.
+///
+/// Every file that appears is read exactly once, in arrival order (last
+/// modified, then name); a file must be complete when it appears (write it
+/// elsewhere and rename it in). The stream never ends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSourceConfig {
+    /// The folder, glob or URL prefix to watch, relative to the pipeline file.
+    pub path: String,
+    /// `csv`, `jsonl` or `parquet`.
+    pub format: DirFormat,
+    /// Declared columns (csv, jsonl); needed when the folder starts empty.
+    #[serde(default)]
+    pub columns: Option<Vec<ColumnSpec>>,
+    /// CSV: the first line of every file is a header (default true).
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// CSV field delimiter (default `,`).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// `auto` (by extension), `none`, `gzip` or `zstd` (csv, jsonl).
+    #[serde(default)]
+    pub compression: Compression,
+    /// How often the folder is listed while waiting for files (default 500ms).
+    #[serde(default = "default_poll")]
+    pub poll_interval: crate::spec::HumanDuration,
+}

@@ -29,7 +29,7 @@ use serde_json::json;
 use sluice_contract::metadata::{lineage_from, provenance_from, strip_sluice_keys};
 use sluice_contract::{LineageEntry, Provenance, SourceProvenance};
 
-pub use config::{ArrowIpcSourceConfig, CsvSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
+pub use config::{ArrowIpcSourceConfig, CsvSourceConfig, DirFormat, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
 
 use super::{Slice, SliceLimits, Source, SourceContext};
 use crate::commit_log::CommitLog;
@@ -72,6 +72,26 @@ pub async fn open_jsonl(cfg: &JsonlSourceConfig, ctx: &SourceContext<'_>) -> Res
     FileSource::open(ctx, &cfg.path, format, cfg.columns.as_deref(), cfg.infer_rows).await
 }
 
+/// Opens a `dir` source: a file source that keeps listing.
+pub async fn open_dir(cfg: &DirSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+    let format = match cfg.format {
+        DirFormat::Csv => {
+            let mut c = CsvSourceConfig::new(cfg.path.clone());
+            c.header = cfg.header;
+            c.delimiter = cfg.delimiter.clone();
+            let options = c.options().map_err(|(key, msg)| {
+                SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), msg))
+            })?;
+            Format::Lines(LineFormat::Csv(options), cfg.compression)
+        }
+        DirFormat::Jsonl => Format::Lines(LineFormat::Jsonl, cfg.compression),
+        DirFormat::Parquet => Format::Parquet,
+    };
+    let mut source = FileSource::open_with(ctx, &cfg.path, format, cfg.columns.as_deref(), 1000, Some(cfg.poll_interval.0)).await?;
+    source.follow = Some(cfg.poll_interval.0);
+    Ok(Box::new(source))
+}
+
 /// Opens a `parquet` source.
 pub async fn open_parquet(cfg: &ParquetSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
     FileSource::open(ctx, &cfg.path, Format::Parquet, None, 0).await
@@ -84,6 +104,8 @@ pub async fn open_arrow_ipc(cfg: &ArrowIpcSourceConfig, ctx: &SourceContext<'_>)
 
 #[derive(Debug)]
 struct FileSource {
+    /// `dir` sources: list again every slice, polling at this interval.
+    follow: Option<std::time::Duration>,
     name: String,
     format: Format,
     location: Location,
@@ -111,6 +133,19 @@ impl FileSource {
         columns: Option<&[crate::spec::ColumnSpec]>,
         infer_rows: usize,
     ) -> Result<Box<dyn Source>> {
+        Ok(Box::new(Self::open_with(ctx, path, format, columns, infer_rows, None).await?))
+    }
+
+    /// Opens a file source; with `follow`, an empty folder is fine when the
+    /// columns are declared, and the folder is listed again for every slice.
+    async fn open_with(
+        ctx: &SourceContext<'_>,
+        path: &str,
+        format: Format,
+        columns: Option<&[crate::spec::ColumnSpec]>,
+        infer_rows: usize,
+        follow: Option<std::time::Duration>,
+    ) -> Result<Self> {
         let key = format!("sources.{}.path", ctx.name);
         let location = Location::parse(path, &ctx.spec.base_dir)
             .map_err(|m| SluiceError::spec(ctx.spec.issue(&key, m)))?;
@@ -154,7 +189,7 @@ impl FileSource {
         } else {
             (listed, Vec::new(), None)
         };
-        if files.is_empty() {
+        if files.is_empty() && !(follow.is_some() && columns.is_some()) {
             return Err(SluiceError::spec(
                 ctx.spec
                     .issue(&key, format!("source `{}`: no input files match `{path}` ({})", ctx.name, location.url()))
@@ -203,7 +238,8 @@ impl FileSource {
                 (Schema::new_with_metadata(inferred.fields().clone(), md), lineage, provenance)
             }
         };
-        Ok(Box::new(FileSource {
+        Ok(FileSource {
+            follow,
             name: ctx.name.to_string(),
             format,
             location,
@@ -216,7 +252,7 @@ impl FileSource {
             upstream_provenance: provenance,
             target_partitions: ctx.target_partitions,
             batch_size: ctx.batch_size,
-        }))
+        })
     }
 
     fn offsets(&self) -> serde_json::Value {
@@ -284,11 +320,6 @@ impl Source for FileSource {
         self.upstream_lineage.clone()
     }
 
-    async fn restart(&mut self) -> Result<()> {
-        self.consumed.clear();
-        Ok(())
-    }
-
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
         let files = offsets.get("files").and_then(|f| f.as_array()).ok_or_else(|| {
             SluiceError::Internal(format!("source `{}`: unreadable file offsets {offsets}", self.name))
@@ -298,33 +329,22 @@ impl Source for FileSource {
     }
 
     async fn next_slice(&mut self, limits: &SliceLimits) -> Result<Option<Slice>> {
-        let start = self.offsets();
-        let mut chosen = Vec::new();
-        let (mut bytes, mut rows) = (0u64, 0u64);
-        for f in &self.files {
-            if self.consumed.contains(f.location.as_ref()) {
-                continue;
+        let Some(poll) = self.follow else { return self.next_files(limits) };
+        let deadline = std::time::Instant::now() + limits.max_latency.unwrap_or(std::time::Duration::from_secs(1));
+        loop {
+            self.relist().await?;
+            if let Some(slice) = self.next_files(limits)? {
+                return Ok(Some(slice));
             }
-            let est_rows = self.bytes_per_row.map(|b| (f.size as f64 / b.max(1.0)) as u64);
-            let over_bytes = limits.max_bytes.is_some_and(|m| bytes + f.size > m);
-            let over_rows = matches!((limits.max_rows, est_rows), (Some(m), Some(r)) if rows + r > m);
-            if !chosen.is_empty() && (over_bytes || over_rows) {
-                break;
+            if std::time::Instant::now() >= deadline {
+                // nothing new for now: an empty slice keeps the stream going
+                let at = self.offsets();
+                let table: Arc<dyn TableProvider> =
+                    Arc::new(datafusion::datasource::empty::EmptyTable::new(Arc::clone(&self.schema)));
+                return Ok(Some(Slice { table, start: at.clone(), end: at, estimated_rows: Some(0), uris: vec![] }));
             }
-            bytes += f.size;
-            rows += est_rows.unwrap_or(0);
-            chosen.push(f.clone());
+            tokio::time::sleep(poll.min(deadline.saturating_duration_since(std::time::Instant::now()))).await;
         }
-        if chosen.is_empty() {
-            return Ok(None);
-        }
-        for f in &chosen {
-            self.consumed.insert(f.location.to_string());
-        }
-        let uris = chosen.iter().map(|f| self.location.object_url(&f.location)).collect();
-        let estimated_rows = self.bytes_per_row.map(|_| rows);
-        let table = self.table_for(chosen)?;
-        Ok(Some(Slice { table, start, end: self.offsets(), estimated_rows, uris }))
     }
 
     async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
@@ -361,4 +381,59 @@ impl Source for FileSource {
             self.files.iter().filter(|f| !self.consumed.contains(f.location.as_ref())).map(|f| f.size).sum();
         Some((left as f64 / b.max(1.0)) as u64)
     }
+
+    fn is_bounded(&self) -> bool {
+        self.follow.is_none()
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.consumed.clear();
+        Ok(())
+    }
+}
+
+impl FileSource {
+    /// Lists the folder again (dir sources), keeping arrival order: last
+    /// modified, then name.
+    async fn relist(&mut self) -> Result<()> {
+        let mut files = list_objects(self.store.as_ref(), &self.location)
+            .await
+            .map_err(|e| self.error(Some(self.location.url()), format!("cannot list input files: {e}"), RetryHint::WithBackoff))?;
+        files.sort_by(|a, b| a.last_modified.cmp(&b.last_modified).then_with(|| a.location.as_ref().cmp(b.location.as_ref())));
+        self.files = files;
+        Ok(())
+    }
+
+    /// The next run of unconsumed files within `limits`.
+    fn next_files(&mut self, limits: &SliceLimits) -> Result<Option<Slice>> {
+        let start = self.offsets();
+        let mut chosen = Vec::new();
+        let (mut bytes, mut rows) = (0u64, 0u64);
+        for f in &self.files {
+            if self.consumed.contains(f.location.as_ref()) {
+                continue;
+            }
+            let est_rows = self.bytes_per_row.map(|b| (f.size as f64 / b.max(1.0)) as u64);
+            let over_bytes = limits.max_bytes.is_some_and(|m| bytes + f.size > m);
+            let over_rows = matches!((limits.max_rows, est_rows), (Some(m), Some(r)) if rows + r > m);
+            if !chosen.is_empty() && (over_bytes || over_rows) {
+                break;
+            }
+            bytes += f.size;
+            rows += est_rows.unwrap_or(0);
+            chosen.push(f.clone());
+        }
+        if chosen.is_empty() {
+            return Ok(None);
+        }
+        for f in &chosen {
+            self.consumed.insert(f.location.to_string());
+        }
+        let uris = chosen.iter().map(|f| self.location.object_url(&f.location)).collect();
+        let estimated_rows = self.bytes_per_row.map(|_| rows);
+        let table = self.table_for(chosen)?;
+        Ok(Some(Slice { table, start, end: self.offsets(), estimated_rows, uris }))
+    }
+
+
 }
