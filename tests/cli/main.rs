@@ -4,6 +4,7 @@
 //! prepares (`SLUICE_PYTHON`).
 
 mod stages;
+mod streaming;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

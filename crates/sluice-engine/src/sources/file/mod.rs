@@ -172,6 +172,14 @@ impl FileSource {
         } else {
             Vec::new()
         };
+        // a sluice sink knows its schema (without hive partition columns, which
+        // are folder names, not file columns)
+        let committed_schema = commits.last().map(|c| {
+            let fields: Vec<_> = c.schema.fields().iter().filter(|f| !c.partition_by.contains(f.name())).cloned().collect();
+            let mut md = c.schema.metadata().clone();
+            strip_sluice_keys(&mut md);
+            Schema::new_with_metadata(fields, md)
+        });
         let (files, upstream_lineage, upstream_provenance) = if let Some(last) = commits.last() {
             let mut files = Vec::new();
             for c in &commits {
@@ -189,7 +197,7 @@ impl FileSource {
         } else {
             (listed, Vec::new(), None)
         };
-        if files.is_empty() && !(follow.is_some() && columns.is_some()) {
+        if files.is_empty() && committed_schema.is_none() && !(follow.is_some() && columns.is_some()) {
             return Err(SluiceError::spec(
                 ctx.spec
                     .issue(&key, format!("source `{}`: no input files match `{path}` ({})", ctx.name, location.url()))
@@ -199,6 +207,9 @@ impl FileSource {
 
         let mut bytes_per_row = None;
         let (schema, lineage, provenance) = match (columns, &format) {
+            (None, _) if committed_schema.is_some() => {
+                (committed_schema.unwrap_or_else(Schema::empty), upstream_lineage, upstream_provenance)
+            }
             (Some(cols), _) => {
                 let schema = schema_from_columns(cols)
                     .map_err(|m| SluiceError::spec(ctx.spec.issue(format!("sources.{}.columns", ctx.name), m)))?;
