@@ -390,9 +390,13 @@ impl CompiledPipeline {
         for ((name, plan, _, _), (r, took)) in jobs.iter().zip(results) {
             match r {
                 Ok(w) => {
+                    let durable = state.recoveries.get(name).is_some_and(|r| r.durable);
                     let a = state.acc.entry((2, name.clone())).or_default();
                     a.wall += took;
-                    let _ = w;
+                    if !durable {
+                        // nothing to commit: the rows are delivered as they are written
+                        a.rows += w.rows;
+                    }
                     // a source or stage shared by several sinks is computed once per
                     // sink's plan; report the rows of one computation (the largest)
                     let mut this_plan = BTreeMap::new();

@@ -14,6 +14,7 @@ pub mod epoch_table;
 pub mod file;
 pub mod generator;
 pub mod memory;
+pub mod stdin;
 pub mod tpch;
 
 use std::fmt::Debug;
@@ -30,6 +31,7 @@ pub use epoch_table::EpochTable;
 pub use file::{ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
 pub use generator::GeneratorSourceConfig;
 pub use memory::MemorySource;
+pub use stdin::StdinSourceConfig;
 pub use tpch::TpchSourceConfig;
 
 use crate::error::Result;
@@ -165,13 +167,15 @@ pub enum SourceConfig {
     Generator(GeneratorSourceConfig),
     /// `kind = "dir"`.
     Dir(DirSourceConfig),
+    /// `kind = "stdin"`.
+    Stdin(StdinSourceConfig),
     /// A source added in code.
     Custom(CustomSource),
 }
 
 impl SourceConfig {
     /// Every source kind a pipeline file can name.
-    pub const KINDS: [&'static str; 7] = ["csv", "jsonl", "parquet", "arrow_ipc", "tpch", "generator", "dir"];
+    pub const KINDS: [&'static str; 8] = ["csv", "jsonl", "parquet", "arrow_ipc", "tpch", "generator", "dir", "stdin"];
 
     /// Decodes the table of a source of the given kind.
     pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
@@ -183,6 +187,7 @@ impl SourceConfig {
             "tpch" => decode_table(table).map(SourceConfig::Tpch),
             "generator" => decode_table(table).map(SourceConfig::Generator),
             "dir" => decode_table(table).map(SourceConfig::Dir),
+            "stdin" => decode_table(table).map(SourceConfig::Stdin),
             other => Err(format!("unknown kind `{other}`")),
         }
     }
@@ -196,7 +201,7 @@ impl SourceConfig {
             SourceConfig::Parquet(c) => c.lookup,
             SourceConfig::ArrowIpc(c) => c.lookup,
             SourceConfig::Tpch(c) => c.lookup,
-            SourceConfig::Generator(_) | SourceConfig::Dir(_) => false,
+            SourceConfig::Generator(_) | SourceConfig::Dir(_) | SourceConfig::Stdin(_) => false,
             SourceConfig::Custom(_) => false,
         }
     }
@@ -211,6 +216,7 @@ impl SourceConfig {
             SourceConfig::Tpch(c) => tpch::open(c, ctx),
             SourceConfig::Generator(c) => generator::open(c, ctx),
             SourceConfig::Dir(c) => file::open_dir(c, ctx).await,
+            SourceConfig::Stdin(c) => stdin::open(c, ctx),
             SourceConfig::Custom(CustomSource(factory)) => factory.open(ctx).await,
         }
     }
