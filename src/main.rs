@@ -12,12 +12,9 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // `sluice inspect ... | head` should end quietly, as other CLI tools do,
-    // not panic on a closed pipe: restore the default SIGPIPE action.
-    // SAFETY: setting a signal disposition at startup, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): a stage process that dies
+    // must not kill the engine through a write to its socket. A closed
+    // stdout is handled where the CLI writes (`outln!`).
     let args = cli::Cli::parse();
     cli::init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

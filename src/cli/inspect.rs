@@ -18,7 +18,7 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
     };
     if json {
         match serde_json::to_string_pretty(&commits) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(1);
@@ -30,7 +30,7 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
         eprintln!("{url}: no sluice commits here (no _sluice/commits/ folder with commit files)");
         return ExitCode::from(1);
     };
-    println!("sink `{}` of pipeline {} at {url}", last.sink, last.pipeline);
+    outln!("sink `{}` of pipeline {} at {url}", last.sink, last.pipeline);
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec!["epoch", "committed at", "run", "files", "rows", "bytes"]);
@@ -44,27 +44,27 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
             c.bytes.to_string(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     let (files, rows, bytes) = commits.iter().fold((0, 0, 0), |(f, r, b), c| (f + c.files.len(), r + c.rows, b + c.bytes));
-    println!("total: {} commits, {files} files, {rows} rows, {bytes} bytes", commits.len());
-    println!("\nfiles of the last commit:");
+    outln!("total: {} commits, {files} files, {rows} rows, {bytes} bytes", commits.len());
+    outln!("\nfiles of the last commit:");
     for f in &last.files {
-        println!("  {} ({} rows, {} bytes)", f.path, f.rows, f.bytes);
+        outln!("  {} ({} rows, {} bytes)", f.path, f.rows, f.bytes);
     }
-    println!("\nschema:");
+    outln!("\nschema:");
     for field in last.schema.fields() {
-        println!("  {}: {}{}", field.name(), field.data_type(), if field.is_nullable() { "" } else { " not null" });
+        outln!("  {}: {}{}", field.name(), field.data_type(), if field.is_nullable() { "" } else { " not null" });
     }
     if !last.partition_by.is_empty() {
-        println!("  partitioned by: {}", last.partition_by.join(", "));
+        outln!("  partitioned by: {}", last.partition_by.join(", "));
     }
-    println!("\nlineage:");
+    outln!("\nlineage:");
     for (i, l) in last.lineage.iter().enumerate() {
-        println!("  {}. {} ({}, {} {})", i + 1, l.stage, l.kind, l.language, l.version);
+        outln!("  {}. {} ({}, {} {})", i + 1, l.stage, l.kind, l.language, l.version);
     }
-    println!("\nsource offsets at the last commit:");
+    outln!("\nsource offsets at the last commit:");
     for (src, o) in &last.source_offsets {
-        println!("  {src}: {}", o.end);
+        outln!("  {src}: {}", o.end);
     }
     ExitCode::SUCCESS
 }

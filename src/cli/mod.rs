@@ -1,5 +1,23 @@
 //! Command definitions and dispatch.
 
+/// `println!` for the CLI's output. Rust ignores SIGPIPE, so that a write to
+/// the socket of a stage process that died returns an error instead of
+/// killing the engine; the price is that a closed stdout (`sluice inspect …
+/// | head`) must be handled here: the process ends quietly, as other CLI
+/// tools do.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` for the CLI's output; see `outln!`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*), false)
+    };
+}
+
 mod inspect;
 mod progress;
 mod stage_check;
@@ -11,6 +29,24 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice::explain::GraphFormat;
 use sluice::{Engine, PipelineSpec, RunOptions, SluiceError};
+
+/// Writes to stdout; exits 0 when the reader went away and 1 on any other
+/// write error (there is nowhere left to report it but stderr).
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| stdout.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// sluice: streaming ETL on Apache Arrow and DataFusion.
 #[derive(Debug, Parser)]
@@ -171,7 +207,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                 Ok(summary) => {
                     if json {
                         match serde_json::to_string_pretty(&summary) {
-                            Ok(s) => println!("{s}"),
+                            Ok(s) => outln!("{s}"),
                             Err(e) => eprintln!("error: cannot encode the summary: {e}"),
                         }
                     } else {
@@ -196,7 +232,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             };
             match engine.validate(spec).await {
                 Ok(c) => {
-                    println!(
+                    outln!(
                         "{}: valid ({} sources, {} stages, {} sinks)",
                         pipeline.display(),
                         c.sources.len(),
@@ -220,14 +256,14 @@ pub async fn main(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return report(&e),
             };
-            print!("{}", compiled.graph_text(format));
+            out!("{}", compiled.graph_text(format));
             if graph_only || format != GraphFormat::Text {
                 return ExitCode::SUCCESS;
             }
             match compiled.physical_plans().await {
                 Ok(plans) => {
                     for (sink, plan) in plans {
-                        println!("\nphysical plan of sink `{sink}` (all stages fused into one DataFusion plan):\n{plan}");
+                        outln!("\nphysical plan of sink `{sink}` (all stages fused into one DataFusion plan):\n{plan}");
                     }
                     ExitCode::SUCCESS
                 }

@@ -34,7 +34,7 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("conformance of the stage at {target} (sluice.stage.v1)");
+    outln!("conformance of the stage at {target} (sluice.stage.v1)");
     let results = check(&target).await;
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -47,11 +47,11 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
         };
         t.add_row(vec![r.name.to_string(), result.to_string(), r.took.as_millis().to_string(), r.what.to_string(), detail]);
     }
-    println!("{t}");
+    outln!("{t}");
     let mut ok = all_passed(&results);
     if let Some(mut c) = child {
         if let Ok(Some(status)) = c.try_wait() {
-            println!("the stage process exited during the checks ({status})");
+            outln!("the stage process exited during the checks ({status})");
             ok = false;
         }
         let _ = c.start_kill();
@@ -62,6 +62,6 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
         Outcome::Fail(_) => (p, f + 1, s),
         Outcome::Skip(_) => (p, f, s + 1),
     });
-    println!("{pass} passed, {fail} failed, {skip} skipped");
+    outln!("{pass} passed, {fail} failed, {skip} skipped");
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

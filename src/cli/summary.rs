@@ -19,10 +19,10 @@ fn human(n: f64) -> String {
 /// Prints the per-component table and what was committed.
 pub fn print(s: &RunSummary) {
     if !s.removed_files.is_empty() {
-        println!("recovered: deleted {} uncommitted file(s) left by an interrupted run", s.removed_files.len());
+        outln!("recovered: deleted {} uncommitted file(s) left by an interrupted run", s.removed_files.len());
     }
     if s.epochs == 0 {
-        println!(
+        outln!(
             "{}: nothing new to read — every source is at its committed offsets ({} epoch(s) committed before). Run with --reset to rebuild the output.",
             s.pipeline, s.first_epoch
         );
@@ -49,16 +49,16 @@ pub fn print(s: &RunSummary) {
             col.set_cell_alignment(CellAlignment::Right);
         }
     }
-    println!("{t}");
+    outln!("{t}");
     for c in &s.components {
         if c.rows_skipped > 0 {
-            println!("stage {}: {} row(s) reported as failed and skipped (on_error = \"skip\")", c.name, c.rows_skipped);
+            outln!("stage {}: {} row(s) reported as failed and skipped (on_error = \"skip\")", c.name, c.rows_skipped);
         }
         if c.process_starts > 1 {
-            println!("stage {}: the stage process was restarted {} time(s)", c.name, c.process_starts - 1);
+            outln!("stage {}: the stage process was restarted {} time(s)", c.name, c.process_starts - 1);
         }
     }
-    println!(
+    outln!(
         "{}: committed {} epoch(s) ({}..={}) in {:.2}s (run {})",
         s.pipeline,
         s.epochs,
@@ -68,12 +68,12 @@ pub fn print(s: &RunSummary) {
         s.run_id
     );
     if s.latency.epochs > 0 && (s.epochs > 1 || s.latency.max > 0.0) {
-        println!(
+        outln!(
             "read-to-commit latency over {} epoch(s): p50 {:.3}s  p95 {:.3}s  p99 {:.3}s  max {:.3}s",
             s.latency.epochs, s.latency.p50, s.latency.p95, s.latency.p99, s.latency.max
         );
     }
     for (sink, url) in &s.outputs {
-        println!("  {sink} -> {url}");
+        outln!("  {sink} -> {url}");
     }
 }

@@ -396,6 +396,22 @@ fn explain_shows_one_fused_plan_with_the_filter_below_the_stage_border() {
 }
 
 #[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    // `sluice explain … | head`: the reader is gone before the first write.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["explain", "examples/tpch_revenue/pipeline.toml"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+}
+
+#[test]
 fn a_second_run_reads_nothing_new_and_reset_rebuilds() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");

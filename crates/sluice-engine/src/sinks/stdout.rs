@@ -1,5 +1,6 @@
 //! The `stdout` sink: prints rows as a table, for debugging.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -81,11 +82,19 @@ impl Sink for StdoutSink {
             message: e.to_string(),
             retry: RetryHint::Never,
         })?;
-        println!("sink `{}` epoch {epoch}: {total} rows", self.name);
-        println!("{table}");
+        let mut text = format!("sink `{}` epoch {epoch}: {total} rows\n{table}\n", self.name);
         if total > kept as u64 {
-            println!("... {} more rows", total - kept as u64);
+            text.push_str(&format!("... {} more rows\n", total - kept as u64));
         }
+        // A closed stdout (`sluice run … | head`) is an error of this sink,
+        // not a signal that kills the engine (SIGPIPE stays ignored).
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| SluiceError::Sink {
+            sink: self.name.clone(),
+            url: self.url(),
+            message: format!("cannot write to stdout: {e}"),
+            retry: RetryHint::Never,
+        })?;
         Ok(Written { files: vec![], rows: total, bytes: 0 })
     }
 }
