@@ -108,7 +108,8 @@ impl Default for CsvOptions {
 }
 
 impl LineFormat {
-    fn splittable(&self) -> bool {
+    /// Whether a byte range of a file can be read on its own (no newlines in values).
+    pub fn splittable(&self) -> bool {
         match self {
             LineFormat::Csv(o) => !o.newlines_in_values,
             LineFormat::Jsonl => true,
@@ -137,6 +138,29 @@ pub struct LineUnit {
     pub compression: Compression,
 }
 
+/// A file of a slice: whole, or the lines that start inside a byte range
+/// (line-level offsets: a large file is read over several epochs; the
+/// ranges need not fall on line starts: a range owns the lines that start
+/// inside it).
+#[derive(Debug, Clone)]
+pub struct FilePart {
+    /// The file.
+    pub object: ObjectMeta,
+    /// The bytes this slice owns; `None` for the whole file.
+    pub range: Option<Range<u64>>,
+}
+
+impl FilePart {
+    /// The whole file.
+    pub fn whole(object: ObjectMeta) -> Self {
+        Self { object, range: None }
+    }
+
+    fn bounds(&self) -> Range<u64> {
+        self.range.clone().unwrap_or(0..self.object.size)
+    }
+}
+
 /// The files of one slice of a CSV or JSON-lines source, as a table.
 #[derive(Debug)]
 pub struct LineFilesTable {
@@ -150,8 +174,8 @@ pub struct LineFilesTable {
     pub format: LineFormat,
     /// Schema of the rows.
     pub schema: SchemaRef,
-    /// The files.
-    pub files: Vec<ObjectMeta>,
+    /// The files, whole or in part.
+    pub files: Vec<FilePart>,
     /// Compression setting of the source.
     pub compression: Compression,
     /// Partitions to read with.
@@ -164,21 +188,24 @@ impl LineFilesTable {
     /// Cuts the files into units and deals them to at most `target_partitions`
     /// groups of about equal bytes.
     fn groups(&self) -> Vec<Vec<LineUnit>> {
-        let total: u64 = self.files.iter().map(|f| f.size).sum();
+        let total: u64 = self.files.iter().map(|f| f.bounds().end - f.bounds().start).sum();
         let split_size = (total / self.target_partitions.max(1) as u64).max(MIN_SPLIT_BYTES);
         let mut units = Vec::new();
         for f in &self.files {
-            let compression = self.compression.of(f.location.as_ref());
-            if compression == Compression::None && self.format.splittable() && f.size > split_size + split_size / 2 {
-                let mut start = 0;
-                while start < f.size {
-                    let end = (start + split_size).min(f.size);
-                    let end = if f.size - end < split_size / 2 { f.size } else { end };
-                    units.push(LineUnit { object: f.clone(), range: Some(start..end), compression });
+            let object = &f.object;
+            let compression = self.compression.of(object.location.as_ref());
+            let Range { start: first, end: last } = f.bounds();
+            let len = last - first;
+            if compression == Compression::None && self.format.splittable() && len > split_size + split_size / 2 {
+                let mut start = first;
+                while start < last {
+                    let end = (start + split_size).min(last);
+                    let end = if last - end < split_size / 2 { last } else { end };
+                    units.push(LineUnit { object: object.clone(), range: Some(start..end), compression });
                     start = end;
                 }
             } else {
-                units.push(LineUnit { object: f.clone(), range: None, compression });
+                units.push(LineUnit { object: object.clone(), range: f.range.clone(), compression });
             }
         }
         let n = self.target_partitions.clamp(1, units.len().max(1));
@@ -362,7 +389,9 @@ impl Decoder {
     fn capacity_left(&self, batch_size: usize) -> bool {
         match self {
             Decoder::Csv(d) => d.capacity() > 0,
-            Decoder::Json(d) => d.len() < batch_size,
+            // the JSON decoder counts a row from its first byte: a full count
+            // can include a record still cut at the chunk's end
+            Decoder::Json(d) => d.len() < batch_size || d.has_partial_record(),
         }
     }
 }

@@ -41,7 +41,7 @@ use crate::storage::StoreRegistry;
 /// Limits on the size of one slice (one epoch's worth of a source).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SliceLimits {
-    /// At most this many rows (estimated; a file or generator part is never split).
+    /// At most this many rows (estimated; a generator part or a small file is never split).
     pub max_rows: Option<u64>,
     /// At most this many input bytes.
     pub max_bytes: Option<u64>,

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::{Slice, SliceLimits, Source, SourceContext};
 use crate::error::{Result, RetryHint, SluiceError};
-use crate::ops::line_scan::{Compression, CsvOptions, LineFilesTable, LineFormat};
+use crate::ops::line_scan::{Compression, CsvOptions, FilePart, LineFilesTable, LineFormat};
 use crate::spec::ColumnSpec;
 use crate::spec::values::schema_from_columns;
 
@@ -133,7 +133,7 @@ impl StdinSource {
             store_url: "stdin://".into(),
             format: self.format.clone(),
             schema: Arc::clone(&self.schema),
-            files: vec![meta],
+            files: vec![FilePart::whole(meta)],
             compression: Compression::None,
             target_partitions: self.target_partitions,
             batch_size: self.batch_size,

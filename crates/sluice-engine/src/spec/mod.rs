@@ -92,11 +92,12 @@ pub struct Settings {
 /// The `[settings.epoch]` table.
 ///
 /// A bounded source with no limits set is read as one epoch; limits split it
-/// at file (or generator part) boundaries so each epoch commits on its own.
+/// at file (or generator part) boundaries, or inside a large uncompressed
+/// CSV/JSON-lines file (line-level offsets), so each epoch commits on its own.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpochSettings {
-    /// Upper bound on the rows of one epoch (a slice never splits a file).
+    /// Upper bound on the rows of one epoch (estimated from bytes for files).
     #[serde(default)]
     pub max_rows: Option<u64>,
     /// Upper bound on the input bytes of one epoch.

@@ -115,6 +115,13 @@ pub struct JsonlSourceConfig {
     pub lookup: bool,
 }
 
+impl JsonlSourceConfig {
+    /// A config reading `path` with defaults.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self { path: path.into(), columns: None, compression: Compression::Auto, infer_rows: default_infer_rows(), lookup: false }
+    }
+}
+
 /// `[sources.<name>] kind = "parquet"`: Parquet files (or a sluice sink's output).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -2,8 +2,11 @@
 //! or an object-store URL.
 //!
 //! The files are listed when the source opens; a slice is a run of files in
-//! path order (never a part of a file), and the offsets are the set of files
-//! consumed, so a restart skips exactly what a commit covered. CSV and JSON
+//! path order, and the offsets are the set of files consumed, so a restart
+//! skips exactly what a commit covered. A large uncompressed CSV or JSON-lines
+//! file that does not fit an epoch's limits is read over several epochs: the
+//! offsets then also hold how many of its bytes are consumed (line-level
+//! offsets; a byte range owns the lines that start inside it). CSV and JSON
 //! lines are read by sluice's own [`LineScanExec`](crate::ops::line_scan)
 //! (errors name the file and line); Parquet and Arrow IPC by DataFusion's
 //! listing tables (pruning and filter pushdown).
@@ -14,7 +17,7 @@
 mod config;
 mod sample;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -34,7 +37,7 @@ pub use config::{ArrowIpcSourceConfig, CsvSourceConfig, DirFormat, DirSourceConf
 use super::{Slice, SliceLimits, Source, SourceContext};
 use crate::commit_log::CommitLog;
 use crate::error::{Result, RetryHint, SluiceError};
-use crate::ops::line_scan::{Compression, LineFilesTable, LineFormat};
+use crate::ops::line_scan::{Compression, FilePart, LineFilesTable, LineFormat};
 use crate::spec::values::schema_from_columns;
 use crate::storage::{Location, list_objects};
 
@@ -113,6 +116,8 @@ struct FileSource {
     schema: SchemaRef,
     files: Vec<ObjectMeta>,
     consumed: BTreeSet<String>,
+    /// Files read in part: bytes consumed so far.
+    partial: BTreeMap<String, u64>,
     /// Average bytes per row seen while inferring, to turn row limits into files.
     bytes_per_row: Option<f64>,
     upstream_lineage: Vec<LineageEntry>,
@@ -258,6 +263,7 @@ impl FileSource {
             schema: Arc::new(schema),
             files,
             consumed: BTreeSet::new(),
+            partial: BTreeMap::new(),
             bytes_per_row,
             upstream_lineage: lineage,
             upstream_provenance: provenance,
@@ -267,10 +273,24 @@ impl FileSource {
     }
 
     fn offsets(&self) -> serde_json::Value {
-        json!({ "files": self.consumed.iter().collect::<Vec<_>>() })
+        let mut o = json!({ "files": self.consumed.iter().collect::<Vec<_>>() });
+        if !self.partial.is_empty() {
+            o["partial"] = json!(self.partial);
+        }
+        o
     }
 
-    fn table_for(&self, files: Vec<ObjectMeta>) -> Result<Arc<dyn TableProvider>> {
+    /// Whether `file` may be read in byte ranges over several epochs.
+    fn splittable(&self, file: &ObjectMeta) -> bool {
+        match &self.format {
+            Format::Lines(lf, compression) => {
+                lf.splittable() && compression.of(file.location.as_ref()) == Compression::None
+            }
+            Format::Parquet | Format::ArrowIpc => false,
+        }
+    }
+
+    fn table_for(&self, files: Vec<FilePart>) -> Result<Arc<dyn TableProvider>> {
         match &self.format {
             Format::Lines(lf, compression) => Ok(Arc::new(LineFilesTable {
                 source_name: self.name.clone(),
@@ -286,7 +306,7 @@ impl FileSource {
             Format::Parquet | Format::ArrowIpc => {
                 let urls = files
                     .iter()
-                    .map(|f| ListingTableUrl::parse(self.location.object_url(&f.location)))
+                    .map(|f| ListingTableUrl::parse(self.location.object_url(&f.object.location)))
                     .collect::<datafusion::common::Result<Vec<_>>>()
                     .map_err(|e| self.error(None, e.to_string(), RetryHint::Never))?;
                 let ff: Arc<dyn FileFormat> = match self.format {
@@ -332,10 +352,9 @@ impl Source for FileSource {
     }
 
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
-        let files = offsets.get("files").and_then(|f| f.as_array()).ok_or_else(|| {
-            SluiceError::Internal(format!("source `{}`: unreadable file offsets {offsets}", self.name))
-        })?;
-        self.consumed = files.iter().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let (consumed, partial) = FileOffsets::parse(offsets)
+            .ok_or_else(|| SluiceError::Internal(format!("source `{}`: unreadable file offsets {offsets}", self.name)))?;
+        (self.consumed, self.partial) = (consumed, partial);
         Ok(())
     }
 
@@ -359,20 +378,30 @@ impl Source for FileSource {
     }
 
     async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
-        let set = |v: &serde_json::Value| -> BTreeSet<String> {
-            v.get("files")
-                .and_then(|f| f.as_array())
-                .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
-                .unwrap_or_default()
-        };
-        let (before, after) = (set(start), set(end));
-        let files: Vec<ObjectMeta> = self
+        let unreadable = |o: &serde_json::Value| SluiceError::Internal(format!("source `{}`: unreadable file offsets {o}", self.name));
+        let (done_before, partial_before) = FileOffsets::parse(start).ok_or_else(|| unreadable(start))?;
+        let (done_after, partial_after) = FileOffsets::parse(end).ok_or_else(|| unreadable(end))?;
+        // every file the epoch touched, from the byte it started at to the one it reached
+        let mut wanted: BTreeMap<&str, (u64, Option<u64>)> = BTreeMap::new();
+        for f in done_after.iter().filter(|f| !done_before.contains(*f)) {
+            wanted.insert(f, (partial_before.get(f).copied().unwrap_or(0), None));
+        }
+        for (f, to) in &partial_after {
+            let from = partial_before.get(f).copied().unwrap_or(0);
+            if *to > from {
+                wanted.insert(f, (from, Some(*to)));
+            }
+        }
+        let parts: Vec<FilePart> = self
             .files
             .iter()
-            .filter(|f| after.contains(f.location.as_ref()) && !before.contains(f.location.as_ref()))
-            .cloned()
+            .filter_map(|f| {
+                let (from, to) = wanted.get(f.location.as_ref())?;
+                let to = to.unwrap_or(f.size);
+                Some(if from == &0 && to == f.size { FilePart::whole(f.clone()) } else { FilePart { object: f.clone(), range: Some(*from..to) } })
+            })
             .collect();
-        let missing = after.difference(&before).count() - files.len();
+        let missing = wanted.len() - parts.len();
         if missing > 0 {
             return Err(self.error(
                 Some(self.location.url()),
@@ -380,16 +409,20 @@ impl Source for FileSource {
                 RetryHint::Never,
             ));
         }
-        self.consumed = after;
-        let uris = files.iter().map(|f| self.location.object_url(&f.location)).collect();
-        let table = self.table_for(files)?;
+        (self.consumed, self.partial) = (done_after, partial_after);
+        let uris = parts.iter().map(|f| self.location.object_url(&f.object.location)).collect();
+        let table = self.table_for(parts)?;
         Ok(Slice { table, start: start.clone(), end: end.clone(), estimated_rows: None, uris })
     }
 
     fn estimated_remaining_rows(&self) -> Option<u64> {
         let b = self.bytes_per_row?;
-        let left: u64 =
-            self.files.iter().filter(|f| !self.consumed.contains(f.location.as_ref())).map(|f| f.size).sum();
+        let left: u64 = self
+            .files
+            .iter()
+            .filter(|f| !self.consumed.contains(f.location.as_ref()))
+            .map(|f| f.size - self.partial.get(f.location.as_ref()).copied().unwrap_or(0).min(f.size))
+            .sum();
         Some((left as f64 / b.max(1.0)) as u64)
     }
 
@@ -399,6 +432,7 @@ impl Source for FileSource {
 
     async fn restart(&mut self) -> Result<()> {
         self.consumed.clear();
+        self.partial.clear();
         Ok(())
     }
 }
@@ -415,36 +449,83 @@ impl FileSource {
         Ok(())
     }
 
-    /// The next run of unconsumed files within `limits`.
+    /// The next run of unconsumed files within `limits`. A large splittable
+    /// file that does not fit is cut: the slice takes the bytes that fit
+    /// (at least `MIN_PART_BYTES`) and the next slice goes on from there.
     fn next_files(&mut self, limits: &SliceLimits) -> Result<Option<Slice>> {
         let start = self.offsets();
-        let mut chosen = Vec::new();
+        let mut chosen: Vec<FilePart> = Vec::new();
         let (mut bytes, mut rows) = (0u64, 0u64);
+        let mut cut: Option<(String, u64)> = None;
         for f in &self.files {
             if self.consumed.contains(f.location.as_ref()) {
                 continue;
             }
-            let est_rows = self.bytes_per_row.map(|b| (f.size as f64 / b.max(1.0)) as u64);
-            let over_bytes = limits.max_bytes.is_some_and(|m| bytes + f.size > m);
-            let over_rows = matches!((limits.max_rows, est_rows), (Some(m), Some(r)) if rows + r > m);
-            if !chosen.is_empty() && (over_bytes || over_rows) {
+            let from = self.partial.get(f.location.as_ref()).copied().unwrap_or(0).min(f.size);
+            let size = f.size - from;
+            let rows_of = |b: u64| self.bytes_per_row.map(|bpr| (b as f64 / bpr.max(1.0)) as u64);
+            // bytes left in this epoch's budget, from max_bytes and max_rows
+            let budget = [
+                limits.max_bytes.map(|m| m.saturating_sub(bytes)),
+                match (limits.max_rows, self.bytes_per_row) {
+                    (Some(m), Some(bpr)) => Some((m.saturating_sub(rows) as f64 * bpr) as u64),
+                    _ => None,
+                },
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let fits = budget.is_none_or(|b| size <= b);
+            if !fits && self.splittable(f) && size > MIN_PART_BYTES {
+                let take = budget.unwrap_or(size).max(MIN_PART_BYTES);
+                if take < size && (chosen.is_empty() || budget.is_some_and(|b| b >= MIN_PART_BYTES)) {
+                    chosen.push(FilePart { object: f.clone(), range: Some(from..from + take) });
+                    cut = Some((f.location.to_string(), from + take));
+                    rows += rows_of(take).unwrap_or(0);
+                    break;
+                }
+            }
+            if !chosen.is_empty() && !fits {
                 break;
             }
-            bytes += f.size;
-            rows += est_rows.unwrap_or(0);
-            chosen.push(f.clone());
+            bytes += size;
+            rows += rows_of(size).unwrap_or(0);
+            chosen.push(if from == 0 { FilePart::whole(f.clone()) } else { FilePart { object: f.clone(), range: Some(from..f.size) } });
         }
         if chosen.is_empty() {
             return Ok(None);
         }
         for f in &chosen {
-            self.consumed.insert(f.location.to_string());
+            let path = f.object.location.to_string();
+            if cut.as_ref().is_none_or(|(p, _)| p != &path) {
+                self.partial.remove(&path);
+                self.consumed.insert(path);
+            }
         }
-        let uris = chosen.iter().map(|f| self.location.object_url(&f.location)).collect();
+        if let Some((path, at)) = cut {
+            self.partial.insert(path, at);
+        }
+        let uris = chosen.iter().map(|f| self.location.object_url(&f.object.location)).collect();
         let estimated_rows = self.bytes_per_row.map(|_| rows);
         let table = self.table_for(chosen)?;
         Ok(Some(Slice { table, start, end: self.offsets(), estimated_rows, uris }))
     }
+}
 
+/// Files at least this large are read over several epochs when they do not
+/// fit one; a part is never smaller (fewer, larger epochs beat exact limits).
+const MIN_PART_BYTES: u64 = 8 << 20;
 
+/// The offsets of a file source: `{"files": [done...], "partial": {file: bytes}}`.
+struct FileOffsets;
+
+impl FileOffsets {
+    fn parse(o: &serde_json::Value) -> Option<(BTreeSet<String>, BTreeMap<String, u64>)> {
+        let files = o.get("files")?.as_array()?.iter().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let partial = match o.get("partial") {
+            None => BTreeMap::new(),
+            Some(p) => p.as_object()?.iter().map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect::<Option<_>>()?,
+        };
+        Some((files, partial))
+    }
 }
