@@ -35,7 +35,7 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties};
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
 use tokio::sync::mpsc::Sender;
@@ -456,7 +456,7 @@ impl UnitReader<'_> {
             }
             _ => self.shared.store.get(path).await.map_err(store_err)?,
         };
-        let raw = result.into_stream().map_err(std::io::Error::other);
+        let raw = crate::storage::byte_stream(result);
         Ok(match self.unit.compression {
             Compression::Gzip => {
                 let mut d = GzipDecoder::new(StreamReader::new(raw));
