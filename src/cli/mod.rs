@@ -20,6 +20,7 @@ macro_rules! out {
 
 mod inspect;
 mod progress;
+mod schema_check;
 mod stage_check;
 mod summary;
 
@@ -106,6 +107,9 @@ enum Command {
     /// Work with external stages.
     #[command(subcommand)]
     Stage(StageCommand),
+    /// Work with the schema registry (`schemas/<name>/<version>.json`).
+    #[command(subcommand)]
+    Schema(SchemaCommand),
     /// List the commits, files, rows, schema and lineage of a sluice sink.
     Inspect {
         /// The sink's folder or URL (`out/revenue`, `s3://bucket/out`).
@@ -113,6 +117,23 @@ enum Command {
         /// Print the commits as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Compare consecutive versions of registry schemas and refuse breaking
+    /// changes. Exit code 0 when every change is compatible, 2 when not.
+    Check {
+        /// Schemas to check (default: every schema in the registry).
+        names: Vec<String>,
+        /// The registry folder.
+        #[arg(long, default_value = "schemas")]
+        registry: PathBuf,
+        /// backward: new readers read old data; forward: old readers read new
+        /// data; full: both.
+        #[arg(long, default_value = "backward")]
+        mode: sluice::contract::compat::Mode,
     },
 }
 
@@ -272,5 +293,6 @@ pub async fn main(cli: Cli) -> ExitCode {
         }
         Command::Inspect { url, json } => inspect::run(&engine, &url, json).await,
         Command::Stage(StageCommand::Check { url, command }) => stage_check::run(url, command).await,
+        Command::Schema(SchemaCommand::Check { names, registry, mode }) => schema_check::run(&registry, &names, mode),
     }
 }

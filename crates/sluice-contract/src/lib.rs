@@ -10,10 +10,15 @@
 //!   the typed [`LineageEntry`] / [`Provenance`] values stored under them.
 //! - [`ErrorCode`]: the shared error vocabulary, the same words in the Rust and
 //!   Go stage SDKs and in dead-letter records.
+//! - [`registry`]: the schema registry folder (`schemas/<name>/<version>.json`)
+//!   and [`compat`]: whether data written under one schema reads under another.
 #![deny(missing_docs)]
 
+pub mod compat;
 pub mod error_code;
 pub mod metadata;
+pub mod registry;
+pub mod types;
 
 pub use error_code::ErrorCode;
 pub use metadata::{LineageEntry, Provenance, SourceProvenance};

@@ -232,6 +232,9 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         };
         match planned {
             Ok(plan) => {
+                if let Some(issue) = check_declared_schema(&spec, name, stage, plan.schema().as_arrow()) {
+                    errors.push(SluiceError::spec(issue));
+                }
                 let view = ViewTable::new(plan, None);
                 if let Err(e) = ctx.register_table(name.as_str(), Arc::new(view)) {
                     errors.push(SluiceError::Internal(format!("cannot register stage `{name}`: {e}")));
@@ -300,6 +303,36 @@ pub fn merge_errors(mut errors: Vec<SluiceError>) -> SluiceError {
         }
     }
     SluiceError::Spec(issues)
+}
+
+/// A stage that declares `schema = "name@version"` found in the registry
+/// must produce rows its readers can read as that schema: every declared
+/// field present (or nullable) with a type that widens to the declared one.
+fn check_declared_schema(spec: &PipelineSpec, name: &str, stage: &StageConfig, output: &Schema) -> Option<SpecIssue> {
+    let (schema_name, version) = stage.declared_schema()?;
+    let registry = spec.registry();
+    if !registry.root().join(&schema_name).is_dir() {
+        return None; // a label, not a registry contract
+    }
+    let key = format!("stages.{name}.schema");
+    let reference = match &version {
+        Some(v) => format!("{schema_name}@{v}"),
+        None => schema_name.clone(),
+    };
+    let declared = match registry.get(&reference) {
+        Ok(d) => d,
+        Err(e) => return Some(spec.issue(key, e.to_string())),
+    };
+    let who = format!("readers of {}@{}", declared.name, declared.version);
+    let breaks = sluice_contract::compat::read_breaks(output, &declared.schema, &who);
+    if breaks.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = breaks.iter().map(|b| format!("  {b}")).collect();
+    Some(
+        spec.issue(key, format!("stage `{name}` does not produce {reference} ({}):\n{}", declared.file.display(), list.join("\n")))
+            .with_help("change the query (CAST, COALESCE, add the column) or declare a schema version that matches it"),
+    )
 }
 
 fn check_partition_columns(

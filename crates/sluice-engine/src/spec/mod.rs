@@ -66,6 +66,10 @@ fn default_version() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// The schema registry folder (`<name>/<version>.json` files), relative
+    /// to the pipeline file (default `schemas`).
+    #[serde(default)]
+    pub schemas: Option<String>,
     /// Parallel partitions per plan (default: the number of CPU cores).
     #[serde(default)]
     pub target_partitions: Option<usize>,
@@ -312,6 +316,11 @@ impl PipelineSpec {
         let key = key.into();
         let component: String = key.split('.').take(2).collect::<Vec<_>>().join(".");
         SpecIssue::new(&self.file, key, message).at_line(self.line_of(&component))
+    }
+
+    /// The schema registry of this pipeline.
+    pub fn registry(&self) -> sluice_contract::registry::Registry {
+        sluice_contract::registry::Registry::new(self.resolve_path(self.settings.schemas.as_deref().unwrap_or("schemas")))
     }
 
     /// Resolves a path written in the spec against the spec's directory.

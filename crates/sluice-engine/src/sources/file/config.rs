@@ -32,6 +32,10 @@ pub struct CsvSourceConfig {
     /// from the first file when absent.
     #[serde(default)]
     pub columns: Option<Vec<ColumnSpec>>,
+    /// Read as this registry schema (`name@version`, from `settings.schemas`)
+    /// instead of declaring or inferring columns.
+    #[serde(default)]
+    pub schema: Option<String>,
     /// Whether the first line of every file is a header (default true).
     #[serde(default = "default_true")]
     pub header: bool,
@@ -65,6 +69,7 @@ impl CsvSourceConfig {
         Self {
             path: path.into(),
             columns: None,
+            schema: None,
             header: true,
             delimiter: default_delimiter(),
             quote: default_quote(),
@@ -104,6 +109,10 @@ pub struct JsonlSourceConfig {
     /// Declared columns; inferred from the first file when absent.
     #[serde(default)]
     pub columns: Option<Vec<ColumnSpec>>,
+    /// Read as this registry schema (`name@version`, from `settings.schemas`)
+    /// instead of declaring or inferring columns.
+    #[serde(default)]
+    pub schema: Option<String>,
     /// `auto` (by extension), `none`, `gzip` or `zstd`.
     #[serde(default)]
     pub compression: Compression,
@@ -118,7 +127,14 @@ pub struct JsonlSourceConfig {
 impl JsonlSourceConfig {
     /// A config reading `path` with defaults.
     pub fn new(path: impl Into<String>) -> Self {
-        Self { path: path.into(), columns: None, compression: Compression::Auto, infer_rows: default_infer_rows(), lookup: false }
+        Self {
+            path: path.into(),
+            columns: None,
+            schema: None,
+            compression: Compression::Auto,
+            infer_rows: default_infer_rows(),
+            lookup: false,
+        }
     }
 }
 
@@ -128,6 +144,11 @@ impl JsonlSourceConfig {
 pub struct ParquetSourceConfig {
     /// A file, a folder, a glob or a URL, relative to the pipeline file.
     pub path: String,
+    /// Read every file as this registry schema (`name@version`): files written
+    /// at earlier versions read with missing nullable columns as NULL and
+    /// widened types (`docs/schemas.md`); a file that cannot is refused.
+    #[serde(default)]
+    pub schema: Option<String>,
     /// Read the whole input in every epoch.
     #[serde(default)]
     pub lookup: bool,

@@ -27,6 +27,7 @@ use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::arrow::ArrowFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::physical_expr_adapter::DefaultPhysicalExprAdapterFactory;
 use object_store::{ObjectMeta, ObjectStore};
 use serde_json::json;
 use sluice_contract::metadata::{lineage_from, provenance_from, strip_sluice_keys};
@@ -66,13 +67,15 @@ pub async fn open_csv(cfg: &CsvSourceConfig, ctx: &SourceContext<'_>) -> Result<
         SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), msg))
     })?;
     let format = Format::Lines(LineFormat::Csv(options), cfg.compression);
-    FileSource::open(ctx, &cfg.path, format, cfg.columns.as_deref(), cfg.infer_rows).await
+    let declared = Declared::resolve(ctx, cfg.columns.as_deref(), cfg.schema.as_deref())?;
+    FileSource::open(ctx, &cfg.path, format, declared, cfg.infer_rows).await
 }
 
 /// Opens a `jsonl` source.
 pub async fn open_jsonl(cfg: &JsonlSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
     let format = Format::Lines(LineFormat::Jsonl, cfg.compression);
-    FileSource::open(ctx, &cfg.path, format, cfg.columns.as_deref(), cfg.infer_rows).await
+    let declared = Declared::resolve(ctx, cfg.columns.as_deref(), cfg.schema.as_deref())?;
+    FileSource::open(ctx, &cfg.path, format, declared, cfg.infer_rows).await
 }
 
 /// Opens a `dir` source: a file source that keeps listing.
@@ -90,19 +93,45 @@ pub async fn open_dir(cfg: &DirSourceConfig, ctx: &SourceContext<'_>) -> Result<
         DirFormat::Jsonl => Format::Lines(LineFormat::Jsonl, cfg.compression),
         DirFormat::Parquet => Format::Parquet,
     };
-    let mut source = FileSource::open_with(ctx, &cfg.path, format, cfg.columns.as_deref(), 1000, Some(cfg.poll_interval.0)).await?;
+    let declared = Declared::resolve(ctx, cfg.columns.as_deref(), None)?;
+    let mut source = FileSource::open_with(ctx, &cfg.path, format, declared, 1000, Some(cfg.poll_interval.0)).await?;
     source.follow = Some(cfg.poll_interval.0);
     Ok(Box::new(source))
 }
 
 /// Opens a `parquet` source.
 pub async fn open_parquet(cfg: &ParquetSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
-    FileSource::open(ctx, &cfg.path, Format::Parquet, None, 0).await
+    let declared = Declared::resolve(ctx, None, cfg.schema.as_deref())?;
+    FileSource::open(ctx, &cfg.path, Format::Parquet, declared, 0).await
 }
 
 /// Opens an `arrow_ipc` source.
 pub async fn open_arrow_ipc(cfg: &ArrowIpcSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
-    FileSource::open(ctx, &cfg.path, Format::ArrowIpc, None, 0).await
+    FileSource::open(ctx, &cfg.path, Format::ArrowIpc, Declared::None, 0).await
+}
+
+/// What a file source was told about its schema.
+#[derive(Debug, Clone)]
+enum Declared {
+    None,
+    Columns(Schema),
+    /// A registry schema: its `name@version` and the schema.
+    Registry(String, Schema),
+}
+
+impl Declared {
+    fn resolve(ctx: &SourceContext<'_>, columns: Option<&[crate::spec::ColumnSpec]>, schema: Option<&str>) -> Result<Self> {
+        let issue = |key: &str, m: String| SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), m));
+        match (columns, schema) {
+            (Some(_), Some(_)) => Err(issue("schema", "give either `columns` or `schema`, not both".into())),
+            (Some(cols), None) => Ok(Declared::Columns(schema_from_columns(cols).map_err(|m| issue("columns", m))?)),
+            (None, Some(reference)) => {
+                let registered = ctx.spec.registry().get(reference).map_err(|e| issue("schema", e.to_string()))?;
+                Ok(Declared::Registry(format!("{}@{}", registered.name, registered.version), registered.schema))
+            }
+            (None, None) => Ok(Declared::None),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -122,6 +151,10 @@ struct FileSource {
     bytes_per_row: Option<f64>,
     upstream_lineage: Vec<LineageEntry>,
     upstream_provenance: Option<Provenance>,
+    /// The registry schema (`name@version`) every file is read as.
+    read_as: Option<String>,
+    /// The schema versions the files say they were written at.
+    written_as: Vec<String>,
     target_partitions: usize,
     batch_size: usize,
 }
@@ -135,10 +168,10 @@ impl FileSource {
         ctx: &SourceContext<'_>,
         path: &str,
         format: Format,
-        columns: Option<&[crate::spec::ColumnSpec]>,
+        declared: Declared,
         infer_rows: usize,
     ) -> Result<Box<dyn Source>> {
-        Ok(Box::new(Self::open_with(ctx, path, format, columns, infer_rows, None).await?))
+        Ok(Box::new(Self::open_with(ctx, path, format, declared, infer_rows, None).await?))
     }
 
     /// Opens a file source; with `follow`, an empty folder is fine when the
@@ -147,7 +180,7 @@ impl FileSource {
         ctx: &SourceContext<'_>,
         path: &str,
         format: Format,
-        columns: Option<&[crate::spec::ColumnSpec]>,
+        declared: Declared,
         infer_rows: usize,
         follow: Option<std::time::Duration>,
     ) -> Result<Self> {
@@ -202,7 +235,7 @@ impl FileSource {
         } else {
             (listed, Vec::new(), None)
         };
-        if files.is_empty() && committed_schema.is_none() && !(follow.is_some() && columns.is_some()) {
+        if files.is_empty() && committed_schema.is_none() && !(follow.is_some() && !matches!(declared, Declared::None)) {
             return Err(SluiceError::spec(
                 ctx.spec
                     .issue(&key, format!("source `{}`: no input files match `{path}` ({})", ctx.name, location.url()))
@@ -211,16 +244,17 @@ impl FileSource {
         }
 
         let mut bytes_per_row = None;
-        let (schema, lineage, provenance) = match (columns, &format) {
-            (None, _) if committed_schema.is_some() => {
+        let mut written_as = Vec::new();
+        let (schema, lineage, provenance) = match (&declared, &format) {
+            (Declared::Registry(reference, schema), Format::Parquet) => {
+                written_as = check_files_read_as(ctx, &store, &location, &files, reference, schema).await?;
+                (schema.clone(), upstream_lineage, upstream_provenance)
+            }
+            (Declared::None, _) if committed_schema.is_some() => {
                 (committed_schema.unwrap_or_else(Schema::empty), upstream_lineage, upstream_provenance)
             }
-            (Some(cols), _) => {
-                let schema = schema_from_columns(cols)
-                    .map_err(|m| SluiceError::spec(ctx.spec.issue(format!("sources.{}.columns", ctx.name), m)))?;
-                (schema, upstream_lineage, upstream_provenance)
-            }
-            (None, Format::Lines(lf, compression)) => {
+            (Declared::Columns(schema) | Declared::Registry(_, schema), _) => (schema.clone(), upstream_lineage, upstream_provenance),
+            (Declared::None, Format::Lines(lf, compression)) => {
                 let first = &files[0];
                 let (schema, bpr) =
                     sample::infer_lines_schema(&store, first, lf, compression.of(first.location.as_ref()), infer_rows)
@@ -229,7 +263,7 @@ impl FileSource {
                 bytes_per_row = bpr;
                 (schema, upstream_lineage, upstream_provenance)
             }
-            (None, Format::Parquet | Format::ArrowIpc) => {
+            (Declared::None, Format::Parquet | Format::ArrowIpc) => {
                 let ff: Arc<dyn FileFormat> = match format {
                     Format::Parquet => Arc::new(ParquetFormat::default().with_skip_metadata(false)),
                     _ => Arc::new(ArrowFormat),
@@ -267,6 +301,11 @@ impl FileSource {
             bytes_per_row,
             upstream_lineage: lineage,
             upstream_provenance: provenance,
+            read_as: match declared {
+                Declared::Registry(reference, _) => Some(reference),
+                _ => None,
+            },
+            written_as,
             target_partitions: ctx.target_partitions,
             batch_size: ctx.batch_size,
         })
@@ -314,9 +353,12 @@ impl FileSource {
                     _ => Arc::new(ArrowFormat),
                 };
                 let options = ListingOptions::new(ff).with_file_extension("");
+                // files written at an earlier schema version read under this one
+                // (missing nullable columns as NULL, widening casts)
                 let config = ListingTableConfig::new_with_multi_paths(urls)
                     .with_listing_options(options)
-                    .with_schema(Arc::clone(&self.schema));
+                    .with_schema(Arc::clone(&self.schema))
+                    .with_expr_adapter_factory(Arc::new(DefaultPhysicalExprAdapterFactory));
                 let table = ListingTable::try_new(config).map_err(|e| self.error(None, e.to_string(), RetryHint::Never))?;
                 Ok(Arc::new(table))
             }
@@ -338,6 +380,10 @@ impl Source for FileSource {
         let mut parameters = serde_json::Map::new();
         parameters.insert("format".into(), json!(self.format.kind()));
         parameters.insert("location".into(), json!(self.location.original));
+        if let Some(r) = &self.read_as {
+            parameters.insert("read_as".into(), json!(r));
+            parameters.insert("written_as".into(), json!(self.written_as));
+        }
         SourceProvenance {
             source: self.name.clone(),
             kind: self.format.kind().into(),
@@ -528,4 +574,57 @@ impl FileOffsets {
         };
         Some((files, partial))
     }
+}
+
+/// Files whose schema is checked against a declared registry schema (the
+/// first and the last ones listed: a folder is usually written in order).
+const CHECKED_FILES: usize = 16;
+
+/// Checks that the Parquet files read as `reference` can be (naming the file
+/// and the field when not), and returns the schema versions they were written
+/// at (their `sluice.schema`/`sluice.schema.version` metadata, when present).
+async fn check_files_read_as(
+    ctx: &SourceContext<'_>,
+    store: &Arc<dyn ObjectStore>,
+    location: &Location,
+    files: &[ObjectMeta],
+    reference: &str,
+    schema: &Schema,
+) -> Result<Vec<String>> {
+    use sluice_contract::metadata::{SCHEMA, SCHEMA_VERSION};
+    let state = ctx.session.state();
+    let ff = ParquetFormat::default().with_skip_metadata(false);
+    let half = CHECKED_FILES / 2;
+    let sample: Vec<&ObjectMeta> = if files.len() <= CHECKED_FILES {
+        files.iter().collect()
+    } else {
+        files[..half].iter().chain(&files[files.len() - half..]).collect()
+    };
+    let mut written = BTreeSet::new();
+    for f in sample {
+        let url = location.object_url(&f.location);
+        let file_schema = ff.infer_schema(&state, store, std::slice::from_ref(f)).await.map_err(|e| SluiceError::Source {
+            source_name: ctx.name.to_string(),
+            file: Some(url.clone()),
+            line: None,
+            message: format!("cannot read the schema: {e}"),
+            retry: RetryHint::Never,
+        })?;
+        let who = format!("source `{}` reading it as {reference}", ctx.name);
+        let breaks = sluice_contract::compat::read_breaks(&file_schema, schema, &who);
+        if let Some(b) = breaks.first() {
+            return Err(SluiceError::Source {
+                source_name: ctx.name.to_string(),
+                file: Some(url),
+                line: None,
+                message: format!("the file cannot be read as {reference}: {b}"),
+                retry: RetryHint::Never,
+            });
+        }
+        let md = file_schema.metadata();
+        if let (Some(n), Some(v)) = (md.get(SCHEMA), md.get(SCHEMA_VERSION)) {
+            written.insert(format!("{n}@{v}"));
+        }
+    }
+    Ok(written.into_iter().collect())
 }

@@ -1,0 +1,286 @@
+//! The schema registry: a folder of `<name>/<version>.json` files, each one
+//! version of a named schema in a JSON form people can write and review
+//! (documented in `docs/schemas.md`):
+//!
+//! ```json
+//! { "name": "events", "version": 2, "doc": "what one row is",
+//!   "fields": [
+//!     { "name": "id", "type": "bigint", "nullable": false, "id": 1 },
+//!     { "name": "device", "type": "struct", "fields": [ { "name": "os", "type": "varchar" } ] },
+//!     { "name": "tags", "type": "list", "item": { "type": "varchar" } }
+//!   ],
+//!   "metadata": { "owner": "growth" } }
+//! ```
+//!
+//! Scalar types use the names of [`crate::types::parse_data_type`]; `id` is a
+//! stable field id, stored as Parquet's `PARQUET:field_id` field metadata, which
+//! lets the compatibility checker tell a rename from a drop and an add.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use arrow_schema::{DataType, Field, Fields, Schema};
+use serde::Deserialize;
+
+use crate::types::parse_data_type;
+
+/// Field metadata key of a stable field id (the key arrow-rs and Parquet use).
+pub const FIELD_ID: &str = "PARQUET:field_id";
+/// Schema metadata key of a registry schema's free-text description.
+pub const DOC: &str = "sluice.schema.doc";
+
+/// One version of a schema, as read from the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisteredSchema {
+    /// The schema's name (its folder).
+    pub name: String,
+    /// Its version (the file's name).
+    pub version: u32,
+    /// The Arrow schema, with field ids and metadata.
+    pub schema: Schema,
+    /// The file it came from.
+    pub file: PathBuf,
+}
+
+/// A registry folder.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+/// A registry error, naming the file and what is wrong in it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct RegistryError {
+    /// The file (or folder) at fault.
+    pub file: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Registry {
+    /// The registry in `root` (usually `schemas/` next to the pipeline file).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Its folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The names of the schemas it holds, sorted.
+    pub fn names(&self) -> Result<Vec<String>, RegistryError> {
+        let entries = std::fs::read_dir(&self.root).map_err(|e| self.error(&self.root, format!("cannot list the registry: {e}")))?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The versions of `name`, ascending.
+    pub fn versions(&self, name: &str) -> Result<Vec<u32>, RegistryError> {
+        let dir = self.root.join(name);
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            self.error(&dir, format!("no schema `{name}` in the registry ({e}); expected files {name}/<version>.json"))
+        })?;
+        let mut versions = Vec::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            let file = e.file_name().to_string_lossy().to_string();
+            let Some(stem) = file.strip_suffix(".json") else { continue };
+            let v = stem.parse::<u32>().map_err(|_| {
+                self.error(&e.path(), "a registry file is named <version>.json with a whole number, e.g. 3.json".into())
+            })?;
+            versions.push(v);
+        }
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// Reads `name@version`, or `name` at its latest version.
+    pub fn get(&self, reference: &str) -> Result<RegisteredSchema, RegistryError> {
+        let (name, version) = match reference.split_once('@') {
+            Some((n, v)) => {
+                let v = v.trim_start_matches('v').parse::<u32>().map_err(|_| {
+                    self.error(&self.root, format!("`{reference}`: a schema reference is name@version, e.g. events@2"))
+                })?;
+                (n, v)
+            }
+            None => {
+                let latest = self.versions(reference)?.last().copied().ok_or_else(|| {
+                    self.error(&self.root.join(reference), format!("schema `{reference}` has no versions"))
+                })?;
+                (reference, latest)
+            }
+        };
+        self.load(name, version)
+    }
+
+    /// Reads one version.
+    pub fn load(&self, name: &str, version: u32) -> Result<RegisteredSchema, RegistryError> {
+        let file = self.root.join(name).join(format!("{version}.json"));
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            self.error(&file, format!("cannot read schema `{name}@{version}` ({e}); versions present: {:?}", self.versions(name).unwrap_or_default()))
+        })?;
+        let doc: SchemaDoc = serde_json::from_str(&text).map_err(|e| self.error(&file, format!("not a registry schema: {e}")))?;
+        if doc.name != name || doc.version != version {
+            return Err(self.error(&file, format!("the file says {}@{}, its path says {name}@{version}", doc.name, doc.version)));
+        }
+        let schema = doc.to_arrow().map_err(|m| self.error(&file, m))?;
+        Ok(RegisteredSchema { name: name.into(), version, schema, file })
+    }
+
+    fn error(&self, file: &Path, message: String) -> RegistryError {
+        RegistryError { file: file.display().to_string(), message }
+    }
+}
+
+/// The JSON form of a registry file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaDoc {
+    name: String,
+    version: u32,
+    #[serde(default)]
+    doc: Option<String>,
+    fields: Vec<FieldDoc>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// One field (or a list's item, which has no name).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldDoc {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "type")]
+    data_type: String,
+    #[serde(default = "yes")]
+    nullable: bool,
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default)]
+    doc: Option<String>,
+    /// Subfields of a `struct`.
+    #[serde(default)]
+    fields: Option<Vec<FieldDoc>>,
+    /// Item of a `list`.
+    #[serde(default)]
+    item: Option<Box<FieldDoc>>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SchemaDoc {
+    fn to_arrow(&self) -> Result<Schema, String> {
+        let fields = fields_to_arrow(&self.fields, "fields")?;
+        let mut md: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        if let Some(d) = &self.doc {
+            md.insert(DOC.into(), d.clone());
+        }
+        Ok(Schema::new_with_metadata(fields, md))
+    }
+}
+
+fn fields_to_arrow(docs: &[FieldDoc], path: &str) -> Result<Fields, String> {
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, f) in docs.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        let name = f.name.clone().ok_or_else(|| format!("{here}: a field needs a `name`"))?;
+        if out.iter().any(|o: &Field| o.name() == &name) {
+            return Err(format!("{here}: field `{name}` is declared twice"));
+        }
+        out.push(field_to_arrow(f, name, &here)?);
+    }
+    Ok(out.into())
+}
+
+fn field_to_arrow(f: &FieldDoc, name: String, here: &str) -> Result<Field, String> {
+    let data_type = match f.data_type.to_ascii_lowercase().as_str() {
+        "struct" => {
+            let sub = f.fields.as_ref().ok_or_else(|| format!("{here} (`{name}`): a struct needs `fields`"))?;
+            DataType::Struct(fields_to_arrow(sub, &format!("{here}.fields"))?)
+        }
+        "list" => {
+            let item = f.item.as_ref().ok_or_else(|| format!("{here} (`{name}`): a list needs an `item`"))?;
+            let item = field_to_arrow(item, "item".into(), &format!("{here}.item"))?;
+            DataType::List(item.into())
+        }
+        _ => {
+            if f.fields.is_some() || f.item.is_some() {
+                return Err(format!("{here} (`{name}`): `fields` and `item` belong to struct and list types"));
+            }
+            parse_data_type(&f.data_type).map_err(|e| format!("{here} (`{name}`): {e}"))?
+        }
+    };
+    let mut md: HashMap<String, String> = f.metadata.clone().into_iter().collect();
+    if let Some(id) = f.id {
+        md.insert(FIELD_ID.into(), id.to_string());
+    }
+    if let Some(d) = &f.doc {
+        md.insert("doc".into(), d.clone());
+    }
+    Ok(Field::new(name, data_type, f.nullable).with_metadata(md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let r = Registry::new(dir.path());
+        (dir, r)
+    }
+
+    #[test]
+    fn nested_fields_ids_and_metadata_are_read() {
+        let (_d, r) = registry_with(&[(
+            "events/2.json",
+            r#"{"name":"events","version":2,"doc":"one click","fields":[
+                {"name":"id","type":"bigint","nullable":false,"id":1},
+                {"name":"device","type":"struct","fields":[{"name":"os","type":"varchar"}]},
+                {"name":"tags","type":"list","item":{"type":"varchar","nullable":false}},
+                {"name":"at","type":"timestamptz"}],"metadata":{"owner":"growth"}}"#,
+        )]);
+        let s = r.get("events").unwrap();
+        assert_eq!(s.version, 2);
+        let f = s.schema.field_with_name("id").unwrap();
+        assert!(!f.is_nullable());
+        assert_eq!(f.metadata()[FIELD_ID], "1");
+        assert!(matches!(s.schema.field_with_name("device").unwrap().data_type(), DataType::Struct(f) if f.len() == 1));
+        match s.schema.field_with_name("tags").unwrap().data_type() {
+            DataType::List(item) => assert!(!item.is_nullable()),
+            other => panic!("{other}"),
+        }
+        assert_eq!(s.schema.metadata()["owner"], "growth");
+        assert_eq!(s.schema.metadata()[DOC], "one click");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let (_d, r) = registry_with(&[
+            ("a/1.json", r#"{"name":"a","version":1,"fields":[{"name":"x","type":"nope"}]}"#),
+            ("b/1.json", r#"{"name":"b","version":2,"fields":[]}"#),
+        ]);
+        let e = r.get("a@1").unwrap_err().to_string();
+        assert!(e.contains("a/1.json") && e.contains("fields[0] (`x`)") && e.contains("`nope`"), "{e}");
+        let e = r.get("b@1").unwrap_err().to_string();
+        assert!(e.contains("says b@2"), "{e}");
+        let e = r.get("a@7").unwrap_err().to_string();
+        assert!(e.contains("versions present: [1]"), "{e}");
+    }
+}
