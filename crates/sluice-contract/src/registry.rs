@@ -138,6 +138,55 @@ impl Registry {
     }
 }
 
+/// The registry JSON form of `schema` as `name@version` (the inverse of
+/// reading a registry file; scalar types are written with Arrow's names).
+pub fn schema_to_json(name: &str, version: u32, schema: &Schema) -> serde_json::Value {
+    let mut metadata: BTreeMap<&String, &String> = schema.metadata().iter().collect();
+    let doc = metadata.remove(&DOC.to_string());
+    let mut out = serde_json::json!({
+        "name": name,
+        "version": version,
+        "fields": schema.fields().iter().map(|f| field_to_json(f, true)).collect::<Vec<_>>(),
+        "metadata": metadata,
+    });
+    if let Some(d) = doc {
+        out["doc"] = serde_json::json!(d);
+    }
+    out
+}
+
+fn field_to_json(f: &Field, named: bool) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if named {
+        out.insert("name".into(), f.name().as_str().into());
+    }
+    match f.data_type() {
+        DataType::Struct(sub) => {
+            out.insert("type".into(), "struct".into());
+            out.insert("fields".into(), sub.iter().map(|s| field_to_json(s, true)).collect::<Vec<_>>().into());
+        }
+        DataType::List(item) => {
+            out.insert("type".into(), "list".into());
+            out.insert("item".into(), field_to_json(item, false));
+        }
+        other => {
+            out.insert("type".into(), other.to_string().into());
+        }
+    }
+    out.insert("nullable".into(), f.is_nullable().into());
+    let mut md: BTreeMap<String, String> = f.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(id) = md.remove(FIELD_ID).and_then(|i| i.parse::<i64>().ok()) {
+        out.insert("id".into(), id.into());
+    }
+    if let Some(d) = md.remove("doc") {
+        out.insert("doc".into(), d.into());
+    }
+    if !md.is_empty() {
+        out.insert("metadata".into(), serde_json::json!(md));
+    }
+    serde_json::Value::Object(out)
+}
+
 /// The JSON form of a registry file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -268,6 +317,21 @@ mod tests {
         }
         assert_eq!(s.schema.metadata()["owner"], "growth");
         assert_eq!(s.schema.metadata()[DOC], "one click");
+    }
+
+    #[test]
+    fn schemas_round_trip_through_the_json_form() {
+        let (_d, r) = registry_with(&[(
+            "e/1.json",
+            r#"{"name":"e","version":1,"doc":"d","fields":[
+                {"name":"id","type":"bigint","nullable":false,"id":1,"doc":"key"},
+                {"name":"s","type":"struct","fields":[{"name":"t","type":"timestamptz"},{"name":"d","type":"decimal(9,2)"}]},
+                {"name":"l","type":"list","item":{"type":"varchar","nullable":false}}],"metadata":{"k":"v"}}"#,
+        )]);
+        let a = r.get("e@1").unwrap().schema;
+        let json = schema_to_json("e", 2, &a).to_string();
+        let (_d2, r2) = registry_with(&[("e/2.json", &json)]);
+        assert_eq!(r2.get("e@2").unwrap().schema, a, "{json}");
     }
 
     #[test]

@@ -4,5 +4,6 @@
 mod common;
 mod embedding;
 mod epochs;
+mod evolution;
 mod files;
 mod slt;
