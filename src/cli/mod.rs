@@ -18,6 +18,7 @@ macro_rules! out {
     };
 }
 
+mod dead_letters;
 mod inspect;
 mod progress;
 mod schema_check;
@@ -107,6 +108,43 @@ enum Command {
     /// Work with external stages.
     #[command(subcommand)]
     Stage(StageCommand),
+    /// List the rows a pipeline's sources and stages gave up on, from its
+    /// `[dead_letter]` sink; `--export` writes their raw lines for fixing.
+    DeadLetters {
+        /// The dead-letter sink's folder or URL.
+        url: String,
+        /// Only the rows of this source or stage.
+        #[arg(long)]
+        source: Option<String>,
+        /// Write the raw lines (of `--source`) to this file, one per line.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feed corrected rows (e.g. fixed dead-letter lines) of one source
+    /// through the pipeline into the same sinks, committed exactly once.
+    Replay {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The csv or jsonl source the rows belong to.
+        #[arg(long)]
+        source: String,
+        /// The corrected rows: a file of lines in the source's format
+        /// (csv without a header).
+        #[arg(long)]
+        input: PathBuf,
+        /// Override a key of the pipeline file.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Work with the schema registry (`schemas/<name>/<version>.json`).
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -207,41 +245,17 @@ pub async fn main(cli: Cli) -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return report(&e),
             };
-            let mut compiled = match engine.compile(spec).await {
-                Ok(c) => c,
+            run(&engine, spec, RunArgs { max_epochs, reset, exit_when_idle, json, quiet }).await
+        }
+        Command::Replay { pipeline, source, input, mut overrides, json, quiet } => {
+            let spec = match dead_letters::replay_spec(&pipeline, &source, &input, &mut overrides) {
+                Ok(s) => s,
                 Err(e) => return report(&e),
             };
-            if reset {
-                match compiled.reset_sinks().await {
-                    Ok(n) => eprintln!("reset: deleted {n} objects of earlier output"),
-                    Err(e) => return report(&e),
-                }
-            }
-            let bar = (!quiet && !json).then(|| progress::start(compiled.progress.clone()));
-            let signals = tokio::spawn(stop_on_signals(compiled.progress.clone()));
-            let result = compiled.run(RunOptions { max_epochs, exit_when_idle }).await;
-            signals.abort();
-            if let Some(bar) = bar {
-                bar.finish().await;
-            }
-            match result {
-                Ok(summary) => {
-                    if json {
-                        match serde_json::to_string_pretty(&summary) {
-                            Ok(s) => outln!("{s}"),
-                            Err(e) => eprintln!("error: cannot encode the summary: {e}"),
-                        }
-                    } else {
-                        summary::print(&summary);
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    eprintln!("nothing of the failed epoch was committed; the next run redoes it from the last commit");
-                    exit_for(&e)
-                }
-            }
+            run(&engine, spec, RunArgs { max_epochs: None, reset: false, exit_when_idle: true, json, quiet }).await
+        }
+        Command::DeadLetters { url, source, export, json } => {
+            dead_letters::list(&engine, &url, source.as_deref(), export.as_deref(), json).await
         }
         Command::Validate { pipeline, overrides } => {
             let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
@@ -296,3 +310,53 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Schema(SchemaCommand::Check { names, registry, mode }) => schema_check::run(&registry, &names, mode),
     }
 }
+
+/// How `sluice run` runs.
+struct RunArgs {
+    max_epochs: Option<u64>,
+    reset: bool,
+    exit_when_idle: bool,
+    json: bool,
+    quiet: bool,
+}
+
+/// Runs a pipeline with a progress bar and prints its summary.
+async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
+    let RunArgs { max_epochs, reset, exit_when_idle, json, quiet } = args;
+            let mut compiled = match engine.compile(spec).await {
+                Ok(c) => c,
+                Err(e) => return report(&e),
+            };
+            if reset {
+                match compiled.reset_sinks().await {
+                    Ok(n) => eprintln!("reset: deleted {n} objects of earlier output"),
+                    Err(e) => return report(&e),
+                }
+            }
+            let bar = (!quiet && !json).then(|| progress::start(compiled.progress.clone()));
+            let signals = tokio::spawn(stop_on_signals(compiled.progress.clone()));
+            let result = compiled.run(RunOptions { max_epochs, exit_when_idle }).await;
+            signals.abort();
+            if let Some(bar) = bar {
+                bar.finish().await;
+            }
+            match result {
+                Ok(summary) => {
+                    if json {
+                        match serde_json::to_string_pretty(&summary) {
+                            Ok(s) => outln!("{s}"),
+                            Err(e) => eprintln!("error: cannot encode the summary: {e}"),
+                        }
+                    } else {
+                        summary::print(&summary);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("nothing of the failed epoch was committed; the next run redoes it from the last commit");
+                    exit_for(&e)
+                }
+            }
+}
+

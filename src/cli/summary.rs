@@ -35,7 +35,7 @@ pub fn print(s: &RunSummary) {
         t.add_row(vec![
             format!("{} {}", c.role, c.name),
             c.kind.clone(),
-            if c.role == "source" { "-".into() } else { c.rows_in.to_string() },
+            c.rows_in.to_string(),
             c.rows_out.to_string(),
             if c.role == "sink" { "-".into() } else { c.batches.to_string() },
             format!("{:.2}", c.wall.as_secs_f64()),
@@ -51,8 +51,11 @@ pub fn print(s: &RunSummary) {
     }
     outln!("{t}");
     for c in &s.components {
+        if c.rows_dead_lettered > 0 {
+            outln!("{} {}: {} row(s) could not be taken and went to the dead-letter sink", c.role, c.name, c.rows_dead_lettered);
+        }
         if c.rows_skipped > 0 {
-            outln!("stage {}: {} row(s) reported as failed and skipped (on_error = \"skip\")", c.name, c.rows_skipped);
+            outln!("{} {}: {} row(s) could not be taken and were skipped (on_error = \"skip\")", c.role, c.name, c.rows_skipped);
         }
         if c.process_starts > 1 {
             outln!("stage {}: the stage process was restarted {} time(s)", c.name, c.process_starts - 1);

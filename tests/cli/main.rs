@@ -3,6 +3,7 @@
 //! input. DuckDB and pyarrow come from the Python environment `scripts/test`
 //! prepares (`SLUICE_PYTHON`).
 
+mod dead_letters;
 mod schemas;
 mod stages;
 mod streaming;

@@ -105,6 +105,27 @@ fn row_errors_fail_the_epoch_under_on_error_fail() {
     assert!(commits(&out).is_empty());
 }
 
+#[test]
+fn row_errors_of_a_stage_go_to_the_dead_letter_sink_with_the_row() {
+    stages_built();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, dead) = (tmp.path().join("out"), tmp.path().join("dead"));
+    let skip = summary(&ok(mixed(&tmp.path().join("skip"), "go/validate", "rust/enrich", &[])));
+    let skipped = component(&skip, "valid")["rows_skipped"].as_u64().unwrap();
+    let o = ok(mixed(&out, "go/validate", "rust/enrich", &["stages.valid.on_error=\"dead_letter\"", &set("dead_letter.url", &dead)]));
+    let s = summary(&o);
+    assert_eq!(component(&s, "valid")["rows_dead_lettered"].as_u64(), Some(skipped), "{s}");
+    let r = duckdb_check(&["metadata", "--sink", dead.to_str().unwrap()]);
+    assert_eq!(r["duckdb_rows"].as_u64(), Some(skipped), "{r}");
+    let listed = run(&["dead-letters".into(), dead.to_string_lossy().into(), "--json".into()]);
+    let first: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&listed.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!((first["role"].as_str(), first["component"].as_str(), first["code"].as_str()), (Some("stage"), Some("valid"), Some("REJECTED")));
+    assert!(first["message"].as_str().unwrap().contains("exceeds 45"), "{first}");
+    // the raw input is the row the stage refused, as JSON
+    let row: serde_json::Value = serde_json::from_str(first["raw"].as_str().unwrap()).unwrap();
+    assert!(row["l_quantity"].is_string() || row["l_quantity"].is_number(), "{row}");
+}
+
 fn faulty(out: &Path, config: &str) -> Output {
     run(&[
         "run".into(),

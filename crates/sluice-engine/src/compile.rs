@@ -25,6 +25,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use sluice_contract::{LineageEntry, metadata};
 
+use crate::dead_letter::{self, DeadLetters, OnError};
 use crate::engine::Engine;
 use crate::error::{Result, SluiceError, SpecIssue};
 use crate::metrics::Progress;
@@ -109,6 +110,8 @@ pub struct CompiledPipeline {
     pub progress: Arc<Progress>,
     /// External stages, by name.
     pub externals: BTreeMap<String, Arc<ExternalRuntime>>,
+    /// Rows sources and stages gave up on in the epoch being written.
+    pub dead_letters: Arc<DeadLetters>,
 }
 
 impl std::fmt::Debug for CompiledPipeline {
@@ -186,6 +189,10 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
 
     let target_partitions = ctx.state().config().target_partitions();
     let batch_size = ctx.state().config().batch_size();
+    let dead_letters = DeadLetters::new();
+    if let Some(issue) = check_dead_letter_sink(&spec) {
+        errors.push(SluiceError::spec(issue));
+    }
     let mut sources = BTreeMap::new();
     for (name, cfg) in &spec.sources {
         let sctx = SourceContext {
@@ -195,6 +202,7 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
             session: &ctx,
             target_partitions,
             batch_size,
+            dead_letters: &dead_letters,
         };
         match cfg.open(&sctx).await {
             Ok(source) => {
@@ -222,7 +230,7 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         }
         let planned = match stage {
             StageConfig::Sql(_) => plan_stage(&ctx, &spec, name, stage).await,
-            StageConfig::External(c) => match plan_external(&ctx, &spec, name, c).await {
+            StageConfig::External(c) => match plan_external(&ctx, &spec, name, c, &dead_letters).await {
                 Ok((plan, runtime)) => {
                     externals.insert(name.clone(), runtime);
                     Ok(plan)
@@ -284,10 +292,19 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         );
     }
 
+    if let Some(dl) = &spec.dead_letter {
+        match open_dead_letter_sink(&spec, dl, engine, &ctx) {
+            Ok(s) => {
+                sinks.insert(dead_letter::SINK_NAME.to_string(), s);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+
     if !errors.is_empty() {
         return Err(merge_errors(errors));
     }
-    Ok(CompiledPipeline { spec, graph, ctx, sources, sinks, progress, externals })
+    Ok(CompiledPipeline { spec, graph, ctx, sources, sinks, progress, externals, dead_letters })
 }
 
 /// One error, or all spec issues together, or a list.
@@ -303,6 +320,62 @@ pub fn merge_errors(mut errors: Vec<SluiceError>) -> SluiceError {
         }
     }
     SluiceError::Spec(issues)
+}
+
+/// `on_error = "dead_letter"` anywhere needs the pipeline's `[dead_letter]`
+/// table, and the name `dead_letter` is then taken.
+fn check_dead_letter_sink(spec: &PipelineSpec) -> Option<SpecIssue> {
+    let wants: Vec<String> = spec
+        .sources
+        .iter()
+        .filter(|(_, c)| c.on_error() == OnError::DeadLetter)
+        .map(|(n, _)| format!("sources.{n}.on_error"))
+        .chain(
+            spec.stages
+                .iter()
+                .filter(|(_, c)| matches!(c, StageConfig::External(e) if e.on_error == OnError::DeadLetter))
+                .map(|(n, _)| format!("stages.{n}.on_error")),
+        )
+        .collect();
+    if spec.dead_letter.is_none() {
+        let key = wants.first()?;
+        return Some(
+            spec.issue(key.clone(), "`on_error = \"dead_letter\"` needs a dead-letter sink, and the pipeline has none")
+                .with_help("add a table `[dead_letter]` with `url = \"out/dead_letters\"`"),
+        );
+    }
+    if spec.sinks.contains_key(dead_letter::SINK_NAME) {
+        return Some(spec.issue(
+            format!("sinks.{}", dead_letter::SINK_NAME),
+            "`dead_letter` is the name of the pipeline's dead-letter sink; rename this sink",
+        ));
+    }
+    None
+}
+
+/// The `[dead_letter]` sink: a Parquet sink of [`dead_letter::schema`] rows
+/// under the same commit protocol as every sink.
+fn open_dead_letter_sink(
+    spec: &PipelineSpec,
+    dl: &dead_letter::DeadLetterConfig,
+    engine: &Engine,
+    ctx: &SessionContext,
+) -> Result<CompiledSink> {
+    let cfg = crate::sinks::SinkConfig::Parquet(crate::sinks::ParquetSinkConfig::new(dead_letter::SINK_NAME, &dl.url));
+    let sink = cfg.open(dead_letter::SINK_NAME, spec, engine.stores())?;
+    let empty = datafusion::datasource::empty::EmptyTable::new(dead_letter::schema());
+    let plan = ctx
+        .read_table(Arc::new(empty))
+        .map_err(|e| SluiceError::Internal(format!("dead-letter plan: {e}")))?
+        .into_unoptimized_plan();
+    Ok(CompiledSink {
+        sink,
+        plan,
+        lineage: Vec::new(),
+        schema_name: dead_letter::SINK_NAME.into(),
+        schema_version: "1".into(),
+        sources: spec.sources.keys().cloned().collect(),
+    })
 }
 
 /// A stage that declares `schema = "name@version"` found in the registry
@@ -428,6 +501,7 @@ async fn plan_external(
     spec: &PipelineSpec,
     name: &str,
     c: &crate::stages::ExternalStageConfig,
+    dead_letters: &Arc<DeadLetters>,
 ) -> Result<(LogicalPlan, Arc<ExternalRuntime>)> {
     let [input] = c.inputs.as_slice() else {
         return Err(SluiceError::spec(
@@ -435,7 +509,7 @@ async fn plan_external(
                 .with_help("join or union the inputs in an sql stage first"),
         ));
     };
-    let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir).await.map_err(|e| {
+    let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir, Arc::clone(dead_letters)).await.map_err(|e| {
         let key = if c.url.is_some() { "url" } else { "command" };
         SluiceError::spec(
             spec.issue(format!("stages.{name}.{key}"), format!("stage `{name}`: {e}"))

@@ -1,5 +1,8 @@
 //! `sluice inspect`: what a sluice sink holds, read from its commit log.
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
 use crate::commit_log::{Commit, CommitLog};
 use crate::engine::Engine;
 use crate::error::{Result, RetryHint, SluiceError};
@@ -8,6 +11,28 @@ use crate::storage::Location;
 
 /// Every commit of the sink at `url` (a folder or object-store URL), oldest first.
 pub async fn read_commits(engine: &Engine, url: &str, s3: &S3Settings) -> Result<Vec<Commit>> {
+    Ok(open(engine, url, s3).await?.1)
+}
+
+/// Every row a Parquet sink at `url` committed (the files its commits list,
+/// nothing else), with the schema of its last commit.
+pub async fn read_committed_rows(engine: &Engine, url: &str, s3: &S3Settings) -> Result<Vec<RecordBatch>> {
+    let (loc, commits) = open(engine, url, s3).await?;
+    let files: Vec<String> =
+        commits.iter().flat_map(|c| c.files.iter().map(|f| loc.object_url(&loc.child(&f.path)))).collect();
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = SessionContext::new();
+    engine.stores().register_all(&ctx);
+    let df = ctx
+        .read_parquet(files, ParquetReadOptions::default().skip_metadata(false))
+        .await
+        .map_err(|e| SluiceError::from_datafusion(e, None))?;
+    df.collect().await.map_err(|e| SluiceError::from_datafusion(e, None))
+}
+
+async fn open(engine: &Engine, url: &str, s3: &S3Settings) -> Result<(Location, Vec<Commit>)> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let loc = Location::parse(url, &cwd).map_err(|m| SluiceError::Sink {
         sink: String::new(),
@@ -21,10 +46,11 @@ pub async fn read_commits(engine: &Engine, url: &str, s3: &S3Settings) -> Result
         message: m,
         retry: RetryHint::Never,
     })?;
-    CommitLog::new(store, loc.clone()).read_all().await.map_err(|e| SluiceError::Sink {
+    let commits = CommitLog::new(store, loc.clone()).read_all().await.map_err(|e| SluiceError::Sink {
         sink: String::new(),
         url: loc.url(),
         message: e.to_string(),
         retry: RetryHint::WithBackoff,
-    })
+    })?;
+    Ok((loc, commits))
 }

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod commit_log;
+pub mod dead_letter;
 pub mod compile;
 pub mod engine;
 pub mod error;

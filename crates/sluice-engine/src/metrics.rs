@@ -66,8 +66,10 @@ pub struct ComponentStats {
     pub wall: Duration,
     /// Files committed (sinks only).
     pub files: u64,
-    /// Rows an external stage reported as failed and skipped (`on_error = "skip"`).
+    /// Rows it could not take and dropped (`on_error = "skip"`).
     pub rows_skipped: u64,
+    /// Rows it could not take, sent to the dead-letter sink (`on_error = "dead_letter"`).
+    pub rows_dead_lettered: u64,
     /// Times an external stage's process was started (1 = never restarted).
     pub process_starts: u64,
     /// External stages: median round trip of a batch (sent → answered), µs.

@@ -34,6 +34,7 @@ use sluice_contract::{Provenance, SourceProvenance};
 
 use crate::commit_log::{SourceOffsets, new_run_id};
 use crate::compile::CompiledPipeline;
+use crate::dead_letter;
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::metrics::{ComponentStats, LatencySummary, RunSummary};
 use crate::ops::stage::{StageRole, stage_execs};
@@ -87,6 +88,9 @@ struct Accumulated {
     bytes: u64,
     wall: Duration,
     files: u64,
+    /// Rows given up on: dropped (`on_error = "skip"`) and dead-lettered.
+    skipped: u64,
+    dead: u64,
 }
 
 /// An epoch written but not yet committed.
@@ -364,9 +368,10 @@ impl CompiledPipeline {
         replay_first: Option<u64>,
     ) -> Result<BTreeMap<String, Provenance>> {
         let epoch = state.epoch;
+        self.dead_letters.clear();
         let mut jobs = Vec::new();
         for (name, s) in &self.sinks {
-            if !Self::sink_needs(&state.recoveries, name, epoch, replay_first) {
+            if name == dead_letter::SINK_NAME || !Self::sink_needs(&state.recoveries, name, epoch, replay_first) {
                 continue;
             }
             let plan = self.physical_plan(name).await?;
@@ -421,7 +426,43 @@ impl CompiledPipeline {
             a.bytes += v.bytes;
             a.wall += v.wall;
         }
-        Ok(jobs.into_iter().map(|(n, _, _, p)| (n, p)).collect())
+        let mut provenance: BTreeMap<String, Provenance> = jobs.into_iter().map(|(n, _, _, p)| (n, p)).collect();
+        if let Some(p) = self.write_dead_letters(state, slices, replay_first).await? {
+            provenance.insert(dead_letter::SINK_NAME.to_string(), p);
+        }
+        Ok(provenance)
+    }
+
+    /// After the epoch's sinks are written: counts the rows sources and
+    /// stages gave up on, and writes the dead-lettered ones to the
+    /// `[dead_letter]` sink (committed with the others).
+    async fn write_dead_letters(
+        &self,
+        state: &mut LoopState,
+        slices: &BTreeMap<String, Slice>,
+        replay_first: Option<u64>,
+    ) -> Result<Option<Provenance>> {
+        let epoch = state.epoch;
+        let letters = self.dead_letters.take();
+        for d in &letters {
+            let role = if d.role == "source" { 0 } else { 1 };
+            let a = state.acc.entry((role, d.component.clone())).or_default();
+            if d.skipped { a.skipped += 1 } else { a.dead += 1 }
+        }
+        let Some(s) = self.sinks.get(dead_letter::SINK_NAME) else { return Ok(None) };
+        if !Self::sink_needs(&state.recoveries, dead_letter::SINK_NAME, epoch, replay_first) {
+            return Ok(None);
+        }
+        let kept: Vec<_> = letters.into_iter().filter(|d| !d.skipped).collect();
+        let batch = dead_letter::to_batch(epoch, &kept).map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
+        let plan = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(&[vec![batch]], dead_letter::schema(), None)
+            .map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
+        let provenance = self.provenance_for(&s.sources, slices, &state.lookups);
+        let schema = self.output_schema(s, &provenance)?;
+        let t = Instant::now();
+        s.sink.write(epoch, &state.run_id, plan, self.ctx.task_ctx(), schema).await?;
+        state.acc.entry((2, dead_letter::SINK_NAME.to_string())).or_default().wall += t.elapsed();
+        Ok(Some(provenance))
     }
 
     fn sink_needs(recoveries: &BTreeMap<String, Recovery>, sink: &str, epoch: u64, replay_first: Option<u64>) -> bool {
@@ -575,14 +616,17 @@ impl CompiledPipeline {
         };
         for (name, src) in &self.sources {
             let a = acc.get(&(0, name.clone()));
-            out.push(stats(name, "source", src.source.kind(), 0, a));
+            let mut s = stats(name, "source", src.source.kind(), 0, a);
+            // rows read = rows passed on + rows given up on
+            s.rows_in = s.rows_out + s.rows_skipped + s.rows_dead_lettered;
+            out.push(s);
         }
         for name in &self.graph.stage_order {
             let kind = self.spec.stages.get(name).map_or("sql", |s| s.kind());
             let rows_in = self.graph.inputs.get(name).into_iter().flatten().map(|i| out_of(i)).sum();
             let mut s = stats(name, "stage", kind, rows_in, acc.get(&(1, name.clone())));
             if let Some(rt) = self.externals.get(name) {
-                s.rows_skipped = rt.rows_skipped.load(Ordering::Relaxed);
+                s.rows_skipped += rt.rows_skipped.load(Ordering::Relaxed);
                 s.process_starts = rt.starts.load(Ordering::Relaxed);
                 s.batch_latency_p50_us = rt.latency_quantile_us(0.5).unwrap_or(0) as u64;
                 s.batch_latency_p99_us = rt.latency_quantile_us(0.99).unwrap_or(0) as u64;
@@ -590,7 +634,11 @@ impl CompiledPipeline {
             out.push(s);
         }
         for (name, s) in &self.sinks {
-            let rows_in = out_of(self.spec.sinks[name].input());
+            // the dead-letter sink has no input in the graph: its rows come from everywhere
+            let rows_in = self.spec.sinks.get(name).map_or_else(
+                || acc.values().map(|a| a.dead).sum(),
+                |c| out_of(c.input()),
+            );
             out.push(stats(name, "sink", s.sink.kind(), rows_in, acc.get(&(2, name.clone()))));
         }
         out
@@ -621,6 +669,8 @@ fn stats(name: &str, role: &str, kind: &str, rows_in: u64, a: Option<&Accumulate
         s.bytes = a.bytes;
         s.wall = a.wall;
         s.files = a.files;
+        s.rows_skipped = a.skipped;
+        s.rows_dead_lettered = a.dead;
     }
     s
 }

@@ -41,6 +41,7 @@ use sluice_flight::manifest::check_schema;
 use sluice_flight::{OpenRequest, PROTOCOL, StageError, StageEvent};
 use tokio::sync::Semaphore;
 
+use crate::dead_letter::DeadLetter;
 use crate::error::{RetryHint, SluiceError};
 use crate::stages::external::{ExternalRuntime, OnError};
 
@@ -297,7 +298,13 @@ async fn exchange_body(
     let (feed, fed) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(1);
     // send time of every batch, by sequence number, for round-trip latency
     let sent_at: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>> = Arc::default();
+    // with on_error = "dead_letter", the batches still in flight (and a few
+    // answered ones), by sequence number, to look up the rows of row errors
+    let keep_sent = config.on_error == OnError::DeadLetter;
+    let recent: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, RecordBatch)>>> = Arc::default();
+    let keep_at_most = 2 * config.max_in_flight.max(1) + 2;
     let feeder = {
+        let recent = Arc::clone(&recent);
         let (permits, in_flight, sent, failed) =
             (Arc::clone(&permits), Arc::clone(&in_flight), Arc::clone(&sent), Arc::clone(&input_failed));
         let sent_at = Arc::clone(&sent_at);
@@ -324,6 +331,13 @@ async fn exchange_body(
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     let seq = sent.fetch_add(1, Ordering::Relaxed);
                     sent_at.lock().unwrap_or_else(|p| p.into_inner()).push_back((seq, std::time::Instant::now()));
+                    if keep_sent {
+                        let mut r = recent.lock().unwrap_or_else(|p| p.into_inner());
+                        r.push_back((seq, piece.clone()));
+                        while r.len() > keep_at_most {
+                            r.pop_front();
+                        }
+                    }
                     if feed.send(Ok(piece)).await.is_err() {
                         return;
                     }
@@ -387,6 +401,29 @@ async fn exchange_body(
                     OnError::Skip => {
                         runtime.rows_skipped.fetch_add(errors.len() as u64, Ordering::Relaxed);
                     }
+                    OnError::DeadLetter => {
+                        let batch = envelope.in_seq.and_then(|seq| {
+                            let r = recent.lock().unwrap_or_else(|p| p.into_inner());
+                            r.iter().find(|(s, _)| *s == seq).map(|(_, b)| b.clone())
+                        });
+                        for e in &errors {
+                            let raw = batch.as_ref().map_or_else(
+                                || format!("{{\"unavailable\": \"row {} of input batch {:?}\"}}", e.row, envelope.in_seq),
+                                |b| row_as_json(b, e.row as usize),
+                            );
+                            runtime.dead_letters.push(DeadLetter {
+                                component: runtime.name.clone(),
+                                role: "stage",
+                                code: e.code.parse().unwrap_or(ErrorCode::Rejected),
+                                message: e.message.clone(),
+                                file: None,
+                                line: None,
+                                offset: None,
+                                raw,
+                                skipped: false,
+                            });
+                        }
+                    }
                 }
             }
             StageEvent::Flushed(envelope) => {
@@ -401,6 +438,19 @@ async fn exchange_body(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Row `row` of `batch` as one JSON object (the raw input of a dead letter).
+fn row_as_json(batch: &RecordBatch, row: usize) -> String {
+    if row >= batch.num_rows() {
+        return format!("{{\"unavailable\": \"row {row} is outside the batch of {} rows\"}}", batch.num_rows());
+    }
+    let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+    let text = w.write(&batch.slice(row, 1)).and_then(|()| w.finish()).map(|()| w.into_inner());
+    match text {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim_end().to_string(),
+        Err(e) => format!("{{\"unavailable\": \"{e}\"}}"),
     }
 }
 

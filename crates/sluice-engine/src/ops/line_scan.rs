@@ -41,7 +41,9 @@ use serde::Deserialize;
 use tokio::sync::mpsc::Sender;
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::dead_letter::{DeadLetter, DeadLetters, OnError};
 use crate::error::{RetryHint, SluiceError};
+use sluice_contract::ErrorCode;
 
 /// Compression of an input file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -182,6 +184,10 @@ pub struct LineFilesTable {
     pub target_partitions: usize,
     /// Rows per batch.
     pub batch_size: usize,
+    /// What to do with a line that cannot be read.
+    pub on_error: OnError,
+    /// Where `OnError::DeadLetter` lines go.
+    pub dead_letters: Option<Arc<DeadLetters>>,
 }
 
 impl LineFilesTable {
@@ -246,6 +252,8 @@ impl TableProvider for LineFilesTable {
                 file_schema: Arc::clone(&self.schema),
                 projection: projection.cloned(),
                 batch_size: self.batch_size,
+                on_error: self.on_error,
+                dead_letters: self.dead_letters.clone(),
             },
             self.groups(),
             limit,
@@ -263,6 +271,8 @@ struct ScanShared {
     file_schema: SchemaRef,
     projection: Option<Vec<usize>>,
     batch_size: usize,
+    on_error: OnError,
+    dead_letters: Option<Arc<DeadLetters>>,
 }
 
 /// Reads CSV / JSON-lines files; see the module docs.
@@ -410,12 +420,13 @@ impl UnitReader<'_> {
         self.unit.range.as_ref().is_none_or(|r| r.start == 0)
     }
 
-    fn decoder(&self, schema: SchemaRef) -> Result<Decoder, SluiceError> {
+    fn decoder(&self, header: bool) -> Result<Decoder, SluiceError> {
+        let schema = Arc::clone(&self.shared.file_schema);
         let bs = self.shared.batch_size;
         Ok(match &self.shared.format {
             LineFormat::Csv(o) => {
                 let mut b = datafusion::arrow::csv::ReaderBuilder::new(schema)
-                    .with_header(o.has_header && self.starts_at_file_start())
+                    .with_header(header)
                     .with_delimiter(o.delimiter)
                     .with_quote(o.quote)
                     .with_batch_size(bs);
@@ -471,12 +482,15 @@ impl UnitReader<'_> {
     /// Reads the unit; returns false when the receiver is gone.
     async fn read(&self, tx: &Sender<Result<RecordBatch>>, remaining: &mut usize) -> Result<bool, SluiceError> {
         let mut stream = self.open().await?;
-        let mut decoder = self.decoder(Arc::clone(&self.shared.file_schema))?;
+        let has_header = matches!(&self.shared.format, LineFormat::Csv(o) if o.has_header) && self.starts_at_file_start();
+        let mut decoder = self.decoder(has_header)?;
+        let tolerant = self.shared.on_error != OnError::Fail;
         let mut window = RangeWindow::new(self.unit.range.clone());
         let mut pending = Bytes::new();
         let mut eof = false;
         // JSON decoding errors carry no line: keep the batch's bytes to find it
-        let keep_bytes = matches!(self.shared.format, LineFormat::Jsonl);
+        // (and every batch's bytes when bad lines are skipped or dead-lettered)
+        let keep_bytes = matches!(self.shared.format, LineFormat::Jsonl) || tolerant;
         let mut batch_bytes: Vec<Bytes> = Vec::new();
         let mut lines_done: u64 = 0;
         let mut rows_done: u64 = 0;
@@ -496,6 +510,16 @@ impl UnitReader<'_> {
             if !pending.is_empty() {
                 let n = match decoder.decode(&pending) {
                     Ok(n) => n,
+                    Err(_) if tolerant => {
+                        let mut lines = Lines { done: &mut lines_done, header: has_header };
+                        if !self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await? {
+                            return Ok(false);
+                        }
+                        if *remaining == 0 {
+                            return Ok(true);
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(self.decode_error(e, rows_done, lines_done, &batch_bytes, &pending)),
                 };
                 if keep_bytes {
@@ -507,14 +531,31 @@ impl UnitReader<'_> {
                     return Err(SluiceError::Internal(format!("{} decoder made no progress on {}", self.shared.format.name(), self.uri())));
                 }
             } else if eof {
-                if let Err(e) = decoder.decode(&[]) {
-                    return Err(self.decode_error(e, rows_done, lines_done, &batch_bytes, &pending));
+                let cut = matches!(&decoder, Decoder::Json(d) if d.has_partial_record());
+                match decoder.decode(&[]) {
+                    Ok(_) if !(tolerant && cut) => {}
+                    Err(e) if !tolerant => return Err(self.decode_error(e, rows_done, lines_done, &batch_bytes, &pending)),
+                    _ => {
+                        let mut lines = Lines { done: &mut lines_done, header: has_header };
+                        let sent = self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await?;
+                        return Ok(sent);
+                    }
                 }
                 must_flush = true;
             }
             if must_flush {
                 let batch = match decoder.flush() {
                     Ok(b) => b,
+                    Err(_) if tolerant => {
+                        let mut lines = Lines { done: &mut lines_done, header: has_header };
+                        if !self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await? {
+                            return Ok(false);
+                        }
+                        if *remaining == 0 || (eof && pending.is_empty()) {
+                            return Ok(true);
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(self.decode_error(e, rows_done, lines_done, &batch_bytes, &pending)),
                 };
                 if keep_bytes {
@@ -544,6 +585,115 @@ impl UnitReader<'_> {
                 }
             }
         }
+    }
+
+    /// After a decoding error with `on_error` skip or dead_letter: decodes the
+    /// failed batch's complete lines one at a time, sends the good rows, hands
+    /// the bad ones over (with their raw text and line), and starts a fresh
+    /// decoder on what follows. Nothing of the batch was sent before, so no
+    /// row is lost or repeated. Returns false when the receiver is gone.
+    #[allow(clippy::too_many_arguments)]
+    async fn salvage(
+        &self,
+        decoder: &mut Decoder,
+        batch_bytes: &mut Vec<Bytes>,
+        pending: &mut Bytes,
+        eof: bool,
+        lines: &mut Lines<'_>,
+        tx: &Sender<Result<RecordBatch>>,
+        remaining: &mut usize,
+    ) -> Result<bool, SluiceError> {
+        let mut all = Vec::with_capacity(batch_bytes.iter().map(Bytes::len).sum::<usize>() + pending.len());
+        for b in batch_bytes.drain(..) {
+            all.extend_from_slice(&b);
+        }
+        all.extend_from_slice(pending);
+        // complete lines only: a line cut at the chunk's end waits for the rest
+        let cut = if eof { all.len() } else { memchr::memrchr(b'\n', &all).map_or(0, |i| i + 1) };
+        let rest = Bytes::copy_from_slice(&all[cut..]);
+        let complete = &all[..cut];
+        let whole = self.starts_at_file_start();
+        let mut header = lines.header && *lines.done == 0;
+        let mut good = Vec::new();
+        let mut pieces = complete.split(|b| *b == b'\n').peekable();
+        let mut index = 0u64;
+        while let Some(line) = pieces.next() {
+            if pieces.peek().is_none() && line.is_empty() {
+                break; // after the last newline
+            }
+            index += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if std::mem::take(&mut header) {
+                continue;
+            }
+            match self.decode_line(line) {
+                Ok(Some(batch)) => good.push(batch),
+                Ok(None) => {}
+                Err(message) => {
+                    let line_no = *lines.done + index;
+                    self.give_up(line, line_no, whole, message);
+                }
+            }
+        }
+        *lines.done += memchr::memchr_iter(b'\n', complete).count() as u64;
+        *pending = rest;
+        *decoder = self.decoder(false)?;
+        let schema = good.first().map(|b| b.schema());
+        if let Some(schema) = schema {
+            let mut batch = datafusion::arrow::compute::concat_batches(&schema, &good)
+                .map_err(|e| SluiceError::Internal(format!("joining salvaged rows: {e}")))?;
+            if batch.num_rows() > *remaining {
+                batch = batch.slice(0, *remaining);
+            }
+            *remaining -= batch.num_rows();
+            if batch.num_rows() > 0 && tx.send(Ok(batch)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Decodes one line on its own.
+    fn decode_line(&self, line: &[u8]) -> Result<Option<RecordBatch>, String> {
+        let mut d = self.decoder(false).map_err(|e| e.to_string())?;
+        let mut text = Vec::with_capacity(line.len() + 1);
+        text.extend_from_slice(line);
+        text.push(b'\n');
+        let n = d.decode(&text).map_err(|e| strip_arrow_prefix(&e))?;
+        if n < text.len() {
+            d.decode(&text[n..]).map_err(|e| strip_arrow_prefix(&e))?;
+        }
+        if let Decoder::Json(j) = &d {
+            if j.has_partial_record() {
+                return Err("the line is not a complete JSON value".into());
+            }
+        }
+        d.flush().map_err(|e| strip_arrow_prefix(&e))
+    }
+
+    /// Counts a bad line as skipped, or hands it to the dead letters.
+    fn give_up(&self, line: &[u8], line_no: u64, whole: bool, message: String) {
+        let Some(dead) = &self.shared.dead_letters else { return };
+        let code = if message.contains("number of fields") || message.contains("UTF-8") || message.contains("JSON value") {
+            ErrorCode::Malformed
+        } else if message.contains("pars") || message.contains("cast") {
+            ErrorCode::TypeMismatch
+        } else {
+            ErrorCode::Malformed
+        };
+        dead.push(DeadLetter {
+            component: self.shared.source_name.clone(),
+            role: "source",
+            code,
+            message,
+            file: Some(self.uri()),
+            line: whole.then_some(line_no),
+            offset: (!whole).then(|| self.unit.range.as_ref().map_or(0, |r| r.start)),
+            raw: String::from_utf8_lossy(line).into_owned(),
+            skipped: self.shared.on_error == OnError::Skip,
+        });
     }
 
     /// Turns a decoder error into one that names the file and the line.
@@ -579,6 +729,27 @@ impl UnitReader<'_> {
             }
         }
     }
+}
+
+/// Lines consumed so far in a unit, and whether its first one is a header.
+struct Lines<'a> {
+    done: &'a mut u64,
+    header: bool,
+}
+
+/// The decoder's message for a line decoded on its own, without its prefix
+/// and without the decoder's line count (always 0 or 1 here; the dead letter
+/// carries the line in the file).
+fn strip_arrow_prefix(e: &ArrowError) -> String {
+    let m = e.to_string();
+    let mut m = m.strip_prefix("Csv error: ").or_else(|| m.strip_prefix("Json error: ")).unwrap_or(&m).to_string();
+    for marker in [" for line ", " at line "] {
+        if let Some(i) = m.find(marker) {
+            let digits = m[i + marker.len()..].chars().take_while(char::is_ascii_digit).count();
+            m.replace_range(i..i + marker.len() + digits, "");
+        }
+    }
+    m
 }
 
 /// Finds the first line of `batch` + `pending` that fails to decode on its

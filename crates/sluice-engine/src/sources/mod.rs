@@ -137,6 +137,8 @@ pub struct SourceContext<'a> {
     pub target_partitions: usize,
     /// Rows per batch.
     pub batch_size: usize,
+    /// Where rows a source gives up on go (`on_error = "dead_letter"`).
+    pub dead_letters: &'a Arc<crate::dead_letter::DeadLetters>,
 }
 
 /// Opens a custom source; implement this to add a source from Rust code.
@@ -203,6 +205,31 @@ impl SourceConfig {
             SourceConfig::Tpch(c) => c.lookup,
             SourceConfig::Generator(_) | SourceConfig::Dir(_) | SourceConfig::Stdin(_) => false,
             SourceConfig::Custom(_) => false,
+        }
+    }
+
+    /// The `kind` of the source, as written in a spec.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Csv(_) => "csv",
+            SourceConfig::Jsonl(_) => "jsonl",
+            SourceConfig::Parquet(_) => "parquet",
+            SourceConfig::ArrowIpc(_) => "arrow_ipc",
+            SourceConfig::Tpch(_) => "tpch",
+            SourceConfig::Generator(_) => "generator",
+            SourceConfig::Dir(_) => "dir",
+            SourceConfig::Stdin(_) => "stdin",
+            SourceConfig::Custom(_) => "custom",
+        }
+    }
+
+    /// What the source does with a row it cannot read.
+    pub fn on_error(&self) -> crate::dead_letter::OnError {
+        match self {
+            SourceConfig::Csv(c) => c.on_error,
+            SourceConfig::Jsonl(c) => c.on_error,
+            SourceConfig::Dir(c) => c.on_error,
+            _ => crate::dead_letter::OnError::Fail,
         }
     }
 

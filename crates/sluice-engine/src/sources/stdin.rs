@@ -137,6 +137,8 @@ impl StdinSource {
             compression: Compression::None,
             target_partitions: self.target_partitions,
             batch_size: self.batch_size,
+            on_error: crate::dead_letter::OnError::Fail,
+            dead_letters: None,
         };
         Ok(Slice {
             table: Arc::new(table),

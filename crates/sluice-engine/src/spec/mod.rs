@@ -144,6 +144,8 @@ pub struct PipelineSpec {
     pub stages: BTreeMap<String, StageConfig>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// Where rows that sources or stages give up on go (`on_error = "dead_letter"`).
+    pub dead_letter: Option<crate::dead_letter::DeadLetterConfig>,
     /// Line of each component's table in the file, for error messages.
     pub lines: BTreeMap<String, usize>,
 }
@@ -160,6 +162,8 @@ struct RawSpec {
     stages: BTreeMap<String, toml::Spanned<toml::Table>>,
     #[serde(default)]
     sinks: BTreeMap<String, toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    dead_letter: Option<crate::dead_letter::DeadLetterConfig>,
 }
 
 impl PipelineSpec {
@@ -174,6 +178,7 @@ impl PipelineSpec {
             sources: BTreeMap::new(),
             stages: BTreeMap::new(),
             sinks: BTreeMap::new(),
+            dead_letter: None,
             lines: BTreeMap::new(),
         }
     }
@@ -297,6 +302,7 @@ impl PipelineSpec {
             sources,
             stages,
             sinks,
+            dead_letter: raw.dead_letter,
             lines,
         })
     }

@@ -19,15 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::spec::HumanDuration;
 
-/// What to do with rows a stage reports as failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// The epoch fails with the first row error.
-    Fail,
-    /// The rows are dropped and counted.
-    Skip,
-}
+pub use crate::dead_letter::OnError;
 
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
@@ -114,6 +106,8 @@ pub struct ExternalRuntime {
     epoch: AtomicU64,
     /// Rows the stage reported as failed and `on_error = "skip"` dropped.
     pub rows_skipped: AtomicU64,
+    /// Where rows the stage reports as failed go with `on_error = "dead_letter"`.
+    pub dead_letters: Arc<crate::dead_letter::DeadLetters>,
     /// Times the child process was (re)started.
     pub starts: AtomicU64,
     /// Round-trip time of each answered batch, in microseconds (sent → answered).
@@ -124,7 +118,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl ExternalRuntime {
     /// Starts (or dials) the stage and reads its manifest.
-    pub async fn start(name: &str, config: ExternalStageConfig, base_dir: &std::path::Path) -> Result<Arc<Self>, StageError> {
+    pub async fn start(
+        name: &str,
+        config: ExternalStageConfig,
+        base_dir: &std::path::Path,
+        dead_letters: Arc<crate::dead_letter::DeadLetters>,
+    ) -> Result<Arc<Self>, StageError> {
         let launch = match (&config.command, &config.url) {
             (Some(cmd), None) if !cmd.is_empty() => {
                 let program = PathBuf::from(&cmd[0]);
@@ -148,6 +147,7 @@ impl ExternalRuntime {
             state: Mutex::new(State::default()),
             epoch: AtomicU64::new(0),
             rows_skipped: AtomicU64::new(0),
+            dead_letters,
             starts: AtomicU64::new(0),
             latencies_us: std::sync::Mutex::new(Vec::new()),
         };

@@ -9,19 +9,7 @@ use sluice_engine::{Engine, Result, SluiceError};
 
 /// All rows a sink at `url` committed, read through its commit log.
 pub async fn committed_rows(engine: &Engine, url: &str) -> Result<Vec<RecordBatch>> {
-    let commits = read_commits(engine, url, &Default::default()).await?;
-    let base = url.trim_end_matches('/');
-    let files: Vec<String> = commits.iter().flat_map(|c| c.files.iter().map(|f| format!("{base}/{}", f.path))).collect();
-    if files.is_empty() {
-        return Ok(vec![]);
-    }
-    let ctx = SessionContext::new();
-    engine.stores().register_all(&ctx);
-    let df = ctx
-        .read_parquet(files, ParquetReadOptions::default().skip_metadata(false))
-        .await
-        .map_err(|e| SluiceError::from_datafusion(e, None))?;
-    df.collect().await.map_err(|e| SluiceError::from_datafusion(e, None))
+    sluice_engine::inspect::read_committed_rows(engine, url, &Default::default()).await
 }
 
 /// Runs `sql` over `batches` registered as table `t`.

@@ -61,6 +61,11 @@ pub struct CsvSourceConfig {
     /// Read the whole input in every epoch (a lookup table joined to a stream).
     #[serde(default)]
     pub lookup: bool,
+    /// A row that cannot be read: `fail` (default; nothing of the epoch is
+    /// committed), `skip` (dropped, counted) or `dead_letter` (to the
+    /// pipeline's `[dead_letter]` sink with its raw line, file and line number).
+    #[serde(default)]
+    pub on_error: crate::dead_letter::OnError,
 }
 
 impl CsvSourceConfig {
@@ -78,6 +83,7 @@ impl CsvSourceConfig {
             compression: Compression::Auto,
             infer_rows: default_infer_rows(),
             lookup: false,
+            on_error: Default::default(),
         }
     }
 
@@ -122,6 +128,11 @@ pub struct JsonlSourceConfig {
     /// Read the whole input in every epoch.
     #[serde(default)]
     pub lookup: bool,
+    /// A row that cannot be read: `fail` (default; nothing of the epoch is
+    /// committed), `skip` (dropped, counted) or `dead_letter` (to the
+    /// pipeline's `[dead_letter]` sink with its raw line, file and line number).
+    #[serde(default)]
+    pub on_error: crate::dead_letter::OnError,
 }
 
 impl JsonlSourceConfig {
@@ -134,6 +145,7 @@ impl JsonlSourceConfig {
             compression: Compression::Auto,
             infer_rows: default_infer_rows(),
             lookup: false,
+            on_error: Default::default(),
         }
     }
 }
@@ -208,4 +220,9 @@ pub struct DirSourceConfig {
     /// How often the folder is listed while waiting for files (default 500ms).
     #[serde(default = "default_poll")]
     pub poll_interval: crate::spec::HumanDuration,
+    /// A row that cannot be read: `fail` (default; nothing of the epoch is
+    /// committed), `skip` (dropped, counted) or `dead_letter` (to the
+    /// pipeline's `[dead_letter]` sink with its raw line, file and line number).
+    #[serde(default)]
+    pub on_error: crate::dead_letter::OnError,
 }

@@ -37,6 +37,7 @@ pub use config::{ArrowIpcSourceConfig, CsvSourceConfig, DirFormat, DirSourceConf
 
 use super::{Slice, SliceLimits, Source, SourceContext};
 use crate::commit_log::CommitLog;
+use crate::dead_letter::{DeadLetters, OnError};
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::ops::line_scan::{Compression, FilePart, LineFilesTable, LineFormat};
 use crate::spec::values::schema_from_columns;
@@ -68,14 +69,18 @@ pub async fn open_csv(cfg: &CsvSourceConfig, ctx: &SourceContext<'_>) -> Result<
     })?;
     let format = Format::Lines(LineFormat::Csv(options), cfg.compression);
     let declared = Declared::resolve(ctx, cfg.columns.as_deref(), cfg.schema.as_deref())?;
-    FileSource::open(ctx, &cfg.path, format, declared, cfg.infer_rows).await
+    let mut source = FileSource::open_with(ctx, &cfg.path, format, declared, cfg.infer_rows, None).await?;
+    source.on_error = cfg.on_error;
+    Ok(Box::new(source))
 }
 
 /// Opens a `jsonl` source.
 pub async fn open_jsonl(cfg: &JsonlSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
     let format = Format::Lines(LineFormat::Jsonl, cfg.compression);
     let declared = Declared::resolve(ctx, cfg.columns.as_deref(), cfg.schema.as_deref())?;
-    FileSource::open(ctx, &cfg.path, format, declared, cfg.infer_rows).await
+    let mut source = FileSource::open_with(ctx, &cfg.path, format, declared, cfg.infer_rows, None).await?;
+    source.on_error = cfg.on_error;
+    Ok(Box::new(source))
 }
 
 /// Opens a `dir` source: a file source that keeps listing.
@@ -96,6 +101,7 @@ pub async fn open_dir(cfg: &DirSourceConfig, ctx: &SourceContext<'_>) -> Result<
     let declared = Declared::resolve(ctx, cfg.columns.as_deref(), None)?;
     let mut source = FileSource::open_with(ctx, &cfg.path, format, declared, 1000, Some(cfg.poll_interval.0)).await?;
     source.follow = Some(cfg.poll_interval.0);
+    source.on_error = cfg.on_error;
     Ok(Box::new(source))
 }
 
@@ -155,6 +161,9 @@ struct FileSource {
     read_as: Option<String>,
     /// The schema versions the files say they were written at.
     written_as: Vec<String>,
+    /// What to do with a row that cannot be read (csv, jsonl).
+    on_error: OnError,
+    dead_letters: Arc<DeadLetters>,
     target_partitions: usize,
     batch_size: usize,
 }
@@ -306,6 +315,8 @@ impl FileSource {
                 _ => None,
             },
             written_as,
+            on_error: OnError::Fail,
+            dead_letters: Arc::clone(ctx.dead_letters),
             target_partitions: ctx.target_partitions,
             batch_size: ctx.batch_size,
         })
@@ -341,6 +352,8 @@ impl FileSource {
                 compression: *compression,
                 target_partitions: self.target_partitions,
                 batch_size: self.batch_size,
+                on_error: self.on_error,
+                dead_letters: Some(Arc::clone(&self.dead_letters)),
             })),
             Format::Parquet | Format::ArrowIpc => {
                 let urls = files
