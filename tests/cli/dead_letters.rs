@@ -34,13 +34,13 @@ fn bad_rows_go_to_the_dead_letter_sink_and_the_rest_flows_on() {
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let c = |n: &str| s["components"].as_array().unwrap().iter().find(|c| c["name"] == n).unwrap().clone();
     // rows read = rows passed on + rows dead-lettered
-    assert_eq!((c("orders")["rows_in"].as_u64(), c("orders")["rows_out"].as_u64(), c("orders")["rows_dead_lettered"].as_u64()), (Some(7), Some(3), Some(4)));
-    assert_eq!((c("events")["rows_in"].as_u64(), c("events")["rows_out"].as_u64(), c("events")["rows_dead_lettered"].as_u64()), (Some(6), Some(3), Some(3)));
+    assert_eq!((c("orders")["rows_in"].as_u64(), c("orders")["rows_out"].as_u64(), c("orders")["rows_dead_lettered"].as_u64()), (Some(8), Some(3), Some(5)));
+    assert_eq!((c("events")["rows_in"].as_u64(), c("events")["rows_out"].as_u64(), c("events")["rows_dead_lettered"].as_u64()), (Some(7), Some(3), Some(4)));
     assert_eq!(committed_ids(&d.join("out/orders")), [3, 1 + 2 + 7]);
     assert_eq!(committed_ids(&d.join("out/events")), [3, 1 + 2 + 6]);
 
     let letters = json_lines(&ok(in_dir(d, &["dead-letters", "out/dead", "--json"])));
-    assert_eq!(letters.len(), 7);
+    assert_eq!(letters.len(), 9);
     let find = |comp: &str, line: &str| letters.iter().find(|l| l["component"] == comp && l["line"] == line).unwrap_or_else(|| panic!("{comp}:{line} in {letters:?}"));
     let (missing, bad_value, utf8, extra) = (find("orders", "4"), find("orders", "5"), find("orders", "6"), find("orders", "7"));
     assert_eq!((missing["code"].as_str(), missing["raw"].as_str()), (Some("MALFORMED"), Some("3,gamma")));
@@ -51,6 +51,9 @@ fn bad_rows_go_to_the_dead_letter_sink_and_the_rest_flows_on() {
     assert_eq!(extra["raw"], "6,zeta,60,extra");
     assert!(missing["file"].as_str().unwrap().ends_with("orders.csv"));
     assert_eq!(find("events", "3")["code"], "TYPE_MISMATCH");
+    // a null where the columns say not null breaks the contract
+    assert_eq!(find("orders", "10")["code"], "CONSTRAINT_VIOLATION");
+    assert_eq!(find("events", "7")["code"], "CONSTRAINT_VIOLATION");
     assert_eq!(find("events", "5")["message"], "the line is not a complete JSON value");
     assert!(letters.iter().all(|l| l["epoch"] == "0" && l["role"] == "source"));
     // the dead-letter sink commits like any sink
@@ -63,7 +66,7 @@ fn exported_lines_fixed_and_replayed_land_exactly_once() {
     let d = tmp.path();
     ok(in_dir(d, &["run", "-q", "pipeline.toml"]));
     let o = ok(in_dir(d, &["dead-letters", "out/dead", "--source", "orders", "--export", "fixed.csv"]));
-    assert!(text(&o).contains("wrote 4 raw line(s) of `orders`"), "{}", text(&o));
+    assert!(text(&o).contains("wrote 5 raw line(s) of `orders`"), "{}", text(&o));
     let exported = std::fs::read_to_string(d.join("fixed.csv")).unwrap();
     assert!(exported.starts_with("3,gamma\n4,delta,forty\n"), "{exported}");
     std::fs::write(d.join("fixed.csv"), "3,gamma,30\n4,delta,40\n5,epsilon,50\n6,zeta,60\n").unwrap();
@@ -81,7 +84,7 @@ fn skip_counts_bad_rows_and_dead_letter_needs_a_sink() {
     let o = ok(in_dir(d, &["run", "--json", "pipeline.toml", "--set", "sources.orders.on_error=\"skip\"", "--set", "sources.events.on_error=\"skip\""]));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let orders = s["components"].as_array().unwrap().iter().find(|c| c["name"] == "orders").unwrap();
-    assert_eq!((orders["rows_skipped"].as_u64(), orders["rows_dead_lettered"].as_u64()), (Some(4), Some(0)));
+    assert_eq!((orders["rows_skipped"].as_u64(), orders["rows_dead_lettered"].as_u64()), (Some(5), Some(0)));
     assert!(json_lines(&ok(in_dir(d, &["dead-letters", "out/dead", "--json"]))).is_empty());
 
     let bare = std::fs::read_to_string(d.join("pipeline.toml")).unwrap().replace("[dead_letter]\nurl = \"out/dead\"\n", "");

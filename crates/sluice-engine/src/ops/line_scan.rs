@@ -676,7 +676,9 @@ impl UnitReader<'_> {
     /// Counts a bad line as skipped, or hands it to the dead letters.
     fn give_up(&self, line: &[u8], line_no: u64, whole: bool, message: String) {
         let Some(dead) = &self.shared.dead_letters else { return };
-        let code = if message.contains("number of fields") || message.contains("UTF-8") || message.contains("JSON value") {
+        let code = if message.contains("non-nullable") || message.contains("null value") {
+            ErrorCode::ConstraintViolation
+        } else if message.contains("number of fields") || message.contains("UTF-8") || message.contains("JSON value") {
             ErrorCode::Malformed
         } else if message.contains("pars") || message.contains("cast") {
             ErrorCode::TypeMismatch
