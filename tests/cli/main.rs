@@ -4,6 +4,7 @@
 //! prepares (`SLUICE_PYTHON`).
 
 mod dead_letters;
+mod lineage;
 mod schemas;
 mod stages;
 mod streaming;

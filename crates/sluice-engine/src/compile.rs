@@ -112,6 +112,8 @@ pub struct CompiledPipeline {
     pub externals: BTreeMap<String, Arc<ExternalRuntime>>,
     /// Rows sources and stages gave up on in the epoch being written.
     pub dead_letters: Arc<DeadLetters>,
+    /// The OpenLineage events of the current run, when `[lineage]` is set.
+    pub lineage: Option<Arc<crate::openlineage::Emitter>>,
 }
 
 impl std::fmt::Debug for CompiledPipeline {
@@ -304,7 +306,7 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
     if !errors.is_empty() {
         return Err(merge_errors(errors));
     }
-    Ok(CompiledPipeline { spec, graph, ctx, sources, sinks, progress, externals, dead_letters })
+    Ok(CompiledPipeline { spec, graph, ctx, sources, sinks, progress, externals, dead_letters, lineage: None })
 }
 
 /// One error, or all spec issues together, or a list.

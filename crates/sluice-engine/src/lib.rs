@@ -31,6 +31,7 @@ pub mod error;
 pub mod explain;
 pub mod inspect;
 pub mod metrics;
+pub mod openlineage;
 pub mod ops;
 pub mod runner;
 pub mod sinks;

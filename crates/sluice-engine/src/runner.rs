@@ -35,6 +35,7 @@ use sluice_contract::{Provenance, SourceProvenance};
 use crate::commit_log::{SourceOffsets, new_run_id};
 use crate::compile::CompiledPipeline;
 use crate::dead_letter;
+use crate::openlineage;
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::metrics::{ComponentStats, LatencySummary, RunSummary};
 use crate::ops::stage::{StageRole, stage_execs};
@@ -107,6 +108,62 @@ impl CompiledPipeline {
     /// requested ([`crate::metrics::Progress::request_stop`]); commits
     /// everything written before returning.
     pub async fn run(&mut self, options: RunOptions) -> Result<RunSummary> {
+        self.lineage = self.lineage_emitter().map(Arc::new);
+        if let Some(l) = &self.lineage {
+            l.emit("START", None).await;
+        }
+        let result = self.run_epochs(options).await;
+        if let Some(l) = self.lineage.take() {
+            match &result {
+                Ok(_) => l.emit("COMPLETE", None).await,
+                Err(e) => l.emit("FAIL", Some(&e.to_string())).await,
+            }
+        }
+        result
+    }
+
+    /// The OpenLineage emitter of a run: sources as inputs, sinks as outputs
+    /// with the column lineage of their plans.
+    fn lineage_emitter(&self) -> Option<openlineage::Emitter> {
+        let config = self.spec.lineage.as_ref()?;
+        let dataset_of = |name: &str| -> openlineage::Dataset {
+            let p = self.sources.get(name).map(|s| s.source.provenance());
+            let uris = p.map(|p| p.uris).unwrap_or_default();
+            match uris.as_slice() {
+                [one] if one.contains(":///") || one.starts_with("s3://") => openlineage::Dataset::from_url(one),
+                [first, ..] if first.contains(":///") || first.starts_with("s3://") => {
+                    // many files: the folder holding them
+                    openlineage::Dataset::from_url(first.rsplit_once('/').map_or(first.as_str(), |(d, _)| d))
+                }
+                _ => openlineage::Dataset { namespace: format!("sluice://{}", self.spec.pipeline.name), name: name.into() },
+            }
+        };
+        let inputs = self
+            .sources
+            .iter()
+            .map(|(n, s)| openlineage::Input { dataset: dataset_of(n), schema: s.source.schema().as_ref().clone() })
+            .collect();
+        let source_names: std::collections::BTreeSet<String> = self.sources.keys().cloned().collect();
+        let outputs = self
+            .sinks
+            .values()
+            .map(|s| {
+                let columns = openlineage::column_lineage(&s.plan, &source_names)
+                    .into_iter()
+                    .map(|(col, from)| (col, from.into_iter().map(|(t, c)| (dataset_of(&t), c)).collect()))
+                    .collect();
+                openlineage::Output {
+                    dataset: openlineage::Dataset::from_url(&s.sink.url()),
+                    schema: s.plan.schema().as_arrow().clone(),
+                    columns,
+                }
+            })
+            .collect();
+        let file = config.file.as_deref().map(|f| self.spec.resolve_path(f));
+        Some(openlineage::Emitter::new(config, file, &self.spec.pipeline.name, inputs, outputs))
+    }
+
+    async fn run_epochs(&mut self, options: RunOptions) -> Result<RunSummary> {
         let started = Instant::now();
         let run_id = new_run_id();
         let failpoint = Failpoint::from_env();
@@ -542,6 +599,9 @@ impl CompiledPipeline {
         state.last_commit = now;
         self.progress.epochs_committed.store(epoch + 1, Ordering::Relaxed);
         tracing::info!(first_epoch = first, epoch, "committed");
+        if let Some(l) = &self.lineage {
+            l.emit("RUNNING", None).await;
+        }
         Ok(())
     }
 

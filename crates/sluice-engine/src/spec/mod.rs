@@ -146,6 +146,8 @@ pub struct PipelineSpec {
     pub sinks: BTreeMap<String, SinkConfig>,
     /// Where rows that sources or stages give up on go (`on_error = "dead_letter"`).
     pub dead_letter: Option<crate::dead_letter::DeadLetterConfig>,
+    /// Where OpenLineage run events go.
+    pub lineage: Option<crate::openlineage::LineageConfig>,
     /// Line of each component's table in the file, for error messages.
     pub lines: BTreeMap<String, usize>,
 }
@@ -164,6 +166,8 @@ struct RawSpec {
     sinks: BTreeMap<String, toml::Spanned<toml::Table>>,
     #[serde(default)]
     dead_letter: Option<crate::dead_letter::DeadLetterConfig>,
+    #[serde(default)]
+    lineage: Option<crate::openlineage::LineageConfig>,
 }
 
 impl PipelineSpec {
@@ -179,6 +183,7 @@ impl PipelineSpec {
             stages: BTreeMap::new(),
             sinks: BTreeMap::new(),
             dead_letter: None,
+            lineage: None,
             lines: BTreeMap::new(),
         }
     }
@@ -303,6 +308,7 @@ impl PipelineSpec {
             stages,
             sinks,
             dead_letter: raw.dead_letter,
+            lineage: raw.lineage,
             lines,
         })
     }
