@@ -485,6 +485,8 @@ impl UnitReader<'_> {
         let has_header = matches!(&self.shared.format, LineFormat::Csv(o) if o.has_header) && self.starts_at_file_start();
         let mut decoder = self.decoder(has_header)?;
         let tolerant = self.shared.on_error != OnError::Fail;
+        let mut records = RecordCounter::default();
+        let mut given_up = 0u64;
         let mut window = RangeWindow::new(self.unit.range.clone());
         let mut pending = Bytes::new();
         let mut eof = false;
@@ -499,6 +501,7 @@ impl UnitReader<'_> {
                 match stream.next().await {
                     Some(Ok(chunk)) => {
                         let (chunk, last) = window.clip(chunk);
+                        records.feed(&chunk);
                         pending = chunk;
                         eof = last;
                     }
@@ -511,7 +514,7 @@ impl UnitReader<'_> {
                 let n = match decoder.decode(&pending) {
                     Ok(n) => n,
                     Err(_) if tolerant => {
-                        let mut lines = Lines { done: &mut lines_done, header: has_header };
+                        let mut lines = Lines { done: &mut lines_done, header: has_header, rows: &mut rows_done, given_up: &mut given_up };
                         if !self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await? {
                             return Ok(false);
                         }
@@ -536,8 +539,11 @@ impl UnitReader<'_> {
                     Ok(_) if !(tolerant && cut) => {}
                     Err(e) if !tolerant => return Err(self.decode_error(e, rows_done, lines_done, &batch_bytes, &pending)),
                     _ => {
-                        let mut lines = Lines { done: &mut lines_done, header: has_header };
+                        let mut lines = Lines { done: &mut lines_done, header: has_header, rows: &mut rows_done, given_up: &mut given_up };
                         let sent = self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await?;
+                        if sent && *remaining > 0 {
+                            self.reconcile(records.total(), rows_done, given_up, has_header)?;
+                        }
                         return Ok(sent);
                     }
                 }
@@ -547,7 +553,7 @@ impl UnitReader<'_> {
                 let batch = match decoder.flush() {
                     Ok(b) => b,
                     Err(_) if tolerant => {
-                        let mut lines = Lines { done: &mut lines_done, header: has_header };
+                        let mut lines = Lines { done: &mut lines_done, header: has_header, rows: &mut rows_done, given_up: &mut given_up };
                         if !self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await? {
                             return Ok(false);
                         }
@@ -581,6 +587,7 @@ impl UnitReader<'_> {
                             return Err(self.error(Some(lines_done + 1), "the file ends in the middle of a JSON value".into(), RetryHint::Never));
                         }
                     }
+                    self.reconcile(records.total(), rows_done, given_up, has_header)?;
                     return Ok(true);
                 }
             }
@@ -634,6 +641,7 @@ impl UnitReader<'_> {
                 Err(message) => {
                     let line_no = *lines.done + index;
                     self.give_up(line, line_no, whole, message);
+                    *lines.given_up += 1;
                 }
             }
         }
@@ -644,6 +652,7 @@ impl UnitReader<'_> {
         if let Some(schema) = schema {
             let mut batch = datafusion::arrow::compute::concat_batches(&schema, &good)
                 .map_err(|e| SluiceError::Internal(format!("joining salvaged rows: {e}")))?;
+            *lines.rows += batch.num_rows() as u64;
             if batch.num_rows() > *remaining {
                 batch = batch.slice(0, *remaining);
             }
@@ -653,6 +662,24 @@ impl UnitReader<'_> {
             }
         }
         Ok(true)
+    }
+
+    /// Checks, at the end of a unit read whole, that every record (non-blank
+    /// line, the header aside) came out as a row or was given up: no row is
+    /// lost between the bytes and the batches. A mismatch fails the epoch.
+    fn reconcile(&self, records: u64, rows: u64, given_up: u64, header: bool) -> Result<(), SluiceError> {
+        if matches!(&self.shared.format, LineFormat::Csv(o) if o.newlines_in_values) {
+            return Ok(()); // a record may span lines
+        }
+        let expected = records.saturating_sub(u64::from(header && records > 0));
+        if expected == rows + given_up {
+            return Ok(());
+        }
+        Err(self.error(
+            None,
+            format!("counts do not reconcile: {expected} records read, {rows} rows passed on + {given_up} given up"),
+            RetryHint::Never,
+        ))
     }
 
     /// Decodes one line on its own.
@@ -733,10 +760,38 @@ impl UnitReader<'_> {
     }
 }
 
-/// Lines consumed so far in a unit, and whether its first one is a header.
+/// Lines consumed so far in a unit, whether its first one is a header, and
+/// the rows salvaged and given up (for the unit's reconciliation).
 struct Lines<'a> {
     done: &'a mut u64,
     header: bool,
+    rows: &'a mut u64,
+    given_up: &'a mut u64,
+}
+
+/// Counts the non-blank lines of a byte stream fed in chunks: the records a
+/// unit holds, counted independently of the decoders.
+#[derive(Default)]
+struct RecordCounter {
+    in_line: bool,
+    lines: u64,
+}
+
+impl RecordCounter {
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', bytes) {
+            self.in_line |= bytes[start..nl].iter().any(|c| !c.is_ascii_whitespace());
+            self.lines += u64::from(self.in_line);
+            self.in_line = false;
+            start = nl + 1;
+        }
+        self.in_line |= bytes[start..].iter().any(|c| !c.is_ascii_whitespace());
+    }
+
+    fn total(&self) -> u64 {
+        self.lines + u64::from(self.in_line)
+    }
 }
 
 /// The decoder's message for a line decoded on its own, without its prefix
@@ -887,6 +942,17 @@ mod tests {
                 assert_eq!(format!("{a}{b}"), data, "cut at {cut}, chunk {chunk}: {a:?} + {b:?}");
                 assert!(a.is_empty() || a.ends_with('\n'));
             }
+        }
+    }
+
+    #[test]
+    fn records_are_counted_across_chunks_without_blank_lines() {
+        let text = b"a,1\n\n  \nb,2\r\nc,3\n   d,4";
+        for cut in 0..text.len() {
+            let mut c = RecordCounter::default();
+            c.feed(&text[..cut]);
+            c.feed(&text[cut..]);
+            assert_eq!(c.total(), 4, "cut at {cut}");
         }
     }
 
