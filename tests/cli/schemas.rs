@@ -40,6 +40,22 @@ fn a_stage_that_does_not_produce_its_declared_schema_is_refused() {
     assert!(t.contains("stage `events` does not produce events@1"), "{t}");
     assert!(t.contains("`at`: required (not null) but absent from the data"), "{t}");
     ok(sluice(&["validate", "testdata/evolution/write.toml"]));
+
+    // a sink's contract is checked the same way
+    let o = sluice(&[
+        "validate",
+        "testdata/evolution/write.toml",
+        "--set",
+        r#"stages.events.query="SELECT id, amount FROM raw""#,
+        "--set",
+        r#"stages.events.schema="trimmed@1""#,
+        "--set",
+        r#"sinks.out.schema="events@1""#,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("`sinks.out.schema`: sink `out`'s input does not produce events@1"), "{t}");
+    assert!(!t.contains("stages.events.schema"), "a label without a registry entry is not checked: {t}");
 }
 
 #[test]

@@ -242,8 +242,12 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         };
         match planned {
             Ok(plan) => {
-                if let Some(issue) = check_declared_schema(&spec, name, stage, plan.schema().as_arrow()) {
-                    errors.push(SluiceError::spec(issue));
+                if let Some((schema_name, version)) = stage.declared_schema() {
+                    let reference = version.map_or(schema_name.clone(), |v| format!("{schema_name}@{v}"));
+                    let key = format!("stages.{name}.schema");
+                    if let Some(issue) = check_contract(&spec, key, &format!("stage `{name}`"), &reference, plan.schema().as_arrow()) {
+                        errors.push(SluiceError::spec(issue));
+                    }
                 }
                 let view = ViewTable::new(plan, None);
                 if let Err(e) = ctx.register_table(name.as_str(), Arc::new(view)) {
@@ -282,6 +286,12 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         if let Some(issue) = check_partition_columns(&spec, name, cfg, &schema) {
             errors.push(SluiceError::spec(issue));
             continue;
+        }
+        if let crate::sinks::SinkConfig::Parquet(crate::sinks::ParquetSinkConfig { schema: Some(reference), .. }) = cfg {
+            if let Some(issue) = check_contract(&spec, format!("sinks.{name}.schema"), &format!("sink `{name}`'s input"), reference, &schema) {
+                errors.push(SluiceError::spec(issue));
+                continue;
+            }
         }
         let (schema_name, schema_version) = match spec.stages.get(input).and_then(|s| s.declared_schema()) {
             Some((n, v)) => (n, v.unwrap_or_else(|| spec.pipeline.version.clone())),
@@ -380,32 +390,29 @@ fn open_dead_letter_sink(
     })
 }
 
-/// A stage that declares `schema = "name@version"` found in the registry
-/// must produce rows its readers can read as that schema: every declared
-/// field present (or nullable) with a type that widens to the declared one.
-fn check_declared_schema(spec: &PipelineSpec, name: &str, stage: &StageConfig, output: &Schema) -> Option<SpecIssue> {
-    let (schema_name, version) = stage.declared_schema()?;
+/// A stage or sink that declares `schema = "name@version"` (or a bare
+/// name, its latest version) found in the registry must produce rows its
+/// readers can read as that schema: every declared field present (or
+/// nullable) with a type that widens to the declared one. A name the
+/// registry does not hold is only a label.
+fn check_contract(spec: &PipelineSpec, key: String, who: &str, reference: &str, output: &Schema) -> Option<SpecIssue> {
     let registry = spec.registry();
-    if !registry.root().join(&schema_name).is_dir() {
-        return None; // a label, not a registry contract
+    let schema_name = reference.split('@').next().unwrap_or(reference);
+    if !registry.root().join(schema_name).is_dir() {
+        return None;
     }
-    let key = format!("stages.{name}.schema");
-    let reference = match &version {
-        Some(v) => format!("{schema_name}@{v}"),
-        None => schema_name.clone(),
-    };
-    let declared = match registry.get(&reference) {
+    let declared = match registry.get(reference) {
         Ok(d) => d,
         Err(e) => return Some(spec.issue(key, e.to_string())),
     };
-    let who = format!("readers of {}@{}", declared.name, declared.version);
-    let breaks = sluice_contract::compat::read_breaks(output, &declared.schema, &who);
+    let readers = format!("readers of {}@{}", declared.name, declared.version);
+    let breaks = sluice_contract::compat::read_breaks(output, &declared.schema, &readers);
     if breaks.is_empty() {
         return None;
     }
     let list: Vec<String> = breaks.iter().map(|b| format!("  {b}")).collect();
     Some(
-        spec.issue(key, format!("stage `{name}` does not produce {reference} ({}):\n{}", declared.file.display(), list.join("\n")))
+        spec.issue(key, format!("{who} does not produce {reference} ({}):\n{}", declared.file.display(), list.join("\n")))
             .with_help("change the query (CAST, COALESCE, add the column) or declare a schema version that matches it"),
     )
 }

@@ -33,6 +33,10 @@ pub struct ParquetSinkConfig {
     /// Folder or URL (`s3://bucket/out/`, `memory:///out`) to write to,
     /// relative to the pipeline file.
     pub url: String,
+    /// The contract readers of this output rely on: a registry schema
+    /// `name@version` that `validate` checks the sink's input against.
+    #[serde(default)]
+    pub schema: Option<String>,
     /// Codec and level: `zstd(3)` (default), `zstd(1)`, `snappy`, `lz4`,
     /// `gzip(6)`, `brotli(4)` or `uncompressed`.
     #[serde(default = "default_compression")]
@@ -55,6 +59,7 @@ impl ParquetSinkConfig {
         Self {
             input: input.into(),
             url: url.into(),
+            schema: None,
             compression: default_compression(),
             partition_by: Vec::new(),
             target_file_size: default_target(),
