@@ -28,18 +28,28 @@ pub async fn list(engine: &Engine, url: &str, source: Option<&str>, export: Opti
             return ExitCode::from(1);
         }
     };
-    let rows: Vec<_> = rows.into_iter().filter(|r| source.is_none_or(|s| r["component"] == s)).collect();
+    let mut rows: Vec<_> = rows.into_iter().filter(|r| source.is_none_or(|s| r["component"] == s)).collect();
+    // in input order: epoch, component, file, line
+    let num = |r: &Record, k: &str| r[k].parse::<u64>().unwrap_or(u64::MAX);
+    rows.sort_by(|a, b| {
+        (num(a, "epoch"), &a["component"], &a["file"], num(a, "line")).cmp(&(num(b, "epoch"), &b["component"], &b["file"], num(b, "line")))
+    });
     if let Some(path) = export {
         let Some(source) = source else {
             eprintln!("error: --export needs --source: the raw lines of one source share a format");
             return ExitCode::from(2);
         };
-        let text: String = rows.iter().map(|r| format!("{}\n", r["raw"])).collect();
+        // rows that failed a check are decoded rows (JSON), not input lines
+        let (lines, decoded): (Vec<_>, Vec<_>) = rows.iter().partition(|r| !r["line"].is_empty() || !r["offset"].is_empty());
+        let text: String = lines.iter().map(|r| format!("{}\n", r["raw"])).collect();
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("error: {}: {e}", path.display());
             return ExitCode::from(1);
         }
-        outln!("wrote {} raw line(s) of `{source}` to {}", rows.len(), path.display());
+        outln!("wrote {} raw line(s) of `{source}` to {}", lines.len(), path.display());
+        if !decoded.is_empty() {
+            outln!("{} row(s) failed a check and are decoded rows, not input lines: not exported (see --json)", decoded.len());
+        }
         outln!("fix them, then: sluice replay <pipeline.toml> --source {source} --input {}", path.display());
         return ExitCode::SUCCESS;
     }

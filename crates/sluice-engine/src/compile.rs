@@ -208,8 +208,16 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         };
         match cfg.open(&sctx).await {
             Ok(source) => {
-                let table =
-                    Arc::new(EpochTable::new(name, source.kind(), source.schema(), Arc::clone(&progress.rows_read)));
+                let checks = match parse_checks(&ctx, &spec, name, cfg, &source.schema(), &dead_letters) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                let table = Arc::new(
+                    EpochTable::new(name, source.kind(), source.schema(), Arc::clone(&progress.rows_read)).with_checks(checks),
+                );
                 if let Err(e) = ctx.register_table(name.as_str(), Arc::clone(&table) as _) {
                     errors.push(SluiceError::Internal(format!("cannot register source `{name}`: {e}")));
                 }
@@ -332,6 +340,32 @@ pub fn merge_errors(mut errors: Vec<SluiceError>) -> SluiceError {
         }
     }
     SluiceError::Spec(issues)
+}
+
+/// A source's `checks`, parsed as SQL predicates over its columns; the error
+/// names the check's key.
+fn parse_checks(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+    name: &str,
+    cfg: &crate::sources::SourceConfig,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    dead_letters: &Arc<DeadLetters>,
+) -> Result<crate::sources::epoch_table::DeclaredChecks> {
+    let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())
+        .map_err(|e| SluiceError::Internal(format!("source `{name}` schema: {e}")))?;
+    let mut checks = Vec::new();
+    for (i, sql) in cfg.checks().iter().enumerate() {
+        let issue = |m: String| SluiceError::spec(spec.issue(format!("sources.{name}.checks[{i}]"), m));
+        let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| issue(format!("`{sql}`: {e}")))?;
+        let field = datafusion::logical_expr::ExprSchemable::to_field(&expr, &df_schema).map_err(|e| issue(format!("`{sql}`: {e}")))?.1;
+        let data_type = field.data_type().clone();
+        if data_type != datafusion::arrow::datatypes::DataType::Boolean {
+            return Err(issue(format!("`{sql}` is {data_type}, a check must be true or false")));
+        }
+        checks.push((sql.clone(), expr));
+    }
+    Ok(crate::sources::epoch_table::DeclaredChecks { checks, on_error: cfg.on_error(), dead_letters: Arc::clone(dead_letters) })
 }
 
 /// `on_error = "dead_letter"` anywhere needs the pipeline's `[dead_letter]`

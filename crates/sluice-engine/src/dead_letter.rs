@@ -66,10 +66,11 @@ pub struct DeadLetter {
 
 /// The dead letters of the epoch being written, shared by every scan and
 /// stage of the pipeline. A source read by several sinks' plans reports the
-/// same row more than once: rows are kept once per (component, file, line, raw).
+/// same row more than once: rows are kept once per key (the producer's name
+/// for the row: file and line, or partition and ordinal).
 #[derive(Debug, Default)]
 pub struct DeadLetters {
-    rows: Mutex<BTreeMap<(String, Option<String>, Option<u64>, String), DeadLetter>>,
+    rows: Mutex<BTreeMap<(String, String), DeadLetter>>,
 }
 
 impl DeadLetters {
@@ -78,9 +79,9 @@ impl DeadLetters {
         Arc::new(Self::default())
     }
 
-    /// Keeps a row.
-    pub fn push(&self, d: DeadLetter) {
-        let key = (d.component.clone(), d.file.clone(), d.line, d.raw.clone());
+    /// Keeps a row, once per `key` within its component.
+    pub fn push(&self, key: String, d: DeadLetter) {
+        let key = (d.component.clone(), key);
         if let Ok(mut rows) = self.rows.lock() {
             rows.entry(key).or_insert(d);
         }

@@ -409,9 +409,10 @@ async fn exchange_body(
                         for e in &errors {
                             let raw = batch.as_ref().map_or_else(
                                 || format!("{{\"unavailable\": \"row {} of input batch {:?}\"}}", e.row, envelope.in_seq),
-                                |b| row_as_json(b, e.row as usize),
+                                |b| crate::ops::check::row_json(b, e.row as usize),
                             );
-                            runtime.dead_letters.push(DeadLetter {
+                            let key = format!("{partition}:{:?}:{}", envelope.in_seq, e.row);
+                            runtime.dead_letters.push(key, DeadLetter {
                                 component: runtime.name.clone(),
                                 role: "stage",
                                 code: e.code.parse().unwrap_or(ErrorCode::Rejected),
@@ -438,19 +439,6 @@ async fn exchange_body(
                 return Ok(());
             }
         }
-    }
-}
-
-/// Row `row` of `batch` as one JSON object (the raw input of a dead letter).
-fn row_as_json(batch: &RecordBatch, row: usize) -> String {
-    if row >= batch.num_rows() {
-        return format!("{{\"unavailable\": \"row {row} is outside the batch of {} rows\"}}", batch.num_rows());
-    }
-    let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
-    let text = w.write(&batch.slice(row, 1)).and_then(|()| w.finish()).map(|()| w.into_inner());
-    match text {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).trim_end().to_string(),
-        Err(e) => format!("{{\"unavailable\": \"{e}\"}}"),
     }
 }
 

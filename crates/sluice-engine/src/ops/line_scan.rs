@@ -712,7 +712,8 @@ impl UnitReader<'_> {
         } else {
             ErrorCode::Malformed
         };
-        dead.push(DeadLetter {
+        let key = format!("{}:{line_no}:{}", self.uri(), self.unit.range.as_ref().map_or(0, |r| r.start));
+        dead.push(key, DeadLetter {
             component: self.shared.source_name.clone(),
             role: "source",
             code,

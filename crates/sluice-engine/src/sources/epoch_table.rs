@@ -3,7 +3,8 @@
 //! The pipeline's logical plan is built once against these tables; before
 //! each epoch the runner installs the source's new [`Slice`](super::Slice),
 //! and physical planning then scans exactly that slice. Every scan is wrapped
-//! in a [`StageExec`] so the source's rows are counted.
+//! in a [`StageExec`] so the source's rows are counted, and, when the source
+//! declares checks, in a [`CheckExec`] below it.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,15 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::physical_expr::create_physical_expr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::physical_plan::projection::ProjectionExec;
+
+use crate::dead_letter::{DeadLetters, OnError};
+use crate::ops::check::{Check, CheckExec};
 use crate::ops::stage::{StageExec, StageRole};
 
 /// A source as a table whose content is the current epoch's slice.
@@ -26,12 +36,30 @@ pub struct EpochTable {
     schema: SchemaRef,
     current: Mutex<Option<Arc<dyn TableProvider>>>,
     progress: Arc<AtomicU64>,
+    checks: Option<DeclaredChecks>,
+}
+
+/// A source's declared checks: (text, expression over the source's columns).
+#[derive(Debug, Clone)]
+pub struct DeclaredChecks {
+    /// The checks.
+    pub checks: Vec<(String, Expr)>,
+    /// What a failing row does.
+    pub on_error: OnError,
+    /// Where dead-lettered rows go.
+    pub dead_letters: Arc<DeadLetters>,
 }
 
 impl EpochTable {
     /// A table for source `name` with a fixed schema; `progress` counts rows read.
     pub fn new(name: &str, kind: &str, schema: SchemaRef, progress: Arc<AtomicU64>) -> Self {
-        Self { name: name.to_string(), kind: kind.to_string(), schema, current: Mutex::new(None), progress }
+        Self { name: name.to_string(), kind: kind.to_string(), schema, current: Mutex::new(None), progress, checks: None }
+    }
+
+    /// Checks every row read against `checks`.
+    pub fn with_checks(mut self, checks: DeclaredChecks) -> Self {
+        self.checks = (!checks.checks.is_empty()).then_some(checks);
+        self
     }
 
     /// Installs the slice the next physical plan will scan.
@@ -44,6 +72,55 @@ impl EpochTable {
             DataFusionError::Internal(format!("source `{}` was planned before it had a slice (this is a bug)", self.name))
         })
     }
+}
+
+impl EpochTable {
+    /// Scans the columns asked for plus those the checks read, without
+    /// filters or limits (every row read is checked), checks, then projects.
+    async fn checked_scan(&self, state: &dyn Session, projection: Option<Vec<usize>>, checks: &DeclaredChecks) -> Result<Arc<dyn ExecutionPlan>> {
+        let wanted: Vec<usize> = projection.unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        let mut read: std::collections::BTreeSet<usize> = wanted.iter().copied().collect();
+        for (_, e) in &checks.checks {
+            for c in e.column_refs() {
+                read.insert(self.schema.index_of(&c.name)?);
+            }
+        }
+        let read: Vec<usize> = read.into_iter().collect();
+        let args = ScanArgs::default().with_projection(Some(read.as_slice()));
+        let inner = self.current()?.scan_with_args(state, args).await?.into_inner();
+        let df_schema = DFSchema::try_from(inner.schema().as_ref().clone())?;
+        let props = datafusion::execution::context::ExecutionProps::new();
+        let compiled = checks
+            .checks
+            .iter()
+            .map(|(sql, e)| Ok(Check { sql: sql.clone(), expr: create_physical_expr(&strip_qualifiers(e.clone())?, &df_schema, &props, &PhysicalPlanningContext::default())? }))
+            .collect::<Result<Vec<_>>>()?;
+        let checked: Arc<dyn ExecutionPlan> =
+            Arc::new(CheckExec::new(&self.name, compiled, checks.on_error, Arc::clone(&checks.dead_letters), inner));
+        if read == wanted {
+            return Ok(checked);
+        }
+        let exprs = wanted
+            .iter()
+            .map(|i| {
+                let pos = read.iter().position(|r| r == i).unwrap_or(0);
+                let name = self.schema.field(*i).name().clone();
+                (Arc::new(Column::new(&name, pos)) as Arc<dyn PhysicalExpr>, name)
+            })
+            .collect::<Vec<_>>();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, checked)?))
+    }
+}
+
+/// A check parsed against the source's table may name columns with the
+/// table's qualifier; the scan's schema has none.
+fn strip_qualifiers(e: Expr) -> Result<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    e.transform(|e| match e {
+        Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name)))),
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
 }
 
 #[async_trait]
@@ -68,7 +145,10 @@ impl TableProvider for EpochTable {
     }
 
     async fn scan_with_args<'a>(&self, state: &dyn Session, args: ScanArgs<'a>) -> Result<ScanResult> {
-        let inner = self.current()?.scan_with_args(state, args).await?.into_inner();
+        let inner = match &self.checks {
+            None => self.current()?.scan_with_args(state, args).await?.into_inner(),
+            Some(checks) => self.checked_scan(state, args.projection().map(|p| p.to_vec()), checks).await?,
+        };
         let exec = StageExec::new(&self.name, &self.kind, StageRole::Source, inner).with_progress(Arc::clone(&self.progress));
         Ok(ScanResult::new(Arc::new(exec)))
     }

@@ -229,7 +229,18 @@ impl SourceConfig {
             SourceConfig::Csv(c) => c.on_error,
             SourceConfig::Jsonl(c) => c.on_error,
             SourceConfig::Dir(c) => c.on_error,
+            SourceConfig::Parquet(c) => c.on_error,
             _ => crate::dead_letter::OnError::Fail,
+        }
+    }
+
+    /// The source's declared checks (SQL predicates over its columns).
+    pub fn checks(&self) -> &[String] {
+        match self {
+            SourceConfig::Csv(c) => &c.checks,
+            SourceConfig::Jsonl(c) => &c.checks,
+            SourceConfig::Parquet(c) => &c.checks,
+            _ => &[],
         }
     }
 

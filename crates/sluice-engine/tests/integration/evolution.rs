@@ -155,6 +155,8 @@ fn read_as_new(old: &Schema, new: &Schema) -> Result<(RecordBatch, Vec<RecordBat
                 path: dir.path().join("old.parquet").to_string_lossy().into(),
                 schema: Some("t@2".into()),
                 lookup: false,
+                checks: Vec::new(),
+                on_error: Default::default(),
             }),
         )
         .with_sink("out", SinkConfig::Parquet(ParquetSinkConfig::new("t", &url)));

@@ -66,6 +66,10 @@ pub struct CsvSourceConfig {
     /// pipeline's `[dead_letter]` sink with its raw line, file and line number).
     #[serde(default)]
     pub on_error: crate::dead_letter::OnError,
+    /// Declared checks, SQL predicates over the columns (`["amount >= 0"]`):
+    /// a row a check is false for is handled by `on_error` (NULL passes).
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 impl CsvSourceConfig {
@@ -84,6 +88,7 @@ impl CsvSourceConfig {
             infer_rows: default_infer_rows(),
             lookup: false,
             on_error: Default::default(),
+            checks: Vec::new(),
         }
     }
 
@@ -133,6 +138,10 @@ pub struct JsonlSourceConfig {
     /// pipeline's `[dead_letter]` sink with its raw line, file and line number).
     #[serde(default)]
     pub on_error: crate::dead_letter::OnError,
+    /// Declared checks, SQL predicates over the columns (`["amount >= 0"]`):
+    /// a row a check is false for is handled by `on_error` (NULL passes).
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 impl JsonlSourceConfig {
@@ -146,6 +155,7 @@ impl JsonlSourceConfig {
             infer_rows: default_infer_rows(),
             lookup: false,
             on_error: Default::default(),
+            checks: Vec::new(),
         }
     }
 }
@@ -164,6 +174,13 @@ pub struct ParquetSourceConfig {
     /// Read the whole input in every epoch.
     #[serde(default)]
     pub lookup: bool,
+    /// Declared checks, SQL predicates over the columns (`["amount >= 0"]`):
+    /// a row a check is false for is handled by `on_error` (NULL passes).
+    #[serde(default)]
+    pub checks: Vec<String>,
+    /// A row a check is false for: `fail` (default), `skip` or `dead_letter`.
+    #[serde(default)]
+    pub on_error: crate::dead_letter::OnError,
 }
 
 /// `[sources.<name>] kind = "arrow_ipc"`: Arrow IPC (Feather v2) files.
