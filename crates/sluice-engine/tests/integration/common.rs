@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use sluice_engine::inspect::read_commits;
-use sluice_engine::{Engine, Result, SluiceError};
+use datafusion::prelude::SessionContext;
+use sluice_engine::{Engine, Result};
 
 /// All rows a sink at `url` committed, read through its commit log.
 pub async fn committed_rows(engine: &Engine, url: &str) -> Result<Vec<RecordBatch>> {
