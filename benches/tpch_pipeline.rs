@@ -17,13 +17,19 @@ fn spec(run: usize) -> PipelineSpec {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     PipelineSpec::from_file_with_overrides(
         root.join("examples/tpch_revenue/pipeline.toml"),
-        &[format!("sources.lineitem.scale_factor={SCALE}"), format!("sinks.out.url=\"memory:///bench/{run}\"")],
+        &[
+            format!("sources.lineitem.scale_factor={SCALE}"),
+            format!("sinks.out.url=\"memory:///bench/{run}\""),
+        ],
     )
     .expect("the example pipeline parses")
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     let rows = (6_001_215.0 * SCALE) as u64;
     let mut group = c.benchmark_group("tpch_revenue");
     group.throughput(Throughput::Elements(rows));
@@ -33,7 +39,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             run += 1;
             // a fresh engine per iteration: a fresh in-memory store, no leftover output
-            let summary = rt.block_on(Engine::new().run(spec(run))).expect("the pipeline runs");
+            let summary = rt
+                .block_on(Engine::new().run(spec(run)))
+                .expect("the pipeline runs");
             assert_eq!(summary.epochs, 1);
         })
     });

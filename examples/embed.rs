@@ -15,7 +15,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::json;
 use sluice::contract::SourceProvenance;
-use sluice::datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use sluice::datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray,
+};
 use sluice::datafusion::arrow::compute::kernels::arity::unary;
 use sluice::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice::datafusion::datasource::MemTable;
@@ -54,14 +56,22 @@ impl SensorSource {
         let n = self.per_minute as usize;
         let minutes = Int64Array::from(vec![minute as i64; n]);
         let sensors = StringArray::from_iter_values((0..n).map(|i| format!("sensor-{}", i % 4)));
-        let celsius = Float64Array::from_iter_values((0..n).map(|i| 20.0 + ((i as u64 * 7 + minute * 13) % 20) as f64));
-        RecordBatch::try_new(sensor_schema(), vec![Arc::new(minutes), Arc::new(sensors), Arc::new(celsius)])
-            .map_err(|e| SluiceError::Internal(e.to_string()))
+        let celsius = Float64Array::from_iter_values(
+            (0..n).map(|i| 20.0 + ((i as u64 * 7 + minute * 13) % 20) as f64),
+        );
+        RecordBatch::try_new(
+            sensor_schema(),
+            vec![Arc::new(minutes), Arc::new(sensors), Arc::new(celsius)],
+        )
+        .map_err(|e| SluiceError::Internal(e.to_string()))
     }
 
     fn slice(&self, from: u64, to: u64) -> Result<Slice> {
-        let batches = (from..to).map(|m| self.minute(m)).collect::<Result<Vec<_>>>()?;
-        let table = MemTable::try_new(sensor_schema(), vec![batches]).map_err(|e| SluiceError::Internal(e.to_string()))?;
+        let batches = (from..to)
+            .map(|m| self.minute(m))
+            .collect::<Result<Vec<_>>>()?;
+        let table = MemTable::try_new(sensor_schema(), vec![batches])
+            .map_err(|e| SluiceError::Internal(e.to_string()))?;
         Ok(Slice {
             table: Arc::new(table),
             start: json!({ "minute": from }),
@@ -75,7 +85,12 @@ impl SensorSource {
 #[async_trait]
 impl SourceFactory for SensorFeed {
     async fn open(&self, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
-        Ok(Box::new(SensorSource { name: ctx.name.to_string(), minutes: self.minutes, per_minute: self.per_minute, next_minute: 0 }))
+        Ok(Box::new(SensorSource {
+            name: ctx.name.to_string(),
+            minutes: self.minutes,
+            per_minute: self.per_minute,
+            next_minute: 0,
+        }))
     }
 }
 
@@ -92,7 +107,10 @@ impl Source for SensorSource {
             source: self.name.clone(),
             kind: "sensor_feed".into(),
             uris: vec!["sensors://feed".into()],
-            parameters: serde_json::Map::from_iter([("per_minute".to_string(), json!(self.per_minute))]),
+            parameters: serde_json::Map::from_iter([(
+                "per_minute".to_string(),
+                json!(self.per_minute),
+            )]),
             upstream: None,
         }
     }
@@ -111,8 +129,15 @@ impl Source for SensorSource {
         self.next_minute = to;
         Ok(Some(slice))
     }
-    async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
-        let (from, to) = (start["minute"].as_u64().unwrap_or(0), end["minute"].as_u64().unwrap_or(0));
+    async fn replay(
+        &mut self,
+        start: &serde_json::Value,
+        end: &serde_json::Value,
+    ) -> Result<Slice> {
+        let (from, to) = (
+            start["minute"].as_u64().unwrap_or(0),
+            end["minute"].as_u64().unwrap_or(0),
+        );
         self.next_minute = to;
         self.slice(from, to)
     }
@@ -130,9 +155,14 @@ async fn main() -> Result<()> {
         Volatility::Immutable,
         Arc::new(|args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
-            let c = arrays[0].as_any().downcast_ref::<Float64Array>().ok_or_else(|| {
-                sluice::datafusion::error::DataFusionError::Internal("to_fahrenheit expects Float64".into())
-            })?;
+            let c = arrays[0]
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .ok_or_else(|| {
+                    sluice::datafusion::error::DataFusionError::Internal(
+                        "to_fahrenheit expects Float64".into(),
+                    )
+                })?;
             let f: Float64Array = unary(c, |v| v * 9.0 / 5.0 + 32.0);
             Ok(ColumnarValue::Array(Arc::new(f) as ArrayRef))
         }),
@@ -155,9 +185,17 @@ async fn main() -> Result<()> {
         .with_sink("out", SinkConfig::Parquet(ParquetSinkConfig::new("per_sensor", out)));
 
     let summary = engine.run(spec).await?;
-    println!("{} committed {} epochs in {:.3}s", summary.pipeline, summary.epochs, summary.wall.as_secs_f64());
+    println!(
+        "{} committed {} epochs in {:.3}s",
+        summary.pipeline,
+        summary.epochs,
+        summary.wall.as_secs_f64()
+    );
     for c in &summary.components {
-        println!("  {:<6} {:<10} {:>8} rows in {:>8} rows out", c.role, c.name, c.rows_in, c.rows_out);
+        println!(
+            "  {:<6} {:<10} {:>8} rows in {:>8} rows out",
+            c.role, c.name, c.rows_in, c.rows_out
+        );
     }
 
     // read the result back through the commit log, as any reader should

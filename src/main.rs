@@ -17,7 +17,10 @@ fn main() -> ExitCode {
     // stdout is handled where the CLI writes (`outln!`).
     let args = cli::Cli::parse();
     cli::init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

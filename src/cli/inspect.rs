@@ -30,10 +30,21 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
         eprintln!("{url}: no sluice commits here (no _sluice/commits/ folder with commit files)");
         return ExitCode::from(1);
     };
-    outln!("sink `{}` of pipeline {} at {url}", last.sink, last.pipeline);
+    outln!(
+        "sink `{}` of pipeline {} at {url}",
+        last.sink,
+        last.pipeline
+    );
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["epoch", "committed at", "run", "files", "rows", "bytes"]);
+    t.set_header(vec![
+        "epoch",
+        "committed at",
+        "run",
+        "files",
+        "rows",
+        "bytes",
+    ]);
     for c in &commits {
         t.add_row(vec![
             c.epoch.to_string(),
@@ -45,22 +56,39 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
         ]);
     }
     outln!("{t}");
-    let (files, rows, bytes) = commits.iter().fold((0, 0, 0), |(f, r, b), c| (f + c.files.len(), r + c.rows, b + c.bytes));
-    outln!("total: {} commits, {files} files, {rows} rows, {bytes} bytes", commits.len());
+    let (files, rows, bytes) = commits.iter().fold((0, 0, 0), |(f, r, b), c| {
+        (f + c.files.len(), r + c.rows, b + c.bytes)
+    });
+    outln!(
+        "total: {} commits, {files} files, {rows} rows, {bytes} bytes",
+        commits.len()
+    );
     outln!("\nfiles of the last commit:");
     for f in &last.files {
         outln!("  {} ({} rows, {} bytes)", f.path, f.rows, f.bytes);
     }
     outln!("\nschema:");
     for field in last.schema.fields() {
-        outln!("  {}: {}{}", field.name(), field.data_type(), if field.is_nullable() { "" } else { " not null" });
+        outln!(
+            "  {}: {}{}",
+            field.name(),
+            field.data_type(),
+            if field.is_nullable() { "" } else { " not null" }
+        );
     }
     if !last.partition_by.is_empty() {
         outln!("  partitioned by: {}", last.partition_by.join(", "));
     }
     outln!("\nlineage:");
     for (i, l) in last.lineage.iter().enumerate() {
-        outln!("  {}. {} ({}, {} {})", i + 1, l.stage, l.kind, l.language, l.version);
+        outln!(
+            "  {}. {} ({}, {} {})",
+            i + 1,
+            l.stage,
+            l.kind,
+            l.language,
+            l.version
+        );
     }
     outln!("\nsource offsets at the last commit:");
     for (src, o) in &last.source_offsets {

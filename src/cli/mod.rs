@@ -39,7 +39,13 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
     let mut stdout = std::io::stdout().lock();
     let written = stdout
         .write_fmt(args)
-        .and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| {
+            if newline {
+                stdout.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| stdout.flush());
     if let Err(e) = written {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -194,7 +200,9 @@ enum StageCommand {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if std::env::var("SLUICE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {
@@ -205,7 +213,10 @@ pub fn init_logging() {
 /// The first SIGINT/SIGTERM asks the run to stop after the current epoch and
 /// commit (exit 0); a second one exits at once without committing.
 async fn stop_on_signals(progress: std::sync::Arc<sluice::metrics::Progress>) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
     let mut first = true;
     loop {
         tokio::select! {
@@ -214,7 +225,9 @@ async fn stop_on_signals(progress: std::sync::Arc<sluice::metrics::Progress>) {
         }
         if first {
             first = false;
-            eprintln!("\nstopping: finishing and committing the current epoch (signal again to abort without committing)");
+            eprintln!(
+                "\nstopping: finishing and committing the current epoch (signal again to abort without committing)"
+            );
             progress.request_stop();
         } else {
             eprintln!("aborted: nothing of the uncommitted epochs was committed");
@@ -240,24 +253,67 @@ fn report(e: &SluiceError) -> ExitCode {
 pub async fn main(cli: Cli) -> ExitCode {
     let engine = Engine::new();
     match cli.command {
-        Command::Run { pipeline, overrides, max_epochs, reset, exit_when_idle, json, quiet } => {
+        Command::Run {
+            pipeline,
+            overrides,
+            max_epochs,
+            reset,
+            exit_when_idle,
+            json,
+            quiet,
+        } => {
             let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
                 Err(e) => return report(&e),
             };
-            run(&engine, spec, RunArgs { max_epochs, reset, exit_when_idle, json, quiet }).await
+            run(
+                &engine,
+                spec,
+                RunArgs {
+                    max_epochs,
+                    reset,
+                    exit_when_idle,
+                    json,
+                    quiet,
+                },
+            )
+            .await
         }
-        Command::Replay { pipeline, source, input, mut overrides, json, quiet } => {
+        Command::Replay {
+            pipeline,
+            source,
+            input,
+            mut overrides,
+            json,
+            quiet,
+        } => {
             let spec = match dead_letters::replay_spec(&pipeline, &source, &input, &mut overrides) {
                 Ok(s) => s,
                 Err(e) => return report(&e),
             };
-            run(&engine, spec, RunArgs { max_epochs: None, reset: false, exit_when_idle: true, json, quiet }).await
+            run(
+                &engine,
+                spec,
+                RunArgs {
+                    max_epochs: None,
+                    reset: false,
+                    exit_when_idle: true,
+                    json,
+                    quiet,
+                },
+            )
+            .await
         }
-        Command::DeadLetters { url, source, export, json } => {
-            dead_letters::list(&engine, &url, source.as_deref(), export.as_deref(), json).await
-        }
-        Command::Validate { pipeline, overrides } => {
+        Command::DeadLetters {
+            url,
+            source,
+            export,
+            json,
+        } => dead_letters::list(&engine, &url, source.as_deref(), export.as_deref(), json).await,
+        Command::Validate {
+            pipeline,
+            overrides,
+        } => {
             let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
                 Err(e) => {
@@ -282,7 +338,12 @@ pub async fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Explain { pipeline, format, graph_only, overrides } => {
+        Command::Explain {
+            pipeline,
+            format,
+            graph_only,
+            overrides,
+        } => {
             let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
                 Err(e) => return report(&e),
@@ -298,7 +359,9 @@ pub async fn main(cli: Cli) -> ExitCode {
             match compiled.physical_plans().await {
                 Ok(plans) => {
                     for (sink, plan) in plans {
-                        outln!("\nphysical plan of sink `{sink}` (all stages fused into one DataFusion plan):\n{plan}");
+                        outln!(
+                            "\nphysical plan of sink `{sink}` (all stages fused into one DataFusion plan):\n{plan}"
+                        );
                     }
                     ExitCode::SUCCESS
                 }
@@ -306,8 +369,14 @@ pub async fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::Inspect { url, json } => inspect::run(&engine, &url, json).await,
-        Command::Stage(StageCommand::Check { url, command }) => stage_check::run(url, command).await,
-        Command::Schema(SchemaCommand::Check { names, registry, mode }) => schema_check::run(&registry, &names, mode),
+        Command::Stage(StageCommand::Check { url, command }) => {
+            stage_check::run(url, command).await
+        }
+        Command::Schema(SchemaCommand::Check {
+            names,
+            registry,
+            mode,
+        }) => schema_check::run(&registry, &names, mode),
     }
 }
 
@@ -322,41 +391,53 @@ struct RunArgs {
 
 /// Runs a pipeline with a progress bar and prints its summary.
 async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
-    let RunArgs { max_epochs, reset, exit_when_idle, json, quiet } = args;
-            let mut compiled = match engine.compile(spec).await {
-                Ok(c) => c,
-                Err(e) => return report(&e),
-            };
-            if reset {
-                match compiled.reset_sinks().await {
-                    Ok(n) => eprintln!("reset: deleted {n} objects of earlier output"),
-                    Err(e) => return report(&e),
+    let RunArgs {
+        max_epochs,
+        reset,
+        exit_when_idle,
+        json,
+        quiet,
+    } = args;
+    let mut compiled = match engine.compile(spec).await {
+        Ok(c) => c,
+        Err(e) => return report(&e),
+    };
+    if reset {
+        match compiled.reset_sinks().await {
+            Ok(n) => eprintln!("reset: deleted {n} objects of earlier output"),
+            Err(e) => return report(&e),
+        }
+    }
+    let bar = (!quiet && !json).then(|| progress::start(compiled.progress.clone()));
+    let signals = tokio::spawn(stop_on_signals(compiled.progress.clone()));
+    let result = compiled
+        .run(RunOptions {
+            max_epochs,
+            exit_when_idle,
+        })
+        .await;
+    signals.abort();
+    if let Some(bar) = bar {
+        bar.finish().await;
+    }
+    match result {
+        Ok(summary) => {
+            if json {
+                match serde_json::to_string_pretty(&summary) {
+                    Ok(s) => outln!("{s}"),
+                    Err(e) => eprintln!("error: cannot encode the summary: {e}"),
                 }
+            } else {
+                summary::print(&summary);
             }
-            let bar = (!quiet && !json).then(|| progress::start(compiled.progress.clone()));
-            let signals = tokio::spawn(stop_on_signals(compiled.progress.clone()));
-            let result = compiled.run(RunOptions { max_epochs, exit_when_idle }).await;
-            signals.abort();
-            if let Some(bar) = bar {
-                bar.finish().await;
-            }
-            match result {
-                Ok(summary) => {
-                    if json {
-                        match serde_json::to_string_pretty(&summary) {
-                            Ok(s) => outln!("{s}"),
-                            Err(e) => eprintln!("error: cannot encode the summary: {e}"),
-                        }
-                    } else {
-                        summary::print(&summary);
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    eprintln!("nothing of the failed epoch was committed; the next run redoes it from the last commit");
-                    exit_for(&e)
-                }
-            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!(
+                "nothing of the failed epoch was committed; the next run redoes it from the last commit"
+            );
+            exit_for(&e)
+        }
+    }
 }
-

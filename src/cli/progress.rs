@@ -31,8 +31,10 @@ pub fn start(progress: Arc<Progress>) -> Bar {
         } else {
             let b = ProgressBar::new_spinner();
             b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {human_pos} rows ({per_sec}) {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {human_pos} rows ({per_sec}) {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             b
         };

@@ -23,23 +23,56 @@ pub fn run(root: &Path, names: &[String], mode: Mode) -> ExitCode {
 
 fn compare(root: &Path, names: &[String], mode: Mode) -> Result<bool, RegistryError> {
     let registry = Registry::new(root);
-    let names = if names.is_empty() { registry.names()? } else { names.to_vec() };
+    let names = if names.is_empty() {
+        registry.names()?
+    } else {
+        names.to_vec()
+    };
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(["schema", "from", "to", "result", "why"]);
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["schema", "from", "to", "result", "why"]);
     let mut ok = true;
     for name in &names {
         let versions = registry.versions(name)?;
         for pair in versions.windows(2) {
             let (old, new) = (registry.load(name, pair[0])?, registry.load(name, pair[1])?);
-            let breaks = check(&old.schema, &format!("v{}", pair[0]), &new.schema, &format!("v{}", pair[1]), mode);
-            let why = breaks.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+            let breaks = check(
+                &old.schema,
+                &format!("v{}", pair[0]),
+                &new.schema,
+                &format!("v{}", pair[1]),
+                mode,
+            );
+            let why = breaks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n");
             ok &= breaks.is_empty();
-            let result = if breaks.is_empty() { "compatible" } else { "BREAKING" };
-            table.add_row([name.clone(), format!("v{}", pair[0]), format!("v{}", pair[1]), result.into(), why]);
+            let result = if breaks.is_empty() {
+                "compatible"
+            } else {
+                "BREAKING"
+            };
+            table.add_row([
+                name.clone(),
+                format!("v{}", pair[0]),
+                format!("v{}", pair[1]),
+                result.into(),
+                why,
+            ]);
         }
     }
     outln!("schema registry {} (mode {mode:?})", root.display());
     outln!("{table}");
-    outln!("{}", if ok { "every change is compatible" } else { "breaking changes: bump the schema under a new name, or make the change compatible" });
+    outln!(
+        "{}",
+        if ok {
+            "every change is compatible"
+        } else {
+            "breaking changes: bump the schema under a new name, or make the change compatible"
+        }
+    );
     Ok(ok)
 }

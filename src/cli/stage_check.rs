@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use comfy_table::Table;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
-use sluice_flight::conformance::{Outcome, all_passed, check};
 use sluice_flight::Target;
+use sluice_flight::conformance::{Outcome, all_passed, check};
 
 /// Certifies the stage at `url`, or the program `command` started on a unix socket.
 pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
@@ -15,14 +15,17 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
         (Some(u), None) => Target::Url(u),
         (None, Some((program, args))) => {
             let socket = sluice_flight::launch::socket_path("check");
-            let mut c = match sluice_flight::launch::spawn(std::path::Path::new(program), args, &socket) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            if let Err(e) = sluice_flight::launch::wait_healthy(&mut c, &socket, Duration::from_secs(20)).await {
+            let mut c =
+                match sluice_flight::launch::spawn(std::path::Path::new(program), args, &socket) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+            if let Err(e) =
+                sluice_flight::launch::wait_healthy(&mut c, &socket, Duration::from_secs(20)).await
+            {
                 eprintln!("error: {program}: {e}");
                 return ExitCode::from(1);
             }
@@ -45,7 +48,13 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
             Outcome::Fail(m) => ("FAIL", m.clone()),
             Outcome::Skip(m) => ("skip", m.clone()),
         };
-        t.add_row(vec![r.name.to_string(), result.to_string(), r.took.as_millis().to_string(), r.what.to_string(), detail]);
+        t.add_row(vec![
+            r.name.to_string(),
+            result.to_string(),
+            r.took.as_millis().to_string(),
+            r.what.to_string(),
+            detail,
+        ]);
     }
     outln!("{t}");
     let mut ok = all_passed(&results);
@@ -57,11 +66,17 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
         let _ = c.start_kill();
         let _ = c.wait().await;
     }
-    let (pass, fail, skip) = results.iter().fold((0, 0, 0), |(p, f, s), r| match r.outcome {
-        Outcome::Pass => (p + 1, f, s),
-        Outcome::Fail(_) => (p, f + 1, s),
-        Outcome::Skip(_) => (p, f, s + 1),
-    });
+    let (pass, fail, skip) = results
+        .iter()
+        .fold((0, 0, 0), |(p, f, s), r| match r.outcome {
+            Outcome::Pass => (p + 1, f, s),
+            Outcome::Fail(_) => (p, f + 1, s),
+            Outcome::Skip(_) => (p, f, s + 1),
+        });
     outln!("{pass} passed, {fail} failed, {skip} skipped");
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

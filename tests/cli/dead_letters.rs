@@ -8,22 +8,42 @@ use super::*;
 fn workdir() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     for f in ["pipeline.toml", "orders.csv", "events.jsonl"] {
-        std::fs::copy(root().join("testdata/dead_letters").join(f), tmp.path().join(f)).unwrap();
+        std::fs::copy(
+            root().join("testdata/dead_letters").join(f),
+            tmp.path().join(f),
+        )
+        .unwrap();
     }
     tmp
 }
 
 fn in_dir(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).current_dir(dir).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 fn json_lines(o: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn committed_ids(dir: &Path) -> Vec<i64> {
-    let r = duckdb_check(&["metadata", "--sink", dir.to_str().unwrap(), "--sum-column", "id"]);
-    vec![r["duckdb_rows"].as_i64().unwrap(), r["sum"].as_str().unwrap().parse().unwrap()]
+    let r = duckdb_check(&[
+        "metadata",
+        "--sink",
+        dir.to_str().unwrap(),
+        "--sum-column",
+        "id",
+    ]);
+    vec![
+        r["duckdb_rows"].as_i64().unwrap(),
+        r["sum"].as_str().unwrap().parse().unwrap(),
+    ]
 }
 
 #[test]
@@ -32,22 +52,69 @@ fn bad_rows_go_to_the_dead_letter_sink_and_the_rest_flows_on() {
     let d = tmp.path();
     let o = ok(in_dir(d, &["run", "--json", "pipeline.toml"]));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let c = |n: &str| s["components"].as_array().unwrap().iter().find(|c| c["name"] == n).unwrap().clone();
+    let c = |n: &str| {
+        s["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap()
+            .clone()
+    };
     // rows read = rows passed on + rows dead-lettered
-    assert_eq!((c("orders")["rows_in"].as_u64(), c("orders")["rows_out"].as_u64(), c("orders")["rows_dead_lettered"].as_u64()), (Some(9), Some(3), Some(6)));
-    assert_eq!((c("events")["rows_in"].as_u64(), c("events")["rows_out"].as_u64(), c("events")["rows_dead_lettered"].as_u64()), (Some(7), Some(3), Some(4)));
+    assert_eq!(
+        (
+            c("orders")["rows_in"].as_u64(),
+            c("orders")["rows_out"].as_u64(),
+            c("orders")["rows_dead_lettered"].as_u64()
+        ),
+        (Some(9), Some(3), Some(6))
+    );
+    assert_eq!(
+        (
+            c("events")["rows_in"].as_u64(),
+            c("events")["rows_out"].as_u64(),
+            c("events")["rows_dead_lettered"].as_u64()
+        ),
+        (Some(7), Some(3), Some(4))
+    );
     assert_eq!(committed_ids(&d.join("out/orders")), [3, 1 + 2 + 7]);
     assert_eq!(committed_ids(&d.join("out/events")), [3, 1 + 2 + 6]);
 
     let letters = json_lines(&ok(in_dir(d, &["dead-letters", "out/dead", "--json"])));
     assert_eq!(letters.len(), 10);
-    let find = |comp: &str, line: &str| letters.iter().find(|l| l["component"] == comp && l["line"] == line).unwrap_or_else(|| panic!("{comp}:{line} in {letters:?}"));
-    let (missing, bad_value, utf8, extra) = (find("orders", "4"), find("orders", "5"), find("orders", "6"), find("orders", "7"));
-    assert_eq!((missing["code"].as_str(), missing["raw"].as_str()), (Some("MALFORMED"), Some("3,gamma")));
-    assert!(missing["message"].as_str().unwrap().contains("expected 3 got 2"), "{missing}");
-    assert_eq!((bad_value["code"].as_str(), bad_value["raw"].as_str()), (Some("TYPE_MISMATCH"), Some("4,delta,forty")));
+    let find = |comp: &str, line: &str| {
+        letters
+            .iter()
+            .find(|l| l["component"] == comp && l["line"] == line)
+            .unwrap_or_else(|| panic!("{comp}:{line} in {letters:?}"))
+    };
+    let (missing, bad_value, utf8, extra) = (
+        find("orders", "4"),
+        find("orders", "5"),
+        find("orders", "6"),
+        find("orders", "7"),
+    );
+    assert_eq!(
+        (missing["code"].as_str(), missing["raw"].as_str()),
+        (Some("MALFORMED"), Some("3,gamma"))
+    );
+    assert!(
+        missing["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected 3 got 2"),
+        "{missing}"
+    );
+    assert_eq!(
+        (bad_value["code"].as_str(), bad_value["raw"].as_str()),
+        (Some("TYPE_MISMATCH"), Some("4,delta,forty"))
+    );
     assert_eq!(utf8["code"], "MALFORMED");
-    assert!(utf8["message"].as_str().unwrap().contains("UTF-8"), "{utf8}");
+    assert!(
+        utf8["message"].as_str().unwrap().contains("UTF-8"),
+        "{utf8}"
+    );
     assert_eq!(extra["raw"], "6,zeta,60,extra");
     assert!(missing["file"].as_str().unwrap().ends_with("orders.csv"));
     assert_eq!(find("events", "3")["code"], "TYPE_MISMATCH");
@@ -55,11 +122,24 @@ fn bad_rows_go_to_the_dead_letter_sink_and_the_rest_flows_on() {
     assert_eq!(find("orders", "10")["code"], "CONSTRAINT_VIOLATION");
     assert_eq!(find("events", "7")["code"], "CONSTRAINT_VIOLATION");
     // a row that breaks a declared check: the decoded row, as JSON
-    let check = letters.iter().find(|l| l["message"] == "check `amount >= 0` failed").expect("the check's dead letter");
+    let check = letters
+        .iter()
+        .find(|l| l["message"] == "check `amount >= 0` failed")
+        .expect("the check's dead letter");
     assert_eq!(check["code"], "CONSTRAINT_VIOLATION");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(check["raw"].as_str().unwrap()).unwrap()["amount"], -5);
-    assert_eq!(find("events", "5")["message"], "the line is not a complete JSON value");
-    assert!(letters.iter().all(|l| l["epoch"] == "0" && l["role"] == "source"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(check["raw"].as_str().unwrap()).unwrap()["amount"],
+        -5
+    );
+    assert_eq!(
+        find("events", "5")["message"],
+        "the line is not a complete JSON value"
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|l| l["epoch"] == "0" && l["role"] == "source")
+    );
     // the summary shows it: 9 read = 3 passed + 6 dead-lettered
     let t = text(&ok(in_dir(d, &["dead-letters", "out/dead"])));
     assert!(t.contains("10 dead letter(s)"), "{t}");
@@ -72,36 +152,115 @@ fn exported_lines_fixed_and_replayed_land_exactly_once() {
     let tmp = workdir();
     let d = tmp.path();
     ok(in_dir(d, &["run", "-q", "pipeline.toml"]));
-    let o = ok(in_dir(d, &["dead-letters", "out/dead", "--source", "orders", "--export", "fixed.csv"]));
-    assert!(text(&o).contains("wrote 5 raw line(s) of `orders`"), "{}", text(&o));
+    let o = ok(in_dir(
+        d,
+        &[
+            "dead-letters",
+            "out/dead",
+            "--source",
+            "orders",
+            "--export",
+            "fixed.csv",
+        ],
+    ));
+    assert!(
+        text(&o).contains("wrote 5 raw line(s) of `orders`"),
+        "{}",
+        text(&o)
+    );
     assert!(text(&o).contains("1 row(s) failed a check"), "{}", text(&o));
     let exported = std::fs::read_to_string(d.join("fixed.csv")).unwrap();
-    assert!(exported.starts_with("3,gamma\n4,delta,forty\n"), "{exported}");
-    std::fs::write(d.join("fixed.csv"), "3,gamma,30\n4,delta,40\n5,epsilon,50\n6,zeta,60\n").unwrap();
+    assert!(
+        exported.starts_with("3,gamma\n4,delta,forty\n"),
+        "{exported}"
+    );
+    std::fs::write(
+        d.join("fixed.csv"),
+        "3,gamma,30\n4,delta,40\n5,epsilon,50\n6,zeta,60\n",
+    )
+    .unwrap();
     for _ in 0..2 {
         // the second replay finds nothing new: the file is in the committed offsets
-        ok(in_dir(d, &["replay", "pipeline.toml", "--source", "orders", "--input", "fixed.csv", "-q"]));
+        ok(in_dir(
+            d,
+            &[
+                "replay",
+                "pipeline.toml",
+                "--source",
+                "orders",
+                "--input",
+                "fixed.csv",
+                "-q",
+            ],
+        ));
     }
-    assert_eq!(committed_ids(&d.join("out/orders")), [7, (1..=7).sum::<i64>()]);
+    assert_eq!(
+        committed_ids(&d.join("out/orders")),
+        [7, (1..=7).sum::<i64>()]
+    );
 }
 
 #[test]
 fn skip_counts_bad_rows_and_dead_letter_needs_a_sink() {
     let tmp = workdir();
     let d = tmp.path();
-    let o = ok(in_dir(d, &["run", "--json", "pipeline.toml", "--set", "sources.orders.on_error=\"skip\"", "--set", "sources.events.on_error=\"skip\""]));
+    let o = ok(in_dir(
+        d,
+        &[
+            "run",
+            "--json",
+            "pipeline.toml",
+            "--set",
+            "sources.orders.on_error=\"skip\"",
+            "--set",
+            "sources.events.on_error=\"skip\"",
+        ],
+    ));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let orders = s["components"].as_array().unwrap().iter().find(|c| c["name"] == "orders").unwrap();
-    assert_eq!((orders["rows_skipped"].as_u64(), orders["rows_dead_lettered"].as_u64()), (Some(6), Some(0)));
+    let orders = s["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "orders")
+        .unwrap();
+    assert_eq!(
+        (
+            orders["rows_skipped"].as_u64(),
+            orders["rows_dead_lettered"].as_u64()
+        ),
+        (Some(6), Some(0))
+    );
     assert!(json_lines(&ok(in_dir(d, &["dead-letters", "out/dead", "--json"]))).is_empty());
 
-    let o = in_dir(d, &["validate", "pipeline.toml", "--set", "sources.orders.checks=[\"amount + 1\"]"]);
+    let o = in_dir(
+        d,
+        &[
+            "validate",
+            "pipeline.toml",
+            "--set",
+            "sources.orders.checks=[\"amount + 1\"]",
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("`sources.orders.checks[0]`: `amount + 1` is Int64, a check must be true or false"), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "`sources.orders.checks[0]`: `amount + 1` is Int64, a check must be true or false"
+        ),
+        "{}",
+        text(&o)
+    );
 
-    let bare = std::fs::read_to_string(d.join("pipeline.toml")).unwrap().replace("[dead_letter]\nurl = \"out/dead\"\n", "");
+    let bare = std::fs::read_to_string(d.join("pipeline.toml"))
+        .unwrap()
+        .replace("[dead_letter]\nurl = \"out/dead\"\n", "");
     std::fs::write(d.join("bare.toml"), bare).unwrap();
     let o = in_dir(d, &["validate", "bare.toml"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("`sources.events.on_error`: `on_error = \"dead_letter\"` needs a dead-letter sink"), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "`sources.events.on_error`: `on_error = \"dead_letter\"` needs a dead-letter sink"
+        ),
+        "{}",
+        text(&o)
+    );
 }

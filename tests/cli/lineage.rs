@@ -7,14 +7,26 @@ use std::io::{BufRead, BufReader, Read, Write};
 use super::*;
 
 fn check_events(file: &Path) -> serde_json::Value {
-    let out = Command::new(python()).arg(root().join("tests/support/openlineage_check.py")).arg(file).output().unwrap();
+    let out = Command::new(python())
+        .arg(root().join("tests/support/openlineage_check.py"))
+        .arg(file)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "OpenLineage check failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "OpenLineage check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
 fn events(file: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -33,9 +45,17 @@ fn a_run_emits_start_running_complete_with_column_lineage() {
         &set("lineage.file", &file),
     ]));
     let summary = check_events(&file);
-    assert_eq!(summary["events"], serde_json::json!(["START", "RUNNING", "COMPLETE"]), "{summary}");
+    assert_eq!(
+        summary["events"],
+        serde_json::json!(["START", "RUNNING", "COMPLETE"]),
+        "{summary}"
+    );
     let evs = events(&file);
-    assert!(evs.iter().all(|e| e["run"]["runId"] == evs[0]["run"]["runId"] && e["job"]["name"] == "tpch_revenue"));
+    assert!(
+        evs.iter()
+            .all(|e| e["run"]["runId"] == evs[0]["run"]["runId"]
+                && e["job"]["name"] == "tpch_revenue")
+    );
     let out = &evs[2]["outputs"][0];
     assert_eq!(out["namespace"], "file");
     assert!(out["name"].as_str().unwrap().ends_with("/out"), "{out}");
@@ -51,10 +71,25 @@ fn a_run_emits_start_running_complete_with_column_lineage() {
     assert_eq!(from("revenue"), ["l_discount", "l_extendedprice"]);
     assert_eq!(from("charge"), ["l_discount", "l_extendedprice", "l_tax"]);
     assert_eq!(from("ship_year"), ["l_shipdate"]);
-    let fields: Vec<&str> = out["facets"]["schema"]["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert!(fields.contains(&"ship_year") && fields.contains(&"revenue"), "{fields:?}");
+    let fields: Vec<&str> = out["facets"]["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"ship_year") && fields.contains(&"revenue"),
+        "{fields:?}"
+    );
     let input = &evs[0]["inputs"][0];
-    assert!(input["facets"]["schema"]["fields"].as_array().unwrap().len() >= 16, "{input}");
+    assert!(
+        input["facets"]["schema"]["fields"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 16,
+        "{input}"
+    );
 }
 
 #[test]
@@ -75,9 +110,19 @@ fn a_failed_run_emits_fail_with_the_error() {
     let o = sluice(&["run", "-q", pipeline.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let summary = check_events(&file);
-    assert_eq!(summary["events"], serde_json::json!(["START", "FAIL"]), "{summary}");
+    assert_eq!(
+        summary["events"],
+        serde_json::json!(["START", "FAIL"]),
+        "{summary}"
+    );
     let fail = &events(&file)[1];
-    assert!(fail["run"]["facets"]["errorMessage"]["message"].as_str().unwrap().contains("bad_value.csv, line 5"), "{fail}");
+    assert!(
+        fail["run"]["facets"]["errorMessage"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad_value.csv, line 5"),
+        "{fail}"
+    );
 }
 
 #[test]
@@ -100,7 +145,8 @@ fn events_are_posted_to_an_http_endpoint() {
             }
             let mut body = vec![0; length];
             reader.read_exact(&mut body).unwrap();
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
         }
     });
@@ -120,5 +166,9 @@ fn events_are_posted_to_an_http_endpoint() {
     let file = tmp.path().join("posted.jsonl");
     std::fs::write(&file, bodies.join("\n")).unwrap();
     let summary = check_events(&file);
-    assert_eq!(summary["events"], serde_json::json!(["START", "RUNNING", "COMPLETE"]), "{summary}");
+    assert_eq!(
+        summary["events"],
+        serde_json::json!(["START", "RUNNING", "COMPLETE"]),
+        "{summary}"
+    );
 }

@@ -26,7 +26,11 @@ fn sluice(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn ok(o: Output) -> Output {
@@ -36,7 +40,9 @@ fn ok(o: Output) -> Output {
 
 fn python() -> String {
     let py = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&py).args(["-c", "import duckdb, pyarrow"]).output();
+    let probe = Command::new(&py)
+        .args(["-c", "import duckdb, pyarrow"])
+        .output();
     assert!(
         probe.as_ref().is_ok_and(|o| o.status.success()),
         "{py} cannot import duckdb and pyarrow; run the tests with ./scripts/test (it prepares target/pyenv)"
@@ -52,7 +58,11 @@ fn duckdb_check(args: &[&str]) -> serde_json::Value {
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "DuckDB check {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "DuckDB check {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(stdout.trim()).expect("the checker prints JSON")
 }
 
@@ -65,7 +75,10 @@ fn commits(dir: &Path) -> Vec<serde_json::Value> {
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     files.sort();
-    files.iter().map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()).collect()
+    files
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect()
 }
 
 fn data_files(dir: &Path) -> Vec<PathBuf> {
@@ -78,7 +91,10 @@ fn data_files(dir: &Path) -> Vec<PathBuf> {
                 if !p.ends_with("_sluice") {
                     stack.push(p);
                 }
-            } else if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-")) {
+            } else if p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+            {
                 out.push(p);
             }
         }
@@ -91,7 +107,13 @@ fn tpch_revenue_example_matches_duckdb() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = tmp.path().join("raw");
     let out = tmp.path().join("out");
-    ok(sluice(&["run", "-q", "tests/pipelines/tpch_dump.toml", "--set", &set("sinks.raw.url", &raw)]));
+    ok(sluice(&[
+        "run",
+        "-q",
+        "tests/pipelines/tpch_dump.toml",
+        "--set",
+        &set("sinks.raw.url", &raw),
+    ]));
     let run = ok(sluice(&[
         "run",
         "examples/tpch_revenue/pipeline.toml",
@@ -117,7 +139,10 @@ fn tpch_revenue_example_matches_duckdb() {
         "--actual",
         out.to_str().unwrap(),
     ]);
-    assert!(report["expected_rows"].as_u64().unwrap() > 30_000, "{report}");
+    assert!(
+        report["expected_rows"].as_u64().unwrap() > 30_000,
+        "{report}"
+    );
 }
 
 #[test]
@@ -135,13 +160,41 @@ fn orders_enrich_example_matches_duckdb() {
         &set("sinks.daily_csv.url", &daily),
     ]));
     let data = format!("DATA={}", root().join("testdata/shop").display());
-    let base = ["compare", "--setup", "tests/duckdb/orders_enrich.sql", "--var", &data, "--stage", "enriched=sql/orders_enrich/enriched.sql"];
-    let r = duckdb_check(&[&base[..], &["--query", "SELECT * FROM enriched", "--actual", orders.to_str().unwrap()]].concat());
+    let base = [
+        "compare",
+        "--setup",
+        "tests/duckdb/orders_enrich.sql",
+        "--var",
+        &data,
+        "--stage",
+        "enriched=sql/orders_enrich/enriched.sql",
+    ];
+    let r = duckdb_check(
+        &[
+            &base[..],
+            &[
+                "--query",
+                "SELECT * FROM enriched",
+                "--actual",
+                orders.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
     assert_eq!(r["expected_rows"], 2100, "{r}");
     let r = duckdb_check(
         &[
             &base[..],
-            &["--stage", "daily=sql/orders_enrich/daily.sql", "--query", "SELECT * FROM daily", "--actual", daily.to_str().unwrap(), "--format", "csv"],
+            &[
+                "--stage",
+                "daily=sql/orders_enrich/daily.sql",
+                "--query",
+                "SELECT * FROM daily",
+                "--actual",
+                daily.to_str().unwrap(),
+                "--format",
+                "csv",
+            ],
         ]
         .concat(),
     );
@@ -164,7 +217,10 @@ fn metadata_travels_into_parquet_and_back() {
         &set("sinks.out.url", &out),
     ]));
     let r = duckdb_check(&["metadata", "--sink", out.to_str().unwrap()]);
-    let committed: u64 = commits(&out).iter().map(|c| c["rows"].as_u64().unwrap()).sum();
+    let committed: u64 = commits(&out)
+        .iter()
+        .map(|c| c["rows"].as_u64().unwrap())
+        .sum();
     assert_eq!(r["rows"].as_u64(), Some(committed), "{r}");
     assert_eq!(r["duckdb_rows"].as_u64(), Some(committed), "{r}");
     for key in ["metadata", "kv_metadata"] {
@@ -172,11 +228,23 @@ fn metadata_travels_into_parquet_and_back() {
         assert_eq!(md["sluice.pipeline"], "tpch_revenue@1.0.0", "{key}: {md}");
         assert_eq!(md["sluice.schema"], "shipped_lines", "{key}: {md}");
         assert_eq!(md["sluice.schema.version"], "1", "{key}: {md}");
-        let lineage: Vec<serde_json::Value> = serde_json::from_str(md["sluice.lineage"].as_str().unwrap()).unwrap();
-        let stages: Vec<&str> = lineage.iter().map(|l| l["stage"].as_str().unwrap()).collect();
-        assert_eq!(stages, vec!["lineitem", "priced", "shipped", "out"], "{key}");
-        let prov: serde_json::Value = serde_json::from_str(md["sluice.provenance"].as_str().unwrap()).unwrap();
-        assert_eq!(prov["sources"][0]["parameters"]["scale_factor"], 0.01, "{prov}");
+        let lineage: Vec<serde_json::Value> =
+            serde_json::from_str(md["sluice.lineage"].as_str().unwrap()).unwrap();
+        let stages: Vec<&str> = lineage
+            .iter()
+            .map(|l| l["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            stages,
+            vec!["lineitem", "priced", "shipped", "out"],
+            "{key}"
+        );
+        let prov: serde_json::Value =
+            serde_json::from_str(md["sluice.provenance"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            prov["sources"][0]["parameters"]["scale_factor"], 0.01,
+            "{prov}"
+        );
     }
 
     // read it back as a source: the lineage grows, provenance keeps the upstream
@@ -193,9 +261,22 @@ fn metadata_travels_into_parquet_and_back() {
     .unwrap();
     ok(sluice(&["run", "-q", pipeline.to_str().unwrap()]));
     let c = &commits(&tmp.path().join("big"))[0];
-    let stages: Vec<&str> = c["lineage"].as_array().unwrap().iter().map(|l| l["stage"].as_str().unwrap()).collect();
-    assert_eq!(stages, vec!["lineitem", "priced", "shipped", "out", "shipped", "big", "big_out"]);
-    assert_eq!(c["provenance"]["sources"][0]["upstream"]["pipeline"], "tpch_revenue@1.0.0");
+    let stages: Vec<&str> = c["lineage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        vec![
+            "lineitem", "priced", "shipped", "out", "shipped", "big", "big_out"
+        ]
+    );
+    assert_eq!(
+        c["provenance"]["sources"][0]["upstream"]["pipeline"],
+        "tpch_revenue@1.0.0"
+    );
     assert!(c["rows"].as_u64().unwrap() > 0);
 }
 
@@ -221,22 +302,38 @@ fn a_crash_between_writing_and_committing_loses_and_repeats_nothing() {
     };
     let run = |out: &Path, failpoint: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        c.args(args(out)).current_dir(root()).env_remove("SLUICE_FAILPOINT");
+        c.args(args(out))
+            .current_dir(root())
+            .env_remove("SLUICE_FAILPOINT");
         if let Some(f) = failpoint {
             c.env("SLUICE_FAILPOINT", f);
         }
         c.output().unwrap()
     };
     ok(run(&clean, None));
-    assert_eq!(commits(&clean).len(), 3, "6 parts of 20k rows in epochs of at most 45k rows");
+    assert_eq!(
+        commits(&clean).len(),
+        3,
+        "6 parts of 20k rows in epochs of at most 45k rows"
+    );
 
     // the process dies after writing epoch 1's files, before its commit
     let died = run(&crashed, Some("before_commit@1"));
     assert!(!died.status.success(), "the failpoint aborts the process");
-    assert!(text(&died).contains("failpoint `before_commit` hit at epoch 1"), "{}", text(&died));
+    assert!(
+        text(&died).contains("failpoint `before_commit` hit at epoch 1"),
+        "{}",
+        text(&died)
+    );
     assert_eq!(commits(&crashed).len(), 1);
-    let listed: usize = commits(&crashed).iter().map(|c| c["files"].as_array().unwrap().len()).sum();
-    assert!(data_files(&crashed).len() > listed, "epoch 1's files are on disk but not committed");
+    let listed: usize = commits(&crashed)
+        .iter()
+        .map(|c| c["files"].as_array().unwrap().len())
+        .sum();
+    assert!(
+        data_files(&crashed).len() > listed,
+        "epoch 1's files are on disk but not committed"
+    );
 
     // a reader following the commit log sees only epoch 0
     let partial = duckdb_check(&["metadata", "--sink", crashed.to_str().unwrap()]);
@@ -246,12 +343,22 @@ fn a_crash_between_writing_and_committing_loses_and_repeats_nothing() {
     let rerun = ok(run(&crashed, None));
     let _ = rerun;
     assert_eq!(commits(&crashed).len(), 3);
-    let listed: usize = commits(&crashed).iter().map(|c| c["files"].as_array().unwrap().len()).sum();
-    assert_eq!(data_files(&crashed).len(), listed, "no uncommitted file is left");
+    let listed: usize = commits(&crashed)
+        .iter()
+        .map(|c| c["files"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        data_files(&crashed).len(),
+        listed,
+        "no uncommitted file is left"
+    );
     let r = duckdb_check(&[
         "compare",
         "--query",
-        &format!("SELECT * FROM read_parquet('{}/*.parquet')", clean.display()),
+        &format!(
+            "SELECT * FROM read_parquet('{}/*.parquet')",
+            clean.display()
+        ),
         "--actual",
         crashed.to_str().unwrap(),
     ]);
@@ -283,9 +390,17 @@ fn a_crash_between_two_sinks_commits_replays_only_the_missing_sink() {
     assert_eq!(commits(&daily).len(), 1);
     assert_eq!(commits(&orders).len(), 0);
     let daily_before = commits(&daily)[0].clone();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(&args).current_dir(root()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(&args)
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(commits(&daily), vec![daily_before], "the committed sink is not written again");
+    assert_eq!(
+        commits(&daily),
+        vec![daily_before],
+        "the committed sink is not written again"
+    );
     assert_eq!(commits(&orders).len(), 1);
     let data = format!("DATA={}", root().join("testdata/shop").display());
     let r = duckdb_check(&[
@@ -314,11 +429,24 @@ fn validate_refuses_every_invalid_pipeline_with_file_key_and_fix() {
             continue;
         }
         let text_of_file = std::fs::read_to_string(&path).unwrap();
-        let expects: Vec<&str> = text_of_file.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
-        assert!(!expects.is_empty(), "{} has no `# expect:` line", path.display());
+        let expects: Vec<&str> = text_of_file
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expects.is_empty(),
+            "{} has no `# expect:` line",
+            path.display()
+        );
         let rel = path.strip_prefix(root()).unwrap();
         let out = sluice(&["validate", rel.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(2), "{}:\n{}", rel.display(), text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}:\n{}",
+            rel.display(),
+            text(&out)
+        );
         let t = text(&out);
         for e in expects {
             assert!(t.contains(e), "{}: expected {e:?} in:\n{t}", rel.display());
@@ -333,7 +461,12 @@ fn every_example_pipeline_validates() {
     for entry in std::fs::read_dir(root().join("examples")).unwrap() {
         let p = entry.unwrap().path().join("pipeline.toml");
         if p.exists() {
-            let rel = p.strip_prefix(root()).unwrap().to_str().unwrap().to_string();
+            let rel = p
+                .strip_prefix(root())
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
             let out = sluice(&["validate", &rel]);
             assert!(out.status.success(), "{rel}: {}", text(&out));
             assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
@@ -361,7 +494,8 @@ fn bad_input_run(kind: &str, file: &str, columns: &str) -> (Output, PathBuf, tem
 #[test]
 fn bad_rows_fail_the_run_naming_source_file_and_line_and_commit_nothing() {
     let cols = "columns = [{ name = \"id\", type = \"bigint\" }, { name = \"name\", type = \"varchar\" }, { name = \"amount\", type = \"bigint\" }]";
-    let jcols = "columns = [{ name = \"id\", type = \"bigint\" }, { name = \"name\", type = \"varchar\" }]";
+    let jcols =
+        "columns = [{ name = \"id\", type = \"bigint\" }, { name = \"name\", type = \"varchar\" }]";
     for (kind, file, columns, line) in [
         ("csv", "testdata/bad/wrong_field_count.csv", "", 4),
         ("csv", "testdata/bad/bad_value.csv", cols, 5),
@@ -373,18 +507,32 @@ fn bad_rows_fail_the_run_naming_source_file_and_line_and_commit_nothing() {
         let t = text(&out);
         assert!(t.contains("source `input`"), "{file}: {t}");
         assert!(t.contains(file), "{file}: {t}");
-        assert!(t.contains(&format!("line {line}")), "{file}: expected line {line} in {t}");
+        assert!(
+            t.contains(&format!("line {line}")),
+            "{file}: expected line {line} in {t}"
+        );
         assert!(commits(&sink).is_empty(), "{file}: nothing is committed");
-        assert!(data_files(&sink).is_empty(), "{file}: no data file is left behind");
+        assert!(
+            data_files(&sink).is_empty(),
+            "{file}: no data file is left behind"
+        );
     }
 }
 
 #[test]
 fn explain_shows_one_fused_plan_with_the_filter_below_the_stage_border() {
-    let out = ok(sluice(&["explain", "examples/tpch_revenue/pipeline.toml", "--set", "sources.lineitem.scale_factor=0.01"]));
+    let out = ok(sluice(&[
+        "explain",
+        "examples/tpch_revenue/pipeline.toml",
+        "--set",
+        "sources.lineitem.scale_factor=0.01",
+    ]));
     let t = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(t.contains("stage  shipped (sql) <- priced"), "{t}");
-    let pos = |needle: &str| t.find(needle).unwrap_or_else(|| panic!("{needle} not in\n{t}"));
+    let pos = |needle: &str| {
+        t.find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in\n{t}"))
+    };
     // shipped's WHERE runs inside priced's part of the plan, right above the scan
     assert!(pos("StageExec: stage=shipped") < pos("StageExec: stage=priced"));
     assert!(pos("StageExec: stage=priced") < pos("FilterExec: l_shipdate"));
@@ -392,7 +540,12 @@ fn explain_shows_one_fused_plan_with_the_filter_below_the_stage_border() {
     // and only the columns the stages use are generated
     assert!(!t[pos("GenerateExec: tpch")..].contains("l_comment"), "{t}");
     for fmt in ["dot", "mermaid"] {
-        let out = ok(sluice(&["explain", "examples/tpch_revenue/pipeline.toml", "--format", fmt]));
+        let out = ok(sluice(&[
+            "explain",
+            "examples/tpch_revenue/pipeline.toml",
+            "--format",
+            fmt,
+        ]));
         let g = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(g.contains("priced") && g.contains("shipped"), "{fmt}: {g}");
     }
@@ -418,23 +571,36 @@ fn a_closed_stdout_ends_the_cli_quietly() {
 fn a_second_run_reads_nothing_new_and_reset_rebuilds() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let args = ["run", "examples/tpch_revenue/pipeline.toml", "--set", "sources.lineitem.scale_factor=0.005"];
+    let args = [
+        "run",
+        "examples/tpch_revenue/pipeline.toml",
+        "--set",
+        "sources.lineitem.scale_factor=0.005",
+    ];
     let url = set("sinks.out.url", &out);
     ok(sluice(&[&args[..], &["-q", "--set", &url]].concat()));
     let first = commits(&out);
     let again = ok(sluice(&[&args[..], &["-q", "--set", &url]].concat()));
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing new to read"));
     assert_eq!(commits(&out), first);
-    ok(sluice(&[&args[..], &["-q", "--reset", "--set", &url]].concat()));
+    ok(sluice(
+        &[&args[..], &["-q", "--reset", "--set", &url]].concat(),
+    ));
     let rebuilt = commits(&out);
     assert_eq!(rebuilt.len(), 1);
     assert_ne!(rebuilt[0]["run_id"], first[0]["run_id"]);
     assert_eq!(rebuilt[0]["rows"], first[0]["rows"]);
-    assert_eq!(data_files(&out).len(), rebuilt[0]["files"].as_array().unwrap().len());
+    assert_eq!(
+        data_files(&out).len(),
+        rebuilt[0]["files"].as_array().unwrap().len()
+    );
 
     let inspect = ok(sluice(&["inspect", out.to_str().unwrap()]));
     let t = String::from_utf8_lossy(&inspect.stdout);
-    assert!(t.contains("sink `out` of pipeline tpch_revenue@1.0.0"), "{t}");
+    assert!(
+        t.contains("sink `out` of pipeline tpch_revenue@1.0.0"),
+        "{t}"
+    );
     assert!(t.contains("l_orderkey: Int64"), "{t}");
     assert!(t.contains("3. shipped (sql"), "{t}");
 }

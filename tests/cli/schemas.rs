@@ -5,25 +5,63 @@ use super::*;
 
 #[test]
 fn schema_check_accepts_compatible_versions_and_explains_breaking_ones() {
-    let o = ok(sluice(&["schema", "check", "--registry", "testdata/evolution/schemas"]));
+    let o = ok(sluice(&[
+        "schema",
+        "check",
+        "--registry",
+        "testdata/evolution/schemas",
+    ]));
     let t = text(&o);
     assert!(t.contains("every change is compatible"), "{t}");
-    assert_eq!(t.matches("compatible").count(), 3, "v1→v2, v2→v3 and the summary:\n{t}");
+    assert_eq!(
+        t.matches("compatible").count(),
+        3,
+        "v1→v2, v2→v3 and the summary:\n{t}"
+    );
 
     // old readers cannot read the widened amount (int → bigint)
-    let o = sluice(&["schema", "check", "--registry", "testdata/evolution/schemas", "--mode", "forward"]);
+    let o = sluice(&[
+        "schema",
+        "check",
+        "--registry",
+        "testdata/evolution/schemas",
+        "--mode",
+        "forward",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("`amount`: type Int64 in the data, Int32 for the reader"), "{t}");
-    assert!(t.contains("readers of v1 reading data written at v2"), "{t}");
+    assert!(
+        t.contains("`amount`: type Int64 in the data, Int32 for the reader"),
+        "{t}"
+    );
+    assert!(
+        t.contains("readers of v1 reading data written at v2"),
+        "{t}"
+    );
 
-    let o = sluice(&["schema", "check", "--registry", "testdata/evolution/breaking", "--mode", "full"]);
+    let o = sluice(&[
+        "schema",
+        "check",
+        "--registry",
+        "testdata/evolution/breaking",
+        "--mode",
+        "full",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("BREAKING"), "{t}");
-    assert!(t.contains("`shop`: required (not null) but absent from the data"), "{t}");
-    assert!(t.contains("`amount`: renamed to `total` (field id 2)"), "{t}");
-    assert!(t.contains("`order_id`: type Int64 in the data, Int32 for the reader"), "{t}");
+    assert!(
+        t.contains("`shop`: required (not null) but absent from the data"),
+        "{t}"
+    );
+    assert!(
+        t.contains("`amount`: renamed to `total` (field id 2)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("`order_id`: type Int64 in the data, Int32 for the reader"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -37,8 +75,14 @@ fn a_stage_that_does_not_produce_its_declared_schema_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("`stages.events.schema`"), "{t}");
-    assert!(t.contains("stage `events` does not produce events@1"), "{t}");
-    assert!(t.contains("`at`: required (not null) but absent from the data"), "{t}");
+    assert!(
+        t.contains("stage `events` does not produce events@1"),
+        "{t}"
+    );
+    assert!(
+        t.contains("`at`: required (not null) but absent from the data"),
+        "{t}"
+    );
     ok(sluice(&["validate", "testdata/evolution/write.toml"]));
 
     // a sink's contract is checked the same way
@@ -54,8 +98,14 @@ fn a_stage_that_does_not_produce_its_declared_schema_is_refused() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("`sinks.out.schema`: sink `out`'s input does not produce events@1"), "{t}");
-    assert!(!t.contains("stages.events.schema"), "a label without a registry entry is not checked: {t}");
+    assert!(
+        t.contains("`sinks.out.schema`: sink `out`'s input does not produce events@1"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("stages.events.schema"),
+        "a label without a registry entry is not checked: {t}"
+    );
 }
 
 #[test]
@@ -82,7 +132,10 @@ fn parquet_written_at_three_versions_reads_as_the_latest() {
         "-q",
         "testdata/evolution/read_latest.toml",
         "--set",
-        &format!(r#"sources.events.path="{}/v*/*.parquet""#, tmp.path().display()),
+        &format!(
+            r#"sources.events.path="{}/v*/*.parquet""#,
+            tmp.path().display()
+        ),
         "--set",
         &set("sinks.out.url", &latest),
     ]));
@@ -102,5 +155,9 @@ fn parquet_written_at_three_versions_reads_as_the_latest() {
     let c = &commits(&latest)[0];
     let params = &c["provenance"]["sources"][0]["parameters"];
     assert_eq!(params["read_as"], "events@3", "{c}");
-    assert_eq!(params["written_as"], serde_json::json!(["events@1", "events@2", "events@3"]), "{c}");
+    assert_eq!(
+        params["written_as"],
+        serde_json::json!(["events@1", "events@2", "events@3"]),
+        "{c}"
+    );
 }

@@ -8,14 +8,29 @@ use std::process::{Command, Output};
 use super::{commits, duckdb_check, ok, root, set, text};
 
 fn stages_built() {
-    for s in ["go/validate", "go/enrich", "rust/validate", "rust/enrich", "rust/faulty"] {
+    for s in [
+        "go/validate",
+        "go/enrich",
+        "rust/validate",
+        "rust/enrich",
+        "rust/faulty",
+    ] {
         let p = root().join("target/stages").join(s);
-        assert!(p.exists(), "{} is missing: run ./scripts/build-stages (./scripts/test does)", p.display());
+        assert!(
+            p.exists(),
+            "{} is missing: run ./scripts/build-stages (./scripts/test does)",
+            p.display()
+        );
     }
 }
 
 fn run(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).current_dir(root()).env_remove("SLUICE_FAILPOINT").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("SLUICE_FAILPOINT")
+        .output()
+        .unwrap()
 }
 
 fn mixed(out: &Path, validate: &str, enrich: &str, extra: &[&str]) -> Output {
@@ -40,11 +55,17 @@ fn mixed(out: &Path, validate: &str, enrich: &str, extra: &[&str]) -> Output {
 }
 
 fn summary(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{}", text(o)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{}", text(o)))
 }
 
 fn component<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    s["components"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+    s["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
 }
 
 #[test]
@@ -59,11 +80,21 @@ fn go_and_rust_twins_give_the_same_rows_as_duckdb() {
         "--set".into(),
         set("sinks.raw.url", &raw),
     ]));
-    let expected = std::fs::read_to_string(root().join("tests/duckdb/mixed_stages_expected.sql")).unwrap();
+    let expected =
+        std::fs::read_to_string(root().join("tests/duckdb/mixed_stages_expected.sql")).unwrap();
     let dump = format!("DUMP={}", raw.display());
     let mut skipped = Vec::new();
-    for (validate, enrich) in [("go/validate", "rust/enrich"), ("rust/validate", "go/enrich"), ("go/validate", "go/enrich"), ("rust/validate", "rust/enrich")] {
-        let out = tmp.path().join(format!("{}-{}", validate.replace('/', "_"), enrich.replace('/', "_")));
+    for (validate, enrich) in [
+        ("go/validate", "rust/enrich"),
+        ("rust/validate", "go/enrich"),
+        ("go/validate", "go/enrich"),
+        ("rust/validate", "rust/enrich"),
+    ] {
+        let out = tmp.path().join(format!(
+            "{}-{}",
+            validate.replace('/', "_"),
+            enrich.replace('/', "_")
+        ));
         let o = ok(mixed(&out, validate, enrich, &[]));
         let s = summary(&o);
         skipped.push(component(&s, "valid")["rows_skipped"].as_u64().unwrap());
@@ -78,18 +109,36 @@ fn go_and_rust_twins_give_the_same_rows_as_duckdb() {
             "--actual",
             out.to_str().unwrap(),
         ]);
-        assert!(r["expected_rows"].as_u64().unwrap() > 50_000, "{validate}+{enrich}: {r}");
+        assert!(
+            r["expected_rows"].as_u64().unwrap() > 50_000,
+            "{validate}+{enrich}: {r}"
+        );
         let lineage: Vec<String> = commits(&out)[0]["lineage"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| format!("{}:{}", l["stage"].as_str().unwrap(), l["language"].as_str().unwrap()))
+            .map(|l| {
+                format!(
+                    "{}:{}",
+                    l["stage"].as_str().unwrap(),
+                    l["language"].as_str().unwrap()
+                )
+            })
             .collect();
         let lang = |p: &str| p.split('/').next().unwrap().to_string();
-        assert!(lineage.contains(&format!("valid:{}", lang(validate))), "{lineage:?}");
-        assert!(lineage.contains(&format!("enriched:{}", lang(enrich))), "{lineage:?}");
+        assert!(
+            lineage.contains(&format!("valid:{}", lang(validate))),
+            "{lineage:?}"
+        );
+        assert!(
+            lineage.contains(&format!("enriched:{}", lang(enrich))),
+            "{lineage:?}"
+        );
     }
-    assert!(skipped.iter().all(|s| *s == skipped[0] && *s > 0), "row errors differ: {skipped:?}");
+    assert!(
+        skipped.iter().all(|s| *s == skipped[0] && *s > 0),
+        "row errors differ: {skipped:?}"
+    );
 }
 
 #[test]
@@ -97,7 +146,12 @@ fn row_errors_fail_the_epoch_under_on_error_fail() {
     stages_built();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let o = mixed(&out, "go/validate", "rust/enrich", &["stages.valid.on_error=\"fail\""]);
+    let o = mixed(
+        &out,
+        "go/validate",
+        "rust/enrich",
+        &["stages.valid.on_error=\"fail\""],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("stage `valid` failed: [REJECTED]"), "{t}");
@@ -110,20 +164,60 @@ fn row_errors_of_a_stage_go_to_the_dead_letter_sink_with_the_row() {
     stages_built();
     let tmp = tempfile::tempdir().unwrap();
     let (out, dead) = (tmp.path().join("out"), tmp.path().join("dead"));
-    let skip = summary(&ok(mixed(&tmp.path().join("skip"), "go/validate", "rust/enrich", &[])));
+    let skip = summary(&ok(mixed(
+        &tmp.path().join("skip"),
+        "go/validate",
+        "rust/enrich",
+        &[],
+    )));
     let skipped = component(&skip, "valid")["rows_skipped"].as_u64().unwrap();
-    let o = ok(mixed(&out, "go/validate", "rust/enrich", &["stages.valid.on_error=\"dead_letter\"", &set("dead_letter.url", &dead)]));
+    let o = ok(mixed(
+        &out,
+        "go/validate",
+        "rust/enrich",
+        &[
+            "stages.valid.on_error=\"dead_letter\"",
+            &set("dead_letter.url", &dead),
+        ],
+    ));
     let s = summary(&o);
-    assert_eq!(component(&s, "valid")["rows_dead_lettered"].as_u64(), Some(skipped), "{s}");
+    assert_eq!(
+        component(&s, "valid")["rows_dead_lettered"].as_u64(),
+        Some(skipped),
+        "{s}"
+    );
     let r = duckdb_check(&["metadata", "--sink", dead.to_str().unwrap()]);
     assert_eq!(r["duckdb_rows"].as_u64(), Some(skipped), "{r}");
-    let listed = run(&["dead-letters".into(), dead.to_string_lossy().into(), "--json".into()]);
-    let first: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&listed.stdout).lines().next().unwrap()).unwrap();
-    assert_eq!((first["role"].as_str(), first["component"].as_str(), first["code"].as_str()), (Some("stage"), Some("valid"), Some("REJECTED")));
-    assert!(first["message"].as_str().unwrap().contains("exceeds 45"), "{first}");
+    let listed = run(&[
+        "dead-letters".into(),
+        dead.to_string_lossy().into(),
+        "--json".into(),
+    ]);
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            first["role"].as_str(),
+            first["component"].as_str(),
+            first["code"].as_str()
+        ),
+        (Some("stage"), Some("valid"), Some("REJECTED"))
+    );
+    assert!(
+        first["message"].as_str().unwrap().contains("exceeds 45"),
+        "{first}"
+    );
     // the raw input is the row the stage refused, as JSON
     let row: serde_json::Value = serde_json::from_str(first["raw"].as_str().unwrap()).unwrap();
-    assert!(row["l_quantity"].is_string() || row["l_quantity"].is_number(), "{row}");
+    assert!(
+        row["l_quantity"].is_string() || row["l_quantity"].is_number(),
+        "{row}"
+    );
 }
 
 fn faulty(out: &Path, config: &str) -> Output {
@@ -157,7 +251,10 @@ fn a_stage_that_crashes_mid_epoch_is_restarted_and_the_epoch_rerun_without_dupli
     ok(faulty(&clean, "{}"));
     let crashed = tmp.path().join("crashed");
     let marker = tmp.path().join("crashed-once");
-    let o = ok(faulty(&crashed, &format!("{{ crash_at_batch = 5, once = \"{}\" }}", marker.display())));
+    let o = ok(faulty(
+        &crashed,
+        &format!("{{ crash_at_batch = 5, once = \"{}\" }}", marker.display()),
+    ));
     assert!(marker.exists(), "the stage did crash once");
     let s = summary(&o);
     assert_eq!(component(&s, "f")["process_starts"], 2, "{s}");
@@ -173,7 +270,10 @@ fn a_hung_stage_hits_its_timeout_and_is_replaced() {
     ok(faulty(&clean, "{}"));
     let hung = tmp.path().join("hung");
     let marker = tmp.path().join("hung-once");
-    let o = ok(faulty(&hung, &format!("{{ hang_at_batch = 3, once = \"{}\" }}", marker.display())));
+    let o = ok(faulty(
+        &hung,
+        &format!("{{ hang_at_batch = 3, once = \"{}\" }}", marker.display()),
+    ));
     let s = summary(&o);
     assert_eq!(component(&s, "f")["process_starts"], 2, "{s}");
     same_rows(&clean, &hung);
@@ -188,25 +288,58 @@ fn output_that_breaks_the_manifest_names_the_stage_and_the_field() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("stage `f` failed: [SCHEMA_MISMATCH]"), "{t}");
-    assert!(t.contains("field `l_orderkey`: expected Int64, got Utf8"), "{t}");
+    assert!(
+        t.contains("field `l_orderkey`: expected Int64, got Utf8"),
+        "{t}"
+    );
     assert!(commits(&out).is_empty());
 }
 
 #[test]
 fn the_conformance_kit_certifies_every_example_stage_in_both_languages() {
     stages_built();
-    for s in ["go/identity", "rust/identity", "go/validate", "rust/validate", "go/enrich", "rust/enrich"] {
+    for s in [
+        "go/identity",
+        "rust/identity",
+        "go/validate",
+        "rust/validate",
+        "go/enrich",
+        "rust/enrich",
+    ] {
         let bin = root().join("target/stages").join(s);
-        let o = run(&["stage".into(), "check".into(), "--".into(), bin.to_string_lossy().into()]);
+        let o = run(&[
+            "stage".into(),
+            "check".into(),
+            "--".into(),
+            bin.to_string_lossy().into(),
+        ]);
         let t = text(&o);
         assert!(o.status.success(), "{s}:\n{t}");
         assert!(t.contains("0 failed"), "{s}:\n{t}");
-        for check in ["describe", "health", "exchange", "empty", "malformed", "cancel", "backpressure", "concurrent"] {
-            assert!(t.lines().any(|l| l.contains(check) && l.contains("pass")), "{s}: `{check}` did not pass:\n{t}");
+        for check in [
+            "describe",
+            "health",
+            "exchange",
+            "empty",
+            "malformed",
+            "cancel",
+            "backpressure",
+            "concurrent",
+        ] {
+            assert!(
+                t.lines().any(|l| l.contains(check) && l.contains("pass")),
+                "{s}: `{check}` did not pass:\n{t}"
+            );
         }
         if s.ends_with("identity") {
-            assert!(t.lines().any(|l| l.contains("types") && l.contains("pass")), "{s}: type fidelity:\n{t}");
-            assert!(t.lines().any(|l| l.contains("large") && l.contains("pass")), "{s}: large batches:\n{t}");
+            assert!(
+                t.lines().any(|l| l.contains("types") && l.contains("pass")),
+                "{s}: type fidelity:\n{t}"
+            );
+            assert!(
+                t.lines().any(|l| l.contains("large") && l.contains("pass")),
+                "{s}: large batches:\n{t}"
+            );
         }
     }
 }
@@ -223,5 +356,9 @@ fn the_conformance_kit_fails_a_stage_that_breaks_the_protocol() {
         .unwrap();
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.lines().any(|l| l.contains("types") && l.contains("FAIL") && l.contains("SCHEMA_MISMATCH")), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.contains("types") && l.contains("FAIL") && l.contains("SCHEMA_MISMATCH")),
+        "{t}"
+    );
 }

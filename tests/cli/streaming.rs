@@ -14,7 +14,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         lo + (self.0 >> 33) % (hi - lo)
     }
 }
@@ -22,7 +25,15 @@ impl Lcg {
 fn write_input(dir: &Path, files: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for f in 0..files {
-        let body: String = (0..20).map(|i| format!("{{\"id\": {}, \"word\": \"w{}\"}}\n", f * 100 + i, (f + i) % 13)).collect();
+        let body: String = (0..20)
+            .map(|i| {
+                format!(
+                    "{{\"id\": {}, \"word\": \"w{}\"}}\n",
+                    f * 100 + i,
+                    (f + i) % 13
+                )
+            })
+            .collect();
         std::fs::write(dir.join(format!("part-{f:04}.jsonl")), body).unwrap();
     }
 }
@@ -44,7 +55,11 @@ fn run_args(input: &str, files_out: &str, events_out: &str) -> Vec<String> {
 
 fn spawn(args: &[String], env: &[(&str, String)]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    c.args(args).current_dir(root()).stdout(Stdio::null()).stderr(Stdio::null()).env_remove("SLUICE_FAILPOINT");
+    c.args(args)
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env_remove("SLUICE_FAILPOINT");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -58,7 +73,10 @@ fn kill_repeatedly(args: &[String], env: &[(&str, String)], kills: usize, seed: 
     let (mut landed, mut runs) = (0, 0);
     while landed < kills {
         runs += 1;
-        assert!(runs < 400, "could not land {kills} kills in 400 runs (only {landed})");
+        assert!(
+            runs < 400,
+            "could not land {kills} kills in 400 runs (only {landed})"
+        );
         let mut child = spawn(args, env);
         let deadline = Instant::now() + Duration::from_millis(rng.next_ms(150, 900));
         while Instant::now() < deadline {
@@ -76,13 +94,18 @@ fn kill_repeatedly(args: &[String], env: &[(&str, String)], kills: usize, seed: 
             break;
         }
     }
-    assert!(landed >= kills, "the pipeline finished after only {landed} kills; give it more work");
+    assert!(
+        landed >= kills,
+        "the pipeline finished after only {landed} kills; give it more work"
+    );
     runs
 }
 
 fn finish(args: &[String], env: &[(&str, String)]) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    c.args(args).current_dir(root()).env_remove("SLUICE_FAILPOINT");
+    c.args(args)
+        .current_dir(root())
+        .env_remove("SLUICE_FAILPOINT");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -93,7 +116,10 @@ fn same_rows(expected_dir: &Path, actual_dir: &Path) {
     let r = duckdb_check(&[
         "compare",
         "--query",
-        &format!("SELECT * FROM read_parquet('{}/*.parquet')", expected_dir.display()),
+        &format!(
+            "SELECT * FROM read_parquet('{}/*.parquet')",
+            expected_dir.display()
+        ),
         "--actual",
         actual_dir.to_str().unwrap(),
     ]);
@@ -116,10 +142,16 @@ fn twenty_kills_on_local_disk_lose_and_duplicate_nothing() {
     for (a, b) in [("clean_files", "files"), ("clean_events", "events")] {
         let (a, b) = (tmp.path().join(a), tmp.path().join(b));
         same_rows(&a, &b);
-        let listed: usize = commits(&b).iter().map(|c| c["files"].as_array().unwrap().len()).sum();
+        let listed: usize = commits(&b)
+            .iter()
+            .map(|c| c["files"].as_array().unwrap().len())
+            .sum();
         assert_eq!(data_files(&b).len(), listed, "every file left is committed");
     }
-    let events: u64 = commits(&tmp.path().join("events")).iter().map(|c| c["rows"].as_u64().unwrap()).sum();
+    let events: u64 = commits(&tmp.path().join("events"))
+        .iter()
+        .map(|c| c["rows"].as_u64().unwrap())
+        .sum();
     assert_eq!(events, 400_000);
 }
 
@@ -139,9 +171,22 @@ impl Drop for S3Server {
 fn start_s3() -> S3Server {
     let py = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
     let moto = PathBuf::from(&py).with_file_name("moto_server");
-    assert!(moto.exists(), "{} is missing: ./scripts/test installs moto[server]", moto.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(&moto).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(
+        moto.exists(),
+        "{} is missing: ./scripts/test installs moto[server]",
+        moto.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&moto)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -152,7 +197,11 @@ fn start_s3() -> S3Server {
 }
 
 fn curl(args: &[&str]) {
-    let o = Command::new("curl").args(["-sS", "-f"]).args(args).output().unwrap();
+    let o = Command::new("curl")
+        .args(["-sS", "-f"])
+        .args(args)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "curl {args:?}: {}", text(&o));
 }
 
@@ -173,7 +222,11 @@ fn twenty_kills_on_an_s3_compatible_server_lose_and_duplicate_nothing() {
     for f in std::fs::read_dir(&input).unwrap() {
         let f = f.unwrap().path();
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        curl(&["-T", &f.display().to_string(), &format!("{}/sluice/in/{name}", s3.endpoint)]);
+        curl(&[
+            "-T",
+            &f.display().to_string(),
+            &format!("{}/sluice/in/{name}", s3.endpoint),
+        ]);
     }
     let killed = run_args("s3://sluice/in", "s3://sluice/files", "s3://sluice/events");
     let runs = kill_repeatedly(&killed, &env, 20, 7);
@@ -182,7 +235,10 @@ fn twenty_kills_on_an_s3_compatible_server_lose_and_duplicate_nothing() {
 
     // the clean run on local disk reads the same input files
     let p = |d: &str| tmp.path().join(d).to_string_lossy().into_owned();
-    finish(&run_args(&p("in"), &p("clean_files"), &p("clean_events")), &[]);
+    finish(
+        &run_args(&p("in"), &p("clean_files"), &p("clean_events")),
+        &[],
+    );
     // bring the S3 output to disk through sluice itself (a reader that follows the commit log)
     for (s3_dir, local) in [("files", "s3_files"), ("events", "s3_events")] {
         let copy = tmp.path().join(format!("copy_{s3_dir}.toml"));
@@ -196,13 +252,20 @@ fn twenty_kills_on_an_s3_compatible_server_lose_and_duplicate_nothing() {
         )
         .unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        c.args(["run", "-q", copy.to_str().unwrap()]).current_dir(root());
+        c.args(["run", "-q", copy.to_str().unwrap()])
+            .current_dir(root());
         for (k, v) in &env {
             c.env(k, v);
         }
         ok(c.output().unwrap());
     }
-    same_rows(&tmp.path().join("clean_files"), &tmp.path().join("s3_files"));
-    same_rows(&tmp.path().join("clean_events"), &tmp.path().join("s3_events"));
+    same_rows(
+        &tmp.path().join("clean_files"),
+        &tmp.path().join("s3_files"),
+    );
+    same_rows(
+        &tmp.path().join("clean_events"),
+        &tmp.path().join("s3_events"),
+    );
     let _ = set;
 }

@@ -40,7 +40,9 @@ impl std::str::FromStr for Mode {
             "backward" => Ok(Mode::Backward),
             "forward" => Ok(Mode::Forward),
             "full" => Ok(Mode::Full),
-            other => Err(format!("`{other}` is not a compatibility mode: backward, forward or full")),
+            other => Err(format!(
+                "`{other}` is not a compatibility mode: backward, forward or full"
+            )),
         }
     }
 }
@@ -58,7 +60,11 @@ pub struct Break {
 
 impl fmt::Display for Break {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}`: {} — breaks {}", self.field, self.change, self.breaks)
+        write!(
+            f,
+            "`{}`: {} — breaks {}",
+            self.field, self.change, self.breaks
+        )
     }
 }
 
@@ -74,7 +80,13 @@ pub fn check(old: &Schema, v_old: &str, new: &Schema, v_new: &str, mode: Mode) -
         let who = format!("readers of {v_old} reading data written at {v_new}");
         readable(new.fields(), old.fields(), "", &who, &mut out);
     }
-    renames(old.fields(), new.fields(), "", &format!("every reader matching {v_old} and {v_new} by name"), &mut out);
+    renames(
+        old.fields(),
+        new.fields(),
+        "",
+        &format!("every reader matching {v_old} and {v_new} by name"),
+        &mut out,
+    );
     out
 }
 
@@ -86,7 +98,11 @@ pub fn read_breaks(written: &Schema, wanted: &Schema, who: &str) -> Vec<Break> {
 }
 
 fn path(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
 }
 
 fn readable(written: &Fields, wanted: &Fields, prefix: &str, who: &str, out: &mut Vec<Break>) {
@@ -106,17 +122,26 @@ fn readable(written: &Fields, wanted: &Fields, prefix: &str, who: &str, out: &mu
 
 fn field_readable(w: &Field, r: &Field, here: &str, who: &str, out: &mut Vec<Break>) {
     if w.is_nullable() && !r.is_nullable() {
-        out.push(Break { field: here.into(), change: "nullable in the data but required (not null) by the reader".into(), breaks: who.into() });
+        out.push(Break {
+            field: here.into(),
+            change: "nullable in the data but required (not null) by the reader".into(),
+            breaks: who.into(),
+        });
     }
     match (w.data_type(), r.data_type()) {
         (DataType::Struct(wf), DataType::Struct(rf)) => readable(wf, rf, here, who, out),
-        (DataType::List(wi), DataType::List(ri) | DataType::LargeList(ri)) | (DataType::LargeList(wi), DataType::LargeList(ri)) => {
+        (DataType::List(wi), DataType::List(ri) | DataType::LargeList(ri))
+        | (DataType::LargeList(wi), DataType::LargeList(ri)) => {
             field_readable(wi, ri, &format!("{here}[]"), who, out)
         }
         (a, b) if promotes(a, b) => {}
         (a, b) => out.push(Break {
             field: here.into(),
-            change: format!("type {} in the data, {} for the reader: not a widening (see docs/schemas.md)", name(a), name(b)),
+            change: format!(
+                "type {} in the data, {} for the reader: not a widening (see docs/schemas.md)",
+                name(a),
+                name(b)
+            ),
             breaks: who.into(),
         }),
     }
@@ -126,7 +151,10 @@ fn renames(old: &Fields, new: &Fields, prefix: &str, who: &str, out: &mut Vec<Br
     let id = |f: &Field| f.metadata().get(FIELD_ID).cloned();
     for o in old {
         let Some(oid) = id(o) else { continue };
-        if let Some(n) = new.iter().find(|n| id(n).as_ref() == Some(&oid) && n.name() != o.name()) {
+        if let Some(n) = new
+            .iter()
+            .find(|n| id(n).as_ref() == Some(&oid) && n.name() != o.name())
+        {
             out.push(Break {
                 field: path(prefix, o.name()),
                 change: format!(
@@ -136,9 +164,12 @@ fn renames(old: &Fields, new: &Fields, prefix: &str, who: &str, out: &mut Vec<Br
                 breaks: who.into(),
             });
         }
-        if let (DataType::Struct(of), Some(DataType::Struct(nf))) =
-            (o.data_type(), new.iter().find(|n| n.name() == o.name()).map(|n| n.data_type()))
-        {
+        if let (DataType::Struct(of), Some(DataType::Struct(nf))) = (
+            o.data_type(),
+            new.iter()
+                .find(|n| n.name() == o.name())
+                .map(|n| n.data_type()),
+        ) {
             renames(of, nf, &path(prefix, o.name()), who, out);
         }
     }
@@ -201,20 +232,26 @@ pub fn promotes(from: &DataType, to: &DataType) -> bool {
     match (from, to) {
         (a, b) if signed(a).is_some() && signed(b).is_some() => signed(a) < signed(b),
         (a, b) if unsigned(a).is_some() && unsigned(b).is_some() => unsigned(a) < unsigned(b),
-        (a, b) if unsigned(a).is_some() && signed(b).is_some() => unsigned(a).unwrap_or(64) < signed(b).unwrap_or(0),
+        (a, b) if unsigned(a).is_some() && signed(b).is_some() => {
+            unsigned(a).unwrap_or(64) < signed(b).unwrap_or(0)
+        }
         // an integer fits a float whose mantissa holds all its bits
         (a, b) if (signed(a).is_some() || unsigned(a).is_some()) && float(b).is_some() => {
             signed(a).or(unsigned(a)).unwrap_or(64) <= float(b).unwrap_or(0)
         }
         (a, b) if float(a).is_some() && float(b).is_some() => float(a) < float(b),
-        (Decimal128(p, s), Decimal128(p2, s2)) => s2 >= s && (*p2 as i16 - *s2 as i16) >= (*p as i16 - *s as i16),
+        (Decimal128(p, s), Decimal128(p2, s2)) => {
+            s2 >= s && (*p2 as i16 - *s2 as i16) >= (*p as i16 - *s as i16)
+        }
         // string and binary layouts hold the same values (view types are how
         // Parquet readers hand them out)
         (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
         (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
         (Date32, Date64) => true,
         // nanoseconds overflow after 2262: not a widening for every value
-        (Timestamp(u1, tz1), Timestamp(u2, tz2)) => tz1 == tz2 && unit(u1) < unit(u2) && *u2 != TimeUnit::Nanosecond,
+        (Timestamp(u1, tz1), Timestamp(u2, tz2)) => {
+            tz1 == tz2 && unit(u1) < unit(u2) && *u2 != TimeUnit::Nanosecond
+        }
         _ => false,
     }
 }
@@ -230,19 +267,33 @@ mod tests {
     #[test]
     fn adding_a_nullable_field_and_widening_are_backward_compatible() {
         let v1 = s(vec![Field::new("id", DataType::Int32, false)]);
-        let v2 = s(vec![Field::new("id", DataType::Int64, false), Field::new("note", DataType::Utf8, true)]);
+        let v2 = s(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("note", DataType::Utf8, true),
+        ]);
         assert!(check(&v1, "v1", &v2, "v2", Mode::Backward).is_empty());
         // old readers cannot take Int64 ids
         let f = check(&v1, "v1", &v2, "v2", Mode::Forward);
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].to_string().contains("`id`: type Int64 in the data, Int32 for the reader"), "{}", f[0]);
-        assert!(f[0].breaks.contains("readers of v1 reading data written at v2"));
+        assert!(
+            f[0].to_string()
+                .contains("`id`: type Int64 in the data, Int32 for the reader"),
+            "{}",
+            f[0]
+        );
+        assert!(
+            f[0].breaks
+                .contains("readers of v1 reading data written at v2")
+        );
     }
 
     #[test]
     fn a_new_required_field_breaks_backward_and_names_it() {
         let v1 = s(vec![Field::new("id", DataType::Int64, false)]);
-        let v2 = s(vec![Field::new("id", DataType::Int64, false), Field::new("shop", DataType::Utf8, false)]);
+        let v2 = s(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("shop", DataType::Utf8, false),
+        ]);
         let b = check(&v1, "v1", &v2, "v2", Mode::Backward);
         assert_eq!(b[0].field, "shop");
         assert!(b[0].change.contains("required"));
@@ -258,8 +309,14 @@ mod tests {
             }
             DataType::Struct(f.into())
         };
-        let v1 = s(vec![Field::new("device", dev(false), true), Field::new_list("tags", Field::new_list_field(DataType::Int32, true), true)]);
-        let v2 = s(vec![Field::new("device", dev(true), true), Field::new_list("tags", Field::new_list_field(DataType::Int16, true), true)]);
+        let v1 = s(vec![
+            Field::new("device", dev(false), true),
+            Field::new_list("tags", Field::new_list_field(DataType::Int32, true), true),
+        ]);
+        let v2 = s(vec![
+            Field::new("device", dev(true), true),
+            Field::new_list("tags", Field::new_list_field(DataType::Int16, true), true),
+        ]);
         let b = check(&v1, "v1", &v2, "v2", Mode::Full);
         let fields: Vec<_> = b.iter().map(|b| b.field.as_str()).collect();
         assert_eq!(fields, ["tags[]"], "{b:?}");
@@ -267,25 +324,50 @@ mod tests {
 
     #[test]
     fn renames_by_field_id_are_refused() {
-        let id = |n: &str, i: &str| Field::new(n, DataType::Int64, true).with_metadata([(FIELD_ID.to_string(), i.to_string())].into());
+        let id = |n: &str, i: &str| {
+            Field::new(n, DataType::Int64, true)
+                .with_metadata([(FIELD_ID.to_string(), i.to_string())].into())
+        };
         let v1 = s(vec![id("amount", "3")]);
         let v2 = s(vec![id("total", "3")]);
         let b = check(&v1, "v1", &v2, "v2", Mode::Backward);
-        assert!(b.iter().any(|b| b.change.contains("renamed to `total` (field id 3)")), "{b:?}");
+        assert!(
+            b.iter()
+                .any(|b| b.change.contains("renamed to `total` (field id 3)")),
+            "{b:?}"
+        );
     }
 
     #[test]
     fn the_promotion_table() {
         use DataType::*;
         assert!(promotes(&Int8, &Int64) && !promotes(&Int64, &Int32));
-        assert!(promotes(&UInt32, &Int64) && !promotes(&UInt32, &Int32) && !promotes(&Int32, &UInt64));
-        assert!(promotes(&Int32, &Float64) && !promotes(&Int32, &Float32) && !promotes(&Int64, &Float64));
+        assert!(
+            promotes(&UInt32, &Int64) && !promotes(&UInt32, &Int32) && !promotes(&Int32, &UInt64)
+        );
+        assert!(
+            promotes(&Int32, &Float64)
+                && !promotes(&Int32, &Float32)
+                && !promotes(&Int64, &Float64)
+        );
         assert!(promotes(&Float32, &Float64) && !promotes(&Float64, &Float32));
-        assert!(promotes(&Decimal128(10, 2), &Decimal128(12, 3)) && !promotes(&Decimal128(10, 2), &Decimal128(10, 3)));
+        assert!(
+            promotes(&Decimal128(10, 2), &Decimal128(12, 3))
+                && !promotes(&Decimal128(10, 2), &Decimal128(10, 3))
+        );
         assert!(promotes(&Utf8, &LargeUtf8) && !promotes(&Utf8, &Int64));
         let ts = |u| Timestamp(u, Some("UTC".into()));
-        assert!(promotes(&ts(TimeUnit::Millisecond), &ts(TimeUnit::Microsecond)));
-        assert!(!promotes(&ts(TimeUnit::Microsecond), &ts(TimeUnit::Nanosecond)));
-        assert!(!promotes(&ts(TimeUnit::Millisecond), &Timestamp(TimeUnit::Microsecond, None)));
+        assert!(promotes(
+            &ts(TimeUnit::Millisecond),
+            &ts(TimeUnit::Microsecond)
+        ));
+        assert!(!promotes(
+            &ts(TimeUnit::Microsecond),
+            &ts(TimeUnit::Nanosecond)
+        ));
+        assert!(!promotes(
+            &ts(TimeUnit::Millisecond),
+            &Timestamp(TimeUnit::Microsecond, None)
+        ));
     }
 }

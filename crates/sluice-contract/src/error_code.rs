@@ -80,7 +80,12 @@ impl FromStr for ErrorCode {
         ErrorCode::ALL
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown error code `{s}`; known codes: {}", ErrorCode::ALL.map(|c| c.as_str()).join(", ")))
+            .ok_or_else(|| {
+                format!(
+                    "unknown error code `{s}`; known codes: {}",
+                    ErrorCode::ALL.map(|c| c.as_str()).join(", ")
+                )
+            })
     }
 }
 

@@ -66,7 +66,9 @@ pub struct Provenance {
 ///
 /// Returns `Ok(None)` when the key is absent and an error message when it is
 /// present but not a valid lineage array.
-pub fn lineage_from(metadata: &HashMap<String, String>) -> Result<Option<Vec<LineageEntry>>, String> {
+pub fn lineage_from(
+    metadata: &HashMap<String, String>,
+) -> Result<Option<Vec<LineageEntry>>, String> {
     match metadata.get(LINEAGE) {
         None => Ok(None),
         Some(raw) => serde_json::from_str(raw)
@@ -99,11 +101,24 @@ mod tests {
     #[test]
     fn lineage_round_trips_through_metadata() {
         let lineage = vec![
-            LineageEntry { stage: "orders".into(), kind: "source:csv".into(), version: "1".into(), language: "rust".into() },
-            LineageEntry { stage: "clean".into(), kind: "sql".into(), version: "1".into(), language: "sql".into() },
+            LineageEntry {
+                stage: "orders".into(),
+                kind: "source:csv".into(),
+                version: "1".into(),
+                language: "rust".into(),
+            },
+            LineageEntry {
+                stage: "clean".into(),
+                kind: "sql".into(),
+                version: "1".into(),
+                language: "sql".into(),
+            },
         ];
         let mut md = HashMap::new();
-        md.insert(LINEAGE.to_string(), serde_json::to_string(&lineage).unwrap());
+        md.insert(
+            LINEAGE.to_string(),
+            serde_json::to_string(&lineage).unwrap(),
+        );
         assert_eq!(lineage_from(&md).unwrap(), Some(lineage));
         md.insert(LINEAGE.to_string(), "{not json".into());
         let err = lineage_from(&md).unwrap_err();

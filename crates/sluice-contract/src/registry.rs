@@ -71,7 +71,8 @@ impl Registry {
 
     /// The names of the schemas it holds, sorted.
     pub fn names(&self) -> Result<Vec<String>, RegistryError> {
-        let entries = std::fs::read_dir(&self.root).map_err(|e| self.error(&self.root, format!("cannot list the registry: {e}")))?;
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| self.error(&self.root, format!("cannot list the registry: {e}")))?;
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
@@ -85,14 +86,25 @@ impl Registry {
     pub fn versions(&self, name: &str) -> Result<Vec<u32>, RegistryError> {
         let dir = self.root.join(name);
         let entries = std::fs::read_dir(&dir).map_err(|e| {
-            self.error(&dir, format!("no schema `{name}` in the registry ({e}); expected files {name}/<version>.json"))
+            self.error(
+                &dir,
+                format!(
+                    "no schema `{name}` in the registry ({e}); expected files {name}/<version>.json"
+                ),
+            )
         })?;
         let mut versions = Vec::new();
         for e in entries.filter_map(|e| e.ok()) {
             let file = e.file_name().to_string_lossy().to_string();
-            let Some(stem) = file.strip_suffix(".json") else { continue };
+            let Some(stem) = file.strip_suffix(".json") else {
+                continue;
+            };
             let v = stem.parse::<u32>().map_err(|_| {
-                self.error(&e.path(), "a registry file is named <version>.json with a whole number, e.g. 3.json".into())
+                self.error(
+                    &e.path(),
+                    "a registry file is named <version>.json with a whole number, e.g. 3.json"
+                        .into(),
+                )
             })?;
             versions.push(v);
         }
@@ -105,13 +117,19 @@ impl Registry {
         let (name, version) = match reference.split_once('@') {
             Some((n, v)) => {
                 let v = v.trim_start_matches('v').parse::<u32>().map_err(|_| {
-                    self.error(&self.root, format!("`{reference}`: a schema reference is name@version, e.g. events@2"))
+                    self.error(
+                        &self.root,
+                        format!("`{reference}`: a schema reference is name@version, e.g. events@2"),
+                    )
                 })?;
                 (n, v)
             }
             None => {
                 let latest = self.versions(reference)?.last().copied().ok_or_else(|| {
-                    self.error(&self.root.join(reference), format!("schema `{reference}` has no versions"))
+                    self.error(
+                        &self.root.join(reference),
+                        format!("schema `{reference}` has no versions"),
+                    )
                 })?;
                 (reference, latest)
             }
@@ -123,18 +141,39 @@ impl Registry {
     pub fn load(&self, name: &str, version: u32) -> Result<RegisteredSchema, RegistryError> {
         let file = self.root.join(name).join(format!("{version}.json"));
         let text = std::fs::read_to_string(&file).map_err(|e| {
-            self.error(&file, format!("cannot read schema `{name}@{version}` ({e}); versions present: {:?}", self.versions(name).unwrap_or_default()))
+            self.error(
+                &file,
+                format!(
+                    "cannot read schema `{name}@{version}` ({e}); versions present: {:?}",
+                    self.versions(name).unwrap_or_default()
+                ),
+            )
         })?;
-        let doc: SchemaDoc = serde_json::from_str(&text).map_err(|e| self.error(&file, format!("not a registry schema: {e}")))?;
+        let doc: SchemaDoc = serde_json::from_str(&text)
+            .map_err(|e| self.error(&file, format!("not a registry schema: {e}")))?;
         if doc.name != name || doc.version != version {
-            return Err(self.error(&file, format!("the file says {}@{}, its path says {name}@{version}", doc.name, doc.version)));
+            return Err(self.error(
+                &file,
+                format!(
+                    "the file says {}@{}, its path says {name}@{version}",
+                    doc.name, doc.version
+                ),
+            ));
         }
         let schema = doc.to_arrow().map_err(|m| self.error(&file, m))?;
-        Ok(RegisteredSchema { name: name.into(), version, schema, file })
+        Ok(RegisteredSchema {
+            name: name.into(),
+            version,
+            schema,
+            file,
+        })
     }
 
     fn error(&self, file: &Path, message: String) -> RegistryError {
-        RegistryError { file: file.display().to_string(), message }
+        RegistryError {
+            file: file.display().to_string(),
+            message,
+        }
     }
 }
 
@@ -163,7 +202,13 @@ fn field_to_json(f: &Field, named: bool) -> serde_json::Value {
     match f.data_type() {
         DataType::Struct(sub) => {
             out.insert("type".into(), "struct".into());
-            out.insert("fields".into(), sub.iter().map(|s| field_to_json(s, true)).collect::<Vec<_>>().into());
+            out.insert(
+                "fields".into(),
+                sub.iter()
+                    .map(|s| field_to_json(s, true))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
         }
         DataType::List(item) => {
             out.insert("type".into(), "list".into());
@@ -174,7 +219,11 @@ fn field_to_json(f: &Field, named: bool) -> serde_json::Value {
         }
     }
     out.insert("nullable".into(), f.is_nullable().into());
-    let mut md: BTreeMap<String, String> = f.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut md: BTreeMap<String, String> = f
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if let Some(id) = md.remove(FIELD_ID).and_then(|i| i.parse::<i64>().ok()) {
         out.insert("id".into(), id.into());
     }
@@ -243,7 +292,10 @@ fn fields_to_arrow(docs: &[FieldDoc], path: &str) -> Result<Fields, String> {
     let mut out = Vec::with_capacity(docs.len());
     for (i, f) in docs.iter().enumerate() {
         let here = format!("{path}[{i}]");
-        let name = f.name.clone().ok_or_else(|| format!("{here}: a field needs a `name`"))?;
+        let name = f
+            .name
+            .clone()
+            .ok_or_else(|| format!("{here}: a field needs a `name`"))?;
         if out.iter().any(|o: &Field| o.name() == &name) {
             return Err(format!("{here}: field `{name}` is declared twice"));
         }
@@ -255,17 +307,25 @@ fn fields_to_arrow(docs: &[FieldDoc], path: &str) -> Result<Fields, String> {
 fn field_to_arrow(f: &FieldDoc, name: String, here: &str) -> Result<Field, String> {
     let data_type = match f.data_type.to_ascii_lowercase().as_str() {
         "struct" => {
-            let sub = f.fields.as_ref().ok_or_else(|| format!("{here} (`{name}`): a struct needs `fields`"))?;
+            let sub = f
+                .fields
+                .as_ref()
+                .ok_or_else(|| format!("{here} (`{name}`): a struct needs `fields`"))?;
             DataType::Struct(fields_to_arrow(sub, &format!("{here}.fields"))?)
         }
         "list" => {
-            let item = f.item.as_ref().ok_or_else(|| format!("{here} (`{name}`): a list needs an `item`"))?;
+            let item = f
+                .item
+                .as_ref()
+                .ok_or_else(|| format!("{here} (`{name}`): a list needs an `item`"))?;
             let item = field_to_arrow(item, "item".into(), &format!("{here}.item"))?;
             DataType::List(item.into())
         }
         _ => {
             if f.fields.is_some() || f.item.is_some() {
-                return Err(format!("{here} (`{name}`): `fields` and `item` belong to struct and list types"));
+                return Err(format!(
+                    "{here} (`{name}`): `fields` and `item` belong to struct and list types"
+                ));
             }
             parse_data_type(&f.data_type).map_err(|e| format!("{here} (`{name}`): {e}"))?
         }
@@ -310,7 +370,9 @@ mod tests {
         let f = s.schema.field_with_name("id").unwrap();
         assert!(!f.is_nullable());
         assert_eq!(f.metadata()[FIELD_ID], "1");
-        assert!(matches!(s.schema.field_with_name("device").unwrap().data_type(), DataType::Struct(f) if f.len() == 1));
+        assert!(
+            matches!(s.schema.field_with_name("device").unwrap().data_type(), DataType::Struct(f) if f.len() == 1)
+        );
         match s.schema.field_with_name("tags").unwrap().data_type() {
             DataType::List(item) => assert!(!item.is_nullable()),
             other => panic!("{other}"),
@@ -337,11 +399,17 @@ mod tests {
     #[test]
     fn errors_name_the_file_and_the_field() {
         let (_d, r) = registry_with(&[
-            ("a/1.json", r#"{"name":"a","version":1,"fields":[{"name":"x","type":"nope"}]}"#),
+            (
+                "a/1.json",
+                r#"{"name":"a","version":1,"fields":[{"name":"x","type":"nope"}]}"#,
+            ),
             ("b/1.json", r#"{"name":"b","version":2,"fields":[]}"#),
         ]);
         let e = r.get("a@1").unwrap_err().to_string();
-        assert!(e.contains("a/1.json") && e.contains("fields[0] (`x`)") && e.contains("`nope`"), "{e}");
+        assert!(
+            e.contains("a/1.json") && e.contains("fields[0] (`x`)") && e.contains("`nope`"),
+            "{e}"
+        );
         let e = r.get("b@1").unwrap_err().to_string();
         assert!(e.contains("says b@2"), "{e}");
         let e = r.get("a@7").unwrap_err().to_string();

@@ -27,24 +27,31 @@ pub fn parse_data_type(text: &str) -> Result<DataType, String> {
         "binary" | "bytea" | "blob" => Some(DataType::Binary),
         "date" | "date32" => Some(DataType::Date32),
         "timestamp" => Some(DataType::Timestamp(TimeUnit::Microsecond, None)),
-        "timestamptz" => Some(DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+        "timestamptz" => Some(DataType::Timestamp(
+            TimeUnit::Microsecond,
+            Some("UTC".into()),
+        )),
         "timestamp_ms" => Some(DataType::Timestamp(TimeUnit::Millisecond, None)),
         _ => None,
     };
     if let Some(dt) = simple {
         return Ok(dt);
     }
-    if let Some(args) = lower.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')) {
+    if let Some(args) = lower
+        .strip_prefix("decimal(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
         let mut parts = args.split(',').map(|p| p.trim().parse::<i64>());
         if let (Some(Ok(p)), Some(Ok(s)), None) = (parts.next(), parts.next(), parts.next()) {
             if (1..=38).contains(&p) && s.abs() <= p {
                 return Ok(DataType::Decimal128(p as u8, s as i8));
             }
         }
-        return Err(format!("`{text}`: decimal needs precision 1..=38 and a scale, e.g. decimal(15,2)"));
+        return Err(format!(
+            "`{text}`: decimal needs precision 1..=38 and a scale, e.g. decimal(15,2)"
+        ));
     }
     DataType::from_str(t).map_err(|e| {
         format!("`{text}` is not a known type ({e}); use an SQL name such as bigint, double, varchar, date, timestamp, decimal(15,2) or an Arrow name such as Int64")
     })
 }
-

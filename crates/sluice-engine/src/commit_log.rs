@@ -90,7 +90,9 @@ pub struct Commit {
 #[derive(Debug, thiserror::Error)]
 pub enum CommitLogError {
     /// The epoch already has a commit: another run committed it first.
-    #[error("epoch {epoch} is already committed at {path}; another run of this pipeline may be writing to the same sink")]
+    #[error(
+        "epoch {epoch} is already committed at {path}; another run of this pipeline may be writing to the same sink"
+    )]
     AlreadyCommitted {
         /// The epoch.
         epoch: u64,
@@ -140,13 +142,21 @@ impl CommitLog {
 
     fn store_err(&self, path: &ObjectPath) -> impl Fn(object_store::Error) -> CommitLogError + '_ {
         let p = self.root.object_url(path);
-        move |source| CommitLogError::Store { path: p.clone(), source }
+        move |source| CommitLogError::Store {
+            path: p.clone(),
+            source,
+        }
     }
 
     /// Committed epochs, in increasing order.
     pub async fn epochs(&self) -> Result<Vec<u64>, CommitLogError> {
         let dir = self.root.child(COMMITS_DIR);
-        let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await.map_err(self.store_err(&dir))?;
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(self.store_err(&dir))?;
         let mut epochs: Vec<u64> = metas
             .iter()
             .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok())
@@ -158,9 +168,18 @@ impl CommitLog {
     /// Reads the commit of `epoch`.
     pub async fn read(&self, epoch: u64) -> Result<Commit, CommitLogError> {
         let path = self.commit_path(epoch);
-        let bytes = self.store.get(&path).await.map_err(self.store_err(&path))?.bytes().await.map_err(self.store_err(&path))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CommitLogError::Corrupt { path: self.root.object_url(&path), message: e.to_string() })
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(self.store_err(&path))?
+            .bytes()
+            .await
+            .map_err(self.store_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| CommitLogError::Corrupt {
+            path: self.root.object_url(&path),
+            message: e.to_string(),
+        })
     }
 
     /// Reads every commit, oldest first.
@@ -188,13 +207,25 @@ impl CommitLog {
     /// Creates the commit file of `commit.epoch`; fails if it exists.
     pub async fn write(&self, commit: &Commit) -> Result<(), CommitLogError> {
         let path = self.commit_path(commit.epoch);
-        let body = serde_json::to_vec_pretty(commit)
-            .map_err(|e| CommitLogError::Corrupt { path: self.root.object_url(&path), message: e.to_string() })?;
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&path, PutPayload::from(body), opts).await {
+        let body = serde_json::to_vec_pretty(commit).map_err(|e| CommitLogError::Corrupt {
+            path: self.root.object_url(&path),
+            message: e.to_string(),
+        })?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(body), opts)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                Err(CommitLogError::AlreadyCommitted { epoch: commit.epoch, path: self.root.object_url(&path) })
+                Err(CommitLogError::AlreadyCommitted {
+                    epoch: commit.epoch,
+                    path: self.root.object_url(&path),
+                })
             }
             Err(e) => Err(self.store_err(&path)(e)),
         }
@@ -202,7 +233,12 @@ impl CommitLog {
 
     /// Paths (relative to the root) of every committed data file.
     pub async fn committed_files(&self) -> Result<BTreeSet<String>, CommitLogError> {
-        Ok(self.read_all().await?.into_iter().flat_map(|c| c.files.into_iter().map(|f| f.path)).collect())
+        Ok(self
+            .read_all()
+            .await?
+            .into_iter()
+            .flat_map(|c| c.files.into_iter().map(|f| f.path))
+            .collect())
     }
 
     /// Deletes data files that no commit lists and that sluice wrote (their
@@ -211,7 +247,12 @@ impl CommitLog {
     pub async fn remove_uncommitted(&self) -> Result<Vec<String>, CommitLogError> {
         let committed = self.committed_files().await?;
         let prefix = (!self.root.prefix.as_ref().is_empty()).then_some(&self.root.prefix);
-        let all: Vec<_> = self.store.list(prefix).try_collect().await.map_err(self.store_err(&self.root.prefix))?;
+        let all: Vec<_> = self
+            .store
+            .list(prefix)
+            .try_collect()
+            .await
+            .map_err(self.store_err(&self.root.prefix))?;
         let mut removed = Vec::new();
         for meta in all {
             let rel = relative_to(&meta.location, &self.root.prefix);
@@ -220,7 +261,9 @@ impl CommitLog {
             }
             if meta.location.filename().is_some_and(is_data_file_name) {
                 match self.store.delete(&meta.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed.push(rel.to_string()),
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        removed.push(rel.to_string())
+                    }
                     Err(e) => return Err(self.store_err(&meta.location)(e)),
                 }
             }
@@ -253,13 +296,21 @@ impl CommitLog {
 }
 
 /// The name of a data file sluice writes: `part-<epoch>-<run>-<partition>-<seq>.<ext>`.
-pub fn data_file_name(epoch: u64, run_id: &str, partition: usize, seq: usize, extension: &str) -> String {
+pub fn data_file_name(
+    epoch: u64,
+    run_id: &str,
+    partition: usize,
+    seq: usize,
+    extension: &str,
+) -> String {
     format!("part-{epoch:08}-{run_id}-{partition:03}-{seq:04}.{extension}")
 }
 
 /// Whether `name` is a data file name made by [`data_file_name`].
 pub fn is_data_file_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("part-") else { return false };
+    let Some(rest) = name.strip_prefix("part-") else {
+        return false;
+    };
     let stem = rest.split('.').next().unwrap_or("");
     let parts: Vec<&str> = stem.split('-').collect();
     parts.len() == 4
@@ -291,7 +342,15 @@ mod tests {
             sink: "out".into(),
             run_id: "0123abcd".into(),
             committed_at: "2026-01-01T00:00:00Z".into(),
-            files: files.iter().map(|f| CommittedFile { path: f.to_string(), rows: 1, bytes: 1, partition: BTreeMap::new() }).collect(),
+            files: files
+                .iter()
+                .map(|f| CommittedFile {
+                    path: f.to_string(),
+                    rows: 1,
+                    bytes: 1,
+                    partition: BTreeMap::new(),
+                })
+                .collect(),
             rows: files.len() as u64,
             bytes: files.len() as u64,
             schema: Schema::empty(),
@@ -322,7 +381,10 @@ mod tests {
             store.put(&root.child(name), "x".into()).await.unwrap();
         }
         log.write(&commit(0, &[&kept])).await?;
-        assert!(matches!(log.write(&commit(0, &[])).await, Err(CommitLogError::AlreadyCommitted { epoch: 0, .. })));
+        assert!(matches!(
+            log.write(&commit(0, &[])).await,
+            Err(CommitLogError::AlreadyCommitted { epoch: 0, .. })
+        ));
         assert_eq!(log.epochs().await?, vec![0]);
         assert_eq!(log.latest().await?.map(|c| c.files.len()), Some(1));
         let removed = log.remove_uncommitted().await?;

@@ -31,12 +31,12 @@ use crate::error::{Result, SluiceError, SpecIssue};
 use crate::metrics::Progress;
 use crate::ops::external_stage::{ExternalStageNode, ExternalStagePlanner};
 use crate::ops::stage::{StageNode, StagePlanner};
-use crate::stages::external::ExternalRuntime;
 use crate::sinks::Sink;
 use crate::sources::{EpochTable, Source, SourceContext};
 use crate::spec::PipelineSpec;
 use crate::spec::graph::Graph;
 use crate::stages::StageConfig;
+use crate::stages::external::ExternalRuntime;
 
 /// Plans logical plans with sluice's extension nodes.
 pub struct SluiceQueryPlanner {
@@ -45,13 +45,19 @@ pub struct SluiceQueryPlanner {
 
 impl std::fmt::Debug for SluiceQueryPlanner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SluiceQueryPlanner({} extension planners)", self.planners.len())
+        write!(
+            f,
+            "SluiceQueryPlanner({} extension planners)",
+            self.planners.len()
+        )
     }
 }
 
 impl Default for SluiceQueryPlanner {
     fn default() -> Self {
-        Self { planners: vec![Arc::new(StagePlanner), Arc::new(ExternalStagePlanner)] }
+        Self {
+            planners: vec![Arc::new(StagePlanner), Arc::new(ExternalStagePlanner)],
+        }
     }
 }
 
@@ -62,7 +68,9 @@ impl QueryPlanner for SluiceQueryPlanner {
         plan: &LogicalPlan,
         session: &dyn Session,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(self.planners.clone()).create_physical_plan(plan, session).await
+        DefaultPhysicalPlanner::with_extension_planners(self.planners.clone())
+            .create_physical_plan(plan, session)
+            .await
     }
 }
 
@@ -129,7 +137,10 @@ impl std::fmt::Debug for CompiledPipeline {
 impl CompiledPipeline {
     /// Plans a sink's input against the slices installed in the source tables.
     pub async fn physical_plan(&self, sink: &str) -> Result<Arc<dyn ExecutionPlan>> {
-        let s = self.sinks.get(sink).ok_or_else(|| SluiceError::Internal(format!("no sink `{sink}`")))?;
+        let s = self
+            .sinks
+            .get(sink)
+            .ok_or_else(|| SluiceError::Internal(format!("no sink `{sink}`")))?;
         self.ctx
             .state()
             .create_physical_plan(&s.plan)
@@ -138,7 +149,11 @@ impl CompiledPipeline {
     }
 
     /// The schema a sink writes: its plan's schema plus sluice's metadata.
-    pub fn output_schema(&self, sink: &CompiledSink, provenance: &sluice_contract::Provenance) -> Result<SchemaRef> {
+    pub fn output_schema(
+        &self,
+        sink: &CompiledSink,
+        provenance: &sluice_contract::Provenance,
+    ) -> Result<SchemaRef> {
         let arrow: Schema = sink.plan.schema().as_arrow().clone();
         let mut md = arrow.metadata().clone();
         md.insert(metadata::PIPELINE.into(), self.spec.id());
@@ -146,20 +161,25 @@ impl CompiledPipeline {
         md.insert(metadata::SCHEMA_VERSION.into(), sink.schema_version.clone());
         md.insert(metadata::LINEAGE.into(), to_json(&sink.lineage)?);
         md.insert(metadata::PROVENANCE.into(), to_json(provenance)?);
-        Ok(Arc::new(Schema::new_with_metadata(arrow.fields().clone(), md)))
+        Ok(Arc::new(Schema::new_with_metadata(
+            arrow.fields().clone(),
+            md,
+        )))
     }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| SluiceError::Internal(format!("cannot encode metadata: {e}")))
+    serde_json::to_string(v)
+        .map_err(|e| SluiceError::Internal(format!("cannot encode metadata: {e}")))
 }
 
 /// Builds the DataFusion context for a spec.
 pub fn session_for(engine: &Engine, spec: &PipelineSpec) -> SessionContext {
-    let partitions = spec
-        .settings
-        .target_partitions
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let partitions = spec.settings.target_partitions.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     let mut config = SessionConfig::new()
         .with_target_partitions(partitions.max(1))
         .with_batch_size(spec.settings.batch_size.unwrap_or(8192).max(1))
@@ -208,20 +228,36 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         };
         match cfg.open(&sctx).await {
             Ok(source) => {
-                let checks = match parse_checks(&ctx, &spec, name, cfg, &source.schema(), &dead_letters) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        errors.push(e);
-                        continue;
-                    }
-                };
+                let checks =
+                    match parse_checks(&ctx, &spec, name, cfg, &source.schema(), &dead_letters) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    };
                 let table = Arc::new(
-                    EpochTable::new(name, source.kind(), source.schema(), Arc::clone(&progress.rows_read)).with_checks(checks),
+                    EpochTable::new(
+                        name,
+                        source.kind(),
+                        source.schema(),
+                        Arc::clone(&progress.rows_read),
+                    )
+                    .with_checks(checks),
                 );
                 if let Err(e) = ctx.register_table(name.as_str(), Arc::clone(&table) as _) {
-                    errors.push(SluiceError::Internal(format!("cannot register source `{name}`: {e}")));
+                    errors.push(SluiceError::Internal(format!(
+                        "cannot register source `{name}`: {e}"
+                    )));
                 }
-                sources.insert(name.clone(), CompiledSource { source, table, lookup: cfg.is_lookup() });
+                sources.insert(
+                    name.clone(),
+                    CompiledSource {
+                        source,
+                        table,
+                        lookup: cfg.is_lookup(),
+                    },
+                );
             }
             Err(e) => errors.push(e),
         }
@@ -229,10 +265,17 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
     // the engine's stores may have grown (s3 buckets opened by sources)
     engine.stores().register_all(&ctx);
 
-    let mut failed: Vec<String> = spec.sources.keys().filter(|n| !sources.contains_key(*n)).cloned().collect();
+    let mut failed: Vec<String> = spec
+        .sources
+        .keys()
+        .filter(|n| !sources.contains_key(*n))
+        .cloned()
+        .collect();
     let mut externals = BTreeMap::new();
     for name in &graph.stage_order {
-        let Some(stage) = spec.stages.get(name) else { continue };
+        let Some(stage) = spec.stages.get(name) else {
+            continue;
+        };
         if stage.inputs().iter().any(|i| failed.contains(i)) {
             // an input already failed; its error is reported, don't pile on
             failed.push(name.clone());
@@ -240,26 +283,37 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         }
         let planned = match stage {
             StageConfig::Sql(_) => plan_stage(&ctx, &spec, name, stage).await,
-            StageConfig::External(c) => match plan_external(&ctx, &spec, name, c, &dead_letters).await {
-                Ok((plan, runtime)) => {
-                    externals.insert(name.clone(), runtime);
-                    Ok(plan)
+            StageConfig::External(c) => {
+                match plan_external(&ctx, &spec, name, c, &dead_letters).await {
+                    Ok((plan, runtime)) => {
+                        externals.insert(name.clone(), runtime);
+                        Ok(plan)
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
         };
         match planned {
             Ok(plan) => {
                 if let Some((schema_name, version)) = stage.declared_schema() {
-                    let reference = version.map_or(schema_name.clone(), |v| format!("{schema_name}@{v}"));
+                    let reference =
+                        version.map_or(schema_name.clone(), |v| format!("{schema_name}@{v}"));
                     let key = format!("stages.{name}.schema");
-                    if let Some(issue) = check_contract(&spec, key, &format!("stage `{name}`"), &reference, plan.schema().as_arrow()) {
+                    if let Some(issue) = check_contract(
+                        &spec,
+                        key,
+                        &format!("stage `{name}`"),
+                        &reference,
+                        plan.schema().as_arrow(),
+                    ) {
                         errors.push(SluiceError::spec(issue));
                     }
                 }
                 let view = ViewTable::new(plan, None);
                 if let Err(e) = ctx.register_table(name.as_str(), Arc::new(view)) {
-                    errors.push(SluiceError::Internal(format!("cannot register stage `{name}`: {e}")));
+                    errors.push(SluiceError::Internal(format!(
+                        "cannot register stage `{name}`: {e}"
+                    )));
                 }
             }
             Err(e) => {
@@ -286,7 +340,11 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
         let plan = match ctx.table(input).await {
             Ok(df) => df.into_unoptimized_plan(),
             Err(e) => {
-                errors.push(SluiceError::Plan { stage: name.clone(), file: None, message: e.to_string() });
+                errors.push(SluiceError::Plan {
+                    stage: name.clone(),
+                    file: None,
+                    message: e.to_string(),
+                });
                 continue;
             }
         };
@@ -295,20 +353,38 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
             errors.push(SluiceError::spec(issue));
             continue;
         }
-        if let crate::sinks::SinkConfig::Parquet(crate::sinks::ParquetSinkConfig { schema: Some(reference), .. }) = cfg {
-            if let Some(issue) = check_contract(&spec, format!("sinks.{name}.schema"), &format!("sink `{name}`'s input"), reference, &schema) {
+        if let crate::sinks::SinkConfig::Parquet(crate::sinks::ParquetSinkConfig {
+            schema: Some(reference),
+            ..
+        }) = cfg
+        {
+            if let Some(issue) = check_contract(
+                &spec,
+                format!("sinks.{name}.schema"),
+                &format!("sink `{name}`'s input"),
+                reference,
+                &schema,
+            ) {
                 errors.push(SluiceError::spec(issue));
                 continue;
             }
         }
-        let (schema_name, schema_version) = match spec.stages.get(input).and_then(|s| s.declared_schema()) {
-            Some((n, v)) => (n, v.unwrap_or_else(|| spec.pipeline.version.clone())),
-            None => (input.to_string(), spec.pipeline.version.clone()),
-        };
+        let (schema_name, schema_version) =
+            match spec.stages.get(input).and_then(|s| s.declared_schema()) {
+                Some((n, v)) => (n, v.unwrap_or_else(|| spec.pipeline.version.clone())),
+                None => (input.to_string(), spec.pipeline.version.clone()),
+            };
         let lineage = lineage_of(&spec, &graph, &sources, &externals, name, cfg.kind());
         sinks.insert(
             name.clone(),
-            CompiledSink { sink, plan, lineage, schema_name, schema_version, sources: graph.sources_of(name) },
+            CompiledSink {
+                sink,
+                plan,
+                lineage,
+                schema_name,
+                schema_version,
+                sources: graph.sources_of(name),
+            },
         );
     }
 
@@ -324,7 +400,17 @@ pub async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<CompiledPipe
     if !errors.is_empty() {
         return Err(merge_errors(errors));
     }
-    Ok(CompiledPipeline { spec, graph, ctx, sources, sinks, progress, externals, dead_letters, lineage: None })
+    Ok(CompiledPipeline {
+        spec,
+        graph,
+        ctx,
+        sources,
+        sinks,
+        progress,
+        externals,
+        dead_letters,
+        lineage: None,
+    })
 }
 
 /// One error, or all spec issues together, or a list.
@@ -356,16 +442,27 @@ fn parse_checks(
         .map_err(|e| SluiceError::Internal(format!("source `{name}` schema: {e}")))?;
     let mut checks = Vec::new();
     for (i, sql) in cfg.checks().iter().enumerate() {
-        let issue = |m: String| SluiceError::spec(spec.issue(format!("sources.{name}.checks[{i}]"), m));
-        let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| issue(format!("`{sql}`: {e}")))?;
-        let field = datafusion::logical_expr::ExprSchemable::to_field(&expr, &df_schema).map_err(|e| issue(format!("`{sql}`: {e}")))?.1;
+        let issue =
+            |m: String| SluiceError::spec(spec.issue(format!("sources.{name}.checks[{i}]"), m));
+        let expr = ctx
+            .parse_sql_expr(sql, &df_schema)
+            .map_err(|e| issue(format!("`{sql}`: {e}")))?;
+        let field = datafusion::logical_expr::ExprSchemable::to_field(&expr, &df_schema)
+            .map_err(|e| issue(format!("`{sql}`: {e}")))?
+            .1;
         let data_type = field.data_type().clone();
         if data_type != datafusion::arrow::datatypes::DataType::Boolean {
-            return Err(issue(format!("`{sql}` is {data_type}, a check must be true or false")));
+            return Err(issue(format!(
+                "`{sql}` is {data_type}, a check must be true or false"
+            )));
         }
         checks.push((sql.clone(), expr));
     }
-    Ok(crate::sources::epoch_table::DeclaredChecks { checks, on_error: cfg.on_error(), dead_letters: Arc::clone(dead_letters) })
+    Ok(crate::sources::epoch_table::DeclaredChecks {
+        checks,
+        on_error: cfg.on_error(),
+        dead_letters: Arc::clone(dead_letters),
+    })
 }
 
 /// `on_error = "dead_letter"` anywhere needs the pipeline's `[dead_letter]`
@@ -386,8 +483,11 @@ fn check_dead_letter_sink(spec: &PipelineSpec) -> Option<SpecIssue> {
     if spec.dead_letter.is_none() {
         let key = wants.first()?;
         return Some(
-            spec.issue(key.clone(), "`on_error = \"dead_letter\"` needs a dead-letter sink, and the pipeline has none")
-                .with_help("add a table `[dead_letter]` with `url = \"out/dead_letters\"`"),
+            spec.issue(
+                key.clone(),
+                "`on_error = \"dead_letter\"` needs a dead-letter sink, and the pipeline has none",
+            )
+            .with_help("add a table `[dead_letter]` with `url = \"out/dead_letters\"`"),
         );
     }
     if spec.sinks.contains_key(dead_letter::SINK_NAME) {
@@ -407,7 +507,10 @@ fn open_dead_letter_sink(
     engine: &Engine,
     ctx: &SessionContext,
 ) -> Result<CompiledSink> {
-    let cfg = crate::sinks::SinkConfig::Parquet(crate::sinks::ParquetSinkConfig::new(dead_letter::SINK_NAME, &dl.url));
+    let cfg = crate::sinks::SinkConfig::Parquet(crate::sinks::ParquetSinkConfig::new(
+        dead_letter::SINK_NAME,
+        &dl.url,
+    ));
     let sink = cfg.open(dead_letter::SINK_NAME, spec, engine.stores())?;
     let empty = datafusion::datasource::empty::EmptyTable::new(dead_letter::schema());
     let plan = ctx
@@ -429,7 +532,13 @@ fn open_dead_letter_sink(
 /// readers can read as that schema: every declared field present (or
 /// nullable) with a type that widens to the declared one. A name the
 /// registry does not hold is only a label.
-fn check_contract(spec: &PipelineSpec, key: String, who: &str, reference: &str, output: &Schema) -> Option<SpecIssue> {
+fn check_contract(
+    spec: &PipelineSpec,
+    key: String,
+    who: &str,
+    reference: &str,
+    output: &Schema,
+) -> Option<SpecIssue> {
     let registry = spec.registry();
     let schema_name = reference.split('@').next().unwrap_or(reference);
     if !registry.root().join(schema_name).is_dir() {
@@ -466,15 +575,24 @@ fn check_partition_columns(
     };
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     cols.iter().find(|c| !names.contains(&c.as_str())).map(|c| {
-        spec.issue(format!("sinks.{name}.partition_by"), format!("`{c}` is not a column of `{}`", cfg.input()))
-            .with_help(format!("columns are: {}", names.join(", ")))
+        spec.issue(
+            format!("sinks.{name}.partition_by"),
+            format!("`{c}` is not a column of `{}`", cfg.input()),
+        )
+        .with_help(format!("columns are: {}", names.join(", ")))
     })
 }
 
 /// The SQL text of a stage and the file it came from.
-fn stage_sql(spec: &PipelineSpec, name: &str, stage: &StageConfig) -> Result<(String, Option<PathBuf>)> {
+fn stage_sql(
+    spec: &PipelineSpec,
+    name: &str,
+    stage: &StageConfig,
+) -> Result<(String, Option<PathBuf>)> {
     let StageConfig::Sql(c) = stage else {
-        return Err(SluiceError::Internal(format!("stage `{name}` is not an sql stage")));
+        return Err(SluiceError::Internal(format!(
+            "stage `{name}` is not an sql stage"
+        )));
     };
     match (&c.query, &c.sql) {
         (Some(q), None) => Ok((q.clone(), None)),
@@ -482,48 +600,82 @@ fn stage_sql(spec: &PipelineSpec, name: &str, stage: &StageConfig) -> Result<(St
             let full = spec.resolve_path(path);
             let text = std::fs::read_to_string(&full).map_err(|e| {
                 SluiceError::spec(
-                    spec.issue(format!("stages.{name}.sql"), format!("cannot read {}: {e}", full.display()))
-                        .with_help("the path is relative to the pipeline file"),
+                    spec.issue(
+                        format!("stages.{name}.sql"),
+                        format!("cannot read {}: {e}", full.display()),
+                    )
+                    .with_help("the path is relative to the pipeline file"),
                 )
             })?;
             Ok((text, Some(full)))
         }
         (Some(_), Some(_)) => Err(SluiceError::spec(
-            spec.issue(format!("stages.{name}"), "both `query` and `sql` are set").with_help("keep one: inline `query` or a `sql` file"),
+            spec.issue(format!("stages.{name}"), "both `query` and `sql` are set")
+                .with_help("keep one: inline `query` or a `sql` file"),
         )),
-        (None, None) => Err(SluiceError::spec(
-            spec.issue(format!("stages.{name}"), "an sql stage needs `query` (inline SQL) or `sql` (a .sql file)"),
-        )),
+        (None, None) => Err(SluiceError::spec(spec.issue(
+            format!("stages.{name}"),
+            "an sql stage needs `query` (inline SQL) or `sql` (a .sql file)",
+        ))),
     }
 }
 
-async fn plan_stage(ctx: &SessionContext, spec: &PipelineSpec, name: &str, stage: &StageConfig) -> Result<LogicalPlan> {
+async fn plan_stage(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+    name: &str,
+    stage: &StageConfig,
+) -> Result<LogicalPlan> {
     let (sql, file) = stage_sql(spec, name, stage)?;
-    let key = format!("stages.{name}.{}", if file.is_some() { "sql" } else { "query" });
+    let key = format!(
+        "stages.{name}.{}",
+        if file.is_some() { "sql" } else { "query" }
+    );
     let plan_err = |message: String| {
-        let source = file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default();
+        let source = file
+            .as_ref()
+            .map(|f| format!(" in {}", f.display()))
+            .unwrap_or_default();
         SluiceError::spec(
-            spec.issue(&key, format!("stage `{name}`: the SQL{source} does not plan: {message}"))
-                .with_help("fix the query; column and table names are those of the stage's inputs"),
+            spec.issue(
+                &key,
+                format!("stage `{name}`: the SQL{source} does not plan: {message}"),
+            )
+            .with_help("fix the query; column and table names are those of the stage's inputs"),
         )
     };
     let state = ctx.state();
-    let statement = state.sql_to_statement(&sql, &Dialect::Generic).map_err(|e| plan_err(e.to_string()))?;
+    let statement = state
+        .sql_to_statement(&sql, &Dialect::Generic)
+        .map_err(|e| plan_err(e.to_string()))?;
     if !is_query(&statement) {
-        return Err(plan_err("an sql stage must be a query (SELECT, WITH or VALUES), not a command".into()));
+        return Err(plan_err(
+            "an sql stage must be a query (SELECT, WITH or VALUES), not a command".into(),
+        ));
     }
-    let refs = state.resolve_table_references(&statement).map_err(|e| plan_err(e.to_string()))?;
+    let refs = state
+        .resolve_table_references(&statement)
+        .map_err(|e| plan_err(e.to_string()))?;
     let inputs = stage.inputs();
-    let unknown: Vec<String> =
-        refs.iter().map(|r| r.table().to_string()).filter(|t| !inputs.iter().any(|i| i == t)).collect();
+    let unknown: Vec<String> = refs
+        .iter()
+        .map(|r| r.table().to_string())
+        .filter(|t| !inputs.iter().any(|i| i == t))
+        .collect();
     if !unknown.is_empty() {
         return Err(SluiceError::spec(
             spec.issue(
                 format!("stages.{name}.inputs"),
                 format!(
                     "the SQL{} reads {} which {} not among the stage's inputs [{}]",
-                    file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default(),
-                    unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", "),
+                    file.as_ref()
+                        .map(|f| format!(" in {}", f.display()))
+                        .unwrap_or_default(),
+                    unknown
+                        .iter()
+                        .map(|u| format!("`{u}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     if unknown.len() == 1 { "is" } else { "are" },
                     inputs.join(", ")
                 ),
@@ -531,7 +683,10 @@ async fn plan_stage(ctx: &SessionContext, spec: &PipelineSpec, name: &str, stage
             .with_help("add it to `inputs` (a source or an earlier stage) or fix the table name"),
         ));
     }
-    let plan = state.statement_to_plan(statement).await.map_err(|e| plan_err(e.to_string()))?;
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| plan_err(e.to_string()))?;
     // surface type errors now, attributed to this stage
     state.optimize(&plan).map_err(|e| plan_err(e.to_string()))?;
     Ok(StageNode::wrap(name, stage.kind(), plan))
@@ -548,8 +703,14 @@ async fn plan_external(
 ) -> Result<(LogicalPlan, Arc<ExternalRuntime>)> {
     let [input] = c.inputs.as_slice() else {
         return Err(SluiceError::spec(
-            spec.issue(format!("stages.{name}.inputs"), format!("an external stage reads exactly one input, found {}", c.inputs.len()))
-                .with_help("join or union the inputs in an sql stage first"),
+            spec.issue(
+                format!("stages.{name}.inputs"),
+                format!(
+                    "an external stage reads exactly one input, found {}",
+                    c.inputs.len()
+                ),
+            )
+            .with_help("join or union the inputs in an sql stage first"),
         ));
     };
     let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir, Arc::clone(dead_letters)).await.map_err(|e| {
@@ -562,7 +723,11 @@ async fn plan_external(
     let plan = ctx
         .table(input.as_str())
         .await
-        .map_err(|e| SluiceError::Plan { stage: name.to_string(), file: None, message: e.to_string() })?
+        .map_err(|e| SluiceError::Plan {
+            stage: name.to_string(),
+            file: None,
+            message: e.to_string(),
+        })?
         .into_unoptimized_plan();
     let m = &runtime.manifest;
     if let Some(decl) = &m.input_schema {
@@ -580,9 +745,15 @@ async fn plan_external(
             )
         })?;
     }
-    let node = ExternalStageNode::try_new(Arc::clone(&runtime), plan)
-        .map_err(|e| SluiceError::Plan { stage: name.to_string(), file: None, message: e.to_string() })?;
-    let plan = LogicalPlan::Extension(datafusion::logical_expr::Extension { node: Arc::new(node) });
+    let node =
+        ExternalStageNode::try_new(Arc::clone(&runtime), plan).map_err(|e| SluiceError::Plan {
+            stage: name.to_string(),
+            file: None,
+            message: e.to_string(),
+        })?;
+    let plan = LogicalPlan::Extension(datafusion::logical_expr::Extension {
+        node: Arc::new(node),
+    });
     Ok((StageNode::wrap(name, "external", plan), runtime))
 }
 
@@ -617,10 +788,19 @@ fn lineage_of(
                 language: rt.manifest.language.clone(),
             });
         } else if let Some(stage) = spec.stages.get(&node) {
-            out.push(LineageEntry { stage: node.clone(), kind: stage.kind().into(), version: version.clone(), language: "sql".into() });
+            out.push(LineageEntry {
+                stage: node.clone(),
+                kind: stage.kind().into(),
+                version: version.clone(),
+                language: "sql".into(),
+            });
         }
     }
-    out.push(LineageEntry { stage: sink.to_string(), kind: format!("sink:{sink_kind}"), version, language: "rust".into() });
+    out.push(LineageEntry {
+        stage: sink.to_string(),
+        kind: format!("sink:{sink_kind}"),
+        version,
+        language: "rust".into(),
+    });
     out
 }
-

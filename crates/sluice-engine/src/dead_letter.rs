@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 use sluice_contract::ErrorCode;
@@ -105,7 +107,11 @@ impl DeadLetters {
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("epoch", DataType::UInt64, false),
-        Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("component", DataType::Utf8, false),
         Field::new("role", DataType::Utf8, false),
         Field::new("code", DataType::Utf8, false),
@@ -118,9 +124,14 @@ pub fn schema() -> SchemaRef {
 }
 
 /// The rows of one epoch as a batch of [`schema`].
-pub fn to_batch(epoch: u64, rows: &[DeadLetter]) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+pub fn to_batch(
+    epoch: u64,
+    rows: &[DeadLetter],
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
     let now = chrono::Utc::now().timestamp_micros();
-    let strings = |f: &dyn Fn(&DeadLetter) -> Option<String>| -> ArrayRef { Arc::new(rows.iter().map(f).collect::<StringArray>()) };
+    let strings = |f: &dyn Fn(&DeadLetter) -> Option<String>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from(vec![epoch; rows.len()])),
         Arc::new(TimestampMicrosecondArray::from(vec![now; rows.len()]).with_timezone("UTC")),

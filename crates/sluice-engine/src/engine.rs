@@ -89,11 +89,17 @@ impl Engine {
                 let issue = compiled
                     .spec
                     .issue(format!("sinks.{name}.url"), e.to_string())
-                    .with_help("point `url` at a folder (or bucket prefix) sluice can create and write");
+                    .with_help(
+                        "point `url` at a folder (or bucket prefix) sluice can create and write",
+                    );
                 errors.push(SluiceError::spec(issue));
             }
         }
-        if errors.is_empty() { Ok(compiled) } else { Err(merge_errors(errors)) }
+        if errors.is_empty() {
+            Ok(compiled)
+        } else {
+            Err(merge_errors(errors))
+        }
     }
 }
 

@@ -39,8 +39,18 @@ pub struct SpecIssue {
 
 impl SpecIssue {
     /// A new issue at `key` of `file`.
-    pub fn new(file: impl Into<PathBuf>, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { file: file.into(), line: None, key: key.into(), message: message.into(), help: None }
+    pub fn new(
+        file: impl Into<PathBuf>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.into(),
+            line: None,
+            key: key.into(),
+            message: message.into(),
+            help: None,
+        }
     }
 
     /// Sets the line the issue is on.
@@ -158,10 +168,14 @@ impl SluiceError {
     /// Whether retrying the same work may succeed.
     pub fn retry_hint(&self) -> RetryHint {
         match self {
-            SluiceError::Source { retry, .. } | SluiceError::Sink { retry, .. } | SluiceError::Stage { retry, .. } => *retry,
+            SluiceError::Source { retry, .. }
+            | SluiceError::Sink { retry, .. }
+            | SluiceError::Stage { retry, .. } => *retry,
             SluiceError::Store { .. } => RetryHint::WithBackoff,
             SluiceError::Execution { source, .. } => match source.find_root() {
-                DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => RetryHint::WithBackoff,
+                DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => {
+                    RetryHint::WithBackoff
+                }
                 _ => RetryHint::Never,
             },
             _ => RetryHint::Never,
@@ -173,7 +187,10 @@ impl SluiceError {
     pub fn from_datafusion(err: DataFusionError, context: Option<&str>) -> Self {
         match take_sluice_error(err) {
             Ok(sluice) => sluice,
-            Err(err) => SluiceError::Execution { context: context.map(str::to_string), source: err },
+            Err(err) => SluiceError::Execution {
+                context: context.map(str::to_string),
+                source: err,
+            },
         }
     }
 
@@ -205,9 +222,8 @@ fn take_sluice_error(err: DataFusionError) -> std::result::Result<SluiceError, D
                 Err(other) => Err(DataFusionError::External(other)),
             },
         },
-        DataFusionError::Context(ctx, inner) => {
-            take_sluice_error(*inner).map_err(|inner| DataFusionError::Context(ctx, Box::new(inner)))
-        }
+        DataFusionError::Context(ctx, inner) => take_sluice_error(*inner)
+            .map_err(|inner| DataFusionError::Context(ctx, Box::new(inner))),
         DataFusionError::Shared(shared) => match shared.find_root() {
             DataFusionError::External(e) => match e.downcast_ref::<SluiceError>() {
                 Some(s) => Ok(clone_for_report(s)),
@@ -222,23 +238,51 @@ fn take_sluice_error(err: DataFusionError) -> std::result::Result<SluiceError, D
 /// A shared error can't be moved out; rebuild a report-equivalent copy.
 fn clone_for_report(err: &SluiceError) -> SluiceError {
     match err {
-        SluiceError::Source { source_name, file, line, message, retry } => SluiceError::Source {
+        SluiceError::Source {
+            source_name,
+            file,
+            line,
+            message,
+            retry,
+        } => SluiceError::Source {
             source_name: source_name.clone(),
             file: file.clone(),
             line: *line,
             message: message.clone(),
             retry: *retry,
         },
-        SluiceError::Sink { sink, url, message, retry } => {
-            SluiceError::Sink { sink: sink.clone(), url: url.clone(), message: message.clone(), retry: *retry }
-        }
+        SluiceError::Sink {
+            sink,
+            url,
+            message,
+            retry,
+        } => SluiceError::Sink {
+            sink: sink.clone(),
+            url: url.clone(),
+            message: message.clone(),
+            retry: *retry,
+        },
         SluiceError::Spec(issues) => SluiceError::Spec(issues.clone()),
-        SluiceError::Stage { stage, code, message, retry } => {
-            SluiceError::Stage { stage: stage.clone(), code: *code, message: message.clone(), retry: *retry }
-        }
-        SluiceError::Plan { stage, file, message } => {
-            SluiceError::Plan { stage: stage.clone(), file: file.clone(), message: message.clone() }
-        }
+        SluiceError::Stage {
+            stage,
+            code,
+            message,
+            retry,
+        } => SluiceError::Stage {
+            stage: stage.clone(),
+            code: *code,
+            message: message.clone(),
+            retry: *retry,
+        },
+        SluiceError::Plan {
+            stage,
+            file,
+            message,
+        } => SluiceError::Plan {
+            stage: stage.clone(),
+            file: file.clone(),
+            message: message.clone(),
+        },
         other => SluiceError::Internal(other.to_string()),
     }
 }
@@ -259,18 +303,27 @@ mod tests {
         let df = DataFusionError::Context("scan".into(), Box::new(err.into_datafusion()));
         let back = SluiceError::from_datafusion(df, Some("sink out"));
         let text = back.to_string();
-        assert!(text.contains("source `orders`: file file:///data/orders.csv, line 7"), "{text}");
+        assert!(
+            text.contains("source `orders`: file file:///data/orders.csv, line 7"),
+            "{text}"
+        );
         assert_eq!(back.retry_hint(), RetryHint::Never);
     }
 
     #[test]
     fn spec_errors_list_every_issue_with_file_and_key() {
         let err = SluiceError::Spec(vec![
-            SpecIssue::new("p.toml", "stages.a.inputs", "unknown input `x`").with_help("declare [sources.x]"),
+            SpecIssue::new("p.toml", "stages.a.inputs", "unknown input `x`")
+                .with_help("declare [sources.x]"),
             SpecIssue::new("p.toml", "sinks.out.url", "missing"),
         ]);
         let text = err.to_string();
-        assert!(text.contains("p.toml: `stages.a.inputs`: unknown input `x`\n  help: declare [sources.x]"), "{text}");
+        assert!(
+            text.contains(
+                "p.toml: `stages.a.inputs`: unknown input `x`\n  help: declare [sources.x]"
+            ),
+            "{text}"
+        );
         assert!(text.contains("p.toml: `sinks.out.url`: missing"), "{text}");
     }
 }

@@ -27,7 +27,9 @@ impl std::str::FromStr for GraphFormat {
             "text" => Ok(GraphFormat::Text),
             "dot" => Ok(GraphFormat::Dot),
             "mermaid" => Ok(GraphFormat::Mermaid),
-            o => Err(format!("unknown graph format `{o}`; use text, dot or mermaid")),
+            o => Err(format!(
+                "unknown graph format `{o}`; use text, dot or mermaid"
+            )),
         }
     }
 }
@@ -46,8 +48,18 @@ impl CompiledPipeline {
     }
 
     fn nodes_in_order(&self) -> Vec<(String, NodeKind)> {
-        let mut out: Vec<(String, NodeKind)> = self.spec.sources.keys().map(|n| (n.clone(), NodeKind::Source)).collect();
-        out.extend(self.graph.stage_order.iter().map(|n| (n.clone(), NodeKind::Stage)));
+        let mut out: Vec<(String, NodeKind)> = self
+            .spec
+            .sources
+            .keys()
+            .map(|n| (n.clone(), NodeKind::Source))
+            .collect();
+        out.extend(
+            self.graph
+                .stage_order
+                .iter()
+                .map(|n| (n.clone(), NodeKind::Stage)),
+        );
         out.extend(self.spec.sinks.keys().map(|n| (n.clone(), NodeKind::Sink)));
         out
     }
@@ -71,7 +83,13 @@ impl CompiledPipeline {
                     if !ins.is_empty() {
                         let _ = write!(s, " <- {}", ins.join(", "));
                     }
-                    if let Some(url) = self.spec.sinks.get(name).and_then(|c| self.sinks.get(name).map(|s| (c, s))).map(|(_, s)| s.sink.url()) {
+                    if let Some(url) = self
+                        .spec
+                        .sinks
+                        .get(name)
+                        .and_then(|c| self.sinks.get(name).map(|s| (c, s)))
+                        .map(|(_, s)| s.sink.url())
+                    {
                         let _ = write!(s, " -> {url}");
                     }
                     let _ = writeln!(s);
@@ -85,7 +103,11 @@ impl CompiledPipeline {
                         NodeKind::Stage => "box",
                         NodeKind::Sink => "folder",
                     };
-                    let _ = writeln!(s, "  \"{name}\" [shape={shape}, label=\"{name}\\n{}\"];", self.kind_of(name));
+                    let _ = writeln!(
+                        s,
+                        "  \"{name}\" [shape={shape}, label=\"{name}\\n{}\"];",
+                        self.kind_of(name)
+                    );
                 }
                 for (name, _) in &nodes {
                     for i in inputs(name) {
@@ -121,7 +143,9 @@ impl CompiledPipeline {
             let slice = src.source.next_slice(&SliceLimits::default()).await?;
             let table: std::sync::Arc<dyn datafusion::catalog::TableProvider> = match slice {
                 Some(s) => s.table,
-                None => std::sync::Arc::new(datafusion::datasource::empty::EmptyTable::new(src.source.schema())),
+                None => std::sync::Arc::new(datafusion::datasource::empty::EmptyTable::new(
+                    src.source.schema(),
+                )),
             };
             let _ = name;
             src.table.set_slice(table);
@@ -129,7 +153,10 @@ impl CompiledPipeline {
         let mut out = Vec::new();
         for name in self.sinks.keys() {
             let plan = self.physical_plan(name).await?;
-            out.push((name.clone(), displayable(plan.as_ref()).indent(true).to_string()));
+            out.push((
+                name.clone(),
+                displayable(plan.as_ref()).indent(true).to_string(),
+            ));
         }
         Ok(out)
     }

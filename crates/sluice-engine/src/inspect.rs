@@ -16,10 +16,16 @@ pub async fn read_commits(engine: &Engine, url: &str, s3: &S3Settings) -> Result
 
 /// Every row a Parquet sink at `url` committed (the files its commits list,
 /// nothing else), with the schema of its last commit.
-pub async fn read_committed_rows(engine: &Engine, url: &str, s3: &S3Settings) -> Result<Vec<RecordBatch>> {
+pub async fn read_committed_rows(
+    engine: &Engine,
+    url: &str,
+    s3: &S3Settings,
+) -> Result<Vec<RecordBatch>> {
     let (loc, commits) = open(engine, url, s3).await?;
-    let files: Vec<String> =
-        commits.iter().flat_map(|c| c.files.iter().map(|f| loc.object_url(&loc.child(&f.path)))).collect();
+    let files: Vec<String> = commits
+        .iter()
+        .flat_map(|c| c.files.iter().map(|f| loc.object_url(&loc.child(&f.path))))
+        .collect();
     if files.is_empty() {
         return Ok(Vec::new());
     }
@@ -29,7 +35,9 @@ pub async fn read_committed_rows(engine: &Engine, url: &str, s3: &S3Settings) ->
         .read_parquet(files, ParquetReadOptions::default().skip_metadata(false))
         .await
         .map_err(|e| SluiceError::from_datafusion(e, None))?;
-    df.collect().await.map_err(|e| SluiceError::from_datafusion(e, None))
+    df.collect()
+        .await
+        .map_err(|e| SluiceError::from_datafusion(e, None))
 }
 
 async fn open(engine: &Engine, url: &str, s3: &S3Settings) -> Result<(Location, Vec<Commit>)> {
@@ -40,17 +48,23 @@ async fn open(engine: &Engine, url: &str, s3: &S3Settings) -> Result<(Location, 
         message: m,
         retry: RetryHint::Never,
     })?;
-    let store = engine.stores().store_for(&loc, s3).map_err(|m| SluiceError::Sink {
-        sink: String::new(),
-        url: url.to_string(),
-        message: m,
-        retry: RetryHint::Never,
-    })?;
-    let commits = CommitLog::new(store, loc.clone()).read_all().await.map_err(|e| SluiceError::Sink {
-        sink: String::new(),
-        url: loc.url(),
-        message: e.to_string(),
-        retry: RetryHint::WithBackoff,
-    })?;
+    let store = engine
+        .stores()
+        .store_for(&loc, s3)
+        .map_err(|m| SluiceError::Sink {
+            sink: String::new(),
+            url: url.to_string(),
+            message: m,
+            retry: RetryHint::Never,
+        })?;
+    let commits = CommitLog::new(store, loc.clone())
+        .read_all()
+        .await
+        .map_err(|e| SluiceError::Sink {
+            sink: String::new(),
+            url: loc.url(),
+            message: e.to_string(),
+            retry: RetryHint::WithBackoff,
+        })?;
     Ok((loc, commits))
 }

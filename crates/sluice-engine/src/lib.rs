@@ -24,8 +24,8 @@
 #![deny(missing_docs)]
 
 pub mod commit_log;
-pub mod dead_letter;
 pub mod compile;
+pub mod dead_letter;
 pub mod engine;
 pub mod error;
 pub mod explain;

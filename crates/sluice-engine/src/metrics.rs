@@ -90,7 +90,11 @@ impl ComponentStats {
 }
 
 fn per_sec(v: f64, d: Duration) -> f64 {
-    if d.is_zero() { 0.0 } else { v / d.as_secs_f64() }
+    if d.is_zero() {
+        0.0
+    } else {
+        v / d.as_secs_f64()
+    }
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -120,7 +124,13 @@ impl LatencySummary {
         }
         samples.sort_unstable();
         let q = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64();
-        Self { epochs: samples.len(), p50: q(0.5), p95: q(0.95), p99: q(0.99), max: q(1.0) }
+        Self {
+            epochs: samples.len(),
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+            max: q(1.0),
+        }
     }
 }
 

@@ -19,9 +19,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 const SPEC: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
-const SCHEMA_FACET: &str = "https://openlineage.io/spec/facets/1-2-0/SchemaDatasetFacet.json#/$defs/SchemaDatasetFacet";
-const COLUMN_LINEAGE_FACET: &str =
-    "https://openlineage.io/spec/facets/1-2-0/ColumnLineageDatasetFacet.json#/$defs/ColumnLineageDatasetFacet";
+const SCHEMA_FACET: &str =
+    "https://openlineage.io/spec/facets/1-2-0/SchemaDatasetFacet.json#/$defs/SchemaDatasetFacet";
+const COLUMN_LINEAGE_FACET: &str = "https://openlineage.io/spec/facets/1-2-0/ColumnLineageDatasetFacet.json#/$defs/ColumnLineageDatasetFacet";
 const ERROR_FACET: &str = "https://openlineage.io/spec/facets/1-0-1/ErrorMessageRunFacet.json#/$defs/ErrorMessageRunFacet";
 
 /// The `[lineage]` table: where OpenLineage events go.
@@ -54,14 +54,27 @@ impl Dataset {
     pub fn from_url(url: &str) -> Self {
         let url = url.trim_end_matches('/');
         if let Some(path) = url.strip_prefix("file://") {
-            return Self { namespace: "file".into(), name: path.into() };
+            return Self {
+                namespace: "file".into(),
+                name: path.into(),
+            };
         }
         match url.split_once("://") {
             Some((scheme, rest)) => {
                 let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-                Self { namespace: format!("{scheme}://{authority}"), name: if path.is_empty() { "/".into() } else { path.into() } }
+                Self {
+                    namespace: format!("{scheme}://{authority}"),
+                    name: if path.is_empty() {
+                        "/".into()
+                    } else {
+                        path.into()
+                    },
+                }
             }
-            None => Self { namespace: "file".into(), name: url.into() },
+            None => Self {
+                namespace: "file".into(),
+                name: url.into(),
+            },
         }
     }
 }
@@ -101,14 +114,23 @@ pub struct Emitter {
 
 impl Emitter {
     /// An emitter for one run of `job`.
-    pub fn new(config: &LineageConfig, file: Option<PathBuf>, job: &str, inputs: Vec<Input>, outputs: Vec<Output>) -> Self {
+    pub fn new(
+        config: &LineageConfig,
+        file: Option<PathBuf>,
+        job: &str,
+        inputs: Vec<Input>,
+        outputs: Vec<Output>,
+    ) -> Self {
         Self {
             file,
             url: config.url.clone(),
             namespace: config.namespace.clone().unwrap_or_else(|| "sluice".into()),
             job: job.into(),
             run_id: uuid::Uuid::new_v4().to_string(),
-            producer: format!("https://github.com/sluice-etl/sluice/tree/v{}", env!("CARGO_PKG_VERSION")),
+            producer: format!(
+                "https://github.com/sluice-etl/sluice/tree/v{}",
+                env!("CARGO_PKG_VERSION")
+            ),
             inputs,
             outputs,
         }
@@ -131,7 +153,11 @@ impl Emitter {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(line.as_bytes())
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?
+                    .write_all(line.as_bytes())
             })
             .await;
             if !matches!(written, Ok(Ok(()))) {
@@ -147,7 +173,9 @@ impl Emitter {
                 .await;
             match sent {
                 Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(status = %r.status(), url, "the OpenLineage endpoint refused the event"),
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), url, "the OpenLineage endpoint refused the event")
+                }
                 Err(e) => tracing::warn!(error = %e, url, "cannot POST the OpenLineage event"),
             }
         }
@@ -158,7 +186,11 @@ impl Emitter {
         let facet = |url: &str| json!({ "_producer": self.producer, "_schemaURL": url });
         let schema_facet = |schema: &Schema| {
             let mut f = facet(SCHEMA_FACET);
-            f["fields"] = schema.fields().iter().map(|c| json!({ "name": c.name(), "type": c.data_type().to_string() })).collect();
+            f["fields"] = schema
+                .fields()
+                .iter()
+                .map(|c| json!({ "name": c.name(), "type": c.data_type().to_string() }))
+                .collect();
             f
         };
         let mut run = json!({ "runId": self.run_id });
@@ -211,7 +243,10 @@ impl Emitter {
 /// The source columns (table, column) each output column of `plan` is
 /// computed from. `sources` are the table names that are sources; other
 /// tables are followed through their plans (stage views are inlined).
-pub fn column_lineage(plan: &LogicalPlan, sources: &BTreeSet<String>) -> BTreeMap<String, BTreeSet<(String, String)>> {
+pub fn column_lineage(
+    plan: &LogicalPlan,
+    sources: &BTreeSet<String>,
+) -> BTreeMap<String, BTreeSet<(String, String)>> {
     plan.schema()
         .columns()
         .iter()
@@ -221,7 +256,11 @@ pub fn column_lineage(plan: &LogicalPlan, sources: &BTreeSet<String>) -> BTreeMa
 }
 
 /// Where output column `index` of `plan` comes from.
-fn trace(plan: &LogicalPlan, index: usize, sources: &BTreeSet<String>) -> BTreeSet<(String, String)> {
+fn trace(
+    plan: &LogicalPlan,
+    index: usize,
+    sources: &BTreeSet<String>,
+) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     match plan {
         LogicalPlan::TableScan(scan) => {
@@ -262,10 +301,12 @@ fn trace(plan: &LogicalPlan, index: usize, sources: &BTreeSet<String>) -> BTreeS
             let side_len = j.right.schema().fields().len();
             match j.join_type {
                 // semi and anti joins keep one side's columns
-                datafusion::logical_expr::JoinType::LeftSemi | datafusion::logical_expr::JoinType::LeftAnti => {
+                datafusion::logical_expr::JoinType::LeftSemi
+                | datafusion::logical_expr::JoinType::LeftAnti => {
                     out.extend(trace(&j.left, index, sources))
                 }
-                datafusion::logical_expr::JoinType::RightSemi | datafusion::logical_expr::JoinType::RightAnti => {
+                datafusion::logical_expr::JoinType::RightSemi
+                | datafusion::logical_expr::JoinType::RightAnti => {
                     out.extend(trace(&j.right, index, sources))
                 }
                 _ if index < n => out.extend(trace(&j.left, index, sources)),
@@ -302,7 +343,11 @@ fn trace(plan: &LogicalPlan, index: usize, sources: &BTreeSet<String>) -> BTreeS
 }
 
 /// The source columns an expression over `input`'s columns reads.
-fn from_expr(e: &Expr, input: &LogicalPlan, sources: &BTreeSet<String>) -> BTreeSet<(String, String)> {
+fn from_expr(
+    e: &Expr,
+    input: &LogicalPlan,
+    sources: &BTreeSet<String>,
+) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for c in e.column_refs() {
         if let Ok(i) = input.schema().index_of_column(c) {
@@ -318,7 +363,19 @@ mod tests {
 
     #[test]
     fn datasets_are_named_by_url() {
-        assert_eq!(Dataset::from_url("file:///data/out/"), Dataset { namespace: "file".into(), name: "/data/out".into() });
-        assert_eq!(Dataset::from_url("s3://bucket/a/b"), Dataset { namespace: "s3://bucket".into(), name: "a/b".into() });
+        assert_eq!(
+            Dataset::from_url("file:///data/out/"),
+            Dataset {
+                namespace: "file".into(),
+                name: "/data/out".into()
+            }
+        );
+        assert_eq!(
+            Dataset::from_url("s3://bucket/a/b"),
+            Dataset {
+                namespace: "s3://bucket".into(),
+                name: "a/b".into()
+            }
+        );
     }
 }

@@ -35,9 +35,9 @@ use sluice_contract::{Provenance, SourceProvenance};
 use crate::commit_log::{SourceOffsets, new_run_id};
 use crate::compile::CompiledPipeline;
 use crate::dead_letter;
-use crate::openlineage;
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::metrics::{ComponentStats, LatencySummary, RunSummary};
+use crate::openlineage;
 use crate::ops::stage::{StageRole, stage_execs};
 use crate::sinks::{CommitInfo, Recovery};
 use crate::sources::{Slice, SliceLimits};
@@ -130,27 +130,43 @@ impl CompiledPipeline {
             let p = self.sources.get(name).map(|s| s.source.provenance());
             let uris = p.map(|p| p.uris).unwrap_or_default();
             match uris.as_slice() {
-                [one] if one.contains(":///") || one.starts_with("s3://") => openlineage::Dataset::from_url(one),
+                [one] if one.contains(":///") || one.starts_with("s3://") => {
+                    openlineage::Dataset::from_url(one)
+                }
                 [first, ..] if first.contains(":///") || first.starts_with("s3://") => {
                     // many files: the folder holding them
-                    openlineage::Dataset::from_url(first.rsplit_once('/').map_or(first.as_str(), |(d, _)| d))
+                    openlineage::Dataset::from_url(
+                        first.rsplit_once('/').map_or(first.as_str(), |(d, _)| d),
+                    )
                 }
-                _ => openlineage::Dataset { namespace: format!("sluice://{}", self.spec.pipeline.name), name: name.into() },
+                _ => openlineage::Dataset {
+                    namespace: format!("sluice://{}", self.spec.pipeline.name),
+                    name: name.into(),
+                },
             }
         };
         let inputs = self
             .sources
             .iter()
-            .map(|(n, s)| openlineage::Input { dataset: dataset_of(n), schema: s.source.schema().as_ref().clone() })
+            .map(|(n, s)| openlineage::Input {
+                dataset: dataset_of(n),
+                schema: s.source.schema().as_ref().clone(),
+            })
             .collect();
-        let source_names: std::collections::BTreeSet<String> = self.sources.keys().cloned().collect();
+        let source_names: std::collections::BTreeSet<String> =
+            self.sources.keys().cloned().collect();
         let outputs = self
             .sinks
             .values()
             .map(|s| {
                 let columns = openlineage::column_lineage(&s.plan, &source_names)
                     .into_iter()
-                    .map(|(col, from)| (col, from.into_iter().map(|(t, c)| (dataset_of(&t), c)).collect()))
+                    .map(|(col, from)| {
+                        (
+                            col,
+                            from.into_iter().map(|(t, c)| (dataset_of(&t), c)).collect(),
+                        )
+                    })
                     .collect();
                 openlineage::Output {
                     dataset: openlineage::Dataset::from_url(&s.sink.url()),
@@ -160,7 +176,13 @@ impl CompiledPipeline {
             })
             .collect();
         let file = config.file.as_deref().map(|f| self.spec.resolve_path(f));
-        Some(openlineage::Emitter::new(config, file, &self.spec.pipeline.name, inputs, outputs))
+        Some(openlineage::Emitter::new(
+            config,
+            file,
+            &self.spec.pipeline.name,
+            inputs,
+            outputs,
+        ))
     }
 
     async fn run_epochs(&mut self, options: RunOptions) -> Result<RunSummary> {
@@ -173,20 +195,34 @@ impl CompiledPipeline {
         let mut removed_files = Vec::new();
         for (name, s) in &self.sinks {
             let r = s.sink.recover().await?;
-            removed_files.extend(r.removed_files.iter().map(|f| format!("{}/{f}", s.sink.url().trim_end_matches('/'))));
+            removed_files.extend(
+                r.removed_files
+                    .iter()
+                    .map(|f| format!("{}/{f}", s.sink.url().trim_end_matches('/'))),
+            );
             recoveries.insert(name.clone(), r);
         }
         let durable: Vec<&Recovery> = recoveries.values().filter(|r| r.durable).collect();
-        let first_epoch = durable.iter().map(|r| r.last_epoch.map_or(0, |e| e + 1)).min().unwrap_or(0);
+        let first_epoch = durable
+            .iter()
+            .map(|r| r.last_epoch.map_or(0, |e| e + 1))
+            .min()
+            .unwrap_or(0);
         let max_committed = durable.iter().filter_map(|r| r.last_epoch).max();
         // ranges committed by some sinks and not others
         let mut replays: Vec<crate::sinks::CommittedRange> = Vec::new();
         if let Some(max) = max_committed {
             let mut e = first_epoch;
             while e <= max {
-                let Some(rec) = durable.iter().find_map(|r| r.commits.values().find(|c| c.first <= e && e <= c.last).cloned())
-                else {
-                    return Err(SluiceError::Internal(format!("no sink recorded the offsets of committed epoch {e}")));
+                let Some(rec) = durable.iter().find_map(|r| {
+                    r.commits
+                        .values()
+                        .find(|c| c.first <= e && e <= c.last)
+                        .cloned()
+                }) else {
+                    return Err(SluiceError::Internal(format!(
+                        "no sink recorded the offsets of committed epoch {e}"
+                    )));
                 };
                 e = rec.last + 1;
                 replays.push(rec);
@@ -199,7 +235,12 @@ impl CompiledPipeline {
             let prev = first_epoch - 1;
             let offsets = durable
                 .iter()
-                .find_map(|r| r.commits.values().find(|c| c.last == prev).map(|c| c.offsets.clone()))
+                .find_map(|r| {
+                    r.commits
+                        .values()
+                        .find(|c| c.last == prev)
+                        .map(|c| c.offsets.clone())
+                })
                 .unwrap_or_default();
             for (name, src) in self.sources.iter_mut().filter(|(_, s)| !s.lookup) {
                 if let Some(o) = offsets.get(name) {
@@ -215,9 +256,14 @@ impl CompiledPipeline {
             .filter(|s| !s.lookup)
             .filter_map(|s| s.source.estimated_remaining_rows())
             .sum();
-        self.progress.rows_expected.store(expected, Ordering::Relaxed);
+        self.progress
+            .rows_expected
+            .store(expected, Ordering::Relaxed);
 
-        let streaming = self.sources.values().any(|s| !s.lookup && !s.source.is_bounded());
+        let streaming = self
+            .sources
+            .values()
+            .any(|s| !s.lookup && !s.source.is_bounded());
         let settings = self.spec.settings.clone();
         let e = &settings.epoch;
         let limits = SliceLimits {
@@ -228,8 +274,18 @@ impl CompiledPipeline {
         let commit_interval = settings
             .commit_interval
             .map(|d| d.0)
-            .unwrap_or(if streaming { Duration::from_secs(10) } else { Duration::ZERO });
-        let max_retries = self.externals.values().map(|r| r.config.retries).max().unwrap_or(0).max(settings.retries.unwrap_or(0));
+            .unwrap_or(if streaming {
+                Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            });
+        let max_retries = self
+            .externals
+            .values()
+            .map(|r| r.config.retries)
+            .max()
+            .unwrap_or(0)
+            .max(settings.retries.unwrap_or(0));
 
         let mut state = LoopState {
             run_id,
@@ -261,7 +317,8 @@ impl CompiledPipeline {
             }
             state.epoch = rec.last;
             let offsets = rec.offsets.clone();
-            self.write_with_retries(&mut state, slices, offsets, max_retries, Some(rec.first)).await?;
+            self.write_with_retries(&mut state, slices, offsets, max_retries, Some(rec.first))
+                .await?;
             self.commit_pending(&mut state, Some(rec.first)).await?;
             state.epoch = rec.last + 1;
         }
@@ -269,10 +326,12 @@ impl CompiledPipeline {
         // 4. the epoch loop
         let mut retries_left = max_retries;
         loop {
-            if options.max_epochs.is_some_and(|m| state.done >= m) || self.progress.stop_requested() {
+            if options.max_epochs.is_some_and(|m| state.done >= m) || self.progress.stop_requested()
+            {
                 break;
             }
-            let (slices, offsets, any_data, exhausted) = self.next_slices(&mut state, &limits).await?;
+            let (slices, offsets, any_data, exhausted) =
+                self.next_slices(&mut state, &limits).await?;
             if exhausted && !any_data {
                 break;
             }
@@ -286,7 +345,10 @@ impl CompiledPipeline {
                 }
                 continue;
             }
-            match self.write_with_retries(&mut state, slices, offsets, 0, None).await {
+            match self
+                .write_with_retries(&mut state, slices, offsets, 0, None)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.retry_hint() == RetryHint::WithBackoff && retries_left > 0 => {
                     retries_left -= 1;
@@ -325,7 +387,11 @@ impl CompiledPipeline {
             removed_files,
             components: self.components(&state.acc),
             wall: started.elapsed(),
-            outputs: self.sinks.iter().map(|(n, s)| (n.clone(), s.sink.url())).collect(),
+            outputs: self
+                .sinks
+                .iter()
+                .map(|(n, s)| (n.clone(), s.sink.url()))
+                .collect(),
             latency: LatencySummary::of(&mut state.latencies),
         })
     }
@@ -337,7 +403,12 @@ impl CompiledPipeline {
         &mut self,
         state: &mut LoopState,
         limits: &SliceLimits,
-    ) -> Result<(BTreeMap<String, Slice>, BTreeMap<String, SourceOffsets>, bool, bool)> {
+    ) -> Result<(
+        BTreeMap<String, Slice>,
+        BTreeMap<String, SourceOffsets>,
+        bool,
+        bool,
+    )> {
         let mut slices = BTreeMap::new();
         let mut offsets = BTreeMap::new();
         let mut exhausted = true;
@@ -350,14 +421,26 @@ impl CompiledPipeline {
             match src.source.next_slice(limits).await? {
                 Some(s) => {
                     exhausted = false;
-                    offsets.insert(name.clone(), SourceOffsets { start: s.start.clone(), end: s.end.clone() });
+                    offsets.insert(
+                        name.clone(),
+                        SourceOffsets {
+                            start: s.start.clone(),
+                            end: s.end.clone(),
+                        },
+                    );
                     if s.start != s.end {
                         state.positions.insert(name.clone(), s.end.clone());
                         slices.insert(name.clone(), s);
                     }
                 }
                 None => {
-                    offsets.insert(name.clone(), SourceOffsets { start: here.clone(), end: here });
+                    offsets.insert(
+                        name.clone(),
+                        SourceOffsets {
+                            start: here.clone(),
+                            end: here,
+                        },
+                    );
                 }
             }
         }
@@ -387,11 +470,13 @@ impl CompiledPipeline {
         replay_first: Option<u64>,
     ) -> Result<()> {
         for (name, src) in &self.sources {
-            let table: Arc<dyn TableProvider> =
-                match slices.get(name).or_else(|| state.lookups.get(name).and_then(|s| s.as_ref())) {
-                    Some(s) => Arc::clone(&s.table),
-                    None => Arc::new(EmptyTable::new(src.source.schema())),
-                };
+            let table: Arc<dyn TableProvider> = match slices
+                .get(name)
+                .or_else(|| state.lookups.get(name).and_then(|s| s.as_ref()))
+            {
+                Some(s) => Arc::clone(&s.table),
+                None => Arc::new(EmptyTable::new(src.source.schema())),
+            };
             src.table.set_slice(table);
         }
         for rt in self.externals.values() {
@@ -402,7 +487,12 @@ impl CompiledPipeline {
         loop {
             match self.write_epoch(state, &slices, replay_first).await {
                 Ok(provenance) => {
-                    state.uncommitted.push(Uncommitted { epoch: state.epoch, read_at, offsets, provenance });
+                    state.uncommitted.push(Uncommitted {
+                        epoch: state.epoch,
+                        read_at,
+                        offsets,
+                        provenance,
+                    });
                     return Ok(());
                 }
                 Err(e) if e.retry_hint() == RetryHint::WithBackoff && attempt < max_retries => {
@@ -428,7 +518,9 @@ impl CompiledPipeline {
         self.dead_letters.clear();
         let mut jobs = Vec::new();
         for (name, s) in &self.sinks {
-            if name == dead_letter::SINK_NAME || !Self::sink_needs(&state.recoveries, name, epoch, replay_first) {
+            if name == dead_letter::SINK_NAME
+                || !Self::sink_needs(&state.recoveries, name, epoch, replay_first)
+            {
                 continue;
             }
             let plan = self.physical_plan(name).await?;
@@ -439,7 +531,12 @@ impl CompiledPipeline {
         let task = self.ctx.task_ctx();
         let writes = jobs.iter().map(|(name, plan, schema, _)| {
             let sink = Arc::clone(&self.sinks[name].sink);
-            let (plan, schema, task, run_id) = (Arc::clone(plan), Arc::clone(schema), Arc::clone(&task), state.run_id.clone());
+            let (plan, schema, task, run_id) = (
+                Arc::clone(plan),
+                Arc::clone(schema),
+                Arc::clone(&task),
+                state.run_id.clone(),
+            );
             async move {
                 let t = Instant::now();
                 let r = sink.write(epoch, &run_id, plan, task, schema).await;
@@ -483,7 +580,8 @@ impl CompiledPipeline {
             a.bytes += v.bytes;
             a.wall += v.wall;
         }
-        let mut provenance: BTreeMap<String, Provenance> = jobs.into_iter().map(|(n, _, _, p)| (n, p)).collect();
+        let mut provenance: BTreeMap<String, Provenance> =
+            jobs.into_iter().map(|(n, _, _, p)| (n, p)).collect();
         if let Some(p) = self.write_dead_letters(state, slices, replay_first).await? {
             provenance.insert(dead_letter::SINK_NAME.to_string(), p);
         }
@@ -504,26 +602,55 @@ impl CompiledPipeline {
         for d in &letters {
             let role = if d.role == "source" { 0 } else { 1 };
             let a = state.acc.entry((role, d.component.clone())).or_default();
-            if d.skipped { a.skipped += 1 } else { a.dead += 1 }
+            if d.skipped {
+                a.skipped += 1
+            } else {
+                a.dead += 1
+            }
         }
-        let Some(s) = self.sinks.get(dead_letter::SINK_NAME) else { return Ok(None) };
-        if !Self::sink_needs(&state.recoveries, dead_letter::SINK_NAME, epoch, replay_first) {
+        let Some(s) = self.sinks.get(dead_letter::SINK_NAME) else {
+            return Ok(None);
+        };
+        if !Self::sink_needs(
+            &state.recoveries,
+            dead_letter::SINK_NAME,
+            epoch,
+            replay_first,
+        ) {
             return Ok(None);
         }
         let kept: Vec<_> = letters.into_iter().filter(|d| !d.skipped).collect();
-        let batch = dead_letter::to_batch(epoch, &kept).map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
-        let plan = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(&[vec![batch]], dead_letter::schema(), None)
+        let batch = dead_letter::to_batch(epoch, &kept)
             .map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
+        let plan = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            dead_letter::schema(),
+            None,
+        )
+        .map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
         let provenance = self.provenance_for(&s.sources, slices, &state.lookups);
         let schema = self.output_schema(s, &provenance)?;
         let t = Instant::now();
-        s.sink.write(epoch, &state.run_id, plan, self.ctx.task_ctx(), schema).await?;
-        state.acc.entry((2, dead_letter::SINK_NAME.to_string())).or_default().wall += t.elapsed();
+        s.sink
+            .write(epoch, &state.run_id, plan, self.ctx.task_ctx(), schema)
+            .await?;
+        state
+            .acc
+            .entry((2, dead_letter::SINK_NAME.to_string()))
+            .or_default()
+            .wall += t.elapsed();
         Ok(Some(provenance))
     }
 
-    fn sink_needs(recoveries: &BTreeMap<String, Recovery>, sink: &str, epoch: u64, replay_first: Option<u64>) -> bool {
-        let Some(r) = recoveries.get(sink) else { return true };
+    fn sink_needs(
+        recoveries: &BTreeMap<String, Recovery>,
+        sink: &str,
+        epoch: u64,
+        replay_first: Option<u64>,
+    ) -> bool {
+        let Some(r) = recoveries.get(sink) else {
+            return true;
+        };
         if !r.durable {
             // a sink without a log is not written twice by a replay
             return replay_first.is_none();
@@ -532,10 +659,17 @@ impl CompiledPipeline {
     }
 
     /// Seals every sink's files and commits the epochs written since the last commit.
-    async fn commit_pending(&mut self, state: &mut LoopState, replay_first: Option<u64>) -> Result<()> {
-        let Some(last) = state.uncommitted.last() else { return Ok(()) };
+    async fn commit_pending(
+        &mut self,
+        state: &mut LoopState,
+        replay_first: Option<u64>,
+    ) -> Result<()> {
+        let Some(last) = state.uncommitted.last() else {
+            return Ok(());
+        };
         let epoch = last.epoch;
-        let first = replay_first.unwrap_or_else(|| state.uncommitted.first().map_or(epoch, |u| u.epoch));
+        let first =
+            replay_first.unwrap_or_else(|| state.uncommitted.first().map_or(epoch, |u| u.epoch));
         // offsets over the range: the first epoch's start, the last epoch's end
         let mut offsets: BTreeMap<String, SourceOffsets> = BTreeMap::new();
         for u in &state.uncommitted {
@@ -572,8 +706,12 @@ impl CompiledPipeline {
             if i == 0 {
                 Failpoint::hit(&state.failpoint, "between_commits", epoch);
             }
-            self.progress.rows_committed.fetch_add(written.rows, Ordering::Relaxed);
-            self.progress.files_committed.fetch_add(written.files.len() as u64, Ordering::Relaxed);
+            self.progress
+                .rows_committed
+                .fetch_add(written.rows, Ordering::Relaxed);
+            self.progress
+                .files_committed
+                .fetch_add(written.files.len() as u64, Ordering::Relaxed);
             let a = state.acc.entry((2, name.clone())).or_default();
             a.rows += written.rows;
             a.bytes += written.bytes;
@@ -597,7 +735,9 @@ impl CompiledPipeline {
         }
         state.committed_positions = state.positions.clone();
         state.last_commit = now;
-        self.progress.epochs_committed.store(epoch + 1, Ordering::Relaxed);
+        self.progress
+            .epochs_committed
+            .store(epoch + 1, Ordering::Relaxed);
         tracing::info!(first_epoch = first, epoch, "committed");
         if let Some(l) = &self.lineage {
             l.emit("RUNNING", None).await;
@@ -612,7 +752,11 @@ impl CompiledPipeline {
         let first = state.uncommitted.first().map(|u| u.epoch);
         state.uncommitted.clear();
         for (name, src) in self.sources.iter_mut().filter(|(_, s)| !s.lookup) {
-            let at = state.committed_positions.get(name).cloned().unwrap_or(Value::Null);
+            let at = state
+                .committed_positions
+                .get(name)
+                .cloned()
+                .unwrap_or(Value::Null);
             if at.is_null() {
                 src.source.restart().await?;
             } else {
@@ -654,7 +798,10 @@ impl CompiledPipeline {
             .filter_map(|name| {
                 let src = self.sources.get(name)?;
                 let mut p: SourceProvenance = src.source.provenance();
-                if let Some(s) = slices.get(name).or_else(|| lookups.get(name).and_then(|s| s.as_ref())) {
+                if let Some(s) = slices
+                    .get(name)
+                    .or_else(|| lookups.get(name).and_then(|s| s.as_ref()))
+                {
                     if !s.uris.is_empty() {
                         p.uris = s.uris.clone();
                     }
@@ -664,12 +811,16 @@ impl CompiledPipeline {
                 Some(p)
             })
             .collect();
-        Provenance { pipeline: self.spec.id(), sources: entries }
+        Provenance {
+            pipeline: self.spec.id(),
+            sources: entries,
+        }
     }
 
     fn components(&self, acc: &BTreeMap<(u8, String), Accumulated>) -> Vec<ComponentStats> {
         let mut out: Vec<ComponentStats> = Vec::new();
-        let rows_out = |role: u8, name: &str| acc.get(&(role, name.to_string())).map_or(0, |a| a.rows);
+        let rows_out =
+            |role: u8, name: &str| acc.get(&(role, name.to_string())).map_or(0, |a| a.rows);
         let out_of = |name: &str| match self.graph.kinds.get(name) {
             Some(NodeKind::Source) => rows_out(0, name),
             _ => rows_out(1, name),
@@ -683,7 +834,14 @@ impl CompiledPipeline {
         }
         for name in &self.graph.stage_order {
             let kind = self.spec.stages.get(name).map_or("sql", |s| s.kind());
-            let rows_in = self.graph.inputs.get(name).into_iter().flatten().map(|i| out_of(i)).sum();
+            let rows_in = self
+                .graph
+                .inputs
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(|i| out_of(i))
+                .sum();
             let mut s = stats(name, "stage", kind, rows_in, acc.get(&(1, name.clone())));
             if let Some(rt) = self.externals.get(name) {
                 s.rows_skipped += rt.rows_skipped.load(Ordering::Relaxed);
@@ -695,11 +853,18 @@ impl CompiledPipeline {
         }
         for (name, s) in &self.sinks {
             // the dead-letter sink has no input in the graph: its rows come from everywhere
-            let rows_in = self.spec.sinks.get(name).map_or_else(
-                || acc.values().map(|a| a.dead).sum(),
-                |c| out_of(c.input()),
-            );
-            out.push(stats(name, "sink", s.sink.kind(), rows_in, acc.get(&(2, name.clone()))));
+            let rows_in = self
+                .spec
+                .sinks
+                .get(name)
+                .map_or_else(|| acc.values().map(|a| a.dead).sum(), |c| out_of(c.input()));
+            out.push(stats(
+                name,
+                "sink",
+                s.sink.kind(),
+                rows_in,
+                acc.get(&(2, name.clone())),
+            ));
         }
         out
     }
@@ -721,8 +886,20 @@ struct LoopState {
     recoveries: BTreeMap<String, Recovery>,
 }
 
-fn stats(name: &str, role: &str, kind: &str, rows_in: u64, a: Option<&Accumulated>) -> ComponentStats {
-    let mut s = ComponentStats { name: name.into(), role: role.into(), kind: kind.into(), rows_in, ..Default::default() };
+fn stats(
+    name: &str,
+    role: &str,
+    kind: &str,
+    rows_in: u64,
+    a: Option<&Accumulated>,
+) -> ComponentStats {
+    let mut s = ComponentStats {
+        name: name.into(),
+        role: role.into(),
+        kind: kind.into(),
+        rows_in,
+        ..Default::default()
+    };
     if let Some(a) = a {
         s.rows_out = a.rows;
         s.batches = a.batches;
@@ -736,7 +913,10 @@ fn stats(name: &str, role: &str, kind: &str, rows_in: u64, a: Option<&Accumulate
 }
 
 /// Adds the counters of every stage border in an executed plan.
-fn collect_stage_metrics(plan: &Arc<dyn ExecutionPlan>, acc: &mut BTreeMap<(u8, String), Accumulated>) {
+fn collect_stage_metrics(
+    plan: &Arc<dyn ExecutionPlan>,
+    acc: &mut BTreeMap<(u8, String), Accumulated>,
+) {
     for s in stage_execs(plan) {
         let role = match s.role() {
             StageRole::Source => 0,
@@ -750,4 +930,3 @@ fn collect_stage_metrics(plan: &Arc<dyn ExecutionPlan>, acc: &mut BTreeMap<(u8, 
         a.wall += c.active();
     }
 }
-

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
-use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
@@ -44,23 +44,39 @@ impl Location {
         if let Some((scheme, rest)) = text.split_once("://") {
             let url = Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
             return match scheme {
-                "file" => Self::local(Path::new(&format!("/{}", rest.trim_start_matches('/'))), original),
+                "file" => Self::local(
+                    Path::new(&format!("/{}", rest.trim_start_matches('/'))),
+                    original,
+                ),
                 "memory" | "s3" => {
                     let authority = url.host_str().unwrap_or("");
                     if scheme == "s3" && authority.is_empty() {
-                        return Err(format!("`{text}` has no bucket; write s3://<bucket>/<prefix>"));
+                        return Err(format!(
+                            "`{text}` has no bucket; write s3://<bucket>/<prefix>"
+                        ));
                     }
                     let store_url = ObjectStoreUrl::parse(format!("{scheme}://{authority}"))
                         .map_err(|e| format!("`{text}`: {e}"))?;
                     let path = url.path().trim_start_matches('/');
                     let (prefix, glob) = split_glob(path)?;
-                    Ok(Location { original, store_url, prefix: ObjectPath::from(prefix.as_str()), glob })
+                    Ok(Location {
+                        original,
+                        store_url,
+                        prefix: ObjectPath::from(prefix.as_str()),
+                        glob,
+                    })
                 }
-                other => Err(format!("unsupported URL scheme `{other}://` in `{text}`; use a local path, file://, memory:// or s3://")),
+                other => Err(format!(
+                    "unsupported URL scheme `{other}://` in `{text}`; use a local path, file://, memory:// or s3://"
+                )),
             };
         }
         let path = Path::new(text);
-        let abs = if path.is_absolute() { path.to_path_buf() } else { absolute(base_dir).join(path) };
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            absolute(base_dir).join(path)
+        };
         Self::local(&normalize(&abs), original)
     }
 
@@ -78,7 +94,11 @@ impl Location {
     /// The URL of the prefix, e.g. `file:///data/in` or `s3://bucket/in`.
     pub fn url(&self) -> String {
         let base = self.base();
-        if self.prefix.as_ref().is_empty() { format!("{base}/") } else { format!("{base}/{}", self.prefix) }
+        if self.prefix.as_ref().is_empty() {
+            format!("{base}/")
+        } else {
+            format!("{base}/{}", self.prefix)
+        }
     }
 
     /// The URL of an object in this location's store.
@@ -108,7 +128,8 @@ impl Location {
 
     /// The local filesystem path of the prefix, for local locations.
     pub fn local_path(&self) -> Option<PathBuf> {
-        self.is_local().then(|| PathBuf::from(format!("/{}", self.prefix)))
+        self.is_local()
+            .then(|| PathBuf::from(format!("/{}", self.prefix)))
     }
 }
 
@@ -121,7 +142,8 @@ fn split_glob(path: &str) -> Result<(String, Option<glob::Pattern>), String> {
     let parts: Vec<&str> = path.split('/').collect();
     let first_glob = parts.iter().position(|p| is_glob(p)).unwrap_or(parts.len());
     let prefix = parts[..first_glob].join("/");
-    let pattern = glob::Pattern::new(path.trim_start_matches('/')).map_err(|e| format!("bad glob `{path}`: {e}"))?;
+    let pattern = glob::Pattern::new(path.trim_start_matches('/'))
+        .map_err(|e| format!("bad glob `{path}`: {e}"))?;
     Ok((prefix, Some(pattern)))
 }
 
@@ -129,7 +151,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -166,12 +190,18 @@ impl Default for StoreRegistry {
 impl StoreRegistry {
     /// A registry with a fresh in-memory store.
     pub fn new() -> Self {
-        Self { memory: Arc::new(InMemory::new()), local: Arc::new(LocalFileSystem::new()), stores: Mutex::new(HashMap::new()) }
+        Self {
+            memory: Arc::new(InMemory::new()),
+            local: Arc::new(LocalFileSystem::new()),
+            stores: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Registers a store for a URL prefix such as `s3://bucket`, replacing the default.
     pub fn register(&self, store_url: &str, store: Arc<dyn ObjectStore>) {
-        let key = ObjectStoreUrl::parse(store_url).map(|u| u.as_str().to_string()).unwrap_or_else(|_| store_url.to_string());
+        let key = ObjectStoreUrl::parse(store_url)
+            .map(|u| u.as_str().to_string())
+            .unwrap_or_else(|_| store_url.to_string());
         self.lock().insert(key, store);
     }
 
@@ -181,7 +211,11 @@ impl StoreRegistry {
     }
 
     /// The store behind a location, creating S3 clients on first use.
-    pub fn store_for(&self, loc: &Location, s3: &S3Settings) -> Result<Arc<dyn ObjectStore>, String> {
+    pub fn store_for(
+        &self,
+        loc: &Location,
+        s3: &S3Settings,
+    ) -> Result<Arc<dyn ObjectStore>, String> {
         let key = loc.store_url.as_str().to_string();
         if let Some(store) = self.lock().get(&key) {
             return Ok(Arc::clone(store));
@@ -197,13 +231,18 @@ impl StoreRegistry {
                 }
                 if let Some(r) = &s3.region {
                     b = b.with_region(r);
-                } else if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+                } else if std::env::var("AWS_REGION").is_err()
+                    && std::env::var("AWS_DEFAULT_REGION").is_err()
+                {
                     b = b.with_region("us-east-1");
                 }
                 if let Some(h) = s3.allow_http {
                     b = b.with_allow_http(h);
                 }
-                Arc::new(b.build().map_err(|e| format!("cannot configure S3 for `{}`: {e}", loc.original))?)
+                Arc::new(
+                    b.build()
+                        .map_err(|e| format!("cannot configure S3 for `{}`: {e}", loc.original))?,
+                )
             }
             _ => return Err(format!("no object store for `{}`", loc.original)),
         };
@@ -230,7 +269,10 @@ impl StoreRegistry {
 /// Lists the objects a location names: one file, every file under a prefix,
 /// or every file matching a glob. Names starting with `_` or `.` (such as
 /// sluice's `_sluice/` folder) are skipped under a prefix.
-pub async fn list_objects(store: &dyn ObjectStore, loc: &Location) -> object_store::Result<Vec<ObjectMeta>> {
+pub async fn list_objects(
+    store: &dyn ObjectStore,
+    loc: &Location,
+) -> object_store::Result<Vec<ObjectMeta>> {
     if loc.glob.is_none() && !loc.prefix.as_ref().is_empty() {
         match store.head(&loc.prefix).await {
             Ok(meta) => return Ok(vec![meta]),
@@ -244,7 +286,9 @@ pub async fn list_objects(store: &dyn ObjectStore, loc: &Location) -> object_sto
     let mut all: Vec<ObjectMeta> = store.list(prefix).try_collect().await?;
     all.retain(|m| {
         let rel = relative_to(&m.location, &loc.prefix);
-        let hidden = rel.split('/').any(|seg| seg.starts_with('_') || seg.starts_with('.'));
+        let hidden = rel
+            .split('/')
+            .any(|seg| seg.starts_with('_') || seg.starts_with('.'));
         match &loc.glob {
             Some(g) => g.matches_with(m.location.as_ref(), GLOB_OPTIONS) && !hidden,
             None => !hidden,
@@ -255,8 +299,11 @@ pub async fn list_objects(store: &dyn ObjectStore, loc: &Location) -> object_sto
 }
 
 /// `*` stops at `/`, as in a shell; `**` crosses folders.
-const GLOB_OPTIONS: glob::MatchOptions =
-    glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: true };
+const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: true,
+};
 
 /// The part of `path` under `prefix`.
 pub fn relative_to<'a>(path: &'a ObjectPath, prefix: &ObjectPath) -> &'a str {
@@ -265,7 +312,9 @@ pub fn relative_to<'a>(path: &'a ObjectPath, prefix: &ObjectPath) -> &'a str {
     if pre.is_empty() {
         return p;
     }
-    p.strip_prefix(pre).map(|r| r.trim_start_matches('/')).unwrap_or(p)
+    p.strip_prefix(pre)
+        .map(|r| r.trim_start_matches('/'))
+        .unwrap_or(p)
 }
 
 #[cfg(test)]
@@ -277,26 +326,48 @@ mod tests {
         let l = Location::parse("data/../in/*.csv", Path::new("/p")).unwrap();
         assert_eq!(l.store_url.as_str(), "file:///");
         assert_eq!(l.prefix.as_ref(), "p/in");
-        assert!(l.glob.as_ref().unwrap().matches_with("p/in/a.csv", GLOB_OPTIONS));
+        assert!(
+            l.glob
+                .as_ref()
+                .unwrap()
+                .matches_with("p/in/a.csv", GLOB_OPTIONS)
+        );
         let l = Location::parse("s3://bucket/raw/orders", Path::new(".")).unwrap();
         assert_eq!(l.store_url.as_str(), "s3://bucket/");
         assert_eq!(l.prefix.as_ref(), "raw/orders");
         assert_eq!(l.url(), "s3://bucket/raw/orders");
         let l = Location::parse("memory:///t/x", Path::new(".")).unwrap();
         assert_eq!(l.url(), "memory:///t/x");
-        assert!(Location::parse("ftp://x/y", Path::new(".")).unwrap_err().contains("ftp"));
+        assert!(
+            Location::parse("ftp://x/y", Path::new("."))
+                .unwrap_err()
+                .contains("ftp")
+        );
         assert!(Location::parse("s3:///nobucket", Path::new(".")).is_err());
     }
 
     #[tokio::test]
     async fn lists_files_dirs_and_globs_skipping_hidden() -> object_store::Result<()> {
         let store = InMemory::new();
-        for p in ["in/a.csv", "in/b.json", "in/sub/c.csv", "in/_sluice/commits/0.json", "in/.hidden.csv"] {
+        for p in [
+            "in/a.csv",
+            "in/b.json",
+            "in/sub/c.csv",
+            "in/_sluice/commits/0.json",
+            "in/.hidden.csv",
+        ] {
             store.put(&ObjectPath::from(p), "x".into()).await?;
         }
-        let names = |v: Vec<ObjectMeta>| v.into_iter().map(|m| m.location.to_string()).collect::<Vec<_>>();
+        let names = |v: Vec<ObjectMeta>| {
+            v.into_iter()
+                .map(|m| m.location.to_string())
+                .collect::<Vec<_>>()
+        };
         let dir = Location::parse("memory:///in", Path::new(".")).unwrap();
-        assert_eq!(names(list_objects(&store, &dir).await?), vec!["in/a.csv", "in/b.json", "in/sub/c.csv"]);
+        assert_eq!(
+            names(list_objects(&store, &dir).await?),
+            vec!["in/a.csv", "in/b.json", "in/sub/c.csv"]
+        );
         let glob = Location::parse("memory:///in/*.csv", Path::new(".")).unwrap();
         assert_eq!(names(list_objects(&store, &glob).await?), vec!["in/a.csv"]);
         let one = Location::parse("memory:///in/b.json", Path::new(".")).unwrap();
@@ -328,9 +399,14 @@ pub fn byte_stream(result: object_store::GetResult) -> BoxStream<'static, std::i
                         file.seek(SeekFrom::Start(at))?;
                     }
                     let mut buf = Vec::with_capacity(left.min(LOCAL_READ_BYTES) as usize);
-                    (&mut file).take(left.min(LOCAL_READ_BYTES)).read_to_end(&mut buf)?;
+                    (&mut file)
+                        .take(left.min(LOCAL_READ_BYTES))
+                        .read_to_end(&mut buf)?;
                     if buf.is_empty() {
-                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than listed"));
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the file is shorter than listed",
+                        ));
                     }
                     let read = buf.len() as u64;
                     Ok(Some((Bytes::from(buf), (file, left - read, None))))

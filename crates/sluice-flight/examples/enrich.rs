@@ -20,7 +20,11 @@ use sluice_flight::manifest::{ErrorSemantics, Ordering};
 use sluice_flight::{Manifest, OpenRequest, Processed, Processor, Stage, StageError, serve};
 
 fn output_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = lines::lines_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = lines::lines_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("ship_class", DataType::Utf8, true));
     fields.push(Field::new("is_air", DataType::Boolean, false));
     Arc::new(Schema::new(fields))
@@ -59,10 +63,16 @@ impl Stage for Enrich {
 
     async fn open(&self, request: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
         if !request.config.is_null() {
-            let _: NoConfig = serde_json::from_value(request.config.clone())
-                .map_err(|e| StageError::new(ErrorCode::InvalidArgument, format!("config of stage `{}`: {e}", request.stage)))?;
+            let _: NoConfig = serde_json::from_value(request.config.clone()).map_err(|e| {
+                StageError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("config of stage `{}`: {e}", request.stage),
+                )
+            })?;
         }
-        Ok(Box::new(Run { schema: output_schema() }))
+        Ok(Box::new(Run {
+            schema: output_schema(),
+        }))
     }
 }
 

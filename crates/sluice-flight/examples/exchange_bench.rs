@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::{ArrayRef, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{
+    ArrayRef, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow_schema::{DataType, Field, Schema};
 use futures::StreamExt;
 use sluice_flight::{OpenRequest, PROTOCOL, StageEvent};
@@ -20,30 +22,53 @@ fn lineitem_like(rows: usize) -> RecordBatch {
     let mut cols: Vec<ArrayRef> = Vec::new();
     for i in 0..4 {
         fields.push(Field::new(format!("k{i}"), DataType::Int64, false));
-        cols.push(Arc::new(Int64Array::from_iter_values((0..rows).map(|r| (r * (i + 7)) as i64))));
+        cols.push(Arc::new(Int64Array::from_iter_values(
+            (0..rows).map(|r| (r * (i + 7)) as i64),
+        )));
     }
     for i in 0..2 {
         fields.push(Field::new(format!("n{i}"), DataType::Int32, false));
-        cols.push(Arc::new(Int32Array::from_iter_values((0..rows).map(|r| (r % 50) as i32 + i))));
+        cols.push(Arc::new(Int32Array::from_iter_values(
+            (0..rows).map(|r| (r % 50) as i32 + i),
+        )));
     }
     for i in 0..4 {
         fields.push(Field::new(format!("f{i}"), DataType::Float64, false));
-        cols.push(Arc::new(Float64Array::from_iter_values((0..rows).map(|r| r as f64 * 1.5 + i as f64))));
+        cols.push(Arc::new(Float64Array::from_iter_values(
+            (0..rows).map(|r| r as f64 * 1.5 + i as f64),
+        )));
     }
-    let words = ["AIR", "DELIVER IN PERSON", "TRUCK", "carefully final deposits haggle", "N", "O", "MAIL"];
+    let words = [
+        "AIR",
+        "DELIVER IN PERSON",
+        "TRUCK",
+        "carefully final deposits haggle",
+        "N",
+        "O",
+        "MAIL",
+    ];
     for i in 0..4 {
         fields.push(Field::new(format!("s{i}"), DataType::Utf8, false));
-        cols.push(Arc::new(StringArray::from_iter_values((0..rows).map(|r| words[(r + i) % words.len()]))));
+        cols.push(Arc::new(StringArray::from_iter_values(
+            (0..rows).map(|r| words[(r + i) % words.len()]),
+        )));
     }
     for i in 0..2 {
         fields.push(Field::new(format!("d{i}"), DataType::Date32, false));
-        cols.push(Arc::new(Date32Array::from_iter_values((0..rows).map(|r| 8000 + (r % 2500) as i32 + i as i32))));
+        cols.push(Arc::new(Date32Array::from_iter_values(
+            (0..rows).map(|r| 8000 + (r % 2500) as i32 + i as i32),
+        )));
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap_or_else(|e| panic!("bench batch: {e}"))
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .unwrap_or_else(|e| panic!("bench batch: {e}"))
 }
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 // large batches: mimalloc reuses memory where the system allocator maps and faults in fresh pages
@@ -55,15 +80,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let rows = arg(&args, "--rows", 65_536);
     let batches = arg(&args, "--batches", 100);
-    let split = args.iter().position(|a| a == "--").ok_or("give the stage command after --")?;
-    let (program, rest) = args[split + 1..].split_first().ok_or("give the stage command after --")?;
+    let split = args
+        .iter()
+        .position(|a| a == "--")
+        .ok_or("give the stage command after --")?;
+    let (program, rest) = args[split + 1..]
+        .split_first()
+        .ok_or("give the stage command after --")?;
     let socket = sluice_flight::launch::socket_path("bench");
     let mut child = sluice_flight::launch::spawn(std::path::Path::new(program), rest, &socket)?;
-    let client = sluice_flight::launch::wait_healthy(&mut child, &socket, Duration::from_secs(20)).await?;
+    let client =
+        sluice_flight::launch::wait_healthy(&mut child, &socket, Duration::from_secs(20)).await?;
 
     let batch = lineitem_like(rows);
-    let bytes_per_batch: usize = batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
-    let open = OpenRequest { protocol: PROTOCOL.into(), stage: "bench".into(), epoch: 0, partition: 0, config: serde_json::Value::Null };
+    let bytes_per_batch: usize = batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum();
+    let open = OpenRequest {
+        protocol: PROTOCOL.into(),
+        stage: "bench".into(),
+        epoch: 0,
+        partition: 0,
+        config: serde_json::Value::Null,
+    };
     // one warm-up exchange
     for (round, n) in [(0, batches.min(10)), (1, batches)] {
         let sent_at: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
@@ -71,7 +112,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let b = batch.clone();
         let input = futures::stream::iter(0..n)
             .map(move |_| {
-                stamps.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                stamps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Instant::now());
                 Ok(b.clone())
             })
             .boxed();
@@ -84,7 +128,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 StageEvent::Batch { batch, envelope } => {
                     rows_out += batch.num_rows();
                     if let Some(seq) = envelope.in_seq {
-                        if let Some(t) = sent_at.lock().unwrap_or_else(|p| p.into_inner()).get(seq as usize) {
+                        if let Some(t) = sent_at
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(seq as usize)
+                        {
                             rtts.push(t.elapsed());
                         }
                     }
@@ -98,7 +146,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         rtts.sort();
-        let q = |p: f64| rtts.get(((rtts.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or_default();
+        let q = |p: f64| {
+            rtts.get(((rtts.len().max(1) - 1) as f64 * p) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
         let gb = (bytes_per_batch * n) as f64 / 1e9;
         println!(
             "{{\"stage\":\"{program}\",\"rows_per_batch\":{rows},\"batches\":{n},\"rows\":{rows_out},\"seconds\":{:.4},\"gb_per_s\":{:.3},\"rows_per_s\":{:.0},\"rtt_p50_ms\":{:.3},\"rtt_p99_ms\":{:.3}}}",

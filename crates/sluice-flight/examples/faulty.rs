@@ -52,17 +52,27 @@ impl Stage for Faulty {
     async fn open(&self, request: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
         let config: Config = if request.config.is_null() {
             match std::env::var("SLUICE_FAULTY_CONFIG") {
-                Ok(json) => serde_json::from_str(&json).map_err(|e| StageError::new(ErrorCode::InvalidArgument, e.to_string()))?,
+                Ok(json) => serde_json::from_str(&json)
+                    .map_err(|e| StageError::new(ErrorCode::InvalidArgument, e.to_string()))?,
                 Err(_) => Config::default(),
             }
         } else {
-            serde_json::from_value(request.config.clone()).map_err(|e| StageError::new(ErrorCode::InvalidArgument, e.to_string()))?
+            serde_json::from_value(request.config.clone())
+                .map_err(|e| StageError::new(ErrorCode::InvalidArgument, e.to_string()))?
         };
         let armed = *self.armed.get_or_init(|| match &config.once {
-            Some(path) => std::fs::OpenOptions::new().write(true).create_new(true).open(path).is_ok(),
+            Some(path) => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .is_ok(),
             None => true,
         });
-        Ok(Box::new(Run { config, armed, seen: Arc::clone(&self.seen) }))
+        Ok(Box::new(Run {
+            config,
+            armed,
+            seen: Arc::clone(&self.seen),
+        }))
     }
 }
 
@@ -83,9 +93,17 @@ impl Processor for Run {
         if self.config.bad_output {
             // the first column replaced by text: breaks the output schema
             let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
-            cols[0] = Arc::new(StringArray::from_iter_values((0..batch.num_rows()).map(|i| i.to_string())));
-            let mut fields: Vec<arrow_schema::Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-            fields[0] = arrow_schema::Field::new(fields[0].name(), arrow_schema::DataType::Utf8, true);
+            cols[0] = Arc::new(StringArray::from_iter_values(
+                (0..batch.num_rows()).map(|i| i.to_string()),
+            ));
+            let mut fields: Vec<arrow_schema::Field> = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields[0] =
+                arrow_schema::Field::new(fields[0].name(), arrow_schema::DataType::Utf8, true);
             let bad = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
                 .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
             return Ok(Processed::batch(bad));
@@ -100,6 +118,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    serve(Faulty { seen: Arc::new(AtomicU64::new(0)), armed: std::sync::OnceLock::new() }).await?;
+    serve(Faulty {
+        seen: Arc::new(AtomicU64::new(0)),
+        armed: std::sync::OnceLock::new(),
+    })
+    .await?;
     Ok(())
 }

@@ -16,7 +16,9 @@ use arrow_select::filter::filter_record_batch;
 use serde::Deserialize;
 use sluice_contract::ErrorCode;
 use sluice_flight::manifest::{ErrorSemantics, Ordering};
-use sluice_flight::{Manifest, OpenRequest, Processed, Processor, RowError, Stage, StageError, serve};
+use sluice_flight::{
+    Manifest, OpenRequest, Processed, Processor, RowError, Stage, StageError, serve,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,10 +49,20 @@ impl Stage for Validate {
     }
 
     async fn open(&self, request: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
-        let config = if request.config.is_null() { serde_json::json!({}) } else { request.config.clone() };
-        let c: Config = serde_json::from_value(config)
-            .map_err(|e| StageError::new(ErrorCode::InvalidArgument, format!("config of stage `{}`: {e}", request.stage)))?;
-        Ok(Box::new(Run { max_quantity: c.max_quantity }))
+        let config = if request.config.is_null() {
+            serde_json::json!({})
+        } else {
+            request.config.clone()
+        };
+        let c: Config = serde_json::from_value(config).map_err(|e| {
+            StageError::new(
+                ErrorCode::InvalidArgument,
+                format!("config of stage `{}`: {e}", request.stage),
+            )
+        })?;
+        Ok(Box::new(Run {
+            max_quantity: c.max_quantity,
+        }))
     }
 }
 
@@ -65,10 +77,18 @@ impl Processor for Run {
             .map(|i| {
                 let q = quantity.value(i);
                 if q > self.max_quantity {
-                    errors.push(RowError::new(i as u64, ErrorCode::Rejected, format!("quantity {q} exceeds {}", self.max_quantity)));
+                    errors.push(RowError::new(
+                        i as u64,
+                        ErrorCode::Rejected,
+                        format!("quantity {q} exceeds {}", self.max_quantity),
+                    ));
                     Some(false)
                 } else if mode.value(i).is_empty() {
-                    errors.push(RowError::new(i as u64, ErrorCode::Malformed, "empty ship mode"));
+                    errors.push(RowError::new(
+                        i as u64,
+                        ErrorCode::Malformed,
+                        "empty ship mode",
+                    ));
                     Some(false)
                 } else {
                     Some(true)
@@ -78,9 +98,13 @@ impl Processor for Run {
         let output = if errors.is_empty() {
             batch
         } else {
-            filter_record_batch(&batch, &keep).map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?
+            filter_record_batch(&batch, &keep)
+                .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?
         };
-        Ok(Processed { output: Some(output), row_errors: errors })
+        Ok(Processed {
+            output: Some(output),
+            row_errors: errors,
+        })
     }
 }
 

@@ -77,17 +77,28 @@ impl StageClient {
             Target::Url(u) => u.replacen("grpc://", "http://", 1),
         };
         let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| StageError::new(ErrorCode::InvalidArgument, format!("`{uri}` is not a stage address: {e}")))?
+            .map_err(|e| {
+                StageError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("`{uri}` is not a stage address: {e}"),
+                )
+            })?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(crate::STREAM_WINDOW)
             .initial_connection_window_size(crate::CONNECTION_WINDOW)
             .max_frame_size(crate::MAX_FRAME);
-        let channel = endpoint.connect().await.map_err(|e| unavailable(target, e))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| unavailable(target, e))?;
         let inner = FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        Ok(Self { inner, target: target.clone() })
+        Ok(Self {
+            inner,
+            target: target.clone(),
+        })
     }
 
     /// Where the stage listens.
@@ -98,14 +109,19 @@ impl StageClient {
     async fn action(&mut self, name: &str) -> Result<Vec<u8>, StageError> {
         let mut stream = self
             .inner
-            .do_action(Action { r#type: name.into(), body: Default::default() })
+            .do_action(Action {
+                r#type: name.into(),
+                body: Default::default(),
+            })
             .await
             .map_err(|s| StageError::from_status(&s))?
             .into_inner();
         let first = stream
             .next()
             .await
-            .ok_or_else(|| StageError::new(ErrorCode::Internal, format!("`{name}` returned no result")))?
+            .ok_or_else(|| {
+                StageError::new(ErrorCode::Internal, format!("`{name}` returned no result"))
+            })?
             .map_err(|s| StageError::from_status(&s))?;
         Ok(first.body.to_vec())
     }
@@ -113,9 +129,15 @@ impl StageClient {
     /// `DoAction("describe")`.
     pub async fn describe(&mut self) -> Result<Manifest, StageError> {
         let body = self.action("describe").await?;
-        let m: Manifest = serde_json::from_slice(&body)
-            .map_err(|e| StageError::new(ErrorCode::SchemaMismatch, format!("{}: the manifest is not valid: {e}", self.target)))?;
-        m.check().map_err(|e| StageError::new(ErrorCode::SchemaMismatch, format!("{}: {e}", self.target)))?;
+        let m: Manifest = serde_json::from_slice(&body).map_err(|e| {
+            StageError::new(
+                ErrorCode::SchemaMismatch,
+                format!("{}: the manifest is not valid: {e}", self.target),
+            )
+        })?;
+        m.check().map_err(|e| {
+            StageError::new(ErrorCode::SchemaMismatch, format!("{}: {e}", self.target))
+        })?;
         Ok(m)
     }
 
@@ -138,10 +160,14 @@ impl StageClient {
         input_schema: SchemaRef,
         input: BoxStream<'static, Result<RecordBatch, StageError>>,
         traceparent: Option<String>,
-    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError>> {
+    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError>>
+    {
         let this = self.clone();
         let open = open.clone();
-        Box::pin(async move { this.exchange_owned(open, input_schema, input, traceparent).await })
+        Box::pin(async move {
+            this.exchange_owned(open, input_schema, input, traceparent)
+                .await
+        })
     }
 
     async fn exchange_owned(
@@ -151,7 +177,8 @@ impl StageClient {
         mut input: BoxStream<'static, Result<RecordBatch, StageError>>,
         traceparent: Option<String>,
     ) -> Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError> {
-        let cmd = serde_json::to_vec(&open).map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
+        let cmd = serde_json::to_vec(&open)
+            .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
         let epoch = open.epoch;
         // encoding runs in its own task: it overlaps with the rest of the
         // plan, and the request stream stays a plain channel
@@ -182,19 +209,33 @@ impl StageClient {
                     Err(_) => return,
                 }
             }
-            let _ = req_tx.send(control_message(&Envelope::new(Kind::End, epoch, seq))).await;
+            let _ = req_tx
+                .send(control_message(&Envelope::new(Kind::End, epoch, seq)))
+                .await;
         });
         let request = tokio_stream::wrappers::ReceiverStream::new(req_rx);
-        let response = self.inner.do_exchange(request).await.map_err(|s| StageError::from_status(&s))?.into_inner();
+        let response = self
+            .inner
+            .do_exchange(request)
+            .await
+            .map_err(|s| StageError::from_status(&s))?
+            .into_inner();
         let target = self.target.clone();
         let (ev_tx, ev_rx) = tokio::sync::mpsc::channel::<Result<StageEvent, StageError>>(2);
         tokio::spawn(async move {
-            let mut decoder = FlightDataDecoder::new(response.map_ok(normalize_metadata_only).map_err(FlightError::from));
+            let mut decoder = FlightDataDecoder::new(
+                response
+                    .map_ok(normalize_metadata_only)
+                    .map_err(FlightError::from),
+            );
             while let Some(msg) = decoder.next().await {
                 let event = match msg {
                     Ok(m) => decode_event(&target, m),
                     Err(FlightError::Tonic(status)) => Some(Err(StageError::from_status(&status))),
-                    Err(e) => Some(Err(StageError::new(ErrorCode::Unavailable, format!("{target}: {e}")))),
+                    Err(e) => Some(Err(StageError::new(
+                        ErrorCode::Unavailable,
+                        format!("{target}: {e}"),
+                    ))),
                 };
                 if let Some(event) = event {
                     let stop = event.is_err();
@@ -209,21 +250,30 @@ impl StageClient {
 }
 
 /// One decoded message as an event; `None` for messages without one (schema, dictionaries).
-fn decode_event(target: &Target, msg: arrow_flight::decode::DecodedFlightData) -> Option<Result<StageEvent, StageError>> {
+fn decode_event(
+    target: &Target,
+    msg: arrow_flight::decode::DecodedFlightData,
+) -> Option<Result<StageEvent, StageError>> {
     let md = msg.inner.app_metadata.clone();
     let bad = |m: String| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}"));
     match msg.payload {
         DecodedPayload::Schema(_) => None,
-        DecodedPayload::RecordBatch(batch) => {
-            Some(Envelope::decode(&md).map(|envelope| StageEvent::Batch { batch, envelope }).map_err(bad))
-        }
+        DecodedPayload::RecordBatch(batch) => Some(
+            Envelope::decode(&md)
+                .map(|envelope| StageEvent::Batch { batch, envelope })
+                .map_err(bad),
+        ),
         DecodedPayload::None if md.is_empty() => None,
-        DecodedPayload::None => Some(Envelope::decode(&md).map_err(bad).and_then(|e| match e.kind {
-            Kind::Ack => Ok(StageEvent::Ack(e)),
-            Kind::RowErrors => Ok(StageEvent::RowErrors(e)),
-            Kind::Flushed => Ok(StageEvent::Flushed(e)),
-            other => Err(StageError::new(ErrorCode::InvalidArgument, format!("{target}: unexpected `{other:?}` message from the stage"))),
-        })),
+        DecodedPayload::None => Some(Envelope::decode(&md).map_err(bad).and_then(
+            |e| match e.kind {
+                Kind::Ack => Ok(StageEvent::Ack(e)),
+                Kind::RowErrors => Ok(StageEvent::RowErrors(e)),
+                Kind::Flushed => Ok(StageEvent::Flushed(e)),
+                other => Err(StageError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("{target}: unexpected `{other:?}` message from the stage"),
+                )),
+            },
+        )),
     }
-
 }

@@ -43,12 +43,22 @@ impl BatchEncoder {
     /// The schema message that starts a stream; it also registers the
     /// dictionary ids the batches' dictionaries are sent under.
     pub fn schema_message(&mut self, schema: &Schema) -> FlightData {
-        FlightData::from(self.generator.schema_to_bytes_with_dictionary_tracker(schema, &mut self.tracker, &self.options))
+        FlightData::from(self.generator.schema_to_bytes_with_dictionary_tracker(
+            schema,
+            &mut self.tracker,
+            &self.options,
+        ))
     }
 
     /// The messages of one batch: its dictionaries, then the batch with the envelope.
-    pub fn batch_messages(&mut self, batch: &RecordBatch, envelope: &Envelope) -> Result<Vec<FlightData>, ArrowError> {
-        let (dicts, data) = self.generator.encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
+    pub fn batch_messages(
+        &mut self,
+        batch: &RecordBatch,
+        envelope: &Envelope,
+    ) -> Result<Vec<FlightData>, ArrowError> {
+        let (dicts, data) =
+            self.generator
+                .encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
         let mut out: Vec<FlightData> = dicts.into_iter().map(FlightData::from).collect();
         let mut msg = FlightData::from(data);
         msg.app_metadata = envelope.encode().into();
@@ -79,7 +89,10 @@ pub fn normalize_metadata_only(mut data: FlightData) -> FlightData {
 
 /// A control message: only the envelope.
 pub fn control_message(envelope: &Envelope) -> FlightData {
-    FlightData { app_metadata: envelope.encode().into(), ..Default::default() }
+    FlightData {
+        app_metadata: envelope.encode().into(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -92,7 +105,9 @@ mod tests {
         let zoo = crate::conformance::type_zoo(50);
         let mut enc = BatchEncoder::new();
         let _schema = enc.schema_message(&zoo.schema());
-        let msgs = enc.batch_messages(&zoo, &Envelope::new(Kind::Batch, 0, 0)).unwrap();
+        let msgs = enc
+            .batch_messages(&zoo, &Envelope::new(Kind::Batch, 0, 0))
+            .unwrap();
         assert!(msgs.len() >= 2, "a dictionary message and the batch");
     }
 }

@@ -15,7 +15,10 @@ pub struct StageError {
 impl StageError {
     /// A new error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The gRPC code a sluice code travels as (protocol.md §5).
@@ -41,7 +44,9 @@ impl StageError {
         let code = match status.code() {
             Code::DeadlineExceeded => ErrorCode::Timeout,
             Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorCode::Unavailable,
-            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => ErrorCode::InvalidArgument,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+                ErrorCode::InvalidArgument
+            }
             _ => ErrorCode::Internal,
         };
         Self::new(code, format!("{:?}: {msg}", status.code()))

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use arrow_array::builder::{Int32Builder, ListBuilder, StringDictionaryBuilder};
 use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array,
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array,
-    Int64Array, LargeStringArray, RecordBatch, StringArray, StructArray, TimestampMicrosecondArray, UInt32Array,
-    UInt64Array, new_null_array,
+    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
+    Int8Array, Int16Array, Int32Array, Int64Array, LargeStringArray, RecordBatch, StringArray,
+    StructArray, TimestampMicrosecondArray, UInt32Array, UInt64Array, new_null_array,
 };
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightData, FlightDescriptor};
@@ -56,7 +55,11 @@ pub struct CheckResult {
 /// A generated batch for `schema` of `rows` rows, when every type is one
 /// the kit can generate.
 pub fn sample_batch(schema: &SchemaRef, rows: usize, seed: u64) -> Option<RecordBatch> {
-    let columns: Option<Vec<ArrayRef>> = schema.fields().iter().map(|f| sample_array(f, rows, seed)).collect();
+    let columns: Option<Vec<ArrayRef>> = schema
+        .fields()
+        .iter()
+        .map(|f| sample_array(f, rows, seed))
+        .collect();
     RecordBatch::try_new(Arc::clone(schema), columns?).ok()
 }
 
@@ -64,22 +67,80 @@ fn sample_array(field: &Field, rows: usize, seed: u64) -> Option<ArrayRef> {
     let null = |i: usize| field.is_nullable() && (i as u64 + seed) % 7 == 3;
     let n = |i: usize| (i as u64).wrapping_mul(2654435761).wrapping_add(seed);
     Some(match field.data_type() {
-        DataType::Boolean => Arc::new((0..rows).map(|i| (!null(i)).then_some(n(i) % 2 == 0)).collect::<BooleanArray>()),
-        DataType::Int8 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 100) as i8)).collect::<Int8Array>()),
-        DataType::Int16 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 1000) as i16)).collect::<Int16Array>()),
+        DataType::Boolean => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some(n(i) % 2 == 0))
+                .collect::<BooleanArray>(),
+        ),
+        DataType::Int8 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 100) as i8))
+                .collect::<Int8Array>(),
+        ),
+        DataType::Int16 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 1000) as i16))
+                .collect::<Int16Array>(),
+        ),
         // small positive values: valid for quantities, line numbers, keys
-        DataType::Int32 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 50 + 1) as i32)).collect::<Int32Array>()),
-        DataType::Int64 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 50 + 1) as i64)).collect::<Int64Array>()),
-        DataType::UInt32 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 1000) as u32)).collect::<UInt32Array>()),
-        DataType::UInt64 => Arc::new((0..rows).map(|i| (!null(i)).then_some(n(i) % 1000)).collect::<UInt64Array>()),
-        DataType::Float32 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 1000) as f32 / 10.0)).collect::<Float32Array>()),
-        DataType::Float64 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 100_000) as f64 / 100.0)).collect::<Float64Array>()),
+        DataType::Int32 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 50 + 1) as i32))
+                .collect::<Int32Array>(),
+        ),
+        DataType::Int64 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 50 + 1) as i64))
+                .collect::<Int64Array>(),
+        ),
+        DataType::UInt32 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 1000) as u32))
+                .collect::<UInt32Array>(),
+        ),
+        DataType::UInt64 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some(n(i) % 1000))
+                .collect::<UInt64Array>(),
+        ),
+        DataType::Float32 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 1000) as f32 / 10.0))
+                .collect::<Float32Array>(),
+        ),
+        DataType::Float64 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 100_000) as f64 / 100.0))
+                .collect::<Float64Array>(),
+        ),
         DataType::Utf8 => {
-            let words = ["AIR", "MAIL", "SHIP", "TRUCK", "RAIL", "FOB", "REG AIR", "ünïcødé", ""];
-            Arc::new((0..rows).map(|i| (!null(i)).then(|| words[(n(i) % 8) as usize])).collect::<StringArray>())
+            let words = [
+                "AIR",
+                "MAIL",
+                "SHIP",
+                "TRUCK",
+                "RAIL",
+                "FOB",
+                "REG AIR",
+                "ünïcødé",
+                "",
+            ];
+            Arc::new(
+                (0..rows)
+                    .map(|i| (!null(i)).then(|| words[(n(i) % 8) as usize]))
+                    .collect::<StringArray>(),
+            )
         }
-        DataType::LargeUtf8 => Arc::new((0..rows).map(|i| (!null(i)).then(|| format!("v{}", n(i) % 97))).collect::<LargeStringArray>()),
-        DataType::Date32 => Arc::new((0..rows).map(|i| (!null(i)).then_some((n(i) % 20_000) as i32)).collect::<Date32Array>()),
+        DataType::LargeUtf8 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then(|| format!("v{}", n(i) % 97)))
+                .collect::<LargeStringArray>(),
+        ),
+        DataType::Date32 => Arc::new(
+            (0..rows)
+                .map(|i| (!null(i)).then_some((n(i) % 20_000) as i32))
+                .collect::<Date32Array>(),
+        ),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => Arc::new(
             (0..rows)
                 .map(|i| (!null(i)).then_some((n(i) % 1_000_000_000) as i64 * 1000))
@@ -117,7 +178,11 @@ pub fn type_zoo(rows: usize) -> RecordBatch {
     let dict = {
         let mut b = StringDictionaryBuilder::<Int32Type>::new();
         for i in 0..rows {
-            if i % 6 == 5 { b.append_null() } else { b.append_value(["red", "green", "blue"][i % 3]) }
+            if i % 6 == 5 {
+                b.append_null()
+            } else {
+                b.append_value(["red", "green", "blue"][i % 3])
+            }
         }
         b.finish()
     };
@@ -129,7 +194,11 @@ pub fn type_zoo(rows: usize) -> RecordBatch {
         inner_fields.clone().into(),
         vec![
             Arc::new(Int64Array::from_iter_values((0..rows).map(|i| i as i64))) as ArrayRef,
-            Arc::new((0..rows).map(|i| (i % 4 != 0).then(|| format!("p{i}"))).collect::<StringArray>()),
+            Arc::new(
+                (0..rows)
+                    .map(|i| (i % 4 != 0).then(|| format!("p{i}")))
+                    .collect::<StringArray>(),
+            ),
         ],
         None,
     );
@@ -137,14 +206,22 @@ pub fn type_zoo(rows: usize) -> RecordBatch {
         Field::new("id", DataType::Int64, false),
         Field::new("maybe", DataType::Float64, true),
         Field::new("price", DataType::Decimal128(15, 2), true),
-        Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("Europe/Oslo".into())), true),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("Europe/Oslo".into())),
+            true,
+        ),
         Field::new("tags", tags.data_type().clone(), true),
         Field::new("color", dict.data_type().clone(), true),
         Field::new("point", DataType::Struct(inner_fields.into()), false),
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(0..rows as i64)),
-        Arc::new((0..rows).map(|i| (i % 3 != 0).then_some(i as f64 / 3.0)).collect::<Float64Array>()),
+        Arc::new(
+            (0..rows)
+                .map(|i| (i % 3 != 0).then_some(i as f64 / 3.0))
+                .collect::<Float64Array>(),
+        ),
         Arc::new(
             (0..rows)
                 .map(|i| (i % 4 != 1).then_some(i as i128 * 101))
@@ -174,7 +251,13 @@ struct Kit {
 
 impl Kit {
     fn open(&self, epoch: u64) -> OpenRequest {
-        OpenRequest { protocol: PROTOCOL.into(), stage: "conformance".into(), epoch, partition: 0, config: serde_json::Value::Null }
+        OpenRequest {
+            protocol: PROTOCOL.into(),
+            stage: "conformance".into(),
+            epoch,
+            partition: 0,
+            config: serde_json::Value::Null,
+        }
     }
 
     /// The batches to send through the stage, if the kit can make them.
@@ -186,13 +269,23 @@ impl Kit {
     }
 
     /// Runs an exchange to its end; returns the events.
-    async fn run(&self, batches: Vec<RecordBatch>, epoch: u64) -> Result<Vec<StageEvent>, StageError> {
+    async fn run(
+        &self,
+        batches: Vec<RecordBatch>,
+        epoch: u64,
+    ) -> Result<Vec<StageEvent>, StageError> {
         let schema = match batches.first() {
             Some(b) => b.schema(),
-            None => self.input(1, 0).map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty())),
+            None => self
+                .input(1, 0)
+                .map(|b| b.schema())
+                .unwrap_or_else(|| Arc::new(Schema::empty())),
         };
         let input = futures::stream::iter(batches.into_iter().map(Ok)).boxed();
-        let events = self.client.exchange(&self.open(epoch), schema, input, None).await?;
+        let events = self
+            .client
+            .exchange(&self.open(epoch), schema, input, None)
+            .await?;
         events.collect::<Vec<_>>().await.into_iter().collect()
     }
 
@@ -208,12 +301,23 @@ impl Kit {
             .connect()
             .await
             .map_err(|e| e.to_string())?;
-        Ok(FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE).max_encoding_message_size(MAX_MESSAGE_SIZE))
+        Ok(FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE))
     }
 }
 
 fn rows_of(events: &[StageEvent]) -> usize {
-    events.iter().map(|e| if let StageEvent::Batch { batch, .. } = e { batch.num_rows() } else { 0 }).sum()
+    events
+        .iter()
+        .map(|e| {
+            if let StageEvent::Batch { batch, .. } = e {
+                batch.num_rows()
+            } else {
+                0
+            }
+        })
+        .sum()
 }
 
 fn flushed_last(events: &[StageEvent]) -> Result<u64, String> {
@@ -224,28 +328,45 @@ fn flushed_last(events: &[StageEvent]) -> Result<u64, String> {
 }
 
 /// Every answered input batch gets a batch or an ack; row errors point into it.
-fn answers_are_complete(events: &[StageEvent], inputs: &[RecordBatch], manifest: &Manifest) -> Result<(), String> {
+fn answers_are_complete(
+    events: &[StageEvent],
+    inputs: &[RecordBatch],
+    manifest: &Manifest,
+) -> Result<(), String> {
     for (i, b) in inputs.iter().enumerate() {
         let i = i as u64;
         let answered = events.iter().any(|e| match e {
-            StageEvent::Batch { envelope, .. } | StageEvent::Ack(envelope) => envelope.in_seq == Some(i),
+            StageEvent::Batch { envelope, .. } | StageEvent::Ack(envelope) => {
+                envelope.in_seq == Some(i)
+            }
             _ => false,
         });
         if !answered {
-            return Err(format!("input batch {i} got neither an output batch nor an ack"));
+            return Err(format!(
+                "input batch {i} got neither an output batch nor an ack"
+            ));
         }
         for e in events {
             if let StageEvent::RowErrors(env) = e {
                 if manifest.errors == ErrorSemantics::FatalOnly {
-                    return Err("row errors from a stage whose manifest says errors = fatal_only".into());
+                    return Err(
+                        "row errors from a stage whose manifest says errors = fatal_only".into(),
+                    );
                 }
                 if env.in_seq == Some(i) {
                     for r in env.errors.iter().flatten() {
                         if r.row >= b.num_rows() as u64 {
-                            return Err(format!("row error for row {} of a {}-row batch", r.row, b.num_rows()));
+                            return Err(format!(
+                                "row error for row {} of a {}-row batch",
+                                r.row,
+                                b.num_rows()
+                            ));
                         }
                         if r.code.parse::<sluice_contract::ErrorCode>().is_err() {
-                            return Err(format!("row error code `{}` is not in the vocabulary", r.code));
+                            return Err(format!(
+                                "row error code `{}` is not in the vocabulary",
+                                r.code
+                            ));
                         }
                     }
                 }
@@ -255,7 +376,11 @@ fn answers_are_complete(events: &[StageEvent], inputs: &[RecordBatch], manifest:
     Ok(())
 }
 
-fn check_outputs(events: &[StageEvent], manifest: &Manifest, input: &SchemaRef) -> Result<(), String> {
+fn check_outputs(
+    events: &[StageEvent],
+    manifest: &Manifest,
+    input: &SchemaRef,
+) -> Result<(), String> {
     let expected = manifest.output_for(input);
     for e in events {
         if let StageEvent::Batch { batch, .. } = e {
@@ -265,13 +390,22 @@ fn check_outputs(events: &[StageEvent], manifest: &Manifest, input: &SchemaRef) 
     Ok(())
 }
 
-async fn timed<F: std::future::Future<Output = Outcome>>(name: &'static str, what: &'static str, f: F) -> CheckResult {
+async fn timed<F: std::future::Future<Output = Outcome>>(
+    name: &'static str,
+    what: &'static str,
+    f: F,
+) -> CheckResult {
     let t = Instant::now();
     let outcome = match tokio::time::timeout(Duration::from_secs(60), f).await {
         Ok(o) => o,
         Err(_) => Outcome::Fail("no result within 60 s".into()),
     };
-    CheckResult { name, what, outcome, took: t.elapsed() }
+    CheckResult {
+        name,
+        what,
+        outcome,
+        took: t.elapsed(),
+    }
 }
 
 fn from(r: Result<(), String>) -> Outcome {
@@ -288,41 +422,84 @@ pub async fn check(target: &Target) -> Vec<CheckResult> {
     let client = match StageClient::connect(target, Duration::from_secs(10)).await {
         Ok(c) => c,
         Err(e) => {
-            out.push(CheckResult { name: "connect", what: "the stage accepts a gRPC connection", outcome: Outcome::Fail(e.to_string()), took: t.elapsed() });
+            out.push(CheckResult {
+                name: "connect",
+                what: "the stage accepts a gRPC connection",
+                outcome: Outcome::Fail(e.to_string()),
+                took: t.elapsed(),
+            });
             return out;
         }
     };
     let mut probe = client.clone();
     let manifest = match probe.describe().await {
         Ok(m) => {
-            let ok = if m.language.is_empty() || m.name.is_empty() { Outcome::Fail("name and language must be set".into()) } else { Outcome::Pass };
-            out.push(CheckResult { name: "describe", what: "the manifest decodes, is coherent and names the protocol", outcome: ok, took: t.elapsed() });
+            let ok = if m.language.is_empty() || m.name.is_empty() {
+                Outcome::Fail("name and language must be set".into())
+            } else {
+                Outcome::Pass
+            };
+            out.push(CheckResult {
+                name: "describe",
+                what: "the manifest decodes, is coherent and names the protocol",
+                outcome: ok,
+                took: t.elapsed(),
+            });
             m
         }
         Err(e) => {
-            out.push(CheckResult { name: "describe", what: "the manifest decodes, is coherent and names the protocol", outcome: Outcome::Fail(e.to_string()), took: t.elapsed() });
+            out.push(CheckResult {
+                name: "describe",
+                what: "the manifest decodes, is coherent and names the protocol",
+                outcome: Outcome::Fail(e.to_string()),
+                took: t.elapsed(),
+            });
             return out;
         }
     };
-    let kit = Kit { target: target.clone(), client, manifest };
-    out.push(timed("health", "`health` answers ok", async { from(kit.client.clone().health().await.map_err(|e| e.to_string())) }).await);
+    let kit = Kit {
+        target: target.clone(),
+        client,
+        manifest,
+    };
+    out.push(
+        timed("health", "`health` answers ok", async {
+            from(kit.client.clone().health().await.map_err(|e| e.to_string()))
+        })
+        .await,
+    );
 
     out.push(
-        timed("exchange", "batches in, answers with envelopes, `flushed` last with the row count", async {
-            let Some(b) = kit.input(500, 1) else { return Outcome::Skip("the input schema has types the kit cannot generate".into()) };
-            let inputs = vec![b.clone(), kit.input(257, 2).unwrap_or(b.clone()), b.slice(0, 1)];
-            match kit.run(inputs.clone(), 1).await {
-                Ok(ev) => from((|| {
-                    let rows = flushed_last(&ev)?;
-                    if rows as usize != rows_of(&ev) {
-                        return Err(format!("`flushed` says {rows} rows, {} arrived", rows_of(&ev)));
-                    }
-                    answers_are_complete(&ev, &inputs, &kit.manifest)?;
-                    check_outputs(&ev, &kit.manifest, &inputs[0].schema())
-                })()),
-                Err(e) => Outcome::Fail(e.to_string()),
-            }
-        })
+        timed(
+            "exchange",
+            "batches in, answers with envelopes, `flushed` last with the row count",
+            async {
+                let Some(b) = kit.input(500, 1) else {
+                    return Outcome::Skip(
+                        "the input schema has types the kit cannot generate".into(),
+                    );
+                };
+                let inputs = vec![
+                    b.clone(),
+                    kit.input(257, 2).unwrap_or(b.clone()),
+                    b.slice(0, 1),
+                ];
+                match kit.run(inputs.clone(), 1).await {
+                    Ok(ev) => from((|| {
+                        let rows = flushed_last(&ev)?;
+                        if rows as usize != rows_of(&ev) {
+                            return Err(format!(
+                                "`flushed` says {rows} rows, {} arrived",
+                                rows_of(&ev)
+                            ));
+                        }
+                        answers_are_complete(&ev, &inputs, &kit.manifest)?;
+                        check_outputs(&ev, &kit.manifest, &inputs[0].schema())
+                    })()),
+                    Err(e) => Outcome::Fail(e.to_string()),
+                }
+            },
+        )
         .await,
     );
 
@@ -349,137 +526,227 @@ pub async fn check(target: &Target) -> Vec<CheckResult> {
     );
 
     out.push(
-        timed("empty", "an exchange without batches ends with `flushed` and 0 rows", async {
-            match kit.run(vec![], 3).await {
-                Ok(ev) => from(flushed_last(&ev).and_then(|r| if r == 0 { Ok(()) } else { Err(format!("{r} rows from no input")) })),
-                Err(e) => Outcome::Fail(e.to_string()),
-            }
-        })
-        .await,
-    );
-
-    out.push(
-        timed("large", "a batch over 4 MiB (the gRPC default limit) goes through", async {
-            let rows = (kit.manifest.max_batch_rows as usize).min(200_000);
-            let Some(b) = kit.input(rows, 4) else { return Outcome::Skip("cannot generate input".into()) };
-            let size: usize = b.columns().iter().map(|c| c.get_array_memory_size()).sum();
-            if size < 4 << 20 {
-                return Outcome::Skip(format!("max_batch_rows {} allows only {} KiB batches", kit.manifest.max_batch_rows, size / 1024));
-            }
-            match kit.run(vec![b], 4).await {
-                Ok(ev) => from(flushed_last(&ev).map(|_| ())),
-                Err(e) => Outcome::Fail(e.to_string()),
-            }
-        })
-        .await,
-    );
-
-    out.push(
-        timed("malformed", "garbage FlightData gets an error status, and the stage keeps serving", async {
-            let mut raw = match kit.raw().await {
-                Ok(r) => r,
-                Err(e) => return Outcome::Fail(e),
-            };
-            let Some(b) = kit.input(10, 5) else { return Outcome::Skip("cannot generate input".into()) };
-            let mut encoder = BatchEncoder::new();
-            let mut first = encoder.schema_message(&b.schema());
-            first.flight_descriptor = Some(FlightDescriptor::new_cmd(serde_json::to_vec(&kit.open(5)).unwrap_or_default()));
-            let garbage = FlightData {
-                data_header: vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3].into(),
-                data_body: vec![9; 64].into(),
-                app_metadata: Envelope::new(Kind::Batch, 5, 0).encode().into(),
-                ..Default::default()
-            };
-            let request = futures::stream::iter(vec![first, garbage, control_message(&Envelope::new(Kind::End, 5, 1))]);
-            let answer = match raw.do_exchange(request).await {
-                Ok(resp) => resp.into_inner().collect::<Vec<_>>().await.into_iter().find_map(|m| m.err()),
-                Err(status) => Some(status),
-            };
-            match answer {
-                None => Outcome::Fail("the stage accepted a garbage message without an error".into()),
-                Some(_) => from(kit.client.clone().health().await.map_err(|e| format!("unhealthy afterwards: {e}"))),
-            }
-        })
-        .await,
-    );
-
-    out.push(
-        timed("cancel", "an exchange dropped mid-stream leaves the stage healthy and serving", async {
-            let Some(b) = kit.input(100, 6) else { return Outcome::Skip("cannot generate input".into()) };
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(1);
-            let input = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
-            match kit.client.exchange(&kit.open(6), b.schema(), input, None).await {
-                Ok(mut events) => {
-                    let _ = tx.send(Ok(b.clone())).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
-                    drop(events);
-                    drop(tx);
+        timed(
+            "empty",
+            "an exchange without batches ends with `flushed` and 0 rows",
+            async {
+                match kit.run(vec![], 3).await {
+                    Ok(ev) => from(flushed_last(&ev).and_then(|r| {
+                        if r == 0 {
+                            Ok(())
+                        } else {
+                            Err(format!("{r} rows from no input"))
+                        }
+                    })),
+                    Err(e) => Outcome::Fail(e.to_string()),
                 }
-                Err(e) => return Outcome::Fail(e.to_string()),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            match kit.run(vec![b], 7).await {
-                Ok(ev) => from(flushed_last(&ev).map(|_| ())),
-                Err(e) => Outcome::Fail(format!("not serving after a cancelled exchange: {e}")),
-            }
-        })
+            },
+        )
         .await,
     );
 
     out.push(
-        timed("backpressure", "200 batches sent while the answers are read slowly: no loss, no deadlock", async {
-            let Some(b) = kit.input(256, 8) else { return Outcome::Skip("cannot generate input".into()) };
-            let inputs: Vec<RecordBatch> = (0..200).map(|_| b.clone()).collect();
-            let input = futures::stream::iter(inputs.clone().into_iter().map(Ok)).boxed();
-            match kit.client.exchange(&kit.open(8), b.schema(), input, None).await {
-                Ok(mut events) => {
-                    let mut all = Vec::new();
-                    while let Some(e) = events.next().await {
-                        match e {
-                            Ok(e) => all.push(e),
-                            Err(e) => return Outcome::Fail(e.to_string()),
-                        }
-                        if all.len() % 20 == 0 {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+        timed(
+            "large",
+            "a batch over 4 MiB (the gRPC default limit) goes through",
+            async {
+                let rows = (kit.manifest.max_batch_rows as usize).min(200_000);
+                let Some(b) = kit.input(rows, 4) else {
+                    return Outcome::Skip("cannot generate input".into());
+                };
+                let size: usize = b.columns().iter().map(|c| c.get_array_memory_size()).sum();
+                if size < 4 << 20 {
+                    return Outcome::Skip(format!(
+                        "max_batch_rows {} allows only {} KiB batches",
+                        kit.manifest.max_batch_rows,
+                        size / 1024
+                    ));
+                }
+                match kit.run(vec![b], 4).await {
+                    Ok(ev) => from(flushed_last(&ev).map(|_| ())),
+                    Err(e) => Outcome::Fail(e.to_string()),
+                }
+            },
+        )
+        .await,
+    );
+
+    out.push(
+        timed(
+            "malformed",
+            "garbage FlightData gets an error status, and the stage keeps serving",
+            async {
+                let mut raw = match kit.raw().await {
+                    Ok(r) => r,
+                    Err(e) => return Outcome::Fail(e),
+                };
+                let Some(b) = kit.input(10, 5) else {
+                    return Outcome::Skip("cannot generate input".into());
+                };
+                let mut encoder = BatchEncoder::new();
+                let mut first = encoder.schema_message(&b.schema());
+                first.flight_descriptor = Some(FlightDescriptor::new_cmd(
+                    serde_json::to_vec(&kit.open(5)).unwrap_or_default(),
+                ));
+                let garbage = FlightData {
+                    data_header: vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3].into(),
+                    data_body: vec![9; 64].into(),
+                    app_metadata: Envelope::new(Kind::Batch, 5, 0).encode().into(),
+                    ..Default::default()
+                };
+                let request = futures::stream::iter(vec![
+                    first,
+                    garbage,
+                    control_message(&Envelope::new(Kind::End, 5, 1)),
+                ]);
+                let answer = match raw.do_exchange(request).await {
+                    Ok(resp) => resp
+                        .into_inner()
+                        .collect::<Vec<_>>()
+                        .await
+                        .into_iter()
+                        .find_map(|m| m.err()),
+                    Err(status) => Some(status),
+                };
+                match answer {
+                    None => Outcome::Fail(
+                        "the stage accepted a garbage message without an error".into(),
+                    ),
+                    Some(_) => from(
+                        kit.client
+                            .clone()
+                            .health()
+                            .await
+                            .map_err(|e| format!("unhealthy afterwards: {e}")),
+                    ),
+                }
+            },
+        )
+        .await,
+    );
+
+    out.push(
+        timed(
+            "cancel",
+            "an exchange dropped mid-stream leaves the stage healthy and serving",
+            async {
+                let Some(b) = kit.input(100, 6) else {
+                    return Outcome::Skip("cannot generate input".into());
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(1);
+                let input = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
+                match kit
+                    .client
+                    .exchange(&kit.open(6), b.schema(), input, None)
+                    .await
+                {
+                    Ok(mut events) => {
+                        let _ = tx.send(Ok(b.clone())).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+                        drop(events);
+                        drop(tx);
                     }
-                    from(flushed_last(&all).map(|_| ()).and_then(|_| answers_are_complete(&all, &inputs, &kit.manifest)))
+                    Err(e) => return Outcome::Fail(e.to_string()),
                 }
-                Err(e) => Outcome::Fail(e.to_string()),
-            }
-        })
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match kit.run(vec![b], 7).await {
+                    Ok(ev) => from(flushed_last(&ev).map(|_| ())),
+                    Err(e) => Outcome::Fail(format!("not serving after a cancelled exchange: {e}")),
+                }
+            },
+        )
+        .await,
+    );
+
+    out.push(
+        timed(
+            "backpressure",
+            "200 batches sent while the answers are read slowly: no loss, no deadlock",
+            async {
+                let Some(b) = kit.input(256, 8) else {
+                    return Outcome::Skip("cannot generate input".into());
+                };
+                let inputs: Vec<RecordBatch> = (0..200).map(|_| b.clone()).collect();
+                let input = futures::stream::iter(inputs.clone().into_iter().map(Ok)).boxed();
+                match kit
+                    .client
+                    .exchange(&kit.open(8), b.schema(), input, None)
+                    .await
+                {
+                    Ok(mut events) => {
+                        let mut all = Vec::new();
+                        while let Some(e) = events.next().await {
+                            match e {
+                                Ok(e) => all.push(e),
+                                Err(e) => return Outcome::Fail(e.to_string()),
+                            }
+                            if all.len() % 20 == 0 {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        from(
+                            flushed_last(&all)
+                                .map(|_| ())
+                                .and_then(|_| answers_are_complete(&all, &inputs, &kit.manifest)),
+                        )
+                    }
+                    Err(e) => Outcome::Fail(e.to_string()),
+                }
+            },
+        )
         .await,
     );
 
     out.push(
         timed("concurrent", "8 exchanges at once all complete", async {
-            let Some(b) = kit.input(300, 9) else { return Outcome::Skip("cannot generate input".into()) };
+            let Some(b) = kit.input(300, 9) else {
+                return Outcome::Skip("cannot generate input".into());
+            };
             let runs = (0..8).map(|i| kit.run(vec![b.clone(), b.clone()], 100 + i));
             let results = futures::future::join_all(runs).await;
-            from(results.into_iter().try_for_each(|r| r.map_err(|e| e.to_string()).and_then(|ev| flushed_last(&ev).map(|_| ()))))
+            from(results.into_iter().try_for_each(|r| {
+                r.map_err(|e| e.to_string())
+                    .and_then(|ev| flushed_last(&ev).map(|_| ()))
+            }))
         })
         .await,
     );
 
     out.push(
-        timed("row_errors", "row errors are well formed (row index inside the batch, known code)", async {
-            if kit.manifest.errors == ErrorSemantics::FatalOnly {
-                return Outcome::Skip("the manifest says errors = fatal_only".into());
-            }
-            // varied input makes a validating stage reject some rows
-            let inputs: Vec<RecordBatch> = (0..4).filter_map(|i| kit.input(1000, 20 + i)).collect();
-            match kit.run(inputs.clone(), 9).await {
-                Ok(ev) => {
-                    let n: usize = ev.iter().map(|e| if let StageEvent::RowErrors(env) = e { env.errors.as_ref().map_or(0, Vec::len) } else { 0 }).sum();
-                    match answers_are_complete(&ev, &inputs, &kit.manifest) {
-                        Err(m) => Outcome::Fail(m),
-                        Ok(()) if n == 0 => Outcome::Skip("no row failed on the generated input".into()),
-                        Ok(()) => Outcome::Pass,
-                    }
+        timed(
+            "row_errors",
+            "row errors are well formed (row index inside the batch, known code)",
+            async {
+                if kit.manifest.errors == ErrorSemantics::FatalOnly {
+                    return Outcome::Skip("the manifest says errors = fatal_only".into());
                 }
-                Err(e) => Outcome::Fail(e.to_string()),
-            }
-        })
+                // varied input makes a validating stage reject some rows
+                let inputs: Vec<RecordBatch> =
+                    (0..4).filter_map(|i| kit.input(1000, 20 + i)).collect();
+                match kit.run(inputs.clone(), 9).await {
+                    Ok(ev) => {
+                        let n: usize = ev
+                            .iter()
+                            .map(|e| {
+                                if let StageEvent::RowErrors(env) = e {
+                                    env.errors.as_ref().map_or(0, Vec::len)
+                                } else {
+                                    0
+                                }
+                            })
+                            .sum();
+                        match answers_are_complete(&ev, &inputs, &kit.manifest) {
+                            Err(m) => Outcome::Fail(m),
+                            Ok(()) if n == 0 => {
+                                Outcome::Skip("no row failed on the generated input".into())
+                            }
+                            Ok(()) => Outcome::Pass,
+                        }
+                    }
+                    Err(e) => Outcome::Fail(e.to_string()),
+                }
+            },
+        )
         .await,
     );
     out
@@ -487,6 +754,7 @@ pub async fn check(target: &Target) -> Vec<CheckResult> {
 
 /// Whether every check passed or was skipped.
 pub fn all_passed(results: &[CheckResult]) -> bool {
-    results.iter().all(|r| !matches!(r.outcome, Outcome::Fail(_)))
+    results
+        .iter()
+        .all(|r| !matches!(r.outcome, Outcome::Fail(_)))
 }
-

@@ -65,7 +65,17 @@ pub struct Envelope {
 impl Envelope {
     /// An envelope with only the required keys.
     pub fn new(kind: Kind, epoch: u64, seq: u64) -> Self {
-        Self { v: 1, kind, epoch, seq, in_seq: None, traceparent: None, lineage: None, errors: None, rows: None }
+        Self {
+            v: 1,
+            kind,
+            epoch,
+            seq,
+            in_seq: None,
+            traceparent: None,
+            lineage: None,
+            errors: None,
+            rows: None,
+        }
     }
 
     /// Sets `in_seq`.
@@ -82,7 +92,8 @@ impl Envelope {
 
     /// Decodes an envelope; the error says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let e: Envelope = serde_json::from_slice(bytes).map_err(|e| format!("bad envelope: {e}"))?;
+        let e: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| format!("bad envelope: {e}"))?;
         if e.v != 1 {
             return Err(format!("unsupported envelope version {}", e.v));
         }
@@ -96,7 +107,10 @@ mod tests {
 
     #[test]
     fn golden_envelopes_round_trip_byte_for_byte() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/protocol/envelopes.jsonl");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/protocol/envelopes.jsonl"
+        );
         let text = std::fs::read_to_string(path).unwrap();
         let mut n = 0;
         for line in text.split('\n').filter(|l| !l.is_empty()) {
@@ -109,7 +123,11 @@ mod tests {
 
     #[test]
     fn bad_envelopes_are_refused_with_a_reason() {
-        assert!(Envelope::decode(b"{\"v\":2,\"kind\":\"end\",\"epoch\":0,\"seq\":0}").unwrap_err().contains("version"));
+        assert!(
+            Envelope::decode(b"{\"v\":2,\"kind\":\"end\",\"epoch\":0,\"seq\":0}")
+                .unwrap_err()
+                .contains("version")
+        );
         assert!(Envelope::decode(b"{\"v\":1,\"kind\":\"nope\",\"epoch\":0,\"seq\":0}").is_err());
         assert!(Envelope::decode(b"not json").is_err());
     }

@@ -19,16 +19,28 @@ pub fn spawn(program: &Path, args: &[String], socket: &Path) -> Result<Child, St
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| StageError::new(ErrorCode::Unavailable, format!("cannot start {}: {e}", program.display())))
+        .map_err(|e| {
+            StageError::new(
+                ErrorCode::Unavailable,
+                format!("cannot start {}: {e}", program.display()),
+            )
+        })
 }
 
 /// Waits until the child answers `health` on its socket, or exits, or `timeout` passes.
-pub async fn wait_healthy(child: &mut Child, socket: &Path, timeout: Duration) -> Result<StageClient, StageError> {
+pub async fn wait_healthy(
+    child: &mut Child,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<StageClient, StageError> {
     let target = Target::Unix(socket.to_path_buf());
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(StageError::new(ErrorCode::Unavailable, format!("the stage exited at start ({status})")));
+            return Err(StageError::new(
+                ErrorCode::Unavailable,
+                format!("the stage exited at start ({status})"),
+            ));
         }
         if socket.exists() {
             if let Ok(mut c) = StageClient::connect(&target, Duration::from_secs(2)).await {
@@ -38,7 +50,13 @@ pub async fn wait_healthy(child: &mut Child, socket: &Path, timeout: Duration) -
             }
         }
         if Instant::now() > deadline {
-            return Err(StageError::new(ErrorCode::Timeout, format!("no answer to `health` on {} within {timeout:?}", socket.display())));
+            return Err(StageError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "no answer to `health` on {} within {timeout:?}",
+                    socket.display()
+                ),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

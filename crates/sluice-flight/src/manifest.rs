@@ -32,7 +32,12 @@ struct SchemaDeclJson {
 impl Serialize for SchemaDecl {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let ipc = schema_to_base64(&self.schema).map_err(serde::ser::Error::custom)?;
-        SchemaDeclJson { name: self.name.clone(), version: self.version.clone(), ipc }.serialize(s)
+        SchemaDeclJson {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            ipc,
+        }
+        .serialize(s)
     }
 }
 
@@ -40,22 +45,31 @@ impl<'de> Deserialize<'de> for SchemaDecl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let j = SchemaDeclJson::deserialize(d)?;
         let schema = schema_from_base64(&j.ipc).map_err(serde::de::Error::custom)?;
-        Ok(SchemaDecl { name: j.name, version: j.version, schema: Arc::new(schema) })
+        Ok(SchemaDecl {
+            name: j.name,
+            version: j.version,
+            schema: Arc::new(schema),
+        })
     }
 }
 
 /// The Arrow schema as Flight serializes it, base64.
 pub fn schema_to_base64(schema: &Schema) -> Result<String, String> {
     let options = IpcWriteOptions::default();
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &options).try_into().map_err(|e: arrow_schema::ArrowError| e.to_string())?;
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &options)
+        .try_into()
+        .map_err(|e: arrow_schema::ArrowError| e.to_string())?;
     Ok(STANDARD.encode(&bytes))
 }
 
 /// Decodes [`schema_to_base64`]'s output (also Go's `flight.SerializeSchema`,
 /// which appends an end-of-stream marker).
 pub fn schema_from_base64(text: &str) -> Result<Schema, String> {
-    let bytes = STANDARD.decode(text).map_err(|e| format!("schema is not base64: {e}"))?;
-    arrow_ipc::convert::try_schema_from_ipc_buffer(&bytes).map_err(|e| format!("schema is not an Arrow IPC schema: {e}"))
+    let bytes = STANDARD
+        .decode(text)
+        .map_err(|e| format!("schema is not base64: {e}"))?;
+    arrow_ipc::convert::try_schema_from_ipc_buffer(&bytes)
+        .map_err(|e| format!("schema is not an Arrow IPC schema: {e}"))
 }
 
 /// Whether output rows keep input order.
@@ -135,7 +149,10 @@ impl Manifest {
     /// Checks the manifest is coherent.
     pub fn check(&self) -> Result<(), String> {
         if self.protocol != PROTOCOL {
-            return Err(format!("protocol is `{}`, expected `{PROTOCOL}`", self.protocol));
+            return Err(format!(
+                "protocol is `{}`, expected `{PROTOCOL}`",
+                self.protocol
+            ));
         }
         if self.input_schema.is_some() && self.output_schema.is_none() {
             return Err("output_schema may be null only when input_schema is null".into());
@@ -168,7 +185,13 @@ pub struct OpenRequest {
 /// is declared is a mismatch. The error names the field.
 pub fn check_schema(declared: &Schema, actual: &Schema) -> Result<(), String> {
     if declared.fields().len() != actual.fields().len() {
-        let names = |s: &Schema| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>().join(", ");
+        let names = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Err(format!(
             "expected {} fields ({}), got {} ({})",
             declared.fields().len(),
@@ -179,13 +202,25 @@ pub fn check_schema(declared: &Schema, actual: &Schema) -> Result<(), String> {
     }
     for (d, a) in declared.fields().iter().zip(actual.fields()) {
         if d.name() != a.name() {
-            return Err(format!("field `{}`: found a field named `{}` in its place", d.name(), a.name()));
+            return Err(format!(
+                "field `{}`: found a field named `{}` in its place",
+                d.name(),
+                a.name()
+            ));
         }
         if d.data_type() != a.data_type() {
-            return Err(format!("field `{}`: expected {}, got {}", d.name(), d.data_type(), a.data_type()));
+            return Err(format!(
+                "field `{}`: expected {}, got {}",
+                d.name(),
+                d.data_type(),
+                a.data_type()
+            ));
         }
         if !d.is_nullable() && a.is_nullable() {
-            return Err(format!("field `{}`: declared not null, but the data may hold nulls", d.name()));
+            return Err(format!(
+                "field `{}`: declared not null, but the data may hold nulls",
+                d.name()
+            ));
         }
     }
     Ok(())
@@ -200,13 +235,25 @@ mod tests {
     fn manifests_round_trip_through_json_with_exact_schemas() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
-            Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
             Field::new("price", DataType::Decimal128(15, 2), true),
             Field::new_list("tags", Field::new_list_field(DataType::Utf8, true), true),
         ]));
         let mut m = Manifest::new("x", "1.0.0");
-        m.input_schema = Some(SchemaDecl { name: "in".into(), version: "1".into(), schema: schema.clone() });
-        m.output_schema = Some(SchemaDecl { name: "out".into(), version: "2".into(), schema });
+        m.input_schema = Some(SchemaDecl {
+            name: "in".into(),
+            version: "1".into(),
+            schema: schema.clone(),
+        });
+        m.output_schema = Some(SchemaDecl {
+            name: "out".into(),
+            version: "2".into(),
+            schema,
+        });
         let json = serde_json::to_string(&m).unwrap();
         let back: Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
@@ -215,11 +262,27 @@ mod tests {
 
     #[test]
     fn schema_checks_name_the_field() {
-        let a = Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("n", DataType::Utf8, true)]);
-        let b = Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("n", DataType::Int32, true)]);
+        let a = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("n", DataType::Utf8, true),
+        ]);
+        let b = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("n", DataType::Int32, true),
+        ]);
         assert!(check_schema(&a, &a).is_ok());
-        assert_eq!(check_schema(&a, &b).unwrap_err(), "field `n`: expected Utf8, got Int32");
-        let c = Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("n", DataType::Utf8, true)]);
-        assert!(check_schema(&a, &c).unwrap_err().contains("declared not null"));
+        assert_eq!(
+            check_schema(&a, &b).unwrap_err(),
+            "field `n`: expected Utf8, got Int32"
+        );
+        let c = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("n", DataType::Utf8, true),
+        ]);
+        assert!(
+            check_schema(&a, &c)
+                .unwrap_err()
+                .contains("declared not null")
+        );
     }
 }

@@ -45,8 +45,8 @@ use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
-    PollInfo, PutResult, SchemaResult, Ticket,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use arrow_schema::SchemaRef;
 use futures::stream::BoxStream;
@@ -76,7 +76,11 @@ pub struct RowError {
 impl RowError {
     /// A row error.
     pub fn new(row: u64, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { row, code, message: message.into() }
+        Self {
+            row,
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -92,7 +96,10 @@ pub struct Processed {
 impl Processed {
     /// Just an output batch.
     pub fn batch(batch: RecordBatch) -> Self {
-        Self { output: Some(batch), row_errors: Vec::new() }
+        Self {
+            output: Some(batch),
+            row_errors: Vec::new(),
+        }
     }
 }
 
@@ -126,17 +133,24 @@ pub trait Stage: Send + Sync + 'static {
 /// The Flight service of a stage, for embedding in a tonic server.
 pub fn service<S: Stage>(stage: S) -> Result<FlightServiceServer<StageService<S>>, StageError> {
     let manifest = stage.manifest();
-    manifest.check().map_err(|m| StageError::new(ErrorCode::Internal, format!("invalid manifest: {m}")))?;
-    Ok(FlightServiceServer::new(StageService { stage: Arc::new(stage), manifest: Arc::new(manifest) })
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+    manifest
+        .check()
+        .map_err(|m| StageError::new(ErrorCode::Internal, format!("invalid manifest: {m}")))?;
+    Ok(FlightServiceServer::new(StageService {
+        stage: Arc::new(stage),
+        manifest: Arc::new(manifest),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE))
 }
 
 /// Errors of [`serve`].
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// Neither `SLUICE_STAGE_SOCKET` nor `SLUICE_STAGE_ADDR` is set.
-    #[error("set {ENV_SOCKET} (a unix socket path) or {ENV_ADDR} (host:port) so the stage knows where to listen")]
+    #[error(
+        "set {ENV_SOCKET} (a unix socket path) or {ENV_ADDR} (host:port) so the stage knows where to listen"
+    )]
     NoAddress,
     /// The manifest is invalid.
     #[error("{0}")]
@@ -151,7 +165,8 @@ pub enum ServeError {
 pub async fn serve<S: Stage>(stage: S) -> Result<(), ServeError> {
     let svc = service(stage).map_err(ServeError::Manifest)?;
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -164,15 +179,23 @@ pub async fn serve<S: Stage>(stage: S) -> Result<(), ServeError> {
         .add_service(svc);
     if let Ok(path) = std::env::var(ENV_SOCKET) {
         let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).map_err(|e| ServeError::Io(path.clone(), e.to_string()))?;
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| ServeError::Io(path.clone(), e.to_string()))?;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        let result = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+        let result = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
         let _ = std::fs::remove_file(&path);
         return result.map_err(|e| ServeError::Io(path, e.to_string()));
     }
     if let Ok(addr) = std::env::var(ENV_ADDR) {
-        let sock = addr.parse().map_err(|e| ServeError::Io(addr.clone(), format!("{e}")))?;
-        return router.serve_with_shutdown(sock, shutdown).await.map_err(|e| ServeError::Io(addr, e.to_string()));
+        let sock = addr
+            .parse()
+            .map_err(|e| ServeError::Io(addr.clone(), format!("{e}")))?;
+        return router
+            .serve_with_shutdown(sock, shutdown)
+            .await
+            .map_err(|e| ServeError::Io(addr, e.to_string()));
     }
     Err(ServeError::NoAddress)
 }
@@ -199,48 +222,92 @@ impl<S: Stage> FlightService for StageService<S> {
     type DoActionStream = BoxS<arrow_flight::Result>;
     type ListActionsStream = BoxS<ActionType>;
 
-    async fn handshake(&self, _: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
         Err(Status::unimplemented("a sluice stage has no handshake"))
     }
-    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
         Err(Status::unimplemented("a sluice stage lists no flights"))
     }
-    async fn get_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         Err(Status::unimplemented("use DoAction(describe)"))
     }
-    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
         Err(Status::unimplemented("use DoAction(describe)"))
     }
-    async fn get_schema(&self, _: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+    async fn get_schema(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
         Err(Status::unimplemented("use DoAction(describe)"))
     }
     async fn do_get(&self, _: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        Err(Status::unimplemented("a sluice stage serves DoExchange only"))
+        Err(Status::unimplemented(
+            "a sluice stage serves DoExchange only",
+        ))
     }
-    async fn do_put(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented("a sluice stage serves DoExchange only"))
+    async fn do_put(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented(
+            "a sluice stage serves DoExchange only",
+        ))
     }
-    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
-        let actions = ["describe", "health"]
-            .map(|a| Ok(ActionType { r#type: a.into(), description: format!("sluice.stage.v1 {a}") }));
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = ["describe", "health"].map(|a| {
+            Ok(ActionType {
+                r#type: a.into(),
+                description: format!("sluice.stage.v1 {a}"),
+            })
+        });
         Ok(Response::new(futures::stream::iter(actions).boxed()))
     }
 
-    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
         let body = match request.get_ref().r#type.as_str() {
-            "describe" => serde_json::to_vec(self.manifest.as_ref())
-                .map_err(|e| fatal(ErrorCode::Internal, format!("cannot encode the manifest: {e}")))?,
+            "describe" => serde_json::to_vec(self.manifest.as_ref()).map_err(|e| {
+                fatal(
+                    ErrorCode::Internal,
+                    format!("cannot encode the manifest: {e}"),
+                )
+            })?,
             "health" => match self.stage.health().await {
                 Ok(()) => br#"{"status":"ok"}"#.to_vec(),
                 Err(e) => return Err(fatal(ErrorCode::Unavailable, e.message)),
             },
-            other => return Err(fatal(ErrorCode::InvalidArgument, format!("unknown action `{other}`; actions are describe and health"))),
+            other => {
+                return Err(fatal(
+                    ErrorCode::InvalidArgument,
+                    format!("unknown action `{other}`; actions are describe and health"),
+                ));
+            }
         };
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
     }
 
-    async fn do_exchange(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(8);
         let input = request.into_inner();
         let stage = Arc::clone(&self.stage);
@@ -264,7 +331,10 @@ struct Out {
 
 impl Out {
     async fn send(&self, m: FlightData) -> Result<(), Status> {
-        self.tx.send(Ok(m)).await.map_err(|_| Status::cancelled("the engine closed the exchange"))
+        self.tx
+            .send(Ok(m))
+            .await
+            .map_err(|_| Status::cancelled("the engine closed the exchange"))
     }
     fn envelope(&mut self, kind: Kind) -> Envelope {
         let e = Envelope::new(kind, self.epoch, self.seq);
@@ -279,36 +349,75 @@ async fn run_exchange<S: Stage>(
     input: Streaming<FlightData>,
     tx: mpsc::Sender<Result<FlightData, Status>>,
 ) -> Result<(), Status> {
-    let mut decoder = FlightDataDecoder::new(input.map_ok(normalize_metadata_only).map_err(FlightError::from));
+    let mut decoder = FlightDataDecoder::new(
+        input
+            .map_ok(normalize_metadata_only)
+            .map_err(FlightError::from),
+    );
     // the first message: descriptor (open request) + input schema
     let first = decoder
         .next()
         .await
-        .ok_or_else(|| fatal(ErrorCode::InvalidArgument, "the exchange ended before its first message"))?
-        .map_err(|e| fatal(ErrorCode::InvalidArgument, format!("cannot decode the first message: {e}")))?;
+        .ok_or_else(|| {
+            fatal(
+                ErrorCode::InvalidArgument,
+                "the exchange ended before its first message",
+            )
+        })?
+        .map_err(|e| {
+            fatal(
+                ErrorCode::InvalidArgument,
+                format!("cannot decode the first message: {e}"),
+            )
+        })?;
     let cmd = first
         .inner
         .flight_descriptor
         .as_ref()
         .map(|d| d.cmd.clone())
-        .ok_or_else(|| fatal(ErrorCode::InvalidArgument, "the first message has no descriptor with the open request"))?;
-    let open: OpenRequest = serde_json::from_slice(&cmd)
-        .map_err(|e| fatal(ErrorCode::InvalidArgument, format!("the open request is not valid JSON: {e}")))?;
+        .ok_or_else(|| {
+            fatal(
+                ErrorCode::InvalidArgument,
+                "the first message has no descriptor with the open request",
+            )
+        })?;
+    let open: OpenRequest = serde_json::from_slice(&cmd).map_err(|e| {
+        fatal(
+            ErrorCode::InvalidArgument,
+            format!("the open request is not valid JSON: {e}"),
+        )
+    })?;
     if open.protocol != PROTOCOL {
-        return Err(fatal(ErrorCode::InvalidArgument, format!("protocol `{}` is not {PROTOCOL}", open.protocol)));
+        return Err(fatal(
+            ErrorCode::InvalidArgument,
+            format!("protocol `{}` is not {PROTOCOL}", open.protocol),
+        ));
     }
     let input_schema: SchemaRef = match first.payload {
         DecodedPayload::Schema(s) => s,
-        _ => return Err(fatal(ErrorCode::InvalidArgument, "the first message must carry the input schema")),
+        _ => {
+            return Err(fatal(
+                ErrorCode::InvalidArgument,
+                "the first message must carry the input schema",
+            ));
+        }
     };
     if let Some(decl) = &manifest.input_schema {
-        check_schema(&decl.schema, &input_schema)
-            .map_err(|m| fatal(ErrorCode::SchemaMismatch, format!("stage `{}` input: {m}", manifest.name)))?;
+        check_schema(&decl.schema, &input_schema).map_err(|m| {
+            fatal(
+                ErrorCode::SchemaMismatch,
+                format!("stage `{}` input: {m}", manifest.name),
+            )
+        })?;
     }
     let output_schema = manifest.output_for(&input_schema);
     let mut processor = stage.open(&open).await.map_err(Status::from)?;
 
-    let mut out = Out { tx, seq: 0, epoch: open.epoch };
+    let mut out = Out {
+        tx,
+        seq: 0,
+        epoch: open.epoch,
+    };
     let mut encoder = BatchEncoder::new();
     out.send(encoder.schema_message(&output_schema)).await?;
     let lineage = LineageEntry {
@@ -320,18 +429,31 @@ async fn run_exchange<S: Stage>(
     let mut rows_out = 0u64;
     let mut ended = false;
     while let Some(msg) = decoder.next().await {
-        let msg = msg.map_err(|e| fatal(ErrorCode::InvalidArgument, format!("cannot decode an input message: {e}")))?;
+        let msg = msg.map_err(|e| {
+            fatal(
+                ErrorCode::InvalidArgument,
+                format!("cannot decode an input message: {e}"),
+            )
+        })?;
         let md = msg.inner.app_metadata.clone();
         match msg.payload {
             DecodedPayload::RecordBatch(batch) => {
-                let env = Envelope::decode(&md).map_err(|m| fatal(ErrorCode::InvalidArgument, m))?;
+                let env =
+                    Envelope::decode(&md).map_err(|m| fatal(ErrorCode::InvalidArgument, m))?;
                 if env.kind != Kind::Batch || env.epoch != open.epoch {
-                    return Err(fatal(ErrorCode::InvalidArgument, format!("unexpected envelope on a batch: {env:?}")));
+                    return Err(fatal(
+                        ErrorCode::InvalidArgument,
+                        format!("unexpected envelope on a batch: {env:?}"),
+                    ));
                 }
                 if batch.num_rows() as u64 > manifest.max_batch_rows {
                     return Err(fatal(
                         ErrorCode::InvalidArgument,
-                        format!("batch of {} rows exceeds max_batch_rows {}", batch.num_rows(), manifest.max_batch_rows),
+                        format!(
+                            "batch of {} rows exceeds max_batch_rows {}",
+                            batch.num_rows(),
+                            manifest.max_batch_rows
+                        ),
                     ));
                 }
                 let n = batch.num_rows() as u64;
@@ -342,7 +464,10 @@ async fn run_exchange<S: Stage>(
                         rows_out += b.num_rows() as u64;
                         let mut e = out.envelope(Kind::Batch).answering(env.seq);
                         e.lineage = Some(lineage.clone());
-                        for m in encoder.batch_messages(&b, &e).map_err(|e| fatal(ErrorCode::Internal, e.to_string()))? {
+                        for m in encoder
+                            .batch_messages(&b, &e)
+                            .map_err(|e| fatal(ErrorCode::Internal, e.to_string()))?
+                        {
                             out.send(m).await?;
                         }
                     }
@@ -353,37 +478,57 @@ async fn run_exchange<S: Stage>(
                 }
                 if !processed.row_errors.is_empty() {
                     if manifest.errors == ErrorSemantics::FatalOnly {
-                        return Err(fatal(ErrorCode::Internal, "the stage reported row errors but its manifest says errors = fatal_only"));
+                        return Err(fatal(
+                            ErrorCode::Internal,
+                            "the stage reported row errors but its manifest says errors = fatal_only",
+                        ));
                     }
                     if let Some(bad) = processed.row_errors.iter().find(|r| r.row >= n) {
-                        return Err(fatal(ErrorCode::Internal, format!("row error for row {} of a batch of {n} rows", bad.row)));
+                        return Err(fatal(
+                            ErrorCode::Internal,
+                            format!("row error for row {} of a batch of {n} rows", bad.row),
+                        ));
                     }
                     let mut e = out.envelope(Kind::RowErrors).answering(env.seq);
                     e.errors = Some(
                         processed
                             .row_errors
                             .into_iter()
-                            .map(|r| RowErrorEntry { row: r.row, code: r.code.to_string(), message: r.message })
+                            .map(|r| RowErrorEntry {
+                                row: r.row,
+                                code: r.code.to_string(),
+                                message: r.message,
+                            })
                             .collect(),
                     );
                     out.send(control_message(&e)).await?;
                 }
             }
             DecodedPayload::None => {
-                let env = Envelope::decode(&md).map_err(|m| fatal(ErrorCode::InvalidArgument, m))?;
+                let env =
+                    Envelope::decode(&md).map_err(|m| fatal(ErrorCode::InvalidArgument, m))?;
                 if env.kind != Kind::End {
-                    return Err(fatal(ErrorCode::InvalidArgument, format!("unexpected control message `{:?}`", env.kind)));
+                    return Err(fatal(
+                        ErrorCode::InvalidArgument,
+                        format!("unexpected control message `{:?}`", env.kind),
+                    ));
                 }
                 ended = true;
                 break;
             }
             DecodedPayload::Schema(_) => {
-                return Err(fatal(ErrorCode::InvalidArgument, "the input schema may not change within an exchange"));
+                return Err(fatal(
+                    ErrorCode::InvalidArgument,
+                    "the input schema may not change within an exchange",
+                ));
             }
         }
     }
     if !ended {
-        return Err(fatal(ErrorCode::InvalidArgument, "the exchange ended without an `end` message"));
+        return Err(fatal(
+            ErrorCode::InvalidArgument,
+            "the exchange ended without an `end` message",
+        ));
     }
     for b in processor.flush().await.map_err(Status::from)? {
         if b.num_rows() == 0 {
@@ -393,7 +538,10 @@ async fn run_exchange<S: Stage>(
         rows_out += b.num_rows() as u64;
         let mut e = out.envelope(Kind::Batch);
         e.lineage = Some(lineage.clone());
-        for m in encoder.batch_messages(&b, &e).map_err(|e| fatal(ErrorCode::Internal, e.to_string()))? {
+        for m in encoder
+            .batch_messages(&b, &e)
+            .map_err(|e| fatal(ErrorCode::Internal, e.to_string()))?
+        {
             out.send(m).await?;
         }
     }
@@ -403,20 +551,36 @@ async fn run_exchange<S: Stage>(
 }
 
 /// Checks an output batch against the declared output schema and labels it with it.
-fn conform(manifest: &Manifest, schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch, Status> {
+fn conform(
+    manifest: &Manifest,
+    schema: &SchemaRef,
+    batch: RecordBatch,
+) -> Result<RecordBatch, Status> {
     let actual = batch.schema();
-    check_schema(schema, &actual)
-        .map_err(|m| fatal(ErrorCode::SchemaMismatch, format!("stage `{}` output: {m}", manifest.name)))?;
+    check_schema(schema, &actual).map_err(|m| {
+        fatal(
+            ErrorCode::SchemaMismatch,
+            format!("stage `{}` output: {m}", manifest.name),
+        )
+    })?;
     for (i, f) in schema.fields().iter().enumerate() {
         if !f.is_nullable() && batch.column(i).null_count() > 0 {
             return Err(fatal(
                 ErrorCode::SchemaMismatch,
-                format!("stage `{}` output: field `{}` is declared not null but has nulls", manifest.name, f.name()),
+                format!(
+                    "stage `{}` output: field `{}` is declared not null but has nulls",
+                    manifest.name,
+                    f.name()
+                ),
             ));
         }
     }
-    RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())
-        .map_err(|e| fatal(ErrorCode::SchemaMismatch, format!("stage `{}` output: {e}", manifest.name)))
+    RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec()).map_err(|e| {
+        fatal(
+            ErrorCode::SchemaMismatch,
+            format!("stage `{}` output: {e}", manifest.name),
+        )
+    })
 }
 
 /// A stream type alias used by the client too.

@@ -6,7 +6,10 @@ use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 
-const VECTOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/protocol/type_zoo.arrows");
+const VECTOR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../testdata/protocol/type_zoo.arrows"
+);
 
 fn encode(batch: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::new();
@@ -27,8 +30,15 @@ fn the_type_zoo_vector_decodes_and_re_encodes_identically() {
         std::fs::write(VECTOR, encode(&zoo)).unwrap();
     }
     let bytes = std::fs::read(VECTOR).expect("testdata/protocol/type_zoo.arrows");
-    let batches: Vec<RecordBatch> = StreamReader::try_new(Cursor::new(&bytes), None).unwrap().map(|b| b.unwrap()).collect();
+    let batches: Vec<RecordBatch> = StreamReader::try_new(Cursor::new(&bytes), None)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0], zoo, "the vector holds the zoo's values");
-    assert_eq!(encode(&batches[0]), bytes, "re-encoding gives the same bytes");
+    assert_eq!(
+        encode(&batches[0]),
+        bytes,
+        "re-encoding gives the same bytes"
+    );
 }

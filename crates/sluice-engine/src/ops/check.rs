@@ -18,7 +18,9 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
+};
 use futures::StreamExt;
 use sluice_contract::ErrorCode;
 
@@ -46,16 +48,34 @@ pub struct CheckExec {
 
 impl CheckExec {
     /// Checks `input`'s rows for source `source`.
-    pub fn new(source: &str, checks: Vec<Check>, on_error: OnError, dead_letters: Arc<DeadLetters>, input: Arc<dyn ExecutionPlan>) -> Self {
+    pub fn new(
+        source: &str,
+        checks: Vec<Check>,
+        on_error: OnError,
+        dead_letters: Arc<DeadLetters>,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Self {
         let props = Arc::new(input.properties().as_ref().clone());
-        Self { source: source.into(), checks, on_error, dead_letters, input, props }
+        Self {
+            source: source.into(),
+            checks,
+            on_error,
+            dead_letters,
+            input,
+            props,
+        }
     }
 }
 
 impl DisplayAs for CheckExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let checks: Vec<&str> = self.checks.iter().map(|c| c.sql.as_str()).collect();
-        write!(f, "CheckExec: source={} checks=[{}]", self.source, checks.join(", "))
+        write!(
+            f,
+            "CheckExec: source={} checks=[{}]",
+            self.source,
+            checks.join(", ")
+        )
     }
 }
 
@@ -72,7 +92,10 @@ impl ExecutionPlan for CheckExec {
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![true]
     }
-    fn apply_expressions(&self, f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
         for c in &self.checks {
             if f(&c.expr)? == TreeNodeRecursion::Stop {
                 return Ok(TreeNodeRecursion::Stop);
@@ -80,15 +103,34 @@ impl ExecutionPlan for CheckExec {
         }
         Ok(TreeNodeRecursion::Continue)
     }
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children.pop().ok_or_else(|| DataFusionError::Internal("CheckExec rebuilt without a child".into()))?;
-        Ok(Arc::new(CheckExec::new(&self.source, self.checks.clone(), self.on_error, Arc::clone(&self.dead_letters), input)))
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("CheckExec rebuilt without a child".into()))?;
+        Ok(Arc::new(CheckExec::new(
+            &self.source,
+            self.checks.clone(),
+            self.on_error,
+            Arc::clone(&self.dead_letters),
+            input,
+        )))
     }
-    fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, ctx)?;
         let schema = input.schema();
-        let (source, checks, on_error, dead) =
-            (self.source.clone(), self.checks.clone(), self.on_error, Arc::clone(&self.dead_letters));
+        let (source, checks, on_error, dead) = (
+            self.source.clone(),
+            self.checks.clone(),
+            self.on_error,
+            Arc::clone(&self.dead_letters),
+        );
         let mut ordinal = 0u64;
         let stream = input.map(move |batch| {
             let batch = batch?;
@@ -115,7 +157,10 @@ fn apply(
     for c in checks {
         let result = c.expr.evaluate(batch)?.into_array(batch.num_rows())?;
         let Some(passes) = result.as_any().downcast_ref::<BooleanArray>() else {
-            return Err(DataFusionError::Plan(format!("source `{source}`: check `{}` is not a boolean expression", c.sql)));
+            return Err(DataFusionError::Plan(format!(
+                "source `{source}`: check `{}` is not a boolean expression",
+                c.sql
+            )));
         };
         // NULL passes, as in SQL CHECK constraints
         for (row, slot) in failed_by.iter_mut().enumerate() {
@@ -123,26 +168,41 @@ fn apply(
                 *slot = Some(c.sql.as_str());
             }
         }
-        let ok = datafusion::arrow::compute::kernels::boolean::or_kleene(passes, &datafusion::arrow::compute::is_null(passes)?)?;
+        let ok = datafusion::arrow::compute::kernels::boolean::or_kleene(
+            passes,
+            &datafusion::arrow::compute::is_null(passes)?,
+        )?;
         keep = Some(match keep {
             None => ok,
             Some(k) => and_kleene(&k, &ok)?,
         });
     }
-    let Some(keep) = keep else { return Ok(batch.clone()) };
+    let Some(keep) = keep else {
+        return Ok(batch.clone());
+    };
     if keep.true_count() == batch.num_rows() {
         return Ok(batch.clone());
     }
-    let failing: Vec<(usize, &str)> = failed_by.iter().enumerate().filter_map(|(i, c)| c.map(|c| (i, c))).collect();
+    let failing: Vec<(usize, &str)> = failed_by
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.map(|c| (i, c)))
+        .collect();
     if on_error == OnError::Fail {
         let (row, check) = failing[0];
-        return Err(DataFusionError::External(Box::new(crate::error::SluiceError::Source {
-            source_name: source.into(),
-            file: None,
-            line: None,
-            message: format!("[CONSTRAINT_VIOLATION] check `{check}` failed for {} row(s); first: {}", failing.len(), row_json(batch, row)),
-            retry: crate::error::RetryHint::Never,
-        })));
+        return Err(DataFusionError::External(Box::new(
+            crate::error::SluiceError::Source {
+                source_name: source.into(),
+                file: None,
+                line: None,
+                message: format!(
+                    "[CONSTRAINT_VIOLATION] check `{check}` failed for {} row(s); first: {}",
+                    failing.len(),
+                    row_json(batch, row)
+                ),
+                retry: crate::error::RetryHint::Never,
+            },
+        )));
     }
     for (row, check) in failing {
         let key = format!("check:{partition}:{}", first + row as u64);
@@ -168,10 +228,16 @@ fn apply(
 /// that is a row rather than a line).
 pub fn row_json(batch: &RecordBatch, row: usize) -> String {
     if row >= batch.num_rows() {
-        return format!("{{\"unavailable\": \"row {row} is outside the batch of {} rows\"}}", batch.num_rows());
+        return format!(
+            "{{\"unavailable\": \"row {row} is outside the batch of {} rows\"}}",
+            batch.num_rows()
+        );
     }
     let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
-    let text = w.write(&batch.slice(row, 1)).and_then(|()| w.finish()).map(|()| w.into_inner());
+    let text = w
+        .write(&batch.slice(row, 1))
+        .and_then(|()| w.finish())
+        .map(|()| w.into_inner());
     match text {
         Ok(bytes) => String::from_utf8_lossy(&bytes).trim_end().to_string(),
         Err(e) => format!("{{\"unavailable\": \"{e}\"}}"),

@@ -28,11 +28,14 @@ use datafusion::common::{DFSchema, DFSchemaRef, Result};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr,
+    PlanProperties,
 };
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
@@ -62,7 +65,11 @@ impl ExternalStageNode {
         let input_schema = Arc::new(input.schema().as_arrow().clone());
         let out = runtime.manifest.output_for(&input_schema);
         let schema = Arc::new(DFSchema::try_from(out.as_ref().clone())?);
-        Ok(Self { runtime, input, schema })
+        Ok(Self {
+            runtime,
+            input,
+            schema,
+        })
     }
 }
 
@@ -98,11 +105,28 @@ impl UserDefinedLogicalNodeCore for ExternalStageNode {
         vec![]
     }
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "ExternalStage: {} ({} {} {})", self.runtime.name, self.runtime.manifest.name, self.runtime.manifest.version, self.runtime.manifest.language)
+        write!(
+            f,
+            "ExternalStage: {} ({} {} {})",
+            self.runtime.name,
+            self.runtime.manifest.name,
+            self.runtime.manifest.version,
+            self.runtime.manifest.language
+        )
     }
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
-        let input = inputs.pop().ok_or_else(|| DataFusionError::Internal("external stage rebuilt without input".into()))?;
-        Ok(Self { runtime: Arc::clone(&self.runtime), input, schema: Arc::clone(&self.schema) })
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        let input = inputs.pop().ok_or_else(|| {
+            DataFusionError::Internal("external stage rebuilt without input".into())
+        })?;
+        Ok(Self {
+            runtime: Arc::clone(&self.runtime),
+            input,
+            schema: Arc::clone(&self.schema),
+        })
     }
 }
 
@@ -121,12 +145,18 @@ impl ExtensionPlanner for ExternalStagePlanner {
         _session: &dyn Session,
         _ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(n) = node.as_any().downcast_ref::<ExternalStageNode>() else { return Ok(None) };
-        let input = physical_inputs
-            .first()
-            .ok_or_else(|| DataFusionError::Internal(format!("external stage `{}` has no input", n.runtime.name)))?;
+        let Some(n) = node.as_any().downcast_ref::<ExternalStageNode>() else {
+            return Ok(None);
+        };
+        let input = physical_inputs.first().ok_or_else(|| {
+            DataFusionError::Internal(format!("external stage `{}` has no input", n.runtime.name))
+        })?;
         let schema: SchemaRef = Arc::new(n.schema.as_arrow().clone());
-        Ok(Some(Arc::new(ExternalStageExec::new(Arc::clone(&n.runtime), Arc::clone(input), schema))))
+        Ok(Some(Arc::new(ExternalStageExec::new(
+            Arc::clone(&n.runtime),
+            Arc::clone(input),
+            schema,
+        ))))
     }
 }
 
@@ -141,14 +171,23 @@ pub struct ExternalStageExec {
 
 impl ExternalStageExec {
     /// An exec sending `input` through `runtime`'s stage.
-    pub fn new(runtime: Arc<ExternalRuntime>, input: Arc<dyn ExecutionPlan>, schema: SchemaRef) -> Self {
+    pub fn new(
+        runtime: Arc<ExternalRuntime>,
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+    ) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
             input.output_partitioning().clone(),
             input.pipeline_behavior(),
             input.boundedness(),
         );
-        Self { runtime, input, schema, props: Arc::new(props) }
+        Self {
+            runtime,
+            input,
+            schema,
+            props: Arc::new(props),
+        }
     }
 }
 
@@ -182,11 +221,24 @@ impl ExecutionPlan for ExternalStageExec {
     ) -> Result<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children.pop().ok_or_else(|| DataFusionError::Internal("ExternalStageExec without child".into()))?;
-        Ok(Arc::new(ExternalStageExec::new(Arc::clone(&self.runtime), input, Arc::clone(&self.schema))))
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("ExternalStageExec without child".into()))?;
+        Ok(Arc::new(ExternalStageExec::new(
+            Arc::clone(&self.runtime),
+            input,
+            Arc::clone(&self.schema),
+        )))
     }
-    fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, ctx)?;
         let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
         let tx = builder.tx();
@@ -201,7 +253,10 @@ impl ExecutionPlan for ExternalStageExec {
                     let e = match runtime.exit_status().await {
                         Some(status) if !e.code.is_retryable() => StageError::new(
                             ErrorCode::Unavailable,
-                            format!("the stage process exited ({status}) mid-exchange: {}", e.message),
+                            format!(
+                                "the stage process exited ({status}) mid-exchange: {}",
+                                e.message
+                            ),
                         ),
                         _ => e,
                     };
@@ -217,8 +272,17 @@ impl ExecutionPlan for ExternalStageExec {
 }
 
 fn stage_failure(stage: &str, e: StageError) -> SluiceError {
-    let retry = if e.code.is_retryable() { RetryHint::WithBackoff } else { RetryHint::Never };
-    SluiceError::Stage { stage: stage.to_string(), code: e.code, message: e.message, retry }
+    let retry = if e.code.is_retryable() {
+        RetryHint::WithBackoff
+    } else {
+        RetryHint::Never
+    };
+    SluiceError::Stage {
+        stage: stage.to_string(),
+        code: e.code,
+        message: e.message,
+        retry,
+    }
 }
 
 /// Slices a batch to the stage's row limit.
@@ -226,7 +290,10 @@ fn slices(batch: RecordBatch, max_rows: usize) -> Vec<RecordBatch> {
     if batch.num_rows() <= max_rows {
         return vec![batch];
     }
-    (0..batch.num_rows()).step_by(max_rows).map(|o| batch.slice(o, max_rows.min(batch.num_rows() - o))).collect()
+    (0..batch.num_rows())
+        .step_by(max_rows)
+        .map(|o| batch.slice(o, max_rows.min(batch.num_rows() - o)))
+        .collect()
 }
 
 /// One exchange, boxed: rustc cannot prove the unboxed future `Send` for
@@ -261,9 +328,21 @@ async fn exchange_inner(
     tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
 ) -> Result<(), Failure> {
     let input_failed: Arc<std::sync::Mutex<Option<DataFusionError>>> = Arc::default();
-    let result = exchange_body(runtime, partition, input, schema, tx, Arc::clone(&input_failed)).await;
+    let result = exchange_body(
+        runtime,
+        partition,
+        input,
+        schema,
+        tx,
+        Arc::clone(&input_failed),
+    )
+    .await;
     // an upstream failure explains whatever the stage then said: report it
-    if let Some(e) = input_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(e) = input_failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         return Err(Failure::Input(e));
     }
     result.map_err(Failure::Stage)
@@ -297,16 +376,22 @@ async fn exchange_body(
     // permits allow; an input error is passed on through `input_failed`
     let (feed, fed) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(1);
     // send time of every batch, by sequence number, for round-trip latency
-    let sent_at: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>> = Arc::default();
+    let sent_at: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>> =
+        Arc::default();
     // with on_error = "dead_letter", the batches still in flight (and a few
     // answered ones), by sequence number, to look up the rows of row errors
     let keep_sent = config.on_error == OnError::DeadLetter;
-    let recent: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, RecordBatch)>>> = Arc::default();
+    let recent: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, RecordBatch)>>> =
+        Arc::default();
     let keep_at_most = 2 * config.max_in_flight.max(1) + 2;
     let feeder = {
         let recent = Arc::clone(&recent);
-        let (permits, in_flight, sent, failed) =
-            (Arc::clone(&permits), Arc::clone(&in_flight), Arc::clone(&sent), Arc::clone(&input_failed));
+        let (permits, in_flight, sent, failed) = (
+            Arc::clone(&permits),
+            Arc::clone(&in_flight),
+            Arc::clone(&sent),
+            Arc::clone(&input_failed),
+        );
         let sent_at = Arc::clone(&sent_at);
         let mut input = input;
         tokio::spawn(async move {
@@ -316,7 +401,9 @@ async fn exchange_body(
                     Err(e) => {
                         *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         // abort the exchange: the stage must not see an `end`
-                        let _ = feed.send(Err(StageError::new(ErrorCode::Internal, "input failed"))).await;
+                        let _ = feed
+                            .send(Err(StageError::new(ErrorCode::Internal, "input failed")))
+                            .await;
                         return;
                     }
                 };
@@ -330,7 +417,10 @@ async fn exchange_body(
                     }
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     let seq = sent.fetch_add(1, Ordering::Relaxed);
-                    sent_at.lock().unwrap_or_else(|p| p.into_inner()).push_back((seq, std::time::Instant::now()));
+                    sent_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back((seq, std::time::Instant::now()));
                     if keep_sent {
                         let mut r = recent.lock().unwrap_or_else(|p| p.into_inner());
                         r.push_back((seq, piece.clone()));
@@ -351,22 +441,41 @@ async fn exchange_body(
     let timeout = config.timeout.0;
     let mut rows_received = 0u64;
     loop {
-        let wait = if in_flight.load(Ordering::Relaxed) > 0 { timeout } else { Duration::from_secs(24 * 3600) };
+        let wait = if in_flight.load(Ordering::Relaxed) > 0 {
+            timeout
+        } else {
+            Duration::from_secs(24 * 3600)
+        };
         let next = match tokio::time::timeout(wait, events.next()).await {
             Ok(n) => n,
             Err(_) => {
-                return Err(StageError::new(ErrorCode::Timeout, format!("no answer to a batch within {timeout:?}")));
+                return Err(StageError::new(
+                    ErrorCode::Timeout,
+                    format!("no answer to a batch within {timeout:?}"),
+                ));
             }
         };
         let Some(event) = next else {
-            return Err(StageError::new(ErrorCode::Unavailable, "the stage closed the exchange without `flushed` (did it crash?)"));
+            return Err(StageError::new(
+                ErrorCode::Unavailable,
+                "the stage closed the exchange without `flushed` (did it crash?)",
+            ));
         };
         match event? {
             StageEvent::Batch { batch, envelope } => {
-                check_schema(&schema, &batch.schema())
-                    .map_err(|m| StageError::new(ErrorCode::SchemaMismatch, format!("output breaks the manifest: {m}")))?;
+                check_schema(&schema, &batch.schema()).map_err(|m| {
+                    StageError::new(
+                        ErrorCode::SchemaMismatch,
+                        format!("output breaks the manifest: {m}"),
+                    )
+                })?;
                 let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
-                    .map_err(|e| StageError::new(ErrorCode::SchemaMismatch, format!("output breaks the manifest: {e}")))?;
+                    .map_err(|e| {
+                        StageError::new(
+                            ErrorCode::SchemaMismatch,
+                            format!("output breaks the manifest: {e}"),
+                        )
+                    })?;
                 if let Some(seq) = envelope.in_seq {
                     answered(&permits, &in_flight);
                     record(&runtime, &sent_at, seq);
@@ -388,7 +497,9 @@ async fn exchange_body(
                     OnError::Fail => {
                         let first = errors.first();
                         return Err(StageError::new(
-                            first.and_then(|f| f.code.parse().ok()).unwrap_or(ErrorCode::Rejected),
+                            first
+                                .and_then(|f| f.code.parse().ok())
+                                .unwrap_or(ErrorCode::Rejected),
                             format!(
                                 "{} row error(s) with on_error = \"fail\"; first: row {} of input batch {}: {}",
                                 errors.len(),
@@ -399,7 +510,9 @@ async fn exchange_body(
                         ));
                     }
                     OnError::Skip => {
-                        runtime.rows_skipped.fetch_add(errors.len() as u64, Ordering::Relaxed);
+                        runtime
+                            .rows_skipped
+                            .fetch_add(errors.len() as u64, Ordering::Relaxed);
                     }
                     OnError::DeadLetter => {
                         let batch = envelope.in_seq.and_then(|seq| {
@@ -408,21 +521,29 @@ async fn exchange_body(
                         });
                         for e in &errors {
                             let raw = batch.as_ref().map_or_else(
-                                || format!("{{\"unavailable\": \"row {} of input batch {:?}\"}}", e.row, envelope.in_seq),
+                                || {
+                                    format!(
+                                        "{{\"unavailable\": \"row {} of input batch {:?}\"}}",
+                                        e.row, envelope.in_seq
+                                    )
+                                },
                                 |b| crate::ops::check::row_json(b, e.row as usize),
                             );
                             let key = format!("{partition}:{:?}:{}", envelope.in_seq, e.row);
-                            runtime.dead_letters.push(key, DeadLetter {
-                                component: runtime.name.clone(),
-                                role: "stage",
-                                code: e.code.parse().unwrap_or(ErrorCode::Rejected),
-                                message: e.message.clone(),
-                                file: None,
-                                line: None,
-                                offset: None,
-                                raw,
-                                skipped: false,
-                            });
+                            runtime.dead_letters.push(
+                                key,
+                                DeadLetter {
+                                    component: runtime.name.clone(),
+                                    role: "stage",
+                                    code: e.code.parse().unwrap_or(ErrorCode::Rejected),
+                                    message: e.message.clone(),
+                                    file: None,
+                                    line: None,
+                                    offset: None,
+                                    raw,
+                                    skipped: false,
+                                },
+                            );
                         }
                     }
                 }
@@ -443,7 +564,10 @@ async fn exchange_body(
 }
 
 /// Sends one output batch downstream (owned sender, boxed: see [`exchange`]).
-fn forward(tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>, batch: RecordBatch) -> futures::future::BoxFuture<'static, Result<(), ()>> {
+fn forward(
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    batch: RecordBatch,
+) -> futures::future::BoxFuture<'static, Result<(), ()>> {
     Box::pin(async move { tx.send(Ok(batch)).await.map_err(|_| ()) })
 }
 
@@ -457,7 +581,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// Records the round trip of input batch `seq` (answers come in order).
-fn record(runtime: &ExternalRuntime, sent_at: &std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>, seq: u64) {
+fn record(
+    runtime: &ExternalRuntime,
+    sent_at: &std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+    seq: u64,
+) {
     let mut q = sent_at.lock().unwrap_or_else(|p| p.into_inner());
     while let Some((s, t)) = q.front().copied() {
         if s > seq {
@@ -474,4 +602,3 @@ fn answered(permits: &Semaphore, in_flight: &AtomicUsize) {
     permits.add_permits(1);
     let _ = in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
-

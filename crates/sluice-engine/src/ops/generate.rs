@@ -25,7 +25,9 @@ use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
+};
 
 /// Batches of one unit of work.
 pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
@@ -50,8 +52,16 @@ pub struct GeneratedTable {
 
 impl GeneratedTable {
     /// A table of `units` of `generator`, scanned with up to `target_partitions` partitions.
-    pub fn new(generator: Arc<dyn BatchGenerator>, units: Vec<u64>, target_partitions: usize) -> Self {
-        Self { generator, units, target_partitions }
+    pub fn new(
+        generator: Arc<dyn BatchGenerator>,
+        units: Vec<u64>,
+        target_partitions: usize,
+    ) -> Self {
+        Self {
+            generator,
+            units,
+            target_partitions,
+        }
     }
 }
 
@@ -75,7 +85,12 @@ impl TableProvider for GeneratedTable {
         for (i, u) in self.units.iter().enumerate() {
             groups[i % partitions].push(*u);
         }
-        Ok(Arc::new(GenerateExec::try_new(Arc::clone(&self.generator), groups, projection.cloned(), limit)?))
+        Ok(Arc::new(GenerateExec::try_new(
+            Arc::clone(&self.generator),
+            groups,
+            projection.cloned(),
+            limit,
+        )?))
     }
 }
 
@@ -105,14 +120,26 @@ impl GenerateExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Self { generator, groups, projection, limit, schema, props: Arc::new(props) })
+        Ok(Self {
+            generator,
+            groups,
+            projection,
+            limit,
+            schema,
+            props: Arc::new(props),
+        })
     }
 }
 
 impl DisplayAs for GenerateExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let units: usize = self.groups.iter().map(Vec::len).sum();
-        write!(f, "GenerateExec: {} units={units} partitions={}", self.generator.describe(), self.groups.len())?;
+        write!(
+            f,
+            "GenerateExec: {} units={units} partitions={}",
+            self.generator.describe(),
+            self.groups.len()
+        )?;
         if let Some(p) = &self.projection {
             let all = self.generator.schema();
             let names: Vec<&str> = p.iter().map(|i| all.field(*i).name().as_str()).collect();
@@ -141,10 +168,23 @@ impl ExecutionPlan for GenerateExec {
     ) -> Result<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() { Ok(self) } else { Err(DataFusionError::Internal("GenerateExec has no children".into())) }
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "GenerateExec has no children".into(),
+            ))
+        }
     }
-    fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let units = self.groups.get(partition).cloned().unwrap_or_default();
         let generator = Arc::clone(&self.generator);
         let projection = self.projection.clone();
@@ -163,12 +203,19 @@ impl ExecutionPlan for GenerateExec {
                     return None;
                 }
                 Some(b.map(|b| {
-                    let b = if b.num_rows() > remaining { b.slice(0, remaining) } else { b };
+                    let b = if b.num_rows() > remaining {
+                        b.slice(0, remaining)
+                    } else {
+                        b
+                    };
                     remaining -= b.num_rows();
                     b
                 }))
             })
             .map(|r| r.map_err(DataFusionError::from));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), futures::stream::iter(iter))))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            futures::stream::iter(iter),
+        )))
     }
 }

@@ -33,9 +33,11 @@ use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties};
-use futures::stream::BoxStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
+};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
 use tokio::sync::mpsc::Sender;
@@ -105,7 +107,13 @@ pub struct CsvOptions {
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        Self { has_header: true, delimiter: b',', quote: b'"', escape: None, newlines_in_values: false }
+        Self {
+            has_header: true,
+            delimiter: b',',
+            quote: b'"',
+            escape: None,
+            newlines_in_values: false,
+        }
     }
 }
 
@@ -155,7 +163,10 @@ pub struct FilePart {
 impl FilePart {
     /// The whole file.
     pub fn whole(object: ObjectMeta) -> Self {
-        Self { object, range: None }
+        Self {
+            object,
+            range: None,
+        }
     }
 
     fn bounds(&self) -> Range<u64> {
@@ -194,30 +205,56 @@ impl LineFilesTable {
     /// Cuts the files into units and deals them to at most `target_partitions`
     /// groups of about equal bytes.
     fn groups(&self) -> Vec<Vec<LineUnit>> {
-        let total: u64 = self.files.iter().map(|f| f.bounds().end - f.bounds().start).sum();
+        let total: u64 = self
+            .files
+            .iter()
+            .map(|f| f.bounds().end - f.bounds().start)
+            .sum();
         let split_size = (total / self.target_partitions.max(1) as u64).max(MIN_SPLIT_BYTES);
         let mut units = Vec::new();
         for f in &self.files {
             let object = &f.object;
             let compression = self.compression.of(object.location.as_ref());
-            let Range { start: first, end: last } = f.bounds();
+            let Range {
+                start: first,
+                end: last,
+            } = f.bounds();
             let len = last - first;
-            if compression == Compression::None && self.format.splittable() && len > split_size + split_size / 2 {
+            if compression == Compression::None
+                && self.format.splittable()
+                && len > split_size + split_size / 2
+            {
                 let mut start = first;
                 while start < last {
                     let end = (start + split_size).min(last);
-                    let end = if last - end < split_size / 2 { last } else { end };
-                    units.push(LineUnit { object: object.clone(), range: Some(start..end), compression });
+                    let end = if last - end < split_size / 2 {
+                        last
+                    } else {
+                        end
+                    };
+                    units.push(LineUnit {
+                        object: object.clone(),
+                        range: Some(start..end),
+                        compression,
+                    });
                     start = end;
                 }
             } else {
-                units.push(LineUnit { object: object.clone(), range: f.range.clone(), compression });
+                units.push(LineUnit {
+                    object: object.clone(),
+                    range: f.range.clone(),
+                    compression,
+                });
             }
         }
         let n = self.target_partitions.clamp(1, units.len().max(1));
         let mut groups: Vec<(u64, Vec<LineUnit>)> = vec![(0, Vec::new()); n];
         for u in units {
-            let size = u.range.as_ref().map(|r| r.end - r.start).unwrap_or(u.object.size);
+            let size = u
+                .range
+                .as_ref()
+                .map(|r| r.end - r.start)
+                .unwrap_or(u.object.size);
             // groups is never empty: n >= 1
             if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
                 g.0 += size;
@@ -286,7 +323,11 @@ pub struct LineScanExec {
 }
 
 impl LineScanExec {
-    fn try_new(shared: ScanShared, groups: Vec<Vec<LineUnit>>, limit: Option<usize>) -> Result<Self> {
+    fn try_new(
+        shared: ScanShared,
+        groups: Vec<Vec<LineUnit>>,
+        limit: Option<usize>,
+    ) -> Result<Self> {
         let schema = project_schema(&shared.file_schema, shared.projection.as_ref())?;
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
@@ -294,15 +335,25 @@ impl LineScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Self { shared, groups, limit, schema, props: Arc::new(props) })
+        Ok(Self {
+            shared,
+            groups,
+            limit,
+            schema,
+            props: Arc::new(props),
+        })
     }
 }
 
 impl DisplayAs for LineScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let units: usize = self.groups.iter().map(Vec::len).sum();
-        let files: std::collections::BTreeSet<&str> =
-            self.groups.iter().flatten().map(|u| u.object.location.as_ref()).collect();
+        let files: std::collections::BTreeSet<&str> = self
+            .groups
+            .iter()
+            .flatten()
+            .map(|u| u.object.location.as_ref())
+            .collect();
         write!(
             f,
             "LineScanExec: source={} format={} files={} units={units} partitions={}",
@@ -312,7 +363,10 @@ impl DisplayAs for LineScanExec {
             self.groups.len().max(1)
         )?;
         if let Some(p) = &self.shared.projection {
-            let names: Vec<&str> = p.iter().map(|i| self.shared.file_schema.field(*i).name().as_str()).collect();
+            let names: Vec<&str> = p
+                .iter()
+                .map(|i| self.shared.file_schema.field(*i).name().as_str())
+                .collect();
             write!(f, " projection=[{}]", names.join(", "))?;
         }
         if let Some(l) = self.limit {
@@ -338,14 +392,23 @@ impl ExecutionPlan for LineScanExec {
     ) -> Result<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(DataFusionError::Internal("LineScanExec has no children".into()))
+            Err(DataFusionError::Internal(
+                "LineScanExec has no children".into(),
+            ))
         }
     }
-    fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let units = self.groups.get(partition).cloned().unwrap_or_default();
         let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
         let tx = builder.tx();
@@ -357,7 +420,10 @@ impl ExecutionPlan for LineScanExec {
                 if remaining == 0 {
                     break;
                 }
-                let reader = UnitReader { shared: &shared, unit: &unit };
+                let reader = UnitReader {
+                    shared: &shared,
+                    unit: &unit,
+                };
                 match reader.read(&tx, &mut remaining).await {
                     Ok(true) => {}
                     // the consumer went away: stop quietly
@@ -408,12 +474,22 @@ impl Decoder {
 
 impl UnitReader<'_> {
     fn uri(&self) -> String {
-        let base = self.shared.store_url.strip_suffix('/').unwrap_or(&self.shared.store_url);
+        let base = self
+            .shared
+            .store_url
+            .strip_suffix('/')
+            .unwrap_or(&self.shared.store_url);
         format!("{base}/{}", self.unit.object.location)
     }
 
     fn error(&self, line: Option<u64>, message: String, retry: RetryHint) -> SluiceError {
-        SluiceError::Source { source_name: self.shared.source_name.clone(), file: Some(self.uri()), line, message, retry }
+        SluiceError::Source {
+            source_name: self.shared.source_name.clone(),
+            file: Some(self.uri()),
+            line,
+            message,
+            retry,
+        }
     }
 
     fn starts_at_file_start(&self) -> bool {
@@ -456,14 +532,25 @@ impl UnitReader<'_> {
     async fn open(&self) -> Result<BoxStream<'static, std::io::Result<Bytes>>, SluiceError> {
         let path = &self.unit.object.location;
         let store_err = |e: object_store::Error| {
-            let retry = if matches!(e, object_store::Error::NotFound { .. }) { RetryHint::Never } else { RetryHint::WithBackoff };
+            let retry = if matches!(e, object_store::Error::NotFound { .. }) {
+                RetryHint::Never
+            } else {
+                RetryHint::WithBackoff
+            };
             self.error(None, format!("cannot read: {e}"), retry)
         };
         let result = match &self.unit.range {
             Some(r) if r.start > 0 => {
                 // one byte early, to see whether a line starts exactly at r.start
-                let opts = GetOptions { range: Some(GetRange::Bounded(r.start - 1..self.unit.object.size)), ..Default::default() };
-                self.shared.store.get_opts(path, opts).await.map_err(store_err)?
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(r.start - 1..self.unit.object.size)),
+                    ..Default::default()
+                };
+                self.shared
+                    .store
+                    .get_opts(path, opts)
+                    .await
+                    .map_err(store_err)?
             }
             _ => self.shared.store.get(path).await.map_err(store_err)?,
         };
@@ -474,15 +561,23 @@ impl UnitReader<'_> {
                 d.multiple_members(true);
                 ReaderStream::with_capacity(d, 1 << 20).boxed()
             }
-            Compression::Zstd => ReaderStream::with_capacity(ZstdDecoder::new(StreamReader::new(raw)), 1 << 20).boxed(),
+            Compression::Zstd => {
+                ReaderStream::with_capacity(ZstdDecoder::new(StreamReader::new(raw)), 1 << 20)
+                    .boxed()
+            }
             _ => raw.boxed(),
         })
     }
 
     /// Reads the unit; returns false when the receiver is gone.
-    async fn read(&self, tx: &Sender<Result<RecordBatch>>, remaining: &mut usize) -> Result<bool, SluiceError> {
+    async fn read(
+        &self,
+        tx: &Sender<Result<RecordBatch>>,
+        remaining: &mut usize,
+    ) -> Result<bool, SluiceError> {
         let mut stream = self.open().await?;
-        let has_header = matches!(&self.shared.format, LineFormat::Csv(o) if o.has_header) && self.starts_at_file_start();
+        let has_header = matches!(&self.shared.format, LineFormat::Csv(o) if o.has_header)
+            && self.starts_at_file_start();
         let mut decoder = self.decoder(has_header)?;
         let tolerant = self.shared.on_error != OnError::Fail;
         let mut records = RecordCounter::default();
@@ -505,7 +600,13 @@ impl UnitReader<'_> {
                         pending = chunk;
                         eof = last;
                     }
-                    Some(Err(e)) => return Err(self.error(None, format!("cannot read: {e}"), RetryHint::WithBackoff)),
+                    Some(Err(e)) => {
+                        return Err(self.error(
+                            None,
+                            format!("cannot read: {e}"),
+                            RetryHint::WithBackoff,
+                        ));
+                    }
                     None => eof = true,
                 }
             }
@@ -514,8 +615,24 @@ impl UnitReader<'_> {
                 let n = match decoder.decode(&pending) {
                     Ok(n) => n,
                     Err(_) if tolerant => {
-                        let mut lines = Lines { done: &mut lines_done, header: has_header, rows: &mut rows_done, given_up: &mut given_up };
-                        if !self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await? {
+                        let mut lines = Lines {
+                            done: &mut lines_done,
+                            header: has_header,
+                            rows: &mut rows_done,
+                            given_up: &mut given_up,
+                        };
+                        if !self
+                            .salvage(
+                                &mut decoder,
+                                &mut batch_bytes,
+                                &mut pending,
+                                eof,
+                                &mut lines,
+                                tx,
+                                remaining,
+                            )
+                            .await?
+                        {
                             return Ok(false);
                         }
                         if *remaining == 0 {
@@ -523,7 +640,15 @@ impl UnitReader<'_> {
                         }
                         continue;
                     }
-                    Err(e) => return Err(self.decode_error(e, rows_done, lines_done, &batch_bytes, &pending)),
+                    Err(e) => {
+                        return Err(self.decode_error(
+                            e,
+                            rows_done,
+                            lines_done,
+                            &batch_bytes,
+                            &pending,
+                        ));
+                    }
                 };
                 if keep_bytes {
                     batch_bytes.push(pending.slice(..n));
@@ -531,16 +656,43 @@ impl UnitReader<'_> {
                 pending.advance(n);
                 must_flush = !decoder.capacity_left(self.shared.batch_size);
                 if !must_flush && !pending.is_empty() && n == 0 {
-                    return Err(SluiceError::Internal(format!("{} decoder made no progress on {}", self.shared.format.name(), self.uri())));
+                    return Err(SluiceError::Internal(format!(
+                        "{} decoder made no progress on {}",
+                        self.shared.format.name(),
+                        self.uri()
+                    )));
                 }
             } else if eof {
                 let cut = matches!(&decoder, Decoder::Json(d) if d.has_partial_record());
                 match decoder.decode(&[]) {
                     Ok(_) if !(tolerant && cut) => {}
-                    Err(e) if !tolerant => return Err(self.decode_error(e, rows_done, lines_done, &batch_bytes, &pending)),
+                    Err(e) if !tolerant => {
+                        return Err(self.decode_error(
+                            e,
+                            rows_done,
+                            lines_done,
+                            &batch_bytes,
+                            &pending,
+                        ));
+                    }
                     _ => {
-                        let mut lines = Lines { done: &mut lines_done, header: has_header, rows: &mut rows_done, given_up: &mut given_up };
-                        let sent = self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await?;
+                        let mut lines = Lines {
+                            done: &mut lines_done,
+                            header: has_header,
+                            rows: &mut rows_done,
+                            given_up: &mut given_up,
+                        };
+                        let sent = self
+                            .salvage(
+                                &mut decoder,
+                                &mut batch_bytes,
+                                &mut pending,
+                                eof,
+                                &mut lines,
+                                tx,
+                                remaining,
+                            )
+                            .await?;
                         if sent && *remaining > 0 {
                             self.reconcile(records.total(), rows_done, given_up, has_header)?;
                         }
@@ -553,8 +705,24 @@ impl UnitReader<'_> {
                 let batch = match decoder.flush() {
                     Ok(b) => b,
                     Err(_) if tolerant => {
-                        let mut lines = Lines { done: &mut lines_done, header: has_header, rows: &mut rows_done, given_up: &mut given_up };
-                        if !self.salvage(&mut decoder, &mut batch_bytes, &mut pending, eof, &mut lines, tx, remaining).await? {
+                        let mut lines = Lines {
+                            done: &mut lines_done,
+                            header: has_header,
+                            rows: &mut rows_done,
+                            given_up: &mut given_up,
+                        };
+                        if !self
+                            .salvage(
+                                &mut decoder,
+                                &mut batch_bytes,
+                                &mut pending,
+                                eof,
+                                &mut lines,
+                                tx,
+                                remaining,
+                            )
+                            .await?
+                        {
                             return Ok(false);
                         }
                         if *remaining == 0 || (eof && pending.is_empty()) {
@@ -562,10 +730,21 @@ impl UnitReader<'_> {
                         }
                         continue;
                     }
-                    Err(e) => return Err(self.decode_error(e, rows_done, lines_done, &batch_bytes, &pending)),
+                    Err(e) => {
+                        return Err(self.decode_error(
+                            e,
+                            rows_done,
+                            lines_done,
+                            &batch_bytes,
+                            &pending,
+                        ));
+                    }
                 };
                 if keep_bytes {
-                    lines_done += batch_bytes.iter().map(|b| memchr::memchr_iter(b'\n', b).count() as u64).sum::<u64>();
+                    lines_done += batch_bytes
+                        .iter()
+                        .map(|b| memchr::memchr_iter(b'\n', b).count() as u64)
+                        .sum::<u64>();
                     batch_bytes.clear();
                 }
                 if let Some(mut batch) = batch {
@@ -584,7 +763,11 @@ impl UnitReader<'_> {
                 if eof && pending.is_empty() {
                     if let Decoder::Json(d) = &decoder {
                         if d.has_partial_record() {
-                            return Err(self.error(Some(lines_done + 1), "the file ends in the middle of a JSON value".into(), RetryHint::Never));
+                            return Err(self.error(
+                                Some(lines_done + 1),
+                                "the file ends in the middle of a JSON value".into(),
+                                RetryHint::Never,
+                            ));
                         }
                     }
                     self.reconcile(records.total(), rows_done, given_up, has_header)?;
@@ -610,13 +793,18 @@ impl UnitReader<'_> {
         tx: &Sender<Result<RecordBatch>>,
         remaining: &mut usize,
     ) -> Result<bool, SluiceError> {
-        let mut all = Vec::with_capacity(batch_bytes.iter().map(Bytes::len).sum::<usize>() + pending.len());
+        let mut all =
+            Vec::with_capacity(batch_bytes.iter().map(Bytes::len).sum::<usize>() + pending.len());
         for b in batch_bytes.drain(..) {
             all.extend_from_slice(&b);
         }
         all.extend_from_slice(pending);
         // complete lines only: a line cut at the chunk's end waits for the rest
-        let cut = if eof { all.len() } else { memchr::memrchr(b'\n', &all).map_or(0, |i| i + 1) };
+        let cut = if eof {
+            all.len()
+        } else {
+            memchr::memrchr(b'\n', &all).map_or(0, |i| i + 1)
+        };
         let rest = Bytes::copy_from_slice(&all[cut..]);
         let complete = &all[..cut];
         let whole = self.starts_at_file_start();
@@ -667,7 +855,13 @@ impl UnitReader<'_> {
     /// Checks, at the end of a unit read whole, that every record (non-blank
     /// line, the header aside) came out as a row or was given up: no row is
     /// lost between the bytes and the batches. A mismatch fails the epoch.
-    fn reconcile(&self, records: u64, rows: u64, given_up: u64, header: bool) -> Result<(), SluiceError> {
+    fn reconcile(
+        &self,
+        records: u64,
+        rows: u64,
+        given_up: u64,
+        header: bool,
+    ) -> Result<(), SluiceError> {
         if matches!(&self.shared.format, LineFormat::Csv(o) if o.newlines_in_values) {
             return Ok(()); // a record may span lines
         }
@@ -702,34 +896,56 @@ impl UnitReader<'_> {
 
     /// Counts a bad line as skipped, or hands it to the dead letters.
     fn give_up(&self, line: &[u8], line_no: u64, whole: bool, message: String) {
-        let Some(dead) = &self.shared.dead_letters else { return };
+        let Some(dead) = &self.shared.dead_letters else {
+            return;
+        };
         let code = if message.contains("non-nullable") || message.contains("null value") {
             ErrorCode::ConstraintViolation
-        } else if message.contains("number of fields") || message.contains("UTF-8") || message.contains("JSON value") {
+        } else if message.contains("number of fields")
+            || message.contains("UTF-8")
+            || message.contains("JSON value")
+        {
             ErrorCode::Malformed
         } else if message.contains("pars") || message.contains("cast") {
             ErrorCode::TypeMismatch
         } else {
             ErrorCode::Malformed
         };
-        let key = format!("{}:{line_no}:{}", self.uri(), self.unit.range.as_ref().map_or(0, |r| r.start));
-        dead.push(key, DeadLetter {
-            component: self.shared.source_name.clone(),
-            role: "source",
-            code,
-            message,
-            file: Some(self.uri()),
-            line: whole.then_some(line_no),
-            offset: (!whole).then(|| self.unit.range.as_ref().map_or(0, |r| r.start)),
-            raw: String::from_utf8_lossy(line).into_owned(),
-            skipped: self.shared.on_error == OnError::Skip,
-        });
+        let key = format!(
+            "{}:{line_no}:{}",
+            self.uri(),
+            self.unit.range.as_ref().map_or(0, |r| r.start)
+        );
+        dead.push(
+            key,
+            DeadLetter {
+                component: self.shared.source_name.clone(),
+                role: "source",
+                code,
+                message,
+                file: Some(self.uri()),
+                line: whole.then_some(line_no),
+                offset: (!whole).then(|| self.unit.range.as_ref().map_or(0, |r| r.start)),
+                raw: String::from_utf8_lossy(line).into_owned(),
+                skipped: self.shared.on_error == OnError::Skip,
+            },
+        );
     }
 
     /// Turns a decoder error into one that names the file and the line.
-    fn decode_error(&self, e: ArrowError, rows_done: u64, lines_done: u64, batch: &[Bytes], pending: &Bytes) -> SluiceError {
+    fn decode_error(
+        &self,
+        e: ArrowError,
+        rows_done: u64,
+        lines_done: u64,
+        batch: &[Bytes],
+        pending: &Bytes,
+    ) -> SluiceError {
         let message = e.to_string();
-        let message = message.strip_prefix("Csv error: ").or_else(|| message.strip_prefix("Json error: ")).unwrap_or(&message);
+        let message = message
+            .strip_prefix("Csv error: ")
+            .or_else(|| message.strip_prefix("Json error: "))
+            .unwrap_or(&message);
         let whole = self.starts_at_file_start();
         match &self.shared.format {
             LineFormat::Csv(o) => {
@@ -743,16 +959,26 @@ impl UnitReader<'_> {
                     self.error(line, message.to_string(), RetryHint::Never)
                 } else {
                     let start = self.unit.range.as_ref().map(|r| r.start).unwrap_or(0);
-                    self.error(None, format!("{message} (in the split starting at byte {start})"), RetryHint::Never)
+                    self.error(
+                        None,
+                        format!("{message} (in the split starting at byte {start})"),
+                        RetryHint::Never,
+                    )
                 }
             }
             LineFormat::Jsonl => {
                 let found = locate_bad_json_line(&self.shared, batch, pending);
                 match (found, whole) {
-                    (Some((i, msg)), true) => self.error(Some(lines_done + i + 1), msg, RetryHint::Never),
+                    (Some((i, msg)), true) => {
+                        self.error(Some(lines_done + i + 1), msg, RetryHint::Never)
+                    }
                     (Some((_, msg)), false) => {
                         let start = self.unit.range.as_ref().map(|r| r.start).unwrap_or(0);
-                        self.error(None, format!("{msg} (in the split starting at byte {start})"), RetryHint::Never)
+                        self.error(
+                            None,
+                            format!("{msg} (in the split starting at byte {start})"),
+                            RetryHint::Never,
+                        )
                     }
                     (None, _) => self.error(None, message.to_string(), RetryHint::Never),
                 }
@@ -800,10 +1026,17 @@ impl RecordCounter {
 /// carries the line in the file).
 fn strip_arrow_prefix(e: &ArrowError) -> String {
     let m = e.to_string();
-    let mut m = m.strip_prefix("Csv error: ").or_else(|| m.strip_prefix("Json error: ")).unwrap_or(&m).to_string();
+    let mut m = m
+        .strip_prefix("Csv error: ")
+        .or_else(|| m.strip_prefix("Json error: "))
+        .unwrap_or(&m)
+        .to_string();
     for marker in [" for line ", " at line "] {
         if let Some(i) = m.find(marker) {
-            let digits = m[i + marker.len()..].chars().take_while(char::is_ascii_digit).count();
+            let digits = m[i + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .count();
             m.replace_range(i..i + marker.len() + digits, "");
         }
     }
@@ -812,7 +1045,11 @@ fn strip_arrow_prefix(e: &ArrowError) -> String {
 
 /// Finds the first line of `batch` + `pending` that fails to decode on its
 /// own: its index within those bytes and the decoder's message.
-fn locate_bad_json_line(shared: &ScanShared, batch: &[Bytes], pending: &Bytes) -> Option<(u64, String)> {
+fn locate_bad_json_line(
+    shared: &ScanShared,
+    batch: &[Bytes],
+    pending: &Bytes,
+) -> Option<(u64, String)> {
     let mut all = Vec::with_capacity(batch.iter().map(Bytes::len).sum::<usize>() + pending.len());
     for b in batch {
         all.extend_from_slice(b);
@@ -823,17 +1060,24 @@ fn locate_bad_json_line(shared: &ScanShared, batch: &[Bytes], pending: &Bytes) -
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let mut d = datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&schema)).build_decoder().ok()?;
+        let mut d = datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&schema))
+            .build_decoder()
+            .ok()?;
         let result = d.decode(line).and_then(|_| {
             if d.has_partial_record() {
-                Err(ArrowError::JsonError("the line is not a complete JSON value".into()))
+                Err(ArrowError::JsonError(
+                    "the line is not a complete JSON value".into(),
+                ))
             } else {
                 d.flush().map(|_| ())
             }
         });
         if let Err(e) = result {
             let m = e.to_string();
-            return Some((i as u64, m.strip_prefix("Json error: ").unwrap_or(&m).to_string()));
+            return Some((
+                i as u64,
+                m.strip_prefix("Json error: ").unwrap_or(&m).to_string(),
+            ));
         }
     }
     None
@@ -859,7 +1103,12 @@ struct RangeWindow {
 impl RangeWindow {
     fn new(range: Option<Range<u64>>) -> Self {
         match range {
-            None => Self { pos: 0, skipping: false, last_byte: None, done: false },
+            None => Self {
+                pos: 0,
+                skipping: false,
+                last_byte: None,
+                done: false,
+            },
             Some(r) => Self {
                 pos: r.start.saturating_sub(1),
                 skipping: r.start > 0,
@@ -940,7 +1189,11 @@ mod tests {
             for cut in 1..data.len() as u64 {
                 let a = lines_of(data, 0..cut, chunk);
                 let b = lines_of(data, cut..data.len() as u64, chunk);
-                assert_eq!(format!("{a}{b}"), data, "cut at {cut}, chunk {chunk}: {a:?} + {b:?}");
+                assert_eq!(
+                    format!("{a}{b}"),
+                    data,
+                    "cut at {cut}, chunk {chunk}: {a:?} + {b:?}"
+                );
                 assert!(a.is_empty() || a.ends_with('\n'));
             }
         }
@@ -964,8 +1217,16 @@ mod tests {
         for chunk in [1, 4, 64] {
             for c1 in 1..n {
                 for c2 in c1..n {
-                    let parts = [lines_of(data, 0..c1, chunk), lines_of(data, c1..c2, chunk), lines_of(data, c2..n, chunk)];
-                    assert_eq!(parts.concat(), data, "cuts {c1},{c2} chunk {chunk}: {parts:?}");
+                    let parts = [
+                        lines_of(data, 0..c1, chunk),
+                        lines_of(data, c1..c2, chunk),
+                        lines_of(data, c2..n, chunk),
+                    ];
+                    assert_eq!(
+                        parts.concat(),
+                        data,
+                        "cuts {c1},{c2} chunk {chunk}: {parts:?}"
+                    );
                 }
             }
         }
@@ -981,7 +1242,13 @@ mod tests {
 
     #[test]
     fn numbers_are_read_after_markers() {
-        assert_eq!(number_after("incorrect number of fields for line 7, expected 3", "for line "), Some(7));
+        assert_eq!(
+            number_after(
+                "incorrect number of fields for line 7, expected 3",
+                "for line "
+            ),
+            Some(7)
+        );
         assert_eq!(number_after("nothing here", "for line "), None);
     }
 }

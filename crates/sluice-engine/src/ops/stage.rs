@@ -30,13 +30,16 @@ use datafusion::common::{DFSchemaRef, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
 };
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr,
+    PlanProperties,
 };
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::{Stream, StreamExt};
@@ -80,7 +83,9 @@ impl StageCounters {
         let origin = *self.origin.get_or_init(|| now);
         let ns = now.saturating_duration_since(origin).as_nanos() as u64 + 1;
         if self.first_ns.load(Ordering::Relaxed) == 0 {
-            let _ = self.first_ns.compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self
+                .first_ns
+                .compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
         }
         self.last_ns.fetch_max(ns, Ordering::Relaxed);
     }
@@ -116,7 +121,11 @@ impl StageNode {
     /// Wraps `input` as the output of `stage`.
     pub fn wrap(stage: &str, kind: &str, input: LogicalPlan) -> LogicalPlan {
         LogicalPlan::Extension(datafusion::logical_expr::Extension {
-            node: Arc::new(StageNode { stage: stage.to_string(), kind: kind.to_string(), input }),
+            node: Arc::new(StageNode {
+                stage: stage.to_string(),
+                kind: kind.to_string(),
+                input,
+            }),
         })
     }
 }
@@ -148,11 +157,21 @@ impl UserDefinedLogicalNodeCore for StageNode {
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "Stage: {} ({})", self.stage, self.kind)
     }
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
         let input = inputs.pop().ok_or_else(|| {
-            datafusion::error::DataFusionError::Internal("Stage node rebuilt without an input".into())
+            datafusion::error::DataFusionError::Internal(
+                "Stage node rebuilt without an input".into(),
+            )
         })?;
-        Ok(StageNode { stage: self.stage.clone(), kind: self.kind.clone(), input })
+        Ok(StageNode {
+            stage: self.stage.clone(),
+            kind: self.kind.clone(),
+            input,
+        })
     }
 }
 
@@ -171,11 +190,21 @@ impl ExtensionPlanner for StagePlanner {
         _session: &dyn Session,
         _ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(stage) = node.as_any().downcast_ref::<StageNode>() else { return Ok(None) };
+        let Some(stage) = node.as_any().downcast_ref::<StageNode>() else {
+            return Ok(None);
+        };
         let input = physical_inputs.first().ok_or_else(|| {
-            datafusion::error::DataFusionError::Internal(format!("stage `{}` has no physical input", stage.stage))
+            datafusion::error::DataFusionError::Internal(format!(
+                "stage `{}` has no physical input",
+                stage.stage
+            ))
         })?;
-        Ok(Some(Arc::new(StageExec::new(&stage.stage, &stage.kind, StageRole::Stage, Arc::clone(input)))))
+        Ok(Some(Arc::new(StageExec::new(
+            &stage.stage,
+            &stage.kind,
+            StageRole::Stage,
+            Arc::clone(input),
+        ))))
     }
 }
 
@@ -242,7 +271,11 @@ impl StageExec {
 
 impl DisplayAs for StageExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "StageExec: {}={} kind={}", self.role, self.stage, self.kind)
+        write!(
+            f,
+            "StageExec: {}={} kind={}",
+            self.role, self.stage, self.kind
+        )
     }
 }
 
@@ -268,7 +301,10 @@ impl ExecutionPlan for StageExec {
     ) -> Result<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = children.pop().ok_or_else(|| {
             datafusion::error::DataFusionError::Internal("StageExec rebuilt without a child".into())
         })?;
@@ -296,7 +332,11 @@ impl ExecutionPlan for StageExec {
     ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
         Ok(FilterPushdownPropagation::if_all(child_pushdown_result))
     }
-    fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, ctx)?;
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let batches = MetricBuilder::new(&self.metrics).counter("output_batches", partition);
@@ -364,7 +404,11 @@ impl RecordBatchStream for StageStream {
 
 /// Bytes of the data a batch refers to (not of whole shared buffers).
 pub fn batch_bytes(batch: &RecordBatch) -> usize {
-    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 /// Every [`StageExec`] in a plan, outermost first.
@@ -401,15 +445,20 @@ mod tests {
             plan: &LogicalPlan,
             session: &dyn Session,
         ) -> Result<Arc<dyn ExecutionPlan>> {
-            datafusion::physical_planner::DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(StagePlanner)])
-                .create_physical_plan(plan, session)
-                .await
+            datafusion::physical_planner::DefaultPhysicalPlanner::with_extension_planners(vec![
+                Arc::new(StagePlanner),
+            ])
+            .create_physical_plan(plan, session)
+            .await
         }
     }
 
     #[tokio::test]
     async fn filters_and_projections_cross_the_border_and_rows_are_counted() -> Result<()> {
-        let state = SessionStateBuilder::new().with_default_features().with_query_planner(Arc::new(Planner)).build();
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_query_planner(Arc::new(Planner))
+            .build();
         let ctx = SessionContext::new_with_state(state);
         let schema = Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, false),
@@ -417,19 +466,34 @@ mod tests {
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(Int64Array::from_iter_values(0..100)), Arc::new(Int64Array::from_iter_values(100..200))],
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..100)),
+                Arc::new(Int64Array::from_iter_values(100..200)),
+            ],
         )?;
         ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
-        let inner = ctx.sql("SELECT a, b, a * 2 AS c FROM t").await?.into_unoptimized_plan();
+        let inner = ctx
+            .sql("SELECT a, b, a * 2 AS c FROM t")
+            .await?
+            .into_unoptimized_plan();
         let staged = StageNode::wrap("doubled", "sql", inner);
-        let df = ctx.execute_logical_plan(staged).await?.filter(datafusion::prelude::col("a").lt(datafusion::prelude::lit(10i64)))?;
+        let df = ctx
+            .execute_logical_plan(staged)
+            .await?
+            .filter(datafusion::prelude::col("a").lt(datafusion::prelude::lit(10i64)))?;
         let df = df.select_columns(&["c"])?;
         let plan = df.create_physical_plan().await?;
         let text = displayable(plan.as_ref()).indent(true).to_string();
         // the filter of the outer query ran below the border
-        let stage_line = text.lines().position(|l| l.contains("StageExec: stage=doubled")).unwrap();
+        let stage_line = text
+            .lines()
+            .position(|l| l.contains("StageExec: stage=doubled"))
+            .unwrap();
         let filter_line = text.lines().position(|l| l.contains("FilterExec")).unwrap();
-        assert!(filter_line > stage_line, "filter should be below the stage border:\n{text}");
+        assert!(
+            filter_line > stage_line,
+            "filter should be below the stage border:\n{text}"
+        );
         let out = collect(Arc::clone(&plan), ctx.task_ctx()).await?;
         assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
         let stages = stage_execs(&plan);

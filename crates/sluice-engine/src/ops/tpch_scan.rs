@@ -7,11 +7,12 @@ use serde::Deserialize;
 
 use super::generate::{BatchGenerator, Batches};
 use tpchgen::generators::{
-    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator, PartSuppGenerator,
-    RegionGenerator, SupplierGenerator,
+    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator,
+    PartSuppGenerator, RegionGenerator, SupplierGenerator,
 };
 use tpchgen_arrow::{
-    CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow, RegionArrow, SupplierArrow,
+    CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow, RegionArrow,
+    SupplierArrow,
 };
 
 /// A TPC-H table.
@@ -35,7 +36,6 @@ pub enum TpchTable {
     /// `region`, 5 rows.
     Region,
 }
-
 
 impl TpchTable {
     /// The table's name.
@@ -88,22 +88,34 @@ impl TpchTable {
 
     fn generate(self, sf: f64, part: i32, parts: i32, batch_size: usize) -> Batches {
         match self {
-            TpchTable::Lineitem => {
-                Box::new(LineItemArrow::new(LineItemGenerator::new(sf, part, parts)).with_batch_size(batch_size))
-            }
-            TpchTable::Orders => Box::new(OrderArrow::new(OrderGenerator::new(sf, part, parts)).with_batch_size(batch_size)),
-            TpchTable::Customer => {
-                Box::new(CustomerArrow::new(CustomerGenerator::new(sf, part, parts)).with_batch_size(batch_size))
-            }
-            TpchTable::Part => Box::new(PartArrow::new(PartGenerator::new(sf, part, parts)).with_batch_size(batch_size)),
-            TpchTable::Partsupp => {
-                Box::new(PartSuppArrow::new(PartSuppGenerator::new(sf, part, parts)).with_batch_size(batch_size))
-            }
-            TpchTable::Supplier => {
-                Box::new(SupplierArrow::new(SupplierGenerator::new(sf, part, parts)).with_batch_size(batch_size))
-            }
-            TpchTable::Nation => Box::new(NationArrow::new(NationGenerator::new(sf, part, parts)).with_batch_size(batch_size)),
-            TpchTable::Region => Box::new(RegionArrow::new(RegionGenerator::new(sf, part, parts)).with_batch_size(batch_size)),
+            TpchTable::Lineitem => Box::new(
+                LineItemArrow::new(LineItemGenerator::new(sf, part, parts))
+                    .with_batch_size(batch_size),
+            ),
+            TpchTable::Orders => Box::new(
+                OrderArrow::new(OrderGenerator::new(sf, part, parts)).with_batch_size(batch_size),
+            ),
+            TpchTable::Customer => Box::new(
+                CustomerArrow::new(CustomerGenerator::new(sf, part, parts))
+                    .with_batch_size(batch_size),
+            ),
+            TpchTable::Part => Box::new(
+                PartArrow::new(PartGenerator::new(sf, part, parts)).with_batch_size(batch_size),
+            ),
+            TpchTable::Partsupp => Box::new(
+                PartSuppArrow::new(PartSuppGenerator::new(sf, part, parts))
+                    .with_batch_size(batch_size),
+            ),
+            TpchTable::Supplier => Box::new(
+                SupplierArrow::new(SupplierGenerator::new(sf, part, parts))
+                    .with_batch_size(batch_size),
+            ),
+            TpchTable::Nation => Box::new(
+                NationArrow::new(NationGenerator::new(sf, part, parts)).with_batch_size(batch_size),
+            ),
+            TpchTable::Region => Box::new(
+                RegionArrow::new(RegionGenerator::new(sf, part, parts)).with_batch_size(batch_size),
+            ),
         }
     }
 }
@@ -120,19 +132,34 @@ pub struct TpchGenerator {
 impl TpchGenerator {
     /// `table` at `scale_factor` in `parts` parts.
     pub fn new(table: TpchTable, scale_factor: f64, parts: usize, batch_size: usize) -> Self {
-        Self { table, scale_factor, parts, batch_size }
+        Self {
+            table,
+            scale_factor,
+            parts,
+            batch_size,
+        }
     }
 }
 
 impl BatchGenerator for TpchGenerator {
     fn describe(&self) -> String {
-        format!("tpch table={} scale_factor={} parts={}", self.table.name(), self.scale_factor, self.parts)
+        format!(
+            "tpch table={} scale_factor={} parts={}",
+            self.table.name(),
+            self.scale_factor,
+            self.parts
+        )
     }
     fn schema(&self) -> SchemaRef {
         self.table.schema()
     }
     fn generate(&self, unit: u64) -> Batches {
-        self.table.generate(self.scale_factor, unit as i32, self.parts as i32, self.batch_size)
+        self.table.generate(
+            self.scale_factor,
+            unit as i32,
+            self.parts as i32,
+            self.batch_size,
+        )
     }
 }
 
@@ -148,14 +175,21 @@ mod tests {
     #[tokio::test]
     async fn parts_cover_the_table_whatever_the_partitioning() -> datafusion::common::Result<()> {
         let ctx = SessionContext::new();
-        let generator: Arc<dyn BatchGenerator> = Arc::new(TpchGenerator::new(TpchTable::Orders, 0.01, 4, 1000));
+        let generator: Arc<dyn BatchGenerator> =
+            Arc::new(TpchGenerator::new(TpchTable::Orders, 0.01, 4, 1000));
         let mut runs = Vec::new();
         for groups in [vec![vec![1, 2, 3, 4]], vec![vec![1, 3], vec![2, 4]]] {
             let exec = GenerateExec::try_new(Arc::clone(&generator), groups, Some(vec![0]), None)?;
             let out = collect(Arc::new(exec), ctx.task_ctx()).await?;
             let mut keys: Vec<i64> = out
                 .iter()
-                .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.values().to_vec()).unwrap_or_default())
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .map(|a| a.values().to_vec())
+                        .unwrap_or_default()
+                })
                 .collect();
             keys.sort_unstable();
             runs.push(keys);

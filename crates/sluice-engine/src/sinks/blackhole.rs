@@ -32,7 +32,9 @@ pub struct BlackholeSink {
 impl BlackholeSink {
     /// A blackhole sink.
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_string() }
+        Self {
+            name: name.to_string(),
+        }
     }
 }
 
@@ -58,7 +60,9 @@ impl Sink for BlackholeSink {
         // every partition drains in its own task, as a file sink would write
         let mut tasks = tokio::task::JoinSet::new();
         for p in 0..plan.output_partitioning().partition_count() {
-            let mut stream = plan.execute(p, Arc::clone(&task)).map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
+            let mut stream = plan
+                .execute(p, Arc::clone(&task))
+                .map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
             tasks.spawn(async move {
                 let mut rows = 0u64;
                 while let Some(b) = stream.next().await {
@@ -73,6 +77,10 @@ impl Sink for BlackholeSink {
                 .map_err(|e| SluiceError::Internal(format!("a blackhole task failed: {e}")))?
                 .map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
         }
-        Ok(Written { files: vec![], rows, bytes: 0 })
+        Ok(Written {
+            files: vec![],
+            rows,
+            bytes: 0,
+        })
     }
 }

@@ -20,8 +20,8 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use sluice_contract::{LineageEntry, Provenance};
 
-pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
 pub use blackhole::BlackholeSinkConfig;
+pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
 pub use stdout::StdoutSinkConfig;
 
 use crate::commit_log::{CommittedFile, SourceOffsets};
@@ -93,7 +93,12 @@ impl SinkConfig {
     }
 
     /// Opens the sink.
-    pub fn open(&self, name: &str, spec: &PipelineSpec, stores: &StoreRegistry) -> Result<Arc<dyn Sink>> {
+    pub fn open(
+        &self,
+        name: &str,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
         match self {
             SinkConfig::Parquet(c) => file::FileSink::open_parquet(name, c, spec, stores),
             SinkConfig::Csv(c) => file::FileSink::open_csv(name, c, spec, stores),
@@ -201,7 +206,13 @@ pub trait Sink: Send + Sync + Debug {
 
     /// Makes the sealed files part of the output, atomically, as the commit of
     /// the epochs `info.first_epoch..=epoch`. The default does nothing.
-    async fn commit(&self, _epoch: u64, _written: &Written, _schema: SchemaRef, _info: &CommitInfo) -> Result<()> {
+    async fn commit(
+        &self,
+        _epoch: u64,
+        _written: &Written,
+        _schema: SchemaRef,
+        _info: &CommitInfo,
+    ) -> Result<()> {
         Ok(())
     }
 

@@ -41,7 +41,10 @@ pub struct StdoutSink {
 impl StdoutSink {
     /// A stdout sink.
     pub fn new(name: &str, config: StdoutSinkConfig) -> Self {
-        Self { name: name.to_string(), config }
+        Self {
+            name: name.to_string(),
+            config,
+        }
     }
 }
 
@@ -64,7 +67,8 @@ impl Sink for StdoutSink {
         task: Arc<TaskContext>,
         _schema: SchemaRef,
     ) -> Result<Written> {
-        let mut stream = execute_stream(plan, task).map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
+        let mut stream = execute_stream(plan, task)
+            .map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
         let mut shown = Vec::new();
         let (mut kept, mut total) = (0usize, 0u64);
         while let Some(batch) = stream.next().await {
@@ -82,19 +86,29 @@ impl Sink for StdoutSink {
             message: e.to_string(),
             retry: RetryHint::Never,
         })?;
-        let mut text = format!("sink `{}` epoch {epoch}: {total} rows\n{table}\n", self.name);
+        let mut text = format!(
+            "sink `{}` epoch {epoch}: {total} rows\n{table}\n",
+            self.name
+        );
         if total > kept as u64 {
             text.push_str(&format!("... {} more rows\n", total - kept as u64));
         }
         // A closed stdout (`sluice run … | head`) is an error of this sink,
         // not a signal that kills the engine (SIGPIPE stays ignored).
         let mut stdout = std::io::stdout().lock();
-        stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| SluiceError::Sink {
-            sink: self.name.clone(),
-            url: self.url(),
-            message: format!("cannot write to stdout: {e}"),
-            retry: RetryHint::Never,
-        })?;
-        Ok(Written { files: vec![], rows: total, bytes: 0 })
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| SluiceError::Sink {
+                sink: self.name.clone(),
+                url: self.url(),
+                message: format!("cannot write to stdout: {e}"),
+                retry: RetryHint::Never,
+            })?;
+        Ok(Written {
+            files: vec![],
+            rows: total,
+            bytes: 0,
+        })
     }
 }

@@ -53,7 +53,14 @@ pub struct DeclaredChecks {
 impl EpochTable {
     /// A table for source `name` with a fixed schema; `progress` counts rows read.
     pub fn new(name: &str, kind: &str, schema: SchemaRef, progress: Arc<AtomicU64>) -> Self {
-        Self { name: name.to_string(), kind: kind.to_string(), schema, current: Mutex::new(None), progress, checks: None }
+        Self {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            schema,
+            current: Mutex::new(None),
+            progress,
+            checks: None,
+        }
     }
 
     /// Checks every row read against `checks`.
@@ -68,17 +75,30 @@ impl EpochTable {
     }
 
     fn current(&self) -> Result<Arc<dyn TableProvider>> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
-            DataFusionError::Internal(format!("source `{}` was planned before it had a slice (this is a bug)", self.name))
-        })
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                DataFusionError::Internal(format!(
+                    "source `{}` was planned before it had a slice (this is a bug)",
+                    self.name
+                ))
+            })
     }
 }
 
 impl EpochTable {
     /// Scans the columns asked for plus those the checks read, without
     /// filters or limits (every row read is checked), checks, then projects.
-    async fn checked_scan(&self, state: &dyn Session, projection: Option<Vec<usize>>, checks: &DeclaredChecks) -> Result<Arc<dyn ExecutionPlan>> {
-        let wanted: Vec<usize> = projection.unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+    async fn checked_scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<Vec<usize>>,
+        checks: &DeclaredChecks,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let wanted: Vec<usize> =
+            projection.unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         let mut read: std::collections::BTreeSet<usize> = wanted.iter().copied().collect();
         for (_, e) in &checks.checks {
             for c in e.column_refs() {
@@ -87,16 +107,35 @@ impl EpochTable {
         }
         let read: Vec<usize> = read.into_iter().collect();
         let args = ScanArgs::default().with_projection(Some(read.as_slice()));
-        let inner = self.current()?.scan_with_args(state, args).await?.into_inner();
+        let inner = self
+            .current()?
+            .scan_with_args(state, args)
+            .await?
+            .into_inner();
         let df_schema = DFSchema::try_from(inner.schema().as_ref().clone())?;
         let props = datafusion::execution::context::ExecutionProps::new();
         let compiled = checks
             .checks
             .iter()
-            .map(|(sql, e)| Ok(Check { sql: sql.clone(), expr: create_physical_expr(&strip_qualifiers(e.clone())?, &df_schema, &props, &PhysicalPlanningContext::default())? }))
+            .map(|(sql, e)| {
+                Ok(Check {
+                    sql: sql.clone(),
+                    expr: create_physical_expr(
+                        &strip_qualifiers(e.clone())?,
+                        &df_schema,
+                        &props,
+                        &PhysicalPlanningContext::default(),
+                    )?,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
-        let checked: Arc<dyn ExecutionPlan> =
-            Arc::new(CheckExec::new(&self.name, compiled, checks.on_error, Arc::clone(&checks.dead_letters), inner));
+        let checked: Arc<dyn ExecutionPlan> = Arc::new(CheckExec::new(
+            &self.name,
+            compiled,
+            checks.on_error,
+            Arc::clone(&checks.dead_letters),
+            inner,
+        ));
         if read == wanted {
             return Ok(checked);
         }
@@ -105,7 +144,10 @@ impl EpochTable {
             .map(|i| {
                 let pos = read.iter().position(|r| r == i).unwrap_or(0);
                 let name = self.schema.field(*i).name().clone();
-                (Arc::new(Column::new(&name, pos)) as Arc<dyn PhysicalExpr>, name)
+                (
+                    Arc::new(Column::new(&name, pos)) as Arc<dyn PhysicalExpr>,
+                    name,
+                )
             })
             .collect::<Vec<_>>();
         Ok(Arc::new(ProjectionExec::try_new(exprs, checked)?))
@@ -117,7 +159,9 @@ impl EpochTable {
 fn strip_qualifiers(e: Expr) -> Result<Expr> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     e.transform(|e| match e {
-        Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name)))),
+        Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(
+            datafusion::common::Column::new_unqualified(c.name),
+        ))),
         other => Ok(Transformed::no(other)),
     })
     .map(|t| t.data)
@@ -140,20 +184,38 @@ impl TableProvider for EpochTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let args = ScanArgs::default().with_projection(projection.map(|p| p.as_slice())).with_filters(Some(filters)).with_limit(limit);
+        let args = ScanArgs::default()
+            .with_projection(projection.map(|p| p.as_slice()))
+            .with_filters(Some(filters))
+            .with_limit(limit);
         Ok(self.scan_with_args(state, args).await?.into_inner())
     }
 
-    async fn scan_with_args<'a>(&self, state: &dyn Session, args: ScanArgs<'a>) -> Result<ScanResult> {
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn Session,
+        args: ScanArgs<'a>,
+    ) -> Result<ScanResult> {
         let inner = match &self.checks {
-            None => self.current()?.scan_with_args(state, args).await?.into_inner(),
-            Some(checks) => self.checked_scan(state, args.projection().map(|p| p.to_vec()), checks).await?,
+            None => self
+                .current()?
+                .scan_with_args(state, args)
+                .await?
+                .into_inner(),
+            Some(checks) => {
+                self.checked_scan(state, args.projection().map(|p| p.to_vec()), checks)
+                    .await?
+            }
         };
-        let exec = StageExec::new(&self.name, &self.kind, StageRole::Source, inner).with_progress(Arc::clone(&self.progress));
+        let exec = StageExec::new(&self.name, &self.kind, StageRole::Source, inner)
+            .with_progress(Arc::clone(&self.progress));
         Ok(ScanResult::new(Arc::new(exec)))
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Inexact: DataFusion keeps its own filter and also hands the
         // predicate to the slice's scan, which may use it to prune.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])

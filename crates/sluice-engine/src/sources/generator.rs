@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, Int32Builder, Int64Array, ListBuilder, RecordBatch, StringBuilder, StructArray,
-    TimestampMicrosecondArray,
+    ArrayRef, Float64Builder, Int32Builder, Int64Array, ListBuilder, RecordBatch, StringBuilder,
+    StructArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
@@ -63,10 +63,17 @@ pub struct GeneratorSourceConfig {
 
 /// The schema of generated events.
 pub fn events_schema() -> SchemaRef {
-    let device = Fields::from(vec![Field::new("os", DataType::Utf8, false), Field::new("version", DataType::Int32, true)]);
+    let device = Fields::from(vec![
+        Field::new("os", DataType::Utf8, false),
+        Field::new("version", DataType::Int32, true),
+    ]);
     Arc::new(Schema::new(vec![
         Field::new("event_id", DataType::Int64, false),
-        Field::new("event_time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("key", DataType::Utf8, false),
         Field::new("value", DataType::Float64, false),
         Field::new("category", DataType::Utf8, true),
@@ -100,11 +107,17 @@ const TAGS: [&str; 4] = ["new", "promo", "mobile", "beta"];
 const OS: [&str; 5] = ["linux", "macos", "windows", "android", "ios"];
 
 impl EventGenerator {
-    fn batch(&self, from: u64, to: u64) -> std::result::Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    fn batch(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> std::result::Result<RecordBatch, datafusion::arrow::error::ArrowError> {
         let n = (to - from) as usize;
         let ids = Int64Array::from_iter_values((from..to).map(|i| i as i64));
-        let times = TimestampMicrosecondArray::from_iter_values((from..to).map(|i| self.start_us + i as i64 * self.step_us))
-            .with_timezone("UTC");
+        let times = TimestampMicrosecondArray::from_iter_values(
+            (from..to).map(|i| self.start_us + i as i64 * self.step_us),
+        )
+        .with_timezone("UTC");
         let mut keys = StringBuilder::with_capacity(n, n * 8);
         let mut values = Float64Builder::with_capacity(n);
         let mut cats = StringBuilder::with_capacity(n, n * 6);
@@ -114,7 +127,10 @@ impl EventGenerator {
         for i in from..to {
             let h = mix(self.seed ^ mix(i));
             let u = (h >> 11) as f64 / (1u64 << 53) as f64;
-            let k = self.cdf.partition_point(|c| *c < u).min(self.cdf.len().saturating_sub(1));
+            let k = self
+                .cdf
+                .partition_point(|c| *c < u)
+                .min(self.cdf.len().saturating_sub(1));
             keys.append_value(format!("user-{k}"));
             values.append_value(((h >> 7) % 100_000) as f64 / 100.0);
             let h2 = mix(h);
@@ -127,21 +143,33 @@ impl EventGenerator {
                 0 => tags.append_null(),
                 m => {
                     for t in 0..(m % 3) {
-                        tags.values().append_value(TAGS[((h2 >> (8 + t * 4)) % 4) as usize]);
+                        tags.values()
+                            .append_value(TAGS[((h2 >> (8 + t * 4)) % 4) as usize]);
                     }
                     tags.append(true);
                 }
             }
             let h3 = mix(h2);
             os.append_value(OS[(h3 % 5) as usize]);
-            if h3 % 9 == 0 { version.append_null() } else { version.append_value((h3 % 20) as i32) }
+            if h3 % 9 == 0 {
+                version.append_null()
+            } else {
+                version.append_value((h3 % 20) as i32)
+            }
         }
         let schema = events_schema();
         let device_fields = match schema.field(6).data_type() {
             DataType::Struct(f) => f.clone(),
             _ => Fields::empty(),
         };
-        let device = StructArray::try_new(device_fields, vec![Arc::new(os.finish()) as ArrayRef, Arc::new(version.finish())], None)?;
+        let device = StructArray::try_new(
+            device_fields,
+            vec![
+                Arc::new(os.finish()) as ArrayRef,
+                Arc::new(version.finish()),
+            ],
+            None,
+        )?;
         RecordBatch::try_new(
             schema,
             vec![
@@ -159,7 +187,12 @@ impl EventGenerator {
 
 impl BatchGenerator for EventGenerator {
     fn describe(&self) -> String {
-        format!("events seed={} keys={} rows<{}", self.seed, self.cdf.len(), self.end)
+        format!(
+            "events seed={} keys={} rows<{}",
+            self.seed,
+            self.cdf.len(),
+            self.end
+        )
     }
     fn schema(&self) -> SchemaRef {
         events_schema()
@@ -172,26 +205,45 @@ impl BatchGenerator for EventGenerator {
 
 /// Opens a `generator` source.
 pub fn open(cfg: &GeneratorSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
-    let issue = |key: &str, msg: String| SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), msg));
+    let issue = |key: &str, msg: String| {
+        SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), msg))
+    };
     if cfg.keys == 0 || cfg.keys > 10_000_000 {
-        return Err(issue("keys", format!("keys must be 1..=10000000, got {}", cfg.keys)));
+        return Err(issue(
+            "keys",
+            format!("keys must be 1..=10000000, got {}", cfg.keys),
+        ));
     }
     if let Some(r) = cfg.rows_per_second {
         if !(r > 0.0 && r.is_finite()) {
-            return Err(issue("rows_per_second", format!("must be a positive number, got {r}")));
+            return Err(issue(
+                "rows_per_second",
+                format!("must be a positive number, got {r}"),
+            ));
         }
     }
-    let start = chrono::DateTime::parse_from_rfc3339(&cfg.start_time)
-        .map_err(|e| issue("start_time", format!("`{}` is not an RFC 3339 time: {e}", cfg.start_time)))?;
+    let start = chrono::DateTime::parse_from_rfc3339(&cfg.start_time).map_err(|e| {
+        issue(
+            "start_time",
+            format!("`{}` is not an RFC 3339 time: {e}", cfg.start_time),
+        )
+    })?;
     // Zipf: P(k) ∝ 1/(k+1)^s
-    let weights: Vec<f64> = (0..cfg.keys).map(|k| 1.0 / ((k + 1) as f64).powf(cfg.key_skew)).collect();
+    let weights: Vec<f64> = (0..cfg.keys)
+        .map(|k| 1.0 / ((k + 1) as f64).powf(cfg.key_skew))
+        .collect();
     let total: f64 = weights.iter().sum();
     let mut acc = 0.0;
-    let cdf: Vec<f64> = weights.iter().map(|w| {
-        acc += w / total;
-        acc
-    }).collect();
-    let step_us = cfg.rows_per_second.map_or(1000, |r| (1e6 / r).round().max(1.0) as i64);
+    let cdf: Vec<f64> = weights
+        .iter()
+        .map(|w| {
+            acc += w / total;
+            acc
+        })
+        .collect();
+    let step_us = cfg
+        .rows_per_second
+        .map_or(1000, |r| (1e6 / r).round().max(1.0) as i64);
     Ok(Box::new(GeneratorSource {
         name: ctx.name.to_string(),
         config: cfg.clone(),
@@ -231,11 +283,18 @@ impl GeneratorSource {
         });
         let units: Vec<u64> = (from..to).step_by(self.chunk.max(1) as usize).collect();
         Slice {
-            table: Arc::new(GeneratedTable::new(generator, units, self.target_partitions)),
+            table: Arc::new(GeneratedTable::new(
+                generator,
+                units,
+                self.target_partitions,
+            )),
             start: json!({ "next": from }),
             end: json!({ "next": to }),
             estimated_rows: Some(to - from),
-            uris: vec![format!("generator://{}?seed={}&rows={from}..{to}", self.name, self.config.seed)],
+            uris: vec![format!(
+                "generator://{}?seed={}&rows={from}..{to}",
+                self.name, self.config.seed
+            )],
         }
     }
 
@@ -272,7 +331,10 @@ impl Source for GeneratorSource {
         SourceProvenance {
             source: self.name.clone(),
             kind: "generator".into(),
-            uris: vec![format!("generator://{}?seed={}", self.name, self.config.seed)],
+            uris: vec![format!(
+                "generator://{}?seed={}",
+                self.name, self.config.seed
+            )],
             parameters,
             upstream: None,
         }
@@ -283,9 +345,15 @@ impl Source for GeneratorSource {
         Ok(())
     }
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
-        self.next = offsets.get("next").and_then(|v| v.as_u64()).ok_or_else(|| {
-            SluiceError::Internal(format!("source `{}`: unreadable generator offsets {offsets}", self.name))
-        })?;
+        self.next = offsets
+            .get("next")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| {
+                SluiceError::Internal(format!(
+                    "source `{}`: unreadable generator offsets {offsets}",
+                    self.name
+                ))
+            })?;
         self.clock = None;
         Ok(())
     }
@@ -300,7 +368,8 @@ impl Source for GeneratorSource {
             if let Some(rate) = self.config.rows_per_second {
                 // wait for the rows, at most the epoch's latency bound
                 let missing = (want - available) as f64 / rate;
-                let wait = Duration::from_secs_f64(missing).min(limits.max_latency.unwrap_or(Duration::from_secs(1)));
+                let wait = Duration::from_secs_f64(missing)
+                    .min(limits.max_latency.unwrap_or(Duration::from_secs(1)));
                 tokio::time::sleep(wait).await;
                 available = self.available();
             }
@@ -310,10 +379,17 @@ impl Source for GeneratorSource {
         self.next = to;
         Ok(Some(self.slice(from, to)))
     }
-    async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
+    async fn replay(
+        &mut self,
+        start: &serde_json::Value,
+        end: &serde_json::Value,
+    ) -> Result<Slice> {
         let at = |v: &serde_json::Value| v.get("next").and_then(|n| n.as_u64());
         let (Some(from), Some(to)) = (at(start), at(end)) else {
-            return Err(SluiceError::Internal(format!("source `{}`: unreadable generator offsets", self.name)));
+            return Err(SluiceError::Internal(format!(
+                "source `{}`: unreadable generator offsets",
+                self.name
+            )));
         };
         self.next = to;
         self.clock = None;
@@ -330,7 +406,14 @@ mod tests {
 
     fn generator(seed: u64) -> EventGenerator {
         let cdf: Vec<f64> = (1..=100).map(|k| k as f64 / 100.0).collect();
-        EventGenerator { seed, cdf: Arc::new(cdf), start_us: 0, step_us: 1000, end: 1_000, chunk: 100 }
+        EventGenerator {
+            seed,
+            cdf: Arc::new(cdf),
+            start_us: 0,
+            step_us: 1000,
+            end: 1_000,
+            chunk: 100,
+        }
     }
 
     #[test]
@@ -338,7 +421,10 @@ mod tests {
         let a = generator(7).batch(100, 300).unwrap();
         let b = generator(7).batch(100, 300).unwrap();
         assert_eq!(a, b);
-        let parts = [generator(7).batch(100, 200).unwrap(), generator(7).batch(200, 300).unwrap()];
+        let parts = [
+            generator(7).batch(100, 200).unwrap(),
+            generator(7).batch(200, 300).unwrap(),
+        ];
         let joined = datafusion::arrow::compute::concat_batches(&a.schema(), &parts).unwrap();
         assert_eq!(a, joined, "any split of a range gives the same rows");
         assert_ne!(a, generator(8).batch(100, 300).unwrap());

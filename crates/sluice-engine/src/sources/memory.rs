@@ -24,14 +24,22 @@ pub struct MemorySource {
 impl MemorySource {
     /// A source over `batches`, which must all have `schema`.
     pub fn try_new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Self> {
-        if let Some(b) = batches.iter().find(|b| b.schema().fields() != schema.fields()) {
+        if let Some(b) = batches
+            .iter()
+            .find(|b| b.schema().fields() != schema.fields())
+        {
             return Err(SluiceError::Internal(format!(
                 "MemorySource batch schema {:?} differs from the declared schema {:?}",
                 b.schema(),
                 schema
             )));
         }
-        Ok(Self { schema, batches, name: String::new(), done: false })
+        Ok(Self {
+            schema,
+            batches,
+            name: String::new(),
+            done: false,
+        })
     }
 }
 
@@ -70,11 +78,18 @@ impl Source for MemorySource {
     }
 
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
-        self.done = offsets.get("done").and_then(|d| d.as_bool()).unwrap_or(false);
+        self.done = offsets
+            .get("done")
+            .and_then(|d| d.as_bool())
+            .unwrap_or(false);
         Ok(())
     }
 
-    async fn replay(&mut self, _start: &serde_json::Value, _end: &serde_json::Value) -> Result<Slice> {
+    async fn replay(
+        &mut self,
+        _start: &serde_json::Value,
+        _end: &serde_json::Value,
+    ) -> Result<Slice> {
         self.done = false;
         self.next_slice(&SliceLimits::default())
             .await?

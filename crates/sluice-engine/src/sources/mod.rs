@@ -28,7 +28,9 @@ use datafusion::prelude::SessionContext;
 use sluice_contract::{LineageEntry, SourceProvenance};
 
 pub use epoch_table::EpochTable;
-pub use file::{ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
+pub use file::{
+    ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig,
+};
 pub use generator::GeneratorSourceConfig;
 pub use memory::MemorySource;
 pub use stdin::StdinSourceConfig;
@@ -104,7 +106,11 @@ pub trait Source: Send + Sync + Debug {
     ///
     /// Needed when a pipeline with several sinks stopped after some of them
     /// committed an epoch: the others get exactly the same rows again.
-    async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
+    async fn replay(
+        &mut self,
+        start: &serde_json::Value,
+        end: &serde_json::Value,
+    ) -> Result<Slice> {
         let _ = (start, end);
         Err(crate::error::SluiceError::Internal(format!(
             "source kind `{}` cannot replay an epoch; run the pipeline with a single durable sink",
@@ -177,7 +183,16 @@ pub enum SourceConfig {
 
 impl SourceConfig {
     /// Every source kind a pipeline file can name.
-    pub const KINDS: [&'static str; 8] = ["csv", "jsonl", "parquet", "arrow_ipc", "tpch", "generator", "dir", "stdin"];
+    pub const KINDS: [&'static str; 8] = [
+        "csv",
+        "jsonl",
+        "parquet",
+        "arrow_ipc",
+        "tpch",
+        "generator",
+        "dir",
+        "stdin",
+    ];
 
     /// Decodes the table of a source of the given kind.
     pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {

@@ -57,16 +57,26 @@ pub struct StdinSourceConfig {
 /// Opens a `stdin` source.
 pub fn open(cfg: &StdinSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
     let key = |k: &str| format!("sources.{}.{k}", ctx.name);
-    let schema = schema_from_columns(&cfg.columns).map_err(|m| SluiceError::spec(ctx.spec.issue(key("columns"), m)))?;
+    let schema = schema_from_columns(&cfg.columns)
+        .map_err(|m| SluiceError::spec(ctx.spec.issue(key("columns"), m)))?;
     let format = match cfg.format {
         StdinFormat::Jsonl => LineFormat::Jsonl,
         StdinFormat::Csv => {
             let delimiter = match cfg.delimiter.as_deref().unwrap_or(",").as_bytes() {
                 [b] => *b,
-                _ => return Err(SluiceError::spec(ctx.spec.issue(key("delimiter"), "must be exactly one ASCII character"))),
+                _ => {
+                    return Err(SluiceError::spec(
+                        ctx.spec
+                            .issue(key("delimiter"), "must be exactly one ASCII character"),
+                    ));
+                }
             };
             // the header is skipped once, by the reader task, not per slice
-            LineFormat::Csv(CsvOptions { has_header: false, delimiter, ..CsvOptions::default() })
+            LineFormat::Csv(CsvOptions {
+                has_header: false,
+                delimiter,
+                ..CsvOptions::default()
+            })
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(4096);
@@ -126,7 +136,11 @@ struct StdinSource {
 
 impl StdinSource {
     async fn slice_of(&self, from: u64, to: u64, path: &ObjectPath) -> Result<Slice> {
-        let meta = self.store.head(path).await.map_err(|e| SluiceError::Internal(format!("stdin buffer: {e}")))?;
+        let meta = self
+            .store
+            .head(path)
+            .await
+            .map_err(|e| SluiceError::Internal(format!("stdin buffer: {e}")))?;
         let table = LineFilesTable {
             source_name: self.name.clone(),
             store: Arc::clone(&self.store) as Arc<dyn ObjectStore>,
@@ -162,7 +176,13 @@ impl Source for StdinSource {
         false
     }
     fn provenance(&self) -> SourceProvenance {
-        SourceProvenance { source: self.name.clone(), kind: "stdin".into(), uris: vec!["stdin://".into()], parameters: Default::default(), upstream: None }
+        SourceProvenance {
+            source: self.name.clone(),
+            kind: "stdin".into(),
+            uris: vec!["stdin://".into()],
+            parameters: Default::default(),
+            upstream: None,
+        }
     }
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
         let at = offsets.get("lines").and_then(|l| l.as_u64()).unwrap_or(0);
@@ -171,7 +191,12 @@ impl Source for StdinSource {
             self.read = at;
         } else {
             // rewound after a failed epoch: serve the kept lines again first
-            self.again = self.kept.iter().filter(|(f, _, _)| *f >= at).cloned().collect();
+            self.again = self
+                .kept
+                .iter()
+                .filter(|(f, _, _)| *f >= at)
+                .cloned()
+                .collect();
         }
         Ok(())
     }
@@ -208,31 +233,54 @@ impl Source for StdinSource {
             if self.eof {
                 return Ok(None);
             }
-            let table = Arc::new(datafusion::datasource::empty::EmptyTable::new(Arc::clone(&self.schema)));
-            return Ok(Some(Slice { table, start: json!({ "lines": from }), end: json!({ "lines": from }), estimated_rows: Some(0), uris: vec![] }));
+            let table = Arc::new(datafusion::datasource::empty::EmptyTable::new(Arc::clone(
+                &self.schema,
+            )));
+            return Ok(Some(Slice {
+                table,
+                start: json!({ "lines": from }),
+                end: json!({ "lines": from }),
+                estimated_rows: Some(0),
+                uris: vec![],
+            }));
         }
         self.read += n;
         let path = ObjectPath::from(format!("stdin/lines-{}-{}", from + 1, self.read));
-        self.store.put(&path, buf.into()).await.map_err(|e| SluiceError::Source {
-            source_name: self.name.clone(),
-            file: Some("stdin".into()),
-            line: None,
-            message: format!("cannot buffer input: {e}"),
-            retry: RetryHint::Never,
-        })?;
+        self.store
+            .put(&path, buf.into())
+            .await
+            .map_err(|e| SluiceError::Source {
+                source_name: self.name.clone(),
+                file: Some("stdin".into()),
+                line: None,
+                message: format!("cannot buffer input: {e}"),
+                retry: RetryHint::Never,
+            })?;
         self.kept.push((from, self.read, path.clone()));
         self.slice_of(from, self.read, &path).await.map(Some)
     }
-    async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
+    async fn replay(
+        &mut self,
+        start: &serde_json::Value,
+        end: &serde_json::Value,
+    ) -> Result<Slice> {
         let at = |v: &serde_json::Value| v.get("lines").and_then(|l| l.as_u64()).unwrap_or(0);
         let (from, to) = (at(start), at(end));
-        match self.kept.iter().find(|(f, t, _)| *f == from && *t == to).cloned() {
+        match self
+            .kept
+            .iter()
+            .find(|(f, t, _)| *f == from && *t == to)
+            .cloned()
+        {
             Some((f, t, path)) => self.slice_of(f, t, &path).await,
             None => Err(SluiceError::Source {
                 source_name: self.name.clone(),
                 file: Some("stdin".into()),
                 line: None,
-                message: format!("lines {}..{to} of standard input are gone (stdin cannot be read twice)", from + 1),
+                message: format!(
+                    "lines {}..{to} of standard input are gone (stdin cannot be read twice)",
+                    from + 1
+                ),
                 retry: RetryHint::Never,
             }),
         }

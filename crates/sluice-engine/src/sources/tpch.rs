@@ -49,13 +49,18 @@ pub fn open(cfg: &TpchSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn S
     if !(cfg.scale_factor > 0.0 && cfg.scale_factor.is_finite()) {
         return Err(SluiceError::spec(
             ctx.spec
-                .issue(format!("sources.{}.scale_factor", ctx.name), format!("scale factor must be positive, got {}", cfg.scale_factor))
+                .issue(
+                    format!("sources.{}.scale_factor", ctx.name),
+                    format!("scale factor must be positive, got {}", cfg.scale_factor),
+                )
                 .with_help("use e.g. 0.01 for a quick run, 1 for about 6 million lineitem rows"),
         ));
     }
     let total_rows = cfg.table.estimated_rows(cfg.scale_factor);
     let parts = if cfg.table.is_partitionable() {
-        cfg.parts.unwrap_or_else(|| ((total_rows / 1_000_000) as usize).max(ctx.target_partitions)).max(1)
+        cfg.parts
+            .unwrap_or_else(|| ((total_rows / 1_000_000) as usize).max(ctx.target_partitions))
+            .max(1)
     } else {
         1
     };
@@ -88,7 +93,12 @@ impl TpchSource {
     }
 
     fn generator(&self) -> Arc<dyn crate::ops::generate::BatchGenerator> {
-        Arc::new(TpchGenerator::new(self.table, self.scale_factor, self.parts, self.batch_size))
+        Arc::new(TpchGenerator::new(
+            self.table,
+            self.scale_factor,
+            self.parts,
+            self.batch_size,
+        ))
     }
 
     fn offsets(&self, next_part: usize) -> serde_json::Value {
@@ -115,7 +125,11 @@ impl Source for TpchSource {
         SourceProvenance {
             source: self.name.clone(),
             kind: "tpch".into(),
-            uris: vec![format!("tpch://{}?scale_factor={}", self.table.name(), self.scale_factor)],
+            uris: vec![format!(
+                "tpch://{}?scale_factor={}",
+                self.table.name(),
+                self.scale_factor
+            )],
             parameters,
             upstream: None,
         }
@@ -131,7 +145,9 @@ impl Source for TpchSource {
         let parts = offsets.get("parts").and_then(|v| v.as_u64());
         let sf = offsets.get("scale_factor").and_then(|v| v.as_f64());
         match (next, parts, sf) {
-            (Some(next), Some(parts), Some(sf)) if parts as usize == self.parts && sf == self.scale_factor => {
+            (Some(next), Some(parts), Some(sf))
+                if parts as usize == self.parts && sf == self.scale_factor =>
+            {
                 self.next_part = next as usize;
                 Ok(())
             }
@@ -145,7 +161,10 @@ impl Source for TpchSource {
                 ),
                 retry: crate::error::RetryHint::Never,
             }),
-            _ => Err(SluiceError::Internal(format!("source `{}`: unreadable tpch offsets {offsets}", self.name))),
+            _ => Err(SluiceError::Internal(format!(
+                "source `{}`: unreadable tpch offsets {offsets}",
+                self.name
+            ))),
         }
     }
 
@@ -162,30 +181,57 @@ impl Source for TpchSource {
         let last = first + take - 1;
         let start = self.offsets(first);
         self.next_part = last + 1;
-        let table = GeneratedTable::new(self.generator(), (first as u64..=last as u64).collect(), self.target_partitions);
+        let table = GeneratedTable::new(
+            self.generator(),
+            (first as u64..=last as u64).collect(),
+            self.target_partitions,
+        );
         Ok(Some(Slice {
             table: Arc::new(table),
             start,
             end: self.offsets(self.next_part),
             estimated_rows: Some(self.rows_per_part() * take as u64),
-            uris: vec![format!("tpch://{}?scale_factor={}&parts={first}..={last}", self.table.name(), self.scale_factor)],
+            uris: vec![format!(
+                "tpch://{}?scale_factor={}&parts={first}..={last}",
+                self.table.name(),
+                self.scale_factor
+            )],
         }))
     }
 
-    async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
-        let part = |v: &serde_json::Value| v.get("next_part").and_then(|p| p.as_u64()).map(|p| p as usize);
+    async fn replay(
+        &mut self,
+        start: &serde_json::Value,
+        end: &serde_json::Value,
+    ) -> Result<Slice> {
+        let part = |v: &serde_json::Value| {
+            v.get("next_part")
+                .and_then(|p| p.as_u64())
+                .map(|p| p as usize)
+        };
         let (Some(first), Some(next)) = (part(start), part(end)) else {
-            return Err(SluiceError::Internal(format!("source `{}`: unreadable tpch offsets {start} .. {end}", self.name)));
+            return Err(SluiceError::Internal(format!(
+                "source `{}`: unreadable tpch offsets {start} .. {end}",
+                self.name
+            )));
         };
         self.resume(start).await?;
-        let table = GeneratedTable::new(self.generator(), (first as u64..next as u64).collect(), self.target_partitions);
+        let table = GeneratedTable::new(
+            self.generator(),
+            (first as u64..next as u64).collect(),
+            self.target_partitions,
+        );
         self.next_part = next;
         Ok(Slice {
             table: Arc::new(table),
             start: start.clone(),
             end: end.clone(),
             estimated_rows: Some(self.rows_per_part() * (next - first) as u64),
-            uris: vec![format!("tpch://{}?scale_factor={}&parts={first}..{next}", self.table.name(), self.scale_factor)],
+            uris: vec![format!(
+                "tpch://{}?scale_factor={}&parts={first}..{next}",
+                self.table.name(),
+                self.scale_factor
+            )],
         })
     }
 

@@ -45,7 +45,10 @@ impl Graph {
             }
             kinds.insert(name.clone(), NodeKind::Stage);
         }
-        for (section, names) in [("sources", spec.sources.keys().collect::<Vec<_>>()), ("stages", spec.stages.keys().collect())] {
+        for (section, names) in [
+            ("sources", spec.sources.keys().collect::<Vec<_>>()),
+            ("stages", spec.stages.keys().collect()),
+        ] {
             for name in names {
                 if !is_identifier(name) {
                     issues.push(
@@ -57,8 +60,11 @@ impl Graph {
         }
         if spec.sinks.is_empty() {
             issues.push(
-                spec.issue("sinks", "the pipeline has no sink, so it would compute nothing")
-                    .with_help("add a [sinks.<name>] table with `input = \"<stage>\"`"),
+                spec.issue(
+                    "sinks",
+                    "the pipeline has no sink, so it would compute nothing",
+                )
+                .with_help("add a [sinks.<name>] table with `input = \"<stage>\"`"),
             );
         }
 
@@ -69,12 +75,15 @@ impl Graph {
             if ins.is_empty() {
                 issues.push(
                     spec.issue(&key, "a stage needs at least one input")
-                        .with_help("list the sources or stages it reads, e.g. `inputs = [\"orders\"]`"),
+                        .with_help(
+                            "list the sources or stages it reads, e.g. `inputs = [\"orders\"]`",
+                        ),
                 );
             }
             for i in ins {
                 if i == name {
-                    issues.push(spec.issue(&key, format!("stage `{name}` lists itself as an input")));
+                    issues
+                        .push(spec.issue(&key, format!("stage `{name}` lists itself as an input")));
                 } else if !kinds.contains_key(i) {
                     issues.push(unknown_input(spec, &key, i, name, &kinds));
                 }
@@ -83,7 +92,11 @@ impl Graph {
         }
         for (name, sink) in &spec.sinks {
             if let Some(kind) = kinds.get(name) {
-                let what = if *kind == NodeKind::Source { "source" } else { "stage" };
+                let what = if *kind == NodeKind::Source {
+                    "source"
+                } else {
+                    "stage"
+                };
                 issues.push(
                     spec.issue(format!("sinks.{name}"), format!("`{name}` is already the name of a {what}"))
                         .with_help("every source, stage and sink needs its own name; e.g. call the sink `{name}_out`".replace("{name}", name)),
@@ -109,8 +122,13 @@ impl Graph {
             };
             if !consumed.contains(name) {
                 issues.push(
-                    spec.issue(format!("{section}.{name}"), format!("`{name}` has no consumer: no stage or sink reads it"))
-                        .with_help(format!("add `{name}` to a stage's `inputs` or a sink's `input`, or remove it")),
+                    spec.issue(
+                        format!("{section}.{name}"),
+                        format!("`{name}` has no consumer: no stage or sink reads it"),
+                    )
+                    .with_help(format!(
+                        "add `{name}` to a stage's `inputs` or a sink's `input`, or remove it"
+                    )),
                 );
             }
         }
@@ -120,13 +138,26 @@ impl Graph {
             Err(cycle) => {
                 let first = cycle.first().cloned().unwrap_or_default();
                 issues.push(
-                    spec.issue(format!("stages.{first}.inputs"), format!("stages form a cycle: {}", cycle.join(" → ")))
-                        .with_help("a pipeline is a DAG; break the cycle by removing one of these inputs"),
+                    spec.issue(
+                        format!("stages.{first}.inputs"),
+                        format!("stages form a cycle: {}", cycle.join(" → ")),
+                    )
+                    .with_help(
+                        "a pipeline is a DAG; break the cycle by removing one of these inputs",
+                    ),
                 );
                 Vec::new()
             }
         };
-        if issues.is_empty() { Ok(Graph { stage_order, inputs, kinds }) } else { Err(issues) }
+        if issues.is_empty() {
+            Ok(Graph {
+                stage_order,
+                inputs,
+                kinds,
+            })
+        } else {
+            Err(issues)
+        }
     }
 
     /// Every node `name` depends on (transitively), in topological order,
@@ -141,33 +172,58 @@ impl Graph {
                 }
             }
         }
-        let mut out: Vec<String> =
-            self.kinds.iter().filter(|(n, k)| **k == NodeKind::Source && seen.contains(*n)).map(|(n, _)| n.clone()).collect();
-        out.extend(self.stage_order.iter().filter(|s| seen.contains(*s)).cloned());
+        let mut out: Vec<String> = self
+            .kinds
+            .iter()
+            .filter(|(n, k)| **k == NodeKind::Source && seen.contains(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.extend(
+            self.stage_order
+                .iter()
+                .filter(|s| seen.contains(*s))
+                .cloned(),
+        );
         out
     }
 
     /// The sources `name` reads, directly or through stages.
     pub fn sources_of(&self, name: &str) -> Vec<String> {
-        self.ancestors(name).into_iter().filter(|n| self.kinds.get(n) == Some(&NodeKind::Source)).collect()
+        self.ancestors(name)
+            .into_iter()
+            .filter(|n| self.kinds.get(n) == Some(&NodeKind::Source))
+            .collect()
     }
 }
 
-fn unknown_input(spec: &PipelineSpec, key: &str, input: &str, reader: &str, kinds: &BTreeMap<String, NodeKind>) -> SpecIssue {
+fn unknown_input(
+    spec: &PipelineSpec,
+    key: &str,
+    input: &str,
+    reader: &str,
+    kinds: &BTreeMap<String, NodeKind>,
+) -> SpecIssue {
     let known: Vec<&str> = kinds
         .iter()
         .filter(|(n, k)| **k != NodeKind::Sink && n.as_str() != reader)
         .map(|(n, _)| n.as_str())
         .collect();
-    spec.issue(key, format!("unknown input `{input}`")).with_help(if known.is_empty() {
-        "declare it as a [sources.<name>] or [stages.<name>] table".to_string()
-    } else {
-        format!("inputs must name a source or stage; known: {}", known.join(", "))
-    })
+    spec.issue(key, format!("unknown input `{input}`"))
+        .with_help(if known.is_empty() {
+            "declare it as a [sources.<name>] or [stages.<name>] table".to_string()
+        } else {
+            format!(
+                "inputs must name a source or stage; known: {}",
+                known.join(", ")
+            )
+        })
 }
 
 /// Stages in dependency order, or the names along a cycle.
-fn topo_order(spec: &PipelineSpec, inputs: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>, Vec<String>> {
+fn topo_order(
+    spec: &PipelineSpec,
+    inputs: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<String>, Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Visiting,
@@ -223,8 +279,15 @@ mod tests {
     use std::path::Path;
 
     fn check(text: &str) -> Result<Graph, String> {
-        let spec = PipelineSpec::from_toml(text, Path::new("p.toml"), Path::new(".")).map_err(|e| e.to_string())?;
-        Graph::check(&spec).map_err(|issues| issues.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n"))
+        let spec = PipelineSpec::from_toml(text, Path::new("p.toml"), Path::new("."))
+            .map_err(|e| e.to_string())?;
+        Graph::check(&spec).map_err(|issues| {
+            issues
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
     }
 
     const HEAD: &str = "[pipeline]\nname = \"t\"\n[sources.src]\nkind = \"tpch\"\n";
@@ -252,7 +315,10 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.contains("stages form a cycle: a → b → a"), "{err}");
-        assert!(err.contains("`stages.lonely.inputs`: unknown input `nowhere`"), "{err}");
+        assert!(
+            err.contains("`stages.lonely.inputs`: unknown input `nowhere`"),
+            "{err}"
+        );
         assert!(err.contains("`lonely` has no consumer"), "{err}");
     }
 

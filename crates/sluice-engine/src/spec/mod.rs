@@ -177,7 +177,11 @@ impl PipelineSpec {
         Self {
             file: PathBuf::from(IN_CODE),
             base_dir: PathBuf::from("."),
-            pipeline: PipelineMeta { name: name.into(), version: version.into(), description: None },
+            pipeline: PipelineMeta {
+                name: name.into(),
+                version: version.into(),
+                description: None,
+            },
             settings: Settings::default(),
             sources: BTreeMap::new(),
             stages: BTreeMap::new(),
@@ -195,12 +199,21 @@ impl PipelineSpec {
     }
 
     /// Adds a custom source implemented in Rust (see [`crate::sources::Source`]).
-    pub fn with_custom_source(self, name: impl Into<String>, factory: Arc<dyn crate::sources::SourceFactory>) -> Self {
+    pub fn with_custom_source(
+        self,
+        name: impl Into<String>,
+        factory: Arc<dyn crate::sources::SourceFactory>,
+    ) -> Self {
         self.with_source(name, SourceConfig::Custom(CustomSource(factory)))
     }
 
     /// Adds an SQL stage reading `inputs`.
-    pub fn with_sql_stage(mut self, name: impl Into<String>, inputs: &[&str], query: impl Into<String>) -> Self {
+    pub fn with_sql_stage(
+        mut self,
+        name: impl Into<String>,
+        inputs: &[&str],
+        query: impl Into<String>,
+    ) -> Self {
         self.stages.insert(
             name.into(),
             StageConfig::Sql(SqlStageConfig {
@@ -230,8 +243,15 @@ impl PipelineSpec {
                     .with_help("check the path; pipeline files are TOML"),
             )
         })?;
-        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
         Self::from_toml(&text, path, &base_dir)
     }
 
@@ -244,14 +264,25 @@ impl PipelineSpec {
         }
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            SluiceError::spec(SpecIssue::new(path, "", format!("cannot read the pipeline file: {e}")))
+            SluiceError::spec(SpecIssue::new(
+                path,
+                "",
+                format!("cannot read the pipeline file: {e}"),
+            ))
         })?;
         let mut doc: toml::Table = toml::from_str(&text).map_err(|e| {
-            SluiceError::spec(SpecIssue::new(path, "", e.message().to_string()).at_line(e.span().map(|s| line_of(&text, s.start))))
+            SluiceError::spec(
+                SpecIssue::new(path, "", e.message().to_string())
+                    .at_line(e.span().map(|s| line_of(&text, s.start))),
+            )
         })?;
         for o in overrides {
             let (key, value) = o.split_once('=').ok_or_else(|| {
-                SluiceError::spec(SpecIssue::new(path, o.as_str(), "an override is written `key.path=value`"))
+                SluiceError::spec(SpecIssue::new(
+                    path,
+                    o.as_str(),
+                    "an override is written `key.path=value`",
+                ))
             })?;
             let value_text = value;
             let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
@@ -261,21 +292,34 @@ impl PipelineSpec {
             let parts: Vec<&str> = key.trim().split('.').collect();
             let mut table = &mut doc;
             for p in &parts[..parts.len() - 1] {
-                let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let entry = table
+                    .entry(p.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 table = entry.as_table_mut().ok_or_else(|| {
-                    SluiceError::spec(SpecIssue::new(path, key, format!("`{p}` is not a table, so `{key}` cannot be set")))
+                    SluiceError::spec(SpecIssue::new(
+                        path,
+                        key,
+                        format!("`{p}` is not a table, so `{key}` cannot be set"),
+                    ))
                 })?;
             }
             let last = parts[parts.len() - 1];
             // `version=2.0` on a string key means the string "2.0"
             let value = match (table.get(last), &value) {
-                (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(value_text.trim().to_string()),
+                (Some(toml::Value::String(_)), v) if !v.is_str() => {
+                    toml::Value::String(value_text.trim().to_string())
+                }
                 _ => value,
             };
             table.insert(last.to_string(), value);
         }
-        let text = toml::to_string(&doc).map_err(|e| SluiceError::Internal(format!("cannot re-encode the spec: {e}")))?;
-        let base_dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        let text = toml::to_string(&doc)
+            .map_err(|e| SluiceError::Internal(format!("cannot re-encode the spec: {e}")))?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
         Self::from_toml(&text, path, &base_dir)
     }
 
@@ -293,9 +337,33 @@ impl PipelineSpec {
         })?;
         let mut issues = Vec::new();
         let mut lines = BTreeMap::new();
-        let sources = decode_section(text, file, "sources", &raw.sources, SourceConfig::from_table, &mut issues, &mut lines);
-        let stages = decode_section(text, file, "stages", &raw.stages, StageConfig::from_table, &mut issues, &mut lines);
-        let sinks = decode_section(text, file, "sinks", &raw.sinks, SinkConfig::from_table, &mut issues, &mut lines);
+        let sources = decode_section(
+            text,
+            file,
+            "sources",
+            &raw.sources,
+            SourceConfig::from_table,
+            &mut issues,
+            &mut lines,
+        );
+        let stages = decode_section(
+            text,
+            file,
+            "stages",
+            &raw.stages,
+            StageConfig::from_table,
+            &mut issues,
+            &mut lines,
+        );
+        let sinks = decode_section(
+            text,
+            file,
+            "sinks",
+            &raw.sinks,
+            SinkConfig::from_table,
+            &mut issues,
+            &mut lines,
+        );
         if !issues.is_empty() {
             return Err(SluiceError::Spec(issues));
         }
@@ -332,13 +400,19 @@ impl PipelineSpec {
 
     /// The schema registry of this pipeline.
     pub fn registry(&self) -> sluice_contract::registry::Registry {
-        sluice_contract::registry::Registry::new(self.resolve_path(self.settings.schemas.as_deref().unwrap_or("schemas")))
+        sluice_contract::registry::Registry::new(
+            self.resolve_path(self.settings.schemas.as_deref().unwrap_or("schemas")),
+        )
     }
 
     /// Resolves a path written in the spec against the spec's directory.
     pub fn resolve_path(&self, p: &str) -> PathBuf {
         let path = Path::new(p);
-        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 }
 
@@ -362,8 +436,12 @@ fn decode_section<T>(
             Some(toml::Value::String(k)) => k,
             Some(other) => {
                 issues.push(
-                    SpecIssue::new(file, format!("{key}.kind"), format!("`kind` must be a string, found {}", other.type_str()))
-                        .at_line(Some(line)),
+                    SpecIssue::new(
+                        file,
+                        format!("{key}.kind"),
+                        format!("`kind` must be a string, found {}", other.type_str()),
+                    )
+                    .at_line(Some(line)),
                 );
                 continue;
             }
@@ -371,7 +449,10 @@ fn decode_section<T>(
                 issues.push(
                     SpecIssue::new(file, &key, "missing `kind`")
                         .at_line(Some(line))
-                        .with_help(format!("add `kind = \"...\"`; {section} kinds: {}", kinds_of(section).join(", "))),
+                        .with_help(format!(
+                            "add `kind = \"...\"`; {section} kinds: {}",
+                            kinds_of(section).join(", ")
+                        )),
                 );
                 continue;
             }
@@ -396,11 +477,19 @@ fn kinds_of(section: &str) -> Vec<&'static str> {
 }
 
 /// Decoding errors of a component table, made into an issue with a hint.
-fn component_issue(file: &Path, key: &str, line: usize, kind: &str, section: &str, message: String) -> SpecIssue {
+fn component_issue(
+    file: &Path,
+    key: &str,
+    line: usize,
+    kind: &str,
+    section: &str,
+    message: String,
+) -> SpecIssue {
     let help = if message.starts_with("unknown kind") {
         Some(format!("{section} kinds: {}", kinds_of(section).join(", ")))
     } else {
-        suggestion(&message).or_else(|| Some(format!("see the `{kind}` section of docs/pipeline.md")))
+        suggestion(&message)
+            .or_else(|| Some(format!("see the `{kind}` section of docs/pipeline.md")))
     };
     let mut issue = SpecIssue::new(file, key, message).at_line(Some(line));
     issue.help = help;
@@ -408,12 +497,20 @@ fn component_issue(file: &Path, key: &str, line: usize, kind: &str, section: &st
 }
 
 /// Decodes a component table into its config type; unknown keys are errors.
-pub(crate) fn decode_table<T: for<'de> Deserialize<'de>>(table: toml::Table) -> std::result::Result<T, String> {
-    toml::Value::Table(table).try_into::<T>().map_err(|e| e.message().trim().to_string())
+pub(crate) fn decode_table<T: for<'de> Deserialize<'de>>(
+    table: toml::Table,
+) -> std::result::Result<T, String> {
+    toml::Value::Table(table)
+        .try_into::<T>()
+        .map_err(|e| e.message().trim().to_string())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// Pulls the offending key out of serde's "unknown field `x`" messages.
@@ -450,7 +547,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -508,16 +607,23 @@ delimeter = ";"
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("p.toml:5: `sources.orders`: unknown field `delimeter`"), "{err}");
+        assert!(
+            err.contains("p.toml:5: `sources.orders`: unknown field `delimeter`"),
+            "{err}"
+        );
         assert!(err.contains("did you mean `delimiter`?"), "{err}");
     }
 
     #[test]
     fn unknown_top_level_table_and_kind_are_reported() {
-        let err = parse("[pipeline]\nname = \"x\"\n[sorces.a]\nkind = \"csv\"\n").unwrap_err().to_string();
+        let err = parse("[pipeline]\nname = \"x\"\n[sorces.a]\nkind = \"csv\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("p.toml:3"), "{err}");
         assert!(err.contains("`sorces`"), "{err}");
-        let err = parse("[pipeline]\nname = \"x\"\n[sources.a]\nkind = \"xls\"\n").unwrap_err().to_string();
+        let err = parse("[pipeline]\nname = \"x\"\n[sources.a]\nkind = \"xls\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown kind `xls`"), "{err}");
         assert!(err.contains("csv, jsonl"), "{err}");
     }
@@ -530,7 +636,11 @@ delimeter = ";"
         std::fs::write(&file, "[pipeline]\nname = \"x\"\n[sources.t]\nkind = \"tpch\"\n[sinks.o]\nkind = \"stdout\"\ninput = \"t\"\n").unwrap();
         let spec = PipelineSpec::from_file_with_overrides(
             &file,
-            &["sources.t.scale_factor=0.5".into(), "settings.epoch.max_rows=10".into(), "pipeline.version=\"2.0\"".into()],
+            &[
+                "sources.t.scale_factor=0.5".into(),
+                "settings.epoch.max_rows=10".into(),
+                "pipeline.version=\"2.0\"".into(),
+            ],
         )?;
         match &spec.sources["t"] {
             SourceConfig::Tpch(c) => assert_eq!(c.scale_factor, 0.5),

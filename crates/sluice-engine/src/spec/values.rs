@@ -16,11 +16,13 @@ impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size; write bytes as an integer or like \"128MiB\""))?;
+        let value: f64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a size; write bytes as an integer or like \"128MiB\"")
+        })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" => 1_000,
@@ -29,7 +31,11 @@ impl FromStr for ByteSize {
             "mib" | "m" => 1 << 20,
             "gb" => 1_000_000_000,
             "gib" | "g" => 1 << 30,
-            other => return Err(format!("unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB"
+                ));
+            }
         };
         Ok(ByteSize((value * mult as f64) as u64))
     }
@@ -59,7 +65,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a size in bytes (integer) or a string like \"128MiB\"")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))
@@ -86,15 +94,23 @@ impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration; write it like \"500ms\" or \"2s\""))?;
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration; write it like \"500ms\" or \"2s\""))?;
         let secs = match unit.trim() {
             "ms" => value / 1000.0,
             "s" | "" => value,
             "m" | "min" => value * 60.0,
             "h" => value * 3600.0,
-            other => return Err(format!("unknown duration unit `{other}` in `{s}`; use ms, s, m or h")),
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` in `{s}`; use ms, s, m or h"
+                ));
+            }
         };
         Ok(HumanDuration(Duration::from_secs_f64(secs)))
     }
@@ -141,9 +157,13 @@ pub use sluice_contract::types::parse_data_type;
 pub fn schema_from_columns(columns: &[ColumnSpec]) -> Result<Schema, String> {
     let mut fields = Vec::with_capacity(columns.len());
     for (i, c) in columns.iter().enumerate() {
-        let dt = parse_data_type(&c.data_type).map_err(|e| format!("columns[{i}] (`{}`): {e}", c.name))?;
+        let dt = parse_data_type(&c.data_type)
+            .map_err(|e| format!("columns[{i}] (`{}`): {e}", c.name))?;
         if columns[..i].iter().any(|o| o.name == c.name) {
-            return Err(format!("columns[{i}]: column `{}` is declared twice", c.name));
+            return Err(format!(
+                "columns[{i}]: column `{}` is declared twice",
+                c.name
+            ));
         }
         fields.push(Field::new(&c.name, dt, c.nullable));
     }
@@ -160,20 +180,34 @@ mod tests {
         assert_eq!("128MiB".parse::<ByteSize>().unwrap(), ByteSize(128 << 20));
         assert_eq!("64MB".parse::<ByteSize>().unwrap(), ByteSize(64_000_000));
         assert_eq!("1.5GiB".parse::<ByteSize>().unwrap(), ByteSize(3 << 29));
-        assert!("12 parsecs".parse::<ByteSize>().unwrap_err().contains("parsecs"));
+        assert!(
+            "12 parsecs"
+                .parse::<ByteSize>()
+                .unwrap_err()
+                .contains("parsecs")
+        );
     }
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "2m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(120)
+        );
         assert!("soon".parse::<HumanDuration>().is_err());
     }
 
     #[test]
     fn types_accept_sql_and_arrow_names() {
         assert_eq!(parse_data_type("BIGINT").unwrap(), DataType::Int64);
-        assert_eq!(parse_data_type("decimal(15, 2)").unwrap(), DataType::Decimal128(15, 2));
+        assert_eq!(
+            parse_data_type("decimal(15, 2)").unwrap(),
+            DataType::Decimal128(15, 2)
+        );
         assert_eq!(parse_data_type("Int16").unwrap(), DataType::Int16);
         assert_eq!(
             parse_data_type("Timestamp(Millisecond, None)").unwrap(),
@@ -186,9 +220,21 @@ mod tests {
     #[test]
     fn duplicate_columns_are_refused() {
         let cols = vec![
-            ColumnSpec { name: "a".into(), data_type: "int".into(), nullable: true },
-            ColumnSpec { name: "a".into(), data_type: "int".into(), nullable: true },
+            ColumnSpec {
+                name: "a".into(),
+                data_type: "int".into(),
+                nullable: true,
+            },
+            ColumnSpec {
+                name: "a".into(),
+                data_type: "int".into(),
+                nullable: true,
+            },
         ];
-        assert!(schema_from_columns(&cols).unwrap_err().contains("declared twice"));
+        assert!(
+            schema_from_columns(&cols)
+                .unwrap_err()
+                .contains("declared twice")
+        );
     }
 }

@@ -81,7 +81,11 @@ impl ExternalStageConfig {
 /// How the runtime reaches the stage.
 #[derive(Debug)]
 enum Launch {
-    Child { program: PathBuf, args: Vec<String>, socket: PathBuf },
+    Child {
+        program: PathBuf,
+        args: Vec<String>,
+        socket: PathBuf,
+    },
     Remote(Target),
 }
 
@@ -127,9 +131,17 @@ impl ExternalRuntime {
         let launch = match (&config.command, &config.url) {
             (Some(cmd), None) if !cmd.is_empty() => {
                 let program = PathBuf::from(&cmd[0]);
-                let program = if program.components().count() > 1 && program.is_relative() { base_dir.join(program) } else { program };
+                let program = if program.components().count() > 1 && program.is_relative() {
+                    base_dir.join(program)
+                } else {
+                    program
+                };
                 let socket = sluice_flight::launch::socket_path(name);
-                Launch::Child { program, args: cmd[1..].to_vec(), socket }
+                Launch::Child {
+                    program,
+                    args: cmd[1..].to_vec(),
+                    socket,
+                }
             }
             (None, Some(url)) => Launch::Remote(Target::Url(url.clone())),
             _ => {
@@ -192,7 +204,11 @@ impl ExternalRuntime {
                 state.client = Some(c.clone());
                 Ok(c)
             }
-            Launch::Child { program, args, socket } => {
+            Launch::Child {
+                program,
+                args,
+                socket,
+            } => {
                 if state.starts > 0 {
                     // a restart: back off so a crashing stage does not spin
                     let delay = Duration::from_millis(100 * 2u64.pow(state.starts.min(6)));
@@ -201,13 +217,26 @@ impl ExternalRuntime {
                 if let Some(mut old) = state.child.take() {
                     let _ = old.kill().await;
                 }
-                let mut child = sluice_flight::launch::spawn(program, args, socket)
-                    .map_err(|e| StageError::new(e.code, format!("stage `{}`: {}", self.name, e.message)))?;
+                let mut child =
+                    sluice_flight::launch::spawn(program, args, socket).map_err(|e| {
+                        StageError::new(e.code, format!("stage `{}`: {}", self.name, e.message))
+                    })?;
                 state.starts += 1;
                 self.starts.fetch_add(1, Ordering::Relaxed);
-                let result = sluice_flight::launch::wait_healthy(&mut child, socket, START_TIMEOUT).await;
+                let result =
+                    sluice_flight::launch::wait_healthy(&mut child, socket, START_TIMEOUT).await;
                 state.child = Some(child);
-                let c = result.map_err(|e| StageError::new(e.code, format!("stage `{}` ({}): {}", self.name, program.display(), e.message)))?;
+                let c = result.map_err(|e| {
+                    StageError::new(
+                        e.code,
+                        format!(
+                            "stage `{}` ({}): {}",
+                            self.name,
+                            program.display(),
+                            e.message
+                        ),
+                    )
+                })?;
                 state.client = Some(c.clone());
                 Ok(c)
             }
@@ -225,7 +254,11 @@ impl ExternalRuntime {
 
     /// The `q` quantile (0..=1) of the recorded batch round trips, in microseconds.
     pub fn latency_quantile_us(&self, q: f64) -> Option<u32> {
-        let mut l = self.latencies_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut l = self
+            .latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if l.is_empty() {
             return None;
         }
@@ -283,4 +316,3 @@ impl ExternalRuntime {
         }
     }
 }
-

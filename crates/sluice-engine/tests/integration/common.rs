@@ -26,9 +26,15 @@ pub fn scalar(batches: &[RecordBatch]) -> i128 {
     use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, UInt64Type};
     let col = batches[0].column(0);
     match col.data_type() {
-        datafusion::arrow::datatypes::DataType::Int64 => col.as_primitive::<Int64Type>().value(0) as i128,
-        datafusion::arrow::datatypes::DataType::UInt64 => col.as_primitive::<UInt64Type>().value(0) as i128,
-        datafusion::arrow::datatypes::DataType::Decimal128(..) => col.as_primitive::<Decimal128Type>().value(0),
+        datafusion::arrow::datatypes::DataType::Int64 => {
+            col.as_primitive::<Int64Type>().value(0) as i128
+        }
+        datafusion::arrow::datatypes::DataType::UInt64 => {
+            col.as_primitive::<UInt64Type>().value(0) as i128
+        }
+        datafusion::arrow::datatypes::DataType::Decimal128(..) => {
+            col.as_primitive::<Decimal128Type>().value(0)
+        }
         other => panic!("unexpected type {other} (null: {})", col.is_null(0)),
     }
 }

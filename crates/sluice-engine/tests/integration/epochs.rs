@@ -42,9 +42,24 @@ async fn a_run_stopped_after_some_epochs_resumes_to_the_same_output() -> Result<
     let whole = engine.run(orders_spec("memory:///epochs/whole")).await?;
     assert_eq!(whole.epochs, 5, "5 parts of 3000 orders, one per epoch");
 
-    let mut first = engine.compile(orders_spec("memory:///epochs/split")).await?;
-    assert_eq!(first.run(RunOptions { max_epochs: Some(2), ..Default::default() }).await?.epochs, 2);
-    let rest = engine.compile(orders_spec("memory:///epochs/split")).await?.run(RunOptions::default()).await?;
+    let mut first = engine
+        .compile(orders_spec("memory:///epochs/split"))
+        .await?;
+    assert_eq!(
+        first
+            .run(RunOptions {
+                max_epochs: Some(2),
+                ..Default::default()
+            })
+            .await?
+            .epochs,
+        2
+    );
+    let rest = engine
+        .compile(orders_spec("memory:///epochs/split"))
+        .await?
+        .run(RunOptions::default())
+        .await?;
     assert_eq!((rest.first_epoch, rest.epochs), (2, 3));
 
     let a = committed_rows(&engine, "memory:///epochs/whole").await?;
@@ -62,11 +77,24 @@ async fn changing_the_generator_under_committed_output_is_refused() -> Result<()
     let engine = Engine::new();
     let mut spec = orders_spec("memory:///epochs/changed");
     let mut c = engine.compile(spec.clone()).await?;
-    c.run(RunOptions { max_epochs: Some(1), ..Default::default() }).await?;
+    c.run(RunOptions {
+        max_epochs: Some(1),
+        ..Default::default()
+    })
+    .await?;
     if let Some(SourceConfig::Tpch(t)) = spec.sources.get_mut("orders") {
         t.scale_factor = 0.02;
     }
-    let err = engine.compile(spec).await?.run(RunOptions::default()).await.unwrap_err().to_string();
-    assert!(err.contains("source `orders`") && err.contains("scale_factor=0.01"), "{err}");
+    let err = engine
+        .compile(spec)
+        .await?
+        .run(RunOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("source `orders`") && err.contains("scale_factor=0.01"),
+        "{err}"
+    );
     Ok(())
 }

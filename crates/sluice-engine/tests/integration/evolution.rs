@@ -37,7 +37,10 @@ fn types() -> Vec<DataType> {
         ts(TimeUnit::Millisecond),
         ts(TimeUnit::Microsecond),
         DataType::Date32,
-        DataType::Struct(Fields::from(vec![Field::new("a", DataType::Int32, true), Field::new("b", DataType::Utf8, true)])),
+        DataType::Struct(Fields::from(vec![
+            Field::new("a", DataType::Int32, true),
+            Field::new("b", DataType::Utf8, true),
+        ])),
     ]
 }
 
@@ -68,7 +71,11 @@ fn schemas(old: &[FieldPlan], added: &[(usize, bool)]) -> (Schema, Schema) {
         old_fields.push(f.clone());
         match change {
             0 | 1 => new_fields.push(f),
-            2 => new_fields.push(Field::new(&name, t[relative(*ty, *other)].clone(), *nullable)),
+            2 => new_fields.push(Field::new(
+                &name,
+                t[relative(*ty, *other)].clone(),
+                *nullable,
+            )),
             3 => {} // dropped
             4 => new_fields.push(f.with_nullable(!nullable)),
             _ => match t[*ty].clone() {
@@ -90,11 +97,22 @@ fn schemas(old: &[FieldPlan], added: &[(usize, bool)]) -> (Schema, Schema) {
 
 /// A column of `ROWS` small values (null in row 1 when nullable).
 fn column(dt: &DataType, nullable: bool) -> ArrayRef {
-    let values: Vec<Option<i64>> = (0..ROWS as i64).map(|i| if nullable && i == 1 { None } else { Some(i * 7 + 1) }).collect();
+    let values: Vec<Option<i64>> = (0..ROWS as i64)
+        .map(|i| {
+            if nullable && i == 1 {
+                None
+            } else {
+                Some(i * 7 + 1)
+            }
+        })
+        .collect();
     let ints: ArrayRef = Arc::new(Int64Array::from(values));
     match dt {
         DataType::Struct(fields) => {
-            let children = fields.iter().map(|f| column(f.data_type(), f.is_nullable())).collect();
+            let children = fields
+                .iter()
+                .map(|f| column(f.data_type(), f.is_nullable()))
+                .collect();
             let nulls = nullable.then(|| ints.logical_nulls()).flatten();
             Arc::new(StructArray::new(fields.clone(), children, nulls))
         }
@@ -115,12 +133,20 @@ fn assert_kept(old: Option<&ArrayRef>, new: &ArrayRef, path: &str) {
             }
             if let Some(o) = old {
                 for row in 0..ROWS {
-                    assert_eq!(o.is_null(row), new.is_null(row), "{path}: row {row} null-ness");
+                    assert_eq!(
+                        o.is_null(row),
+                        new.is_null(row),
+                        "{path}: row {row} null-ness"
+                    );
                 }
             }
         }
         dt => match old {
-            None => assert_eq!(new.null_count(), ROWS, "{path}: a field the data lacks reads as NULL"),
+            None => assert_eq!(
+                new.null_count(),
+                ROWS,
+                "{path}: a field the data lacks reads as NULL"
+            ),
             Some(o) => {
                 // kept means: the value read is the value written, so it
                 // converts back exactly (a lossy cast would also "match" a cast)
@@ -139,15 +165,26 @@ fn read_as_new(old: &Schema, new: &Schema) -> Result<(RecordBatch, Vec<RecordBat
     let dir = tempfile::tempdir().unwrap();
     let registry = dir.path().join("schemas");
     std::fs::create_dir_all(registry.join("t")).unwrap();
-    std::fs::write(registry.join("t/2.json"), schema_to_json("t", 2, new).to_string()).unwrap();
-    let columns = old.fields().iter().map(|f| column(f.data_type(), f.is_nullable())).collect();
+    std::fs::write(
+        registry.join("t/2.json"),
+        schema_to_json("t", 2, new).to_string(),
+    )
+    .unwrap();
+    let columns = old
+        .fields()
+        .iter()
+        .map(|f| column(f.data_type(), f.is_nullable()))
+        .collect();
     let batch = RecordBatch::try_new(Arc::new(old.clone()), columns).unwrap();
     let file = std::fs::File::create(dir.path().join("old.parquet")).unwrap();
     let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 
-    let url = format!("memory:///evolution/{}", dir.path().file_name().unwrap().to_string_lossy());
+    let url = format!(
+        "memory:///evolution/{}",
+        dir.path().file_name().unwrap().to_string_lossy()
+    );
     let mut spec = PipelineSpec::new("evolution", "1")
         .with_source(
             "t",
@@ -159,14 +196,19 @@ fn read_as_new(old: &Schema, new: &Schema) -> Result<(RecordBatch, Vec<RecordBat
                 on_error: Default::default(),
             }),
         )
-        .with_sink("out", SinkConfig::Parquet(ParquetSinkConfig::new("t", &url)));
+        .with_sink(
+            "out",
+            SinkConfig::Parquet(ParquetSinkConfig::new("t", &url)),
+        );
     spec.settings.schemas = Some(registry.to_string_lossy().into());
     spec.settings.target_partitions = Some(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = rt.block_on(async {
         let engine = Engine::new();
         engine.run(spec).await.map_err(|e| e.to_string())?;
-        committed_rows(&engine, &url).await.map_err(|e| e.to_string())
+        committed_rows(&engine, &url)
+            .await
+            .map_err(|e| e.to_string())
     })?;
     Ok((batch, out))
 }

@@ -26,8 +26,11 @@ fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, DataFusionError> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
-        let fmts: Vec<ArrayFormatter> =
-            b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<_, _>>()?;
+        let fmts: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<_, _>>()?;
         for r in 0..b.num_rows() {
             out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
         }
@@ -43,12 +46,15 @@ impl AsyncDB for SluiceDb {
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DataFusionError> {
         let trimmed = sql.trim();
         if let Some(rest) = trimmed.strip_prefix("CREATE STAGE ") {
-            let (name, query) = rest
-                .split_once(" AS ")
-                .ok_or_else(|| DataFusionError::Plan("write CREATE STAGE <name> AS <query>".into()))?;
+            let (name, query) = rest.split_once(" AS ").ok_or_else(|| {
+                DataFusionError::Plan("write CREATE STAGE <name> AS <query>".into())
+            })?;
             let plan = self.ctx.state().create_logical_plan(query).await?;
             let staged = StageNode::wrap(name.trim(), "sql", plan);
-            self.ctx.register_table(name.trim(), Arc::new(ViewTable::new(staged, Some(query.to_string()))))?;
+            self.ctx.register_table(
+                name.trim(),
+                Arc::new(ViewTable::new(staged, Some(query.to_string()))),
+            )?;
             return Ok(DBOutput::StatementComplete(0));
         }
         let df = self.ctx.sql(trimmed).await?;
@@ -61,7 +67,10 @@ impl AsyncDB for SluiceDb {
         if !is_query {
             return Ok(DBOutput::StatementComplete(0));
         }
-        Ok(DBOutput::Rows { types: vec![DefaultColumnType::Any; width], rows: rows(&batches)? })
+        Ok(DBOutput::Rows {
+            types: vec![DefaultColumnType::Any; width],
+            rows: rows(&batches)?,
+        })
     }
 
     async fn shutdown(&mut self) {}
@@ -78,7 +87,10 @@ impl AsyncDB for SluiceDb {
 #[tokio::test]
 async fn sql_semantics_slt_files() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "slt"));
     files.sort();
     assert!(!files.is_empty());

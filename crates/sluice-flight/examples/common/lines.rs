@@ -19,7 +19,11 @@ pub fn lines_schema() -> SchemaRef {
 
 /// A schema declaration for the manifest.
 pub fn decl(name: &str, schema: SchemaRef) -> SchemaDecl {
-    SchemaDecl { name: name.into(), version: "1".into(), schema }
+    SchemaDecl {
+        name: name.into(),
+        version: "1".into(),
+        schema,
+    }
 }
 
 /// Column indexes in [`lines_schema`].

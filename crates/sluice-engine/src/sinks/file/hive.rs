@@ -42,24 +42,47 @@ impl HiveSplitter {
         for c in columns {
             let i = schema.index_of(c).map_err(|_| {
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                format!("partition column `{c}` is not in the output; columns are: {}", names.join(", "))
+                format!(
+                    "partition column `{c}` is not in the output; columns are: {}",
+                    names.join(", ")
+                )
             })?;
             key_indices.push(i);
         }
         if key_indices.len() == schema.fields().len() {
-            return Err("every column is a partition column, so the files would hold no data".into());
+            return Err(
+                "every column is a partition column, so the files would hold no data".into(),
+            );
         }
-        let keep_indices: Vec<usize> = (0..schema.fields().len()).filter(|i| !key_indices.contains(i)).collect();
-        let fields: Vec<_> = keep_indices.iter().map(|i| schema.field(*i).clone()).collect();
+        let keep_indices: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !key_indices.contains(i))
+            .collect();
+        let fields: Vec<_> = keep_indices
+            .iter()
+            .map(|i| schema.field(*i).clone())
+            .collect();
         let file_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
-        let sort_fields = key_indices.iter().map(|i| SortField::new(schema.field(*i).data_type().clone())).collect();
+        let sort_fields = key_indices
+            .iter()
+            .map(|i| SortField::new(schema.field(*i).data_type().clone()))
+            .collect();
         let converter = RowConverter::new(sort_fields).map_err(|e| e.to_string())?;
-        Ok(Self { columns: columns.to_vec(), key_indices, keep_indices, converter, file_schema })
+        Ok(Self {
+            columns: columns.to_vec(),
+            key_indices,
+            keep_indices,
+            converter,
+            file_schema,
+        })
     }
 
     /// Splits `batch` by partition value.
     pub fn split(&self, batch: &RecordBatch) -> Result<Vec<PartitionSlice>, ArrowError> {
-        let keys: Vec<ArrayRef> = self.key_indices.iter().map(|i| Arc::clone(batch.column(*i))).collect();
+        let keys: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|i| Arc::clone(batch.column(*i)))
+            .collect();
         let rows = self.converter.convert_columns(&keys)?;
         let mut groups: HashMap<&[u8], Vec<u32>> = HashMap::new();
         let mut order: Vec<&[u8]> = Vec::new();
@@ -75,8 +98,10 @@ impl HiveSplitter {
         }
         let data = batch.project(&self.keep_indices)?;
         let options = FormatOptions::default().with_null(NULL_PARTITION);
-        let formatters: Vec<ArrayFormatter> =
-            keys.iter().map(|k| ArrayFormatter::try_new(k.as_ref(), &options)).collect::<Result<_, _>>()?;
+        let formatters: Vec<ArrayFormatter> = keys
+            .iter()
+            .map(|k| ArrayFormatter::try_new(k.as_ref(), &options))
+            .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(order.len());
         for k in order {
             let idx = &groups[k];
@@ -134,7 +159,12 @@ mod tests {
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
             vec![
-                Arc::new(StringArray::from(vec![Some("a/b"), None, Some("a/b"), Some("c")])),
+                Arc::new(StringArray::from(vec![
+                    Some("a/b"),
+                    None,
+                    Some("a/b"),
+                    Some("c"),
+                ])),
                 Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
             ],
         )?;
@@ -145,7 +175,11 @@ mod tests {
         assert_eq!(parts[0].batch.num_rows(), 2);
         assert_eq!(parts[0].batch.num_columns(), 1);
         assert_eq!(parts[0].values["k"], "a/b");
-        assert!(HiveSplitter::try_new(&schema, &["nope".to_string()]).unwrap_err().contains("nope"));
+        assert!(
+            HiveSplitter::try_new(&schema, &["nope".to_string()])
+                .unwrap_err()
+                .contains("nope")
+        );
         Ok(())
     }
 }

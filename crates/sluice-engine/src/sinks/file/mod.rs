@@ -64,13 +64,22 @@ impl FileSink {
         stores: &StoreRegistry,
     ) -> Result<Arc<dyn Sink>> {
         let key = format!("sinks.{name}.url");
-        let location = Location::parse(url, &spec.base_dir).map_err(|m| SluiceError::spec(spec.issue(&key, m)))?;
+        let location = Location::parse(url, &spec.base_dir)
+            .map_err(|m| SluiceError::spec(spec.issue(&key, m)))?;
         if location.glob.is_some() {
-            return Err(SluiceError::spec(spec.issue(&key, format!("`{url}` is a glob; a sink writes to one folder"))));
+            return Err(SluiceError::spec(spec.issue(
+                &key,
+                format!("`{url}` is a glob; a sink writes to one folder"),
+            )));
         }
-        let store = stores.store_for(&location, &spec.settings.s3).map_err(|m| SluiceError::spec(spec.issue(&key, m)))?;
+        let store = stores
+            .store_for(&location, &spec.settings.s3)
+            .map_err(|m| SluiceError::spec(spec.issue(&key, m)))?;
         if target == 0 {
-            return Err(SluiceError::spec(spec.issue(format!("sinks.{name}.target_file_size"), "must be more than 0 bytes")));
+            return Err(SluiceError::spec(spec.issue(
+                format!("sinks.{name}.target_file_size"),
+                "must be more than 0 bytes",
+            )));
         }
         Ok(Arc::new(FileSink {
             name: name.to_string(),
@@ -85,46 +94,102 @@ impl FileSink {
     }
 
     /// Opens a `parquet` sink.
-    pub fn open_parquet(name: &str, c: &ParquetSinkConfig, spec: &PipelineSpec, stores: &StoreRegistry) -> Result<Arc<dyn Sink>> {
+    pub fn open_parquet(
+        name: &str,
+        c: &ParquetSinkConfig,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
         let compression: Compression = c.compression.parse().map_err(|e| {
             SluiceError::spec(
-                spec.issue(format!("sinks.{name}.compression"), format!("`{}`: {e}", c.compression))
-                    .with_help("use zstd(1..22), snappy, lz4, gzip(0..9), brotli(0..11) or uncompressed"),
+                spec.issue(
+                    format!("sinks.{name}.compression"),
+                    format!("`{}`: {e}", c.compression),
+                )
+                .with_help(
+                    "use zstd(1..22), snappy, lz4, gzip(0..9), brotli(0..11) or uncompressed",
+                ),
             )
         })?;
         if c.row_group_rows == 0 {
-            return Err(SluiceError::spec(spec.issue(format!("sinks.{name}.row_group_rows"), "must be at least 1")));
+            return Err(SluiceError::spec(spec.issue(
+                format!("sinks.{name}.row_group_rows"),
+                "must be at least 1",
+            )));
         }
         let props = WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(c.row_group_rows))
             .set_created_by(format!("sluice {}", env!("CARGO_PKG_VERSION")))
             .build();
-        Self::open(name, &c.url, OutputFormat::Parquet(props), &c.partition_by, c.target_file_size.0, spec, stores)
+        Self::open(
+            name,
+            &c.url,
+            OutputFormat::Parquet(props),
+            &c.partition_by,
+            c.target_file_size.0,
+            spec,
+            stores,
+        )
     }
 
     /// Opens a `csv` sink.
-    pub fn open_csv(name: &str, c: &CsvSinkConfig, spec: &PipelineSpec, stores: &StoreRegistry) -> Result<Arc<dyn Sink>> {
+    pub fn open_csv(
+        name: &str,
+        c: &CsvSinkConfig,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
         let delimiter = match c.delimiter.as_bytes() {
             [b] => *b,
             _ if c.delimiter == "\\t" => b'\t',
             _ => {
-                return Err(SluiceError::spec(
-                    spec.issue(format!("sinks.{name}.delimiter"), "must be exactly one ASCII character"),
-                ));
+                return Err(SluiceError::spec(spec.issue(
+                    format!("sinks.{name}.delimiter"),
+                    "must be exactly one ASCII character",
+                )));
             }
         };
-        let format = OutputFormat::Csv { header: c.header, delimiter };
-        Self::open(name, &c.url, format, &c.partition_by, c.target_file_size.0, spec, stores)
+        let format = OutputFormat::Csv {
+            header: c.header,
+            delimiter,
+        };
+        Self::open(
+            name,
+            &c.url,
+            format,
+            &c.partition_by,
+            c.target_file_size.0,
+            spec,
+            stores,
+        )
     }
 
     /// Opens a `jsonl` sink.
-    pub fn open_jsonl(name: &str, c: &JsonlSinkConfig, spec: &PipelineSpec, stores: &StoreRegistry) -> Result<Arc<dyn Sink>> {
-        Self::open(name, &c.url, OutputFormat::Jsonl, &c.partition_by, c.target_file_size.0, spec, stores)
+    pub fn open_jsonl(
+        name: &str,
+        c: &JsonlSinkConfig,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
+        Self::open(
+            name,
+            &c.url,
+            OutputFormat::Jsonl,
+            &c.partition_by,
+            c.target_file_size.0,
+            spec,
+            stores,
+        )
     }
 
     fn err(&self, message: impl Into<String>, retry: RetryHint) -> SluiceError {
-        SluiceError::Sink { sink: self.name.clone(), url: self.location.url(), message: message.into(), retry }
+        SluiceError::Sink {
+            sink: self.name.clone(),
+            url: self.location.url(),
+            message: message.into(),
+            retry,
+        }
     }
 
     /// The format, with sluice's metadata also in Parquet's key-value metadata
@@ -134,9 +199,18 @@ impl FileSink {
             OutputFormat::Parquet(props) => {
                 let kv: Vec<KeyValue> = ALL_KEYS
                     .iter()
-                    .filter_map(|k| schema.metadata().get(*k).map(|v| KeyValue::new(k.to_string(), v.clone())))
+                    .filter_map(|k| {
+                        schema
+                            .metadata()
+                            .get(*k)
+                            .map(|v| KeyValue::new(k.to_string(), v.clone()))
+                    })
                     .collect();
-                let props = props.clone().into_builder().set_key_value_metadata(Some(kv)).build();
+                let props = props
+                    .clone()
+                    .into_builder()
+                    .set_key_value_metadata(Some(kv))
+                    .build();
                 OutputFormat::Parquet(props)
             }
             other => other.clone(),
@@ -201,9 +275,11 @@ impl EpochWrite {
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                let batch = batch
-                    .with_schema(Arc::clone(&self.schema))
-                    .map_err(|e| SluiceError::Internal(format!("output batch does not match the plan schema: {e}")))?;
+                let batch = batch.with_schema(Arc::clone(&self.schema)).map_err(|e| {
+                    SluiceError::Internal(format!(
+                        "output batch does not match the plan schema: {e}"
+                    ))
+                })?;
                 let pieces = match &self.splitter {
                     Some(s) => s
                         .split(&batch)
@@ -215,19 +291,47 @@ impl EpochWrite {
                 };
                 for (dir, values, piece) in pieces {
                     if !files.open.contains_key(&dir) {
-                        let name = data_file_name(self.epoch, &self.run_id, partition, files.seq, self.format.extension());
+                        let name = data_file_name(
+                            self.epoch,
+                            &self.run_id,
+                            partition,
+                            files.seq,
+                            self.format.extension(),
+                        );
                         files.seq += 1;
-                        let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+                        let rel = if dir.is_empty() {
+                            name
+                        } else {
+                            format!("{dir}/{name}")
+                        };
                         let schema = match &self.splitter {
                             Some(s) => Arc::clone(&s.file_schema),
                             None => Arc::clone(&self.schema),
                         };
-                        let file = OpenFile::create(Arc::clone(&self.store), self.location.child(&rel), &self.format, schema)
-                            .map_err(|m| self.sink_err(&rel, m))?;
-                        files.open.insert(dir.clone(), Open { file, rel, rows: 0, values });
+                        let file = OpenFile::create(
+                            Arc::clone(&self.store),
+                            self.location.child(&rel),
+                            &self.format,
+                            schema,
+                        )
+                        .map_err(|m| self.sink_err(&rel, m))?;
+                        files.open.insert(
+                            dir.clone(),
+                            Open {
+                                file,
+                                rel,
+                                rows: 0,
+                                values,
+                            },
+                        );
                     }
-                    let Some(o) = files.open.get_mut(&dir) else { continue };
-                    o.file.write(&piece).await.map_err(|m| self.sink_err(&o.rel, m))?;
+                    let Some(o) = files.open.get_mut(&dir) else {
+                        continue;
+                    };
+                    o.file
+                        .write(&piece)
+                        .await
+                        .map_err(|m| self.sink_err(&o.rel, m))?;
                     o.rows += piece.num_rows() as u64;
                     files.rows += piece.num_rows() as u64;
                     if o.file.size() >= self.target {
@@ -267,8 +371,17 @@ fn sink_err(location: &Location, rel: &str, message: String) -> SluiceError {
 
 /// Closes a file; returns what the commit records of it.
 async fn finish(location: &Location, o: Open) -> std::result::Result<CommittedFile, SluiceError> {
-    let bytes = o.file.finish().await.map_err(|m| sink_err(location, &o.rel, m))?;
-    Ok(CommittedFile { path: o.rel, rows: o.rows, bytes, partition: o.values })
+    let bytes = o
+        .file
+        .finish()
+        .await
+        .map_err(|m| sink_err(location, &o.rel, m))?;
+    Ok(CommittedFile {
+        path: o.rel,
+        rows: o.rows,
+        bytes,
+        partition: o.values,
+    })
 }
 
 #[async_trait]
@@ -291,11 +404,17 @@ impl Sink for FileSink {
             while let Some(c) = cur {
                 if c.exists() {
                     if !c.is_dir() {
-                        return Err(self.err(format!("{} exists and is not a folder", c.display()), RetryHint::Never));
+                        return Err(self.err(
+                            format!("{} exists and is not a folder", c.display()),
+                            RetryHint::Never,
+                        ));
                     }
-                    let md = std::fs::metadata(c).map_err(|e| self.err(e.to_string(), RetryHint::Never))?;
+                    let md = std::fs::metadata(c)
+                        .map_err(|e| self.err(e.to_string(), RetryHint::Never))?;
                     if md.permissions().readonly() {
-                        return Err(self.err(format!("{} is read-only", c.display()), RetryHint::Never));
+                        return Err(
+                            self.err(format!("{} is read-only", c.display()), RetryHint::Never)
+                        );
                     }
                     return Ok(());
                 }
@@ -312,13 +431,30 @@ impl Sink for FileSink {
     }
 
     async fn recover(&self) -> Result<Recovery> {
-        let removed = self.log.remove_uncommitted().await.map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))?;
-        let commits = self.log.read_all().await.map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))?;
+        let removed = self
+            .log
+            .remove_uncommitted()
+            .await
+            .map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))?;
+        let commits = self
+            .log
+            .read_all()
+            .await
+            .map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))?;
         Ok(Recovery {
             last_epoch: commits.last().map(|c| c.epoch),
             commits: commits
                 .into_iter()
-                .map(|c| (c.epoch, CommittedRange { first: c.first_epoch.min(c.epoch), last: c.epoch, offsets: c.source_offsets }))
+                .map(|c| {
+                    (
+                        c.epoch,
+                        CommittedRange {
+                            first: c.first_epoch.min(c.epoch),
+                            last: c.epoch,
+                            offsets: c.source_offsets,
+                        },
+                    )
+                })
                 .collect(),
             removed_files: removed,
             durable: true,
@@ -336,7 +472,10 @@ impl Sink for FileSink {
         let splitter = if self.partition_by.is_empty() {
             None
         } else {
-            Some(HiveSplitter::try_new(&schema, &self.partition_by).map_err(|m| self.err(m, RetryHint::Never))?)
+            Some(
+                HiveSplitter::try_new(&schema, &self.partition_by)
+                    .map_err(|m| self.err(m, RetryHint::Never))?,
+            )
         };
         let job = Arc::new(EpochWrite {
             store: Arc::clone(&self.store),
@@ -352,7 +491,9 @@ impl Sink for FileSink {
         let mut pending = self.pending.lock().await;
         let mut tasks = JoinSet::new();
         for p in 0..plan.output_partitioning().partition_count() {
-            let stream = plan.execute(p, Arc::clone(&task)).map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
+            let stream = plan
+                .execute(p, Arc::clone(&task))
+                .map_err(|e| SluiceError::from_datafusion(e, Some(&self.name)))?;
             let files = PartitionFiles {
                 open: pending.open.remove(&p).unwrap_or_default(),
                 closed: Vec::new(),
@@ -378,7 +519,10 @@ impl Sink for FileSink {
                 }
                 Err(e) if e.is_cancelled() => {}
                 Err(e) => {
-                    failure.get_or_insert(SluiceError::Internal(format!("a writer task of sink `{}` panicked: {e}", self.name)));
+                    failure.get_or_insert(SluiceError::Internal(format!(
+                        "a writer task of sink `{}` panicked: {e}",
+                        self.name
+                    )));
                     tasks.abort_all();
                 }
             }
@@ -387,16 +531,34 @@ impl Sink for FileSink {
         drop(pending);
         if let Some(e) = failure {
             return Err(match e {
-                SluiceError::Sink { url, message, retry, .. } => SluiceError::Sink { sink: self.name.clone(), url, message, retry },
+                SluiceError::Sink {
+                    url,
+                    message,
+                    retry,
+                    ..
+                } => SluiceError::Sink {
+                    sink: self.name.clone(),
+                    url,
+                    message,
+                    retry,
+                },
                 other => other,
             });
         }
-        Ok(Written { files: Vec::new(), rows, bytes: 0 })
+        Ok(Written {
+            files: Vec::new(),
+            rows,
+            bytes: 0,
+        })
     }
 
     async fn seal(&self) -> Result<Written> {
         let mut pending = self.pending.lock().await;
-        let opens: Vec<Open> = pending.open.drain().flat_map(|(_, m)| m.into_values()).collect();
+        let opens: Vec<Open> = pending
+            .open
+            .drain()
+            .flat_map(|(_, m)| m.into_values())
+            .collect();
         let mut failure = None;
         for o in opens {
             match finish(&self.location, o).await {
@@ -409,10 +571,20 @@ impl Sink for FileSink {
         }
         let mut files = pending.closed.clone();
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Written { rows: files.iter().map(|f| f.rows).sum(), bytes: files.iter().map(|f| f.bytes).sum(), files })
+        Ok(Written {
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
+        })
     }
 
-    async fn commit(&self, epoch: u64, written: &Written, schema: SchemaRef, info: &CommitInfo) -> Result<()> {
+    async fn commit(
+        &self,
+        epoch: u64,
+        written: &Written,
+        schema: SchemaRef,
+        info: &CommitInfo,
+    ) -> Result<()> {
         let commit = Commit {
             format: COMMIT_FORMAT,
             epoch,
@@ -430,7 +602,10 @@ impl Sink for FileSink {
             provenance: info.provenance.clone(),
             source_offsets: info.source_offsets.clone(),
         };
-        self.log.write(&commit).await.map_err(|e| self.err(e.to_string(), RetryHint::Never))?;
+        self.log
+            .write(&commit)
+            .await
+            .map_err(|e| self.err(e.to_string(), RetryHint::Never))?;
         let mut pending = self.pending.lock().await;
         pending.closed.clear();
         pending.rows = 0;
@@ -438,7 +613,10 @@ impl Sink for FileSink {
     }
 
     async fn reset(&self) -> Result<u64> {
-        self.log.reset().await.map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))
+        self.log
+            .reset()
+            .await
+            .map_err(|e| self.err(e.to_string(), RetryHint::WithBackoff))
     }
 
     async fn abort(&self) {
@@ -456,5 +634,4 @@ impl Sink for FileSink {
         // anything else this run left (files of tasks that were cancelled)
         let _ = self.log.remove_uncommitted().await;
     }
-
 }

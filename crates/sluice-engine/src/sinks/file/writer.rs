@@ -61,14 +61,28 @@ pub enum OpenFile {
 
 impl OpenFile {
     /// Starts a file at `path`.
-    pub fn create(store: Arc<dyn ObjectStore>, path: ObjectPath, format: &OutputFormat, schema: SchemaRef) -> WriteResult<Self> {
+    pub fn create(
+        store: Arc<dyn ObjectStore>,
+        path: ObjectPath,
+        format: &OutputFormat,
+        schema: SchemaRef,
+    ) -> WriteResult<Self> {
         match format {
             OutputFormat::Parquet(props) => {
-                let w = AsyncArrowWriter::try_new(BufWriter::new(store, path), schema, Some(props.clone()))
-                    .map_err(|e| e.to_string())?;
+                let w = AsyncArrowWriter::try_new(
+                    BufWriter::new(store, path),
+                    schema,
+                    Some(props.clone()),
+                )
+                .map_err(|e| e.to_string())?;
                 Ok(OpenFile::Parquet(Box::new(w)))
             }
-            other => Ok(OpenFile::Text { upload: BufWriter::new(store, path), format: other.clone(), started: false, written: 0 }),
+            other => Ok(OpenFile::Text {
+                upload: BufWriter::new(store, path),
+                format: other.clone(),
+                started: false,
+                written: 0,
+            }),
         }
     }
 
@@ -76,7 +90,12 @@ impl OpenFile {
     pub async fn write(&mut self, batch: &RecordBatch) -> WriteResult<()> {
         match self {
             OpenFile::Parquet(w) => w.write(batch).await.map_err(|e| e.to_string()),
-            OpenFile::Text { upload, format, started, written } => {
+            OpenFile::Text {
+                upload,
+                format,
+                started,
+                written,
+            } => {
                 let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2);
                 match format {
                     OutputFormat::Csv { header, delimiter } => {
@@ -94,7 +113,10 @@ impl OpenFile {
                 }
                 *started = true;
                 *written += buf.len() as u64;
-                upload.put(Bytes::from(buf)).await.map_err(|e| e.to_string())
+                upload
+                    .put(Bytes::from(buf))
+                    .await
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -114,7 +136,11 @@ impl OpenFile {
                 w.finish().await.map_err(|e| e.to_string())?;
                 Ok(w.bytes_written() as u64)
             }
-            OpenFile::Text { mut upload, written, .. } => {
+            OpenFile::Text {
+                mut upload,
+                written,
+                ..
+            } => {
                 upload.shutdown().await.map_err(|e| e.to_string())?;
                 Ok(written)
             }

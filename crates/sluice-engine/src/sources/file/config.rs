@@ -98,14 +98,21 @@ impl CsvSourceConfig {
             let unescaped = if v == "\\t" { "\t" } else { v };
             match unescaped.as_bytes() {
                 [b] => Ok(*b),
-                _ => Err((key, format!("`{key}` must be exactly one ASCII character, got {v:?}"))),
+                _ => Err((
+                    key,
+                    format!("`{key}` must be exactly one ASCII character, got {v:?}"),
+                )),
             }
         };
         Ok(CsvOptions {
             has_header: self.header,
             delimiter: one_byte("delimiter", &self.delimiter)?,
             quote: one_byte("quote", &self.quote)?,
-            escape: self.escape.as_deref().map(|e| one_byte("escape", e)).transpose()?,
+            escape: self
+                .escape
+                .as_deref()
+                .map(|e| one_byte("escape", e))
+                .transpose()?,
             newlines_in_values: self.newlines_in_values,
         })
     }

@@ -26,14 +26,19 @@ use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::arrow::ArrowFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::physical_expr_adapter::DefaultPhysicalExprAdapterFactory;
 use object_store::{ObjectMeta, ObjectStore};
 use serde_json::json;
 use sluice_contract::metadata::{lineage_from, provenance_from, strip_sluice_keys};
 use sluice_contract::{LineageEntry, Provenance, SourceProvenance};
 
-pub use config::{ArrowIpcSourceConfig, CsvSourceConfig, DirFormat, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig};
+pub use config::{
+    ArrowIpcSourceConfig, CsvSourceConfig, DirFormat, DirSourceConfig, JsonlSourceConfig,
+    ParquetSourceConfig,
+};
 
 use super::{Slice, SliceLimits, Source, SourceContext};
 use crate::commit_log::CommitLog;
@@ -69,16 +74,21 @@ pub async fn open_csv(cfg: &CsvSourceConfig, ctx: &SourceContext<'_>) -> Result<
     })?;
     let format = Format::Lines(LineFormat::Csv(options), cfg.compression);
     let declared = Declared::resolve(ctx, cfg.columns.as_deref(), cfg.schema.as_deref())?;
-    let mut source = FileSource::open_with(ctx, &cfg.path, format, declared, cfg.infer_rows, None).await?;
+    let mut source =
+        FileSource::open_with(ctx, &cfg.path, format, declared, cfg.infer_rows, None).await?;
     source.on_error = cfg.on_error;
     Ok(Box::new(source))
 }
 
 /// Opens a `jsonl` source.
-pub async fn open_jsonl(cfg: &JsonlSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+pub async fn open_jsonl(
+    cfg: &JsonlSourceConfig,
+    ctx: &SourceContext<'_>,
+) -> Result<Box<dyn Source>> {
     let format = Format::Lines(LineFormat::Jsonl, cfg.compression);
     let declared = Declared::resolve(ctx, cfg.columns.as_deref(), cfg.schema.as_deref())?;
-    let mut source = FileSource::open_with(ctx, &cfg.path, format, declared, cfg.infer_rows, None).await?;
+    let mut source =
+        FileSource::open_with(ctx, &cfg.path, format, declared, cfg.infer_rows, None).await?;
     source.on_error = cfg.on_error;
     Ok(Box::new(source))
 }
@@ -99,20 +109,34 @@ pub async fn open_dir(cfg: &DirSourceConfig, ctx: &SourceContext<'_>) -> Result<
         DirFormat::Parquet => Format::Parquet,
     };
     let declared = Declared::resolve(ctx, cfg.columns.as_deref(), None)?;
-    let mut source = FileSource::open_with(ctx, &cfg.path, format, declared, 1000, Some(cfg.poll_interval.0)).await?;
+    let mut source = FileSource::open_with(
+        ctx,
+        &cfg.path,
+        format,
+        declared,
+        1000,
+        Some(cfg.poll_interval.0),
+    )
+    .await?;
     source.follow = Some(cfg.poll_interval.0);
     source.on_error = cfg.on_error;
     Ok(Box::new(source))
 }
 
 /// Opens a `parquet` source.
-pub async fn open_parquet(cfg: &ParquetSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+pub async fn open_parquet(
+    cfg: &ParquetSourceConfig,
+    ctx: &SourceContext<'_>,
+) -> Result<Box<dyn Source>> {
     let declared = Declared::resolve(ctx, None, cfg.schema.as_deref())?;
     FileSource::open(ctx, &cfg.path, Format::Parquet, declared, 0).await
 }
 
 /// Opens an `arrow_ipc` source.
-pub async fn open_arrow_ipc(cfg: &ArrowIpcSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+pub async fn open_arrow_ipc(
+    cfg: &ArrowIpcSourceConfig,
+    ctx: &SourceContext<'_>,
+) -> Result<Box<dyn Source>> {
     FileSource::open(ctx, &cfg.path, Format::ArrowIpc, Declared::None, 0).await
 }
 
@@ -126,14 +150,32 @@ enum Declared {
 }
 
 impl Declared {
-    fn resolve(ctx: &SourceContext<'_>, columns: Option<&[crate::spec::ColumnSpec]>, schema: Option<&str>) -> Result<Self> {
-        let issue = |key: &str, m: String| SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), m));
+    fn resolve(
+        ctx: &SourceContext<'_>,
+        columns: Option<&[crate::spec::ColumnSpec]>,
+        schema: Option<&str>,
+    ) -> Result<Self> {
+        let issue = |key: &str, m: String| {
+            SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), m))
+        };
         match (columns, schema) {
-            (Some(_), Some(_)) => Err(issue("schema", "give either `columns` or `schema`, not both".into())),
-            (Some(cols), None) => Ok(Declared::Columns(schema_from_columns(cols).map_err(|m| issue("columns", m))?)),
+            (Some(_), Some(_)) => Err(issue(
+                "schema",
+                "give either `columns` or `schema`, not both".into(),
+            )),
+            (Some(cols), None) => Ok(Declared::Columns(
+                schema_from_columns(cols).map_err(|m| issue("columns", m))?,
+            )),
             (None, Some(reference)) => {
-                let registered = ctx.spec.registry().get(reference).map_err(|e| issue("schema", e.to_string()))?;
-                Ok(Declared::Registry(format!("{}@{}", registered.name, registered.version), registered.schema))
+                let registered = ctx
+                    .spec
+                    .registry()
+                    .get(reference)
+                    .map_err(|e| issue("schema", e.to_string()))?;
+                Ok(Declared::Registry(
+                    format!("{}@{}", registered.name, registered.version),
+                    registered.schema,
+                ))
             }
             (None, None) => Ok(Declared::None),
         }
@@ -170,7 +212,13 @@ struct FileSource {
 
 impl FileSource {
     fn error(&self, file: Option<String>, message: String, retry: RetryHint) -> SluiceError {
-        SluiceError::Source { source_name: self.name.clone(), file, line: None, message, retry }
+        SluiceError::Source {
+            source_name: self.name.clone(),
+            file,
+            line: None,
+            message,
+            retry,
+        }
     }
 
     async fn open(
@@ -180,7 +228,9 @@ impl FileSource {
         declared: Declared,
         infer_rows: usize,
     ) -> Result<Box<dyn Source>> {
-        Ok(Box::new(Self::open_with(ctx, path, format, declared, infer_rows, None).await?))
+        Ok(Box::new(
+            Self::open_with(ctx, path, format, declared, infer_rows, None).await?,
+        ))
     }
 
     /// Opens a file source; with `follow`, an empty folder is fine when the
@@ -209,20 +259,32 @@ impl FileSource {
         };
 
         let listed = list_objects(store.as_ref(), &location).await.map_err(|e| {
-            src_err(Some(location.url()), format!("cannot list input files: {e}"), RetryHint::WithBackoff)
+            src_err(
+                Some(location.url()),
+                format!("cannot list input files: {e}"),
+                RetryHint::WithBackoff,
+            )
         })?;
         let single_file = listed.len() == 1 && listed[0].location == location.prefix;
         // the output of a sluice sink: read what its commits list, nothing else
         let commits = if location.glob.is_none() && !single_file {
             let log = CommitLog::new(Arc::clone(&store), location.clone());
-            log.read_all().await.map_err(|e| src_err(Some(location.url()), e.to_string(), RetryHint::WithBackoff))?
+            log.read_all()
+                .await
+                .map_err(|e| src_err(Some(location.url()), e.to_string(), RetryHint::WithBackoff))?
         } else {
             Vec::new()
         };
         // a sluice sink knows its schema (without hive partition columns, which
         // are folder names, not file columns)
         let committed_schema = commits.last().map(|c| {
-            let fields: Vec<_> = c.schema.fields().iter().filter(|f| !c.partition_by.contains(f.name())).cloned().collect();
+            let fields: Vec<_> = c
+                .schema
+                .fields()
+                .iter()
+                .filter(|f| !c.partition_by.contains(f.name()))
+                .cloned()
+                .collect();
             let mut md = c.schema.metadata().clone();
             strip_sluice_keys(&mut md);
             Schema::new_with_metadata(fields, md)
@@ -244,7 +306,10 @@ impl FileSource {
         } else {
             (listed, Vec::new(), None)
         };
-        if files.is_empty() && committed_schema.is_none() && !(follow.is_some() && !matches!(declared, Declared::None)) {
+        if files.is_empty()
+            && committed_schema.is_none()
+            && !(follow.is_some() && !matches!(declared, Declared::None))
+        {
             return Err(SluiceError::spec(
                 ctx.spec
                     .issue(&key, format!("source `{}`: no input files match `{path}` ({})", ctx.name, location.url()))
@@ -256,19 +321,35 @@ impl FileSource {
         let mut written_as = Vec::new();
         let (schema, lineage, provenance) = match (&declared, &format) {
             (Declared::Registry(reference, schema), Format::Parquet) => {
-                written_as = check_files_read_as(ctx, &store, &location, &files, reference, schema).await?;
+                written_as =
+                    check_files_read_as(ctx, &store, &location, &files, reference, schema).await?;
                 (schema.clone(), upstream_lineage, upstream_provenance)
             }
-            (Declared::None, _) if committed_schema.is_some() => {
-                (committed_schema.unwrap_or_else(Schema::empty), upstream_lineage, upstream_provenance)
+            (Declared::None, _) if committed_schema.is_some() => (
+                committed_schema.unwrap_or_else(Schema::empty),
+                upstream_lineage,
+                upstream_provenance,
+            ),
+            (Declared::Columns(schema) | Declared::Registry(_, schema), _) => {
+                (schema.clone(), upstream_lineage, upstream_provenance)
             }
-            (Declared::Columns(schema) | Declared::Registry(_, schema), _) => (schema.clone(), upstream_lineage, upstream_provenance),
             (Declared::None, Format::Lines(lf, compression)) => {
                 let first = &files[0];
-                let (schema, bpr) =
-                    sample::infer_lines_schema(&store, first, lf, compression.of(first.location.as_ref()), infer_rows)
-                        .await
-                        .map_err(|m| src_err(Some(location.object_url(&first.location)), m, RetryHint::Never))?;
+                let (schema, bpr) = sample::infer_lines_schema(
+                    &store,
+                    first,
+                    lf,
+                    compression.of(first.location.as_ref()),
+                    infer_rows,
+                )
+                .await
+                .map_err(|m| {
+                    src_err(
+                        Some(location.object_url(&first.location)),
+                        m,
+                        RetryHint::Never,
+                    )
+                })?;
                 bytes_per_row = bpr;
                 (schema, upstream_lineage, upstream_provenance)
             }
@@ -279,22 +360,33 @@ impl FileSource {
                 };
                 let state = ctx.session.state();
                 let inferred = ff.infer_schema(&state, &store, &files).await.map_err(|e| {
-                    src_err(Some(location.url()), format!("cannot read the schema: {e}"), RetryHint::Never)
+                    src_err(
+                        Some(location.url()),
+                        format!("cannot read the schema: {e}"),
+                        RetryHint::Never,
+                    )
                 })?;
                 // the files' own record of where they came from wins over nothing
                 let md = inferred.metadata().clone();
                 let lineage = if upstream_lineage.is_empty() {
-                    lineage_from(&md).map_err(|m| src_err(Some(location.url()), m, RetryHint::Never))?.unwrap_or_default()
+                    lineage_from(&md)
+                        .map_err(|m| src_err(Some(location.url()), m, RetryHint::Never))?
+                        .unwrap_or_default()
                 } else {
                     upstream_lineage
                 };
                 let provenance = match upstream_provenance {
                     Some(p) => Some(p),
-                    None => provenance_from(&md).map_err(|m| src_err(Some(location.url()), m, RetryHint::Never))?,
+                    None => provenance_from(&md)
+                        .map_err(|m| src_err(Some(location.url()), m, RetryHint::Never))?,
                 };
                 let mut md = md;
                 strip_sluice_keys(&mut md);
-                (Schema::new_with_metadata(inferred.fields().clone(), md), lineage, provenance)
+                (
+                    Schema::new_with_metadata(inferred.fields().clone(), md),
+                    lineage,
+                    provenance,
+                )
             }
         };
         Ok(FileSource {
@@ -372,7 +464,8 @@ impl FileSource {
                     .with_listing_options(options)
                     .with_schema(Arc::clone(&self.schema))
                     .with_expr_adapter_factory(Arc::new(DefaultPhysicalExprAdapterFactory));
-                let table = ListingTable::try_new(config).map_err(|e| self.error(None, e.to_string(), RetryHint::Never))?;
+                let table = ListingTable::try_new(config)
+                    .map_err(|e| self.error(None, e.to_string(), RetryHint::Never))?;
                 Ok(Arc::new(table))
             }
         }
@@ -400,7 +493,11 @@ impl Source for FileSource {
         SourceProvenance {
             source: self.name.clone(),
             kind: self.format.kind().into(),
-            uris: self.files.iter().map(|f| self.location.object_url(&f.location)).collect(),
+            uris: self
+                .files
+                .iter()
+                .map(|f| self.location.object_url(&f.location))
+                .collect(),
             parameters,
             upstream: self.upstream_provenance.clone().map(Box::new),
         }
@@ -411,15 +508,24 @@ impl Source for FileSource {
     }
 
     async fn resume(&mut self, offsets: &serde_json::Value) -> Result<()> {
-        let (consumed, partial) = FileOffsets::parse(offsets)
-            .ok_or_else(|| SluiceError::Internal(format!("source `{}`: unreadable file offsets {offsets}", self.name)))?;
+        let (consumed, partial) = FileOffsets::parse(offsets).ok_or_else(|| {
+            SluiceError::Internal(format!(
+                "source `{}`: unreadable file offsets {offsets}",
+                self.name
+            ))
+        })?;
         (self.consumed, self.partial) = (consumed, partial);
         Ok(())
     }
 
     async fn next_slice(&mut self, limits: &SliceLimits) -> Result<Option<Slice>> {
-        let Some(poll) = self.follow else { return self.next_files(limits) };
-        let deadline = std::time::Instant::now() + limits.max_latency.unwrap_or(std::time::Duration::from_secs(1));
+        let Some(poll) = self.follow else {
+            return self.next_files(limits);
+        };
+        let deadline = std::time::Instant::now()
+            + limits
+                .max_latency
+                .unwrap_or(std::time::Duration::from_secs(1));
         loop {
             self.relist().await?;
             if let Some(slice) = self.next_files(limits)? {
@@ -428,17 +534,37 @@ impl Source for FileSource {
             if std::time::Instant::now() >= deadline {
                 // nothing new for now: an empty slice keeps the stream going
                 let at = self.offsets();
-                let table: Arc<dyn TableProvider> =
-                    Arc::new(datafusion::datasource::empty::EmptyTable::new(Arc::clone(&self.schema)));
-                return Ok(Some(Slice { table, start: at.clone(), end: at, estimated_rows: Some(0), uris: vec![] }));
+                let table: Arc<dyn TableProvider> = Arc::new(
+                    datafusion::datasource::empty::EmptyTable::new(Arc::clone(&self.schema)),
+                );
+                return Ok(Some(Slice {
+                    table,
+                    start: at.clone(),
+                    end: at,
+                    estimated_rows: Some(0),
+                    uris: vec![],
+                }));
             }
-            tokio::time::sleep(poll.min(deadline.saturating_duration_since(std::time::Instant::now()))).await;
+            tokio::time::sleep(
+                poll.min(deadline.saturating_duration_since(std::time::Instant::now())),
+            )
+            .await;
         }
     }
 
-    async fn replay(&mut self, start: &serde_json::Value, end: &serde_json::Value) -> Result<Slice> {
-        let unreadable = |o: &serde_json::Value| SluiceError::Internal(format!("source `{}`: unreadable file offsets {o}", self.name));
-        let (done_before, partial_before) = FileOffsets::parse(start).ok_or_else(|| unreadable(start))?;
+    async fn replay(
+        &mut self,
+        start: &serde_json::Value,
+        end: &serde_json::Value,
+    ) -> Result<Slice> {
+        let unreadable = |o: &serde_json::Value| {
+            SluiceError::Internal(format!(
+                "source `{}`: unreadable file offsets {o}",
+                self.name
+            ))
+        };
+        let (done_before, partial_before) =
+            FileOffsets::parse(start).ok_or_else(|| unreadable(start))?;
         let (done_after, partial_after) = FileOffsets::parse(end).ok_or_else(|| unreadable(end))?;
         // every file the epoch touched, from the byte it started at to the one it reached
         let mut wanted: BTreeMap<&str, (u64, Option<u64>)> = BTreeMap::new();
@@ -457,7 +583,14 @@ impl Source for FileSource {
             .filter_map(|f| {
                 let (from, to) = wanted.get(f.location.as_ref())?;
                 let to = to.unwrap_or(f.size);
-                Some(if from == &0 && to == f.size { FilePart::whole(f.clone()) } else { FilePart { object: f.clone(), range: Some(*from..to) } })
+                Some(if from == &0 && to == f.size {
+                    FilePart::whole(f.clone())
+                } else {
+                    FilePart {
+                        object: f.clone(),
+                        range: Some(*from..to),
+                    }
+                })
             })
             .collect();
         let missing = wanted.len() - parts.len();
@@ -469,9 +602,18 @@ impl Source for FileSource {
             ));
         }
         (self.consumed, self.partial) = (done_after, partial_after);
-        let uris = parts.iter().map(|f| self.location.object_url(&f.object.location)).collect();
+        let uris = parts
+            .iter()
+            .map(|f| self.location.object_url(&f.object.location))
+            .collect();
         let table = self.table_for(parts)?;
-        Ok(Slice { table, start: start.clone(), end: end.clone(), estimated_rows: None, uris })
+        Ok(Slice {
+            table,
+            start: start.clone(),
+            end: end.clone(),
+            estimated_rows: None,
+            uris,
+        })
     }
 
     fn estimated_remaining_rows(&self) -> Option<u64> {
@@ -480,7 +622,15 @@ impl Source for FileSource {
             .files
             .iter()
             .filter(|f| !self.consumed.contains(f.location.as_ref()))
-            .map(|f| f.size - self.partial.get(f.location.as_ref()).copied().unwrap_or(0).min(f.size))
+            .map(|f| {
+                f.size
+                    - self
+                        .partial
+                        .get(f.location.as_ref())
+                        .copied()
+                        .unwrap_or(0)
+                        .min(f.size)
+            })
             .sum();
         Some((left as f64 / b.max(1.0)) as u64)
     }
@@ -502,8 +652,18 @@ impl FileSource {
     async fn relist(&mut self) -> Result<()> {
         let mut files = list_objects(self.store.as_ref(), &self.location)
             .await
-            .map_err(|e| self.error(Some(self.location.url()), format!("cannot list input files: {e}"), RetryHint::WithBackoff))?;
-        files.sort_by(|a, b| a.last_modified.cmp(&b.last_modified).then_with(|| a.location.as_ref().cmp(b.location.as_ref())));
+            .map_err(|e| {
+                self.error(
+                    Some(self.location.url()),
+                    format!("cannot list input files: {e}"),
+                    RetryHint::WithBackoff,
+                )
+            })?;
+        files.sort_by(|a, b| {
+            a.last_modified
+                .cmp(&b.last_modified)
+                .then_with(|| a.location.as_ref().cmp(b.location.as_ref()))
+        });
         self.files = files;
         Ok(())
     }
@@ -520,9 +680,17 @@ impl FileSource {
             if self.consumed.contains(f.location.as_ref()) {
                 continue;
             }
-            let from = self.partial.get(f.location.as_ref()).copied().unwrap_or(0).min(f.size);
+            let from = self
+                .partial
+                .get(f.location.as_ref())
+                .copied()
+                .unwrap_or(0)
+                .min(f.size);
             let size = f.size - from;
-            let rows_of = |b: u64| self.bytes_per_row.map(|bpr| (b as f64 / bpr.max(1.0)) as u64);
+            let rows_of = |b: u64| {
+                self.bytes_per_row
+                    .map(|bpr| (b as f64 / bpr.max(1.0)) as u64)
+            };
             // bytes left in this epoch's budget, from max_bytes and max_rows
             let budget = [
                 limits.max_bytes.map(|m| m.saturating_sub(bytes)),
@@ -537,8 +705,12 @@ impl FileSource {
             let fits = budget.is_none_or(|b| size <= b);
             if !fits && self.splittable(f) && size > MIN_PART_BYTES {
                 let take = budget.unwrap_or(size).max(MIN_PART_BYTES);
-                if take < size && (chosen.is_empty() || budget.is_some_and(|b| b >= MIN_PART_BYTES)) {
-                    chosen.push(FilePart { object: f.clone(), range: Some(from..from + take) });
+                if take < size && (chosen.is_empty() || budget.is_some_and(|b| b >= MIN_PART_BYTES))
+                {
+                    chosen.push(FilePart {
+                        object: f.clone(),
+                        range: Some(from..from + take),
+                    });
                     cut = Some((f.location.to_string(), from + take));
                     rows += rows_of(take).unwrap_or(0);
                     break;
@@ -549,7 +721,14 @@ impl FileSource {
             }
             bytes += size;
             rows += rows_of(size).unwrap_or(0);
-            chosen.push(if from == 0 { FilePart::whole(f.clone()) } else { FilePart { object: f.clone(), range: Some(from..f.size) } });
+            chosen.push(if from == 0 {
+                FilePart::whole(f.clone())
+            } else {
+                FilePart {
+                    object: f.clone(),
+                    range: Some(from..f.size),
+                }
+            });
         }
         if chosen.is_empty() {
             return Ok(None);
@@ -564,10 +743,19 @@ impl FileSource {
         if let Some((path, at)) = cut {
             self.partial.insert(path, at);
         }
-        let uris = chosen.iter().map(|f| self.location.object_url(&f.object.location)).collect();
+        let uris = chosen
+            .iter()
+            .map(|f| self.location.object_url(&f.object.location))
+            .collect();
         let estimated_rows = self.bytes_per_row.map(|_| rows);
         let table = self.table_for(chosen)?;
-        Ok(Some(Slice { table, start, end: self.offsets(), estimated_rows, uris }))
+        Ok(Some(Slice {
+            table,
+            start,
+            end: self.offsets(),
+            estimated_rows,
+            uris,
+        }))
     }
 }
 
@@ -580,10 +768,19 @@ struct FileOffsets;
 
 impl FileOffsets {
     fn parse(o: &serde_json::Value) -> Option<(BTreeSet<String>, BTreeMap<String, u64>)> {
-        let files = o.get("files")?.as_array()?.iter().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let files = o
+            .get("files")?
+            .as_array()?
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect();
         let partial = match o.get("partial") {
             None => BTreeMap::new(),
-            Some(p) => p.as_object()?.iter().map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect::<Option<_>>()?,
+            Some(p) => p
+                .as_object()?
+                .iter()
+                .map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect::<Option<_>>()?,
         };
         Some((files, partial))
     }
@@ -611,18 +808,24 @@ async fn check_files_read_as(
     let sample: Vec<&ObjectMeta> = if files.len() <= CHECKED_FILES {
         files.iter().collect()
     } else {
-        files[..half].iter().chain(&files[files.len() - half..]).collect()
+        files[..half]
+            .iter()
+            .chain(&files[files.len() - half..])
+            .collect()
     };
     let mut written = BTreeSet::new();
     for f in sample {
         let url = location.object_url(&f.location);
-        let file_schema = ff.infer_schema(&state, store, std::slice::from_ref(f)).await.map_err(|e| SluiceError::Source {
-            source_name: ctx.name.to_string(),
-            file: Some(url.clone()),
-            line: None,
-            message: format!("cannot read the schema: {e}"),
-            retry: RetryHint::Never,
-        })?;
+        let file_schema = ff
+            .infer_schema(&state, store, std::slice::from_ref(f))
+            .await
+            .map_err(|e| SluiceError::Source {
+                source_name: ctx.name.to_string(),
+                file: Some(url.clone()),
+                line: None,
+                message: format!("cannot read the schema: {e}"),
+                retry: RetryHint::Never,
+            })?;
         let who = format!("source `{}` reading it as {reference}", ctx.name);
         let breaks = sluice_contract::compat::read_breaks(&file_schema, schema, &who);
         if let Some(b) = breaks.first() {

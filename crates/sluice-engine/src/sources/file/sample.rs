@@ -25,7 +25,11 @@ pub async fn infer_lines_schema(
     compression: Compression,
     rows: usize,
 ) -> Result<(Schema, Option<f64>), String> {
-    let raw = store.get(&file.location).await.map_err(|e| format!("cannot read: {e}"))?.into_stream();
+    let raw = store
+        .get(&file.location)
+        .await
+        .map_err(|e| format!("cannot read: {e}"))?
+        .into_stream();
     let reader = StreamReader::new(raw.map_err(std::io::Error::other));
     let mut sample = Vec::new();
     let read = match compression {
@@ -34,8 +38,18 @@ pub async fn infer_lines_schema(
             d.multiple_members(true);
             d.take(SAMPLE_BYTES as u64).read_to_end(&mut sample).await
         }
-        Compression::Zstd => ZstdDecoder::new(reader).take(SAMPLE_BYTES as u64).read_to_end(&mut sample).await,
-        _ => reader.take(SAMPLE_BYTES as u64).read_to_end(&mut sample).await,
+        Compression::Zstd => {
+            ZstdDecoder::new(reader)
+                .take(SAMPLE_BYTES as u64)
+                .read_to_end(&mut sample)
+                .await
+        }
+        _ => {
+            reader
+                .take(SAMPLE_BYTES as u64)
+                .read_to_end(&mut sample)
+                .await
+        }
     };
     read.map_err(|e| format!("cannot read a sample to infer the schema: {e}"))?;
     // keep whole lines only
@@ -56,16 +70,23 @@ pub async fn infer_lines_schema(
             if let Some(e) = o.escape {
                 f = f.with_escape(e);
             }
-            f.infer_schema(Cursor::new(&sample), Some(rows)).map_err(|e| format!("cannot infer the CSV schema: {e}"))?
+            f.infer_schema(Cursor::new(&sample), Some(rows))
+                .map_err(|e| format!("cannot infer the CSV schema: {e}"))?
         }
-        LineFormat::Jsonl => datafusion::arrow::json::reader::infer_json_schema(Cursor::new(&sample), Some(rows))
-            .map_err(|e| format!("cannot infer the JSON schema: {e}"))?,
+        LineFormat::Jsonl => {
+            datafusion::arrow::json::reader::infer_json_schema(Cursor::new(&sample), Some(rows))
+                .map_err(|e| format!("cannot infer the JSON schema: {e}"))?
+        }
     };
     if schema.fields().is_empty() {
         return Err("no columns found in the sample; declare `columns`".into());
     }
     let bytes_per_row = (n > 0 && compression == Compression::None).then(|| {
-        let consumed: usize = if n >= rows { sample.len().min(avg_prefix_len(&sample, n)) } else { sample.len() };
+        let consumed: usize = if n >= rows {
+            sample.len().min(avg_prefix_len(&sample, n))
+        } else {
+            sample.len()
+        };
         consumed as f64 / n as f64
     });
     Ok((schema, bytes_per_row))
@@ -73,6 +94,8 @@ pub async fn infer_lines_schema(
 
 /// Bytes of the first `lines` lines.
 fn avg_prefix_len(sample: &[u8], lines: usize) -> usize {
-    memchr::memchr_iter(b'\n', sample).nth(lines.saturating_sub(1)).map(|i| i + 1).unwrap_or(sample.len())
+    memchr::memchr_iter(b'\n', sample)
+        .nth(lines.saturating_sub(1))
+        .map(|i| i + 1)
+        .unwrap_or(sample.len())
 }
-
