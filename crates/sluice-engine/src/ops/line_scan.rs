@@ -591,6 +591,60 @@ impl UnitReader<'_> {
         let mut batch_bytes: Vec<Bytes> = Vec::new();
         let mut lines_done: u64 = 0;
         let mut rows_done: u64 = 0;
+        // After a decoding error with `on_error` skip or dead_letter: salvage
+        // the failed batch line by line, then carry on with a fresh decoder
+        // (the loop's own end-of-unit path then reconciles the counts).
+        macro_rules! salvage_and_go_on {
+            () => {{
+                let mut lines = Lines {
+                    done: &mut lines_done,
+                    header: has_header,
+                    rows: &mut rows_done,
+                    given_up: &mut given_up,
+                };
+                let sent = self
+                    .salvage(
+                        &mut decoder,
+                        &mut batch_bytes,
+                        &mut pending,
+                        eof,
+                        &mut lines,
+                        tx,
+                        remaining,
+                    )
+                    .await?;
+                if !sent {
+                    return Ok(false);
+                }
+                if *remaining == 0 {
+                    return Ok(true);
+                }
+                if !eof && !pending.is_empty() && memchr::memchr(b'\n', &pending).is_none() {
+                    // the bad line goes on in the next chunk: take that in
+                    // first, or the same bytes would fail again and again
+                    match stream.next().await {
+                        Some(Ok(chunk)) => {
+                            let (chunk, last) = window.clip(chunk);
+                            records.feed(&chunk);
+                            let mut joined = Vec::with_capacity(pending.len() + chunk.len());
+                            joined.extend_from_slice(&pending);
+                            joined.extend_from_slice(&chunk);
+                            pending = Bytes::from(joined);
+                            eof = last;
+                        }
+                        Some(Err(e)) => {
+                            return Err(self.error(
+                                None,
+                                format!("cannot read: {e}"),
+                                RetryHint::WithBackoff,
+                            ));
+                        }
+                        None => eof = true,
+                    }
+                }
+                continue;
+            }};
+        }
         loop {
             if pending.is_empty() && !eof {
                 match stream.next().await {
@@ -615,30 +669,7 @@ impl UnitReader<'_> {
                 let n = match decoder.decode(&pending) {
                     Ok(n) => n,
                     Err(_) if tolerant => {
-                        let mut lines = Lines {
-                            done: &mut lines_done,
-                            header: has_header,
-                            rows: &mut rows_done,
-                            given_up: &mut given_up,
-                        };
-                        if !self
-                            .salvage(
-                                &mut decoder,
-                                &mut batch_bytes,
-                                &mut pending,
-                                eof,
-                                &mut lines,
-                                tx,
-                                remaining,
-                            )
-                            .await?
-                        {
-                            return Ok(false);
-                        }
-                        if *remaining == 0 {
-                            return Ok(true);
-                        }
-                        continue;
+                        salvage_and_go_on!();
                     }
                     Err(e) => {
                         return Err(self.decode_error(
@@ -676,27 +707,7 @@ impl UnitReader<'_> {
                         ));
                     }
                     _ => {
-                        let mut lines = Lines {
-                            done: &mut lines_done,
-                            header: has_header,
-                            rows: &mut rows_done,
-                            given_up: &mut given_up,
-                        };
-                        let sent = self
-                            .salvage(
-                                &mut decoder,
-                                &mut batch_bytes,
-                                &mut pending,
-                                eof,
-                                &mut lines,
-                                tx,
-                                remaining,
-                            )
-                            .await?;
-                        if sent && *remaining > 0 {
-                            self.reconcile(records.total(), rows_done, given_up, has_header)?;
-                        }
-                        return Ok(sent);
+                        salvage_and_go_on!();
                     }
                 }
                 must_flush = true;
@@ -705,30 +716,7 @@ impl UnitReader<'_> {
                 let batch = match decoder.flush() {
                     Ok(b) => b,
                     Err(_) if tolerant => {
-                        let mut lines = Lines {
-                            done: &mut lines_done,
-                            header: has_header,
-                            rows: &mut rows_done,
-                            given_up: &mut given_up,
-                        };
-                        if !self
-                            .salvage(
-                                &mut decoder,
-                                &mut batch_bytes,
-                                &mut pending,
-                                eof,
-                                &mut lines,
-                                tx,
-                                remaining,
-                            )
-                            .await?
-                        {
-                            return Ok(false);
-                        }
-                        if *remaining == 0 || (eof && pending.is_empty()) {
-                            return Ok(true);
-                        }
-                        continue;
+                        salvage_and_go_on!();
                     }
                     Err(e) => {
                         return Err(self.decode_error(

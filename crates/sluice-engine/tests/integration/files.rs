@@ -161,6 +161,45 @@ async fn json_records_cut_by_a_read_chunk_at_a_batch_end_are_read_whole() -> Res
 }
 
 #[tokio::test]
+async fn a_bad_line_longer_than_a_read_chunk_is_dead_lettered_whole() -> Result<()> {
+    // the syntax error comes early, the line's end only chunks later
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.jsonl");
+    let long = "x".repeat(3 << 20);
+    std::fs::write(
+        &path,
+        format!("{{\"id\":0}}\n{{\"id\":1,\"name\":]\"{long}\"}}\n{{\"id\":2}}\n"),
+    )
+    .unwrap();
+    let mut cfg = JsonlSourceConfig::new(path.to_string_lossy());
+    cfg.on_error = sluice_engine::dead_letter::OnError::DeadLetter;
+    cfg.columns = Some(vec![sluice_engine::spec::ColumnSpec {
+        name: "id".into(),
+        data_type: "bigint".into(),
+        nullable: true,
+    }]);
+    let mut spec = PipelineSpec::new("long_line", "1")
+        .with_source("rows", SourceConfig::Jsonl(cfg))
+        .with_sink(
+            "out",
+            SinkConfig::Parquet(ParquetSinkConfig::new("rows", "memory:///files/long")),
+        );
+    spec.dead_letter = Some(sluice_engine::dead_letter::DeadLetterConfig {
+        url: "memory:///files/long_dead".into(),
+    });
+    let engine = Engine::new();
+    engine.run(spec).await?;
+    let out = committed_rows(&engine, "memory:///files/long").await?;
+    assert_eq!(scalar(&query(out, "SELECT sum(id) FROM t").await), 2);
+    let dead = committed_rows(&engine, "memory:///files/long_dead").await?;
+    assert_eq!(
+        scalar(&query(dead, "SELECT CAST(sum(length(raw)) AS BIGINT) FROM t").await),
+        (long.len() + 19) as i128
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_bad_value_deep_in_a_file_is_reported_at_its_line() -> Result<()> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.csv");
