@@ -131,7 +131,17 @@ fn records(batches: &[RecordBatch]) -> std::result::Result<Vec<Record>, String> 
     let mut out = Vec::new();
     let opts = FormatOptions::default();
     for b in batches {
-        for needed in ["component", "code", "raw"] {
+        let needed = [
+            "epoch",
+            "component",
+            "code",
+            "message",
+            "file",
+            "line",
+            "offset",
+            "raw",
+        ];
+        for needed in needed {
             if b.column_by_name(needed).is_none() {
                 return Err(format!("no column `{needed}`"));
             }

@@ -145,6 +145,14 @@ fn bad_rows_go_to_the_dead_letter_sink_and_the_rest_flows_on() {
     assert!(t.contains("10 dead letter(s)"), "{t}");
     // the dead-letter sink commits like any sink
     assert_eq!(commits(&d.join("out/dead")).len(), 1);
+    // another sink is refused with a message, not a panic
+    let o = in_dir(d, &["dead-letters", "out/orders"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("not a dead-letter sink (no column `epoch`)"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use datafusion::arrow::datatypes::Schema;
-use futures::TryStreamExt;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
@@ -25,12 +24,11 @@ pub async fn infer_lines_schema(
     compression: Compression,
     rows: usize,
 ) -> Result<(Schema, Option<f64>), String> {
-    let raw = store
+    let got = store
         .get(&file.location)
         .await
-        .map_err(|e| format!("cannot read: {e}"))?
-        .into_stream();
-    let reader = StreamReader::new(raw.map_err(std::io::Error::other));
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let reader = StreamReader::new(crate::storage::byte_stream(got));
     let mut sample = Vec::new();
     let read = match compression {
         Compression::Gzip => {
