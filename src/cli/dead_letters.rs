@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use comfy_table::Table;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
-use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use sluice::datafusion::arrow::array::{Array, RecordBatch};
+use sluice::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use sluice::sources::SourceConfig;
 use sluice::spec::S3Settings;
 use sluice::{Engine, PipelineSpec, Result, SluiceError, SpecIssue};

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice::explain::GraphFormat;
+use sluice::GraphFormat;
 use sluice::{Engine, PipelineSpec, RunOptions, SluiceError};
 
 /// Writes to stdout; exits 0 when the reader went away and 1 on any other
@@ -212,7 +212,7 @@ pub fn init_logging() {
 
 /// The first SIGINT/SIGTERM asks the run to stop after the current epoch and
 /// commit (exit 0); a second one exits at once without committing.
-async fn stop_on_signals(progress: std::sync::Arc<sluice::metrics::Progress>) {
+async fn stop_on_signals(stopper: sluice::Stopper) {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     else {
         return;
@@ -228,7 +228,7 @@ async fn stop_on_signals(progress: std::sync::Arc<sluice::metrics::Progress>) {
             eprintln!(
                 "\nstopping: finishing and committing the current epoch (signal again to abort without committing)"
             );
-            progress.request_stop();
+            stopper.stop();
         } else {
             eprintln!("aborted: nothing of the uncommitted epochs was committed");
             std::process::exit(130);
@@ -326,9 +326,9 @@ pub async fn main(cli: Cli) -> ExitCode {
                     outln!(
                         "{}: valid ({} sources, {} stages, {} sinks)",
                         pipeline.display(),
-                        c.sources.len(),
-                        c.spec.stages.len(),
-                        c.sinks.len()
+                        c.source_names().count(),
+                        c.spec().stages.len(),
+                        c.sink_names().count()
                     );
                     ExitCode::SUCCESS
                 }
@@ -398,7 +398,7 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
         json,
         quiet,
     } = args;
-    let mut compiled = match engine.compile(spec).await {
+    let compiled = match engine.compile(spec).await {
         Ok(c) => c,
         Err(e) => return report(&e),
     };
@@ -408,14 +408,13 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
             Err(e) => return report(&e),
         }
     }
-    let bar = (!quiet && !json).then(|| progress::start(compiled.progress.clone()));
-    let signals = tokio::spawn(stop_on_signals(compiled.progress.clone()));
-    let result = compiled
-        .run(RunOptions {
-            max_epochs,
-            exit_when_idle,
-        })
-        .await;
+    let handle = compiled.start(RunOptions {
+        max_epochs,
+        exit_when_idle,
+    });
+    let bar = (!quiet && !json).then(|| progress::start(handle.progress().clone()));
+    let signals = tokio::spawn(stop_on_signals(handle.stopper()));
+    let result = handle.wait().await;
     signals.abort();
     if let Some(bar) = bar {
         bar.finish().await;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice::metrics::Progress;
+use sluice::Progress;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -142,11 +142,24 @@ fn twenty_kills_on_local_disk_lose_and_duplicate_nothing() {
     for (a, b) in [("clean_files", "files"), ("clean_events", "events")] {
         let (a, b) = (tmp.path().join(a), tmp.path().join(b));
         same_rows(&a, &b);
-        let listed: usize = commits(&b)
+        let listed: std::collections::BTreeSet<PathBuf> = commits(&b)
             .iter()
-            .map(|c| c["files"].as_array().unwrap().len())
-            .sum();
-        assert_eq!(data_files(&b).len(), listed, "every file left is committed");
+            .flat_map(|c| c["files"].as_array().unwrap().clone())
+            .map(|f| b.join(f["path"].as_str().unwrap()))
+            .collect();
+        let unlisted: Vec<PathBuf> = data_files(&b)
+            .into_iter()
+            .filter(|f| !listed.contains(f))
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "every file left is committed; no commit lists {unlisted:?}"
+        );
+        assert_eq!(
+            data_files(&b).len(),
+            listed.len(),
+            "every committed file exists"
+        );
     }
     let events: u64 = commits(&tmp.path().join("events"))
         .iter()

@@ -1,0 +1,528 @@
+//! The commit log: `_sluice/commits/<epoch>.json` beside a sink's data.
+//!
+//! A sink writes its data files under unique names, then creates one commit
+//! file per epoch with `PutMode::Create` (atomic on local disk, memory and S3).
+//! The commit lists every file with its rows and bytes, the output schema, the
+//! lineage, the provenance and the source offsets the epoch ended at. Only
+//! committed files are part of the output; anything else under the sink that
+//! carries sluice's data-file naming is debris from a run that died before its
+//! commit, and [`CommitLog::remove_uncommitted`] deletes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use sluice_contract::{LineageEntry, Provenance};
+
+use crate::storage::{Location, relative_to};
+
+/// Folder (under a sink's root) of the commit files.
+pub const COMMITS_DIR: &str = "_sluice/commits";
+/// Version of the commit file format.
+pub const COMMIT_FORMAT: u32 = 1;
+
+/// One data file of a commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommittedFile {
+    /// Path relative to the sink's root, e.g. `ship_year=1995/part-...parquet`.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// Hive partition values of the file, when the sink is partitioned.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition: BTreeMap<String, String>,
+}
+
+/// Offsets of one source for one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceOffsets {
+    /// Where the epoch started (the previous commit's `end`).
+    pub start: serde_json::Value,
+    /// Where the epoch ended; a restart resumes here.
+    pub end: serde_json::Value,
+}
+
+/// The content of one commit file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    /// [`COMMIT_FORMAT`].
+    pub format: u32,
+    /// The last epoch this commit covers.
+    pub epoch: u64,
+    /// The first epoch this commit covers (several epochs share a commit when
+    /// files are rolled by size or age rather than per epoch).
+    #[serde(default)]
+    pub first_epoch: u64,
+    /// `name@version` of the pipeline.
+    pub pipeline: String,
+    /// Sink name in the pipeline.
+    pub sink: String,
+    /// Id of the run that wrote it (also in the data file names).
+    pub run_id: String,
+    /// When the commit was written (RFC 3339, UTC).
+    pub committed_at: String,
+    /// Data files of this epoch.
+    pub files: Vec<CommittedFile>,
+    /// Total rows in `files`.
+    pub rows: u64,
+    /// Total bytes in `files`.
+    pub bytes: u64,
+    /// The Arrow schema of the files, with its metadata.
+    pub schema: Schema,
+    /// Hive partition columns, outermost first.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Lineage of the data, oldest step first.
+    pub lineage: Vec<LineageEntry>,
+    /// Where the data came from.
+    pub provenance: Provenance,
+    /// Offsets of every source of the pipeline at this epoch.
+    pub source_offsets: BTreeMap<String, SourceOffsets>,
+}
+
+/// Errors of the commit log.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitLogError {
+    /// The epoch already has a commit: another run committed it first.
+    #[error(
+        "epoch {epoch} is already committed at {path}; another run of this pipeline may be writing to the same sink"
+    )]
+    AlreadyCommitted {
+        /// The epoch.
+        epoch: u64,
+        /// The commit file.
+        path: String,
+    },
+    /// A commit file exists but cannot be parsed.
+    #[error("commit file {path} is corrupt: {message}")]
+    Corrupt {
+        /// The commit file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A local folder could not be read or cleaned.
+    #[error("{path}: {source}")]
+    Local {
+        /// The file or folder involved.
+        path: String,
+        /// The filesystem's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error("{path}: {source}")]
+    Store {
+        /// The object involved.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl CommitLogError {
+    /// Whether the same operation may succeed when tried again: a store
+    /// that failed for a while may; a corrupt or conflicting log will not.
+    pub fn retry_hint(&self) -> crate::error::RetryHint {
+        use crate::error::RetryHint;
+        match self {
+            CommitLogError::AlreadyCommitted { .. } | CommitLogError::Corrupt { .. } => {
+                RetryHint::Never
+            }
+            CommitLogError::Local { source, .. } => crate::error::io_retry_hint(source),
+            CommitLogError::Store { source, .. } => crate::error::store_retry_hint(source),
+        }
+    }
+}
+
+/// The commit log of one sink location.
+#[derive(Debug, Clone)]
+pub struct CommitLog {
+    store: Arc<dyn ObjectStore>,
+    root: Location,
+}
+
+impl CommitLog {
+    /// The log of the sink rooted at `root`.
+    pub fn new(store: Arc<dyn ObjectStore>, root: Location) -> Self {
+        Self { store, root }
+    }
+
+    fn commit_path(&self, epoch: u64) -> ObjectPath {
+        self.root.child(&format!("{COMMITS_DIR}/{epoch:020}.json"))
+    }
+
+    fn store_err(&self, path: &ObjectPath) -> impl Fn(object_store::Error) -> CommitLogError + '_ {
+        let p = self.root.object_url(path);
+        move |source| CommitLogError::Store {
+            path: p.clone(),
+            source,
+        }
+    }
+
+    /// Committed epochs, in increasing order.
+    pub async fn epochs(&self) -> Result<Vec<u64>, CommitLogError> {
+        let dir = self.root.child(COMMITS_DIR);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(self.store_err(&dir))?;
+        let mut epochs: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// Reads the commit of `epoch`.
+    pub async fn read(&self, epoch: u64) -> Result<Commit, CommitLogError> {
+        let path = self.commit_path(epoch);
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(self.store_err(&path))?
+            .bytes()
+            .await
+            .map_err(self.store_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| CommitLogError::Corrupt {
+            path: self.root.object_url(&path),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads every commit, oldest first.
+    pub async fn read_all(&self) -> Result<Vec<Commit>, CommitLogError> {
+        let mut out = Vec::new();
+        for e in self.epochs().await? {
+            out.push(self.read(e).await?);
+        }
+        Ok(out)
+    }
+
+    /// Creates the commit file of `commit.epoch`; fails if it exists.
+    pub async fn write(&self, commit: &Commit) -> Result<(), CommitLogError> {
+        let path = self.commit_path(commit.epoch);
+        let body = serde_json::to_vec_pretty(commit).map_err(|e| CommitLogError::Corrupt {
+            path: self.root.object_url(&path),
+            message: e.to_string(),
+        })?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(CommitLogError::AlreadyCommitted {
+                    epoch: commit.epoch,
+                    path: self.root.object_url(&path),
+                })
+            }
+            Err(e) => Err(self.store_err(&path)(e)),
+        }
+    }
+
+    /// Paths (relative to the root) of every committed data file.
+    pub async fn committed_files(&self) -> Result<BTreeSet<String>, CommitLogError> {
+        Ok(self
+            .read_all()
+            .await?
+            .into_iter()
+            .flat_map(|c| c.files.into_iter().map(|f| f.path))
+            .collect())
+    }
+
+    /// Deletes data files that no commit lists and that sluice wrote (their
+    /// names match [`is_data_file_name`]); other files are never touched.
+    /// Returns the deleted paths.
+    pub async fn remove_uncommitted(&self) -> Result<Vec<String>, CommitLogError> {
+        let committed = self.committed_files().await?;
+        let prefix = (!self.root.prefix.as_ref().is_empty()).then_some(&self.root.prefix);
+        let all: Vec<_> = self
+            .store
+            .list(prefix)
+            .try_collect()
+            .await
+            .map_err(self.store_err(&self.root.prefix))?;
+        let mut removed = self.remove_staged_uploads().await?;
+        let listed: Vec<(String, ObjectPath)> = all
+            .into_iter()
+            .map(|m| {
+                (
+                    relative_to(&m.location, &self.root.prefix).to_string(),
+                    m.location,
+                )
+            })
+            .collect();
+        let debris: BTreeSet<&str> =
+            crate::epoch::recovery::debris(&committed, listed.iter().map(|(r, _)| r.as_str()))
+                .into_iter()
+                .collect();
+        for (rel, location) in &listed {
+            if !debris.contains(rel.as_str()) {
+                continue;
+            }
+            match self.store.delete(location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => removed.push(rel.clone()),
+                Err(e) => return Err(self.store_err(location)(e)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl CommitLog {
+    /// On local disk, an upload is written to `<file>#<n>` and renamed when
+    /// complete; a process killed mid-upload leaves that staging file, which
+    /// object_store's listing never shows. Deletes the staging files of
+    /// sluice's data files and commit files. Returns their paths, relative to
+    /// the root.
+    async fn remove_staged_uploads(&self) -> Result<Vec<String>, CommitLogError> {
+        let Some(root) = self.root.local_path() else {
+            return Ok(Vec::new());
+        };
+        let url = self.root.url();
+        tokio::task::spawn_blocking(move || remove_staged_files(&root))
+            .await
+            .map_err(|e| CommitLogError::Corrupt {
+                path: url.clone(),
+                message: format!("the staging-file sweep stopped: {e}"),
+            })?
+            .map_err(|(path, e)| CommitLogError::Local { path, source: e })
+    }
+
+    /// Deletes every committed data file and then the commit files, newest
+    /// first, so an interrupted reset still leaves a consistent log.
+    pub async fn reset(&self) -> Result<u64, CommitLogError> {
+        let mut deleted = 0;
+        let commits = self.read_all().await?;
+        for c in commits.iter().rev() {
+            for f in &c.files {
+                let p = self.root.child(&f.path);
+                match self.store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(e) => return Err(self.store_err(&p)(e)),
+                }
+            }
+            let p = self.commit_path(c.epoch);
+            self.store.delete(&p).await.map_err(self.store_err(&p))?;
+            deleted += 1;
+        }
+        deleted += self.remove_uncommitted().await?.len() as u64;
+        Ok(deleted)
+    }
+}
+
+/// The name of a data file sluice writes: `part-<epoch>-<run>-<partition>-<seq>.<ext>`.
+pub fn data_file_name(
+    epoch: u64,
+    run_id: &str,
+    partition: usize,
+    seq: usize,
+    extension: &str,
+) -> String {
+    format!("part-{epoch:08}-{run_id}-{partition:03}-{seq:04}.{extension}")
+}
+
+/// Whether `name` is a data file name made by [`data_file_name`].
+pub fn is_data_file_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("part-") else {
+        return false;
+    };
+    let stem = rest.split('.').next().unwrap_or("");
+    let parts: Vec<&str> = stem.split('-').collect();
+    parts.len() == 4
+        && parts[0].len() >= 8
+        && parts[0].bytes().all(|b| b.is_ascii_digit())
+        && parts[1].len() == 8
+        && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+        && parts[2].bytes().all(|b| b.is_ascii_digit())
+        && parts[3].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `name` is an upload of object_store's local store still in
+/// progress: `<name>#<digits>`, where `<name>` is a sluice data file or a
+/// commit file.
+pub fn is_staged_upload_name(name: &str) -> bool {
+    let Some((base, n)) = name.rsplit_once('#') else {
+        return false;
+    };
+    !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && (is_data_file_name(base) || is_commit_file_name(base))
+}
+
+fn is_commit_file_name(name: &str) -> bool {
+    name.strip_suffix(".json")
+        .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Walks a local sink folder and deletes staged uploads (see
+/// [`is_staged_upload_name`]); returns their paths relative to `root`.
+fn remove_staged_files(root: &std::path::Path) -> Result<Vec<String>, (String, std::io::Error)> {
+    let mut removed = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err((dir.display().to_string(), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| (dir.display().to_string(), e))?;
+            let path = entry.path();
+            let file_type = entry
+                .file_type()
+                .map_err(|e| (path.display().to_string(), e))?;
+            if file_type.is_dir() {
+                stack.push(path);
+            } else if is_staged_upload_name(&entry.file_name().to_string_lossy()) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err((path.display().to_string(), e)),
+                }
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                removed.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// A new run id: 8 hex digits.
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use std::path::Path;
+
+    fn commit(epoch: u64, files: &[&str]) -> Commit {
+        Commit {
+            format: COMMIT_FORMAT,
+            epoch,
+            first_epoch: epoch,
+            pipeline: "p@1".into(),
+            sink: "out".into(),
+            run_id: "0123abcd".into(),
+            committed_at: "2026-01-01T00:00:00Z".into(),
+            files: files
+                .iter()
+                .map(|f| CommittedFile {
+                    path: f.to_string(),
+                    rows: 1,
+                    bytes: 1,
+                    partition: BTreeMap::new(),
+                })
+                .collect(),
+            rows: files.len() as u64,
+            bytes: files.len() as u64,
+            schema: Schema::empty(),
+            partition_by: vec![],
+            lineage: vec![],
+            provenance: Provenance::default(),
+            source_offsets: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn data_file_names_are_recognised() {
+        let n = data_file_name(3, "0123abcd", 1, 2, "parquet");
+        assert_eq!(n, "part-00000003-0123abcd-001-0002.parquet");
+        assert!(is_data_file_name(&n));
+        assert!(!is_data_file_name("part-0.parquet"));
+        assert!(!is_data_file_name("notes.txt"));
+    }
+
+    #[test]
+    fn staged_uploads_are_recognised() {
+        let data = data_file_name(3, "0123abcd", 1, 2, "parquet");
+        assert!(is_staged_upload_name(&format!("{data}#1")));
+        assert!(is_staged_upload_name(&format!("{data}#12")));
+        assert!(is_staged_upload_name("00000000000000000004.json#2"));
+        assert!(!is_staged_upload_name(&data));
+        assert!(!is_staged_upload_name(&format!("{data}#")));
+        assert!(!is_staged_upload_name(&format!("{data}#x1")));
+        assert!(!is_staged_upload_name("notes.txt#1"));
+    }
+
+    #[tokio::test]
+    async fn staged_uploads_left_by_a_crash_are_removed_on_local_disk() -> Result<(), CommitLogError>
+    {
+        let tmp = tempfile::tempdir().map_err(|e| CommitLogError::Local {
+            path: "tempdir".into(),
+            source: e,
+        })?;
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+        let root = Location::parse(&tmp.path().to_string_lossy(), Path::new(".")).unwrap();
+        let log = CommitLog::new(store, root);
+        let data = data_file_name(0, "0123abcd", 0, 0, "parquet");
+        std::fs::create_dir_all(tmp.path().join("k=1")).unwrap();
+        std::fs::create_dir_all(tmp.path().join(COMMITS_DIR)).unwrap();
+        for f in [
+            format!("{data}#1"),
+            format!("k=1/{data}#3"),
+            format!("{COMMITS_DIR}/00000000000000000000.json#1"),
+            "mine.csv#1".to_string(),
+        ] {
+            std::fs::write(tmp.path().join(&f), "x").unwrap();
+        }
+        let mut removed = log.remove_uncommitted().await?;
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                format!("{COMMITS_DIR}/00000000000000000000.json#1"),
+                format!("k=1/{data}#3"),
+                format!("{data}#1"),
+            ]
+        );
+        assert!(tmp.path().join("mine.csv#1").exists(), "not sluice's: kept");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn commits_are_created_once_and_orphans_removed() -> Result<(), CommitLogError> {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let root = Location::parse("memory:///sink", Path::new(".")).unwrap();
+        let log = CommitLog::new(Arc::clone(&store), root.clone());
+        let kept = data_file_name(0, "0123abcd", 0, 0, "parquet");
+        let orphan = data_file_name(1, "0123abcd", 0, 0, "parquet");
+        for name in [&kept, &orphan, &"README.md".to_string()] {
+            store.put(&root.child(name), "x".into()).await.unwrap();
+        }
+        log.write(&commit(0, &[&kept])).await?;
+        assert!(matches!(
+            log.write(&commit(0, &[])).await,
+            Err(CommitLogError::AlreadyCommitted { epoch: 0, .. })
+        ));
+        assert_eq!(log.epochs().await?, vec![0]);
+        assert_eq!(log.read(0).await?.files.len(), 1);
+        let removed = log.remove_uncommitted().await?;
+        assert_eq!(removed, vec![orphan]);
+        // the user's own file and the committed file stay
+        assert!(store.head(&root.child("README.md")).await.is_ok());
+        assert!(store.head(&root.child(&kept)).await.is_ok());
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! What compiling a pipeline gives: an immutable [`PipelinePlan`], and the
+//! opened sources a run reads from ([`CompiledPipeline`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use sluice_contract::{LineageEntry, Provenance, SourceProvenance, metadata};
+
+use crate::error::{Result, SluiceError};
+use crate::metrics::{ComponentId, Progress};
+use crate::sinks::Sink;
+use crate::sources::AnySource;
+use crate::spec::PipelineSpec;
+use crate::spec::graph::Graph;
+use crate::stages::external::ExternalRuntime;
+
+/// A compiled pipeline: planned, its sources opened, ready to run.
+///
+/// Run it with [`CompiledPipeline::run`] (to the end) or
+/// [`CompiledPipeline::start`] (a [`crate::RunHandle`] to stop, wait for and
+/// follow).
+pub struct CompiledPipeline {
+    pub(crate) plan: Arc<PipelinePlan>,
+    pub(crate) sources: BTreeMap<String, Box<dyn AnySource>>,
+}
+
+impl std::fmt::Debug for CompiledPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPipeline")
+            .field("pipeline", &self.plan.spec.id())
+            .field("sources", &self.sources.keys().collect::<Vec<_>>())
+            .field("sinks", &self.plan.sinks.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl CompiledPipeline {
+    /// The spec it was compiled from.
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.plan.spec
+    }
+
+    /// Names of its sources.
+    pub fn source_names(&self) -> impl Iterator<Item = &str> {
+        self.plan.sources.keys().map(String::as_str)
+    }
+
+    /// Names of its stages, in the order they run.
+    pub fn stage_names(&self) -> impl Iterator<Item = &str> {
+        self.plan.graph.stage_order.iter().map(String::as_str)
+    }
+
+    /// Names of its sinks (with `dead_letter` when the pipeline has one).
+    pub fn sink_names(&self) -> impl Iterator<Item = &str> {
+        self.plan.sinks.keys().map(String::as_str)
+    }
+
+    /// Deletes the committed output of every sink, so the next run starts
+    /// over. Returns the number of objects deleted.
+    pub async fn reset_sinks(&self) -> Result<u64> {
+        let mut n = 0;
+        for s in self.plan.sinks.values() {
+            n += s.sink.reset().await?;
+        }
+        Ok(n)
+    }
+}
+
+/// Everything compiling a pipeline decided, shared by the epochs of a run
+/// and never changed by them.
+pub(crate) struct PipelinePlan {
+    /// The spec.
+    pub spec: PipelineSpec,
+    /// Its checked graph.
+    pub graph: Graph,
+    /// The context holding the sources as tables and the stages as views.
+    pub session: SessionContext,
+    /// Sources by name.
+    pub sources: BTreeMap<String, PlannedSource>,
+    /// Sinks by name, the `[dead_letter]` sink among them.
+    pub sinks: BTreeMap<String, PlannedSink>,
+    /// External stages, by name.
+    pub externals: BTreeMap<String, Arc<ExternalRuntime>>,
+    /// Live counters for a progress display (the source tables count rows read).
+    pub progress: Arc<Progress>,
+}
+
+/// A source as the plan knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct PlannedSource {
+    /// `csv`, `tpch`, ...
+    pub kind: String,
+    /// Its rows' schema.
+    pub schema: SchemaRef,
+    /// Read whole in every epoch.
+    pub lookup: bool,
+    /// Where its data comes from, before any slice narrows the URIs.
+    pub provenance: SourceProvenance,
+}
+
+/// What a sink writes.
+#[derive(Debug, Clone)]
+pub(crate) enum SinkInput {
+    /// The rows of a stage or source: a logical plan over the source tables.
+    Plan(LogicalPlan),
+    /// The epoch's dead letters (`[dead_letter]`).
+    DeadLetters,
+}
+
+/// A sink and how its rows are made.
+#[derive(Debug)]
+pub(crate) struct PlannedSink {
+    /// The sink.
+    pub sink: Arc<dyn Sink>,
+    /// `sink <name>`, for errors and stats.
+    pub id: ComponentId,
+    /// Its rows.
+    pub input: SinkInput,
+    /// The schema it writes, with every piece of sluice's metadata but the
+    /// provenance (which depends on the epoch's input).
+    pub schema: SchemaRef,
+    /// Lineage written with its data.
+    pub lineage: Vec<LineageEntry>,
+    /// Sources feeding it.
+    pub sources: Vec<String>,
+}
+
+impl PlannedSink {
+    /// The sink's schema for rows of `provenance`.
+    pub fn output_schema(&self, provenance: &Provenance) -> Result<SchemaRef> {
+        let mut md = self.schema.metadata().clone();
+        md.insert(metadata::PROVENANCE.into(), to_json(provenance)?);
+        Ok(Arc::new(Schema::new_with_metadata(
+            self.schema.fields().clone(),
+            md,
+        )))
+    }
+}
+
+impl PipelinePlan {
+    /// The physical plan of a sink's rows for the epoch `state` is bound to.
+    pub async fn physical_plan(
+        &self,
+        sink: &PlannedSink,
+        state: &SessionState,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let SinkInput::Plan(plan) = &sink.input else {
+            return Err(SluiceError::Internal(format!(
+                "{} has no plan: its rows are the epoch's dead letters",
+                sink.id
+            )));
+        };
+        state
+            .create_physical_plan(plan)
+            .await
+            .map_err(|e| SluiceError::from_datafusion(e, Some(sink.id.clone())))
+    }
+
+    /// Provenance of the rows of `sources` read from `uris` (by source):
+    /// a source that read nothing lists no URIs.
+    pub fn provenance(
+        &self,
+        sources: &[String],
+        uris: &BTreeMap<String, Vec<String>>,
+    ) -> Provenance {
+        let entries = sources
+            .iter()
+            .filter_map(|name| {
+                let mut p = self.sources.get(name)?.provenance.clone();
+                match uris.get(name) {
+                    Some(u) if !u.is_empty() => p.uris = u.clone(),
+                    Some(_) => {}
+                    None => p.uris.clear(),
+                }
+                Some(p)
+            })
+            .collect();
+        Provenance {
+            pipeline: self.spec.id(),
+            sources: entries,
+        }
+    }
+}
+
+/// JSON of a piece of metadata.
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v)
+        .map_err(|e| SluiceError::Internal(format!("cannot encode metadata: {e}")))
+}
+
+/// The schema a sink writes: its input's plus sluice's metadata (provenance
+/// is added per epoch, by [`PlannedSink::output_schema`]).
+pub(crate) fn sink_schema(
+    spec: &PipelineSpec,
+    input: &Schema,
+    schema_name: &str,
+    schema_version: &str,
+    lineage: &[LineageEntry],
+) -> Result<SchemaRef> {
+    let mut md = input.metadata().clone();
+    md.insert(metadata::PIPELINE.into(), spec.id());
+    md.insert(metadata::SCHEMA.into(), schema_name.to_string());
+    md.insert(metadata::SCHEMA_VERSION.into(), schema_version.to_string());
+    md.insert(metadata::LINEAGE.into(), to_json(&lineage)?);
+    Ok(Arc::new(Schema::new_with_metadata(
+        input.fields().clone(),
+        md,
+    )))
+}

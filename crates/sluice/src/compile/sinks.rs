@@ -1,0 +1,220 @@
+//! Sinks: each opened, its input planned, its partition columns and schema
+//! contract checked, its lineage and schema metadata fixed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::prelude::SessionContext;
+use sluice_contract::LineageEntry;
+
+use super::plan::{PlannedSink, PlannedSource, SinkInput, sink_schema};
+use super::stages::check_contract;
+use crate::dead_letter;
+use crate::engine::Engine;
+use crate::error::{Result, SluiceError, SpecIssue};
+use crate::metrics::ComponentId;
+use crate::sinks::{ParquetSinkConfig, SinkConfig};
+use crate::sources::AnySource;
+use crate::spec::PipelineSpec;
+use crate::spec::graph::Graph;
+use crate::stages::external::ExternalRuntime;
+
+/// Everything sinks are planned from.
+pub(super) struct SinkInputs<'a> {
+    pub engine: &'a Engine,
+    pub spec: &'a PipelineSpec,
+    pub graph: &'a Graph,
+    pub ctx: &'a SessionContext,
+    pub sources: &'a BTreeMap<String, (Box<dyn AnySource>, PlannedSource)>,
+    pub externals: &'a BTreeMap<String, Arc<ExternalRuntime>>,
+    /// Sources and stages that failed to compile: their sinks are skipped.
+    pub failed: &'a [String],
+}
+
+/// Opens and plans every sink, and the `[dead_letter]` sink.
+pub(super) async fn plan_all(
+    inputs: SinkInputs<'_>,
+    errors: &mut Vec<SluiceError>,
+) -> BTreeMap<String, PlannedSink> {
+    let SinkInputs {
+        engine,
+        spec,
+        graph,
+        ctx,
+        sources,
+        externals,
+        failed,
+    } = inputs;
+    let mut sinks = BTreeMap::new();
+    for (name, cfg) in &spec.sinks {
+        let input = cfg.input();
+        if failed.iter().any(|f| f == input) {
+            continue;
+        }
+        let sink = match cfg.open(name, spec, engine.stores()) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        engine.stores().register_all(ctx);
+        let plan = match ctx.table(input).await {
+            Ok(df) => df.into_unoptimized_plan(),
+            Err(e) => {
+                errors.push(SluiceError::Plan {
+                    stage: name.clone(),
+                    file: None,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let schema = plan.schema().as_arrow().clone();
+        if let Some(issue) = check_partition_columns(spec, name, cfg, &schema) {
+            errors.push(SluiceError::spec(issue));
+            continue;
+        }
+        if let SinkConfig::Parquet(ParquetSinkConfig {
+            schema: Some(reference),
+            ..
+        }) = cfg
+        {
+            if let Some(issue) = check_contract(
+                spec,
+                format!("sinks.{name}.schema"),
+                &format!("sink `{name}`'s input"),
+                reference,
+                &schema,
+            ) {
+                errors.push(SluiceError::spec(issue));
+                continue;
+            }
+        }
+        let (schema_name, schema_version) =
+            match spec.stages.get(input).and_then(|s| s.declared_schema()) {
+                Some((n, v)) => (n, v.unwrap_or_else(|| spec.pipeline.version.clone())),
+                None => (input.to_string(), spec.pipeline.version.clone()),
+            };
+        let lineage = lineage_of(spec, graph, sources, externals, name, cfg.kind());
+        let out_schema = match sink_schema(spec, &schema, &schema_name, &schema_version, &lineage) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        sinks.insert(
+            name.clone(),
+            PlannedSink {
+                sink,
+                id: ComponentId::Sink(name.clone()),
+                input: SinkInput::Plan(plan),
+                schema: out_schema,
+                lineage,
+                sources: graph.sources_of(name),
+            },
+        );
+    }
+    if let Some(dl) = &spec.dead_letter {
+        match open_dead_letter_sink(spec, dl, engine) {
+            Ok(s) => {
+                sinks.insert(dead_letter::SINK_NAME.to_string(), s);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    sinks
+}
+
+/// The `[dead_letter]` sink: a Parquet sink of [`dead_letter::schema`] rows
+/// under the same commit protocol as every sink.
+fn open_dead_letter_sink(
+    spec: &PipelineSpec,
+    dl: &dead_letter::DeadLetterConfig,
+    engine: &Engine,
+) -> Result<PlannedSink> {
+    let cfg = SinkConfig::Parquet(ParquetSinkConfig::new(dead_letter::SINK_NAME, &dl.url));
+    let sink = cfg.open(dead_letter::SINK_NAME, spec, engine.stores())?;
+    Ok(PlannedSink {
+        sink,
+        id: ComponentId::Sink(dead_letter::SINK_NAME.into()),
+        input: SinkInput::DeadLetters,
+        schema: sink_schema(
+            spec,
+            &dead_letter::schema(),
+            dead_letter::SINK_NAME,
+            "1",
+            &[],
+        )?,
+        lineage: Vec::new(),
+        sources: spec.sources.keys().cloned().collect(),
+    })
+}
+
+fn check_partition_columns(
+    spec: &PipelineSpec,
+    name: &str,
+    cfg: &SinkConfig,
+    schema: &Schema,
+) -> Option<SpecIssue> {
+    let cols = match cfg {
+        SinkConfig::Parquet(c) => &c.partition_by,
+        SinkConfig::Csv(c) => &c.partition_by,
+        SinkConfig::Jsonl(c) => &c.partition_by,
+        SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) | SinkConfig::Custom(_) => return None,
+    };
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    cols.iter().find(|c| !names.contains(&c.as_str())).map(|c| {
+        spec.issue(
+            format!("sinks.{name}.partition_by"),
+            format!("`{c}` is not a column of `{}`", cfg.input()),
+        )
+        .with_help(format!("columns are: {}", names.join(", ")))
+    })
+}
+
+fn lineage_of(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    sources: &BTreeMap<String, (Box<dyn AnySource>, PlannedSource)>,
+    externals: &BTreeMap<String, Arc<ExternalRuntime>>,
+    sink: &str,
+    sink_kind: &str,
+) -> Vec<LineageEntry> {
+    let version = spec.pipeline.version.clone();
+    let mut out = Vec::new();
+    for node in graph.ancestors(sink) {
+        if let Some((source, _)) = sources.get(&node) {
+            out.extend(source.upstream_lineage());
+            out.push(LineageEntry {
+                stage: node.clone(),
+                kind: format!("source:{}", source.kind()),
+                version: version.clone(),
+                language: "rust".into(),
+            });
+        } else if let Some(rt) = externals.get(&node) {
+            out.push(LineageEntry {
+                stage: node.clone(),
+                kind: "external".into(),
+                version: rt.manifest.version.clone(),
+                language: rt.manifest.language.clone(),
+            });
+        } else if let Some(stage) = spec.stages.get(&node) {
+            out.push(LineageEntry {
+                stage: node.clone(),
+                kind: stage.kind().into(),
+                version: version.clone(),
+                language: "sql".into(),
+            });
+        }
+    }
+    out.push(LineageEntry {
+        stage: sink.to_string(),
+        kind: format!("sink:{sink_kind}"),
+        version,
+        language: "rust".into(),
+    });
+    out
+}

@@ -1,0 +1,290 @@
+//! Stages: each SQL stage planned against the tables and views before it,
+//! each external stage started and checked against its manifest; both
+//! registered as views behind a [`StageNode`] border.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::config::Dialect;
+use datafusion::datasource::ViewTable;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement;
+
+use crate::error::{Result, SluiceError, SpecIssue};
+use crate::ops::external_stage::ExternalStageNode;
+use crate::ops::stage::StageNode;
+use crate::spec::PipelineSpec;
+use crate::spec::graph::Graph;
+use crate::stages::StageConfig;
+use crate::stages::external::ExternalRuntime;
+
+/// Plans every stage in graph order and registers it as a view. Stages
+/// whose input failed are skipped (their names join `failed`); returns the
+/// external stages' runtimes.
+pub(super) async fn plan_all(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+    graph: &Graph,
+    failed: &mut Vec<String>,
+    errors: &mut Vec<SluiceError>,
+) -> BTreeMap<String, Arc<ExternalRuntime>> {
+    let mut externals = BTreeMap::new();
+    for name in &graph.stage_order {
+        let Some(stage) = spec.stages.get(name) else {
+            continue;
+        };
+        if stage.inputs().iter().any(|i| failed.contains(i)) {
+            // an input already failed; its error is reported, don't pile on
+            failed.push(name.clone());
+            continue;
+        }
+        let planned = match stage {
+            StageConfig::Sql(_) => plan_sql(ctx, spec, name, stage).await,
+            StageConfig::External(c) => {
+                plan_external(ctx, spec, name, c).await.map(|(plan, rt)| {
+                    externals.insert(name.clone(), rt);
+                    plan
+                })
+            }
+        };
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                failed.push(name.clone());
+                errors.push(e);
+                continue;
+            }
+        };
+        if let Some((schema_name, version)) = stage.declared_schema() {
+            let reference = version.map_or(schema_name.clone(), |v| format!("{schema_name}@{v}"));
+            if let Some(issue) = check_contract(
+                spec,
+                format!("stages.{name}.schema"),
+                &format!("stage `{name}`"),
+                &reference,
+                plan.schema().as_arrow(),
+            ) {
+                errors.push(SluiceError::spec(issue));
+            }
+        }
+        if let Err(e) = ctx.register_table(name.as_str(), Arc::new(ViewTable::new(plan, None))) {
+            errors.push(SluiceError::Internal(format!(
+                "cannot register stage `{name}`: {e}"
+            )));
+        }
+    }
+    externals
+}
+
+/// The SQL text of a stage and the file it came from.
+fn stage_sql(
+    spec: &PipelineSpec,
+    name: &str,
+    stage: &StageConfig,
+) -> Result<(String, Option<PathBuf>)> {
+    let StageConfig::Sql(c) = stage else {
+        return Err(SluiceError::Internal(format!(
+            "stage `{name}` is not an sql stage"
+        )));
+    };
+    match (&c.query, &c.sql) {
+        (Some(q), None) => Ok((q.clone(), None)),
+        (None, Some(path)) => {
+            let full = spec.resolve_path(path);
+            let text = std::fs::read_to_string(&full).map_err(|e| {
+                SluiceError::spec(
+                    spec.issue(
+                        format!("stages.{name}.sql"),
+                        format!("cannot read {}: {e}", full.display()),
+                    )
+                    .with_help("the path is relative to the pipeline file"),
+                )
+            })?;
+            Ok((text, Some(full)))
+        }
+        (Some(_), Some(_)) => Err(SluiceError::spec(
+            spec.issue(format!("stages.{name}"), "both `query` and `sql` are set")
+                .with_help("keep one: inline `query` or a `sql` file"),
+        )),
+        (None, None) => Err(SluiceError::spec(spec.issue(
+            format!("stages.{name}"),
+            "an sql stage needs `query` (inline SQL) or `sql` (a .sql file)",
+        ))),
+    }
+}
+
+async fn plan_sql(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+    name: &str,
+    stage: &StageConfig,
+) -> Result<LogicalPlan> {
+    let (sql, file) = stage_sql(spec, name, stage)?;
+    let key = format!(
+        "stages.{name}.{}",
+        if file.is_some() { "sql" } else { "query" }
+    );
+    let plan_err = |message: String| {
+        let source = file
+            .as_ref()
+            .map(|f| format!(" in {}", f.display()))
+            .unwrap_or_default();
+        SluiceError::spec(
+            spec.issue(
+                &key,
+                format!("stage `{name}`: the SQL{source} does not plan: {message}"),
+            )
+            .with_help("fix the query; column and table names are those of the stage's inputs"),
+        )
+    };
+    let state = ctx.state();
+    let statement = state
+        .sql_to_statement(&sql, &Dialect::Generic)
+        .map_err(|e| plan_err(e.to_string()))?;
+    if !is_query(&statement) {
+        return Err(plan_err(
+            "an sql stage must be a query (SELECT, WITH or VALUES), not a command".into(),
+        ));
+    }
+    let refs = state
+        .resolve_table_references(&statement)
+        .map_err(|e| plan_err(e.to_string()))?;
+    let inputs = stage.inputs();
+    let unknown: Vec<String> = refs
+        .iter()
+        .map(|r| r.table().to_string())
+        .filter(|t| !inputs.iter().any(|i| i == t))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(SluiceError::spec(
+            spec.issue(
+                format!("stages.{name}.inputs"),
+                format!(
+                    "the SQL{} reads {} which {} not among the stage's inputs [{}]",
+                    file.as_ref()
+                        .map(|f| format!(" in {}", f.display()))
+                        .unwrap_or_default(),
+                    unknown
+                        .iter()
+                        .map(|u| format!("`{u}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if unknown.len() == 1 { "is" } else { "are" },
+                    inputs.join(", ")
+                ),
+            )
+            .with_help("add it to `inputs` (a source or an earlier stage) or fix the table name"),
+        ));
+    }
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| plan_err(e.to_string()))?;
+    // surface type errors now, attributed to this stage
+    state.optimize(&plan).map_err(|e| plan_err(e.to_string()))?;
+    Ok(StageNode::wrap(name, stage.kind(), plan))
+}
+
+/// Starts an external stage, checks its manifest against its input and
+/// plans it as an [`ExternalStageNode`] inside a stage border.
+async fn plan_external(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+    name: &str,
+    c: &crate::stages::ExternalStageConfig,
+) -> Result<(LogicalPlan, Arc<ExternalRuntime>)> {
+    let [input] = c.inputs.as_slice() else {
+        return Err(SluiceError::spec(
+            spec.issue(
+                format!("stages.{name}.inputs"),
+                format!(
+                    "an external stage reads exactly one input, found {}",
+                    c.inputs.len()
+                ),
+            )
+            .with_help("join or union the inputs in an sql stage first"),
+        ));
+    };
+    let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir).await.map_err(|e| {
+        let key = if c.url.is_some() { "url" } else { "command" };
+        SluiceError::spec(
+            spec.issue(format!("stages.{name}.{key}"), format!("stage `{name}`: {e}"))
+                .with_help("the program must serve sluice.stage.v1 on $SLUICE_STAGE_SOCKET (see docs/protocol.md); build the example stages with `./scripts/build-stages`"),
+        )
+    })?;
+    let plan = ctx
+        .table(input.as_str())
+        .await
+        .map_err(|e| SluiceError::Plan {
+            stage: name.to_string(),
+            file: None,
+            message: e.to_string(),
+        })?
+        .into_unoptimized_plan();
+    let m = &runtime.manifest;
+    if let Some(decl) = &m.input_schema {
+        let upstream = plan.schema().as_arrow().clone();
+        sluice_flight::manifest::check_schema(&decl.schema, &upstream).map_err(|msg| {
+            SluiceError::spec(
+                spec.issue(
+                    format!("stages.{name}.inputs"),
+                    format!(
+                        "`{input}` does not give stage `{name}` ({} {} in {}) the input its manifest declares ({}@{}): {msg}",
+                        m.name, m.version, m.language, decl.name, decl.version
+                    ),
+                )
+                .with_help("CAST or rename the columns in an sql stage before it"),
+            )
+        })?;
+    }
+    let node =
+        ExternalStageNode::try_new(Arc::clone(&runtime), plan).map_err(|e| SluiceError::Plan {
+            stage: name.to_string(),
+            file: None,
+            message: e.to_string(),
+        })?;
+    let plan = LogicalPlan::Extension(datafusion::logical_expr::Extension {
+        node: Arc::new(node),
+    });
+    Ok((StageNode::wrap(name, "external", plan), runtime))
+}
+
+fn is_query(statement: &Statement) -> bool {
+    matches!(statement, Statement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_)))
+}
+
+/// A stage or sink that declares `schema = "name@version"` (or a bare
+/// name, its latest version) found in the registry must produce rows its
+/// readers can read as that schema: every declared field present (or
+/// nullable) with a type that widens to the declared one. A name the
+/// registry does not hold is only a label.
+pub(super) fn check_contract(
+    spec: &PipelineSpec,
+    key: String,
+    who: &str,
+    reference: &str,
+    output: &Schema,
+) -> Option<SpecIssue> {
+    let registry = spec.registry();
+    let schema_name = reference.split('@').next().unwrap_or(reference);
+    if !registry.root().join(schema_name).is_dir() {
+        return None;
+    }
+    let declared = match registry.get(reference) {
+        Ok(d) => d,
+        Err(e) => return Some(spec.issue(key, e.to_string())),
+    };
+    let readers = format!("readers of {}@{}", declared.name, declared.version);
+    let breaks = sluice_contract::compat::read_breaks(output, &declared.schema, &readers);
+    if breaks.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = breaks.iter().map(|b| format!("  {b}")).collect();
+    Some(
+        spec.issue(key, format!("{who} does not produce {reference} ({}):\n{}", declared.file.display(), list.join("\n")))
+            .with_help("change the query (CAST, COALESCE, add the column) or declare a schema version that matches it"),
+    )
+}

@@ -1,0 +1,215 @@
+//! The committer: owns the commit protocol.
+//!
+//! A commit covers a group of epochs (`first..=last`). It seals every sink
+//! the group wrote (all files closed and on the store), then commits the
+//! sinks one by one (each sink's commit is atomic), in epoch order with the
+//! commits before it, then hands back what it committed so the sources can
+//! be acknowledged. [`CommitQueue`] lets the next epochs be read and written
+//! while a commit is under way, up to `settings.epochs_in_flight`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use sluice_contract::Provenance;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::failpoint::{Failpoint, Point};
+use super::stats::Stats;
+use crate::commit_log::SourceOffsets;
+use crate::compile::PipelinePlan;
+use crate::error::{Result, SluiceError};
+use crate::sinks::CommitRecord;
+
+/// What one sink wrote in a group: the provenance and schema of the group's
+/// last epoch, which its commit records.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkPart {
+    pub provenance: Provenance,
+    pub schema: SchemaRef,
+}
+
+/// A group of written epochs, to be committed.
+#[derive(Debug)]
+pub(crate) struct CommitJob {
+    /// First epoch of the group (the sinks' commit group).
+    pub first: u64,
+    /// Last epoch: the commit's number.
+    pub last: u64,
+    /// Offsets per source: the first epoch's start, the last epoch's end.
+    pub offsets: BTreeMap<String, SourceOffsets>,
+    /// The sinks the group wrote.
+    pub sinks: BTreeMap<String, SinkPart>,
+    /// When each epoch's input was read (for read-to-commit latency).
+    pub read_at: Vec<Instant>,
+    /// What the group's epochs counted; it counts once they are committed.
+    pub stats: Stats,
+}
+
+/// A commit made.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub first: u64,
+    pub last: u64,
+    pub offsets: BTreeMap<String, SourceOffsets>,
+    /// The group's counts plus the sinks' committed rows, bytes and files.
+    pub stats: Stats,
+    /// Rows committed, by sink.
+    pub rows: BTreeMap<String, u64>,
+    /// Read-to-commit latency of each epoch.
+    pub latencies: Vec<Duration>,
+}
+
+/// Makes commits; see the module docs.
+pub(crate) struct Committer {
+    plan: Arc<PipelinePlan>,
+    run_id: Arc<str>,
+    failpoint: Failpoint,
+}
+
+impl Committer {
+    pub fn new(plan: Arc<PipelinePlan>, run_id: Arc<str>) -> Self {
+        Self {
+            plan,
+            run_id,
+            failpoint: Failpoint::from_env(),
+        }
+    }
+
+    /// Seals and commits `job`; the commits wait for `previous` (the commit
+    /// before it) to succeed.
+    pub async fn commit(
+        &self,
+        job: CommitJob,
+        previous: Option<oneshot::Receiver<bool>>,
+    ) -> Result<Committed> {
+        let CommitJob {
+            first,
+            last,
+            offsets,
+            sinks,
+            read_at,
+            mut stats,
+        } = job;
+        // seal every sink first: all files closed and on the store
+        let mut sealed = Vec::with_capacity(sinks.len());
+        for (name, part) in sinks {
+            let Some(planned) = self.plan.sinks.get(&name) else {
+                return Err(SluiceError::Internal(format!(
+                    "epochs {first}..={last} name sink `{name}`, which the plan does not have"
+                )));
+            };
+            let t = Instant::now();
+            let s = planned.sink.seal(first).await?;
+            sealed.push((planned, part, s, t.elapsed()));
+        }
+        if let Some(previous) = previous {
+            if !previous.await.unwrap_or(false) {
+                return Err(SluiceError::Internal(format!(
+                    "the commit of epochs {first}..={last} was given up: an earlier commit failed"
+                )));
+            }
+        }
+        self.failpoint.hit(Point::BeforeCommit, last);
+        let mut rows = BTreeMap::new();
+        let progress = &self.plan.progress;
+        for (i, (planned, part, sealed, sealing)) in sealed.into_iter().enumerate() {
+            let t = Instant::now();
+            let record = CommitRecord {
+                first_epoch: first,
+                epoch: last,
+                pipeline: self.plan.spec.id(),
+                run_id: self.run_id.to_string(),
+                lineage: planned.lineage.clone(),
+                provenance: part.provenance,
+                schema: part.schema,
+                source_offsets: offsets.clone(),
+            };
+            let (n, bytes, files) = (sealed.rows, sealed.bytes, sealed.files.len() as u64);
+            planned.sink.commit(sealed, &record).await?;
+            if i == 0 {
+                self.failpoint.hit(Point::BetweenCommits, last);
+            }
+            progress.rows_committed.fetch_add(n, Ordering::Relaxed);
+            progress.files_committed.fetch_add(files, Ordering::Relaxed);
+            let c = stats.of(planned.id.clone());
+            c.rows += n;
+            c.bytes += bytes;
+            c.files += files;
+            c.wall += sealing + t.elapsed();
+            rows.insert(planned.id.name().to_string(), n);
+        }
+        self.failpoint.hit(Point::AfterCommit, last);
+        progress.epochs_committed.store(last + 1, Ordering::Relaxed);
+        let now = Instant::now();
+        Ok(Committed {
+            first,
+            last,
+            offsets,
+            stats,
+            rows,
+            latencies: read_at.iter().map(|t| now.duration_since(*t)).collect(),
+        })
+    }
+}
+
+/// Commits under way, oldest first; see the module docs.
+pub(crate) struct CommitQueue {
+    committer: Arc<Committer>,
+    /// How many commits may be under way while the next epoch is written.
+    capacity: usize,
+    running: VecDeque<JoinHandle<Result<Committed>>>,
+    /// Fires when the newest commit is done (`true` when it succeeded).
+    newest: Option<oneshot::Receiver<bool>>,
+}
+
+impl CommitQueue {
+    /// A queue letting `capacity` commits run while epochs are written
+    /// (`epochs_in_flight - 1`; 0 commits synchronously).
+    pub fn new(committer: Arc<Committer>, capacity: usize) -> Self {
+        Self {
+            committer,
+            capacity,
+            running: VecDeque::new(),
+            newest: None,
+        }
+    }
+
+    /// Starts committing `job` after the commits before it.
+    pub fn push(&mut self, job: CommitJob) {
+        let (done, newest) = oneshot::channel();
+        let previous = self.newest.replace(newest);
+        let committer = Arc::clone(&self.committer);
+        self.running.push_back(tokio::spawn(async move {
+            let result = committer.commit(job, previous).await;
+            let _ = done.send(result.is_ok());
+            result
+        }));
+    }
+
+    /// Whether the next epoch must wait for the oldest commit.
+    pub fn is_full(&self) -> bool {
+        self.running.len() > self.capacity
+    }
+
+    /// The oldest commit, once it is done.
+    pub async fn next(&mut self) -> Option<Result<Committed>> {
+        let handle = self.running.pop_front()?;
+        Some(match handle.await {
+            Ok(result) => result,
+            Err(e) => Err(SluiceError::Internal(format!("a commit task failed: {e}"))),
+        })
+    }
+
+    /// The oldest commit if it is done, without waiting.
+    pub async fn next_ready(&mut self) -> Option<Result<Committed>> {
+        if self.running.front()?.is_finished() {
+            self.next().await
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! The epoch loop of one run.
+//!
+//! ```text
+//! recover the sinks ─► replay what only some sinks committed ─► resume the sources
+//!   loop: next slice of every source ─► bind them to a new epoch ─► plan + write every sink
+//!         ─► at a commit point: hand the group of epochs to the committer, go on
+//!         ─► when a commit is done: acknowledge the sources
+//! ```
+//!
+//! A commit point comes after every epoch of a bounded pipeline, and every
+//! `commit_interval` (default 10 s) of a streaming one, at the end of the
+//! input, and on a graceful stop. Up to `epochs_in_flight` epochs are in
+//! memory at once: the one being written and those whose commit is under way.
+//!
+//! A failure that may pass (a stage crashed, a store hiccup) lets the
+//! commits under way finish, discards everything written since the last
+//! commit, rewinds the sources to it and tries again; any other failure does
+//! the same and ends the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::physical_plan::ExecutionPlan;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::binding::EpochBinding;
+use super::committer::{CommitJob, CommitQueue, Committed, Committer, SinkPart};
+use super::handle::{RunEvent, RunOptions, StopSignal};
+use super::recovery::{self, SinkLog};
+use super::stats::Stats;
+use crate::commit_log::{SourceOffsets, new_run_id};
+use crate::compile::{PipelinePlan, PlannedSink, SinkInput};
+use crate::dead_letter;
+use crate::error::{Result, RetryHint, SluiceError};
+use crate::metrics::{LatencySummary, RunSummary};
+use crate::openlineage;
+use crate::sinks::EpochOutput;
+use crate::sources::{AnySource, Slice, SliceLimits};
+
+/// One run of a compiled pipeline; see the module docs.
+pub(crate) struct Run {
+    plan: Arc<PipelinePlan>,
+    sources: BTreeMap<String, Box<dyn AnySource>>,
+    options: RunOptions,
+    run_id: Arc<str>,
+    stop: Arc<StopSignal>,
+    events: broadcast::Sender<RunEvent>,
+}
+
+/// How the loop cuts and commits epochs, from `[settings]`.
+struct Pace {
+    limits: SliceLimits,
+    commit_interval: Duration,
+    max_retries: u32,
+    in_flight: usize,
+}
+
+/// The epochs written and not yet handed to the committer.
+struct Group {
+    first: u64,
+    last: u64,
+    offsets: BTreeMap<String, SourceOffsets>,
+    sinks: BTreeMap<String, SinkPart>,
+    read_at: Vec<Instant>,
+    stats: Stats,
+}
+
+/// What the loop carries from epoch to epoch.
+struct LoopState {
+    /// The next epoch's number.
+    epoch: u64,
+    /// The first epoch after the last commit: where a rewind goes back to.
+    after_commit: u64,
+    /// The epoch this run's loop started at (after replays).
+    loop_start: u64,
+    /// Where each source is reading, and where the last commit left it.
+    reading: BTreeMap<String, Value>,
+    committed: BTreeMap<String, Value>,
+    /// Lookup sources, read whole once.
+    lookups: BTreeMap<String, Option<Slice<Value>>>,
+    group: Option<Group>,
+    queue: CommitQueue,
+    stats: Stats,
+    latencies: Vec<Duration>,
+    last_commit: Instant,
+    retries_left: u32,
+    /// Sinks with a commit log; the others deliver rows as they are written.
+    durable: BTreeSet<String>,
+}
+
+/// What one step of the loop decided.
+enum Step {
+    Continue,
+    Done,
+}
+
+impl Run {
+    pub fn new(
+        plan: Arc<PipelinePlan>,
+        sources: BTreeMap<String, Box<dyn AnySource>>,
+        options: RunOptions,
+        stop: Arc<StopSignal>,
+        events: broadcast::Sender<RunEvent>,
+    ) -> Self {
+        Self {
+            plan,
+            sources,
+            options,
+            run_id: new_run_id().into(),
+            stop,
+            events,
+        }
+    }
+
+    /// Runs until the bounded sources are exhausted, `max_epochs` is
+    /// reached, the streaming sources go idle (`exit_when_idle`) or a stop
+    /// is requested; commits everything written before returning.
+    pub async fn run(mut self) -> Result<RunSummary> {
+        let lineage = openlineage::Emitter::for_plan(&self.plan);
+        if let Some(l) = &lineage {
+            l.emit("START", None).await;
+        }
+        let result = self.run_epochs(lineage.as_ref()).await;
+        for rt in self.plan.externals.values() {
+            rt.shutdown().await;
+        }
+        match &result {
+            Ok(summary) => {
+                self.emit(RunEvent::Finished {
+                    epochs: summary.epochs,
+                });
+                if let Some(l) = &lineage {
+                    l.emit("COMPLETE", None).await;
+                }
+            }
+            Err(e) => {
+                self.emit(RunEvent::Failed {
+                    error: e.to_string(),
+                });
+                if let Some(l) = &lineage {
+                    l.emit("FAIL", Some(&e.to_string())).await;
+                }
+            }
+        }
+        result
+    }
+
+    fn emit(&self, event: RunEvent) {
+        // no subscriber is fine: events are for whoever listens
+        let _ = self.events.send(event);
+    }
+
+    fn pace(&self) -> Pace {
+        let streaming = self
+            .sources
+            .iter()
+            .any(|(n, s)| !self.is_lookup(n) && !s.is_bounded());
+        let settings = &self.plan.spec.settings;
+        let e = &settings.epoch;
+        Pace {
+            limits: SliceLimits {
+                max_rows: e.max_rows.or(streaming.then_some(1_000_000)),
+                max_bytes: e.max_bytes.map(|b| b.0),
+                max_latency: Some(e.max_latency.map(|d| d.0).unwrap_or(Duration::from_secs(1))),
+            },
+            commit_interval: settings
+                .commit_interval
+                .map(|d| d.0)
+                .unwrap_or(if streaming {
+                    Duration::from_secs(10)
+                } else {
+                    Duration::ZERO
+                }),
+            max_retries: self
+                .plan
+                .externals
+                .values()
+                .map(|r| r.config.retries)
+                .max()
+                .unwrap_or(0)
+                .max(settings.retries.unwrap_or(0)),
+            in_flight: settings.epochs_in_flight.unwrap_or(2).max(1),
+        }
+    }
+
+    fn is_lookup(&self, source: &str) -> bool {
+        self.plan.sources.get(source).is_some_and(|s| s.lookup)
+    }
+
+    async fn run_epochs(&mut self, lineage: Option<&openlineage::Emitter>) -> Result<RunSummary> {
+        let started = Instant::now();
+        let pace = self.pace();
+
+        // 1. what the sinks hold
+        let mut logs: BTreeMap<String, SinkLog> = BTreeMap::new();
+        let mut removed_files = Vec::new();
+        for (name, s) in &self.plan.sinks {
+            let r = s.sink.recover().await?;
+            let url = s.sink.url();
+            removed_files.extend(
+                r.removed_files
+                    .iter()
+                    .map(|f| format!("{}/{f}", url.trim_end_matches('/'))),
+            );
+            logs.insert(name.clone(), r.log);
+        }
+        let resume = recovery::plan(&logs).map_err(SluiceError::Recovery)?;
+        let first_epoch = resume
+            .replays
+            .first()
+            .map_or(resume.next_epoch, |r| r.range.first);
+        self.emit(RunEvent::Started {
+            run_id: self.run_id.to_string(),
+            first_epoch,
+        });
+
+        let committer = Arc::new(Committer::new(
+            Arc::clone(&self.plan),
+            Arc::clone(&self.run_id),
+        ));
+        let mut st = LoopState {
+            epoch: resume.next_epoch,
+            after_commit: resume.next_epoch,
+            loop_start: resume.next_epoch,
+            reading: resume.resume_at.clone(),
+            committed: resume.resume_at.clone(),
+            lookups: BTreeMap::new(),
+            group: None,
+            queue: CommitQueue::new(Arc::clone(&committer), pace.in_flight - 1),
+            stats: Stats::default(),
+            latencies: Vec::new(),
+            last_commit: Instant::now(),
+            retries_left: pace.max_retries,
+            durable: logs
+                .iter()
+                .filter(|(_, l)| l.durable)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        };
+
+        // 2. ranges only some sinks committed: written to those, one commit each
+        for replay in &resume.replays {
+            self.load_lookups(&mut st).await?;
+            self.replay(&mut st, replay, &pace, lineage).await?;
+        }
+        // the replays re-committed older ranges: the newest commit still rules
+        st.after_commit = st.loop_start;
+        st.committed = resume.resume_at.clone();
+        st.reading = resume.resume_at.clone();
+
+        // 3. every source where the newest commit left it
+        for (name, src) in self.sources.iter_mut() {
+            if let Some(at) = resume.resume_at.get(name) {
+                if !self.plan.sources.get(name).is_some_and(|s| s.lookup) {
+                    src.resume_json(at).await.map_err(|e| e.in_source(name))?;
+                }
+            }
+        }
+        let expected: u64 = self
+            .sources
+            .iter()
+            .filter(|(n, _)| !self.is_lookup(n))
+            .filter_map(|(_, s)| s.estimated_remaining_rows())
+            .sum();
+        self.plan
+            .progress
+            .rows_expected
+            .store(expected, Ordering::Relaxed);
+
+        // 4. the epoch loop
+        loop {
+            let failure = match self.step(&mut st, &pace, lineage).await {
+                Ok(Step::Continue) => continue,
+                Ok(Step::Done) => match self.finish(&mut st, lineage).await {
+                    Ok(()) => break,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            // the commits under way finish first: what they commit stays
+            let failure = self.settle(&mut st, lineage).await.err().unwrap_or(failure);
+            self.abort_sinks().await;
+            if failure.retry_hint() == RetryHint::WithBackoff && st.retries_left > 0 {
+                st.retries_left -= 1;
+                let attempt = pace.max_retries - st.retries_left;
+                let delay = Duration::from_millis(200 * 2u64.pow(attempt.min(5)));
+                tracing::warn!(epoch = st.after_commit, attempt, error = %failure, "epoch failed; rewinding to the last commit and retrying in {delay:?}");
+                self.emit(RunEvent::Retrying {
+                    epoch: st.after_commit,
+                    attempt,
+                    error: failure.to_string(),
+                    delay,
+                });
+                self.rewind(&mut st).await?;
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            return Err(failure);
+        }
+
+        Ok(RunSummary {
+            pipeline: self.plan.spec.id(),
+            run_id: self.run_id.to_string(),
+            epochs: st.epoch - st.loop_start,
+            first_epoch,
+            removed_files,
+            components: st.stats.components(&self.plan),
+            wall: started.elapsed(),
+            outputs: self
+                .plan
+                .sinks
+                .iter()
+                .map(|(n, s)| (n.clone(), s.sink.url()))
+                .collect(),
+            latency: LatencySummary::of(&mut st.latencies),
+        })
+    }
+
+    /// Reads, writes and maybe commits one epoch.
+    async fn step(
+        &mut self,
+        st: &mut LoopState,
+        pace: &Pace,
+        lineage: Option<&openlineage::Emitter>,
+    ) -> Result<Step> {
+        while let Some(done) = st.queue.next_ready().await {
+            self.committed(st, done?, lineage).await?;
+        }
+        let done = st.epoch - st.loop_start;
+        if self.options.max_epochs.is_some_and(|m| done >= m) || self.stop.requested() {
+            return Ok(Step::Done);
+        }
+        self.load_lookups(st).await?;
+        let (slices, offsets, exhausted) = self.next_slices(st, &pace.limits).await?;
+        if slices.is_empty() {
+            if exhausted {
+                return Ok(Step::Done);
+            }
+            // a streaming source had nothing new this epoch
+            if st.group.is_some() && st.last_commit.elapsed() >= pace.commit_interval {
+                self.close_group(st, lineage).await?;
+            }
+            return Ok(if self.options.exit_when_idle {
+                Step::Done
+            } else {
+                Step::Continue
+            });
+        }
+        let sinks: Vec<String> = self.plan.sinks.keys().cloned().collect();
+        let epoch = st.epoch;
+        let first = st.group.as_ref().map_or(epoch, |g| g.first);
+        self.write_epoch(st, epoch, first, &slices, offsets, &sinks)
+            .await?;
+        st.epoch += 1;
+        st.retries_left = pace.max_retries;
+        if st.last_commit.elapsed() >= pace.commit_interval {
+            self.close_group(st, lineage).await?;
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Commits what is left and waits for every commit.
+    async fn finish(
+        &mut self,
+        st: &mut LoopState,
+        lineage: Option<&openlineage::Emitter>,
+    ) -> Result<()> {
+        if st.group.is_some() {
+            self.close_group(st, lineage).await?;
+        }
+        self.settle(st, lineage).await
+    }
+
+    /// Waits for every commit under way; returns the first failure, after
+    /// which the later commits are given up.
+    async fn settle(
+        &mut self,
+        st: &mut LoopState,
+        lineage: Option<&openlineage::Emitter>,
+    ) -> Result<()> {
+        let mut failure = None;
+        while let Some(done) = st.queue.next().await {
+            match (done, &failure) {
+                (Ok(c), None) => {
+                    if let Err(e) = self.committed(st, c, lineage).await {
+                        failure = Some(e);
+                    }
+                }
+                (Err(e), None) => failure = Some(e),
+                // after a failure nothing later is committed; its error says no more
+                (_, Some(_)) => {}
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Hands the group of written epochs to the committer; waits while the
+    /// commits under way fill `epochs_in_flight`.
+    async fn close_group(
+        &mut self,
+        st: &mut LoopState,
+        lineage: Option<&openlineage::Emitter>,
+    ) -> Result<()> {
+        let Some(g) = st.group.take() else {
+            return Ok(());
+        };
+        st.queue.push(CommitJob {
+            first: g.first,
+            last: g.last,
+            offsets: g.offsets,
+            sinks: g.sinks,
+            read_at: g.read_at,
+            stats: g.stats,
+        });
+        st.last_commit = Instant::now();
+        while st.queue.is_full() {
+            let Some(done) = st.queue.next().await else {
+                break;
+            };
+            self.committed(st, done?, lineage).await?;
+        }
+        Ok(())
+    }
+
+    /// A commit is done: the sources may release its input.
+    async fn committed(
+        &mut self,
+        st: &mut LoopState,
+        c: Committed,
+        lineage: Option<&openlineage::Emitter>,
+    ) -> Result<()> {
+        for (name, o) in &c.offsets {
+            if let Some(src) = self.sources.get_mut(name) {
+                src.ack_json(&o.end).await.map_err(|e| e.in_source(name))?;
+            }
+            st.committed.insert(name.clone(), o.end.clone());
+        }
+        st.after_commit = c.last + 1;
+        st.stats.add(&c.stats);
+        st.latencies.extend(c.latencies);
+        tracing::info!(first_epoch = c.first, epoch = c.last, "committed");
+        self.emit(RunEvent::Committed {
+            first_epoch: c.first,
+            epoch: c.last,
+            rows: c.rows,
+            offsets: c.offsets,
+        });
+        if let Some(l) = lineage {
+            l.emit("RUNNING", None).await;
+        }
+        Ok(())
+    }
+
+    /// Writes a range some sinks committed to the sinks that lack it, from
+    /// the offsets recorded, and commits it; a failure that may pass is
+    /// retried on the same slices.
+    async fn replay(
+        &mut self,
+        st: &mut LoopState,
+        replay: &recovery::Replay,
+        pace: &Pace,
+        lineage: Option<&openlineage::Emitter>,
+    ) -> Result<()> {
+        let range = &replay.range;
+        let mut slices = BTreeMap::new();
+        for (name, src) in self.sources.iter_mut() {
+            if let Some(o) = range.offsets.get(name).filter(|o| o.start != o.end) {
+                if self.plan.sources.get(name).is_some_and(|s| s.lookup) {
+                    continue;
+                }
+                let slice = src
+                    .replay_json(&o.start, &o.end)
+                    .await
+                    .map_err(|e| e.in_source(name))?;
+                slices.insert(name.clone(), slice);
+            }
+        }
+        // the sinks that lack the range; a sink without a log is not written twice
+        let sinks: Vec<String> = replay.sinks.iter().cloned().collect();
+        let mut attempt = 0;
+        loop {
+            let written = self
+                .write_epoch(
+                    st,
+                    range.last,
+                    range.first,
+                    &slices,
+                    range.offsets.clone(),
+                    &sinks,
+                )
+                .await;
+            let result = match written {
+                Ok(()) => self.finish(st, lineage).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.retry_hint() == RetryHint::WithBackoff && attempt < pace.max_retries =>
+                {
+                    attempt += 1;
+                    st.group = None;
+                    self.abort_sinks().await;
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt.min(5)))).await;
+                }
+                Err(e) => {
+                    st.group = None;
+                    self.abort_sinks().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One slice per source (lookups are read once, in [`Run::load_lookups`]).
+    /// Returns the slices with rows to read, every source's offsets, and
+    /// whether every bounded source is exhausted.
+    async fn next_slices(
+        &mut self,
+        st: &mut LoopState,
+        limits: &SliceLimits,
+    ) -> Result<(
+        BTreeMap<String, Slice<Value>>,
+        BTreeMap<String, SourceOffsets>,
+        bool,
+    )> {
+        let mut slices = BTreeMap::new();
+        let mut offsets = BTreeMap::new();
+        let mut exhausted = true;
+        for (name, src) in self.sources.iter_mut() {
+            if self.plan.sources.get(name).is_some_and(|s| s.lookup) {
+                continue;
+            }
+            let here = st.reading.get(name).cloned().unwrap_or(Value::Null);
+            match src
+                .next_slice_json(limits)
+                .await
+                .map_err(|e| e.in_source(name))?
+            {
+                Some(s) => {
+                    exhausted = false;
+                    offsets.insert(
+                        name.clone(),
+                        SourceOffsets {
+                            start: s.start.clone(),
+                            end: s.end.clone(),
+                        },
+                    );
+                    if s.start != s.end {
+                        st.reading.insert(name.clone(), s.end.clone());
+                        slices.insert(name.clone(), s);
+                    }
+                }
+                None => {
+                    offsets.insert(
+                        name.clone(),
+                        SourceOffsets {
+                            start: here.clone(),
+                            end: here,
+                        },
+                    );
+                }
+            }
+        }
+        Ok((slices, offsets, exhausted))
+    }
+
+    /// Reads every lookup source whole, once per run.
+    async fn load_lookups(&mut self, st: &mut LoopState) -> Result<()> {
+        for (name, src) in self.sources.iter_mut() {
+            let lookup = self.plan.sources.get(name).is_some_and(|s| s.lookup);
+            if lookup && !st.lookups.contains_key(name) {
+                let whole = src
+                    .next_slice_json(&SliceLimits::default())
+                    .await
+                    .map_err(|e| e.in_source(name))?;
+                st.lookups.insert(name.clone(), whole);
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans and writes epoch `epoch` (of the commit group starting at
+    /// `first`) to `sinks`, then its dead letters; adds it to the group.
+    async fn write_epoch(
+        &mut self,
+        st: &mut LoopState,
+        epoch: u64,
+        first: u64,
+        slices: &BTreeMap<String, Slice<Value>>,
+        offsets: BTreeMap<String, SourceOffsets>,
+        sinks: &[String],
+    ) -> Result<()> {
+        let read_at = Instant::now();
+        let mut tables: BTreeMap<String, Arc<dyn TableProvider>> = BTreeMap::new();
+        let mut uris: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let lookups = st
+            .lookups
+            .iter()
+            .filter_map(|(n, s)| Some((n, s.as_ref()?)));
+        for (name, slice) in slices.iter().chain(lookups) {
+            tables.insert(name.clone(), Arc::clone(&slice.table));
+            uris.insert(name.clone(), slice.uris.clone());
+        }
+        let binding = Arc::new(EpochBinding::new(epoch, tables));
+        let state = binding.bind(&self.plan.session.state());
+        let task = state.task_ctx();
+
+        let mut jobs: Vec<(&PlannedSink, Arc<dyn ExecutionPlan>, SinkPart)> = Vec::new();
+        let mut dead_letter_sink = None;
+        for name in sinks {
+            let Some(s) = self.plan.sinks.get(name) else {
+                continue;
+            };
+            let provenance = self.plan.provenance(&s.sources, &uris);
+            let part = SinkPart {
+                schema: s.output_schema(&provenance)?,
+                provenance,
+            };
+            match s.input {
+                SinkInput::Plan(_) => {
+                    let plan = self.plan.physical_plan(s, &state).await?;
+                    jobs.push((s, plan, part));
+                }
+                SinkInput::DeadLetters => dead_letter_sink = Some((s, part)),
+            }
+        }
+        let mut stats = Stats::default();
+        let writes = jobs.iter().map(|(s, plan, part)| {
+            let output = EpochOutput {
+                epoch,
+                commit_group: first,
+                run_id: Arc::clone(&self.run_id),
+                plan: Arc::clone(plan),
+                task: Arc::clone(&task),
+                schema: Arc::clone(&part.schema),
+                sink: s.id.clone(),
+            };
+            async move {
+                let t = Instant::now();
+                let r = s.sink.write(output).await;
+                (r, t.elapsed())
+            }
+        });
+        let results = futures::future::join_all(writes).await;
+        let mut failure = None;
+        for ((s, _, _), (r, took)) in jobs.iter().zip(results) {
+            match r {
+                Ok(rows) => {
+                    let c = stats.of(s.id.clone());
+                    c.wall += took;
+                    if !st.durable.contains(s.id.name()) {
+                        // nothing to commit: the rows are delivered as they are written
+                        c.rows += rows;
+                    }
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let plans: Vec<Arc<dyn ExecutionPlan>> =
+            jobs.iter().map(|(_, p, _)| Arc::clone(p)).collect();
+        stats.add_stage_borders(&plans);
+
+        let letters = binding.dead_letters().take();
+        stats.add_dead_letters(&letters);
+        let mut written: BTreeMap<String, SinkPart> = jobs
+            .into_iter()
+            .map(|(s, _, part)| (s.id.name().to_string(), part))
+            .collect();
+        if let Some((s, part)) = dead_letter_sink {
+            let kept: Vec<_> = letters.into_iter().filter(|d| !d.skipped).collect();
+            let batch = dead_letter::to_batch(epoch, &kept)
+                .map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
+            let plan =
+                MemorySourceConfig::try_new_exec(&[vec![batch]], dead_letter::schema(), None)
+                    .map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
+            let t = Instant::now();
+            s.sink
+                .write(EpochOutput {
+                    epoch,
+                    commit_group: first,
+                    run_id: Arc::clone(&self.run_id),
+                    plan,
+                    task: Arc::clone(&task),
+                    schema: Arc::clone(&part.schema),
+                    sink: s.id.clone(),
+                })
+                .await?;
+            stats.of(s.id.clone()).wall += t.elapsed();
+            written.insert(dead_letter::SINK_NAME.to_string(), part);
+        }
+
+        let group = st.group.get_or_insert_with(|| Group {
+            first,
+            last: epoch,
+            offsets: BTreeMap::new(),
+            sinks: BTreeMap::new(),
+            read_at: Vec::new(),
+            stats: Stats::default(),
+        });
+        group.last = epoch;
+        // offsets over the group: the first epoch's start, the last epoch's end
+        for (src, o) in offsets {
+            group
+                .offsets
+                .entry(src)
+                .and_modify(|r| r.end = o.end.clone())
+                .or_insert(o);
+        }
+        group.sinks.extend(written);
+        group.read_at.push(read_at);
+        group.stats.add(&stats);
+        Ok(())
+    }
+
+    /// Discards what was written since the last commit and puts every
+    /// source back at the last committed offsets.
+    async fn rewind(&mut self, st: &mut LoopState) -> Result<()> {
+        st.group = None;
+        for (name, src) in self.sources.iter_mut() {
+            if self.plan.sources.get(name).is_some_and(|s| s.lookup) {
+                continue;
+            }
+            let at = st.committed.get(name).cloned().unwrap_or(Value::Null);
+            src.resume_json(&at).await.map_err(|e| e.in_source(name))?;
+        }
+        st.reading = st.committed.clone();
+        st.epoch = st.after_commit;
+        Ok(())
+    }
+
+    async fn abort_sinks(&mut self) {
+        for s in self.plan.sinks.values() {
+            s.sink.abort().await;
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! `ExternalStageExec`: sends its input through an external stage and streams back the output.
+//!
+//! - Input schema: the manifest's input schema (checked when the pipeline
+//!   compiles); output schema: the manifest's output schema (the input
+//!   schema for a pass-through stage).
+//! - Emits: output batches as the stage answers them, partition by
+//!   partition; one `DoExchange` per partition per epoch.
+//! - State: the number of batches in flight (at most `max_in_flight`), the
+//!   row errors seen.
+//! - Failure: a fatal status, a closed stream without `flushed`, a batch
+//!   without an answer within `timeout`, output that breaks the manifest, or a
+//!   row error under `on_error = "fail"` fails the partition with an error
+//!   naming the stage; unavailable/timeout failures are retryable (the runner
+//!   re-runs the epoch from its offsets).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, DFSchemaRef, Result};
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr,
+    PlanProperties,
+};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use futures::StreamExt;
+use sluice_contract::ErrorCode;
+use sluice_flight::manifest::check_schema;
+use sluice_flight::{OpenRequest, PROTOCOL, StageError, StageEvent};
+use tokio::sync::Semaphore;
+
+use crate::dead_letter::DeadLetter;
+use crate::epoch::EpochBinding;
+use crate::error::{RetryHint, SluiceError};
+use crate::metrics::ComponentId;
+use crate::stages::external::{ExternalRuntime, OnError};
+
+/// Logical node of an external stage.
+#[derive(Debug, Clone)]
+pub struct ExternalStageNode {
+    /// The runtime of the stage.
+    pub runtime: Arc<ExternalRuntime>,
+    /// Its input plan.
+    pub input: LogicalPlan,
+    /// Its output schema.
+    pub schema: DFSchemaRef,
+}
+
+impl ExternalStageNode {
+    /// A node sending `input` through the stage; the output schema comes from the manifest.
+    pub fn try_new(runtime: Arc<ExternalRuntime>, input: LogicalPlan) -> Result<Self> {
+        let input_schema = Arc::new(input.schema().as_arrow().clone());
+        let out = runtime.manifest.output_for(&input_schema);
+        let schema = Arc::new(DFSchema::try_from(out.as_ref().clone())?);
+        Ok(Self {
+            runtime,
+            input,
+            schema,
+        })
+    }
+}
+
+impl PartialEq for ExternalStageNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.runtime.name == other.runtime.name && self.input == other.input
+    }
+}
+impl Eq for ExternalStageNode {}
+impl PartialOrd for ExternalStageNode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.runtime.name.partial_cmp(&other.runtime.name)
+    }
+}
+impl Hash for ExternalStageNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.runtime.name.hash(state);
+        self.input.hash(state);
+    }
+}
+
+impl UserDefinedLogicalNodeCore for ExternalStageNode {
+    fn name(&self) -> &str {
+        "ExternalStage"
+    }
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ExternalStage: {} ({} {} {})",
+            self.runtime.name,
+            self.runtime.manifest.name,
+            self.runtime.manifest.version,
+            self.runtime.manifest.language
+        )
+    }
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        let input = inputs.pop().ok_or_else(|| {
+            DataFusionError::Internal("external stage rebuilt without input".into())
+        })?;
+        Ok(Self {
+            runtime: Arc::clone(&self.runtime),
+            input,
+            schema: Arc::clone(&self.schema),
+        })
+    }
+}
+
+/// Plans [`ExternalStageNode`] into [`ExternalStageExec`].
+#[derive(Debug, Default)]
+pub struct ExternalStagePlanner;
+
+#[async_trait]
+impl ExtensionPlanner for ExternalStagePlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(n) = node.as_any().downcast_ref::<ExternalStageNode>() else {
+            return Ok(None);
+        };
+        let input = physical_inputs.first().ok_or_else(|| {
+            DataFusionError::Internal(format!("external stage `{}` has no input", n.runtime.name))
+        })?;
+        let schema: SchemaRef = Arc::new(n.schema.as_arrow().clone());
+        Ok(Some(Arc::new(ExternalStageExec::new(
+            Arc::clone(&n.runtime),
+            Arc::clone(input),
+            schema,
+        ))))
+    }
+}
+
+/// Runs an external stage; see the module docs.
+#[derive(Debug)]
+pub struct ExternalStageExec {
+    runtime: Arc<ExternalRuntime>,
+    input: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+}
+
+impl ExternalStageExec {
+    /// An exec sending `input` through `runtime`'s stage.
+    pub fn new(
+        runtime: Arc<ExternalRuntime>,
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+    ) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            input.output_partitioning().clone(),
+            input.pipeline_behavior(),
+            input.boundedness(),
+        );
+        Self {
+            runtime,
+            input,
+            schema,
+            props: Arc::new(props),
+        }
+    }
+}
+
+impl DisplayAs for ExternalStageExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let m = &self.runtime.manifest;
+        write!(
+            f,
+            "ExternalStageExec: stage={} impl={}@{} language={} max_in_flight={}",
+            self.runtime.name, m.name, m.version, m.language, self.runtime.config.max_in_flight
+        )
+    }
+}
+
+impl ExecutionPlan for ExternalStageExec {
+    fn name(&self) -> &str {
+        "ExternalStageExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![self.runtime.manifest.ordering == sluice_flight::manifest::Ordering::Preserve]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("ExternalStageExec without child".into()))?;
+        Ok(Arc::new(ExternalStageExec::new(
+            Arc::clone(&self.runtime),
+            input,
+            Arc::clone(&self.schema),
+        )))
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let binding = EpochBinding::of_task(&ctx)?;
+        let input = self.input.execute(partition, ctx)?;
+        let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
+        let tx = builder.tx();
+        let runtime = Arc::clone(&self.runtime);
+        let schema = Arc::clone(&self.schema);
+        let exchange_of = Exchange {
+            runtime: Arc::clone(&runtime),
+            binding,
+            partition,
+        };
+        builder.spawn(async move {
+            match exchange(exchange_of, input, schema, tx).await {
+                Ok(()) => Ok(()),
+                Err(Failure::Input(e)) => Err(e),
+                Err(Failure::Stage(e)) => {
+                    // a dead child explains a broken stream: that may pass with a restart
+                    let e = match runtime.exit_status().await {
+                        Some(status) if !e.code.is_retryable() => StageError::new(
+                            ErrorCode::Unavailable,
+                            format!(
+                                "the stage process exited ({status}) mid-exchange: {}",
+                                e.message
+                            ),
+                        ),
+                        _ => e,
+                    };
+                    if e.code.is_retryable() {
+                        runtime.reset(e.code == ErrorCode::Timeout).await;
+                    }
+                    Err(stage_failure(&runtime.name, e).into_datafusion())
+                }
+            }
+        });
+        Ok(builder.build())
+    }
+}
+
+fn stage_failure(stage: &str, e: StageError) -> SluiceError {
+    let retry = if e.code.is_retryable() {
+        RetryHint::WithBackoff
+    } else {
+        RetryHint::Never
+    };
+    SluiceError::Stage {
+        stage: stage.to_string(),
+        code: e.code,
+        message: e.message,
+        retry,
+    }
+}
+
+/// Slices a batch to the stage's row limit.
+fn slices(batch: RecordBatch, max_rows: usize) -> Vec<RecordBatch> {
+    if batch.num_rows() <= max_rows {
+        return vec![batch];
+    }
+    (0..batch.num_rows())
+        .step_by(max_rows)
+        .map(|o| batch.slice(o, max_rows.min(batch.num_rows() - o)))
+        .collect()
+}
+
+/// Which exchange: the stage, the epoch it belongs to, the plan partition.
+struct Exchange {
+    runtime: Arc<ExternalRuntime>,
+    binding: Arc<EpochBinding>,
+    partition: usize,
+}
+
+/// One exchange, boxed: rustc cannot prove the unboxed future `Send` for
+/// DataFusion's task spawner (a higher-ranked lifetime limitation).
+fn exchange(
+    of: Exchange,
+    input: SendableRecordBatchStream,
+    schema: SchemaRef,
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+) -> futures::future::BoxFuture<'static, Result<(), Failure>> {
+    Box::pin(exchange_inner(of, input, schema, tx))
+}
+
+/// Why an exchange ended early: the stage, or the stage's own input.
+enum Failure {
+    Stage(StageError),
+    Input(DataFusionError),
+}
+
+impl From<StageError> for Failure {
+    fn from(e: StageError) -> Self {
+        Failure::Stage(e)
+    }
+}
+
+async fn exchange_inner(
+    of: Exchange,
+    input: SendableRecordBatchStream,
+    schema: SchemaRef,
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+) -> Result<(), Failure> {
+    let input_failed: Arc<std::sync::Mutex<Option<DataFusionError>>> = Arc::default();
+    let result = exchange_body(of, input, schema, tx, Arc::clone(&input_failed)).await;
+    // an upstream failure explains whatever the stage then said: report it
+    if let Some(e) = input_failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Err(Failure::Input(e));
+    }
+    result.map_err(Failure::Stage)
+}
+
+async fn exchange_body(
+    of: Exchange,
+    input: SendableRecordBatchStream,
+    schema: SchemaRef,
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    input_failed: Arc<std::sync::Mutex<Option<DataFusionError>>>,
+) -> Result<(), StageError> {
+    let Exchange {
+        runtime,
+        binding,
+        partition,
+    } = of;
+    let client = runtime.client().await?;
+    let manifest = runtime.manifest.clone();
+    let config = runtime.config.clone();
+    let open = OpenRequest {
+        protocol: PROTOCOL.into(),
+        stage: runtime.name.clone(),
+        epoch: binding.epoch(),
+        partition: partition as u32,
+        config: config.config_json(),
+    };
+    let input_schema = input.schema();
+    let max_rows = manifest.max_batch_rows.min(usize::MAX as u64) as usize;
+    // backpressure: a permit per batch in flight, returned when it is answered
+    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    // a feeder task reads the input and hands batches to the exchange as
+    // permits allow; an input error is passed on through `input_failed`
+    let (feed, fed) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(1);
+    // send time of every batch, by sequence number, for round-trip latency
+    let sent_at: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>> =
+        Arc::default();
+    // with on_error = "dead_letter", the batches still in flight (and a few
+    // answered ones), by sequence number, to look up the rows of row errors
+    let keep_sent = config.on_error == OnError::DeadLetter;
+    let recent: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, RecordBatch)>>> =
+        Arc::default();
+    let keep_at_most = 2 * config.max_in_flight.max(1) + 2;
+    let feeder = {
+        let recent = Arc::clone(&recent);
+        let (permits, in_flight, sent, failed) = (
+            Arc::clone(&permits),
+            Arc::clone(&in_flight),
+            Arc::clone(&sent),
+            Arc::clone(&input_failed),
+        );
+        let sent_at = Arc::clone(&sent_at);
+        let mut input = input;
+        tokio::spawn(async move {
+            while let Some(b) = input.next().await {
+                let b = match b {
+                    Ok(b) => b,
+                    Err(e) => {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        // abort the exchange: the stage must not see an `end`
+                        let _ = feed
+                            .send(Err(StageError::new(ErrorCode::Internal, "input failed")))
+                            .await;
+                        return;
+                    }
+                };
+                for piece in slices(b, max_rows) {
+                    if piece.num_rows() == 0 {
+                        continue;
+                    }
+                    match Arc::clone(&permits).acquire_owned().await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    }
+                    in_flight.fetch_add(1, Ordering::Relaxed);
+                    let seq = sent.fetch_add(1, Ordering::Relaxed);
+                    sent_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back((seq, std::time::Instant::now()));
+                    if keep_sent {
+                        let mut r = recent.lock().unwrap_or_else(|p| p.into_inner());
+                        r.push_back((seq, piece.clone()));
+                        while r.len() > keep_at_most {
+                            r.pop_front();
+                        }
+                    }
+                    if feed.send(Ok(piece)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let _abort_feeder = AbortOnDrop(feeder);
+    let batches = tokio_stream::wrappers::ReceiverStream::new(fed).boxed();
+    let mut events = client.exchange(&open, input_schema, batches, None).await?;
+    let timeout = config.timeout.0;
+    let mut rows_received = 0u64;
+    loop {
+        let wait = if in_flight.load(Ordering::Relaxed) > 0 {
+            timeout
+        } else {
+            Duration::from_secs(24 * 3600)
+        };
+        let next = match tokio::time::timeout(wait, events.next()).await {
+            Ok(n) => n,
+            Err(_) => {
+                return Err(StageError::new(
+                    ErrorCode::Timeout,
+                    format!("no answer to a batch within {timeout:?}"),
+                ));
+            }
+        };
+        let Some(event) = next else {
+            return Err(StageError::new(
+                ErrorCode::Unavailable,
+                "the stage closed the exchange without `flushed` (did it crash?)",
+            ));
+        };
+        match event? {
+            StageEvent::Batch { batch, envelope } => {
+                check_schema(&schema, &batch.schema()).map_err(|m| {
+                    StageError::new(
+                        ErrorCode::SchemaMismatch,
+                        format!("output breaks the manifest: {m}"),
+                    )
+                })?;
+                let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
+                    .map_err(|e| {
+                        StageError::new(
+                            ErrorCode::SchemaMismatch,
+                            format!("output breaks the manifest: {e}"),
+                        )
+                    })?;
+                if let Some(seq) = envelope.in_seq {
+                    answered(&permits, &in_flight);
+                    record(&runtime, &sent_at, seq);
+                }
+                rows_received += batch.num_rows() as u64;
+                if forward(tx.clone(), batch).await.is_err() {
+                    return Ok(());
+                }
+            }
+            StageEvent::Ack(envelope) => {
+                answered(&permits, &in_flight);
+                if let Some(seq) = envelope.in_seq {
+                    record(&runtime, &sent_at, seq);
+                }
+            }
+            StageEvent::RowErrors(envelope) => {
+                let errors = envelope.errors.unwrap_or_default();
+                match config.on_error {
+                    OnError::Fail => {
+                        let first = errors.first();
+                        return Err(StageError::new(
+                            first
+                                .and_then(|f| f.code.parse().ok())
+                                .unwrap_or(ErrorCode::Rejected),
+                            format!(
+                                "{} row error(s) with on_error = \"fail\"; first: row {} of input batch {}: {}",
+                                errors.len(),
+                                first.map_or(0, |f| f.row),
+                                envelope.in_seq.unwrap_or(0),
+                                first.map_or("", |f| f.message.as_str())
+                            ),
+                        ));
+                    }
+                    OnError::Skip | OnError::DeadLetter => {
+                        let skipped = config.on_error == OnError::Skip;
+                        let batch = (!skipped)
+                            .then(|| {
+                                envelope.in_seq.and_then(|seq| {
+                                    let r = recent.lock().unwrap_or_else(|p| p.into_inner());
+                                    r.iter().find(|(s, _)| *s == seq).map(|(_, b)| b.clone())
+                                })
+                            })
+                            .flatten();
+                        for e in &errors {
+                            // a skipped row is only counted: its input is not kept
+                            let raw = match (&batch, skipped) {
+                                (_, true) => String::new(),
+                                (Some(b), false) => crate::ops::check::row_json(b, e.row as usize),
+                                (None, false) => format!(
+                                    "{{\"unavailable\": \"row {} of input batch {:?}\"}}",
+                                    e.row, envelope.in_seq
+                                ),
+                            };
+                            let key = format!("{partition}:{:?}:{}", envelope.in_seq, e.row);
+                            binding.dead_letters().push(
+                                key,
+                                DeadLetter {
+                                    component: ComponentId::Stage(runtime.name.clone()),
+                                    code: e.code.parse().unwrap_or(ErrorCode::Rejected),
+                                    message: e.message.clone(),
+                                    file: None,
+                                    line: None,
+                                    offset: None,
+                                    raw,
+                                    skipped,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            StageEvent::Flushed(envelope) => {
+                if let Some(rows) = envelope.rows {
+                    if rows != rows_received {
+                        return Err(StageError::new(
+                            ErrorCode::Internal,
+                            format!("the stage says it sent {rows} rows, {rows_received} arrived"),
+                        ));
+                    }
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Sends one output batch downstream (owned sender, boxed: see [`exchange`]).
+fn forward(
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    batch: RecordBatch,
+) -> futures::future::BoxFuture<'static, Result<(), ()>> {
+    Box::pin(async move { tx.send(Ok(batch)).await.map_err(|_| ()) })
+}
+
+/// Stops the feeder task when the exchange ends early.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Records the round trip of input batch `seq` (answers come in order).
+fn record(
+    runtime: &ExternalRuntime,
+    sent_at: &std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+    seq: u64,
+) {
+    let mut q = sent_at.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some((s, t)) = q.front().copied() {
+        if s > seq {
+            break;
+        }
+        q.pop_front();
+        if s == seq {
+            runtime.record_latency(t.elapsed());
+        }
+    }
+}
+
+fn answered(permits: &Semaphore, in_flight: &AtomicUsize) {
+    permits.add_permits(1);
+    let _ = in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+}

@@ -1,0 +1,628 @@
+//! File sinks (`parquet`, `csv`, `jsonl`): files on any object store, committed exactly once.
+//!
+//! Each partition of the plan writes its own files, named
+//! `part-<epoch>-<run>-<partition>-<seq>.<ext>` so no two writers ever
+//! collide, rolling to a new file past `target_file_size`; `partition_by`
+//! adds hive folders. When every partition is done the epoch's files are
+//! listed in a commit file ([`crate::commit_log`]); only then are they output.
+
+mod config;
+mod hive;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use sluice_contract::metadata::ALL_KEYS;
+use tokio::task::JoinSet;
+
+pub use config::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
+pub use hive::HiveSplitter;
+pub use writer::{OpenFile, OutputFormat};
+
+use super::{CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink, SinkLog};
+use crate::commit_log::{COMMIT_FORMAT, Commit, CommitLog, CommittedFile, data_file_name};
+use crate::error::{Result, RetryHint, SluiceError};
+use crate::spec::PipelineSpec;
+use crate::storage::{Location, StoreRegistry};
+
+/// A sink writing files; see the module docs.
+pub struct FileSink {
+    name: String,
+    location: Location,
+    store: Arc<dyn ObjectStore>,
+    log: CommitLog,
+    format: OutputFormat,
+    partition_by: Vec<String>,
+    target_file_bytes: u64,
+    /// What each commit group holds until it is sealed. A group being
+    /// written is taken out while it is, so sealing another group never
+    /// waits for a write.
+    groups: std::sync::Mutex<BTreeMap<u64, Pending>>,
+}
+
+impl std::fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileSink({} -> {})", self.name, self.location.url())
+    }
+}
+
+impl FileSink {
+    fn open(
+        name: &str,
+        url: &str,
+        format: OutputFormat,
+        partition_by: &[String],
+        target: u64,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
+        let key = format!("sinks.{name}.url");
+        let location = Location::parse(url, &spec.base_dir)
+            .map_err(|m| SluiceError::spec(spec.issue(&key, m)))?;
+        if location.glob.is_some() {
+            return Err(SluiceError::spec(spec.issue(
+                &key,
+                format!("`{url}` is a glob; a sink writes to one folder"),
+            )));
+        }
+        let store = stores
+            .store_for(&location, &spec.settings.s3)
+            .map_err(|m| SluiceError::spec(spec.issue(&key, m)))?;
+        if target == 0 {
+            return Err(SluiceError::spec(spec.issue(
+                format!("sinks.{name}.target_file_size"),
+                "must be more than 0 bytes",
+            )));
+        }
+        Ok(Arc::new(FileSink {
+            name: name.to_string(),
+            log: CommitLog::new(Arc::clone(&store), location.clone()),
+            location,
+            store,
+            format,
+            partition_by: partition_by.to_vec(),
+            target_file_bytes: target,
+            groups: std::sync::Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// Opens a `parquet` sink.
+    pub fn open_parquet(
+        name: &str,
+        c: &ParquetSinkConfig,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
+        let compression: Compression = c.compression.parse().map_err(|e| {
+            SluiceError::spec(
+                spec.issue(
+                    format!("sinks.{name}.compression"),
+                    format!("`{}`: {e}", c.compression),
+                )
+                .with_help(
+                    "use zstd(1..22), snappy, lz4, gzip(0..9), brotli(0..11) or uncompressed",
+                ),
+            )
+        })?;
+        if c.row_group_rows == 0 {
+            return Err(SluiceError::spec(spec.issue(
+                format!("sinks.{name}.row_group_rows"),
+                "must be at least 1",
+            )));
+        }
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_row_count(Some(c.row_group_rows))
+            .set_created_by(format!("sluice {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        Self::open(
+            name,
+            &c.url,
+            OutputFormat::Parquet(props),
+            &c.partition_by,
+            c.target_file_size.0,
+            spec,
+            stores,
+        )
+    }
+
+    /// Opens a `csv` sink.
+    pub fn open_csv(
+        name: &str,
+        c: &CsvSinkConfig,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
+        let delimiter = match c.delimiter.as_bytes() {
+            [b] => *b,
+            _ if c.delimiter == "\\t" => b'\t',
+            _ => {
+                return Err(SluiceError::spec(spec.issue(
+                    format!("sinks.{name}.delimiter"),
+                    "must be exactly one ASCII character",
+                )));
+            }
+        };
+        let format = OutputFormat::Csv {
+            header: c.header,
+            delimiter,
+        };
+        Self::open(
+            name,
+            &c.url,
+            format,
+            &c.partition_by,
+            c.target_file_size.0,
+            spec,
+            stores,
+        )
+    }
+
+    /// Opens a `jsonl` sink.
+    pub fn open_jsonl(
+        name: &str,
+        c: &JsonlSinkConfig,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
+        Self::open(
+            name,
+            &c.url,
+            OutputFormat::Jsonl,
+            &c.partition_by,
+            c.target_file_size.0,
+            spec,
+            stores,
+        )
+    }
+
+    fn lock_groups(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Pending>> {
+        // a poisoned lock means a writer panicked; its files are still listed
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a group out of the map for as long as it is written or sealed.
+    fn take_group(&self, group: u64) -> Pending {
+        self.lock_groups().remove(&group).unwrap_or_default()
+    }
+
+    fn put_group(&self, group: u64, pending: Pending) {
+        self.lock_groups().insert(group, pending);
+    }
+
+    /// The error of a commit-log operation; its retry hint follows the cause.
+    fn log_err(&self, e: crate::commit_log::CommitLogError) -> SluiceError {
+        let retry = e.retry_hint();
+        SluiceError::Sink {
+            sink: self.name.clone(),
+            url: self.location.url(),
+            message: e.to_string(),
+            retry,
+        }
+    }
+
+    fn err(&self, message: impl Into<String>, retry: RetryHint) -> SluiceError {
+        SluiceError::Sink {
+            sink: self.name.clone(),
+            url: self.location.url(),
+            message: message.into(),
+            retry,
+        }
+    }
+
+    /// The format, with sluice's metadata also in Parquet's key-value metadata
+    /// (readers that ignore `ARROW:schema` see it too).
+    fn format_for(&self, schema: &SchemaRef) -> OutputFormat {
+        match &self.format {
+            OutputFormat::Parquet(props) => {
+                let kv: Vec<KeyValue> = ALL_KEYS
+                    .iter()
+                    .filter_map(|k| {
+                        schema
+                            .metadata()
+                            .get(*k)
+                            .map(|v| KeyValue::new(k.to_string(), v.clone()))
+                    })
+                    .collect();
+                let props = props
+                    .clone()
+                    .into_builder()
+                    .set_key_value_metadata(Some(kv))
+                    .build();
+                OutputFormat::Parquet(props)
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+/// What every partition writer of one epoch shares.
+struct EpochWrite {
+    store: Arc<dyn ObjectStore>,
+    location: Location,
+    format: OutputFormat,
+    splitter: Option<HiveSplitter>,
+    target: u64,
+    epoch: u64,
+    run_id: String,
+}
+
+/// A file being written.
+struct Open {
+    file: OpenFile,
+    rel: String,
+    rows: u64,
+    values: BTreeMap<String, String>,
+}
+
+/// What one commit group holds until it is sealed: files stay open across
+/// the group's epochs (so a commit every few epochs does not mean a tiny
+/// file every epoch), files rolled by size wait, closed, for the commit.
+#[derive(Default)]
+struct Pending {
+    /// Open files by plan partition and hive folder.
+    open: HashMap<usize, HashMap<String, Open>>,
+    /// Closed files not committed yet.
+    closed: Vec<CommittedFile>,
+    /// Next file number per plan partition.
+    seq: HashMap<usize, usize>,
+}
+
+/// One partition's files, handed to its writer task and back.
+struct PartitionFiles {
+    open: HashMap<String, Open>,
+    closed: Vec<CommittedFile>,
+    seq: usize,
+    rows: u64,
+}
+
+impl EpochWrite {
+    /// Appends one partition's rows of this epoch to its files.
+    async fn write_partition(
+        &self,
+        partition: usize,
+        mut stream: datafusion::execution::SendableRecordBatchStream,
+        mut files: PartitionFiles,
+    ) -> std::result::Result<PartitionFiles, SluiceError> {
+        let result: std::result::Result<(), SluiceError> = async {
+            let schema = stream.schema();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| SluiceError::from_datafusion(e, None))?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let pieces = match &self.splitter {
+                    Some(s) => s
+                        .split(&batch)
+                        .map_err(|e| SluiceError::Internal(format!("partitioning failed: {e}")))?
+                        .into_iter()
+                        .map(|p| (p.dir, p.values, p.batch))
+                        .collect(),
+                    None => vec![(String::new(), BTreeMap::new(), batch)],
+                };
+                for (dir, values, piece) in pieces {
+                    if !files.open.contains_key(&dir) {
+                        let name = data_file_name(
+                            self.epoch,
+                            &self.run_id,
+                            partition,
+                            files.seq,
+                            self.format.extension(),
+                        );
+                        files.seq += 1;
+                        let rel = if dir.is_empty() {
+                            name
+                        } else {
+                            format!("{dir}/{name}")
+                        };
+                        let schema = match &self.splitter {
+                            Some(s) => Arc::clone(&s.file_schema),
+                            None => Arc::clone(&schema),
+                        };
+                        let file = OpenFile::create(
+                            Arc::clone(&self.store),
+                            self.location.child(&rel),
+                            &self.format,
+                            schema,
+                        )
+                        .map_err(|m| self.sink_err(&rel, m))?;
+                        files.open.insert(
+                            dir.clone(),
+                            Open {
+                                file,
+                                rel,
+                                rows: 0,
+                                values,
+                            },
+                        );
+                    }
+                    let Some(o) = files.open.get_mut(&dir) else {
+                        continue;
+                    };
+                    o.file
+                        .write(&piece)
+                        .await
+                        .map_err(|m| self.sink_err(&o.rel, m))?;
+                    o.rows += piece.num_rows() as u64;
+                    files.rows += piece.num_rows() as u64;
+                    if o.file.size() >= self.target {
+                        if let Some(o) = files.open.remove(&dir) {
+                            files.closed.push(finish(&self.location, o).await?);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(files),
+            Err(e) => {
+                for (_, o) in files.open.drain() {
+                    o.file.abort().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn sink_err(&self, rel: &str, message: String) -> SluiceError {
+        sink_err(&self.location, rel, message)
+    }
+}
+
+fn sink_err(location: &Location, rel: &str, message: String) -> SluiceError {
+    SluiceError::Sink {
+        sink: String::new(),
+        url: location.object_url(&location.child(rel)),
+        message,
+        retry: RetryHint::WithBackoff,
+    }
+}
+
+/// Closes a file; returns what the commit records of it.
+async fn finish(location: &Location, o: Open) -> std::result::Result<CommittedFile, SluiceError> {
+    let bytes = o
+        .file
+        .finish()
+        .await
+        .map_err(|m| sink_err(location, &o.rel, m))?;
+    Ok(CommittedFile {
+        path: o.rel,
+        rows: o.rows,
+        bytes,
+        partition: o.values,
+    })
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &str {
+        self.format.extension()
+    }
+
+    fn url(&self) -> String {
+        self.location.url()
+    }
+
+    async fn check_reachable(&self) -> Result<()> {
+        if let Some(p) = self.location.local_path() {
+            let mut cur = Some(p.as_path());
+            while let Some(c) = cur {
+                if c.exists() {
+                    if !c.is_dir() {
+                        return Err(self.err(
+                            format!("{} exists and is not a folder", c.display()),
+                            RetryHint::Never,
+                        ));
+                    }
+                    let md = std::fs::metadata(c)
+                        .map_err(|e| self.err(e.to_string(), RetryHint::Never))?;
+                    if md.permissions().readonly() {
+                        return Err(
+                            self.err(format!("{} is read-only", c.display()), RetryHint::Never)
+                        );
+                    }
+                    return Ok(());
+                }
+                cur = c.parent();
+            }
+            return Ok(());
+        }
+        let prefix = (!self.location.prefix.as_ref().is_empty()).then_some(&self.location.prefix);
+        self.store
+            .list_with_delimiter(prefix)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(format!("unreachable: {e}"), RetryHint::WithBackoff))
+    }
+
+    async fn recover(&self) -> Result<Recovered> {
+        let removed = self
+            .log
+            .remove_uncommitted()
+            .await
+            .map_err(|e| self.log_err(e))?;
+        let commits = self.log.read_all().await.map_err(|e| self.log_err(e))?;
+        Ok(Recovered {
+            log: SinkLog::durable(
+                commits
+                    .into_iter()
+                    .map(|c| CommittedRange {
+                        first: c.first_epoch.min(c.epoch),
+                        last: c.epoch,
+                        offsets: c.source_offsets,
+                    })
+                    .collect(),
+            ),
+            removed_files: removed,
+        })
+    }
+
+    async fn write(&self, output: EpochOutput) -> Result<u64> {
+        let schema = Arc::clone(output.schema());
+        let splitter = if self.partition_by.is_empty() {
+            None
+        } else {
+            Some(
+                HiveSplitter::try_new(&schema, &self.partition_by)
+                    .map_err(|m| self.err(m, RetryHint::Never))?,
+            )
+        };
+        let job = Arc::new(EpochWrite {
+            store: Arc::clone(&self.store),
+            location: self.location.clone(),
+            format: self.format_for(&schema),
+            splitter,
+            target: self.target_file_bytes,
+            epoch: output.epoch(),
+            run_id: output.run_id().to_string(),
+        });
+        let group = output.commit_group();
+        let mut pending = self.take_group(group);
+        let mut tasks = JoinSet::new();
+        let mut failure: Option<SluiceError> = None;
+        for p in 0..output.partitions() {
+            let stream = match output.execute(p) {
+                Ok(s) => s,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let files = PartitionFiles {
+                open: pending.open.remove(&p).unwrap_or_default(),
+                closed: Vec::new(),
+                seq: pending.seq.get(&p).copied().unwrap_or(0),
+                rows: 0,
+            };
+            let job = Arc::clone(&job);
+            tasks.spawn(async move { (p, job.write_partition(p, stream, files).await) });
+        }
+        let mut rows = 0;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((p, Ok(files))) => {
+                    rows += files.rows;
+                    pending.open.insert(p, files.open);
+                    pending.closed.extend(files.closed);
+                    pending.seq.insert(p, files.seq);
+                }
+                Ok((_, Err(e))) => {
+                    failure.get_or_insert(e);
+                    tasks.abort_all();
+                }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => {
+                    failure.get_or_insert(SluiceError::Internal(format!(
+                        "a writer task of sink `{}` panicked: {e}",
+                        self.name
+                    )));
+                    tasks.abort_all();
+                }
+            }
+        }
+        // what was written stays in the group, for the commit or for `abort`
+        self.put_group(group, pending);
+        if let Some(e) = failure {
+            return Err(match e {
+                SluiceError::Sink {
+                    url,
+                    message,
+                    retry,
+                    ..
+                } => SluiceError::Sink {
+                    sink: self.name.clone(),
+                    url,
+                    message,
+                    retry,
+                },
+                other => other,
+            });
+        }
+        Ok(rows)
+    }
+
+    async fn seal(&self, group: u64) -> Result<Sealed> {
+        let mut pending = self.take_group(group);
+        let opens: Vec<Open> = pending
+            .open
+            .drain()
+            .flat_map(|(_, m)| m.into_values())
+            .collect();
+        let mut failure = None;
+        for o in opens {
+            match finish(&self.location, o).await {
+                Ok(f) => pending.closed.push(f),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        let mut files = std::mem::take(&mut pending.closed);
+        if let Some(e) = failure {
+            // the closed files stay listed for `abort`
+            pending.closed = files;
+            self.put_group(group, pending);
+            return Err(e);
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Sealed {
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
+        })
+    }
+
+    async fn commit(&self, sealed: Sealed, record: &CommitRecord) -> Result<()> {
+        let commit = Commit {
+            format: COMMIT_FORMAT,
+            epoch: record.epoch,
+            first_epoch: record.first_epoch,
+            pipeline: record.pipeline.clone(),
+            sink: self.name.clone(),
+            run_id: record.run_id.clone(),
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            rows: sealed.rows,
+            bytes: sealed.bytes,
+            files: sealed.files,
+            schema: record.schema.as_ref().clone(),
+            partition_by: self.partition_by.clone(),
+            lineage: record.lineage.clone(),
+            provenance: record.provenance.clone(),
+            source_offsets: record.source_offsets.clone(),
+        };
+        self.log.write(&commit).await.map_err(|e| self.log_err(e))
+    }
+
+    async fn reset(&self) -> Result<u64> {
+        self.log.reset().await.map_err(|e| self.log_err(e))
+    }
+
+    async fn abort(&self) {
+        let groups = std::mem::take(&mut *self.lock_groups());
+        for (_, mut pending) in groups {
+            for (_, files) in pending.open.drain() {
+                for (_, o) in files {
+                    o.file.abort().await;
+                }
+            }
+            for f in pending.closed.drain(..) {
+                let _ = self.store.delete(&self.location.child(&f.path)).await;
+            }
+        }
+        // anything else this run left (files of tasks that were cancelled,
+        // groups sealed and not committed)
+        let _ = self.log.remove_uncommitted().await;
+    }
+}

@@ -1,0 +1,340 @@
+//! Sinks: where rows are delivered.
+//!
+//! A [`Sink`] writes one epoch's rows, then commits them. File sinks
+//! (`parquet`, `csv`, `jsonl`) write uniquely named files to any object store
+//! and then create one commit file per epoch, so output appears atomically and
+//! exactly once (see [`crate::commit_log`]). `stdout` prints a table, for
+//! debugging, and keeps no log. A Rust program adds its own sink with a
+//! [`SinkFactory`]; it takes part in the same commit protocol.
+
+mod blackhole;
+mod file;
+mod stdout;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use futures::StreamExt;
+use sluice_contract::{LineageEntry, Provenance};
+
+pub use blackhole::BlackholeSinkConfig;
+pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
+pub use stdout::StdoutSinkConfig;
+
+use crate::commit_log::{CommittedFile, SourceOffsets};
+pub use crate::epoch::recovery::{CommittedRange, SinkLog};
+use crate::error::{Result, SluiceError};
+use crate::metrics::ComponentId;
+use crate::spec::{PipelineSpec, decode_table};
+use crate::storage::StoreRegistry;
+
+/// The config of one sink, by kind: the registry of sink kinds.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// `kind = "parquet"`.
+    Parquet(ParquetSinkConfig),
+    /// `kind = "csv"`.
+    Csv(CsvSinkConfig),
+    /// `kind = "jsonl"`.
+    Jsonl(JsonlSinkConfig),
+    /// `kind = "stdout"`.
+    Stdout(StdoutSinkConfig),
+    /// `kind = "blackhole"`.
+    Blackhole(BlackholeSinkConfig),
+    /// A sink added in code.
+    Custom(CustomSinkConfig),
+}
+
+impl SinkConfig {
+    /// Every sink kind a pipeline file can name.
+    pub const KINDS: [&'static str; 5] = ["parquet", "csv", "jsonl", "stdout", "blackhole"];
+
+    /// Decodes the table of a sink of the given kind.
+    pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
+        match kind {
+            "parquet" => decode_table(table).map(SinkConfig::Parquet),
+            "csv" => decode_table(table).map(SinkConfig::Csv),
+            "jsonl" => decode_table(table).map(SinkConfig::Jsonl),
+            "stdout" => decode_table(table).map(SinkConfig::Stdout),
+            "blackhole" => decode_table(table).map(SinkConfig::Blackhole),
+            other => Err(format!("unknown kind `{other}`")),
+        }
+    }
+
+    /// The kind as written in pipeline files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Csv(_) => "csv",
+            SinkConfig::Jsonl(_) => "jsonl",
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Blackhole(_) => "blackhole",
+            SinkConfig::Custom(_) => "custom",
+        }
+    }
+
+    /// The input (stage or source) this sink reads.
+    pub fn input(&self) -> &str {
+        match self {
+            SinkConfig::Parquet(c) => &c.input,
+            SinkConfig::Csv(c) => &c.input,
+            SinkConfig::Jsonl(c) => &c.input,
+            SinkConfig::Stdout(c) => &c.input,
+            SinkConfig::Blackhole(c) => &c.input,
+            SinkConfig::Custom(c) => &c.input,
+        }
+    }
+
+    /// The URL the sink writes to, if it writes files.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Parquet(c) => Some(&c.url),
+            SinkConfig::Csv(c) => Some(&c.url),
+            SinkConfig::Jsonl(c) => Some(&c.url),
+            SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) | SinkConfig::Custom(_) => None,
+        }
+    }
+
+    /// Opens the sink.
+    pub fn open(
+        &self,
+        name: &str,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<Arc<dyn Sink>> {
+        match self {
+            SinkConfig::Parquet(c) => file::FileSink::open_parquet(name, c, spec, stores),
+            SinkConfig::Csv(c) => file::FileSink::open_csv(name, c, spec, stores),
+            SinkConfig::Jsonl(c) => file::FileSink::open_jsonl(name, c, spec, stores),
+            SinkConfig::Stdout(c) => Ok(Arc::new(stdout::StdoutSink::new(name, c.clone()))),
+            SinkConfig::Blackhole(_) => Ok(Arc::new(blackhole::BlackholeSink::new(name))),
+            SinkConfig::Custom(c) => c.factory.open(&SinkContext { name, spec }),
+        }
+    }
+}
+
+/// What a sink found when a run started.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// Its commit log, as data ([`SinkLog::not_durable`] for a sink without one).
+    pub log: SinkLog,
+    /// Debris of earlier runs that was deleted (paths relative to the sink).
+    pub removed_files: Vec<String>,
+}
+
+/// What a sink's sealed writes hold, ready to be committed.
+#[derive(Debug, Clone, Default)]
+pub struct Sealed {
+    /// The files (empty for sinks that are not file based).
+    pub files: Vec<CommittedFile>,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Everything a commit records besides what was sealed.
+#[derive(Debug, Clone)]
+pub struct CommitRecord {
+    /// First epoch the commit covers: the `commit_group` of its writes.
+    pub first_epoch: u64,
+    /// Last epoch the commit covers: the commit's number.
+    pub epoch: u64,
+    /// `name@version` of the pipeline.
+    pub pipeline: String,
+    /// This run's id.
+    pub run_id: String,
+    /// Lineage of the sink's data.
+    pub lineage: Vec<LineageEntry>,
+    /// Provenance of the sink's data.
+    pub provenance: Provenance,
+    /// The schema of the rows, with sluice's metadata.
+    pub schema: SchemaRef,
+    /// Offsets of every source over the committed epochs; a restart
+    /// resumes at their `end`.
+    pub source_offsets: BTreeMap<String, SourceOffsets>,
+}
+
+/// One epoch's rows for a sink: a plan whose partitions can be written in
+/// parallel.
+pub struct EpochOutput {
+    pub(crate) epoch: u64,
+    pub(crate) commit_group: u64,
+    pub(crate) run_id: Arc<str>,
+    pub(crate) plan: Arc<dyn ExecutionPlan>,
+    pub(crate) task: Arc<TaskContext>,
+    pub(crate) schema: SchemaRef,
+    pub(crate) sink: ComponentId,
+}
+
+impl Debug for EpochOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochOutput")
+            .field("epoch", &self.epoch)
+            .field("commit_group", &self.commit_group)
+            .field("sink", &self.sink)
+            .finish()
+    }
+}
+
+impl EpochOutput {
+    /// The epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Writes with the same group are committed together, by
+    /// [`Sink::seal`] and [`Sink::commit`] of that group. It is the number
+    /// of the first epoch of the commit.
+    pub fn commit_group(&self) -> u64 {
+        self.commit_group
+    }
+
+    /// The run's id (sluice puts it in file names so runs never collide).
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The schema of the rows, with sluice's metadata (`sluice.lineage`, ...).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// How many partitions the rows come in.
+    pub fn partitions(&self) -> usize {
+        self.plan.output_partitioning().partition_count()
+    }
+
+    /// The rows of one partition, with [`EpochOutput::schema`]; errors name
+    /// the component they happened in.
+    pub fn execute(&self, partition: usize) -> Result<SendableRecordBatchStream> {
+        let stream = self
+            .plan
+            .execute(partition, Arc::clone(&self.task))
+            .map_err(|e| SluiceError::from_datafusion(e, Some(self.sink.clone())))?;
+        let schema = Arc::clone(&self.schema);
+        let sink = self.sink.clone();
+        let with_metadata = stream.map(move |batch| {
+            let batch = batch?;
+            batch.with_schema(Arc::clone(&schema)).map_err(|e| {
+                datafusion::common::internal_datafusion_err!(
+                    "{sink}: a batch does not match its plan's schema: {e}"
+                )
+            })
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            with_metadata,
+        )))
+    }
+
+    /// Every partition's rows in one stream.
+    pub fn execute_all(&self) -> Result<SendableRecordBatchStream> {
+        if self.partitions() == 1 {
+            return self.execute(0);
+        }
+        let streams = (0..self.partitions())
+            .map(|p| self.execute(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            futures::stream::select_all(streams),
+        )))
+    }
+
+    /// The error of a sink, from a DataFusion error of its rows.
+    pub fn error(&self, e: datafusion::error::DataFusionError) -> SluiceError {
+        SluiceError::from_datafusion(e, Some(self.sink.clone()))
+    }
+}
+
+/// A sink; see the module docs.
+///
+/// The commit protocol, as the engine drives it: every epoch, [`Sink::write`]
+/// (rows go where no reader sees them yet, grouped by
+/// [`EpochOutput::commit_group`]); at a commit point, [`Sink::seal`] of the
+/// group on every sink, then [`Sink::commit`] on each, in epoch order. After a
+/// failure, [`Sink::abort`]. When a run starts, [`Sink::recover`] says what
+/// is committed, so a replayed epoch is never written twice. While one group
+/// is being sealed and committed, the next group may already be written.
+#[async_trait]
+pub trait Sink: Send + Sync + Debug {
+    /// Sink name in the pipeline.
+    fn name(&self) -> &str;
+
+    /// Kind as written in pipeline files.
+    fn kind(&self) -> &str;
+
+    /// Where it writes (for messages).
+    fn url(&self) -> String;
+
+    /// Checks the sink can be reached, without writing.
+    async fn check_reachable(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reads the commit log and deletes uncommitted debris of earlier runs.
+    /// The default is a sink without a log, which rows reach as they are
+    /// written.
+    async fn recover(&self) -> Result<Recovered> {
+        Ok(Recovered::default())
+    }
+
+    /// Writes one epoch's rows. Nothing is output until the group is
+    /// sealed and committed. Returns the rows written.
+    async fn write(&self, output: EpochOutput) -> Result<u64>;
+
+    /// Closes everything written for `group`: returns it, ready to be
+    /// committed. The default has nothing to seal.
+    async fn seal(&self, group: u64) -> Result<Sealed> {
+        let _ = group;
+        Ok(Sealed::default())
+    }
+
+    /// Makes the sealed writes part of the output, atomically, as the
+    /// commit of the epochs `record.first_epoch..=record.epoch`.
+    async fn commit(&self, sealed: Sealed, record: &CommitRecord) -> Result<()> {
+        let _ = (sealed, record);
+        Ok(())
+    }
+
+    /// Deletes everything written and not committed (every group).
+    async fn abort(&self) {}
+
+    /// Deletes everything this sink ever committed (data files and commit
+    /// log), so the next run starts from the beginning. Returns the number of
+    /// objects deleted. Files sluice did not write are left alone.
+    async fn reset(&self) -> Result<u64> {
+        Ok(0)
+    }
+}
+
+/// What a custom sink needs to open itself.
+#[derive(Debug)]
+pub struct SinkContext<'a> {
+    /// Sink name in the pipeline.
+    pub name: &'a str,
+    /// The whole spec (paths resolve against its directory).
+    pub spec: &'a PipelineSpec,
+}
+
+/// Opens a custom sink; implement this to add a sink from Rust code.
+pub trait SinkFactory: Send + Sync + Debug {
+    /// Creates the sink for one run of the pipeline.
+    fn open(&self, ctx: &SinkContext<'_>) -> Result<Arc<dyn Sink>>;
+}
+
+/// `with_custom_sink`: a sink implemented in Rust by the embedding program.
+#[derive(Debug, Clone)]
+pub struct CustomSinkConfig {
+    /// The stage or source it reads.
+    pub input: String,
+    /// Opens it.
+    pub factory: Arc<dyn SinkFactory>,
+}

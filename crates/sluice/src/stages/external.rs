@@ -1,0 +1,299 @@
+//! The `external` stage: a Go or Rust program speaking `sluice.stage.v1`.
+//!
+//! [`ExternalRuntime`] owns the connection: it starts the child process on a
+//! unix socket (or dials a URL), waits for `health`, keeps the manifest, and
+//! restarts a child that died, with backoff. The plan operator
+//! ([`crate::ops::external_stage::ExternalStageExec`]) asks it for a client
+//! per exchange.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_contract::ErrorCode;
+use sluice_flight::{Manifest, StageClient, StageError, Target};
+use tokio::process::Child;
+use tokio::sync::Mutex;
+
+use crate::spec::HumanDuration;
+
+pub use crate::dead_letter::OnError;
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+fn default_in_flight() -> usize {
+    4
+}
+
+fn default_on_error() -> OnError {
+    OnError::Fail
+}
+
+/// `[stages.<name>] kind = "external"`: a stage running out of process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalStageConfig {
+    /// The one stage or source it reads.
+    pub inputs: Vec<String>,
+    /// Program and arguments to start (paths relative to the pipeline file);
+    /// the engine sets `SLUICE_STAGE_SOCKET`. Exactly one of `command` and `url`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Address of a running stage: `grpc://host:port`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The stage's own settings, passed in every open request.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// How long the engine waits for the answer to a batch (default 30s).
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// How often a failed epoch is retried when the failure may pass
+    /// (the stage crashed, timed out or was unavailable); default 3.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Batches sent and not yet answered, at most (default 4).
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// `fail` (default) or `skip`: what row errors do.
+    #[serde(default = "default_on_error")]
+    pub on_error: OnError,
+}
+
+impl ExternalStageConfig {
+    /// The stage's config as JSON, for open requests.
+    pub fn config_json(&self) -> serde_json::Value {
+        match &self.config {
+            Some(t) => serde_json::to_value(t).unwrap_or(serde_json::Value::Null),
+            None => serde_json::Value::Null,
+        }
+    }
+}
+
+/// How the runtime reaches the stage.
+#[derive(Debug)]
+enum Launch {
+    Child {
+        program: PathBuf,
+        args: Vec<String>,
+        socket: PathBuf,
+    },
+    Remote(Target),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    child: Option<Child>,
+    client: Option<StageClient>,
+    starts: u32,
+}
+
+/// The connection to one external stage; see the module docs.
+#[derive(Debug)]
+pub struct ExternalRuntime {
+    /// Stage name in the pipeline.
+    pub name: String,
+    /// Its config.
+    pub config: ExternalStageConfig,
+    /// The manifest the stage described itself with.
+    pub manifest: Manifest,
+    launch: Launch,
+    state: Mutex<State>,
+    /// Times the child process was (re)started.
+    pub starts: AtomicU64,
+    /// Round-trip time of each answered batch, in microseconds (sent → answered).
+    pub latencies_us: std::sync::Mutex<Vec<u32>>,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ExternalRuntime {
+    /// Starts (or dials) the stage and reads its manifest.
+    pub async fn start(
+        name: &str,
+        config: ExternalStageConfig,
+        base_dir: &std::path::Path,
+    ) -> Result<Arc<Self>, StageError> {
+        let launch = match (&config.command, &config.url) {
+            (Some(cmd), None) if !cmd.is_empty() => {
+                let program = PathBuf::from(&cmd[0]);
+                let program = if program.components().count() > 1 && program.is_relative() {
+                    base_dir.join(program)
+                } else {
+                    program
+                };
+                let socket = sluice_flight::launch::socket_path(name);
+                Launch::Child {
+                    program,
+                    args: cmd[1..].to_vec(),
+                    socket,
+                }
+            }
+            (None, Some(url)) => Launch::Remote(Target::Url(url.clone())),
+            _ => {
+                return Err(StageError::new(
+                    ErrorCode::InvalidArgument,
+                    "an external stage needs exactly one of `command` (a program to start) and `url` (grpc://host:port)",
+                ));
+            }
+        };
+        let mut rt = ExternalRuntime {
+            name: name.to_string(),
+            config,
+            manifest: Manifest::new("", ""),
+            launch,
+            state: Mutex::new(State::default()),
+            starts: AtomicU64::new(0),
+            latencies_us: std::sync::Mutex::new(Vec::new()),
+        };
+        let mut client = rt.client().await?;
+        rt.manifest = client.describe().await?;
+        Ok(Arc::new(rt))
+    }
+
+    /// A client to a live stage: starts or restarts the child when needed.
+    ///
+    /// Boxed so the future's type does not leak into callers (rustc cannot
+    /// prove the unboxed one `Send` inside DataFusion's spawned tasks).
+    pub fn client(&self) -> futures::future::BoxFuture<'_, Result<StageClient, StageError>> {
+        Box::pin(self.client_inner())
+    }
+
+    async fn client_inner(&self) -> Result<StageClient, StageError> {
+        let mut state = self.state.lock().await;
+        let alive = match state.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => matches!(self.launch, Launch::Remote(_)) && state.client.is_some(),
+        };
+        if alive {
+            if let Some(c) = &state.client {
+                return Ok(c.clone());
+            }
+        }
+        state.client = None;
+        match &self.launch {
+            Launch::Remote(target) => {
+                let c = StageClient::connect(target, self.config.timeout.0).await?;
+                state.client = Some(c.clone());
+                Ok(c)
+            }
+            Launch::Child {
+                program,
+                args,
+                socket,
+            } => {
+                if state.starts > 0 {
+                    // a restart: back off so a crashing stage does not spin
+                    let delay = Duration::from_millis(100 * 2u64.pow(state.starts.min(6)));
+                    tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
+                }
+                if let Some(mut old) = state.child.take() {
+                    let _ = old.kill().await;
+                }
+                let mut child =
+                    sluice_flight::launch::spawn(program, args, socket).map_err(|e| {
+                        StageError::new(e.code, format!("stage `{}`: {}", self.name, e.message))
+                    })?;
+                state.starts += 1;
+                self.starts.fetch_add(1, Ordering::Relaxed);
+                let result =
+                    sluice_flight::launch::wait_healthy(&mut child, socket, START_TIMEOUT).await;
+                state.child = Some(child);
+                let c = result.map_err(|e| {
+                    StageError::new(
+                        e.code,
+                        format!(
+                            "stage `{}` ({}): {}",
+                            self.name,
+                            program.display(),
+                            e.message
+                        ),
+                    )
+                })?;
+                state.client = Some(c.clone());
+                Ok(c)
+            }
+        }
+    }
+
+    /// Records the round trip of one batch.
+    pub fn record_latency(&self, took: Duration) {
+        let mut l = self.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
+        // a bounded sample is plenty for percentiles
+        if l.len() < 1_000_000 {
+            l.push(took.as_micros().min(u32::MAX as u128) as u32);
+        }
+    }
+
+    /// The `q` quantile (0..=1) of the recorded batch round trips, in microseconds.
+    pub fn latency_quantile_us(&self, q: f64) -> Option<u32> {
+        let mut l = self
+            .latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if l.is_empty() {
+            return None;
+        }
+        l.sort_unstable();
+        let i = ((l.len() - 1) as f64 * q).round() as usize;
+        l.get(i).copied()
+    }
+
+    /// If the child process has exited, how (for errors after a crash).
+    pub fn exit_status(&self) -> futures::future::BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            let child = state.child.as_mut()?;
+            // a crash closes the socket a moment before the exit is visible
+            for _ in 0..20 {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(status.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None
+        })
+    }
+
+    /// Forgets the current connection after an exchange failed, so the next
+    /// call checks the child and reconnects. With `kill` (the stage hung),
+    /// the child is stopped so the next call starts a fresh one.
+    pub fn reset(&self, kill: bool) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            state.client = None;
+            if kill {
+                if let Some(child) = state.child.as_mut() {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+            }
+        })
+    }
+
+    /// Stops the child process, if any.
+    pub fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(self.shutdown_inner())
+    }
+
+    async fn shutdown_inner(&self) {
+        let mut state = self.state.lock().await;
+        state.client = None;
+        if let Some(mut child) = state.child.take() {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+        if let Launch::Child { socket, .. } = &self.launch {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}

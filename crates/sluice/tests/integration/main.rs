@@ -1,0 +1,9 @@
+//! Integration tests of the engine through its public API: embedding, epochs
+//! and resume, file sources at scale, schema evolution. (SQL semantics, the
+//! .slt files, run as a unit test of `compile`.)
+
+mod common;
+mod embedding;
+mod epochs;
+mod evolution;
+mod files;
