@@ -20,6 +20,18 @@ pub(crate) enum Point {
     AfterCommit,
 }
 
+impl Point {
+    /// As `SLUICE_FAILPOINT` names it.
+    #[cfg(feature = "failpoints")]
+    fn name(self) -> &'static str {
+        match self {
+            Point::BeforeCommit => "before_commit",
+            Point::BetweenCommits => "between_commits",
+            Point::AfterCommit => "after_commit",
+        }
+    }
+}
+
 /// The crash point of this process, if any.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Failpoint {
@@ -37,12 +49,9 @@ impl Failpoint {
                     Some((p, e)) => (p.to_string(), e.parse().ok()),
                     None => (v, None),
                 };
-                let point = match point.as_str() {
-                    "before_commit" => Point::BeforeCommit,
-                    "between_commits" => Point::BetweenCommits,
-                    "after_commit" => Point::AfterCommit,
-                    _ => return None,
-                };
+                let point = [Point::BeforeCommit, Point::BetweenCommits, Point::AfterCommit]
+                    .into_iter()
+                    .find(|p| p.name() == point)?;
                 Some((point, epoch))
             });
             Self { armed }
@@ -56,7 +65,10 @@ impl Failpoint {
         #[cfg(feature = "failpoints")]
         if let Some((p, e)) = self.armed {
             if p == point && e.is_none_or(|e| e == epoch) {
-                eprintln!("sluice: failpoint {point:?} hit at epoch {epoch}; aborting the process");
+                eprintln!(
+                    "sluice: failpoint `{}` hit at epoch {epoch}; aborting the process",
+                    point.name()
+                );
                 std::process::abort();
             }
         }
