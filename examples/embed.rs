@@ -35,7 +35,7 @@ use sluice::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use sluice::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use sluice::datafusion::prelude::SessionConfig;
 use sluice::sinks::{
-    CommitRecord, CommittedRange, EpochOutput, ParquetSinkConfig, Recovered, Sealed, Sink,
+    CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink,
     SinkConfig, SinkContext, SinkFactory, SinkLog,
 };
 use sluice::sources::{AnySource, Slice, SliceLimits, Source, SourceContext, SourceFactory};
@@ -322,7 +322,7 @@ fn pipeline(ledger: &Arc<Ledger>, out: &str) -> PipelineSpec {
             &["hot"],
             "SELECT minute, sensor, count(*) AS readings, max(fahrenheit) AS max_f FROM hot GROUP BY minute, sensor",
         )
-        .with_sink("parquet", SinkConfig::Parquet(ParquetSinkConfig::new("per_sensor", out)))
+        .with_sink("parquet", SinkConfig::parquet("per_sensor", out))
         .with_custom_sink("ledger", "per_sensor", Arc::new(LedgerFactory(Arc::clone(ledger))))
 }
 

@@ -8,7 +8,7 @@ use comfy_table::Table;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use sluice::datafusion::arrow::array::{Array, RecordBatch};
 use sluice::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use sluice::sources::SourceConfig;
+use sluice::sources::SourceKind;
 use sluice::spec::S3Settings;
 use sluice::{Engine, PipelineSpec, Result, SluiceError, SpecIssue};
 
@@ -185,20 +185,20 @@ pub fn replay_spec(
     let spec = PipelineSpec::from_file_with_overrides(pipeline, overrides)?;
     let input: PathBuf = std::path::absolute(input).unwrap_or_else(|_| input.to_path_buf());
     let quoted = serde_json::to_string(&input.to_string_lossy()).unwrap_or_default();
-    match spec.sources.get(source) {
-        Some(SourceConfig::Csv(_)) => {
+    match spec.sources.get(source).map(|s| &s.kind) {
+        Some(SourceKind::Csv(_)) => {
             overrides.push(format!("sources.{source}.path={quoted}"));
             // exported lines have no header
             overrides.push(format!("sources.{source}.header=false"));
         }
-        Some(SourceConfig::Jsonl(_)) => overrides.push(format!("sources.{source}.path={quoted}")),
+        Some(SourceKind::Jsonl(_)) => overrides.push(format!("sources.{source}.path={quoted}")),
         Some(other) => {
             return Err(SluiceError::spec(SpecIssue::new(
                 pipeline,
                 format!("sources.{source}"),
                 format!(
                     "replay feeds lines to a csv or jsonl source; `{source}` is a {} source",
-                    other.kind()
+                    other.name()
                 ),
             )));
         }

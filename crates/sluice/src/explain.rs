@@ -47,7 +47,7 @@ impl CompiledPipeline {
         } else if let Some(s) = plan.spec.stages.get(name) {
             s.kind().to_string()
         } else if let Some(s) = plan.spec.sinks.get(name) {
-            s.kind().to_string()
+            s.kind_name().to_string()
         } else {
             String::new()
         }

@@ -112,7 +112,7 @@ fn check_dead_letter_sink(spec: &PipelineSpec) -> Option<SpecIssue> {
     let wants: Vec<String> = spec
         .sources
         .iter()
-        .filter(|(_, c)| c.on_error() == OnError::DeadLetter)
+        .filter(|(_, c)| c.on_error == OnError::DeadLetter)
         .map(|(n, _)| format!("sources.{n}.on_error"))
         .chain(
             spec.stages

@@ -14,7 +14,7 @@ use crate::dead_letter;
 use crate::engine::Engine;
 use crate::error::{Result, SluiceError, SpecIssue};
 use crate::metrics::ComponentId;
-use crate::sinks::{ParquetSinkConfig, SinkConfig};
+use crate::sinks::{ParquetSinkConfig, SinkConfig, SinkKind};
 use crate::sources::AnySource;
 use crate::spec::PipelineSpec;
 use crate::spec::graph::Graph;
@@ -48,7 +48,7 @@ pub(super) async fn plan_all(
     } = inputs;
     let mut sinks = BTreeMap::new();
     for (name, cfg) in &spec.sinks {
-        let input = cfg.input();
+        let input = cfg.input.as_str();
         if failed.iter().any(|f| f == input) {
             continue;
         }
@@ -76,7 +76,7 @@ pub(super) async fn plan_all(
             errors.push(SluiceError::spec(issue));
             continue;
         }
-        if let SinkConfig::Parquet(ParquetSinkConfig {
+        if let SinkKind::Parquet(ParquetSinkConfig {
             schema: Some(reference),
             ..
         }) = cfg
@@ -97,7 +97,7 @@ pub(super) async fn plan_all(
                 Some((n, v)) => (n, v.unwrap_or_else(|| spec.pipeline.version.clone())),
                 None => (input.to_string(), spec.pipeline.version.clone()),
             };
-        let lineage = lineage_of(spec, graph, sources, externals, name, cfg.kind());
+        let lineage = lineage_of(spec, graph, sources, externals, name, cfg.kind_name());
         let out_schema = match sink_schema(spec, &schema, &schema_name, &schema_version, &lineage) {
             Ok(s) => s,
             Err(e) => {
@@ -135,7 +135,7 @@ fn open_dead_letter_sink(
     dl: &dead_letter::DeadLetterConfig,
     engine: &Engine,
 ) -> Result<PlannedSink> {
-    let cfg = SinkConfig::Parquet(ParquetSinkConfig::new(dead_letter::SINK_NAME, &dl.url));
+    let cfg = SinkConfig::parquet(dead_letter::SINK_NAME, &dl.url);
     let sink = cfg.open(dead_letter::SINK_NAME, spec, engine.stores())?;
     Ok(PlannedSink {
         sink,
@@ -159,17 +159,12 @@ fn check_partition_columns(
     cfg: &SinkConfig,
     schema: &Schema,
 ) -> Option<SpecIssue> {
-    let cols = match cfg {
-        SinkConfig::Parquet(c) => &c.partition_by,
-        SinkConfig::Csv(c) => &c.partition_by,
-        SinkConfig::Jsonl(c) => &c.partition_by,
-        SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) | SinkConfig::Custom(_) => return None,
-    };
+    let cols = &cfg.files()?.partition_by;
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     cols.iter().find(|c| !names.contains(&c.as_str())).map(|c| {
         spec.issue(
             format!("sinks.{name}.partition_by"),
-            format!("`{c}` is not a column of `{}`", cfg.input()),
+            format!("`{c}` is not a column of `{}`", cfg.input),
         )
         .with_help(format!("columns are: {}", names.join(", ")))
     })

@@ -65,7 +65,7 @@ pub(super) async fn open_all(
         let planned = PlannedSource {
             kind: source.kind().to_string(),
             schema: source.schema(),
-            lookup: cfg.is_lookup(),
+            lookup: cfg.lookup,
             provenance: source.provenance(),
         };
         opened.insert(name.clone(), (source, planned));
@@ -85,7 +85,7 @@ fn parse_checks(
     let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())
         .map_err(|e| SluiceError::Internal(format!("source `{name}` schema: {e}")))?;
     let mut checks = Vec::new();
-    for (i, sql) in cfg.checks().iter().enumerate() {
+    for (i, sql) in cfg.checks.iter().enumerate() {
         let issue =
             |m: String| SluiceError::spec(spec.issue(format!("sources.{name}.checks[{i}]"), m));
         let expr = ctx
@@ -104,6 +104,6 @@ fn parse_checks(
     }
     Ok(DeclaredChecks {
         checks,
-        on_error: cfg.on_error(),
+        on_error: cfg.on_error,
     })
 }

@@ -135,7 +135,7 @@ impl Stats {
                 .spec
                 .sinks
                 .get(name)
-                .map_or_else(|| self.dead_total(), |c| out_of(c.input()));
+                .map_or_else(|| self.dead_total(), |c| out_of(&c.input));
             out.push(stats(&s.id, s.sink.kind(), rows_in, self.get(&s.id)));
         }
         out

@@ -2,7 +2,6 @@
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use serde::Deserialize;
 
 use super::{EpochOutput, Sink};
 use crate::error::{Result, SluiceError};
@@ -11,14 +10,6 @@ use crate::error::{Result, SluiceError};
 ///
 /// Not durable: it keeps no commit log. Useful to measure a pipeline without
 /// the cost of writing.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlackholeSinkConfig {
-    /// The stage or source to consume.
-    pub input: String,
-}
-
-/// Drops rows; see [`BlackholeSinkConfig`].
 #[derive(Debug)]
 pub struct BlackholeSink {
     name: String,

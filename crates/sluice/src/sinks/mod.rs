@@ -8,6 +8,7 @@
 //! [`SinkFactory`]; it takes part in the same commit protocol.
 
 mod blackhole;
+mod config;
 mod file;
 mod stdout;
 
@@ -23,7 +24,8 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use sluice_contract::{LineageEntry, Provenance};
 
-pub use blackhole::BlackholeSinkConfig;
+pub use config::{FileSinkKeys, SinkConfig, SinkKind};
+pub(crate) use config::{KINDS, Kind};
 pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
 pub use stdout::StdoutSinkConfig;
 
@@ -31,93 +33,7 @@ use crate::commit_log::{CommittedFile, SourceOffsets};
 pub use crate::epoch::recovery::{CommittedRange, SinkLog};
 use crate::error::{Result, SluiceError};
 use crate::metrics::ComponentId;
-use crate::spec::{PipelineSpec, decode_table};
-use crate::storage::StoreRegistry;
-
-/// The config of one sink, by kind: the registry of sink kinds.
-#[derive(Debug, Clone)]
-pub enum SinkConfig {
-    /// `kind = "parquet"`.
-    Parquet(ParquetSinkConfig),
-    /// `kind = "csv"`.
-    Csv(CsvSinkConfig),
-    /// `kind = "jsonl"`.
-    Jsonl(JsonlSinkConfig),
-    /// `kind = "stdout"`.
-    Stdout(StdoutSinkConfig),
-    /// `kind = "blackhole"`.
-    Blackhole(BlackholeSinkConfig),
-    /// A sink added in code.
-    Custom(CustomSinkConfig),
-}
-
-impl SinkConfig {
-    /// Every sink kind a pipeline file can name.
-    pub const KINDS: [&'static str; 5] = ["parquet", "csv", "jsonl", "stdout", "blackhole"];
-
-    /// Decodes the table of a sink of the given kind.
-    pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
-        match kind {
-            "parquet" => decode_table(table).map(SinkConfig::Parquet),
-            "csv" => decode_table(table).map(SinkConfig::Csv),
-            "jsonl" => decode_table(table).map(SinkConfig::Jsonl),
-            "stdout" => decode_table(table).map(SinkConfig::Stdout),
-            "blackhole" => decode_table(table).map(SinkConfig::Blackhole),
-            other => Err(format!("unknown kind `{other}`")),
-        }
-    }
-
-    /// The kind as written in pipeline files.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Parquet(_) => "parquet",
-            SinkConfig::Csv(_) => "csv",
-            SinkConfig::Jsonl(_) => "jsonl",
-            SinkConfig::Stdout(_) => "stdout",
-            SinkConfig::Blackhole(_) => "blackhole",
-            SinkConfig::Custom(_) => "custom",
-        }
-    }
-
-    /// The input (stage or source) this sink reads.
-    pub fn input(&self) -> &str {
-        match self {
-            SinkConfig::Parquet(c) => &c.input,
-            SinkConfig::Csv(c) => &c.input,
-            SinkConfig::Jsonl(c) => &c.input,
-            SinkConfig::Stdout(c) => &c.input,
-            SinkConfig::Blackhole(c) => &c.input,
-            SinkConfig::Custom(c) => &c.input,
-        }
-    }
-
-    /// The URL the sink writes to, if it writes files.
-    pub fn url(&self) -> Option<&str> {
-        match self {
-            SinkConfig::Parquet(c) => Some(&c.url),
-            SinkConfig::Csv(c) => Some(&c.url),
-            SinkConfig::Jsonl(c) => Some(&c.url),
-            SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) | SinkConfig::Custom(_) => None,
-        }
-    }
-
-    /// Opens the sink.
-    pub fn open(
-        &self,
-        name: &str,
-        spec: &PipelineSpec,
-        stores: &StoreRegistry,
-    ) -> Result<Arc<dyn Sink>> {
-        match self {
-            SinkConfig::Parquet(c) => file::FileSink::open_parquet(name, c, spec, stores),
-            SinkConfig::Csv(c) => file::FileSink::open_csv(name, c, spec, stores),
-            SinkConfig::Jsonl(c) => file::FileSink::open_jsonl(name, c, spec, stores),
-            SinkConfig::Stdout(c) => Ok(Arc::new(stdout::StdoutSink::new(name, c.clone()))),
-            SinkConfig::Blackhole(_) => Ok(Arc::new(blackhole::BlackholeSink::new(name))),
-            SinkConfig::Custom(c) => c.factory.open(&SinkContext { name, spec }),
-        }
-    }
-}
+use crate::spec::PipelineSpec;
 
 /// What a sink found when a run started.
 #[derive(Debug, Clone, Default)]
@@ -328,13 +244,4 @@ pub struct SinkContext<'a> {
 pub trait SinkFactory: Send + Sync + Debug {
     /// Creates the sink for one run of the pipeline.
     fn open(&self, ctx: &SinkContext<'_>) -> Result<Arc<dyn Sink>>;
-}
-
-/// `with_custom_sink`: a sink implemented in Rust by the embedding program.
-#[derive(Debug, Clone)]
-pub struct CustomSinkConfig {
-    /// The stage or source it reads.
-    pub input: String,
-    /// Opens it.
-    pub factory: Arc<dyn SinkFactory>,
 }

@@ -20,8 +20,6 @@ fn default_max_rows() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {
-    /// The stage or source to print.
-    pub input: String,
     /// Rows printed per epoch at most (default 20); the rest are counted.
     #[serde(default = "default_max_rows")]
     pub max_rows: usize,

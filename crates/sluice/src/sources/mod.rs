@@ -7,9 +7,12 @@
 //! serves sources that never end (a directory to tail, Kafka) without changes
 //! to the runner.
 //!
-//! Sources are nouns; the registry is the explicit [`SourceConfig`] enum.
-//! A Rust program embedding the engine adds its own with [`SourceFactory`].
+//! Sources are nouns. A source's config ([`SourceConfig`]) holds the keys
+//! every kind shares, decoded once, around its kind's own ([`SourceKind`]);
+//! the explicit list of kinds is [`KINDS`]. A Rust program embedding the
+//! engine adds its own source with a [`SourceFactory`].
 
+mod config;
 pub(crate) mod epoch_table;
 mod file;
 mod generator;
@@ -31,6 +34,8 @@ use serde_json::Value;
 use sluice_contract::{LineageEntry, SourceProvenance};
 
 pub use crate::ops::tpch_scan::TpchTable;
+pub use config::{CustomSource, SourceConfig, SourceKind};
+pub(crate) use config::{KINDS, Kind};
 pub(crate) use epoch_table::EpochTable;
 pub use file::{
     ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, FileOffset, JsonlSourceConfig,
@@ -42,7 +47,7 @@ pub use stdin::{StdinOffset, StdinSourceConfig};
 pub use tpch::{TpchOffset, TpchSourceConfig};
 
 use crate::error::{Result, RetryHint, SluiceError};
-use crate::spec::{PipelineSpec, decode_table};
+use crate::spec::PipelineSpec;
 use crate::storage::StoreRegistry;
 
 /// Limits on the size of one slice (one epoch's worth of a source).
@@ -297,123 +302,3 @@ pub trait SourceFactory: Send + Sync + Debug {
     async fn open(&self, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>>;
 }
 
-/// A source implemented in Rust by the embedding program.
-#[derive(Debug, Clone)]
-pub struct CustomSource(pub Arc<dyn SourceFactory>);
-
-/// The config of one source, by kind: the registry of source kinds.
-#[derive(Debug, Clone)]
-pub enum SourceConfig {
-    /// `kind = "csv"`.
-    Csv(CsvSourceConfig),
-    /// `kind = "jsonl"`.
-    Jsonl(JsonlSourceConfig),
-    /// `kind = "parquet"`.
-    Parquet(ParquetSourceConfig),
-    /// `kind = "arrow_ipc"`.
-    ArrowIpc(ArrowIpcSourceConfig),
-    /// `kind = "tpch"`.
-    Tpch(TpchSourceConfig),
-    /// `kind = "generator"`.
-    Generator(GeneratorSourceConfig),
-    /// `kind = "dir"`.
-    Dir(DirSourceConfig),
-    /// `kind = "stdin"`.
-    Stdin(StdinSourceConfig),
-    /// A source added in code.
-    Custom(CustomSource),
-}
-
-impl SourceConfig {
-    /// Every source kind a pipeline file can name.
-    pub const KINDS: [&'static str; 8] = [
-        "csv",
-        "jsonl",
-        "parquet",
-        "arrow_ipc",
-        "tpch",
-        "generator",
-        "dir",
-        "stdin",
-    ];
-
-    /// Decodes the table of a source of the given kind.
-    pub fn from_table(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
-        match kind {
-            "csv" => decode_table(table).map(SourceConfig::Csv),
-            "jsonl" => decode_table(table).map(SourceConfig::Jsonl),
-            "parquet" => decode_table(table).map(SourceConfig::Parquet),
-            "arrow_ipc" => decode_table(table).map(SourceConfig::ArrowIpc),
-            "tpch" => decode_table(table).map(SourceConfig::Tpch),
-            "generator" => decode_table(table).map(SourceConfig::Generator),
-            "dir" => decode_table(table).map(SourceConfig::Dir),
-            "stdin" => decode_table(table).map(SourceConfig::Stdin),
-            other => Err(format!("unknown kind `{other}`")),
-        }
-    }
-
-    /// Whether the source is a lookup table: read whole in every epoch
-    /// instead of being cut into slices.
-    pub fn is_lookup(&self) -> bool {
-        match self {
-            SourceConfig::Csv(c) => c.lookup,
-            SourceConfig::Jsonl(c) => c.lookup,
-            SourceConfig::Parquet(c) => c.lookup,
-            SourceConfig::ArrowIpc(c) => c.lookup,
-            SourceConfig::Tpch(c) => c.lookup,
-            SourceConfig::Generator(_) | SourceConfig::Dir(_) | SourceConfig::Stdin(_) => false,
-            SourceConfig::Custom(_) => false,
-        }
-    }
-
-    /// The `kind` of the source, as written in a spec.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Csv(_) => "csv",
-            SourceConfig::Jsonl(_) => "jsonl",
-            SourceConfig::Parquet(_) => "parquet",
-            SourceConfig::ArrowIpc(_) => "arrow_ipc",
-            SourceConfig::Tpch(_) => "tpch",
-            SourceConfig::Generator(_) => "generator",
-            SourceConfig::Dir(_) => "dir",
-            SourceConfig::Stdin(_) => "stdin",
-            SourceConfig::Custom(_) => "custom",
-        }
-    }
-
-    /// What the source does with a row it cannot read.
-    pub fn on_error(&self) -> crate::dead_letter::OnError {
-        match self {
-            SourceConfig::Csv(c) => c.on_error,
-            SourceConfig::Jsonl(c) => c.on_error,
-            SourceConfig::Dir(c) => c.on_error,
-            SourceConfig::Parquet(c) => c.on_error,
-            _ => crate::dead_letter::OnError::Fail,
-        }
-    }
-
-    /// The source's declared checks (SQL predicates over its columns).
-    pub fn checks(&self) -> &[String] {
-        match self {
-            SourceConfig::Csv(c) => &c.checks,
-            SourceConfig::Jsonl(c) => &c.checks,
-            SourceConfig::Parquet(c) => &c.checks,
-            _ => &[],
-        }
-    }
-
-    /// Opens the source.
-    pub async fn open(&self, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>> {
-        match self {
-            SourceConfig::Csv(c) => file::open_csv(c, ctx).await,
-            SourceConfig::Jsonl(c) => file::open_jsonl(c, ctx).await,
-            SourceConfig::Parquet(c) => file::open_parquet(c, ctx).await,
-            SourceConfig::ArrowIpc(c) => file::open_arrow_ipc(c, ctx).await,
-            SourceConfig::Tpch(c) => tpch::open(c, ctx),
-            SourceConfig::Generator(c) => generator::open(c, ctx),
-            SourceConfig::Dir(c) => file::open_dir(c, ctx).await,
-            SourceConfig::Stdin(c) => stdin::open(c, ctx),
-            SourceConfig::Custom(CustomSource(factory)) => factory.open(ctx).await,
-        }
-    }
-}

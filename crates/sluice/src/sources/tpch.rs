@@ -31,9 +31,6 @@ pub struct TpchSourceConfig {
     /// rows, at least one per partition). Epoch limits cut at part borders.
     #[serde(default)]
     pub parts: Option<usize>,
-    /// Read the whole table in every epoch (for a dimension joined to a stream).
-    #[serde(default)]
-    pub lookup: bool,
 }
 
 fn default_table() -> TpchTable {

@@ -104,7 +104,7 @@ impl Graph {
                 continue;
             }
             let key = format!("sinks.{name}.input");
-            let input = sink.input();
+            let input = sink.input.as_str();
             if !kinds.contains_key(input) {
                 issues.push(unknown_input(spec, &key, input, name, &kinds));
             }

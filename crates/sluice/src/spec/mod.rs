@@ -27,6 +27,7 @@
 //! into its kind's config (`deny_unknown_fields` everywhere).
 
 pub(crate) mod graph;
+pub(crate) mod keys;
 pub(crate) mod values;
 
 use std::collections::BTreeMap;
@@ -39,7 +40,7 @@ pub use crate::dead_letter::{DeadLetterConfig, OnError};
 use crate::error::{Result, SluiceError, SpecIssue};
 pub use crate::openlineage::LineageConfig;
 use crate::sinks::SinkConfig;
-use crate::sources::{CustomSource, SourceConfig};
+use crate::sources::{CustomSource, SourceConfig, SourceKind};
 pub use crate::stages::{ExternalStageConfig, SqlStageConfig, StageConfig};
 pub use values::{ByteSize, ColumnSpec, HumanDuration};
 
@@ -201,8 +202,8 @@ impl PipelineSpec {
     }
 
     /// Adds a source.
-    pub fn with_source(mut self, name: impl Into<String>, source: SourceConfig) -> Self {
-        self.sources.insert(name.into(), source);
+    pub fn with_source(mut self, name: impl Into<String>, source: impl Into<SourceConfig>) -> Self {
+        self.sources.insert(name.into(), source.into());
         self
     }
 
@@ -212,7 +213,10 @@ impl PipelineSpec {
         name: impl Into<String>,
         factory: Arc<dyn crate::sources::SourceFactory>,
     ) -> Self {
-        self.with_source(name, SourceConfig::Custom(CustomSource(factory)))
+        self.with_source(
+            name,
+            SourceConfig::from(SourceKind::Custom(CustomSource(factory))),
+        )
     }
 
     /// Adds a custom sink implemented in Rust (see [`crate::sinks::Sink`]),
@@ -225,10 +229,7 @@ impl PipelineSpec {
     ) -> Self {
         self.with_sink(
             name,
-            SinkConfig::Custom(crate::sinks::CustomSinkConfig {
-                input: input.into(),
-                factory,
-            }),
+            SinkConfig::new(input, crate::sinks::SinkKind::Custom(factory)),
         )
     }
 
@@ -495,9 +496,9 @@ fn decode_section<T>(
 /// Kinds known for each section, for help texts.
 fn kinds_of(section: &str) -> Vec<&'static str> {
     match section {
-        "sources" => SourceConfig::KINDS.to_vec(),
+        "sources" => crate::sources::KINDS.iter().map(|k| k.name).collect(),
         "stages" => StageConfig::KINDS.to_vec(),
-        _ => SinkConfig::KINDS.to_vec(),
+        _ => crate::sinks::KINDS.iter().map(|k| k.name).collect(),
     }
 }
 
@@ -612,7 +613,7 @@ url = "out/big"
 "#,
         )?;
         assert_eq!(spec.id(), "demo@0.1.0");
-        assert_eq!(spec.sinks["out"].input(), "big");
+        assert_eq!(spec.sinks["out"].input, "big");
         assert_eq!(spec.line_of("stages.big"), Some(9));
         Ok(())
     }
@@ -667,8 +668,8 @@ delimeter = ";"
                 "pipeline.version=\"2.0\"".into(),
             ],
         )?;
-        match &spec.sources["t"] {
-            SourceConfig::Tpch(c) => assert_eq!(c.scale_factor, 0.5),
+        match &spec.sources["t"].kind {
+            SourceKind::Tpch(c) => assert_eq!(c.scale_factor, 0.5),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(spec.settings.epoch.max_rows, Some(10));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
-use sluice::sinks::{ParquetSinkConfig, SinkConfig};
+use sluice::sinks::SinkConfig;
 use sluice::sources::MemorySource;
 use sluice::{Engine, PipelineSpec, Result};
 
@@ -65,11 +65,11 @@ async fn a_pipeline_built_in_code_runs_with_a_udf_and_commits_to_memory() -> Res
         )
         .with_sink(
             "detail",
-            SinkConfig::Parquet(ParquetSinkConfig::new("scaled", "memory:///emb/detail")),
+            SinkConfig::parquet("scaled", "memory:///emb/detail"),
         )
         .with_sink(
             "summary",
-            SinkConfig::Parquet(ParquetSinkConfig::new("by_city", "memory:///emb/summary")),
+            SinkConfig::parquet("by_city", "memory:///emb/summary"),
         );
     let summary = engine.run(spec).await?;
     assert_eq!(summary.epochs, 1);
@@ -114,7 +114,7 @@ async fn a_second_engine_run_finds_nothing_new() -> Result<()> {
             )
             .with_sink(
                 "out",
-                SinkConfig::Parquet(ParquetSinkConfig::new("people", "memory:///again/out")),
+                SinkConfig::parquet("people", "memory:///again/out"),
             )
     };
     assert_eq!(engine.run(spec()).await?.epochs, 1);

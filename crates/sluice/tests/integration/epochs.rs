@@ -1,7 +1,7 @@
 //! Epochs: bounded input cut into several commits, resumed across runs.
 
-use sluice::sinks::{ParquetSinkConfig, SinkConfig};
-use sluice::sources::{SourceConfig, TpchSourceConfig};
+use sluice::sinks::SinkConfig;
+use sluice::sources::{SourceConfig, SourceKind, TpchSourceConfig};
 use sluice::{Engine, PipelineSpec, Result, RunOptions};
 
 use crate::common::{committed_rows, query, scalar};
@@ -10,28 +10,27 @@ fn orders_spec(url: &str) -> PipelineSpec {
     let mut spec = PipelineSpec::new("epochs", "1")
         .with_source(
             "orders",
-            SourceConfig::Tpch(TpchSourceConfig {
+            TpchSourceConfig {
                 table: sluice::sources::TpchTable::Orders,
                 scale_factor: 0.01,
                 parts: Some(5),
-                lookup: false,
-            }),
+            },
         )
         .with_source(
             "nation",
-            SourceConfig::Tpch(TpchSourceConfig {
+            SourceConfig::from(TpchSourceConfig {
                 table: sluice::sources::TpchTable::Nation,
                 scale_factor: 0.01,
                 parts: None,
-                lookup: true,
-            }),
+            })
+            .with_lookup(true),
         )
         .with_sql_stage(
             "joined",
             &["orders", "nation"],
             "SELECT o.o_orderkey, o.o_totalprice, n.n_name FROM orders o JOIN nation n ON o.o_custkey % 25 = n.n_nationkey",
         )
-        .with_sink("out", SinkConfig::Parquet(ParquetSinkConfig::new("joined", url)));
+        .with_sink("out", SinkConfig::parquet("joined", url));
     spec.settings.epoch.max_rows = Some(3_000);
     spec
 }
@@ -82,7 +81,7 @@ async fn changing_the_generator_under_committed_output_is_refused() -> Result<()
         ..Default::default()
     })
     .await?;
-    if let Some(SourceConfig::Tpch(t)) = spec.sources.get_mut("orders") {
+    if let Some(SourceKind::Tpch(t)) = spec.sources.get_mut("orders").map(|s| &mut s.kind) {
         t.scale_factor = 0.02;
     }
     let err = engine

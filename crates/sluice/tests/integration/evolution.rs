@@ -9,8 +9,8 @@ use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
 use proptest::prelude::*;
-use sluice::sinks::{ParquetSinkConfig, SinkConfig};
-use sluice::sources::{ParquetSourceConfig, SourceConfig};
+use sluice::sinks::SinkConfig;
+use sluice::sources::ParquetSourceConfig;
 use sluice::{Engine, PipelineSpec};
 use sluice_contract::compat::read_breaks;
 use sluice_contract::registry::schema_to_json;
@@ -188,17 +188,14 @@ fn read_as_new(old: &Schema, new: &Schema) -> Result<(RecordBatch, Vec<RecordBat
     let mut spec = PipelineSpec::new("evolution", "1")
         .with_source(
             "t",
-            SourceConfig::Parquet(ParquetSourceConfig {
+            ParquetSourceConfig {
                 path: dir.path().join("old.parquet").to_string_lossy().into(),
                 schema: Some("t@2".into()),
-                lookup: false,
-                checks: Vec::new(),
-                on_error: Default::default(),
-            }),
+            },
         )
         .with_sink(
             "out",
-            SinkConfig::Parquet(ParquetSinkConfig::new("t", &url)),
+            SinkConfig::parquet("t", &url),
         );
     spec.settings.schemas = Some(registry.to_string_lossy().into());
     spec.settings.target_partitions = Some(1);

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use sluice::sinks::{ParquetSinkConfig, SinkConfig};
+use sluice::sinks::SinkConfig;
 use sluice::sources::{CsvSourceConfig, JsonlSourceConfig, SourceConfig};
 use sluice::spec::ByteSize;
 use sluice::{Engine, PipelineSpec, Result, RunOptions};
@@ -27,10 +27,10 @@ fn csv_spec(path: &std::path::Path, url: &str, partitions: usize, split: bool) -
     let mut cfg = CsvSourceConfig::new(path.to_string_lossy());
     cfg.newlines_in_values = !split;
     let mut spec = PipelineSpec::new("files", "1")
-        .with_source("rows", SourceConfig::Csv(cfg))
+        .with_source("rows", cfg)
         .with_sink(
             "out",
-            SinkConfig::Parquet(ParquetSinkConfig::new("rows", url)),
+            SinkConfig::parquet("rows", url),
         );
     spec.settings.target_partitions = Some(partitions);
     spec
@@ -142,11 +142,11 @@ async fn json_records_cut_by_a_read_chunk_at_a_batch_end_are_read_whole() -> Res
     let mut spec = PipelineSpec::new("json_chunks", "1")
         .with_source(
             "rows",
-            SourceConfig::Jsonl(JsonlSourceConfig::new(path.to_string_lossy())),
+            JsonlSourceConfig::new(path.to_string_lossy()),
         )
         .with_sink(
             "out",
-            SinkConfig::Parquet(ParquetSinkConfig::new("rows", "memory:///files/json")),
+            SinkConfig::parquet("rows", "memory:///files/json"),
         );
     spec.settings.batch_size = Some(3);
     spec.settings.target_partitions = Some(1);
@@ -172,17 +172,19 @@ async fn a_bad_line_longer_than_a_read_chunk_is_dead_lettered_whole() -> Result<
     )
     .unwrap();
     let mut cfg = JsonlSourceConfig::new(path.to_string_lossy());
-    cfg.on_error = sluice::spec::OnError::DeadLetter;
     cfg.columns = Some(vec![sluice::spec::ColumnSpec {
         name: "id".into(),
         data_type: "bigint".into(),
         nullable: true,
     }]);
     let mut spec = PipelineSpec::new("long_line", "1")
-        .with_source("rows", SourceConfig::Jsonl(cfg))
+        .with_source(
+            "rows",
+            SourceConfig::from(cfg).with_on_error(sluice::spec::OnError::DeadLetter),
+        )
         .with_sink(
             "out",
-            SinkConfig::Parquet(ParquetSinkConfig::new("rows", "memory:///files/long")),
+            SinkConfig::parquet("rows", "memory:///files/long"),
         );
     spec.dead_letter = Some(sluice::spec::DeadLetterConfig {
         url: "memory:///files/long_dead".into(),
@@ -267,12 +269,11 @@ async fn arrow_ipc_and_gzip_semicolon_csv_sources_are_read() -> Result<()> {
     let spec = PipelineSpec::new("formats", "1")
         .with_source(
             "data",
-            SourceConfig::ArrowIpc(ArrowIpcSourceConfig {
+            ArrowIpcSourceConfig {
                 path: ipc.to_string_lossy().into(),
-                lookup: false,
-            }),
+            },
         )
-        .with_source("keys", SourceConfig::Csv(keys))
+        .with_source("keys", keys)
         .with_sql_stage(
             "joined",
             &["data", "keys"],
@@ -280,7 +281,7 @@ async fn arrow_ipc_and_gzip_semicolon_csv_sources_are_read() -> Result<()> {
         )
         .with_sink(
             "out",
-            SinkConfig::Parquet(ParquetSinkConfig::new("joined", "memory:///formats/out")),
+            SinkConfig::parquet("joined", "memory:///formats/out"),
         );
     let engine = Engine::new();
     let summary = engine.run(spec).await?;

@@ -2,14 +2,10 @@
 
 use serde::Deserialize;
 
-use crate::spec::ByteSize;
+use super::super::FileSinkKeys;
 
 fn default_compression() -> String {
     "zstd(3)".into()
-}
-
-fn default_target() -> ByteSize {
-    ByteSize(128 << 20)
 }
 
 fn default_row_group_rows() -> usize {
@@ -28,11 +24,9 @@ fn default_delimiter() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
-    /// The stage or source to write.
-    pub input: String,
-    /// Folder or URL (`s3://bucket/out/`, `memory:///out`) to write to,
-    /// relative to the pipeline file.
-    pub url: String,
+    /// `url`, `partition_by`, `target_file_size`: decoded once for every file sink.
+    #[serde(skip)]
+    pub files: FileSinkKeys,
     /// The contract readers of this output rely on: a registry schema
     /// `name@version` that `validate` checks the sink's input against.
     #[serde(default)]
@@ -41,28 +35,18 @@ pub struct ParquetSinkConfig {
     /// `gzip(6)`, `brotli(4)` or `uncompressed`.
     #[serde(default = "default_compression")]
     pub compression: String,
-    /// Columns to partition by, in hive layout (`col=value/`); they are not
-    /// repeated inside the files.
-    #[serde(default)]
-    pub partition_by: Vec<String>,
-    /// A file is closed and a new one started past this size (default 128MiB).
-    #[serde(default = "default_target")]
-    pub target_file_size: ByteSize,
     /// Rows per row group at most (default 1048576).
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
 }
 
 impl ParquetSinkConfig {
-    /// A config writing `input` to `url` with defaults.
-    pub fn new(input: impl Into<String>, url: impl Into<String>) -> Self {
+    /// A config writing to `url`, with defaults.
+    pub fn new(url: impl Into<String>) -> Self {
         Self {
-            input: input.into(),
-            url: url.into(),
+            files: FileSinkKeys::new(url),
             schema: None,
             compression: default_compression(),
-            partition_by: Vec::new(),
-            target_file_size: default_target(),
             row_group_rows: default_row_group_rows(),
         }
     }
@@ -72,36 +56,22 @@ impl ParquetSinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvSinkConfig {
-    /// The stage or source to write.
-    pub input: String,
-    /// Folder or URL to write to.
-    pub url: String,
+    /// `url`, `partition_by`, `target_file_size`: decoded once for every file sink.
+    #[serde(skip)]
+    pub files: FileSinkKeys,
     /// Field delimiter, one character (default `,`).
     #[serde(default = "default_delimiter")]
     pub delimiter: String,
     /// Write a header line in every file (default true).
     #[serde(default = "default_true")]
     pub header: bool,
-    /// Columns to partition by, in hive layout.
-    #[serde(default)]
-    pub partition_by: Vec<String>,
-    /// A file is closed and a new one started past this size (default 128MiB).
-    #[serde(default = "default_target")]
-    pub target_file_size: ByteSize,
 }
 
 /// `[sinks.<name>] kind = "jsonl"`: JSON-lines files with a commit log.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
-    /// The stage or source to write.
-    pub input: String,
-    /// Folder or URL to write to.
-    pub url: String,
-    /// Columns to partition by, in hive layout.
-    #[serde(default)]
-    pub partition_by: Vec<String>,
-    /// A file is closed and a new one started past this size (default 128MiB).
-    #[serde(default = "default_target")]
-    pub target_file_size: ByteSize,
+    /// `url`, `partition_by`, `target_file_size`: decoded once for every file sink.
+    #[serde(skip)]
+    pub files: FileSinkKeys,
 }

@@ -125,10 +125,10 @@ impl FileSink {
             .build();
         Self::open(
             name,
-            &c.url,
+            &c.files.url,
             OutputFormat::Parquet(props),
-            &c.partition_by,
-            c.target_file_size.0,
+            &c.files.partition_by,
+            c.files.target_file_size.0,
             spec,
             stores,
         )
@@ -157,10 +157,10 @@ impl FileSink {
         };
         Self::open(
             name,
-            &c.url,
+            &c.files.url,
             format,
-            &c.partition_by,
-            c.target_file_size.0,
+            &c.files.partition_by,
+            c.files.target_file_size.0,
             spec,
             stores,
         )
@@ -175,10 +175,10 @@ impl FileSink {
     ) -> Result<Arc<dyn Sink>> {
         Self::open(
             name,
-            &c.url,
+            &c.files.url,
             OutputFormat::Jsonl,
-            &c.partition_by,
-            c.target_file_size.0,
+            &c.files.partition_by,
+            c.files.target_file_size.0,
             spec,
             stores,
         )

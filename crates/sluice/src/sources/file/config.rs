@@ -58,18 +58,6 @@ pub struct CsvSourceConfig {
     /// Rows sampled from the first file to infer the schema (default 1000).
     #[serde(default = "default_infer_rows")]
     pub infer_rows: usize,
-    /// Read the whole input in every epoch (a lookup table joined to a stream).
-    #[serde(default)]
-    pub lookup: bool,
-    /// A row that cannot be read: `fail` (default; nothing of the epoch is
-    /// committed), `skip` (dropped, counted) or `dead_letter` (to the
-    /// pipeline's `[dead_letter]` sink with its raw line, file and line number).
-    #[serde(default)]
-    pub on_error: crate::dead_letter::OnError,
-    /// Declared checks, SQL predicates over the columns (`["amount >= 0"]`):
-    /// a row a check is false for is handled by `on_error` (NULL passes).
-    #[serde(default)]
-    pub checks: Vec<String>,
 }
 
 impl CsvSourceConfig {
@@ -86,9 +74,6 @@ impl CsvSourceConfig {
             newlines_in_values: false,
             compression: Compression::Auto,
             infer_rows: default_infer_rows(),
-            lookup: false,
-            on_error: Default::default(),
-            checks: Vec::new(),
         }
     }
 
@@ -137,18 +122,6 @@ pub struct JsonlSourceConfig {
     /// Lines sampled from the first file to infer the schema (default 1000).
     #[serde(default = "default_infer_rows")]
     pub infer_rows: usize,
-    /// Read the whole input in every epoch.
-    #[serde(default)]
-    pub lookup: bool,
-    /// A row that cannot be read: `fail` (default; nothing of the epoch is
-    /// committed), `skip` (dropped, counted) or `dead_letter` (to the
-    /// pipeline's `[dead_letter]` sink with its raw line, file and line number).
-    #[serde(default)]
-    pub on_error: crate::dead_letter::OnError,
-    /// Declared checks, SQL predicates over the columns (`["amount >= 0"]`):
-    /// a row a check is false for is handled by `on_error` (NULL passes).
-    #[serde(default)]
-    pub checks: Vec<String>,
 }
 
 impl JsonlSourceConfig {
@@ -160,9 +133,6 @@ impl JsonlSourceConfig {
             schema: None,
             compression: Compression::Auto,
             infer_rows: default_infer_rows(),
-            lookup: false,
-            on_error: Default::default(),
-            checks: Vec::new(),
         }
     }
 }
@@ -178,16 +148,6 @@ pub struct ParquetSourceConfig {
     /// widened types (`docs/schemas.md`); a file that cannot is refused.
     #[serde(default)]
     pub schema: Option<String>,
-    /// Read the whole input in every epoch.
-    #[serde(default)]
-    pub lookup: bool,
-    /// Declared checks, SQL predicates over the columns (`["amount >= 0"]`):
-    /// a row a check is false for is handled by `on_error` (NULL passes).
-    #[serde(default)]
-    pub checks: Vec<String>,
-    /// A row a check is false for: `fail` (default), `skip` or `dead_letter`.
-    #[serde(default)]
-    pub on_error: crate::dead_letter::OnError,
 }
 
 /// `[sources.<name>] kind = "arrow_ipc"`: Arrow IPC (Feather v2) files.
@@ -196,9 +156,6 @@ pub struct ParquetSourceConfig {
 pub struct ArrowIpcSourceConfig {
     /// A file, a folder, a glob or a URL, relative to the pipeline file.
     pub path: String,
-    /// Read the whole input in every epoch.
-    #[serde(default)]
-    pub lookup: bool,
 }
 
 fn default_poll() -> crate::spec::HumanDuration {
@@ -244,9 +201,4 @@ pub struct DirSourceConfig {
     /// How often the folder is listed while waiting for files (default 500ms).
     #[serde(default = "default_poll")]
     pub poll_interval: crate::spec::HumanDuration,
-    /// A row that cannot be read: `fail` (default; nothing of the epoch is
-    /// committed), `skip` (dropped, counted) or `dead_letter` (to the
-    /// pipeline's `[dead_letter]` sink with its raw line, file and line number).
-    #[serde(default)]
-    pub on_error: crate::dead_letter::OnError,
 }

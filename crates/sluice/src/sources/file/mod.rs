@@ -80,20 +80,21 @@ pub async fn open_csv(
     let declared = Declared::resolve(ctx, cfg.columns.as_deref(), cfg.schema.as_deref())?;
     let mut source =
         FileSource::open_with(ctx, &cfg.path, format, declared, cfg.infer_rows, None).await?;
-    source.on_error = cfg.on_error;
+    source.on_error = on_error;
     Ok(Box::new(source))
 }
 
 /// Opens a `jsonl` source.
-pub async fn open_jsonl(
+pub(crate) async fn open_jsonl(
     cfg: &JsonlSourceConfig,
+    on_error: OnError,
     ctx: &SourceContext<'_>,
 ) -> Result<Box<dyn AnySource>> {
     let format = Format::Lines(LineFormat::Jsonl, cfg.compression);
     let declared = Declared::resolve(ctx, cfg.columns.as_deref(), cfg.schema.as_deref())?;
     let mut source =
         FileSource::open_with(ctx, &cfg.path, format, declared, cfg.infer_rows, None).await?;
-    source.on_error = cfg.on_error;
+    source.on_error = on_error;
     Ok(Box::new(source))
 }
 
@@ -126,12 +127,12 @@ pub async fn open_dir(
     )
     .await?;
     source.follow = Some(cfg.poll_interval.0);
-    source.on_error = cfg.on_error;
+    source.on_error = on_error;
     Ok(Box::new(source))
 }
 
 /// Opens a `parquet` source.
-pub async fn open_parquet(
+pub(crate) async fn open_parquet(
     cfg: &ParquetSourceConfig,
     ctx: &SourceContext<'_>,
 ) -> Result<Box<dyn AnySource>> {
@@ -140,7 +141,7 @@ pub async fn open_parquet(
 }
 
 /// Opens an `arrow_ipc` source.
-pub async fn open_arrow_ipc(
+pub(crate) async fn open_arrow_ipc(
     cfg: &ArrowIpcSourceConfig,
     ctx: &SourceContext<'_>,
 ) -> Result<Box<dyn AnySource>> {
