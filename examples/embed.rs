@@ -35,8 +35,8 @@ use sluice::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use sluice::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use sluice::datafusion::prelude::SessionConfig;
 use sluice::sinks::{
-    CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink,
-    SinkConfig, SinkContext, SinkFactory, SinkLog,
+    CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink, SinkConfig, SinkContext,
+    SinkFactory, SinkLog,
 };
 use sluice::sources::{AnySource, Slice, SliceLimits, Source, SourceContext, SourceFactory};
 use sluice::{Engine, PipelineSpec, Result, RunEvent, RunOptions, SluiceError, SourceOffsets};

@@ -79,7 +79,7 @@ pub(super) async fn plan_all(
         if let SinkKind::Parquet(ParquetSinkConfig {
             schema: Some(reference),
             ..
-        }) = cfg
+        }) = &cfg.kind
         {
             if let Some(issue) = check_contract(
                 spec,

@@ -49,9 +49,13 @@ impl Failpoint {
                     Some((p, e)) => (p.to_string(), e.parse().ok()),
                     None => (v, None),
                 };
-                let point = [Point::BeforeCommit, Point::BetweenCommits, Point::AfterCommit]
-                    .into_iter()
-                    .find(|p| p.name() == point)?;
+                let point = [
+                    Point::BeforeCommit,
+                    Point::BetweenCommits,
+                    Point::AfterCommit,
+                ]
+                .into_iter()
+                .find(|p| p.name() == point)?;
                 Some((point, epoch))
             });
             Self { armed }

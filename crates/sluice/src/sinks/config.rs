@@ -114,7 +114,10 @@ impl SinkConfig {
     }
 
     /// Decodes a `[sinks.<name>]` table (without its `kind`).
-    pub(crate) fn from_table(kind: &str, mut table: toml::Table) -> std::result::Result<Self, String> {
+    pub(crate) fn from_table(
+        kind: &str,
+        mut table: toml::Table,
+    ) -> std::result::Result<Self, String> {
         let Some(entry) = KINDS.iter().find(|k| k.name == kind) else {
             return Err(format!("unknown kind `{kind}`"));
         };

@@ -24,8 +24,8 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use sluice_contract::{LineageEntry, Provenance};
 
+pub(crate) use config::KINDS;
 pub use config::{FileSinkKeys, SinkConfig, SinkKind};
-pub(crate) use config::{KINDS, Kind};
 pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
 pub use stdout::StdoutSinkConfig;
 

@@ -123,7 +123,10 @@ impl SourceConfig {
     }
 
     /// Decodes a `[sources.<name>]` table (without its `kind`).
-    pub(crate) fn from_table(kind: &str, mut table: toml::Table) -> std::result::Result<Self, String> {
+    pub(crate) fn from_table(
+        kind: &str,
+        mut table: toml::Table,
+    ) -> std::result::Result<Self, String> {
         let Some(entry) = KINDS.iter().find(|k| k.name == kind) else {
             return Err(format!("unknown kind `{kind}`"));
         };

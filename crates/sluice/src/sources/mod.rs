@@ -34,8 +34,8 @@ use serde_json::Value;
 use sluice_contract::{LineageEntry, SourceProvenance};
 
 pub use crate::ops::tpch_scan::TpchTable;
+pub(crate) use config::KINDS;
 pub use config::{CustomSource, SourceConfig, SourceKind};
-pub(crate) use config::{KINDS, Kind};
 pub(crate) use epoch_table::EpochTable;
 pub use file::{
     ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, FileOffset, JsonlSourceConfig,
@@ -301,4 +301,3 @@ pub trait SourceFactory: Send + Sync + Debug {
     /// Creates the source for one run of the pipeline.
     async fn open(&self, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>>;
 }
-

@@ -108,10 +108,16 @@ mod tests {
             "unknown field `lokup`, expected one of `path`, `lookup`"
         );
         let m = "unknown field `x`, there are no fields".to_string();
-        assert_eq!(with_all_keys(m, &["input"]), "unknown field `x`, expected one of `input`");
+        assert_eq!(
+            with_all_keys(m, &["input"]),
+            "unknown field `x`, expected one of `input`"
+        );
         let m = "missing field `path`".to_string();
         assert_eq!(with_all_keys(m.clone(), &["path"]), m);
-        assert_eq!(unknown_key("a", &["b"]), "unknown field `a`, expected one of `b`");
+        assert_eq!(
+            unknown_key("a", &["b"]),
+            "unknown field `a`, expected one of `b`"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! key: the document is read with spans, then each component table is decoded
 //! into its kind's config (`deny_unknown_fields` everywhere).
 
+#[cfg(test)]
+mod docs_check;
 pub(crate) mod graph;
 pub(crate) mod keys;
 pub(crate) mod values;

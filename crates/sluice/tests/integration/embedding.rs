@@ -112,10 +112,7 @@ async fn a_second_engine_run_finds_nothing_new() -> Result<()> {
                 "people",
                 Arc::new(MemorySource::try_new(schema.clone(), batches.clone()).unwrap()),
             )
-            .with_sink(
-                "out",
-                SinkConfig::parquet("people", "memory:///again/out"),
-            )
+            .with_sink("out", SinkConfig::parquet("people", "memory:///again/out"))
     };
     assert_eq!(engine.run(spec()).await?.epochs, 1);
     let second = engine.run(spec()).await?;

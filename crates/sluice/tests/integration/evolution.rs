@@ -193,10 +193,7 @@ fn read_as_new(old: &Schema, new: &Schema) -> Result<(RecordBatch, Vec<RecordBat
                 schema: Some("t@2".into()),
             },
         )
-        .with_sink(
-            "out",
-            SinkConfig::parquet("t", &url),
-        );
+        .with_sink("out", SinkConfig::parquet("t", &url));
     spec.settings.schemas = Some(registry.to_string_lossy().into());
     spec.settings.target_partitions = Some(1);
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -28,10 +28,7 @@ fn csv_spec(path: &std::path::Path, url: &str, partitions: usize, split: bool) -
     cfg.newlines_in_values = !split;
     let mut spec = PipelineSpec::new("files", "1")
         .with_source("rows", cfg)
-        .with_sink(
-            "out",
-            SinkConfig::parquet("rows", url),
-        );
+        .with_sink("out", SinkConfig::parquet("rows", url));
     spec.settings.target_partitions = Some(partitions);
     spec
 }
@@ -140,14 +137,8 @@ async fn json_records_cut_by_a_read_chunk_at_a_batch_end_are_read_whole() -> Res
         }
     }
     let mut spec = PipelineSpec::new("json_chunks", "1")
-        .with_source(
-            "rows",
-            JsonlSourceConfig::new(path.to_string_lossy()),
-        )
-        .with_sink(
-            "out",
-            SinkConfig::parquet("rows", "memory:///files/json"),
-        );
+        .with_source("rows", JsonlSourceConfig::new(path.to_string_lossy()))
+        .with_sink("out", SinkConfig::parquet("rows", "memory:///files/json"));
     spec.settings.batch_size = Some(3);
     spec.settings.target_partitions = Some(1);
     let engine = Engine::new();
@@ -182,10 +173,7 @@ async fn a_bad_line_longer_than_a_read_chunk_is_dead_lettered_whole() -> Result<
             "rows",
             SourceConfig::from(cfg).with_on_error(sluice::spec::OnError::DeadLetter),
         )
-        .with_sink(
-            "out",
-            SinkConfig::parquet("rows", "memory:///files/long"),
-        );
+        .with_sink("out", SinkConfig::parquet("rows", "memory:///files/long"));
     spec.dead_letter = Some(sluice::spec::DeadLetterConfig {
         url: "memory:///files/long_dead".into(),
     });

@@ -69,8 +69,9 @@ impl Format {
 }
 
 /// Opens a `csv` source.
-pub async fn open_csv(
+pub(crate) async fn open_csv(
     cfg: &CsvSourceConfig,
+    on_error: OnError,
     ctx: &SourceContext<'_>,
 ) -> Result<Box<dyn AnySource>> {
     let options = cfg.options().map_err(|(key, msg)| {
@@ -99,8 +100,9 @@ pub(crate) async fn open_jsonl(
 }
 
 /// Opens a `dir` source: a file source that keeps listing.
-pub async fn open_dir(
+pub(crate) async fn open_dir(
     cfg: &DirSourceConfig,
+    on_error: OnError,
     ctx: &SourceContext<'_>,
 ) -> Result<Box<dyn AnySource>> {
     let format = match cfg.format {
