@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
 
@@ -82,8 +83,33 @@ impl fmt::Display for SpecIssue {
     }
 }
 
+/// The error another error was caused by, kept for [`std::error::Error::source`]
+/// and for choosing the retry hint. Shared, so errors can be cloned (DataFusion
+/// hands one error to every consumer of a shared plan node).
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    /// Keeps `e` as a cause.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(e))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// Everything that can go wrong in the engine.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SluiceError {
     /// The pipeline spec is invalid; one entry per problem found.
     #[error("invalid pipeline:\n{}", .0.iter().map(|i| format!("- {i}")).collect::<Vec<_>>().join("\n"))]
@@ -113,6 +139,9 @@ pub enum SluiceError {
         message: String,
         /// Whether a retry may succeed.
         retry: RetryHint,
+        /// The error underneath, when there is one.
+        #[source]
+        cause: Option<Cause>,
     },
 
     /// A sink could not write or commit.
@@ -126,6 +155,9 @@ pub enum SluiceError {
         message: String,
         /// Whether a retry may succeed.
         retry: RetryHint,
+        /// The error underneath, when there is one.
+        #[source]
+        cause: Option<Cause>,
     },
 
     /// An external stage failed.
@@ -141,16 +173,6 @@ pub enum SluiceError {
         retry: RetryHint,
     },
 
-    /// Reading or writing an object store failed.
-    #[error("object store {url}: {source}")]
-    Store {
-        /// The URL being accessed.
-        url: String,
-        /// The store's error.
-        #[source]
-        source: object_store::Error,
-    },
-
     /// Executing the pipeline's plan failed.
     #[error("{}: {source}", .component.as_ref().map_or_else(|| "execution failed".to_string(), |c| format!("{c} failed")))]
     Execution {
@@ -158,7 +180,7 @@ pub enum SluiceError {
         component: Option<ComponentId>,
         /// DataFusion's error.
         #[source]
-        source: DataFusionError,
+        source: Arc<DataFusionError>,
     },
 
     /// The sinks' commit logs do not say where to resume.
@@ -171,19 +193,19 @@ pub enum SluiceError {
 }
 
 impl SluiceError {
-    /// Whether retrying the same work may succeed.
+    /// Whether retrying the same work may succeed. Errors that wrap
+    /// another take the hint of the cause (a throttled store may pass, a
+    /// corrupt file will not).
     pub fn retry_hint(&self) -> RetryHint {
         match self {
             SluiceError::Source { retry, .. }
             | SluiceError::Sink { retry, .. }
             | SluiceError::Stage { retry, .. } => *retry,
-            SluiceError::Store { source, .. } => store_retry_hint(source),
-            SluiceError::Execution { source, .. } => match source.find_root() {
-                DataFusionError::ObjectStore(e) => store_retry_hint(e),
-                DataFusionError::IoError(e) => io_retry_hint(e),
-                _ => RetryHint::Never,
-            },
-            _ => RetryHint::Never,
+            SluiceError::Execution { source, .. } => retry_hint_of(source.as_ref()),
+            SluiceError::Spec(_)
+            | SluiceError::Plan { .. }
+            | SluiceError::Recovery(_)
+            | SluiceError::Internal(_) => RetryHint::Never,
         }
     }
 
@@ -195,7 +217,7 @@ impl SluiceError {
             Ok(sluice) => sluice,
             Err(err) => SluiceError::Execution {
                 component,
-                source: err,
+                source: Arc::new(err),
             },
         }
     }
@@ -214,6 +236,7 @@ impl SluiceError {
                 line,
                 message,
                 retry,
+                cause,
                 ..
             } => SluiceError::Source {
                 source_name: name.to_string(),
@@ -221,8 +244,46 @@ impl SluiceError {
                 line,
                 message,
                 retry,
+                cause,
             },
             other => other,
+        }
+    }
+
+    /// Source `name` failed to `what` (read, list, ...) because of `cause`;
+    /// the retry hint is the cause's.
+    pub(crate) fn source_failed(
+        name: &str,
+        file: Option<String>,
+        what: &str,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let cause = Cause::new(cause);
+        SluiceError::Source {
+            source_name: name.to_string(),
+            file,
+            line: None,
+            message: format!("{what}: {cause}"),
+            retry: retry_hint_of(&cause),
+            cause: Some(cause),
+        }
+    }
+
+    /// Sink `name` failed to `what` at `url` because of `cause`; the retry
+    /// hint is the cause's.
+    pub(crate) fn sink_failed(
+        name: &str,
+        url: String,
+        what: &str,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let cause = Cause::new(cause);
+        SluiceError::Sink {
+            sink: name.to_string(),
+            url,
+            message: format!("{what}: {cause}"),
+            retry: retry_hint_of(&cause),
+            cause: Some(cause),
         }
     }
 
@@ -236,6 +297,35 @@ impl From<SluiceError> for DataFusionError {
     fn from(e: SluiceError) -> Self {
         e.into_datafusion()
     }
+}
+
+/// The retry hint of an error chain: that of the first error in it whose
+/// kind says (a sluice error, an object store error, an I/O error);
+/// anything else will fail the same way again.
+pub fn retry_hint_of(err: &(dyn std::error::Error + 'static)) -> RetryHint {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(s) = e.downcast_ref::<SluiceError>() {
+            return s.retry_hint();
+        }
+        if let Some(s) = e.downcast_ref::<object_store::Error>() {
+            return store_retry_hint(s);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // object stores' errors reach readers wrapped in I/O errors
+            return match io.get_ref() {
+                Some(inner) if inner.is::<object_store::Error>() || inner.is::<SluiceError>() => {
+                    retry_hint_of(inner)
+                }
+                _ => io_retry_hint(io),
+            };
+        }
+        if let Some(DataFusionError::ObjectStore(s)) = e.downcast_ref::<DataFusionError>() {
+            return store_retry_hint(s);
+        }
+        cur = e.source();
+    }
+    RetryHint::Never
 }
 
 /// Whether an object store operation that failed this way may succeed when
@@ -272,31 +362,32 @@ pub fn io_retry_hint(e: &std::io::Error) -> RetryHint {
 /// (which says where already) is inside it. Stage borders call this on the
 /// errors that pass them, so the innermost border names the stage.
 pub(crate) fn in_component(err: DataFusionError, component: &ComponentId) -> DataFusionError {
-    if carries_sluice_error(&err) {
+    if find_sluice_error(&err).is_some() {
         return err;
     }
     SluiceError::Execution {
         component: Some(component.clone()),
-        source: err,
+        source: Arc::new(err),
     }
     .into_datafusion()
 }
 
-fn carries_sluice_error(err: &DataFusionError) -> bool {
+/// The sluice error inside DataFusion's wrappers (`External`, `Context`,
+/// `Shared`), if there is one.
+fn find_sluice_error(err: &DataFusionError) -> Option<&SluiceError> {
     match err {
-        DataFusionError::External(e) => {
-            e.downcast_ref::<SluiceError>().is_some()
-                || e.downcast_ref::<DataFusionError>()
-                    .is_some_and(carries_sluice_error)
-        }
-        DataFusionError::Context(_, inner) => carries_sluice_error(inner),
-        DataFusionError::Shared(shared) => carries_sluice_error(shared),
-        _ => false,
+        DataFusionError::External(e) => e.downcast_ref::<SluiceError>().or_else(|| {
+            e.downcast_ref::<DataFusionError>()
+                .and_then(find_sluice_error)
+        }),
+        DataFusionError::Context(_, inner) => find_sluice_error(inner),
+        DataFusionError::Shared(shared) => find_sluice_error(shared),
+        _ => None,
     }
 }
 
-/// Finds a [`SluiceError`] inside DataFusion's error wrappers (`External`,
-/// `Context`, `Shared`), returning the original error when there is none.
+/// Finds a [`SluiceError`] inside DataFusion's error wrappers, returning the
+/// original error when there is none.
 fn take_sluice_error(err: DataFusionError) -> std::result::Result<SluiceError, DataFusionError> {
     match err {
         DataFusionError::External(boxed) => match boxed.downcast::<SluiceError>() {
@@ -308,73 +399,12 @@ fn take_sluice_error(err: DataFusionError) -> std::result::Result<SluiceError, D
         },
         DataFusionError::Context(ctx, inner) => take_sluice_error(*inner)
             .map_err(|inner| DataFusionError::Context(ctx, Box::new(inner))),
-        DataFusionError::Shared(shared) => match shared.find_root() {
-            DataFusionError::External(e) => match e.downcast_ref::<SluiceError>() {
-                Some(s) => Ok(clone_for_report(s)),
-                None => Err(DataFusionError::Shared(shared)),
-            },
-            _ => Err(DataFusionError::Shared(shared)),
+        // a shared error can't be moved out: sluice's errors clone
+        DataFusionError::Shared(shared) => match find_sluice_error(&shared) {
+            Some(s) => Ok(s.clone()),
+            None => Err(DataFusionError::Shared(shared)),
         },
         other => Err(other),
-    }
-}
-
-/// A shared error can't be moved out; rebuild a report-equivalent copy.
-fn clone_for_report(err: &SluiceError) -> SluiceError {
-    match err {
-        SluiceError::Source {
-            source_name,
-            file,
-            line,
-            message,
-            retry,
-        } => SluiceError::Source {
-            source_name: source_name.clone(),
-            file: file.clone(),
-            line: *line,
-            message: message.clone(),
-            retry: *retry,
-        },
-        SluiceError::Sink {
-            sink,
-            url,
-            message,
-            retry,
-        } => SluiceError::Sink {
-            sink: sink.clone(),
-            url: url.clone(),
-            message: message.clone(),
-            retry: *retry,
-        },
-        SluiceError::Spec(issues) => SluiceError::Spec(issues.clone()),
-        SluiceError::Stage {
-            stage,
-            code,
-            message,
-            retry,
-        } => SluiceError::Stage {
-            stage: stage.clone(),
-            code: *code,
-            message: message.clone(),
-            retry: *retry,
-        },
-        SluiceError::Plan {
-            stage,
-            file,
-            message,
-        } => SluiceError::Plan {
-            stage: stage.clone(),
-            file: file.clone(),
-            message: message.clone(),
-        },
-        SluiceError::Execution { component, source } => SluiceError::Execution {
-            component: component.clone(),
-            source: DataFusionError::Execution(source.to_string()),
-        },
-        other => SluiceError::Execution {
-            component: None,
-            source: DataFusionError::Execution(other.to_string()),
-        },
     }
 }
 
@@ -390,6 +420,7 @@ mod tests {
             line: Some(7),
             message: "expected 3 fields, found 2".into(),
             retry: RetryHint::Never,
+            cause: None,
         };
         let df = DataFusionError::Context("scan".into(), Box::new(err.into_datafusion()));
         let back = SluiceError::from_datafusion(df, Some(ComponentId::Sink("out".into())));
@@ -399,6 +430,63 @@ mod tests {
             "{text}"
         );
         assert_eq!(back.retry_hint(), RetryHint::Never);
+    }
+
+    #[test]
+    fn retry_hints_follow_the_cause_through_wrappers() {
+        let throttled = || object_store::Error::Generic {
+            store: "S3",
+            source: "503 Slow Down".into(),
+        };
+        let missing = || object_store::Error::NotFound {
+            path: "a".into(),
+            source: "gone".into(),
+        };
+        // a Parquet scan's store error, inside DataFusion's wrappers
+        let parquet = |e: object_store::Error| {
+            DataFusionError::ParquetError(Box::new(parquet::errors::ParquetError::External(
+                Box::new(e),
+            )))
+        };
+        let in_scan = |e| {
+            SluiceError::from_datafusion(
+                DataFusionError::Context("scan".into(), Box::new(parquet(e))),
+                None,
+            )
+        };
+        assert_eq!(in_scan(throttled()).retry_hint(), RetryHint::WithBackoff);
+        assert_eq!(in_scan(missing()).retry_hint(), RetryHint::Never);
+        // a reader's I/O error wrapping a store error
+        let io = std::io::Error::other(throttled());
+        assert_eq!(
+            SluiceError::source_failed("s", None, "cannot read", io).retry_hint(),
+            RetryHint::WithBackoff
+        );
+        let corrupt = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad gzip header");
+        assert_eq!(
+            SluiceError::source_failed("s", None, "cannot read", corrupt).retry_hint(),
+            RetryHint::Never
+        );
+        // the cause stays reachable
+        let e = SluiceError::sink_failed("out", "s3://b/o".into(), "cannot write", throttled());
+        let mut chain = Vec::new();
+        let mut cur: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(c) = cur {
+            chain.push(c.to_string());
+            cur = c.source();
+        }
+        assert!(
+            chain.iter().any(|c| c.contains("503 Slow Down")),
+            "{chain:?}"
+        );
+        // an error shared by a plan's consumers comes back whole, hint and all
+        let shared = DataFusionError::Shared(std::sync::Arc::new(
+            SluiceError::sink_failed("out", "u".into(), "x", throttled()).into_datafusion(),
+        ));
+        assert_eq!(
+            SluiceError::from_datafusion(shared, None).retry_hint(),
+            RetryHint::WithBackoff
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ async fn open(engine: &Engine, url: &str, s3: &S3Settings) -> Result<(Location, 
         url: url.to_string(),
         message: m,
         retry: RetryHint::Never,
+        cause: None,
     })?;
     let store = engine
         .stores()
@@ -56,15 +57,13 @@ async fn open(engine: &Engine, url: &str, s3: &S3Settings) -> Result<(Location, 
             url: url.to_string(),
             message: m,
             retry: RetryHint::Never,
+            cause: None,
         })?;
     let commits = CommitLog::new(store, loc.clone())
         .read_all()
         .await
-        .map_err(|e| SluiceError::Sink {
-            sink: String::new(),
-            url: loc.url(),
-            message: e.to_string(),
-            retry: RetryHint::WithBackoff,
+        .map_err(|e| {
+            SluiceError::sink_failed("inspect", loc.url(), "cannot read the commit log", e)
         })?;
     Ok((loc, commits))
 }

@@ -82,8 +82,17 @@ fn parse_checks(
     cfg: &SourceConfig,
     schema: &datafusion::arrow::datatypes::SchemaRef,
 ) -> Result<DeclaredChecks> {
-    let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())
-        .map_err(|e| SluiceError::Internal(format!("source `{name}` schema: {e}")))?;
+    let df_schema =
+        datafusion::common::DFSchema::try_from(schema.as_ref().clone()).map_err(|e| {
+            // e.g. a CSV header `id,name,id`: SQL could not tell the columns apart
+            SluiceError::spec(
+                spec.issue(
+                    format!("sources.{name}"),
+                    format!("the source's columns cannot be used in SQL: {e}"),
+                )
+                .with_help("declare `columns` with distinct names"),
+            )
+        })?;
     let mut checks = Vec::new();
     for (i, sql) in cfg.checks.iter().enumerate() {
         let issue =

@@ -80,12 +80,13 @@ impl Committer {
     }
 
     /// Seals and commits `job`; the commits wait for `previous` (the commit
-    /// before it) to succeed.
+    /// before it) to succeed. `None`: given up because an earlier commit
+    /// failed (whose error says what happened).
     pub async fn commit(
         &self,
         job: CommitJob,
         previous: Option<oneshot::Receiver<bool>>,
-    ) -> Result<Committed> {
+    ) -> Result<Option<Committed>> {
         let CommitJob {
             first,
             last,
@@ -108,9 +109,7 @@ impl Committer {
         }
         if let Some(previous) = previous {
             if !previous.await.unwrap_or(false) {
-                return Err(SluiceError::Internal(format!(
-                    "the commit of epochs {first}..={last} was given up: an earlier commit failed"
-                )));
+                return Ok(None);
             }
         }
         self.failpoint.hit(Point::BeforeCommit, last);
@@ -145,14 +144,14 @@ impl Committer {
         self.failpoint.hit(Point::AfterCommit, last);
         progress.epochs_committed.store(last + 1, Ordering::Relaxed);
         let now = Instant::now();
-        Ok(Committed {
+        Ok(Some(Committed {
             first,
             last,
             offsets,
             stats,
             rows,
             latencies: read_at.iter().map(|t| now.duration_since(*t)).collect(),
-        })
+        }))
     }
 }
 
@@ -161,7 +160,7 @@ pub(crate) struct CommitQueue {
     committer: Arc<Committer>,
     /// How many commits may be under way while the next epoch is written.
     capacity: usize,
-    running: VecDeque<JoinHandle<Result<Committed>>>,
+    running: VecDeque<JoinHandle<Result<Option<Committed>>>>,
     /// Fires when the newest commit is done (`true` when it succeeded).
     newest: Option<oneshot::Receiver<bool>>,
 }
@@ -185,7 +184,7 @@ impl CommitQueue {
         let committer = Arc::clone(&self.committer);
         self.running.push_back(tokio::spawn(async move {
             let result = committer.commit(job, previous).await;
-            let _ = done.send(result.is_ok());
+            let _ = done.send(matches!(result, Ok(Some(_))));
             result
         }));
     }
@@ -195,13 +194,22 @@ impl CommitQueue {
         self.running.len() > self.capacity
     }
 
-    /// The oldest commit, once it is done.
+    /// The oldest commit, once it is done. Commits given up after an
+    /// earlier one failed are passed over: the failure was reported.
     pub async fn next(&mut self) -> Option<Result<Committed>> {
-        let handle = self.running.pop_front()?;
-        Some(match handle.await {
-            Ok(result) => result,
-            Err(e) => Err(SluiceError::Internal(format!("a commit task failed: {e}"))),
-        })
+        loop {
+            let handle = self.running.pop_front()?;
+            match handle.await {
+                Ok(Ok(Some(c))) => return Some(Ok(c)),
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(e) => {
+                    return Some(Err(SluiceError::Internal(format!(
+                        "a commit task failed: {e}"
+                    ))));
+                }
+            }
+        }
     }
 
     /// The oldest commit if it is done, without waiting.

@@ -112,6 +112,16 @@ pub enum RecoveryError {
         /// The range's last epoch.
         last: u64,
     },
+    /// A commit's epoch is the largest number there is: no epoch can follow it.
+    #[error(
+        "sink `{sink}` has a commit of epoch {epoch}, after which no epoch can be numbered; the commit log was edited"
+    )]
+    LastEpoch {
+        /// The sink.
+        sink: String,
+        /// The epoch.
+        epoch: u64,
+    },
     /// Two sinks committed the same epoch as different ranges.
     #[error(
         "sinks `{a}` and `{b}` both commit epoch {last}, over different ranges ({a_first}..={last} and {b_first}..={last})"
@@ -141,6 +151,12 @@ pub(crate) fn plan(logs: &BTreeMap<String, SinkLog>) -> Result<ResumePlan, Recov
     let mut ranges: BTreeMap<u64, (&String, &CommittedRange)> = BTreeMap::new();
     for (name, log) in &durable {
         for c in &log.commits {
+            if c.last == u64::MAX {
+                return Err(RecoveryError::LastEpoch {
+                    sink: (*name).clone(),
+                    epoch: c.last,
+                });
+            }
             match ranges.get(&c.last) {
                 Some((other, r)) if r.first != c.first => {
                     return Err(RecoveryError::Disagree {
@@ -445,6 +461,19 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_of_the_last_epoch_there_is_is_refused() {
+        let log = SinkLog::durable(vec![CommittedRange {
+            first: u64::MAX - 1,
+            last: u64::MAX,
+            offsets: BTreeMap::new(),
+        }]);
+        assert!(matches!(
+            plan(&logs(&[("a", log)])),
+            Err(RecoveryError::LastEpoch { .. })
+        ));
+    }
+
+    #[test]
     fn sinks_disagreeing_on_a_commits_range_are_refused() {
         let a = SinkLog::durable(vec![range(0, 3)]);
         let b = SinkLog::durable(vec![range(0, 1), range(2, 3)]);
@@ -475,5 +504,102 @@ mod tests {
             found,
             vec![orphan.as_str(), staged.as_str(), commit_staged.as_str()]
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A history of commits: consecutive ranges from epoch 0 (lengths 1..4).
+        fn history() -> impl Strategy<Value = Vec<CommittedRange>> {
+            prop::collection::vec(1u64..4, 1..12).prop_map(|lengths| {
+                let mut first = 0;
+                lengths
+                    .into_iter()
+                    .map(|n| {
+                        let r = range(first, first + n - 1);
+                        first += n;
+                        r
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            /// Sinks that each got some way through the same history: every
+            /// sink behind gets exactly the commits it lacks, each once, in
+            /// order, and the run resumes after the newest commit.
+            #[test]
+            fn sinks_behind_get_exactly_what_they_lack(
+                history in history(),
+                reached in prop::collection::vec(any::<prop::sample::Index>(), 1..5),
+                empty in prop::collection::vec(any::<bool>(), 1..5),
+            ) {
+                let mut logs = BTreeMap::new();
+                for (i, (r, e)) in reached.iter().zip(empty.iter().cycle()).enumerate() {
+                    let n = if *e { 0 } else { r.index(history.len()) + 1 };
+                    logs.insert(format!("s{i}"), SinkLog::durable(history[..n].to_vec()));
+                }
+                let p = plan(&logs).unwrap();
+                let newest = logs.values().filter_map(|l| l.last()).map(|c| c.last).max();
+                prop_assert_eq!(p.next_epoch, newest.map_or(0, |m| m + 1));
+                for (name, log) in &logs {
+                    let got: Vec<&CommittedRange> = p
+                        .replays
+                        .iter()
+                        .filter(|r| r.sinks.contains(name))
+                        .map(|r| &r.range)
+                        .collect();
+                    let lacks: Vec<&CommittedRange> = history
+                        .iter()
+                        .filter(|c| newest.is_some_and(|m| c.last <= m))
+                        .skip(log.commits.len())
+                        .collect();
+                    prop_assert_eq!(got, lacks);
+                }
+                if let Some(m) = newest {
+                    let last = history.iter().find(|c| c.last == m).unwrap();
+                    prop_assert_eq!(&p.resume_at["gen"], &last.offsets["gen"].end);
+                }
+            }
+
+            /// Logs nobody wrote, with any epochs at all: a plan or an
+            /// error, never a panic; a plan never replays a range twice to
+            /// one sink nor anything a sink already holds.
+            #[test]
+            fn any_logs_give_a_plan_or_an_error(
+                logs in prop::collection::btree_map(
+                    "[a-c]",
+                    prop::collection::vec((any::<u64>(), 0u64..5), 0..6),
+                    1..4,
+                )
+            ) {
+                let logs: BTreeMap<String, SinkLog> = logs
+                    .into_iter()
+                    .map(|(n, cs)| {
+                        let commits = cs
+                            .into_iter()
+                            .map(|(first, len)| CommittedRange {
+                                first,
+                                last: first.saturating_add(len),
+                                offsets: BTreeMap::new(),
+                            })
+                            .collect();
+                        (n, SinkLog::durable(commits))
+                    })
+                    .collect();
+                if let Ok(p) = plan(&logs) {
+                    for r in &p.replays {
+                        for s in &r.sinks {
+                            let held = logs[s].last().map(|c| c.last);
+                            prop_assert!(held.is_none_or(|h| h < r.range.first));
+                        }
+                    }
+                    let mut ends: Vec<u64> = p.replays.iter().map(|r| r.range.last).collect();
+                    ends.dedup();
+                    prop_assert_eq!(ends.len(), p.replays.len());
+                }
+            }
+        }
     }
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{and_kleene, filter_record_batch};
-use datafusion::common::Result;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, internal_datafusion_err, plan_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -108,7 +108,7 @@ impl ExecutionPlan for CheckExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = children
             .pop()
-            .ok_or_else(|| DataFusionError::Internal("CheckExec rebuilt without a child".into()))?;
+            .ok_or_else(|| internal_datafusion_err!("CheckExec rebuilt without a child"))?;
         Ok(Arc::new(CheckExec::new(
             &self.source,
             self.checks.clone(),
@@ -151,10 +151,10 @@ fn apply(
     for c in checks {
         let result = c.expr.evaluate(batch)?.into_array(batch.num_rows())?;
         let Some(passes) = result.as_any().downcast_ref::<BooleanArray>() else {
-            return Err(DataFusionError::Plan(format!(
+            return plan_err!(
                 "source `{source}`: check `{}` is not a boolean expression",
                 c.sql
-            )));
+            );
         };
         // NULL passes, as in SQL CHECK constraints
         for (row, slot) in failed_by.iter_mut().enumerate() {
@@ -195,6 +195,7 @@ fn apply(
                     row_json(batch, row)
                 ),
                 retry: crate::error::RetryHint::Never,
+                cause: None,
             },
         )));
     }

@@ -24,7 +24,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DFSchema, DFSchemaRef, Result};
+use datafusion::common::{DFSchema, DFSchemaRef, Result, internal_datafusion_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -121,9 +121,9 @@ impl UserDefinedLogicalNodeCore for ExternalStageNode {
         _exprs: Vec<Expr>,
         mut inputs: Vec<LogicalPlan>,
     ) -> Result<Self> {
-        let input = inputs.pop().ok_or_else(|| {
-            DataFusionError::Internal("external stage rebuilt without input".into())
-        })?;
+        let input = inputs
+            .pop()
+            .ok_or_else(|| internal_datafusion_err!("external stage rebuilt without input"))?;
         Ok(Self {
             runtime: Arc::clone(&self.runtime),
             input,
@@ -151,7 +151,7 @@ impl ExtensionPlanner for ExternalStagePlanner {
             return Ok(None);
         };
         let input = physical_inputs.first().ok_or_else(|| {
-            DataFusionError::Internal(format!("external stage `{}` has no input", n.runtime.name))
+            internal_datafusion_err!("external stage `{}` has no input", n.runtime.name)
         })?;
         let schema: SchemaRef = Arc::new(n.schema.as_arrow().clone());
         Ok(Some(Arc::new(ExternalStageExec::new(
@@ -229,7 +229,7 @@ impl ExecutionPlan for ExternalStageExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = children
             .pop()
-            .ok_or_else(|| DataFusionError::Internal("ExternalStageExec without child".into()))?;
+            .ok_or_else(|| internal_datafusion_err!("ExternalStageExec without child"))?;
         Ok(Arc::new(ExternalStageExec::new(
             Arc::clone(&self.runtime),
             input,

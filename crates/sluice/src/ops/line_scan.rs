@@ -26,8 +26,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, project_schema};
-use datafusion::error::DataFusionError;
+use datafusion::common::{Result, internal_err, project_schema};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_expr::EquivalenceProperties;
@@ -397,9 +396,7 @@ impl ExecutionPlan for LineScanExec {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(DataFusionError::Internal(
-                "LineScanExec has no children".into(),
-            ))
+            internal_err!("LineScanExec has no children")
         }
     }
     fn execute(
@@ -491,7 +488,19 @@ impl UnitReader<'_> {
             line,
             message,
             retry,
+            cause: None,
         }
+    }
+
+    /// Reading the unit failed because of `cause` (a store or stream
+    /// error): retried only when the cause may pass.
+    fn failed(&self, cause: impl std::error::Error + Send + Sync + 'static) -> SluiceError {
+        SluiceError::source_failed(
+            &self.shared.source_name,
+            Some(self.uri()),
+            "cannot read",
+            cause,
+        )
     }
 
     fn starts_at_file_start(&self) -> bool {
@@ -533,14 +542,7 @@ impl UnitReader<'_> {
     /// Opens the unit as a stream of decompressed bytes.
     async fn open(&self) -> Result<BoxStream<'static, std::io::Result<Bytes>>, SluiceError> {
         let path = &self.unit.object.location;
-        let store_err = |e: object_store::Error| {
-            let retry = if matches!(e, object_store::Error::NotFound { .. }) {
-                RetryHint::Never
-            } else {
-                RetryHint::WithBackoff
-            };
-            self.error(None, format!("cannot read: {e}"), retry)
-        };
+        let store_err = |e: object_store::Error| self.failed(e);
         let result = match &self.unit.range {
             Some(r) if r.start > 0 => {
                 // one byte early, to see whether a line starts exactly at r.start
@@ -634,13 +636,7 @@ impl UnitReader<'_> {
                             pending = Bytes::from(joined);
                             eof = last;
                         }
-                        Some(Err(e)) => {
-                            return Err(self.error(
-                                None,
-                                format!("cannot read: {e}"),
-                                RetryHint::WithBackoff,
-                            ));
-                        }
+                        Some(Err(e)) => return Err(self.failed(e)),
                         None => eof = true,
                     }
                 }
@@ -656,13 +652,7 @@ impl UnitReader<'_> {
                         pending = chunk;
                         eof = last;
                     }
-                    Some(Err(e)) => {
-                        return Err(self.error(
-                            None,
-                            format!("cannot read: {e}"),
-                            RetryHint::WithBackoff,
-                        ));
-                    }
+                    Some(Err(e)) => return Err(self.failed(e)),
                     None => eof = true,
                 }
             }

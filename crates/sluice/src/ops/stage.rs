@@ -26,7 +26,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DFSchemaRef, Result};
+use datafusion::common::{DFSchemaRef, Result, internal_datafusion_err};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -175,11 +175,9 @@ impl UserDefinedLogicalNodeCore for StageNode {
         _exprs: Vec<Expr>,
         mut inputs: Vec<LogicalPlan>,
     ) -> Result<Self> {
-        let input = inputs.pop().ok_or_else(|| {
-            datafusion::error::DataFusionError::Internal(
-                "Stage node rebuilt without an input".into(),
-            )
-        })?;
+        let input = inputs
+            .pop()
+            .ok_or_else(|| internal_datafusion_err!("Stage node rebuilt without an input"))?;
         Ok(StageNode {
             stage: self.stage.clone(),
             kind: self.kind.clone(),
@@ -207,10 +205,7 @@ impl ExtensionPlanner for StagePlanner {
             return Ok(None);
         };
         let input = physical_inputs.first().ok_or_else(|| {
-            datafusion::error::DataFusionError::Internal(format!(
-                "stage `{}` has no physical input",
-                stage.stage
-            ))
+            internal_datafusion_err!("stage `{}` has no physical input", stage.stage)
         })?;
         Ok(Some(Arc::new(StageExec::new(
             &stage.stage,
@@ -313,9 +308,9 @@ impl ExecutionPlan for StageExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children.pop().ok_or_else(|| {
-            datafusion::error::DataFusionError::Internal("StageExec rebuilt without a child".into())
-        })?;
+        let input = children
+            .pop()
+            .ok_or_else(|| internal_datafusion_err!("StageExec rebuilt without a child"))?;
         let mut new = StageExec::new(&self.stage, &self.kind, self.role, input);
         new.counters = Arc::clone(&self.counters);
         new.progress = self.progress.clone();

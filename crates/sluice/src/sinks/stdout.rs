@@ -71,6 +71,7 @@ impl Sink for StdoutSink {
             url: self.url(),
             message: e.to_string(),
             retry: RetryHint::Never,
+            cause: None,
         })?;
         let mut text = format!(
             "sink `{}` epoch {}: {total} rows\n{table}\n",
@@ -101,6 +102,7 @@ impl Sink for StdoutSink {
                 url: self.url(),
                 message: format!("cannot write to stdout: {e}"),
                 retry: RetryHint::Never,
+                cause: None,
             });
         }
         Ok(total)

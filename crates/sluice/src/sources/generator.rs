@@ -215,10 +215,11 @@ pub fn open(cfg: &GeneratorSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<
         ));
     }
     if let Some(r) = cfg.rows_per_second {
-        if !(r > 0.0 && r.is_finite()) {
+        // at least one row a day, at most one a nanosecond
+        if !((1.0 / 86_400.0)..=1e9).contains(&r) {
             return Err(issue(
                 "rows_per_second",
-                format!("must be a positive number, got {r}"),
+                format!("must be between 0.0000116 (a row a day) and 1e9, got {r}"),
             ));
         }
     }
@@ -280,6 +281,31 @@ pub struct GeneratorOffset {
 }
 
 impl GeneratorSource {
+    /// The last row number whose event time fits in a timestamp.
+    fn last_row(&self) -> u64 {
+        ((i64::MAX - self.start_us.max(0)) / self.step_us.max(1)) as u64
+    }
+
+    /// Committed offsets `start..end` this generator can make again.
+    fn check(&self, start: &GeneratorOffset, end: &GeneratorOffset) -> Result<()> {
+        if start.next <= end.next && end.next <= self.last_row() {
+            return Ok(());
+        }
+        Err(SluiceError::Source {
+            source_name: self.name.clone(),
+            file: None,
+            line: None,
+            message: format!(
+                "the committed offsets (rows {}..{}) are not a range this generator makes (rows 0..{}); the commit log was edited or belongs to another pipeline",
+                start.next,
+                end.next,
+                self.last_row()
+            ),
+            retry: crate::error::RetryHint::Never,
+            cause: None,
+        })
+    }
+
     fn slice(&self, from: u64, to: u64) -> Slice<GeneratorOffset> {
         let generator = Arc::new(EventGenerator {
             seed: self.config.seed,
@@ -355,6 +381,7 @@ impl Source for GeneratorSource {
         Ok(())
     }
     async fn resume(&mut self, at: &GeneratorOffset) -> Result<()> {
+        self.check(at, at)?;
         self.next = at.next;
         self.clock = None;
         Ok(())
@@ -364,13 +391,18 @@ impl Source for GeneratorSource {
         if self.next >= cap {
             return Ok(None);
         }
-        let want = (self.next + limits.max_rows.unwrap_or(1_000_000)).min(cap);
+        let want = self
+            .next
+            .saturating_add(limits.max_rows.unwrap_or(1_000_000))
+            .min(cap)
+            .min(self.last_row());
         let mut available = self.available();
         if available < want {
             if let Some(rate) = self.config.rows_per_second {
                 // wait for the rows, at most the epoch's latency bound
                 let missing = (want - available) as f64 / rate;
-                let wait = Duration::from_secs_f64(missing)
+                let wait = Duration::try_from_secs_f64(missing)
+                    .unwrap_or(Duration::MAX)
                     .min(limits.max_latency.unwrap_or(Duration::from_secs(1)));
                 tokio::time::sleep(wait).await;
                 available = self.available();
@@ -386,6 +418,7 @@ impl Source for GeneratorSource {
         start: &GeneratorOffset,
         end: &GeneratorOffset,
     ) -> Result<Slice<GeneratorOffset>> {
+        self.check(start, end)?;
         self.next = end.next;
         self.clock = None;
         Ok(self.slice(start.next, end.next))

@@ -25,14 +25,26 @@ pub struct MemorySource {
 impl MemorySource {
     /// A source over `batches`, which must all have `schema`.
     pub fn try_new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Self> {
-        if let Some(b) = batches
+        if let Some((i, b)) = batches
             .iter()
-            .find(|b| b.schema().fields() != schema.fields())
+            .enumerate()
+            .find(|(_, b)| b.schema().fields() != schema.fields())
         {
-            return Err(SluiceError::Internal(format!(
-                "MemorySource batch schema {:?} differs from the declared schema {:?}",
-                b.schema(),
-                schema
+            let columns = |s: &SchemaRef| {
+                s.fields()
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(SluiceError::spec(crate::error::SpecIssue::new(
+                crate::spec::IN_CODE,
+                "MemorySource",
+                format!(
+                    "batch {i} has the columns ({}), the source declares ({})",
+                    columns(&b.schema()),
+                    columns(&schema)
+                ),
             )));
         }
         Ok(Self {

@@ -132,6 +132,7 @@ pub trait Source: Send + Debug {
                 self.kind()
             ),
             retry: RetryHint::Never,
+            cause: None,
         })
     }
 
@@ -158,6 +159,7 @@ pub trait Source: Send + Debug {
                 self.kind()
             ),
             retry: RetryHint::Never,
+            cause: None,
         })
     }
 
@@ -211,6 +213,7 @@ fn encode<S: Source + ?Sized>(source: &S, offset: S::Offset) -> Result<Value> {
         line: None,
         message: format!("its offsets do not encode as JSON: {e}"),
         retry: RetryHint::Never,
+        cause: None,
     })
 }
 
@@ -225,6 +228,7 @@ fn decode<S: Source + ?Sized>(source: &S, at: &Value) -> Result<S::Offset> {
             source.kind()
         ),
         retry: RetryHint::Never,
+        cause: None,
     })
 }
 
@@ -277,6 +281,14 @@ impl<S: Source> AnySource for S {
         let at = decode(self, at)?;
         self.ack(&at).await
     }
+}
+
+/// `wait` from now, or a century from now when the clock cannot count that
+/// far (a pipeline may set a latency of years).
+pub(crate) fn deadline_after(wait: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// What a source needs to open itself.

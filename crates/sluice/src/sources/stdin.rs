@@ -78,7 +78,7 @@ pub fn open(cfg: &StdinSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn 
             })
         }
     };
-    let (tx, rx) = mpsc::channel::<Bytes>(4096);
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4096);
     let skip_header = cfg.header && cfg.format == StdinFormat::Csv;
     tokio::spawn(async move {
         let mut reader = tokio::io::BufReader::with_capacity(1 << 20, tokio::io::stdin());
@@ -86,8 +86,13 @@ pub fn open(cfg: &StdinSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn 
         loop {
             let mut line = Vec::new();
             match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return,
                 Ok(_) => {}
+                Err(e) => {
+                    // a failed read is not the end of the input: the run fails
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
             }
             if std::mem::take(&mut first) && skip_header {
                 continue;
@@ -95,7 +100,7 @@ pub fn open(cfg: &StdinSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn 
             if !line.ends_with(b"\n") {
                 line.push(b'\n');
             }
-            if tx.send(Bytes::from(line)).await.is_err() {
+            if tx.send(Ok(Bytes::from(line))).await.is_err() {
                 return;
             }
         }
@@ -120,7 +125,7 @@ struct StdinSource {
     name: String,
     schema: SchemaRef,
     format: LineFormat,
-    lines: mpsc::Receiver<Bytes>,
+    lines: mpsc::Receiver<std::io::Result<Bytes>>,
     eof: bool,
     /// Lines read so far.
     read: u64,
@@ -219,15 +224,23 @@ impl Source for StdinSource {
             return Ok(None);
         }
         let max = limits.max_rows.unwrap_or(1_000_000);
-        let deadline = Instant::now() + limits.max_latency.unwrap_or(Duration::from_secs(1));
+        let deadline = super::deadline_after(limits.max_latency.unwrap_or(Duration::from_secs(1)));
         let mut buf = Vec::new();
         let mut n = 0u64;
         while n < max {
             let wait = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(wait, self.lines.recv()).await {
-                Ok(Some(line)) => {
+                Ok(Some(Ok(line))) => {
                     buf.extend_from_slice(&line);
                     n += 1;
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(SluiceError::source_failed(
+                        &self.name,
+                        Some("stdin".into()),
+                        "cannot read standard input",
+                        e,
+                    ));
                 }
                 Ok(None) => {
                     self.eof = true;
@@ -263,6 +276,7 @@ impl Source for StdinSource {
                 line: None,
                 message: format!("cannot buffer input: {e}"),
                 retry: RetryHint::Never,
+                cause: None,
             })?;
         self.kept.push((from, self.read, path.clone()));
         self.slice_of(from, self.read, &path).await.map(Some)
@@ -289,6 +303,7 @@ impl Source for StdinSource {
                     from + 1
                 ),
                 retry: RetryHint::Never,
+                cause: None,
             }),
         }
     }

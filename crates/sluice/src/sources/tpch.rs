@@ -61,6 +61,12 @@ pub fn open(cfg: &TpchSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn A
     } else {
         1
     };
+    if parts > i32::MAX as usize {
+        return Err(SluiceError::spec(ctx.spec.issue(
+            format!("sources.{}.parts", ctx.name),
+            format!("at most {} parts, got {parts}", i32::MAX),
+        )));
+    }
     Ok(Box::new(TpchSource {
         name: ctx.name.to_string(),
         table: cfg.table,
@@ -119,6 +125,7 @@ impl TpchSource {
                         at.next_part, at.parts, at.parts
                     ),
                     retry: crate::error::RetryHint::Never,
+                    cause: None,
                 });
             }
             return Ok(());
@@ -132,6 +139,7 @@ impl TpchSource {
                 at.scale_factor, at.parts, self.scale_factor, self.parts
             ),
             retry: crate::error::RetryHint::Never,
+            cause: None,
         })
     }
 }
@@ -225,6 +233,18 @@ impl Source for TpchSource {
         self.same_data_set(start)?;
         self.same_data_set(end)?;
         let (first, next) = (start.next_part as usize, end.next_part as usize);
+        if first > next {
+            return Err(SluiceError::Source {
+                source_name: self.name.clone(),
+                file: None,
+                line: None,
+                message: format!(
+                    "the committed offsets run backwards (parts {first}..{next}); the commit log was edited"
+                ),
+                retry: crate::error::RetryHint::Never,
+                cause: None,
+            });
+        }
         let table = GeneratedTable::new(
             self.generator(),
             (first as u64..next as u64).collect(),

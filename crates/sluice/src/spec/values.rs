@@ -37,7 +37,14 @@ impl FromStr for ByteSize {
                 ));
             }
         };
-        Ok(ByteSize((value * mult as f64) as u64))
+        let bytes = value * mult as f64;
+        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+            return Err(format!("`{s}` is more bytes than sluice can count"));
+        }
+        if bytes.fract() != 0.0 {
+            return Err(format!("`{s}` is not a whole number of bytes"));
+        }
+        Ok(ByteSize(bytes as u64))
     }
 }
 
@@ -112,7 +119,11 @@ impl FromStr for HumanDuration {
                 ));
             }
         };
-        Ok(HumanDuration(Duration::from_secs_f64(secs)))
+        Duration::try_from_secs_f64(secs)
+            .map(HumanDuration)
+            .map_err(|_| {
+                format!("`{s}` is not a duration sluice can wait (at most about 584 billion years)")
+            })
     }
 }
 

@@ -5,5 +5,6 @@
 mod common;
 mod embedding;
 mod epochs;
+mod errors;
 mod evolution;
 mod files;

@@ -29,7 +29,7 @@ pub use writer::{OpenFile, OutputFormat};
 
 use super::{CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink, SinkLog};
 use crate::commit_log::{COMMIT_FORMAT, Commit, CommitLog, CommittedFile, data_file_name};
-use crate::error::{Result, RetryHint, SluiceError};
+use crate::error::{Cause, Result, RetryHint, SluiceError};
 use crate::spec::PipelineSpec;
 use crate::storage::{Location, StoreRegistry};
 
@@ -206,6 +206,28 @@ impl FileSink {
             url: self.location.url(),
             message: e.to_string(),
             retry,
+            cause: None,
+        }
+    }
+
+    /// A file's error, as this sink's (the writers of files do not know the
+    /// sink's name).
+    fn named(&self, e: SluiceError) -> SluiceError {
+        match e {
+            SluiceError::Sink {
+                url,
+                message,
+                retry,
+                cause,
+                ..
+            } => SluiceError::Sink {
+                sink: self.name.clone(),
+                url,
+                message,
+                retry,
+                cause,
+            },
+            other => other,
         }
     }
 
@@ -215,6 +237,7 @@ impl FileSink {
             url: self.location.url(),
             message: message.into(),
             retry,
+            cause: None,
         }
     }
 
@@ -302,7 +325,14 @@ impl EpochWrite {
                 let pieces = match &self.splitter {
                     Some(s) => s
                         .split(&batch)
-                        .map_err(|e| SluiceError::Internal(format!("partitioning failed: {e}")))?
+                        .map_err(|e| {
+                            SluiceError::sink_failed(
+                                "",
+                                self.location.url(),
+                                "cannot split the rows by `partition_by`",
+                                e,
+                            )
+                        })?
                         .into_iter()
                         .map(|p| (p.dir, p.values, p.batch))
                         .collect(),
@@ -374,18 +404,19 @@ impl EpochWrite {
         }
     }
 
-    fn sink_err(&self, rel: &str, message: String) -> SluiceError {
-        sink_err(&self.location, rel, message)
+    fn sink_err(&self, rel: &str, cause: Cause) -> SluiceError {
+        sink_err(&self.location, rel, cause)
     }
 }
 
-fn sink_err(location: &Location, rel: &str, message: String) -> SluiceError {
-    SluiceError::Sink {
-        sink: String::new(),
-        url: location.object_url(&location.child(rel)),
-        message,
-        retry: RetryHint::WithBackoff,
-    }
+/// Writing file `rel` failed; the sink's name is filled in by the sink.
+fn sink_err(location: &Location, rel: &str, cause: Cause) -> SluiceError {
+    SluiceError::sink_failed(
+        "",
+        location.object_url(&location.child(rel)),
+        "cannot write",
+        cause,
+    )
 }
 
 /// Closes a file; returns what the commit records of it.
@@ -446,7 +477,9 @@ impl Sink for FileSink {
             .list_with_delimiter(prefix)
             .await
             .map(|_| ())
-            .map_err(|e| self.err(format!("unreachable: {e}"), RetryHint::WithBackoff))
+            .map_err(|e| {
+                SluiceError::sink_failed(&self.name, self.location.url(), "unreachable", e)
+            })
     }
 
     async fn recover(&self) -> Result<Recovered> {
@@ -536,23 +569,10 @@ impl Sink for FileSink {
         }
         // what was written stays in the group, for the commit or for `abort`
         self.put_group(group, pending);
-        if let Some(e) = failure {
-            return Err(match e {
-                SluiceError::Sink {
-                    url,
-                    message,
-                    retry,
-                    ..
-                } => SluiceError::Sink {
-                    sink: self.name.clone(),
-                    url,
-                    message,
-                    retry,
-                },
-                other => other,
-            });
+        match failure {
+            Some(e) => Err(self.named(e)),
+            None => Ok(rows),
         }
-        Ok(rows)
     }
 
     async fn seal(&self, group: u64) -> Result<Sealed> {
@@ -574,7 +594,7 @@ impl Sink for FileSink {
             // the closed files stay listed for `abort`
             pending.closed = files;
             self.put_group(group, pending);
-            return Err(e);
+            return Err(self.named(e));
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Sealed {

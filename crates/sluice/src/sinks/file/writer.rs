@@ -12,6 +12,8 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::file::properties::WriterProperties;
 use tokio::io::AsyncWriteExt;
 
+use crate::error::Cause;
+
 /// The file format a sink writes.
 #[derive(Debug, Clone)]
 pub enum OutputFormat {
@@ -39,8 +41,8 @@ impl OutputFormat {
     }
 }
 
-/// Errors while writing one file.
-pub type WriteResult<T> = Result<T, String>;
+/// Errors while writing one file: the writer's or the store's, kept as the cause.
+pub type WriteResult<T> = Result<T, Cause>;
 
 /// One output file being written.
 pub enum OpenFile {
@@ -74,7 +76,7 @@ impl OpenFile {
                     schema,
                     Some(props.clone()),
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(Cause::new)?;
                 Ok(OpenFile::Parquet(Box::new(w)))
             }
             other => Ok(OpenFile::Text {
@@ -89,7 +91,7 @@ impl OpenFile {
     /// Appends a batch.
     pub async fn write(&mut self, batch: &RecordBatch) -> WriteResult<()> {
         match self {
-            OpenFile::Parquet(w) => w.write(batch).await.map_err(|e| e.to_string()),
+            OpenFile::Parquet(w) => w.write(batch).await.map_err(Cause::new),
             OpenFile::Text {
                 upload,
                 format,
@@ -103,20 +105,17 @@ impl OpenFile {
                             .with_header(*header && !*started)
                             .with_delimiter(*delimiter)
                             .build(&mut buf);
-                        w.write(batch).map_err(|e| e.to_string())?;
+                        w.write(batch).map_err(Cause::new)?;
                     }
                     _ => {
                         let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
-                        w.write(batch).map_err(|e| e.to_string())?;
-                        w.finish().map_err(|e| e.to_string())?;
+                        w.write(batch).map_err(Cause::new)?;
+                        w.finish().map_err(Cause::new)?;
                     }
                 }
                 *started = true;
                 *written += buf.len() as u64;
-                upload
-                    .put(Bytes::from(buf))
-                    .await
-                    .map_err(|e| e.to_string())
+                upload.put(Bytes::from(buf)).await.map_err(Cause::new)
             }
         }
     }
@@ -133,7 +132,7 @@ impl OpenFile {
     pub async fn finish(self) -> WriteResult<u64> {
         match self {
             OpenFile::Parquet(mut w) => {
-                w.finish().await.map_err(|e| e.to_string())?;
+                w.finish().await.map_err(Cause::new)?;
                 Ok(w.bytes_written() as u64)
             }
             OpenFile::Text {
@@ -141,7 +140,7 @@ impl OpenFile {
                 written,
                 ..
             } => {
-                upload.shutdown().await.map_err(|e| e.to_string())?;
+                upload.shutdown().await.map_err(Cause::new)?;
                 Ok(written)
             }
         }

@@ -227,6 +227,7 @@ impl FileSource {
             line: None,
             message,
             retry,
+            cause: None,
         }
     }
 
@@ -265,22 +266,24 @@ impl FileSource {
             line: None,
             message,
             retry,
+            cause: None,
         };
 
         let listed = list_objects(store.as_ref(), &location).await.map_err(|e| {
-            src_err(
-                Some(location.url()),
-                format!("cannot list input files: {e}"),
-                RetryHint::WithBackoff,
-            )
+            SluiceError::source_failed(ctx.name, Some(location.url()), "cannot list input files", e)
         })?;
         let single_file = listed.len() == 1 && listed[0].location == location.prefix;
         // the output of a sluice sink: read what its commits list, nothing else
         let commits = if location.glob.is_none() && !single_file {
             let log = CommitLog::new(Arc::clone(&store), location.clone());
-            log.read_all()
-                .await
-                .map_err(|e| src_err(Some(location.url()), e.to_string(), RetryHint::WithBackoff))?
+            log.read_all().await.map_err(|e| {
+                SluiceError::source_failed(
+                    ctx.name,
+                    Some(location.url()),
+                    "cannot read the commit log of the sink it reads",
+                    e,
+                )
+            })?
         } else {
             Vec::new()
         };
@@ -524,10 +527,11 @@ impl Source for FileSource {
         let Some(poll) = self.follow else {
             return self.next_files(limits);
         };
-        let deadline = std::time::Instant::now()
-            + limits
+        let deadline = super::deadline_after(
+            limits
                 .max_latency
-                .unwrap_or(std::time::Duration::from_secs(1));
+                .unwrap_or(std::time::Duration::from_secs(1)),
+        );
         loop {
             self.relist().await?;
             if let Some(slice) = self.next_files(limits)? {
@@ -568,23 +572,36 @@ impl Source for FileSource {
                 wanted.insert(f, (from, Some(*to)));
             }
         }
-        let parts: Vec<FilePart> = self
-            .files
-            .iter()
-            .filter_map(|f| {
-                let (from, to) = wanted.get(f.location.as_ref())?;
-                let to = to.unwrap_or(f.size);
-                Some(if from == &0 && to == f.size {
-                    FilePart::whole(f.clone())
-                } else {
-                    FilePart {
-                        object: f.clone(),
-                        range: Some(*from..to),
-                    }
-                })
-            })
-            .collect();
-        let missing = wanted.len() - parts.len();
+        let mut parts: Vec<FilePart> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for f in &self.files {
+            let Some((from, to)) = wanted.get(f.location.as_ref()) else {
+                continue;
+            };
+            if !seen.insert(f.location.as_ref()) {
+                continue; // listed twice (by two commits of an edited log)
+            }
+            let to = to.unwrap_or(f.size);
+            if *from > to || to > f.size {
+                return Err(self.error(
+                    Some(self.location.object_url(&f.location)),
+                    format!(
+                        "the committed offsets name bytes {from}..{to} of a file of {} bytes; the input changed since it was committed, so the epoch cannot be re-read exactly",
+                        f.size
+                    ),
+                    RetryHint::Never,
+                ));
+            }
+            parts.push(if *from == 0 && to == f.size {
+                FilePart::whole(f.clone())
+            } else {
+                FilePart {
+                    object: f.clone(),
+                    range: Some(*from..to),
+                }
+            });
+        }
+        let missing = wanted.len().saturating_sub(parts.len());
         if missing > 0 {
             return Err(self.error(
                 Some(self.location.url()),
@@ -644,10 +661,11 @@ impl FileSource {
         let mut files = list_objects(self.store.as_ref(), &self.location)
             .await
             .map_err(|e| {
-                self.error(
+                SluiceError::source_failed(
+                    &self.name,
                     Some(self.location.url()),
-                    format!("cannot list input files: {e}"),
-                    RetryHint::WithBackoff,
+                    "cannot list input files",
+                    e,
                 )
             })?;
         files.sort_by(|a, b| {
@@ -804,6 +822,7 @@ async fn check_files_read_as(
                 line: None,
                 message: format!("cannot read the schema: {e}"),
                 retry: RetryHint::Never,
+                cause: None,
             })?;
         let who = format!("source `{}` reading it as {reference}", ctx.name);
         let breaks = sluice_contract::compat::read_breaks(&file_schema, schema, &who);
@@ -814,6 +833,7 @@ async fn check_files_read_as(
                 line: None,
                 message: format!("the file cannot be read as {reference}: {b}"),
                 retry: RetryHint::Never,
+                cause: None,
             });
         }
         let md = file_schema.metadata();
