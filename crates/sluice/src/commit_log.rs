@@ -21,9 +21,9 @@ use sluice_contract::{LineageEntry, Provenance};
 use crate::storage::{Location, relative_to};
 
 /// Folder (under a sink's root) of the commit files.
-pub const COMMITS_DIR: &str = "_sluice/commits";
+pub(crate) const COMMITS_DIR: &str = "_sluice/commits";
 /// Version of the commit file format.
-pub const COMMIT_FORMAT: u32 = 1;
+pub(crate) const COMMIT_FORMAT: u32 = 1;
 
 /// One data file of a commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +88,7 @@ pub struct Commit {
 
 /// Errors of the commit log.
 #[derive(Debug, thiserror::Error)]
-pub enum CommitLogError {
+pub(crate) enum CommitLogError {
     /// The epoch already has a commit: another run committed it first.
     #[error(
         "epoch {epoch} is already committed at {path}; another run of this pipeline may be writing to the same sink"
@@ -130,7 +130,7 @@ pub enum CommitLogError {
 impl CommitLogError {
     /// Whether the same operation may succeed when tried again: a store
     /// that failed for a while may; a corrupt or conflicting log will not.
-    pub fn retry_hint(&self) -> crate::error::RetryHint {
+    pub(crate) fn retry_hint(&self) -> crate::error::RetryHint {
         use crate::error::RetryHint;
         match self {
             CommitLogError::AlreadyCommitted { .. } | CommitLogError::Corrupt { .. } => {
@@ -144,14 +144,14 @@ impl CommitLogError {
 
 /// The commit log of one sink location.
 #[derive(Debug, Clone)]
-pub struct CommitLog {
+pub(crate) struct CommitLog {
     store: Arc<dyn ObjectStore>,
     root: Location,
 }
 
 impl CommitLog {
     /// The log of the sink rooted at `root`.
-    pub fn new(store: Arc<dyn ObjectStore>, root: Location) -> Self {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, root: Location) -> Self {
         Self { store, root }
     }
 
@@ -168,7 +168,7 @@ impl CommitLog {
     }
 
     /// Committed epochs, in increasing order.
-    pub async fn epochs(&self) -> Result<Vec<u64>, CommitLogError> {
+    pub(crate) async fn epochs(&self) -> Result<Vec<u64>, CommitLogError> {
         let dir = self.root.child(COMMITS_DIR);
         let metas: Vec<_> = self
             .store
@@ -185,7 +185,7 @@ impl CommitLog {
     }
 
     /// Reads the commit of `epoch`.
-    pub async fn read(&self, epoch: u64) -> Result<Commit, CommitLogError> {
+    pub(crate) async fn read(&self, epoch: u64) -> Result<Commit, CommitLogError> {
         let path = self.commit_path(epoch);
         let bytes = self
             .store
@@ -202,7 +202,7 @@ impl CommitLog {
     }
 
     /// Reads every commit, oldest first.
-    pub async fn read_all(&self) -> Result<Vec<Commit>, CommitLogError> {
+    pub(crate) async fn read_all(&self) -> Result<Vec<Commit>, CommitLogError> {
         let mut out = Vec::new();
         for e in self.epochs().await? {
             out.push(self.read(e).await?);
@@ -211,7 +211,7 @@ impl CommitLog {
     }
 
     /// Creates the commit file of `commit.epoch`; fails if it exists.
-    pub async fn write(&self, commit: &Commit) -> Result<(), CommitLogError> {
+    pub(crate) async fn write(&self, commit: &Commit) -> Result<(), CommitLogError> {
         let path = self.commit_path(commit.epoch);
         let body = serde_json::to_vec_pretty(commit).map_err(|e| CommitLogError::Corrupt {
             path: self.root.object_url(&path),
@@ -238,7 +238,7 @@ impl CommitLog {
     }
 
     /// Paths (relative to the root) of every committed data file.
-    pub async fn committed_files(&self) -> Result<BTreeSet<String>, CommitLogError> {
+    pub(crate) async fn committed_files(&self) -> Result<BTreeSet<String>, CommitLogError> {
         Ok(self
             .read_all()
             .await?
@@ -250,7 +250,7 @@ impl CommitLog {
     /// Deletes data files that no commit lists and that sluice wrote (their
     /// names match [`is_data_file_name`]); other files are never touched.
     /// Returns the deleted paths.
-    pub async fn remove_uncommitted(&self) -> Result<Vec<String>, CommitLogError> {
+    pub(crate) async fn remove_uncommitted(&self) -> Result<Vec<String>, CommitLogError> {
         let committed = self.committed_files().await?;
         let prefix = (!self.root.prefix.as_ref().is_empty()).then_some(&self.root.prefix);
         let all: Vec<_> = self
@@ -308,7 +308,7 @@ impl CommitLog {
 
     /// Deletes every committed data file and then the commit files, newest
     /// first, so an interrupted reset still leaves a consistent log.
-    pub async fn reset(&self) -> Result<u64, CommitLogError> {
+    pub(crate) async fn reset(&self) -> Result<u64, CommitLogError> {
         let mut deleted = 0;
         let commits = self.read_all().await?;
         for c in commits.iter().rev() {
@@ -329,7 +329,7 @@ impl CommitLog {
 }
 
 /// The name of a data file sluice writes: `part-<epoch>-<run>-<partition>-<seq>.<ext>`.
-pub fn data_file_name(
+pub(crate) fn data_file_name(
     epoch: u64,
     run_id: &str,
     partition: usize,
@@ -340,7 +340,7 @@ pub fn data_file_name(
 }
 
 /// Whether `name` is a data file name made by [`data_file_name`].
-pub fn is_data_file_name(name: &str) -> bool {
+pub(crate) fn is_data_file_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("part-") else {
         return false;
     };
@@ -358,7 +358,7 @@ pub fn is_data_file_name(name: &str) -> bool {
 /// Whether `name` is an upload of object_store's local store still in
 /// progress: `<name>#<digits>`, where `<name>` is a sluice data file or a
 /// commit file.
-pub fn is_staged_upload_name(name: &str) -> bool {
+pub(crate) fn is_staged_upload_name(name: &str) -> bool {
     let Some((base, n)) = name.rsplit_once('#') else {
         return false;
     };
@@ -407,7 +407,7 @@ fn remove_staged_files(root: &std::path::Path) -> Result<Vec<String>, (String, s
 }
 
 /// A new run id: 8 hex digits.
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 

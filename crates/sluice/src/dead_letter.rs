@@ -43,11 +43,11 @@ pub struct DeadLetterConfig {
 }
 
 /// The name the dead-letter sink goes by in summaries and commits.
-pub const SINK_NAME: &str = "dead_letter";
+pub(crate) const SINK_NAME: &str = "dead_letter";
 
 /// One row that did not make it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// The source or stage that gave up on it.
     pub component: ComponentId,
     /// The shared error vocabulary's code.
@@ -71,18 +71,18 @@ pub struct DeadLetter {
 /// same row more than once: rows are kept once per key (the producer's name
 /// for the row: file and line, or partition and ordinal).
 #[derive(Debug, Default)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     rows: Mutex<BTreeMap<(ComponentId, String), DeadLetter>>,
 }
 
 impl DeadLetters {
     /// A new, empty collector.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
     /// Keeps a row, once per `key` within its component.
-    pub fn push(&self, key: String, d: DeadLetter) {
+    pub(crate) fn push(&self, key: String, d: DeadLetter) {
         let key = (d.component.clone(), key);
         if let Ok(mut rows) = self.rows.lock() {
             rows.entry(key).or_insert(d);
@@ -90,7 +90,7 @@ impl DeadLetters {
     }
 
     /// Takes every row given up on so far (skipped ones included).
-    pub fn take(&self) -> Vec<DeadLetter> {
+    pub(crate) fn take(&self) -> Vec<DeadLetter> {
         match self.rows.lock() {
             Ok(mut rows) => std::mem::take(&mut *rows).into_values().collect(),
             Err(_) => Vec::new(),
@@ -99,7 +99,7 @@ impl DeadLetters {
 }
 
 /// The schema of the dead-letter sink.
-pub fn schema() -> SchemaRef {
+pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("epoch", DataType::UInt64, false),
         Field::new(
@@ -119,7 +119,7 @@ pub fn schema() -> SchemaRef {
 }
 
 /// The rows of one epoch as a batch of [`schema`].
-pub fn to_batch(
+pub(crate) fn to_batch(
     epoch: u64,
     rows: &[DeadLetter],
 ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {

@@ -302,7 +302,7 @@ impl From<SluiceError> for DataFusionError {
 /// The retry hint of an error chain: that of the first error in it whose
 /// kind says (a sluice error, an object store error, an I/O error);
 /// anything else will fail the same way again.
-pub fn retry_hint_of(err: &(dyn std::error::Error + 'static)) -> RetryHint {
+pub(crate) fn retry_hint_of(err: &(dyn std::error::Error + 'static)) -> RetryHint {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(s) = e.downcast_ref::<SluiceError>() {
@@ -331,7 +331,7 @@ pub fn retry_hint_of(err: &(dyn std::error::Error + 'static)) -> RetryHint {
 /// Whether an object store operation that failed this way may succeed when
 /// tried again: throttling, timeouts and broken connections may; a missing
 /// object, a refused permission or a bad path will not.
-pub fn store_retry_hint(e: &object_store::Error) -> RetryHint {
+pub(crate) fn store_retry_hint(e: &object_store::Error) -> RetryHint {
     use object_store::Error as E;
     match e {
         E::NotFound { .. }
@@ -350,7 +350,7 @@ pub fn store_retry_hint(e: &object_store::Error) -> RetryHint {
 
 /// Whether a filesystem operation that failed this way may succeed when
 /// tried again.
-pub fn io_retry_hint(e: &std::io::Error) -> RetryHint {
+pub(crate) fn io_retry_hint(e: &std::io::Error) -> RetryHint {
     use std::io::ErrorKind as K;
     match e.kind() {
         K::Interrupted | K::TimedOut | K::WouldBlock | K::ResourceBusy => RetryHint::WithBackoff,

@@ -36,6 +36,7 @@
 //! typed offsets, a custom sink under the commit protocol, a UDF, and an
 //! engine given its own DataFusion `SessionConfig` and `RuntimeEnv`.
 #![deny(missing_docs)]
+#![warn(unreachable_pub, unnameable_types)]
 
 mod commit_log;
 mod compile;
@@ -60,7 +61,7 @@ pub use engine::Engine;
 #[cfg(feature = "failpoints")]
 pub use epoch::FAILPOINT_ENV;
 pub use epoch::{RecoveryError, RunEvent, RunHandle, RunOptions, Stopper};
-pub use error::{Result, RetryHint, SluiceError, SpecIssue};
+pub use error::{Cause, Result, RetryHint, SluiceError, SpecIssue};
 pub use explain::GraphFormat;
 pub use metrics::{ComponentId, ComponentStats, LatencySummary, Progress, RunSummary};
 pub use spec::PipelineSpec;

@@ -41,7 +41,7 @@ pub struct LineageConfig {
 
 /// A dataset as OpenLineage names it: `namespace` (`file`, `s3://bucket`) and `name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dataset {
+pub(crate) struct Dataset {
     /// Where it lives.
     pub namespace: String,
     /// Its name there.
@@ -51,7 +51,7 @@ pub struct Dataset {
 impl Dataset {
     /// Names a dataset by URL: `file:///a/b` → (`file`, `/a/b`);
     /// `s3://bucket/k` → (`s3://bucket`, `k`); anything else → (`scheme://authority`, path).
-    pub fn from_url(url: &str) -> Self {
+    pub(crate) fn from_url(url: &str) -> Self {
         let url = url.trim_end_matches('/');
         if let Some(path) = url.strip_prefix("file://") {
             return Self {
@@ -81,7 +81,7 @@ impl Dataset {
 
 /// One output of the run: its dataset, schema and column lineage.
 #[derive(Debug, Clone)]
-pub struct Output {
+pub(crate) struct Output {
     /// The sink's dataset.
     pub dataset: Dataset,
     /// What it writes.
@@ -92,7 +92,7 @@ pub struct Output {
 
 /// One input of the run.
 #[derive(Debug, Clone)]
-pub struct Input {
+pub(crate) struct Input {
     /// The source's dataset.
     pub dataset: Dataset,
     /// Its schema.
@@ -101,7 +101,7 @@ pub struct Input {
 
 /// Writes a run's events.
 #[derive(Debug)]
-pub struct Emitter {
+pub(crate) struct Emitter {
     file: Option<PathBuf>,
     url: Option<String>,
     namespace: String,
@@ -191,7 +191,7 @@ impl Emitter {
     }
 
     /// An emitter for one run of `job`.
-    pub fn new(
+    pub(crate) fn new(
         config: &LineageConfig,
         file: Option<PathBuf>,
         job: &str,
@@ -216,7 +216,7 @@ impl Emitter {
     /// Sends an event of `event_type` (`START`, `RUNNING`, `COMPLETE`, `FAIL`);
     /// an error message goes into FAIL's `errorMessage` facet. Failing to
     /// deliver is logged, never fatal: lineage must not stop the data.
-    pub async fn emit(&self, event_type: &str, error: Option<&str>) {
+    pub(crate) async fn emit(&self, event_type: &str, error: Option<&str>) {
         let event = self.event(event_type, error);
         if let Some(path) = &self.file {
             let line = format!("{event}\n");
@@ -254,7 +254,7 @@ impl Emitter {
     }
 
     /// The event as JSON.
-    pub fn event(&self, event_type: &str, error: Option<&str>) -> Value {
+    pub(crate) fn event(&self, event_type: &str, error: Option<&str>) -> Value {
         let facet = |url: &str| json!({ "_producer": self.producer, "_schemaURL": url });
         let schema_facet = |schema: &Schema| {
             let mut f = facet(SCHEMA_FACET);
@@ -315,7 +315,7 @@ impl Emitter {
 /// The source columns (table, column) each output column of `plan` is
 /// computed from. `sources` are the table names that are sources; other
 /// tables are followed through their plans (stage views are inlined).
-pub fn column_lineage(
+pub(crate) fn column_lineage(
     plan: &LogicalPlan,
     sources: &BTreeSet<String>,
 ) -> BTreeMap<String, BTreeSet<(String, String)>> {

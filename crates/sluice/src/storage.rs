@@ -26,7 +26,7 @@ use crate::spec::S3Settings;
 
 /// A parsed location: a store and a prefix inside it, maybe with a glob.
 #[derive(Debug, Clone)]
-pub struct Location {
+pub(crate) struct Location {
     /// What the user wrote.
     pub original: String,
     /// Scheme and authority, e.g. `file://`, `s3://bucket`.
@@ -39,7 +39,7 @@ pub struct Location {
 
 impl Location {
     /// Parses `text`, resolving relative local paths against `base_dir`.
-    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str, base_dir: &Path) -> Result<Self, String> {
         let original = text.to_string();
         if let Some((scheme, rest)) = text.split_once("://") {
             let url = Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
@@ -92,7 +92,7 @@ impl Location {
     }
 
     /// The URL of the prefix, e.g. `file:///data/in` or `s3://bucket/in`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let base = self.base();
         if self.prefix.as_ref().is_empty() {
             format!("{base}/")
@@ -102,7 +102,7 @@ impl Location {
     }
 
     /// The URL of an object in this location's store.
-    pub fn object_url(&self, path: &ObjectPath) -> String {
+    pub(crate) fn object_url(&self, path: &ObjectPath) -> String {
         format!("{}/{}", self.base(), path)
     }
 
@@ -113,7 +113,7 @@ impl Location {
     }
 
     /// A path under the prefix.
-    pub fn child(&self, relative: &str) -> ObjectPath {
+    pub(crate) fn child(&self, relative: &str) -> ObjectPath {
         if self.prefix.as_ref().is_empty() {
             ObjectPath::from(relative)
         } else {
@@ -122,12 +122,12 @@ impl Location {
     }
 
     /// Whether this is a local path.
-    pub fn is_local(&self) -> bool {
+    pub(crate) fn is_local(&self) -> bool {
         self.store_url.as_str().starts_with("file://")
     }
 
     /// The local filesystem path of the prefix, for local locations.
-    pub fn local_path(&self) -> Option<PathBuf> {
+    pub(crate) fn local_path(&self) -> Option<PathBuf> {
         self.is_local()
             .then(|| PathBuf::from(format!("/{}", self.prefix)))
     }
@@ -175,7 +175,7 @@ fn normalize(p: &Path) -> PathBuf {
 /// The object stores one engine uses, created on first use and registered
 /// with every DataFusion context the engine makes.
 #[derive(Debug)]
-pub struct StoreRegistry {
+pub(crate) struct StoreRegistry {
     memory: Arc<InMemory>,
     local: Arc<LocalFileSystem>,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
@@ -189,7 +189,7 @@ impl Default for StoreRegistry {
 
 impl StoreRegistry {
     /// A registry with a fresh in-memory store.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             memory: Arc::new(InMemory::new()),
             local: Arc::new(LocalFileSystem::new()),
@@ -198,7 +198,7 @@ impl StoreRegistry {
     }
 
     /// Registers a store for a URL prefix such as `s3://bucket`, replacing the default.
-    pub fn register(&self, store_url: &str, store: Arc<dyn ObjectStore>) {
+    pub(crate) fn register(&self, store_url: &str, store: Arc<dyn ObjectStore>) {
         let key = ObjectStoreUrl::parse(store_url)
             .map(|u| u.as_str().to_string())
             .unwrap_or_else(|_| store_url.to_string());
@@ -211,7 +211,7 @@ impl StoreRegistry {
     }
 
     /// The store behind a location, creating S3 clients on first use.
-    pub fn store_for(
+    pub(crate) fn store_for(
         &self,
         loc: &Location,
         s3: &S3Settings,
@@ -252,7 +252,7 @@ impl StoreRegistry {
 
     /// Registers every store created so far, and the local and memory stores,
     /// with a DataFusion context.
-    pub fn register_all(&self, ctx: &SessionContext) {
+    pub(crate) fn register_all(&self, ctx: &SessionContext) {
         let register = |url: &str, store: Arc<dyn ObjectStore>| {
             if let Ok(u) = Url::parse(url) {
                 ctx.register_object_store(&u, store);
@@ -269,7 +269,7 @@ impl StoreRegistry {
 /// Lists the objects a location names: one file, every file under a prefix,
 /// or every file matching a glob. Names starting with `_` or `.` (such as
 /// sluice's `_sluice/` folder) are skipped under a prefix.
-pub async fn list_objects(
+pub(crate) async fn list_objects(
     store: &dyn ObjectStore,
     loc: &Location,
 ) -> object_store::Result<Vec<ObjectMeta>> {
@@ -306,7 +306,7 @@ const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
 };
 
 /// The part of `path` under `prefix`.
-pub fn relative_to<'a>(path: &'a ObjectPath, prefix: &ObjectPath) -> &'a str {
+pub(crate) fn relative_to<'a>(path: &'a ObjectPath, prefix: &ObjectPath) -> &'a str {
     let p = path.as_ref();
     let pre = prefix.as_ref();
     if pre.is_empty() {
@@ -383,7 +383,9 @@ const LOCAL_READ_BYTES: u64 = 1 << 20;
 /// reads on tokio's blocking pool: `GetResult::into_stream` reads 8 KiB per
 /// blocking task, and those thread hand-offs cost more than the CSV parsing
 /// they feed (measured with `perf` on a 860 MB CSV scan).
-pub fn byte_stream(result: object_store::GetResult) -> BoxStream<'static, std::io::Result<Bytes>> {
+pub(crate) fn byte_stream(
+    result: object_store::GetResult,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
     use std::io::{Read, Seek, SeekFrom};
 
     match result.payload {

@@ -132,7 +132,7 @@ pub(crate) struct PlannedSink {
 
 impl PlannedSink {
     /// The sink's schema for rows of `provenance`.
-    pub fn output_schema(&self, provenance: &Provenance) -> Result<SchemaRef> {
+    pub(crate) fn output_schema(&self, provenance: &Provenance) -> Result<SchemaRef> {
         let mut md = self.schema.metadata().clone();
         md.insert(metadata::PROVENANCE.into(), to_json(provenance)?);
         Ok(Arc::new(Schema::new_with_metadata(
@@ -144,7 +144,7 @@ impl PlannedSink {
 
 impl PipelinePlan {
     /// The physical plan of a sink's rows for the epoch `state` is bound to.
-    pub async fn physical_plan(
+    pub(crate) async fn physical_plan(
         &self,
         sink: &PlannedSink,
         state: &SessionState,
@@ -163,7 +163,7 @@ impl PipelinePlan {
 
     /// Provenance of the rows of `sources` read from `uris` (by source):
     /// a source that read nothing lists no URIs.
-    pub fn provenance(
+    pub(crate) fn provenance(
         &self,
         sources: &[String],
         uris: &BTreeMap<String, Vec<String>>,

@@ -22,7 +22,7 @@ use crate::dead_letter::DeadLetters;
 
 /// One epoch's input and collectors; see the module docs.
 #[derive(Debug)]
-pub struct EpochBinding {
+pub(crate) struct EpochBinding {
     epoch: u64,
     slices: BTreeMap<String, Arc<dyn TableProvider>>,
     dead_letters: Arc<DeadLetters>,

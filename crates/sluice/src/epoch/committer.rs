@@ -71,7 +71,7 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub fn new(plan: Arc<PipelinePlan>, run_id: Arc<str>) -> Self {
+    pub(super) fn new(plan: Arc<PipelinePlan>, run_id: Arc<str>) -> Self {
         Self {
             plan,
             run_id,
@@ -82,7 +82,7 @@ impl Committer {
     /// Seals and commits `job`; the commits wait for `previous` (the commit
     /// before it) to succeed. `None`: given up because an earlier commit
     /// failed (whose error says what happened).
-    pub async fn commit(
+    pub(super) async fn commit(
         &self,
         job: CommitJob,
         previous: Option<oneshot::Receiver<bool>>,
@@ -168,7 +168,7 @@ pub(crate) struct CommitQueue {
 impl CommitQueue {
     /// A queue letting `capacity` commits run while epochs are written
     /// (`epochs_in_flight - 1`; 0 commits synchronously).
-    pub fn new(committer: Arc<Committer>, capacity: usize) -> Self {
+    pub(super) fn new(committer: Arc<Committer>, capacity: usize) -> Self {
         Self {
             committer,
             capacity,
@@ -178,7 +178,7 @@ impl CommitQueue {
     }
 
     /// Starts committing `job` after the commits before it.
-    pub fn push(&mut self, job: CommitJob) {
+    pub(super) fn push(&mut self, job: CommitJob) {
         let (done, newest) = oneshot::channel();
         let previous = self.newest.replace(newest);
         let committer = Arc::clone(&self.committer);
@@ -190,13 +190,13 @@ impl CommitQueue {
     }
 
     /// Whether the next epoch must wait for the oldest commit.
-    pub fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.running.len() > self.capacity
     }
 
     /// The oldest commit, once it is done. Commits given up after an
     /// earlier one failed are passed over: the failure was reported.
-    pub async fn next(&mut self) -> Option<Result<Committed>> {
+    pub(super) async fn next(&mut self) -> Option<Result<Committed>> {
         loop {
             let handle = self.running.pop_front()?;
             match handle.await {
@@ -213,7 +213,7 @@ impl CommitQueue {
     }
 
     /// The oldest commit if it is done, without waiting.
-    pub async fn next_ready(&mut self) -> Option<Result<Committed>> {
+    pub(super) async fn next_ready(&mut self) -> Option<Result<Committed>> {
         if self.running.front()?.is_finished() {
             self.next().await
         } else {

@@ -41,7 +41,7 @@ pub(crate) struct Failpoint {
 
 impl Failpoint {
     /// Reads [`FAILPOINT_ENV`] (with the `failpoints` feature; never otherwise).
-    pub fn from_env() -> Self {
+    pub(super) fn from_env() -> Self {
         #[cfg(feature = "failpoints")]
         {
             let armed = std::env::var(FAILPOINT_ENV).ok().and_then(|v| {
@@ -65,7 +65,7 @@ impl Failpoint {
     }
 
     /// Aborts the process when `point` at `epoch` is the armed crash point.
-    pub fn hit(&self, point: Point, epoch: u64) {
+    pub(super) fn hit(&self, point: Point, epoch: u64) {
         #[cfg(feature = "failpoints")]
         if let Some((p, e)) = self.armed {
             if p == point && e.is_none_or(|e| e == epoch) {

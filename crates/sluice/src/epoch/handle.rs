@@ -79,10 +79,10 @@ pub enum RunEvent {
 pub(crate) struct StopSignal(AtomicBool);
 
 impl StopSignal {
-    pub fn request(&self) {
+    pub(crate) fn request(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
-    pub fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }

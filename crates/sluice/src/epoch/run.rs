@@ -100,7 +100,7 @@ enum Step {
 }
 
 impl Run {
-    pub fn new(
+    pub(super) fn new(
         plan: Arc<PipelinePlan>,
         sources: BTreeMap<String, Box<dyn AnySource>>,
         options: RunOptions,
@@ -120,7 +120,7 @@ impl Run {
     /// Runs until the bounded sources are exhausted, `max_epochs` is
     /// reached, the streaming sources go idle (`exit_when_idle`) or a stop
     /// is requested; commits everything written before returning.
-    pub async fn run(mut self) -> Result<RunSummary> {
+    pub(super) async fn run(mut self) -> Result<RunSummary> {
         let lineage = openlineage::Emitter::for_plan(&self.plan);
         if let Some(l) = &lineage {
             l.emit("START", None).await;

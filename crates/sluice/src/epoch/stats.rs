@@ -32,12 +32,12 @@ pub(crate) struct Counts {
 pub(crate) struct Stats(BTreeMap<ComponentId, Counts>);
 
 impl Stats {
-    pub fn of(&mut self, id: ComponentId) -> &mut Counts {
+    pub(super) fn of(&mut self, id: ComponentId) -> &mut Counts {
         self.0.entry(id).or_default()
     }
 
     /// Adds another set of counters (an epoch's, once it is committed).
-    pub fn add(&mut self, other: &Stats) {
+    pub(super) fn add(&mut self, other: &Stats) {
         for (k, v) in &other.0 {
             let a = self.of(k.clone());
             a.rows += v.rows;
@@ -51,7 +51,7 @@ impl Stats {
     }
 
     /// Counts the rows sources and stages gave up on.
-    pub fn add_dead_letters(&mut self, letters: &[DeadLetter]) {
+    pub(super) fn add_dead_letters(&mut self, letters: &[DeadLetter]) {
         for d in letters {
             let a = self.of(d.component.clone());
             if d.skipped {
@@ -65,7 +65,7 @@ impl Stats {
     /// Adds the counters of every stage border of the executed plans of one
     /// epoch. A source or stage shared by several sinks' plans is computed
     /// once per plan: the rows of one computation (the largest) count.
-    pub fn add_stage_borders(&mut self, plans: &[Arc<dyn ExecutionPlan>]) {
+    pub(super) fn add_stage_borders(&mut self, plans: &[Arc<dyn ExecutionPlan>]) {
         let mut epoch: BTreeMap<ComponentId, Counts> = BTreeMap::new();
         for plan in plans {
             for s in stage_execs(plan) {
@@ -96,7 +96,7 @@ impl Stats {
     }
 
     /// Per-component stats of a run: sources, stages in order, sinks.
-    pub fn components(&self, plan: &PipelinePlan) -> Vec<ComponentStats> {
+    pub(super) fn components(&self, plan: &PipelinePlan) -> Vec<ComponentStats> {
         let rows_out = |id: ComponentId| self.get(&id).map_or(0, |a| a.rows);
         let out_of = |name: &str| match plan.graph.kinds.get(name) {
             Some(NodeKind::Source) => rows_out(ComponentId::Source(name.to_string())),

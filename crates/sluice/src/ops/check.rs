@@ -30,7 +30,7 @@ use crate::metrics::ComponentId;
 
 /// One declared check: its text and the expression over the input's columns.
 #[derive(Debug, Clone)]
-pub struct Check {
+pub(crate) struct Check {
     /// As written in the spec.
     pub sql: String,
     /// Compiled against the input schema.
@@ -39,7 +39,7 @@ pub struct Check {
 
 /// Filters out the rows that break a source's checks; see the module docs.
 #[derive(Debug)]
-pub struct CheckExec {
+pub(crate) struct CheckExec {
     source: String,
     checks: Vec<Check>,
     on_error: OnError,
@@ -49,7 +49,7 @@ pub struct CheckExec {
 
 impl CheckExec {
     /// Checks `input`'s rows for source `source`.
-    pub fn new(
+    pub(crate) fn new(
         source: &str,
         checks: Vec<Check>,
         on_error: OnError,
@@ -220,7 +220,7 @@ fn apply(
 
 /// Row `row` of `batch` as one JSON object (the raw input of a dead letter
 /// that is a row rather than a line).
-pub fn row_json(batch: &RecordBatch, row: usize) -> String {
+pub(crate) fn row_json(batch: &RecordBatch, row: usize) -> String {
     if row >= batch.num_rows() {
         return format!(
             "{{\"unavailable\": \"row {row} is outside the batch of {} rows\"}}",

@@ -52,7 +52,7 @@ use crate::stages::external::{ExternalRuntime, OnError};
 
 /// Logical node of an external stage.
 #[derive(Debug, Clone)]
-pub struct ExternalStageNode {
+pub(crate) struct ExternalStageNode {
     /// The runtime of the stage.
     pub runtime: Arc<ExternalRuntime>,
     /// Its input plan.
@@ -63,7 +63,7 @@ pub struct ExternalStageNode {
 
 impl ExternalStageNode {
     /// A node sending `input` through the stage; the output schema comes from the manifest.
-    pub fn try_new(runtime: Arc<ExternalRuntime>, input: LogicalPlan) -> Result<Self> {
+    pub(crate) fn try_new(runtime: Arc<ExternalRuntime>, input: LogicalPlan) -> Result<Self> {
         let input_schema = Arc::new(input.schema().as_arrow().clone());
         let out = runtime.manifest.output_for(&input_schema);
         let schema = Arc::new(DFSchema::try_from(out.as_ref().clone())?);
@@ -134,7 +134,7 @@ impl UserDefinedLogicalNodeCore for ExternalStageNode {
 
 /// Plans [`ExternalStageNode`] into [`ExternalStageExec`].
 #[derive(Debug, Default)]
-pub struct ExternalStagePlanner;
+pub(crate) struct ExternalStagePlanner;
 
 #[async_trait]
 impl ExtensionPlanner for ExternalStagePlanner {
@@ -164,7 +164,7 @@ impl ExtensionPlanner for ExternalStagePlanner {
 
 /// Runs an external stage; see the module docs.
 #[derive(Debug)]
-pub struct ExternalStageExec {
+pub(crate) struct ExternalStageExec {
     runtime: Arc<ExternalRuntime>,
     input: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
@@ -173,7 +173,7 @@ pub struct ExternalStageExec {
 
 impl ExternalStageExec {
     /// An exec sending `input` through `runtime`'s stage.
-    pub fn new(
+    pub(crate) fn new(
         runtime: Arc<ExternalRuntime>,
         input: Arc<dyn ExecutionPlan>,
         schema: SchemaRef,

@@ -30,10 +30,10 @@ use datafusion::physical_plan::{
 };
 
 /// Batches of one unit of work.
-pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+pub(crate) type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 
 /// Something that makes rows deterministically, unit by unit.
-pub trait BatchGenerator: Send + Sync + fmt::Debug + 'static {
+pub(crate) trait BatchGenerator: Send + Sync + fmt::Debug + 'static {
     /// Shown in EXPLAIN, e.g. `tpch lineitem sf=1`.
     fn describe(&self) -> String;
     /// The schema of every batch.
@@ -44,7 +44,7 @@ pub trait BatchGenerator: Send + Sync + fmt::Debug + 'static {
 
 /// The units of one slice of a generator, as a table.
 #[derive(Debug)]
-pub struct GeneratedTable {
+pub(crate) struct GeneratedTable {
     generator: Arc<dyn BatchGenerator>,
     units: Vec<u64>,
     target_partitions: usize,
@@ -52,7 +52,7 @@ pub struct GeneratedTable {
 
 impl GeneratedTable {
     /// A table of `units` of `generator`, scanned with up to `target_partitions` partitions.
-    pub fn new(
+    pub(crate) fn new(
         generator: Arc<dyn BatchGenerator>,
         units: Vec<u64>,
         target_partitions: usize,
@@ -96,7 +96,7 @@ impl TableProvider for GeneratedTable {
 
 /// Generates rows; see the module docs.
 #[derive(Debug)]
-pub struct GenerateExec {
+pub(crate) struct GenerateExec {
     generator: Arc<dyn BatchGenerator>,
     groups: Vec<Vec<u64>>,
     projection: Option<Vec<usize>>,
@@ -107,7 +107,7 @@ pub struct GenerateExec {
 
 impl GenerateExec {
     /// A scan generating `groups[i]` in partition `i`.
-    pub fn try_new(
+    pub(crate) fn try_new(
         generator: Arc<dyn BatchGenerator>,
         groups: Vec<Vec<u64>>,
         projection: Option<Vec<usize>>,

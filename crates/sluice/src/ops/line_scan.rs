@@ -84,7 +84,7 @@ impl Compression {
 
 /// How to decode lines.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LineFormat {
+pub(crate) enum LineFormat {
     /// Delimited text.
     Csv(CsvOptions),
     /// One JSON object per line.
@@ -93,7 +93,7 @@ pub enum LineFormat {
 
 /// CSV dialect.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CsvOptions {
+pub(crate) struct CsvOptions {
     /// The first line of each file is a header.
     pub has_header: bool,
     /// Field delimiter.
@@ -120,7 +120,7 @@ impl Default for CsvOptions {
 
 impl LineFormat {
     /// Whether a byte range of a file can be read on its own (no newlines in values).
-    pub fn splittable(&self) -> bool {
+    pub(crate) fn splittable(&self) -> bool {
         match self {
             LineFormat::Csv(o) => !o.newlines_in_values,
             LineFormat::Jsonl => true,
@@ -140,7 +140,7 @@ const MIN_SPLIT_BYTES: u64 = 8 << 20;
 
 /// One file, or one byte range of an uncompressed file.
 #[derive(Debug, Clone)]
-pub struct LineUnit {
+pub(crate) struct LineUnit {
     /// The file.
     pub object: ObjectMeta,
     /// Byte range, when the file is split.
@@ -154,7 +154,7 @@ pub struct LineUnit {
 /// ranges need not fall on line starts: a range owns the lines that start
 /// inside it).
 #[derive(Debug, Clone)]
-pub struct FilePart {
+pub(crate) struct FilePart {
     /// The file.
     pub object: ObjectMeta,
     /// The bytes this slice owns; `None` for the whole file.
@@ -163,7 +163,7 @@ pub struct FilePart {
 
 impl FilePart {
     /// The whole file.
-    pub fn whole(object: ObjectMeta) -> Self {
+    pub(crate) fn whole(object: ObjectMeta) -> Self {
         Self {
             object,
             range: None,
@@ -177,7 +177,7 @@ impl FilePart {
 
 /// The files of one slice of a CSV or JSON-lines source, as a table.
 #[derive(Debug)]
-pub struct LineFilesTable {
+pub(crate) struct LineFilesTable {
     /// Source name, for errors.
     pub source_name: String,
     /// Where the files live.
@@ -311,7 +311,7 @@ struct ScanShared {
 
 /// Reads CSV / JSON-lines files; see the module docs.
 #[derive(Debug)]
-pub struct LineScanExec {
+pub(crate) struct LineScanExec {
     shared: ScanShared,
     groups: Vec<Vec<LineUnit>>,
     limit: Option<usize>,

@@ -1,8 +1,8 @@
 //! sluice's own physical operators, one per module.
 
-pub mod check;
-pub mod external_stage;
-pub mod generate;
-pub mod line_scan;
-pub mod stage;
-pub mod tpch_scan;
+pub(crate) mod check;
+pub(crate) mod external_stage;
+pub(crate) mod generate;
+pub(crate) mod line_scan;
+pub(crate) mod stage;
+pub(crate) mod tpch_scan;

@@ -49,7 +49,7 @@ use crate::metrics::ComponentId;
 
 /// What a stage border belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StageRole {
+pub(crate) enum StageRole {
     /// The output of a source scan.
     Source,
     /// The output of a transformation stage.
@@ -58,7 +58,7 @@ pub enum StageRole {
 
 impl StageRole {
     /// The component a border named `name` with this role belongs to.
-    pub fn component(self, name: &str) -> ComponentId {
+    pub(crate) fn component(self, name: &str) -> ComponentId {
         match self {
             StageRole::Source => ComponentId::Source(name.to_string()),
             StageRole::Stage => ComponentId::Stage(name.to_string()),
@@ -77,7 +77,7 @@ impl fmt::Display for StageRole {
 
 /// Live counters of one stage border in one executed plan.
 #[derive(Debug, Default)]
-pub struct StageCounters {
+pub(crate) struct StageCounters {
     /// Rows that passed.
     pub rows: AtomicU64,
     /// Batches that passed.
@@ -104,7 +104,7 @@ impl StageCounters {
     }
 
     /// Time between the first poll and the last batch.
-    pub fn active(&self) -> std::time::Duration {
+    pub(crate) fn active(&self) -> std::time::Duration {
         let first = self.first_ns.load(Ordering::Relaxed);
         let last = self.last_ns.load(Ordering::Relaxed);
         std::time::Duration::from_nanos(last.saturating_sub(first))
@@ -113,7 +113,7 @@ impl StageCounters {
 
 /// Logical marker of a stage's output inside the fused plan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd)]
-pub struct StageNode {
+pub(crate) struct StageNode {
     /// Stage name.
     pub stage: String,
     /// Stage kind (`sql`, ...).
@@ -132,7 +132,7 @@ impl Hash for StageNode {
 
 impl StageNode {
     /// Wraps `input` as the output of `stage`.
-    pub fn wrap(stage: &str, kind: &str, input: LogicalPlan) -> LogicalPlan {
+    pub(crate) fn wrap(stage: &str, kind: &str, input: LogicalPlan) -> LogicalPlan {
         LogicalPlan::Extension(datafusion::logical_expr::Extension {
             node: Arc::new(StageNode {
                 stage: stage.to_string(),
@@ -188,7 +188,7 @@ impl UserDefinedLogicalNodeCore for StageNode {
 
 /// Plans [`StageNode`] into [`StageExec`].
 #[derive(Debug, Default)]
-pub struct StagePlanner;
+pub(crate) struct StagePlanner;
 
 #[async_trait]
 impl ExtensionPlanner for StagePlanner {
@@ -218,7 +218,7 @@ impl ExtensionPlanner for StagePlanner {
 
 /// Physical marker of a stage border; see the module docs.
 #[derive(Debug)]
-pub struct StageExec {
+pub(crate) struct StageExec {
     stage: String,
     kind: String,
     role: StageRole,
@@ -231,7 +231,12 @@ pub struct StageExec {
 
 impl StageExec {
     /// A border named `stage` above `input`.
-    pub fn new(stage: &str, kind: &str, role: StageRole, input: Arc<dyn ExecutionPlan>) -> Self {
+    pub(crate) fn new(
+        stage: &str,
+        kind: &str,
+        role: StageRole,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Self {
         let props = PlanProperties::new(
             input.equivalence_properties().clone(),
             input.output_partitioning().clone(),
@@ -251,23 +256,23 @@ impl StageExec {
     }
 
     /// Also adds every row that passes to `progress` (a run-wide counter).
-    pub fn with_progress(mut self, progress: Arc<AtomicU64>) -> Self {
+    pub(crate) fn with_progress(mut self, progress: Arc<AtomicU64>) -> Self {
         self.progress = Some(progress);
         self
     }
 
     /// Stage name.
-    pub fn stage(&self) -> &str {
+    pub(crate) fn stage(&self) -> &str {
         &self.stage
     }
 
     /// Source or stage.
-    pub fn role(&self) -> StageRole {
+    pub(crate) fn role(&self) -> StageRole {
         self.role
     }
 
     /// The counters of this border.
-    pub fn counters(&self) -> &Arc<StageCounters> {
+    pub(crate) fn counters(&self) -> &Arc<StageCounters> {
         &self.counters
     }
 }
@@ -412,7 +417,7 @@ impl RecordBatchStream for StageStream {
 }
 
 /// Bytes of the data a batch refers to (not of whole shared buffers).
-pub fn batch_bytes(batch: &RecordBatch) -> usize {
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
         .iter()
@@ -421,7 +426,7 @@ pub fn batch_bytes(batch: &RecordBatch) -> usize {
 }
 
 /// Every [`StageExec`] in a plan, outermost first.
-pub fn stage_execs(plan: &Arc<dyn ExecutionPlan>) -> Vec<&StageExec> {
+pub(crate) fn stage_execs(plan: &Arc<dyn ExecutionPlan>) -> Vec<&StageExec> {
     let mut out = Vec::new();
     fn walk<'a>(p: &'a Arc<dyn ExecutionPlan>, out: &mut Vec<&'a StageExec>) {
         if let Some(s) = p.downcast_ref::<StageExec>() {

@@ -122,7 +122,7 @@ impl TpchTable {
 
 /// A TPC-H table cut into `parts` generator parts; a unit is a 1-based part.
 #[derive(Debug)]
-pub struct TpchGenerator {
+pub(crate) struct TpchGenerator {
     table: TpchTable,
     scale_factor: f64,
     parts: usize,
@@ -131,7 +131,12 @@ pub struct TpchGenerator {
 
 impl TpchGenerator {
     /// `table` at `scale_factor` in `parts` parts.
-    pub fn new(table: TpchTable, scale_factor: f64, parts: usize, batch_size: usize) -> Self {
+    pub(crate) fn new(
+        table: TpchTable,
+        scale_factor: f64,
+        parts: usize,
+        batch_size: usize,
+    ) -> Self {
         Self {
             table,
             scale_factor,

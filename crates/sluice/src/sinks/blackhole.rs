@@ -11,13 +11,13 @@ use crate::error::{Result, SluiceError};
 /// Not durable: it keeps no commit log. Useful to measure a pipeline without
 /// the cost of writing.
 #[derive(Debug)]
-pub struct BlackholeSink {
+pub(super) struct BlackholeSink {
     name: String,
 }
 
 impl BlackholeSink {
     /// A blackhole sink.
-    pub fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
         }

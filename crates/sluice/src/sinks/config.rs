@@ -185,7 +185,7 @@ pub(crate) struct Kind {
 
 impl Kind {
     /// Every key a table of this kind may have (besides `kind`).
-    pub fn all_keys(&self) -> Vec<&'static str> {
+    pub(crate) fn all_keys(&self) -> Vec<&'static str> {
         let mut keys = vec!["input"];
         if self.files {
             keys.extend(fields_of::<FileSinkKeys>());

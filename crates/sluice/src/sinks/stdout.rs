@@ -27,14 +27,14 @@ pub struct StdoutSinkConfig {
 
 /// Prints rows; see [`StdoutSinkConfig`].
 #[derive(Debug)]
-pub struct StdoutSink {
+pub(super) struct StdoutSink {
     name: String,
     config: StdoutSinkConfig,
 }
 
 impl StdoutSink {
     /// A stdout sink.
-    pub fn new(name: &str, config: StdoutSinkConfig) -> Self {
+    pub(super) fn new(name: &str, config: StdoutSinkConfig) -> Self {
         Self {
             name: name.to_string(),
             config,

@@ -214,7 +214,7 @@ impl Kind {
     }
 
     /// Every key a table of this kind may have (besides `kind`).
-    pub fn all_keys(&self) -> Vec<&'static str> {
+    pub(crate) fn all_keys(&self) -> Vec<&'static str> {
         let mut keys = (self.keys)().to_vec();
         keys.extend(self.shared);
         keys

@@ -33,7 +33,7 @@ use crate::ops::stage::{StageExec, StageRole};
 
 /// A source as a table whose content is the current epoch's slice.
 #[derive(Debug)]
-pub struct EpochTable {
+pub(crate) struct EpochTable {
     name: String,
     kind: String,
     schema: SchemaRef,
@@ -43,7 +43,7 @@ pub struct EpochTable {
 
 /// A source's declared checks: (text, expression over the source's columns).
 #[derive(Debug, Clone)]
-pub struct DeclaredChecks {
+pub(crate) struct DeclaredChecks {
     /// The checks.
     pub checks: Vec<(String, Expr)>,
     /// What a failing row does.
@@ -52,7 +52,7 @@ pub struct DeclaredChecks {
 
 impl EpochTable {
     /// A table for source `name` with a fixed schema; `progress` counts rows read.
-    pub fn new(name: &str, kind: &str, schema: SchemaRef, progress: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(name: &str, kind: &str, schema: SchemaRef, progress: Arc<AtomicU64>) -> Self {
         Self {
             name: name.to_string(),
             kind: kind.to_string(),
@@ -63,7 +63,7 @@ impl EpochTable {
     }
 
     /// Checks every row read against `checks`.
-    pub fn with_checks(mut self, checks: DeclaredChecks) -> Self {
+    pub(crate) fn with_checks(mut self, checks: DeclaredChecks) -> Self {
         self.checks = (!checks.checks.is_empty()).then_some(checks);
         self
     }

@@ -62,7 +62,7 @@ pub struct GeneratorSourceConfig {
 }
 
 /// The schema of generated events.
-pub fn events_schema() -> SchemaRef {
+pub(super) fn events_schema() -> SchemaRef {
     let device = Fields::from(vec![
         Field::new("os", DataType::Utf8, false),
         Field::new("version", DataType::Int32, true),
@@ -204,7 +204,10 @@ impl BatchGenerator for EventGenerator {
 }
 
 /// Opens a `generator` source.
-pub fn open(cfg: &GeneratorSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>> {
+pub(super) fn open(
+    cfg: &GeneratorSourceConfig,
+    ctx: &SourceContext<'_>,
+) -> Result<Box<dyn AnySource>> {
     let issue = |key: &str, msg: String| {
         SluiceError::spec(ctx.spec.issue(format!("sources.{}.{key}", ctx.name), msg))
     };

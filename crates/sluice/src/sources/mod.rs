@@ -33,17 +33,18 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sluice_contract::{LineageEntry, SourceProvenance};
 
+pub use crate::ops::line_scan::Compression;
 pub use crate::ops::tpch_scan::TpchTable;
 pub(crate) use config::KINDS;
 pub use config::{CustomSource, SourceConfig, SourceKind};
 pub(crate) use epoch_table::EpochTable;
 pub use file::{
-    ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, FileOffset, JsonlSourceConfig,
-    ParquetSourceConfig,
+    ArrowIpcSourceConfig, CsvSourceConfig, DirFormat, DirSourceConfig, FileOffset,
+    JsonlSourceConfig, ParquetSourceConfig,
 };
 pub use generator::{GeneratorOffset, GeneratorSourceConfig};
 pub use memory::{MemoryOffset, MemorySource};
-pub use stdin::{StdinOffset, StdinSourceConfig};
+pub use stdin::{StdinFormat, StdinOffset, StdinSourceConfig};
 pub use tpch::{TpchOffset, TpchSourceConfig};
 
 use crate::error::{Result, RetryHint, SluiceError};

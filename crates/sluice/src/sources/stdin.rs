@@ -54,7 +54,7 @@ pub struct StdinSourceConfig {
 }
 
 /// Opens a `stdin` source.
-pub fn open(cfg: &StdinSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>> {
+pub(super) fn open(cfg: &StdinSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>> {
     let key = |k: &str| format!("sources.{}.{k}", ctx.name);
     let schema = schema_from_columns(&cfg.columns)
         .map_err(|m| SluiceError::spec(ctx.spec.issue(key("columns"), m)))?;

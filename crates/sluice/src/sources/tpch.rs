@@ -42,7 +42,7 @@ fn default_scale() -> f64 {
 }
 
 /// Opens a `tpch` source.
-pub fn open(cfg: &TpchSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>> {
+pub(super) fn open(cfg: &TpchSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>> {
     if !(cfg.scale_factor > 0.0 && cfg.scale_factor.is_finite()) {
         return Err(SluiceError::spec(
             ctx.spec

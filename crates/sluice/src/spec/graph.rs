@@ -8,7 +8,7 @@ use crate::error::SpecIssue;
 
 /// What a node of the graph is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum NodeKind {
+pub(crate) enum NodeKind {
     /// A source.
     Source,
     /// A stage.
@@ -19,7 +19,7 @@ pub enum NodeKind {
 
 /// The checked graph of a pipeline.
 #[derive(Debug, Clone)]
-pub struct Graph {
+pub(crate) struct Graph {
     /// Stages in an order where every stage comes after its inputs.
     pub stage_order: Vec<String>,
     /// For each node, the nodes it reads.
@@ -30,7 +30,7 @@ pub struct Graph {
 
 impl Graph {
     /// Checks the graph of `spec`, returning every problem found.
-    pub fn check(spec: &PipelineSpec) -> Result<Graph, Vec<SpecIssue>> {
+    pub(crate) fn check(spec: &PipelineSpec) -> Result<Graph, Vec<SpecIssue>> {
         let mut issues = Vec::new();
         let mut kinds = BTreeMap::new();
         for name in spec.sources.keys() {
@@ -162,7 +162,7 @@ impl Graph {
 
     /// Every node `name` depends on (transitively), in topological order,
     /// sources first, not including `name` itself.
-    pub fn ancestors(&self, name: &str) -> Vec<String> {
+    pub(crate) fn ancestors(&self, name: &str) -> Vec<String> {
         let mut seen = BTreeSet::new();
         let mut stack = vec![name.to_string()];
         while let Some(n) = stack.pop() {
@@ -188,7 +188,7 @@ impl Graph {
     }
 
     /// The sources `name` reads, directly or through stages.
-    pub fn sources_of(&self, name: &str) -> Vec<String> {
+    pub(crate) fn sources_of(&self, name: &str) -> Vec<String> {
         self.ancestors(name)
             .into_iter()
             .filter(|n| self.kinds.get(n) == Some(&NodeKind::Source))

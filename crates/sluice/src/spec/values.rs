@@ -162,10 +162,10 @@ fn default_true() -> bool {
     true
 }
 
-pub use sluice_contract::types::parse_data_type;
+pub(crate) use sluice_contract::types::parse_data_type;
 
 /// Builds an Arrow schema from declared columns; the error names the column.
-pub fn schema_from_columns(columns: &[ColumnSpec]) -> Result<Schema, String> {
+pub(crate) fn schema_from_columns(columns: &[ColumnSpec]) -> Result<Schema, String> {
     let mut fields = Vec::with_capacity(columns.len());
     for (i, c) in columns.iter().enumerate() {
         let dt = parse_data_type(&c.data_type)

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::spec::HumanDuration;
 
-pub use crate::dead_letter::OnError;
+pub(crate) use crate::dead_letter::OnError;
 
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
@@ -98,7 +98,7 @@ struct State {
 
 /// The connection to one external stage; see the module docs.
 #[derive(Debug)]
-pub struct ExternalRuntime {
+pub(crate) struct ExternalRuntime {
     /// Stage name in the pipeline.
     pub name: String,
     /// Its config.
@@ -117,7 +117,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl ExternalRuntime {
     /// Starts (or dials) the stage and reads its manifest.
-    pub async fn start(
+    pub(crate) async fn start(
         name: &str,
         config: ExternalStageConfig,
         base_dir: &std::path::Path,
@@ -163,7 +163,7 @@ impl ExternalRuntime {
     ///
     /// Boxed so the future's type does not leak into callers (rustc cannot
     /// prove the unboxed one `Send` inside DataFusion's spawned tasks).
-    pub fn client(&self) -> futures::future::BoxFuture<'_, Result<StageClient, StageError>> {
+    pub(crate) fn client(&self) -> futures::future::BoxFuture<'_, Result<StageClient, StageError>> {
         Box::pin(self.client_inner())
     }
 
@@ -225,7 +225,7 @@ impl ExternalRuntime {
     }
 
     /// Records the round trip of one batch.
-    pub fn record_latency(&self, took: Duration) {
+    pub(crate) fn record_latency(&self, took: Duration) {
         let mut l = self.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
         // a bounded sample is plenty for percentiles
         if l.len() < 1_000_000 {
@@ -234,7 +234,7 @@ impl ExternalRuntime {
     }
 
     /// The `q` quantile (0..=1) of the recorded batch round trips, in microseconds.
-    pub fn latency_quantile_us(&self, q: f64) -> Option<u32> {
+    pub(crate) fn latency_quantile_us(&self, q: f64) -> Option<u32> {
         let mut l = self
             .latencies_us
             .lock()
@@ -249,7 +249,7 @@ impl ExternalRuntime {
     }
 
     /// If the child process has exited, how (for errors after a crash).
-    pub fn exit_status(&self) -> futures::future::BoxFuture<'_, Option<String>> {
+    pub(crate) fn exit_status(&self) -> futures::future::BoxFuture<'_, Option<String>> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
             let child = state.child.as_mut()?;
@@ -267,7 +267,7 @@ impl ExternalRuntime {
     /// Forgets the current connection after an exchange failed, so the next
     /// call checks the child and reconnects. With `kill` (the stage hung),
     /// the child is stopped so the next call starts a fresh one.
-    pub fn reset(&self, kill: bool) -> futures::future::BoxFuture<'_, ()> {
+    pub(crate) fn reset(&self, kill: bool) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
             state.client = None;
@@ -281,7 +281,7 @@ impl ExternalRuntime {
     }
 
     /// Stops the child process, if any.
-    pub fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
+    pub(crate) fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(self.shutdown_inner())
     }
 

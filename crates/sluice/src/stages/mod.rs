@@ -4,8 +4,8 @@
 //! SQL stages compile into one DataFusion plan), and `external`, a Go or Rust
 //! program speaking the stage protocol, planned as an operator in that plan.
 
-pub mod external;
-pub mod sql;
+pub(crate) mod external;
+pub(crate) mod sql;
 
 pub use external::ExternalStageConfig;
 pub use sql::SqlStageConfig;

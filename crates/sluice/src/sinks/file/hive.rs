@@ -11,11 +11,11 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// Name of the folder for a null partition value (Hive's convention).
-pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+pub(super) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// Splits batches by partition columns and drops those columns from the rows.
 #[derive(Debug)]
-pub struct HiveSplitter {
+pub(crate) struct HiveSplitter {
     columns: Vec<String>,
     key_indices: Vec<usize>,
     keep_indices: Vec<usize>,
@@ -26,7 +26,7 @@ pub struct HiveSplitter {
 
 /// The rows of one partition value.
 #[derive(Debug)]
-pub struct PartitionSlice {
+pub(crate) struct PartitionSlice {
     /// `col=value/col2=value2`, escaped.
     pub dir: String,
     /// The raw values, by column.
@@ -37,7 +37,7 @@ pub struct PartitionSlice {
 
 impl HiveSplitter {
     /// A splitter for `columns` of `schema`; errors name a missing column.
-    pub fn try_new(schema: &SchemaRef, columns: &[String]) -> Result<Self, String> {
+    pub(crate) fn try_new(schema: &SchemaRef, columns: &[String]) -> Result<Self, String> {
         let mut key_indices = Vec::new();
         for c in columns {
             let i = schema.index_of(c).map_err(|_| {
@@ -77,7 +77,7 @@ impl HiveSplitter {
     }
 
     /// Splits `batch` by partition value.
-    pub fn split(&self, batch: &RecordBatch) -> Result<Vec<PartitionSlice>, ArrowError> {
+    pub(crate) fn split(&self, batch: &RecordBatch) -> Result<Vec<PartitionSlice>, ArrowError> {
         let keys: Vec<ArrayRef> = self
             .key_indices
             .iter()
@@ -132,7 +132,7 @@ impl HiveSplitter {
 }
 
 /// Percent-escapes characters that are unsafe in a path segment.
-pub fn escape(v: &str) -> String {
+pub(super) fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b' ' | b':' | b'+') {

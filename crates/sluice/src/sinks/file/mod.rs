@@ -24,8 +24,8 @@ use sluice_contract::metadata::ALL_KEYS;
 use tokio::task::JoinSet;
 
 pub use config::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
-pub use hive::HiveSplitter;
-pub use writer::{OpenFile, OutputFormat};
+pub(super) use hive::HiveSplitter;
+pub(super) use writer::{OpenFile, OutputFormat};
 
 use super::{CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink, SinkLog};
 use crate::commit_log::{COMMIT_FORMAT, Commit, CommitLog, CommittedFile, data_file_name};
@@ -34,7 +34,7 @@ use crate::spec::PipelineSpec;
 use crate::storage::{Location, StoreRegistry};
 
 /// A sink writing files; see the module docs.
-pub struct FileSink {
+pub(super) struct FileSink {
     name: String,
     location: Location,
     store: Arc<dyn ObjectStore>,
@@ -95,7 +95,7 @@ impl FileSink {
     }
 
     /// Opens a `parquet` sink.
-    pub fn open_parquet(
+    pub(super) fn open_parquet(
         name: &str,
         c: &ParquetSinkConfig,
         spec: &PipelineSpec,
@@ -135,7 +135,7 @@ impl FileSink {
     }
 
     /// Opens a `csv` sink.
-    pub fn open_csv(
+    pub(super) fn open_csv(
         name: &str,
         c: &CsvSinkConfig,
         spec: &PipelineSpec,
@@ -167,7 +167,7 @@ impl FileSink {
     }
 
     /// Opens a `jsonl` sink.
-    pub fn open_jsonl(
+    pub(super) fn open_jsonl(
         name: &str,
         c: &JsonlSinkConfig,
         spec: &PipelineSpec,

@@ -16,7 +16,7 @@ use crate::error::Cause;
 
 /// The file format a sink writes.
 #[derive(Debug, Clone)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     /// Parquet with these writer properties.
     Parquet(WriterProperties),
     /// CSV.
@@ -32,7 +32,7 @@ pub enum OutputFormat {
 
 impl OutputFormat {
     /// File extension, without the dot.
-    pub fn extension(&self) -> &'static str {
+    pub(crate) fn extension(&self) -> &'static str {
         match self {
             OutputFormat::Parquet(_) => "parquet",
             OutputFormat::Csv { .. } => "csv",
@@ -42,10 +42,10 @@ impl OutputFormat {
 }
 
 /// Errors while writing one file: the writer's or the store's, kept as the cause.
-pub type WriteResult<T> = Result<T, Cause>;
+pub(super) type WriteResult<T> = Result<T, Cause>;
 
 /// One output file being written.
-pub enum OpenFile {
+pub(crate) enum OpenFile {
     /// A Parquet file.
     Parquet(Box<AsyncArrowWriter<BufWriter>>),
     /// A text file (CSV or JSON lines).
@@ -63,7 +63,7 @@ pub enum OpenFile {
 
 impl OpenFile {
     /// Starts a file at `path`.
-    pub fn create(
+    pub(crate) fn create(
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         format: &OutputFormat,
@@ -89,7 +89,7 @@ impl OpenFile {
     }
 
     /// Appends a batch.
-    pub async fn write(&mut self, batch: &RecordBatch) -> WriteResult<()> {
+    pub(crate) async fn write(&mut self, batch: &RecordBatch) -> WriteResult<()> {
         match self {
             OpenFile::Parquet(w) => w.write(batch).await.map_err(Cause::new),
             OpenFile::Text {
@@ -121,7 +121,7 @@ impl OpenFile {
     }
 
     /// Estimated size of the file so far (including buffered rows).
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         match self {
             OpenFile::Parquet(w) => (w.bytes_written() + w.in_progress_size()) as u64,
             OpenFile::Text { written, .. } => *written,
@@ -129,7 +129,7 @@ impl OpenFile {
     }
 
     /// Finishes the file; returns its size in bytes.
-    pub async fn finish(self) -> WriteResult<u64> {
+    pub(crate) async fn finish(self) -> WriteResult<u64> {
         match self {
             OpenFile::Parquet(mut w) => {
                 w.finish().await.map_err(Cause::new)?;
@@ -147,7 +147,7 @@ impl OpenFile {
     }
 
     /// Gives the file up (its partial upload is discarded).
-    pub async fn abort(self) {
+    pub(crate) async fn abort(self) {
         match self {
             OpenFile::Parquet(w) => {
                 let mut inner = w.into_inner();

@@ -78,7 +78,7 @@ impl CsvSourceConfig {
     }
 
     /// The dialect, or the offending key and why.
-    pub fn options(&self) -> Result<CsvOptions, (&'static str, String)> {
+    pub(crate) fn options(&self) -> Result<CsvOptions, (&'static str, String)> {
         let one_byte = |key: &'static str, v: &str| -> Result<u8, (&'static str, String)> {
             let unescaped = if v == "\\t" { "\t" } else { v };
             match unescaped.as_bytes() {

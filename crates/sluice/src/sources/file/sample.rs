@@ -17,7 +17,7 @@ const SAMPLE_BYTES: usize = 4 << 20;
 /// Infers the schema of a CSV / JSON-lines file from its first `rows` rows.
 /// Also returns the average bytes per row of the sample (uncompressed size
 /// for plain files, compressed size for compressed ones) to size epochs.
-pub async fn infer_lines_schema(
+pub(super) async fn infer_lines_schema(
     store: &Arc<dyn ObjectStore>,
     file: &ObjectMeta,
     format: &LineFormat,
