@@ -42,10 +42,11 @@ pub fn parse_data_type(text: &str) -> Result<DataType, String> {
         .and_then(|r| r.strip_suffix(')'))
     {
         let mut parts = args.split(',').map(|p| p.trim().parse::<i64>());
-        if let (Some(Ok(p)), Some(Ok(s)), None) = (parts.next(), parts.next(), parts.next()) {
-            if (1..=38).contains(&p) && s.abs() <= p {
-                return Ok(DataType::Decimal128(p as u8, s as i8));
-            }
+        if let (Some(Ok(p)), Some(Ok(s)), None) = (parts.next(), parts.next(), parts.next())
+            && (1..=38).contains(&p)
+            && s.abs() <= p
+        {
+            return Ok(DataType::Decimal128(p as u8, s as i8));
         }
         return Err(format!(
             "`{text}`: decimal needs precision 1..=38 and a scale, e.g. decimal(15,2)"

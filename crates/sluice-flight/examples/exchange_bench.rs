@@ -56,7 +56,7 @@ fn lineitem_like(rows: usize) -> RecordBatch {
     for i in 0..2 {
         fields.push(Field::new(format!("d{i}"), DataType::Date32, false));
         cols.push(Arc::new(Date32Array::from_iter_values(
-            (0..rows).map(|r| 8000 + (r % 2500) as i32 + i as i32),
+            (0..rows).map(|r| 8000 + (r % 2500) as i32 + i),
         )));
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
@@ -127,14 +127,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             match e? {
                 StageEvent::Batch { batch, envelope } => {
                     rows_out += batch.num_rows();
-                    if let Some(seq) = envelope.in_seq {
-                        if let Some(t) = sent_at
+                    if let Some(seq) = envelope.in_seq
+                        && let Some(t) = sent_at
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .get(seq as usize)
-                        {
-                            rtts.push(t.elapsed());
-                        }
+                    {
+                        rtts.push(t.elapsed());
                     }
                 }
                 StageEvent::Flushed(_) => break,

@@ -34,12 +34,11 @@ impl StageError {
     /// Reads a status back: the `[CODE]` prefix when present, else the gRPC code.
     pub fn from_status(status: &Status) -> Self {
         let msg = status.message();
-        if let Some(rest) = msg.strip_prefix('[') {
-            if let Some((code, text)) = rest.split_once(']') {
-                if let Ok(code) = code.parse::<ErrorCode>() {
-                    return Self::new(code, text.trim_start());
-                }
-            }
+        if let Some(rest) = msg.strip_prefix('[')
+            && let Some((code, text)) = rest.split_once(']')
+            && let Ok(code) = code.parse::<ErrorCode>()
+        {
+            return Self::new(code, text.trim_start());
         }
         let code = match status.code() {
             Code::DeadlineExceeded => ErrorCode::Timeout,

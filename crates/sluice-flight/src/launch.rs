@@ -42,12 +42,11 @@ pub async fn wait_healthy(
                 format!("the stage exited at start ({status})"),
             ));
         }
-        if socket.exists() {
-            if let Ok(mut c) = StageClient::connect(&target, Duration::from_secs(2)).await {
-                if c.health().await.is_ok() {
-                    return Ok(c);
-                }
-            }
+        if socket.exists()
+            && let Ok(mut c) = StageClient::connect(&target, Duration::from_secs(2)).await
+            && c.health().await.is_ok()
+        {
+            return Ok(c);
         }
         if Instant::now() > deadline {
             return Err(StageError::new(

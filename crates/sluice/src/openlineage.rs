@@ -343,10 +343,10 @@ fn trace(
                 .and_then(|p| p.get(index).copied())
                 .unwrap_or(index);
             let table = scan.table_name.table().to_string();
-            if let Some(f) = name.fields().get(column) {
-                if sources.contains(&table) {
-                    out.insert((table, f.name().clone()));
-                }
+            if let Some(f) = name.fields().get(column)
+                && sources.contains(&table)
+            {
+                out.insert((table, f.name().clone()));
             }
         }
         LogicalPlan::Projection(p) => {

@@ -317,6 +317,52 @@ pub(crate) fn relative_to<'a>(path: &'a ObjectPath, prefix: &ObjectPath) -> &'a 
         .unwrap_or(p)
 }
 
+/// Bytes per read of a local file.
+const LOCAL_READ_BYTES: u64 = 1 << 20;
+
+/// The bytes of a `get`, as a stream. A local file is read in 1 MiB blocking
+/// reads on tokio's blocking pool: `GetResult::into_stream` reads 8 KiB per
+/// blocking task, and those thread hand-offs cost more than the CSV parsing
+/// they feed (measured with `perf` on a 860 MB CSV scan).
+pub(crate) fn byte_stream(
+    result: object_store::GetResult,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    use std::io::{Read, Seek, SeekFrom};
+
+    match result.payload {
+        object_store::GetResultPayload::File(file, _) => {
+            let range = result.range;
+            let state = (file, range.end - range.start, Some(range.start));
+            futures::stream::try_unfold(state, |(mut file, left, seek_to)| async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                tokio::task::spawn_blocking(move || {
+                    if let Some(at) = seek_to {
+                        file.seek(SeekFrom::Start(at))?;
+                    }
+                    let mut buf = Vec::with_capacity(left.min(LOCAL_READ_BYTES) as usize);
+                    (&mut file)
+                        .take(left.min(LOCAL_READ_BYTES))
+                        .read_to_end(&mut buf)?;
+                    if buf.is_empty() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the file is shorter than listed",
+                        ));
+                    }
+                    let read = buf.len() as u64;
+                    Ok(Some((Bytes::from(buf), (file, left - read, None))))
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            })
+            .boxed()
+        }
+        object_store::GetResultPayload::Stream(s) => s.map_err(std::io::Error::other).boxed(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,51 +419,5 @@ mod tests {
         let one = Location::parse("memory:///in/b.json", Path::new(".")).unwrap();
         assert_eq!(names(list_objects(&store, &one).await?), vec!["in/b.json"]);
         Ok(())
-    }
-}
-
-/// Bytes per read of a local file.
-const LOCAL_READ_BYTES: u64 = 1 << 20;
-
-/// The bytes of a `get`, as a stream. A local file is read in 1 MiB blocking
-/// reads on tokio's blocking pool: `GetResult::into_stream` reads 8 KiB per
-/// blocking task, and those thread hand-offs cost more than the CSV parsing
-/// they feed (measured with `perf` on a 860 MB CSV scan).
-pub(crate) fn byte_stream(
-    result: object_store::GetResult,
-) -> BoxStream<'static, std::io::Result<Bytes>> {
-    use std::io::{Read, Seek, SeekFrom};
-
-    match result.payload {
-        object_store::GetResultPayload::File(file, _) => {
-            let range = result.range;
-            let state = (file, range.end - range.start, Some(range.start));
-            futures::stream::try_unfold(state, |(mut file, left, seek_to)| async move {
-                if left == 0 {
-                    return Ok(None);
-                }
-                tokio::task::spawn_blocking(move || {
-                    if let Some(at) = seek_to {
-                        file.seek(SeekFrom::Start(at))?;
-                    }
-                    let mut buf = Vec::with_capacity(left.min(LOCAL_READ_BYTES) as usize);
-                    (&mut file)
-                        .take(left.min(LOCAL_READ_BYTES))
-                        .read_to_end(&mut buf)?;
-                    if buf.is_empty() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "the file is shorter than listed",
-                        ));
-                    }
-                    let read = buf.len() as u64;
-                    Ok(Some((Bytes::from(buf), (file, left - read, None))))
-                })
-                .await
-                .map_err(std::io::Error::other)?
-            })
-            .boxed()
-        }
-        object_store::GetResultPayload::Stream(s) => s.map_err(std::io::Error::other).boxed(),
     }
 }

@@ -80,17 +80,16 @@ pub(super) async fn plan_all(
             schema: Some(reference),
             ..
         }) = &cfg.kind
-        {
-            if let Some(issue) = check_contract(
+            && let Some(issue) = check_contract(
                 spec,
                 format!("sinks.{name}.schema"),
                 &format!("sink `{name}`'s input"),
                 reference,
                 &schema,
-            ) {
-                errors.push(SluiceError::spec(issue));
-                continue;
-            }
+            )
+        {
+            errors.push(SluiceError::spec(issue));
+            continue;
         }
         let (schema_name, schema_version) =
             match spec.stages.get(input).and_then(|s| s.declared_schema()) {

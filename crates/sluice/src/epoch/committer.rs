@@ -107,10 +107,10 @@ impl Committer {
             let s = planned.sink.seal(first).await?;
             sealed.push((planned, part, s, t.elapsed()));
         }
-        if let Some(previous) = previous {
-            if !previous.await.unwrap_or(false) {
-                return Ok(None);
-            }
+        if let Some(previous) = previous
+            && !previous.await.unwrap_or(false)
+        {
+            return Ok(None);
         }
         self.failpoint.hit(Point::BeforeCommit, last);
         let mut rows = BTreeMap::new();

@@ -67,14 +67,15 @@ impl Failpoint {
     /// Aborts the process when `point` at `epoch` is the armed crash point.
     pub(super) fn hit(&self, point: Point, epoch: u64) {
         #[cfg(feature = "failpoints")]
-        if let Some((p, e)) = self.armed {
-            if p == point && e.is_none_or(|e| e == epoch) {
-                eprintln!(
-                    "sluice: failpoint `{}` hit at epoch {epoch}; aborting the process",
-                    point.name()
-                );
-                std::process::abort();
-            }
+        if let Some((p, e)) = self.armed
+            && p == point
+            && e.is_none_or(|e| e == epoch)
+        {
+            eprintln!(
+                "sluice: failpoint `{}` hit at epoch {epoch}; aborting the process",
+                point.name()
+            );
+            std::process::abort();
         }
         #[cfg(not(feature = "failpoints"))]
         let _ = (point, epoch);

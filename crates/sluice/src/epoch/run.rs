@@ -255,10 +255,10 @@ impl Run {
 
         // 3. every source where the newest commit left it
         for (name, src) in self.sources.iter_mut() {
-            if let Some(at) = resume.resume_at.get(name) {
-                if !self.plan.sources.get(name).is_some_and(|s| s.lookup) {
-                    src.resume_json(at).await.map_err(|e| e.in_source(name))?;
-                }
+            if let Some(at) = resume.resume_at.get(name)
+                && !self.plan.sources.get(name).is_some_and(|s| s.lookup)
+            {
+                src.resume_json(at).await.map_err(|e| e.in_source(name))?;
             }
         }
         let expected: u64 = self

@@ -557,13 +557,13 @@ async fn exchange_body(
                 }
             }
             StageEvent::Flushed(envelope) => {
-                if let Some(rows) = envelope.rows {
-                    if rows != rows_received {
-                        return Err(StageError::new(
-                            ErrorCode::Internal,
-                            format!("the stage says it sent {rows} rows, {rows_received} arrived"),
-                        ));
-                    }
+                if let Some(rows) = envelope.rows
+                    && rows != rows_received
+                {
+                    return Err(StageError::new(
+                        ErrorCode::Internal,
+                        format!("the stage says it sent {rows} rows, {rows_received} arrived"),
+                    ));
                 }
                 return Ok(());
             }

@@ -444,8 +444,8 @@ struct UnitReader<'a> {
 
 /// Decoder state, by format.
 enum Decoder {
-    Csv(datafusion::arrow::csv::reader::Decoder),
-    Json(datafusion::arrow::json::reader::Decoder),
+    Csv(Box<datafusion::arrow::csv::reader::Decoder>),
+    Json(Box<datafusion::arrow::json::reader::Decoder>),
 }
 
 impl Decoder {
@@ -523,18 +523,18 @@ impl UnitReader<'_> {
                 if let Some(p) = &self.shared.projection {
                     b = b.with_projection(p.clone());
                 }
-                Decoder::Csv(b.build_decoder())
+                Decoder::Csv(Box::new(b.build_decoder()))
             }
             LineFormat::Jsonl => {
                 // decode straight into the projected schema: other keys are skipped
                 let projected = project_schema(&schema, self.shared.projection.as_ref())
                     .map_err(|e| SluiceError::Internal(e.to_string()))?;
-                Decoder::Json(
+                Decoder::Json(Box::new(
                     datafusion::arrow::json::ReaderBuilder::new(projected)
                         .with_batch_size(bs)
                         .build_decoder()
                         .map_err(|e| self.error(None, e.to_string(), RetryHint::Never))?,
-                )
+                ))
             }
         })
     }
@@ -741,14 +741,14 @@ impl UnitReader<'_> {
                     }
                 }
                 if eof && pending.is_empty() {
-                    if let Decoder::Json(d) = &decoder {
-                        if d.has_partial_record() {
-                            return Err(self.error(
-                                Some(lines_done + 1),
-                                "the file ends in the middle of a JSON value".into(),
-                                RetryHint::Never,
-                            ));
-                        }
+                    if let Decoder::Json(d) = &decoder
+                        && d.has_partial_record()
+                    {
+                        return Err(self.error(
+                            Some(lines_done + 1),
+                            "the file ends in the middle of a JSON value".into(),
+                            RetryHint::Never,
+                        ));
                     }
                     self.reconcile(records.total(), rows_done, given_up, has_header)?;
                     return Ok(true);
@@ -866,10 +866,10 @@ impl UnitReader<'_> {
         if n < text.len() {
             d.decode(&text[n..]).map_err(|e| strip_arrow_prefix(&e))?;
         }
-        if let Decoder::Json(j) = &d {
-            if j.has_partial_record() {
-                return Err("the line is not a complete JSON value".into());
-            }
+        if let Decoder::Json(j) = &d
+            && j.has_partial_record()
+        {
+            return Err("the line is not a complete JSON value".into());
         }
         d.flush().map_err(|e| strip_arrow_prefix(&e))
     }
@@ -944,7 +944,7 @@ impl UnitReader<'_> {
                 }
             }
             LineFormat::Jsonl => {
-                let found = locate_bad_json_line(&self.shared, batch, pending);
+                let found = locate_bad_json_line(self.shared, batch, pending);
                 match (found, whole) {
                     (Some((i, msg)), true) => {
                         self.error(Some(lines_done + i + 1), msg, RetryHint::Never)
@@ -1111,7 +1111,7 @@ impl RangeWindow {
                     self.skipping = false;
                     // the newline ending the previous unit's last line is at or past
                     // our last byte: no line starts inside this range
-                    if self.last_byte.is_some_and(|last| offset - 1 >= last) {
+                    if self.last_byte.is_some_and(|last| offset > last) {
                         self.done = true;
                         return (Bytes::new(), true);
                     }
@@ -1119,20 +1119,20 @@ impl RangeWindow {
                 None => return (Bytes::new(), false),
             }
         }
-        if let Some(last) = self.last_byte {
-            if self.pos > last {
-                // the window ends at the first newline at or after `last`
-                let from = last.saturating_sub(offset) as usize;
-                match memchr::memchr(b'\n', chunk.get(from.min(chunk.len())..).unwrap_or(&[])) {
-                    Some(i) => {
-                        chunk.truncate(from + i + 1);
-                        self.done = true;
-                        return (chunk, true);
-                    }
-                    None => {
-                        // the last line continues in the next chunk
-                        self.last_byte = Some(self.pos);
-                    }
+        if let Some(last) = self.last_byte
+            && self.pos > last
+        {
+            // the window ends at the first newline at or after `last`
+            let from = last.saturating_sub(offset) as usize;
+            match memchr::memchr(b'\n', chunk.get(from.min(chunk.len())..).unwrap_or(&[])) {
+                Some(i) => {
+                    chunk.truncate(from + i + 1);
+                    self.done = true;
+                    return (chunk, true);
+                }
+                None => {
+                    // the last line continues in the next chunk
+                    self.last_byte = Some(self.pos);
                 }
             }
         }

@@ -134,7 +134,7 @@ impl EventGenerator {
             keys.append_value(format!("user-{k}"));
             values.append_value(((h >> 7) % 100_000) as f64 / 100.0);
             let h2 = mix(h);
-            if h2 % 5 == 0 {
+            if h2.is_multiple_of(5) {
                 cats.append_null();
             } else {
                 cats.append_value(CATEGORIES[(h2 % 4) as usize]);
@@ -151,7 +151,7 @@ impl EventGenerator {
             }
             let h3 = mix(h2);
             os.append_value(OS[(h3 % 5) as usize]);
-            if h3 % 9 == 0 {
+            if h3.is_multiple_of(9) {
                 version.append_null()
             } else {
                 version.append_value((h3 % 20) as i32)
@@ -400,16 +400,16 @@ impl Source for GeneratorSource {
             .min(cap)
             .min(self.last_row());
         let mut available = self.available();
-        if available < want {
-            if let Some(rate) = self.config.rows_per_second {
-                // wait for the rows, at most the epoch's latency bound
-                let missing = (want - available) as f64 / rate;
-                let wait = Duration::try_from_secs_f64(missing)
-                    .unwrap_or(Duration::MAX)
-                    .min(limits.max_latency.unwrap_or(Duration::from_secs(1)));
-                tokio::time::sleep(wait).await;
-                available = self.available();
-            }
+        if available < want
+            && let Some(rate) = self.config.rows_per_second
+        {
+            // wait for the rows, at most the epoch's latency bound
+            let missing = (want - available) as f64 / rate;
+            let wait = Duration::try_from_secs_f64(missing)
+                .unwrap_or(Duration::MAX)
+                .min(limits.max_latency.unwrap_or(Duration::from_secs(1)));
+            tokio::time::sleep(wait).await;
+            available = self.available();
         }
         let to = want.min(available);
         let from = self.next;

@@ -543,15 +543,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Pulls the offending key out of serde's "unknown field `x`" messages.
 fn key_from_toml_message(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
-        }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some(end) = rest.find('`')
+    {
+        return rest[..end].to_string();
     }
-    if let Some(rest) = message.strip_prefix("missing field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
-        }
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(end) = rest.find('`')
+    {
+        return rest[..end].to_string();
     }
     String::new()
 }

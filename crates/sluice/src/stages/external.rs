@@ -173,10 +173,8 @@ impl ExternalRuntime {
             Some(child) => matches!(child.try_wait(), Ok(None)),
             None => matches!(self.launch, Launch::Remote(_)) && state.client.is_some(),
         };
-        if alive {
-            if let Some(c) = &state.client {
-                return Ok(c.clone());
-            }
+        if alive && let Some(c) = &state.client {
+            return Ok(c.clone());
         }
         state.client = None;
         match &self.launch {
@@ -271,11 +269,9 @@ impl ExternalRuntime {
         Box::pin(async move {
             let mut state = self.state.lock().await;
             state.client = None;
-            if kill {
-                if let Some(child) = state.child.as_mut() {
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
-                }
+            if kill && let Some(child) = state.child.as_mut() {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
             }
         })
     }

@@ -126,7 +126,7 @@ impl FileSink {
         Self::open(
             name,
             &c.files.url,
-            OutputFormat::Parquet(props),
+            OutputFormat::Parquet(Box::new(props)),
             &c.files.partition_by,
             c.files.target_file_size.0,
             spec,
@@ -256,11 +256,12 @@ impl FileSink {
                     })
                     .collect();
                 let props = props
+                    .as_ref()
                     .clone()
                     .into_builder()
                     .set_key_value_metadata(Some(kv))
                     .build();
-                OutputFormat::Parquet(props)
+                OutputFormat::Parquet(Box::new(props))
             }
             other => other.clone(),
         }
@@ -383,10 +384,10 @@ impl EpochWrite {
                         .map_err(|m| self.sink_err(&o.rel, m))?;
                     o.rows += piece.num_rows() as u64;
                     files.rows += piece.num_rows() as u64;
-                    if o.file.size() >= self.target {
-                        if let Some(o) = files.open.remove(&dir) {
-                            files.closed.push(finish(&self.location, o).await?);
-                        }
+                    if o.file.size() >= self.target
+                        && let Some(o) = files.open.remove(&dir)
+                    {
+                        files.closed.push(finish(&self.location, o).await?);
                     }
                 }
             }

@@ -18,7 +18,7 @@ use crate::error::Cause;
 #[derive(Debug, Clone)]
 pub(crate) enum OutputFormat {
     /// Parquet with these writer properties.
-    Parquet(WriterProperties),
+    Parquet(Box<WriterProperties>),
     /// CSV.
     Csv {
         /// Header line in every file.
@@ -51,7 +51,7 @@ pub(crate) enum OpenFile {
     /// A text file (CSV or JSON lines).
     Text {
         /// The upload.
-        upload: BufWriter,
+        upload: Box<BufWriter>,
         /// CSV or JSON lines.
         format: OutputFormat,
         /// Whether a batch was written already (the CSV header goes first only).
@@ -74,13 +74,13 @@ impl OpenFile {
                 let w = AsyncArrowWriter::try_new(
                     BufWriter::new(store, path),
                     schema,
-                    Some(props.clone()),
+                    Some(props.as_ref().clone()),
                 )
                 .map_err(Cause::new)?;
                 Ok(OpenFile::Parquet(Box::new(w)))
             }
             other => Ok(OpenFile::Text {
-                upload: BufWriter::new(store, path),
+                upload: Box::new(BufWriter::new(store, path)),
                 format: other.clone(),
                 started: false,
                 written: 0,

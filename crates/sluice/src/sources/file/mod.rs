@@ -318,10 +318,9 @@ impl FileSource {
         } else {
             (listed, Vec::new(), None)
         };
-        if files.is_empty()
-            && committed_schema.is_none()
-            && !(follow.is_some() && !matches!(declared, Declared::None))
-        {
+        // an empty folder is fine only for a `dir` source with declared columns
+        let may_start_empty = follow.is_some() && !matches!(declared, Declared::None);
+        if files.is_empty() && committed_schema.is_none() && !may_start_empty {
             return Err(SluiceError::spec(
                 ctx.spec
                     .issue(&key, format!("source `{}`: no input files match `{path}` ({})", ctx.name, location.url()))

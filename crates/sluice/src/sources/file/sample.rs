@@ -51,10 +51,10 @@ pub(super) async fn infer_lines_schema(
     };
     read.map_err(|e| format!("cannot read a sample to infer the schema: {e}"))?;
     // keep whole lines only
-    if sample.len() == SAMPLE_BYTES {
-        if let Some(last) = memchr::memrchr(b'\n', &sample) {
-            sample.truncate(last + 1);
-        }
+    if sample.len() == SAMPLE_BYTES
+        && let Some(last) = memchr::memrchr(b'\n', &sample)
+    {
+        sample.truncate(last + 1);
     }
     if sample.iter().all(u8::is_ascii_whitespace) {
         return Err("the file is empty, so no schema can be inferred; declare `columns`".into());
