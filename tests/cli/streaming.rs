@@ -282,3 +282,102 @@ fn twenty_kills_on_an_s3_compatible_server_lose_and_duplicate_nothing() {
     );
     let _ = set;
 }
+
+/// The multipart uploads in progress under `prefix` of bucket `sluice`, as
+/// boto3 (an independent S3 client) lists them.
+fn incomplete_uploads(endpoint: &str, prefix: &str) -> Vec<String> {
+    let py = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!(
+        "import boto3\n\
+         s3 = boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1',\n\
+                           aws_access_key_id='test', aws_secret_access_key='test')\n\
+         for u in s3.list_multipart_uploads(Bucket='sluice', Prefix='{prefix}').get('Uploads', []):\n\
+         \x20   print(u['Key'])\n"
+    );
+    let o = Command::new(py).args(["-c", &script]).output().unwrap();
+    assert!(o.status.success(), "boto3: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_run_killed_mid_upload_on_s3_leaves_no_incomplete_upload_behind() {
+    let s3 = start_s3();
+    let env: Vec<(&str, String)> = vec![
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT_URL", s3.endpoint.clone()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ];
+    curl(&["-X", "PUT", &format!("{}/sluice", s3.endpoint)]);
+    // files of tens of MB: uploaded in parts
+    let args = |url: &str| -> Vec<String> {
+        vec![
+            "run".into(),
+            "-q".into(),
+            "tests/pipelines/tpch_dump.toml".into(),
+            "--set".into(),
+            "sources.lineitem.scale_factor=0.1".into(),
+            "--set".into(),
+            "sinks.raw.compression=\"uncompressed\"".into(),
+            "--set".into(),
+            format!("sinks.raw.url=\"{url}\""),
+        ]
+    };
+    let run = |url: &str, failpoint: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        c.args(args(url))
+            .current_dir(root())
+            .env_remove("SLUICE_FAILPOINT");
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        if let Some(f) = failpoint {
+            c.env("SLUICE_FAILPOINT", f);
+        }
+        c.output().unwrap()
+    };
+
+    let died = run("s3://sluice/big", Some("mid_upload"));
+    assert!(!died.status.success(), "the failpoint aborts the process");
+    assert!(
+        text(&died).contains("failpoint `mid_upload` hit"),
+        "{}",
+        text(&died)
+    );
+    let left = incomplete_uploads(&s3.endpoint, "big/");
+    assert!(
+        !left.is_empty(),
+        "the killed run left an upload in progress"
+    );
+
+    ok(run("s3://sluice/big", None));
+    let left = incomplete_uploads(&s3.endpoint, "big/");
+    assert!(
+        left.is_empty(),
+        "recovery aborted every upload; still in progress: {left:?}"
+    );
+    // and the output is whole: as many rows as a clean run writes
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    ok(run(&clean.to_string_lossy(), None));
+    let rows = |sink: &str| -> u64 {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        c.args(["inspect", "--json", sink]).current_dir(root());
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let out = ok(c.output().unwrap());
+        let commits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        commits
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["rows"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(rows("s3://sluice/big"), rows(&clean.to_string_lossy()));
+}

@@ -18,6 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use url::Url;
@@ -174,11 +175,22 @@ fn normalize(p: &Path) -> PathBuf {
 
 /// The object stores one engine uses, created on first use and registered
 /// with every DataFusion context the engine makes.
-#[derive(Debug)]
 pub(crate) struct StoreRegistry {
     memory: Arc<InMemory>,
     local: Arc<LocalFileSystem>,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// The stores sluice made whose multipart uploads it tracks (S3): the
+    /// same object as in `stores`, seen as a `MultipartStore`.
+    multipart: Mutex<HashMap<String, Arc<dyn MultipartStore>>>,
+}
+
+impl std::fmt::Debug for StoreRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stores: Vec<String> = self.lock().keys().cloned().collect();
+        f.debug_struct("StoreRegistry")
+            .field("stores", &stores)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for StoreRegistry {
@@ -194,7 +206,18 @@ impl StoreRegistry {
             memory: Arc::new(InMemory::new()),
             local: Arc::new(LocalFileSystem::new()),
             stores: Mutex::new(HashMap::new()),
+            multipart: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The multipart uploads of the store behind `loc`, when sluice made
+    /// that store and can track them (S3).
+    pub(crate) fn multipart_for(&self, loc: &Location) -> Option<Arc<dyn MultipartStore>> {
+        self.multipart
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(loc.store_url.as_str())
+            .cloned()
     }
 
     /// Registers a store for a URL prefix such as `s3://bucket`, replacing the default.
@@ -202,6 +225,11 @@ impl StoreRegistry {
         let key = ObjectStoreUrl::parse(store_url)
             .map(|u| u.as_str().to_string())
             .unwrap_or_else(|_| store_url.to_string());
+        // a store of the embedder's: its uploads are its own
+        self.multipart
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         self.lock().insert(key, store);
     }
 
@@ -239,10 +267,15 @@ impl StoreRegistry {
                 if let Some(h) = s3.allow_http {
                     b = b.with_allow_http(h);
                 }
-                Arc::new(
+                let s3 = Arc::new(
                     b.build()
                         .map_err(|e| format!("cannot configure S3 for `{}`: {e}", loc.original))?,
-                )
+                );
+                self.multipart
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone(), Arc::clone(&s3) as Arc<dyn MultipartStore>);
+                s3
             }
             _ => return Err(format!("no object store for `{}`", loc.original)),
         };

@@ -1,6 +1,6 @@
 //! Crash points for the kill tests: `SLUICE_FAILPOINT=before_commit`,
-//! `between_commits` or `after_commit`, optionally `@<epoch>`, aborts the
-//! process there.
+//! `between_commits`, `after_commit` (optionally `@<epoch>`) or
+//! `mid_upload` aborts the process there.
 //!
 //! Compiled only with the `failpoints` feature (the CLI's tests turn it on);
 //! a library build has no way to abort the service embedding it.
@@ -18,6 +18,8 @@ pub(crate) enum Point {
     BetweenCommits,
     /// Every sink committed, the sources not acknowledged.
     AfterCommit,
+    /// A part of a multipart upload is on the store, the upload not complete.
+    MidUpload,
 }
 
 impl Point {
@@ -28,6 +30,7 @@ impl Point {
             Point::BeforeCommit => "before_commit",
             Point::BetweenCommits => "between_commits",
             Point::AfterCommit => "after_commit",
+            Point::MidUpload => "mid_upload",
         }
     }
 }
@@ -41,7 +44,7 @@ pub(crate) struct Failpoint {
 
 impl Failpoint {
     /// Reads [`FAILPOINT_ENV`] (with the `failpoints` feature; never otherwise).
-    pub(super) fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         #[cfg(feature = "failpoints")]
         {
             let armed = std::env::var(FAILPOINT_ENV).ok().and_then(|v| {
@@ -53,6 +56,7 @@ impl Failpoint {
                     Point::BeforeCommit,
                     Point::BetweenCommits,
                     Point::AfterCommit,
+                    Point::MidUpload,
                 ]
                 .into_iter()
                 .find(|p| p.name() == point)?;
@@ -65,7 +69,7 @@ impl Failpoint {
     }
 
     /// Aborts the process when `point` at `epoch` is the armed crash point.
-    pub(super) fn hit(&self, point: Point, epoch: u64) {
+    pub(crate) fn hit(&self, point: Point, epoch: u64) {
         #[cfg(feature = "failpoints")]
         if let Some((p, e)) = self.armed
             && p == point

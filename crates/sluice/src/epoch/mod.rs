@@ -18,7 +18,7 @@
 
 mod binding;
 mod committer;
-mod failpoint;
+pub(crate) mod failpoint;
 mod handle;
 pub(crate) mod recovery;
 mod run;

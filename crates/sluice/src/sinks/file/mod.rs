@@ -8,6 +8,7 @@
 
 mod config;
 mod hive;
+mod upload;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::StreamExt;
+use object_store::multipart::MultipartStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
@@ -25,6 +27,7 @@ use tokio::task::JoinSet;
 
 pub use config::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
 pub(super) use hive::HiveSplitter;
+use upload::Upload;
 pub(super) use writer::{OpenFile, OutputFormat};
 
 use super::{CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink, SinkLog};
@@ -38,6 +41,8 @@ pub(super) struct FileSink {
     name: String,
     location: Location,
     store: Arc<dyn ObjectStore>,
+    /// The store's multipart uploads, when they are tracked (S3; see [`upload`]).
+    multipart: Option<Arc<dyn MultipartStore>>,
     log: CommitLog,
     format: OutputFormat,
     partition_by: Vec<String>,
@@ -85,6 +90,7 @@ impl FileSink {
         Ok(Arc::new(FileSink {
             name: name.to_string(),
             log: CommitLog::new(Arc::clone(&store), location.clone()),
+            multipart: stores.multipart_for(&location),
             location,
             store,
             format,
@@ -189,6 +195,23 @@ impl FileSink {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Aborts the multipart uploads a killed run left (see [`upload`]).
+    async fn abort_left_uploads(&self) -> Result<Vec<String>> {
+        let Some(multipart) = &self.multipart else {
+            return Ok(Vec::new());
+        };
+        upload::abort_left_uploads(&self.store, multipart, &self.location)
+            .await
+            .map_err(|e| {
+                SluiceError::sink_failed(
+                    &self.name,
+                    self.location.url(),
+                    "cannot abort the uploads an earlier run left",
+                    e,
+                )
+            })
+    }
+
     /// Takes a group out of the map for as long as it is written or sealed.
     fn take_group(&self, group: u64) -> Pending {
         self.lock_groups().remove(&group).unwrap_or_default()
@@ -271,6 +294,7 @@ impl FileSink {
 /// What every partition writer of one epoch shares.
 struct EpochWrite {
     store: Arc<dyn ObjectStore>,
+    multipart: Option<Arc<dyn MultipartStore>>,
     location: Location,
     format: OutputFormat,
     splitter: Option<HiveSplitter>,
@@ -358,13 +382,14 @@ impl EpochWrite {
                             Some(s) => Arc::clone(&s.file_schema),
                             None => Arc::clone(&schema),
                         };
-                        let file = OpenFile::create(
+                        let upload = Upload::new(
                             Arc::clone(&self.store),
+                            self.multipart.clone(),
+                            &self.location,
                             self.location.child(&rel),
-                            &self.format,
-                            schema,
-                        )
-                        .map_err(|m| self.sink_err(&rel, m))?;
+                        );
+                        let file = OpenFile::create(upload, &self.format, schema)
+                            .map_err(|m| self.sink_err(&rel, m))?;
                         files.open.insert(
                             dir.clone(),
                             Open {
@@ -484,11 +509,13 @@ impl Sink for FileSink {
     }
 
     async fn recover(&self) -> Result<Recovered> {
-        let removed = self
-            .log
-            .remove_uncommitted()
-            .await
-            .map_err(|e| self.log_err(e))?;
+        let mut removed = self.abort_left_uploads().await?;
+        removed.extend(
+            self.log
+                .remove_uncommitted()
+                .await
+                .map_err(|e| self.log_err(e))?,
+        );
         let commits = self.log.read_all().await.map_err(|e| self.log_err(e))?;
         Ok(Recovered {
             log: SinkLog::durable(
@@ -517,6 +544,7 @@ impl Sink for FileSink {
         };
         let job = Arc::new(EpochWrite {
             store: Arc::clone(&self.store),
+            multipart: self.multipart.clone(),
             location: self.location.clone(),
             format: self.format_for(&schema),
             splitter,
@@ -644,6 +672,7 @@ impl Sink for FileSink {
         }
         // anything else this run left (files of tasks that were cancelled,
         // groups sealed and not committed)
+        let _ = self.abort_left_uploads().await;
         let _ = self.log.remove_uncommitted().await;
     }
 }

@@ -1,17 +1,12 @@
 //! Writers of one output file per format.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use object_store::ObjectStore;
-use object_store::buffered::BufWriter;
-use object_store::path::Path as ObjectPath;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::file::properties::WriterProperties;
-use tokio::io::AsyncWriteExt;
 
+use super::upload::Upload;
 use crate::error::Cause;
 
 /// The file format a sink writes.
@@ -47,11 +42,11 @@ pub(super) type WriteResult<T> = Result<T, Cause>;
 /// One output file being written.
 pub(crate) enum OpenFile {
     /// A Parquet file.
-    Parquet(Box<AsyncArrowWriter<BufWriter>>),
+    Parquet(Box<AsyncArrowWriter<Upload>>),
     /// A text file (CSV or JSON lines).
     Text {
         /// The upload.
-        upload: Box<BufWriter>,
+        upload: Box<Upload>,
         /// CSV or JSON lines.
         format: OutputFormat,
         /// Whether a batch was written already (the CSV header goes first only).
@@ -62,25 +57,20 @@ pub(crate) enum OpenFile {
 }
 
 impl OpenFile {
-    /// Starts a file at `path`.
+    /// Starts a file, written through `upload`.
     pub(crate) fn create(
-        store: Arc<dyn ObjectStore>,
-        path: ObjectPath,
+        upload: Upload,
         format: &OutputFormat,
         schema: SchemaRef,
     ) -> WriteResult<Self> {
         match format {
             OutputFormat::Parquet(props) => {
-                let w = AsyncArrowWriter::try_new(
-                    BufWriter::new(store, path),
-                    schema,
-                    Some(props.as_ref().clone()),
-                )
-                .map_err(Cause::new)?;
+                let w = AsyncArrowWriter::try_new(upload, schema, Some(props.as_ref().clone()))
+                    .map_err(Cause::new)?;
                 Ok(OpenFile::Parquet(Box::new(w)))
             }
             other => Ok(OpenFile::Text {
-                upload: Box::new(BufWriter::new(store, path)),
+                upload: Box::new(upload),
                 format: other.clone(),
                 started: false,
                 written: 0,
@@ -115,7 +105,7 @@ impl OpenFile {
                 }
                 *started = true;
                 *written += buf.len() as u64;
-                upload.put(Bytes::from(buf)).await.map_err(Cause::new)
+                upload.put(Bytes::from(buf)).await
             }
         }
     }
@@ -140,7 +130,7 @@ impl OpenFile {
                 written,
                 ..
             } => {
-                upload.shutdown().await.map_err(Cause::new)?;
+                upload.finish().await?;
                 Ok(written)
             }
         }
@@ -151,10 +141,10 @@ impl OpenFile {
         match self {
             OpenFile::Parquet(w) => {
                 let mut inner = w.into_inner();
-                let _ = inner.abort().await;
+                inner.abort().await;
             }
             OpenFile::Text { mut upload, .. } => {
-                let _ = upload.abort().await;
+                upload.abort().await;
             }
         }
     }
