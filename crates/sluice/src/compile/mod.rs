@@ -41,6 +41,14 @@ pub(crate) async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<Compi
     if let Some(issue) = check_dead_letter_sink(&spec) {
         errors.push(SluiceError::spec(issue));
     }
+    if spec.settings.epochs_in_flight == Some(0) {
+        errors.push(SluiceError::spec(
+            spec.issue("settings.epochs_in_flight", "must be at least 1")
+                .with_help(
+                    "1 commits each epoch before the next is read; 2 (the default) overlaps them",
+                ),
+        ));
+    }
 
     let opened = sources::open_all(engine, &spec, &ctx, &progress, &mut errors).await;
     // the engine's stores may have grown (s3 buckets opened by sources)
