@@ -1,7 +1,8 @@
 """Streaming benchmark: throughput and read-to-commit latency of the
 generator → SQL → Parquet pipeline at 100k rows/s and at full speed, with
 1 s and 5 s commit intervals; and peak RSS for 1 GB and 10 GB of generated
-input. Prints a Markdown report.
+input; each with 1 and 2 epochs in flight (`settings.epochs_in_flight`),
+side by side in the same run. Prints a Markdown report.
 
   cargo build --release && target/pyenv/bin/python benches/streaming/run.py [--quick]
 """
@@ -41,26 +42,30 @@ def main():
     quick = "--quick" in sys.argv
     seconds = 6 if quick else 20
     print(f"## Streaming (generator → SQL → zstd Parquet), {seconds} s per run\n")
-    print("| rate | commit interval | rows committed/s | epochs | latency p50 s | p99 s | max s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| rate | commit interval | in flight | rows committed/s | epochs | latency p50 s | p99 s | max s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rate, label in ((100_000, "100k rows/s"), (None, "full speed")):
         for interval in ("1s", "5s"):
-            sets = [f'settings.commit_interval="{interval}"']
-            if rate:
-                sets.append(f"sources.events.rows_per_second={rate}")
-            r = run(sets, seconds)
-            print(f"| {label} | {interval} | {r['rows'] / r['wall'] / 1e3:.0f}k | {r['epochs']} | {r['lat']['p50']:.2f} | "
-                  f"{r['lat']['p99']:.2f} | {r['lat']['max']:.2f} | {r['rss_mb']:.0f} |")
+            for flight in (1, 2):
+                sets = [f'settings.commit_interval="{interval}"', f"settings.epochs_in_flight={flight}"]
+                if rate:
+                    sets.append(f"sources.events.rows_per_second={rate}")
+                r = run(sets, seconds)
+                print(f"| {label} | {interval} | {flight} | {r['rows'] / r['wall'] / 1e3:.0f}k | {r['epochs']} | "
+                      f"{r['lat']['p50']:.2f} | {r['lat']['p99']:.2f} | {r['lat']['max']:.2f} | {r['rss_mb']:.0f} |")
     print()
     print("## Memory with growing input (full speed, commit every 5 s)\n")
-    print("| generated input (Arrow) | rows | wall s | rows/s | peak RSS MB |")
-    print("|---|---|---|---|---|")
+    print("| generated input (Arrow) | in flight | rows | wall s | rows/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
     probe = run(['settings.commit_interval="5s"', "sources.events.total_rows=200000"])
     bytes_per_row = probe["in_bytes"] / probe["in_rows"]
     for gb in ((0.2, 1) if quick else (1, 10)):
         rows = int(gb * 1e9 / bytes_per_row)
-        r = run(['settings.commit_interval="5s"', f"sources.events.total_rows={rows}"])
-        print(f"| {r['in_bytes'] / 1e9:.1f} GB | {rows:,} | {r['wall']:.1f} | {r['rows'] / r['wall'] / 1e6:.2f}M | {r['rss_mb']:.0f} |")
+        for flight in (1, 2):
+            r = run(['settings.commit_interval="5s"', f"settings.epochs_in_flight={flight}",
+                     f"sources.events.total_rows={rows}"])
+            print(f"| {r['in_bytes'] / 1e9:.1f} GB | {flight} | {rows:,} | {r['wall']:.1f} | "
+                  f"{r['rows'] / r['wall'] / 1e6:.2f}M | {r['rss_mb']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -174,6 +174,23 @@ struct S3Server {
     endpoint: String,
 }
 
+impl S3Server {
+    /// The variables a sluice process needs to use this server.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    fn create_bucket(&self, name: &str) {
+        curl(&["-X", "PUT", &format!("{}/{name}", self.endpoint)]);
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -221,14 +238,8 @@ fn curl(args: &[&str]) {
 #[test]
 fn twenty_kills_on_an_s3_compatible_server_lose_and_duplicate_nothing() {
     let s3 = start_s3();
-    let env: Vec<(&str, String)> = vec![
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ENDPOINT_URL", s3.endpoint.clone()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-    ];
-    curl(&["-X", "PUT", &format!("{}/sluice", s3.endpoint)]);
+    let env = s3.env();
+    s3.create_bucket("sluice");
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     write_input(&input, 150);
@@ -305,14 +316,8 @@ fn incomplete_uploads(endpoint: &str, prefix: &str) -> Vec<String> {
 #[test]
 fn a_run_killed_mid_upload_on_s3_leaves_no_incomplete_upload_behind() {
     let s3 = start_s3();
-    let env: Vec<(&str, String)> = vec![
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ENDPOINT_URL", s3.endpoint.clone()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-    ];
-    curl(&["-X", "PUT", &format!("{}/sluice", s3.endpoint)]);
+    let env = s3.env();
+    s3.create_bucket("sluice");
     // files of tens of MB: uploaded in parts
     let args = |url: &str| -> Vec<String> {
         vec![

@@ -1,9 +1,10 @@
 //! The commit log: `_sluice/commits/<epoch>.json` beside a sink's data.
 //!
 //! A sink writes its data files under unique names, then creates one commit
-//! file per epoch with `PutMode::Create` (atomic on local disk, memory and S3).
-//! The commit lists every file with its rows and bytes, the output schema, the
-//! lineage, the provenance and the source offsets the epoch ended at. Only
+//! file per commit (the epochs `first_epoch..=epoch`) with `PutMode::Create`
+//! (atomic on local disk, memory and S3), named by its last epoch. The commit
+//! lists every file with its rows and bytes, the output schema, the lineage,
+//! the provenance and the source offsets over its epochs. Only
 //! committed files are part of the output; anything else under the sink that
 //! carries sluice's data-file naming is debris from a run that died before its
 //! commit, and [`CommitLog::remove_uncommitted`] deletes it.

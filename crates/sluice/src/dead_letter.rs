@@ -4,7 +4,7 @@
 //! A csv/jsonl source or an external stage with `on_error = "dead_letter"`
 //! hands every row it cannot take (with its raw input, an [`ErrorCode`], the
 //! message, where it came from) to its epoch's [`DeadLetters`]; the rest
-//! of the data flows on. After each epoch's sinks are written, the runner
+//! of the data flows on. After each epoch's sinks are written, the epoch loop
 //! writes the epoch's dead letters to the pipeline's `[dead_letter]` sink,
 //! which commits with the others under the same commit protocol.
 

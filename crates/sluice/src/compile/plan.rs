@@ -143,6 +143,11 @@ impl PlannedSink {
 }
 
 impl PipelinePlan {
+    /// Whether `source` is a lookup table: read whole once, bound into every epoch.
+    pub(crate) fn is_lookup(&self, source: &str) -> bool {
+        self.sources.get(source).is_some_and(|s| s.lookup)
+    }
+
     /// The physical plan of a sink's rows for the epoch `state` is bound to.
     pub(crate) async fn physical_plan(
         &self,

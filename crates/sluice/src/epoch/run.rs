@@ -189,7 +189,7 @@ impl Run {
     }
 
     fn is_lookup(&self, source: &str) -> bool {
-        self.plan.sources.get(source).is_some_and(|s| s.lookup)
+        self.plan.is_lookup(source)
     }
 
     async fn run_epochs(&mut self, lineage: Option<&openlineage::Emitter>) -> Result<RunSummary> {
@@ -254,9 +254,10 @@ impl Run {
         st.reading = resume.resume_at.clone();
 
         // 3. every source where the newest commit left it
+        let plan = Arc::clone(&self.plan);
         for (name, src) in self.sources.iter_mut() {
             if let Some(at) = resume.resume_at.get(name)
-                && !self.plan.sources.get(name).is_some_and(|s| s.lookup)
+                && !plan.is_lookup(name)
             {
                 src.resume_json(at).await.map_err(|e| e.in_source(name))?;
             }
@@ -468,9 +469,10 @@ impl Run {
     ) -> Result<()> {
         let range = &replay.range;
         let mut slices = BTreeMap::new();
+        let plan = Arc::clone(&self.plan);
         for (name, src) in self.sources.iter_mut() {
             if let Some(o) = range.offsets.get(name).filter(|o| o.start != o.end) {
-                if self.plan.sources.get(name).is_some_and(|s| s.lookup) {
+                if plan.is_lookup(name) {
                     continue;
                 }
                 let slice = src
@@ -532,8 +534,9 @@ impl Run {
         let mut slices = BTreeMap::new();
         let mut offsets = BTreeMap::new();
         let mut exhausted = true;
+        let plan = Arc::clone(&self.plan);
         for (name, src) in self.sources.iter_mut() {
-            if self.plan.sources.get(name).is_some_and(|s| s.lookup) {
+            if plan.is_lookup(name) {
                 continue;
             }
             let here = st.reading.get(name).cloned().unwrap_or(Value::Null);
@@ -572,8 +575,9 @@ impl Run {
 
     /// Reads every lookup source whole, once per run.
     async fn load_lookups(&mut self, st: &mut LoopState) -> Result<()> {
+        let plan = Arc::clone(&self.plan);
         for (name, src) in self.sources.iter_mut() {
-            let lookup = self.plan.sources.get(name).is_some_and(|s| s.lookup);
+            let lookup = plan.is_lookup(name);
             if lookup && !st.lookups.contains_key(name) {
                 let whole = src
                     .next_slice_json(&SliceLimits::default())
@@ -725,8 +729,9 @@ impl Run {
     /// source back at the last committed offsets.
     async fn rewind(&mut self, st: &mut LoopState) -> Result<()> {
         st.group = None;
+        let plan = Arc::clone(&self.plan);
         for (name, src) in self.sources.iter_mut() {
-            if self.plan.sources.get(name).is_some_and(|s| s.lookup) {
+            if plan.is_lookup(name) {
                 continue;
             }
             let at = st.committed.get(name).cloned().unwrap_or(Value::Null);

@@ -10,7 +10,7 @@
 //! - Failure: a fatal status, a closed stream without `flushed`, a batch
 //!   without an answer within `timeout`, output that breaks the manifest, or a
 //!   row error under `on_error = "fail"` fails the partition with an error
-//!   naming the stage; unavailable/timeout failures are retryable (the runner
+//!   naming the stage; unavailable/timeout failures are retryable (the epoch loop
 //!   re-runs the epoch from its offsets).
 
 use std::fmt;

@@ -10,7 +10,7 @@ use super::file::{CsvSinkConfig, FileSink, JsonlSinkConfig, ParquetSinkConfig};
 use super::stdout::{StdoutSink, StdoutSinkConfig};
 use super::{Sink, SinkContext, SinkFactory};
 use crate::error::Result;
-use crate::spec::keys::{fields_of, with_all_keys};
+use crate::spec::keys::{fields_of, split_off, with_all_keys};
 use crate::spec::{ByteSize, PipelineSpec, decode_table};
 use crate::storage::StoreRegistry;
 
@@ -132,12 +132,7 @@ impl SinkConfig {
             None => return Err("missing field `input`".into()),
         };
         let files = if entry.files {
-            let mut keys = toml::Table::new();
-            for key in fields_of::<FileSinkKeys>() {
-                if let Some(v) = table.remove(*key) {
-                    keys.insert(key.to_string(), v);
-                }
-            }
+            let keys = split_off(&mut table, fields_of::<FileSinkKeys>());
             Some(decode_table::<FileSinkKeys>(keys)?)
         } else {
             None

@@ -1,9 +1,9 @@
 //! Sinks: where rows are delivered.
 //!
-//! A [`Sink`] writes one epoch's rows, then commits them. File sinks
-//! (`parquet`, `csv`, `jsonl`) write uniquely named files to any object store
-//! and then create one commit file per epoch, so output appears atomically and
-//! exactly once (see [`crate::commit_log`]). `stdout` prints a table, for
+//! A [`Sink`] writes each epoch's rows, then commits a group of epochs at
+//! once. File sinks (`parquet`, `csv`, `jsonl`) write uniquely named files
+//! to any object store and then create one commit file per commit, so output
+//! appears atomically and exactly once (see [`crate::commit_log`]). `stdout` prints a table, for
 //! debugging, and keeps no log. A Rust program adds its own sink with a
 //! [`SinkFactory`]; it takes part in the same commit protocol.
 

@@ -20,7 +20,7 @@ use super::{AnySource, SourceContext, SourceFactory};
 use crate::dead_letter::OnError;
 use crate::error::Result;
 use crate::spec::decode_table;
-use crate::spec::keys::{fields_of, unknown_key, with_all_keys};
+use crate::spec::keys::{fields_of, split_off, unknown_key, with_all_keys};
 
 /// `[sources.<name>]`: see the module docs.
 #[derive(Debug, Clone)]
@@ -130,14 +130,9 @@ impl SourceConfig {
         let Some(entry) = KINDS.iter().find(|k| k.name == kind) else {
             return Err(format!("unknown kind `{kind}`"));
         };
-        let mut shared = toml::Table::new();
-        for key in SHARED_KEYS {
-            if let Some(v) = table.remove(*key) {
-                if !entry.takes(key) {
-                    return Err(unknown_key(key, &entry.all_keys()));
-                }
-                shared.insert(key.to_string(), v);
-            }
+        let shared = split_off(&mut table, SHARED_KEYS);
+        if let Some(key) = shared.keys().find(|k| !entry.takes(k)) {
+            return Err(unknown_key(key, &entry.all_keys()));
         }
         let shared: SharedKeys = decode_table(shared)?;
         let kind = (entry.decode)(table).map_err(|e| with_all_keys(e, &entry.all_keys()))?;

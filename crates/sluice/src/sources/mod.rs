@@ -5,7 +5,7 @@
 //! resume from the offsets of the last commit, and is told when a slice is
 //! committed. Bounded sources (files, the TPC-H generator) end; the same trait
 //! serves sources that never end (a directory to tail, Kafka) without changes
-//! to the runner.
+//! to the epoch loop.
 //!
 //! Sources are nouns. A source's config ([`SourceConfig`]) holds the keys
 //! every kind shares, decoded once, around its kind's own ([`SourceKind`]);

@@ -14,6 +14,14 @@ pub(crate) fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static st
     found
 }
 
+/// Takes `keys` out of `table`, into a table of their own: the part of a
+/// component's table that is decoded once for every kind.
+pub(crate) fn split_off(table: &mut toml::Table, keys: &[&str]) -> toml::Table {
+    keys.iter()
+        .filter_map(|k| Some((k.to_string(), table.remove(*k)?)))
+        .collect()
+}
+
 /// serde's "unknown field" message for `key`, listing `keys` as expected,
 /// so the "did you mean" hint sees every key a table may have.
 pub(crate) fn unknown_key(key: &str, keys: &[&str]) -> String {

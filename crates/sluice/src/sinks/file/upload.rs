@@ -242,15 +242,15 @@ impl TrackedUpload {
     async fn abort(&mut self) {
         self.sending.abort_all();
         while self.sending.join_next().await.is_some() {}
-        if let Some(id) = self.id.take() {
-            if self
+        // the record stays when the abort fails: recovery tries again
+        if let Some(id) = self.id.take()
+            && self
                 .multipart
                 .abort_multipart(&self.path, &id)
                 .await
                 .is_ok()
-            {
-                let _ = self.store.delete(&self.record).await;
-            }
+        {
+            let _ = self.store.delete(&self.record).await;
         }
     }
 }
