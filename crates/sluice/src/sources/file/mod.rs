@@ -354,12 +354,16 @@ impl FileSource {
                     infer_rows,
                 )
                 .await
-                .map_err(|m| {
-                    src_err(
-                        Some(location.object_url(&first.location)),
-                        m,
-                        RetryHint::Never,
-                    )
+                .map_err(|e| {
+                    let file = Some(location.object_url(&first.location));
+                    match e {
+                        sample::InferError::Failed(what, cause) => {
+                            SluiceError::source_failed(ctx.name, file, what, cause)
+                        }
+                        sample::InferError::Refused(m) => {
+                            src_err(file, m.to_string(), RetryHint::Never)
+                        }
+                    }
                 })?;
                 bytes_per_row = bpr;
                 (schema, upstream_lineage, upstream_provenance)
@@ -371,10 +375,11 @@ impl FileSource {
                 };
                 let state = ctx.session.state();
                 let inferred = ff.infer_schema(&state, &store, &files).await.map_err(|e| {
-                    src_err(
+                    SluiceError::source_failed(
+                        ctx.name,
                         Some(location.url()),
-                        format!("cannot read the schema: {e}"),
-                        RetryHint::Never,
+                        "cannot read the schema",
+                        e,
                     )
                 })?;
                 // the files' own record of where they came from wins over nothing

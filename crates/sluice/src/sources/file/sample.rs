@@ -9,6 +9,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 
+use crate::error::Cause;
 use crate::ops::line_scan::{Compression, LineFormat};
 
 /// Bytes read from the start of the first file to infer its schema.
@@ -17,17 +18,26 @@ const SAMPLE_BYTES: usize = 4 << 20;
 /// Infers the schema of a CSV / JSON-lines file from its first `rows` rows.
 /// Also returns the average bytes per row of the sample (uncompressed size
 /// for plain files, compressed size for compressed ones) to size epochs.
+/// Why a schema could not be inferred.
+#[derive(Debug)]
+pub(super) enum InferError {
+    /// Reading or parsing the sample failed (the cause says whether to retry).
+    Failed(&'static str, Cause),
+    /// The sample has nothing to infer from.
+    Refused(&'static str),
+}
+
 pub(super) async fn infer_lines_schema(
     store: &Arc<dyn ObjectStore>,
     file: &ObjectMeta,
     format: &LineFormat,
     compression: Compression,
     rows: usize,
-) -> Result<(Schema, Option<f64>), String> {
+) -> Result<(Schema, Option<f64>), InferError> {
     let got = store
         .get(&file.location)
         .await
-        .map_err(|e| format!("cannot read: {e}"))?;
+        .map_err(|e| InferError::Failed("cannot read", Cause::new(e)))?;
     let reader = StreamReader::new(crate::storage::byte_stream(got));
     let mut sample = Vec::new();
     let read = match compression {
@@ -49,7 +59,9 @@ pub(super) async fn infer_lines_schema(
                 .await
         }
     };
-    read.map_err(|e| format!("cannot read a sample to infer the schema: {e}"))?;
+    read.map_err(|e| {
+        InferError::Failed("cannot read a sample to infer the schema", Cause::new(e))
+    })?;
     // keep whole lines only
     if sample.len() == SAMPLE_BYTES
         && let Some(last) = memchr::memrchr(b'\n', &sample)
@@ -57,7 +69,9 @@ pub(super) async fn infer_lines_schema(
         sample.truncate(last + 1);
     }
     if sample.iter().all(u8::is_ascii_whitespace) {
-        return Err("the file is empty, so no schema can be inferred; declare `columns`".into());
+        return Err(InferError::Refused(
+            "the file is empty, so no schema can be inferred; declare `columns`",
+        ));
     }
     let (schema, n) = match format {
         LineFormat::Csv(o) => {
@@ -69,15 +83,17 @@ pub(super) async fn infer_lines_schema(
                 f = f.with_escape(e);
             }
             f.infer_schema(Cursor::new(&sample), Some(rows))
-                .map_err(|e| format!("cannot infer the CSV schema: {e}"))?
+                .map_err(|e| InferError::Failed("cannot infer the CSV schema", Cause::new(e)))?
         }
         LineFormat::Jsonl => {
             datafusion::arrow::json::reader::infer_json_schema(Cursor::new(&sample), Some(rows))
-                .map_err(|e| format!("cannot infer the JSON schema: {e}"))?
+                .map_err(|e| InferError::Failed("cannot infer the JSON schema", Cause::new(e)))?
         }
     };
     if schema.fields().is_empty() {
-        return Err("no columns found in the sample; declare `columns`".into());
+        return Err(InferError::Refused(
+            "no columns found in the sample; declare `columns`",
+        ));
     }
     let bytes_per_row = (n > 0 && compression == Compression::None).then(|| {
         let consumed: usize = if n >= rows {
