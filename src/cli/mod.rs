@@ -88,6 +88,10 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics while it runs
+        /// (overrides `[observability] metrics`).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Check a pipeline without running it. Exit code 0 when valid, 2 when not.
     Validate {
@@ -261,6 +265,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             exit_when_idle,
             json,
             quiet,
+            metrics,
         } => {
             let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
@@ -275,6 +280,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                     exit_when_idle,
                     json,
                     quiet,
+                    metrics,
                 },
             )
             .await
@@ -300,6 +306,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                     exit_when_idle: true,
                     json,
                     quiet,
+                    metrics: None,
                 },
             )
             .await
@@ -387,6 +394,7 @@ struct RunArgs {
     exit_when_idle: bool,
     json: bool,
     quiet: bool,
+    metrics: Option<String>,
 }
 
 /// Runs a pipeline with a progress bar and prints its summary.
@@ -397,6 +405,7 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
         exit_when_idle,
         json,
         quiet,
+        metrics,
     } = args;
     let compiled = match engine.compile(spec).await {
         Ok(c) => c,
@@ -408,9 +417,15 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
             Err(e) => return report(&e),
         }
     }
+    // a served /metrics outlives the run by `metrics_linger`: so does the process
+    let linger = match (&metrics, &compiled.spec().observability) {
+        (None, o) if o.metrics.is_none() => std::time::Duration::ZERO,
+        (_, o) => o.metrics_linger.map_or(std::time::Duration::ZERO, |d| d.0),
+    };
     let handle = compiled.start(RunOptions {
         max_epochs,
         exit_when_idle,
+        metrics,
     });
     let bar = (!quiet && !json).then(|| progress::start(handle.progress().clone()));
     let signals = tokio::spawn(stop_on_signals(handle.stopper()));
@@ -429,6 +444,7 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
             } else {
                 summary::print(&summary);
             }
+            tokio::time::sleep(linger).await;
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use super::{commits, duckdb_check, ok, root, set, text};
 
-fn stages_built() {
+pub(crate) fn stages_built() {
     for s in [
         "go/validate",
         "go/enrich",

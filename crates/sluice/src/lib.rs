@@ -47,6 +47,7 @@ mod error;
 mod explain;
 pub mod inspect;
 mod metrics;
+mod observe;
 mod openlineage;
 mod ops;
 pub mod sinks;

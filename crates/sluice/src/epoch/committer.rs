@@ -61,6 +61,8 @@ pub(crate) struct Committed {
     pub rows: BTreeMap<String, u64>,
     /// Read-to-commit latency of each epoch.
     pub latencies: Vec<Duration>,
+    /// Time from the start of sealing to the last sink's commit.
+    pub took: Duration,
 }
 
 /// Makes commits; see the module docs.
@@ -95,6 +97,7 @@ impl Committer {
             read_at,
             mut stats,
         } = job;
+        let started = Instant::now();
         // seal every sink first: all files closed and on the store
         let mut sealed = Vec::with_capacity(sinks.len());
         for (name, part) in sinks {
@@ -151,6 +154,7 @@ impl Committer {
             stats,
             rows,
             latencies: read_at.iter().map(|t| now.duration_since(*t)).collect(),
+            took: now.duration_since(started),
         }))
     }
 }

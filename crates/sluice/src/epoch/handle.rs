@@ -22,6 +22,9 @@ pub struct RunOptions {
     pub max_epochs: Option<u64>,
     /// Stop (and commit) once streaming sources have nothing new for an epoch.
     pub exit_when_idle: bool,
+    /// Serve Prometheus metrics at this address, instead of the spec's
+    /// `[observability] metrics`.
+    pub metrics: Option<String>,
 }
 
 /// What happens in a run, as it happens.

@@ -38,6 +38,7 @@ use crate::compile::{PipelinePlan, PlannedSink, SinkInput};
 use crate::dead_letter;
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::metrics::{LatencySummary, RunSummary};
+use crate::observe::{MetricsServer, RunMetrics};
 use crate::openlineage;
 use crate::sinks::EpochOutput;
 use crate::sources::{AnySource, Slice, SliceLimits};
@@ -50,6 +51,8 @@ pub(crate) struct Run {
     run_id: Arc<str>,
     stop: Arc<StopSignal>,
     events: broadcast::Sender<RunEvent>,
+    /// Set when metrics are served.
+    metrics: Option<Arc<RunMetrics>>,
 }
 
 /// How the loop cuts and commits epochs, from `[settings]`.
@@ -114,6 +117,7 @@ impl Run {
             run_id: new_run_id().into(),
             stop,
             events,
+            metrics: None,
         }
     }
 
@@ -121,14 +125,19 @@ impl Run {
     /// reached, the streaming sources go idle (`exit_when_idle`) or a stop
     /// is requested; commits everything written before returning.
     pub(super) async fn run(mut self) -> Result<RunSummary> {
+        let server = match self.serve_metrics().await {
+            Ok(s) => s,
+            Err(e) => {
+                Self::shutdown_stages(&self.plan).await;
+                return Err(e);
+            }
+        };
         let lineage = openlineage::Emitter::for_plan(&self.plan);
         if let Some(l) = &lineage {
             l.emit("START", None).await;
         }
         let result = self.run_epochs(lineage.as_ref()).await;
-        for rt in self.plan.externals.values() {
-            rt.shutdown().await;
-        }
+        Self::shutdown_stages(&self.plan).await;
         match &result {
             Ok(summary) => {
                 self.emit(RunEvent::Finished {
@@ -147,7 +156,49 @@ impl Run {
                 }
             }
         }
+        if let Some(server) = server {
+            // the last scrape of a short run sees its final counts: the
+            // endpoint stays up after the summary is out
+            let linger = self.plan.spec.observability.metrics_linger;
+            tokio::spawn(async move {
+                tokio::time::sleep(linger.map_or(Duration::ZERO, |d| d.0)).await;
+                drop(server);
+            });
+        }
         result
+    }
+
+    async fn shutdown_stages(plan: &PipelinePlan) {
+        for rt in plan.externals.values() {
+            rt.shutdown().await;
+        }
+    }
+
+    /// Starts serving metrics when the spec or the options ask for it.
+    async fn serve_metrics(&mut self) -> Result<Option<MetricsServer>> {
+        let config = &self.plan.spec.observability;
+        let Some(addr) = self
+            .options
+            .metrics
+            .clone()
+            .or_else(|| config.metrics.clone())
+        else {
+            return Ok(None);
+        };
+        let metrics = Arc::new(RunMetrics::new(&self.plan.spec.id(), config));
+        let server = crate::observe::serve(&addr, Arc::clone(&metrics), Arc::clone(&self.plan))
+            .await
+            .map_err(|e| {
+                SluiceError::spec(
+                    self.plan
+                        .spec
+                        .issue("observability.metrics", format!("cannot serve metrics on {addr}: {e}"))
+                        .with_help("use a free `host:port`, e.g. 127.0.0.1:9464 (loopback, or a scrape-only network)"),
+                )
+            })?;
+        tracing::info!(addr = %server.addr(), "serving metrics at /metrics");
+        self.metrics = Some(metrics);
+        Ok(Some(server))
     }
 
     fn emit(&self, event: RunEvent) {
@@ -286,7 +337,11 @@ impl Run {
             // the commits under way finish first: what they commit stays
             let failure = self.settle(&mut st, lineage).await.err().unwrap_or(failure);
             self.abort_sinks().await;
-            if failure.retry_hint() == RetryHint::WithBackoff && st.retries_left > 0 {
+            let retry = failure.retry_hint() == RetryHint::WithBackoff && st.retries_left > 0;
+            if let Some(m) = &self.metrics {
+                m.epoch_failed(retry);
+            }
+            if retry {
                 st.retries_left -= 1;
                 let attempt = pace.max_retries - st.retries_left;
                 let delay = Duration::from_millis(200 * 2u64.pow(attempt.min(5)));
@@ -338,6 +393,13 @@ impl Run {
         }
         self.load_lookups(st).await?;
         let (slices, offsets, exhausted) = self.next_slices(st, &pace.limits).await?;
+        if let Some(m) = &self.metrics {
+            for (name, src) in &self.sources {
+                if let Some(files) = src.backlog() {
+                    m.backlog(name, src.kind(), files);
+                }
+            }
+        }
         if slices.is_empty() {
             if exhausted {
                 return Ok(Step::Done);
@@ -355,8 +417,12 @@ impl Run {
         let sinks: Vec<String> = self.plan.sinks.keys().cloned().collect();
         let epoch = st.epoch;
         let first = st.group.as_ref().map_or(epoch, |g| g.first);
+        let t = Instant::now();
         self.write_epoch(st, epoch, first, &slices, offsets, &sinks)
             .await?;
+        if let Some(m) = &self.metrics {
+            m.epoch_written(t.elapsed());
+        }
         st.epoch += 1;
         st.retries_left = pace.max_retries;
         if st.last_commit.elapsed() >= pace.commit_interval {
@@ -443,6 +509,11 @@ impl Run {
         }
         st.after_commit = c.last + 1;
         st.stats.add(&c.stats);
+        if let Some(m) = &self.metrics {
+            m.components(&st.stats.components(&self.plan));
+            m.row_errors(&st.stats.row_errors(&self.plan));
+            m.committed(c.last, c.took, &c.latencies);
+        }
         st.latencies.extend(c.latencies);
         tracing::info!(first_epoch = c.first, epoch = c.last, "committed");
         self.emit(RunEvent::Committed {

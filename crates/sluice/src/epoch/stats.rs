@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use datafusion::physical_plan::ExecutionPlan;
+use sluice_contract::ErrorCode;
 
 use crate::compile::PipelinePlan;
 use crate::dead_letter::DeadLetter;
@@ -25,6 +26,8 @@ pub(crate) struct Counts {
     pub skipped: u64,
     /// Rows sent to the dead-letter sink.
     pub dead: u64,
+    /// Rows given up on (skipped or dead-lettered), by error code.
+    pub codes: BTreeMap<ErrorCode, u64>,
 }
 
 /// Counters by component.
@@ -47,6 +50,9 @@ impl Stats {
             a.files += v.files;
             a.skipped += v.skipped;
             a.dead += v.dead;
+            for (code, n) in &v.codes {
+                *a.codes.entry(*code).or_default() += n;
+            }
         }
     }
 
@@ -54,6 +60,7 @@ impl Stats {
     pub(super) fn add_dead_letters(&mut self, letters: &[DeadLetter]) {
         for d in letters {
             let a = self.of(d.component.clone());
+            *a.codes.entry(d.code).or_default() += 1;
             if d.skipped {
                 a.skipped += 1;
             } else {
@@ -84,6 +91,27 @@ impl Stats {
             }
         }
         self.add(&Stats(epoch));
+    }
+
+    /// Rows given up on so far, by component (with its kind) and code.
+    pub(super) fn row_errors(
+        &self,
+        plan: &PipelinePlan,
+    ) -> Vec<(ComponentId, String, ErrorCode, u64)> {
+        let kind_of = |id: &ComponentId| match id {
+            ComponentId::Source(n) => plan.sources.get(n).map(|s| s.kind.clone()),
+            ComponentId::Stage(n) => plan.spec.stages.get(n).map(|s| s.kind().to_string()),
+            ComponentId::Sink(n) => plan.sinks.get(n).map(|s| s.sink.kind().to_string()),
+        };
+        self.0
+            .iter()
+            .flat_map(|(id, c)| {
+                let kind = kind_of(id).unwrap_or_default();
+                c.codes
+                    .iter()
+                    .map(move |(code, n)| (id.clone(), kind.clone(), *code, *n))
+            })
+            .collect()
     }
 
     fn get(&self, id: &ComponentId) -> Option<&Counts> {

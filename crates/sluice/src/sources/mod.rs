@@ -174,6 +174,12 @@ pub trait Source: Send + Debug {
     fn estimated_remaining_rows(&self) -> Option<u64> {
         None
     }
+
+    /// Input units (files of a tailed folder) waiting to be read, for lag
+    /// metrics; `None` for a source that has no such count.
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A [`Source`] whose offsets are handled as JSON, the form commits keep
@@ -193,6 +199,8 @@ pub trait AnySource: Send + Debug {
     fn is_bounded(&self) -> bool;
     /// [`Source::estimated_remaining_rows`].
     fn estimated_remaining_rows(&self) -> Option<u64>;
+    /// [`Source::backlog`].
+    fn backlog(&self) -> Option<u64>;
     /// [`Source::resume`] at committed offsets; `null` (a source never read
     /// before the commit) restarts it.
     async fn resume_json(&mut self, at: &Value) -> Result<()>;
@@ -252,6 +260,9 @@ impl<S: Source> AnySource for S {
     }
     fn estimated_remaining_rows(&self) -> Option<u64> {
         Source::estimated_remaining_rows(self)
+    }
+    fn backlog(&self) -> Option<u64> {
+        Source::backlog(self)
     }
     async fn resume_json(&mut self, at: &Value) -> Result<()> {
         if at.is_null() {

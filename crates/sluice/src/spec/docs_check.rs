@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::keys::fields_of;
 use super::{EpochSettings, PipelineMeta, S3Settings, Settings};
 use crate::dead_letter::DeadLetterConfig;
+use crate::observe::ObservabilityConfig;
 use crate::openlineage::LineageConfig;
 use crate::stages::{ExternalStageConfig, SqlStageConfig};
 
@@ -108,6 +109,10 @@ fn from_the_structs() -> BTreeMap<String, BTreeSet<String>> {
     out.insert(
         "lineage".into(),
         set(fields_of::<LineageConfig>().iter().copied()),
+    );
+    out.insert(
+        "observability".into(),
+        set(fields_of::<ObservabilityConfig>().iter().copied()),
     );
     out
 }

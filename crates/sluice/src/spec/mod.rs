@@ -40,6 +40,7 @@ use serde::Deserialize;
 
 pub use crate::dead_letter::{DeadLetterConfig, OnError};
 use crate::error::{Result, SluiceError, SpecIssue};
+pub use crate::observe::ObservabilityConfig;
 pub use crate::openlineage::LineageConfig;
 use crate::sinks::SinkConfig;
 use crate::sources::{CustomSource, SourceConfig, SourceKind};
@@ -159,6 +160,8 @@ pub struct PipelineSpec {
     pub dead_letter: Option<crate::dead_letter::DeadLetterConfig>,
     /// Where OpenLineage run events go.
     pub lineage: Option<crate::openlineage::LineageConfig>,
+    /// `[observability]`: where metrics are served.
+    pub observability: ObservabilityConfig,
     /// Line of each component's table in the file, for error messages.
     pub lines: BTreeMap<String, usize>,
 }
@@ -179,6 +182,8 @@ struct RawSpec {
     dead_letter: Option<crate::dead_letter::DeadLetterConfig>,
     #[serde(default)]
     lineage: Option<crate::openlineage::LineageConfig>,
+    #[serde(default)]
+    observability: crate::observe::ObservabilityConfig,
 }
 
 impl PipelineSpec {
@@ -199,6 +204,7 @@ impl PipelineSpec {
             sinks: BTreeMap::new(),
             dead_letter: None,
             lineage: None,
+            observability: Default::default(),
             lines: BTreeMap::new(),
         }
     }
@@ -405,6 +411,7 @@ impl PipelineSpec {
             sinks,
             dead_letter: raw.dead_letter,
             lineage: raw.lineage,
+            observability: raw.observability,
             lines,
         })
     }

@@ -231,6 +231,14 @@ impl ExternalRuntime {
         }
     }
 
+    /// Every recorded batch round trip, in microseconds.
+    pub(crate) fn latency_samples_us(&self) -> Vec<u32> {
+        self.latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The `q` quantile (0..=1) of the recorded batch round trips, in microseconds.
     pub(crate) fn latency_quantile_us(&self, q: f64) -> Option<u32> {
         let mut l = self

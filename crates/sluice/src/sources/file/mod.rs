@@ -651,6 +651,16 @@ impl Source for FileSource {
         self.follow.is_none()
     }
 
+    fn backlog(&self) -> Option<u64> {
+        self.follow?;
+        let waiting = self
+            .files
+            .iter()
+            .filter(|f| !self.consumed.contains(f.location.as_ref()))
+            .count();
+        Some(waiting as u64)
+    }
+
     async fn restart(&mut self) -> Result<()> {
         self.consumed.clear();
         self.partial.clear();

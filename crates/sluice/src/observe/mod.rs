@@ -1,0 +1,256 @@
+//! Observability: a run's metrics, served for Prometheus.
+//!
+//! `[observability] metrics = "127.0.0.1:9464"` (or `sluice run --metrics`)
+//! serves them at `/metrics` while the run lasts, and `metrics_linger`
+//! longer, so the last scrape of a short run sees its final counts. The
+//! counters are set from the numbers the run summary is made of, at every
+//! commit: at the end of a run they equal the summary's.
+
+mod prometheus;
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_contract::ErrorCode;
+
+use crate::compile::PipelinePlan;
+use crate::metrics::{ComponentId, ComponentStats};
+use crate::spec::HumanDuration;
+use prometheus::{Family, FamilyKind, Labels, Registry};
+pub(crate) use server::MetricsServer;
+
+/// The `[observability]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Serve Prometheus metrics at `http://<this>/metrics` while the
+    /// pipeline runs (e.g. `127.0.0.1:9464`); nothing is served when unset.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// How long `/metrics` keeps serving after the run ends, so a scrape
+    /// sees the final counts (default 0s).
+    #[serde(default)]
+    pub metrics_linger: Option<HumanDuration>,
+    /// The `service` label of every series (default `sluice`).
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
+const fn family(name: &'static str, help: &'static str, kind: FamilyKind) -> Family {
+    Family { name, help, kind }
+}
+
+const ROWS_IN: Family = family(
+    "sluice_rows_in_total",
+    "Rows that reached the component (a source: rows read, given up on ones included).",
+    FamilyKind::Counter,
+);
+const ROWS_OUT: Family = family(
+    "sluice_rows_out_total",
+    "Rows the component produced (a sink: rows committed).",
+    FamilyKind::Counter,
+);
+const BYTES_OUT: Family = family(
+    "sluice_bytes_out_total",
+    "Bytes the component produced (Arrow buffer sizes; a sink: file bytes committed).",
+    FamilyKind::Counter,
+);
+const BATCHES_OUT: Family = family(
+    "sluice_batches_out_total",
+    "Record batches the component produced.",
+    FamilyKind::Counter,
+);
+const FILES: Family = family(
+    "sluice_files_committed_total",
+    "Files a sink committed.",
+    FamilyKind::Counter,
+);
+const SKIPPED: Family = family(
+    "sluice_rows_skipped_total",
+    "Rows the component could not take and dropped (on_error = \"skip\").",
+    FamilyKind::Counter,
+);
+const DEAD: Family = family(
+    "sluice_rows_dead_lettered_total",
+    "Rows the component could not take, sent to the dead-letter sink.",
+    FamilyKind::Counter,
+);
+const ROW_ERRORS: Family = family(
+    "sluice_row_errors_total",
+    "Rows given up on (skipped or dead-lettered), by error code.",
+    FamilyKind::Counter,
+);
+const EPOCH_FAILURES: Family = family(
+    "sluice_epoch_failures_total",
+    "Epochs that failed; retried=\"true\" when the run rewound and tried again.",
+    FamilyKind::Counter,
+);
+const EPOCH_SECONDS: Family = family(
+    "sluice_epoch_duration_seconds",
+    "Time to read, compute and write one epoch.",
+    FamilyKind::Histogram,
+);
+const COMMIT_SECONDS: Family = family(
+    "sluice_commit_duration_seconds",
+    "Time to seal and commit every sink for one group of epochs.",
+    FamilyKind::Histogram,
+);
+const LATENCY_SECONDS: Family = family(
+    "sluice_read_to_commit_seconds",
+    "Time from reading an epoch's input to the commit that makes it visible.",
+    FamilyKind::Histogram,
+);
+const COMMITS: Family = family(
+    "sluice_commits_total",
+    "Commits (every sink committed a group of epochs).",
+    FamilyKind::Counter,
+);
+const LAST_EPOCH: Family = family(
+    "sluice_last_committed_epoch",
+    "The newest committed epoch.",
+    FamilyKind::Gauge,
+);
+const STAGE_ROUND_TRIP: Family = family(
+    "sluice_stage_batch_round_trip_seconds",
+    "Round trip of a batch through an external stage (sent to answered).",
+    FamilyKind::Histogram,
+);
+const STAGE_STARTS: Family = family(
+    "sluice_stage_process_starts_total",
+    "Times an external stage's process was started (1 = never restarted).",
+    FamilyKind::Counter,
+);
+const BACKLOG: Family = family(
+    "sluice_source_backlog_files",
+    "Files waiting to be read in a tailed folder.",
+    FamilyKind::Gauge,
+);
+
+/// The metrics of one run; see the module docs.
+#[derive(Debug)]
+pub(crate) struct RunMetrics {
+    registry: Registry,
+    pipeline: String,
+    service: String,
+}
+
+impl RunMetrics {
+    pub(crate) fn new(pipeline: &str, config: &ObservabilityConfig) -> Self {
+        Self {
+            registry: Registry::default(),
+            pipeline: pipeline.to_string(),
+            service: config
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "sluice".into()),
+        }
+    }
+
+    fn run_labels(&self) -> Labels {
+        vec![
+            ("service", self.service.clone()),
+            ("pipeline", self.pipeline.clone()),
+        ]
+    }
+
+    fn component_labels(&self, name: &str, kind: &str) -> Labels {
+        let mut l = self.run_labels();
+        l.push(("component", name.to_string()));
+        l.push(("kind", kind.to_string()));
+        l
+    }
+
+    /// The per-component counts of the run so far (the summary's numbers).
+    pub(crate) fn components(&self, stats: &[ComponentStats]) {
+        for c in stats {
+            let l = self.component_labels(&c.name, &c.kind);
+            self.registry.set(ROWS_IN, l.clone(), c.rows_in as f64);
+            self.registry.set(ROWS_OUT, l.clone(), c.rows_out as f64);
+            self.registry.set(BYTES_OUT, l.clone(), c.bytes as f64);
+            self.registry.set(BATCHES_OUT, l.clone(), c.batches as f64);
+            self.registry.set(SKIPPED, l.clone(), c.rows_skipped as f64);
+            self.registry
+                .set(DEAD, l.clone(), c.rows_dead_lettered as f64);
+            if c.role == "sink" {
+                self.registry.set(FILES, l, c.files as f64);
+            }
+        }
+    }
+
+    /// Rows given up on so far, by component and code.
+    pub(crate) fn row_errors(&self, counts: &[(ComponentId, String, ErrorCode, u64)]) {
+        for (id, kind, code, n) in counts {
+            let mut l = self.component_labels(id.name(), kind);
+            l.push(("code", code.as_str().to_string()));
+            self.registry.set(ROW_ERRORS, l, *n as f64);
+        }
+    }
+
+    /// An epoch was written, in `took`.
+    pub(crate) fn epoch_written(&self, took: Duration) {
+        self.registry
+            .observe(EPOCH_SECONDS, self.run_labels(), took.as_secs_f64());
+    }
+
+    /// A commit of epochs up to `epoch` took `took`; its epochs were read
+    /// `latencies` before it.
+    pub(crate) fn committed(&self, epoch: u64, took: Duration, latencies: &[Duration]) {
+        let l = self.run_labels();
+        self.registry.add(COMMITS, l.clone(), 1.0);
+        self.registry.set(LAST_EPOCH, l.clone(), epoch as f64);
+        self.registry
+            .observe(COMMIT_SECONDS, l.clone(), took.as_secs_f64());
+        for d in latencies {
+            self.registry
+                .observe(LATENCY_SECONDS, l.clone(), d.as_secs_f64());
+        }
+    }
+
+    /// An epoch failed; `retried` when the run goes on from the last commit.
+    pub(crate) fn epoch_failed(&self, retried: bool) {
+        let mut l = self.run_labels();
+        l.push(("retried", retried.to_string()));
+        self.registry.add(EPOCH_FAILURES, l, 1.0);
+    }
+
+    /// Files waiting in source `name`'s folder.
+    pub(crate) fn backlog(&self, name: &str, kind: &str, files: u64) {
+        self.registry
+            .set(BACKLOG, self.component_labels(name, kind), files as f64);
+    }
+
+    /// What only the external stages know, read when scraped.
+    fn stages(&self, plan: &PipelinePlan) {
+        for (name, rt) in &plan.externals {
+            let l = self.component_labels(name, "external");
+            self.registry.set(
+                STAGE_STARTS,
+                l.clone(),
+                rt.starts.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            );
+            let samples = rt.latency_samples_us();
+            self.registry.set_histogram(
+                STAGE_ROUND_TRIP,
+                l,
+                samples.into_iter().map(|us| us as f64 / 1e6),
+            );
+        }
+    }
+
+    /// The exposition text, with the external stages' numbers as of now.
+    pub(crate) fn render(&self, plan: &PipelinePlan) -> String {
+        self.stages(plan);
+        self.registry.render()
+    }
+}
+
+/// Serves `metrics` of `plan` at `addr` until the returned server is dropped.
+pub(crate) async fn serve(
+    addr: &str,
+    metrics: Arc<RunMetrics>,
+    plan: Arc<PipelinePlan>,
+) -> std::io::Result<MetricsServer> {
+    MetricsServer::bind(addr, Arc::new(move || metrics.render(&plan))).await
+}
