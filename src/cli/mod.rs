@@ -92,6 +92,11 @@ enum Command {
         /// (overrides `[observability] metrics`).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Export spans over OTLP/gRPC to URL, e.g. http://127.0.0.1:4317
+        /// (overrides `[observability] otlp` and OTEL_EXPORTER_OTLP_ENDPOINT;
+        /// the external stages it starts export there too).
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
     },
     /// Check a pipeline without running it. Exit code 0 when valid, 2 when not.
     Validate {
@@ -200,18 +205,10 @@ enum StageCommand {
 }
 
 /// Logs go to stderr; `SLUICE_LOG` sets the filter (default `warn`),
-/// `SLUICE_LOG_FORMAT=json` switches to JSON lines.
+/// `SLUICE_LOG_FORMAT=json` switches to JSON lines with trace ids (the
+/// format Rust stages log in too; see `sluice_flight::logging`).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("SLUICE_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    sluice_flight::logging::init();
 }
 
 /// The first SIGINT/SIGTERM asks the run to stop after the current epoch and
@@ -266,11 +263,16 @@ pub async fn main(cli: Cli) -> ExitCode {
             json,
             quiet,
             metrics,
+            otlp,
         } => {
-            let spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
+            let mut spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
                 Err(e) => return report(&e),
             };
+            if otlp.is_some() {
+                // before compiling: the stages started then are told too
+                spec.observability.otlp = otlp;
+            }
             run(
                 &engine,
                 spec,

@@ -15,14 +15,19 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
         (Some(u), None) => Target::Url(u),
         (None, Some((program, args))) => {
             let socket = sluice_flight::launch::socket_path("check");
-            let mut c =
-                match sluice_flight::launch::spawn(std::path::Path::new(program), args, &socket) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(1);
-                    }
-                };
+            let mut c = match sluice_flight::launch::spawn(sluice_flight::launch::ChildStage {
+                name: "check",
+                program: std::path::Path::new(program),
+                args,
+                socket: &socket,
+                otlp: None,
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             if let Err(e) =
                 sluice_flight::launch::wait_healthy(&mut c, &socket, Duration::from_secs(20)).await
             {

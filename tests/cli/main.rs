@@ -9,6 +9,7 @@ mod metrics;
 mod schemas;
 mod stages;
 mod streaming;
+mod traces;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

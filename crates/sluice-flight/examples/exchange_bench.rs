@@ -88,7 +88,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split_first()
         .ok_or("give the stage command after --")?;
     let socket = sluice_flight::launch::socket_path("bench");
-    let mut child = sluice_flight::launch::spawn(std::path::Path::new(program), rest, &socket)?;
+    let mut child = sluice_flight::launch::spawn(sluice_flight::launch::ChildStage {
+        name: "bench",
+        program: std::path::Path::new(program),
+        args: rest,
+        socket: &socket,
+        otlp: None,
+    })?;
     let client =
         sluice_flight::launch::wait_healthy(&mut child, &socket, Duration::from_secs(20)).await?;
 

@@ -1,6 +1,7 @@
 //! Starting a stage program on a unix socket and waiting until it serves.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sluice_contract::ErrorCode;
@@ -9,22 +10,78 @@ use tokio::process::{Child, Command};
 use crate::client::{StageClient, Target};
 use crate::codes::StageError;
 
-/// Starts `program args` with `SLUICE_STAGE_SOCKET=socket`; the child dies
-/// with its handle.
-pub fn spawn(program: &Path, args: &[String], socket: &Path) -> Result<Child, StageError> {
-    let _ = std::fs::remove_file(socket);
-    Command::new(program)
-        .args(args)
-        .env(crate::ENV_SOCKET, socket)
+/// The standard variable naming the OTLP endpoint spans go to (`http://host:4317`).
+pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// The standard variable naming the service spans belong to.
+pub const ENV_SERVICE: &str = "OTEL_SERVICE_NAME";
+
+/// A stage program to start on a unix socket.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildStage<'a> {
+    /// The stage's name: its stderr lines are logged under it.
+    pub name: &'a str,
+    /// The program.
+    pub program: &'a Path,
+    /// Its arguments.
+    pub args: &'a [String],
+    /// The socket it serves on (`SLUICE_STAGE_SOCKET`).
+    pub socket: &'a Path,
+    /// Where it exports its spans (`OTEL_EXPORTER_OTLP_ENDPOINT`), if anywhere.
+    pub otlp: Option<&'a str>,
+}
+
+/// Starts a stage program with `SLUICE_STAGE_SOCKET`; the child dies with
+/// its handle. Its stderr is read line by line into this process's log
+/// ([`crate::logging::forward_stderr`]), tagged with the stage's name.
+///
+/// The child never inherits `OTEL_SERVICE_NAME`: a stage names its own
+/// service (`<stage>-<language>`), so the engine's spans and each stage's
+/// stay apart. Call it inside a tokio runtime (the stderr reader is a task).
+pub fn spawn(stage: ChildStage<'_>) -> Result<Child, StageError> {
+    let _ = std::fs::remove_file(stage.socket);
+    let mut command = Command::new(stage.program);
+    command.env_remove(ENV_SERVICE);
+    if let Some(endpoint) = stage.otlp {
+        command.env(ENV_ENDPOINT, endpoint);
+    }
+    let mut child = command
+        .args(stage.args)
+        .env(crate::ENV_SOCKET, stage.socket)
         .kill_on_drop(true)
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
             StageError::new(
                 ErrorCode::Unavailable,
-                format!("cannot start {}: {e}", program.display()),
+                format!("cannot start {}: {e}", stage.program.display()),
             )
-        })
+        })?;
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(crate::logging::forward_stderr(
+            stderr,
+            stage.name.to_string(),
+        ));
+    }
+    Ok(child)
+}
+
+/// Stops a child stage: SIGTERM, so it finishes its exchanges and exports
+/// its last spans, then SIGKILL when it is still there after `grace`.
+pub async fn stop(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) only sends a signal; `pid` is our own child, not
+        // yet reaped (tokio's `id()` is None once it is), so it is not reused
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
 }
 
 /// Waits until the child answers `health` on its socket, or exits, or `timeout` passes.

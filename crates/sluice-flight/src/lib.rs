@@ -20,8 +20,12 @@ pub mod codes;
 pub mod conformance;
 pub mod envelope;
 pub mod launch;
+pub mod logging;
 pub mod manifest;
 pub mod server;
+#[cfg(feature = "otlp")]
+pub mod telemetry;
+mod trace;
 
 pub use client::{StageClient, StageEvent, Target};
 pub use codes::StageError;

@@ -163,7 +163,21 @@ pub enum ServeError {
 /// Serves `stage` on the unix socket in `SLUICE_STAGE_SOCKET` (or TCP
 /// `SLUICE_STAGE_ADDR`) until SIGINT or SIGTERM.
 pub async fn serve<S: Stage>(stage: S) -> Result<(), ServeError> {
+    // the engine's log format, unless the program set up logging itself
+    crate::logging::init();
+    let manifest = stage.manifest();
     let svc = service(stage).map_err(ServeError::Manifest)?;
+    // spans go where OTEL_EXPORTER_OTLP_ENDPOINT says (the engine passes it on)
+    let telemetry = crate::trace::export_from_env(&manifest);
+    let result = serve_service(svc).await;
+    // the last spans are sent from a blocking thread: flushing waits for them
+    let _ = tokio::task::spawn_blocking(move || crate::trace::shutdown(telemetry)).await;
+    result
+}
+
+async fn serve_service<S: Stage>(
+    svc: FlightServiceServer<StageService<S>>,
+) -> Result<(), ServeError> {
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -343,11 +357,26 @@ impl Out {
     }
 }
 
+/// One exchange, with its span (a child of the engine's, when the engine
+/// traces and this process exports: see [`crate::trace`]).
 async fn run_exchange<S: Stage>(
     stage: Arc<S>,
     manifest: Arc<Manifest>,
     input: Streaming<FlightData>,
     tx: mpsc::Sender<Result<FlightData, Status>>,
+) -> Result<(), Status> {
+    let mut span = crate::trace::ExchangeSpan::default();
+    let result = exchange_traced(stage, manifest, input, tx, &mut span).await;
+    span.end(result.as_ref().err());
+    result
+}
+
+async fn exchange_traced<S: Stage>(
+    stage: Arc<S>,
+    manifest: Arc<Manifest>,
+    input: Streaming<FlightData>,
+    tx: mpsc::Sender<Result<FlightData, Status>>,
+    span: &mut crate::trace::ExchangeSpan,
 ) -> Result<(), Status> {
     let mut decoder = FlightDataDecoder::new(
         input
@@ -446,6 +475,7 @@ async fn run_exchange<S: Stage>(
                         format!("unexpected envelope on a batch: {env:?}"),
                     ));
                 }
+                span.start_once(env.traceparent.as_deref(), &open);
                 if batch.num_rows() as u64 > manifest.max_batch_rows {
                     return Err(fatal(
                         ErrorCode::InvalidArgument,

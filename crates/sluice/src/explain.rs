@@ -164,7 +164,7 @@ impl CompiledPipeline {
                 slices.insert(name.clone(), s.table);
             }
         }
-        let binding = Arc::new(EpochBinding::new(0, slices));
+        let binding = Arc::new(EpochBinding::new(0, slices, opentelemetry::Context::new()));
         let state = binding.bind(&self.plan.session.state());
         let mut out = Vec::new();
         for (name, sink) in &self.plan.sinks {

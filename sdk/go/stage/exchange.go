@@ -37,6 +37,7 @@ func (s *service) DoExchange(stream flight.FlightService_DoExchangeServer) error
 	start := time.Now()
 	x := &exchange{svc: s, stream: stream}
 	err := x.run()
+	x.span.end(err)
 	level := slog.LevelWarn
 	if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
 		level = slog.LevelInfo // the engine gave up on the epoch: nothing wrong here
@@ -59,6 +60,8 @@ type exchange struct {
 	// Owned by the writer (the handler goroutine).
 	seq  uint64 // the next envelope's seq: every message with an envelope counts
 	rows uint64 // output rows sent, for "flushed"
+
+	span exchangeSpan // a child of the engine's exchange span (telemetry.go)
 }
 
 // input is one input batch on its way to the processing step.
@@ -286,6 +289,7 @@ func (x *exchange) processOne(ctx context.Context, proc Processor, in input) (an
 	defer in.rec.Release()
 	if in.env.Traceparent != "" {
 		ctx = context.WithValue(ctx, traceparentKey{}, in.env.Traceparent)
+		ctx = x.span.start(ctx, x.svc.tracer, in.env.Traceparent, x.req)
 	}
 	var (
 		out     arrow.RecordBatch

@@ -17,6 +17,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/flight"
 	flightgen "github.com/apache/arrow-go/v18/arrow/flight/gen/flight"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -49,6 +50,7 @@ type config struct {
 	log             *slog.Logger
 	shutdownTimeout time.Duration
 	grpcOpts        []grpc.ServerOption
+	tracerProvider  trace.TracerProvider // nil: see tracerOf
 }
 
 func newConfig(opts []Option) config {
@@ -108,6 +110,19 @@ func Serve(ctx context.Context, s Stage, opts ...Option) error {
 			return err
 		}
 	}
+	var exp exporting
+	if cfg.tracerProvider == nil {
+		// a stage keeps serving when its spans cannot be exported
+		if exp, err = exportFromEnv(svc.manifest.Name); err != nil {
+			cfg.log.Warn("sluice stage: spans are not exported", "stage", svc.manifest.Name, "error", err)
+		}
+	}
+	svc.tracer = tracerOf(cfg, exp)
+	defer func() {
+		if err := exp.shutdown(5 * time.Second); err != nil {
+			cfg.log.Warn("sluice stage: the last spans were not exported", "stage", svc.manifest.Name, "error", err)
+		}
+	}()
 	gs := newGRPCServer(svc, cfg)
 
 	ctx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -222,6 +237,7 @@ type service struct {
 	lineage  envelope.Lineage
 	mem      memory.Allocator
 	log      *slog.Logger
+	tracer   trace.Tracer // exchange spans
 }
 
 func newService(s Stage, cfg config) (*service, error) {
@@ -243,6 +259,7 @@ func newService(s Stage, cfg config) (*service, error) {
 		lineage:  envelope.Lineage{Stage: m.Name, Kind: "external", Version: m.Version, Language: m.Language},
 		mem:      cfg.mem,
 		log:      cfg.log.With("stage", m.Name),
+		tracer:   tracerOf(cfg, exporting{}),
 	}, nil
 }
 

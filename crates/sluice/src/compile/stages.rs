@@ -208,7 +208,7 @@ async fn plan_external(
             .with_help("join or union the inputs in an sql stage first"),
         ));
     };
-    let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir).await.map_err(|e| {
+    let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir, spec.observability.otlp_endpoint()).await.map_err(|e| {
         let key = if c.url.is_some() { "url" } else { "command" };
         SluiceError::spec(
             spec.issue(format!("stages.{name}.{key}"), format!("stage `{name}`: {e}"))

@@ -26,17 +26,29 @@ pub(crate) struct EpochBinding {
     epoch: u64,
     slices: BTreeMap<String, Arc<dyn TableProvider>>,
     dead_letters: Arc<DeadLetters>,
+    /// The epoch's span: what the spans of its operators are children of.
+    trace: opentelemetry::Context,
 }
 
 impl EpochBinding {
     /// Epoch `epoch` reading `slices` (by source name; a source without a
     /// slice reads nothing this epoch).
-    pub(crate) fn new(epoch: u64, slices: BTreeMap<String, Arc<dyn TableProvider>>) -> Self {
+    pub(crate) fn new(
+        epoch: u64,
+        slices: BTreeMap<String, Arc<dyn TableProvider>>,
+        trace: opentelemetry::Context,
+    ) -> Self {
         Self {
             epoch,
             slices,
             dead_letters: DeadLetters::new(),
+            trace,
         }
+    }
+
+    /// The epoch's span (a no-op one when nothing is traced).
+    pub(crate) fn trace(&self) -> &opentelemetry::Context {
+        &self.trace
     }
 
     /// The epoch's number.

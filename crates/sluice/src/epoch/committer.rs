@@ -13,15 +13,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use opentelemetry::KeyValue;
 use sluice_contract::Provenance;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::failpoint::{Failpoint, Point};
 use super::stats::Stats;
 use crate::commit_log::SourceOffsets;
 use crate::compile::PipelinePlan;
 use crate::error::{Result, SluiceError};
+use crate::observe::trace;
 use crate::sinks::CommitRecord;
 
 /// What one sink wrote in a group: the provenance and schema of the group's
@@ -47,6 +50,8 @@ pub(crate) struct CommitJob {
     pub read_at: Vec<Instant>,
     /// What the group's epochs counted; it counts once they are committed.
     pub stats: Stats,
+    /// The group's last epoch's span: the commit's parent.
+    pub trace: opentelemetry::Context,
 }
 
 /// A commit made.
@@ -89,6 +94,31 @@ impl Committer {
         job: CommitJob,
         previous: Option<oneshot::Receiver<bool>>,
     ) -> Result<Option<Committed>> {
+        let cx = trace::start(
+            "commit",
+            &job.trace,
+            vec![
+                KeyValue::new("sluice.first_epoch", job.first as i64),
+                KeyValue::new("sluice.epoch", job.last as i64),
+            ],
+            None,
+        );
+        let result = self
+            .commit_traced(job, previous)
+            .instrument(trace::log_span(&cx))
+            .await;
+        trace::end(
+            &cx,
+            result.as_ref().err().map(|e| e as &dyn std::error::Error),
+        );
+        result
+    }
+
+    async fn commit_traced(
+        &self,
+        job: CommitJob,
+        previous: Option<oneshot::Receiver<bool>>,
+    ) -> Result<Option<Committed>> {
         let CommitJob {
             first,
             last,
@@ -96,6 +126,7 @@ impl Committer {
             sinks,
             read_at,
             mut stats,
+            trace: _,
         } = job;
         let started = Instant::now();
         // seal every sink first: all files closed and on the store

@@ -20,13 +20,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::physical_plan::ExecutionPlan;
+use opentelemetry::{Context, KeyValue};
 use serde_json::Value;
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 use super::binding::EpochBinding;
 use super::committer::{CommitJob, CommitQueue, Committed, Committer, SinkPart};
@@ -38,7 +40,7 @@ use crate::compile::{PipelinePlan, PlannedSink, SinkInput};
 use crate::dead_letter;
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::metrics::{LatencySummary, RunSummary};
-use crate::observe::{MetricsServer, RunMetrics};
+use crate::observe::{MetricsServer, RunMetrics, trace};
 use crate::openlineage;
 use crate::sinks::EpochOutput;
 use crate::sources::{AnySource, Slice, SliceLimits};
@@ -53,6 +55,8 @@ pub(crate) struct Run {
     events: broadcast::Sender<RunEvent>,
     /// Set when metrics are served.
     metrics: Option<Arc<RunMetrics>>,
+    /// The run's span.
+    trace: Context,
 }
 
 /// How the loop cuts and commits epochs, from `[settings]`.
@@ -71,6 +75,16 @@ struct Group {
     sinks: BTreeMap<String, SinkPart>,
     read_at: Vec<Instant>,
     stats: Stats,
+    /// The last epoch's span: the commit's parent.
+    trace: Context,
+}
+
+/// Which epoch a write is: its number, its commit group (the first epoch
+/// of the commit it will be in) and its span.
+struct EpochAt {
+    number: u64,
+    group: u64,
+    trace: Context,
 }
 
 /// What the loop carries from epoch to epoch.
@@ -118,6 +132,7 @@ impl Run {
             stop,
             events,
             metrics: None,
+            trace: Context::new(),
         }
     }
 
@@ -125,19 +140,38 @@ impl Run {
     /// reached, the streaming sources go idle (`exit_when_idle`) or a stop
     /// is requested; commits everything written before returning.
     pub(super) async fn run(mut self) -> Result<RunSummary> {
-        let server = match self.serve_metrics().await {
+        let server = match self.export_spans() {
+            Ok(()) => self.serve_metrics().await,
+            Err(e) => Err(e),
+        };
+        let server = match server {
             Ok(s) => s,
             Err(e) => {
                 Self::shutdown_stages(&self.plan).await;
                 return Err(e);
             }
         };
+        self.trace = trace::start(
+            "run",
+            &Context::new(),
+            vec![
+                KeyValue::new("sluice.pipeline", self.plan.spec.id()),
+                KeyValue::new("sluice.run_id", self.run_id.to_string()),
+            ],
+            None,
+        );
         let lineage = openlineage::Emitter::for_plan(&self.plan);
         if let Some(l) = &lineage {
             l.emit("START", None).await;
         }
         let result = self.run_epochs(lineage.as_ref()).await;
+        // stopped stages export their last spans as they go
         Self::shutdown_stages(&self.plan).await;
+        trace::end(
+            &self.trace,
+            result.as_ref().err().map(|e| e as &dyn std::error::Error),
+        );
+        trace::flush().await;
         match &result {
             Ok(summary) => {
                 self.emit(RunEvent::Finished {
@@ -172,6 +206,19 @@ impl Run {
         for rt in plan.externals.values() {
             rt.shutdown().await;
         }
+    }
+
+    /// Starts exporting spans when `[observability]` (or the environment)
+    /// names an OTLP endpoint.
+    fn export_spans(&self) -> Result<()> {
+        trace::export(&self.plan.spec.observability).map_err(|e| {
+            SluiceError::spec(
+                self.plan
+                    .spec
+                    .issue("observability.otlp", e)
+                    .with_help("an OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317 (or set OTEL_EXPORTER_OTLP_ENDPOINT)"),
+            )
+        })
     }
 
     /// Starts serving metrics when the spec or the options ask for it.
@@ -392,7 +439,9 @@ impl Run {
             return Ok(Step::Done);
         }
         self.load_lookups(st).await?;
+        let read_started = SystemTime::now();
         let (slices, offsets, exhausted) = self.next_slices(st, &pace.limits).await?;
+        let read_done = SystemTime::now();
         if let Some(m) = &self.metrics {
             for (name, src) in &self.sources {
                 if let Some(files) = src.backlog() {
@@ -417,9 +466,30 @@ impl Run {
         let sinks: Vec<String> = self.plan.sinks.keys().cloned().collect();
         let epoch = st.epoch;
         let first = st.group.as_ref().map_or(epoch, |g| g.first);
+        // the epoch's span starts where its read did; an idle read makes none
+        let epoch_cx = trace::start(
+            "epoch",
+            &self.trace,
+            vec![KeyValue::new("sluice.epoch", epoch as i64)],
+            Some(read_started),
+        );
+        let read_cx = trace::start("source read", &epoch_cx, Vec::new(), Some(read_started));
+        trace::end_at(&read_cx, read_done);
+        let at = EpochAt {
+            number: epoch,
+            group: first,
+            trace: epoch_cx,
+        };
         let t = Instant::now();
-        self.write_epoch(st, epoch, first, &slices, offsets, &sinks)
-            .await?;
+        let written = self
+            .write_epoch(st, &at, &slices, offsets, &sinks)
+            .instrument(trace::log_span(&at.trace))
+            .await;
+        trace::end(
+            &at.trace,
+            written.as_ref().err().map(|e| e as &dyn std::error::Error),
+        );
+        written?;
         if let Some(m) = &self.metrics {
             m.epoch_written(t.elapsed());
         }
@@ -483,6 +553,7 @@ impl Run {
             sinks: g.sinks,
             read_at: g.read_at,
             stats: g.stats,
+            trace: g.trace,
         });
         st.last_commit = Instant::now();
         while st.queue.is_full() {
@@ -557,16 +628,27 @@ impl Run {
         let sinks: Vec<String> = replay.sinks.iter().cloned().collect();
         let mut attempt = 0;
         loop {
+            let at = EpochAt {
+                number: range.last,
+                group: range.first,
+                trace: trace::start(
+                    "epoch",
+                    &self.trace,
+                    vec![
+                        KeyValue::new("sluice.epoch", range.last as i64),
+                        KeyValue::new("sluice.replay", true),
+                    ],
+                    None,
+                ),
+            };
             let written = self
-                .write_epoch(
-                    st,
-                    range.last,
-                    range.first,
-                    &slices,
-                    range.offsets.clone(),
-                    &sinks,
-                )
+                .write_epoch(st, &at, &slices, range.offsets.clone(), &sinks)
+                .instrument(trace::log_span(&at.trace))
                 .await;
+            trace::end(
+                &at.trace,
+                written.as_ref().err().map(|e| e as &dyn std::error::Error),
+            );
             let result = match written {
                 Ok(()) => self.finish(st, lineage).await,
                 Err(e) => Err(e),
@@ -665,12 +747,12 @@ impl Run {
     async fn write_epoch(
         &mut self,
         st: &mut LoopState,
-        epoch: u64,
-        first: u64,
+        at: &EpochAt,
         slices: &BTreeMap<String, Slice<Value>>,
         offsets: BTreeMap<String, SourceOffsets>,
         sinks: &[String],
     ) -> Result<()> {
+        let (epoch, first) = (at.number, at.group);
         let read_at = Instant::now();
         let mut tables: BTreeMap<String, Arc<dyn TableProvider>> = BTreeMap::new();
         let mut uris: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -682,7 +764,7 @@ impl Run {
             tables.insert(name.clone(), Arc::clone(&slice.table));
             uris.insert(name.clone(), slice.uris.clone());
         }
-        let binding = Arc::new(EpochBinding::new(epoch, tables));
+        let binding = Arc::new(EpochBinding::new(epoch, tables, at.trace.clone()));
         let state = binding.bind(&self.plan.session.state());
         let task = state.task_ctx();
 
@@ -716,9 +798,16 @@ impl Run {
                 schema: Arc::clone(&part.schema),
                 sink: s.id.clone(),
             };
+            let span = trace::start(
+                "sink write",
+                &at.trace,
+                vec![trace::component(s.id.name())],
+                None,
+            );
             async move {
                 let t = Instant::now();
                 let r = s.sink.write(output).await;
+                trace::end(&span, r.as_ref().err().map(|e| e as &dyn std::error::Error));
                 (r, t.elapsed())
             }
         });
@@ -780,8 +869,10 @@ impl Run {
             sinks: BTreeMap::new(),
             read_at: Vec::new(),
             stats: Stats::default(),
+            trace: Context::new(),
         });
         group.last = epoch;
+        group.trace = at.trace.clone();
         // offsets over the group: the first epoch's start, the last epoch's end
         for (src, o) in offsets {
             group

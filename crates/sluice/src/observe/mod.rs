@@ -1,13 +1,18 @@
-//! Observability: a run's metrics, served for Prometheus.
+//! Observability: a run's metrics, served for Prometheus, and its spans,
+//! exported over OTLP.
 //!
 //! `[observability] metrics = "127.0.0.1:9464"` (or `sluice run --metrics`)
-//! serves them at `/metrics` while the run lasts, and `metrics_linger`
+//! serves metrics at `/metrics` while the run lasts, and `metrics_linger`
 //! longer, so the last scrape of a short run sees its final counts. The
 //! counters are set from the numbers the run summary is made of, at every
 //! commit: at the end of a run they equal the summary's.
+//!
+//! `otlp = "http://127.0.0.1:4317"` (or `--otlp`, or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`) exports the spans of [`trace`].
 
 mod prometheus;
 mod server;
+pub(crate) mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +38,36 @@ pub struct ObservabilityConfig {
     /// sees the final counts (default 0s).
     #[serde(default)]
     pub metrics_linger: Option<HumanDuration>,
-    /// The `service` label of every series (default `sluice`).
+    /// Export spans over OTLP/gRPC to this endpoint (e.g.
+    /// `http://127.0.0.1:4317`); else to `OTEL_EXPORTER_OTLP_ENDPOINT` when
+    /// it is set; else nothing is exported. External stages the engine
+    /// starts are handed the same endpoint.
+    #[serde(default)]
+    pub otlp: Option<String>,
+    /// The service: the `service` label of every series and the
+    /// `service.name` of the engine's spans (default `OTEL_SERVICE_NAME`
+    /// for spans, else `sluice`).
     #[serde(default)]
     pub service_name: Option<String>,
+}
+
+impl ObservabilityConfig {
+    /// Where spans go: `otlp`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn otlp_endpoint(&self) -> Option<String> {
+        self.otlp
+            .clone()
+            .or_else(|| std::env::var(sluice_flight::telemetry::ENV_ENDPOINT).ok())
+            .filter(|e| !e.trim().is_empty())
+    }
+
+    /// The `service.name` of the engine's spans.
+    pub fn trace_service(&self) -> String {
+        self.service_name
+            .clone()
+            .or_else(|| std::env::var(sluice_flight::telemetry::ENV_SERVICE).ok())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "sluice".to_string())
+    }
 }
 
 const fn family(name: &'static str, help: &'static str, kind: FamilyKind) -> Family {

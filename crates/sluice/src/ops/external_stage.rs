@@ -39,15 +39,18 @@ use datafusion::physical_plan::{
 };
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
+use opentelemetry::KeyValue;
 use sluice_contract::ErrorCode;
 use sluice_flight::manifest::check_schema;
 use sluice_flight::{OpenRequest, PROTOCOL, StageError, StageEvent};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::dead_letter::DeadLetter;
 use crate::epoch::EpochBinding;
 use crate::error::{RetryHint, SluiceError};
 use crate::metrics::ComponentId;
+use crate::observe::trace;
 use crate::stages::external::{ExternalRuntime, OnError};
 
 /// Logical node of an external stage.
@@ -247,13 +250,33 @@ impl ExecutionPlan for ExternalStageExec {
         let tx = builder.tx();
         let runtime = Arc::clone(&self.runtime);
         let schema = Arc::clone(&self.schema);
+        // the exchange's span, under the epoch's; the stage's own spans go under it
+        let span = trace::start(
+            "exchange",
+            binding.trace(),
+            vec![
+                trace::component(&runtime.name),
+                KeyValue::new("sluice.partition", partition as i64),
+            ],
+            None,
+        );
         let exchange_of = Exchange {
             runtime: Arc::clone(&runtime),
             binding,
             partition,
+            traceparent: trace::traceparent(&span),
         };
+        let log_span = trace::log_span(&span);
         builder.spawn(async move {
-            match exchange(exchange_of, input, schema, tx).await {
+            let result = exchange(exchange_of, input, schema, tx)
+                .instrument(log_span)
+                .await;
+            match &result {
+                Err(Failure::Stage(e)) => trace::end(&span, Some(e)),
+                Err(Failure::Input(e)) => trace::end(&span, Some(e)),
+                Ok(()) => trace::end(&span, None),
+            }
+            match result {
                 Ok(()) => Ok(()),
                 Err(Failure::Input(e)) => Err(e),
                 Err(Failure::Stage(e)) => {
@@ -309,6 +332,8 @@ struct Exchange {
     runtime: Arc<ExternalRuntime>,
     binding: Arc<EpochBinding>,
     partition: usize,
+    /// The exchange span's W3C context, sent to the stage with every batch.
+    traceparent: Option<String>,
 }
 
 /// One exchange, boxed: rustc cannot prove the unboxed future `Send` for
@@ -364,6 +389,7 @@ async fn exchange_body(
         runtime,
         binding,
         partition,
+        traceparent,
     } = of;
     let client = runtime.client().await?;
     let manifest = runtime.manifest.clone();
@@ -446,7 +472,9 @@ async fn exchange_body(
     };
     let _abort_feeder = AbortOnDrop(feeder);
     let batches = tokio_stream::wrappers::ReceiverStream::new(fed).boxed();
-    let mut events = client.exchange(&open, input_schema, batches, None).await?;
+    let mut events = client
+        .exchange(&open, input_schema, batches, traceparent)
+        .await?;
     let timeout = config.timeout.0;
     let mut rows_received = 0u64;
     loop {

@@ -85,6 +85,8 @@ enum Launch {
         program: PathBuf,
         args: Vec<String>,
         socket: PathBuf,
+        /// Where the child exports its spans (`[observability] otlp`).
+        otlp: Option<String>,
     },
     Remote(Target),
 }
@@ -116,11 +118,13 @@ pub(crate) struct ExternalRuntime {
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl ExternalRuntime {
-    /// Starts (or dials) the stage and reads its manifest.
+    /// Starts (or dials) the stage and reads its manifest. A child is told
+    /// to export its spans to `otlp`.
     pub(crate) async fn start(
         name: &str,
         config: ExternalStageConfig,
         base_dir: &std::path::Path,
+        otlp: Option<String>,
     ) -> Result<Arc<Self>, StageError> {
         let launch = match (&config.command, &config.url) {
             (Some(cmd), None) if !cmd.is_empty() => {
@@ -135,6 +139,7 @@ impl ExternalRuntime {
                     program,
                     args: cmd[1..].to_vec(),
                     socket,
+                    otlp,
                 }
             }
             (None, Some(url)) => Launch::Remote(Target::Url(url.clone())),
@@ -187,6 +192,7 @@ impl ExternalRuntime {
                 program,
                 args,
                 socket,
+                otlp,
             } => {
                 if state.starts > 0 {
                     // a restart: back off so a crashing stage does not spin
@@ -196,10 +202,16 @@ impl ExternalRuntime {
                 if let Some(mut old) = state.child.take() {
                     let _ = old.kill().await;
                 }
-                let mut child =
-                    sluice_flight::launch::spawn(program, args, socket).map_err(|e| {
-                        StageError::new(e.code, format!("stage `{}`: {}", self.name, e.message))
-                    })?;
+                let mut child = sluice_flight::launch::spawn(sluice_flight::launch::ChildStage {
+                    name: &self.name,
+                    program,
+                    args,
+                    socket,
+                    otlp: otlp.as_deref(),
+                })
+                .map_err(|e| {
+                    StageError::new(e.code, format!("stage `{}`: {}", self.name, e.message))
+                })?;
                 state.starts += 1;
                 self.starts.fetch_add(1, Ordering::Relaxed);
                 let result =
@@ -284,7 +296,8 @@ impl ExternalRuntime {
         })
     }
 
-    /// Stops the child process, if any.
+    /// Stops the child process, if any: SIGTERM first, so it can export its
+    /// last spans.
     pub(crate) fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(self.shutdown_inner())
     }
@@ -293,8 +306,7 @@ impl ExternalRuntime {
         let mut state = self.state.lock().await;
         state.client = None;
         if let Some(mut child) = state.child.take() {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            sluice_flight::launch::stop(&mut child, Duration::from_secs(5)).await;
         }
         if let Launch::Child { socket, .. } = &self.launch {
             let _ = std::fs::remove_file(socket);

@@ -1,0 +1,28 @@
+package stage
+
+import "testing"
+
+func TestOTLPEndpointsAreURLsWithAPlainOrTLSScheme(t *testing.T) {
+	for _, ok := range []string{"http://127.0.0.1:4317", "https://collector.example:4317", "http://[::1]:4317/"} {
+		if _, err := otlpOptions(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"127.0.0.1:4317", "grpc://127.0.0.1:4317", "http://", "::::", "http//x"} {
+		if _, err := otlpOptions(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+func TestWithoutTheEndpointVariableNothingIsExported(t *testing.T) {
+	t.Setenv(envOTLPEndpoint, "")
+	exp, err := exportFromEnv("x")
+	if err != nil || exp.tp != nil {
+		t.Fatalf("%v %v", exp, err)
+	}
+	t.Setenv(envOTLPEndpoint, "not a url")
+	if _, err := exportFromEnv("x"); err == nil {
+		t.Fatal("a bad endpoint was accepted")
+	}
+}

@@ -1,0 +1,108 @@
+package stage_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluice-etl/sluice/sdk/go/internal/stagetest"
+	"github.com/sluice-etl/sluice/sdk/go/stage"
+)
+
+// The engine's exchange span, as the engine sends it in `traceparent`.
+const (
+	engineTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	engineSpan  = "00f067aa0ba902b7"
+	engineTP    = "00-" + engineTrace + "-" + engineSpan + "-01"
+)
+
+// tracedExchange runs one exchange of two batches against st, traced into
+// an in-memory recorder, and returns the spans it made.
+func tracedExchange(t *testing.T, st stage.Stage, traceparent string) []sdktrace.ReadOnlySpan {
+	t.Helper()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+	srv := stagetest.Start(t, st, mem, stage.WithAllocator(mem), stage.WithTracerProvider(tp), quiet)
+	x, err := srv.Open(t.Context(), stagetest.OpenCmd("traced", 7, 1, ""), people)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := range 2 {
+		in := peopleBatch(mem, 0, 3)
+		env := `{"v":1,"kind":"batch","epoch":7,"seq":` + itoa(int64(seq))
+		if traceparent != "" {
+			env += `,"traceparent":"` + traceparent + `"`
+		}
+		err := x.SendRaw(in, []byte(env+`}`))
+		in.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := x.End(); err != nil {
+		t.Fatal(err)
+	}
+	events, _ := x.RecvAll()
+	stagetest.Release(events)
+	if len(rec.Started()) == 0 {
+		return nil // a span starts while the batches are processed: before their answers came
+	}
+	eventually(t, "the exchange span ended", func() bool { return len(rec.Ended()) > 0 })
+	return rec.Ended()
+}
+
+func TestEachExchangeIsOneSpanUnderTheEnginesExchangeSpan(t *testing.T) {
+	var inProcess trace.SpanContext
+	st := processing("traced", func(ctx context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+		inProcess = trace.SpanContextFromContext(ctx)
+		return nil, nil, nil
+	})
+	spans := tracedExchange(t, st, engineTP)
+	if len(spans) != 1 {
+		t.Fatalf("%d spans, want one per exchange", len(spans))
+	}
+	s := spans[0]
+	if s.Name() != "exchange traced" || s.SpanKind() != trace.SpanKindServer {
+		t.Fatalf("span %q kind %v", s.Name(), s.SpanKind())
+	}
+	if got := s.SpanContext().TraceID().String(); got != engineTrace {
+		t.Fatalf("trace %s, want the engine's %s", got, engineTrace)
+	}
+	if got := s.Parent().SpanID().String(); got != engineSpan || !s.Parent().IsRemote() {
+		t.Fatalf("parent %s (remote %v), want the engine's exchange span %s", got, s.Parent().IsRemote(), engineSpan)
+	}
+	if inProcess.SpanID() != s.SpanContext().SpanID() {
+		t.Fatal("Process did not get the exchange span in its context")
+	}
+	if s.Status().Code == codes.Error {
+		t.Fatalf("status %v", s.Status())
+	}
+}
+
+func TestAFailedExchangeRecordsItsErrorOnItsSpan(t *testing.T) {
+	st := processing("traced", func(context.Context, arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+		return nil, nil, stage.Fatal(stage.InvalidArgument, "no good")
+	})
+	spans := tracedExchange(t, st, engineTP)
+	if len(spans) != 1 || spans[0].Status().Code != codes.Error || len(spans[0].Events()) == 0 {
+		t.Fatalf("spans %v", spans)
+	}
+}
+
+func TestWithoutATraceparentOrWithABadOneNoSpanIsMade(t *testing.T) {
+	st := processing("traced", func(context.Context, arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+		return nil, nil, nil
+	})
+	for _, tp := range []string{"", "00-xyz-00f067aa0ba902b7-01", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"} {
+		if spans := tracedExchange(t, st, tp); len(spans) != 0 {
+			t.Fatalf("traceparent %q: %d spans", tp, len(spans))
+		}
+	}
+}
