@@ -198,6 +198,9 @@ fn one_trace_holds_the_engine_a_go_stage_and_a_rust_stage_correctly_nested() {
         .current_dir(root())
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_SERVICE_NAME")
+        // JSON logs, with the stages' exchange lines (at debug)
+        .env("SLUICE_LOG_FORMAT", "json")
+        .env("SLUICE_LOG", "warn,sluice=debug,sluice_flight=debug")
         .args(["run", "examples/mixed_stages/pipeline.toml", "--quiet"])
         .args(["--otlp", &format!("http://127.0.0.1:{}", jaeger.otlp)])
         .args(["--set", "sources.lineitem.scale_factor=0.002"])
@@ -267,5 +270,40 @@ fn one_trace_holds_the_engine_a_go_stage_and_a_rust_stage_correctly_nested() {
         if s.name != "run" {
             assert!(parent_of(s).is_some(), "{s:?} is an orphan");
         }
+    }
+
+    // the log names the trace: the engine's lines, and the stages' lines it
+    // read from their stderr, each with the span it was logged in
+    let trace_id = traces[0]["traceID"].as_str().unwrap();
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let id = |v: &Value| v.as_str().map(|s| s.trim_start_matches('0').to_string());
+    let in_trace =
+        |l: &&Value| id(&l["trace_id"]) == Some(trace_id.trim_start_matches('0').to_string());
+    let span_service = |l: &Value| {
+        spans
+            .iter()
+            .find(|(k, _)| Some(k.trim_start_matches('0').to_string()) == id(&l["span_id"]))
+            .map(|(_, s)| s.service.clone())
+    };
+    assert!(
+        lines
+            .iter()
+            .filter(in_trace)
+            .any(|l| l["message"] == "committed" && span_service(l).as_deref() == Some("sluice")),
+        "no engine line in the trace: {lines:#?}"
+    );
+    for (stage, service) in [("valid", "validate-go"), ("enriched", "enrich-rust")] {
+        let line = lines.iter().filter(in_trace).find(|l| {
+            l["stage"] == stage
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("exchange flushed"))
+        });
+        let line =
+            line.unwrap_or_else(|| panic!("no line of stage {stage} in the trace: {lines:#?}"));
+        assert_eq!(span_service(line).as_deref(), Some(service), "{line}");
     }
 }

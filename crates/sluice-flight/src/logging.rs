@@ -203,6 +203,19 @@ struct StageLine<'a> {
     span_id: Option<String>,
 }
 
+/// The keys of a JSON line that the engine's own line carries otherwise.
+const OWN_KEYS: &[&str] = &[
+    "timestamp",
+    "time",
+    "level",
+    "target",
+    "msg",
+    "message",
+    "fields",
+    "trace_id",
+    "span_id",
+];
+
 fn parse_stage_line(line: &str) -> StageLine<'_> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     if line.starts_with('{')
@@ -215,12 +228,24 @@ fn parse_stage_line(line: &str) -> StageLine<'_> {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         });
+        // the line's other fields (the stage's epoch, the error, ...) follow
+        // the message as `key=value`
+        let mut fields = String::new();
+        for (k, v) in &o {
+            if !OWN_KEYS.contains(&k.as_str()) {
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                fields.push_str(&format!(" {k}={v}"));
+            }
+        }
         return StageLine {
             level: text("level")
                 .and_then(|l| level_named(&l))
                 .unwrap_or(Level::WARN),
             // the whole line when it has no message: its fields are the message
-            message: message.map_or_else(|| line.into(), Into::into),
+            message: match message {
+                Some(m) => format!("{m}{fields}").into(),
+                None => line.into(),
+            },
             trace_id: text("trace_id"),
             span_id: text("span_id"),
         };
@@ -275,11 +300,12 @@ mod tests {
 
     #[test]
     fn stage_lines_give_their_level_message_and_trace() {
-        let go = r#"{"time":"2026-12-02T04:00:00Z","level":"INFO","msg":"sluice stage serving","stage":"validate","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7"}"#;
+        let go = r#"{"time":"2026-12-02T04:00:00Z","level":"INFO","msg":"exchange failed","epoch":3,"error":"no good","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7"}"#;
         let l = parse_stage_line(go);
         assert_eq!(
             (l.level, &*l.message),
-            (Level::INFO, "sluice stage serving")
+            (Level::INFO, "exchange failed epoch=3 error=no good"),
+            "the line's own fields follow its message"
         );
         assert_eq!(
             l.trace_id.as_deref(),
@@ -385,5 +411,34 @@ mod tests {
         assert_eq!(first["span_id"], "00f067aa0ba902b7");
         let second: Value = serde_json::from_str(&lines[1]).unwrap();
         assert!(second.get("trace_id").is_none(), "{second}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_stderr_is_forwarded_as_json_lines_of_bounded_size(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40_000)
+        ) {
+            for l in forwarded(input) {
+                let v: Value = serde_json::from_str(&l).unwrap();
+                proptest::prop_assert_eq!(&v["stage"], "valid");
+                // a cut multi-byte character may grow by its replacement
+                proptest::prop_assert!(v["message"].as_str().unwrap().len() <= MAX_LINE * 3);
+            }
+        }
+
+        #[test]
+        fn text_lines_arrive_whole_and_in_order(
+            lines in proptest::collection::vec("[ -z|~]{0,200}", 0..50)
+        ) {
+            let input = lines.join("\n").into_bytes();
+            let got: Vec<String> = forwarded(input)
+                .iter()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()["message"].as_str().unwrap().to_string())
+                .collect();
+            let want: Vec<&String> = lines.iter().filter(|l| !l.trim().is_empty()).collect();
+            proptest::prop_assert_eq!(got.iter().collect::<Vec<_>>(), want);
+        }
     }
 }

@@ -367,8 +367,36 @@ async fn run_exchange<S: Stage>(
 ) -> Result<(), Status> {
     let mut span = crate::trace::ExchangeSpan::default();
     let result = exchange_traced(stage, manifest, input, tx, &mut span).await;
+    log_exchange(&span, result.as_ref().err());
     span.end(result.as_ref().err());
     result
+}
+
+/// The exchange's log line, with its trace: a failure at warn (info when
+/// the engine gave up on it: nothing is wrong then), the end at debug.
+fn log_exchange(span: &crate::trace::ExchangeSpan, error: Option<&Status>) {
+    let _in_trace = span.log_span().entered();
+    let (stage, epoch, partition) = span.opened.clone().unwrap_or_default();
+    match error {
+        Some(e) if e.code() == tonic::Code::Cancelled => {
+            tracing::info!(
+                stage,
+                epoch,
+                partition,
+                error = e.message(),
+                "exchange cancelled"
+            )
+        }
+        Some(e) => tracing::warn!(
+            stage,
+            epoch,
+            partition,
+            code = ?e.code(),
+            error = e.message(),
+            "exchange failed"
+        ),
+        None => tracing::debug!(stage, epoch, partition, "exchange flushed"),
+    }
 }
 
 async fn exchange_traced<S: Stage>(

@@ -46,6 +46,8 @@ pub(crate) fn shutdown(exporting: Exporting) {
 /// The span of one exchange; started at the first batch that names its parent.
 #[derive(Default)]
 pub(crate) struct ExchangeSpan {
+    /// The exchange's stage, epoch and partition, once opened (for its log).
+    pub(crate) opened: Option<(String, u64, u32)>,
     #[cfg(feature = "otlp")]
     cx: Option<opentelemetry::Context>,
 }
@@ -53,6 +55,9 @@ pub(crate) struct ExchangeSpan {
 impl ExchangeSpan {
     /// Starts the span of the exchange `open` under `traceparent`, once.
     pub(crate) fn start_once(&mut self, traceparent: Option<&str>, open: &OpenRequest) {
+        if self.opened.is_none() {
+            self.opened = Some((open.stage.clone(), open.epoch, open.partition));
+        }
         #[cfg(feature = "otlp")]
         {
             use opentelemetry::trace::{TraceContextExt, Tracer};
@@ -76,6 +81,22 @@ impl ExchangeSpan {
         }
         #[cfg(not(feature = "otlp"))]
         let _ = (traceparent, open);
+    }
+
+    /// A `tracing` span naming the trace and span ids, so the exchange's log
+    /// lines carry them; none when the exchange is not traced.
+    pub(crate) fn log_span(&self) -> tracing::Span {
+        #[cfg(feature = "otlp")]
+        if let Some(cx) = &self.cx {
+            use opentelemetry::trace::TraceContextExt;
+            let span = cx.span();
+            let sc = span.span_context();
+            return crate::logging::span_with_trace_ids(
+                &sc.trace_id().to_string(),
+                &sc.span_id().to_string(),
+            );
+        }
+        tracing::Span::none()
     }
 
     /// Ends the span, recording `error` on it.

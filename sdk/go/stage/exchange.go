@@ -42,12 +42,13 @@ func (s *service) DoExchange(stream flight.FlightService_DoExchangeServer) error
 	if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
 		level = slog.LevelInfo // the engine gave up on the epoch: nothing wrong here
 	}
+	ctx := x.span.context(context.Background())
 	if err != nil {
-		s.log.Log(context.Background(), level, "exchange failed", "pipeline_stage", x.req.Stage, "epoch", x.req.Epoch,
+		s.log.Log(ctx, level, "exchange failed", "pipeline_stage", x.req.Stage, "epoch", x.req.Epoch,
 			"partition", x.req.Partition, "error", err)
 	} else {
-		s.log.Debug("exchange flushed", "pipeline_stage", x.req.Stage, "epoch", x.req.Epoch,
-			"partition", x.req.Partition, "rows", x.rows, "elapsed", time.Since(start))
+		s.log.DebugContext(ctx, "exchange flushed", "pipeline_stage", x.req.Stage, "epoch", x.req.Epoch,
+			"partition", x.req.Partition, "rows", x.rows, "elapsed_s", since(start))
 	}
 	return toStatus(err)
 }

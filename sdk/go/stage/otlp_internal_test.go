@@ -1,6 +1,9 @@
 package stage
 
-import "testing"
+import (
+	"log/slog"
+	"testing"
+)
 
 func TestOTLPEndpointsAreURLsWithAPlainOrTLSScheme(t *testing.T) {
 	for _, ok := range []string{"http://127.0.0.1:4317", "https://collector.example:4317", "http://[::1]:4317/"} {
@@ -24,5 +27,22 @@ func TestWithoutTheEndpointVariableNothingIsExported(t *testing.T) {
 	t.Setenv(envOTLPEndpoint, "not a url")
 	if _, err := exportFromEnv("x"); err == nil {
 		t.Fatal("a bad endpoint was accepted")
+	}
+}
+
+func TestTheStageLogsAtTheMostVerboseLevelTheEnginesFilterNames(t *testing.T) {
+	for filter, want := range map[string]slog.Level{
+		"":                       slog.LevelInfo,
+		"warn":                   slog.LevelWarn,
+		"warn,sluice=debug":      slog.LevelDebug,
+		"sluice::stage=trace":    slog.LevelDebug,
+		"ERROR":                  slog.LevelError,
+		"off":                    slog.LevelInfo,
+		"warn,sluice=nonsense,x": slog.LevelWarn,
+	} {
+		t.Setenv(envLogLevel, filter)
+		if got := levelFromEnv(); got != want {
+			t.Errorf("SLUICE_LOG=%q: %v, want %v", filter, got, want)
+		}
 	}
 }

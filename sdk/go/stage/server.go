@@ -54,7 +54,7 @@ type config struct {
 }
 
 func newConfig(opts []Option) config {
-	c := config{mem: memory.DefaultAllocator, log: slog.Default(), shutdownTimeout: 10 * time.Second}
+	c := config{mem: memory.DefaultAllocator, log: defaultLogger(), shutdownTimeout: 10 * time.Second}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -71,7 +71,8 @@ func WithAllocator(mem memory.Allocator) Option { return func(c *config) { c.mem
 func WithListener(lis net.Listener) Option { return func(c *config) { c.lis = lis } }
 
 // WithLogger sets the logger of the server: failed exchanges at Warn,
-// lifecycle at Info, exchanges at Debug. Default: slog.Default() (stderr,
+// lifecycle at Info, exchanges at Debug. Default: slog.Default(), or JSON
+// lines in the engine's format with SLUICE_LOG_FORMAT=json (stderr,
 // which the engine collects from a child stage).
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 

@@ -154,3 +154,14 @@ func (s *exchangeSpan) end(err error) {
 	}
 	s.span.End()
 }
+
+// context is ctx holding the span (also once ended), for the exchange's
+// log lines: a handler like JSONHandler takes the trace ids from it.
+func (s *exchangeSpan) context(ctx context.Context) context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.span == nil {
+		return ctx
+	}
+	return trace.ContextWithSpan(ctx, s.span)
+}

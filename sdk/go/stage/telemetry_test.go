@@ -1,7 +1,12 @@
 package stage_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -24,12 +29,13 @@ const (
 
 // tracedExchange runs one exchange of two batches against st, traced into
 // an in-memory recorder, and returns the spans it made.
-func tracedExchange(t *testing.T, st stage.Stage, traceparent string) []sdktrace.ReadOnlySpan {
+func tracedExchange(t *testing.T, st stage.Stage, traceparent string, opts ...stage.Option) []sdktrace.ReadOnlySpan {
 	t.Helper()
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
-	srv := stagetest.Start(t, st, mem, stage.WithAllocator(mem), stage.WithTracerProvider(tp), quiet)
+	opts = append([]stage.Option{stage.WithAllocator(mem), stage.WithTracerProvider(tp), quiet}, opts...)
+	srv := stagetest.Start(t, st, mem, opts...)
 	x, err := srv.Open(t.Context(), stagetest.OpenCmd("traced", 7, 1, ""), people)
 	if err != nil {
 		t.Fatal(err)
@@ -104,5 +110,63 @@ func TestWithoutATraceparentOrWithABadOneNoSpanIsMade(t *testing.T) {
 		if spans := tracedExchange(t, st, tp); len(spans) != 0 {
 			t.Fatalf("traceparent %q: %d spans", tp, len(spans))
 		}
+	}
+}
+
+// lockedBuffer is a log destination the server's goroutines share.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) lines() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
+}
+
+func TestJSONLogLinesHaveTheEnginesKeysAndTheTraceOfTheirExchange(t *testing.T) {
+	var logged lockedBuffer
+	logger := slog.New(stage.JSONHandler(&logged, slog.LevelDebug))
+	st := processing("traced", func(ctx context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+		logger.InfoContext(ctx, "in process") // a stage's own line, with the ctx it got
+		return nil, nil, nil
+	})
+	spans := tracedExchange(t, st, engineTP, stage.WithLogger(logger))
+	if len(spans) != 1 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	stageSpan := spans[0].SpanContext().SpanID().String()
+	found := map[string]bool{}
+	eventually(t, "the exchange's last line", func() bool { return strings.Contains(strings.Join(logged.lines(), ""), "exchange flushed") })
+	for _, l := range logged.lines() {
+		var line map[string]any
+		if err := json.Unmarshal([]byte(l), &line); err != nil {
+			t.Fatalf("not a JSON line: %q", l)
+		}
+		for _, k := range []string{"timestamp", "level", "message"} {
+			if _, ok := line[k]; !ok {
+				t.Fatalf("no %q in %q", k, l)
+			}
+		}
+		if _, ok := line["msg"]; ok {
+			t.Fatalf("slog's own key in %q", l)
+		}
+		msg := line["message"].(string)
+		if msg == "in process" || msg == "exchange flushed" {
+			found[msg] = true
+			if line["trace_id"] != engineTrace || line["span_id"] != stageSpan {
+				t.Fatalf("%q: trace %v span %v, want %s %s", msg, line["trace_id"], line["span_id"], engineTrace, stageSpan)
+			}
+		}
+	}
+	if !found["in process"] || !found["exchange flushed"] {
+		t.Fatalf("lines %v", logged.lines())
 	}
 }

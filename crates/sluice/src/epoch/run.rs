@@ -164,7 +164,9 @@ impl Run {
         if let Some(l) = &lineage {
             l.emit("START", None).await;
         }
-        let result = self.run_epochs(lineage.as_ref()).await;
+        // every log line of the run names its trace
+        let in_trace = trace::log_span(&self.trace);
+        let result = self.run_epochs(lineage.as_ref()).instrument(in_trace).await;
         // stopped stages export their last spans as they go
         Self::shutdown_stages(&self.plan).await;
         trace::end(
