@@ -300,9 +300,9 @@ def chart(results, path):
     fig.savefig(path, dpi=110)
 
 
-def replace_section(path, section):
+def replace_section(path, section, name="compare"):
     text = open(path).read()
-    start, end = "<!-- compare:start -->", "<!-- compare:end -->"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
         raise SystemExit(f"{path}: the markers {start} and {end} are missing")
     head, rest = text.split(start, 1)
