@@ -208,7 +208,9 @@ fn read_as_new(old: &Schema, new: &Schema) -> Result<(RecordBatch, Vec<RecordBat
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // about 4 of 5 random schema pairs are breaking and rejected: the
+    // default limit of 1024 rejects would end a run of 256 cases at random
+    #![proptest_config(ProptestConfig { cases: 256, max_global_rejects: 1 << 16, ..ProptestConfig::default() })]
 
     #[test]
     fn compatible_by_the_checker_means_readable_keeping_every_value(
