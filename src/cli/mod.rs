@@ -97,6 +97,10 @@ enum Command {
         /// the external stages it starts export there too).
         #[arg(long, value_name = "URL")]
         otlp: Option<String>,
+        /// Serve the live pipeline page at http://ADDR/ while it runs, e.g.
+        /// 127.0.0.1:8080 (overrides `[observability] ui`).
+        #[arg(long, value_name = "ADDR")]
+        ui: Option<String>,
     },
     /// Check a pipeline without running it. Exit code 0 when valid, 2 when not.
     Validate {
@@ -264,6 +268,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             quiet,
             metrics,
             otlp,
+            ui,
         } => {
             let mut spec = match PipelineSpec::from_file_with_overrides(&pipeline, &overrides) {
                 Ok(s) => s,
@@ -283,6 +288,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                     json,
                     quiet,
                     metrics,
+                    ui,
                 },
             )
             .await
@@ -309,6 +315,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                     json,
                     quiet,
                     metrics: None,
+                    ui: None,
                 },
             )
             .await
@@ -397,6 +404,7 @@ struct RunArgs {
     json: bool,
     quiet: bool,
     metrics: Option<String>,
+    ui: Option<String>,
 }
 
 /// Runs a pipeline with a progress bar and prints its summary.
@@ -408,6 +416,7 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
         json,
         quiet,
         metrics,
+        ui,
     } = args;
     let compiled = match engine.compile(spec).await {
         Ok(c) => c,
@@ -419,15 +428,22 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
             Err(e) => return report(&e),
         }
     }
-    // a served /metrics outlives the run by `metrics_linger`: so does the process
-    let linger = match (&metrics, &compiled.spec().observability) {
-        (None, o) if o.metrics.is_none() => std::time::Duration::ZERO,
-        (_, o) => o.metrics_linger.map_or(std::time::Duration::ZERO, |d| d.0),
+    // a served /metrics or page outlives the run by `metrics_linger`: so
+    // does the process
+    let o = &compiled.spec().observability;
+    let serves = metrics.is_some() || ui.is_some() || o.metrics.is_some() || o.ui.is_some();
+    let linger = match o.metrics_linger {
+        Some(d) if serves => d.0,
+        _ => std::time::Duration::ZERO,
     };
+    if let Some(addr) = ui.as_ref().or(o.ui.as_ref()).filter(|_| !quiet) {
+        eprintln!("live page: http://{addr}/");
+    }
     let handle = compiled.start(RunOptions {
         max_epochs,
         exit_when_idle,
         metrics,
+        ui,
     });
     let bar = (!quiet && !json).then(|| progress::start(handle.progress().clone()));
     let signals = tokio::spawn(stop_on_signals(handle.stopper()));

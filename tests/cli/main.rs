@@ -10,6 +10,7 @@ mod schemas;
 mod stages;
 mod streaming;
 mod traces;
+mod ui;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -44,43 +44,11 @@ fn start_jaeger() -> Jaeger {
     );
     let (otlp, query, query_grpc) = (free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    // in-memory storage, OTLP/gRPC in, the query API out; nothing else bound
-    let config = format!(
-        r#"
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 10000
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: 127.0.0.1:{query}
-    grpc:
-      endpoint: 127.0.0.1:{query_grpc}
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:{otlp}
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-"#
-    );
+    let config = std::fs::read_to_string(root().join("tests/jaeger/config.yaml"))
+        .unwrap()
+        .replace("{otlp}", &otlp.to_string())
+        .replace("{query_grpc}", &query_grpc.to_string())
+        .replace("{query}", &query.to_string());
     let path = dir.path().join("jaeger.yaml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.path().join("jaeger.log")).unwrap();

@@ -25,6 +25,9 @@ pub struct RunOptions {
     /// Serve Prometheus metrics at this address, instead of the spec's
     /// `[observability] metrics`.
     pub metrics: Option<String>,
+    /// Serve the live pipeline page at this address, instead of the spec's
+    /// `[observability] ui`.
+    pub ui: Option<String>,
 }
 
 /// What happens in a run, as it happens.

@@ -40,7 +40,7 @@ use crate::compile::{PipelinePlan, PlannedSink, SinkInput};
 use crate::dead_letter;
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::metrics::{LatencySummary, RunSummary};
-use crate::observe::{MetricsServer, RunMetrics, trace};
+use crate::observe::{HttpServer, LivePage, RunMetrics, trace};
 use crate::openlineage;
 use crate::sinks::EpochOutput;
 use crate::sources::{AnySource, Slice, SliceLimits};
@@ -55,6 +55,8 @@ pub(crate) struct Run {
     events: broadcast::Sender<RunEvent>,
     /// Set when metrics are served.
     metrics: Option<Arc<RunMetrics>>,
+    /// Set when the live page is served.
+    live: Option<Arc<LivePage>>,
     /// The run's span.
     trace: Context,
 }
@@ -132,6 +134,7 @@ impl Run {
             stop,
             events,
             metrics: None,
+            live: None,
             trace: Context::new(),
         }
     }
@@ -140,11 +143,11 @@ impl Run {
     /// reached, the streaming sources go idle (`exit_when_idle`) or a stop
     /// is requested; commits everything written before returning.
     pub(super) async fn run(mut self) -> Result<RunSummary> {
-        let server = match self.export_spans() {
-            Ok(()) => self.serve_metrics().await,
+        let servers = match self.export_spans() {
+            Ok(()) => self.serve().await,
             Err(e) => Err(e),
         };
-        let server = match server {
+        let servers = match servers {
             Ok(s) => s,
             Err(e) => {
                 Self::shutdown_stages(&self.plan).await;
@@ -192,13 +195,16 @@ impl Run {
                 }
             }
         }
-        if let Some(server) = server {
+        if let Some(live) = &self.live {
+            live.finished(result.as_ref().map_err(ToString::to_string));
+        }
+        if !servers.is_empty() {
             // the last scrape of a short run sees its final counts: the
-            // endpoint stays up after the summary is out
+            // endpoints stay up after the summary is out
             let linger = self.plan.spec.observability.metrics_linger;
             tokio::spawn(async move {
                 tokio::time::sleep(linger.map_or(Duration::ZERO, |d| d.0)).await;
-                drop(server);
+                drop(servers);
             });
         }
         result
@@ -223,31 +229,44 @@ impl Run {
         })
     }
 
-    /// Starts serving metrics when the spec or the options ask for it.
-    async fn serve_metrics(&mut self) -> Result<Option<MetricsServer>> {
+    /// Starts serving metrics and the live page when the spec or the
+    /// options ask for them.
+    async fn serve(&mut self) -> Result<Vec<HttpServer>> {
         let config = &self.plan.spec.observability;
-        let Some(addr) = self
+        let mut servers = Vec::new();
+        let cannot = |key: &str, what: &str, addr: &str, e: std::io::Error, example: &str| {
+            SluiceError::spec(
+                self.plan
+                    .spec
+                    .issue(format!("observability.{key}"), format!("cannot serve {what} on {addr}: {e}"))
+                    .with_help(format!("use a free `host:port`, e.g. {example} (loopback, or a network only its users reach)")),
+            )
+        };
+        if let Some(addr) = self
             .options
             .metrics
             .clone()
             .or_else(|| config.metrics.clone())
-        else {
-            return Ok(None);
-        };
-        let metrics = Arc::new(RunMetrics::new(&self.plan.spec.id(), config));
-        let server = crate::observe::serve(&addr, Arc::clone(&metrics), Arc::clone(&self.plan))
-            .await
-            .map_err(|e| {
-                SluiceError::spec(
-                    self.plan
-                        .spec
-                        .issue("observability.metrics", format!("cannot serve metrics on {addr}: {e}"))
-                        .with_help("use a free `host:port`, e.g. 127.0.0.1:9464 (loopback, or a scrape-only network)"),
-                )
-            })?;
-        tracing::info!(addr = %server.addr(), "serving metrics at /metrics");
-        self.metrics = Some(metrics);
-        Ok(Some(server))
+        {
+            let metrics = Arc::new(RunMetrics::new(&self.plan.spec.id(), config));
+            let server = crate::observe::serve(&addr, Arc::clone(&metrics), Arc::clone(&self.plan))
+                .await
+                .map_err(|e| cannot("metrics", "metrics", &addr, e, "127.0.0.1:9464"))?;
+            tracing::info!(addr = %server.addr(), "serving metrics at /metrics");
+            self.metrics = Some(metrics);
+            servers.push(server);
+        }
+        if let Some(addr) = self.options.ui.clone().or_else(|| config.ui.clone()) {
+            let live = Arc::new(LivePage::new(&self.plan, &self.run_id));
+            let server = Arc::clone(&live)
+                .serve(&addr)
+                .await
+                .map_err(|e| cannot("ui", "the live page", &addr, e, "127.0.0.1:8080"))?;
+            tracing::info!(addr = %server.addr(), "serving the live page");
+            self.live = Some(live);
+            servers.push(server);
+        }
+        Ok(servers)
     }
 
     fn emit(&self, event: RunEvent) {
@@ -390,6 +409,9 @@ impl Run {
             if let Some(m) = &self.metrics {
                 m.epoch_failed(retry);
             }
+            if let Some(l) = &self.live {
+                l.epoch_failed();
+            }
             if retry {
                 st.retries_left -= 1;
                 let attempt = pace.max_retries - st.retries_left;
@@ -444,10 +466,13 @@ impl Run {
         let read_started = SystemTime::now();
         let (slices, offsets, exhausted) = self.next_slices(st, &pace.limits).await?;
         let read_done = SystemTime::now();
-        if let Some(m) = &self.metrics {
-            for (name, src) in &self.sources {
-                if let Some(files) = src.backlog() {
+        for (name, src) in &self.sources {
+            if let Some(files) = src.backlog() {
+                if let Some(m) = &self.metrics {
                     m.backlog(name, src.kind(), files);
+                }
+                if let Some(l) = &self.live {
+                    l.backlog(name, files);
                 }
             }
         }
@@ -586,6 +611,18 @@ impl Run {
             m.components(&st.stats.components(&self.plan));
             m.row_errors(&st.stats.row_errors(&self.plan));
             m.committed(c.last, c.took, &c.latencies);
+        }
+        if let Some(l) = &self.live {
+            l.committed(
+                c.first,
+                c.last,
+                c.took,
+                &c.latencies,
+                &c.rows,
+                &c.offsets,
+                st.stats.components(&self.plan),
+                &self.plan,
+            );
         }
         st.latencies.extend(c.latencies);
         tracing::info!(first_epoch = c.first, epoch = c.last, "committed");
@@ -837,6 +874,9 @@ impl Run {
 
         let letters = binding.dead_letters().take();
         stats.add_dead_letters(&letters);
+        if let Some(l) = &self.live {
+            l.epoch_written(epoch, &letters);
+        }
         let mut written: BTreeMap<String, SinkPart> = jobs
             .into_iter()
             .map(|(s, _, part)| (s.id.name().to_string(), part))

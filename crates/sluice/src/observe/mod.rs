@@ -1,5 +1,5 @@
-//! Observability: a run's metrics, served for Prometheus, and its spans,
-//! exported over OTLP.
+//! Observability: a run's metrics, served for Prometheus, its spans,
+//! exported over OTLP, and a live page.
 //!
 //! `[observability] metrics = "127.0.0.1:9464"` (or `sluice run --metrics`)
 //! serves metrics at `/metrics` while the run lasts, and `metrics_linger`
@@ -9,7 +9,11 @@
 //!
 //! `otlp = "http://127.0.0.1:4317"` (or `--otlp`, or
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`) exports the spans of [`trace`].
+//!
+//! `ui = "127.0.0.1:8080"` (or `--ui`) serves the live pipeline page of
+//! [`live`], fed at the same points as the metrics.
 
+mod live;
 mod prometheus;
 mod server;
 pub(crate) mod trace;
@@ -23,8 +27,9 @@ use sluice_contract::ErrorCode;
 use crate::compile::PipelinePlan;
 use crate::metrics::{ComponentId, ComponentStats};
 use crate::spec::HumanDuration;
+pub(crate) use live::LivePage;
 use prometheus::{Family, FamilyKind, Labels, Registry};
-pub(crate) use server::MetricsServer;
+pub(crate) use server::HttpServer;
 
 /// The `[observability]` table.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -34,10 +39,14 @@ pub struct ObservabilityConfig {
     /// pipeline runs (e.g. `127.0.0.1:9464`); nothing is served when unset.
     #[serde(default)]
     pub metrics: Option<String>,
-    /// How long `/metrics` keeps serving after the run ends, so a scrape
-    /// sees the final counts (default 0s).
+    /// How long `/metrics` and the live page keep serving after the run
+    /// ends, so a scrape (or a look) sees the final counts (default 0s).
     #[serde(default)]
     pub metrics_linger: Option<HumanDuration>,
+    /// Serve the live pipeline page at `http://<this>/` while the pipeline
+    /// runs (e.g. `127.0.0.1:8080`); nothing is served when unset.
+    #[serde(default)]
+    pub ui: Option<String>,
     /// Export spans over OTLP/gRPC to this endpoint (e.g.
     /// `http://127.0.0.1:4317`); else to `OTEL_EXPORTER_OTLP_ENDPOINT` when
     /// it is set; else nothing is exported. External stages the engine
@@ -283,6 +292,17 @@ pub(crate) async fn serve(
     addr: &str,
     metrics: Arc<RunMetrics>,
     plan: Arc<PipelinePlan>,
-) -> std::io::Result<MetricsServer> {
-    MetricsServer::bind(addr, Arc::new(move || metrics.render(&plan))).await
+) -> std::io::Result<HttpServer> {
+    HttpServer::bind(
+        addr,
+        Arc::new(move |path: &str| {
+            (path == "/metrics").then(|| {
+                server::Reply::new(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics.render(&plan),
+                )
+            })
+        }),
+    )
+    .await
 }

@@ -1,7 +1,7 @@
-//! The `/metrics` endpoint: a small HTTP/1.1 server on the address
-//! `[observability] metrics` names, answering `GET /metrics` with the run's
-//! metrics. Every connection gets one answer and is closed (what a
-//! Prometheus scrape needs); anything else gets a 404 or a 405.
+//! A small HTTP/1.1 server for `/metrics` and the live page: `GET` of a
+//! path its routes know gets their answer, made when asked; another method
+//! a 405, another path a 404. Every connection gets one answer and is
+//! closed (what a Prometheus scrape and a page's poll need).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,18 +11,36 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// What a scrape answers: the exposition text, made when asked.
-pub(crate) type Render = Arc<dyn Fn() -> String + Send + Sync>;
+/// One answer: its content type and body.
+pub(crate) struct Reply {
+    content_type: &'static str,
+    body: std::borrow::Cow<'static, str>,
+}
 
-/// A running metrics endpoint; stopped on drop.
-pub(crate) struct MetricsServer {
+impl Reply {
+    pub(crate) fn new(
+        content_type: &'static str,
+        body: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            content_type,
+            body: body.into(),
+        }
+    }
+}
+
+/// The answer to a `GET` of a path, if the path is served.
+pub(crate) type Routes = Arc<dyn Fn(&str) -> Option<Reply> + Send + Sync>;
+
+/// A running server; stopped on drop.
+pub(crate) struct HttpServer {
     addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
-impl MetricsServer {
-    /// Serves `render` at `http://<addr>/metrics`.
-    pub(crate) async fn bind(addr: &str, render: Render) -> std::io::Result<Self> {
+impl HttpServer {
+    /// Serves `routes` at `http://<addr>`.
+    pub(crate) async fn bind(addr: &str, routes: Routes) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
@@ -30,11 +48,11 @@ impl MetricsServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let render = Arc::clone(&render);
+                let routes = Arc::clone(&routes);
                 tokio::spawn(async move {
                     // a slow or silent client does not hold a task forever
                     let _ =
-                        tokio::time::timeout(Duration::from_secs(10), answer(stream, render)).await;
+                        tokio::time::timeout(Duration::from_secs(10), answer(stream, routes)).await;
                 });
             }
         });
@@ -47,7 +65,7 @@ impl MetricsServer {
     }
 }
 
-impl Drop for MetricsServer {
+impl Drop for HttpServer {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -56,7 +74,9 @@ impl Drop for MetricsServer {
 /// The most a request's head may be: a scrape's is a few hundred bytes.
 const MAX_HEAD: usize = 16 << 10;
 
-async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
+const TEXT: &str = "text/plain; charset=utf-8";
+
+async fn answer(mut stream: TcpStream, routes: Routes) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 2048];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -66,7 +86,8 @@ async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > MAX_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+            let reply = Reply::new(TEXT, "");
+            return respond(&mut stream, "431 Request Header Fields Too Large", reply).await;
         }
     }
     let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
@@ -74,20 +95,31 @@ async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => respond(&mut stream, "200 OK", &render()).await,
-        (_, "/metrics") => respond(&mut stream, "405 Method Not Allowed", "").await,
-        _ => respond(&mut stream, "404 Not Found", "sluice serves /metrics\n").await,
+    match (method, routes(path)) {
+        ("GET", Some(reply)) => respond(&mut stream, "200 OK", reply).await,
+        (_, Some(_)) => {
+            let reply = Reply::new(TEXT, "");
+            respond(&mut stream, "405 Method Not Allowed", reply).await
+        }
+        (_, None) => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                Reply::new(TEXT, "not found\n"),
+            )
+            .await
+        }
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+async fn respond(stream: &mut TcpStream, status: &str, reply: Reply) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {status}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        reply.content_type,
+        reply.body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    stream.write_all(reply.body.as_bytes()).await?;
     stream.shutdown().await
 }
 
@@ -106,9 +138,10 @@ mod tests {
 
     #[tokio::test]
     async fn scrapes_get_the_text_and_anything_else_an_error() {
-        let server = MetricsServer::bind("127.0.0.1:0", Arc::new(|| "sluice_up 1\n".to_string()))
-            .await
-            .unwrap();
+        let routes: Routes = Arc::new(|path| {
+            (path == "/metrics").then(|| Reply::new("text/plain; version=0.0.4", "sluice_up 1\n"))
+        });
+        let server = HttpServer::bind("127.0.0.1:0", routes).await.unwrap();
         let ok = get(server.addr(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nsluice_up 1\n"), "{ok}");
