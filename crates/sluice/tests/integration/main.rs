@@ -3,6 +3,7 @@
 //! .slt files, run as a unit test of `compile`.)
 
 mod common;
+mod corrupt_parquet;
 mod embedding;
 mod epochs;
 mod errors;

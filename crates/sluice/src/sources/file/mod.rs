@@ -15,6 +15,7 @@
 //! its commit log lists, and keeps the lineage and provenance written there.
 
 mod config;
+mod footer;
 mod sample;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -328,6 +329,10 @@ impl FileSource {
             ));
         }
 
+        if matches!(format, Format::Parquet) {
+            // before the parquet crate reads a footer that would make it panic
+            footer::check_footers(store.as_ref(), &location, ctx.name, &files).await?;
+        }
         let mut bytes_per_row = None;
         let mut written_as = Vec::new();
         let (schema, lineage, provenance) = match (&declared, &format) {
@@ -687,6 +692,16 @@ impl FileSource {
                 .cmp(&b.last_modified)
                 .then_with(|| a.location.as_ref().cmp(b.location.as_ref()))
         });
+        if matches!(self.format, Format::Parquet) {
+            let known: BTreeSet<&object_store::path::Path> =
+                self.files.iter().map(|f| &f.location).collect();
+            let new: Vec<ObjectMeta> = files
+                .iter()
+                .filter(|f| !known.contains(&f.location))
+                .cloned()
+                .collect();
+            footer::check_footers(self.store.as_ref(), &self.location, &self.name, &new).await?;
+        }
         self.files = files;
         Ok(())
     }
