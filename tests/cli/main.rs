@@ -28,6 +28,19 @@ fn sluice(args: &[&str]) -> Output {
         .expect("the sluice binary runs")
 }
 
+/// A loopback `host:port` no one listens on (now).
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",

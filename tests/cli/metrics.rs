@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{commits, python, root, set, text};
+use super::{commits, free_addr, python, root, set, text};
 
 /// One sample: its name, its labels, its value.
 type Sample = (String, serde_json::Map<String, Value>, f64);
@@ -82,12 +82,7 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
 fn a_live_run_serves_metrics_that_end_equal_to_its_summary() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "run",
@@ -224,12 +219,7 @@ fn a_live_run_serves_metrics_that_end_equal_to_its_summary() {
 /// Runs `sluice run --json --metrics` with `args` to the end and scrapes
 /// the lingering endpoint: (summary, samples).
 fn run_and_scrape(args: &[String]) -> (Value, Vec<Sample>) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "-q", "--json", "--metrics", &addr])
         .args(args)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{commits, data_files, duckdb_check, ok, root, set, text};
+use super::{commits, data_files, duckdb_check, free_port, ok, root, set, text};
 
 /// A deterministic sequence of kill delays.
 struct Lcg(u64);
@@ -206,11 +206,7 @@ fn start_s3() -> S3Server {
         "{} is missing: ./scripts/test installs moto[server]",
         moto.display()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(&moto)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())

@@ -11,19 +11,20 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use super::{python, root, text};
+use super::{free_addr, python, root, text};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// A JSON array of strings, as a set.
+fn strings(v: &Value) -> BTreeSet<&str> {
+    v.as_array()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
 }
 
 #[test]
 fn the_live_page_shows_the_graph_moving_numbers_and_the_summarys_counts() {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = free_addr();
     let out = tempfile::tempdir().unwrap();
     // SLUICE_UI_SCREENSHOT=docs/ui.png keeps a picture (the README's)
     let screenshot = std::env::var("SLUICE_UI_SCREENSHOT").ok();
@@ -76,19 +77,9 @@ fn the_live_page_shows_the_graph_moving_numbers_and_the_summarys_counts() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    let drawn: BTreeSet<&str> = page["graph"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap())
-        .collect();
+    let drawn = strings(&page["graph"]["nodes"]);
     assert_eq!(drawn, names, "the graph's nodes");
-    let edges: BTreeSet<&str> = page["graph"]["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap())
-        .collect();
+    let edges = strings(&page["graph"]["edges"]);
     let want: BTreeSet<&str> = [
         "lineitem>lines",
         "lines>valid",
