@@ -50,7 +50,9 @@ pub fn init() {
 
 /// A span that puts `trace_id` and `span_id` on every line logged inside it.
 pub fn span_with_trace_ids(trace_id: &str, span_id: &str) -> tracing::Span {
-    // error level: enabled whatever the filter, so the ids reach warnings too
+    // error level, so the ids reach every line a filter lets through at a
+    // default of `warn` or more (a filter naming only some targets, with
+    // no default, turns the span off, and its lines have no ids)
     tracing::error_span!("trace", trace_id = trace_id, span_id = span_id)
 }
 
@@ -140,8 +142,8 @@ where
         line.insert("level".into(), meta.level().as_str().into());
         line.insert("target".into(), meta.target().into());
         event.record(&mut Fields(&mut line));
-        // the innermost span that names a trace
-        if let Some(scope) = ctx.event_scope() {
+        // the innermost span that names a trace, unless the line names its own
+        if let Some(scope) = ctx.event_scope().filter(|_| !line.contains_key("trace_id")) {
             for span in scope {
                 if let Some(ids) = span.extensions().get::<Ids>() {
                     if let Some(t) = &ids.trace_id {
@@ -184,9 +186,18 @@ pub async fn forward_stderr(stderr: impl AsyncRead + Unpin, stage: String) {
         line.extend_from_slice(&buf[..used]);
         let whole = newline.is_some() && used == take;
         reader.consume(if whole { take + 1 } else { used });
-        if whole || line.len() == MAX_LINE {
+        if whole {
             log_stage_line(&stage, &String::from_utf8_lossy(&line));
             line.clear();
+        } else if line.len() == MAX_LINE {
+            // a piece of a long line ends on a character: the bytes of one
+            // cut in two start the next piece, not two replacement marks
+            let cut = match std::str::from_utf8(&line) {
+                Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+                _ => MAX_LINE,
+            };
+            log_stage_line(&stage, &String::from_utf8_lossy(&line[..cut]));
+            line.drain(..cut);
         }
     }
     if !line.is_empty() {
@@ -214,6 +225,8 @@ const OWN_KEYS: &[&str] = &[
     "fields",
     "trace_id",
     "span_id",
+    // the engine names the stage itself (as the pipeline calls it)
+    "stage",
 ];
 
 fn parse_stage_line(line: &str) -> StageLine<'_> {
@@ -279,18 +292,27 @@ fn log_stage_line(stage: &str, raw: &str) {
     if line.message.trim().is_empty() {
         return;
     }
-    let span = match (&line.trace_id, &line.span_id) {
-        (Some(t), Some(s)) => span_with_trace_ids(t, s),
-        _ => tracing::Span::none(),
-    };
-    let _inside = span.enter();
-    let message = &*line.message;
+    // the ids as the line's own fields (the JSON format puts them at the
+    // top): a span would be subject to the filter, and cost one per line
+    let (message, trace_id, span_id) = (
+        &*line.message,
+        line.trace_id.as_deref(),
+        line.span_id.as_deref(),
+    );
     match line.level {
-        Level::ERROR => tracing::error!(target: "sluice::stage", stage, "{message}"),
-        Level::WARN => tracing::warn!(target: "sluice::stage", stage, "{message}"),
-        Level::INFO => tracing::info!(target: "sluice::stage", stage, "{message}"),
-        Level::DEBUG => tracing::debug!(target: "sluice::stage", stage, "{message}"),
-        _ => tracing::trace!(target: "sluice::stage", stage, "{message}"),
+        Level::ERROR => {
+            tracing::error!(target: "sluice::stage", stage, trace_id, span_id, "{message}")
+        }
+        Level::WARN => {
+            tracing::warn!(target: "sluice::stage", stage, trace_id, span_id, "{message}")
+        }
+        Level::INFO => {
+            tracing::info!(target: "sluice::stage", stage, trace_id, span_id, "{message}")
+        }
+        Level::DEBUG => {
+            tracing::debug!(target: "sluice::stage", stage, trace_id, span_id, "{message}")
+        }
+        _ => tracing::trace!(target: "sluice::stage", stage, trace_id, span_id, "{message}"),
     }
 }
 
@@ -398,6 +420,23 @@ mod tests {
                 .iter()
                 .all(|v| v["stage"] == "valid" && v["target"] == "sluice::stage")
         );
+    }
+
+    #[test]
+    fn a_long_line_is_cut_between_characters() {
+        // one byte, then 2-byte characters: a piece of MAX_LINE bytes ends inside one
+        let long = format!("x{}", "é".repeat(MAX_LINE));
+        let lines = forwarded(format!("{long}\n").into_bytes());
+        let pieces: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(pieces.concat(), long, "no character is lost or replaced");
     }
 
     #[test]

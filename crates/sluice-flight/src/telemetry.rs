@@ -1,5 +1,6 @@
 //! Exporting spans over OTLP/gRPC (the `otlp` feature): what the `sluice`
-//! binary and the Rust stage SDK share.
+//! binary and the Rust stage SDK share, the W3C `traceparent` the engine
+//! writes and the stages read among it.
 //!
 //! [`export_traces`] installs a global OpenTelemetry tracer provider whose
 //! spans go, in batches, to an OTLP/gRPC endpoint (an OpenTelemetry
@@ -10,6 +11,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -118,5 +121,117 @@ impl<E: SpanExporter> SpanExporter for OwnRuntime<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// The W3C `traceparent` of `cx`'s span (`00-<trace>-<span>-<flags>`),
+/// when it is a real (exported) one.
+pub fn traceparent(cx: &Context) -> Option<String> {
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The remote parent a `traceparent` names. A peer sends it: anything but
+/// version `00` with ids and flags of exactly their lengths in lowercase
+/// hex, and ids not all zero, is refused.
+pub fn remote_parent(traceparent: &str) -> Option<Context> {
+    let lower_hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let mut parts = traceparent.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00"
+        || parts.next().is_some()
+        || !lower_hex(trace, 32)
+        || !lower_hex(span, 16)
+        || !lower_hex(flags, 2)
+    {
+        return None;
+    }
+    let sc = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    sc.is_valid()
+        .then(|| Context::new().with_remote_span_context(sc))
+}
+
+/// A `tracing` span naming the trace and span ids of `cx`'s span, so the
+/// log lines inside it carry them (`SLUICE_LOG_FORMAT=json`); none when
+/// nothing is traced.
+pub fn log_span(cx: &Context) -> tracing::Span {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return tracing::Span::none();
+    }
+    crate::logging::span_with_trace_ids(&sc.trace_id().to_string(), &sc.span_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn traceparents_parse_and_bad_ones_are_refused() {
+        let cx = remote_parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let sc = cx.span().span_context().clone();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(sc.is_remote());
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-xyz-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-001",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+        ] {
+            assert!(remote_parent(bad).is_none(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_traceparent_is_refused_or_written_back_the_same(tp in "(00|[ -~]{0,3})-[0-9a-fA-F+]{0,33}-[0-9a-f+]{15,17}-[0-9a-f+-]{1,3}|[ -~]{0,60}") {
+            if let Some(cx) = remote_parent(&tp) {
+                prop_assert_eq!(traceparent(&cx), Some(tp));
+            }
+        }
+
+        #[test]
+        fn every_traceparent_written_is_read_back(trace in 1u128.., span in 1u64.., flags in any::<u8>()) {
+            let sc = SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(span),
+                TraceFlags::new(flags),
+                true,
+                TraceState::default(),
+            );
+            let tp = traceparent(&Context::new().with_remote_span_context(sc.clone())).unwrap();
+            let back = remote_parent(&tp).unwrap();
+            let read = back.span().span_context().clone();
+            prop_assert_eq!(read, sc);
+        }
     }
 }

@@ -64,7 +64,7 @@ impl ExchangeSpan {
             if self.cx.is_some() {
                 return;
             }
-            let Some(parent) = traceparent.and_then(parse_traceparent) else {
+            let Some(parent) = traceparent.and_then(crate::telemetry::remote_parent) else {
                 return;
             };
             let tracer = opentelemetry::global::tracer("sluice-stage");
@@ -88,13 +88,7 @@ impl ExchangeSpan {
     pub(crate) fn log_span(&self) -> tracing::Span {
         #[cfg(feature = "otlp")]
         if let Some(cx) = &self.cx {
-            use opentelemetry::trace::TraceContextExt;
-            let span = cx.span();
-            let sc = span.span_context();
-            return crate::logging::span_with_trace_ids(
-                &sc.trace_id().to_string(),
-                &sc.span_id().to_string(),
-            );
+            return crate::telemetry::log_span(cx);
         }
         tracing::Span::none()
     }
@@ -112,56 +106,5 @@ impl ExchangeSpan {
         }
         #[cfg(not(feature = "otlp"))]
         let _ = error;
-    }
-}
-
-/// The remote parent a W3C `traceparent` (`00-<trace>-<span>-<flags>`) names.
-#[cfg(feature = "otlp")]
-fn parse_traceparent(tp: &str) -> Option<opentelemetry::Context> {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    };
-    let mut parts = tp.split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 {
-        return None;
-    }
-    let sc = SpanContext::new(
-        TraceId::from_hex(trace).ok()?,
-        SpanId::from_hex(span).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
-        true,
-        TraceState::default(),
-    );
-    sc.is_valid()
-        .then(|| opentelemetry::Context::new().with_remote_span_context(sc))
-}
-
-#[cfg(all(test, feature = "otlp"))]
-mod tests {
-    use super::*;
-    use opentelemetry::trace::TraceContextExt;
-
-    #[test]
-    fn traceparents_parse_and_bad_ones_are_refused() {
-        let cx =
-            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        let sc = cx.span().span_context().clone();
-        assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(sc.is_remote());
-        for bad in [
-            "",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-xyz-00f067aa0ba902b7-01",
-        ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad}");
-        }
     }
 }

@@ -1,8 +1,12 @@
 package stage
 
 import (
+	"context"
 	"log/slog"
 	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 func TestOTLPEndpointsAreURLsWithAPlainOrTLSScheme(t *testing.T) {
@@ -44,5 +48,15 @@ func TestTheStageLogsAtTheMostVerboseLevelTheEnginesFilterNames(t *testing.T) {
 		if got := levelFromEnv(); got != want {
 			t.Errorf("SLUICE_LOG=%q: %v, want %v", filter, got, want)
 		}
+	}
+}
+
+func TestAnExchangeThatEndedFirstStartsNoSpan(t *testing.T) {
+	var s exchangeSpan
+	s.end(nil) // the handler gave up before the first batch was processed
+	tp := sdktrace.NewTracerProvider()
+	ctx := s.start(context.Background(), tp.Tracer("t"), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", OpenRequest{Stage: "x"})
+	if s.span != nil || trace.SpanContextFromContext(ctx).IsValid() {
+		t.Fatal("a span was started after the exchange ended: it would never end")
 	}
 }

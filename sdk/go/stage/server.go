@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel"
 	"io"
 	"log/slog"
 	"net"
@@ -116,6 +117,11 @@ func Serve(ctx context.Context, s Stage, opts ...Option) error {
 		// a stage keeps serving when its spans cannot be exported
 		if exp, err = exportFromEnv(svc.manifest.Name); err != nil {
 			cfg.log.Warn("sluice stage: spans are not exported", "stage", svc.manifest.Name, "error", err)
+		}
+		if exp.tp != nil {
+			// the stage program's own spans (otel.Tracer(...).Start(ctx, ...))
+			// go where the exchange spans go
+			otel.SetTracerProvider(exp.tp)
 		}
 	}
 	svc.tracer = tracerOf(cfg, exp)

@@ -116,8 +116,9 @@ func tracerOf(cfg config, exp exporting) trace.Tracer {
 // starts it at the first batch that names its parent; the handler ends it
 // when the exchange is over, so a mutex guards it.
 type exchangeSpan struct {
-	mu   sync.Mutex
-	span trace.Span // nil until started
+	mu    sync.Mutex
+	span  trace.Span // nil until started
+	ended bool       // an exchange that ended first starts none (it would never end)
 }
 
 // start starts the span under traceparent, once, and returns ctx with it.
@@ -126,6 +127,9 @@ func (s *exchangeSpan) start(ctx context.Context, tracer trace.Tracer, tracepare
 	defer s.mu.Unlock()
 	if s.span != nil {
 		return trace.ContextWithSpan(ctx, s.span)
+	}
+	if s.ended {
+		return ctx
 	}
 	parent := propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": traceparent})
 	if !trace.SpanContextFromContext(parent).IsValid() {
@@ -145,6 +149,7 @@ func (s *exchangeSpan) start(ctx context.Context, tracer trace.Tracer, tracepare
 func (s *exchangeSpan) end(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.ended = true
 	if s.span == nil {
 		return
 	}

@@ -466,7 +466,9 @@ impl Run {
         let read_started = SystemTime::now();
         let (slices, offsets, exhausted) = self.next_slices(st, &pace.limits).await?;
         let read_done = SystemTime::now();
-        for (name, src) in &self.sources {
+        // (counting a folder's backlog walks its files: only when shown)
+        let shown = self.metrics.is_some() || self.live.is_some();
+        for (name, src) in self.sources.iter().filter(|_| shown) {
             if let Some(files) = src.backlog() {
                 if let Some(m) = &self.metrics {
                     m.backlog(name, src.kind(), files);
@@ -607,22 +609,24 @@ impl Run {
         }
         st.after_commit = c.last + 1;
         st.stats.add(&c.stats);
-        if let Some(m) = &self.metrics {
-            m.components(&st.stats.components(&self.plan));
-            m.row_errors(&st.stats.row_errors(&self.plan));
-            m.committed(c.last, c.took, &c.latencies);
-        }
-        if let Some(l) = &self.live {
-            l.committed(
-                c.first,
-                c.last,
-                c.took,
-                &c.latencies,
-                &c.rows,
-                &c.offsets,
-                st.stats.components(&self.plan),
-                &self.plan,
-            );
+        if self.metrics.is_some() || self.live.is_some() {
+            let components = st.stats.components(&self.plan);
+            if let Some(m) = &self.metrics {
+                m.components(&components);
+                m.row_errors(&st.stats.row_errors(&self.plan));
+                m.committed(c.last, c.took, &c.latencies);
+            }
+            if let Some(l) = &self.live {
+                l.committed(
+                    c.first,
+                    c.last,
+                    c.took,
+                    &c.latencies,
+                    &c.rows,
+                    &c.offsets,
+                    components,
+                );
+            }
         }
         st.latencies.extend(c.latencies);
         tracing::info!(first_epoch = c.first, epoch = c.last, "committed");

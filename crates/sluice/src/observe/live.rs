@@ -165,7 +165,6 @@ impl LivePage {
         rows: &BTreeMap<String, u64>,
         offsets: &BTreeMap<String, SourceOffsets>,
         components: Vec<ComponentStats>,
-        plan: &PipelinePlan,
     ) {
         let mut st = self.lock();
         let read_to_commit = latencies.iter().max().copied().unwrap_or_default();
@@ -173,11 +172,8 @@ impl LivePage {
             let latency = match c.role.as_str() {
                 "sink" => Some(ms(took)),
                 "source" => Some(ms(read_to_commit)),
-                _ => plan
-                    .externals
-                    .get(&c.name)
-                    .and_then(|rt| rt.latency_quantile_us(0.5))
-                    .map(|us| f64::from(us) / 1e3),
+                _ if c.kind == "external" => Some(c.batch_latency_p50_us as f64 / 1e3),
+                _ => None,
             };
             if let Some(l) = latency {
                 st.latency_ms.insert(c.name.clone(), l);

@@ -28,6 +28,7 @@ use crate::compile::PipelinePlan;
 use crate::metrics::{ComponentId, ComponentStats};
 use crate::spec::HumanDuration;
 pub(crate) use live::LivePage;
+pub(crate) use prometheus::Histogram;
 use prometheus::{Family, FamilyKind, Labels, Registry};
 pub(crate) use server::HttpServer;
 
@@ -271,12 +272,8 @@ impl RunMetrics {
                 l.clone(),
                 rt.starts.load(std::sync::atomic::Ordering::Relaxed) as f64,
             );
-            let samples = rt.latency_samples_us();
-            self.registry.set_histogram(
-                STAGE_ROUND_TRIP,
-                l,
-                samples.into_iter().map(|us| us as f64 / 1e6),
-            );
+            self.registry
+                .set_histogram(STAGE_ROUND_TRIP, l, rt.round_trips());
         }
     }
 

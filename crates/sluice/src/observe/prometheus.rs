@@ -44,8 +44,9 @@ impl FamilyKind {
 /// Label pairs of one series, in a fixed order.
 pub(crate) type Labels = Vec<(&'static str, String)>;
 
+/// Counts of observations by bucket, as Prometheus exposes them.
 #[derive(Debug, Clone, Default)]
-struct Histogram {
+pub(crate) struct Histogram {
     /// Observations at or below each of [`BUCKETS`].
     counts: [u64; BUCKETS.len()],
     count: u64,
@@ -53,7 +54,7 @@ struct Histogram {
 }
 
 impl Histogram {
-    fn observe(&mut self, v: f64) {
+    pub(crate) fn observe(&mut self, v: f64) {
         for (i, le) in BUCKETS.iter().enumerate() {
             if v <= *le {
                 self.counts[i] += 1;
@@ -101,18 +102,9 @@ impl Registry {
             .observe(value);
     }
 
-    /// Replaces a histogram by one of `values` (for samples another part
-    /// keeps, such as an external stage's round trips).
-    pub(crate) fn set_histogram(
-        &self,
-        family: Family,
-        labels: Labels,
-        values: impl IntoIterator<Item = f64>,
-    ) {
-        let mut h = Histogram::default();
-        for v in values {
-            h.observe(v);
-        }
+    /// Replaces a histogram by one another part keeps (an external
+    /// stage's round trips).
+    pub(crate) fn set_histogram(&self, family: Family, labels: Labels, h: Histogram) {
         self.lock().histograms.insert((family, labels), h);
     }
 

@@ -46,6 +46,8 @@ impl HttpServer {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // out of descriptors, say: wait instead of spinning
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 let routes = Arc::clone(&routes);

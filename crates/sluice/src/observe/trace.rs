@@ -101,34 +101,7 @@ pub(crate) fn end_at(cx: &Context, at: SystemTime) {
     cx.span().end_with_timestamp(at);
 }
 
-/// The W3C `traceparent` of `cx`'s span, when it is a real (exported) one.
-pub(crate) fn traceparent(cx: &Context) -> Option<String> {
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
-}
-
-/// A `tracing` span holding the trace and span ids of `cx`'s span, so log
-/// lines inside it name their trace (`SLUICE_LOG_FORMAT=json`); none when
-/// nothing is traced.
-pub(crate) fn log_span(cx: &Context) -> tracing::Span {
-    let span = cx.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
-        return tracing::Span::none();
-    }
-    sluice_flight::logging::span_with_trace_ids(
-        &sc.trace_id().to_string(),
-        &sc.span_id().to_string(),
-    )
-}
+pub(crate) use sluice_flight::telemetry::{log_span, traceparent};
 
 /// An attribute naming a pipeline component.
 pub(crate) fn component(name: &str) -> KeyValue {

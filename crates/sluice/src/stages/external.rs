@@ -111,8 +111,11 @@ pub(crate) struct ExternalRuntime {
     state: Mutex<State>,
     /// Times the child process was (re)started.
     pub starts: AtomicU64,
-    /// Round-trip time of each answered batch, in microseconds (sent → answered).
+    /// Round-trip time of each answered batch, in microseconds (sent →
+    /// answered): the first million, for percentiles.
     pub latencies_us: std::sync::Mutex<Vec<u32>>,
+    /// Every round trip, in seconds, as `/metrics` shows them.
+    round_trips: std::sync::Mutex<crate::observe::Histogram>,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -158,6 +161,7 @@ impl ExternalRuntime {
             state: Mutex::new(State::default()),
             starts: AtomicU64::new(0),
             latencies_us: std::sync::Mutex::new(Vec::new()),
+            round_trips: std::sync::Mutex::default(),
         };
         let mut client = rt.client().await?;
         rt.manifest = client.describe().await?;
@@ -241,11 +245,17 @@ impl ExternalRuntime {
         if l.len() < 1_000_000 {
             l.push(took.as_micros().min(u32::MAX as u128) as u32);
         }
+        drop(l);
+        // the histogram counts all: a Prometheus counter never stops
+        self.round_trips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(took.as_secs_f64());
     }
 
-    /// Every recorded batch round trip, in microseconds.
-    pub(crate) fn latency_samples_us(&self) -> Vec<u32> {
-        self.latencies_us
+    /// The histogram of every round trip so far.
+    pub(crate) fn round_trips(&self) -> crate::observe::Histogram {
+        self.round_trips
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
