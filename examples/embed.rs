@@ -277,11 +277,7 @@ impl Sink for LedgerSink {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(LedgerCommit {
-                range: CommittedRange {
-                    first: record.first_epoch,
-                    last: record.epoch,
-                    offsets: record.source_offsets.clone(),
-                },
+                range: record.range(),
                 batches,
             });
         Ok(())

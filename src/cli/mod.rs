@@ -21,6 +21,7 @@ macro_rules! out {
 mod dead_letters;
 mod inspect;
 mod progress;
+mod rollout;
 mod schema_check;
 mod stage_check;
 mod summary;
@@ -127,6 +128,9 @@ enum Command {
     /// Work with external stages.
     #[command(subcommand)]
     Stage(StageCommand),
+    /// Roll out a variant of a stage: shadow, canary, promote, roll back (docs/rollout.md).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// List the rows a pipeline's sources and stages gave up on, from its
     /// `[dead_letter]` sink; `--export` writes their raw lines for fixing.
     DeadLetters {
@@ -191,6 +195,43 @@ enum SchemaCommand {
         /// data; full: both.
         #[arg(long, default_value = "backward")]
         mode: sluice::contract::compat::Mode,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Change a rolled-out stage's flag: `mode=off|shadow|canary|primary`,
+    /// `percent=25`, `variant=rust`. A running pipeline takes it at its next epoch.
+    Set {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The stage.
+        stage: String,
+        /// KEY=VALUE changes.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        changes: Vec<String>,
+    },
+    /// Per stage and variant: mode, guard verdict, rows, errors, diff, latency, CPU and RSS.
+    Status {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The variant replaces the primary (`set <stage> mode=primary`).
+    Promote {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The stage.
+        stage: String,
+    },
+    /// Back to the primary alone (`set <stage> mode=off`).
+    Rollback {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The stage.
+        stage: String,
     },
 }
 
@@ -387,6 +428,20 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Inspect { url, json } => inspect::run(&engine, &url, json).await,
         Command::Stage(StageCommand::Check { url, command }) => {
             stage_check::run(url, command).await
+        }
+        Command::Rollout(RolloutCommand::Set {
+            pipeline,
+            stage,
+            changes,
+        }) => rollout::set(&engine, &pipeline, &stage, &changes).await,
+        Command::Rollout(RolloutCommand::Promote { pipeline, stage }) => {
+            rollout::set(&engine, &pipeline, &stage, &["mode=primary".into()]).await
+        }
+        Command::Rollout(RolloutCommand::Rollback { pipeline, stage }) => {
+            rollout::set(&engine, &pipeline, &stage, &["mode=off".into()]).await
+        }
+        Command::Rollout(RolloutCommand::Status { pipeline, json }) => {
+            rollout::status(&engine, &pipeline, json).await
         }
         Command::Schema(SchemaCommand::Check {
             names,

@@ -85,6 +85,10 @@ pub struct Commit {
     pub provenance: Provenance,
     /// Offsets of every source of the pipeline at this epoch.
     pub source_offsets: BTreeMap<String, SourceOffsets>,
+    /// How every rolled-out stage ran over these epochs (mode, variant,
+    /// percent, rows per variant, shadow diff counts); a replay runs the same way.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollout: BTreeMap<String, crate::rollout::RolloutRecord>,
 }
 
 /// Errors of the commit log.
@@ -443,6 +447,7 @@ mod tests {
             lineage: vec![],
             provenance: Provenance::default(),
             source_offsets: BTreeMap::new(),
+            rollout: BTreeMap::new(),
         }
     }
 

@@ -50,6 +50,7 @@ mod metrics;
 mod observe;
 mod openlineage;
 mod ops;
+pub mod rollout;
 pub mod sinks;
 pub mod sources;
 pub mod spec;

@@ -162,8 +162,9 @@ impl Emitter {
                             })
                             .collect(),
                     ),
-                    crate::compile::SinkInput::DeadLetters => {
-                        let schema = crate::dead_letter::schema().as_ref().clone();
+                    crate::compile::SinkInput::DeadLetters
+                    | crate::compile::SinkInput::RolloutDiff(_) => {
+                        let schema = s.schema.as_ref().clone();
                         // rows from everywhere: no column comes from one source column
                         let columns = schema
                             .fields()

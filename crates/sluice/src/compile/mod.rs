@@ -12,6 +12,7 @@
 //! execution ([`crate::epoch::EpochBinding`]).
 
 mod plan;
+mod rollout;
 mod session;
 mod sinks;
 #[cfg(test)]
@@ -50,6 +51,13 @@ pub(crate) async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<Compi
         ));
     }
 
+    let rollout = match crate::rollout::control::RolloutPlan::of(&spec, engine.stores()) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
     let opened = sources::open_all(engine, &spec, &ctx, &progress, &mut errors).await;
     // the engine's stores may have grown (s3 buckets opened by sources)
     engine.stores().register_all(&ctx);
@@ -94,6 +102,7 @@ pub(crate) async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<Compi
             sinks,
             externals,
             progress,
+            rollout,
         }),
         sources: opened_sources,
     })

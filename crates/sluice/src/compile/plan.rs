@@ -88,6 +88,8 @@ pub(crate) struct PipelinePlan {
     pub externals: BTreeMap<String, Arc<ExternalRuntime>>,
     /// Live counters for a progress display (the source tables count rows read).
     pub progress: Arc<Progress>,
+    /// The stages rolled out, and where their flags are.
+    pub rollout: Option<Arc<crate::rollout::control::RolloutPlan>>,
 }
 
 /// A source as the plan knows it.
@@ -110,6 +112,9 @@ pub(crate) enum SinkInput {
     Plan(LogicalPlan),
     /// The epoch's dead letters (`[dead_letter]`).
     DeadLetters,
+    /// A sample of the rows where a shadow variant of this stage differs
+    /// (`[stages.<stage>.rollout] diff`).
+    RolloutDiff(String),
 }
 
 /// A sink and how its rows are made.
@@ -156,7 +161,7 @@ impl PipelinePlan {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let SinkInput::Plan(plan) = &sink.input else {
             return Err(SluiceError::Internal(format!(
-                "{} has no plan: its rows are the epoch's dead letters",
+                "{} has no plan: the epoch loop makes its rows",
                 sink.id
             )));
         };

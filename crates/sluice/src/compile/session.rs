@@ -14,6 +14,8 @@ use datafusion::prelude::SessionContext;
 use crate::engine::Engine;
 use crate::ops::external_stage::ExternalStagePlanner;
 use crate::ops::stage::StagePlanner;
+use crate::rollout::exec::RolloutPlanner;
+use crate::rollout::split::CanarySplitPlanner;
 use crate::spec::PipelineSpec;
 
 /// Plans logical plans with sluice's extension nodes.
@@ -34,7 +36,12 @@ impl std::fmt::Debug for SluiceQueryPlanner {
 impl Default for SluiceQueryPlanner {
     fn default() -> Self {
         Self {
-            planners: vec![Arc::new(StagePlanner), Arc::new(ExternalStagePlanner)],
+            planners: vec![
+                Arc::new(StagePlanner),
+                Arc::new(ExternalStagePlanner),
+                Arc::new(RolloutPlanner),
+                Arc::new(CanarySplitPlanner),
+            ],
         }
     }
 }

@@ -117,9 +117,30 @@ pub(super) async fn plan_all(
         );
     }
     if let Some(dl) = &spec.dead_letter {
-        match open_dead_letter_sink(spec, dl, engine) {
+        let schema = dead_letter::schema();
+        let name = dead_letter::SINK_NAME;
+        match open_internal_sink(spec, engine, name, &dl.url, &schema, SinkInput::DeadLetters) {
             Ok(s) => {
-                sinks.insert(dead_letter::SINK_NAME.to_string(), s);
+                sinks.insert(name.to_string(), s);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    for (stage, r) in &spec.rollouts {
+        let Some(url) = &r.config.diff else { continue };
+        let name = crate::rollout::control::diff_sink_name(stage);
+        if spec.sinks.contains_key(&name) {
+            errors.push(SluiceError::spec(spec.issue(
+                format!("sinks.{name}"),
+                format!("`{name}` is the name of stage `{stage}`'s diff sink; rename this sink"),
+            )));
+            continue;
+        }
+        let schema = crate::rollout::diff::schema();
+        let input = SinkInput::RolloutDiff(stage.clone());
+        match open_internal_sink(spec, engine, &name, url, &schema, input) {
+            Ok(s) => {
+                sinks.insert(name, s);
             }
             Err(e) => errors.push(e),
         }
@@ -127,26 +148,23 @@ pub(super) async fn plan_all(
     sinks
 }
 
-/// The `[dead_letter]` sink: a Parquet sink of [`dead_letter::schema`] rows
-/// under the same commit protocol as every sink.
-fn open_dead_letter_sink(
+/// A sink whose rows the epoch loop makes (dead letters, a shadow diff):
+/// Parquet, under the same commit protocol as every sink.
+fn open_internal_sink(
     spec: &PipelineSpec,
-    dl: &dead_letter::DeadLetterConfig,
     engine: &Engine,
+    name: &str,
+    url: &str,
+    schema: &Schema,
+    input: SinkInput,
 ) -> Result<PlannedSink> {
-    let cfg = SinkConfig::parquet(dead_letter::SINK_NAME, &dl.url);
-    let sink = cfg.open(dead_letter::SINK_NAME, spec, engine.stores())?;
+    let cfg = SinkConfig::parquet(name, url);
+    let sink = cfg.open(name, spec, engine.stores())?;
     Ok(PlannedSink {
         sink,
-        id: ComponentId::Sink(dead_letter::SINK_NAME.into()),
-        input: SinkInput::DeadLetters,
-        schema: sink_schema(
-            spec,
-            &dead_letter::schema(),
-            dead_letter::SINK_NAME,
-            "1",
-            &[],
-        )?,
+        id: ComponentId::Sink(name.into()),
+        input,
+        schema: sink_schema(spec, schema, name, "1", &[])?,
         lineage: Vec::new(),
         sources: spec.sources.keys().cloned().collect(),
     })

@@ -41,14 +41,16 @@ pub(super) async fn plan_all(
             failed.push(name.clone());
             continue;
         }
-        let planned = match stage {
-            StageConfig::Sql(_) => plan_sql(ctx, spec, name, stage).await,
-            StageConfig::External(c) => {
-                plan_external(ctx, spec, name, c).await.map(|(plan, rt)| {
-                    externals.insert(name.clone(), rt);
-                    plan
-                })
-            }
+        let planned = match spec.rollouts.get(name) {
+            Some(r) => super::rollout::plan_rollout(ctx, spec, name, stage, r, &mut externals).await,
+            None => plan_branch(ctx, spec, &Branch::primary(name), stage)
+                .await
+                .map(|(plan, rt)| {
+                    if let Some(rt) = rt {
+                        externals.insert(name.clone(), rt);
+                    }
+                    StageNode::wrap(name, stage.kind(), plan)
+                }),
         };
         let plan = match planned {
             Ok(plan) => plan,
@@ -79,15 +81,61 @@ pub(super) async fn plan_all(
     externals
 }
 
+/// One way of computing a stage: the stage itself, or one of its variants.
+pub(super) struct Branch {
+    /// Its table's key: `stages.<name>` or `stages.<name>.variants.<v>`.
+    pub key: String,
+    /// How messages name it.
+    pub label: String,
+    /// Its component and process name: `<name>` or `<name>@<v>`.
+    pub component: String,
+}
+
+impl Branch {
+    pub(super) fn primary(name: &str) -> Self {
+        Self {
+            key: format!("stages.{name}"),
+            label: format!("stage `{name}`"),
+            component: name.to_string(),
+        }
+    }
+
+    pub(super) fn variant(name: &str, variant: &str) -> Self {
+        Self {
+            key: format!("stages.{name}.variants.{variant}"),
+            label: format!("variant `{variant}` of stage `{name}`"),
+            component: crate::rollout::control::variant_component(name, variant),
+        }
+    }
+}
+
+/// Plans one branch of a stage, without its stage border; an external
+/// branch also gives its runtime.
+pub(super) async fn plan_branch(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+    branch: &Branch,
+    stage: &StageConfig,
+) -> Result<(LogicalPlan, Option<Arc<ExternalRuntime>>)> {
+    match stage {
+        StageConfig::Sql(_) => plan_sql(ctx, spec, branch, stage).await.map(|p| (p, None)),
+        StageConfig::External(c) => plan_external(ctx, spec, branch, c)
+            .await
+            .map(|(p, rt)| (p, Some(rt))),
+    }
+}
+
 /// The SQL text of a stage and the file it came from.
 fn stage_sql(
     spec: &PipelineSpec,
-    name: &str,
+    branch: &Branch,
     stage: &StageConfig,
 ) -> Result<(String, Option<PathBuf>)> {
+    let key = &branch.key;
     let StageConfig::Sql(c) = stage else {
         return Err(SluiceError::Internal(format!(
-            "stage `{name}` is not an sql stage"
+            "{} is not an sql stage",
+            branch.label
         )));
     };
     match (&c.query, &c.sql) {
@@ -97,7 +145,7 @@ fn stage_sql(
             let text = std::fs::read_to_string(&full).map_err(|e| {
                 SluiceError::spec(
                     spec.issue(
-                        format!("stages.{name}.sql"),
+                        format!("{key}.sql"),
                         format!("cannot read {}: {e}", full.display()),
                     )
                     .with_help("the path is relative to the pipeline file"),
@@ -106,11 +154,11 @@ fn stage_sql(
             Ok((text, Some(full)))
         }
         (Some(_), Some(_)) => Err(SluiceError::spec(
-            spec.issue(format!("stages.{name}"), "both `query` and `sql` are set")
+            spec.issue(key.clone(), "both `query` and `sql` are set")
                 .with_help("keep one: inline `query` or a `sql` file"),
         )),
         (None, None) => Err(SluiceError::spec(spec.issue(
-            format!("stages.{name}"),
+            key.clone(),
             "an sql stage needs `query` (inline SQL) or `sql` (a .sql file)",
         ))),
     }
@@ -119,14 +167,16 @@ fn stage_sql(
 async fn plan_sql(
     ctx: &SessionContext,
     spec: &PipelineSpec,
-    name: &str,
+    branch: &Branch,
     stage: &StageConfig,
 ) -> Result<LogicalPlan> {
-    let (sql, file) = stage_sql(spec, name, stage)?;
+    let (sql, file) = stage_sql(spec, branch, stage)?;
     let key = format!(
-        "stages.{name}.{}",
+        "{}.{}",
+        branch.key,
         if file.is_some() { "sql" } else { "query" }
     );
+    let label = &branch.label;
     let plan_err = |message: String| {
         let source = file
             .as_ref()
@@ -135,7 +185,7 @@ async fn plan_sql(
         SluiceError::spec(
             spec.issue(
                 &key,
-                format!("stage `{name}`: the SQL{source} does not plan: {message}"),
+                format!("{label}: the SQL{source} does not plan: {message}"),
             )
             .with_help("fix the query; column and table names are those of the stage's inputs"),
         )
@@ -161,7 +211,7 @@ async fn plan_sql(
     if !unknown.is_empty() {
         return Err(SluiceError::spec(
             spec.issue(
-                format!("stages.{name}.inputs"),
+                format!("{}.inputs", branch.key),
                 format!(
                     "the SQL{} reads {} which {} not among the stage's inputs [{}]",
                     file.as_ref()
@@ -185,7 +235,7 @@ async fn plan_sql(
         .map_err(|e| plan_err(e.to_string()))?;
     // surface type errors now, attributed to this stage
     state.optimize(&plan).map_err(|e| plan_err(e.to_string()))?;
-    Ok(StageNode::wrap(name, stage.kind(), plan))
+    Ok(plan)
 }
 
 /// Starts an external stage, checks its manifest against its input and
@@ -193,13 +243,14 @@ async fn plan_sql(
 async fn plan_external(
     ctx: &SessionContext,
     spec: &PipelineSpec,
-    name: &str,
+    branch: &Branch,
     c: &crate::stages::ExternalStageConfig,
 ) -> Result<(LogicalPlan, Arc<ExternalRuntime>)> {
+    let (name, label, key) = (&branch.component, &branch.label, &branch.key);
     let [input] = c.inputs.as_slice() else {
         return Err(SluiceError::spec(
             spec.issue(
-                format!("stages.{name}.inputs"),
+                format!("{key}.inputs"),
                 format!(
                     "an external stage reads exactly one input, found {}",
                     c.inputs.len()
@@ -209,9 +260,9 @@ async fn plan_external(
         ));
     };
     let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir, spec.observability.otlp_endpoint()).await.map_err(|e| {
-        let key = if c.url.is_some() { "url" } else { "command" };
+        let which = if c.url.is_some() { "url" } else { "command" };
         SluiceError::spec(
-            spec.issue(format!("stages.{name}.{key}"), format!("stage `{name}`: {e}"))
+            spec.issue(format!("{key}.{which}"), format!("{label}: {e}"))
                 .with_help("the program must serve sluice.stage.v1 on $SLUICE_STAGE_SOCKET (see docs/protocol.md); build the example stages with `./scripts/build-stages`"),
         )
     })?;
@@ -230,9 +281,9 @@ async fn plan_external(
         sluice_flight::manifest::check_schema(&decl.schema, &upstream).map_err(|msg| {
             SluiceError::spec(
                 spec.issue(
-                    format!("stages.{name}.inputs"),
+                    format!("{key}.inputs"),
                     format!(
-                        "`{input}` does not give stage `{name}` ({} {} in {}) the input its manifest declares ({}@{}): {msg}",
+                        "`{input}` does not give {label} ({} {} in {}) the input its manifest declares ({}@{}): {msg}",
                         m.name, m.version, m.language, decl.name, decl.version
                     ),
                 )
@@ -249,7 +300,7 @@ async fn plan_external(
     let plan = LogicalPlan::Extension(datafusion::logical_expr::Extension {
         node: Arc::new(node),
     });
-    Ok((StageNode::wrap(name, "external", plan), runtime))
+    Ok((plan, runtime))
 }
 
 fn is_query(statement: &Statement) -> bool {

@@ -19,6 +19,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::session_state::SessionState;
 
 use crate::dead_letter::DeadLetters;
+use crate::rollout::tally::EpochRollout;
 
 /// One epoch's input and collectors; see the module docs.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub(crate) struct EpochBinding {
     dead_letters: Arc<DeadLetters>,
     /// The epoch's span: what the spans of its operators are children of.
     trace: opentelemetry::Context,
+    /// The rollout choices it runs with, and what the branches did.
+    rollout: EpochRollout,
 }
 
 impl EpochBinding {
@@ -43,7 +46,19 @@ impl EpochBinding {
             slices,
             dead_letters: DeadLetters::new(),
             trace,
+            rollout: EpochRollout::default(),
         }
+    }
+
+    /// The same epoch, running its rolled-out stages as `choices` says.
+    pub(crate) fn with_rollout(mut self, choices: BTreeMap<String, crate::rollout::Choice>) -> Self {
+        self.rollout = EpochRollout::new(choices);
+        self
+    }
+
+    /// The epoch's rollout choices and tallies.
+    pub(crate) fn rollout(&self) -> &EpochRollout {
+        &self.rollout
     }
 
     /// The epoch's span (a no-op one when nothing is traced).

@@ -52,6 +52,8 @@ pub(crate) struct CommitJob {
     pub stats: Stats,
     /// The group's last epoch's span: the commit's parent.
     pub trace: opentelemetry::Context,
+    /// How the rolled-out stages ran over the group.
+    pub rollout: BTreeMap<String, crate::rollout::RolloutRecord>,
 }
 
 /// A commit made.
@@ -127,6 +129,7 @@ impl Committer {
             read_at,
             mut stats,
             trace: _,
+            rollout,
         } = job;
         let started = Instant::now();
         // seal every sink first: all files closed and on the store
@@ -160,6 +163,7 @@ impl Committer {
                 provenance: part.provenance,
                 schema: part.schema,
                 source_offsets: offsets.clone(),
+                rollout: rollout.clone(),
             };
             let (n, bytes, files) = (sealed.rows, sealed.bytes, sealed.files.len() as u64);
             planned.sink.commit(sealed, &record).await?;

@@ -67,6 +67,16 @@ pub enum RunEvent {
         #[serde(serialize_with = "crate::metrics::secs")]
         delay: Duration,
     },
+    /// A rolled-out stage's variant broke its guard: from the next epoch on,
+    /// the primary does all the work (the flags file says so too).
+    RolledBack {
+        /// The stage.
+        stage: String,
+        /// The epoch whose outcome broke the guard.
+        epoch: u64,
+        /// Which threshold broke, with the numbers.
+        reason: String,
+    },
     /// The run failed; nothing since the last commit is committed.
     Failed {
         /// What failed.

@@ -29,6 +29,8 @@ pub struct CommittedRange {
     pub last: u64,
     /// Offsets per source: the first epoch's start, the last epoch's end.
     pub offsets: BTreeMap<String, SourceOffsets>,
+    /// The rollout choice of every rolled-out stage over the range.
+    pub rollout: BTreeMap<String, crate::rollout::Choice>,
 }
 
 /// What a sink's log holds, as [`crate::sinks::Sink::recover`] reports it.
@@ -299,6 +301,7 @@ mod tests {
                 json!({"next": first * 10}),
                 json!({"next": (last + 1) * 10}),
             )]),
+            ..Default::default()
         }
     }
 
@@ -412,6 +415,7 @@ mod tests {
                 files(&[], None),
                 files(&[], Some(("big.csv", 1_048_577))),
             )]),
+            ..Default::default()
         };
         let second = CommittedRange {
             first: 1,
@@ -421,6 +425,7 @@ mod tests {
                 files(&[], Some(("big.csv", 1_048_577))),
                 files(&["big.csv"], None),
             )]),
+            ..Default::default()
         };
         let p = plan(&logs(&[
             ("a", SinkLog::durable(vec![first.clone(), second.clone()])),
@@ -466,6 +471,7 @@ mod tests {
             first: u64::MAX - 1,
             last: u64::MAX,
             offsets: BTreeMap::new(),
+            ..Default::default()
         }]);
         assert!(matches!(
             plan(&logs(&[("a", log)])),
@@ -583,6 +589,7 @@ mod tests {
                                 first,
                                 last: first.saturating_add(len),
                                 offsets: BTreeMap::new(),
+                                ..Default::default()
                             })
                             .collect();
                         (n, SinkLog::durable(commits))

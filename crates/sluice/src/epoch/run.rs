@@ -42,6 +42,8 @@ use crate::error::{Result, RetryHint, SluiceError};
 use crate::metrics::{LatencySummary, RunSummary};
 use crate::observe::{HttpServer, LivePage, RunMetrics, trace};
 use crate::openlineage;
+use crate::rollout::control::{RolloutControl, merge_records};
+use crate::rollout::{Choice, RolloutRecord};
 use crate::sinks::EpochOutput;
 use crate::sources::{AnySource, Slice, SliceLimits};
 
@@ -59,6 +61,8 @@ pub(crate) struct Run {
     live: Option<Arc<LivePage>>,
     /// The run's span.
     trace: Context,
+    /// The rolled-out stages' choices, guard and status.
+    rollout: Option<RolloutControl>,
 }
 
 /// How the loop cuts and commits epochs, from `[settings]`.
@@ -79,6 +83,11 @@ struct Group {
     stats: Stats,
     /// The last epoch's span: the commit's parent.
     trace: Context,
+    /// The rollout choices every epoch of the group ran with (a change of
+    /// choice closes the group, so a replay can run it the same way).
+    choices: BTreeMap<String, Choice>,
+    /// What the rolled-out stages did over the group.
+    rollout: BTreeMap<String, RolloutRecord>,
 }
 
 /// Which epoch a write is: its number, its commit group (the first epoch
@@ -127,6 +136,7 @@ impl Run {
         events: broadcast::Sender<RunEvent>,
     ) -> Self {
         Self {
+            rollout: RolloutControl::new(&plan),
             plan,
             sources,
             options,
@@ -492,6 +502,14 @@ impl Run {
                 Step::Continue
             });
         }
+        let choices = match self.rollout.as_mut() {
+            Some(r) => r.refresh().await.clone(),
+            None => BTreeMap::new(),
+        };
+        if st.group.as_ref().is_some_and(|g| g.choices != choices) {
+            // a flag changed: what ran the old way commits on its own
+            self.close_group(st, lineage).await?;
+        }
         let sinks: Vec<String> = self.plan.sinks.keys().cloned().collect();
         let epoch = st.epoch;
         let first = st.group.as_ref().map_or(epoch, |g| g.first);
@@ -511,7 +529,7 @@ impl Run {
         };
         let t = Instant::now();
         let written = self
-            .write_epoch(st, &at, &slices, offsets, &sinks)
+            .write_epoch(st, &at, &slices, offsets, &sinks, &choices, true)
             .instrument(trace::log_span(&at.trace))
             .await;
         trace::end(
@@ -521,6 +539,15 @@ impl Run {
         written?;
         if let Some(m) = &self.metrics {
             m.epoch_written(t.elapsed());
+        }
+        if let Some(r) = self.rollout.as_mut() {
+            for (stage, reason) in r.guard().await {
+                self.emit(RunEvent::RolledBack {
+                    stage,
+                    epoch,
+                    reason,
+                });
+            }
         }
         st.epoch += 1;
         st.retries_left = pace.max_retries;
@@ -583,6 +610,7 @@ impl Run {
             read_at: g.read_at,
             stats: g.stats,
             trace: g.trace,
+            rollout: g.rollout,
         });
         st.last_commit = Instant::now();
         while st.queue.is_full() {
@@ -629,6 +657,12 @@ impl Run {
             }
         }
         st.latencies.extend(c.latencies);
+        if let Some(r) = &self.rollout {
+            let status = r.write_status(&self.plan, c.last).await;
+            if let Some(m) = &self.metrics {
+                m.rollout(&status);
+            }
+        }
         tracing::info!(first_epoch = c.first, epoch = c.last, "committed");
         self.emit(RunEvent::Committed {
             first_epoch: c.first,
@@ -669,6 +703,11 @@ impl Run {
         }
         // the sinks that lack the range; a sink without a log is not written twice
         let sinks: Vec<String> = replay.sinks.iter().cloned().collect();
+        let choices = self
+            .rollout
+            .as_ref()
+            .map(|r| r.replay_choices(&range.rollout))
+            .unwrap_or_default();
         let mut attempt = 0;
         loop {
             let at = EpochAt {
@@ -685,7 +724,7 @@ impl Run {
                 ),
             };
             let written = self
-                .write_epoch(st, &at, &slices, range.offsets.clone(), &sinks)
+                .write_epoch(st, &at, &slices, range.offsets.clone(), &sinks, &choices, false)
                 .instrument(trace::log_span(&at.trace))
                 .await;
             trace::end(
@@ -786,7 +825,10 @@ impl Run {
     }
 
     /// Plans and writes epoch `epoch` (of the commit group starting at
-    /// `first`) to `sinks`, then its dead letters; adds it to the group.
+    /// `first`) to `sinks` with the rollout `choices`, then its dead letters
+    /// and shadow diffs; adds it to the group. `for_guard`: the epoch is
+    /// new (not a replay), so the rollout guard judges it.
+    #[allow(clippy::too_many_arguments)]
     async fn write_epoch(
         &mut self,
         st: &mut LoopState,
@@ -794,6 +836,8 @@ impl Run {
         slices: &BTreeMap<String, Slice<Value>>,
         offsets: BTreeMap<String, SourceOffsets>,
         sinks: &[String],
+        choices: &BTreeMap<String, Choice>,
+        for_guard: bool,
     ) -> Result<()> {
         let (epoch, first) = (at.number, at.group);
         let read_at = Instant::now();
@@ -807,12 +851,14 @@ impl Run {
             tables.insert(name.clone(), Arc::clone(&slice.table));
             uris.insert(name.clone(), slice.uris.clone());
         }
-        let binding = Arc::new(EpochBinding::new(epoch, tables, at.trace.clone()));
+        let binding =
+            Arc::new(EpochBinding::new(epoch, tables, at.trace.clone()).with_rollout(choices.clone()));
         let state = binding.bind(&self.plan.session.state());
         let task = state.task_ctx();
 
         let mut jobs: Vec<(&PlannedSink, Arc<dyn ExecutionPlan>, SinkPart)> = Vec::new();
         let mut dead_letter_sink = None;
+        let mut diff_sinks = Vec::new();
         for name in sinks {
             let Some(s) = self.plan.sinks.get(name) else {
                 continue;
@@ -828,6 +874,7 @@ impl Run {
                     jobs.push((s, plan, part));
                 }
                 SinkInput::DeadLetters => dead_letter_sink = Some((s, part)),
+                SinkInput::RolloutDiff(ref stage) => diff_sinks.push((s, part, stage.clone())),
             }
         }
         let mut stats = Stats::default();
@@ -876,7 +923,15 @@ impl Run {
             jobs.iter().map(|(_, p, _)| Arc::clone(p)).collect();
         stats.add_stage_borders(&plans);
 
-        let letters = binding.dead_letters().take();
+        let mut letters = binding.dead_letters().take();
+        let (records, mut samples) = match self.rollout.as_mut() {
+            Some(r) => {
+                let tallies = binding.rollout().take();
+                r.observe(&self.plan, epoch, choices, tallies, &mut letters, for_guard)
+                    .await?
+            }
+            None => Default::default(),
+        };
         stats.add_dead_letters(&letters);
         if let Some(l) = &self.live {
             l.epoch_written(epoch, &letters);
@@ -889,23 +944,20 @@ impl Run {
             let kept: Vec<_> = letters.into_iter().filter(|d| !d.skipped).collect();
             let batch = dead_letter::to_batch(epoch, &kept)
                 .map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
-            let plan =
-                MemorySourceConfig::try_new_exec(&[vec![batch]], dead_letter::schema(), None)
-                    .map_err(|e| SluiceError::Internal(format!("dead letters: {e}")))?;
             let t = Instant::now();
-            s.sink
-                .write(EpochOutput {
-                    epoch,
-                    commit_group: first,
-                    run_id: Arc::clone(&self.run_id),
-                    plan,
-                    task: Arc::clone(&task),
-                    schema: Arc::clone(&part.schema),
-                    sink: s.id.clone(),
-                })
-                .await?;
+            write_rows(&self.run_id, s, &part, batch, epoch, first, &task).await?;
             stats.of(s.id.clone()).wall += t.elapsed();
             written.insert(dead_letter::SINK_NAME.to_string(), part);
+        }
+        for (s, part, stage) in diff_sinks {
+            let rows = samples.remove(&stage).unwrap_or_default();
+            let variant = choices.get(&stage).map_or("", |c| c.variant.as_str());
+            let batch = crate::rollout::diff::to_batch(epoch, &stage, variant, &rows)
+                .map_err(|e| SluiceError::Internal(format!("shadow diff of `{stage}`: {e}")))?;
+            let t = Instant::now();
+            write_rows(&self.run_id, s, &part, batch, epoch, first, &task).await?;
+            stats.of(s.id.clone()).wall += t.elapsed();
+            written.insert(s.id.name().to_string(), part);
         }
 
         let group = st.group.get_or_insert_with(|| Group {
@@ -916,7 +968,10 @@ impl Run {
             read_at: Vec::new(),
             stats: Stats::default(),
             trace: Context::new(),
+            choices: choices.clone(),
+            rollout: BTreeMap::new(),
         });
+        merge_records(&mut group.rollout, records);
         group.last = epoch;
         group.trace = at.trace.clone();
         // offsets over the group: the first epoch's start, the last epoch's end
@@ -955,4 +1010,33 @@ impl Run {
             s.sink.abort().await;
         }
     }
+}
+
+/// Writes `batch`, rows the loop made itself (dead letters, a diff
+/// sample), to sink `s` for epoch `epoch`.
+#[allow(clippy::too_many_arguments)]
+async fn write_rows(
+    run_id: &Arc<str>,
+    s: &PlannedSink,
+    part: &SinkPart,
+    batch: datafusion::arrow::array::RecordBatch,
+    epoch: u64,
+    first: u64,
+    task: &Arc<datafusion::execution::TaskContext>,
+) -> Result<()> {
+    let schema = batch.schema();
+    let plan = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)
+        .map_err(|e| SluiceError::Internal(format!("{}: {e}", s.id)))?;
+    s.sink
+        .write(EpochOutput {
+            epoch,
+            commit_group: first,
+            run_id: Arc::clone(run_id),
+            plan,
+            task: Arc::clone(task),
+            schema: Arc::clone(&part.schema),
+            sink: s.id.clone(),
+        })
+        .await?;
+    Ok(())
 }

@@ -170,6 +170,47 @@ const BACKLOG: Family = family(
     FamilyKind::Gauge,
 );
 
+const ROLLOUT_ROWS: Family = family(
+    "sluice_rollout_rows_total",
+    "Rows a branch of a rolled-out stage produced (variant=\"primary\" for the stage itself).",
+    FamilyKind::Counter,
+);
+const ROLLOUT_ERRORS: Family = family(
+    "sluice_rollout_row_errors_total",
+    "Row errors of a branch of a rolled-out stage.",
+    FamilyKind::Counter,
+);
+const ROLLOUT_FAILURES: Family = family(
+    "sluice_rollout_failures_total",
+    "Epochs in which a variant failed or restarted.",
+    FamilyKind::Counter,
+);
+const ROLLOUT_DIFF: Family = family(
+    "sluice_rollout_diff_rows_total",
+    "Shadow: rows where the variant differs from the primary, by kind (missing, extra, changed).",
+    FamilyKind::Counter,
+);
+const ROLLOUT_ROLLBACKS: Family = family(
+    "sluice_rollout_rollbacks_total",
+    "Times the guard rolled a variant back to the primary.",
+    FamilyKind::Counter,
+);
+const ROLLOUT_MODE: Family = family(
+    "sluice_rollout_mode",
+    "1 for the mode a rolled-out stage's variant runs in now.",
+    FamilyKind::Gauge,
+);
+const ROLLOUT_PERCENT: Family = family(
+    "sluice_rollout_canary_percent",
+    "The canary share of rows, 0 to 100.",
+    FamilyKind::Gauge,
+);
+const ROLLOUT_P99: Family = family(
+    "sluice_rollout_batch_p99_seconds",
+    "99th percentile batch round trip of an external branch (the variant's over the guard's window).",
+    FamilyKind::Gauge,
+);
+
 /// The metrics of one run; see the module docs.
 #[derive(Debug)]
 pub(crate) struct RunMetrics {
@@ -261,6 +302,45 @@ impl RunMetrics {
     pub(crate) fn backlog(&self, name: &str, kind: &str, files: u64) {
         self.registry
             .set(BACKLOG, self.component_labels(name, kind), files as f64);
+    }
+
+    /// The rollout status (as `sluice rollout status` reads it) after a commit.
+    pub(crate) fn rollout(&self, status: &serde_json::Value) {
+        let Some(stages) = status["stages"].as_object() else {
+            return;
+        };
+        for (stage, s) in stages {
+            let labels = |variant: &str| {
+                let mut l = self.run_labels();
+                l.push(("stage", stage.clone()));
+                l.push(("variant", variant.to_string()));
+                l
+            };
+            let variant = s["variant"].as_str().unwrap_or_default();
+            for mode in ["off", "shadow", "canary", "primary"] {
+                let mut l = labels(variant);
+                l.push(("mode", mode.to_string()));
+                let on = s["mode"].as_str() == Some(mode);
+                self.registry.set(ROLLOUT_MODE, l, if on { 1.0 } else { 0.0 });
+            }
+            let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+            self.registry.set(ROLLOUT_PERCENT, labels(variant), num(&s["percent"]));
+            let rollbacks = s["rollbacks"].as_array().map_or(0, Vec::len);
+            self.registry.set(ROLLOUT_ROLLBACKS, labels(variant), rollbacks as f64);
+            for kind in ["missing", "extra", "changed"] {
+                let mut l = labels(variant);
+                l.push(("kind", kind.to_string()));
+                self.registry.set(ROLLOUT_DIFF, l, num(&s["diff"][kind]));
+            }
+            for (b, v) in s["branches"].as_object().into_iter().flatten() {
+                self.registry.set(ROLLOUT_ROWS, labels(b), num(&v["rows"]));
+                self.registry.set(ROLLOUT_ERRORS, labels(b), num(&v["row_errors"]));
+                self.registry.set(ROLLOUT_FAILURES, labels(b), num(&v["failures"]));
+                if let Some(ms) = v["p99_ms"].as_f64() {
+                    self.registry.set(ROLLOUT_P99, labels(b), ms / 1000.0);
+                }
+            }
+        }
     }
 
     /// What only the external stages know, read when scraped.

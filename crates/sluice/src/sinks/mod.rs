@@ -75,6 +75,25 @@ pub struct CommitRecord {
     /// Offsets of every source over the committed epochs; a restart
     /// resumes at their `end`.
     pub source_offsets: BTreeMap<String, SourceOffsets>,
+    /// How every rolled-out stage ran over these epochs; keep it in the
+    /// log, so that [`Sink::recover`] can hand it back for a replay.
+    pub rollout: BTreeMap<String, crate::rollout::RolloutRecord>,
+}
+
+impl CommitRecord {
+    /// What [`Sink::recover`] reports of this commit once it is made.
+    pub fn range(&self) -> CommittedRange {
+        CommittedRange {
+            first: self.first_epoch,
+            last: self.epoch,
+            offsets: self.source_offsets.clone(),
+            rollout: self
+                .rollout
+                .iter()
+                .map(|(s, r)| (s.clone(), r.choice.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// One epoch's rows for a sink: a plan whose partitions can be written in

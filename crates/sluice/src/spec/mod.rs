@@ -103,6 +103,10 @@ pub struct Settings {
     /// Settings for `s3://` URLs, on top of the `AWS_*` environment variables.
     #[serde(default)]
     pub s3: S3Settings,
+    /// Where the rollout flags file is (default: `_sluice/rollout.json`
+    /// beside the first file sink's commit log).
+    #[serde(default)]
+    pub rollout_flags: Option<String>,
 }
 
 /// The `[settings.epoch]` table.
@@ -154,6 +158,8 @@ pub struct PipelineSpec {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Stages by name.
     pub stages: BTreeMap<String, StageConfig>,
+    /// The variants and rollout of the stages that have them, by stage.
+    pub rollouts: BTreeMap<String, crate::rollout::StageRollout>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkConfig>,
     /// Where rows that sources or stages give up on go (`on_error = "dead_letter"`).
@@ -201,6 +207,7 @@ impl PipelineSpec {
             settings: Settings::default(),
             sources: BTreeMap::new(),
             stages: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
             sinks: BTreeMap::new(),
             dead_letter: None,
             lineage: None,
@@ -359,7 +366,7 @@ impl PipelineSpec {
 
     /// Parses pipeline TOML text; `file` is used in error messages.
     pub fn from_toml(text: &str, file: &Path, base_dir: &Path) -> Result<Self> {
-        let raw: RawSpec = toml::from_str(text).map_err(|e| {
+        let mut raw: RawSpec = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             let message = e.message().to_string();
             let key = key_from_toml_message(&message);
@@ -371,6 +378,8 @@ impl PipelineSpec {
         })?;
         let mut issues = Vec::new();
         let mut lines = BTreeMap::new();
+        let rollouts =
+            crate::rollout::config::take_rollouts(text, file, &mut raw.stages, &mut issues);
         let sources = decode_section(
             text,
             file,
@@ -408,6 +417,7 @@ impl PipelineSpec {
             settings: raw.settings,
             sources,
             stages,
+            rollouts,
             sinks,
             dead_letter: raw.dead_letter,
             lineage: raw.lineage,
@@ -540,7 +550,7 @@ pub(crate) fn decode_table<T: for<'de> Deserialize<'de>>(
         .map_err(|e| e.message().trim().to_string())
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
         .filter(|b| *b == b'\n')

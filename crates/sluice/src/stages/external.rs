@@ -116,6 +116,9 @@ pub(crate) struct ExternalRuntime {
     pub latencies_us: std::sync::Mutex<Vec<u32>>,
     /// Every round trip, in seconds, as `/metrics` shows them.
     round_trips: std::sync::Mutex<crate::observe::Histogram>,
+    /// Round trips since the rollout guard last took them (microseconds;
+    /// only kept for rolled-out stages, whose guard takes them every epoch).
+    recent_us: std::sync::Mutex<Option<Vec<u32>>>,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -162,6 +165,7 @@ impl ExternalRuntime {
             starts: AtomicU64::new(0),
             latencies_us: std::sync::Mutex::new(Vec::new()),
             round_trips: std::sync::Mutex::default(),
+            recent_us: std::sync::Mutex::new(None),
         };
         let mut client = rt.client().await?;
         rt.manifest = client.describe().await?;
@@ -246,11 +250,60 @@ impl ExternalRuntime {
             l.push(took.as_micros().min(u32::MAX as u128) as u32);
         }
         drop(l);
+        if let Some(r) = self
+            .recent_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .filter(|r| r.len() < 1_000_000)
+        {
+            r.push(took.as_micros().min(u32::MAX as u128) as u32);
+        }
         // the histogram counts all: a Prometheus counter never stops
         self.round_trips
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .observe(took.as_secs_f64());
+    }
+
+    /// Starts keeping the round trips for [`ExternalRuntime::take_recent`].
+    pub(crate) fn keep_recent(&self) {
+        self.recent_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Vec::new);
+    }
+
+    /// The round trips (microseconds) since the last call.
+    pub(crate) fn take_recent(&self) -> Vec<u32> {
+        self.recent_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// CPU seconds (user + system) and resident bytes of the child process,
+    /// from `/proc` (Linux); `None` for a remote stage or elsewhere.
+    pub(crate) async fn process_usage(&self) -> Option<(f64, u64)> {
+        let pid = self.state.lock().await.child.as_ref()?.id()?;
+        let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await.ok()?;
+        // the fields after the `(comm)`, which may hold spaces
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await.ok()?;
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        // USER_HZ is 100 on every Linux sluice runs on
+        Some((ticks / 100.0, rss_kb * 1024))
     }
 
     /// The histogram of every round trip so far.

@@ -525,6 +525,11 @@ impl Sink for FileSink {
                         first: c.first_epoch.min(c.epoch),
                         last: c.epoch,
                         offsets: c.source_offsets,
+                        rollout: c
+                            .rollout
+                            .into_iter()
+                            .map(|(s, r)| (s, r.choice))
+                            .collect(),
                     })
                     .collect(),
             ),
@@ -650,6 +655,7 @@ impl Sink for FileSink {
             lineage: record.lineage.clone(),
             provenance: record.provenance.clone(),
             source_offsets: record.source_offsets.clone(),
+            rollout: record.rollout.clone(),
         };
         self.log.write(&commit).await.map_err(|e| self.log_err(e))
     }
