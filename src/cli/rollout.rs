@@ -69,7 +69,7 @@ pub async fn status(engine: &Engine, pipeline: &Path, json: bool) -> ExitCode {
     );
     for (stage, s) in status["stages"].as_object().into_iter().flatten() {
         let percent = if s["mode"] == "canary" {
-            format!(" {}%", s["percent"])
+            format!(" {}%", s["percent"].as_f64().unwrap_or(0.0))
         } else {
             String::new()
         };

@@ -5,6 +5,7 @@
 
 mod dead_letters;
 mod lineage;
+mod rollout;
 mod metrics;
 mod schemas;
 mod stages;

@@ -2,6 +2,8 @@
 
 compare   Runs the same SQL stages with DuckDB on the same input and compares
           the result with what a sluice sink committed, as multisets of rows.
+query     Runs SQL over sinks' committed files (each `--sink name=dir` is a
+          view `name`) and prints the rows as a JSON list of objects.
 metadata  Reads the committed Parquet files of a sink with pyarrow and DuckDB
           and prints their sluice metadata, row counts and a checksum as JSON.
 
@@ -87,6 +89,16 @@ def metadata(args):
     print(json.dumps(out))
 
 
+def query(args):
+    con = duckdb.connect()
+    for s in args.sink:
+        name, _, sink_dir = s.partition("=")
+        con.execute(f'CREATE VIEW "{name}" AS {read_actual(con, sink_dir, "parquet")}')
+    cur = con.execute(args.sql)
+    cols = [d[0] for d in cur.description]
+    print(json.dumps([dict(zip(cols, r)) for r in cur.fetchall()], default=str))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -97,11 +109,14 @@ def main():
     c.add_argument("--query", required=True)
     c.add_argument("--actual", required=True)
     c.add_argument("--format", default="parquet")
+    q = sub.add_parser("query")
+    q.add_argument("--sink", action="append", default=[])
+    q.add_argument("--sql", required=True)
     m = sub.add_parser("metadata")
     m.add_argument("--sink", required=True)
     m.add_argument("--sum-column")
     args = p.parse_args()
-    {"compare": compare, "metadata": metadata}[args.cmd](args)
+    {"compare": compare, "query": query, "metadata": metadata}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -158,12 +158,13 @@ impl Stats {
             out.push(s);
         }
         for (name, s) in &plan.sinks {
-            // the dead-letter sink has no input in the graph: its rows come from everywhere
-            let rows_in = plan
-                .spec
-                .sinks
-                .get(name)
-                .map_or_else(|| self.dead_total(), |c| out_of(&c.input));
+            // the dead-letter sink has no input in the graph: its rows come
+            // from everywhere; a diff sink's rows are the diff's sample
+            let rows_in = match (plan.spec.sinks.get(name), &s.input) {
+                (Some(c), _) => out_of(&c.input),
+                (None, crate::compile::SinkInput::RolloutDiff(_)) => rows_out(s.id.clone()),
+                (None, _) => self.dead_total(),
+            };
             out.push(stats(&s.id, s.sink.kind(), rows_in, self.get(&s.id)));
         }
         out
