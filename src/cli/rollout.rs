@@ -85,7 +85,9 @@ pub async fn status(engine: &Engine, pipeline: &Path, json: bool) -> ExitCode {
             outln!("  flag set by {} at {}: {reason}", f.set_by, f.set_at);
         }
         let d = &s["diff"];
-        if d["primary_rows"].as_u64().unwrap_or(0) > 0 || d["variant_rows"].as_u64().unwrap_or(0) > 0 {
+        if d["primary_rows"].as_u64().unwrap_or(0) > 0
+            || d["variant_rows"].as_u64().unwrap_or(0) > 0
+        {
             outln!(
                 "  shadow diff: {} missing, {} extra, {} changed{}",
                 d["missing"],
@@ -96,7 +98,10 @@ pub async fn status(engine: &Engine, pipeline: &Path, json: bool) -> ExitCode {
                     .filter(|c| !c.is_empty())
                     .map(|c| format!(
                         " (by column: {})",
-                        c.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+                        c.iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
                     .unwrap_or_default()
             );
@@ -104,7 +109,15 @@ pub async fn status(engine: &Engine, pipeline: &Path, json: bool) -> ExitCode {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
         t.set_header(vec![
-            "variant", "implementation", "rows", "errors", "failures", "p50 ms", "p99 ms", "CPU s", "RSS MiB",
+            "variant",
+            "implementation",
+            "rows",
+            "errors",
+            "failures",
+            "p50 ms",
+            "p99 ms",
+            "CPU s",
+            "RSS MiB",
         ]);
         for (b, v) in s["branches"].as_object().into_iter().flatten() {
             t.add_row(vec![

@@ -5,8 +5,8 @@
 
 mod dead_letters;
 mod lineage;
-mod rollout;
 mod metrics;
+mod rollout;
 mod schemas;
 mod stages;
 mod streaming;

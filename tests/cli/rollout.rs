@@ -12,12 +12,17 @@ use super::{commits, ok, python, root, set, sluice, text};
 /// Rows of `sql` over the committed files of the named sinks, by DuckDB.
 fn duck(sinks: &[(&str, &Path)], sql: &str) -> Vec<serde_json::Value> {
     let mut cmd = Command::new(python());
-    cmd.arg(root().join("tests/support/duckdb_check.py")).arg("query");
+    cmd.arg(root().join("tests/support/duckdb_check.py"))
+        .arg("query");
     for (name, dir) in sinks {
         cmd.arg("--sink").arg(format!("{name}={}", dir.display()));
     }
     let out = cmd.arg("--sql").arg(sql).output().unwrap();
-    assert!(out.status.success(), "duckdb: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
 }
 
@@ -47,7 +52,15 @@ fn a_go_and_a_rust_variant_in_shadow_do_not_differ_over_tpch_sf_0_1() {
         assert_eq!(r["mode"], "shadow", "{c}");
         assert_eq!(r["variant"], "rust");
         let d = &r["diff"];
-        assert_eq!((d["missing"].as_u64(), d["extra"].as_u64(), d["changed"].as_u64()), (Some(0), Some(0), Some(0)), "{d}");
+        assert_eq!(
+            (
+                d["missing"].as_u64(),
+                d["extra"].as_u64(),
+                d["changed"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{d}"
+        );
         // both sides saw the whole epoch, and only the primary was delivered
         assert_eq!(d["primary_rows"], c["rows"]);
         assert_eq!(d["variant_rows"], c["rows"]);
@@ -57,7 +70,10 @@ fn a_go_and_a_rust_variant_in_shadow_do_not_differ_over_tpch_sf_0_1() {
     let lineitem = one(&[("out", &out)], "SELECT count(*) AS n FROM out");
     assert_eq!(lineitem["n"].as_u64(), Some(rows));
     assert!(rows > 600_000, "SF 0.1 has 600k line items, got {rows}");
-    assert_eq!(one(&[("diff", &diff)], "SELECT count(*) AS n FROM diff")["n"], 0);
+    assert_eq!(
+        one(&[("diff", &diff)], "SELECT count(*) AS n FROM diff")["n"],
+        0
+    );
 }
 
 #[test]
@@ -92,12 +108,18 @@ fn a_wrong_variant_is_found_row_by_row_and_rolled_back_by_the_guard() {
         .collect();
     let fob = one(
         &[],
-        &format!("SELECT count(*) AS n FROM read_parquet([{}]) WHERE l_shipmode = 'FOB'", files.join(",")),
+        &format!(
+            "SELECT count(*) AS n FROM read_parquet([{}]) WHERE l_shipmode = 'FOB'",
+            files.join(",")
+        ),
     );
     let d = &first["diff"];
     assert!(fob["n"].as_u64().unwrap() > 0);
     assert_eq!(d["changed"], fob["n"], "{d}");
-    assert_eq!((d["missing"].as_u64(), d["extra"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (d["missing"].as_u64(), d["extra"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(d["columns"], serde_json::json!({"ship_class": fob["n"]}));
     let sample = one(
         &[("diff", &diff)],
@@ -107,18 +129,34 @@ fn a_wrong_variant_is_found_row_by_row_and_rolled_back_by_the_guard() {
     );
     assert_eq!(sample["n"], fob["n"], "{sample}");
     assert_eq!(sample["fob"], fob["n"]);
-    assert_eq!((sample["e0"].as_u64(), sample["e1"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (sample["e0"].as_u64(), sample["e1"].as_u64()),
+        (Some(0), Some(0))
+    );
 
     // the rollback is in the flags file, so the next run keeps the primary
     let flags: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("_sluice/rollout.json")).unwrap()).unwrap();
     let f = &flags["stages"]["enriched"];
-    assert_eq!((f["mode"].as_str(), f["set_by"].as_str()), (Some("off"), Some("guard")));
-    assert!(f["reason"].as_str().unwrap().contains("max_diff_rate"), "{f}");
+    assert_eq!(
+        (f["mode"].as_str(), f["set_by"].as_str()),
+        (Some("off"), Some("guard"))
+    );
+    assert!(
+        f["reason"].as_str().unwrap().contains("max_diff_rate"),
+        "{f}"
+    );
     let status: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("_sluice/rollout-status.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.join("_sluice/rollout-status.json")).unwrap())
+            .unwrap();
     let s = &status["stages"]["enriched"];
-    assert!(s["verdict"].as_str().unwrap().starts_with("rolled back at epoch 0"), "{s}");
+    assert!(
+        s["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("rolled back at epoch 0"),
+        "{s}"
+    );
     assert_eq!(s["rollbacks"].as_array().unwrap().len(), 1);
 }
 
@@ -126,7 +164,9 @@ fn a_wrong_variant_is_found_row_by_row_and_rolled_back_by_the_guard() {
 /// finds the same flags file): a generator through one SQL stage with an
 /// SQL variant, canary-split by key.
 fn canary_pipeline(dir: &Path, mode: &str, rows: u64, rate: Option<u64>) -> std::path::PathBuf {
-    let rate = rate.map(|r| format!("rows_per_second = {r}\n")).unwrap_or_default();
+    let rate = rate
+        .map(|r| format!("rows_per_second = {r}\n"))
+        .unwrap_or_default();
     let text = format!(
         r#"[pipeline]
 name = "canary"
@@ -184,8 +224,14 @@ fn spawn_run(pipeline: &Path) -> Child {
 fn wait_for_commits(out: &Path, n: usize, child: &mut Child) {
     let t = Instant::now();
     while commits(out).len() < n {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before {n} commits");
-        assert!(t.elapsed() < Duration::from_secs(120), "no {n} commits in 2 minutes");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before {n} commits"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no {n} commits in 2 minutes"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -231,7 +277,12 @@ fn a_canary_sends_ten_percent_of_keys_through_the_variant_exactly_once_through_a
     for c in &cs {
         let r = &c["rollout"]["scored"];
         assert_eq!(r["mode"], "canary");
-        let sum: u64 = r["rows"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        let sum: u64 = r["rows"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
         assert_eq!(Some(sum), c["rows"].as_u64(), "{c}");
     }
 }
@@ -255,21 +306,44 @@ fn a_flag_set_while_a_stream_runs_takes_effect_at_the_next_epoch_without_a_resta
     assert!(text(&set).contains("canary v2 at 50%"), "{}", text(&set));
     let switched_after = commits(&out).len();
     let status = child.wait_with_output().unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let cs = commits(&out);
-    let modes: Vec<&str> = cs.iter().map(|c| c["rollout"]["scored"]["mode"].as_str().unwrap()).collect();
-    let first_canary = modes.iter().position(|m| *m == "canary").expect("the flag took effect");
+    let modes: Vec<&str> = cs
+        .iter()
+        .map(|c| c["rollout"]["scored"]["mode"].as_str().unwrap())
+        .collect();
+    let first_canary = modes
+        .iter()
+        .position(|m| *m == "canary")
+        .expect("the flag took effect");
     // off until the flag, canary from the epoch after it on, never back
     assert!(first_canary >= switched_after.min(2), "{modes:?}");
-    assert!(modes[..first_canary].iter().all(|m| *m == "off"), "{modes:?}");
-    assert!(modes[first_canary..].iter().all(|m| *m == "canary"), "{modes:?}");
+    assert!(
+        modes[..first_canary].iter().all(|m| *m == "off"),
+        "{modes:?}"
+    );
+    assert!(
+        modes[first_canary..].iter().all(|m| *m == "canary"),
+        "{modes:?}"
+    );
     for c in &cs[first_canary..] {
         let r = &c["rollout"]["scored"];
         assert_eq!(r["percent"], 50.0);
     }
     exactly_once(&out, rows);
-    let v2 = one(&[("out", &out)], "SELECT count(*) FILTER (WHERE served_by = 'v2') AS n FROM out");
+    let v2 = one(
+        &[("out", &out)],
+        "SELECT count(*) FILTER (WHERE served_by = 'v2') AS n FROM out",
+    );
     assert!(v2["n"].as_u64().unwrap() > 0);
     let st = ok(sluice(&["rollout", "status", pipeline.to_str().unwrap()]));
-    assert!(text(&st).contains("stage `scored`: canary v2 50%"), "{}", text(&st));
+    assert!(
+        text(&st).contains("stage `scored`: canary v2 50%"),
+        "{}",
+        text(&st)
+    );
 }

@@ -68,7 +68,10 @@ pub(super) async fn plan_rollout(
         None if r.config.mode == Mode::Canary => {
             return Err(issue(
                 format!("stages.{name}.rollout.mode"),
-                format!("a canary splits the rows of the stage's one input, and `{name}` reads {}", stage.inputs().len()),
+                format!(
+                    "a canary splits the rows of the stage's one input, and `{name}` reads {}",
+                    stage.inputs().len()
+                ),
             ));
         }
         None => Vec::new(),
@@ -96,7 +99,14 @@ pub(super) async fn plan_rollout(
             externals.insert(branch.component.clone(), rt);
         }
         if side == Side::Variant {
-            names.push(branch.key.rsplit('.').next().unwrap_or_default().to_string());
+            names.push(
+                branch
+                    .key
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
         }
         plans.push(plan);
     }
@@ -106,7 +116,11 @@ pub(super) async fn plan_rollout(
     for (v, plan) in names.iter().zip(&plans).skip(1) {
         let theirs = plan.schema().as_arrow();
         let describe = |s: &datafusion::arrow::datatypes::Schema| {
-            s.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ")
+            s.fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let same = theirs.fields().len() == primary.fields().len()
             && theirs
@@ -127,7 +141,10 @@ pub(super) async fn plan_rollout(
     }
     for k in &r.config.key {
         if primary.index_of(k).is_err() {
-            return Err(issue(format!("stages.{name}.rollout.key"), format!("`{k}` is not a column of stage `{name}`")));
+            return Err(issue(
+                format!("stages.{name}.rollout.key"),
+                format!("`{k}` is not a column of stage `{name}`"),
+            ));
         }
     }
     if let Some(c) = &r.config.variant_column
@@ -140,7 +157,9 @@ pub(super) async fn plan_rollout(
     }
     let node = RolloutNode::try_new(name, names, plans, r.config.variant_column.clone())
         .map_err(|e| SluiceError::Internal(format!("rollout of `{name}`: {e}")))?;
-    let plan = LogicalPlan::Extension(Extension { node: Arc::new(node) });
+    let plan = LogicalPlan::Extension(Extension {
+        node: Arc::new(node),
+    });
     Ok(StageNode::wrap(name, stage.kind(), plan))
 }
 
@@ -153,8 +172,14 @@ async fn split_input(
     side: Side,
     by: &[usize],
 ) -> Result<Arc<dyn TableProvider>> {
-    let internal = |e: datafusion::error::DataFusionError| SluiceError::Internal(format!("canary split of `{stage}`: {e}"));
-    let plan = ctx.table(input).await.map_err(internal)?.into_unoptimized_plan();
+    let internal = |e: datafusion::error::DataFusionError| {
+        SluiceError::Internal(format!("canary split of `{stage}`: {e}"))
+    };
+    let plan = ctx
+        .table(input)
+        .await
+        .map_err(internal)?
+        .into_unoptimized_plan();
     let node = CanarySplitNode {
         stage: stage.to_string(),
         side,
@@ -164,14 +189,21 @@ async fn split_input(
     let original = ctx
         .deregister_table(input)
         .map_err(internal)?
-        .ok_or_else(|| SluiceError::Internal(format!("input `{input}` of `{stage}` is not registered")))?;
-    let split = LogicalPlan::Extension(Extension { node: Arc::new(node) });
-    ctx.register_table(input, Arc::new(ViewTable::new(split, None))).map_err(internal)?;
+        .ok_or_else(|| {
+            SluiceError::Internal(format!("input `{input}` of `{stage}` is not registered"))
+        })?;
+    let split = LogicalPlan::Extension(Extension {
+        node: Arc::new(node),
+    });
+    ctx.register_table(input, Arc::new(ViewTable::new(split, None)))
+        .map_err(internal)?;
     Ok(original)
 }
 
 fn restore(ctx: &SessionContext, input: &str, original: Arc<dyn TableProvider>) -> Result<()> {
-    let internal = |e: datafusion::error::DataFusionError| SluiceError::Internal(format!("input `{input}`: {e}"));
+    let internal = |e: datafusion::error::DataFusionError| {
+        SluiceError::Internal(format!("input `{input}`: {e}"))
+    };
     ctx.deregister_table(input).map_err(internal)?;
     ctx.register_table(input, original).map_err(internal)?;
     Ok(())

@@ -42,7 +42,9 @@ pub(super) async fn plan_all(
             continue;
         }
         let planned = match spec.rollouts.get(name) {
-            Some(r) => super::rollout::plan_rollout(ctx, spec, name, stage, r, &mut externals).await,
+            Some(r) => {
+                super::rollout::plan_rollout(ctx, spec, name, stage, r, &mut externals).await
+            }
             None => plan_branch(ctx, spec, &Branch::primary(name), stage)
                 .await
                 .map(|(plan, rt)| {

@@ -51,7 +51,10 @@ impl EpochBinding {
     }
 
     /// The same epoch, running its rolled-out stages as `choices` says.
-    pub(crate) fn with_rollout(mut self, choices: BTreeMap<String, crate::rollout::Choice>) -> Self {
+    pub(crate) fn with_rollout(
+        mut self,
+        choices: BTreeMap<String, crate::rollout::Choice>,
+    ) -> Self {
         self.rollout = EpochRollout::new(choices);
         self
     }

@@ -724,7 +724,15 @@ impl Run {
                 ),
             };
             let written = self
-                .write_epoch(st, &at, &slices, range.offsets.clone(), &sinks, &choices, false)
+                .write_epoch(
+                    st,
+                    &at,
+                    &slices,
+                    range.offsets.clone(),
+                    &sinks,
+                    &choices,
+                    false,
+                )
                 .instrument(trace::log_span(&at.trace))
                 .await;
             trace::end(
@@ -851,8 +859,9 @@ impl Run {
             tables.insert(name.clone(), Arc::clone(&slice.table));
             uris.insert(name.clone(), slice.uris.clone());
         }
-        let binding =
-            Arc::new(EpochBinding::new(epoch, tables, at.trace.clone()).with_rollout(choices.clone()));
+        let binding = Arc::new(
+            EpochBinding::new(epoch, tables, at.trace.clone()).with_rollout(choices.clone()),
+        );
         let state = binding.bind(&self.plan.session.state());
         let task = state.task_ctx();
 

@@ -321,12 +321,15 @@ impl RunMetrics {
                 let mut l = labels(variant);
                 l.push(("mode", mode.to_string()));
                 let on = s["mode"].as_str() == Some(mode);
-                self.registry.set(ROLLOUT_MODE, l, if on { 1.0 } else { 0.0 });
+                self.registry
+                    .set(ROLLOUT_MODE, l, if on { 1.0 } else { 0.0 });
             }
             let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
-            self.registry.set(ROLLOUT_PERCENT, labels(variant), num(&s["percent"]));
+            self.registry
+                .set(ROLLOUT_PERCENT, labels(variant), num(&s["percent"]));
             let rollbacks = s["rollbacks"].as_array().map_or(0, Vec::len);
-            self.registry.set(ROLLOUT_ROLLBACKS, labels(variant), rollbacks as f64);
+            self.registry
+                .set(ROLLOUT_ROLLBACKS, labels(variant), rollbacks as f64);
             for kind in ["missing", "extra", "changed"] {
                 let mut l = labels(variant);
                 l.push(("kind", kind.to_string()));
@@ -334,8 +337,10 @@ impl RunMetrics {
             }
             for (b, v) in s["branches"].as_object().into_iter().flatten() {
                 self.registry.set(ROLLOUT_ROWS, labels(b), num(&v["rows"]));
-                self.registry.set(ROLLOUT_ERRORS, labels(b), num(&v["row_errors"]));
-                self.registry.set(ROLLOUT_FAILURES, labels(b), num(&v["failures"]));
+                self.registry
+                    .set(ROLLOUT_ERRORS, labels(b), num(&v["row_errors"]));
+                self.registry
+                    .set(ROLLOUT_FAILURES, labels(b), num(&v["failures"]));
                 if let Some(ms) = v["p99_ms"].as_f64() {
                     self.registry.set(ROLLOUT_P99, labels(b), ms / 1000.0);
                 }

@@ -11,16 +11,22 @@ use crate::spec::PipelineSpec;
 fn flags_file(engine: &Engine, spec: &PipelineSpec) -> Result<FlagsFile> {
     if spec.rollouts.is_empty() {
         return Err(SluiceError::spec(
-            spec.issue("stages", "the pipeline rolls nothing out: no stage has `variants`")
-                .with_help("add `[stages.<name>.variants.<variant>]` (see docs/rollout.md)"),
+            spec.issue(
+                "stages",
+                "the pipeline rolls nothing out: no stage has `variants`",
+            )
+            .with_help("add `[stages.<name>.variants.<variant>]` (see docs/rollout.md)"),
         ));
     }
     FlagsFile::of(spec, engine.stores())
         .map_err(|e| SluiceError::spec(spec.issue("settings.rollout_flags", e)))?
         .ok_or_else(|| {
             SluiceError::spec(
-                spec.issue("settings.rollout_flags", "the pipeline has no file sink to keep its rollout flags beside")
-                    .with_help("set `[settings] rollout_flags = \"state/rollout.json\"`"),
+                spec.issue(
+                    "settings.rollout_flags",
+                    "the pipeline has no file sink to keep its rollout flags beside",
+                )
+                .with_help("set `[settings] rollout_flags = \"state/rollout.json\"`"),
             )
         })
 }
@@ -29,15 +35,28 @@ fn flags_file(engine: &Engine, spec: &PipelineSpec) -> Result<FlagsFile> {
 /// `percent=25`, `variant=rust`), starting from the flag in force (the
 /// file's, else the pipeline's `[rollout]`). Returns the flag written and
 /// the file's URL.
-pub async fn set(engine: &Engine, spec: &PipelineSpec, stage: &str, changes: &[String]) -> Result<(Flag, String)> {
+pub async fn set(
+    engine: &Engine,
+    spec: &PipelineSpec,
+    stage: &str,
+    changes: &[String],
+) -> Result<(Flag, String)> {
     let file = flags_file(engine, spec)?;
     let r = spec.rollouts.get(stage).ok_or_else(|| {
-        SluiceError::spec(spec.issue(format!("stages.{stage}"), format!(
-            "stage `{stage}` has no variants; rolled-out stages: {}",
-            spec.rollouts.keys().cloned().collect::<Vec<_>>().join(", ")
-        )))
+        SluiceError::spec(spec.issue(
+            format!("stages.{stage}"),
+            format!(
+                "stage `{stage}` has no variants; rolled-out stages: {}",
+                spec.rollouts.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ))
     })?;
-    let bad = |m: String| SluiceError::spec(spec.issue(format!("stages.{stage}.rollout"), m).with_help("e.g. `mode=canary percent=25`, `mode=shadow variant=rust`, `mode=off`"));
+    let bad = |m: String| {
+        SluiceError::spec(
+            spec.issue(format!("stages.{stage}.rollout"), m)
+                .with_help("e.g. `mode=canary percent=25`, `mode=shadow variant=rust`, `mode=off`"),
+        )
+    };
     let mut flags = file.read().await.map_err(bad)?.unwrap_or(Flags {
         format: FLAGS_FORMAT,
         stages: Default::default(),
@@ -51,10 +70,16 @@ pub async fn set(engine: &Engine, spec: &PipelineSpec, stage: &str, changes: &[S
         },
     };
     for c in changes {
-        let (k, v) = c.split_once('=').ok_or_else(|| bad(format!("`{c}` is not KEY=VALUE")))?;
+        let (k, v) = c
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{c}` is not KEY=VALUE")))?;
         match k {
             "mode" => {
-                choice.mode = Mode::parse(v).ok_or_else(|| bad(format!("mode `{v}`: expected off, shadow, canary or primary")))?
+                choice.mode = Mode::parse(v).ok_or_else(|| {
+                    bad(format!(
+                        "mode `{v}`: expected off, shadow, canary or primary"
+                    ))
+                })?
             }
             "variant" => choice.variant = v.to_string(),
             "percent" => {
@@ -63,12 +88,24 @@ pub async fn set(engine: &Engine, spec: &PipelineSpec, stage: &str, changes: &[S
                     .parse::<f64>()
                     .map_err(|_| bad(format!("percent `{v}` is not a number")))?
             }
-            other => return Err(bad(format!("unknown key `{other}`: expected mode, variant or percent"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown key `{other}`: expected mode, variant or percent"
+                )));
+            }
         }
     }
     validate(stage, r, &choice).map_err(bad)?;
-    if choice.mode == Mode::Canary && r.config.mode != Mode::Canary && spec.stages.get(stage).is_some_and(|s| s.inputs().len() != 1) {
-        return Err(bad(format!("a canary splits the rows of the stage's one input, and `{stage}` reads several")));
+    if choice.mode == Mode::Canary
+        && r.config.mode != Mode::Canary
+        && spec
+            .stages
+            .get(stage)
+            .is_some_and(|s| s.inputs().len() != 1)
+    {
+        return Err(bad(format!(
+            "a canary splits the rows of the stage's one input, and `{stage}` reads several"
+        )));
     }
     let flag = Flag {
         mode: choice.mode,
@@ -85,7 +122,10 @@ pub async fn set(engine: &Engine, spec: &PipelineSpec, stage: &str, changes: &[S
 
 /// The flags in force and the status the last run wrote (JSON, see
 /// docs/rollout.md), with the flags file's URL.
-pub async fn status(engine: &Engine, spec: &PipelineSpec) -> Result<(Flags, Option<serde_json::Value>, String)> {
+pub async fn status(
+    engine: &Engine,
+    spec: &PipelineSpec,
+) -> Result<(Flags, Option<serde_json::Value>, String)> {
     let file = flags_file(engine, spec)?;
     let err = |m: String| SluiceError::spec(spec.issue("settings.rollout_flags", m));
     let flags = file.read().await.map_err(err)?.unwrap_or_default();

@@ -224,7 +224,11 @@ pub(crate) fn take_rollouts(
                         issues.push(issue(key, "a variant is a table, like a stage".into()));
                         continue;
                     };
-                    if v == "primary" || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                    if v == "primary"
+                        || !v
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    {
                         issues.push(issue(key, format!("`{v}` cannot name a variant: use letters, digits, `_` or `-`, and not `primary` (the stage itself)")));
                         continue;
                     }
@@ -244,7 +248,10 @@ pub(crate) fn take_rollouts(
                     let kind = match body.remove("kind") {
                         Some(toml::Value::String(k)) => k,
                         _ => {
-                            issues.push(issue(key, "a variant needs `kind = \"external\"` or `kind = \"sql\"`".into()));
+                            issues.push(issue(
+                                key,
+                                "a variant needs `kind = \"external\"` or `kind = \"sql\"`".into(),
+                            ));
                             continue;
                         }
                     };
@@ -258,7 +265,10 @@ pub(crate) fn take_rollouts(
             }
             Some(other) => issues.push(issue(
                 format!("stages.{name}.variants"),
-                format!("`variants` is a table of stage tables, found {}", other.type_str()),
+                format!(
+                    "`variants` is a table of stage tables, found {}",
+                    other.type_str()
+                ),
             )),
             None => {}
         }
@@ -266,7 +276,10 @@ pub(crate) fn take_rollouts(
             Some(v) => match v.try_into::<RolloutConfig>() {
                 Ok(c) => c,
                 Err(e) => {
-                    issues.push(issue(format!("stages.{name}.rollout"), e.message().trim().to_string()));
+                    issues.push(issue(
+                        format!("stages.{name}.rollout"),
+                        e.message().trim().to_string(),
+                    ));
                     continue;
                 }
             },
@@ -289,7 +302,9 @@ pub(crate) fn take_rollouts(
 fn check(r: &StageRollout) -> Option<String> {
     let c = &r.config;
     if r.variants.is_empty() {
-        return Some("a rollout needs a variant: add a table `[stages.<name>.variants.<variant>]`".into());
+        return Some(
+            "a rollout needs a variant: add a table `[stages.<name>.variants.<variant>]`".into(),
+        );
     }
     match (&c.variant, r.variant()) {
         (Some(v), _) if !r.variants.contains_key(v) => {
@@ -299,23 +314,36 @@ fn check(r: &StageRollout) -> Option<String> {
             ));
         }
         (None, None) => {
-            return Some("the stage has several variants: name the one rolled out with `variant = \"...\"`".into());
+            return Some(
+                "the stage has several variants: name the one rolled out with `variant = \"...\"`"
+                    .into(),
+            );
         }
         _ => {}
     }
     if !(0.0..=100.0).contains(&c.percent) {
-        return Some(format!("`percent` is a share of rows from 0 to 100, found {}", c.percent));
+        return Some(format!(
+            "`percent` is a share of rows from 0 to 100, found {}",
+            c.percent
+        ));
     }
-    if !(c.tolerance >= 0.0) {
-        return Some(format!("`tolerance` must be 0 or more, found {}", c.tolerance));
+    if c.tolerance.is_nan() || c.tolerance < 0.0 {
+        return Some(format!(
+            "`tolerance` must be 0 or more, found {}",
+            c.tolerance
+        ));
     }
     if let Some(g) = &c.guard {
         if g.min_epochs == 0 {
             return Some("`guard.min_epochs` must be at least 1".into());
         }
-        for (k, v) in [("max_error_rate", g.max_error_rate), ("max_diff_rate", g.max_diff_rate), ("max_p99_ms", g.max_p99_ms)] {
+        for (k, v) in [
+            ("max_error_rate", g.max_error_rate),
+            ("max_diff_rate", g.max_diff_rate),
+            ("max_p99_ms", g.max_p99_ms),
+        ] {
             if let Some(v) = v
-                && !(v >= 0.0)
+                && (v.is_nan() || v < 0.0)
             {
                 return Some(format!("`guard.{k}` must be 0 or more, found {v}"));
             }

@@ -52,7 +52,10 @@ impl RolloutRecord {
 }
 
 /// Adds one epoch's records into a commit group's.
-pub(crate) fn merge_records(into: &mut BTreeMap<String, RolloutRecord>, epoch: BTreeMap<String, RolloutRecord>) {
+pub(crate) fn merge_records(
+    into: &mut BTreeMap<String, RolloutRecord>,
+    epoch: BTreeMap<String, RolloutRecord>,
+) {
     for (stage, r) in epoch {
         match into.get_mut(&stage) {
             Some(have) => have.add(&r),
@@ -208,12 +211,17 @@ impl RolloutControl {
         tallies: BTreeMap<String, Tally>,
         letters: &mut Vec<DeadLetter>,
         for_guard: bool,
-    ) -> Result<(BTreeMap<String, RolloutRecord>, BTreeMap<String, Vec<DiffRow>>)> {
+    ) -> Result<(
+        BTreeMap<String, RolloutRecord>,
+        BTreeMap<String, Vec<DiffRow>>,
+    )> {
         let mut records = BTreeMap::new();
         let mut samples = BTreeMap::new();
         let mut tallies = tallies;
         for (stage, r) in &self.stages {
-            let Some(choice) = choices.get(stage) else { continue };
+            let Some(choice) = choices.get(stage) else {
+                continue;
+            };
             let tally = tallies.remove(stage).unwrap_or_default();
             let component = ComponentId::Stage(variant_component(stage, &choice.variant));
             let row_errors = letters.iter().filter(|d| d.component == component).count() as u64;
@@ -225,7 +233,11 @@ impl RolloutControl {
                 let rule = DiffRule {
                     key: r.config.key.clone(),
                     tolerance: r.config.tolerance,
-                    sample: if r.config.diff.is_some() { r.config.diff_sample } else { 0 },
+                    sample: if r.config.diff.is_some() {
+                        r.config.diff_sample
+                    } else {
+                        0
+                    },
                 };
                 let (p, v) = (tally.primary_rows, tally.variant_rows);
                 let (counts, sample) = if tally.variant_failure.is_some() {
@@ -234,7 +246,11 @@ impl RolloutControl {
                 } else {
                     tokio::task::spawn_blocking(move || run_diff(&p, &v, &rule))
                         .await
-                        .map_err(|e| SluiceError::Internal(format!("the shadow diff of `{stage}` panicked: {e}")))??
+                        .map_err(|e| {
+                            SluiceError::Internal(format!(
+                                "the shadow diff of `{stage}` panicked: {e}"
+                            ))
+                        })??
                 };
                 if counts.differing() > 0 {
                     tracing::warn!(stage = %stage, variant = %choice.variant, epoch, missing = counts.missing, extra = counts.extra, changed = counts.changed, "shadow variant differs from the primary");
@@ -246,7 +262,9 @@ impl RolloutControl {
                 Mode::Shadow => diff_counts.as_ref().map_or(0, |d| d.variant_rows),
                 _ => tally.delivered.get(&choice.variant).copied().unwrap_or(0),
             };
-            let runtime = plan.externals.get(&variant_component(stage, &choice.variant));
+            let runtime = plan
+                .externals
+                .get(&variant_component(stage, &choice.variant));
             let latencies_us = runtime.map(|rt| rt.take_recent()).unwrap_or_default();
             let st = self.state.entry(stage.clone()).or_default();
             let starts = runtime.map_or(0, |rt| rt.starts.load(Ordering::Relaxed));
@@ -301,7 +319,10 @@ impl RolloutControl {
 
     /// The choices a replay runs with: those its commit recorded; a stage
     /// the commit does not name (rolled out since) runs its primary.
-    pub(crate) fn replay_choices(&self, recorded: &BTreeMap<String, Choice>) -> BTreeMap<String, Choice> {
+    pub(crate) fn replay_choices(
+        &self,
+        recorded: &BTreeMap<String, Choice>,
+    ) -> BTreeMap<String, Choice> {
         self.stages
             .iter()
             .map(|(s, r)| {
@@ -320,7 +341,9 @@ impl RolloutControl {
     pub(crate) async fn guard(&mut self) -> Vec<(String, String)> {
         let mut rolled = Vec::new();
         for (stage, r) in &self.stages {
-            let Some(choice) = self.current.get(stage).cloned() else { continue };
+            let Some(choice) = self.current.get(stage).cloned() else {
+                continue;
+            };
             let st = self.state.entry(stage.clone()).or_default();
             if !choice.mode.runs_variant() {
                 if !st.verdict.starts_with("rolled back") {
@@ -388,13 +411,23 @@ impl RolloutControl {
                 } else {
                     plan.externals.get(&variant_component(stage, &b))
                 };
-                let totals = st.and_then(|s| s.totals.get(&b)).cloned().unwrap_or_default();
+                let totals = st
+                    .and_then(|s| s.totals.get(&b))
+                    .cloned()
+                    .unwrap_or_default();
                 let window: Vec<u32> = st
                     .filter(|_| b != PRIMARY)
-                    .map(|s| s.window.iter().flat_map(|o| o.latencies_us.iter().copied()).collect())
+                    .map(|s| {
+                        s.window
+                            .iter()
+                            .flat_map(|o| o.latencies_us.iter().copied())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let (p50, p99) = match runtime {
-                    Some(rt) if window.is_empty() => (rt.latency_quantile_us(0.5), rt.latency_quantile_us(0.99)),
+                    Some(rt) if window.is_empty() => {
+                        (rt.latency_quantile_us(0.5), rt.latency_quantile_us(0.99))
+                    }
                     _ => (quantile(&window, 0.5), quantile(&window, 0.99)),
                 };
                 let process = match runtime {
@@ -442,7 +475,11 @@ impl RolloutControl {
 
     /// Writes the status beside the flags file (a failure is logged: the
     /// status is for people, the commit already happened).
-    pub(crate) async fn write_status(&self, plan: &PipelinePlan, last_epoch: u64) -> serde_json::Value {
+    pub(crate) async fn write_status(
+        &self,
+        plan: &PipelinePlan,
+        last_epoch: u64,
+    ) -> serde_json::Value {
         let status = self.status(plan, last_epoch).await;
         if let Some(f) = &self.flags
             && let Err(e) = f.write_status(&status).await
@@ -463,7 +500,11 @@ fn default_choice(r: &StageRollout) -> Choice {
 }
 
 /// Why `choice` cannot run stage `stage`, if it cannot.
-pub(crate) fn validate(stage: &str, r: &StageRollout, choice: &Choice) -> std::result::Result<(), String> {
+pub(crate) fn validate(
+    stage: &str,
+    r: &StageRollout,
+    choice: &Choice,
+) -> std::result::Result<(), String> {
     if !r.variants.contains_key(&choice.variant) {
         return Err(format!(
             "stage `{stage}` has no variant `{}` (it has {})",
@@ -472,12 +513,19 @@ pub(crate) fn validate(stage: &str, r: &StageRollout, choice: &Choice) -> std::r
         ));
     }
     if !(0.0..=100.0).contains(&choice.percent) {
-        return Err(format!("stage `{stage}`: percent {} is not within 0 to 100", choice.percent));
+        return Err(format!(
+            "stage `{stage}`: percent {} is not within 0 to 100",
+            choice.percent
+        ));
     }
     Ok(())
 }
 
-fn run_diff(p: &[RecordBatch], v: &[RecordBatch], rule: &DiffRule) -> Result<(DiffCounts, Vec<DiffRow>)> {
+fn run_diff(
+    p: &[RecordBatch],
+    v: &[RecordBatch],
+    rule: &DiffRule,
+) -> Result<(DiffCounts, Vec<DiffRow>)> {
     let Some(schema) = p.first().or(v.first()).map(|b| b.schema()) else {
         return Ok((DiffCounts::default(), Vec::new()));
     };
@@ -493,27 +541,44 @@ fn breach(g: &GuardConfig, window: &VecDeque<Outcome>) -> Option<String> {
     // a failed exchange or a restart counts every row of its epoch as an error
     let errors: u64 = window
         .iter()
-        .map(|o| if o.failed { o.variant_rows.max(1) + o.row_errors } else { o.row_errors })
+        .map(|o| {
+            if o.failed {
+                o.variant_rows.max(1) + o.row_errors
+            } else {
+                o.row_errors
+            }
+        })
         .sum();
     if let Some(max) = g.max_error_rate {
         let handled = (rows + window.iter().map(|o| o.row_errors).sum::<u64>()).max(1);
         let rate = errors as f64 / handled as f64;
         if rate > max {
-            return Some(format!("error rate {rate:.6} > max_error_rate {max} over the last {} epochs", window.len()));
+            return Some(format!(
+                "error rate {rate:.6} > max_error_rate {max} over the last {} epochs",
+                window.len()
+            ));
         }
     }
     if let Some(max) = g.max_diff_rate {
         let (differing, primary) = window
             .iter()
             .filter_map(|o| o.diff.as_ref())
-            .fold((0u64, 0u64), |(d, p), c| (d + c.differing(), p + c.primary_rows.max(c.variant_rows)));
+            .fold((0u64, 0u64), |(d, p), c| {
+                (d + c.differing(), p + c.primary_rows.max(c.variant_rows))
+            });
         let rate = differing as f64 / primary.max(1) as f64;
         if rate > max {
-            return Some(format!("diff rate {rate:.6} ({differing} differing rows) > max_diff_rate {max} over the last {} epochs", window.len()));
+            return Some(format!(
+                "diff rate {rate:.6} ({differing} differing rows) > max_diff_rate {max} over the last {} epochs",
+                window.len()
+            ));
         }
     }
     if let Some(max) = g.max_p99_ms {
-        let all: Vec<u32> = window.iter().flat_map(|o| o.latencies_us.iter().copied()).collect();
+        let all: Vec<u32> = window
+            .iter()
+            .flat_map(|o| o.latencies_us.iter().copied())
+            .collect();
         if let Some(p99) = quantile(&all, 0.99) {
             let ms = p99 as f64 / 1000.0;
             if ms > max {
@@ -545,12 +610,18 @@ pub(crate) struct RolloutPlan {
 
 impl RolloutPlan {
     /// The rollout plan of `spec`, when it rolls anything out.
-    pub(crate) fn of(spec: &crate::spec::PipelineSpec, stores: &crate::storage::StoreRegistry) -> Result<Option<Arc<Self>>> {
+    pub(crate) fn of(
+        spec: &crate::spec::PipelineSpec,
+        stores: &crate::storage::StoreRegistry,
+    ) -> Result<Option<Arc<Self>>> {
         if spec.rollouts.is_empty() {
             return Ok(None);
         }
         let flags = FlagsFile::of(spec, stores).map_err(|e| {
-            SluiceError::spec(spec.issue("settings.rollout_flags", e).with_help("a URL or path of the rollout flags file"))
+            SluiceError::spec(
+                spec.issue("settings.rollout_flags", e)
+                    .with_help("a URL or path of the rollout flags file"),
+            )
         })?;
         Ok(Some(Arc::new(Self {
             stages: spec.rollouts.clone(),
@@ -589,9 +660,21 @@ mod tests {
         };
         let w = |o: Vec<Outcome>| o.into_iter().collect::<VecDeque<_>>();
         assert_eq!(breach(&g, &w(vec![outcome(100, 0, false, 0)])), None);
-        assert!(breach(&g, &w(vec![outcome(100, 5, false, 0)])).unwrap().contains("error rate"));
-        assert!(breach(&g, &w(vec![outcome(100, 0, true, 0)])).unwrap().contains("error rate"));
-        assert!(breach(&g, &w(vec![outcome(100, 0, false, 1)])).unwrap().contains("diff rate"));
+        assert!(
+            breach(&g, &w(vec![outcome(100, 5, false, 0)]))
+                .unwrap()
+                .contains("error rate")
+        );
+        assert!(
+            breach(&g, &w(vec![outcome(100, 0, true, 0)]))
+                .unwrap()
+                .contains("error rate")
+        );
+        assert!(
+            breach(&g, &w(vec![outcome(100, 0, false, 1)]))
+                .unwrap()
+                .contains("diff rate")
+        );
         let mut slow = outcome(100, 0, false, 0);
         slow.latencies_us = vec![9000; 10];
         assert!(breach(&g, &w(vec![slow])).unwrap().contains("p99"));

@@ -17,7 +17,9 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt64Builder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt64Builder,
+};
 use datafusion::arrow::compute::{SortOptions, cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -115,8 +117,16 @@ fn rows_of(batch: &RecordBatch, cols: &[usize]) -> Result<Option<Rows>> {
 }
 
 impl Side {
-    fn new(schema: &SchemaRef, batches: &[RecordBatch], key: &[usize], exact: &[usize], floats: &[usize]) -> Result<Self> {
-        let schema = batches.first().map_or_else(|| Arc::clone(schema), |b| b.schema());
+    fn new(
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        key: &[usize],
+        exact: &[usize],
+        floats: &[usize],
+    ) -> Result<Self> {
+        let schema = batches
+            .first()
+            .map_or_else(|| Arc::clone(schema), |b| b.schema());
         let batch = concat_batches(&schema, batches)?;
         let floats = floats
             .iter()
@@ -162,6 +172,9 @@ fn float_order(a: Option<f64>, b: Option<f64>) -> Ordering {
     }
 }
 
+/// A row of a group: the bytes it is still compared on, and its index.
+type Member = (Vec<u8>, usize);
+
 /// Compares `primary` with `variant` (same columns in the same order).
 pub(crate) fn diff(
     primary: &[RecordBatch],
@@ -169,7 +182,11 @@ pub(crate) fn diff(
     schema: &SchemaRef,
     rule: &DiffRule,
 ) -> Result<(DiffCounts, Vec<DiffRow>)> {
-    let key: Vec<usize> = rule.key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
+    let key: Vec<usize> = rule
+        .key
+        .iter()
+        .filter_map(|k| schema.index_of(k).ok())
+        .collect();
     let mut floats = Vec::new();
     let mut exact = Vec::new();
     for (i, f) in schema.fields().iter().enumerate() {
@@ -199,7 +216,7 @@ pub(crate) fn diff(
             (s.exact_bytes(row).to_vec(), Vec::new())
         }
     };
-    let mut groups: HashMap<Vec<u8>, (Vec<(Vec<u8>, usize)>, Vec<(Vec<u8>, usize)>)> = HashMap::new();
+    let mut groups: HashMap<Vec<u8>, (Vec<Member>, Vec<Member>)> = HashMap::new();
     for row in 0..p.batch.num_rows() {
         let (g, sub) = group_of(&p, row);
         groups.entry(g).or_default().0.push((sub, row));
@@ -211,7 +228,12 @@ pub(crate) fn diff(
     let mut sample = Vec::new();
     // groups in the primary's row order, so the sample is deterministic
     let mut ordered: Vec<_> = groups.into_values().collect();
-    ordered.sort_by_key(|(ps, vs)| (ps.first().map_or(usize::MAX, |x| x.1), vs.first().map_or(usize::MAX, |x| x.1)));
+    ordered.sort_by_key(|(ps, vs)| {
+        (
+            ps.first().map_or(usize::MAX, |x| x.1),
+            vs.first().map_or(usize::MAX, |x| x.1),
+        )
+    });
     for (ps, vs) in ordered {
         let (p_rest, v_rest) = match_group(&p, &v, ps, vs, rule.tolerance);
         if keyed {
@@ -219,7 +241,10 @@ pub(crate) fn diff(
             for (pr, vr) in p_rest.iter().zip(&v_rest) {
                 let cols = differing_columns(&p, &v, *pr, *vr, &key, rule.tolerance)?;
                 counts.changed += 1;
-                let names: Vec<String> = cols.iter().map(|c| schema.field(*c).name().clone()).collect();
+                let names: Vec<String> = cols
+                    .iter()
+                    .map(|c| schema.field(*c).name().clone())
+                    .collect();
                 for n in &names {
                     *counts.columns.entry(n.clone()).or_default() += 1;
                 }
@@ -293,11 +318,11 @@ pub(crate) fn diff(
 fn match_group(
     p: &Side,
     v: &Side,
-    mut ps: Vec<(Vec<u8>, usize)>,
-    mut vs: Vec<(Vec<u8>, usize)>,
+    mut ps: Vec<Member>,
+    mut vs: Vec<Member>,
     tol: f64,
 ) -> (Vec<usize>, Vec<usize>) {
-    let order = |s: &Side, a: &(Vec<u8>, usize), b: &(Vec<u8>, usize)| {
+    let order = |s: &Side, a: &Member, b: &Member| {
         a.0.cmp(&b.0).then_with(|| {
             (0..s.floats.len())
                 .map(|k| float_order(s.float(k, a.1), s.float(k, b.1)))
@@ -312,7 +337,8 @@ fn match_group(
     while i < ps.len() && j < vs.len() {
         let (a, b) = (&ps[i], &vs[j]);
         let sub = a.0.cmp(&b.0);
-        let within = sub.is_eq() && (0..p.floats.len()).all(|k| close(p.float(k, a.1), v.float(k, b.1), tol));
+        let within = sub.is_eq()
+            && (0..p.floats.len()).all(|k| close(p.float(k, a.1), v.float(k, b.1), tol));
         if within {
             i += 1;
             j += 1;
@@ -340,7 +366,14 @@ fn match_group(
 }
 
 /// The non-key columns where row `pr` of the primary and `vr` of the variant differ.
-fn differing_columns(p: &Side, v: &Side, pr: usize, vr: usize, key: &[usize], tol: f64) -> Result<Vec<usize>> {
+fn differing_columns(
+    p: &Side,
+    v: &Side,
+    pr: usize,
+    vr: usize,
+    key: &[usize],
+    tol: f64,
+) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for c in 0..p.batch.num_columns() {
         if key.contains(&c) {
@@ -374,7 +407,9 @@ fn json_of(batch: &RecordBatch, row: usize, cols: Option<&[usize]>) -> Result<St
     let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
     w.write(&one)?;
     w.finish()?;
-    let text = String::from_utf8_lossy(&w.into_inner()).trim_end().to_string();
+    let text = String::from_utf8_lossy(&w.into_inner())
+        .trim_end()
+        .to_string();
     Ok(text)
 }
 
@@ -393,7 +428,12 @@ pub(crate) fn schema() -> SchemaRef {
 }
 
 /// The sample of one epoch as a batch of [`schema`].
-pub(crate) fn to_batch(epoch: u64, stage: &str, variant: &str, rows: &[DiffRow]) -> Result<RecordBatch> {
+pub(crate) fn to_batch(
+    epoch: u64,
+    stage: &str,
+    variant: &str,
+    rows: &[DiffRow],
+) -> Result<RecordBatch> {
     let mut e = UInt64Builder::new();
     let (mut s, mut va, mut k, mut key, mut cols, mut p, mut v) = (
         StringBuilder::new(),
@@ -463,8 +503,16 @@ mod tests {
 
     #[test]
     fn keyed_diff_names_the_changed_column() -> Result<()> {
-        let p = batch(&[(1, Some("a"), Some(1.0)), (2, Some("b"), Some(2.0)), (3, None, None)]);
-        let v = batch(&[(3, None, None), (2, Some("B"), Some(2.0 + 1e-12)), (4, Some("d"), Some(4.0))]);
+        let p = batch(&[
+            (1, Some("a"), Some(1.0)),
+            (2, Some("b"), Some(2.0)),
+            (3, None, None),
+        ]);
+        let v = batch(&[
+            (3, None, None),
+            (2, Some("B"), Some(2.0 + 1e-12)),
+            (4, Some("d"), Some(4.0)),
+        ]);
         let (c, sample) = diff(&[p], &[v], &schema3(), &rule(&["k"]))?;
         assert_eq!((c.missing, c.extra, c.changed), (1, 1, 1));
         assert_eq!(c.columns, BTreeMap::from([("s".to_string(), 1)]));
@@ -486,13 +534,20 @@ mod tests {
 
     fn arb_rows() -> impl Strategy<Value = Vec<(i64, Option<String>, Option<f64>)>> {
         proptest::collection::vec(
-            (0i64..20, proptest::option::of("[a-c]{0,2}"), proptest::option::of(-5.0f64..5.0)),
+            (
+                0i64..20,
+                proptest::option::of("[a-c]{0,2}"),
+                proptest::option::of(-5.0f64..5.0),
+            ),
             0..60,
         )
     }
 
     fn to_batch_of(rows: &[(i64, Option<String>, Option<f64>)]) -> RecordBatch {
-        let r: Vec<(i64, Option<&str>, Option<f64>)> = rows.iter().map(|(k, s, x)| (*k, s.as_deref(), *x)).collect();
+        let r: Vec<(i64, Option<&str>, Option<f64>)> = rows
+            .iter()
+            .map(|(k, s, x)| (*k, s.as_deref(), *x))
+            .collect();
         batch(&r)
     }
 
@@ -511,7 +566,7 @@ mod tests {
             let v1 = to_batch_of(&shuffled[..cut]);
             let v2 = to_batch_of(&shuffled[cut..]);
             for key in [&[][..], &["k"][..]] {
-                let (c, sample) = diff(&[p.clone()], &[v1.clone(), v2.clone()], &schema3(), &rule(key)).unwrap();
+                let (c, sample) = diff(std::slice::from_ref(&p), &[v1.clone(), v2.clone()], &schema3(), &rule(key)).unwrap();
                 prop_assert_eq!(c.differing(), 0);
                 prop_assert!(sample.is_empty());
             }

@@ -26,12 +26,17 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef, Result, internal_datafusion_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::{RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter};
+use datafusion::physical_plan::stream::{
+    RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
+};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr,
+    PlanProperties,
 };
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
@@ -73,9 +78,13 @@ impl RolloutNode {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let nullable = inputs
-                    .iter()
-                    .any(|p| p.schema().as_arrow().fields().get(i).is_some_and(|g| g.is_nullable()));
+                let nullable = inputs.iter().any(|p| {
+                    p.schema()
+                        .as_arrow()
+                        .fields()
+                        .get(i)
+                        .is_some_and(|g| g.is_nullable())
+                });
                 f.as_ref().clone().with_nullable(nullable)
             })
             .collect();
@@ -113,11 +122,20 @@ impl UserDefinedLogicalNodeCore for RolloutNode {
         vec![]
     }
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "Rollout: stage={} branches=[{}]", self.stage, self.branches.join(", "))
+        write!(
+            f,
+            "Rollout: stage={} branches=[{}]",
+            self.stage,
+            self.branches.join(", ")
+        )
     }
     fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
         if inputs.len() != self.branches.len() {
-            return Err(internal_datafusion_err!("rollout of `{}` rebuilt with {} inputs", self.stage, inputs.len()));
+            return Err(internal_datafusion_err!(
+                "rollout of `{}` rebuilt with {} inputs",
+                self.stage,
+                inputs.len()
+            ));
         }
         Ok(Self {
             inputs,
@@ -196,7 +214,12 @@ impl RolloutExec {
     }
 
     /// Partition `partition` of branch `i`, when the branch has it.
-    fn branch(&self, i: usize, partition: usize, ctx: &Arc<TaskContext>) -> Result<Option<SendableRecordBatchStream>> {
+    fn branch(
+        &self,
+        i: usize,
+        partition: usize,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<Option<SendableRecordBatchStream>> {
         let child = &self.children[i];
         if partition >= child.output_partitioning().partition_count() {
             return Ok(None);
@@ -223,7 +246,9 @@ impl Labeler {
     fn label(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         if let Some(n) = &self.name {
-            columns.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(n.as_str(), batch.num_rows()))));
+            columns.push(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(n.as_str(), batch.num_rows()),
+            )));
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
@@ -231,7 +256,12 @@ impl Labeler {
 
 impl DisplayAs for RolloutExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "RolloutExec: stage={} branches=[{}]", self.stage, self.branches.join(", "))
+        write!(
+            f,
+            "RolloutExec: stage={} branches=[{}]",
+            self.stage,
+            self.branches.join(", ")
+        )
     }
 }
 
@@ -251,7 +281,10 @@ impl ExecutionPlan for RolloutExec {
     ) -> Result<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Self::new(
             self.stage.clone(),
             self.branches.clone(),
@@ -260,18 +293,27 @@ impl ExecutionPlan for RolloutExec {
             self.variant_column,
         )))
     }
-    fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let binding = EpochBinding::of_task(&ctx)?;
         let choice = binding.rollout().choice(&self.stage).cloned();
-        let variant = choice
-            .as_ref()
-            .and_then(|c| self.branches.iter().position(|b| *b == c.variant).filter(|i| *i > 0));
+        let variant = choice.as_ref().and_then(|c| {
+            self.branches
+                .iter()
+                .position(|b| *b == c.variant)
+                .filter(|i| *i > 0)
+        });
         let (mode, v) = match (&choice, variant) {
             (Some(c), Some(v)) => (c.mode, v),
             _ => (Mode::Off, 0),
         };
         // a plan instance's address names it for the epoch: see tally.rs
-        let counts = binding.rollout().claim(&self.stage, self as *const Self as usize);
+        let counts = binding
+            .rollout()
+            .claim(&self.stage, self as *const Self as usize);
         let delivered: Vec<usize> = match mode {
             Mode::Off | Mode::Shadow => vec![0],
             Mode::Primary => vec![v],
@@ -290,7 +332,8 @@ impl ExecutionPlan for RolloutExec {
                     let batch = batch?;
                     if counts {
                         binding.rollout().with(&stage, |t| {
-                            *t.delivered.entry(name.clone()).or_default() += batch.num_rows() as u64;
+                            *t.delivered.entry(name.clone()).or_default() +=
+                                batch.num_rows() as u64;
                             if capture {
                                 t.primary_rows.push(batch.clone());
                             }
@@ -329,6 +372,9 @@ impl ExecutionPlan for RolloutExec {
             }
         }
         let stream = builder.build();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
     }
 }

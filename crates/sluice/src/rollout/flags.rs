@@ -114,7 +114,10 @@ impl FlagsFile {
     /// valid flags is an error naming it.
     pub(crate) async fn read(&self) -> Result<Option<Flags>, String> {
         let bytes = match self.store.get(&self.path).await {
-            Ok(r) => r.bytes().await.map_err(|e| format!("cannot read {}: {e}", self.url))?,
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", self.url))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(format!("cannot read {}: {e}", self.url)),
         };
@@ -164,7 +167,10 @@ impl FlagsFile {
                     .map_err(|e| format!("the rollout status beside {} is corrupt: {e}", self.url))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(format!("cannot read the rollout status beside {}: {e}", self.url)),
+            Err(e) => Err(format!(
+                "cannot read the rollout status beside {}: {e}",
+                self.url
+            )),
         }
     }
 }

@@ -19,8 +19,8 @@ pub(crate) mod flags;
 pub(crate) mod split;
 pub(crate) mod tally;
 
+pub use admin::{set, status};
 pub use config::{Choice, GuardConfig, Mode, RolloutConfig, StageRollout};
 pub use control::RolloutRecord;
 pub use diff::DiffCounts;
 pub use flags::{Flag, Flags};
-pub use admin::{set, status};

@@ -25,7 +25,9 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, Result, internal_datafusion_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
@@ -62,8 +64,13 @@ fn finish(mut z: u64) -> u64 {
 /// text for everything else.
 fn canonical(col: &ArrayRef) -> Result<ArrayRef> {
     let to = match col.data_type() {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8
-        | DataType::UInt16 | DataType::UInt32 => DataType::Int64,
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32 => DataType::Int64,
         DataType::Utf8 => return Ok(Arc::clone(col)),
         _ => DataType::Utf8,
     };
@@ -142,7 +149,11 @@ impl UserDefinedLogicalNodeCore for CanarySplitNode {
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "CanarySplit: stage={} side={:?}", self.stage, self.side)
     }
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
         let input = inputs
             .pop()
             .ok_or_else(|| internal_datafusion_err!("canary split rebuilt without input"))?;
@@ -171,9 +182,9 @@ impl ExtensionPlanner for CanarySplitPlanner {
         let Some(n) = node.as_any().downcast_ref::<CanarySplitNode>() else {
             return Ok(None);
         };
-        let input = physical_inputs
-            .first()
-            .ok_or_else(|| internal_datafusion_err!("canary split of `{}` has no input", n.stage))?;
+        let input = physical_inputs.first().ok_or_else(|| {
+            internal_datafusion_err!("canary split of `{}` has no input", n.stage)
+        })?;
         Ok(Some(Arc::new(CanarySplitExec::new(
             n.stage.clone(),
             n.side,
@@ -208,7 +219,11 @@ impl CanarySplitExec {
 
 impl DisplayAs for CanarySplitExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "CanarySplitExec: stage={} side={:?}", self.stage, self.side)
+        write!(
+            f,
+            "CanarySplitExec: stage={} side={:?}",
+            self.stage, self.side
+        )
     }
 }
 
@@ -231,13 +246,25 @@ impl ExecutionPlan for CanarySplitExec {
     ) -> Result<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = children
             .pop()
             .ok_or_else(|| internal_datafusion_err!("CanarySplitExec without child"))?;
-        Ok(Arc::new(Self::new(self.stage.clone(), self.side, self.by.clone(), input)))
+        Ok(Arc::new(Self::new(
+            self.stage.clone(),
+            self.side,
+            self.by.clone(),
+            input,
+        )))
     }
-    fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let binding = EpochBinding::of_task(&ctx)?;
         let input = self.input.execute(partition, ctx)?;
         let percent = match binding.rollout().choice(&self.stage) {
@@ -255,7 +282,12 @@ impl ExecutionPlan for CanarySplitExec {
 }
 
 /// The rows of `batch` on `side` of the split at `percent`.
-pub(crate) fn keep_side(batch: &RecordBatch, by: &[usize], side: Side, percent: f64) -> Result<RecordBatch> {
+pub(crate) fn keep_side(
+    batch: &RecordBatch,
+    by: &[usize],
+    side: Side,
+    percent: f64,
+) -> Result<RecordBatch> {
     let cols: Vec<ArrayRef> = by.iter().map(|i| Arc::clone(batch.column(*i))).collect();
     let hashes = row_hashes(&cols, batch.num_rows())?;
     let mask: BooleanArray = hashes
@@ -276,8 +308,14 @@ mod tests {
         let a: ArrayRef = Arc::new(Int32Array::from(vec![1, -7, 40_000]));
         let b: ArrayRef = Arc::new(Int64Array::from(vec![1, -7, 40_000]));
         assert_eq!(row_hashes(&[a], 3)?, row_hashes(&[b], 3)?);
-        let x: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["ab"])), Arc::new(StringArray::from(vec!["c"]))];
-        let y: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["a"])), Arc::new(StringArray::from(vec!["bc"]))];
+        let x: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["ab"])),
+            Arc::new(StringArray::from(vec!["c"])),
+        ];
+        let y: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["a"])),
+            Arc::new(StringArray::from(vec!["bc"])),
+        ];
         assert_ne!(row_hashes(&x, 1)?, row_hashes(&y, 1)?);
         Ok(())
     }
@@ -288,7 +326,10 @@ mod tests {
         // (computed independently of this code) may never change
         let a: ArrayRef = Arc::new(Int64Array::from(vec![0, 42]));
         let s: ArrayRef = Arc::new(StringArray::from(vec![Some("AIR"), None]));
-        assert_eq!(row_hashes(&[a, s], 2)?, vec![0x26cd_dfe3_262f_2d15, 0x8d14_69b0_4771_d958]);
+        assert_eq!(
+            row_hashes(&[a, s], 2)?,
+            vec![0x26cd_dfe3_262f_2d15, 0x8d14_69b0_4771_d958]
+        );
         assert!(in_canary(0x26cd_dfe3_262f_2d15, 22.3) && !in_canary(0x26cd_dfe3_262f_2d15, 22.29));
         Ok(())
     }

@@ -288,12 +288,16 @@ impl ExternalRuntime {
     /// from `/proc` (Linux); `None` for a remote stage or elsewhere.
     pub(crate) async fn process_usage(&self) -> Option<(f64, u64)> {
         let pid = self.state.lock().await.child.as_ref()?.id()?;
-        let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await.ok()?;
+        let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .await
+            .ok()?;
         // the fields after the `(comm)`, which may hold spaces
         let rest = stat.rsplit_once(')')?.1;
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await.ok()?;
+        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
+            .await
+            .ok()?;
         let rss_kb: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))?

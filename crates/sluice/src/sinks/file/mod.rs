@@ -525,11 +525,7 @@ impl Sink for FileSink {
                         first: c.first_epoch.min(c.epoch),
                         last: c.epoch,
                         offsets: c.source_offsets,
-                        rollout: c
-                            .rollout
-                            .into_iter()
-                            .map(|(s, r)| (s, r.choice))
-                            .collect(),
+                        rollout: c.rollout.into_iter().map(|(s, r)| (s, r.choice)).collect(),
                     })
                     .collect(),
             ),
