@@ -23,6 +23,7 @@ mod inspect;
 mod progress;
 mod rollout;
 mod schema_check;
+mod stage_bench;
 mod stage_check;
 mod summary;
 
@@ -247,6 +248,27 @@ enum StageCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Run a stage and its variants side by side on sample input: rows/s,
+    /// CPU per million rows, peak RSS and batch latency at several batch
+    /// sizes, and which variant is cheaper for this workload.
+    Bench {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The stage.
+        stage: String,
+        /// Rows of sample input (one epoch of the pipeline's sources).
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        /// A Parquet file of input rows instead of the pipeline's sources.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Rows per batch, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1024,8192,65536")]
+        batch_sizes: Vec<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Logs go to stderr; `SLUICE_LOG` sets the filter (default `warn`),
@@ -429,6 +451,14 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Stage(StageCommand::Check { url, command }) => {
             stage_check::run(url, command).await
         }
+        Command::Stage(StageCommand::Bench {
+            pipeline,
+            stage,
+            rows,
+            input,
+            batch_sizes,
+            json,
+        }) => stage_bench::run(&engine, &pipeline, &stage, rows, input, batch_sizes, json).await,
         Command::Rollout(RolloutCommand::Set {
             pipeline,
             stage,

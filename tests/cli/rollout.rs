@@ -347,3 +347,83 @@ fn a_flag_set_while_a_stream_runs_takes_effect_at_the_next_epoch_without_a_resta
         text(&st)
     );
 }
+
+#[test]
+fn stage_bench_runs_every_variant_on_the_same_sample_at_each_batch_size() {
+    stages_built();
+    let o = ok(sluice(&[
+        "stage",
+        "bench",
+        "examples/rollout/pipeline.toml",
+        "enriched",
+        "--rows",
+        "20000",
+        "--batch-sizes",
+        "1000,8192",
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["input_rows"], 20000, "{r}");
+    let rows = r["rows"].as_array().unwrap();
+    let seen: Vec<(String, u64)> = rows
+        .iter()
+        .map(|x| {
+            (
+                x["variant"].as_str().unwrap().to_string(),
+                x["batch_size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("primary".to_string(), 1000),
+            ("primary".to_string(), 8192),
+            ("rust".to_string(), 1000),
+            ("rust".to_string(), 8192)
+        ]
+    );
+    for x in rows {
+        // enrich keeps every row; both implementations saw the same sample
+        assert_eq!(x["rows_out"], 20000, "{x}");
+        assert!(x["rows_per_second"].as_f64().unwrap() > 0.0);
+        assert!(x["cpu_s_per_m_rows"].as_f64().unwrap() >= 0.0);
+        assert!(x["peak_rss_bytes"].as_u64().unwrap() > 0, "{x}");
+        assert!(x["p99_ms"].as_f64().unwrap() >= x["p50_ms"].as_f64().unwrap());
+    }
+    assert!(["primary", "rust"].contains(&r["cheapest"].as_str().unwrap()));
+    assert!(rows[0]["implementation"].as_str().unwrap().contains("(go)"));
+    assert!(
+        rows[2]["implementation"]
+            .as_str()
+            .unwrap()
+            .contains("(rust)")
+    );
+}
+
+#[test]
+fn stage_bench_runs_an_sql_variant_in_process() {
+    stages_built();
+    let o = ok(sluice(&[
+        "stage",
+        "bench",
+        "tests/pipelines/rollout_wrong.toml",
+        "enriched",
+        "--rows",
+        "5000",
+        "--batch-sizes",
+        "2048",
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sql = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["variant"] == "sql")
+        .unwrap()
+        .clone();
+    assert_eq!(sql["implementation"], "sql");
+    assert_eq!(sql["rows_out"], 5000);
+    assert!(sql["peak_rss_bytes"].is_null() && sql["p50_ms"].is_null());
+}

@@ -13,12 +13,12 @@
 
 mod plan;
 mod rollout;
-mod session;
+pub(crate) mod session;
 mod sinks;
 #[cfg(test)]
 mod slt_tests;
 mod sources;
-mod stages;
+pub(crate) mod stages;
 
 use std::sync::Arc;
 

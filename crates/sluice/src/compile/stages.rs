@@ -84,7 +84,7 @@ pub(super) async fn plan_all(
 }
 
 /// One way of computing a stage: the stage itself, or one of its variants.
-pub(super) struct Branch {
+pub(crate) struct Branch {
     /// Its table's key: `stages.<name>` or `stages.<name>.variants.<v>`.
     pub key: String,
     /// How messages name it.
@@ -94,7 +94,7 @@ pub(super) struct Branch {
 }
 
 impl Branch {
-    pub(super) fn primary(name: &str) -> Self {
+    pub(crate) fn primary(name: &str) -> Self {
         Self {
             key: format!("stages.{name}"),
             label: format!("stage `{name}`"),
@@ -102,7 +102,7 @@ impl Branch {
         }
     }
 
-    pub(super) fn variant(name: &str, variant: &str) -> Self {
+    pub(crate) fn variant(name: &str, variant: &str) -> Self {
         Self {
             key: format!("stages.{name}.variants.{variant}"),
             label: format!("variant `{variant}` of stage `{name}`"),
@@ -128,7 +128,7 @@ pub(super) async fn plan_branch(
 }
 
 /// The SQL text of a stage and the file it came from.
-fn stage_sql(
+pub(crate) fn stage_sql(
     spec: &PipelineSpec,
     branch: &Branch,
     stage: &StageConfig,

@@ -446,8 +446,9 @@ impl RolloutControl {
                         "restarts": runtime.map(|rt| rt.starts.load(Ordering::Relaxed).saturating_sub(1)),
                         "p50_ms": p50.map(|u| u as f64 / 1000.0),
                         "p99_ms": p99.map(|u| u as f64 / 1000.0),
-                        "cpu_seconds": process.map(|p| p.0),
-                        "rss_bytes": process.map(|p| p.1),
+                        "cpu_seconds": process.map(|p| p.cpu_seconds),
+                        "rss_bytes": process.map(|p| p.rss_bytes),
+                        "peak_rss_bytes": process.map(|p| p.peak_rss_bytes),
                     }),
                 );
             }

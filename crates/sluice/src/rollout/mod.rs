@@ -11,6 +11,7 @@
 //! run's side: choices, the diff, the guard, the status.
 
 pub(crate) mod admin;
+pub(crate) mod bench;
 pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod diff;
@@ -20,6 +21,7 @@ pub(crate) mod split;
 pub(crate) mod tally;
 
 pub use admin::{set, status};
+pub use bench::{BenchOptions, BenchReport, BenchRow, bench};
 pub use config::{Choice, GuardConfig, Mode, RolloutConfig, StageRollout};
 pub use control::RolloutRecord;
 pub use diff::DiffCounts;

@@ -123,6 +123,21 @@ pub(crate) struct ExternalRuntime {
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What a stage's child process has used so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcessUsage {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+pub(crate) fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+}
+
 impl ExternalRuntime {
     /// Starts (or dials) the stage and reads its manifest. A child is told
     /// to export its spans to `otlp`.
@@ -284,9 +299,9 @@ impl ExternalRuntime {
             .unwrap_or_default()
     }
 
-    /// CPU seconds (user + system) and resident bytes of the child process,
-    /// from `/proc` (Linux); `None` for a remote stage or elsewhere.
-    pub(crate) async fn process_usage(&self) -> Option<(f64, u64)> {
+    /// CPU seconds (user + system), resident and peak resident bytes of the
+    /// child process, from `/proc` (Linux); `None` for a remote stage or elsewhere.
+    pub(crate) async fn process_usage(&self) -> Option<ProcessUsage> {
         let pid = self.state.lock().await.child.as_ref()?.id()?;
         let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
             .await
@@ -298,16 +313,23 @@ impl ExternalRuntime {
         let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
             .await
             .ok()?;
-        let rss_kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        // USER_HZ is 100 on every Linux sluice runs on
-        Some((ticks / 100.0, rss_kb * 1024))
+        let kb = |key: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(|k| k * 1024)
+        };
+        Some(ProcessUsage {
+            // USER_HZ is 100 on every Linux sluice runs on
+            cpu_seconds: ticks / 100.0,
+            rss_bytes: kb("VmRSS:")?,
+            peak_rss_bytes: kb("VmHWM:")?,
+        })
     }
 
     /// The histogram of every round trip so far.
