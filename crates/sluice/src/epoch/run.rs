@@ -707,6 +707,7 @@ impl Run {
             .rollout
             .as_ref()
             .map(|r| r.replay_choices(&range.rollout))
+            .transpose()?
             .unwrap_or_default();
         let mut attempt = 0;
         loop {

@@ -96,17 +96,6 @@ pub async fn set(
         }
     }
     validate(stage, r, &choice).map_err(bad)?;
-    if choice.mode == Mode::Canary
-        && r.config.mode != Mode::Canary
-        && spec
-            .stages
-            .get(stage)
-            .is_some_and(|s| s.inputs().len() != 1)
-    {
-        return Err(bad(format!(
-            "a canary splits the rows of the stage's one input, and `{stage}` reads several"
-        )));
-    }
     let flag = Flag {
         mode: choice.mode,
         variant: choice.variant,

@@ -222,6 +222,12 @@ async fn sample(
     s.stages.retain(|n, _| keep.contains(n));
     s.sources.retain(|n, _| keep.contains(n));
     s.rollouts.retain(|n, _| keep.contains(n));
+    // the sample run delivers nothing anywhere else: upstream rollouts run
+    // their primaries and write no diff
+    for r in s.rollouts.values_mut() {
+        r.config.mode = super::config::Mode::Off;
+        r.config.diff = None;
+    }
     s.dead_letter = None;
     s.lineage = None;
     s.settings.rollout_flags = None;

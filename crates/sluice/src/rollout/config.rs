@@ -157,6 +157,8 @@ pub struct StageRollout {
     pub variants: BTreeMap<String, StageConfig>,
     /// How they roll out (defaults when the table is absent: `off`).
     pub config: RolloutConfig,
+    /// The stage reads one input, so its rows can be split for a canary.
+    pub splittable: bool,
 }
 
 impl StageRollout {
@@ -285,9 +287,11 @@ pub(crate) fn take_rollouts(
             },
             None => RolloutConfig::default(),
         };
+        let splittable = matches!(&inputs, Some(toml::Value::Array(a)) if a.len() == 1);
         let r = StageRollout {
             variants: decoded,
             config,
+            splittable,
         };
         if let Some(message) = check(&r) {
             issues.push(issue(format!("stages.{name}.rollout"), message));

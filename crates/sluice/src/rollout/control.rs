@@ -171,11 +171,21 @@ impl RolloutControl {
                 let mut invalid = None;
                 for (stage, r) in &self.stages {
                     let guard = self.state.get(stage).and_then(|s| s.guard_flag.clone());
-                    let choice = match flags.stages.get(stage).or(guard.as_ref()) {
+                    // the guard's rollback holds until someone sets the flag after it
+                    // (it also holds when it could not be written to the file)
+                    let file = flags.stages.get(stage);
+                    let newest = match (file, guard.as_ref()) {
+                        (Some(f), Some(g)) if g.set_at >= f.set_at => Some(g),
+                        (Some(f), _) => Some(f),
+                        (None, g) => g,
+                    };
+                    let choice = match newest {
                         Some(f) => match validate(stage, r, &f.choice()) {
                             Ok(()) => f.choice(),
                             Err(e) => {
-                                invalid = Some(e);
+                                let file = self.flags.as_ref().map_or("", |f| f.url.as_str());
+                                invalid =
+                                    Some(format!("{file}: the entry of stage `{stage}`: {e}"));
                                 continue;
                             }
                         },
@@ -222,7 +232,7 @@ impl RolloutControl {
             let Some(choice) = choices.get(stage) else {
                 continue;
             };
-            let tally = tallies.remove(stage).unwrap_or_default();
+            let mut tally = tallies.remove(stage).unwrap_or_default();
             let component = ComponentId::Stage(variant_component(stage, &choice.variant));
             let row_errors = letters.iter().filter(|d| d.component == component).count() as u64;
             if choice.mode == Mode::Shadow {
@@ -239,18 +249,26 @@ impl RolloutControl {
                         0
                     },
                 };
-                let (p, v) = (tally.primary_rows, tally.variant_rows);
+                let (p, v) = (
+                    std::mem::take(&mut tally.primary_rows),
+                    std::mem::take(&mut tally.variant_rows),
+                );
                 let (counts, sample) = if tally.variant_failure.is_some() {
                     // an incomplete output would count every missing row as a difference
                     (DiffCounts::default(), Vec::new())
                 } else {
-                    tokio::task::spawn_blocking(move || run_diff(&p, &v, &rule))
+                    // a diff that cannot be made is the shadow's failure, never the epoch's
+                    let made = tokio::task::spawn_blocking(move || run_diff(&p, &v, &rule))
                         .await
-                        .map_err(|e| {
-                            SluiceError::Internal(format!(
-                                "the shadow diff of `{stage}` panicked: {e}"
-                            ))
-                        })??
+                        .map_err(|e| format!("the shadow diff panicked: {e}"))
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                    match made {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tally.variant_failure = Some(e);
+                            (DiffCounts::default(), Vec::new())
+                        }
+                    }
                 };
                 if counts.differing() > 0 {
                     tracing::warn!(stage = %stage, variant = %choice.variant, epoch, missing = counts.missing, extra = counts.extra, changed = counts.changed, "shadow variant differs from the primary");
@@ -258,7 +276,10 @@ impl RolloutControl {
                 samples.insert(stage.clone(), sample);
                 diff_counts = Some(counts);
             }
+            let primary_rows = tally.delivered.get(PRIMARY).copied().unwrap_or(0);
             let variant_rows = match choice.mode {
+                // a failed shadow epoch counts every row it should have handled
+                Mode::Shadow if tally.variant_failure.is_some() => primary_rows,
                 Mode::Shadow => diff_counts.as_ref().map_or(0, |d| d.variant_rows),
                 _ => tally.delivered.get(&choice.variant).copied().unwrap_or(0),
             };
@@ -318,21 +339,33 @@ impl RolloutControl {
     }
 
     /// The choices a replay runs with: those its commit recorded; a stage
-    /// the commit does not name (rolled out since) runs its primary.
+    /// the commit does not name (rolled out since) runs its primary. A
+    /// recorded choice this pipeline cannot run (its variant was removed)
+    /// is refused: replaying it another way would break exactly once.
     pub(crate) fn replay_choices(
         &self,
         recorded: &BTreeMap<String, Choice>,
-    ) -> BTreeMap<String, Choice> {
-        self.stages
-            .iter()
-            .map(|(s, r)| {
-                let c = recorded.get(s).cloned().unwrap_or_else(|| Choice {
+    ) -> Result<BTreeMap<String, Choice>> {
+        let mut out = BTreeMap::new();
+        for (s, r) in &self.stages {
+            let c = match recorded.get(s) {
+                Some(c) if c.mode.runs_variant() => {
+                    validate(s, r, c).map_err(|e| {
+                        SluiceError::Internal(format!(
+                            "cannot replay a committed range as it first ran ({c}): {e}; restore the variant to finish the replay"
+                        ))
+                    })?;
+                    c.clone()
+                }
+                Some(c) => c.clone(),
+                None => Choice {
                     mode: Mode::Off,
                     ..default_choice(r)
-                });
-                (s.clone(), c)
-            })
-            .collect()
+                },
+            };
+            out.insert(s.clone(), c);
+        }
+        Ok(out)
     }
 
     /// Judges every stage's window; rolls a breaching variant back to the
@@ -372,12 +405,20 @@ impl RolloutControl {
                     st.window.clear();
                     st.guard_flag = Some(flag.clone());
                     if let Some(f) = &self.flags {
-                        let mut flags = f.read().await.ok().flatten().unwrap_or(Flags {
-                            format: super::flags::FLAGS_FORMAT,
-                            stages: BTreeMap::new(),
-                        });
-                        flags.stages.insert(stage.clone(), flag.clone());
-                        if let Err(e) = f.write(&flags).await {
+                        // a file that cannot be read is not overwritten: it may
+                        // hold other stages' flags
+                        let written = match f.read().await {
+                            Ok(flags) => {
+                                let mut flags = flags.unwrap_or(Flags {
+                                    format: super::flags::FLAGS_FORMAT,
+                                    stages: BTreeMap::new(),
+                                });
+                                flags.stages.insert(stage.clone(), flag.clone());
+                                f.write(&flags).await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = written {
                             tracing::error!(error = %e, "cannot record the rollback in the flags file; this run keeps it");
                         }
                     }
@@ -517,6 +558,11 @@ pub(crate) fn validate(
         return Err(format!(
             "stage `{stage}`: percent {} is not within 0 to 100",
             choice.percent
+        ));
+    }
+    if choice.mode == Mode::Canary && !r.splittable {
+        return Err(format!(
+            "stage `{stage}`: a canary splits the rows of the stage's one input, and it reads several"
         ));
     }
     Ok(())
