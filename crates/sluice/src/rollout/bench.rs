@@ -313,10 +313,7 @@ const MIN_WALL_SECONDS: f64 = 1.0;
 const MAX_PASSES: usize = 100;
 
 fn quantile_ms(samples: &[u32], q: f64) -> Option<f64> {
-    let mut s = samples.to_vec();
-    s.sort_unstable();
-    s.get(((s.len().max(1) - 1) as f64 * q).round() as usize)
-        .map(|u| *u as f64 / 1000.0)
+    super::control::quantile(samples, q).map(|u| u as f64 / 1000.0)
 }
 
 /// A branch ready to run passes over the sample.

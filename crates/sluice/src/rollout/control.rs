@@ -636,7 +636,8 @@ fn breach(g: &GuardConfig, window: &VecDeque<Outcome>) -> Option<String> {
     None
 }
 
-fn quantile(samples: &[u32], q: f64) -> Option<u32> {
+/// The `q` quantile (0..=1) of `samples`, nearest rank.
+pub(crate) fn quantile(samples: &[u32], q: f64) -> Option<u32> {
     if samples.is_empty() {
         return None;
     }

@@ -133,9 +133,16 @@ pub(crate) struct ProcessUsage {
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
 pub(crate) fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// User + system CPU seconds in the text of a `/proc/<pid>/stat` file.
+fn cpu_seconds_of(stat: &str) -> Option<f64> {
+    // the fields after the `(comm)`, which may hold spaces
     let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux sluice runs on
+    Some(ticks / 100.0)
 }
 
 impl ExternalRuntime {
@@ -306,10 +313,7 @@ impl ExternalRuntime {
         let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
             .await
             .ok()?;
-        // the fields after the `(comm)`, which may hold spaces
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        let cpu_seconds = cpu_seconds_of(&stat)?;
         let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
             .await
             .ok()?;
@@ -325,8 +329,7 @@ impl ExternalRuntime {
                 .map(|k| k * 1024)
         };
         Some(ProcessUsage {
-            // USER_HZ is 100 on every Linux sluice runs on
-            cpu_seconds: ticks / 100.0,
+            cpu_seconds,
             rss_bytes: kb("VmRSS:")?,
             peak_rss_bytes: kb("VmHWM:")?,
         })
