@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use comfy_table::Table;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
+use sluice::Commit;
 use sluice::Engine;
 use sluice::spec::S3Settings;
 
@@ -90,9 +91,57 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
             l.version
         );
     }
+    print_rollouts(&commits);
     outln!("\nsource offsets at the last commit:");
     for (src, o) in &last.source_offsets {
         outln!("  {src}: {}", o.end);
     }
     ExitCode::SUCCESS
+}
+
+/// How each rolled-out stage ran, commit by commit: the choice, the rows by
+/// branch, and a shadow's diff. Consecutive commits with the same choice are
+/// one line.
+fn print_rollouts(commits: &[Commit]) {
+    let stages: std::collections::BTreeSet<&String> =
+        commits.iter().flat_map(|c| c.rollout.keys()).collect();
+    if stages.is_empty() {
+        return;
+    }
+    outln!("\nrollouts:");
+    for stage in stages {
+        outln!("  {stage}:");
+        let mut runs: Vec<(u64, u64, sluice::rollout::RolloutRecord)> = Vec::new();
+        for c in commits {
+            let Some(r) = c.rollout.get(stage) else {
+                continue;
+            };
+            match runs.last_mut() {
+                Some((_, last, sum)) if sum.choice == r.choice => {
+                    *last = c.epoch;
+                    sum.add(r);
+                }
+                _ => runs.push((c.epoch, c.epoch, r.clone())),
+            }
+        }
+        for (first, last, r) in runs {
+            let epochs = if first == last {
+                format!("epoch {first}")
+            } else {
+                format!("epochs {first}..={last}")
+            };
+            let rows: Vec<String> = r.rows.iter().map(|(b, n)| format!("{b} {n}")).collect();
+            let mut line = format!("    {epochs}: {}; rows: {}", r.choice, rows.join(", "));
+            if let Some(d) = &r.diff {
+                line.push_str(&format!(
+                    "; diff: {} missing, {} extra, {} changed",
+                    d.missing, d.extra, d.changed
+                ));
+                for (col, n) in &d.columns {
+                    line.push_str(&format!(", {col} {n}"));
+                }
+            }
+            outln!("{line}");
+        }
+    }
 }

@@ -19,10 +19,9 @@ pub async fn set(engine: &Engine, pipeline: &Path, stage: &str, changes: &[Strin
     };
     match sluice::rollout::set(engine, &spec, stage, changes).await {
         Ok((flag, url)) => {
-            let share = if flag.mode == sluice::rollout::Mode::Canary {
-                format!(" at {}%", flag.percent)
-            } else {
-                String::new()
+            let share = match (flag.mode, flag.percent) {
+                (sluice::rollout::Mode::Canary, Some(p)) => format!(" at {p}%"),
+                _ => String::new(),
             };
             outln!(
                 "stage `{stage}`: {} {}{share} (from the next epoch; written to {url})",

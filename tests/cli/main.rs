@@ -6,6 +6,7 @@
 mod dead_letters;
 mod lineage;
 mod metrics;
+mod placement;
 mod rollout;
 mod schemas;
 mod stages;

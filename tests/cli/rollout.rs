@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::stages::stages_built;
-use super::{commits, ok, python, root, set, sluice, text};
+use super::{commits, duckdb_check, ok, python, root, set, sluice, text};
 
 /// Rows of `sql` over the committed files of the named sinks, by DuckDB.
 fn duck(sinks: &[(&str, &Path)], sql: &str) -> Vec<serde_json::Value> {
@@ -26,7 +26,7 @@ fn duck(sinks: &[(&str, &Path)], sql: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
 }
 
-fn one(sinks: &[(&str, &Path)], sql: &str) -> serde_json::Value {
+pub(crate) fn one(sinks: &[(&str, &Path)], sql: &str) -> serde_json::Value {
     duck(sinks, sql).remove(0)
 }
 
@@ -273,8 +273,25 @@ fn a_canary_sends_ten_percent_of_keys_through_the_variant_exactly_once_through_a
         "SELECT count(*) AS both_ways FROM (SELECT key FROM out GROUP BY key HAVING count(DISTINCT served_by) > 1)",
     );
     assert_eq!(split["both_ways"], 0, "some keys went both ways");
+    // the lineage of the commits and of the files names both branches
+    let stages = |lineage: &serde_json::Value| -> Vec<String> {
+        lineage
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["stage"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let both = ["events", "scored", "scored@v2", "out"]
+        .map(String::from)
+        .to_vec();
+    let md = duckdb_check(&["metadata", "--sink", out.to_str().unwrap()]);
+    let file_lineage: serde_json::Value =
+        serde_json::from_str(md["kv_metadata"]["sluice.lineage"].as_str().unwrap()).unwrap();
+    assert_eq!(stages(&file_lineage), both, "{md}");
     // every commit says how many rows each branch delivered
     for c in &cs {
+        assert_eq!(stages(&c["lineage"]), both, "{c}");
         let r = &c["rollout"]["scored"];
         assert_eq!(r["mode"], "canary");
         let sum: u64 = r["rows"]
@@ -330,11 +347,34 @@ fn a_flag_set_while_a_stream_runs_takes_effect_at_the_next_epoch_without_a_resta
         modes[first_canary..].iter().all(|m| *m == "canary"),
         "{modes:?}"
     );
+    let names_v2 = |c: &serde_json::Value| {
+        c["lineage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["stage"] == "scored@v2")
+    };
+    for c in &cs[..first_canary] {
+        assert!(!names_v2(c), "{c}");
+    }
     for c in &cs[first_canary..] {
         let r = &c["rollout"]["scored"];
         assert_eq!(r["percent"], 50.0);
+        assert!(names_v2(c), "{c}");
     }
     exactly_once(&out, rows);
+    // `sluice inspect` shows the switch: one line per run of equal choices
+    let inspect = text(&ok(sluice(&["inspect", out.to_str().unwrap()])));
+    let last = cs.last().unwrap()["epoch"].as_u64().unwrap();
+    let off_until = cs[first_canary - 1]["epoch"].as_u64().unwrap();
+    assert!(
+        inspect.contains(&format!("epochs 0..={off_until}: off v2; rows: primary ")),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains(&format!("..={last}: canary v2 50%; rows: primary ")),
+        "{inspect}"
+    );
     let v2 = one(
         &[("out", &out)],
         "SELECT count(*) FILTER (WHERE served_by = 'v2') AS n FROM out",

@@ -14,6 +14,11 @@ pub(crate) fn stages_built() {
         "rust/validate",
         "rust/enrich",
         "rust/faulty",
+        "go/parse",
+        "go/score",
+        "go/scoresvc",
+        "rust/parse",
+        "rust/score",
     ] {
         let p = root().join("target/stages").join(s);
         assert!(

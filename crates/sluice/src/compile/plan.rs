@@ -13,6 +13,7 @@ use sluice_contract::{LineageEntry, Provenance, SourceProvenance, metadata};
 
 use crate::error::{Result, SluiceError};
 use crate::metrics::{ComponentId, Progress};
+use crate::rollout::{Choice, Mode};
 use crate::sinks::Sink;
 use crate::sources::AnySource;
 use crate::spec::PipelineSpec;
@@ -129,21 +130,61 @@ pub(crate) struct PlannedSink {
     /// The schema it writes, with every piece of sluice's metadata but the
     /// provenance (which depends on the epoch's input).
     pub schema: SchemaRef,
-    /// Lineage written with its data.
+    /// Lineage written with its data (when every rolled-out stage runs its
+    /// primary; see [`PlannedSink::lineage_with`]).
     pub lineage: Vec<LineageEntry>,
+    /// The lineage entries of the variants of rolled-out stages upstream.
+    pub variant_lineage: VariantLineage,
     /// Sources feeding it.
     pub sources: Vec<String>,
 }
 
+/// Lineage entries of variants: by stage, then by variant.
+pub(crate) type VariantLineage = BTreeMap<String, BTreeMap<String, LineageEntry>>;
+
 impl PlannedSink {
-    /// The sink's schema for rows of `provenance`.
-    pub(crate) fn output_schema(&self, provenance: &Provenance) -> Result<SchemaRef> {
+    /// The sink's schema for rows of `provenance`, made with the rollout
+    /// `choices`.
+    pub(crate) fn output_schema(
+        &self,
+        provenance: &Provenance,
+        choices: &BTreeMap<String, Choice>,
+    ) -> Result<SchemaRef> {
         let mut md = self.schema.metadata().clone();
         md.insert(metadata::PROVENANCE.into(), to_json(provenance)?);
+        if !self.variant_lineage.is_empty() {
+            md.insert(
+                metadata::LINEAGE.into(),
+                to_json(&self.lineage_with(choices))?,
+            );
+        }
         Ok(Arc::new(Schema::new_with_metadata(
             self.schema.fields().clone(),
             md,
         )))
+    }
+}
+
+impl PlannedSink {
+    /// The lineage of rows made with the rollout `choices`. A variant whose
+    /// rows are delivered is named `<stage>@<variant>`: after its stage's
+    /// entry for a canary (the rows are shared; the `variant_column` says
+    /// whose each is), in its place when it runs as the primary. A shadow's
+    /// rows are never delivered, so it is not named.
+    pub(crate) fn lineage_with(&self, choices: &BTreeMap<String, Choice>) -> Vec<LineageEntry> {
+        let mut out = Vec::with_capacity(self.lineage.len() + choices.len());
+        for entry in &self.lineage {
+            let variant = choices.get(&entry.stage).and_then(|c| {
+                let e = self.variant_lineage.get(&entry.stage)?.get(&c.variant)?;
+                Some((c.mode, e))
+            });
+            match variant {
+                Some((Mode::Canary, v)) => out.extend([entry.clone(), v.clone()]),
+                Some((Mode::Primary, v)) => out.push(v.clone()),
+                _ => out.push(entry.clone()),
+            }
+        }
+        out
     }
 }
 

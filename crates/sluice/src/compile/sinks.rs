@@ -8,16 +8,18 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::prelude::SessionContext;
 use sluice_contract::LineageEntry;
 
-use super::plan::{PlannedSink, PlannedSource, SinkInput, sink_schema};
+use super::plan::{PlannedSink, PlannedSource, SinkInput, VariantLineage, sink_schema};
 use super::stages::check_contract;
 use crate::dead_letter;
 use crate::engine::Engine;
 use crate::error::{Result, SluiceError, SpecIssue};
 use crate::metrics::ComponentId;
+use crate::rollout::control::variant_component;
 use crate::sinks::{ParquetSinkConfig, SinkConfig, SinkKind};
 use crate::sources::AnySource;
 use crate::spec::PipelineSpec;
 use crate::spec::graph::Graph;
+use crate::stages::StageConfig;
 use crate::stages::external::ExternalRuntime;
 
 /// Everything sinks are planned from.
@@ -96,7 +98,8 @@ pub(super) async fn plan_all(
                 Some((n, v)) => (n, v.unwrap_or_else(|| spec.pipeline.version.clone())),
                 None => (input.to_string(), spec.pipeline.version.clone()),
             };
-        let lineage = lineage_of(spec, graph, sources, externals, name, cfg.kind_name());
+        let (lineage, variant_lineage) =
+            lineage_of(spec, graph, sources, externals, name, cfg.kind_name());
         let out_schema = match sink_schema(spec, &schema, &schema_name, &schema_version, &lineage) {
             Ok(s) => s,
             Err(e) => {
@@ -112,6 +115,7 @@ pub(super) async fn plan_all(
                 input: SinkInput::Plan(plan),
                 schema: out_schema,
                 lineage,
+                variant_lineage,
                 sources: graph.sources_of(name),
             },
         );
@@ -166,6 +170,7 @@ fn open_internal_sink(
         input,
         schema: sink_schema(spec, schema, name, "1", &[])?,
         lineage: Vec::new(),
+        variant_lineage: VariantLineage::new(),
         sources: spec.sources.keys().cloned().collect(),
     })
 }
@@ -187,6 +192,9 @@ fn check_partition_columns(
     })
 }
 
+/// Lineage of a sink's data: its sources and stages in order, then the
+/// sink. With it, the entries of every variant of a rolled-out ancestor (by
+/// stage, then variant), for [`PlannedSink::lineage_with`].
 fn lineage_of(
     spec: &PipelineSpec,
     graph: &Graph,
@@ -194,9 +202,10 @@ fn lineage_of(
     externals: &BTreeMap<String, Arc<ExternalRuntime>>,
     sink: &str,
     sink_kind: &str,
-) -> Vec<LineageEntry> {
+) -> (Vec<LineageEntry>, VariantLineage) {
     let version = spec.pipeline.version.clone();
     let mut out = Vec::new();
+    let mut variants = VariantLineage::new();
     for node in graph.ancestors(sink) {
         if let Some((source, _)) = sources.get(&node) {
             out.extend(source.upstream_lineage());
@@ -206,20 +215,18 @@ fn lineage_of(
                 version: version.clone(),
                 language: "rust".into(),
             });
-        } else if let Some(rt) = externals.get(&node) {
-            out.push(LineageEntry {
-                stage: node.clone(),
-                kind: "external".into(),
-                version: rt.manifest.version.clone(),
-                language: rt.manifest.language.clone(),
-            });
         } else if let Some(stage) = spec.stages.get(&node) {
-            out.push(LineageEntry {
-                stage: node.clone(),
-                kind: stage.kind().into(),
-                version: version.clone(),
-                language: "sql".into(),
-            });
+            out.push(stage_entry(&node, stage, externals, &version));
+            if let Some(r) = spec.rollouts.get(&node) {
+                let entries = r.variants.iter().map(|(v, config)| {
+                    let component = variant_component(&node, v);
+                    (
+                        v.clone(),
+                        stage_entry(&component, config, externals, &version),
+                    )
+                });
+                variants.insert(node.clone(), entries.collect());
+            }
         }
     }
     out.push(LineageEntry {
@@ -228,5 +235,29 @@ fn lineage_of(
         version,
         language: "rust".into(),
     });
-    out
+    (out, variants)
+}
+
+/// The lineage entry of the stage (or variant) `component`: an external
+/// one names its manifest's version and language, any other the pipeline's.
+fn stage_entry(
+    component: &str,
+    config: &StageConfig,
+    externals: &BTreeMap<String, Arc<ExternalRuntime>>,
+    pipeline_version: &str,
+) -> LineageEntry {
+    match externals.get(component) {
+        Some(rt) => LineageEntry {
+            stage: component.to_string(),
+            kind: "external".into(),
+            version: rt.manifest.version.clone(),
+            language: rt.manifest.language.clone(),
+        },
+        None => LineageEntry {
+            stage: component.to_string(),
+            kind: config.kind().into(),
+            version: pipeline_version.to_string(),
+            language: "sql".into(),
+        },
+    }
 }

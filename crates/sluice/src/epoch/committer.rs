@@ -152,6 +152,7 @@ impl Committer {
         self.failpoint.hit(Point::BeforeCommit, last);
         let mut rows = BTreeMap::new();
         let progress = &self.plan.progress;
+        let choices = crate::rollout::control::choices_of(&rollout);
         for (i, (planned, part, sealed, sealing)) in sealed.into_iter().enumerate() {
             let t = Instant::now();
             let record = CommitRecord {
@@ -159,7 +160,7 @@ impl Committer {
                 epoch: last,
                 pipeline: self.plan.spec.id(),
                 run_id: self.run_id.to_string(),
-                lineage: planned.lineage.clone(),
+                lineage: planned.lineage_with(&choices),
                 provenance: part.provenance,
                 schema: part.schema,
                 source_offsets: offsets.clone(),

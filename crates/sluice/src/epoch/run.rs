@@ -875,7 +875,7 @@ impl Run {
             };
             let provenance = self.plan.provenance(&s.sources, &uris);
             let part = SinkPart {
-                schema: s.output_schema(&provenance)?,
+                schema: s.output_schema(&provenance, choices)?,
                 provenance,
             };
             match s.input {

@@ -62,7 +62,7 @@ pub async fn set(
         stages: Default::default(),
     });
     let mut choice = match flags.stages.get(stage) {
-        Some(f) => f.choice(),
+        Some(f) => f.choice(r),
         None => Choice {
             mode: r.config.mode,
             variant: r.variant().unwrap_or_default().to_string(),
@@ -99,7 +99,7 @@ pub async fn set(
     let flag = Flag {
         mode: choice.mode,
         variant: choice.variant,
-        percent: choice.percent,
+        percent: Some(choice.percent),
         set_by: "cli".into(),
         set_at: now(),
         reason: None,

@@ -41,7 +41,8 @@ pub struct RolloutRecord {
 }
 
 impl RolloutRecord {
-    fn add(&mut self, other: &RolloutRecord) {
+    /// Adds `other`'s rows and diff counts (of the same choice).
+    pub fn add(&mut self, other: &RolloutRecord) {
         for (b, n) in &other.rows {
             *self.rows.entry(b.clone()).or_default() += n;
         }
@@ -49,6 +50,14 @@ impl RolloutRecord {
             self.diff.get_or_insert_with(Default::default).add(d);
         }
     }
+}
+
+/// The choice of every stage in `records`.
+pub(crate) fn choices_of(records: &BTreeMap<String, RolloutRecord>) -> BTreeMap<String, Choice> {
+    records
+        .iter()
+        .map(|(s, r)| (s.clone(), r.choice.clone()))
+        .collect()
 }
 
 /// Adds one epoch's records into a commit group's.
@@ -180,8 +189,8 @@ impl RolloutControl {
                         (None, g) => g,
                     };
                     let choice = match newest {
-                        Some(f) => match validate(stage, r, &f.choice()) {
-                            Ok(()) => f.choice(),
+                        Some(f) => match validate(stage, r, &f.choice(r)) {
+                            Ok(()) => f.choice(r),
                             Err(e) => {
                                 let file = self.flags.as_ref().map_or("", |f| f.url.as_str());
                                 invalid =
@@ -394,7 +403,7 @@ impl RolloutControl {
                     let flag = Flag {
                         mode: Mode::Off,
                         variant: choice.variant.clone(),
-                        percent: choice.percent,
+                        percent: Some(choice.percent),
                         set_by: "guard".into(),
                         set_at: now(),
                         reason: Some(format!("epoch {at}: {reason}")),
@@ -422,7 +431,7 @@ impl RolloutControl {
                             tracing::error!(error = %e, "cannot record the rollback in the flags file; this run keeps it");
                         }
                     }
-                    self.current.insert(stage.clone(), flag.choice());
+                    self.current.insert(stage.clone(), flag.choice(r));
                     rolled.push((stage.clone(), reason));
                 }
                 None => {

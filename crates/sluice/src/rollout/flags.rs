@@ -19,7 +19,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::config::{Choice, Mode};
+use super::config::{Choice, Mode, StageRollout};
 use crate::spec::PipelineSpec;
 use crate::storage::{Location, StoreRegistry};
 
@@ -34,9 +34,9 @@ pub struct Flag {
     pub mode: Mode,
     /// The variant.
     pub variant: String,
-    /// Canary share, 0 to 100.
-    #[serde(default)]
-    pub percent: f64,
+    /// Canary share, 0 to 100; without it, the pipeline file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
     /// `cli` or `guard`.
     #[serde(default)]
     pub set_by: String,
@@ -49,12 +49,12 @@ pub struct Flag {
 }
 
 impl Flag {
-    /// The choice this entry makes.
-    pub fn choice(&self) -> Choice {
+    /// The choice this entry makes for the stage rolled out as `r`.
+    pub fn choice(&self, r: &StageRollout) -> Choice {
         Choice {
             mode: self.mode,
             variant: self.variant.clone(),
-            percent: self.percent,
+            percent: self.percent.unwrap_or(r.config.percent),
         }
     }
 }
@@ -184,6 +184,23 @@ pub(crate) fn now() -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_flag_without_a_percent_keeps_the_pipeline_files() {
+        let r = StageRollout {
+            variants: BTreeMap::new(),
+            config: super::super::config::RolloutConfig {
+                percent: 25.0,
+                ..Default::default()
+            },
+            splittable: true,
+        };
+        let f: Flag = serde_json::from_str(r#"{"mode": "canary", "variant": "v2"}"#).unwrap();
+        assert_eq!(f.choice(&r).percent, 25.0);
+        let f: Flag =
+            serde_json::from_str(r#"{"mode": "canary", "variant": "v2", "percent": 5}"#).unwrap();
+        assert_eq!(f.choice(&r).percent, 5.0);
+    }
 
     proptest! {
         /// Whatever bytes a flags file holds, reading it gives flags or an

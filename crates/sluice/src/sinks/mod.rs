@@ -87,11 +87,7 @@ impl CommitRecord {
             first: self.first_epoch,
             last: self.epoch,
             offsets: self.source_offsets.clone(),
-            rollout: self
-                .rollout
-                .iter()
-                .map(|(s, r)| (s.clone(), r.choice.clone()))
-                .collect(),
+            rollout: crate::rollout::control::choices_of(&self.rollout),
         }
     }
 }
