@@ -46,7 +46,7 @@ func TestParse(t *testing.T) {
 		`junk`,
 		`10.1.2.3 - - [t] "POST /x HTTP/1.0" 404 -`,
 		`10.1.2.3 - - [t] "GET /x HTTP/1.1" 200 99999999999999999999`,
-		`10.1.2.3 - - [t] "get /x HTTP/1.1" 200 1`, // the method is upper case
+		`10.1.2.3 - - [t] "get /x HTTP/1.1" 200 1`,  // the method is upper case
 		`10.1.2.3 - - [t] "GET /x HTTP/1.1" 200 1 `, // nothing may follow
 		``,
 	)
