@@ -114,7 +114,9 @@ struct StageState {
     diff: DiffCounts,
     verdict: String,
     rollbacks: Vec<serde_json::Value>,
-    starts_seen: u64,
+    /// Process starts of each external variant when last judged: more
+    /// since then is a restart.
+    starts_seen: BTreeMap<String, u64>,
     /// The flag the guard wrote, kept when the file cannot be written.
     guard_flag: Option<Flag>,
 }
@@ -143,9 +145,13 @@ impl RolloutControl {
             .iter()
             .map(|(s, r)| {
                 let starts = r
-                    .variant()
-                    .and_then(|v| plan.externals.get(&variant_component(s, v)))
-                    .map_or(0, |rt| rt.starts.load(Ordering::Relaxed));
+                    .variants
+                    .keys()
+                    .filter_map(|v| {
+                        let rt = plan.externals.get(&variant_component(s, v))?;
+                        Some((v.clone(), rt.starts.load(Ordering::Relaxed)))
+                    })
+                    .collect();
                 (
                     s.clone(),
                     StageState {
@@ -200,6 +206,13 @@ impl RolloutControl {
                         },
                         None => default_choice(r),
                     };
+                    // the guard judges a variant in a mode by its own epochs only
+                    let was = self.current.get(stage);
+                    if was.is_some_and(|c| c.mode != choice.mode || c.variant != choice.variant)
+                        && let Some(st) = self.state.get_mut(stage)
+                    {
+                        st.window.clear();
+                    }
                     self.current.insert(stage.clone(), choice);
                 }
                 if let Some(e) = invalid {
@@ -298,8 +311,8 @@ impl RolloutControl {
             let latencies_us = runtime.map(|rt| rt.take_recent()).unwrap_or_default();
             let st = self.state.entry(stage.clone()).or_default();
             let starts = runtime.map_or(0, |rt| rt.starts.load(Ordering::Relaxed));
-            let restarted = starts > st.starts_seen;
-            st.starts_seen = starts;
+            let seen = st.starts_seen.insert(choice.variant.clone(), starts);
+            let restarted = starts > seen.unwrap_or(starts);
             if let Some(f) = &tally.variant_failure {
                 tracing::warn!(stage = %stage, variant = %choice.variant, epoch, error = %f, "shadow variant failed; the primary's output is delivered");
             }
@@ -321,18 +334,16 @@ impl RolloutControl {
                     st.diff.add(d);
                 }
                 if for_guard {
-                    st.window.push_back(Outcome {
+                    let outcome = Outcome {
                         epoch,
                         variant_rows,
                         row_errors,
                         failed,
                         diff: diff_counts.clone(),
                         latencies_us,
-                    });
+                    };
                     let keep = r.config.guard.as_ref().map_or(5, |g| g.min_epochs) as usize;
-                    while st.window.len() > keep {
-                        st.window.pop_front();
-                    }
+                    judge_later(&mut st.window, outcome, keep);
                 }
             }
             records.insert(
@@ -588,6 +599,22 @@ fn run_diff(
     diff::diff(p, v, &schema, rule).map_err(|e| SluiceError::Internal(format!("shadow diff: {e}")))
 }
 
+/// Adds an epoch's outcome to the guard's window of the last `keep`. A
+/// retried epoch is judged once: by the retry's outcome, failed if any
+/// attempt failed.
+fn judge_later(window: &mut VecDeque<Outcome>, mut outcome: Outcome, keep: usize) {
+    if let Some(prev) = window.back()
+        && prev.epoch == outcome.epoch
+    {
+        outcome.failed |= prev.failed;
+        window.pop_back();
+    }
+    window.push_back(outcome);
+    while window.len() > keep {
+        window.pop_front();
+    }
+}
+
 /// The first threshold the window breaks, said for people.
 fn breach(g: &GuardConfig, window: &VecDeque<Outcome>) -> Option<String> {
     if window.is_empty() {
@@ -705,6 +732,26 @@ mod tests {
             }),
             latencies_us: vec![1000; 10],
         }
+    }
+
+    #[test]
+    fn a_retried_epoch_is_judged_once_and_keeps_its_failure() {
+        let mut w = VecDeque::new();
+        let at = |epoch, failed| Outcome {
+            epoch,
+            ..outcome(10, 0, failed, 0)
+        };
+        judge_later(&mut w, at(1, false), 3);
+        judge_later(&mut w, at(2, true), 3);
+        judge_later(&mut w, at(2, false), 3); // the retry of epoch 2
+        assert_eq!(
+            w.iter().map(|o| (o.epoch, o.failed)).collect::<Vec<_>>(),
+            [(1, false), (2, true)]
+        );
+        for e in 3..=5 {
+            judge_later(&mut w, at(e, false), 3);
+        }
+        assert_eq!(w.iter().map(|o| o.epoch).collect::<Vec<_>>(), [3, 4, 5]);
     }
 
     #[test]

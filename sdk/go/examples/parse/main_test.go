@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -130,4 +131,28 @@ func TestChildProcess(t *testing.T) {
 	if got := stagetest.Kinds(events); got != "batch(0) row_errors(0) flushed" {
 		t.Fatalf("events %s", got)
 	}
+}
+
+// go test -bench Parse -cpuprofile cpu.out ./examples/parse/ && go tool pprof -top cpu.out
+// says where the Go stage's time goes (docs/stages.md, "Go or Rust?").
+func BenchmarkParse(b *testing.B) {
+	lines := make([]string, 8192)
+	for i := range lines {
+		lines[i] = fmt.Sprintf(`10.%d.%d.1 - - [1996-03-13 00:00:00] "GET /orders/%d/lines/1?mode=AIR HTTP/1.1" 200 %d`, i%256, i%7, i, i*13)
+	}
+	in := logLines(memory.DefaultAllocator, lines...)
+	defer in.Release()
+	p, err := parse{}.Open(b.Context(), stage.OpenRequest{Stage: "parse", Allocator: memory.DefaultAllocator})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		out, _, err := p.Process(b.Context(), in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out.Release()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(lines)), "ns/line")
 }
