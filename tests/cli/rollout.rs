@@ -43,13 +43,17 @@ fn a_go_and_a_rust_variant_in_shadow_do_not_differ_over_tpch_sf_0_1() {
         &set("sinks.out.url", &out),
         "--set",
         &set("stages.enriched.rollout.diff", &diff),
+        // this test is about the diff: a loaded machine's p99 must not roll back
+        "--set",
+        "stages.enriched.rollout.guard.max_p99_ms=600000",
     ]));
     let cs = commits(&out);
     assert!(!cs.is_empty());
+    let status = std::fs::read_to_string(out.join("_sluice/rollout-status.json")).unwrap();
     let mut rows = 0;
     for c in &cs {
         let r = &c["rollout"]["enriched"];
-        assert_eq!(r["mode"], "shadow", "{c}");
+        assert_eq!(r["mode"], "shadow", "{c}\nstatus: {status}");
         assert_eq!(r["variant"], "rust");
         let d = &r["diff"];
         assert_eq!(
@@ -466,4 +470,67 @@ fn stage_bench_runs_an_sql_variant_in_process() {
     assert_eq!(sql["implementation"], "sql");
     assert_eq!(sql["rows_out"], 5000);
     assert!(sql["peak_rss_bytes"].is_null() && sql["p50_ms"].is_null());
+}
+
+#[test]
+fn a_shadow_read_only_in_part_by_a_limit_downstream_is_not_judged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = tmp.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        r#"[pipeline]
+name = "limited"
+
+[settings.epoch]
+max_rows = 50000
+
+[sources.events]
+kind = "generator"
+seed = 3
+total_rows = 150000
+keys = 1000
+
+[stages.scored]
+kind = "sql"
+inputs = ["events"]
+query = "SELECT event_id, key, value * 2 AS doubled FROM events"
+
+[stages.scored.variants.v2]
+kind = "sql"
+query = "SELECT event_id, key, value + value AS doubled FROM events"
+
+[stages.scored.rollout]
+mode = "shadow"
+variant = "v2"
+guard = { max_diff_rate = 0.0, min_epochs = 1 }
+
+[stages.first]
+kind = "sql"
+inputs = ["scored"]
+query = "SELECT * FROM scored LIMIT 10"
+
+[sinks.out]
+kind = "parquet"
+input = "first"
+url = "out"
+"#,
+    )
+    .unwrap();
+    ok(sluice(&["run", "-q", pipeline.to_str().unwrap()]));
+    let out = tmp.path().join("out");
+    let cs = commits(&out);
+    assert!(!cs.is_empty());
+    for c in &cs {
+        // the LIMIT stopped reading both branches mid-way: no diff to make,
+        // and the identical variant is not rolled back for it
+        let r = &c["rollout"]["scored"];
+        assert_eq!(r["mode"], "shadow", "{c}");
+        assert!(r.get("diff").is_none(), "{c}");
+        assert_eq!(c["rows"], 10, "{c}");
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_sluice/rollout-status.json")).unwrap())
+            .unwrap();
+    let s = &status["stages"]["scored"];
+    assert_eq!(s["rollbacks"].as_array().unwrap().len(), 0, "{s}");
 }

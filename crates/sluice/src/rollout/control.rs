@@ -261,7 +261,14 @@ impl RolloutControl {
                 letters.retain(|d| d.component != component);
             }
             let mut diff_counts = None;
-            if choice.mode == Mode::Shadow {
+            // a LIMIT downstream stops reading mid-way: nothing to compare
+            // or judge, and nothing wrong with the variant
+            let partial = tally.open_captures > 0;
+            let compared = choice.mode == Mode::Shadow && !partial;
+            if choice.mode == Mode::Shadow && partial {
+                tracing::debug!(stage = %stage, variant = %choice.variant, epoch, "shadow not compared: the stage's output was not read to its end");
+            }
+            if compared {
                 let rule = DiffRule {
                     key: r.config.key.clone(),
                     tolerance: r.config.tolerance,
@@ -333,7 +340,7 @@ impl RolloutControl {
                 if let Some(d) = &diff_counts {
                     st.diff.add(d);
                 }
-                if for_guard {
+                if for_guard && (compared || choice.mode != Mode::Shadow) {
                     let outcome = Outcome {
                         epoch,
                         variant_rows,

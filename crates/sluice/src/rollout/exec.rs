@@ -327,6 +327,7 @@ impl ExecutionPlan for RolloutExec {
             let (tx, labeler, binding) = (builder.tx(), self.labeler(i), Arc::clone(&binding));
             let (stage, name) = (self.stage.clone(), self.branches[i].clone());
             let capture = counts && mode == Mode::Shadow;
+            let read_to_end = capture.then(|| ReadToEnd::open(&binding, &stage));
             builder.spawn(async move {
                 while let Some(batch) = stream.next().await {
                     let batch = batch?;
@@ -340,8 +341,11 @@ impl ExecutionPlan for RolloutExec {
                         });
                     }
                     if tx.send(Ok(labeler.label(batch)?)).await.is_err() {
-                        break;
+                        return Ok(()); // the consumer stopped: the capture is partial
                     }
+                }
+                if let Some(r) = read_to_end {
+                    r.reached();
                 }
                 Ok(())
             });
@@ -350,6 +354,7 @@ impl ExecutionPlan for RolloutExec {
             let (stage, binding) = (self.stage.clone(), Arc::clone(&binding));
             match self.branch(v, partition, &ctx) {
                 Ok(Some(mut stream)) => {
+                    let read_to_end = ReadToEnd::open(&binding, &stage);
                     builder.spawn(async move {
                         while let Some(batch) = stream.next().await {
                             match batch {
@@ -362,6 +367,7 @@ impl ExecutionPlan for RolloutExec {
                                 }
                             }
                         }
+                        read_to_end.reached();
                         Ok(())
                     });
                 }
@@ -376,5 +382,32 @@ impl ExecutionPlan for RolloutExec {
             Arc::clone(&self.schema),
             stream,
         )))
+    }
+}
+
+/// One shadow branch's capture, counted open in the stage's tally until the
+/// branch is read to its end. A consumer that stops early (a `LIMIT`
+/// downstream) leaves it open: the outputs are then partial, and not
+/// compared (they would differ by whatever each branch had reached). It is
+/// counted when the branch starts, not when its task is dropped: a dropped
+/// stream aborts its tasks later, maybe after the epoch has been judged.
+struct ReadToEnd {
+    binding: Arc<EpochBinding>,
+    stage: String,
+}
+
+impl ReadToEnd {
+    fn open(binding: &Arc<EpochBinding>, stage: &str) -> Self {
+        binding.rollout().with(stage, |t| t.open_captures += 1);
+        Self {
+            binding: Arc::clone(binding),
+            stage: stage.to_string(),
+        }
+    }
+
+    fn reached(self) {
+        self.binding
+            .rollout()
+            .with(&self.stage, |t| t.open_captures -= 1);
     }
 }

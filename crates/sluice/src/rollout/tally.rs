@@ -26,6 +26,10 @@ pub(crate) struct Tally {
     pub variant_rows: Vec<RecordBatch>,
     /// Shadow: the variant failed (its output is incomplete); why.
     pub variant_failure: Option<String>,
+    /// Shadow: branches whose capture started and has not reached the
+    /// end; any left after the epoch means its consumer stopped early, and
+    /// the outputs cannot be compared.
+    pub open_captures: u32,
 }
 
 /// The rollouts of one epoch; see the module docs.
