@@ -15,7 +15,7 @@ use crate::error::{Result, SluiceError};
 use crate::ops::stage::StageNode;
 use crate::rollout::config::{Mode, StageRollout};
 use crate::rollout::exec::{PRIMARY, RolloutNode};
-use crate::rollout::split::{CanarySplitNode, Side};
+use crate::rollout::split::{CanarySplitNode, Side, can_split_by};
 use crate::spec::PipelineSpec;
 use crate::stages::StageConfig;
 use crate::stages::external::ExternalRuntime;
@@ -52,7 +52,7 @@ pub(super) async fn plan_rollout(
             } else {
                 let mut idx = Vec::new();
                 for c in &r.config.by {
-                    idx.push(schema.index_of(c).map_err(|_| {
+                    let i = schema.index_of(c).map_err(|_| {
                         issue(
                             format!("stages.{name}.rollout.by"),
                             format!(
@@ -60,7 +60,17 @@ pub(super) async fn plan_rollout(
                                 schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
                             ),
                         )
-                    })?);
+                    })?;
+                    let t = schema.field(i).data_type();
+                    if !can_split_by(t) {
+                        return Err(issue(
+                            format!("stages.{name}.rollout.by"),
+                            format!(
+                                "`{c}` is a {t}, which the canary split cannot hash: name scalar columns (integers, strings, dates, ...)"
+                            ),
+                        ));
+                    }
+                    idx.push(i);
                 }
                 idx
             }

@@ -5,8 +5,10 @@
 //! over a canonical encoding, then a 64-bit finalizer), not DataFusion's,
 //! whose seeds may change between releases: a replayed epoch must split the
 //! same way after an upgrade. Integers of any width hash as the same i64, so
-//! an `Int32` key and its `Int64` cast go the same way; other types hash
-//! their text form.
+//! an `Int32` key and its `Int64` cast go the same way; strings and bytes of
+//! every layout hash as their bytes (a `Utf8View` key and its `Utf8` cast go
+//! the same way); other types hash their text form. A type with no text
+//! form (a struct, a list) cannot be a `by` column: `validate` says so.
 //!
 //! [`CanarySplitNode`] / [`CanarySplitExec`] sit at the input of each branch
 //! of a rolled-out stage: the primary's keeps the rows outside the canary,
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::compute::{can_cast_types, cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -60,32 +62,69 @@ fn finish(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The canonical form a column is hashed in: i64 for integers (that fit),
-/// text for everything else.
-fn canonical(col: &ArrayRef) -> Result<ArrayRef> {
-    let to = match col.data_type() {
+/// How a column is hashed: integers (that fit) as i64, strings and bytes
+/// as themselves, everything else in its text form.
+enum Form {
+    Int,
+    Bytes,
+    Text,
+}
+
+fn form(t: &DataType) -> Form {
+    match t {
         DataType::Int8
         | DataType::Int16
         | DataType::Int32
         | DataType::Int64
         | DataType::UInt8
         | DataType::UInt16
-        | DataType::UInt32 => DataType::Int64,
-        DataType::Utf8 => return Ok(Arc::clone(col)),
-        _ => DataType::Utf8,
-    };
-    Ok(cast(col, &to)?)
+        | DataType::UInt32 => Form::Int,
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView => Form::Bytes,
+        _ => Form::Text,
+    }
+}
+
+/// Whether a column of type `t` can be a `by` column; checked when the
+/// pipeline is planned, so that no epoch fails on it. Nested types are
+/// refused: their text form is a rendering that may change between Arrow
+/// releases, and a replay must split as the first run did.
+pub(crate) fn can_split_by(t: &DataType) -> bool {
+    match form(t) {
+        Form::Int | Form::Bytes => true,
+        Form::Text if t.is_nested() => false,
+        Form::Text => match t {
+            DataType::Dictionary(_, v) => can_split_by(v),
+            _ => can_cast_types(t, &DataType::Utf8),
+        },
+    }
+}
+
+/// Mixes one value's bytes (or its NULL) into each row's hash. The length
+/// goes first: ("ab","c") and ("a","bc") differ.
+fn mix_bytes<'a>(hashes: &mut [u64], values: impl Iterator<Item = Option<&'a [u8]>>) {
+    for (h, v) in hashes.iter_mut().zip(values) {
+        *h = match v {
+            None => fnv(*h, &NULL_MARK.to_le_bytes()),
+            Some(v) => fnv(fnv(*h, &(v.len() as u64).to_le_bytes()), v),
+        };
+    }
 }
 
 /// The split hash of every row of `columns` (one value per row).
 pub(crate) fn row_hashes(columns: &[ArrayRef], rows: usize) -> Result<Vec<u64>> {
     let mut hashes = vec![FNV_OFFSET; rows];
     for col in columns {
-        let c = canonical(col)?;
-        match c.data_type() {
-            DataType::Int64 => {
+        let h = &mut hashes;
+        match (form(col.data_type()), col.data_type()) {
+            (Form::Int, _) => {
+                let c = cast(col, &DataType::Int64)?;
                 let a = c.as_primitive::<Int64Type>();
-                for (i, h) in hashes.iter_mut().enumerate() {
+                for (i, h) in h.iter_mut().enumerate() {
                     *h = if a.is_null(i) {
                         fnv(*h, &NULL_MARK.to_le_bytes())
                     } else {
@@ -93,17 +132,23 @@ pub(crate) fn row_hashes(columns: &[ArrayRef], rows: usize) -> Result<Vec<u64>> 
                     };
                 }
             }
-            _ => {
-                let a = c.as_string::<i32>();
-                for (i, h) in hashes.iter_mut().enumerate() {
-                    *h = if a.is_null(i) {
-                        fnv(*h, &NULL_MARK.to_le_bytes())
-                    } else {
-                        // the length first: ("ab","c") and ("a","bc") differ
-                        let v = a.value(i).as_bytes();
-                        fnv(fnv(*h, &(v.len() as u64).to_le_bytes()), v)
-                    };
-                }
+            (Form::Bytes, DataType::Utf8) => mix_bytes(
+                h,
+                col.as_string::<i32>().iter().map(|v| v.map(str::as_bytes)),
+            ),
+            (Form::Bytes, DataType::LargeUtf8) => mix_bytes(
+                h,
+                col.as_string::<i64>().iter().map(|v| v.map(str::as_bytes)),
+            ),
+            (Form::Bytes, DataType::Utf8View) => {
+                mix_bytes(h, col.as_string_view().iter().map(|v| v.map(str::as_bytes)))
+            }
+            (Form::Bytes, DataType::Binary) => mix_bytes(h, col.as_binary::<i32>().iter()),
+            (Form::Bytes, DataType::LargeBinary) => mix_bytes(h, col.as_binary::<i64>().iter()),
+            (Form::Bytes, _) => mix_bytes(h, col.as_binary_view().iter()),
+            (Form::Text, _) => {
+                let c = cast(col, &DataType::Utf8)?;
+                mix_bytes(h, c.as_string::<i32>().iter().map(|v| v.map(str::as_bytes)));
             }
         }
     }
@@ -317,6 +362,33 @@ mod tests {
             Arc::new(StringArray::from(vec!["bc"])),
         ];
         assert_ne!(row_hashes(&x, 1)?, row_hashes(&y, 1)?);
+        Ok(())
+    }
+
+    #[test]
+    fn every_string_layout_hashes_alike_and_nested_types_cannot_split() -> Result<()> {
+        use datafusion::arrow::array::{BinaryArray, LargeStringArray, StringViewArray};
+        let v = [Some("AIR"), None, Some("")];
+        let utf8 = row_hashes(&[Arc::new(StringArray::from(v.to_vec()))], 3)?;
+        let large: ArrayRef = Arc::new(LargeStringArray::from(v.to_vec()));
+        let view: ArrayRef = Arc::new(StringViewArray::from(v.to_vec()));
+        let bin: ArrayRef = Arc::new(BinaryArray::from(
+            v.iter().map(|s| s.map(str::as_bytes)).collect::<Vec<_>>(),
+        ));
+        for c in [large, view, bin] {
+            assert_eq!(row_hashes(&[c], 3)?, utf8);
+        }
+        assert!(can_split_by(&DataType::Float64));
+        assert!(can_split_by(&DataType::Dictionary(
+            Box::new(DataType::Int32),
+            Box::new(DataType::Utf8)
+        )));
+        let list = DataType::List(Arc::new(datafusion::arrow::datatypes::Field::new(
+            "x",
+            DataType::Int32,
+            true,
+        )));
+        assert!(!can_split_by(&list));
         Ok(())
     }
 
