@@ -84,6 +84,13 @@ fn duckdb_check(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).expect("the checker prints JSON")
 }
 
+/// Writes `text` as `dir/pipeline.toml` (its relative URLs land in `dir`).
+fn pipeline_in(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("pipeline.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 fn set(key: &str, value: &Path) -> String {
     format!("{key}=\"{}\"", value.display())
 }
@@ -621,4 +628,73 @@ fn a_second_run_reads_nothing_new_and_reset_rebuilds() {
     );
     assert!(t.contains("l_orderkey: Int64"), "{t}");
     assert!(t.contains("3. shipped (sql"), "{t}");
+}
+
+/// A generator through `filter` into a Parquet sink at `out`, epochs of
+/// 10,000 rows.
+fn filtered_events(dir: &Path, filter: &str) -> PathBuf {
+    pipeline_in(
+        dir,
+        &format!(
+            r#"[pipeline]
+name = "filtered"
+
+[settings]
+commit_interval = "0s"
+
+[settings.epoch]
+max_rows = 10000
+
+[sources.events]
+kind = "generator"
+total_rows = 30000
+
+[stages.kept]
+kind = "sql"
+inputs = ["events"]
+query = "SELECT event_id, key, value FROM events WHERE {filter}"
+
+[sinks.out]
+kind = "parquet"
+input = "kept"
+url = "out"
+"#
+        ),
+    )
+}
+
+#[test]
+fn commits_of_no_rows_leave_one_zero_row_file_that_glob_readers_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let p = filtered_events(tmp.path(), "event_id < 0");
+    ok(sluice(&["run", "-q", p.to_str().unwrap()]));
+    let cs = commits(&out);
+    assert!(cs.len() >= 2, "{} commits", cs.len());
+    // the first commit lists one file of no rows; later ones need none
+    assert_eq!(cs[0]["files"].as_array().unwrap().len(), 1, "{}", cs[0]);
+    assert_eq!(cs[0]["files"][0]["rows"], 0);
+    for c in &cs[1..] {
+        assert!(c["files"].as_array().unwrap().is_empty(), "{c}");
+    }
+    // a reader that globs the folder finds the columns, and no rows
+    let glob = format!("read_parquet('{}/*.parquet')", out.display());
+    let r = rollout::one(
+        &[],
+        &format!(
+            "SELECT count(*) AS n, (SELECT string_agg(column_name, ',') FROM (DESCRIBE SELECT * FROM {glob})) AS cols FROM {glob}"
+        ),
+    );
+    assert_eq!(r["n"], 0, "{r}");
+    assert_eq!(r["cols"], "event_id,key,value", "{r}");
+
+    // a run that makes rows writes no zero-row file
+    let tmp = tempfile::tempdir().unwrap();
+    let p = filtered_events(tmp.path(), "true");
+    ok(sluice(&["run", "-q", p.to_str().unwrap()]));
+    for c in commits(&tmp.path().join("out")) {
+        for f in c["files"].as_array().unwrap() {
+            assert!(f["rows"].as_u64().unwrap() > 0, "{c}");
+        }
+    }
 }

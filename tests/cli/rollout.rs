@@ -210,9 +210,7 @@ input = "scored"
 url = "out"
 "#
     );
-    let p = dir.join("pipeline.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    super::pipeline_in(dir, &text)
 }
 
 fn spawn_run(pipeline: &Path) -> Child {
@@ -475,9 +473,8 @@ fn stage_bench_runs_an_sql_variant_in_process() {
 #[test]
 fn a_shadow_read_only_in_part_by_a_limit_downstream_is_not_judged() {
     let tmp = tempfile::tempdir().unwrap();
-    let pipeline = tmp.path().join("pipeline.toml");
-    std::fs::write(
-        &pipeline,
+    let pipeline = super::pipeline_in(
+        tmp.path(),
         r#"[pipeline]
 name = "limited"
 
@@ -514,8 +511,7 @@ kind = "parquet"
 input = "first"
 url = "out"
 "#,
-    )
-    .unwrap();
+    );
     ok(sluice(&["run", "-q", pipeline.to_str().unwrap()]));
     let out = tmp.path().join("out");
     let cs = commits(&out);

@@ -367,3 +367,80 @@ fn the_conformance_kit_fails_a_stage_that_breaks_the_protocol() {
         "{t}"
     );
 }
+
+/// Runs a generator of 100 rows through `tests/support/lying_stage.py`
+/// (a pyarrow.flight stage) lying as `lie` says, dead-lettering row errors.
+fn liar(dir: &Path, lie: &str) -> Output {
+    let p = super::pipeline_in(
+        dir,
+        &format!(
+            r#"[pipeline]
+name = "liar"
+
+[sources.events]
+kind = "generator"
+total_rows = 100
+
+[stages.liar]
+kind = "external"
+inputs = ["events"]
+command = ["{python}", "{stage}"]
+config = {{ lie = "{lie}" }}
+on_error = "dead_letter"
+retries = 0
+
+[dead_letter]
+url = "dead"
+
+[sinks.out]
+kind = "parquet"
+input = "liar"
+url = "out"
+"#,
+            python = super::python(),
+            stage = root().join("tests/support/lying_stage.py").display(),
+        ),
+    );
+    run(&["run".into(), "-q".into(), p.to_str().unwrap().into()])
+}
+
+#[test]
+fn row_errors_that_name_rows_wrongly_fail_the_run_as_a_protocol_violation() {
+    for (lie, says) in [
+        ("out_of_range", "names row"),
+        ("twice", "twice"),
+        ("no_seq", "no `in_seq`"),
+        ("second", "a second `row_errors` message"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = liar(tmp.path(), lie);
+        let t = text(&o);
+        assert!(!o.status.success(), "{lie}: {t}");
+        assert!(
+            t.contains("stage `liar`") && t.contains("protocol violation") && t.contains(says),
+            "{lie}: {t}"
+        );
+        assert!(commits(&tmp.path().join("out")).is_empty(), "{lie}");
+        assert!(commits(&tmp.path().join("dead")).is_empty(), "{lie}");
+    }
+}
+
+#[test]
+fn a_row_error_code_outside_the_vocabulary_is_kept_in_the_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(liar(tmp.path(), "unknown_code"));
+    let dead = duckdb_check(&[
+        "query",
+        "--sink",
+        &format!("dead={}", tmp.path().join("dead").display()),
+        "--sql",
+        "SELECT count(*) AS n, min(code) AS code, min(message) AS message FROM dead",
+    ]);
+    let r = &dead[0];
+    assert!(r["n"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["code"], "REJECTED", "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("`SHRUG` is not in"),
+        "{r}"
+    );
+}

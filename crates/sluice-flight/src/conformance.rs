@@ -26,6 +26,7 @@ use crate::client::{StageClient, StageEvent, Target};
 use crate::codec::{BatchEncoder, control_message};
 use crate::envelope::{Envelope, Kind};
 use crate::manifest::{ErrorSemantics, Manifest, OpenRequest, check_schema};
+use crate::row_errors::SentBatches;
 use crate::{MAX_MESSAGE_SIZE, PROTOCOL, StageError};
 
 /// The outcome of one check.
@@ -333,8 +334,7 @@ fn answers_are_complete(
     inputs: &[RecordBatch],
     manifest: &Manifest,
 ) -> Result<(), String> {
-    for (i, b) in inputs.iter().enumerate() {
-        let i = i as u64;
+    for i in 0..inputs.len() as u64 {
         let answered = events.iter().any(|e| match e {
             StageEvent::Batch { envelope, .. } | StageEvent::Ack(envelope) => {
                 envelope.in_seq == Some(i)
@@ -346,30 +346,29 @@ fn answers_are_complete(
                 "input batch {i} got neither an output batch nor an ack"
             ));
         }
-        for e in events {
-            if let StageEvent::RowErrors(env) = e {
-                if manifest.errors == ErrorSemantics::FatalOnly {
-                    return Err(
-                        "row errors from a stage whose manifest says errors = fatal_only".into(),
-                    );
-                }
-                if env.in_seq == Some(i) {
-                    for r in env.errors.iter().flatten() {
-                        if r.row >= b.num_rows() as u64 {
-                            return Err(format!(
-                                "row error for row {} of a {}-row batch",
-                                r.row,
-                                b.num_rows()
-                            ));
-                        }
-                        if r.code.parse::<sluice_contract::ErrorCode>().is_err() {
-                            return Err(format!(
-                                "row error code `{}` is not in the vocabulary",
-                                r.code
-                            ));
-                        }
-                    }
-                }
+    }
+    // the rows they name: the engine's own check
+    let mut sent = SentBatches::default();
+    for (i, b) in inputs.iter().enumerate() {
+        sent.sent(i as u64, b.num_rows() as u64);
+    }
+    for e in events {
+        if let StageEvent::RowErrors(env) = e {
+            if manifest.errors == ErrorSemantics::FatalOnly {
+                return Err(
+                    "row errors from a stage whose manifest says errors = fatal_only".into(),
+                );
+            }
+            let errors = env.errors.as_deref().unwrap_or_default();
+            sent.accept(env.in_seq, errors)?;
+            if let Some(r) = errors
+                .iter()
+                .find(|r| r.code.parse::<sluice_contract::ErrorCode>().is_err())
+            {
+                return Err(format!(
+                    "row error code `{}` is not in the vocabulary",
+                    r.code
+                ));
             }
         }
     }

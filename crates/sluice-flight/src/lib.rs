@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod launch;
 pub mod logging;
 pub mod manifest;
+pub mod row_errors;
 pub mod server;
 #[cfg(feature = "otlp")]
 pub mod telemetry;

@@ -547,6 +547,14 @@ async fn exchange_traced<S: Stage>(
                             format!("row error for row {} of a batch of {n} rows", bad.row),
                         ));
                     }
+                    // the engine refuses it too (docs/protocol.md, section 5)
+                    let mut seen = std::collections::HashSet::new();
+                    if let Some(twice) = processed.row_errors.iter().find(|r| !seen.insert(r.row)) {
+                        return Err(fatal(
+                            ErrorCode::Internal,
+                            format!("two row errors name row {}", twice.row),
+                        ));
+                    }
                     let mut e = out.envelope(Kind::RowErrors).answering(env.seq);
                     e.errors = Some(
                         processed

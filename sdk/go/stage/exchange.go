@@ -354,10 +354,15 @@ func (x *exchange) rowErrors(errs []RowError, inRows int64) ([]envelope.RowError
 		return nil, Fatal(Internal, `stage %q reported %d row error(s), but its manifest says errors = %q`, m.Name, len(errs), ErrorsFatalOnly)
 	}
 	out := make([]envelope.RowError, len(errs))
+	seen := make(map[int64]bool, len(errs))
 	for i, e := range errs {
 		if e.Row < 0 || e.Row >= inRows {
 			return nil, Fatal(Internal, "stage %q: a row error names row %d, the input batch has %d rows", m.Name, e.Row, inRows)
 		}
+		if seen[e.Row] { // the engine refuses it too (docs/protocol.md, section 5)
+			return nil, Fatal(Internal, "stage %q: two row errors name row %d", m.Name, e.Row)
+		}
+		seen[e.Row] = true
 		if !e.Code.Valid() {
 			return nil, Fatal(Internal, "stage %q: the row error of row %d has the unknown code %q", m.Name, e.Row, e.Code)
 		}

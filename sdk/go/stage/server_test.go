@@ -457,6 +457,9 @@ func TestFatalErrors(t *testing.T) {
 		{"row out of range", func() (arrow.RecordBatch, []stage.RowError, error) {
 			return nil, []stage.RowError{{Row: 4, Code: stage.Rejected, Message: "no"}}, nil
 		}, codes.Internal, `[INTERNAL] stage "failing": a row error names row 4, the input batch has 4 rows`},
+		{"row twice", func() (arrow.RecordBatch, []stage.RowError, error) {
+			return nil, []stage.RowError{{Row: 1, Code: stage.Rejected, Message: "no"}, {Row: 1, Code: stage.Malformed, Message: "no"}}, nil
+		}, codes.Internal, `[INTERNAL] stage "failing": two row errors name row 1`},
 		{"unknown code", func() (arrow.RecordBatch, []stage.RowError, error) {
 			return nil, []stage.RowError{{Row: 0, Code: "BAD", Message: "no"}}, nil
 		}, codes.Internal, `[INTERNAL] stage "failing": the row error of row 0 has the unknown code "BAD"`},

@@ -163,9 +163,7 @@ impl PlannedSink {
             md,
         )))
     }
-}
 
-impl PlannedSink {
     /// The lineage of rows made with the rollout `choices`. A variant whose
     /// rows are delivered is named `<stage>@<variant>`: after its stage's
     /// entry for a canary (the rows are shared; the `variant_column` says

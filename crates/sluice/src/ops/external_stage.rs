@@ -42,6 +42,7 @@ use futures::StreamExt;
 use opentelemetry::KeyValue;
 use sluice_contract::ErrorCode;
 use sluice_flight::manifest::check_schema;
+use sluice_flight::row_errors::SentBatches;
 use sluice_flight::{OpenRequest, PROTOCOL, StageError, StageEvent};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -419,8 +420,11 @@ async fn exchange_body(
     let recent: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, RecordBatch)>>> =
         Arc::default();
     let keep_at_most = 2 * config.max_in_flight.max(1) + 2;
+    // the row count of every batch sent, to check the stage's row errors
+    let sent_batches: Arc<std::sync::Mutex<SentBatches>> = Arc::default();
     let feeder = {
         let recent = Arc::clone(&recent);
+        let sent_batches = Arc::clone(&sent_batches);
         let (permits, in_flight, sent, failed) = (
             Arc::clone(&permits),
             Arc::clone(&in_flight),
@@ -452,6 +456,10 @@ async fn exchange_body(
                     }
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     let seq = sent.fetch_add(1, Ordering::Relaxed);
+                    sent_batches
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .sent(seq, piece.num_rows() as u64);
                     sent_at
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -530,19 +538,24 @@ async fn exchange_body(
             }
             StageEvent::RowErrors(envelope) => {
                 let errors = envelope.errors.unwrap_or_default();
+                sent_batches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .accept(envelope.in_seq, &errors)
+                    .map_err(|m| {
+                        StageError::new(ErrorCode::Internal, format!("protocol violation: {m}"))
+                    })?;
                 match config.on_error {
                     OnError::Fail => {
-                        let first = errors.first();
+                        let first = errors.first().map(code_of);
                         return Err(StageError::new(
-                            first
-                                .and_then(|f| f.code.parse().ok())
-                                .unwrap_or(ErrorCode::Rejected),
+                            first.as_ref().map_or(ErrorCode::Rejected, |f| f.0),
                             format!(
                                 "{} row error(s) with on_error = \"fail\"; first: row {} of input batch {}: {}",
                                 errors.len(),
-                                first.map_or(0, |f| f.row),
+                                errors.first().map_or(0, |f| f.row),
                                 envelope.in_seq.unwrap_or(0),
-                                first.map_or("", |f| f.message.as_str())
+                                first.as_ref().map_or("", |f| f.1.as_str())
                             ),
                         ));
                     }
@@ -567,12 +580,13 @@ async fn exchange_body(
                                 ),
                             };
                             let key = format!("{partition}:{:?}:{}", envelope.in_seq, e.row);
+                            let (code, message) = code_of(e);
                             binding.dead_letters().push(
                                 key,
                                 DeadLetter {
                                     component: ComponentId::Stage(runtime.name.clone()),
-                                    code: e.code.parse().unwrap_or(ErrorCode::Rejected),
-                                    message: e.message.clone(),
+                                    code,
+                                    message,
                                     file: None,
                                     line: None,
                                     offset: None,
@@ -596,6 +610,22 @@ async fn exchange_body(
                 return Ok(());
             }
         }
+    }
+}
+
+/// A row error's code and message. A code outside the shared vocabulary
+/// (a newer stage's) is read as `REJECTED`, and the message says so: the
+/// row is still refused, and nothing is silently renamed.
+fn code_of(e: &sluice_flight::RowErrorEntry) -> (ErrorCode, String) {
+    match e.code.parse() {
+        Ok(code) => (code, e.message.clone()),
+        Err(_) => (
+            ErrorCode::Rejected,
+            format!(
+                "{} (the stage's code `{}` is not in sluice.stage.v1's vocabulary; read as REJECTED)",
+                e.message, e.code
+            ),
+        ),
     }
 }
 

@@ -5,6 +5,11 @@
 //! collide, rolling to a new file past `target_file_size`; `partition_by`
 //! adds hive folders. When every partition is done the epoch's files are
 //! listed in a commit file ([`crate::commit_log`]); only then are they output.
+//!
+//! A Parquet sink without `partition_by` whose first commits hold no rows
+//! writes one zero-row file carrying the schema: readers that glob the
+//! folder (`read_parquet('out/*.parquet')`) then find the columns instead
+//! of "no files found".
 
 mod config;
 mod hive;
@@ -51,6 +56,10 @@ pub(super) struct FileSink {
     /// written is taken out while it is, so sealing another group never
     /// waits for a write.
     groups: std::sync::Mutex<BTreeMap<u64, Pending>>,
+    /// A committed data file exists (from the commit log at `recover`, then
+    /// from every commit); until then a commit of no rows gets a zero-row
+    /// file (see the module docs).
+    holds_a_file: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for FileSink {
@@ -97,6 +106,7 @@ impl FileSink {
             partition_by: partition_by.to_vec(),
             target_file_bytes: target,
             groups: std::sync::Mutex::new(BTreeMap::new()),
+            holds_a_file: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -264,6 +274,44 @@ impl FileSink {
         }
     }
 
+    /// What a zero-row file of the group would be made of, when the group
+    /// needs one: a Parquet sink without `partition_by` (a reader globs its
+    /// one folder) that has no committed file yet, and the group was written.
+    fn wants_a_zero_row_file<'a>(
+        &self,
+        pending: &'a Pending,
+    ) -> Option<&'a (SchemaRef, u64, String)> {
+        let parquet = matches!(self.format, OutputFormat::Parquet(_));
+        let holds = self.holds_a_file.load(std::sync::atomic::Ordering::Relaxed);
+        (parquet && self.partition_by.is_empty() && !holds)
+            .then_some(pending.first_write.as_ref())
+            .flatten()
+    }
+
+    /// Writes a Parquet file of no rows with the group's schema; named like
+    /// every data file, so the commit log and recovery treat it as one.
+    async fn zero_row_file(
+        &self,
+        (schema, epoch, run_id): &(SchemaRef, u64, String),
+    ) -> std::result::Result<CommittedFile, SluiceError> {
+        let rel = data_file_name(*epoch, run_id, 0, 0, self.format.extension());
+        let upload = Upload::new(
+            Arc::clone(&self.store),
+            self.multipart.clone(),
+            &self.location,
+            self.location.child(&rel),
+        );
+        let file = OpenFile::create(upload, &self.format_for(schema), Arc::clone(schema))
+            .map_err(|m| sink_err(&self.location, &rel, m))?;
+        let o = Open {
+            file,
+            rel,
+            rows: 0,
+            values: BTreeMap::new(),
+        };
+        finish(&self.location, o).await
+    }
+
     /// The format, with sluice's metadata also in Parquet's key-value metadata
     /// (readers that ignore `ARROW:schema` see it too).
     fn format_for(&self, schema: &SchemaRef) -> OutputFormat {
@@ -316,6 +364,9 @@ struct Open {
 /// file every epoch), files rolled by size wait, closed, for the commit.
 #[derive(Default)]
 struct Pending {
+    /// The schema, epoch and run of the group's first write: what a
+    /// zero-row file is made of.
+    first_write: Option<(SchemaRef, u64, String)>,
     /// Open files by plan partition and hive folder.
     open: HashMap<usize, HashMap<String, Open>>,
     /// Closed files not committed yet.
@@ -517,6 +568,10 @@ impl Sink for FileSink {
                 .map_err(|e| self.log_err(e))?,
         );
         let commits = self.log.read_all().await.map_err(|e| self.log_err(e))?;
+        if commits.iter().any(|c| !c.files.is_empty()) {
+            self.holds_a_file
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(Recovered {
             log: SinkLog::durable(
                 commits
@@ -555,6 +610,13 @@ impl Sink for FileSink {
         });
         let group = output.commit_group();
         let mut pending = self.take_group(group);
+        pending.first_write.get_or_insert_with(|| {
+            (
+                Arc::clone(&schema),
+                output.epoch(),
+                output.run_id().to_string(),
+            )
+        });
         let mut tasks = JoinSet::new();
         let mut failure: Option<SluiceError> = None;
         for p in 0..output.partitions() {
@@ -626,6 +688,14 @@ impl Sink for FileSink {
             self.put_group(group, pending);
             return Err(self.named(e));
         }
+        if files.is_empty()
+            && let Some(first) = self.wants_a_zero_row_file(&pending)
+        {
+            match self.zero_row_file(first).await {
+                Ok(f) => files.push(f),
+                Err(e) => return Err(self.named(e)),
+            }
+        }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Sealed {
             rows: files.iter().map(|f| f.rows).sum(),
@@ -635,6 +705,7 @@ impl Sink for FileSink {
     }
 
     async fn commit(&self, sealed: Sealed, record: &CommitRecord) -> Result<()> {
+        let holds_a_file = !sealed.files.is_empty();
         let commit = Commit {
             format: COMMIT_FORMAT,
             epoch: record.epoch,
@@ -653,7 +724,12 @@ impl Sink for FileSink {
             source_offsets: record.source_offsets.clone(),
             rollout: record.rollout.clone(),
         };
-        self.log.write(&commit).await.map_err(|e| self.log_err(e))
+        self.log.write(&commit).await.map_err(|e| self.log_err(e))?;
+        if holds_a_file {
+            self.holds_a_file
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn reset(&self) -> Result<u64> {
