@@ -317,14 +317,23 @@ fn stage_failure(stage: &str, e: StageError) -> SluiceError {
     }
 }
 
-/// Slices a batch to the stage's row limit.
-fn slices(batch: RecordBatch, max_rows: usize) -> Vec<RecordBatch> {
-    if batch.num_rows() <= max_rows {
+/// Cuts `batch` into slices (zero-copy) the manifest accepts: at most
+/// `max_rows` rows and, by the batch's average row size, at most
+/// `max_bytes` bytes. A single row larger than `max_bytes` goes alone: rows
+/// are never cut.
+fn slices(batch: RecordBatch, max_rows: usize, max_bytes: usize) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let bytes = batch.get_array_memory_size().max(1);
+    // the memory size counts whole buffers, so a sliced batch gets smaller
+    // pieces than it needs, never larger ones
+    let by_bytes = (max_bytes as u128 * rows as u128 / bytes as u128).max(1);
+    let per = (max_rows as u128).min(by_bytes).max(1) as usize;
+    if rows <= per {
         return vec![batch];
     }
-    (0..batch.num_rows())
-        .step_by(max_rows)
-        .map(|o| batch.slice(o, max_rows.min(batch.num_rows() - o)))
+    (0..rows)
+        .step_by(per)
+        .map(|o| batch.slice(o, per.min(rows - o)))
         .collect()
 }
 
@@ -404,6 +413,7 @@ async fn exchange_body(
     };
     let input_schema = input.schema();
     let max_rows = manifest.max_batch_rows.min(usize::MAX as u64) as usize;
+    let max_bytes = manifest.max_batch_bytes.min(usize::MAX as u64) as usize;
     // backpressure: a permit per batch in flight, returned when it is answered
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -446,7 +456,7 @@ async fn exchange_body(
                         return;
                     }
                 };
-                for piece in slices(b, max_rows) {
+                for piece in slices(b, max_rows, max_bytes) {
                     if piece.num_rows() == 0 {
                         continue;
                     }
@@ -667,4 +677,44 @@ fn record(
 fn answered(permits: &Semaphore, in_flight: &AtomicUsize) {
     permits.add_permits(1);
     let _ = in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use proptest::prelude::*;
+
+    fn batch(rows: usize, text: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let ids = Int64Array::from_iter_values(0..rows as i64);
+        let s = StringArray::from_iter_values((0..rows).map(|_| "x".repeat(text)));
+        RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
+    }
+
+    proptest! {
+        /// The slices hold every row once, in order, and each fits the
+        /// manifest's limits (a row bigger than the byte limit alone).
+        #[test]
+        fn slices_keep_every_row_within_the_limits(rows in 0usize..300, text in 0usize..200, max_rows in 1usize..100, max_bytes in 1usize..20_000) {
+            let b = batch(rows, text);
+            let per_row = b.get_array_memory_size() / rows.max(1);
+            let pieces = slices(b, max_rows, max_bytes);
+            let mut next = 0i64;
+            for p in &pieces {
+                prop_assert!(p.num_rows() <= max_rows);
+                prop_assert!(p.num_rows() == 1 || p.num_rows() * per_row <= max_bytes, "{} rows of ~{per_row} bytes", p.num_rows());
+                let ids = p.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                for id in ids.values() {
+                    prop_assert_eq!(*id, next);
+                    next += 1;
+                }
+            }
+            prop_assert_eq!(next as usize, rows);
+        }
+    }
 }
