@@ -495,6 +495,7 @@ async fn exchange_body(
         .await?;
     let timeout = config.timeout.0;
     let mut rows_received = 0u64;
+    let mut answers = Answers::default();
     loop {
         let wait = if in_flight.load(Ordering::Relaxed) > 0 {
             timeout
@@ -532,8 +533,12 @@ async fn exchange_body(
                         )
                     })?;
                 if let Some(seq) = envelope.in_seq {
-                    answered(&permits, &in_flight);
-                    record(&runtime, &sent_at, seq);
+                    let sent = sent.load(Ordering::Relaxed);
+                    let newly = answers.answer(seq, sent).map_err(violation)?;
+                    answered(&permits, &in_flight, newly);
+                    if newly > 0 {
+                        record(&runtime, &sent_at, seq);
+                    }
                 }
                 rows_received += batch.num_rows() as u64;
                 if forward(tx.clone(), batch).await.is_err() {
@@ -541,8 +546,16 @@ async fn exchange_body(
                 }
             }
             StageEvent::Ack(envelope) => {
-                answered(&permits, &in_flight);
-                if let Some(seq) = envelope.in_seq {
+                let Some(seq) = envelope.in_seq else {
+                    return Err(violation(
+                        "an `ack` has no `in_seq`: it must name the input batch it answers".into(),
+                    ));
+                };
+                let newly = answers
+                    .answer(seq, sent.load(Ordering::Relaxed))
+                    .map_err(violation)?;
+                answered(&permits, &in_flight, newly);
+                if newly > 0 {
                     record(&runtime, &sent_at, seq);
                 }
             }
@@ -552,9 +565,7 @@ async fn exchange_body(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .accept(envelope.in_seq, &errors)
-                    .map_err(|m| {
-                        StageError::new(ErrorCode::Internal, format!("protocol violation: {m}"))
-                    })?;
+                    .map_err(violation)?;
                 match config.on_error {
                     OnError::Fail => {
                         let first = errors.first().map(code_of);
@@ -674,9 +685,47 @@ fn record(
     }
 }
 
-fn answered(permits: &Semaphore, in_flight: &AtomicUsize) {
-    permits.add_permits(1);
-    let _ = in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+/// `n` more input batches are answered: their permits come back.
+fn answered(permits: &Semaphore, in_flight: &AtomicUsize, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    permits.add_permits(n);
+    let _ = in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+        Some(f.saturating_sub(n))
+    });
+}
+
+/// A stage's answer that breaks the protocol: a bug of the stage, not retried.
+fn violation(m: String) -> StageError {
+    StageError::new(ErrorCode::Internal, format!("protocol violation: {m}"))
+}
+
+/// Which input batches are answered. Answers come in input order, so an
+/// answer to batch `s` answers every batch up to `s`; a further `batch`
+/// message for an answered batch (a large answer split in several) answers
+/// nothing new. Counting this way, a stage that answers a batch twice does
+/// not get two permits back, and backpressure holds.
+#[derive(Debug, Default)]
+struct Answers {
+    /// The first batch not answered yet.
+    next: u64,
+}
+
+impl Answers {
+    /// An answer for input batch `in_seq`, `sent` batches having been sent:
+    /// how many batches it newly answers.
+    fn answer(&mut self, in_seq: u64, sent: u64) -> Result<u64, String> {
+        if in_seq >= sent {
+            return Err(format!(
+                "an answer for input batch {in_seq}, which was never sent ({sent} sent)"
+            ));
+        }
+        let newly = (in_seq + 1).saturating_sub(self.next);
+        self.next = self.next.max(in_seq + 1);
+        Ok(newly)
+    }
 }
 
 #[cfg(test)]
@@ -694,6 +743,16 @@ mod tests {
         let ids = Int64Array::from_iter_values(0..rows as i64);
         let s = StringArray::from_iter_values((0..rows).map(|_| "x".repeat(text)));
         RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
+    }
+
+    #[test]
+    fn an_answer_answers_every_batch_up_to_it_once() {
+        let mut a = Answers::default();
+        assert_eq!(a.answer(0, 3), Ok(1));
+        assert_eq!(a.answer(0, 3), Ok(0)); // a second batch message for batch 0
+        assert_eq!(a.answer(2, 3), Ok(2)); // batch 1 had no answer of its own
+        assert_eq!(a.answer(1, 3), Ok(0));
+        assert!(a.answer(3, 3).unwrap_err().contains("never sent"));
     }
 
     proptest! {
