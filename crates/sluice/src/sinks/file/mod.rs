@@ -56,9 +56,11 @@ pub(super) struct FileSink {
     /// written is taken out while it is, so sealing another group never
     /// waits for a write.
     groups: std::sync::Mutex<BTreeMap<u64, Pending>>,
-    /// A committed data file exists (from the commit log at `recover`, then
-    /// from every commit); until then a commit of no rows gets a zero-row
-    /// file (see the module docs).
+    /// A data file is committed, or sealed for a commit (from the commit log
+    /// at `recover`, then from every seal: seals run ahead of the commit
+    /// before them); until then a commit of no rows gets a zero-row file
+    /// (see the module docs). A run whose sealed files are not committed
+    /// fails, and the next run reads the flag from the log again.
     holds_a_file: std::sync::atomic::AtomicBool,
 }
 
@@ -696,6 +698,10 @@ impl Sink for FileSink {
                 Err(e) => return Err(self.named(e)),
             }
         }
+        if !files.is_empty() {
+            self.holds_a_file
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Sealed {
             rows: files.iter().map(|f| f.rows).sum(),
@@ -705,7 +711,6 @@ impl Sink for FileSink {
     }
 
     async fn commit(&self, sealed: Sealed, record: &CommitRecord) -> Result<()> {
-        let holds_a_file = !sealed.files.is_empty();
         let commit = Commit {
             format: COMMIT_FORMAT,
             epoch: record.epoch,
@@ -724,12 +729,7 @@ impl Sink for FileSink {
             source_offsets: record.source_offsets.clone(),
             rollout: record.rollout.clone(),
         };
-        self.log.write(&commit).await.map_err(|e| self.log_err(e))?;
-        if holds_a_file {
-            self.holds_a_file
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(())
+        self.log.write(&commit).await.map_err(|e| self.log_err(e))
     }
 
     async fn reset(&self) -> Result<u64> {
