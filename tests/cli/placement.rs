@@ -5,10 +5,9 @@
 //! every row.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use super::rollout::one;
+use super::rollout::{no_shadow_difference, one};
 use super::stages::stages_built;
 use super::{commits, ok, root, set, sluice};
 
@@ -47,35 +46,6 @@ impl Drop for ScoreService {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Every commit of the sink at `dir` ran `stage` in shadow against its
-/// Rust variant and found no difference; the rows compared.
-fn no_shadow_difference(dir: &Path, stage: &str) -> u64 {
-    let cs = commits(dir);
-    assert!(!cs.is_empty(), "no commits at {}", dir.display());
-    let mut compared = 0;
-    for c in &cs {
-        let r = &c["rollout"][stage];
-        assert_eq!(
-            (r["mode"].as_str(), r["variant"].as_str()),
-            (Some("shadow"), Some("rust")),
-            "{c}"
-        );
-        let d = &r["diff"];
-        assert_eq!(
-            (
-                d["missing"].as_u64(),
-                d["extra"].as_u64(),
-                d["changed"].as_u64()
-            ),
-            (Some(0), Some(0), Some(0)),
-            "{stage}: {d}"
-        );
-        assert_eq!(d["variant_rows"], d["primary_rows"], "{stage}: {d}");
-        compared += d["primary_rows"].as_u64().unwrap();
-    }
-    compared
 }
 
 #[test]

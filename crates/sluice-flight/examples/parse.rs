@@ -8,6 +8,9 @@
 //! SLUICE_STAGE_SOCKET=/tmp/parse.sock cargo run -p sluice-flight --example parse
 //! ```
 
+#[path = "common/lines.rs"]
+mod lines;
+
 use std::sync::Arc;
 
 use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder};
@@ -20,7 +23,7 @@ use serde::Deserialize;
 use sluice_contract::ErrorCode;
 use sluice_flight::manifest::{ErrorSemantics, Ordering};
 use sluice_flight::{
-    Manifest, OpenRequest, Processed, Processor, RowError, SchemaDecl, Stage, StageError, serve,
+    Manifest, OpenRequest, Processed, Processor, RowError, Stage, StageError, serve,
 };
 
 /// The format, in the syntax Rust's regex crate and Go's regexp share (both
@@ -47,14 +50,6 @@ fn output_schema() -> SchemaRef {
     ]))
 }
 
-fn decl(name: &str, schema: SchemaRef) -> SchemaDecl {
-    SchemaDecl {
-        name: name.into(),
-        version: "1".into(),
-        schema,
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoConfig {}
@@ -65,8 +60,8 @@ struct Parse;
 impl Stage for Parse {
     fn manifest(&self) -> Manifest {
         let mut m = Manifest::new("parse", "1.0.0");
-        m.input_schema = Some(decl("log_lines", input_schema()));
-        m.output_schema = Some(decl("access_log", output_schema()));
+        m.input_schema = Some(lines::decl("log_lines", input_schema()));
+        m.output_schema = Some(lines::decl("access_log", output_schema()));
         m.ordering = Ordering::Preserve;
         m.errors = ErrorSemantics::Row;
         m
