@@ -21,6 +21,9 @@ pub enum ErrorCode {
     ConstraintViolation,
     /// A row was rejected by a stage's own validation rule.
     Rejected,
+    /// A row's event time is behind the watermark: the windows it belongs
+    /// to were already emitted.
+    Late,
     /// The input schema is not what the stage's contract declares.
     SchemaMismatch,
     /// A request or configuration is invalid.
@@ -35,11 +38,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::Malformed,
         ErrorCode::TypeMismatch,
         ErrorCode::ConstraintViolation,
         ErrorCode::Rejected,
+        ErrorCode::Late,
         ErrorCode::SchemaMismatch,
         ErrorCode::InvalidArgument,
         ErrorCode::Timeout,
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::TypeMismatch => "TYPE_MISMATCH",
             ErrorCode::ConstraintViolation => "CONSTRAINT_VIOLATION",
             ErrorCode::Rejected => "REJECTED",
+            ErrorCode::Late => "LATE",
             ErrorCode::SchemaMismatch => "SCHEMA_MISMATCH",
             ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
             ErrorCode::Timeout => "TIMEOUT",

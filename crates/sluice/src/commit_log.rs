@@ -89,6 +89,10 @@ pub struct Commit {
     /// percent, rows per variant, shadow diff counts); a replay runs the same way.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rollout: BTreeMap<String, crate::rollout::RolloutRecord>,
+    /// The state of the stateful operators feeding the sink and the
+    /// event-time clocks of its sources, after the last epoch.
+    #[serde(default, skip_serializing_if = "crate::state::StateCommit::is_empty")]
+    pub state: crate::state::StateCommit,
 }
 
 /// Errors of the commit log.
@@ -448,6 +452,7 @@ mod tests {
             provenance: Provenance::default(),
             source_offsets: BTreeMap::new(),
             rollout: BTreeMap::new(),
+            state: Default::default(),
         }
     }
 

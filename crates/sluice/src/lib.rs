@@ -45,6 +45,7 @@ mod engine;
 mod epoch;
 mod error;
 mod explain;
+pub mod functions;
 pub mod inspect;
 mod metrics;
 mod observe;
@@ -55,6 +56,7 @@ pub mod sinks;
 pub mod sources;
 pub mod spec;
 mod stages;
+pub mod state;
 mod storage;
 
 pub use commit_log::{Commit, CommittedFile, SourceOffsets};

@@ -20,6 +20,7 @@ const (
 	TypeMismatch        Code = "TYPE_MISMATCH"        // a value has the wrong type
 	ConstraintViolation Code = "CONSTRAINT_VIOLATION" // a row breaks a declared constraint
 	Rejected            Code = "REJECTED"             // the stage's own rule rejected a row
+	Late                Code = "LATE"                 // the row's event time is behind the watermark
 	SchemaMismatch      Code = "SCHEMA_MISMATCH"      // input or output does not match the manifest
 	InvalidArgument     Code = "INVALID_ARGUMENT"     // bad open request or config
 	Timeout             Code = "TIMEOUT"              // a deadline passed (retried)
@@ -30,7 +31,7 @@ const (
 // Valid reports whether c is one of the codes of the protocol.
 func (c Code) Valid() bool {
 	switch c {
-	case Malformed, TypeMismatch, ConstraintViolation, Rejected, SchemaMismatch,
+	case Malformed, TypeMismatch, ConstraintViolation, Rejected, Late, SchemaMismatch,
 		InvalidArgument, Timeout, Unavailable, Internal:
 		return true
 	}
@@ -42,7 +43,7 @@ func (c Code) Valid() bool {
 // to codes.Internal.
 func (c Code) GRPCCode() codes.Code {
 	switch c {
-	case Malformed, TypeMismatch, ConstraintViolation, Rejected, SchemaMismatch, InvalidArgument:
+	case Malformed, TypeMismatch, ConstraintViolation, Rejected, Late, SchemaMismatch, InvalidArgument:
 		return codes.InvalidArgument
 	case Timeout:
 		return codes.DeadlineExceeded

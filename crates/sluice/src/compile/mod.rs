@@ -19,6 +19,7 @@ mod sinks;
 mod slt_tests;
 mod sources;
 pub(crate) mod stages;
+pub(crate) mod windows;
 
 use std::sync::Arc;
 
@@ -67,7 +68,8 @@ pub(crate) async fn compile(engine: &Engine, spec: PipelineSpec) -> Result<Compi
         .filter(|n| !opened.contains_key(*n))
         .cloned()
         .collect();
-    let externals = stages::plan_all(&ctx, &spec, &graph, &mut failed, &mut errors).await;
+    let time = windows::TimeContext::of(&spec, &opened);
+    let externals = stages::plan_all(&ctx, &spec, &graph, &time, &mut failed, &mut errors).await;
     let sinks = sinks::plan_all(
         sinks::SinkInputs {
             engine,

@@ -67,6 +67,9 @@ impl CompiledPipeline {
         let mut n = 0;
         for s in self.plan.sinks.values() {
             n += s.sink.reset().await?;
+            if let Some(state) = s.sink.state_store() {
+                n += state.reset().await?;
+            }
         }
         Ok(n)
     }
@@ -104,6 +107,8 @@ pub(crate) struct PlannedSource {
     pub lookup: bool,
     /// Where its data comes from, before any slice narrows the URIs.
     pub provenance: SourceProvenance,
+    /// Its event time, when its rows are timed.
+    pub event_time: Option<crate::state::EventTimeConfig>,
 }
 
 /// What a sink writes.

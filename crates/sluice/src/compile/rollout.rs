@@ -11,6 +11,7 @@ use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion::prelude::SessionContext;
 
 use super::stages::{Branch, plan_branch};
+use super::windows::TimeContext;
 use crate::error::{Result, SluiceError};
 use crate::ops::stage::StageNode;
 use crate::rollout::config::{Mode, StageRollout};
@@ -29,6 +30,7 @@ pub(super) async fn plan_rollout(
     stage: &StageConfig,
     r: &StageRollout,
     externals: &mut BTreeMap<String, Arc<ExternalRuntime>>,
+    time: &TimeContext,
 ) -> Result<LogicalPlan> {
     let issue = |key: String, message: String| {
         SluiceError::spec(spec.issue(key, message).with_help("see docs/rollout.md"))
@@ -99,7 +101,7 @@ pub(super) async fn plan_rollout(
             Some(input) => Some(split_input(ctx, name, input, side, &by).await?),
             None => None,
         };
-        let planned = plan_branch(ctx, spec, &branch, config).await;
+        let planned = plan_branch(ctx, spec, &branch, config, time).await;
         if let (Some(input), Some(original)) = (&split, swapped) {
             restore(ctx, input, original)?;
         }

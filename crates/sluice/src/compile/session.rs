@@ -13,7 +13,10 @@ use datafusion::prelude::SessionContext;
 
 use crate::engine::Engine;
 use crate::ops::external_stage::ExternalStagePlanner;
+use crate::ops::slot::SlotPlanner;
 use crate::ops::stage::StagePlanner;
+use crate::ops::window_aggregate::WindowAggregatePlanner;
+use crate::ops::window_join::WindowJoinPlanner;
 use crate::rollout::exec::RolloutPlanner;
 use crate::rollout::split::CanarySplitPlanner;
 use crate::spec::PipelineSpec;
@@ -41,6 +44,9 @@ impl Default for SluiceQueryPlanner {
                 Arc::new(ExternalStagePlanner),
                 Arc::new(RolloutPlanner),
                 Arc::new(CanarySplitPlanner),
+                Arc::new(WindowAggregatePlanner),
+                Arc::new(WindowJoinPlanner),
+                Arc::new(SlotPlanner),
             ],
         }
     }
@@ -80,6 +86,9 @@ pub(crate) fn session_for(engine: &Engine, spec: &PipelineSpec) -> SessionContex
         .with_query_planner(Arc::new(SluiceQueryPlanner::default()))
         .build();
     let ctx = SessionContext::new_with_state(state);
+    for f in crate::functions::all() {
+        ctx.register_udf(f);
+    }
     for udf in engine.udfs() {
         ctx.register_udf(udf.clone());
     }

@@ -13,13 +13,14 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement;
 
+use super::windows::{self, TimeContext};
 use crate::error::{Result, SluiceError, SpecIssue};
 use crate::ops::external_stage::ExternalStageNode;
 use crate::ops::stage::StageNode;
 use crate::spec::PipelineSpec;
 use crate::spec::graph::Graph;
-use crate::stages::StageConfig;
 use crate::stages::external::ExternalRuntime;
+use crate::stages::{Scope, StageConfig};
 
 /// Plans every stage in graph order and registers it as a view. Stages
 /// whose input failed are skipped (their names join `failed`); returns the
@@ -28,6 +29,7 @@ pub(super) async fn plan_all(
     ctx: &SessionContext,
     spec: &PipelineSpec,
     graph: &Graph,
+    time: &TimeContext,
     failed: &mut Vec<String>,
     errors: &mut Vec<SluiceError>,
 ) -> BTreeMap<String, Arc<ExternalRuntime>> {
@@ -43,9 +45,9 @@ pub(super) async fn plan_all(
         }
         let planned = match spec.rollouts.get(name) {
             Some(r) => {
-                super::rollout::plan_rollout(ctx, spec, name, stage, r, &mut externals).await
+                super::rollout::plan_rollout(ctx, spec, name, stage, r, &mut externals, time).await
             }
-            None => plan_branch(ctx, spec, &Branch::primary(name), stage)
+            None => plan_branch(ctx, spec, &Branch::primary(name), stage, time)
                 .await
                 .map(|(plan, rt)| {
                     if let Some(rt) = rt {
@@ -118,9 +120,12 @@ pub(super) async fn plan_branch(
     spec: &PipelineSpec,
     branch: &Branch,
     stage: &StageConfig,
+    time: &TimeContext,
 ) -> Result<(LogicalPlan, Option<Arc<ExternalRuntime>>)> {
     match stage {
-        StageConfig::Sql(_) => plan_sql(ctx, spec, branch, stage).await.map(|p| (p, None)),
+        StageConfig::Sql(_) => plan_sql(ctx, spec, branch, stage, time)
+            .await
+            .map(|p| (p, None)),
         StageConfig::External(c) => plan_external(ctx, spec, branch, c)
             .await
             .map(|(p, rt)| (p, Some(rt))),
@@ -171,6 +176,7 @@ async fn plan_sql(
     spec: &PipelineSpec,
     branch: &Branch,
     stage: &StageConfig,
+    time: &TimeContext,
 ) -> Result<LogicalPlan> {
     let (sql, file) = stage_sql(spec, branch, stage)?;
     let key = format!(
@@ -235,6 +241,16 @@ async fn plan_sql(
         .statement_to_plan(statement)
         .await
         .map_err(|e| plan_err(e.to_string()))?;
+    // windows over event time keep state across epochs; what is left over
+    // a stream would answer per epoch, which only `scope = "epoch"` wants
+    let plan = windows::plan_windows(plan, &branch.component, time)
+        .map_err(|e| plan_err(e.to_string()))?;
+    if let StageConfig::Sql(c) = stage
+        && c.scope == Scope::Stream
+        && let Some(p) = windows::per_epoch_results(&plan, time).first()
+    {
+        return Err(per_epoch_refused(spec, branch, p));
+    }
     // surface type errors now, attributed to this stage
     state.optimize(&plan).map_err(|e| plan_err(e.to_string()))?;
     Ok(plan)
@@ -303,6 +319,36 @@ async fn plan_external(
         node: Arc::new(node),
     });
     Ok((plan, runtime))
+}
+
+/// The refusal of an aggregate or join that would answer per epoch.
+fn per_epoch_refused(spec: &PipelineSpec, branch: &Branch, p: &windows::PerEpoch) -> SluiceError {
+    let streams = p
+        .streams
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let key = format!("{}.sql", branch.key);
+    let key = if spec.line_of(&branch.key).is_some() {
+        key
+    } else {
+        branch.key.clone()
+    };
+    SluiceError::spec(
+        spec.issue(
+            key,
+            format!(
+                "{}: {} over {streams}, which never {}, would be computed per epoch: every epoch would give its own partial answer, not the answer over the stream",
+                branch.label,
+                p.what,
+                if p.streams.len() == 1 { "ends" } else { "end" },
+            ),
+        )
+        .with_help(
+            "window it by event time: set `event_time` on the source and group by a window, e.g. `GROUP BY date_bin(INTERVAL '1 minute', <event_time>), k` (see docs/windows.md); or join a table marked `lookup = true`; or, if one answer per epoch is what you want, set `scope = \"epoch\"` on the stage",
+        ),
+    )
 }
 
 fn is_query(statement: &Statement) -> bool {

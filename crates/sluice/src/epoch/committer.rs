@@ -7,7 +7,7 @@
 //! be acknowledged. [`CommitQueue`] lets the next epochs be read and written
 //! while a commit is under way, up to `settings.epochs_in_flight`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,10 +22,11 @@ use tracing::Instrument;
 use super::failpoint::{Failpoint, Point};
 use super::stats::Stats;
 use crate::commit_log::SourceOffsets;
-use crate::compile::PipelinePlan;
+use crate::compile::{PipelinePlan, PlannedSink};
 use crate::error::{Result, SluiceError};
 use crate::observe::trace;
 use crate::sinks::CommitRecord;
+use crate::state::{SinkState, StateCommit};
 
 /// What one sink wrote in a group: the provenance and schema of the group's
 /// last epoch, which its commit records.
@@ -33,6 +34,8 @@ use crate::sinks::CommitRecord;
 pub(crate) struct SinkPart {
     pub provenance: Provenance,
     pub schema: SchemaRef,
+    /// The sink's state after the group's last epoch (`None`: it has none).
+    pub state: Option<SinkState>,
 }
 
 /// A group of written epochs, to be committed.
@@ -70,6 +73,8 @@ pub(crate) struct Committed {
     pub latencies: Vec<Duration>,
     /// Time from the start of sealing to the last sink's commit.
     pub took: Duration,
+    /// The state each sink committed, by sink.
+    pub states: BTreeMap<String, SinkState>,
 }
 
 /// Makes commits; see the module docs.
@@ -77,6 +82,9 @@ pub(crate) struct Committer {
     plan: Arc<PipelinePlan>,
     run_id: Arc<str>,
     failpoint: Failpoint,
+    /// The snapshot files each sink's last commit names: superseded by the
+    /// next commit, then deleted.
+    snapshots: std::sync::Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Committer {
@@ -85,6 +93,67 @@ impl Committer {
             plan,
             run_id,
             failpoint: Failpoint::from_env(),
+            snapshots: Default::default(),
+        }
+    }
+
+    /// The snapshot files the sinks' last commits name (from recovery).
+    pub(super) fn remember_snapshots(&self, sink: &str, paths: BTreeSet<String>) {
+        if let Ok(mut s) = self.snapshots.lock() {
+            s.insert(sink.to_string(), paths);
+        }
+    }
+
+    /// Writes the snapshots of `state` no earlier commit wrote, as commit
+    /// `last`; returns what the commit records. A sink without a state store
+    /// records the clocks only (its state lives in memory).
+    async fn write_state(
+        &self,
+        sink: &PlannedSink,
+        state: &SinkState,
+        last: u64,
+    ) -> Result<StateCommit> {
+        let mut commit = StateCommit {
+            operators: BTreeMap::new(),
+            clocks: state.clocks.clone(),
+        };
+        let Some(store) = sink.sink.state_store() else {
+            return Ok(commit);
+        };
+        for (op, snapshot) in &state.operators {
+            let stored = match snapshot.stored.get() {
+                Some(r) => r.clone(),
+                None => {
+                    let r = store.write(op, last, &self.run_id, &snapshot.state).await?;
+                    // a later commit of the same snapshot refers to this file
+                    let _ = snapshot.stored.set(r.clone());
+                    r
+                }
+            };
+            commit.operators.insert(op.clone(), stored);
+        }
+        Ok(commit)
+    }
+
+    /// After `sink` committed `commit`: deletes the snapshot files only the
+    /// commit before named (best effort; the next run's recovery deletes
+    /// what is left).
+    async fn drop_superseded(&self, sink: &PlannedSink, commit: &StateCommit) {
+        let Some(store) = sink.sink.state_store() else {
+            return;
+        };
+        let now: BTreeSet<String> = commit.operators.values().map(|r| r.path.clone()).collect();
+        let before = match self.snapshots.lock() {
+            Ok(mut s) => s.insert(sink.id.name().to_string(), now.clone()),
+            Err(_) => None,
+        };
+        let gone: Vec<String> = before
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| !now.contains(p))
+            .collect();
+        if let Err(e) = store.delete(&gone).await {
+            tracing::warn!(error = %e, "cannot delete superseded state snapshots; the next run will");
         }
     }
 
@@ -153,8 +222,13 @@ impl Committer {
         let mut rows = BTreeMap::new();
         let progress = &self.plan.progress;
         let choices = crate::rollout::control::choices_of(&rollout);
+        let mut states = BTreeMap::new();
         for (i, (planned, part, sealed, sealing)) in sealed.into_iter().enumerate() {
             let t = Instant::now();
+            let state = match &part.state {
+                Some(s) => self.write_state(planned, s, last).await?,
+                None => StateCommit::default(),
+            };
             let record = CommitRecord {
                 first_epoch: first,
                 epoch: last,
@@ -165,9 +239,14 @@ impl Committer {
                 schema: part.schema,
                 source_offsets: offsets.clone(),
                 rollout: rollout.clone(),
+                state,
             };
             let (n, bytes, files) = (sealed.rows, sealed.bytes, sealed.files.len() as u64);
             planned.sink.commit(sealed, &record).await?;
+            if let Some(s) = part.state {
+                self.drop_superseded(planned, &record.state).await;
+                states.insert(planned.id.name().to_string(), s);
+            }
             if i == 0 {
                 self.failpoint.hit(Point::BetweenCommits, last);
             }
@@ -191,6 +270,7 @@ impl Committer {
             rows,
             latencies: read_at.iter().map(|t| now.duration_since(*t)).collect(),
             took: now.duration_since(started),
+            states,
         }))
     }
 }

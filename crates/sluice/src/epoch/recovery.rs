@@ -31,6 +31,8 @@ pub struct CommittedRange {
     pub offsets: BTreeMap<String, SourceOffsets>,
     /// The rollout choice of every rolled-out stage over the range.
     pub rollout: BTreeMap<String, crate::rollout::Choice>,
+    /// The state at the end of the range.
+    pub state: crate::state::StateCommit,
 }
 
 /// What a sink's log holds, as [`crate::sinks::Sink::recover`] reports it.

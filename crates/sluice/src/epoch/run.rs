@@ -46,6 +46,8 @@ use crate::rollout::control::{RolloutControl, merge_records};
 use crate::rollout::{Choice, RolloutRecord};
 use crate::sinks::EpochOutput;
 use crate::sources::{AnySource, Slice, SliceLimits};
+use crate::state::clock::ClockInput;
+use crate::state::{EventTimeConfig, SinkState, Snapshot, StateScope};
 
 /// One run of a compiled pipeline; see the module docs.
 pub(crate) struct Run {
@@ -119,6 +121,26 @@ struct LoopState {
     retries_left: u32,
     /// Sinks with a commit log; the others deliver rows as they are written.
     durable: BTreeSet<String>,
+    /// Each sink's state after the last epoch written, and after the last
+    /// commit (where a rewind goes back to).
+    state: BTreeMap<String, SinkState>,
+    committed_state: BTreeMap<String, SinkState>,
+    /// When each event-time source last read a row (for `idle_timeout`).
+    last_read: BTreeMap<String, Instant>,
+    /// The epoch that closes every window at the end of bounded input ran.
+    flushed: bool,
+}
+
+/// What one round of reading gave.
+struct Read {
+    /// The slices with rows to read.
+    slices: BTreeMap<String, Slice<Value>>,
+    /// Every source's offsets.
+    offsets: BTreeMap<String, SourceOffsets>,
+    /// Whether every bounded source is exhausted.
+    exhausted: bool,
+    /// Bounded sources read to their end.
+    ended: BTreeSet<String>,
 }
 
 /// What one step of the loop decided.
@@ -339,6 +361,11 @@ impl Run {
             logs.insert(name.clone(), r.log);
         }
         let resume = recovery::plan(&logs).map_err(SluiceError::Recovery)?;
+        let committer = Arc::new(Committer::new(
+            Arc::clone(&self.plan),
+            Arc::clone(&self.run_id),
+        ));
+        let states = load_states(&self.plan, &logs, &committer).await?;
         let first_epoch = resume
             .replays
             .first()
@@ -348,10 +375,6 @@ impl Run {
             first_epoch,
         });
 
-        let committer = Arc::new(Committer::new(
-            Arc::clone(&self.plan),
-            Arc::clone(&self.run_id),
-        ));
         let mut st = LoopState {
             epoch: resume.next_epoch,
             after_commit: resume.next_epoch,
@@ -370,6 +393,10 @@ impl Run {
                 .filter(|(_, l)| l.durable)
                 .map(|(n, _)| n.clone())
                 .collect(),
+            committed_state: states.clone(),
+            state: states,
+            last_read: BTreeMap::new(),
+            flushed: false,
         };
 
         // 2. ranges only some sinks committed: written to those, one commit each
@@ -474,7 +501,13 @@ impl Run {
         }
         self.load_lookups(st).await?;
         let read_started = SystemTime::now();
-        let (slices, offsets, exhausted) = self.next_slices(st, &pace.limits).await?;
+        let read = self.next_slices(st, &pace.limits).await?;
+        let Read {
+            slices,
+            offsets,
+            exhausted,
+            ended,
+        } = read;
         let read_done = SystemTime::now();
         // (counting a folder's backlog walks its files: only when shown)
         let shown = self.metrics.is_some() || self.live.is_some();
@@ -488,7 +521,11 @@ impl Run {
                 }
             }
         }
-        if slices.is_empty() {
+        let flush = slices.is_empty()
+            && exhausted
+            && !st.flushed
+            && st.state.values().any(SinkState::holds_rows);
+        if slices.is_empty() && !flush {
             if exhausted {
                 return Ok(Step::Done);
             }
@@ -527,9 +564,16 @@ impl Run {
             group: first,
             trace: epoch_cx,
         };
+        if flush {
+            // the end of bounded input: the watermark goes to +∞ and every
+            // window still open is emitted, in an epoch of its own
+            st.flushed = true;
+            tracing::info!(epoch, "end of input: closing every window");
+        }
+        let clocks = self.clock_inputs(st, &slices, &ended, flush);
         let t = Instant::now();
         let written = self
-            .write_epoch(st, &at, &slices, offsets, &sinks, &choices, true)
+            .write_epoch(st, &at, &slices, offsets, &sinks, &choices, &clocks, true)
             .instrument(trace::log_span(&at.trace))
             .await;
         trace::end(
@@ -636,6 +680,7 @@ impl Run {
             st.committed.insert(name.clone(), o.end.clone());
         }
         st.after_commit = c.last + 1;
+        st.committed_state.extend(c.states);
         st.stats.add(&c.stats);
         if self.metrics.is_some() || self.live.is_some() {
             let components = st.stats.components(&self.plan);
@@ -709,6 +754,17 @@ impl Run {
             .map(|r| r.replay_choices(&range.rollout))
             .transpose()?
             .unwrap_or_default();
+        // the sources' clocks as the sinks that hold the range recorded them
+        let clocks: BTreeMap<String, ClockInput> = self
+            .plan
+            .sources
+            .iter()
+            .filter_map(|(name, p)| {
+                let t = p.event_time.as_ref()?;
+                let ended = range.state.clocks.get(name).is_some_and(|c| c.ended);
+                Some((name.clone(), clock_input(t, false, ended)))
+            })
+            .collect();
         let mut attempt = 0;
         loop {
             let at = EpochAt {
@@ -732,6 +788,7 @@ impl Run {
                     range.offsets.clone(),
                     &sinks,
                     &choices,
+                    &clocks,
                     false,
                 )
                 .instrument(trace::log_span(&at.trace))
@@ -751,6 +808,7 @@ impl Run {
                 {
                     attempt += 1;
                     st.group = None;
+                    st.state = st.committed_state.clone();
                     self.abort_sinks().await;
                     tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt.min(5)))).await;
                 }
@@ -764,20 +822,13 @@ impl Run {
     }
 
     /// One slice per source (lookups are read once, in [`Run::load_lookups`]).
-    /// Returns the slices with rows to read, every source's offsets, and
-    /// whether every bounded source is exhausted.
-    async fn next_slices(
-        &mut self,
-        st: &mut LoopState,
-        limits: &SliceLimits,
-    ) -> Result<(
-        BTreeMap<String, Slice<Value>>,
-        BTreeMap<String, SourceOffsets>,
-        bool,
-    )> {
-        let mut slices = BTreeMap::new();
-        let mut offsets = BTreeMap::new();
-        let mut exhausted = true;
+    async fn next_slices(&mut self, st: &mut LoopState, limits: &SliceLimits) -> Result<Read> {
+        let mut read = Read {
+            slices: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            exhausted: true,
+            ended: BTreeSet::new(),
+        };
         let plan = Arc::clone(&self.plan);
         for (name, src) in self.sources.iter_mut() {
             if plan.is_lookup(name) {
@@ -790,8 +841,8 @@ impl Run {
                 .map_err(|e| e.in_source(name))?
             {
                 Some(s) => {
-                    exhausted = false;
-                    offsets.insert(
+                    read.exhausted = false;
+                    read.offsets.insert(
                         name.clone(),
                         SourceOffsets {
                             start: s.start.clone(),
@@ -800,11 +851,15 @@ impl Run {
                     );
                     if s.start != s.end {
                         st.reading.insert(name.clone(), s.end.clone());
-                        slices.insert(name.clone(), s);
+                        st.last_read.insert(name.clone(), Instant::now());
+                        read.slices.insert(name.clone(), s);
                     }
                 }
                 None => {
-                    offsets.insert(
+                    if src.is_bounded() {
+                        read.ended.insert(name.clone());
+                    }
+                    read.offsets.insert(
                         name.clone(),
                         SourceOffsets {
                             start: here.clone(),
@@ -814,7 +869,35 @@ impl Run {
                 }
             }
         }
-        Ok((slices, offsets, exhausted))
+        Ok(read)
+    }
+
+    /// What this epoch tells every event-time source's clock: idle when it
+    /// read nothing for its `idle_timeout`, ended when read to its end (or
+    /// `flush`: the epoch closing every window).
+    fn clock_inputs(
+        &self,
+        st: &mut LoopState,
+        slices: &BTreeMap<String, Slice<Value>>,
+        ended: &BTreeSet<String>,
+        flush: bool,
+    ) -> BTreeMap<String, ClockInput> {
+        let mut out = BTreeMap::new();
+        for (name, p) in &self.plan.sources {
+            let Some(t) = &p.event_time else { continue };
+            let quiet = st
+                .last_read
+                .entry(name.clone())
+                .or_insert_with(Instant::now)
+                .elapsed();
+            let idle =
+                !slices.contains_key(name) && t.idle_timeout.is_some_and(|limit| quiet >= limit);
+            out.insert(
+                name.clone(),
+                clock_input(t, idle, flush || ended.contains(name)),
+            );
+        }
+        out
     }
 
     /// Reads every lookup source whole, once per run.
@@ -846,6 +929,7 @@ impl Run {
         offsets: BTreeMap<String, SourceOffsets>,
         sinks: &[String],
         choices: &BTreeMap<String, Choice>,
+        clocks: &BTreeMap<String, ClockInput>,
         for_guard: bool,
     ) -> Result<()> {
         let (epoch, first) = (at.number, at.group);
@@ -866,7 +950,13 @@ impl Run {
         let state = binding.bind(&self.plan.session.state());
         let task = state.task_ctx();
 
-        let mut jobs: Vec<(&PlannedSink, Arc<dyn ExecutionPlan>, SinkPart)> = Vec::new();
+        let mut jobs: Vec<(
+            &PlannedSink,
+            Arc<dyn ExecutionPlan>,
+            SinkPart,
+            Arc<datafusion::execution::TaskContext>,
+            Arc<StateScope>,
+        )> = Vec::new();
         let mut dead_letter_sink = None;
         let mut diff_sinks = Vec::new();
         for name in sinks {
@@ -877,24 +967,33 @@ impl Run {
             let part = SinkPart {
                 schema: s.output_schema(&provenance, choices)?,
                 provenance,
+                state: None,
             };
             match s.input {
                 SinkInput::Plan(_) => {
-                    let plan = self.plan.physical_plan(s, &state).await?;
-                    jobs.push((s, plan, part));
+                    // every sink runs its own plan, with its own state
+                    let scope = Arc::new(StateScope::new(
+                        name,
+                        epoch,
+                        st.state.get(name).cloned().unwrap_or_default(),
+                        clocks.clone(),
+                    ));
+                    let sink_state = scope.bind(&state);
+                    let plan = self.plan.physical_plan(s, &sink_state).await?;
+                    jobs.push((s, plan, part, sink_state.task_ctx(), scope));
                 }
                 SinkInput::DeadLetters => dead_letter_sink = Some((s, part)),
                 SinkInput::RolloutDiff(ref stage) => diff_sinks.push((s, part, stage.clone())),
             }
         }
         let mut stats = Stats::default();
-        let writes = jobs.iter().map(|(s, plan, part)| {
+        let writes = jobs.iter().map(|(s, plan, part, task, _)| {
             let output = EpochOutput {
                 epoch,
                 commit_group: first,
                 run_id: Arc::clone(&self.run_id),
                 plan: Arc::clone(plan),
-                task: Arc::clone(&task),
+                task: Arc::clone(task),
                 schema: Arc::clone(&part.schema),
                 sink: s.id.clone(),
             };
@@ -913,7 +1012,7 @@ impl Run {
         });
         let results = futures::future::join_all(writes).await;
         let mut failure = None;
-        for ((s, _, _), (r, took)) in jobs.iter().zip(results) {
+        for ((s, _, _, _, _), (r, took)) in jobs.iter().zip(results) {
             match r {
                 Ok(rows) => {
                     let c = stats.of(s.id.clone());
@@ -930,7 +1029,7 @@ impl Run {
             return Err(e);
         }
         let plans: Vec<Arc<dyn ExecutionPlan>> =
-            jobs.iter().map(|(_, p, _)| Arc::clone(p)).collect();
+            jobs.iter().map(|(_, p, _, _, _)| Arc::clone(p)).collect();
         stats.add_stage_borders(&plans);
 
         let mut letters = binding.dead_letters().take();
@@ -946,10 +1045,16 @@ impl Run {
         if let Some(l) = &self.live {
             l.epoch_written(epoch, &letters);
         }
-        let mut written: BTreeMap<String, SinkPart> = jobs
-            .into_iter()
-            .map(|(s, _, part)| (s.id.name().to_string(), part))
-            .collect();
+        let mut written: BTreeMap<String, SinkPart> = BTreeMap::new();
+        for (s, _, mut part, _, scope) in jobs {
+            let name = s.id.name().to_string();
+            let after = scope.finish();
+            if !after.is_empty() {
+                part.state = Some(after.clone());
+                st.state.insert(name.clone(), after);
+            }
+            written.insert(name, part);
+        }
         if let Some((s, part)) = dead_letter_sink {
             let kept: Vec<_> = letters.into_iter().filter(|d| !d.skipped).collect();
             let batch = dead_letter::to_batch(epoch, &kept)
@@ -1012,6 +1117,7 @@ impl Run {
         }
         st.reading = st.committed.clone();
         st.epoch = st.after_commit;
+        st.state = st.committed_state.clone();
         Ok(())
     }
 
@@ -1049,4 +1155,54 @@ async fn write_rows(
         })
         .await?;
     Ok(())
+}
+
+/// The clock input of a source timed by `t`.
+fn clock_input(t: &EventTimeConfig, idle: bool, ended: bool) -> ClockInput {
+    ClockInput {
+        bound_us: t.bound_us(),
+        idle,
+        ended,
+        late: t.late,
+    }
+}
+
+/// Reads, for every sink, the state its last commit names, and deletes
+/// the snapshot files no last commit names.
+async fn load_states(
+    plan: &PipelinePlan,
+    logs: &BTreeMap<String, SinkLog>,
+    committer: &Committer,
+) -> Result<BTreeMap<String, SinkState>> {
+    let mut out = BTreeMap::new();
+    for (name, s) in &plan.sinks {
+        let Some(store) = s.sink.state_store() else {
+            continue;
+        };
+        let last = logs
+            .get(name)
+            .and_then(|l| l.commits.iter().max_by_key(|c| c.last))
+            .map(|c| c.state.clone())
+            .unwrap_or_default();
+        let mut state = SinkState {
+            clocks: last.clocks.clone(),
+            ..Default::default()
+        };
+        let mut keep = BTreeSet::new();
+        for (op, r) in &last.operators {
+            let snapshot = Snapshot::new(store.read(r).await?);
+            let _ = snapshot.stored.set(r.clone());
+            keep.insert(r.path.clone());
+            state.operators.insert(op.clone(), snapshot);
+        }
+        let removed = store.remove_unreferenced(&keep).await?;
+        if !removed.is_empty() {
+            tracing::info!(sink = %name, files = removed.len(), "deleted state snapshots no commit names");
+        }
+        committer.remember_snapshots(name, keep);
+        if !state.is_empty() {
+            out.insert(name.clone(), state);
+        }
+    }
+    Ok(out)
 }

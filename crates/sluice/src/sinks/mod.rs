@@ -34,6 +34,7 @@ pub use crate::epoch::recovery::{CommittedRange, SinkLog};
 use crate::error::{Result, SluiceError};
 use crate::metrics::ComponentId;
 use crate::spec::PipelineSpec;
+use crate::state::{StateCommit, StateStore};
 
 /// What a sink found when a run started.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +79,10 @@ pub struct CommitRecord {
     /// How every rolled-out stage ran over these epochs; keep it in the
     /// log, so that [`Sink::recover`] can hand it back for a replay.
     pub rollout: BTreeMap<String, crate::rollout::RolloutRecord>,
+    /// The state the commit covers: the operators' snapshots (already
+    /// written to [`Sink::state_store`]) and the event-time clocks. Keep it
+    /// in the log, so that [`Sink::recover`] can hand it back.
+    pub state: StateCommit,
 }
 
 impl CommitRecord {
@@ -88,6 +93,7 @@ impl CommitRecord {
             last: self.epoch,
             offsets: self.source_offsets.clone(),
             rollout: crate::rollout::control::choices_of(&self.rollout),
+            state: self.state.clone(),
         }
     }
 }
@@ -208,6 +214,13 @@ pub trait Sink: Send + Sync + Debug {
     /// Checks the sink can be reached, without writing.
     async fn check_reachable(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Where the state of stateful operators upstream of this sink (windows,
+    /// dedupe) is kept, beside the commit log. The default keeps none: such
+    /// state lives in memory only and a restart begins it afresh.
+    fn state_store(&self) -> Option<StateStore> {
+        None
     }
 
     /// Reads the commit log and deletes uncommitted debris of earlier runs.

@@ -14,6 +14,7 @@ use super::file::{
     ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig,
 };
 use super::generator::GeneratorSourceConfig;
+use super::nexmark::NexmarkSourceConfig;
 use super::stdin::StdinSourceConfig;
 use super::tpch::TpchSourceConfig;
 use super::{AnySource, SourceContext, SourceFactory};
@@ -21,6 +22,9 @@ use crate::dead_letter::OnError;
 use crate::error::Result;
 use crate::spec::decode_table;
 use crate::spec::keys::{fields_of, split_off, unknown_key, with_all_keys};
+use crate::spec::values::HumanDuration;
+use crate::state::clock::EventTimeKeys;
+use crate::state::{EventTimeConfig, Late};
 
 /// `[sources.<name>]`: see the module docs.
 #[derive(Debug, Clone)]
@@ -35,6 +39,10 @@ pub struct SourceConfig {
     pub on_error: OnError,
     /// `checks`: SQL predicates over the columns every row must pass.
     pub checks: Vec<String>,
+    /// `event_time`, `watermark`, `idle_timeout`, `late`: the column the
+    /// rows are timed by, and how far behind the watermark stays
+    /// (see [`crate::state::clock`]).
+    pub event_time: Option<EventTimeConfig>,
 }
 
 /// A source's kind and its own keys.
@@ -52,6 +60,8 @@ pub enum SourceKind {
     Tpch(TpchSourceConfig),
     /// `kind = "generator"`.
     Generator(GeneratorSourceConfig),
+    /// `kind = "nexmark"`.
+    Nexmark(NexmarkSourceConfig),
     /// `kind = "dir"`.
     Dir(DirSourceConfig),
     /// `kind = "stdin"`.
@@ -72,6 +82,7 @@ impl From<SourceKind> for SourceConfig {
             lookup: false,
             on_error: OnError::Fail,
             checks: Vec::new(),
+            event_time: None,
         }
     }
 }
@@ -94,6 +105,7 @@ kind_into_config! {
     ArrowIpcSourceConfig => ArrowIpc,
     TpchSourceConfig => Tpch,
     GeneratorSourceConfig => Generator,
+    NexmarkSourceConfig => Nexmark,
     DirSourceConfig => Dir,
     StdinSourceConfig => Stdin,
 }
@@ -117,6 +129,12 @@ impl SourceConfig {
         self
     }
 
+    /// Times rows by `event_time` (see [`crate::state::clock`]).
+    pub fn with_event_time(mut self, event_time: EventTimeConfig) -> Self {
+        self.event_time = Some(event_time);
+        self
+    }
+
     /// The `kind`, as written in a spec.
     pub fn kind_name(&self) -> &'static str {
         self.kind.name()
@@ -135,18 +153,27 @@ impl SourceConfig {
             return Err(unknown_key(key, &entry.all_keys()));
         }
         let shared: SharedKeys = decode_table(shared)?;
+        let event_time = EventTimeKeys {
+            event_time: shared.event_time,
+            watermark: shared.watermark,
+            idle_timeout: shared.idle_timeout,
+            late: shared.late,
+        }
+        .config()
+        .map_err(|(key, message)| format!("`{key}`: {message}"))?;
         let kind = (entry.decode)(table).map_err(|e| with_all_keys(e, &entry.all_keys()))?;
         Ok(Self {
             kind,
             lookup: shared.lookup,
             on_error: shared.on_error,
             checks: shared.checks,
+            event_time,
         })
     }
 
     /// Opens the source.
     pub(crate) async fn open(&self, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>> {
-        use super::{file, generator, stdin, tpch};
+        use super::{file, generator, nexmark, stdin, tpch};
         match &self.kind {
             SourceKind::Csv(c) => file::open_csv(c, self.on_error, ctx).await,
             SourceKind::Jsonl(c) => file::open_jsonl(c, self.on_error, ctx).await,
@@ -154,6 +181,7 @@ impl SourceConfig {
             SourceKind::ArrowIpc(c) => file::open_arrow_ipc(c, ctx).await,
             SourceKind::Tpch(c) => tpch::open(c, ctx),
             SourceKind::Generator(c) => generator::open(c, ctx),
+            SourceKind::Nexmark(c) => nexmark::open(c, ctx),
             SourceKind::Dir(c) => file::open_dir(c, self.on_error, ctx).await,
             SourceKind::Stdin(c) => stdin::open(c, ctx),
             SourceKind::Custom(CustomSource(factory)) => factory.open(ctx).await,
@@ -171,6 +199,7 @@ impl SourceKind {
             SourceKind::ArrowIpc(_) => "arrow_ipc",
             SourceKind::Tpch(_) => "tpch",
             SourceKind::Generator(_) => "generator",
+            SourceKind::Nexmark(_) => "nexmark",
             SourceKind::Dir(_) => "dir",
             SourceKind::Stdin(_) => "stdin",
             SourceKind::Custom(_) => "custom",
@@ -179,7 +208,18 @@ impl SourceKind {
 }
 
 /// The keys every kind may share, in [`SourceConfig`].
-const SHARED_KEYS: &[&str] = &["lookup", "on_error", "checks"];
+const SHARED_KEYS: &[&str] = &[
+    "lookup",
+    "on_error",
+    "checks",
+    "event_time",
+    "watermark",
+    "idle_timeout",
+    "late",
+];
+
+/// The event-time keys: every kind that reads rows in an order takes them.
+pub(crate) const EVENT_TIME: [&str; 4] = ["event_time", "watermark", "idle_timeout", "late"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -190,13 +230,21 @@ struct SharedKeys {
     on_error: OnError,
     #[serde(default)]
     checks: Vec<String>,
+    #[serde(default)]
+    event_time: Option<String>,
+    #[serde(default)]
+    watermark: Option<HumanDuration>,
+    #[serde(default)]
+    idle_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    late: Option<Late>,
 }
 
 /// A kind of source a pipeline file can name.
 pub(crate) struct Kind {
     /// `kind = "<name>"`.
     pub name: &'static str,
-    /// The shared keys it takes ([`SHARED_KEYS`]).
+    /// The shared keys it takes ([`SHARED_KEYS`]) besides the event-time ones.
     pub shared: &'static [&'static str],
     /// Its own keys.
     pub keys: fn() -> &'static [&'static str],
@@ -205,13 +253,14 @@ pub(crate) struct Kind {
 
 impl Kind {
     fn takes(&self, shared_key: &str) -> bool {
-        self.shared.contains(&shared_key)
+        self.shared.contains(&shared_key) || EVENT_TIME.contains(&shared_key)
     }
 
     /// Every key a table of this kind may have (besides `kind`).
     pub(crate) fn all_keys(&self) -> Vec<&'static str> {
         let mut keys = (self.keys)().to_vec();
         keys.extend(self.shared);
+        keys.extend(EVENT_TIME);
         keys
     }
 }
@@ -253,6 +302,12 @@ pub(crate) const KINDS: &[Kind] = &[
         shared: &[],
         keys: fields_of::<GeneratorSourceConfig>,
         decode: |t| decode_table(t).map(SourceKind::Generator),
+    },
+    Kind {
+        name: "nexmark",
+        shared: &[],
+        keys: fields_of::<NexmarkSourceConfig>,
+        decode: |t| decode_table(t).map(SourceKind::Nexmark),
     },
     Kind {
         name: "dir",

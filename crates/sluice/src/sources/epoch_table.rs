@@ -5,8 +5,10 @@
 //! know only their schema. Physical planning of an epoch scans the slice the
 //! epoch's [`EpochBinding`] holds for the source (nothing, when it has
 //! none), so every epoch's plan reads exactly its own input. Every scan is wrapped
-//! in a [`StageExec`] so the source's rows are counted, and, when the source
-//! declares checks, in a [`CheckExec`] below it.
+//! in a [`StageExec`] so the source's rows are counted; when the source has
+//! an event time, in an [`EventTimeExec`] (the rows in the source's order,
+//! the clock moved on, late rows out); when it declares checks, in a
+//! [`CheckExec`] above that.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -29,6 +31,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use crate::dead_letter::OnError;
 use crate::epoch::EpochBinding;
 use crate::ops::check::{Check, CheckExec};
+use crate::ops::event_time::{EventTimeExec, SourceOrder};
 use crate::ops::stage::{StageExec, StageRole};
 
 /// A source as a table whose content is the current epoch's slice.
@@ -39,6 +42,18 @@ pub(crate) struct EpochTable {
     schema: SchemaRef,
     progress: Arc<AtomicU64>,
     checks: Option<DeclaredChecks>,
+    event_time: Option<EventTime>,
+}
+
+/// A source's event-time column and how its scan's partitions are ordered.
+#[derive(Debug, Clone)]
+pub(crate) struct EventTime {
+    /// The column.
+    pub column: String,
+    /// How the scan's partitions make up the source's order.
+    pub order: SourceOrder,
+    /// What a row without event time does.
+    pub on_error: OnError,
 }
 
 /// A source's declared checks: (text, expression over the source's columns).
@@ -59,7 +74,24 @@ impl EpochTable {
             schema,
             progress,
             checks: None,
+            event_time: None,
         }
+    }
+
+    /// The source's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The column the source's rows are timed by, if any.
+    pub(crate) fn event_time_column(&self) -> Option<String> {
+        self.event_time.as_ref().map(|t| t.column.clone())
+    }
+
+    /// Reads the rows in the source's order and judges their event time.
+    pub(crate) fn with_event_time(mut self, event_time: Option<EventTime>) -> Self {
+        self.event_time = event_time;
+        self
     }
 
     /// Checks every row read against `checks`.
@@ -80,50 +112,59 @@ impl EpochTable {
 }
 
 impl EpochTable {
-    /// Scans the columns asked for plus those the checks read, without
-    /// filters or limits (every row read is checked), checks, then projects.
-    async fn checked_scan(
+    /// Scans every row of the slice (no filters or limits: every row read
+    /// is ordered, timed and checked) with the columns asked for plus those
+    /// the event time and the checks read; then times, checks, projects.
+    async fn whole_scan(
         &self,
         state: &dyn Session,
         projection: Option<Vec<usize>>,
-        checks: &DeclaredChecks,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let wanted: Vec<usize> =
             projection.unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         let mut read: std::collections::BTreeSet<usize> = wanted.iter().copied().collect();
-        for (_, e) in &checks.checks {
+        for (_, e) in self.checks.iter().flat_map(|c| &c.checks) {
             for c in e.column_refs() {
                 read.insert(self.schema.index_of(&c.name)?);
             }
         }
+        if let Some(t) = &self.event_time {
+            read.insert(self.schema.index_of(&t.column)?);
+        }
         let read: Vec<usize> = read.into_iter().collect();
         let args = ScanArgs::default().with_projection(Some(read.as_slice()));
-        let inner = self
+        let mut plan = self
             .current(state)?
             .scan_with_args(state, args)
             .await?
             .into_inner();
-        let df_schema = DFSchema::try_from(inner.schema().as_ref().clone())?;
-        let props = datafusion::execution::context::ExecutionProps::new();
-        let compiled = checks
-            .checks
-            .iter()
-            .map(|(sql, e)| {
-                Ok(Check {
-                    sql: sql.clone(),
-                    expr: create_physical_expr(
-                        &strip_qualifiers(e.clone())?,
-                        &df_schema,
-                        &props,
-                        &PhysicalPlanningContext::default(),
-                    )?,
+        if let Some(t) = &self.event_time {
+            plan = Arc::new(EventTimeExec::try_new(
+                &self.name, &t.column, t.order, t.on_error, plan,
+            )?);
+        }
+        if let Some(checks) = &self.checks {
+            let df_schema = DFSchema::try_from(plan.schema().as_ref().clone())?;
+            let props = datafusion::execution::context::ExecutionProps::new();
+            let compiled = checks
+                .checks
+                .iter()
+                .map(|(sql, e)| {
+                    Ok(Check {
+                        sql: sql.clone(),
+                        expr: create_physical_expr(
+                            &strip_qualifiers(e.clone())?,
+                            &df_schema,
+                            &props,
+                            &PhysicalPlanningContext::default(),
+                        )?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let checked: Arc<dyn ExecutionPlan> =
-            Arc::new(CheckExec::new(&self.name, compiled, checks.on_error, inner));
+                .collect::<Result<Vec<_>>>()?;
+            plan = Arc::new(CheckExec::new(&self.name, compiled, checks.on_error, plan));
+        }
         if read == wanted {
-            return Ok(checked);
+            return Ok(plan);
         }
         let exprs = wanted
             .iter()
@@ -136,7 +177,7 @@ impl EpochTable {
                 )
             })
             .collect::<Vec<_>>();
-        Ok(Arc::new(ProjectionExec::try_new(exprs, checked)?))
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
     }
 }
 
@@ -182,16 +223,14 @@ impl TableProvider for EpochTable {
         state: &dyn Session,
         args: ScanArgs<'a>,
     ) -> Result<ScanResult> {
-        let inner = match &self.checks {
-            None => self
-                .current(state)?
+        let inner = if self.checks.is_none() && self.event_time.is_none() {
+            self.current(state)?
                 .scan_with_args(state, args)
                 .await?
-                .into_inner(),
-            Some(checks) => {
-                self.checked_scan(state, args.projection().map(|p| p.to_vec()), checks)
-                    .await?
-            }
+                .into_inner()
+        } else {
+            self.whole_scan(state, args.projection().map(|p| p.to_vec()))
+                .await?
         };
         let exec = StageExec::new(&self.name, &self.kind, StageRole::Source, inner)
             .with_progress(Arc::clone(&self.progress));

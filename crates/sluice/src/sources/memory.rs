@@ -13,13 +13,15 @@ use super::{AnySource, Slice, SliceLimits, Source, SourceContext, SourceFactory}
 use crate::error::{Result, SluiceError};
 use crate::metrics::ComponentId;
 
-/// A bounded source over batches in memory; read as one slice.
+/// A bounded source over batches in memory, cut into slices of
+/// `[settings.epoch] max_rows` rows (one slice without it).
 #[derive(Debug, Clone)]
 pub struct MemorySource {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
     name: String,
-    done: bool,
+    /// The next row to hand out.
+    next: u64,
 }
 
 impl MemorySource {
@@ -51,17 +53,17 @@ impl MemorySource {
             schema,
             batches,
             name: String::new(),
-            done: false,
+            next: 0,
         })
     }
 }
 
-/// A memory source's position: whether its one slice was handed out.
+/// A memory source's position: rows handed out so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryOffset {
-    /// The batches were read.
-    pub done: bool,
+    /// Rows `0..rows` (in batch order) were read.
+    pub rows: u64,
 }
 
 #[async_trait]
@@ -70,6 +72,59 @@ impl SourceFactory for MemorySource {
         let mut s = self.clone();
         s.name = ctx.name.to_string();
         Ok(Box::new(s))
+    }
+}
+
+impl MemorySource {
+    fn total(&self) -> u64 {
+        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+    }
+
+    /// Rows `from..to` (in batch order), zero-copy slices of the batches.
+    fn rows(&self, from: u64, to: u64) -> Vec<RecordBatch> {
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for b in &self.batches {
+            let n = b.num_rows() as u64;
+            let (lo, hi) = (from.max(at), to.min(at + n));
+            if lo < hi {
+                out.push(b.slice((lo - at) as usize, (hi - lo) as usize));
+            }
+            at += n;
+        }
+        out
+    }
+
+    fn slice(&self, from: u64, to: u64) -> Result<Slice<MemoryOffset>> {
+        let table = MemTable::try_new(Arc::clone(&self.schema), vec![self.rows(from, to)])
+            .map_err(|e| {
+                SluiceError::from_datafusion(e, Some(ComponentId::Source(self.name.clone())))
+            })?;
+        Ok(Slice {
+            table: Arc::new(table),
+            start: MemoryOffset { rows: from },
+            end: MemoryOffset { rows: to },
+            estimated_rows: Some(to - from),
+            uris: vec![format!("memory-batches://{}?rows={from}..{to}", self.name)],
+        })
+    }
+
+    fn check(&self, at: &MemoryOffset) -> Result<u64> {
+        if at.rows <= self.total() {
+            return Ok(at.rows);
+        }
+        Err(SluiceError::Source {
+            source_name: self.name.clone(),
+            file: None,
+            line: None,
+            message: format!(
+                "the committed offset (row {}) is past the {} rows this source holds; the commit log belongs to another pipeline",
+                at.rows,
+                self.total()
+            ),
+            retry: crate::error::RetryHint::Never,
+            cause: None,
+        })
     }
 }
 
@@ -96,42 +151,39 @@ impl Source for MemorySource {
     }
 
     async fn restart(&mut self) -> Result<()> {
-        self.done = false;
+        self.next = 0;
         Ok(())
     }
 
     async fn resume(&mut self, at: &MemoryOffset) -> Result<()> {
-        self.done = at.done;
+        self.next = self.check(at)?;
         Ok(())
     }
 
     async fn replay(
         &mut self,
-        _start: &MemoryOffset,
-        _end: &MemoryOffset,
+        start: &MemoryOffset,
+        end: &MemoryOffset,
     ) -> Result<Slice<MemoryOffset>> {
-        self.done = false;
-        self.next_slice(&SliceLimits::default())
-            .await?
-            .ok_or_else(|| SluiceError::Internal("memory source has nothing to replay".into()))
+        let (from, to) = (self.check(start)?, self.check(end)?);
+        self.next = to;
+        self.slice(from, to.max(from))
     }
 
-    async fn next_slice(&mut self, _limits: &SliceLimits) -> Result<Option<Slice<MemoryOffset>>> {
-        if self.done {
+    async fn next_slice(&mut self, limits: &SliceLimits) -> Result<Option<Slice<MemoryOffset>>> {
+        let total = self.total();
+        if self.next >= total {
             return Ok(None);
         }
-        self.done = true;
-        let rows = self.batches.iter().map(|b| b.num_rows() as u64).sum();
-        let table = MemTable::try_new(Arc::clone(&self.schema), vec![self.batches.clone()])
-            .map_err(|e| {
-                SluiceError::from_datafusion(e, Some(ComponentId::Source(self.name.clone())))
-            })?;
-        Ok(Some(Slice {
-            table: Arc::new(table),
-            start: MemoryOffset { done: false },
-            end: MemoryOffset { done: true },
-            estimated_rows: Some(rows),
-            uris: vec![],
-        }))
+        let from = self.next;
+        let to = limits
+            .max_rows
+            .map_or(total, |m| from.saturating_add(m.max(1)).min(total));
+        self.next = to;
+        self.slice(from, to).map(Some)
+    }
+
+    fn estimated_remaining_rows(&self) -> Option<u64> {
+        Some(self.total().saturating_sub(self.next))
     }
 }

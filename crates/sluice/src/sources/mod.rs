@@ -17,6 +17,7 @@ pub(crate) mod epoch_table;
 mod file;
 mod generator;
 mod memory;
+mod nexmark;
 mod stdin;
 mod tpch;
 
@@ -35,6 +36,8 @@ use sluice_contract::{LineageEntry, SourceProvenance};
 
 pub use crate::ops::line_scan::Compression;
 pub use crate::ops::tpch_scan::TpchTable;
+#[cfg(test)]
+pub(crate) use config::EVENT_TIME;
 pub(crate) use config::KINDS;
 pub use config::{CustomSource, SourceConfig, SourceKind};
 pub(crate) use epoch_table::EpochTable;
@@ -44,6 +47,7 @@ pub use file::{
 };
 pub use generator::{GeneratorOffset, GeneratorSourceConfig};
 pub use memory::{MemoryOffset, MemorySource};
+pub use nexmark::{NexmarkOffset, NexmarkSourceConfig};
 pub use stdin::{StdinFormat, StdinOffset, StdinSourceConfig};
 pub use tpch::{TpchOffset, TpchSourceConfig};
 

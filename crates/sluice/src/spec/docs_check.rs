@@ -35,7 +35,12 @@ fn documented(page: &str) -> BTreeMap<String, BTreeSet<String>> {
                 .map(str::to_string);
             in_table = false;
         } else if let Some(h) = line.strip_prefix("### ") {
-            current = between(h, "kind = \"", "\"").map(|k| format!("{section}.{k}"));
+            current = if h.starts_with("Event time") {
+                // the keys every source kind takes
+                Some(format!("{section}.event_time"))
+            } else {
+                between(h, "kind = \"", "\"").map(|k| format!("{section}.{k}"))
+            };
             in_table = false;
         } else if line.starts_with("| key |") {
             in_table = current.as_ref().is_some_and(|c| !out.contains_key(c));
@@ -88,9 +93,13 @@ fn from_the_structs() -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     out.insert("settings".into(), settings);
+    // the event-time keys every kind takes have one table of their own
+    let event_time = crate::sources::EVENT_TIME;
     for k in crate::sources::KINDS {
-        out.insert(format!("sources.{}", k.name), set(k.all_keys()));
+        let keys = k.all_keys().into_iter().filter(|k| !event_time.contains(k));
+        out.insert(format!("sources.{}", k.name), set(keys));
     }
+    out.insert("sources.event_time".into(), set(event_time));
     out.insert(
         "stages.sql".into(),
         set(fields_of::<SqlStageConfig>().iter().copied()),

@@ -44,7 +44,7 @@ pub use crate::observe::ObservabilityConfig;
 pub use crate::openlineage::LineageConfig;
 use crate::sinks::SinkConfig;
 use crate::sources::{CustomSource, SourceConfig, SourceKind};
-pub use crate::stages::{ExternalStageConfig, SqlStageConfig, StageConfig};
+pub use crate::stages::{ExternalStageConfig, Scope, SqlStageConfig, StageConfig};
 pub use values::{ByteSize, ColumnSpec, HumanDuration};
 
 /// The file name used in errors for pipelines built in code.
@@ -263,6 +263,7 @@ impl PipelineSpec {
                 sql: None,
                 schema: None,
                 description: None,
+                scope: crate::stages::Scope::Stream,
             }),
         );
         self

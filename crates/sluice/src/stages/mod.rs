@@ -8,7 +8,7 @@ pub(crate) mod external;
 pub(crate) mod sql;
 
 pub use external::ExternalStageConfig;
-pub use sql::SqlStageConfig;
+pub use sql::{Scope, SqlStageConfig};
 
 use crate::spec::decode_table;
 

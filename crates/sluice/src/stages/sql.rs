@@ -24,4 +24,20 @@ pub struct SqlStageConfig {
     /// Free text shown by `sluice explain`.
     #[serde(default)]
     pub description: Option<String>,
+    /// `"epoch"`: aggregates and joins over a stream are meant per epoch
+    /// (each epoch's own answer); without it `validate` refuses them unless
+    /// they are windowed by event time or join a lookup table.
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// What an sql stage's aggregates and joins cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The whole stream: only windowed (or lookup) aggregates and joins.
+    #[default]
+    Stream,
+    /// Each epoch on its own.
+    Epoch,
 }

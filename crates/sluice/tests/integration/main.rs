@@ -9,3 +9,4 @@ mod epochs;
 mod errors;
 mod evolution;
 mod files;
+mod windows;

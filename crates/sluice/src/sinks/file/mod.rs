@@ -583,6 +583,7 @@ impl Sink for FileSink {
                         last: c.epoch,
                         offsets: c.source_offsets,
                         rollout: c.rollout.into_iter().map(|(s, r)| (s, r.choice)).collect(),
+                        state: c.state,
                     })
                     .collect(),
             ),
@@ -728,8 +729,18 @@ impl Sink for FileSink {
             provenance: record.provenance.clone(),
             source_offsets: record.source_offsets.clone(),
             rollout: record.rollout.clone(),
+            state: record.state.clone(),
         };
         self.log.write(&commit).await.map_err(|e| self.log_err(e))
+    }
+
+    fn state_store(&self) -> Option<crate::state::StateStore> {
+        Some(crate::state::StateStore::new(
+            &self.name,
+            &self.location.url(),
+            Arc::clone(&self.store),
+            self.location.prefix.clone(),
+        ))
     }
 
     async fn reset(&self) -> Result<u64> {

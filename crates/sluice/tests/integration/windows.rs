@@ -1,0 +1,352 @@
+//! Event-time windows computed across epochs: the answer over the whole
+//! input, whatever the epoch size, and exactly once through restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use sluice::sinks::SinkConfig;
+use sluice::sources::{CustomSource, MemorySource, SourceConfig, SourceKind};
+use sluice::state::{EventTimeConfig, Late};
+use sluice::{Engine, PipelineSpec, Result, RunOptions};
+
+use crate::common::committed_rows;
+
+/// An event: (µs since the epoch, key, value).
+type Event = (i64, &'static str, i64);
+
+fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("k", DataType::Utf8, false),
+        Field::new("v", DataType::Int64, false),
+    ]))
+}
+
+fn batch(events: &[Event]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.0))
+                    .with_timezone("UTC"),
+            ) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.1))),
+            Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.2))),
+        ],
+    )
+    .unwrap()
+}
+
+const SEC: i64 = 1_000_000;
+
+/// An event-time source over `events` (batches of 7) with a 2 s watermark.
+fn source(events: &[Event], late: Late) -> SourceConfig {
+    let batches: Vec<RecordBatch> = events.chunks(7).map(batch).collect();
+    let source = MemorySource::try_new(schema(), batches).unwrap();
+    SourceConfig::from(SourceKind::Custom(CustomSource(Arc::new(source)))).with_event_time(
+        EventTimeConfig {
+            column: "ts".into(),
+            bound: Duration::from_secs(2),
+            idle_timeout: None,
+            late,
+        },
+    )
+}
+
+/// A pipeline of one stage, `sql` over `sources`, into memory at `url`.
+fn pipeline(
+    sources: &[(&str, &[Event])],
+    sql: &str,
+    max_rows: Option<u64>,
+    url: &str,
+    late: Late,
+) -> PipelineSpec {
+    let mut spec = PipelineSpec::new("windows", "1.0");
+    for (name, events) in sources {
+        spec = spec.with_source(*name, source(events, late));
+    }
+    let inputs: Vec<&str> = sources.iter().map(|(name, _)| *name).collect();
+    let mut spec = spec
+        .with_sql_stage("windowed", &inputs, sql)
+        .with_sink("out", SinkConfig::parquet("windowed", url));
+    spec.settings.epoch.max_rows = max_rows;
+    spec
+}
+
+/// The tumbling pipeline over `events`.
+fn windowed(events: &[Event], max_rows: Option<u64>, url: &str, late: Late) -> PipelineSpec {
+    pipeline(&[("events", events)], TUMBLING, max_rows, url, late)
+}
+
+/// Runs `sql` over `sources` at several epoch sizes and checks every run
+/// commits the batch answer, sorted by `columns`.
+async fn equals_the_batch_answer(
+    test: &str,
+    sources: &[(&str, &[Event])],
+    sql: &str,
+    columns: &str,
+) -> Result<()> {
+    let want = sorted(&batch_answer_of(sql, sources).await, columns).await;
+    for max_rows in [None, Some(1), Some(5), Some(17), Some(64)] {
+        let url = format!("memory:///windows/{test}/{max_rows:?}");
+        let engine = Engine::new();
+        let summary = engine
+            .run(pipeline(sources, sql, max_rows, &url, Late::Drop))
+            .await?;
+        let got = committed_rows(&engine, &url).await?;
+        assert_eq!(
+            sorted(&got, columns).await,
+            want,
+            "{test}: max_rows {max_rows:?} ({} epochs)",
+            summary.epochs
+        );
+    }
+    Ok(())
+}
+
+/// The rows of `batches`, sorted, as text.
+async fn sorted(batches: &[RecordBatch], columns: &str) -> String {
+    let ctx = SessionContext::new();
+    let schema = batches.first().map(|b| b.schema()).unwrap();
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches.to_vec()]).unwrap();
+    ctx.register_table("t", Arc::new(table)).unwrap();
+    let sql = format!("SELECT {columns} FROM t ORDER BY {columns}");
+    let out = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    pretty_format_batches(&out).unwrap().to_string()
+}
+
+const TUMBLING: &str = "SELECT date_bin(INTERVAL '10 seconds', ts) AS w, k, count(*) AS n, sum(v) AS total \
+     FROM events GROUP BY date_bin(INTERVAL '10 seconds', ts), k";
+
+/// `sql` in one batch over all of each table's events, as DataFusion
+/// answers it without sluice.
+async fn batch_answer_of(sql: &str, tables: &[(&str, &[Event])]) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new();
+    ctx.register_udf(hop_udf());
+    for (name, events) in tables {
+        let table =
+            datafusion::datasource::MemTable::try_new(schema(), vec![vec![batch(events)]]).unwrap();
+        ctx.register_table(*name, Arc::new(table)).unwrap();
+    }
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+/// The tumbling query over every event, in one batch.
+async fn batch_answer(events: &[Event]) -> Vec<RecordBatch> {
+    batch_answer_of(TUMBLING, &[("events", events)]).await
+}
+
+/// sluice's `hop`, taken from a compiled pipeline's session so the batch
+/// answer uses the same function.
+fn hop_udf() -> datafusion::logical_expr::ScalarUDF {
+    sluice::functions::hop()
+}
+
+fn events() -> Vec<Event> {
+    // out of order by up to 2 s; keys a and b; 60 s of events
+    (0..120)
+        .map(|i| {
+            let jitter = [0, -1_500_000, 700_000, -300_000][i % 4];
+            (
+                i as i64 * SEC / 2 + jitter + SEC,
+                if i % 3 == 0 { "a" } else { "b" },
+                i as i64,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tumbling_windows_equal_the_batch_answer_for_every_epoch_size() -> Result<()> {
+    let events = events();
+    equals_the_batch_answer("tumble", &[("events", &events)], TUMBLING, "w, k, n, total").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hopping_windows_equal_the_batch_answer_for_every_epoch_size() -> Result<()> {
+    let events = events();
+    let sql = "SELECT w, k, count(*) AS n, sum(v) AS total, min(v) AS first \
+               FROM (SELECT unnest(hop(ts, INTERVAL '5 seconds', INTERVAL '15 seconds')) AS w, k, v FROM events) \
+               GROUP BY w, k";
+    equals_the_batch_answer("hop", &[("events", &events)], sql, "w, k, n, total, first").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_windowed_join_of_two_streams_equals_the_batch_answer() -> Result<()> {
+    let events = events();
+    // the other stream: a row for every third event, a second later
+    let other: Vec<Event> = events
+        .iter()
+        .step_by(3)
+        .map(|&(t, k, v)| (t + SEC, k, v * 10))
+        .collect();
+    let sql = "SELECT a.w, a.k, a.v AS av, b.v AS bv \
+               FROM (SELECT date_bin(INTERVAL '10 seconds', ts) AS w, k, v FROM events) a \
+               JOIN (SELECT date_bin(INTERVAL '10 seconds', ts) AS w, k, v FROM other) b \
+               ON a.w = b.w AND a.k = b.k";
+    equals_the_batch_answer(
+        "join",
+        &[("events", &events), ("other", &other)],
+        sql,
+        "w, k, av, bv",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_rows_are_dead_lettered_and_left_out_of_their_window() -> Result<()> {
+    let mut events = events();
+    // two rows 20 s behind the stream at the time they come
+    events.insert(80, (5 * SEC, "a", 1000));
+    events.insert(100, (9 * SEC, "b", 2000));
+    let on_time: Vec<Event> = events.iter().filter(|e| e.2 < 1000).copied().collect();
+    let want = sorted(&batch_answer(&on_time).await, "w, k, n, total").await;
+    let url = "memory:///windows/late";
+    let mut spec = windowed(&events, Some(9), url, Late::DeadLetter);
+    spec.dead_letter = Some(sluice::spec::DeadLetterConfig {
+        url: "memory:///windows/late_dead".into(),
+    });
+    let engine = Engine::new();
+    let summary = engine.run(spec).await?;
+    let got = committed_rows(&engine, url).await?;
+    assert_eq!(sorted(&got, "w, k, n, total").await, want);
+    let dead = committed_rows(&engine, "memory:///windows/late_dead").await?;
+    let dead = sorted(&dead, "code, component").await;
+    assert_eq!(dead.matches("LATE").count(), 2, "{dead}\n{summary:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_is_emitted_once_when_the_watermark_passes_its_end() -> Result<()> {
+    let events = events();
+    let url = "memory:///windows/once";
+    let engine = Engine::new();
+    // epochs of 10 events: 5 s of event time each
+    let compiled = engine
+        .compile(windowed(&events, Some(10), url, Late::Drop))
+        .await?;
+    let handle = compiled.start(RunOptions::default());
+    // the stream ends once the run and its handle are gone
+    let events_of_run = handle.events();
+    let collect = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut events_of_run = events_of_run;
+        while let Some(event) = futures::StreamExt::next(&mut events_of_run).await {
+            if let sluice::RunEvent::Committed { epoch, rows, .. } = event {
+                seen.push((epoch, rows.get("out").copied().unwrap_or(0)));
+            }
+        }
+        seen
+    });
+    handle.wait().await?;
+    let seen = collect.await.unwrap();
+    let rows: u64 = seen.iter().map(|(_, r)| r).sum();
+    // every (window, key) of the batch answer, each emitted once
+    let want: usize = batch_answer(&events)
+        .await
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, want as u64, "{seen:?}");
+    // nothing comes out before the first window's end passes the watermark
+    assert_eq!(seen.first().map(|s| s.1), Some(0), "{seen:?}");
+    Ok(())
+}
+
+/// Events whose times go forward by random steps, out of order by less
+/// than the 2 s bound, with some rows far behind (late).
+fn arbitrary_events() -> impl proptest::strategy::Strategy<Value = Vec<Event>> {
+    use proptest::prelude::*;
+    let keys = prop_oneof![Just("a"), Just("b"), Just("c")];
+    let event = (
+        0..900_000i64,
+        -1_900_000..=0i64,
+        prop::bool::weighted(0.05),
+        keys,
+    );
+    prop::collection::vec(event, 1..160).prop_map(|steps| {
+        let mut clock = 1_700_000_000 * SEC;
+        steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, (step, jitter, late, k))| {
+                clock += step;
+                let t = if late {
+                    clock - 30 * SEC
+                } else {
+                    clock + jitter
+                };
+                (t, k, i as i64)
+            })
+            .collect()
+    })
+}
+
+/// The rows no later than the bound behind the largest event time before
+/// them: what the engine must keep, computed on its own here.
+fn on_time(events: &[Event], bound: i64) -> Vec<Event> {
+    let mut max = i64::MIN;
+    let mut kept = Vec::new();
+    for &e in events {
+        if max == i64::MIN || e.0 >= max - bound {
+            kept.push(e);
+        }
+        max = max.max(e.0);
+    }
+    kept
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Random out-of-order streams with late rows, cut into random epochs,
+    /// the run stopped and restarted after random numbers of epochs: the
+    /// windows committed are the batch answer over the rows on time, each
+    /// once.
+    #[test]
+    fn windows_survive_any_epoch_cuts_and_restarts(
+        events in arbitrary_events(),
+        max_rows in 1u64..40,
+        stops in proptest::collection::vec(1u64..6, 1..6),
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let kept = on_time(&events, 2 * SEC);
+            let want = sorted(&batch_answer(&kept).await, "w, k, n, total").await;
+            let url = "memory:///windows/property";
+            let engine = Engine::new();
+            // runs of a few epochs each, then one to the end
+            for max_epochs in stops.iter().copied().map(Some).chain([None]) {
+                let compiled = engine
+                    .compile(windowed(&events, Some(max_rows), url, Late::Drop))
+                    .await
+                    .unwrap();
+                compiled
+                    .run(RunOptions { max_epochs, ..Default::default() })
+                    .await
+                    .unwrap();
+            }
+            let got = committed_rows(&engine, url).await.unwrap();
+            let got = if got.iter().all(|b| b.num_rows() == 0) {
+                String::new()
+            } else {
+                sorted(&got, "w, k, n, total").await
+            };
+            assert_eq!(got, want, "max_rows {max_rows}, stops {stops:?}");
+        });
+    }
+}
