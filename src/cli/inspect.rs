@@ -92,6 +92,7 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
         );
     }
     print_rollouts(&commits);
+    print_state(last);
     outln!("\nsource offsets at the last commit:");
     for (src, o) in &last.source_offsets {
         outln!("  {src}: {}", o.end);
@@ -143,5 +144,62 @@ fn print_rollouts(commits: &[Commit]) {
             }
             outln!("{line}");
         }
+    }
+}
+
+/// The state the last commit covers: every stateful operator's snapshot
+/// (its stage and version, rows, bytes, watermark) and the event-time
+/// clocks of the sources.
+fn print_state(last: &Commit) {
+    let state = &last.state;
+    if state.is_empty() {
+        return;
+    }
+    outln!("\nstate at the last commit:");
+    if !state.operators.is_empty() {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED);
+        t.set_header(vec![
+            "operator",
+            "stage version",
+            "rows",
+            "bytes",
+            "watermark",
+            "snapshot",
+        ]);
+        for (operator, s) in &state.operators {
+            // operators are named `<stage>`, `<stage>.1`, `<stage>.left`, ...
+            let stage = operator.split('.').next().unwrap_or(operator);
+            let version = last
+                .lineage
+                .iter()
+                .find(|l| l.stage == stage)
+                .map_or("-".to_string(), |l| l.version.clone());
+            t.add_row(vec![
+                operator.clone(),
+                version,
+                s.rows.to_string(),
+                s.bytes.to_string(),
+                s.watermark
+                    .map_or("-".into(), sluice::state::format_event_time),
+                s.path.clone(),
+            ]);
+        }
+        outln!("{t}");
+        let (rows, bytes) = state
+            .operators
+            .values()
+            .fold((0, 0), |(r, b), s| (r + s.rows, b + s.bytes));
+        outln!(
+            "  {} operators, {rows} rows of state, {bytes} bytes",
+            state.operators.len()
+        );
+    }
+    for (source, clock) in &state.clocks {
+        let time = clock
+            .max_event_time
+            .map_or("none yet".into(), sluice::state::format_event_time);
+        let ended = if clock.ended { " (ended)" } else { "" };
+        outln!("  {source}: largest event time {time}{ended}");
     }
 }

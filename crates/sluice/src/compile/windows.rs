@@ -9,14 +9,17 @@
 //! - the event time of a source (`event_time = "ts"`);
 //! - a window start *assigned* to each row: `date_bin(INTERVAL '1 minute', ts)`,
 //!   `date_trunc('minute', ts)`, or an element of `unnest(hop(ts, slide, size))`;
-//! - a window start *emitted* by a windowed aggregate upstream: all rows of
-//!   one window arrive in the same epoch, so a `GROUP BY` or a join on it
-//!   is complete within the epoch and needs no state;
+//! - a window start *emitted* by a windowed operator upstream: all its rows
+//!   of one window arrive in the same epoch, so a `GROUP BY` on it is
+//!   complete within the epoch and needs no state; so is a join of two such
+//!   streams when their operators share one watermark (the same sources);
 //! - anything else.
 //!
 //! A `GROUP BY` with an assigned window key becomes a
-//! [`WindowAggregateNode`]; a join whose `ON` equates the window keys of
-//! both sides (one at least assigned) becomes a [`WindowJoinNode`]. An
+//! [`WindowAggregateNode`]; a join whose `ON` equates window keys of the
+//! same size on both sides (unless both are whole already) becomes a
+//! [`WindowJoinNode`], which holds each window until the watermark of both
+//! sides passes its end. An
 //! aggregate, distinct, window function or join left over a source that
 //! never ends is refused by `validate` unless its stage says `scope = "epoch"`.
 
@@ -59,9 +62,12 @@ pub(crate) enum Timing {
         size_us: i64,
         sources: BTreeSet<String>,
     },
-    /// The window start of windows emitted whole upstream.
+    /// The window start of windows emitted whole upstream, by an operator
+    /// whose watermark is that of `sources`: every row of a window comes
+    /// out in the epoch that watermark passes the window's end.
     Emitted {
         size_us: i64,
+        sources: BTreeSet<String>,
     },
     /// A list of hopping-window starts (before `unnest`).
     Hops {
@@ -73,7 +79,7 @@ pub(crate) enum Timing {
 impl Timing {
     fn window_size(&self) -> Option<i64> {
         match self {
-            Timing::Assigned { size_us, .. } | Timing::Emitted { size_us } => Some(*size_us),
+            Timing::Assigned { size_us, .. } | Timing::Emitted { size_us, .. } => Some(*size_us),
             _ => None,
         }
     }
@@ -223,6 +229,7 @@ impl TimeContext {
                     return if index == w.windowing.window {
                         Timing::Emitted {
                             size_us: w.windowing.size_us,
+                            sources: w.windowing.sources.iter().cloned().collect(),
                         }
                     } else {
                         match w.aggregate.group_expr.get(index) {
@@ -235,9 +242,15 @@ impl TimeContext {
                     };
                 }
                 if let Some(j) = node.downcast_ref::<WindowJoinNode>() {
-                    // rows of a window come out together, when it closes
+                    // rows of a window come out together, when the join's
+                    // watermark passes its end
                     return match self.column(&LogicalPlan::Join(j.join.clone()), index) {
-                        Timing::Assigned { size_us, .. } => Timing::Emitted { size_us },
+                        Timing::Assigned { size_us, .. } | Timing::Emitted { size_us, .. } => {
+                            Timing::Emitted {
+                                size_us,
+                                sources: j.windowing.sources.iter().cloned().collect(),
+                            }
+                        }
                         t => t,
                     };
                 }
@@ -437,12 +450,15 @@ pub(crate) fn plan_windows(
             let LogicalPlan::Join(j) = join else {
                 return Ok(Transformed::no(join));
             };
+            // windows of the same size on both sides, unless both come whole
+            // in the same epoch already
+            if j.on.iter().any(|(l, r)| whole_on_both_sides(cx, &j, l, r)) {
+                return Ok(Transformed::no(LogicalPlan::Join(j)));
+            }
             let key = j.on.iter().enumerate().find_map(|(i, (l, r))| {
                 let (lt, rt) = (cx.expr(l, &j.left), cx.expr(r, &j.right));
-                let assigned =
-                    matches!(lt, Timing::Assigned { .. }) || matches!(rt, Timing::Assigned { .. });
                 match (lt.window_size(), rt.window_size()) {
-                    (Some(a), Some(b)) if a == b && assigned => Some((i, a)),
+                    (Some(a), Some(b)) if a == b => Some((i, a)),
                     _ => None,
                 }
             });
@@ -464,6 +480,30 @@ pub(crate) fn plan_windows(
         other => Ok(Transformed::no(other)),
     })
     .map(|t| t.data)
+}
+
+/// Whether `l = r` of a join equates windows emitted whole on both sides
+/// by operators of the same watermark: a window's rows of both sides then
+/// come in the same epoch, and the join needs no state.
+fn whole_on_both_sides(
+    cx: &TimeContext,
+    j: &datafusion::logical_expr::Join,
+    l: &Expr,
+    r: &Expr,
+) -> bool {
+    match (cx.expr(l, &j.left), cx.expr(r, &j.right)) {
+        (
+            Timing::Emitted {
+                size_us: a,
+                sources: sa,
+            },
+            Timing::Emitted {
+                size_us: b,
+                sources: sb,
+            },
+        ) => a == b && sa == sb,
+        _ => false,
+    }
 }
 
 /// Dead letters if any of `sources` asks for them, else drop.
@@ -546,10 +586,7 @@ pub(crate) fn per_epoch_results(plan: &LogicalPlan, cx: &TimeContext) -> Vec<Per
                 let LogicalPlan::Join(j) = &join else {
                     return Ok(TreeNodeRecursion::Continue);
                 };
-                let whole = j.on.iter().any(|(l, r)| {
-                    matches!(cx.expr(l, &j.left), Timing::Emitted { .. })
-                        && matches!(cx.expr(r, &j.right), Timing::Emitted { .. })
-                });
+                let whole = j.on.iter().any(|(l, r)| whole_on_both_sides(cx, j, l, r));
                 let mut streams = cx.streams_of(&j.left);
                 streams.extend(cx.streams_of(&j.right));
                 let against_lookup = cx.only_lookups(&j.left) || cx.only_lookups(&j.right);

@@ -45,7 +45,7 @@ use crate::epoch::EpochBinding;
 use crate::metrics::ComponentId;
 use crate::ops::check::row_json;
 use crate::state::clock::ClockInput;
-use crate::state::{Late, StateScope};
+use crate::state::{Late, StateScope, format_event_time};
 
 /// How a scan's partitions make up the source's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,9 +346,9 @@ impl Judge {
                     code: ErrorCode::Late,
                     message: format!(
                         "event time {} is behind the watermark {} (the largest event time before it, {}, minus the bound)",
-                        format_micros(t),
-                        format_micros(m.saturating_sub(bound)),
-                        format_micros(m)
+                        format_event_time(t),
+                        format_event_time(m.saturating_sub(bound)),
+                        format_event_time(m)
                     ),
                     file: None,
                     line: None,
@@ -370,11 +370,4 @@ impl Judge {
             scope.observe(&self.source, m);
         }
     }
-}
-
-/// An event time for messages: RFC 3339 in UTC.
-pub(crate) fn format_micros(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| format!("{us} µs"))
 }

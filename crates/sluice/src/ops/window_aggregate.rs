@@ -61,10 +61,10 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::epoch::EpochBinding;
 use crate::metrics::ComponentId;
 use crate::ops::check::row_json;
-use crate::ops::event_time::format_micros;
 use crate::ops::map::MapExec;
 use crate::ops::slot::SlotNode;
 use crate::state::clock::END_OF_TIME;
+use crate::state::format_event_time;
 use crate::state::{Late, OperatorState, StateScope};
 
 /// What makes an aggregate a windowed one: the group key that is a window
@@ -662,8 +662,8 @@ impl LateRows {
                     code: ErrorCode::Late,
                     message: format!(
                         "window starting {} was already emitted (the watermark passed {}): a source upstream was idle or slower",
-                        format_micros(starts.value(row)),
-                        format_micros(self.closed_up_to.saturating_add(w.size_us))
+                        format_event_time(starts.value(row)),
+                        format_event_time(self.closed_up_to.saturating_add(w.size_us))
                     ),
                     file: None,
                     line: None,

@@ -769,10 +769,12 @@ impl BatchGenerator for NexmarkGenerator {
     }
     fn generate(&self, unit: u64) -> Batches {
         let to = unit.saturating_add(self.chunk).min(self.end);
+        // exactly one batch per unit, even an empty one: an event-time scan
+        // reads the partitions' batches round robin to restore the order
         if self.kind.count_in(unit, to) == 0 {
-            return Box::new(std::iter::empty::<
-                std::result::Result<RecordBatch, ArrowError>,
-            >());
+            return Box::new(std::iter::once(Ok::<_, ArrowError>(
+                RecordBatch::new_empty(Arc::clone(&self.schema)),
+            )));
         }
         Box::new(std::iter::once(self.model.batch(
             self.kind,

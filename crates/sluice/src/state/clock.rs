@@ -167,6 +167,13 @@ pub(crate) fn combine<'a>(
     }
 }
 
+/// An event time (µs since the Unix epoch) as people read it: RFC 3339 in UTC.
+pub fn format_event_time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_else(|| format!("{us} µs"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use datafusion::arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-pub use clock::{EventTimeConfig, Late, SourceClock};
+pub use clock::{EventTimeConfig, Late, SourceClock, format_event_time};
 pub use scope::StateScope;
 pub use store::StateStore;
 
@@ -124,7 +124,8 @@ pub struct StateRef {
 /// snapshot and every event-time source's clock after its last epoch.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateCommit {
-    /// Snapshots, by operator (`<stage>` or `<stage>#<n>`).
+    /// Snapshots, by operator (`<stage>`, `<stage>.1`, ...; a join's two
+    /// sides as `<operator>.left` and `<operator>.right`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub operators: BTreeMap<String, StateRef>,
     /// Clocks, by source.

@@ -9,4 +9,5 @@ mod epochs;
 mod errors;
 mod evolution;
 mod files;
+mod nexmark;
 mod windows;
