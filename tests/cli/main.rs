@@ -13,6 +13,7 @@ mod stages;
 mod streaming;
 mod traces;
 mod ui;
+mod windows;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

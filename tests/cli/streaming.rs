@@ -53,7 +53,7 @@ fn run_args(input: &str, files_out: &str, events_out: &str) -> Vec<String> {
     ]
 }
 
-fn spawn(args: &[String], env: &[(&str, String)]) -> Child {
+pub(super) fn spawn(args: &[String], env: &[(&str, String)]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
     c.args(args)
         .current_dir(root())
@@ -68,7 +68,12 @@ fn spawn(args: &[String], env: &[(&str, String)]) -> Child {
 
 /// Kills runs at random points until `kills` kills landed mid-run; returns
 /// how many runs were started.
-fn kill_repeatedly(args: &[String], env: &[(&str, String)], kills: usize, seed: u64) -> usize {
+pub(super) fn kill_repeatedly(
+    args: &[String],
+    env: &[(&str, String)],
+    kills: usize,
+    seed: u64,
+) -> usize {
     let mut rng = Lcg(seed);
     let (mut landed, mut runs) = (0, 0);
     while landed < kills {
@@ -101,7 +106,7 @@ fn kill_repeatedly(args: &[String], env: &[(&str, String)], kills: usize, seed: 
     runs
 }
 
-fn finish(args: &[String], env: &[(&str, String)]) {
+pub(super) fn finish(args: &[String], env: &[(&str, String)]) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
     c.args(args)
         .current_dir(root())

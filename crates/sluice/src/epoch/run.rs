@@ -143,6 +143,16 @@ struct Read {
     ended: BTreeSet<String>,
 }
 
+/// One sink's work in an epoch: its plan, the part it writes, the task
+/// context the plan runs in, and the state scope its operators share.
+type SinkJob<'a> = (
+    &'a PlannedSink,
+    Arc<dyn ExecutionPlan>,
+    SinkPart,
+    Arc<datafusion::execution::TaskContext>,
+    Arc<StateScope>,
+);
+
 /// What one step of the loop decided.
 enum Step {
     Continue,
@@ -950,13 +960,7 @@ impl Run {
         let state = binding.bind(&self.plan.session.state());
         let task = state.task_ctx();
 
-        let mut jobs: Vec<(
-            &PlannedSink,
-            Arc<dyn ExecutionPlan>,
-            SinkPart,
-            Arc<datafusion::execution::TaskContext>,
-            Arc<StateScope>,
-        )> = Vec::new();
+        let mut jobs: Vec<SinkJob<'_>> = Vec::new();
         let mut dead_letter_sink = None;
         let mut diff_sinks = Vec::new();
         for name in sinks {

@@ -132,6 +132,11 @@ impl ExecutionPlan for EventTimeExec {
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![self.input.output_partitioning().partition_count() == 1]
     }
+    /// The input's partitions are the source's own; a repartition below
+    /// would deal its batches anew and lose the order lateness is judged in.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,

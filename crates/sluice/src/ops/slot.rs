@@ -185,7 +185,7 @@ pub(crate) fn fill(
                 return internal_err!("no rows for slot {}", slot.id);
             };
             let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
-                &[batches.clone()],
+                std::slice::from_ref(batches),
                 Arc::clone(&slot.schema),
                 None,
             )?;

@@ -62,7 +62,7 @@ async fn batch_answer(spec: &PipelineSpec, query: &str) -> Result<Vec<RecordBatc
     for (name, source) in &spec.sources {
         dump.sources.insert(name.clone(), source.clone());
         dump = dump.with_sink(
-            &format!("{name}_rows"),
+            format!("{name}_rows"),
             SinkConfig::parquet(name.as_str(), format!("memory:///nexmark/dump/{name}")),
         );
     }

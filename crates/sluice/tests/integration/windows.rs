@@ -350,3 +350,64 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_of_files_is_judged_in_file_order_on_every_partition_count() -> Result<()> {
+    // one file per 20 events: a scan dealt over partitions would read a
+    // later file before an earlier one and find its rows late
+    let events = events();
+    let want = sorted(&batch_answer(&events).await, "w, k, n, total").await;
+    let dir = tempfile::tempdir().unwrap();
+    for (f, chunk) in events.chunks(20).enumerate() {
+        let body: String = chunk
+            .iter()
+            .map(|(t, k, v)| {
+                let ts = sluice::state::format_event_time(*t);
+                format!("{{\"ts\": \"{ts}\", \"k\": \"{k}\", \"v\": {v}}}\n")
+            })
+            .collect();
+        std::fs::write(dir.path().join(format!("part-{f:03}.jsonl")), body).unwrap();
+    }
+    for partitions in [1, 2, 4] {
+        let mut jsonl = sluice::sources::JsonlSourceConfig::new(dir.path().to_string_lossy());
+        let column = |name: &str, data_type: &str| sluice::spec::ColumnSpec {
+            name: name.into(),
+            data_type: data_type.into(),
+            nullable: false,
+        };
+        jsonl.columns = Some(vec![
+            column("ts", "timestamptz"),
+            column("k", "varchar"),
+            column("v", "bigint"),
+        ]);
+        let url = format!("memory:///windows/folder/{partitions}");
+        let mut spec = PipelineSpec::new("windows", "1.0")
+            .with_source(
+                "events",
+                SourceConfig::from(jsonl).with_event_time(EventTimeConfig {
+                    column: "ts".into(),
+                    bound: Duration::from_secs(2),
+                    idle_timeout: None,
+                    late: Late::Drop,
+                }),
+            )
+            .with_sql_stage("windowed", &["events"], TUMBLING)
+            .with_sink("out", SinkConfig::parquet("windowed", url.as_str()));
+        spec.settings.target_partitions = Some(partitions);
+        let engine = Engine::new();
+        let summary = engine.run(spec).await?;
+        let source = summary.component("events").unwrap();
+        assert_eq!(
+            source.rows_out,
+            events.len() as u64,
+            "{partitions} partitions: {source:?}"
+        );
+        let got = committed_rows(&engine, &url).await?;
+        assert_eq!(
+            sorted(&got, "w, k, n, total").await,
+            want,
+            "{partitions} partitions"
+        );
+    }
+    Ok(())
+}
