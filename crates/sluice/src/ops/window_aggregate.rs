@@ -25,7 +25,7 @@
 //!   or edited) fails the epoch naming the operator.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -86,26 +86,10 @@ pub(crate) struct Windowing {
 }
 
 /// A windowed aggregate in a logical plan; see the module docs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
 pub(crate) struct WindowAggregateNode {
     pub windowing: Windowing,
     pub aggregate: Aggregate,
-}
-
-impl Hash for WindowAggregateNode {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.windowing.hash(state);
-        self.aggregate.hash(state);
-    }
-}
-
-impl PartialOrd for WindowAggregateNode {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        match self.windowing.partial_cmp(&other.windowing) {
-            Some(std::cmp::Ordering::Equal) => self.aggregate.partial_cmp(&other.aggregate),
-            o => o,
-        }
-    }
 }
 
 impl WindowAggregateNode {

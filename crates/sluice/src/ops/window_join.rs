@@ -18,7 +18,7 @@
 //!   or dead letters (`LATE`), as for a windowed aggregate.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -49,26 +49,10 @@ use crate::state::{OperatorState, StateScope};
 
 /// A windowed join in a logical plan; `windowing.window` is the index of
 /// the window keys among the join's `on` pairs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
 pub(crate) struct WindowJoinNode {
     pub windowing: Windowing,
     pub join: Join,
-}
-
-impl Hash for WindowJoinNode {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.windowing.hash(state);
-        self.join.hash(state);
-    }
-}
-
-impl PartialOrd for WindowJoinNode {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        match self.windowing.partial_cmp(&other.windowing) {
-            Some(std::cmp::Ordering::Equal) => self.join.partial_cmp(&other.join),
-            o => o,
-        }
-    }
 }
 
 impl WindowJoinNode {
