@@ -1,7 +1,8 @@
 """State benchmark: how big the state of a windowed aggregate grows with the
 number of keys and with the length of the run. Hourly windows per key over
 generated events; for each run, the largest state any commit recorded (rows,
-bytes of its Arrow IPC snapshot, bytes per key) and the process's peak RSS.
+bytes of its Arrow IPC snapshot and of its Arrow buffers in memory, bytes
+per key) and the process's peak RSS.
 State holds only the open windows, so it follows the keys, not the run
 length. Prints a Markdown report.
 
@@ -34,9 +35,11 @@ def run(keys, rows):
                                             capture_output=True, text=True).stdout)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    states = [c.get("state", {}).get("operators", {}).get("hourly", {"rows": 0, "bytes": 0}) for c in commits]
+    empty = {"rows": 0, "bytes": 0, "memory_bytes": 0}
+    states = [c.get("state", {}).get("operators", {}).get("hourly", empty) for c in commits]
     peak = max(states, key=lambda s: s["bytes"])
-    return {"rows": peak["rows"], "bytes": peak["bytes"], "rss_mb": m["rss_mb"], "wall": m["wall"],
+    return {"rows": peak["rows"], "bytes": peak["bytes"], "memory": peak.get("memory_bytes", 0),
+            "rss_mb": m["rss_mb"], "wall": m["wall"],
             "windows": sum(c["rows"] for c in commits), "commits": len(commits)}
 
 
@@ -45,15 +48,17 @@ def main():
     key_counts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000, 1_000_000)
     hours = (1, 2) if quick else (1, 2, 4)
     print("## State of a windowed aggregate (hourly windows per key, 1,000 rows/s of event time)\n")
-    print("| keys | run length | rows in | commits | largest state: rows | bytes | bytes per row | "
-          "peak RSS MB | rows out | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| keys | run length | rows in | commits | largest state: rows | on disk | per row | in memory | "
+          "per row | peak RSS MB | rows out | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for keys in key_counts:
         for h in hours:
             r = run(keys, h * HOUR_ROWS)
             per = r["bytes"] / r["rows"] if r["rows"] else 0
+            mem = r["memory"] / r["rows"] if r["rows"] else 0
             print(f"| {keys:,} | {h} h | {h * HOUR_ROWS:,} | {r['commits']} | {r['rows']:,} | {r['bytes']:,} | "
-                  f"{per:.0f} | {r['rss_mb']:.0f} | {r['windows']:,} | {r['wall']:.1f} |")
+                  f"{per:.0f} | {r['memory']:,} | {mem:.0f} | {r['rss_mb']:.0f} | {r['windows']:,} | "
+                  f"{r['wall']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ fn print_state(last: &Commit) {
             "operator",
             "stage version",
             "rows",
-            "bytes",
+            "bytes on disk",
+            "bytes in memory",
             "watermark",
             "snapshot",
         ]);
@@ -180,18 +181,18 @@ fn print_state(last: &Commit) {
                 version,
                 s.rows.to_string(),
                 s.bytes.to_string(),
+                s.memory_bytes.to_string(),
                 s.watermark
                     .map_or("-".into(), sluice::state::format_event_time),
                 s.path.clone(),
             ]);
         }
         outln!("{t}");
-        let (rows, bytes) = state
-            .operators
-            .values()
-            .fold((0, 0), |(r, b), s| (r + s.rows, b + s.bytes));
+        let (rows, bytes, memory) = state.operators.values().fold((0, 0, 0), |(r, b, m), s| {
+            (r + s.rows, b + s.bytes, m + s.memory_bytes)
+        });
         outln!(
-            "  {} operators, {rows} rows of state, {bytes} bytes",
+            "  {} operators, {rows} rows of state, {bytes} bytes on disk, {memory} in memory",
             state.operators.len()
         );
     }

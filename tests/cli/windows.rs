@@ -1,8 +1,9 @@
 //! Windows through crashes: a tailed folder of events aggregated in
-//! event-time windows, killed with SIGKILL at random points while files keep
-//! arriving, then stopped gracefully. Every window the watermark closed is
-//! committed exactly once and whole, as DuckDB's `time_bucket` computes it
-//! over the same files.
+//! event-time windows and sessions, killed with SIGKILL at random points
+//! while files keep arriving, then stopped gracefully. Every window and
+//! session the watermark closed is committed exactly once and whole, as
+//! DuckDB computes it over the same files (`time_bucket`, and sessions with
+//! `lag`).
 
 use std::path::Path;
 
@@ -15,7 +16,8 @@ const ROWS_PER_FILE: usize = 40;
 const STEP_MS: usize = 50;
 
 /// Files `from..to`: rows timed `STEP_MS` apart, out of order by up to
-/// 400 ms (within the 2 s watermark bound, so no row is late).
+/// 400 ms (within the 2 s watermark bound, so no row is late), with a
+/// pause of 3 s every 200 rows that ends every key's session.
 fn write_files(dir: &Path, from: usize, to: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for f in from..to {
@@ -23,8 +25,8 @@ fn write_files(dir: &Path, from: usize, to: usize) {
             .map(|i| {
                 let n = f * ROWS_PER_FILE + i;
                 let jitter = [0i64, -400, 300, -100][i % 4];
-                // within the first hour of 2024-01-01 (the run spans ~27 min)
-                let ms = 10_000 + (n * STEP_MS) as i64 + jitter;
+                // within the first hour of 2024-01-01 (the run spans ~35 min)
+                let ms = 10_000 + (n * STEP_MS) as i64 + (n / 200) as i64 * 3_000 + jitter;
                 let ts = format!(
                     "2024-01-01T00:{:02}:{:02}.{:03}Z",
                     ms / 60_000,
@@ -73,14 +75,28 @@ FROM events
 GROUP BY date_bin(INTERVAL '30 seconds', ts), k
 """
 
+[stages.sessions]
+kind = "sql"
+inputs = ["events"]
+query = """
+SELECT k, session(ts, INTERVAL '2 seconds') AS s, count(*) AS n, sum(v) AS total
+FROM events
+GROUP BY k, session(ts, INTERVAL '2 seconds')
+"""
+
 [sinks.out]
 kind = "parquet"
 input = "per_key"
 url = "out"
+
+[sinks.sessions_out]
+kind = "parquet"
+input = "sessions"
+url = "sessions"
 "#;
 
 #[test]
-fn ten_kills_of_a_tailed_folder_emit_every_closed_window_once_and_whole() {
+fn ten_kills_of_a_tailed_folder_emit_every_closed_window_and_session_once_and_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let pipeline = super::pipeline_in(tmp.path(), PIPELINE);
     let input = tmp.path().join("in");
@@ -123,6 +139,34 @@ fn ten_kills_of_a_tailed_folder_emit_every_closed_window_once_and_whole() {
     assert_eq!(report["missing_count"], 0, "{report}");
     assert_eq!(report["extra_count"], 0, "{report}");
 
+    // the sessions (a key's rows less than 2 s apart) whose end, 2 s after
+    // their last row, the final watermark passed
+    let sessions = format!(
+        "WITH e AS (SELECT CAST(ts AS TIMESTAMPTZ) AS ts, k, v \
+                    FROM read_json('{files}', columns = {{ts: 'VARCHAR', k: 'VARCHAR', v: 'BIGINT'}})), \
+         marked AS (SELECT k, ts, v, CASE WHEN ts < lag(ts) OVER (PARTITION BY k ORDER BY ts) + INTERVAL '2 seconds' \
+                                          THEN 0 ELSE 1 END AS starts FROM e), \
+         numbered AS (SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts ROWS UNBOUNDED PRECEDING) AS session \
+                      FROM marked) \
+         SELECT k, min(ts) AS s, count(*) AS n, sum(v) AS total FROM numbered GROUP BY k, session \
+         HAVING max(ts) + INTERVAL '2 seconds' <= (SELECT max(ts) FROM e) - INTERVAL '2 seconds'"
+    );
+    let report = duckdb_check(&[
+        "compare",
+        "--setup",
+        setup.to_str().unwrap(),
+        "--query",
+        &sessions,
+        "--actual",
+        tmp.path().join("sessions").to_str().unwrap(),
+    ]);
+    assert!(
+        report["expected_rows"].as_u64().unwrap_or(0) > 100,
+        "{report}"
+    );
+    assert_eq!(report["missing_count"], 0, "{report}");
+    assert_eq!(report["extra_count"], 0, "{report}");
+
     // the windows still open are the state of the last commit
     let out = tmp.path().join("out");
     let shown = ok(sluice(&["inspect", out.to_str().unwrap()]));
@@ -130,7 +174,7 @@ fn ten_kills_of_a_tailed_folder_emit_every_closed_window_once_and_whole() {
     assert!(shown.contains("state at the last commit"), "{shown}");
     assert!(shown.contains("per_key"), "{shown}");
     assert!(
-        shown.contains("events: largest event time 2024-01-01T00:26:"),
+        shown.contains("events: largest event time 2024-01-01T00:34:"),
         "{shown}"
     );
 }

@@ -11,6 +11,7 @@ use crate::compile::{CompiledPipeline, compile, merge_errors};
 use crate::epoch::RunOptions;
 use crate::error::{Result, SluiceError};
 use crate::metrics::RunSummary;
+use crate::operators::{OperatorFactory, OperatorRegistry};
 use crate::spec::PipelineSpec;
 use crate::storage::StoreRegistry;
 
@@ -33,6 +34,7 @@ pub struct Engine {
     runtime: Arc<RuntimeEnv>,
     udfs: Vec<ScalarUDF>,
     udafs: Vec<AggregateUDF>,
+    operators: Arc<OperatorRegistry>,
     stores: Arc<StoreRegistry>,
 }
 
@@ -43,6 +45,7 @@ impl Default for Engine {
             runtime: Arc::new(RuntimeEnv::default()),
             udfs: Vec::new(),
             udafs: Vec::new(),
+            operators: Arc::new(OperatorRegistry::with_builtins()),
             stores: Arc::new(StoreRegistry::new()),
         }
     }
@@ -83,6 +86,18 @@ impl Engine {
         self
     }
 
+    /// Makes `operator = "<name>"` stages (`kind = "operator"`) build
+    /// their operator with `factory`; a name of a built-in (`dedupe`,
+    /// `window`) replaces it. See [`crate::operators`].
+    pub fn register_operator(
+        &mut self,
+        name: &str,
+        factory: Arc<dyn OperatorFactory>,
+    ) -> &mut Self {
+        self.operators.register(name, factory);
+        self
+    }
+
     /// Uses `store` for every location under `url` (e.g. `s3://bucket`).
     pub fn register_object_store(&self, url: &str, store: Arc<dyn ObjectStore>) {
         self.stores.register(url, store);
@@ -102,6 +117,10 @@ impl Engine {
 
     pub(crate) fn udafs(&self) -> &[AggregateUDF] {
         &self.udafs
+    }
+
+    pub(crate) fn operators(&self) -> &Arc<OperatorRegistry> {
+        &self.operators
     }
 
     pub(crate) fn stores(&self) -> &StoreRegistry {

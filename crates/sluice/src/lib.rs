@@ -50,6 +50,7 @@ pub mod inspect;
 mod metrics;
 mod observe;
 mod openlineage;
+pub mod operators;
 mod ops;
 pub mod rollout;
 pub mod sinks;

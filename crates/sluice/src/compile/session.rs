@@ -13,6 +13,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::engine::Engine;
 use crate::ops::external_stage::ExternalStagePlanner;
+use crate::ops::operator_stage::OperatorPlanner;
 use crate::ops::slot::SlotPlanner;
 use crate::ops::stage::StagePlanner;
 use crate::ops::window_aggregate::WindowAggregatePlanner;
@@ -46,6 +47,7 @@ impl Default for SluiceQueryPlanner {
                 Arc::new(CanarySplitPlanner),
                 Arc::new(WindowAggregatePlanner),
                 Arc::new(WindowJoinPlanner),
+                Arc::new(OperatorPlanner),
                 Arc::new(SlotPlanner),
             ],
         }
@@ -77,6 +79,8 @@ pub(crate) fn session_for(engine: &Engine, spec: &PipelineSpec) -> SessionContex
         config = config.with_batch_size(b.max(1));
     }
     config = config.with_information_schema(false);
+    // operator stages find their factories here
+    config = config.with_extension(Arc::clone(engine.operators()));
     // parquet metadata (sluice's lineage and schema versions) travels with the data
     config.options_mut().execution.parquet.skip_metadata = false;
     let state = SessionStateBuilder::new()

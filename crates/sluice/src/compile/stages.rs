@@ -129,7 +129,80 @@ pub(super) async fn plan_branch(
         StageConfig::External(c) => plan_external(ctx, spec, branch, c)
             .await
             .map(|(p, rt)| (p, Some(rt))),
+        StageConfig::Operator(c) => plan_operator(ctx, spec, branch, c, time)
+            .await
+            .map(|p| (p, None)),
     }
+}
+
+/// Builds an operator stage's operator with its factory, over its input.
+async fn plan_operator(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+    branch: &Branch,
+    c: &crate::stages::OperatorStageConfig,
+    time: &TimeContext,
+) -> Result<LogicalPlan> {
+    let (label, key) = (&branch.label, &branch.key);
+    let issue = |at: String, message: String| {
+        SluiceError::spec(spec.issue(at, format!("{label}: {message}")))
+    };
+    let [input] = c.inputs.as_slice() else {
+        return Err(SluiceError::spec(
+            spec.issue(
+                format!("{key}.inputs"),
+                format!(
+                    "an operator stage reads exactly one input, found {}",
+                    c.inputs.len()
+                ),
+            )
+            .with_help("join or union the inputs in an sql stage first"),
+        ));
+    };
+    let registry = ctx
+        .state()
+        .config()
+        .get_extension::<crate::operators::OperatorRegistry>()
+        .ok_or_else(|| SluiceError::Internal("the session has no operator registry".into()))?;
+    let Some(factory) = registry.get(&c.operator) else {
+        return Err(SluiceError::spec(
+            spec.issue(
+                format!("{key}.operator"),
+                format!("{label}: there is no operator `{}`", c.operator),
+            )
+            .with_help(format!(
+                "the operators are {}; register your own with Engine::register_operator",
+                registry.names().join(", ")
+            )),
+        ));
+    };
+    let plan = ctx
+        .table(input.as_str())
+        .await
+        .map_err(|e| issue(format!("{key}.inputs"), e.to_string()))?
+        .into_unoptimized_plan();
+    let event_time = (0..plan.schema().fields().len())
+        .find(|i| matches!(time.column(&plan, *i), windows::Timing::EventTime(_)))
+        .map(|i| plan.schema().field(i).name().clone());
+    let sources = time.sources_of(&plan);
+    let cx = crate::operators::OperatorContext {
+        stage: branch.component.clone(),
+        options: c.options.clone(),
+        input: Arc::new(plan.schema().as_arrow().clone()),
+        event_time,
+        late: windows::strictest(&sources, time),
+        sources: sources.into_iter().collect(),
+    };
+    let operator = factory.create(&cx).map_err(|m| {
+        // an unknown option is shown at its own line
+        let at = m
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map_or(key.clone(), |(field, _)| format!("{key}.{field}"));
+        issue(at, format!("operator `{}`: {m}", c.operator))
+    })?;
+    crate::ops::operator_stage::OperatorNode::plan(&branch.component, &c.operator, operator, plan)
+        .map_err(|e| issue(key.clone(), e.to_string()))
 }
 
 /// The SQL text of a stage and the file it came from.

@@ -26,14 +26,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue, internal_err, plan_err};
 use datafusion::datasource::{ViewTable, source_as_provider};
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 use datafusion::optimizer::OptimizerRule;
 use datafusion::optimizer::extract_equijoin_predicate::ExtractEquijoinPredicate;
 
 use crate::functions::hop::interval_us;
-use crate::ops::window_aggregate::{WindowAggregateNode, Windowing};
+use crate::operators::ColumnTiming;
+use crate::ops::operator_stage::OperatorNode;
+use crate::ops::window_aggregate::{WindowAggregateNode, WindowKind, Windowing};
 use crate::ops::window_join::WindowJoinNode;
 use crate::sources::EpochTable;
 use crate::state::Late;
@@ -72,6 +74,13 @@ pub(crate) enum Timing {
     /// A list of hopping-window starts (before `unnest`).
     Hops {
         size_us: i64,
+        sources: BTreeSet<String>,
+    },
+    /// `session(ts, gap)` over the event time `ts` of `sources`: a
+    /// `GROUP BY` key for session windows.
+    Session {
+        gap_us: i64,
+        ts: Box<Expr>,
         sources: BTreeSet<String>,
     },
 }
@@ -227,9 +236,14 @@ impl TimeContext {
                 }
                 if let Some(w) = node.downcast_ref::<WindowAggregateNode>() {
                     return if index == w.windowing.window {
-                        Timing::Emitted {
-                            size_us: w.windowing.size_us,
-                            sources: w.windowing.sources.iter().cloned().collect(),
+                        match w.windowing.kind {
+                            WindowKind::Fixed { size_us } => Timing::Emitted {
+                                size_us,
+                                sources: w.windowing.sources.iter().cloned().collect(),
+                            },
+                            // each key's sessions close at their own times:
+                            // a session start is not whole across keys
+                            WindowKind::Session { .. } => Timing::Other,
                         }
                     } else {
                         match w.aggregate.group_expr.get(index) {
@@ -239,6 +253,16 @@ impl TimeContext {
                             },
                             None => Timing::Other,
                         }
+                    };
+                }
+                if let Some(o) = node.downcast_ref::<OperatorNode>() {
+                    return match o.operator.column_timing(index) {
+                        ColumnTiming::Input(i) => self.column(&o.input, i),
+                        ColumnTiming::WindowStart { size_us } => Timing::Emitted {
+                            size_us,
+                            sources: self.sources_of(&o.input),
+                        },
+                        _ => Timing::Other,
                     };
                 }
                 if let Some(j) = node.downcast_ref::<WindowJoinNode>() {
@@ -311,6 +335,16 @@ impl TimeContext {
                             _ => Timing::Other,
                         }
                     }
+                    ("session", [ts, gap]) => match (self.expr(ts, input), literal_interval(gap)) {
+                        (Timing::EventTime(sources), Some(gap_us)) if gap_us > 0 => {
+                            Timing::Session {
+                                gap_us,
+                                ts: Box::new(ts.clone()),
+                                sources,
+                            }
+                        }
+                        _ => Timing::Other,
+                    },
                     ("hop", [ts, slide, size]) => {
                         match (
                             self.expr(ts, input),
@@ -423,23 +457,39 @@ pub(crate) fn plan_windows(
     };
     plan.transform_up(|p| match p {
         LogicalPlan::Aggregate(a) => {
-            let window =
-                a.group_expr
-                    .iter()
-                    .enumerate()
-                    .find_map(|(i, e)| match cx.expr(e, &a.input) {
-                        Timing::Assigned { size_us, .. } => Some((i, size_us)),
-                        _ => None,
-                    });
-            let Some((window, size_us)) = window else {
+            let window = a.group_expr.iter().enumerate().find_map(|(i, e)| {
+                match cx.expr(e, &a.input) {
+                    Timing::Assigned { size_us, .. } => Some((i, WindowKind::Fixed { size_us }, None)),
+                    // only `session()` itself: its `ts` is over this input
+                    Timing::Session { gap_us, ts, .. } if is_session_itself(e) => {
+                        Some((i, WindowKind::Session { gap_us }, Some(ts)))
+                    }
+                    _ => None,
+                }
+            });
+            let Some((window, kind, session_ts)) = window else {
+                let session = a.group_expr.iter().find(|e| {
+                    is_session_call(e) || matches!(cx.expr(e, &a.input), Timing::Session { .. })
+                });
+                if let Some(e) = session {
+                    return plan_err!(
+                        "GROUP BY {e}: {}; write the call itself in the GROUP BY, with a source's event time as its first argument",
+                        crate::functions::session::ONLY_AS_A_GROUP_KEY
+                    );
+                }
                 return Ok(Transformed::no(LogicalPlan::Aggregate(a)));
+            };
+            let a = match session_ts {
+                // sessions are aggregated by event time first (see ops/sessions.rs)
+                Some(ts) => group_by_event_time(a, window, *ts)?,
+                None => a,
             };
             let sources = cx.sources_of(&a.input);
             let windowing = Windowing {
                 operator: next_name(),
                 stage: stage.to_string(),
                 window,
-                size_us,
+                kind,
                 late: strictest(&sources, cx),
                 sources: sources.into_iter().collect(),
             };
@@ -471,7 +521,7 @@ pub(crate) fn plan_windows(
                 operator: next_name(),
                 stage: stage.to_string(),
                 window: key,
-                size_us,
+                kind: WindowKind::Fixed { size_us },
                 late: strictest(&sources, cx),
                 sources: sources.into_iter().collect(),
             };
@@ -480,6 +530,42 @@ pub(crate) fn plan_windows(
         other => Ok(Transformed::no(other)),
     })
     .map(|t| t.data)
+}
+
+/// `a` grouped by the event time `ts` in place of its `session(ts, gap)`
+/// key `window`, under the key's name: the schema stays the same.
+fn group_by_event_time(
+    a: datafusion::logical_expr::Aggregate,
+    window: usize,
+    ts: Expr,
+) -> Result<datafusion::logical_expr::Aggregate> {
+    let mut keys = a.group_expr.clone();
+    let name = a.schema.field(window).name().clone();
+    keys[window] = ts.alias(name);
+    let rewritten = datafusion::logical_expr::Aggregate::try_new(a.input, keys, a.aggr_expr)?;
+    let same = |x: &datafusion::arrow::datatypes::Field,
+                y: &datafusion::arrow::datatypes::Field| {
+        x.name() == y.name() && x.data_type() == y.data_type() && x.is_nullable() == y.is_nullable()
+    };
+    let fields = (rewritten.schema.fields(), a.schema.fields());
+    if fields.0.len() != fields.1.len() || !fields.0.iter().zip(fields.1).all(|(x, y)| same(x, y)) {
+        return internal_err!("grouping a session aggregate by event time changed its schema");
+    }
+    Ok(rewritten)
+}
+
+/// Whether `e` (under any alias) is a `session(...)` call.
+fn is_session_itself(mut e: &Expr) -> bool {
+    while let Expr::Alias(a) = e {
+        e = &a.expr;
+    }
+    matches!(e, Expr::ScalarFunction(f) if f.func.name() == "session")
+}
+
+/// Whether `e` is `session(...)` or has it inside.
+fn is_session_call(e: &Expr) -> bool {
+    e.exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if f.func.name() == "session")))
+        .unwrap_or(false)
 }
 
 /// Whether `l = r` of a join equates windows emitted whole on both sides
@@ -507,7 +593,7 @@ fn whole_on_both_sides(
 }
 
 /// Dead letters if any of `sources` asks for them, else drop.
-fn strictest(sources: &BTreeSet<String>, cx: &TimeContext) -> Late {
+pub(crate) fn strictest(sources: &BTreeSet<String>, cx: &TimeContext) -> Late {
     if sources
         .iter()
         .any(|s| cx.late.get(s) == Some(&Late::DeadLetter))

@@ -6,6 +6,8 @@ pub(crate) mod external_stage;
 pub(crate) mod generate;
 pub(crate) mod line_scan;
 pub(crate) mod map;
+pub(crate) mod operator_stage;
+pub(crate) mod sessions;
 pub(crate) mod slot;
 pub(crate) mod stage;
 pub(crate) mod tpch_scan;

@@ -62,6 +62,7 @@ use crate::epoch::EpochBinding;
 use crate::metrics::ComponentId;
 use crate::ops::check::row_json;
 use crate::ops::map::MapExec;
+use crate::ops::sessions;
 use crate::ops::slot::SlotNode;
 use crate::state::clock::END_OF_TIME;
 use crate::state::format_event_time;
@@ -77,12 +78,54 @@ pub(crate) struct Windowing {
     pub stage: String,
     /// Index of the window-start key among the group keys.
     pub window: usize,
-    /// Length of a window in µs: it ends at start + size.
-    pub size_us: i64,
+    /// Fixed-length windows or sessions.
+    pub kind: WindowKind,
     /// The event-time sources upstream: the watermark is their least.
     pub sources: Vec<String>,
     /// What a row for a window already emitted does.
     pub late: Late,
+}
+
+/// How long a window is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub(crate) enum WindowKind {
+    /// Tumbling or hopping windows, `size_us` long: a window ends at its
+    /// start + size, for every key at once.
+    Fixed { size_us: i64 },
+    /// Session windows (`session(ts, gap)`): a key's rows less than
+    /// `gap_us` apart; a session ends `gap_us` after its last row, so each
+    /// key's sessions end at their own times (see [`super::sessions`]).
+    Session { gap_us: i64 },
+}
+
+impl WindowKind {
+    /// The window's size or the session's gap, in µs.
+    pub(crate) fn length_us(self) -> i64 {
+        match self {
+            WindowKind::Fixed { size_us } => size_us,
+            WindowKind::Session { gap_us } => gap_us,
+        }
+    }
+
+    /// Once the watermark is `wm`, a row whose window key (window start,
+    /// or its own event time for sessions) is at or before this may belong
+    /// to a window already emitted.
+    fn emitted_up_to(self, wm: i64) -> i64 {
+        match self {
+            WindowKind::Fixed { size_us } => wm.saturating_sub(size_us),
+            // a session emitted ended at or before wm; a row at wm or later
+            // cannot have belonged to it
+            WindowKind::Session { .. } => wm.saturating_sub(1),
+        }
+    }
+
+    /// For EXPLAIN: `size=1m` or `session gap=10s`.
+    pub(crate) fn describe(self) -> String {
+        match self {
+            WindowKind::Fixed { size_us } => format!("size={}", humantime_us(size_us)),
+            WindowKind::Session { gap_us } => format!("session gap={}", humantime_us(gap_us)),
+        }
+    }
 }
 
 /// A windowed aggregate in a logical plan; see the module docs.
@@ -138,10 +181,10 @@ impl UserDefinedLogicalNodeCore for WindowAggregateNode {
             .collect();
         write!(
             f,
-            "WindowAggregate: operator={} window={} size={}µs sources=[{}] exprs=[{}]",
+            "WindowAggregate: operator={} window={} {} sources=[{}] exprs=[{}]",
             w.operator,
             self.aggregate.group_expr[w.window],
-            w.size_us,
+            w.kind.describe(),
             w.sources.join(", "),
             exprs.join(", ")
         )
@@ -268,6 +311,17 @@ impl AggregateParts {
             AggregateMode::Partial | AggregateMode::Single => self.group_by.as_ref().clone(),
             _ => self.group_by.as_final(),
         };
+        self.exec_grouped(mode, group_by, input)
+    }
+
+    /// An aggregate of `mode` over `input`, grouped by `group_by` (a
+    /// session's keys and end, say) instead of the query's keys.
+    pub(crate) fn exec_grouped(
+        &self,
+        mode: AggregateMode,
+        group_by: PhysicalGroupBy,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(AggregateExec::try_new(
             mode,
             group_by,
@@ -338,10 +392,10 @@ impl DisplayAs for WindowAggregateExec {
         let aggs: Vec<&str> = self.parts.aggr_expr.iter().map(|a| a.name()).collect();
         write!(
             f,
-            "WindowAggregateExec: operator={} window={} size={} gby=[{}] aggr=[{}]",
+            "WindowAggregateExec: operator={} window={} {} gby=[{}] aggr=[{}]",
             w.operator,
             keys.get(w.window).copied().unwrap_or("?"),
-            humantime_us(w.size_us),
+            w.kind.describe(),
             keys.join(", "),
             aggs.join(", ")
         )
@@ -445,33 +499,57 @@ impl Epoch {
             return Ok(Vec::new());
         }
 
-        // 2. merged with the windows kept from earlier epochs
-        let mut states = Vec::new();
-        if let Some(p) = &previous {
-            for b in p.batches.iter().filter(|b| b.num_rows() > 0) {
-                if b.schema().fields() != state_schema.fields() {
-                    return Err(state_mismatch(w, &b.schema(), &state_schema));
-                }
-                states.push(b.clone());
+        // 2. merged with the windows kept from earlier epochs; 3. the windows
+        // the watermark passed are split off
+        let previous = previous.map(|p| p.batches.clone()).unwrap_or_default();
+        let (closed, open, kept_schema) = match w.kind {
+            WindowKind::Fixed { size_us } => {
+                let states = checked(w, previous, &state_schema)?;
+                let merged = self.merge(states, fresh, &state_schema, &ctx).await?;
+                let (closed, open) = split_closed(&merged, w.window, size_us, after)?;
+                (closed, open, state_schema.clone())
             }
-        }
-        let merged = match (states.is_empty(), fresh_rows == 0) {
-            (true, _) => fresh,
-            (false, true) => states,
-            (false, false) => {
-                states.extend(fresh);
-                let all =
-                    MemorySourceConfig::try_new_exec(&[states], Arc::clone(&state_schema), None)?;
-                collect(
-                    self.parts.exec(AggregateMode::PartialReduce, all)?,
-                    Arc::clone(&ctx),
-                )
-                .await?
+            WindowKind::Session { gap_us } => {
+                let groups = self.parts.group_by.expr().len();
+                let kept_schema = sessions::state_schema(&state_schema, groups);
+                let mut states = checked(w, previous, &kept_schema)?;
+                for b in fresh.iter().filter(|b| b.num_rows() > 0) {
+                    states.push(sessions::as_sessions(
+                        b,
+                        &kept_schema,
+                        groups,
+                        w.window,
+                        gap_us,
+                    )?);
+                }
+                let merged = if fresh_rows == 0 {
+                    states
+                } else {
+                    let all = sessions::assign(
+                        &concat_batches(&kept_schema, &states)?,
+                        &sessions::SessionColumns::of_state(groups, w.window),
+                    )?;
+                    let all = MemorySourceConfig::try_new_exec(
+                        &[vec![all]],
+                        Arc::clone(&kept_schema),
+                        None,
+                    )?;
+                    let reduce = self.parts.exec_grouped(
+                        AggregateMode::PartialReduce,
+                        sessions::group_by(&self.parts.group_by),
+                        all,
+                    )?;
+                    collect(reduce, Arc::clone(&ctx)).await?
+                };
+                // a session ends gap after its last row: closed once the watermark is there
+                let (closed, open) = split_closed(&merged, groups, 0, after)?;
+                let closed = closed
+                    .iter()
+                    .map(|b| sessions::without_end(b, groups))
+                    .collect::<Result<Vec<_>>>()?;
+                (closed, open, kept_schema)
             }
         };
-
-        // 3. the windows the watermark passed are finished and emitted
-        let (closed, open) = split_closed(&merged, w.window, w.size_us, after)?;
         let out = if closed.iter().all(|b| b.num_rows() == 0) {
             Vec::new()
         } else {
@@ -481,7 +559,7 @@ impl Epoch {
         };
         let open = match open.len() {
             0 | 1 => open,
-            _ => vec![concat_batches(&state_schema, &open)?],
+            _ => vec![concat_batches(&kept_schema, &open)?],
         };
         scope.save(
             &w.operator,
@@ -498,6 +576,47 @@ impl Epoch {
             })
             .collect()
     }
+}
+
+impl Epoch {
+    /// The epoch's fresh states merged with the kept ones: one row per
+    /// window and key.
+    async fn merge(
+        &self,
+        mut states: Vec<RecordBatch>,
+        fresh: Vec<RecordBatch>,
+        schema: &SchemaRef,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let fresh_rows: usize = fresh.iter().map(|b| b.num_rows()).sum();
+        Ok(match (states.is_empty(), fresh_rows == 0) {
+            (true, _) => fresh,
+            (false, true) => states,
+            (false, false) => {
+                states.extend(fresh);
+                let all = MemorySourceConfig::try_new_exec(&[states], Arc::clone(schema), None)?;
+                collect(
+                    self.parts.exec(AggregateMode::PartialReduce, all)?,
+                    Arc::clone(ctx),
+                )
+                .await?
+            }
+        })
+    }
+}
+
+/// The kept state's non-empty batches, if they are in `schema`.
+fn checked(w: &Windowing, kept: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    kept.into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            if b.schema().fields() == schema.fields() {
+                Ok(b)
+            } else {
+                Err(state_mismatch(w, &b.schema(), schema))
+            }
+        })
+        .collect()
 }
 
 fn state_mismatch(
@@ -593,7 +712,8 @@ pub(crate) fn late_rows(
     let this = Arc::new(LateRows {
         windowing: windowing.clone(),
         start: Arc::clone(start),
-        closed_up_to: wm.saturating_sub(windowing.size_us),
+        closed_up_to: windowing.kind.emitted_up_to(wm),
+        watermark: wm,
         dead,
     });
     Arc::new(MapExec::new(
@@ -612,6 +732,8 @@ struct LateRows {
     start: Arc<dyn PhysicalExpr>,
     /// Windows starting at or before this have been emitted.
     closed_up_to: i64,
+    /// The operator's watermark.
+    watermark: i64,
     dead: Arc<DeadLetters>,
 }
 
@@ -644,11 +766,18 @@ impl LateRows {
                 DeadLetter {
                     component: ComponentId::Stage(w.stage.clone()),
                     code: ErrorCode::Late,
-                    message: format!(
-                        "window starting {} was already emitted (the watermark passed {}): a source upstream was idle or slower",
-                        format_event_time(starts.value(row)),
-                        format_event_time(self.closed_up_to.saturating_add(w.size_us))
-                    ),
+                    message: match w.kind {
+                        WindowKind::Fixed { .. } => format!(
+                            "window starting {} was already emitted (the watermark passed {}): a source upstream was idle or slower",
+                            format_event_time(starts.value(row)),
+                            format_event_time(self.watermark)
+                        ),
+                        WindowKind::Session { .. } => format!(
+                            "event time {} is behind the session window's watermark {}: the session it belongs to may have been emitted; a source upstream was idle or slower",
+                            format_event_time(starts.value(row)),
+                            format_event_time(self.watermark)
+                        ),
+                    },
                     file: None,
                     line: None,
                     offset: None,

@@ -97,7 +97,7 @@ impl UserDefinedLogicalNodeCore for WindowJoinNode {
             "WindowJoin: operator={} type={} size={} on=[{}]",
             w.operator,
             self.join.join_type,
-            humantime_us(w.size_us),
+            humantime_us(w.kind.length_us()),
             on.join(", ")
         )?;
         if let Some(filter) = &self.join.filter {
@@ -235,7 +235,7 @@ impl DisplayAs for WindowJoinExec {
             f,
             "WindowJoinExec: operator={} size={} windows=[{}, {}]",
             w.operator,
-            humantime_us(w.size_us),
+            humantime_us(w.kind.length_us()),
             self.starts[0],
             self.starts[1]
         )
@@ -368,7 +368,7 @@ impl Epoch {
         for i in 0..2 {
             let keyed = with_start(&sides[i], &self.starts[i])?;
             let last = keyed.first().map(|b| b.num_columns() - 1).unwrap_or(0);
-            let (c, o) = split_closed(&keyed, last, w.size_us, after)?;
+            let (c, o) = split_closed(&keyed, last, w.kind.length_us(), after)?;
             closed[i] = drop_last(c, last)?;
             scope.save(
                 &self.names[i],

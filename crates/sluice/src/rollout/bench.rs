@@ -346,6 +346,16 @@ impl Runner {
                 rt.keep_recent();
                 Ok(Runner::External(rt))
             }
+            StageConfig::Operator(_) => Err(SluiceError::spec(
+                spec.issue(
+                    branch.key.clone(),
+                    format!(
+                        "{}: an operator stage keeps state across epochs; `sluice rollout bench` times stateless stages over a sample",
+                        branch.label
+                    ),
+                )
+                .with_help("bench the sql or external stages around it"),
+            )),
             StageConfig::Sql(_) => {
                 let (sql, _) = stage_sql(spec, branch, config)?;
                 Ok(Runner::Sql {

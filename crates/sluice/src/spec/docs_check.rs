@@ -108,6 +108,11 @@ fn from_the_structs() -> BTreeMap<String, BTreeSet<String>> {
         "stages.external".into(),
         set(fields_of::<ExternalStageConfig>().iter().copied()),
     );
+    // the operator's own options are the rest of the table, documented per operator
+    out.insert(
+        "stages.operator".into(),
+        set(["inputs", "operator", "description"]),
+    );
     for k in crate::sinks::KINDS {
         out.insert(format!("sinks.{}", k.name), set(k.all_keys()));
     }

@@ -44,7 +44,9 @@ pub use crate::observe::ObservabilityConfig;
 pub use crate::openlineage::LineageConfig;
 use crate::sinks::SinkConfig;
 use crate::sources::{CustomSource, SourceConfig, SourceKind};
-pub use crate::stages::{ExternalStageConfig, Scope, SqlStageConfig, StageConfig};
+pub use crate::stages::{
+    ExternalStageConfig, OperatorStageConfig, Scope, SqlStageConfig, StageConfig,
+};
 pub use values::{ByteSize, ColumnSpec, HumanDuration};
 
 /// The file name used in errors for pipelines built in code.
@@ -264,6 +266,28 @@ impl PipelineSpec {
                 schema: None,
                 description: None,
                 scope: crate::stages::Scope::Stream,
+            }),
+        );
+        self
+    }
+
+    /// Adds an operator stage (`kind = "operator"`) reading `input`:
+    /// `operator` names a built-in (`dedupe`, `window`) or one registered
+    /// with [`crate::Engine::register_operator`]; `options` are its keys.
+    pub fn with_operator_stage(
+        mut self,
+        name: impl Into<String>,
+        input: &str,
+        operator: &str,
+        options: toml::Table,
+    ) -> Self {
+        self.stages.insert(
+            name.into(),
+            StageConfig::Operator(OperatorStageConfig {
+                inputs: vec![input.to_string()],
+                operator: operator.to_string(),
+                description: None,
+                options,
             }),
         );
         self

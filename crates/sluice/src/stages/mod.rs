@@ -1,13 +1,17 @@
 //! Stages: the transformations between sources and sinks.
 //!
 //! Transforms are verbs: `sql`, a SELECT over the stage's inputs (chains of
-//! SQL stages compile into one DataFusion plan), and `external`, a Go or Rust
-//! program speaking the stage protocol, planned as an operator in that plan.
+//! SQL stages compile into one DataFusion plan), `external`, a Go or Rust
+//! program speaking the stage protocol, planned as an operator in that
+//! plan, and `operator`, a physical operator with state of its own
+//! ([`crate::operators`]).
 
 pub(crate) mod external;
+pub(crate) mod operator;
 pub(crate) mod sql;
 
 pub use external::ExternalStageConfig;
+pub use operator::OperatorStageConfig;
 pub use sql::{Scope, SqlStageConfig};
 
 use crate::spec::decode_table;
@@ -19,17 +23,20 @@ pub enum StageConfig {
     Sql(SqlStageConfig),
     /// `kind = "external"`: a Go or Rust program over Arrow Flight.
     External(ExternalStageConfig),
+    /// `kind = "operator"`: a physical operator (`dedupe`, `window`, yours).
+    Operator(OperatorStageConfig),
 }
 
 impl StageConfig {
     /// Every stage kind, as written in pipeline files.
-    pub const KINDS: [&'static str; 2] = ["sql", "external"];
+    pub const KINDS: [&'static str; 3] = ["sql", "external", "operator"];
 
     /// Decodes the table of a stage of the given kind.
     pub fn from_table(kind: &str, table: toml::Table) -> Result<Self, String> {
         match kind {
             "sql" => decode_table(table).map(StageConfig::Sql),
             "external" => decode_table(table).map(StageConfig::External),
+            "operator" => decode_table(table).map(StageConfig::Operator),
             other => Err(format!("unknown kind `{other}`")),
         }
     }
@@ -39,6 +46,7 @@ impl StageConfig {
         match self {
             StageConfig::Sql(c) => &c.inputs,
             StageConfig::External(c) => &c.inputs,
+            StageConfig::Operator(c) => &c.inputs,
         }
     }
 
@@ -47,6 +55,7 @@ impl StageConfig {
         match self {
             StageConfig::Sql(_) => "sql",
             StageConfig::External(_) => "external",
+            StageConfig::Operator(_) => "operator",
         }
     }
 
@@ -57,7 +66,7 @@ impl StageConfig {
                 Some((n, v)) => (n.to_string(), Some(v.to_string())),
                 None => (s.clone(), None),
             }),
-            StageConfig::External(_) => None,
+            StageConfig::External(_) | StageConfig::Operator(_) => None,
         }
     }
 }

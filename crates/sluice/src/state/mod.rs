@@ -115,6 +115,13 @@ pub struct StateRef {
     pub rows: u64,
     /// Size of the file.
     pub bytes: u64,
+    /// Bytes the state took in memory (Arrow buffers) when it was written.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// CRC-32 of the file: a snapshot changed after its commit is refused,
+    /// not restored with a wrong value. (Absent in commits of older runs.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
     /// The operator's watermark (µs since the Unix epoch), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<i64>,

@@ -10,4 +10,5 @@ mod errors;
 mod evolution;
 mod files;
 mod nexmark;
+mod operators;
 mod windows;

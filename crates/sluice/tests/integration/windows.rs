@@ -18,9 +18,9 @@ use sluice::{Engine, PipelineSpec, Result, RunOptions};
 use crate::common::committed_rows;
 
 /// An event: (µs since the epoch, key, value).
-type Event = (i64, &'static str, i64);
+pub(crate) type Event = (i64, &'static str, i64);
 
-fn schema() -> Arc<Schema> {
+pub(crate) fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new(
             "ts",
@@ -32,7 +32,7 @@ fn schema() -> Arc<Schema> {
     ]))
 }
 
-fn batch(events: &[Event]) -> RecordBatch {
+pub(crate) fn batch(events: &[Event]) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
@@ -47,10 +47,10 @@ fn batch(events: &[Event]) -> RecordBatch {
     .unwrap()
 }
 
-const SEC: i64 = 1_000_000;
+pub(crate) const SEC: i64 = 1_000_000;
 
 /// An event-time source over `events` (batches of 7) with a 2 s watermark.
-fn source(events: &[Event], late: Late) -> SourceConfig {
+pub(crate) fn source(events: &[Event], late: Late) -> SourceConfig {
     let batches: Vec<RecordBatch> = events.chunks(7).map(batch).collect();
     let source = MemorySource::try_new(schema(), batches).unwrap();
     SourceConfig::from(SourceKind::Custom(CustomSource(Arc::new(source)))).with_event_time(
@@ -115,7 +115,7 @@ async fn equals_the_batch_answer(
 }
 
 /// The rows of `batches`, sorted, as text.
-async fn sorted(batches: &[RecordBatch], columns: &str) -> String {
+pub(crate) async fn sorted(batches: &[RecordBatch], columns: &str) -> String {
     let ctx = SessionContext::new();
     let schema = batches.first().map(|b| b.schema()).unwrap();
     let table = datafusion::datasource::MemTable::try_new(schema, vec![batches.to_vec()]).unwrap();
@@ -125,12 +125,12 @@ async fn sorted(batches: &[RecordBatch], columns: &str) -> String {
     pretty_format_batches(&out).unwrap().to_string()
 }
 
-const TUMBLING: &str = "SELECT date_bin(INTERVAL '10 seconds', ts) AS w, k, count(*) AS n, sum(v) AS total \
+pub(crate) const TUMBLING: &str = "SELECT date_bin(INTERVAL '10 seconds', ts) AS w, k, count(*) AS n, sum(v) AS total \
      FROM events GROUP BY date_bin(INTERVAL '10 seconds', ts), k";
 
 /// `sql` in one batch over all of each table's events, as DataFusion
 /// answers it without sluice.
-async fn batch_answer_of(sql: &str, tables: &[(&str, &[Event])]) -> Vec<RecordBatch> {
+pub(crate) async fn batch_answer_of(sql: &str, tables: &[(&str, &[Event])]) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
     ctx.register_udf(hop_udf());
     for (name, events) in tables {
@@ -152,7 +152,7 @@ fn hop_udf() -> datafusion::logical_expr::ScalarUDF {
     sluice::functions::hop()
 }
 
-fn events() -> Vec<Event> {
+pub(crate) fn events() -> Vec<Event> {
     // out of order by up to 2 s; keys a and b; 60 s of events
     (0..120)
         .map(|i| {
@@ -201,6 +201,81 @@ async fn a_windowed_join_of_two_streams_equals_the_batch_answer() -> Result<()> 
         "w, k, av, bv",
     )
     .await
+}
+
+/// Sessions of each key with a 2 s gap, as a pipeline computes them.
+const SESSIONS: &str = "SELECT k, session(ts, INTERVAL '2 seconds') AS s, count(*) AS n, sum(v) AS total, max(ts) AS last \
+     FROM events GROUP BY k, session(ts, INTERVAL '2 seconds')";
+
+/// The same sessions in batch SQL, without `session()`: a row starts a
+/// new session when it is 2 s or more after the key's row before it.
+pub(crate) const SESSIONS_IN_BATCH: &str = "WITH marked AS ( \
+       SELECT k, ts, v, CASE WHEN ts < lag(ts) OVER (PARTITION BY k ORDER BY ts) + INTERVAL '2 seconds' \
+                             THEN 0 ELSE 1 END AS starts \
+       FROM events), \
+     numbered AS ( \
+       SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts ROWS UNBOUNDED PRECEDING) AS session \
+       FROM marked) \
+     SELECT k, min(ts) AS s, count(*) AS n, sum(v) AS total, max(ts) AS last FROM numbered GROUP BY k, session";
+
+/// Out of order by up to 1.5 s, three keys 1.2 s apart each, with a pause
+/// of 5 s every 25 events: sessions break at the pauses and, by the
+/// jitter, sometimes between them.
+pub(crate) fn session_events() -> Vec<Event> {
+    (0..150)
+        .map(|i| {
+            let jitter = [0, -1_500_000, 700_000, -300_000, 0][i % 5];
+            let pause = (i / 25) as i64 * 5 * SEC;
+            let k = ["a", "b", "c"][i % 3];
+            (i as i64 * SEC * 4 / 10 + pause + jitter + SEC, k, i as i64)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_windows_equal_the_batch_answer_for_every_epoch_size() -> Result<()> {
+    let events = session_events();
+    let want = sorted(
+        &batch_answer_of(SESSIONS_IN_BATCH, &[("events", &events)]).await,
+        "k, s, n, total, last",
+    )
+    .await;
+    // the events do make several sessions per key
+    assert!(want.matches("| a ").count() > 3, "{want}");
+    for max_rows in [None, Some(1), Some(5), Some(17), Some(64)] {
+        let url = format!("memory:///windows/session/{max_rows:?}");
+        let engine = Engine::new();
+        let spec = pipeline(&[("events", &events)], SESSIONS, max_rows, &url, Late::Drop);
+        let summary = engine.run(spec).await?;
+        let got = committed_rows(&engine, &url).await?;
+        assert_eq!(
+            sorted(&got, "k, s, n, total, last").await,
+            want,
+            "max_rows {max_rows:?} ({} epochs)",
+            summary.epochs
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_outside_a_group_by_over_event_time_is_refused_at_compile() -> Result<()> {
+    let events = session_events();
+    let sql = "SELECT k, session(ts + INTERVAL '1 second', INTERVAL '2 seconds') AS s, count(*) AS n \
+               FROM events GROUP BY k, session(ts + INTERVAL '1 second', INTERVAL '2 seconds')";
+    let spec = pipeline(
+        &[("events", &events)],
+        sql,
+        None,
+        "memory:///windows/refused",
+        Late::Drop,
+    );
+    let err = Engine::new().compile(spec).await.unwrap_err().to_string();
+    assert!(
+        err.contains("session(ts, gap) is a GROUP BY key over the event time"),
+        "{err}"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -265,12 +340,14 @@ async fn a_window_is_emitted_once_when_the_watermark_passes_its_end() -> Result<
 
 /// Events whose times go forward by random steps, out of order by less
 /// than the 2 s bound, with some rows far behind (late).
-fn arbitrary_events() -> impl proptest::strategy::Strategy<Value = Vec<Event>> {
+pub(crate) fn arbitrary_events() -> impl proptest::strategy::Strategy<Value = Vec<Event>> {
     use proptest::prelude::*;
     let keys = prop_oneof![Just("a"), Just("b"), Just("c")];
+    // times on a 100 ms grid: rows at the same time, and rows exactly a
+    // gap or a horizon apart, are common, so the boundaries are tested
     let event = (
-        0..900_000i64,
-        -1_900_000..=0i64,
+        (0..9i64).prop_map(|s| s * 100_000),
+        (-19..=0i64).prop_map(|j| j * 100_000),
         prop::bool::weighted(0.05),
         keys,
     );
@@ -294,7 +371,7 @@ fn arbitrary_events() -> impl proptest::strategy::Strategy<Value = Vec<Event>> {
 
 /// The rows no later than the bound behind the largest event time before
 /// them: what the engine must keep, computed on its own here.
-fn on_time(events: &[Event], bound: i64) -> Vec<Event> {
+pub(crate) fn on_time(events: &[Event], bound: i64) -> Vec<Event> {
     let mut max = i64::MIN;
     let mut kept = Vec::new();
     for &e in events {
@@ -304,6 +381,75 @@ fn on_time(events: &[Event], bound: i64) -> Vec<Event> {
         max = max.max(e.0);
     }
     kept
+}
+
+/// Runs the pipeline `make(url)` stopped after each of `stops` epochs and
+/// restarted, then to the end; the committed rows sorted by `columns` (""
+/// for none).
+pub(crate) fn run_with_restarts(
+    make: &dyn Fn(&str) -> PipelineSpec,
+    stops: &[u64],
+    columns: &str,
+) -> String {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = "memory:///windows/property";
+        let engine = Engine::new();
+        for max_epochs in stops.iter().copied().map(Some).chain([None]) {
+            let compiled = engine.compile(make(url)).await.unwrap();
+            compiled
+                .run(RunOptions {
+                    max_epochs,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let got = committed_rows(&engine, url).await.unwrap();
+        if got.iter().all(|b| b.num_rows() == 0) {
+            String::new()
+        } else {
+            sorted(&got, columns).await
+        }
+    })
+}
+
+/// `sql` over `events` in one batch, sorted by `columns` ("" when empty).
+pub(crate) fn batch_answer_sorted(events: &[Event], sql: &str, columns: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let want = batch_answer_of(sql, &[("events", events)]).await;
+        if want.iter().all(|b| b.num_rows() == 0) {
+            String::new()
+        } else {
+            sorted(&want, columns).await
+        }
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+    /// Sessions of random streams, cut and restarted at random: the
+    /// sessions committed are the batch answer over the rows on time.
+    #[test]
+    fn sessions_survive_any_epoch_cuts_and_restarts(
+        events in arbitrary_events(),
+        max_rows in 1u64..40,
+        stops in proptest::collection::vec(1u64..6, 1..4),
+    ) {
+        let columns = "k, s, n, total, last";
+        let want = batch_answer_sorted(&on_time(&events, 2 * SEC), SESSIONS_IN_BATCH, columns);
+        let make = |url: &str| pipeline(&[("events", &events)], SESSIONS, Some(max_rows), url, Late::Drop);
+        let got = run_with_restarts(&make, &stops, columns);
+        proptest::prop_assert_eq!(got, want, "max_rows {}, stops {:?}", max_rows, stops);
+    }
 }
 
 proptest::proptest! {
@@ -319,35 +465,11 @@ proptest::proptest! {
         max_rows in 1u64..40,
         stops in proptest::collection::vec(1u64..6, 1..6),
     ) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let kept = on_time(&events, 2 * SEC);
-            let want = sorted(&batch_answer(&kept).await, "w, k, n, total").await;
-            let url = "memory:///windows/property";
-            let engine = Engine::new();
-            // runs of a few epochs each, then one to the end
-            for max_epochs in stops.iter().copied().map(Some).chain([None]) {
-                let compiled = engine
-                    .compile(windowed(&events, Some(max_rows), url, Late::Drop))
-                    .await
-                    .unwrap();
-                compiled
-                    .run(RunOptions { max_epochs, ..Default::default() })
-                    .await
-                    .unwrap();
-            }
-            let got = committed_rows(&engine, url).await.unwrap();
-            let got = if got.iter().all(|b| b.num_rows() == 0) {
-                String::new()
-            } else {
-                sorted(&got, "w, k, n, total").await
-            };
-            assert_eq!(got, want, "max_rows {max_rows}, stops {stops:?}");
-        });
+        let columns = "w, k, n, total";
+        let want = batch_answer_sorted(&on_time(&events, 2 * SEC), TUMBLING, columns);
+        let make = |url: &str| windowed(&events, Some(max_rows), url, Late::Drop);
+        let got = run_with_restarts(&make, &stops, columns);
+        proptest::prop_assert_eq!(got, want, "max_rows {}, stops {:?}", max_rows, stops);
     }
 }
 

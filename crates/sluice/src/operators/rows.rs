@@ -1,0 +1,271 @@
+//! `EpochRowsExec`: what the built-in operators share.
+//!
+//! Both `dedupe` and `window` hold rows until the watermark says no row
+//! still to come can change them, then emit. This exec does the common
+//! part of an epoch, and hands the rest to the operator's [`EpochStep`]:
+//!
+//! - Input: any plan of the input's schema, every partition read.
+//! - Late rows: a row whose event time is behind the operator's last
+//!   watermark may belong with rows already emitted. It is dropped and
+//!   counted, or a dead letter (`LATE`) when a source upstream says
+//!   `late = "dead_letter"`. Behind an `EventTimeExec` this happens only
+//!   when several sources meet and one was idle.
+//! - The step gets the epoch's rows on time, the watermark before and
+//!   after the epoch, and the scope to read and save state by.
+//! - Output: one partition, what the step returns.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::kernels::cmp::lt;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, internal_datafusion_err, internal_err};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
+    collect,
+};
+use futures::TryStreamExt;
+use sluice_contract::ErrorCode;
+
+use crate::dead_letter::DeadLetter;
+use crate::epoch::EpochBinding;
+use crate::metrics::ComponentId;
+use crate::ops::check::row_json;
+use crate::ops::window_aggregate::starts_us;
+use crate::state::{Late, StateScope, format_event_time};
+
+/// An operator's own part of an epoch; see the module docs.
+pub(crate) trait EpochStep: fmt::Debug + Send + Sync + 'static {
+    /// How EXPLAIN shows it.
+    fn describe(&self) -> String;
+
+    /// Emits what `fresh` (the epoch's rows on time) and the state saved
+    /// before let it, and saves the state the next epoch needs under the
+    /// scope, with the watermark `after`.
+    fn run(
+        &self,
+        fresh: Vec<RecordBatch>,
+        scope: &StateScope,
+        before: Option<i64>,
+        after: Option<i64>,
+    ) -> Result<Vec<RecordBatch>>;
+}
+
+/// Who the operator is, for state, watermarks and dead letters.
+#[derive(Debug, Clone)]
+pub(crate) struct Judged {
+    /// The stage; its state's main name, whose watermark is the operator's.
+    pub stage: String,
+    /// The input column of event time.
+    pub event_time: usize,
+    /// The event-time sources upstream.
+    pub sources: Vec<String>,
+    pub late: Late,
+}
+
+/// Runs an [`EpochStep`] over the epoch's input; see the module docs.
+#[derive(Debug)]
+pub(crate) struct EpochRowsExec {
+    judged: Judged,
+    step: Arc<dyn EpochStep>,
+    input: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+}
+
+impl EpochRowsExec {
+    pub(crate) fn new(
+        judged: Judged,
+        step: Arc<dyn EpochStep>,
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+    ) -> Self {
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Self {
+            judged,
+            step,
+            input,
+            schema,
+            props,
+        }
+    }
+}
+
+impl DisplayAs for EpochRowsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "OperatorExec: stage={} {}",
+            self.judged.stage,
+            self.step.describe()
+        )
+    }
+}
+
+impl ExecutionPlan for EpochRowsExec {
+    fn name(&self) -> &str {
+        "OperatorExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        // the step sees the epoch whole; repartitioning buys nothing
+        vec![false]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        // the step's columns are indexes, not expressions
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| internal_datafusion_err!("OperatorExec rebuilt without a child"))?;
+        Ok(Arc::new(EpochRowsExec::new(
+            self.judged.clone(),
+            Arc::clone(&self.step),
+            input,
+            Arc::clone(&self.schema),
+        )))
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("OperatorExec has one partition, asked for {partition}");
+        }
+        let (judged, step, input) = (
+            self.judged.clone(),
+            Arc::clone(&self.step),
+            Arc::clone(&self.input),
+        );
+        let run = async move {
+            let scope = StateScope::of_task(&ctx)?;
+            let binding = EpochBinding::of_task(&ctx)?;
+            let before = scope.previous(&judged.stage).and_then(|p| p.watermark);
+            let read = collect(input, Arc::clone(&ctx)).await?;
+            let mut fresh = Vec::with_capacity(read.len());
+            for (n, batch) in read.into_iter().enumerate() {
+                fresh.push(on_time(&judged, batch, before, n, |key, letter| {
+                    binding.dead_letters().push(key, letter)
+                })?);
+            }
+            let after = scope.watermark(&judged.sources, before);
+            step.run(fresh, &scope, before, after)
+        };
+        let stream = futures::stream::once(run)
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+}
+
+/// `batch` without its rows behind `before`, which go to `dead`.
+fn on_time(
+    judged: &Judged,
+    batch: RecordBatch,
+    before: Option<i64>,
+    batch_no: usize,
+    mut dead: impl FnMut(String, DeadLetter),
+) -> Result<RecordBatch> {
+    let Some(wm) = before else {
+        return Ok(batch);
+    };
+    let times = starts_us(&batch, judged.event_time)?;
+    let behind = lt(&times, &TimestampMicrosecondArray::new_scalar(wm))?;
+    if behind.true_count() == 0 {
+        return Ok(batch);
+    }
+    for row in (0..batch.num_rows()).filter(|r| behind.is_valid(*r) && behind.value(*r)) {
+        dead(
+            format!("operator-late:{}:{batch_no}:{row}", judged.stage),
+            DeadLetter {
+                component: ComponentId::Stage(judged.stage.clone()),
+                code: ErrorCode::Late,
+                message: format!(
+                    "event time {} is behind the operator's watermark {}: rows it belongs with may have been emitted; a source upstream was idle or slower",
+                    format_event_time(times.value(row)),
+                    format_event_time(wm)
+                ),
+                file: None,
+                line: None,
+                offset: None,
+                raw: row_json(&batch, row),
+                skipped: judged.late == Late::Drop,
+            },
+        );
+    }
+    // a null event time is kept: nothing can be late for it
+    let keep = BooleanArray::from_iter(behind.iter().map(|b| Some(b != Some(true))));
+    Ok(filter_record_batch(&batch, &keep)?)
+}
+
+/// The batches an operator saved, if they are in `schema`; a snapshot of
+/// another version of the stage fails the epoch with what to do.
+pub(crate) fn restored(
+    stage: &str,
+    what: &str,
+    saved: Option<Arc<crate::state::OperatorState>>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let Some(saved) = saved else {
+        return Ok(Vec::new());
+    };
+    let fits = |b: &RecordBatch| {
+        let have = b.schema();
+        have.fields().len() == schema.fields().len()
+            && have
+                .fields()
+                .iter()
+                .zip(schema.fields())
+                .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
+    };
+    saved
+        .batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            if fits(b) {
+                Ok(b.clone())
+            } else {
+                Err(datafusion::error::DataFusionError::External(Box::new(
+                    crate::error::SluiceError::Plan {
+                        stage: stage.to_string(),
+                        file: None,
+                        message: format!(
+                            "the saved {what} does not fit the operator (it holds {:?}, the operator keeps {:?}); it belongs to another version of the stage: run with --reset to start over",
+                            b.schema().fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+                            schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                        ),
+                    },
+                )))
+            }
+        })
+        .collect()
+}
