@@ -23,7 +23,7 @@ from measure import measure  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SLUICE = os.environ.get("SLUICE", os.path.join(ROOT, "target/release/sluice"))
 HERE = os.path.dirname(os.path.abspath(__file__))
-QUERIES = ["q0", "q1", "q2", "q5", "q7", "q8"]
+QUERIES = ["q0", "q1", "q2", "q5", "q7", "q8", "q11"]
 SOURCES = {"q8": ["person", "auction"]}
 
 
@@ -32,7 +32,7 @@ def run(query, events):
     args = [SLUICE, "run", "--json", os.path.join(HERE, f"{query}.toml")]
     for s in SOURCES.get(query, ["bid"]):
         args += ["--set", f"sources.{s}.events={events}"]
-    if query in ("q5", "q7", "q8"):
+    if query in ("q5", "q7", "q8", "q11"):
         args += ["--set", f'sinks.out.url="{out}"']
     try:
         m = measure(args)

@@ -160,3 +160,77 @@ impl OperatorRegistry {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use proptest::prelude::*;
+
+    fn context(options: toml::Table) -> OperatorContext {
+        OperatorContext {
+            stage: "op".into(),
+            options,
+            input: Arc::new(Schema::new(vec![
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    false,
+                ),
+                Field::new("k", DataType::Utf8, true),
+                Field::new("v", DataType::Int64, true),
+            ])),
+            event_time: Some("ts".into()),
+            sources: vec!["events".into()],
+            late: Late::Drop,
+        }
+    }
+
+    /// Values a pipeline file may hold for an option.
+    fn value() -> impl Strategy<Value = toml::Value> {
+        let duration = prop_oneof![
+            Just("10s".to_string()),
+            Just("0s".to_string()),
+            Just("1ms".to_string()),
+            Just("0.0000001s".to_string()),
+            Just("99999999999999h".to_string()),
+            Just("-5s".to_string()),
+            "[0-9]{0,6}(ms|s|m|h|x)?",
+        ];
+        let column =
+            prop_oneof![Just("k"), Just("ts"), Just("nope"), Just("")].prop_map(String::from);
+        prop_oneof![
+            duration.prop_map(toml::Value::String),
+            column.clone().prop_map(toml::Value::String),
+            proptest::collection::vec(column, 0..3)
+                .prop_map(|c| toml::Value::Array(c.into_iter().map(toml::Value::String).collect())),
+            any::<i64>().prop_map(toml::Value::Integer),
+            any::<bool>().prop_map(toml::Value::Boolean),
+        ]
+    }
+
+    proptest! {
+        /// Whatever a stage's table holds, building an operator gives an
+        /// operator or a message, never a panic.
+        #[test]
+        fn any_options_build_an_operator_or_say_what_is_wrong(
+            entries in proptest::collection::vec(
+                (prop_oneof![Just("key"), Just("within"), Just("size"), Just("slide"), Just("gap"), Just("extra")], value()),
+                0..5,
+            ),
+        ) {
+            let options: toml::Table = entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let registry = OperatorRegistry::with_builtins();
+            for name in registry.names() {
+                let factory = registry.get(&name).unwrap();
+                match factory.create(&context(options.clone())) {
+                    Ok(op) => {
+                        // what it declares is a schema over the input's columns and more
+                        prop_assert!(op.schema().fields().len() >= 2);
+                    }
+                    Err(message) => prop_assert!(!message.is_empty()),
+                }
+            }
+        }
+    }
+}

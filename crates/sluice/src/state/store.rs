@@ -234,6 +234,7 @@ mod tests {
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field};
     use object_store::memory::InMemory;
+    use proptest::strategy::Strategy;
 
     fn store() -> StateStore {
         StateStore::new(
@@ -300,6 +301,46 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A commit whose `state` section was edited (any path, counts,
+        /// checksum or watermark) restores the rows written or is refused;
+        /// it never panics and never restores other rows.
+        #[test]
+        fn an_edited_state_reference_restores_the_rows_written_or_is_refused(
+            path in proptest::prop_oneof![
+                proptest::strategy::Just(None),
+                proptest::strategy::Just(Some("_sluice/state/w/../../x.arrow".to_string())),
+                proptest::strategy::Just(Some("/etc/passwd".to_string())),
+                proptest::strategy::Just(Some("_sluice/state/w/missing.arrow".to_string())),
+                "[a-z_/.]{0,40}".prop_map(Some),
+            ],
+            rows in proptest::option::of(proptest::num::u64::ANY),
+            crc in proptest::option::of(proptest::option::of(proptest::num::u32::ANY)),
+            watermark in proptest::option::of(proptest::option::of(proptest::num::i64::ANY)),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let s = store();
+                let written = state(&[4, 5, 6]);
+                let good = s.write("w", 1, "aaaaaaaa", &written).await.unwrap();
+                let mut r = good.clone();
+                if let Some(p) = &path { r.path = p.clone(); }
+                if let Some(n) = rows { r.rows = n; }
+                if let Some(c) = crc { r.crc32 = c; }
+                if let Some(w) = watermark { r.watermark = w; }
+                // what a commit file carries goes through JSON and back
+                let json = serde_json::to_string(&r).unwrap();
+                let r: StateRef = serde_json::from_str(&json).unwrap();
+                match s.read(&r).await {
+                    Ok(back) => {
+                        assert_eq!(back.batches, written.batches);
+                        assert_eq!(r.path, good.path);
+                        assert_eq!(r.rows, good.rows);
+                    }
+                    Err(e) => assert!(!e.to_string().is_empty()),
+                }
+            });
+        }
 
         /// A snapshot with bytes flipped, cut short or grown is read back as
         /// the exact rows it held or refused with an error, never a panic

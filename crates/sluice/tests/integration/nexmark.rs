@@ -53,10 +53,15 @@ fn sorted_lines(batches: &[RecordBatch]) -> Vec<String> {
     lines
 }
 
-/// The query of the pipeline's one stage run over all the events of its
+/// The query of the pipeline's one stage (or `batch_sql`, the same
+/// question without sluice's own functions) run over all the events of its
 /// sources at once: the sources are first written out as they are, then
 /// the SQL runs in a plain DataFusion session.
-async fn batch_answer(spec: &PipelineSpec, query: &str) -> Result<Vec<RecordBatch>> {
+async fn batch_answer(
+    spec: &PipelineSpec,
+    query: &str,
+    batch_sql: Option<&str>,
+) -> Result<Vec<RecordBatch>> {
     let engine = Engine::new();
     let mut dump = PipelineSpec::new("dump", "1");
     for (name, source) in &spec.sources {
@@ -78,18 +83,24 @@ async fn batch_answer(spec: &PipelineSpec, query: &str) -> Result<Vec<RecordBatc
     let Some(StageConfig::Sql(stage)) = spec.stages.get(query) else {
         panic!("{query}.toml has an sql stage named {query}");
     };
-    let sql = stage.query.as_deref().expect("an inline query");
+    let sql = batch_sql.unwrap_or_else(|| stage.query.as_deref().expect("an inline query"));
     Ok(ctx.sql(sql).await.unwrap().collect().await.unwrap())
 }
 
 /// Runs `query` streamed in epochs of `max_rows` rows and compares its
 /// output with the batch answer.
 async fn streamed_equals_batch(query: &str, max_rows: u64) -> Result<()> {
+    streamed_equals(query, max_rows, None).await
+}
+
+/// Runs `query` streamed in epochs of `max_rows` rows and compares its
+/// output with `batch_sql` (or the query itself) in one batch.
+async fn streamed_equals(query: &str, max_rows: u64, batch_sql: Option<&str>) -> Result<()> {
     let mut spec = query_spec(query, max_rows);
     let url = format!("memory:///nexmark/{query}");
     spec.sinks.clear();
     let spec = spec.with_sink("out", SinkConfig::parquet(query, url.as_str()));
-    let want = sorted_lines(&batch_answer(&spec, query).await?);
+    let want = sorted_lines(&batch_answer(&spec, query, batch_sql).await?);
     assert!(!want.is_empty(), "{query}: the batch answer has rows");
     let engine = Engine::new();
     let summary = engine.run(spec).await?;
@@ -131,4 +142,23 @@ async fn q7_highest_bid_through_a_windowed_join() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn q8_new_users_over_two_streams() -> Result<()> {
     streamed_equals_batch("q8", 97).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn q11_user_sessions() -> Result<()> {
+    // the sessions of q11 in plain SQL: a bid 10 s or more after the
+    // bidder's last one starts a new session
+    let batch_sql = "WITH marked AS ( \
+           SELECT bidder, date_time, \
+                  CASE WHEN date_time < lag(date_time) OVER (PARTITION BY bidder ORDER BY date_time) \
+                                        + INTERVAL '10 seconds' THEN 0 ELSE 1 END AS starts \
+           FROM bid), \
+         numbered AS ( \
+           SELECT bidder, date_time, \
+                  sum(starts) OVER (PARTITION BY bidder ORDER BY date_time ROWS UNBOUNDED PRECEDING) AS session \
+           FROM marked) \
+         SELECT bidder, count(*) AS bid_count, min(date_time) AS starttime, \
+                max(date_time) + INTERVAL '10 seconds' AS endtime \
+         FROM numbered GROUP BY bidder, session";
+    streamed_equals("q11", 997, Some(batch_sql)).await
 }

@@ -29,7 +29,7 @@ use sluice::{Engine, PipelineSpec, Result};
 use crate::common::committed_rows;
 use crate::windows::{
     Event, SEC, SESSIONS_IN_BATCH, TUMBLING, arbitrary_events, batch, batch_answer_of, events,
-    on_time, run_with_restarts, session_events, sorted, source,
+    on_time, run_with_restarts, session_events, sorted, sorted_text, source,
 };
 
 /// A pipeline: the events, operator `operator` with `options` as stage
@@ -269,12 +269,9 @@ proptest::proptest! {
         stops in proptest::collection::vec(1u64..6, 1..4),
     ) {
         let kept = deduped(&on_time(&events, 2 * SEC), 3 * SEC);
-        let want = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(sorted(&[batch(&kept)], "ts, k, v"));
+        let want = sorted_text(&[batch(&kept)], "ts, k, v");
         let make = |url: &str| pipeline(&events, "dedupe", DEDUPE, None, Some(max_rows), url);
-        let got = run_with_restarts(&make, &stops, "ts, k, v");
+        let got = sorted_text(&run_with_restarts(&make, &stops), "ts, k, v");
         proptest::prop_assert_eq!(got, want, "max_rows {}, stops {:?}", max_rows, stops);
     }
 }

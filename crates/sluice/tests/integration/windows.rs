@@ -8,6 +8,7 @@ use datafusion::arrow::array::{
     ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 use sluice::sinks::SinkConfig;
@@ -384,13 +385,11 @@ pub(crate) fn on_time(events: &[Event], bound: i64) -> Vec<Event> {
 }
 
 /// Runs the pipeline `make(url)` stopped after each of `stops` epochs and
-/// restarted, then to the end; the committed rows sorted by `columns` (""
-/// for none).
+/// restarted, then to the end; the rows committed.
 pub(crate) fn run_with_restarts(
     make: &dyn Fn(&str) -> PipelineSpec,
     stops: &[u64],
-    columns: &str,
-) -> String {
+) -> Vec<RecordBatch> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -409,14 +408,102 @@ pub(crate) fn run_with_restarts(
                 .await
                 .unwrap();
         }
-        let got = committed_rows(&engine, url).await.unwrap();
-        if got.iter().all(|b| b.num_rows() == 0) {
-            String::new()
-        } else {
-            sorted(&got, columns).await
-        }
+        committed_rows(&engine, url).await.unwrap()
     })
 }
+
+/// `batches` sorted by `columns` as text ("" when there are no rows).
+pub(crate) fn sorted_text(batches: &[RecordBatch], columns: &str) -> String {
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return String::new();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(sorted(batches, columns))
+}
+
+/// `sql` over `batches` (as table `t`), each row as `|`-joined values, sorted.
+pub(crate) fn rows_of(batches: &[RecordBatch], sql: &str) -> Vec<String> {
+    let Some(first) = batches.first() else {
+        return Vec::new();
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let out = runtime.block_on(async {
+        let ctx = SessionContext::new();
+        let table =
+            datafusion::datasource::MemTable::try_new(first.schema(), vec![batches.to_vec()])
+                .unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    });
+    let mut lines = Vec::new();
+    for b in &out {
+        for row in 0..b.num_rows() {
+            let values: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| array_value_to_string(c, row).unwrap())
+                .collect();
+            lines.push(values.join("|"));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// `sql` answered by DuckDB over `events` as a table
+/// `events(ts TIMESTAMP, k VARCHAR, v BIGINT)` (UTC), each row as
+/// `|`-joined values, sorted: an engine independent of DataFusion.
+pub(crate) fn duckdb_rows(events: &[Event], sql: &str) -> Vec<String> {
+    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("events.csv");
+    let body: String = std::iter::once("ts,k,v\n".to_string())
+        .chain(events.iter().map(|(t, k, v)| format!("{t},{k},{v}\n")))
+        .collect();
+    std::fs::write(&csv, body).unwrap();
+    let script = r#"
+import sys, duckdb
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+con.execute("CREATE TABLE events AS SELECT make_timestamp(ts) AS ts, k, v FROM read_csv(?, header = true, "
+            "columns = {'ts': 'BIGINT', 'k': 'VARCHAR', 'v': 'BIGINT'})", [sys.argv[1]])
+for row in con.execute(sys.argv[2]).fetchall():
+    print("|".join("" if x is None else str(x) for x in row))
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script, csv.to_str().unwrap(), sql])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{python}: {e}; run the tests with ./scripts/test (it prepares target/pyenv)")
+        });
+    assert!(
+        out.status.success(),
+        "DuckDB ({python}) failed; run the tests with ./scripts/test (it prepares target/pyenv with duckdb):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The tumbling windows in DuckDB's words (`time_bucket`), times as µs.
+const TUMBLING_IN_DUCKDB: &str = "SELECT epoch_us(time_bucket(INTERVAL '10 seconds', ts)) AS w, k, count(*), sum(v) \
+     FROM events GROUP BY ALL";
+
+/// The sessions in DuckDB's words, times as µs.
+const SESSIONS_IN_DUCKDB: &str = "WITH marked AS ( \
+       SELECT k, ts, v, CASE WHEN ts < lag(ts) OVER (PARTITION BY k ORDER BY ts) + INTERVAL '2 seconds' \
+                             THEN 0 ELSE 1 END AS starts FROM events), \
+     numbered AS ( \
+       SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts ROWS UNBOUNDED PRECEDING) AS session FROM marked) \
+     SELECT k, epoch_us(min(ts)), count(*), sum(v), epoch_us(max(ts)) FROM numbered GROUP BY k, session";
 
 /// `sql` over `events` in one batch, sorted by `columns` ("" when empty).
 pub(crate) fn batch_answer_sorted(events: &[Event], sql: &str, columns: &str) -> String {
@@ -445,10 +532,13 @@ proptest::proptest! {
         stops in proptest::collection::vec(1u64..6, 1..4),
     ) {
         let columns = "k, s, n, total, last";
-        let want = batch_answer_sorted(&on_time(&events, 2 * SEC), SESSIONS_IN_BATCH, columns);
+        let kept = on_time(&events, 2 * SEC);
+        let want = batch_answer_sorted(&kept, SESSIONS_IN_BATCH, columns);
         let make = |url: &str| pipeline(&[("events", &events)], SESSIONS, Some(max_rows), url, Late::Drop);
-        let got = run_with_restarts(&make, &stops, columns);
-        proptest::prop_assert_eq!(got, want, "max_rows {}, stops {:?}", max_rows, stops);
+        let got = run_with_restarts(&make, &stops);
+        proptest::prop_assert_eq!(sorted_text(&got, columns), want, "max_rows {}, stops {:?}", max_rows, stops);
+        let normal = "SELECT k, arrow_cast(s, 'Int64'), n, total, arrow_cast(last, 'Int64') FROM t";
+        proptest::prop_assert_eq!(rows_of(&got, normal), duckdb_rows(&kept, SESSIONS_IN_DUCKDB), "DuckDB");
     }
 }
 
@@ -466,10 +556,13 @@ proptest::proptest! {
         stops in proptest::collection::vec(1u64..6, 1..6),
     ) {
         let columns = "w, k, n, total";
-        let want = batch_answer_sorted(&on_time(&events, 2 * SEC), TUMBLING, columns);
+        let kept = on_time(&events, 2 * SEC);
+        let want = batch_answer_sorted(&kept, TUMBLING, columns);
         let make = |url: &str| windowed(&events, Some(max_rows), url, Late::Drop);
-        let got = run_with_restarts(&make, &stops, columns);
-        proptest::prop_assert_eq!(got, want, "max_rows {}, stops {:?}", max_rows, stops);
+        let got = run_with_restarts(&make, &stops);
+        proptest::prop_assert_eq!(sorted_text(&got, columns), want, "max_rows {}, stops {:?}", max_rows, stops);
+        let normal = "SELECT arrow_cast(w, 'Int64'), k, n, total FROM t";
+        proptest::prop_assert_eq!(rows_of(&got, normal), duckdb_rows(&kept, TUMBLING_IN_DUCKDB), "DuckDB");
     }
 }
 
