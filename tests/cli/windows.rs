@@ -146,7 +146,7 @@ fn ten_kills_of_a_tailed_folder_emit_every_closed_window_and_session_once_and_wh
                     FROM read_json('{files}', columns = {{ts: 'VARCHAR', k: 'VARCHAR', v: 'BIGINT'}})), \
          marked AS (SELECT k, ts, v, CASE WHEN ts < lag(ts) OVER (PARTITION BY k ORDER BY ts) + INTERVAL '2 seconds' \
                                           THEN 0 ELSE 1 END AS starts FROM e), \
-         numbered AS (SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts ROWS UNBOUNDED PRECEDING) AS session \
+         numbered AS (SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts RANGE UNBOUNDED PRECEDING) AS session \
                       FROM marked) \
          SELECT k, min(ts) AS s, count(*) AS n, sum(v) AS total FROM numbered GROUP BY k, session \
          HAVING max(ts) + INTERVAL '2 seconds' <= (SELECT max(ts) FROM e) - INTERVAL '2 seconds'"

@@ -155,7 +155,7 @@ async fn q11_user_sessions() -> Result<()> {
            FROM bid), \
          numbered AS ( \
            SELECT bidder, date_time, \
-                  sum(starts) OVER (PARTITION BY bidder ORDER BY date_time ROWS UNBOUNDED PRECEDING) AS session \
+                  sum(starts) OVER (PARTITION BY bidder ORDER BY date_time RANGE UNBOUNDED PRECEDING) AS session \
            FROM marked) \
          SELECT bidder, count(*) AS bid_count, min(date_time) AS starttime, \
                 max(date_time) + INTERVAL '10 seconds' AS endtime \

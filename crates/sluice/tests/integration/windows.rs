@@ -215,7 +215,7 @@ pub(crate) const SESSIONS_IN_BATCH: &str = "WITH marked AS ( \
                              THEN 0 ELSE 1 END AS starts \
        FROM events), \
      numbered AS ( \
-       SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts ROWS UNBOUNDED PRECEDING) AS session \
+       SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts RANGE UNBOUNDED PRECEDING) AS session \
        FROM marked) \
      SELECT k, min(ts) AS s, count(*) AS n, sum(v) AS total, max(ts) AS last FROM numbered GROUP BY k, session";
 
@@ -458,7 +458,10 @@ pub(crate) fn rows_of(batches: &[RecordBatch], sql: &str) -> Vec<String> {
 /// `events(ts TIMESTAMP, k VARCHAR, v BIGINT)` (UTC), each row as
 /// `|`-joined values, sorted: an engine independent of DataFusion.
 pub(crate) fn duckdb_rows(events: &[Event], sql: &str) -> Vec<String> {
-    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+    // ./scripts/test says which; by hand, the environment it prepared
+    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python").into()
+    });
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("events.csv");
     let body: String = std::iter::once("ts,k,v\n".to_string())
@@ -502,7 +505,7 @@ const SESSIONS_IN_DUCKDB: &str = "WITH marked AS ( \
        SELECT k, ts, v, CASE WHEN ts < lag(ts) OVER (PARTITION BY k ORDER BY ts) + INTERVAL '2 seconds' \
                              THEN 0 ELSE 1 END AS starts FROM events), \
      numbered AS ( \
-       SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts ROWS UNBOUNDED PRECEDING) AS session FROM marked) \
+       SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts RANGE UNBOUNDED PRECEDING) AS session FROM marked) \
      SELECT k, epoch_us(min(ts)), count(*), sum(v), epoch_us(max(ts)) FROM numbered GROUP BY k, session";
 
 /// `sql` over `events` in one batch, sorted by `columns` ("" when empty).
@@ -537,7 +540,7 @@ proptest::proptest! {
         let make = |url: &str| pipeline(&[("events", &events)], SESSIONS, Some(max_rows), url, Late::Drop);
         let got = run_with_restarts(&make, &stops);
         proptest::prop_assert_eq!(sorted_text(&got, columns), want, "max_rows {}, stops {:?}", max_rows, stops);
-        let normal = "SELECT k, arrow_cast(s, 'Int64'), n, total, arrow_cast(last, 'Int64') FROM t";
+        let normal = "SELECT k, arrow_cast(to_timestamp_micros(s), 'Int64'), n, total, arrow_cast(to_timestamp_micros(last), 'Int64') FROM t";
         proptest::prop_assert_eq!(rows_of(&got, normal), duckdb_rows(&kept, SESSIONS_IN_DUCKDB), "DuckDB");
     }
 }
@@ -561,7 +564,7 @@ proptest::proptest! {
         let make = |url: &str| windowed(&events, Some(max_rows), url, Late::Drop);
         let got = run_with_restarts(&make, &stops);
         proptest::prop_assert_eq!(sorted_text(&got, columns), want, "max_rows {}, stops {:?}", max_rows, stops);
-        let normal = "SELECT arrow_cast(w, 'Int64'), k, n, total FROM t";
+        let normal = "SELECT arrow_cast(to_timestamp_micros(w), 'Int64'), k, n, total FROM t";
         proptest::prop_assert_eq!(rows_of(&got, normal), duckdb_rows(&kept, TUMBLING_IN_DUCKDB), "DuckDB");
     }
 }
