@@ -182,8 +182,11 @@ fn print_state(last: &Commit) {
                 s.rows.to_string(),
                 s.bytes.to_string(),
                 s.memory_bytes.to_string(),
-                s.watermark
-                    .map_or("-".into(), sluice::state::format_event_time),
+                s.watermark.map_or("-".into(), |w| match w {
+                    // the input ended: every window closed
+                    i64::MAX => "end of input".to_string(),
+                    w => sluice::state::format_event_time(w),
+                }),
                 s.path.clone(),
             ]);
         }

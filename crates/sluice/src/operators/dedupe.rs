@@ -218,8 +218,9 @@ impl EpochStep for Dedupe {
         all.retain(|b| b.num_rows() > 0);
         let all = concat_batches(&self.schema, &all)?;
         let (ready, waiting) = match after {
-            None => (all.slice(0, 0), all),
-            Some(END_OF_TIME) => (all.clone(), all.slice(0, 0)),
+            // (an empty batch of its own: a slice would keep the buffers alive in the state)
+            None => (RecordBatch::new_empty(Arc::clone(&self.schema)), all),
+            Some(END_OF_TIME) => (all, RecordBatch::new_empty(Arc::clone(&self.schema))),
             Some(wm) => {
                 let times = starts_us(&all, self.judged.event_time)?;
                 let ready = lt(&times, &TimestampMicrosecondArray::new_scalar(wm))?;
