@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use super::{commits, data_files, duckdb_check, free_port, ok, root, set, text};
 
-/// A deterministic sequence of kill delays.
-struct Lcg(u64);
+/// A deterministic sequence of kill delays (and crash points).
+pub(super) struct Lcg(pub(super) u64);
 
 impl Lcg {
-    fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
+    /// A number in `lo..hi`.
+    pub(super) fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::streaming::{finish, kill_repeatedly};
+use super::streaming::{Lcg, finish, kill_repeatedly};
 use super::{duckdb_check, ok, sluice, text};
 
 const FILES: usize = 800;
@@ -177,4 +177,104 @@ fn ten_kills_of_a_tailed_folder_emit_every_closed_window_and_session_once_and_wh
         shown.contains("events: largest event time 2024-01-01T00:34:"),
         "{shown}"
     );
+}
+
+/// The same windows and sessions at random epoch sizes, the process
+/// aborted at random points of the commit protocol (the failpoints: before
+/// the commits, between the two sinks' commits, after them) at random
+/// epochs, then run until the folder is read: every window and session the
+/// watermark closed, once, as DuckDB computes them.
+#[test]
+fn windows_and_sessions_survive_random_crash_points_of_the_commit() {
+    for seed in 1..=5u64 {
+        let mut rng = Lcg(seed);
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in");
+        write_files(&input, 0, rng.next_ms(20, 40) as usize);
+        let max_bytes = rng.next_ms(2, 7);
+        let text_of_pipeline = PIPELINE.replace(
+            "max_bytes = \"3KiB\"",
+            &format!("max_bytes = \"{max_bytes}KiB\""),
+        );
+        let pipeline = super::pipeline_in(tmp.path(), &text_of_pipeline);
+        let args = ["run", "-q", "--exit-when-idle", pipeline.to_str().unwrap()];
+        // up to three crash points at later and later epochs; a run that
+        // reads the folder before its crash point ends the series
+        let mut at = rng.next_ms(0, 3);
+        let mut crashes = Vec::new();
+        for _ in 0..3 {
+            let point =
+                ["before_commit", "between_commits", "after_commit"][rng.next_ms(0, 3) as usize];
+            let failpoint = format!("{point}@{at}");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(args)
+                .env("SLUICE_FAILPOINT", &failpoint)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                text(&out).contains("failpoint"),
+                "{failpoint}: {}",
+                text(&out)
+            );
+            crashes.push(failpoint);
+            at += rng.next_ms(1, 5);
+        }
+        assert!(
+            !crashes.is_empty(),
+            "seed {seed}: epoch {at} was never reached"
+        );
+        ok(sluice(&args));
+
+        let setup = tmp.path().join("utc.sql");
+        std::fs::write(&setup, "SET TimeZone = 'UTC';").unwrap();
+        let files = format!("{}/*.jsonl", input.display());
+        let events = format!(
+            "WITH e AS (SELECT CAST(ts AS TIMESTAMPTZ) AS ts, k, v \
+                        FROM read_json('{files}', columns = {{ts: 'VARCHAR', k: 'VARCHAR', v: 'BIGINT'}}))"
+        );
+        let watermark = "(SELECT max(ts) FROM e) - INTERVAL '2 seconds'";
+        let checks = [
+            (
+                "out",
+                format!(
+                    "{events} SELECT time_bucket(INTERVAL '30 seconds', ts) AS w, k, count(*) AS n, sum(v) AS total \
+                     FROM e GROUP BY ALL HAVING time_bucket(INTERVAL '30 seconds', ts) + INTERVAL '30 seconds' <= {watermark}"
+                ),
+            ),
+            (
+                "sessions",
+                format!(
+                    "{events}, marked AS (SELECT k, ts, v, CASE WHEN ts < lag(ts) OVER (PARTITION BY k ORDER BY ts) \
+                                                   + INTERVAL '2 seconds' THEN 0 ELSE 1 END AS starts FROM e), \
+                     numbered AS (SELECT k, ts, v, sum(starts) OVER (PARTITION BY k ORDER BY ts RANGE UNBOUNDED PRECEDING) AS session \
+                                  FROM marked) \
+                     SELECT k, min(ts) AS s, count(*) AS n, sum(v) AS total FROM numbered GROUP BY k, session \
+                     HAVING max(ts) + INTERVAL '2 seconds' <= {watermark}"
+                ),
+            ),
+        ];
+        for (sink, expected) in checks {
+            let report = duckdb_check(&[
+                "compare",
+                "--setup",
+                setup.to_str().unwrap(),
+                "--query",
+                &expected,
+                "--actual",
+                tmp.path().join(sink).to_str().unwrap(),
+            ]);
+            let context = format!(
+                "seed {seed}, max_bytes {max_bytes}KiB, crashes {crashes:?}, {sink}: {report}"
+            );
+            assert!(
+                report["expected_rows"].as_u64().unwrap_or(0) > 0,
+                "{context}"
+            );
+            assert_eq!(report["missing_count"], 0, "{context}");
+            assert_eq!(report["extra_count"], 0, "{context}");
+        }
+    }
 }
