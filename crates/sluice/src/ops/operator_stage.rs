@@ -131,6 +131,22 @@ impl ExtensionPlanner for OperatorPlanner {
         let [input] = physical_inputs else {
             return internal_err!("an operator stage has one input");
         };
+        // the operator was built for the logical input's columns; the
+        // physical plan must hand it the same ones
+        let (logical, physical) = (node.input.schema().as_arrow().clone(), input.schema());
+        let same = logical.fields().len() == physical.fields().len()
+            && logical
+                .fields()
+                .iter()
+                .zip(physical.fields())
+                .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+        if !same {
+            return internal_err!(
+                "operator `{}` of stage `{}` was built for the input {logical:?}, the plan gives {physical:?}",
+                node.name,
+                node.stage
+            );
+        }
         let plan = node.operator.plan(Arc::clone(input))?;
         let (have, want) = (plan.schema(), node.operator.schema());
         if have.fields() != want.fields() {
