@@ -58,7 +58,11 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
     }
     outln!("{t}");
     let (files, rows, bytes) = commits.iter().fold((0, 0, 0), |(f, r, b), c| {
-        (f + c.files.len(), r + c.rows, b + c.bytes)
+        (
+            f + c.files.len(),
+            r.saturating_add(c.rows),
+            b.saturating_add(c.bytes),
+        )
     });
     outln!(
         "total: {} commits, {files} files, {rows} rows, {bytes} bytes",
@@ -192,7 +196,12 @@ fn print_state(last: &Commit) {
         }
         outln!("{t}");
         let (rows, bytes, memory) = state.operators.values().fold((0, 0, 0), |(r, b, m), s| {
-            (r + s.rows, b + s.bytes, m + s.memory_bytes)
+            // the numbers come from commit files: no overflow on an edited one
+            (
+                r.saturating_add(s.rows),
+                b.saturating_add(s.bytes),
+                m.saturating_add(s.memory_bytes),
+            )
         });
         outln!(
             "  {} operators, {rows} rows of state, {bytes} bytes on disk, {memory} in memory",

@@ -76,3 +76,5 @@ pub use datafusion;
 /// The shared contract: metadata keys, lineage and provenance types, the
 /// error vocabulary, the schema registry and its compatibility rules.
 pub use sluice_contract as contract;
+/// TOML, the form of an operator stage's options ([`operators::OperatorContext`]).
+pub use toml;

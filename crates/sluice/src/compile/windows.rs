@@ -455,7 +455,7 @@ pub(crate) fn plan_windows(
         n += 1;
         name
     };
-    plan.transform_up(|p| match p {
+    let planned = plan.transform_up(|p| match p {
         LogicalPlan::Aggregate(a) => {
             let window = a.group_expr.iter().enumerate().find_map(|(i, e)| {
                 match cx.expr(e, &a.input) {
@@ -529,7 +529,31 @@ pub(crate) fn plan_windows(
         }
         other => Ok(Transformed::no(other)),
     })
-    .map(|t| t.data)
+    .map(|t| t.data)?;
+    refuse_session_left(&planned)?;
+    Ok(planned)
+}
+
+/// A `session()` call the planning above did not turn into a session
+/// window (in a SELECT or WHERE, beside another window key, with a gap
+/// that is not a constant interval) would fail at run time: refuse it now.
+fn refuse_session_left(plan: &LogicalPlan) -> Result<()> {
+    let mut left = None;
+    plan.apply(|p| {
+        left = p.expressions().into_iter().find(is_session_call);
+        Ok(if left.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    match left {
+        Some(e) => plan_err!(
+            "{e}: {}; it must be a key of its own in a GROUP BY, with a source's event time and a constant positive gap of fixed length (no months), and no other window key beside it",
+            crate::functions::session::ONLY_AS_A_GROUP_KEY
+        ),
+        None => Ok(()),
+    }
 }
 
 /// `a` grouped by the event time `ts` in place of its `session(ts, gap)`

@@ -258,7 +258,9 @@ impl EpochStep for Dedupe {
             let times = starts_us(&ready, self.judged.event_time)?;
             let mut keep = Vec::with_capacity(ready.num_rows());
             for (i, row) in key_rows.iter().enumerate() {
-                // a null event time is judged by its key alone
+                // a null event time (none behind an EventTimeExec) counts as
+                // the earliest: one such row per key is kept until the next
+                // watermark
                 let t = if times.is_valid(i) {
                     times.value(i)
                 } else {
@@ -324,7 +326,10 @@ impl Dedupe {
                 .collect(),
         )?;
         let rows = converter.convert_columns(&columns)?;
-        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        let Ok(n) = u32::try_from(batch.num_rows()) else {
+            return datafusion::common::internal_err!("a batch of more than 4 billion rows");
+        };
+        let mut order: Vec<u32> = (0..n).collect();
         order.sort_unstable_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
         Ok(UInt32Array::from(order))
     }

@@ -88,8 +88,9 @@ pub enum ColumnTiming {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct OperatorContext {
-    /// The stage: the operator's state goes by this name (and names
-    /// starting with it and a dot).
+    /// The stage (`<stage>@<variant>` for a variant in a rollout): the
+    /// operator's state goes by this name (and names starting with it and
+    /// a dot).
     pub stage: String,
     /// The stage's table without `kind`, `operator`, `inputs` and
     /// `description`: the operator's own options.
@@ -106,6 +107,26 @@ pub struct OperatorContext {
 }
 
 impl OperatorContext {
+    /// A context for stage `stage` over `input`, with no event time: what a
+    /// factory's own tests build (the engine fills in the rest).
+    pub fn new(stage: &str, options: toml::Table, input: SchemaRef) -> Self {
+        Self {
+            stage: stage.to_string(),
+            options,
+            input,
+            event_time: None,
+            sources: Vec::new(),
+            late: Late::Drop,
+        }
+    }
+
+    /// The same, with `column` of the input as the event time of `sources`.
+    pub fn with_event_time(mut self, column: &str, sources: &[&str]) -> Self {
+        self.event_time = Some(column.to_string());
+        self.sources = sources.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// The options as `T` (a serde struct; unknown keys are the caller's to refuse).
     pub fn options<T: serde::de::DeserializeOwned>(&self) -> std::result::Result<T, String> {
         crate::spec::decode_table(self.options.clone())

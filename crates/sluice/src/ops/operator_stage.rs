@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::{DFSchema, DFSchemaRef, Result, internal_datafusion_err, internal_err};
+use datafusion::common::{
+    DFSchema, DFSchemaRef, Result, internal_datafusion_err, internal_err, plan_err,
+};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
@@ -141,7 +143,7 @@ impl ExtensionPlanner for OperatorPlanner {
                 .zip(physical.fields())
                 .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
         if !same {
-            return internal_err!(
+            return plan_err!(
                 "operator `{}` of stage `{}` was built for the input {logical:?}, the plan gives {physical:?}",
                 node.name,
                 node.stage
@@ -150,7 +152,7 @@ impl ExtensionPlanner for OperatorPlanner {
         let plan = node.operator.plan(Arc::clone(input))?;
         let (have, want) = (plan.schema(), node.operator.schema());
         if have.fields() != want.fields() {
-            return internal_err!(
+            return plan_err!(
                 "operator `{}` of stage `{}` planned output {have:?}, not the schema it declared {want:?}",
                 node.name,
                 node.stage

@@ -646,13 +646,14 @@ pub(crate) fn starts_us(batch: &RecordBatch, index: usize) -> Result<TimestampMi
     Ok(us.as_primitive::<TimestampMicrosecondType>().clone())
 }
 
-/// Rows of `batches` whose window (start in column `index`, `size_us`
-/// long) ended at or before `watermark`, and the others. Everything is
-/// closed at the end of time; nothing before the first watermark.
+/// Rows of `batches` whose window ended at or before `watermark`, and the
+/// others: a window ends at the time in column `column` + `length_us` (its
+/// start + size, or its end + 0). Everything is closed at the end of time;
+/// nothing before the first watermark.
 pub(crate) fn split_closed(
     batches: &[RecordBatch],
-    index: usize,
-    size_us: i64,
+    column: usize,
+    length_us: i64,
     watermark: Option<i64>,
 ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
     let (mut closed, mut open) = (Vec::new(), Vec::new());
@@ -661,8 +662,8 @@ pub(crate) fn split_closed(
             None => open.push(b.clone()),
             Some(END_OF_TIME) => closed.push(b.clone()),
             Some(wm) => {
-                let starts = starts_us(b, index)?;
-                let limit = TimestampMicrosecondArray::new_scalar(wm.saturating_sub(size_us));
+                let starts = starts_us(b, column)?;
+                let limit = TimestampMicrosecondArray::new_scalar(wm.saturating_sub(length_us));
                 let done = lt_eq(&starts, &limit)?;
                 // a null start never closes before the end of time
                 let done = BooleanArray::from_iter(done.iter().map(|d| Some(d == Some(true))));

@@ -260,22 +260,31 @@ async fn session_windows_equal_the_batch_answer_for_every_epoch_size() -> Result
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn session_outside_a_group_by_over_event_time_is_refused_at_compile() -> Result<()> {
+async fn session_anywhere_but_a_group_by_key_over_event_time_is_refused_at_compile() -> Result<()> {
     let events = session_events();
-    let sql = "SELECT k, session(ts + INTERVAL '1 second', INTERVAL '2 seconds') AS s, count(*) AS n \
-               FROM events GROUP BY k, session(ts + INTERVAL '1 second', INTERVAL '2 seconds')";
-    let spec = pipeline(
-        &[("events", &events)],
-        sql,
-        None,
-        "memory:///windows/refused",
-        Late::Drop,
-    );
-    let err = Engine::new().compile(spec).await.unwrap_err().to_string();
-    assert!(
-        err.contains("session(ts, gap) is a GROUP BY key over the event time"),
-        "{err}"
-    );
+    let refused = [
+        // not the event time itself
+        "SELECT k, session(ts + INTERVAL '1 second', INTERVAL '2 seconds') AS s, count(*) AS n \
+         FROM events GROUP BY k, session(ts + INTERVAL '1 second', INTERVAL '2 seconds')",
+        // not in a GROUP BY
+        "SELECT k, session(ts, INTERVAL '2 seconds') AS s FROM events",
+        "SELECT k FROM events WHERE session(ts, INTERVAL '2 seconds') > ts",
+        // a gap of no length, or of months
+        "SELECT k, count(*) FROM events GROUP BY k, session(ts, INTERVAL '0 seconds')",
+        "SELECT k, count(*) FROM events GROUP BY k, session(ts, INTERVAL '1 month')",
+        // beside another window key
+        "SELECT k, count(*) FROM events \
+         GROUP BY k, date_bin(INTERVAL '10 seconds', ts), session(ts, INTERVAL '2 seconds')",
+    ];
+    for sql in refused {
+        let url = "memory:///windows/refused";
+        let spec = pipeline(&[("events", &events)], sql, None, url, Late::Drop);
+        let err = Engine::new().compile(spec).await.unwrap_err().to_string();
+        assert!(
+            err.contains("session(ts, gap) is a GROUP BY key over the event time"),
+            "{sql}: {err}"
+        );
+    }
     Ok(())
 }
 
