@@ -57,7 +57,7 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
         ]);
     }
     outln!("{t}");
-    let (files, rows, bytes) = commits.iter().fold((0, 0, 0), |(f, r, b), c| {
+    let (files, rows, bytes) = commits.iter().fold((0usize, 0u64, 0u64), |(f, r, b), c| {
         (
             f + c.files.len(),
             r.saturating_add(c.rows),
@@ -195,14 +195,18 @@ fn print_state(last: &Commit) {
             ]);
         }
         outln!("{t}");
-        let (rows, bytes, memory) = state.operators.values().fold((0, 0, 0), |(r, b, m), s| {
-            // the numbers come from commit files: no overflow on an edited one
-            (
-                r.saturating_add(s.rows),
-                b.saturating_add(s.bytes),
-                m.saturating_add(s.memory_bytes),
-            )
-        });
+        let (rows, bytes, memory) =
+            state
+                .operators
+                .values()
+                .fold((0u64, 0u64, 0u64), |(r, b, m), s| {
+                    // the numbers come from commit files: no overflow on an edited one
+                    (
+                        r.saturating_add(s.rows),
+                        b.saturating_add(s.bytes),
+                        m.saturating_add(s.memory_bytes),
+                    )
+                });
         outln!(
             "  {} operators, {rows} rows of state, {bytes} bytes on disk, {memory} in memory",
             state.operators.len()
