@@ -17,6 +17,8 @@
 //!   [`RunHandle`] to stop it, wait for its [`RunSummary`] and follow its
 //!   [`RunEvent`]s. Each epoch is bound to its own execution, so the next one
 //!   is read and computed while the last one commits.
+//! - [`operators`]: stages that are physical operators with state of their
+//!   own (`dedupe`, `window`, and yours through [`Engine::register_operator`]).
 //! - [`sinks::Sink`]: writes an epoch's rows where no reader sees them, then
 //!   commits them atomically; file sinks keep a commit log beside the data
 //!   ([`inspect`] reads it). Your own sinks take part in the same protocol.
