@@ -100,7 +100,8 @@ async fn equals_the_batch_answer(
     let want = sorted(&batch_answer_of(sql, sources).await, columns).await;
     for max_rows in [None, Some(1), Some(5), Some(17), Some(64)] {
         let url = format!("memory:///windows/{test}/{max_rows:?}");
-        let engine = Engine::new();
+        let mut engine = Engine::new();
+        engine.register_udaf(sum_of_squares());
         let summary = engine
             .run(pipeline(sources, sql, max_rows, &url, Late::Drop))
             .await?;
@@ -134,6 +135,7 @@ pub(crate) const TUMBLING: &str = "SELECT date_bin(INTERVAL '10 seconds', ts) AS
 pub(crate) async fn batch_answer_of(sql: &str, tables: &[(&str, &[Event])]) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
     ctx.register_udf(hop_udf());
+    ctx.register_udaf(sum_of_squares());
     for (name, events) in tables {
         let table =
             datafusion::datasource::MemTable::try_new(schema(), vec![vec![batch(events)]]).unwrap();
@@ -171,6 +173,62 @@ pub(crate) fn events() -> Vec<Event> {
 async fn tumbling_windows_equal_the_batch_answer_for_every_epoch_size() -> Result<()> {
     let events = events();
     equals_the_batch_answer("tumble", &[("events", &events)], TUMBLING, "w, k, n, total").await
+}
+
+/// A user's aggregate, registered through the engine: the sum of the
+/// squares, kept across epochs by its own `state` and `merge_batch`.
+fn sum_of_squares() -> datafusion::logical_expr::AggregateUDF {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::{Accumulator, Volatility, create_udaf};
+
+    #[derive(Debug, Default)]
+    struct SumOfSquares(i64);
+    impl Accumulator for SumOfSquares {
+        fn update_batch(&mut self, values: &[ArrayRef]) -> datafusion::common::Result<()> {
+            for x in values[0].as_primitive::<Int64Type>().iter().flatten() {
+                self.0 += x * x;
+            }
+            Ok(())
+        }
+        fn merge_batch(&mut self, states: &[ArrayRef]) -> datafusion::common::Result<()> {
+            for x in states[0].as_primitive::<Int64Type>().iter().flatten() {
+                self.0 += x;
+            }
+            Ok(())
+        }
+        fn state(&mut self) -> datafusion::common::Result<Vec<ScalarValue>> {
+            Ok(vec![ScalarValue::Int64(Some(self.0))])
+        }
+        fn evaluate(&mut self) -> datafusion::common::Result<ScalarValue> {
+            Ok(ScalarValue::Int64(Some(self.0)))
+        }
+        fn size(&self) -> usize {
+            std::mem::size_of_val(self)
+        }
+    }
+    create_udaf(
+        "sum_of_squares",
+        vec![DataType::Int64],
+        Arc::new(DataType::Int64),
+        Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(SumOfSquares::default()))),
+        Arc::new(vec![DataType::Int64]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_aggregate_and_a_registered_udaf_keep_their_state_across_epochs() -> Result<()> {
+    // accumulators whose states are lists (median, DISTINCT), sketches
+    // (approx_distinct), pairs (avg) and a user's own
+    let events = events();
+    let sql = "SELECT date_bin(INTERVAL '10 seconds', ts) AS w, k, median(v) AS med, \
+               approx_distinct(v) AS distinct_v, count(DISTINCT v % 3) AS classes, \
+               sum_of_squares(v) AS squares, avg(v) AS mean \
+               FROM events GROUP BY date_bin(INTERVAL '10 seconds', ts), k";
+    let columns = "w, k, med, distinct_v, classes, squares, mean";
+    equals_the_batch_answer("aggregates", &[("events", &events)], sql, columns).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
