@@ -194,11 +194,13 @@ async fn plan_operator(
         sources: sources.into_iter().collect(),
     };
     let operator = factory.create(&cx).map_err(|m| {
-        // an unknown option is shown at its own line
-        let at = m
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split_once('`'))
-            .map_or(key.clone(), |(field, _)| format!("{key}.{field}"));
+        // an option of the table (an unknown one, say) is shown at its own line
+        let option = crate::spec::key_from_toml_message(&m);
+        let at = if c.options.contains_key(&option) {
+            format!("{key}.{option}")
+        } else {
+            key.clone()
+        };
         issue(at, format!("operator `{}`: {m}", c.operator))
     })?;
     crate::ops::operator_stage::OperatorNode::plan(&branch.component, &c.operator, operator, plan)

@@ -8,7 +8,8 @@
 //! - Late rows: a row whose event time is behind the operator's last
 //!   watermark may belong with rows already emitted. It is dropped and
 //!   counted, or a dead letter (`LATE`) when a source upstream says
-//!   `late = "dead_letter"`. Behind an `EventTimeExec` this happens only
+//!   `late = "dead_letter"`, by the same filter windowed aggregates use
+//!   ([`behind_watermark`]). Behind an `EventTimeExec` this happens only
 //!   when several sources meet and one was idle.
 //! - The step gets the epoch's rows on time, the watermark before and
 //!   after the epoch, and the scope to read and save state by.
@@ -17,14 +18,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, TimestampMicrosecondArray};
-use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::compute::kernels::cmp::lt;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, internal_datafusion_err, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -32,14 +32,10 @@ use datafusion::physical_plan::{
     collect,
 };
 use futures::TryStreamExt;
-use sluice_contract::ErrorCode;
 
-use crate::dead_letter::DeadLetter;
 use crate::epoch::EpochBinding;
-use crate::metrics::ComponentId;
-use crate::ops::check::row_json;
-use crate::ops::window_aggregate::starts_us;
-use crate::state::{Late, StateScope, format_event_time};
+use crate::ops::window_aggregate::behind_watermark;
+use crate::state::{Late, StateScope};
 
 /// An operator's own part of an epoch; see the module docs.
 pub(crate) trait EpochStep: fmt::Debug + Send + Sync + 'static {
@@ -166,13 +162,16 @@ impl ExecutionPlan for EpochRowsExec {
             let scope = StateScope::of_task(&ctx)?;
             let binding = EpochBinding::of_task(&ctx)?;
             let before = scope.previous(&judged.stage).and_then(|p| p.watermark);
-            let read = collect(input, Arc::clone(&ctx)).await?;
-            let mut fresh = Vec::with_capacity(read.len());
-            for (n, batch) in read.into_iter().enumerate() {
-                fresh.push(on_time(&judged, batch, before, n, |key, letter| {
-                    binding.dead_letters().push(key, letter)
-                })?);
-            }
+            let time = input.schema().field(judged.event_time).name().clone();
+            let on_time = behind_watermark(
+                &judged.stage,
+                judged.late,
+                Arc::new(Column::new(&time, judged.event_time)),
+                before,
+                input,
+                Arc::clone(binding.dead_letters()),
+            );
+            let fresh = collect(on_time, Arc::clone(&ctx)).await?;
             let after = scope.watermark(&judged.sources, before);
             step.run(fresh, &scope, before, after)
         };
@@ -184,46 +183,6 @@ impl ExecutionPlan for EpochRowsExec {
             stream,
         )))
     }
-}
-
-/// `batch` without its rows behind `before`, which go to `dead`.
-fn on_time(
-    judged: &Judged,
-    batch: RecordBatch,
-    before: Option<i64>,
-    batch_no: usize,
-    mut dead: impl FnMut(String, DeadLetter),
-) -> Result<RecordBatch> {
-    let Some(wm) = before else {
-        return Ok(batch);
-    };
-    let times = starts_us(&batch, judged.event_time)?;
-    let behind = lt(&times, &TimestampMicrosecondArray::new_scalar(wm))?;
-    if behind.true_count() == 0 {
-        return Ok(batch);
-    }
-    for row in (0..batch.num_rows()).filter(|r| behind.is_valid(*r) && behind.value(*r)) {
-        dead(
-            format!("operator-late:{}:{batch_no}:{row}", judged.stage),
-            DeadLetter {
-                component: ComponentId::Stage(judged.stage.clone()),
-                code: ErrorCode::Late,
-                message: format!(
-                    "event time {} is behind the operator's watermark {}: rows it belongs with may have been emitted; a source upstream was idle or slower",
-                    format_event_time(times.value(row)),
-                    format_event_time(wm)
-                ),
-                file: None,
-                line: None,
-                offset: None,
-                raw: row_json(&batch, row),
-                skipped: judged.late == Late::Drop,
-            },
-        );
-    }
-    // a null event time is kept: nothing can be late for it
-    let keep = BooleanArray::from_iter(behind.iter().map(|b| Some(b != Some(true))));
-    Ok(filter_record_batch(&batch, &keep)?)
 }
 
 /// The batches an operator saved, if they are in `schema`; a snapshot of

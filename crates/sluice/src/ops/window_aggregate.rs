@@ -710,35 +710,102 @@ pub(crate) fn late_rows(
     let Some(wm) = before else {
         return input;
     };
-    let this = Arc::new(LateRows {
-        windowing: windowing.clone(),
+    LateRows {
+        operator: windowing.operator.clone(),
+        stage: windowing.stage.clone(),
+        late: windowing.late,
         start: Arc::clone(start),
         closed_up_to: windowing.kind.emitted_up_to(wm),
         watermark: wm,
+        missed: Missed::Window(windowing.kind),
         dead,
-    });
-    Arc::new(MapExec::new(
-        "LateRowsExec",
-        input,
-        Arc::new(move |partition: usize, batch: RecordBatch, ordinal: u64| {
-            this.keep(partition, batch, ordinal)
-        }),
-    ))
+    }
+    .over(input)
 }
 
-/// Takes out the rows of windows already emitted.
+/// `input` without the rows whose event time (`time`) is behind `before`,
+/// an operator stage's last watermark: rows they belong with may have been
+/// emitted. The built-in operator stages take them out with this.
+pub(crate) fn behind_watermark(
+    stage: &str,
+    late: Late,
+    time: Arc<dyn PhysicalExpr>,
+    before: Option<i64>,
+    input: Arc<dyn ExecutionPlan>,
+    dead: Arc<DeadLetters>,
+) -> Arc<dyn ExecutionPlan> {
+    let Some(wm) = before else {
+        return input;
+    };
+    LateRows {
+        operator: stage.to_string(),
+        stage: stage.to_string(),
+        late,
+        start: time,
+        closed_up_to: wm.saturating_sub(1),
+        watermark: wm,
+        missed: Missed::Watermark,
+        dead,
+    }
+    .over(input)
+}
+
+/// What a late row missed, for its dead letter.
+#[derive(Debug, Clone, Copy)]
+enum Missed {
+    /// A window (its start is what is judged).
+    Window(WindowKind),
+    /// An operator's watermark (the row's event time is judged).
+    Watermark,
+}
+
+impl Missed {
+    fn message(self, value: i64, watermark: i64) -> String {
+        let (value, watermark) = (format_event_time(value), format_event_time(watermark));
+        match self {
+            Missed::Window(WindowKind::Fixed { .. }) => format!(
+                "window starting {value} was already emitted (the watermark passed {watermark}): a source upstream was idle or slower"
+            ),
+            Missed::Window(WindowKind::Session { .. }) => format!(
+                "event time {value} is behind the session window's watermark {watermark}: the session it belongs to may have been emitted; a source upstream was idle or slower"
+            ),
+            Missed::Watermark => format!(
+                "event time {value} is behind the operator's watermark {watermark}: rows it belongs with may have been emitted; a source upstream was idle or slower"
+            ),
+        }
+    }
+}
+
+/// Takes out the rows that come too late (see [`late_rows`], [`behind_watermark`]).
 struct LateRows {
-    windowing: Windowing,
-    /// The window-start expression over the input.
+    /// The state's name, in dead-letter keys.
+    operator: String,
+    /// The stage the dead letters name.
+    stage: String,
+    late: Late,
+    /// What is judged: the window start, or the event time.
     start: Arc<dyn PhysicalExpr>,
-    /// Windows starting at or before this have been emitted.
+    /// Rows whose judged time is at or before this are late.
     closed_up_to: i64,
     /// The operator's watermark.
     watermark: i64,
+    missed: Missed,
     dead: Arc<DeadLetters>,
 }
 
 impl LateRows {
+    /// `input` through this filter, batch by batch.
+    fn over(self, input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        let this = Arc::new(self);
+        Arc::new(MapExec::new(
+            "LateRowsExec",
+            input,
+            Arc::new(move |partition: usize, batch: RecordBatch, ordinal: u64| {
+                this.keep(partition, batch, ordinal)
+            }),
+        ))
+    }
+
     fn keep(&self, partition: usize, batch: RecordBatch, first: u64) -> Result<RecordBatch> {
         let starts = self.start.evaluate(&batch)?.into_array(batch.num_rows())?;
         let one = RecordBatch::try_new(
@@ -752,38 +819,30 @@ impl LateRows {
             &starts,
             &TimestampMicrosecondArray::new_scalar(self.closed_up_to),
         )?;
-        // a null start is kept: its row has no window to be late for
+        // a null is kept: its row has no time to be late by
         let keep = BooleanArray::from_iter(keep.iter().map(|k| Some(k != Some(false))));
         if keep.true_count() == batch.num_rows() {
             return Ok(batch);
         }
-        let w = &self.windowing;
         for (row, k) in keep.iter().enumerate() {
             if k == Some(true) {
                 continue;
             }
             self.dead.push(
-                format!("window-late:{}:{partition}:{}", w.operator, first + row as u64),
+                format!(
+                    "window-late:{}:{partition}:{}",
+                    self.operator,
+                    first + row as u64
+                ),
                 DeadLetter {
-                    component: ComponentId::Stage(w.stage.clone()),
+                    component: ComponentId::Stage(self.stage.clone()),
                     code: ErrorCode::Late,
-                    message: match w.kind {
-                        WindowKind::Fixed { .. } => format!(
-                            "window starting {} was already emitted (the watermark passed {}): a source upstream was idle or slower",
-                            format_event_time(starts.value(row)),
-                            format_event_time(self.watermark)
-                        ),
-                        WindowKind::Session { .. } => format!(
-                            "event time {} is behind the session window's watermark {}: the session it belongs to may have been emitted; a source upstream was idle or slower",
-                            format_event_time(starts.value(row)),
-                            format_event_time(self.watermark)
-                        ),
-                    },
+                    message: self.missed.message(starts.value(row), self.watermark),
                     file: None,
                     line: None,
                     offset: None,
                     raw: row_json(&batch, row),
-                    skipped: w.late == Late::Drop,
+                    skipped: self.late == Late::Drop,
                 },
             );
         }

@@ -584,7 +584,7 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Pulls the offending key out of serde's "unknown field `x`" messages.
-fn key_from_toml_message(message: &str) -> String {
+pub(crate) fn key_from_toml_message(message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown field `")
         && let Some(end) = rest.find('`')
     {
