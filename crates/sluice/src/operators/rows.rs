@@ -228,3 +228,35 @@ pub(crate) fn restored(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn a_saved_state_of_another_shape_is_refused_with_what_to_do() {
+        let want: SchemaRef = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let other =
+            RecordBatch::try_from_iter([("name", Arc::new(StringArray::from(vec!["x"])) as _)])
+                .unwrap();
+        let fits =
+            RecordBatch::try_from_iter([("k", Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
+        let saved = |b: RecordBatch| {
+            Some(Arc::new(crate::state::OperatorState {
+                batches: vec![b],
+                watermark: None,
+            }))
+        };
+        let err = restored("op", "rows", saved(other), &want)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--reset"), "{err}");
+        assert_eq!(
+            restored("op", "rows", saved(fits.clone()), &want).unwrap(),
+            vec![fits]
+        );
+        assert!(restored("op", "rows", None, &want).unwrap().is_empty());
+    }
+}
