@@ -691,12 +691,21 @@ impl Sink for FileSink {
             self.put_group(group, pending);
             return Err(self.named(e));
         }
+        // claimed before the write: two groups sealed at once (epochs in
+        // flight) would otherwise both see no file and both write one
         if files.is_empty()
             && let Some(first) = self.wants_a_zero_row_file(&pending)
+            && !self
+                .holds_a_file
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             match self.zero_row_file(first).await {
                 Ok(f) => files.push(f),
-                Err(e) => return Err(self.named(e)),
+                Err(e) => {
+                    self.holds_a_file
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    return Err(self.named(e));
+                }
             }
         }
         if !files.is_empty() {
