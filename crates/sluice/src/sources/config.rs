@@ -183,7 +183,7 @@ impl SourceConfig {
             SourceKind::Generator(c) => generator::open(c, ctx),
             SourceKind::Nexmark(c) => nexmark::open(c, ctx),
             SourceKind::Dir(c) => file::open_dir(c, self.on_error, ctx).await,
-            SourceKind::Stdin(c) => stdin::open(c, ctx),
+            SourceKind::Stdin(c) => stdin::open(c, self.on_error, ctx),
             SourceKind::Custom(CustomSource(factory)) => factory.open(ctx).await,
         }
     }
@@ -317,7 +317,7 @@ pub(crate) const KINDS: &[Kind] = &[
     },
     Kind {
         name: "stdin",
-        shared: &[],
+        shared: &["on_error"],
         keys: fields_of::<StdinSourceConfig>,
         decode: |t| decode_table(t).map(SourceKind::Stdin),
     },

@@ -22,6 +22,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use super::{AnySource, Slice, SliceLimits, Source, SourceContext};
+use crate::dead_letter::OnError;
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::ops::line_scan::{Compression, CsvOptions, FilePart, LineFilesTable, LineFormat};
 use crate::spec::ColumnSpec;
@@ -54,7 +55,11 @@ pub struct StdinSourceConfig {
 }
 
 /// Opens a `stdin` source.
-pub(super) fn open(cfg: &StdinSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn AnySource>> {
+pub(super) fn open(
+    cfg: &StdinSourceConfig,
+    on_error: OnError,
+    ctx: &SourceContext<'_>,
+) -> Result<Box<dyn AnySource>> {
     let key = |k: &str| format!("sources.{}.{k}", ctx.name);
     let schema = schema_from_columns(&cfg.columns)
         .map_err(|m| SluiceError::spec(ctx.spec.issue(key("columns"), m)))?;
@@ -117,6 +122,8 @@ pub(super) fn open(cfg: &StdinSourceConfig, ctx: &SourceContext<'_>) -> Result<B
         store: Arc::new(InMemory::new()),
         target_partitions: ctx.target_partitions,
         batch_size: ctx.batch_size,
+        on_error,
+        header_lines: u64::from(skip_header),
     }))
 }
 
@@ -136,6 +143,10 @@ struct StdinSource {
     store: Arc<InMemory>,
     target_partitions: usize,
     batch_size: usize,
+    /// What to do with a line that cannot be read.
+    on_error: OnError,
+    /// Lines before the first one counted (the CSV header, read once).
+    header_lines: u64,
 }
 
 /// Standard input's position: lines read before it.
@@ -163,7 +174,9 @@ impl StdinSource {
             compression: Compression::None,
             target_partitions: self.target_partitions,
             batch_size: self.batch_size,
-            on_error: crate::dead_letter::OnError::Fail,
+            on_error: self.on_error,
+            // physical lines of standard input, the header included
+            line_offset: self.header_lines + from,
         };
         Ok(Slice {
             table: Arc::new(table),

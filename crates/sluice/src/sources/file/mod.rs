@@ -46,7 +46,7 @@ use super::{AnySource, Slice, SliceLimits, Source, SourceContext};
 use crate::commit_log::CommitLog;
 use crate::dead_letter::OnError;
 use crate::error::{Result, RetryHint, SluiceError};
-use crate::ops::line_scan::{Compression, FilePart, LineFilesTable, LineFormat};
+use crate::ops::line_scan::{Compression, FilePart, LineFilesTable, LineFormat, split};
 use crate::spec::values::schema_from_columns;
 use crate::storage::{Location, list_objects};
 
@@ -445,7 +445,7 @@ impl FileSource {
     fn splittable(&self, file: &ObjectMeta) -> bool {
         match &self.format {
             Format::Lines(lf, compression) => {
-                lf.splittable() && compression.of(file.location.as_ref()) == Compression::None
+                split::splittable(lf, compression.of(file.location.as_ref()))
             }
             Format::Parquet | Format::ArrowIpc => false,
         }
@@ -464,6 +464,7 @@ impl FileSource {
                 target_partitions: self.target_partitions,
                 batch_size: self.batch_size,
                 on_error: self.on_error,
+                line_offset: 0,
             })),
             Format::Parquet | Format::ArrowIpc => {
                 let urls = files
@@ -708,7 +709,7 @@ impl FileSource {
 
     /// The next run of unconsumed files within `limits`. A large splittable
     /// file that does not fit is cut: the slice takes the bytes that fit
-    /// (at least `MIN_PART_BYTES`) and the next slice goes on from there.
+    /// (at least `split::MIN_SPLIT_BYTES`) and the next slice goes on from there.
     fn next_files(&mut self, limits: &SliceLimits) -> Result<Option<Slice<FileOffset>>> {
         let start = self.offsets();
         let mut chosen: Vec<FilePart> = Vec::new();
@@ -741,9 +742,9 @@ impl FileSource {
             .flatten()
             .min();
             let fits = budget.is_none_or(|b| size <= b);
-            if !fits && self.splittable(f) && size > MIN_PART_BYTES {
-                let take = budget.unwrap_or(size).max(MIN_PART_BYTES);
-                if take < size && (chosen.is_empty() || budget.is_some_and(|b| b >= MIN_PART_BYTES))
+            if !fits && self.splittable(f) && size > split::MIN_SPLIT_BYTES {
+                let take = budget.unwrap_or(size).max(split::MIN_SPLIT_BYTES);
+                if take < size && (chosen.is_empty() || budget.is_some_and(|b| b >= split::MIN_SPLIT_BYTES))
                 {
                     chosen.push(FilePart {
                         object: f.clone(),
@@ -796,10 +797,6 @@ impl FileSource {
         }))
     }
 }
-
-/// Files at least this large are read over several epochs when they do not
-/// fit one; a part is never smaller (fewer, larger epochs beat exact limits).
-const MIN_PART_BYTES: u64 = 8 << 20;
 
 /// A file source's position: `{"files": [done...], "partial": {file: bytes}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,536 @@
+//! Decoding framed records into Arrow batches, exactly or not at all.
+//!
+//! The scan hands over a batch's well-framed records, each followed by a
+//! `\n`, in one buffer. They are decoded by arrow's readers in one go; when
+//! that fails or the row count is off, the records are halved until every
+//! bad one is found on its own (a few decodes per bad record, not one per
+//! record). Then the checks arrow does not make run over the decoded
+//! columns: decimals read strictly (arrow drops extra digits), floats that
+//! overflowed, and nulls in columns declared not null. Bad rows are taken
+//! out with one filter; the scan turns them into dead letters.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, PrimitiveBuilder, RecordBatch, RecordBatchOptions,
+    StringArray,
+};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
+use datafusion::arrow::datatypes::{
+    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type, Float64Type,
+    Schema, SchemaRef,
+};
+use datafusion::arrow::error::ArrowError;
+use datafusion::common::project_schema;
+use sluice_contract::ErrorCode;
+
+use super::framing::csv_field_ranges;
+use super::json_check::{JsonChecker, Problem};
+use super::numbers::decimal_fits;
+use super::{CsvOptions, LineFormat};
+
+/// A record given up, by its index among the records handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Bad {
+    pub index: usize,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Decodes batches of one source's records; see the module docs.
+#[derive(Debug)]
+pub(crate) struct BatchDecoder {
+    format: LineFormat,
+    /// What the scan emits: the projected source schema.
+    out_schema: SchemaRef,
+    /// What arrow decodes into: every column nullable (nulls are checked
+    /// here), CSV decimals as text (read strictly here).
+    decode_schema: SchemaRef,
+    /// The output schema with every column nullable: the checked columns
+    /// before the bad rows are taken out.
+    checked_schema: SchemaRef,
+    /// Index in the file's columns of each output column.
+    file_index: Vec<usize>,
+    /// Columns in the file (CSV: the field count every record must have).
+    file_columns: usize,
+    json: Option<JsonChecker>,
+    batch_size: usize,
+}
+
+impl BatchDecoder {
+    pub(crate) fn new(
+        format: LineFormat,
+        file_schema: &SchemaRef,
+        projection: Option<&Vec<usize>>,
+        batch_size: usize,
+    ) -> datafusion::common::Result<Self> {
+        let out_schema = project_schema(file_schema, projection)?;
+        let csv = matches!(format, LineFormat::Csv(_));
+        let decode_fields: Vec<Field> = file_schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let t = match f.data_type() {
+                    DataType::Decimal128(..) | DataType::Decimal256(..) if csv => DataType::Utf8,
+                    t => t.clone(),
+                };
+                Field::new(f.name(), t, true).with_metadata(f.metadata().clone())
+            })
+            .collect();
+        let decode_schema = Arc::new(Schema::new(decode_fields));
+        let file_index = match projection {
+            Some(p) => p.clone(),
+            None => (0..file_schema.fields().len()).collect(),
+        };
+        let checked_schema = Arc::new(Schema::new(
+            out_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(Self {
+            checked_schema,
+            json: (!csv).then(|| JsonChecker::new(file_schema)),
+            format,
+            out_schema,
+            decode_schema,
+            file_index,
+            file_columns: file_schema.fields().len(),
+            batch_size,
+        })
+    }
+
+    /// The schema of the batches [`BatchDecoder::decode`] returns.
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.out_schema
+    }
+
+    /// What can be told of a record before decoding: its field count (CSV)
+    /// or its JSON grammar and value kinds (JSON lines).
+    pub(crate) fn precheck(
+        &self,
+        record: &[u8],
+        fields: usize,
+        scratch: &mut Vec<bool>,
+    ) -> Result<(), Problem> {
+        match &self.json {
+            Some(checker) => checker.check(record, scratch),
+            None if fields != self.file_columns => Err(Problem {
+                code: ErrorCode::Malformed,
+                message: format!(
+                    "{fields} field{} where the schema has {} column{}",
+                    if fields == 1 { "" } else { "s" },
+                    self.file_columns,
+                    if self.file_columns == 1 { "" } else { "s" }
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Decodes `spans` of `raw` (each record followed by `\n`, in order and
+    /// back to back). Returns the good rows in order; pushes the rest to `bad`.
+    pub(crate) fn decode(
+        &self,
+        raw: &[u8],
+        spans: &[Range<usize>],
+        bad: &mut Vec<Bad>,
+    ) -> datafusion::common::Result<Option<RecordBatch>> {
+        if spans.is_empty() {
+            return Ok(None);
+        }
+        let mut parts = Vec::new();
+        let mut good_rows = Vec::new();
+        self.sort_out(raw, spans, 0, &mut parts, &mut good_rows, bad);
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let decoded = if parts.len() == 1 {
+            parts.pop().unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.decode_out())))
+        } else {
+            concat_batches(&parts[0].schema(), &parts)?
+        };
+        self.finish(decoded, raw, spans, &good_rows, bad)
+    }
+
+    /// The decoded (not yet checked) schema of the output columns.
+    fn decode_out(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.file_index
+                .iter()
+                .map(|i| self.decode_schema.field(*i).clone())
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Decodes `spans` whole, or halves them until each bad record is alone.
+    fn sort_out(
+        &self,
+        raw: &[u8],
+        spans: &[Range<usize>],
+        first: usize,
+        parts: &mut Vec<RecordBatch>,
+        good_rows: &mut Vec<usize>,
+        bad: &mut Vec<Bad>,
+    ) {
+        let bytes = &raw[spans[0].start..spans[spans.len() - 1].end + 1];
+        let result = self.decode_bytes(bytes, spans.len());
+        match result {
+            Ok(batch) if batch.num_rows() == spans.len() => {
+                good_rows.extend(first..first + spans.len());
+                parts.push(batch);
+            }
+            Ok(batch) if spans.len() == 1 => bad.push(Bad {
+                index: first,
+                code: ErrorCode::Malformed,
+                message: format!("the record decodes to {} rows, not one", batch.num_rows()),
+            }),
+            Err(e) if spans.len() == 1 => {
+                let record = &raw[spans[0].clone()];
+                let utf8 = std::str::from_utf8(record).is_ok();
+                bad.push(Bad {
+                    index: first,
+                    code: if utf8 {
+                        ErrorCode::TypeMismatch
+                    } else {
+                        ErrorCode::Malformed
+                    },
+                    message: if utf8 {
+                        arrow_message(&e)
+                    } else {
+                        "invalid UTF-8".to_string()
+                    },
+                });
+            }
+            _ => {
+                let half = spans.len() / 2;
+                self.sort_out(raw, &spans[..half], first, parts, good_rows, bad);
+                self.sort_out(raw, &spans[half..], first + half, parts, good_rows, bad);
+            }
+        }
+    }
+
+    /// One arrow decode of `bytes`, expecting about `rows` rows.
+    fn decode_bytes(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch, ArrowError> {
+        let projection = Some(&self.file_index);
+        let batch_size = rows.max(1).max(self.batch_size);
+        let (consumed, batch) = match &self.format {
+            LineFormat::Csv(o) => {
+                let mut d = csv_builder(Arc::clone(&self.decode_schema), o)
+                    .with_batch_size(batch_size)
+                    .with_projection(self.file_index.clone())
+                    .build_decoder();
+                let n = decode_all(bytes, |b| d.decode(b))?;
+                (n, d.flush()?)
+            }
+            LineFormat::Jsonl => {
+                let schema = project_schema(&self.decode_schema, projection)?;
+                let mut d = datafusion::arrow::json::ReaderBuilder::new(schema)
+                    .with_batch_size(batch_size)
+                    .build_decoder()?;
+                let n = decode_all(bytes, |b| d.decode(b))?;
+                if d.has_partial_record() {
+                    return Err(ArrowError::JsonError("the record is cut short".into()));
+                }
+                (n, d.flush()?)
+            }
+        };
+        if consumed < bytes.len() {
+            return Err(ArrowError::ParseError(
+                "more rows than records in the batch".into(),
+            ));
+        }
+        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.decode_out())))
+    }
+
+    /// The checks arrow does not make, then the output schema.
+    fn finish(
+        &self,
+        decoded: RecordBatch,
+        raw: &[u8],
+        spans: &[Range<usize>],
+        good_rows: &[usize],
+        bad: &mut Vec<Bad>,
+    ) -> datafusion::common::Result<Option<RecordBatch>> {
+        let rows = decoded.num_rows();
+        let mut keep = vec![true; rows];
+        let mut refuse = |row: usize, code: ErrorCode, message: String| {
+            if std::mem::replace(&mut keep[row], false) {
+                bad.push(Bad {
+                    index: good_rows[row],
+                    code,
+                    message,
+                });
+            }
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(decoded.num_columns());
+        for (i, field) in self.out_schema.fields().iter().enumerate() {
+            let column = decoded.column(i);
+            let name = field.name();
+            let column = match (field.data_type(), &self.format) {
+                (DataType::Decimal128(p, s) | DataType::Decimal256(p, s), LineFormat::Csv(_)) => {
+                    strict_decimals(column, field.data_type(), *p, *s, |row, m| {
+                        refuse(row, ErrorCode::TypeMismatch, format!("column `{name}`: {m}"))
+                    })?
+                }
+                (DataType::Float32 | DataType::Float64, LineFormat::Csv(o)) => {
+                    for row in infinite_rows(column) {
+                        let record = &raw[spans[good_rows[row]].clone()];
+                        let text = csv_field_text(record, o, self.file_index[i]);
+                        if !is_infinity_literal(&text) {
+                            refuse(
+                                row,
+                                ErrorCode::TypeMismatch,
+                                format!("column `{name}`: {text} is out of range for a float"),
+                            );
+                        }
+                    }
+                    Arc::clone(column)
+                }
+                _ => Arc::clone(column),
+            };
+            if !field.is_nullable() && column.null_count() > 0 {
+                for row in (0..rows).filter(|r| column.is_null(*r)) {
+                    refuse(
+                        row,
+                        ErrorCode::ConstraintViolation,
+                        format!("column `{name}` is declared not null but has no value"),
+                    );
+                }
+            }
+            columns.push(column);
+        }
+        let mut batch = RecordBatch::try_new_with_options(
+            Arc::clone(&self.checked_schema),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        if keep.iter().any(|k| !k) {
+            batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        }
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(RecordBatch::try_new_with_options(
+            Arc::clone(&self.out_schema),
+            batch.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?))
+    }
+}
+
+fn csv_builder(schema: SchemaRef, o: &CsvOptions) -> datafusion::arrow::csv::ReaderBuilder {
+    let mut b = datafusion::arrow::csv::ReaderBuilder::new(schema)
+        .with_header(false)
+        .with_delimiter(o.delimiter)
+        .with_quote(o.quote);
+    if let Some(e) = o.escape {
+        b = b.with_escape(e);
+    }
+    b
+}
+
+/// Feeds `bytes` to a decoder until it takes no more; returns the bytes taken.
+fn decode_all(
+    bytes: &[u8],
+    mut decode: impl FnMut(&[u8]) -> Result<usize, ArrowError>,
+) -> Result<usize, ArrowError> {
+    let mut at = 0;
+    loop {
+        let n = decode(&bytes[at..])?;
+        at += n;
+        if n == 0 || at == bytes.len() {
+            return Ok(at);
+        }
+    }
+}
+
+/// arrow's message without its prefix and its line count (which counts
+/// within the bytes decoded, not the file; the dead letter has the line).
+fn arrow_message(e: &ArrowError) -> String {
+    let m = e.to_string();
+    let mut m = m
+        .strip_prefix("Csv error: ")
+        .or_else(|| m.strip_prefix("Json error: "))
+        .or_else(|| m.strip_prefix("Parser error: "))
+        .unwrap_or(&m)
+        .to_string();
+    for marker in [" for line ", " at line "] {
+        if let Some(i) = m.find(marker) {
+            let digits = m[i + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .count();
+            m.replace_range(i..i + marker.len() + digits, "");
+        }
+    }
+    m
+}
+
+/// Reads a text column into a decimal column, refusing any value whose
+/// digits do not all fit (arrow would drop them).
+fn strict_decimals(
+    column: &ArrayRef,
+    target: &DataType,
+    precision: u8,
+    scale: i8,
+    mut refuse: impl FnMut(usize, String),
+) -> datafusion::common::Result<ArrayRef> {
+    fn read<T: DecimalType>(v: &str, precision: u8, scale: i8) -> Result<T::Native, String> {
+        let v = v.trim();
+        decimal_fits(v.as_bytes(), precision, scale)?;
+        parse_decimal::<T>(v, precision, scale).map_err(|e| arrow_message(&e))
+    }
+    fn build<T: DecimalType>(
+        text: &StringArray,
+        precision: u8,
+        scale: i8,
+        refuse: &mut impl FnMut(usize, String),
+    ) -> datafusion::common::Result<ArrayRef> {
+        let mut b = PrimitiveBuilder::<T>::with_capacity(text.len());
+        for (row, v) in text.iter().enumerate() {
+            match v.map(|v| read::<T>(v, precision, scale)) {
+                Some(Ok(d)) => b.append_value(d),
+                Some(Err(m)) => {
+                    refuse(row, m);
+                    b.append_null();
+                }
+                None => b.append_null(),
+            }
+        }
+        Ok(Arc::new(b.finish().with_precision_and_scale(precision, scale)?))
+    }
+    let text = column.as_string::<i32>();
+    match target {
+        DataType::Decimal256(..) => build::<Decimal256Type>(text, precision, scale, &mut refuse),
+        _ => build::<Decimal128Type>(text, precision, scale, &mut refuse),
+    }
+}
+
+/// Rows holding an infinite float.
+fn infinite_rows(column: &ArrayRef) -> Vec<usize> {
+    let rows = |inf: &mut dyn Iterator<Item = bool>| {
+        inf.enumerate().filter(|(_, i)| *i).map(|(r, _)| r).collect()
+    };
+    match column.data_type() {
+        DataType::Float64 => {
+            let a = column.as_primitive::<Float64Type>();
+            if !a.values().iter().any(|v| v.is_infinite()) {
+                return Vec::new();
+            }
+            rows(&mut a.values().iter().map(|v| v.is_infinite()))
+        }
+        DataType::Float32 => {
+            let a = column.as_primitive::<Float32Type>();
+            if !a.values().iter().any(|v| v.is_infinite()) {
+                return Vec::new();
+            }
+            rows(&mut a.values().iter().map(|v| v.is_infinite()))
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The text of field `index` of a CSV record, unquoted.
+fn csv_field_text(record: &[u8], o: &CsvOptions, index: usize) -> String {
+    let ranges = csv_field_ranges(record, o.delimiter, o.quote);
+    let Some(&(s, e)) = ranges.get(index) else {
+        return String::new();
+    };
+    let q = o.quote as char;
+    String::from_utf8_lossy(&record[s..e])
+        .trim()
+        .trim_matches(q)
+        .to_string()
+}
+
+fn is_infinity_literal(text: &str) -> bool {
+    let t = text.trim().trim_start_matches(['+', '-']).to_ascii_lowercase();
+    t == "inf" || t == "infinity"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder(format: LineFormat, fields: Vec<Field>) -> BatchDecoder {
+        BatchDecoder::new(format, &Arc::new(Schema::new(fields)), None, 1024).unwrap()
+    }
+
+    /// Decodes `records`; returns the rows' first column as text and the
+    /// bad records' (index, code).
+    fn run(d: &BatchDecoder, records: &[&str]) -> (Vec<String>, Vec<(usize, ErrorCode)>) {
+        let mut raw = Vec::new();
+        let mut spans = Vec::new();
+        for r in records {
+            let s = raw.len();
+            raw.extend_from_slice(r.as_bytes());
+            spans.push(s..raw.len());
+            raw.push(b'\n');
+        }
+        let mut bad = Vec::new();
+        let batch = d.decode(&raw, &spans, &mut bad).unwrap();
+        let values = batch
+            .map(|b| {
+                let c = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                c.as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap_or("null").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        bad.sort_by_key(|b| b.index);
+        (values, bad.into_iter().map(|b| (b.index, b.code)).collect())
+    }
+
+    #[test]
+    fn csv_bad_values_are_found_among_good_ones() {
+        let d = decoder(
+            LineFormat::Csv(CsvOptions::default()),
+            vec![
+                Field::new("i", DataType::Int32, true),
+                Field::new("d", DataType::Decimal128(5, 2), false),
+                Field::new("f", DataType::Float64, true),
+            ],
+        );
+        let (rows, bad) = run(
+            &d,
+            &["1,1.50,1", "x,1,1", "3,1.555,1", "4,,1", "5,1,1e400", "6,1,inf", "7.5,1,1"],
+        );
+        assert_eq!(rows, vec!["1", "6"]);
+        assert_eq!(
+            bad,
+            vec![
+                (1, ErrorCode::TypeMismatch),
+                (2, ErrorCode::TypeMismatch),
+                (3, ErrorCode::ConstraintViolation),
+                (4, ErrorCode::TypeMismatch),
+                (6, ErrorCode::TypeMismatch),
+            ]
+        );
+    }
+
+    #[test]
+    fn json_values_are_decoded_or_refused_never_changed() {
+        let d = decoder(
+            LineFormat::Jsonl,
+            vec![
+                Field::new("t", DataType::Date32, true),
+                Field::new("i", DataType::Int64, false),
+            ],
+        );
+        let (rows, bad) = run(
+            &d,
+            &[r#"{"t": "2024-01-02", "i": 1}"#, r#"{"t": "yesterday", "i": 2}"#, r#"{"t": null}"#],
+        );
+        assert_eq!(rows, vec!["2024-01-02"]);
+        assert_eq!(
+            bad,
+            vec![(1, ErrorCode::TypeMismatch), (2, ErrorCode::ConstraintViolation)]
+        );
+    }
+}

@@ -1,0 +1,608 @@
+//! Framing: cutting a byte stream into records, with their physical lines.
+//!
+//! The decoders (arrow's CSV and JSON readers) are only ever handed whole,
+//! well-framed records. Framing is ours, so that:
+//!
+//! - every record is known before it is decoded: its first physical line,
+//!   its byte offset, and (CSV) its field count, so a bad one is named
+//!   exactly and the rows out + rows given up always equal the records in;
+//! - a stretch that cannot be framed (a quote that never closes, text after
+//!   a closing quote, a quote running past a line end without
+//!   `newlines_in_values`) becomes one faulty record, and framing goes on
+//!   after it instead of taking the rest of the file down with it.
+//!
+//! A physical line ends at `\n`, `\r\n` or a lone `\r` (as editors count
+//! them). Blank lines (only ASCII whitespace) are not records: they are
+//! counted as lines and skipped in every mode.
+
+use std::fmt;
+
+/// How records are delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// Delimited text.
+    Csv {
+        delimiter: u8,
+        quote: u8,
+        escape: Option<u8>,
+        /// A quoted value may span lines.
+        newlines_in_values: bool,
+    },
+    /// One JSON value per line.
+    Jsonl,
+}
+
+/// Why a stretch of bytes is not a well-formed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// A quoted value runs past the end of its line, and values may not hold
+    /// newlines.
+    QuoteAcrossLine,
+    /// A quoted value is still open at the end of the input.
+    UnclosedQuote,
+    /// Something other than a delimiter or a line end follows a closing quote.
+    TextAfterQuote,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::QuoteAcrossLine => {
+                "a quoted value runs past the end of the line (set newlines_in_values = true if values may hold newlines)"
+            }
+            Fault::UnclosedQuote => "a quoted value is never closed",
+            Fault::TextAfterQuote => "text follows a closing quote inside a field",
+        })
+    }
+}
+
+/// One record found in a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// Start of the record in the buffer handed to [`Framer::frame`].
+    pub start: usize,
+    /// End of the record (its line terminator excluded).
+    pub end: usize,
+    /// Physical line of its first byte, counted from the framer's first line.
+    pub line: u64,
+    /// CSV: fields counted outside quotes (1 + delimiters). 0 for JSON.
+    pub fields: usize,
+    /// Set when the bytes could not be framed as a record.
+    pub fault: Option<Fault>,
+}
+
+/// Where the scan of an unfinished record stopped, to resume it when more
+/// bytes arrive (so a long record is not scanned again per chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CsvState {
+    /// At the start of a field.
+    FieldStart,
+    /// Inside an unquoted field.
+    Unquoted,
+    /// Inside a quoted field.
+    Quoted,
+    /// Just after a quote inside a quoted field: a second quote is a literal
+    /// quote, anything else closed the field.
+    QuoteInQuoted,
+    /// After the escape character inside a quoted field.
+    Escaped,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    /// Position (in the buffer) to go on scanning from.
+    pos: usize,
+    state: CsvState,
+    /// Line breaks inside the record so far.
+    breaks: u64,
+    /// Delimiters seen outside quotes so far.
+    delimiters: usize,
+    /// Position of the first line break inside the record, if any.
+    first_break: Option<usize>,
+}
+
+/// Cuts a byte stream into records; see the module docs.
+///
+/// The caller hands [`Framer::frame`] a buffer that starts at a record
+/// boundary, drops the bytes it reports consumed, appends more, and calls
+/// again. The framer keeps the line count and the scan of an unfinished
+/// record between calls.
+#[derive(Debug)]
+pub(crate) struct Framer {
+    dialect: Dialect,
+    /// Physical line of the next byte to frame.
+    line: u64,
+    resume: Option<Resume>,
+}
+
+impl Framer {
+    /// A framer whose first byte is on physical line `first_line`.
+    pub(crate) fn new(dialect: Dialect, first_line: u64) -> Self {
+        Self {
+            dialect,
+            line: first_line,
+            resume: None,
+        }
+    }
+
+    /// Frames the records at the start of `buf` into `out`; returns the bytes
+    /// they (with their terminators and the blank lines between them) take.
+    /// With `eof`, `buf` holds the rest of the input and all of it is framed.
+    pub(crate) fn frame(&mut self, buf: &[u8], eof: bool, out: &mut Vec<Frame>) -> usize {
+        let mut pos = 0;
+        loop {
+            // blank lines between records
+            while pos < buf.len() {
+                match buf[pos] {
+                    b'\n' => self.line += 1,
+                    b'\r' => {
+                        if pos + 1 == buf.len() && !eof {
+                            return pos; // `\r\n` or lone `\r`: the next byte decides
+                        }
+                        if buf.get(pos + 1) != Some(&b'\n') {
+                            self.line += 1;
+                        }
+                    }
+                    b' ' | b'\t' | b'\x0c' => {
+                        // whitespace starting a record: blank only if the line is
+                        let line_end = memchr::memchr2(b'\n', b'\r', &buf[pos..]);
+                        let blank = match line_end {
+                            Some(n) => buf[pos..pos + n].iter().all(u8::is_ascii_whitespace),
+                            None if eof => buf[pos..].iter().all(u8::is_ascii_whitespace),
+                            None => return pos,
+                        };
+                        if !blank {
+                            break;
+                        }
+                        pos += line_end.unwrap_or(buf.len() - pos);
+                        continue;
+                    }
+                    _ => break,
+                }
+                pos += 1;
+            }
+            if pos == buf.len() {
+                return pos;
+            }
+            let found = match self.dialect {
+                Dialect::Jsonl => self.line_record(buf, pos, eof),
+                Dialect::Csv { .. } => self.csv_record(buf, pos, eof),
+            };
+            match found {
+                Some((frame, next)) => {
+                    out.push(frame);
+                    pos = next;
+                }
+                None => return pos,
+            }
+        }
+    }
+
+    /// A record that ends at its line's end (JSON lines).
+    fn line_record(&mut self, buf: &[u8], start: usize, eof: bool) -> Option<(Frame, usize)> {
+        let end = match memchr::memchr2(b'\n', b'\r', &buf[start..]) {
+            Some(n) => start + n,
+            None if eof => buf.len(),
+            None => return None,
+        };
+        let next = self.after_break(buf, end, eof)?;
+        let frame = Frame {
+            start,
+            end,
+            line: self.line,
+            fields: 0,
+            fault: None,
+        };
+        self.line += 1;
+        Some((frame, next))
+    }
+
+    /// Position after the line break at `at` (`buf.len()` at the end), or
+    /// `None` when a `\r` ends the buffer and the next byte decides.
+    fn after_break(&self, buf: &[u8], at: usize, eof: bool) -> Option<usize> {
+        match buf.get(at) {
+            None => Some(at),
+            Some(b'\n') => Some(at + 1),
+            Some(_) => match buf.get(at + 1) {
+                Some(b'\n') => Some(at + 2),
+                Some(_) => Some(at + 1),
+                None if eof => Some(at + 1),
+                None => None,
+            },
+        }
+    }
+
+    /// A CSV record starting at `start`, quote-aware.
+    fn csv_record(&mut self, buf: &[u8], start: usize, eof: bool) -> Option<(Frame, usize)> {
+        let Dialect::Csv {
+            delimiter,
+            quote,
+            escape,
+            newlines_in_values,
+        } = self.dialect
+        else {
+            return None;
+        };
+        // a resumed scan's positions are kept relative to the record's start
+        let mut r = match self.resume.take() {
+            Some(r) => Resume {
+                pos: start + r.pos,
+                first_break: r.first_break.map(|b| start + b),
+                ..r
+            },
+            None => Resume {
+                pos: start,
+                state: CsvState::FieldStart,
+                breaks: 0,
+                delimiters: 0,
+                first_break: None,
+            },
+        };
+        let finish = |this: &mut Self, r: &Resume, end: usize, next: usize, fault| {
+            let frame = Frame {
+                start,
+                end,
+                line: this.line,
+                fields: r.delimiters + 1,
+                fault,
+            };
+            this.line += r.breaks + 1;
+            Some((frame, next))
+        };
+        loop {
+            let Some(&b) = buf.get(r.pos) else {
+                if !eof {
+                    self.park(&r, start);
+                    return None;
+                }
+                let end = buf.len();
+                return match r.state {
+                    CsvState::Quoted | CsvState::Escaped => {
+                        self.first_line_only(&r, buf, start, eof, Fault::UnclosedQuote)
+                    }
+                    _ => finish(self, &r, end, end, None),
+                };
+            };
+            match r.state {
+                CsvState::Quoted => {
+                    // jump to the next byte that matters inside quotes
+                    let rest = &buf[r.pos..];
+                    let hit = match escape {
+                        Some(e) if e != quote => memchr::memchr3(quote, e, b'\n', rest)
+                            .into_iter()
+                            .chain(memchr::memchr(b'\r', rest))
+                            .min(),
+                        _ => memchr::memchr3(quote, b'\n', b'\r', rest),
+                    };
+                    let Some(n) = hit else {
+                        r.pos = buf.len();
+                        continue;
+                    };
+                    r.pos += n;
+                    let b = buf[r.pos];
+                    if b == b'\n' || b == b'\r' {
+                        if !newlines_in_values {
+                            let next = self.after_break(buf, r.pos, eof);
+                            let Some(next) = next else {
+                                self.park(&r, start);
+                                return None;
+                            };
+                            return finish(self, &r, r.pos, next, Some(Fault::QuoteAcrossLine));
+                        }
+                        let Some(next) = self.after_break(buf, r.pos, eof) else {
+                            self.park(&r, start);
+                            return None;
+                        };
+                        r.first_break.get_or_insert(r.pos);
+                        r.breaks += 1;
+                        r.pos = next;
+                    } else if Some(b) == escape && b != quote {
+                        r.state = CsvState::Escaped;
+                        r.pos += 1;
+                    } else {
+                        r.state = CsvState::QuoteInQuoted;
+                        r.pos += 1;
+                    }
+                }
+                CsvState::Escaped => {
+                    if b == b'\n' || b == b'\r' {
+                        // an escaped line break is still a line break
+                        if !newlines_in_values {
+                            r.state = CsvState::Quoted;
+                            continue;
+                        }
+                        let Some(next) = self.after_break(buf, r.pos, eof) else {
+                            self.park(&r, start);
+                            return None;
+                        };
+                        r.first_break.get_or_insert(r.pos);
+                        r.breaks += 1;
+                        r.pos = next;
+                    } else {
+                        r.pos += 1;
+                    }
+                    r.state = CsvState::Quoted;
+                }
+                CsvState::FieldStart | CsvState::Unquoted | CsvState::QuoteInQuoted => {
+                    if b == b'\n' || b == b'\r' {
+                        let Some(next) = self.after_break(buf, r.pos, eof) else {
+                            self.park(&r, start);
+                            return None;
+                        };
+                        return finish(self, &r, r.pos, next, None);
+                    }
+                    if b == delimiter {
+                        r.delimiters += 1;
+                        r.state = CsvState::FieldStart;
+                        r.pos += 1;
+                        continue;
+                    }
+                    match r.state {
+                        CsvState::FieldStart if b == quote => {
+                            r.state = CsvState::Quoted;
+                            r.pos += 1;
+                        }
+                        CsvState::QuoteInQuoted if b == quote => {
+                            // a doubled quote: a literal quote
+                            r.state = CsvState::Quoted;
+                            r.pos += 1;
+                        }
+                        CsvState::QuoteInQuoted => {
+                            return self.first_line_only(&r, buf, start, eof, Fault::TextAfterQuote);
+                        }
+                        _ => {
+                            // plain field bytes: skip to the next that matters
+                            r.state = CsvState::Unquoted;
+                            let rest = &buf[r.pos..];
+                            let n = memchr::memchr3(delimiter, b'\n', b'\r', rest)
+                                .unwrap_or(rest.len());
+                            r.pos += n.max(1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps the scan of an unfinished record, relative to its start.
+    fn park(&mut self, r: &Resume, start: usize) {
+        self.resume = Some(Resume {
+            pos: r.pos - start,
+            first_break: r.first_break.map(|b| b - start),
+            ..*r
+        });
+    }
+
+    /// A faulty record: when it spans lines, only its first line is taken as
+    /// the bad stretch (the quote that opened the span is the likely culprit)
+    /// and framing starts again on the next line; otherwise the record up to
+    /// its line's end is.
+    fn first_line_only(
+        &mut self,
+        r: &Resume,
+        buf: &[u8],
+        start: usize,
+        eof: bool,
+        fault: Fault,
+    ) -> Option<(Frame, usize)> {
+        let end = match r.first_break {
+            Some(b) => b,
+            None => match memchr::memchr2(b'\n', b'\r', &buf[r.pos.min(buf.len())..]) {
+                Some(n) => r.pos + n,
+                None if eof => buf.len(),
+                None => {
+                    self.park(r, start);
+                    return None;
+                }
+            },
+        };
+        let Some(next) = self.after_break(buf, end, eof) else {
+            self.park(r, start);
+            return None;
+        };
+        let frame = Frame {
+            start,
+            end,
+            line: self.line,
+            fields: r.delimiters + 1,
+            fault: Some(fault),
+        };
+        self.line += 1;
+        Some((frame, next))
+    }
+}
+
+/// Line breaks in `bytes` (`\n`, `\r\n` or a lone `\r`); `pending_cr` carries
+/// a `\r` that ended the previous piece.
+pub(crate) fn count_line_breaks(bytes: &[u8], pending_cr: &mut bool) -> u64 {
+    let mut n = 0;
+    let mut from = 0;
+    if std::mem::take(pending_cr) {
+        n += 1; // that `\r` was a break, with or without a `\n` after it
+        if bytes.first() == Some(&b'\n') {
+            from = 1;
+        }
+    }
+    let mut iter = memchr::memchr2_iter(b'\n', b'\r', &bytes[from..]).peekable();
+    while let Some(i) = iter.next() {
+        let i = i + from;
+        if bytes[i] == b'\n' {
+            n += 1;
+        } else if i + 1 == bytes.len() {
+            *pending_cr = true;
+        } else {
+            n += 1;
+            if bytes[i + 1] == b'\n' {
+                iter.next();
+            }
+        }
+    }
+    n
+}
+
+/// The byte ranges of a CSV record's fields, quotes kept (for the rare checks
+/// that need a field's text after arrow has parsed it).
+pub(crate) fn csv_field_ranges(record: &[u8], delimiter: u8, quote: u8) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    let mut at_start = true;
+    for (i, &b) in record.iter().enumerate() {
+        if b == quote && (at_start || quoted) {
+            quoted = !quoted;
+        } else if b == delimiter && !quoted {
+            out.push((start, i));
+            start = i + 1;
+            at_start = true;
+            continue;
+        }
+        at_start = false;
+    }
+    out.push((start, record.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: Dialect = Dialect::Csv {
+        delimiter: b',',
+        quote: b'"',
+        escape: None,
+        newlines_in_values: false,
+    };
+    const CSV_NL: Dialect = Dialect::Csv {
+        delimiter: b',',
+        quote: b'"',
+        escape: None,
+        newlines_in_values: true,
+    };
+
+    /// Frames `data` fed in pieces of `chunk` bytes, as a scan does:
+    /// (text, line, fields, fault) per record.
+    fn frames(
+        dialect: Dialect,
+        data: &[u8],
+        chunk: usize,
+    ) -> Vec<(String, u64, usize, Option<Fault>)> {
+        let mut f = Framer::new(dialect, 1);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            let eof = fed == data.len();
+            let mut got = Vec::new();
+            let used = f.frame(&buf, eof, &mut got);
+            for g in got {
+                out.push((
+                    String::from_utf8_lossy(&buf[g.start..g.end]).into_owned(),
+                    g.line,
+                    g.fields,
+                    g.fault,
+                ));
+            }
+            buf.drain(..used);
+            if eof {
+                assert!(buf.is_empty(), "left over: {buf:?}");
+                return out;
+            }
+            let take = chunk.min(data.len() - fed);
+            buf.extend_from_slice(&data[fed..fed + take]);
+            fed += take;
+        }
+    }
+
+    fn each_chunking(
+        dialect: Dialect,
+        data: &[u8],
+    ) -> Vec<(String, u64, usize, Option<Fault>)> {
+        let whole = frames(dialect, data, data.len().max(1));
+        for chunk in 1..=data.len().max(1) {
+            assert_eq!(frames(dialect, data, chunk), whole, "chunk {chunk}");
+        }
+        whole
+    }
+
+    #[test]
+    fn lines_are_physical_whatever_the_line_ends() {
+        let got = each_chunking(Dialect::Jsonl, b"{\"a\":1}\r\n\n  \r{\"a\":2}\r{\"a\":3}");
+        let lines: Vec<(String, u64)> = got.into_iter().map(|g| (g.0, g.1)).collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("{\"a\":1}".into(), 1),
+                ("{\"a\":2}".into(), 4),
+                ("{\"a\":3}".into(), 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn quoted_newlines_make_one_record_spanning_lines() {
+        let got = each_chunking(CSV_NL, b"a,b\n\"x\r\ny\",2\n3,\"\"\"q\"\"\"\n4,5");
+        assert_eq!(
+            got,
+            vec![
+                ("a,b".into(), 1, 2, None),
+                ("\"x\r\ny\",2".into(), 2, 2, None),
+                ("3,\"\"\"q\"\"\"".into(), 4, 2, None),
+                ("4,5".into(), 5, 2, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quote_across_a_line_is_confined_to_that_line() {
+        let got = each_chunking(CSV, b"1,\"ab\n2,x\n");
+        assert_eq!(
+            got,
+            vec![
+                ("1,\"ab".into(), 1, 2, Some(Fault::QuoteAcrossLine)),
+                ("2,x".into(), 2, 2, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unclosed_quote_costs_its_first_line_only() {
+        let got = each_chunking(CSV_NL, b"1,a\n2,\"b\n3,c\n4,d");
+        assert_eq!(
+            got,
+            vec![
+                ("1,a".into(), 1, 2, None),
+                ("2,\"b".into(), 2, 2, Some(Fault::UnclosedQuote)),
+                ("3,c".into(), 3, 2, None),
+                ("4,d".into(), 4, 2, None),
+            ]
+        );
+        // mid-file, the next quote closes it and text follows: caught too
+        let got = each_chunking(CSV_NL, b"1,\"b\n2,\"c\"\n3,d\n");
+        assert_eq!(got[0].3, Some(Fault::TextAfterQuote));
+        assert_eq!(got[0].0, "1,\"b");
+        assert_eq!(&got[1..], &[
+            ("2,\"c\"".into(), 2, 2, None),
+            ("3,d".into(), 3, 2, None)
+        ]);
+    }
+
+    #[test]
+    fn line_breaks_are_counted_across_pieces() {
+        let data = b"a\r\nb\rc\n\r\r\nd\r";
+        for cut in 0..=data.len() {
+            let mut cr = false;
+            let n = count_line_breaks(&data[..cut], &mut cr) + count_line_breaks(&data[cut..], &mut cr);
+            assert_eq!(n + u64::from(cr), 6, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn field_ranges_respect_quotes() {
+        let r = b"1,\"a,b\",,x\"y";
+        let got: Vec<&[u8]> = csv_field_ranges(r, b',', b'"')
+            .into_iter()
+            .map(|(s, e)| &r[s..e])
+            .collect();
+        assert_eq!(got, vec![&b"1"[..], b"\"a,b\"", b"", b"x\"y"]);
+    }
+}

@@ -1,0 +1,184 @@
+//! Whether a number's text fits its column exactly.
+//!
+//! arrow's readers are lenient where a value would change: JSON `7.5` is
+//! truncated into an integer column, an overflowing integer saturates,
+//! `1e400` becomes infinity, and extra decimal digits are dropped. sluice
+//! promises that a value is passed on exactly or given up as
+//! `TYPE_MISMATCH`, so these rules run on the text before arrow parses it.
+
+/// The parts of a number literal: `[sign] digits [. digits] [e [sign] digits]`.
+struct Literal<'a> {
+    negative: bool,
+    int: &'a [u8],
+    frac: &'a [u8],
+    /// The exponent, saturated far past any length a record can have.
+    exp: i64,
+    has_exp: bool,
+}
+
+fn literal(text: &[u8]) -> Option<Literal<'_>> {
+    let (negative, rest) = match text.first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let digits = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
+    let n = digits(rest);
+    let (int, mut rest) = rest.split_at(n);
+    let mut frac: &[u8] = &[];
+    if let Some(after) = rest.strip_prefix(b".") {
+        let m = digits(after);
+        frac = &after[..m];
+        rest = &after[m..];
+    }
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let (mut exp, mut has_exp) = (0i64, false);
+    if let Some(after) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+        let (neg, after) = match after.first() {
+            Some(b'-') => (true, &after[1..]),
+            Some(b'+') => (false, &after[1..]),
+            _ => (false, after),
+        };
+        let m = digits(after);
+        if m == 0 || m != after.len() {
+            return None;
+        }
+        for d in &after[..m] {
+            exp = (exp * 10 + i64::from(d - b'0')).min(1 << 40);
+        }
+        if neg {
+            exp = -exp;
+        }
+        has_exp = true;
+    } else if !rest.is_empty() {
+        return None;
+    }
+    Some(Literal {
+        negative,
+        int,
+        frac,
+        exp,
+        has_exp,
+    })
+}
+
+/// An integer literal within `min..=max`: no fraction, no exponent.
+pub(crate) fn integer_fits(text: &[u8], min: i128, max: i128) -> Result<(), String> {
+    let shown = String::from_utf8_lossy(text);
+    let lit = literal(text).ok_or_else(|| format!("{shown} is not a number"))?;
+    if !lit.frac.is_empty() || lit.has_exp || text.contains(&b'.') {
+        return Err(format!("{shown} is not an integer"));
+    }
+    let digits = lit.int.iter().skip_while(|d| **d == b'0').count();
+    let value = if digits > 38 {
+        None
+    } else {
+        let mut v: i128 = 0;
+        for d in lit.int {
+            v = v * 10 + i128::from(d - b'0');
+        }
+        Some(if lit.negative { -v } else { v })
+    };
+    match value {
+        Some(v) if (min..=max).contains(&v) => Ok(()),
+        _ => Err(format!("{shown} is out of range ({min} to {max})")),
+    }
+}
+
+/// A float literal that does not overflow to infinity.
+pub(crate) fn float_fits(text: &[u8], single: bool) -> Result<(), String> {
+    let shown = String::from_utf8_lossy(text);
+    let lit = literal(text).ok_or_else(|| format!("{shown} is not a number"))?;
+    // below this many integer digits and without an exponent nothing overflows
+    let safe = if single { 38 } else { 308 };
+    if !lit.has_exp && lit.int.len() <= safe {
+        return Ok(());
+    }
+    let s = std::str::from_utf8(text).map_err(|_| format!("{shown} is not a number"))?;
+    let finite = if single {
+        s.parse::<f32>().is_ok_and(f32::is_finite)
+    } else {
+        s.parse::<f64>().is_ok_and(f64::is_finite)
+    };
+    if finite {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown} is out of range for a {}-bit float",
+            if single { 32 } else { 64 }
+        ))
+    }
+}
+
+/// A decimal literal whose digits fit `precision` and `scale` exactly:
+/// digits past the scale must be zeros (so `1.50` fits scale 1, `1.55` does not).
+pub(crate) fn decimal_fits(text: &[u8], precision: u8, scale: i8) -> Result<(), String> {
+    let shown = String::from_utf8_lossy(text);
+    let lit = literal(text).ok_or_else(|| format!("{shown} is not a number"))?;
+    // all digits, and where the point falls among them
+    let digits: Vec<u8> = lit.int.iter().chain(lit.frac).copied().collect();
+    let Some(first) = digits.iter().position(|d| *d != b'0') else {
+        return Ok(()); // zero
+    };
+    let last = digits.iter().rposition(|d| *d != b'0').unwrap_or(first);
+    let point = lit.int.len() as i64 + lit.exp;
+    // place of the first and last significant digit, as powers of ten
+    let high = point - 1 - first as i64;
+    let low = point - 1 - last as i64;
+    let scale = i64::from(scale);
+    if low < -scale {
+        return Err(format!(
+            "{shown} has more decimal digits than the column's scale {scale}"
+        ));
+    }
+    if high + 1 > i64::from(precision) - scale {
+        return Err(format!(
+            "{shown} has more digits than the column's precision {precision} (scale {scale}) allows"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_must_be_whole_and_in_range() {
+        assert!(integer_fits(b"-9223372036854775808", i64::MIN.into(), i64::MAX.into()).is_ok());
+        assert!(integer_fits(b"-9223372036854775809", i64::MIN.into(), i64::MAX.into()).is_err());
+        assert!(integer_fits(b"7.5", 0, 100).is_err());
+        assert!(integer_fits(b"7.0", 0, 100).is_err());
+        assert!(integer_fits(b"1e2", 0, 1000).is_err());
+        assert!(integer_fits(b"256", 0, 255).is_err());
+        assert!(integer_fits(&[b'9'; 60], 0, i128::MAX).is_err());
+        assert!(integer_fits(b"000042", 0, 100).is_ok());
+    }
+
+    #[test]
+    fn floats_must_not_overflow() {
+        assert!(float_fits(b"1e400", false).is_err());
+        assert!(float_fits(b"-1e308", false).is_ok());
+        assert!(float_fits(b"1e39", true).is_err());
+        assert!(float_fits(b"1e-400", false).is_ok()); // underflow to 0 is rounding, as any float
+        assert!(float_fits(b"1.5", false).is_ok());
+    }
+
+    #[test]
+    fn decimals_keep_every_digit() {
+        assert!(decimal_fits(b"12.34", 4, 2).is_ok());
+        assert!(decimal_fits(b"12.345", 5, 2).is_err());
+        assert!(decimal_fits(b"12.340", 4, 2).is_ok());
+        assert!(decimal_fits(b"123.4", 4, 2).is_err());
+        assert!(decimal_fits(b"-0.01", 2, 2).is_ok());
+        assert!(decimal_fits(b"1.5e1", 4, 2).is_ok());
+        assert!(decimal_fits(b"1.5e-3", 4, 2).is_err());
+        assert!(decimal_fits(b"0e99999999999", 4, 2).is_ok());
+        assert!(decimal_fits(b"1e99999999999", 38, 2).is_err());
+        assert!(decimal_fits(b"abc", 4, 2).is_err());
+        assert!(decimal_fits(b"120", 3, -1).is_ok());
+        assert!(decimal_fits(b"125", 3, -1).is_err());
+    }
+}
