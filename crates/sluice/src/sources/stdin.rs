@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::{AnySource, Slice, SliceLimits, Source, SourceContext};
 use crate::dead_letter::OnError;
 use crate::error::{Result, RetryHint, SluiceError};
-use crate::ops::line_scan::{Compression, CsvOptions, FilePart, LineFilesTable, LineFormat};
+use crate::ops::line_scan::{Compression, CsvOptions, FilePart, LineFilesTable, LineFormat, split};
 use crate::spec::ColumnSpec;
 use crate::spec::values::schema_from_columns;
 
@@ -177,6 +177,7 @@ impl StdinSource {
             on_error: self.on_error,
             // physical lines of standard input, the header included
             line_offset: self.header_lines + from,
+            min_split_bytes: split::MIN_SPLIT_BYTES,
         };
         Ok(Slice {
             table: Arc::new(table),

@@ -33,6 +33,7 @@ use serde::Deserialize;
 
 use crate::dead_letter::OnError;
 use framing::Dialect;
+pub(crate) use json_check::JsonChecker;
 use scan::{LineScanExec, ScanShared};
 
 /// Compression of an input file.
@@ -190,6 +191,9 @@ pub(crate) struct LineFilesTable {
     /// Physical lines before the first byte of each file (standard input,
     /// read as a run of slices, counts on from the slices before).
     pub line_offset: u64,
+    /// Files (or parts) are cut for partitions in pieces no smaller than
+    /// this ([`split::MIN_SPLIT_BYTES`]; tests cut smaller).
+    pub min_split_bytes: u64,
 }
 
 impl LineFilesTable {
@@ -206,7 +210,7 @@ impl LineFilesTable {
         for f in &self.files {
             let compression = self.compression.of(f.object.location.as_ref());
             if split::splittable(&self.format, compression) {
-                units.extend(split::cut(f.bounds(), split_size).into_iter().map(|r| LineUnit {
+                units.extend(split::cut(f.bounds(), split_size, self.min_split_bytes).into_iter().map(|r| LineUnit {
                     object: f.object.clone(),
                     // a whole file stays whole: its first line may be a header
                     range: (r != (0..f.object.size)).then_some(r),
@@ -271,3 +275,6 @@ impl TableProvider for LineFilesTable {
     }
 }
 
+
+#[cfg(test)]
+mod tests;

@@ -25,10 +25,10 @@ pub(crate) fn splittable(format: &LineFormat, compression: Compression) -> bool 
         }
 }
 
-/// Cuts `range` into pieces of about `size` bytes (at least
+/// Cuts `range` into pieces of about `size` bytes (at least `min`, normally
 /// [`MIN_SPLIT_BYTES`]); a last piece under half of that joins the one before.
-pub(crate) fn cut(range: Range<u64>, size: u64) -> Vec<Range<u64>> {
-    let size = size.max(MIN_SPLIT_BYTES);
+pub(crate) fn cut(range: Range<u64>, size: u64, min: u64) -> Vec<Range<u64>> {
+    let size = size.max(min).max(1);
     let mut out = Vec::new();
     let mut start = range.start;
     while start < range.end {
@@ -173,9 +173,13 @@ mod tests {
     #[test]
     fn cuts_cover_the_range_in_pieces_of_about_the_size() {
         let m = MIN_SPLIT_BYTES;
-        assert_eq!(cut(0..m, 1), vec![0..m]);
-        assert_eq!(cut(5..5 + 3 * m, m), vec![5..5 + m, 5 + m..5 + 2 * m, 5 + 2 * m..5 + 3 * m]);
-        assert_eq!(cut(0..2 * m + m / 4, m), vec![0..m, m..2 * m + m / 4]);
-        assert!(cut(3..3, m).is_empty());
+        assert_eq!(cut(0..m, 1, m), vec![0..m]);
+        assert_eq!(
+            cut(5..5 + 3 * m, m, m),
+            vec![5..5 + m, 5 + m..5 + 2 * m, 5 + 2 * m..5 + 3 * m]
+        );
+        assert_eq!(cut(0..2 * m + m / 4, m, m), vec![0..m, m..2 * m + m / 4]);
+        assert!(cut(3..3, m, m).is_empty());
+        assert_eq!(cut(0..10, 0, 0).len(), 10);
     }
 }

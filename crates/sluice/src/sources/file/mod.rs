@@ -410,6 +410,14 @@ impl FileSource {
                 )
             }
         };
+        if bytes_per_row.is_none()
+            && let Format::Lines(lf, compression) = &format
+            && let Some(first) = files.first()
+            && compression.of(first.location.as_ref()) == Compression::None
+        {
+            // sized by `epoch.max_rows` from the first epoch on, declared columns or not
+            bytes_per_row = sample::bytes_per_row(&store, first, lf).await;
+        }
         Ok(FileSource {
             follow,
             name: ctx.name.to_string(),
@@ -465,6 +473,7 @@ impl FileSource {
                 batch_size: self.batch_size,
                 on_error: self.on_error,
                 line_offset: 0,
+                min_split_bytes: split::MIN_SPLIT_BYTES,
             })),
             Format::Parquet | Format::ArrowIpc => {
                 let urls = files

@@ -10,14 +10,12 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 
 use crate::error::Cause;
-use crate::ops::line_scan::{Compression, LineFormat};
+use crate::ops::line_scan::framing::{Frame, Framer};
+use crate::ops::line_scan::{Compression, JsonChecker, LineFormat};
 
 /// Bytes read from the start of the first file to infer its schema.
 const SAMPLE_BYTES: usize = 4 << 20;
 
-/// Infers the schema of a CSV / JSON-lines file from its first `rows` rows.
-/// Also returns the average bytes per row of the sample (uncompressed size
-/// for plain files, compressed size for compressed ones) to size epochs.
 /// Why a schema could not be inferred.
 #[derive(Debug)]
 pub(super) enum InferError {
@@ -27,6 +25,10 @@ pub(super) enum InferError {
     Refused(&'static str),
 }
 
+/// Infers the schema of a CSV / JSON-lines file from its first `rows`
+/// records, framed as a scan frames them: a record that cannot be read is
+/// sampled around (it meets `on_error` when read). Also returns the average
+/// bytes per row of the sample for plain files, to size epochs.
 pub(super) async fn infer_lines_schema(
     store: &Arc<dyn ObjectStore>,
     file: &ObjectMeta,
@@ -34,46 +36,14 @@ pub(super) async fn infer_lines_schema(
     compression: Compression,
     rows: usize,
 ) -> Result<(Schema, Option<f64>), InferError> {
-    let got = store
-        .get(&file.location)
-        .await
-        .map_err(|e| InferError::Failed("cannot read", Cause::new(e)))?;
-    let reader = StreamReader::new(crate::storage::byte_stream(got));
-    let mut sample = Vec::new();
-    let read = match compression {
-        Compression::Gzip => {
-            let mut d = GzipDecoder::new(reader);
-            d.multiple_members(true);
-            d.take(SAMPLE_BYTES as u64).read_to_end(&mut sample).await
-        }
-        Compression::Zstd => {
-            ZstdDecoder::new(reader)
-                .take(SAMPLE_BYTES as u64)
-                .read_to_end(&mut sample)
-                .await
-        }
-        _ => {
-            reader
-                .take(SAMPLE_BYTES as u64)
-                .read_to_end(&mut sample)
-                .await
-        }
-    };
-    read.map_err(|e| {
-        InferError::Failed("cannot read a sample to infer the schema", Cause::new(e))
-    })?;
-    // keep whole lines only
-    if sample.len() == SAMPLE_BYTES
-        && let Some(last) = memchr::memrchr(b'\n', &sample)
-    {
-        sample.truncate(last + 1);
-    }
-    if sample.iter().all(u8::is_ascii_whitespace) {
+    let sample = read_sample(store, file, compression, SAMPLE_BYTES).await?;
+    let records = Sample::frame(&sample, format, sample.len() < SAMPLE_BYTES);
+    if records.frames.is_empty() {
         return Err(InferError::Refused(
             "the file is empty, so no schema can be inferred; declare `columns`",
         ));
     }
-    let (schema, n) = match format {
+    let schema = match format {
         LineFormat::Csv(o) => {
             let mut f = datafusion::arrow::csv::reader::Format::default()
                 .with_header(o.has_header)
@@ -82,34 +52,161 @@ pub(super) async fn infer_lines_schema(
             if let Some(e) = o.escape {
                 f = f.with_escape(e);
             }
-            f.infer_schema(Cursor::new(&sample), Some(rows))
+            // the header and the records with as many fields as it has
+            let wanted = records.frames[0].fields;
+            let good: Vec<&Frame> = records
+                .frames
+                .iter()
+                .filter(|r| r.fault.is_none() && r.fields == wanted)
+                .take(rows + usize::from(o.has_header))
+                .collect();
+            let text = records.join(&good);
+            f.infer_schema(Cursor::new(&text), Some(rows))
                 .map_err(|e| InferError::Failed("cannot infer the CSV schema", Cause::new(e)))?
+                .0
         }
-        LineFormat::Jsonl => {
-            datafusion::arrow::json::reader::infer_json_schema(Cursor::new(&sample), Some(rows))
-                .map_err(|e| InferError::Failed("cannot infer the JSON schema", Cause::new(e)))?
-        }
+        LineFormat::Jsonl => infer_json(&records, rows)?,
     };
     if schema.fields().is_empty() {
         return Err(InferError::Refused(
             "no columns found in the sample; declare `columns`",
         ));
     }
-    let bytes_per_row = (n > 0 && compression == Compression::None).then(|| {
-        let consumed: usize = if n >= rows {
-            sample.len().min(avg_prefix_len(&sample, n))
-        } else {
-            sample.len()
-        };
-        consumed as f64 / n as f64
-    });
+    let bytes_per_row = (compression == Compression::None)
+        .then(|| records.bytes_per_record(rows))
+        .flatten();
     Ok((schema, bytes_per_row))
 }
 
-/// Bytes of the first `lines` lines.
-fn avg_prefix_len(sample: &[u8], lines: usize) -> usize {
-    memchr::memchr_iter(b'\n', sample)
-        .nth(lines.saturating_sub(1))
-        .map(|i| i + 1)
-        .unwrap_or(sample.len())
+/// The average bytes per record of the start of an uncompressed file, to
+/// size epochs by `max_rows` from the first one on.
+pub(super) async fn bytes_per_row(
+    store: &Arc<dyn ObjectStore>,
+    file: &ObjectMeta,
+    format: &LineFormat,
+) -> Option<f64> {
+    const BYTES: usize = 1 << 20;
+    let sample = read_sample(store, file, Compression::None, BYTES)
+        .await
+        .ok()?;
+    Sample::frame(&sample, format, sample.len() < BYTES).bytes_per_record(usize::MAX)
+}
+
+/// JSON lines: the schema of the records that are JSON objects; a record
+/// that arrow cannot fit with the others is left out (it meets `on_error`
+/// when read).
+fn infer_json(records: &Sample<'_>, rows: usize) -> Result<Schema, InferError> {
+    let syntax = JsonChecker::new(&Schema::empty());
+    let mut scratch = Vec::new();
+    let good: Vec<&Frame> = records
+        .frames
+        .iter()
+        .filter(|r| syntax.check(records.text(r), &mut scratch).is_ok())
+        .take(rows)
+        .collect();
+    let infer = |frames: &[&Frame]| {
+        datafusion::arrow::json::reader::infer_json_schema(
+            Cursor::new(records.join(frames)),
+            Some(rows),
+        )
+        .map(|(schema, _)| schema)
+    };
+    match infer(&good) {
+        Ok(schema) => Ok(schema),
+        Err(first) => {
+            // keep each record only if the schema still infers with it
+            let mut kept: Vec<&Frame> = Vec::new();
+            for r in good {
+                kept.push(r);
+                if infer(&kept).is_err() {
+                    kept.pop();
+                }
+            }
+            if kept.is_empty() {
+                return Err(InferError::Failed(
+                    "cannot infer the JSON schema",
+                    Cause::new(first),
+                ));
+            }
+            infer(&kept)
+                .map_err(|e| InferError::Failed("cannot infer the JSON schema", Cause::new(e)))
+        }
+    }
+}
+
+/// Reads up to `limit` bytes from the start of `file`, decompressed.
+async fn read_sample(
+    store: &Arc<dyn ObjectStore>,
+    file: &ObjectMeta,
+    compression: Compression,
+    limit: usize,
+) -> Result<Vec<u8>, InferError> {
+    let got = store
+        .get(&file.location)
+        .await
+        .map_err(|e| InferError::Failed("cannot read", Cause::new(e)))?;
+    let reader = StreamReader::new(crate::storage::byte_stream(got));
+    let mut sample = Vec::new();
+    let limit = limit as u64;
+    let read = match compression {
+        Compression::Gzip => {
+            let mut d = GzipDecoder::new(reader);
+            d.multiple_members(true);
+            d.take(limit).read_to_end(&mut sample).await
+        }
+        Compression::Zstd => {
+            ZstdDecoder::new(reader)
+                .take(limit)
+                .read_to_end(&mut sample)
+                .await
+        }
+        _ => reader.take(limit).read_to_end(&mut sample).await,
+    };
+    read.map_err(|e| {
+        InferError::Failed("cannot read a sample to infer the schema", Cause::new(e))
+    })?;
+    Ok(sample)
+}
+
+/// The whole records of a sample, framed as a scan frames them.
+struct Sample<'a> {
+    bytes: &'a [u8],
+    frames: Vec<Frame>,
+}
+
+impl<'a> Sample<'a> {
+    /// Frames `sample`; `complete` when it is the whole file (otherwise the
+    /// record it ends inside is left out).
+    fn frame(sample: &'a [u8], format: &LineFormat, complete: bool) -> Self {
+        let bytes = sample.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(sample);
+        let mut frames = Vec::new();
+        Framer::new(format.dialect(), 1).frame(bytes, complete, &mut frames);
+        Self { bytes, frames }
+    }
+
+    fn text(&self, f: &Frame) -> &[u8] {
+        &self.bytes[f.start..f.end]
+    }
+
+    /// The records, one per line.
+    fn join(&self, frames: &[&Frame]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in frames {
+            out.extend_from_slice(self.text(f));
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Bytes per record over the first `n` records (terminators and blank
+    /// lines included, as the file holds them).
+    fn bytes_per_record(&self, n: usize) -> Option<f64> {
+        let taken = &self.frames[..self.frames.len().min(n)];
+        let last = taken.last()?;
+        let end = self.bytes[last.end..]
+            .iter()
+            .position(|b| *b != b'\r' && *b != b'\n')
+            .map_or(self.bytes.len(), |i| last.end + i);
+        Some(end as f64 / taken.len() as f64)
+    }
 }
