@@ -374,7 +374,7 @@ pub(crate) fn in_component(err: DataFusionError, component: &ComponentId) -> Dat
 
 /// The sluice error inside DataFusion's wrappers (`External`, `Context`,
 /// `Shared`), if there is one.
-fn find_sluice_error(err: &DataFusionError) -> Option<&SluiceError> {
+pub(crate) fn find_sluice_error(err: &DataFusionError) -> Option<&SluiceError> {
     match err {
         DataFusionError::External(e) => e.downcast_ref::<SluiceError>().or_else(|| {
             e.downcast_ref::<DataFusionError>()

@@ -17,6 +17,7 @@
 mod config;
 mod footer;
 mod sample;
+mod named;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -494,7 +495,22 @@ impl FileSource {
                     .with_expr_adapter_factory(Arc::new(DefaultPhysicalExprAdapterFactory));
                 let table = ListingTable::try_new(config)
                     .map_err(|e| self.error(None, e.to_string(), RetryHint::Never))?;
-                Ok(Arc::new(table))
+                let scanned = files
+                    .iter()
+                    .map(|f| {
+                        (
+                            self.location.object_url(&f.object.location),
+                            f.object.location.clone(),
+                        )
+                    })
+                    .collect();
+                Ok(Arc::new(named::NamedFilesTable {
+                    inner: table,
+                    source_name: self.name.clone(),
+                    store: Arc::clone(&self.store),
+                    files: Arc::new(scanned),
+                    parquet: matches!(self.format, Format::Parquet),
+                }))
             }
         }
     }
