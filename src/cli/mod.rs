@@ -524,6 +524,11 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
     if let Some(addr) = ui.as_ref().or(o.ui.as_ref()).filter(|_| !quiet) {
         eprintln!("live page: http://{addr}/");
     }
+    let reads_stdin = compiled
+        .spec()
+        .sources
+        .values()
+        .any(|s| matches!(s.kind, sluice::sources::SourceKind::Stdin(_)));
     let handle = compiled.start(RunOptions {
         max_epochs,
         exit_when_idle,
@@ -552,10 +557,33 @@ async fn run(engine: &Engine, spec: PipelineSpec, args: RunArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!(
-                "nothing of the failed epoch was committed; the next run redoes it from the last commit"
-            );
+            eprintln!("{}", after_failure(&e, reads_stdin));
             exit_for(&e)
         }
     }
+}
+
+/// What happens next, after a run failed with `e`: said as it will be, not
+/// as it would be for a replayable, healthy input.
+fn after_failure(e: &sluice::SluiceError, reads_stdin: bool) -> String {
+    let mut next = String::from("nothing of the failed epoch was committed");
+    match e {
+        sluice::SluiceError::Source {
+            file: Some(file),
+            retry: sluice::RetryHint::Never,
+            ..
+        } if !file.starts_with("stdin://") => next.push_str(&format!(
+            "; the next run reads {file} again and fails the same way until it is fixed, \
+             removed, or the source sets on_error = \"skip\" or \"dead_letter\""
+        )),
+        _ if !reads_stdin => next.push_str("; the next run redoes it from the last commit"),
+        _ => {}
+    }
+    if reads_stdin {
+        next.push_str(
+            "; standard input cannot be read again: its lines since the last commit are lost \
+             (read from a `dir` source when the input must survive a failure)",
+        );
+    }
+    next
 }

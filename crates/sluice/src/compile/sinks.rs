@@ -127,7 +127,8 @@ pub(super) async fn plan_all(
             Ok(s) => {
                 sinks.insert(name.to_string(), s);
             }
-            Err(e) => errors.push(e),
+            // the sink is written `[dead_letter]`: its issues say so, at its lines
+            Err(e) => errors.push(rekey(spec, e, &format!("sinks.{name}"), "dead_letter")),
         }
     }
     for (stage, r) in &spec.rollouts {
@@ -150,6 +151,26 @@ pub(super) async fn plan_all(
         }
     }
     sinks
+}
+
+/// `e` with the issues about keys under `from` moved to `to` (and to its
+/// lines in the file).
+fn rekey(spec: &PipelineSpec, e: SluiceError, from: &str, to: &str) -> SluiceError {
+    match e {
+        SluiceError::Spec(issues) => SluiceError::Spec(
+            issues
+                .into_iter()
+                .map(|mut i| {
+                    if let Some(rest) = i.key.strip_prefix(from) {
+                        i.key = format!("{to}{rest}");
+                        i.line = spec.line_of(&i.key);
+                    }
+                    i
+                })
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// A sink whose rows the epoch loop makes (dead letters, a shadow diff):

@@ -170,7 +170,8 @@ pub struct PipelineSpec {
     pub lineage: Option<crate::openlineage::LineageConfig>,
     /// `[observability]`: where metrics are served.
     pub observability: ObservabilityConfig,
-    /// Line of each component's table in the file, for error messages.
+    /// Line of each table (`sources.orders`) and of each key written in
+    /// one (`sources.orders.on_error`) in the file, for error messages.
     pub lines: BTreeMap<String, usize>,
 }
 
@@ -391,10 +392,26 @@ impl PipelineSpec {
 
     /// Parses pipeline TOML text; `file` is used in error messages.
     pub fn from_toml(text: &str, file: &Path, base_dir: &Path) -> Result<Self> {
+        let written = key_lines(text);
         let mut raw: RawSpec = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             let message = e.message().to_string();
-            let key = key_from_toml_message(&message);
+            // the key: the one written on the error's line, or the one named
+            let at_line = line.and_then(|l| {
+                written
+                    .iter()
+                    .filter(|(_, kl)| **kl == l)
+                    .map(|(k, _)| k.clone())
+                    .max_by_key(String::len)
+            });
+            let named = key_from_toml_message(&message);
+            let key = match at_line {
+                Some(k) if !named.is_empty() && !k.ends_with(&format!(".{named}")) => {
+                    format!("{k}.{named}")
+                }
+                Some(k) => k,
+                None => named,
+            };
             let help = suggestion(&message)
                 .or_else(|| Some("see docs/pipeline.md for every key".to_string()));
             let mut issue = SpecIssue::new(file, key, message).at_line(line);
@@ -402,7 +419,7 @@ impl PipelineSpec {
             SluiceError::spec(issue)
         })?;
         let mut issues = Vec::new();
-        let mut lines = BTreeMap::new();
+        let mut lines = written;
         let rollouts =
             crate::rollout::config::take_rollouts(text, file, &mut raw.stages, &mut issues);
         let sources = decode_section(
@@ -456,16 +473,23 @@ impl PipelineSpec {
         format!("{}@{}", self.pipeline.name, self.pipeline.version)
     }
 
-    /// Line of a component's table (`"sources.orders"`), when parsed from a file.
-    pub fn line_of(&self, component_key: &str) -> Option<usize> {
-        self.lines.get(component_key).copied()
+    /// Line of a key (`"sources.orders.on_error"`) or, when it is not
+    /// written there, of the nearest table around it, when parsed from a file.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        let mut k = key;
+        loop {
+            if let Some(l) = self.lines.get(k) {
+                return Some(*l);
+            }
+            k = &k[..k.rfind('.')?];
+        }
     }
 
-    /// A spec issue located at a component's key in this spec's file.
+    /// A spec issue located at a key in this spec's file.
     pub fn issue(&self, key: impl Into<String>, message: impl Into<String>) -> SpecIssue {
         let key = key.into();
-        let component: String = key.split('.').take(2).collect::<Vec<_>>().join(".");
-        SpecIssue::new(&self.file, key, message).at_line(self.line_of(&component))
+        let line = self.line_of(&key);
+        SpecIssue::new(&self.file, key, message).at_line(line)
     }
 
     /// The schema registry of this pipeline.
@@ -527,11 +551,19 @@ fn decode_section<T>(
                 continue;
             }
         };
+        let at = |k: &str| lines.get(&format!("{key}.{k}")).copied();
+        let culprit = |e: &str| offending_key(e, table.get_ref());
         match from_table(&kind, t) {
             Ok(cfg) => {
                 out.insert(name.clone(), cfg);
             }
-            Err(e) => issues.push(component_issue(file, &key, line, &kind, section, e)),
+            Err(e) => {
+                let (key, line) = match culprit(&e) {
+                    Some(k) => (format!("{key}.{k}"), at(&k).unwrap_or(line)),
+                    None => (key.clone(), line),
+                };
+                issues.push(component_issue(file, &key, line, &kind, section, e))
+            }
         }
     }
     out
@@ -581,6 +613,62 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
         .filter(|b| *b == b'\n')
         .count()
         + 1
+}
+
+/// The line of every table header and of every key written in a table,
+/// by dotted path (`sources.orders` and `sources.orders.on_error`). Read from
+/// the text because `toml` keeps no spans inside a table.
+fn key_lines(text: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut table = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            if rest.starts_with('[') {
+                table.clear(); // an array of tables: not tracked
+                continue;
+            }
+            if let Some(end) = rest.find(']') {
+                table = rest[..end]
+                    .split('.')
+                    .map(|p| p.trim().trim_matches('"'))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                out.entry(table.clone()).or_insert(i + 1);
+            }
+            continue;
+        }
+        let Some(eq) = line.find('=') else { continue };
+        let key = line[..eq].trim();
+        let key = key.split('.').next().unwrap_or(key).trim().trim_matches('"');
+        if key.is_empty() || key.starts_with('#') || table.is_empty() {
+            if !key.is_empty() && !key.starts_with('#') && table.is_empty() {
+                out.entry(key.to_string()).or_insert(i + 1);
+            }
+            continue;
+        }
+        out.entry(format!("{table}.{key}")).or_insert(i + 1);
+    }
+    out
+}
+
+/// The key of `table` a decoding error is about: the one named in "unknown
+/// field `x`" / "missing field `x`", or the one holding the value an
+/// "unknown variant `v`" / "invalid type: ... `v`" error quotes.
+fn offending_key(message: &str, table: &toml::Table) -> Option<String> {
+    let named = key_from_toml_message(message);
+    if table.contains_key(&named) {
+        return Some(named);
+    }
+    let quoted = message.split('`').nth(1)?;
+    table
+        .iter()
+        .find(|(_, v)| match v {
+            toml::Value::String(s) => s == quoted,
+            toml::Value::Table(_) | toml::Value::Array(_) => false,
+            other => other.to_string() == quoted,
+        })
+        .map(|(k, _)| k.clone())
 }
 
 /// Pulls the offending key out of serde's "unknown field `x`" messages.

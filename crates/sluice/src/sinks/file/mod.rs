@@ -304,14 +304,14 @@ impl FileSink {
             self.location.child(&rel),
         );
         let file = OpenFile::create(upload, &self.format_for(schema), Arc::clone(schema))
-            .map_err(|m| sink_err(&self.location, &rel, m))?;
+            .map_err(|m| sink_err(&self.name, &self.location, &rel, m))?;
         let o = Open {
             file,
             rel,
             rows: 0,
             values: BTreeMap::new(),
         };
-        finish(&self.location, o).await
+        finish(&self.name, &self.location, o).await
     }
 
     /// The format, with sluice's metadata also in Parquet's key-value metadata
@@ -343,6 +343,8 @@ impl FileSink {
 
 /// What every partition writer of one epoch shares.
 struct EpochWrite {
+    /// The sink's name, for errors.
+    name: String,
     store: Arc<dyn ObjectStore>,
     multipart: Option<Arc<dyn MultipartStore>>,
     location: Location,
@@ -405,7 +407,7 @@ impl EpochWrite {
                         .split(&batch)
                         .map_err(|e| {
                             SluiceError::sink_failed(
-                                "",
+                                &self.name,
                                 self.location.url(),
                                 "cannot split the rows by `partition_by`",
                                 e,
@@ -465,7 +467,7 @@ impl EpochWrite {
                     if o.file.size() >= self.target
                         && let Some(o) = files.open.remove(&dir)
                     {
-                        files.closed.push(finish(&self.location, o).await?);
+                        files.closed.push(finish(&self.name, &self.location, o).await?);
                     }
                 }
             }
@@ -484,14 +486,14 @@ impl EpochWrite {
     }
 
     fn sink_err(&self, rel: &str, cause: Cause) -> SluiceError {
-        sink_err(&self.location, rel, cause)
+        sink_err(&self.name, &self.location, rel, cause)
     }
 }
 
-/// Writing file `rel` failed; the sink's name is filled in by the sink.
-fn sink_err(location: &Location, rel: &str, cause: Cause) -> SluiceError {
+/// Sink `name` failed writing file `rel`.
+fn sink_err(name: &str, location: &Location, rel: &str, cause: Cause) -> SluiceError {
     SluiceError::sink_failed(
-        "",
+        name,
         location.object_url(&location.child(rel)),
         "cannot write",
         cause,
@@ -499,12 +501,16 @@ fn sink_err(location: &Location, rel: &str, cause: Cause) -> SluiceError {
 }
 
 /// Closes a file; returns what the commit records of it.
-async fn finish(location: &Location, o: Open) -> std::result::Result<CommittedFile, SluiceError> {
+async fn finish(
+    name: &str,
+    location: &Location,
+    o: Open,
+) -> std::result::Result<CommittedFile, SluiceError> {
     let bytes = o
         .file
         .finish()
         .await
-        .map_err(|m| sink_err(location, &o.rel, m))?;
+        .map_err(|m| sink_err(name, location, &o.rel, m))?;
     Ok(CommittedFile {
         path: o.rel,
         rows: o.rows,
@@ -602,6 +608,7 @@ impl Sink for FileSink {
             )
         };
         let job = Arc::new(EpochWrite {
+            name: self.name.clone(),
             store: Arc::clone(&self.store),
             multipart: self.multipart.clone(),
             location: self.location.clone(),
@@ -679,7 +686,7 @@ impl Sink for FileSink {
             .collect();
         let mut failure = None;
         for o in opens {
-            match finish(&self.location, o).await {
+            match finish(&self.name, &self.location, o).await {
                 Ok(f) => pending.closed.push(f),
                 Err(e) => failure = failure.or(Some(e)),
             }
