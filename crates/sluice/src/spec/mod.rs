@@ -766,7 +766,7 @@ delimeter = ";"
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("p.toml:5: `sources.orders`: unknown field `delimeter`"),
+            err.contains("p.toml:8: `sources.orders.delimeter`: unknown field `delimeter`"),
             "{err}"
         );
         assert!(err.contains("did you mean `delimiter`?"), "{err}");
