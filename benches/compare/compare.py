@@ -315,6 +315,7 @@ def main():
     p.add_argument("--sluice", required=True, help="the sluice binary")
     p.add_argument("--quick", action="store_true", help="small data and one timed run (CI)")
     p.add_argument("--runs", type=int, help="timed runs per engine (default 3, quick 1)")
+    p.add_argument("--only", nargs="+", metavar="W", help="only these workloads (w1 w2 w3), printed, docs untouched")
     args = p.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     scale, events = (0.02, 100_000) if args.quick else (1, 5_000_000)
@@ -322,6 +323,13 @@ def main():
     data = os.path.join(base, f"data-sf{scale}-{events}")
     work = os.path.join(base, "runs")
     make_data(args.sluice, data, scale, events)
+    if args.only:
+        # a partial run (to measure one change) prints its numbers and writes no report
+        for w in args.only:
+            if w not in WORKLOADS:
+                raise SystemExit(f"unknown workload {w}; known: {', '.join(WORKLOADS)}")
+            bench_workload(w, args, data, work)
+        return
     results = {w: bench_workload(w, args, data, work) for w in WORKLOADS}
     stream = bench_streaming(args)
     if args.quick:

@@ -86,9 +86,15 @@ fn malformed(at: usize, what: impl std::fmt::Display) -> Problem {
 /// Checks JSON-lines records against a schema; see the module docs.
 #[derive(Debug)]
 pub(crate) struct JsonChecker {
+    /// Column name bytes → (index, expectation); looked up by a scan of
+    /// `names` when there are few columns (faster than hashing every key).
     columns: HashMap<Vec<u8>, (usize, Expect)>,
     names: Vec<String>,
+    expects: Vec<Expect>,
 }
+
+/// Up to this many columns, keys are matched by a linear scan.
+const LINEAR_LOOKUP: usize = 24;
 
 /// The kind of a value just read.
 enum Token {
@@ -105,14 +111,27 @@ impl JsonChecker {
     pub(crate) fn new(schema: &Schema) -> Self {
         let mut columns = HashMap::new();
         let mut names = Vec::new();
+        let mut expects = Vec::new();
         for (i, f) in schema.fields().iter().enumerate() {
-            columns.insert(
-                f.name().as_bytes().to_vec(),
-                (i, Expect::of(f.data_type())),
-            );
+            let expect = Expect::of(f.data_type());
+            columns.insert(f.name().as_bytes().to_vec(), (i, expect));
             names.push(f.name().clone());
+            expects.push(expect);
         }
-        Self { columns, names }
+        Self {
+            columns,
+            names,
+            expects,
+        }
+    }
+
+    fn column(&self, key: &[u8]) -> Option<(usize, Expect)> {
+        if self.names.len() <= LINEAR_LOOKUP {
+            let i = self.names.iter().position(|n| n.as_bytes() == key)?;
+            Some((i, self.expects[i]))
+        } else {
+            self.columns.get(key).copied()
+        }
     }
 
     /// Checks one record (without its line terminator). `seen` is scratch
@@ -143,7 +162,10 @@ impl JsonChecker {
                 if p.peek() != Some(b'"') {
                     return Err(malformed(p.pos, "expected a key in double quotes"));
                 }
-                let key = p.string()?;
+                let key = match p.string()? {
+                    (raw, false) => Key::Raw(raw),
+                    (raw, true) => Key::Escaped(unescape(raw)),
+                };
                 p.ws();
                 if p.peek() != Some(b':') {
                     return Err(malformed(p.pos, "expected `:` after a key"));
@@ -153,10 +175,10 @@ impl JsonChecker {
                 let value_at = p.pos;
                 let token = p.value()?;
                 let column = match &key {
-                    Key::Raw(k) => self.columns.get(*k),
-                    Key::Escaped(k) => self.columns.get(k.as_slice()),
+                    Key::Raw(k) => self.column(k),
+                    Key::Escaped(k) => self.column(k),
                 };
-                if let Some(&(i, expect)) = column {
+                if let Some((i, expect)) = column {
                     if std::mem::replace(&mut seen[i], true) {
                         return Err(malformed(
                             key_at,
@@ -315,47 +337,46 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// A string (the cursor on its opening quote).
-    fn string(&mut self) -> Result<Key<'a>, Problem> {
+    /// A string (the cursor on its opening quote): its raw text, and
+    /// whether it holds escapes.
+    fn string(&mut self) -> Result<(&'a [u8], bool), Problem> {
         let start = self.pos + 1;
         let mut i = start;
         let mut escaped = false;
         loop {
-            let Some(&c) = self.b.get(i) else {
+            // the next quote or backslash; nothing before it may be a control character
+            let rest = self.b.get(i..).unwrap_or_default();
+            let Some(n) = memchr::memchr2(b'"', b'\\', rest) else {
                 return Err(malformed(start - 1, "a string is not closed"));
             };
-            match c {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    match self.b.get(i + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                        Some(b'u') => {
-                            let hex = self.b.get(i + 2..i + 6);
-                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                                return Err(malformed(i, "a \\u escape needs four hex digits"));
-                            }
-                            i += 6;
-                        }
-                        _ => return Err(malformed(i, "an invalid escape in a string")),
+            let plain = &rest[..n];
+            // branch-free over the run, so it vectorises; located only when found
+            if plain.iter().fold(false, |any, b| any | (*b < 0x20)) {
+                let at = plain.iter().position(|b| *b < 0x20).unwrap_or(0);
+                return Err(malformed(
+                    i + at,
+                    format!("a raw control character (0x{:02x}) inside a string", plain[at]),
+                ));
+            }
+            i += n;
+            if self.b[i] == b'"' {
+                break;
+            }
+            escaped = true;
+            match self.b.get(i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                Some(b'u') => {
+                    let hex = self.b.get(i + 2..i + 6);
+                    if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                        return Err(malformed(i, "a \\u escape needs four hex digits"));
                     }
+                    i += 6;
                 }
-                0..=0x1f => {
-                    return Err(malformed(
-                        i,
-                        format!("a raw control character (0x{c:02x}) inside a string"),
-                    ));
-                }
-                _ => i += 1,
+                _ => return Err(malformed(i, "an invalid escape in a string")),
             }
         }
         self.pos = i + 1;
-        let raw = &self.b[start..i];
-        Ok(if escaped {
-            Key::Escaped(unescape(raw))
-        } else {
-            Key::Raw(raw)
-        })
+        Ok((&self.b[start..i], escaped))
     }
 
     /// A number by the JSON grammar: `-? (0 | [1-9][0-9]*) (.[0-9]+)? ([eE][+-]?[0-9]+)?`.
