@@ -351,12 +351,29 @@ impl Framer {
                             return self.first_line_only(&r, buf, start, eof, Fault::TextAfterQuote);
                         }
                         _ => {
-                            // plain field bytes: skip to the next that matters
-                            r.state = CsvState::Unquoted;
+                            // plain bytes, whole fields at a time: up to the next quote
+                            // or line end, counting the delimiters on the way (one
+                            // search per record, not per field)
                             let rest = &buf[r.pos..];
-                            let n = memchr::memchr3(delimiter, b'\n', b'\r', rest)
+                            let n = memchr::memchr3(quote, b'\n', b'\r', rest)
                                 .unwrap_or(rest.len());
-                            r.pos += n.max(1);
+                            let run = &rest[..n];
+                            r.delimiters += run.iter().filter(|c| **c == delimiter).count();
+                            r.state = match run.last() {
+                                Some(c) if *c == delimiter => CsvState::FieldStart,
+                                Some(_) => CsvState::Unquoted,
+                                None => r.state,
+                            };
+                            r.pos += n;
+                            if r.pos < buf.len() && buf[r.pos] == quote {
+                                // opens a quoted field only at a field's start
+                                r.state = if r.state == CsvState::FieldStart {
+                                    CsvState::Quoted
+                                } else {
+                                    CsvState::Unquoted
+                                };
+                                r.pos += 1;
+                            }
                         }
                     }
                 }
