@@ -21,7 +21,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
 use datafusion::arrow::datatypes::{
     DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type, Float64Type,
-    Schema, SchemaRef,
+    Schema, SchemaRef, i256,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::project_schema;
@@ -29,7 +29,7 @@ use sluice_contract::ErrorCode;
 
 use super::framing::csv_field_ranges;
 use super::json_check::{JsonChecker, Problem};
-use super::numbers::decimal_fits;
+use super::numbers::decimal_value;
 use super::{CsvOptions, LineFormat};
 
 /// A record given up, by its index among the records handed over.
@@ -380,20 +380,29 @@ fn strict_decimals(
     scale: i8,
     mut refuse: impl FnMut(usize, String),
 ) -> datafusion::common::Result<ArrayRef> {
-    fn read<T: DecimalType>(v: &str, precision: u8, scale: i8) -> Result<T::Native, String> {
-        let v = v.trim();
-        decimal_fits(v.as_bytes(), precision, scale)?;
-        parse_decimal::<T>(v, precision, scale).map_err(|e| arrow_message(&e))
+    fn read<T: DecimalType>(
+        v: &str,
+        precision: u8,
+        scale: i8,
+        from_i128: fn(i128) -> T::Native,
+    ) -> Result<T::Native, String> {
+        let v = v.trim_ascii();
+        match decimal_value(v.as_bytes(), precision, scale)? {
+            // exact, and computed in the same pass as the check
+            Some(unscaled) => Ok(from_i128(unscaled)),
+            None => parse_decimal::<T>(v, precision, scale).map_err(|e| arrow_message(&e)),
+        }
     }
     fn build<T: DecimalType>(
         text: &StringArray,
         precision: u8,
         scale: i8,
+        from_i128: fn(i128) -> T::Native,
         refuse: &mut impl FnMut(usize, String),
     ) -> datafusion::common::Result<ArrayRef> {
         let mut b = PrimitiveBuilder::<T>::with_capacity(text.len());
         for (row, v) in text.iter().enumerate() {
-            match v.map(|v| read::<T>(v, precision, scale)) {
+            match v.map(|v| read::<T>(v, precision, scale, from_i128)) {
                 Some(Ok(d)) => b.append_value(d),
                 Some(Err(m)) => {
                     refuse(row, m);
@@ -406,8 +415,10 @@ fn strict_decimals(
     }
     let text = column.as_string::<i32>();
     match target {
-        DataType::Decimal256(..) => build::<Decimal256Type>(text, precision, scale, &mut refuse),
-        _ => build::<Decimal128Type>(text, precision, scale, &mut refuse),
+        DataType::Decimal256(..) => {
+            build::<Decimal256Type>(text, precision, scale, i256::from_i128, &mut refuse)
+        }
+        _ => build::<Decimal128Type>(text, precision, scale, |v| v, &mut refuse),
     }
 }
 

@@ -64,12 +64,17 @@ fn literal(text: &[u8]) -> Option<Literal<'_>> {
     })
 }
 
+/// The text, for a message (built only when one is).
+fn shown(text: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(text)
+}
+
 /// An integer literal within `min..=max`: no fraction, no exponent.
 pub(crate) fn integer_fits(text: &[u8], min: i128, max: i128) -> Result<(), String> {
-    let shown = String::from_utf8_lossy(text);
-    let lit = literal(text).ok_or_else(|| format!("{shown} is not a number"))?;
+    let shown = || shown(text);
+    let lit = literal(text).ok_or_else(|| format!("{} is not a number", shown()))?;
     if !lit.frac.is_empty() || lit.has_exp || text.contains(&b'.') {
-        return Err(format!("{shown} is not an integer"));
+        return Err(format!("{} is not an integer", shown()));
     }
     let digits = lit.int.iter().skip_while(|d| **d == b'0').count();
     let value = if digits > 38 {
@@ -83,20 +88,20 @@ pub(crate) fn integer_fits(text: &[u8], min: i128, max: i128) -> Result<(), Stri
     };
     match value {
         Some(v) if (min..=max).contains(&v) => Ok(()),
-        _ => Err(format!("{shown} is out of range ({min} to {max})")),
+        _ => Err(format!("{} is out of range ({min} to {max})", shown())),
     }
 }
 
 /// A float literal that does not overflow to infinity.
 pub(crate) fn float_fits(text: &[u8], single: bool) -> Result<(), String> {
-    let shown = String::from_utf8_lossy(text);
-    let lit = literal(text).ok_or_else(|| format!("{shown} is not a number"))?;
+    let shown = || shown(text);
+    let lit = literal(text).ok_or_else(|| format!("{} is not a number", shown()))?;
     // below this many integer digits and without an exponent nothing overflows
     let safe = if single { 38 } else { 308 };
     if !lit.has_exp && lit.int.len() <= safe {
         return Ok(());
     }
-    let s = std::str::from_utf8(text).map_err(|_| format!("{shown} is not a number"))?;
+    let s = std::str::from_utf8(text).map_err(|_| format!("{} is not a number", shown()))?;
     let finite = if single {
         s.parse::<f32>().is_ok_and(f32::is_finite)
     } else {
@@ -106,7 +111,8 @@ pub(crate) fn float_fits(text: &[u8], single: bool) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{shown} is out of range for a {}-bit float",
+            "{} is out of range for a {}-bit float",
+            shown(),
             if single { 32 } else { 64 }
         ))
     }
@@ -115,14 +121,28 @@ pub(crate) fn float_fits(text: &[u8], single: bool) -> Result<(), String> {
 /// A decimal literal whose digits fit `precision` and `scale` exactly:
 /// digits past the scale must be zeros (so `1.50` fits scale 1, `1.55` does not).
 pub(crate) fn decimal_fits(text: &[u8], precision: u8, scale: i8) -> Result<(), String> {
-    let shown = String::from_utf8_lossy(text);
-    let lit = literal(text).ok_or_else(|| format!("{shown} is not a number"))?;
-    // all digits, and where the point falls among them
-    let digits: Vec<u8> = lit.int.iter().chain(lit.frac).copied().collect();
-    let Some(first) = digits.iter().position(|d| *d != b'0') else {
-        return Ok(()); // zero
+    decimal_value(text, precision, scale).map(drop)
+}
+
+/// The value of a decimal literal that fits `precision` and `scale` exactly
+/// (see [`decimal_fits`]), as an unscaled integer, when it fits an `i128`
+/// (always for `precision` up to 38); `Ok(None)` when it fits but is wider.
+pub(crate) fn decimal_value(text: &[u8], precision: u8, scale: i8) -> Result<Option<i128>, String> {
+    let shown = || shown(text);
+    let lit = literal(text).ok_or_else(|| format!("{} is not a number", shown()))?;
+    // the digits are int ++ frac; find the first and last significant ones
+    let digit = |i: usize| {
+        if i < lit.int.len() {
+            lit.int[i]
+        } else {
+            lit.frac[i - lit.int.len()]
+        }
     };
-    let last = digits.iter().rposition(|d| *d != b'0').unwrap_or(first);
+    let len = lit.int.len() + lit.frac.len();
+    let Some(first) = (0..len).find(|i| digit(*i) != b'0') else {
+        return Ok(Some(0)); // zero
+    };
+    let last = (first..len).rev().find(|i| digit(*i) != b'0').unwrap_or(first);
     let point = lit.int.len() as i64 + lit.exp;
     // place of the first and last significant digit, as powers of ten
     let high = point - 1 - first as i64;
@@ -130,15 +150,28 @@ pub(crate) fn decimal_fits(text: &[u8], precision: u8, scale: i8) -> Result<(), 
     let scale = i64::from(scale);
     if low < -scale {
         return Err(format!(
-            "{shown} has more decimal digits than the column's scale {scale}"
+            "{} has more decimal digits than the column's scale {scale}",
+            shown()
         ));
     }
     if high + 1 > i64::from(precision) - scale {
         return Err(format!(
-            "{shown} has more digits than the column's precision {precision} (scale {scale}) allows"
+            "{} has more digits than the column's precision {precision} (scale {scale}) allows",
+            shown()
         ));
     }
-    Ok(())
+    // unscaled value: the significant digits, shifted to the scale
+    if high + scale >= 38 {
+        return Ok(None);
+    }
+    let mut v: i128 = 0;
+    for i in first..=last {
+        v = v * 10 + i128::from(digit(i) - b'0');
+    }
+    for _ in 0..(low + scale) {
+        v *= 10;
+    }
+    Ok(Some(if lit.negative { -v } else { v }))
 }
 
 #[cfg(test)]
@@ -180,5 +213,21 @@ mod tests {
         assert!(decimal_fits(b"abc", 4, 2).is_err());
         assert!(decimal_fits(b"120", 3, -1).is_ok());
         assert!(decimal_fits(b"125", 3, -1).is_err());
+    }
+
+    #[test]
+    fn decimal_values_are_unscaled_exactly() {
+        assert_eq!(decimal_value(b"12.34", 4, 2), Ok(Some(1234)));
+        assert_eq!(decimal_value(b"-0.5", 4, 2), Ok(Some(-50)));
+        assert_eq!(decimal_value(b"1.5e1", 4, 2), Ok(Some(1500)));
+        assert_eq!(decimal_value(b"120", 3, -1), Ok(Some(12)));
+        assert_eq!(decimal_value(b"+007.10", 5, 2), Ok(Some(710)));
+        assert_eq!(decimal_value(b"0.000", 5, 2), Ok(Some(0)));
+        let big = "9".repeat(38);
+        assert_eq!(
+            decimal_value(big.as_bytes(), 38, 0),
+            Ok(Some(big.parse::<i128>().unwrap()))
+        );
+        assert_eq!(decimal_value(b"1", 76, 40), Ok(None));
     }
 }
