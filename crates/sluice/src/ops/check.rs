@@ -79,6 +79,24 @@ impl DisplayAs for CheckExec {
 }
 
 impl ExecutionPlan for CheckExec {
+    /// The input's statistics, as estimates (rows may be taken out).
+    /// The input's statistics are wanted, at the same partition.
+    fn child_stats_requests(
+        &self,
+        partition: Option<usize>,
+    ) -> Vec<datafusion::physical_plan::ChildStats> {
+        vec![datafusion::physical_plan::ChildStats::At(partition)]
+    }
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<datafusion::common::Statistics>],
+        _args: &datafusion::physical_plan::StatisticsArgs,
+    ) -> Result<Arc<datafusion::common::Statistics>> {
+        Ok(Arc::new(match input_stats.first() {
+            Some(s) => s.as_ref().clone().to_inexact(),
+            None => datafusion::common::Statistics::new_unknown(&self.schema()),
+        }))
+    }
     fn name(&self) -> &str {
         "CheckExec"
     }

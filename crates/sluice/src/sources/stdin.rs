@@ -178,6 +178,7 @@ impl StdinSource {
             // physical lines of standard input, the header included
             line_offset: self.header_lines + from,
             min_split_bytes: split::MIN_SPLIT_BYTES,
+            bytes_per_row: None,
         };
         Ok(Slice {
             table: Arc::new(table),

@@ -194,6 +194,9 @@ pub(crate) struct LineFilesTable {
     /// Files (or parts) are cut for partitions in pieces no smaller than
     /// this ([`split::MIN_SPLIT_BYTES`]; tests cut smaller).
     pub min_split_bytes: u64,
+    /// Average bytes per record, when sampled: the scan's row estimate for
+    /// the planner (which side of a join to build a hash table on).
+    pub bytes_per_row: Option<f64>,
 }
 
 impl LineFilesTable {
@@ -268,6 +271,7 @@ impl TableProvider for LineFilesTable {
                 batch_size: self.batch_size,
                 on_error: self.on_error,
                 line_offset: self.line_offset,
+                bytes_per_row: self.bytes_per_row,
             },
             self.groups(),
             limit,

@@ -64,6 +64,8 @@ pub(super) struct ScanShared {
     /// Physical lines before each file's first byte (standard input is read
     /// as a run of slices).
     pub line_offset: u64,
+    /// Average bytes per record, when sampled (for the row estimate).
+    pub bytes_per_row: Option<f64>,
 }
 
 /// Reads CSV / JSON-lines files; see the module docs.
@@ -136,6 +138,32 @@ impl DisplayAs for LineScanExec {
 }
 
 impl ExecutionPlan for LineScanExec {
+    /// The bytes to read and the rows they hold, as estimates: enough for
+    /// the planner to build a join's hash table on the smaller side.
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<datafusion::common::Statistics>],
+        args: &datafusion::physical_plan::StatisticsArgs,
+    ) -> Result<Arc<datafusion::common::Statistics>> {
+        let partition = args.partition();
+        let bytes = |units: &[LineUnit]| -> u64 {
+            units
+                .iter()
+                .map(|u| u.range.as_ref().map_or(u.object.size, |r| r.end - r.start))
+                .sum()
+        };
+        let total = match partition {
+            Some(p) => self.groups.get(p).map_or(0, |g| bytes(g)),
+            None => self.groups.iter().map(|g| bytes(g)).sum(),
+        };
+        use datafusion::common::stats::Precision;
+        let mut stats = datafusion::common::Statistics::new_unknown(self.decoder.schema());
+        stats.total_byte_size = Precision::Inexact(usize::try_from(total).unwrap_or(usize::MAX));
+        if let Some(bpr) = self.shared.bytes_per_row.filter(|b| *b >= 1.0) {
+            stats.num_rows = Precision::Inexact((total as f64 / bpr) as usize);
+        }
+        Ok(Arc::new(stats))
+    }
     fn name(&self) -> &str {
         "LineScanExec"
     }

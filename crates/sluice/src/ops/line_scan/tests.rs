@@ -435,6 +435,7 @@ async fn read(case: &Case, on_error: OnError, bytes: &[u8]) -> Outcome {
             on_error,
             line_offset: 0,
             min_split_bytes: case.min_split,
+            bytes_per_row: None,
         };
         let binding = Arc::new(EpochBinding::new(
             0,

@@ -475,6 +475,7 @@ impl FileSource {
                 on_error: self.on_error,
                 line_offset: 0,
                 min_split_bytes: split::MIN_SPLIT_BYTES,
+                bytes_per_row: self.bytes_per_row,
             })),
             Format::Parquet | Format::ArrowIpc => {
                 let urls = files
