@@ -128,6 +128,9 @@ pub(crate) fn decimal_fits(text: &[u8], precision: u8, scale: i8) -> Result<(), 
 /// (see [`decimal_fits`]), as an unscaled integer, when it fits an `i128`
 /// (always for `precision` up to 38); `Ok(None)` when it fits but is wider.
 pub(crate) fn decimal_value(text: &[u8], precision: u8, scale: i8) -> Result<Option<i128>, String> {
+    if let Some(v) = plain_decimal(text, precision, scale) {
+        return Ok(Some(v));
+    }
     let shown = || shown(text);
     let lit = literal(text).ok_or_else(|| format!("{} is not a number", shown()))?;
     // the digits are int ++ frac; find the first and last significant ones
@@ -172,6 +175,58 @@ pub(crate) fn decimal_value(text: &[u8], precision: u8, scale: i8) -> Result<Opt
         v *= 10;
     }
     Ok(Some(if lit.negative { -v } else { v }))
+}
+
+/// The common case of [`decimal_value`] in one pass: `[sign] digits [.
+/// digits]`, no exponent, fitting exactly. `None` for anything else (which
+/// the general path then reads, or refuses with a reason).
+fn plain_decimal(text: &[u8], precision: u8, scale: i8) -> Option<i128> {
+    if !(0..=38).contains(&scale) || precision > 38 {
+        return None;
+    }
+    let (negative, digits) = match text.first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let scale = scale as usize;
+    let mut v: i128 = 0;
+    let mut int_digits = 0usize; // significant integer digits
+    let mut frac_digits = 0usize; // fractional digits taken into `v`
+    let mut seen_point = false;
+    let mut any = false;
+    for &b in digits {
+        match b {
+            b'0'..=b'9' if !seen_point => {
+                any = true;
+                if v != 0 || b != b'0' {
+                    int_digits += 1;
+                    if int_digits > 38 {
+                        return None;
+                    }
+                    v = v * 10 + i128::from(b - b'0');
+                }
+            }
+            b'0'..=b'9' => {
+                any = true;
+                if frac_digits < scale {
+                    v = v * 10 + i128::from(b - b'0');
+                    frac_digits += 1;
+                } else if b != b'0' {
+                    return None; // a digit past the scale: the general path says why
+                }
+            }
+            b'.' if !seen_point => seen_point = true,
+            _ => return None,
+        }
+    }
+    if !any || int_digits + scale > usize::from(precision) {
+        return None;
+    }
+    for _ in frac_digits..scale {
+        v *= 10;
+    }
+    Some(if negative { -v } else { v })
 }
 
 #[cfg(test)]
@@ -229,5 +284,27 @@ mod tests {
             Ok(Some(big.parse::<i128>().unwrap()))
         );
         assert_eq!(decimal_value(b"1", 76, 40), Ok(None));
+    }
+
+    #[test]
+    fn the_plain_path_agrees_with_arrows_parser_and_defers_the_rest() {
+        use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
+        use datafusion::arrow::datatypes::Decimal128Type;
+        for t in [
+            "0", "-0", "12.34", "12.3", "12.", ".5", "-.50", "+7", "007.10", "99.99", "100.00",
+            "1.230", "-123456789012345678.1234567890",
+        ] {
+            for (p, s) in [(4u8, 2i8), (38, 0), (38, 10), (10, 3), (3, 0), (30, 10)] {
+                if let Some(v) = plain_decimal(t.as_bytes(), p, s) {
+                    let arrow = parse_decimal::<Decimal128Type>(t, p, s);
+                    assert_eq!(Ok(v), arrow.map_err(|e| e.to_string()), "{t} ({p},{s})");
+                }
+            }
+        }
+        // what does not fit, or is not plain, goes to the general path
+        for (t, p, s) in [("1.234", 10, 2), ("123.4", 4, 2), ("1e2", 10, 0), ("abc", 4, 2), ("", 4, 2), (".", 4, 2)] {
+            assert_eq!(plain_decimal(t.as_bytes(), p, s), None, "{t}");
+        }
+        assert_eq!(plain_decimal(b"12.34", 4, 2), Some(1234));
     }
 }
