@@ -28,8 +28,8 @@ use datafusion::physical_plan::{
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::ObjectStore;
-use object_store::path::Path;
 use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{SluiceError, find_sluice_error};
@@ -131,7 +131,10 @@ impl ExecutionPlan for FileErrorsExec {
             let (name, store, files) = (name.clone(), Arc::clone(&store), Arc::clone(&files));
             async move { Err(named(e, &name, store, &files, parquet).await) }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream.boxed())))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.boxed(),
+        )))
     }
 }
 

@@ -3,8 +3,8 @@
 pub(crate) mod check;
 pub(crate) mod event_time;
 pub(crate) mod external_stage;
-pub(crate) mod generate;
 pub(crate) mod file_errors;
+pub(crate) mod generate;
 pub(crate) mod line_scan;
 pub(crate) mod map;
 pub(crate) mod operator_stage;

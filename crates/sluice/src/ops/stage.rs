@@ -304,7 +304,9 @@ impl ExecutionPlan for StageExec {
     ) -> Result<Arc<datafusion::common::Statistics>> {
         match input_stats.first() {
             Some(s) => Ok(Arc::clone(s)),
-            None => Ok(Arc::new(datafusion::common::Statistics::new_unknown(&self.schema()))),
+            None => Ok(Arc::new(datafusion::common::Statistics::new_unknown(
+                &self.schema(),
+            ))),
         }
     }
     fn name(&self) -> &str {

@@ -640,7 +640,12 @@ fn key_lines(text: &str) -> BTreeMap<String, usize> {
         }
         let Some(eq) = line.find('=') else { continue };
         let key = line[..eq].trim();
-        let key = key.split('.').next().unwrap_or(key).trim().trim_matches('"');
+        let key = key
+            .split('.')
+            .next()
+            .unwrap_or(key)
+            .trim()
+            .trim_matches('"');
         if key.is_empty() || key.starts_with('#') || table.is_empty() {
             if !key.is_empty() && !key.starts_with('#') && table.is_empty() {
                 out.entry(key.to_string()).or_insert(i + 1);

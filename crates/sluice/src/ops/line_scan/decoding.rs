@@ -20,8 +20,8 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
 use datafusion::arrow::datatypes::{
-    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type, Float64Type,
-    Schema, SchemaRef, i256,
+    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type, Float64Type, Schema,
+    SchemaRef, i256,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::project_schema;
@@ -150,7 +150,9 @@ impl BatchDecoder {
             return Ok(None);
         }
         let decoded = if parts.len() == 1 {
-            parts.pop().unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.decode_out())))
+            parts
+                .pop()
+                .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.decode_out())))
         } else {
             concat_batches(&parts[0].schema(), &parts)?
         };
@@ -274,7 +276,11 @@ impl BatchDecoder {
             let column = match (field.data_type(), &self.format) {
                 (DataType::Decimal128(p, s) | DataType::Decimal256(p, s), LineFormat::Csv(_)) => {
                     strict_decimals(column, field.data_type(), *p, *s, |row, m| {
-                        refuse(row, ErrorCode::TypeMismatch, format!("column `{name}`: {m}"))
+                        refuse(
+                            row,
+                            ErrorCode::TypeMismatch,
+                            format!("column `{name}`: {m}"),
+                        )
                     })?
                 }
                 (DataType::Float32 | DataType::Float64, LineFormat::Csv(o)) => {
@@ -411,7 +417,9 @@ fn strict_decimals(
                 None => b.append_null(),
             }
         }
-        Ok(Arc::new(b.finish().with_precision_and_scale(precision, scale)?))
+        Ok(Arc::new(
+            b.finish().with_precision_and_scale(precision, scale)?,
+        ))
     }
     let text = column.as_string::<i32>();
     match target {
@@ -425,7 +433,10 @@ fn strict_decimals(
 /// Rows holding an infinite float.
 fn infinite_rows(column: &ArrayRef) -> Vec<usize> {
     let rows = |inf: &mut dyn Iterator<Item = bool>| {
-        inf.enumerate().filter(|(_, i)| *i).map(|(r, _)| r).collect()
+        inf.enumerate()
+            .filter(|(_, i)| *i)
+            .map(|(r, _)| r)
+            .collect()
     };
     match column.data_type() {
         DataType::Float64 => {
@@ -460,7 +471,10 @@ fn csv_field_text(record: &[u8], o: &CsvOptions, index: usize) -> String {
 }
 
 fn is_infinity_literal(text: &str) -> bool {
-    let t = text.trim().trim_start_matches(['+', '-']).to_ascii_lowercase();
+    let t = text
+        .trim()
+        .trim_start_matches(['+', '-'])
+        .to_ascii_lowercase();
     t == "inf" || t == "infinity"
 }
 
@@ -510,7 +524,15 @@ mod tests {
         );
         let (rows, bad) = run(
             &d,
-            &["1,1.50,1", "x,1,1", "3,1.555,1", "4,,1", "5,1,1e400", "6,1,inf", "7.5,1,1"],
+            &[
+                "1,1.50,1",
+                "x,1,1",
+                "3,1.555,1",
+                "4,,1",
+                "5,1,1e400",
+                "6,1,inf",
+                "7.5,1,1",
+            ],
         );
         assert_eq!(rows, vec!["1", "6"]);
         assert_eq!(
@@ -536,12 +558,19 @@ mod tests {
         );
         let (rows, bad) = run(
             &d,
-            &[r#"{"t": "2024-01-02", "i": 1}"#, r#"{"t": "yesterday", "i": 2}"#, r#"{"t": null}"#],
+            &[
+                r#"{"t": "2024-01-02", "i": 1}"#,
+                r#"{"t": "yesterday", "i": 2}"#,
+                r#"{"t": null}"#,
+            ],
         );
         assert_eq!(rows, vec!["2024-01-02"]);
         assert_eq!(
             bad,
-            vec![(1, ErrorCode::TypeMismatch), (2, ErrorCode::ConstraintViolation)]
+            vec![
+                (1, ErrorCode::TypeMismatch),
+                (2, ErrorCode::ConstraintViolation)
+            ]
         );
     }
 }

@@ -348,15 +348,21 @@ impl Framer {
                             r.pos += 1;
                         }
                         CsvState::QuoteInQuoted => {
-                            return self.first_line_only(&r, buf, start, eof, Fault::TextAfterQuote);
+                            return self.first_line_only(
+                                &r,
+                                buf,
+                                start,
+                                eof,
+                                Fault::TextAfterQuote,
+                            );
                         }
                         _ => {
                             // plain bytes, whole fields at a time: up to the next quote
                             // or line end, counting the delimiters on the way (one
                             // search per record, not per field)
                             let rest = &buf[r.pos..];
-                            let n = memchr::memchr3(quote, b'\n', b'\r', rest)
-                                .unwrap_or(rest.len());
+                            let n =
+                                memchr::memchr3(quote, b'\n', b'\r', rest).unwrap_or(rest.len());
                             let run = &rest[..n];
                             r.delimiters += run.iter().filter(|c| **c == delimiter).count();
                             r.state = match run.last() {
@@ -530,10 +536,7 @@ mod tests {
         }
     }
 
-    fn each_chunking(
-        dialect: Dialect,
-        data: &[u8],
-    ) -> Vec<(String, u64, usize, Option<Fault>)> {
+    fn each_chunking(dialect: Dialect, data: &[u8]) -> Vec<(String, u64, usize, Option<Fault>)> {
         let whole = frames(dialect, data, data.len().max(1));
         for chunk in 1..=data.len().max(1) {
             assert_eq!(frames(dialect, data, chunk), whole, "chunk {chunk}");
@@ -597,10 +600,10 @@ mod tests {
         let got = each_chunking(CSV_NL, b"1,\"b\n2,\"c\"\n3,d\n");
         assert_eq!(got[0].3, Some(Fault::TextAfterQuote));
         assert_eq!(got[0].0, "1,\"b");
-        assert_eq!(&got[1..], &[
-            ("2,\"c\"".into(), 2, 2, None),
-            ("3,d".into(), 3, 2, None)
-        ]);
+        assert_eq!(
+            &got[1..],
+            &[("2,\"c\"".into(), 2, 2, None), ("3,d".into(), 3, 2, None)]
+        );
     }
 
     #[test]
@@ -608,7 +611,8 @@ mod tests {
         let data = b"a\r\nb\rc\n\r\r\nd\r";
         for cut in 0..=data.len() {
             let mut cr = false;
-            let n = count_line_breaks(&data[..cut], &mut cr) + count_line_breaks(&data[cut..], &mut cr);
+            let n =
+                count_line_breaks(&data[..cut], &mut cr) + count_line_breaks(&data[cut..], &mut cr);
             assert_eq!(n + u64::from(cr), 6, "cut at {cut}");
         }
     }

@@ -21,9 +21,17 @@ const MAX_DEPTH: usize = 256;
 /// What a column takes.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
-    Integer { min: i128, max: i128 },
-    Float { single: bool },
-    Decimal { precision: u8, scale: i8 },
+    Integer {
+        min: i128,
+        max: i128,
+    },
+    Float {
+        single: bool,
+    },
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
     Boolean,
     String,
     /// Left to arrow (timestamps, dates, nested and binary values).
@@ -211,7 +219,13 @@ impl JsonChecker {
         Ok(())
     }
 
-    fn fits(&self, column: usize, expect: Expect, token: Token, text: &[u8]) -> Result<(), Problem> {
+    fn fits(
+        &self,
+        column: usize,
+        expect: Expect,
+        token: Token,
+        text: &[u8],
+    ) -> Result<(), Problem> {
         let mismatch = |message: String| Problem {
             code: ErrorCode::TypeMismatch,
             message: format!("column `{}`: {message}", self.names[column]),
@@ -355,7 +369,10 @@ impl<'a> Parser<'a> {
                 let at = plain.iter().position(|b| *b < 0x20).unwrap_or(0);
                 return Err(malformed(
                     i + at,
-                    format!("a raw control character (0x{:02x}) inside a string", plain[at]),
+                    format!(
+                        "a raw control character (0x{:02x}) inside a string",
+                        plain[at]
+                    ),
                 ));
             }
             i += n;
@@ -436,12 +453,19 @@ mod tests {
             Field::new("f", DataType::Float64, true),
             Field::new("d", DataType::Decimal128(6, 2), true),
             Field::new("b", DataType::Boolean, true),
-            Field::new("t", DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None), true),
+            Field::new(
+                "t",
+                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+                true,
+            ),
         ]))
     }
 
     fn code(record: &str) -> Option<ErrorCode> {
-        checker().check(record.as_bytes(), &mut Vec::new()).err().map(|p| p.code)
+        checker()
+            .check(record.as_bytes(), &mut Vec::new())
+            .err()
+            .map(|p| p.code)
     }
 
     #[test]
@@ -477,7 +501,10 @@ mod tests {
         let deep = format!("{{\"o\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(code(&deep), Some(ErrorCode::Malformed));
         assert_eq!(
-            checker().check(b"{\"s\": \"\xff\"}", &mut Vec::new()).unwrap_err().code,
+            checker()
+                .check(b"{\"s\": \"\xff\"}", &mut Vec::new())
+                .unwrap_err()
+                .code,
             ErrorCode::Malformed
         );
     }

@@ -213,12 +213,16 @@ impl LineFilesTable {
         for f in &self.files {
             let compression = self.compression.of(f.object.location.as_ref());
             if split::splittable(&self.format, compression) {
-                units.extend(split::cut(f.bounds(), split_size, self.min_split_bytes).into_iter().map(|r| LineUnit {
-                    object: f.object.clone(),
-                    // a whole file stays whole: its first line may be a header
-                    range: (r != (0..f.object.size)).then_some(r),
-                    compression,
-                }));
+                units.extend(
+                    split::cut(f.bounds(), split_size, self.min_split_bytes)
+                        .into_iter()
+                        .map(|r| LineUnit {
+                            object: f.object.clone(),
+                            // a whole file stays whole: its first line may be a header
+                            range: (r != (0..f.object.size)).then_some(r),
+                            compression,
+                        }),
+                );
             } else {
                 units.push(LineUnit {
                     object: f.object.clone(),
@@ -278,7 +282,6 @@ impl TableProvider for LineFilesTable {
         )?))
     }
 }
-
 
 #[cfg(test)]
 mod tests;

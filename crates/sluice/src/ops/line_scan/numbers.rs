@@ -145,7 +145,10 @@ pub(crate) fn decimal_value(text: &[u8], precision: u8, scale: i8) -> Result<Opt
     let Some(first) = (0..len).find(|i| digit(*i) != b'0') else {
         return Ok(Some(0)); // zero
     };
-    let last = (first..len).rev().find(|i| digit(*i) != b'0').unwrap_or(first);
+    let last = (first..len)
+        .rev()
+        .find(|i| digit(*i) != b'0')
+        .unwrap_or(first);
     let point = lit.int.len() as i64 + lit.exp;
     // place of the first and last significant digit, as powers of ten
     let high = point - 1 - first as i64;
@@ -291,8 +294,19 @@ mod tests {
         use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
         use datafusion::arrow::datatypes::Decimal128Type;
         for t in [
-            "0", "-0", "12.34", "12.3", "12.", ".5", "-.50", "+7", "007.10", "99.99", "100.00",
-            "1.230", "-123456789012345678.1234567890",
+            "0",
+            "-0",
+            "12.34",
+            "12.3",
+            "12.",
+            ".5",
+            "-.50",
+            "+7",
+            "007.10",
+            "99.99",
+            "100.00",
+            "1.230",
+            "-123456789012345678.1234567890",
         ] {
             for (p, s) in [(4u8, 2i8), (38, 0), (38, 10), (10, 3), (3, 0), (30, 10)] {
                 if let Some(v) = plain_decimal(t.as_bytes(), p, s) {
@@ -302,7 +316,14 @@ mod tests {
             }
         }
         // what does not fit, or is not plain, goes to the general path
-        for (t, p, s) in [("1.234", 10, 2), ("123.4", 4, 2), ("1e2", 10, 0), ("abc", 4, 2), ("", 4, 2), (".", 4, 2)] {
+        for (t, p, s) in [
+            ("1.234", 10, 2),
+            ("123.4", 4, 2),
+            ("1e2", 10, 0),
+            ("abc", 4, 2),
+            ("", 4, 2),
+            (".", 4, 2),
+        ] {
             assert_eq!(plain_decimal(t.as_bytes(), p, s), None, "{t}");
         }
         assert_eq!(plain_decimal(b"12.34", 4, 2), Some(1234));

@@ -146,7 +146,11 @@ mod tests {
             for cut in 1..data.len() as u64 {
                 let a = lines_of(data, 0..cut, chunk);
                 let b = lines_of(data, cut..data.len() as u64, chunk);
-                assert_eq!(format!("{a}{b}"), data, "cut at {cut}, chunk {chunk}: {a:?} + {b:?}");
+                assert_eq!(
+                    format!("{a}{b}"),
+                    data,
+                    "cut at {cut}, chunk {chunk}: {a:?} + {b:?}"
+                );
                 assert!(a.is_empty() || a.ends_with('\n'));
             }
         }
@@ -164,7 +168,11 @@ mod tests {
                         lines_of(data, c1..c2, chunk),
                         lines_of(data, c2..n, chunk),
                     ];
-                    assert_eq!(parts.concat(), data, "cuts {c1},{c2} chunk {chunk}: {parts:?}");
+                    assert_eq!(
+                        parts.concat(),
+                        data,
+                        "cuts {c1},{c2} chunk {chunk}: {parts:?}"
+                    );
                 }
             }
         }

@@ -28,7 +28,10 @@ use crate::epoch::EpochBinding;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Format {
-    Csv { header: bool, newlines_in_values: bool },
+    Csv {
+        header: bool,
+        newlines_in_values: bool,
+    },
     Jsonl,
 }
 
@@ -202,7 +205,17 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         )
     })
     .prop_map(
-        |(format, rows, endings, last_ending, compression, batch_size, partitions, cuts, min_split)| {
+        |(
+            format,
+            rows,
+            endings,
+            last_ending,
+            compression,
+            batch_size,
+            partitions,
+            cuts,
+            min_split,
+        )| {
             let mut rows = rows;
             for (i, r) in rows.iter_mut().enumerate() {
                 if let Row::Good(g) = r {
@@ -236,7 +249,11 @@ fn csv_field(s: &str) -> String {
 
 fn amount(cents: i64) -> String {
     let sign = if cents < 0 { "-" } else { "" };
-    format!("{sign}{}.{:02}", cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
+    format!(
+        "{sign}{}.{:02}",
+        cents.unsigned_abs() / 100,
+        cents.unsigned_abs() % 100
+    )
 }
 
 fn render_good(format: Format, g: &Good) -> Vec<u8> {
@@ -381,7 +398,10 @@ async fn read(case: &Case, on_error: OnError, bytes: &[u8]) -> Outcome {
     };
     let path = Path::from(format!("in/data{ext}"));
     store
-        .put(&path, PutPayload::from(compress(bytes, case.compression).await))
+        .put(
+            &path,
+            PutPayload::from(compress(bytes, case.compression).await),
+        )
         .await
         .unwrap();
     let object = store.head(&path).await.unwrap();
@@ -607,7 +627,12 @@ fn framing_and_decoding_survive_any_bytes() {
         LineFormat::Jsonl,
     ]
     .into_iter()
-    .map(|f| (f.dialect(), BatchDecoder::new(f, &schema(), None, 16).unwrap()))
+    .map(|f| {
+        (
+            f.dialect(),
+            BatchDecoder::new(f, &schema(), None, 16).unwrap(),
+        )
+    })
     .collect();
     let strategy = (
         0..decoders.len(),

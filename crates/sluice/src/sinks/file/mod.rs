@@ -467,7 +467,9 @@ impl EpochWrite {
                     if o.file.size() >= self.target
                         && let Some(o) = files.open.remove(&dir)
                     {
-                        files.closed.push(finish(&self.name, &self.location, o).await?);
+                        files
+                            .closed
+                            .push(finish(&self.name, &self.location, o).await?);
                     }
                 }
             }

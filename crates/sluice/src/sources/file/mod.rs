@@ -16,8 +16,8 @@
 
 mod config;
 mod footer;
-mod sample;
 mod named;
+mod sample;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -770,7 +770,8 @@ impl FileSource {
             let fits = budget.is_none_or(|b| size <= b);
             if !fits && self.splittable(f) && size > split::MIN_SPLIT_BYTES {
                 let take = budget.unwrap_or(size).max(split::MIN_SPLIT_BYTES);
-                if take < size && (chosen.is_empty() || budget.is_some_and(|b| b >= split::MIN_SPLIT_BYTES))
+                if take < size
+                    && (chosen.is_empty() || budget.is_some_and(|b| b >= split::MIN_SPLIT_BYTES))
                 {
                     chosen.push(FilePart {
                         object: f.clone(),

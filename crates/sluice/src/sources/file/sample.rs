@@ -178,7 +178,9 @@ impl<'a> Sample<'a> {
     /// Frames `sample`; `complete` when it is the whole file (otherwise the
     /// record it ends inside is left out).
     fn frame(sample: &'a [u8], format: &LineFormat, complete: bool) -> Self {
-        let bytes = sample.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(sample);
+        let bytes = sample
+            .strip_prefix(b"\xEF\xBB\xBF".as_slice())
+            .unwrap_or(sample);
         let mut frames = Vec::new();
         Framer::new(format.dialect(), 1).frame(bytes, complete, &mut frames);
         Self { bytes, frames }
