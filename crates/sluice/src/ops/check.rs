@@ -79,23 +79,20 @@ impl DisplayAs for CheckExec {
 }
 
 impl ExecutionPlan for CheckExec {
-    /// The input's statistics, as estimates (rows may be taken out).
-    /// The input's statistics are wanted, at the same partition.
+    /// The input's statistics are passed on (see [`crate::ops::pass_stats`]).
     fn child_stats_requests(
         &self,
         partition: Option<usize>,
     ) -> Vec<datafusion::physical_plan::ChildStats> {
-        vec![datafusion::physical_plan::ChildStats::At(partition)]
+        crate::ops::pass_stats::of_input(partition)
     }
+    /// Rows may be taken out: the input's statistics, as estimates.
     fn statistics_from_inputs(
         &self,
         input_stats: &[Arc<datafusion::common::Statistics>],
         _args: &datafusion::physical_plan::StatisticsArgs,
     ) -> Result<Arc<datafusion::common::Statistics>> {
-        Ok(Arc::new(match input_stats.first() {
-            Some(s) => s.as_ref().clone().to_inexact(),
-            None => datafusion::common::Statistics::new_unknown(&self.schema()),
-        }))
+        crate::ops::pass_stats::passed_on(input_stats, &self.schema(), false)
     }
     fn name(&self) -> &str {
         "CheckExec"

@@ -8,6 +8,7 @@ pub(crate) mod generate;
 pub(crate) mod line_scan;
 pub(crate) mod map;
 pub(crate) mod operator_stage;
+pub(crate) mod pass_stats;
 pub(crate) mod sessions;
 pub(crate) mod slot;
 pub(crate) mod stage;

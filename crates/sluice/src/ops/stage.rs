@@ -288,26 +288,20 @@ impl DisplayAs for StageExec {
 }
 
 impl ExecutionPlan for StageExec {
-    /// The input's statistics (a stream's size lets the planner put a small
-    /// lookup on a join's build side instead of the stream).
-    /// The input's statistics are wanted, at the same partition.
+    /// The input's statistics are passed on (see [`crate::ops::pass_stats`]).
     fn child_stats_requests(
         &self,
         partition: Option<usize>,
     ) -> Vec<datafusion::physical_plan::ChildStats> {
-        vec![datafusion::physical_plan::ChildStats::At(partition)]
+        crate::ops::pass_stats::of_input(partition)
     }
+    /// Every row passes unchanged: the input's statistics.
     fn statistics_from_inputs(
         &self,
         input_stats: &[Arc<datafusion::common::Statistics>],
         _args: &datafusion::physical_plan::StatisticsArgs,
     ) -> Result<Arc<datafusion::common::Statistics>> {
-        match input_stats.first() {
-            Some(s) => Ok(Arc::clone(s)),
-            None => Ok(Arc::new(datafusion::common::Statistics::new_unknown(
-                &self.schema(),
-            ))),
-        }
+        crate::ops::pass_stats::passed_on(input_stats, &self.schema(), true)
     }
     fn name(&self) -> &str {
         "StageExec"

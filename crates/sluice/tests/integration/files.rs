@@ -278,3 +278,70 @@ async fn arrow_ipc_and_gzip_semicolon_csv_sources_are_read() -> Result<()> {
     assert_eq!(scalar(&query(out, "SELECT sum(k) FROM t").await), 18);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_lookup_joined_to_a_stream_is_the_side_held_in_memory() -> Result<()> {
+    // LEFT JOIN puts the stream on the left, where a hash join builds its
+    // table; the scans' sizes let the planner swap the sides
+    let dir = tempfile::tempdir().unwrap();
+    let mut events =
+        std::io::BufWriter::new(std::fs::File::create(dir.path().join("events.jsonl")).unwrap());
+    for i in 0..5_000 {
+        writeln!(events, "{{\"id\": {i}, \"key\": \"k{}\"}}", i % 7).unwrap();
+    }
+    drop(events);
+    std::fs::write(dir.path().join("users.csv"), "key,segment\nk1,a\nk2,b\n").unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        r#"
+[pipeline]
+name = "lookup_side"
+
+[sources.events]
+kind = "jsonl"
+path = "events.jsonl"
+
+[sources.users]
+kind = "csv"
+path = "users.csv"
+lookup = true
+
+[stages.joined]
+kind = "sql"
+inputs = ["events", "users"]
+query = "SELECT e.id, u.segment FROM events e LEFT JOIN users u ON e.key = u.key"
+
+[sinks.out]
+kind = "parquet"
+input = "joined"
+url = "memory:///files/lookup_side"
+"#,
+    )
+    .unwrap();
+    let spec = PipelineSpec::from_file(dir.path().join("p.toml"))?;
+    let engine = Engine::new();
+    let mut compiled = engine.compile(spec.clone()).await?;
+    let plans = compiled.physical_plans().await?;
+    let plan = &plans[0].1;
+    let join = plan
+        .lines()
+        .position(|l| l.contains("HashJoinExec"))
+        .expect("a hash join");
+    let build = plan
+        .lines()
+        .skip(join + 1)
+        .find(|l| l.contains("LineScanExec"))
+        .unwrap_or_default();
+    assert!(build.contains("source=users"), "{plan}");
+    assert!(plan.contains("join_type=Right"), "{plan}");
+    // and the rows are the LEFT JOIN's
+    engine.run(spec).await?;
+    let out = committed_rows(&engine, "memory:///files/lookup_side").await?;
+    assert_eq!(scalar(&query(out, "SELECT count(*) FROM t").await), 5_000);
+    let out = committed_rows(&engine, "memory:///files/lookup_side").await?;
+    assert_eq!(
+        scalar(&query(out, "SELECT count(segment) FROM t").await),
+        (0..5_000).filter(|i| i % 7 == 1 || i % 7 == 2).count() as i128
+    );
+    Ok(())
+}
