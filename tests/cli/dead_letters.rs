@@ -277,3 +277,88 @@ fn skip_counts_bad_rows_and_dead_letter_needs_a_sink() {
         text(&o)
     );
 }
+
+/// Runs `pipeline.toml` in `dir` with `input` on standard input.
+fn run_with_stdin(dir: &Path, input: &str) -> Output {
+    use std::io::Write;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--json", "pipeline.toml"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn stdin_takes_on_error_and_a_failed_run_says_its_lines_are_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pipeline = |on_error: &str| {
+        format!(
+            r#"[pipeline]
+name = "stdin_errors"
+
+[sources.lines]
+kind = "stdin"
+format = "jsonl"
+columns = [{{ name = "id", type = "bigint" }}]
+on_error = "{on_error}"
+
+[sinks.out]
+kind = "parquet"
+input = "lines"
+url = "out"
+"#
+        )
+    };
+    let input = "{\"id\": 1}\n{\"id\": 7.5}\n\n{\"id\": 3}\n";
+    std::fs::write(d.join("pipeline.toml"), pipeline("skip")).unwrap();
+    let o = ok(run_with_stdin(d, input));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = s["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lines")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (c["rows_out"].as_u64(), c["rows_skipped"].as_u64()),
+        (Some(2), Some(1)),
+        "{c}"
+    );
+
+    std::fs::write(d.join("pipeline.toml"), pipeline("fail")).unwrap();
+    std::fs::remove_dir_all(d.join("out")).unwrap();
+    let o = run_with_stdin(d, input);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("line 2"), "{t}");
+    assert!(t.contains("TYPE_MISMATCH"), "{t}");
+    assert!(t.contains("standard input cannot be read again"), "{t}");
+    assert!(!t.contains("redoes it"), "{t}");
+}
+
+#[test]
+fn a_run_failed_by_a_bad_file_says_the_next_run_fails_the_same_way() {
+    let tmp = workdir();
+    let d = tmp.path();
+    let o = in_dir(
+        d,
+        &[
+            "run",
+            "pipeline.toml",
+            "--set",
+            "sources.orders.on_error=\"fail\"",
+        ],
+    );
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("orders.csv, line 4"), "{t}");
+    assert!(t.contains("fails the same way until it is fixed"), "{t}");
+    assert!(!t.contains("redoes it"), "{t}");
+}

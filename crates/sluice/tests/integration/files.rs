@@ -345,3 +345,79 @@ url = "memory:///files/lookup_side"
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn max_rows_cuts_a_large_file_from_the_first_epoch_with_declared_columns() -> Result<()> {
+    // declared columns: no schema inference, yet the first epoch is sized
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.csv");
+    let rows = 1_500_000u64; // ~ 24 MiB
+    write_csv(&path, rows, None);
+    let mut cfg = CsvSourceConfig::new(path.to_string_lossy());
+    cfg.columns = Some(
+        [("id", "bigint"), ("word", "varchar"), ("amount", "bigint")]
+            .into_iter()
+            .map(|(name, t)| sluice::spec::ColumnSpec {
+                name: name.into(),
+                data_type: t.into(),
+                nullable: true,
+            })
+            .collect(),
+    );
+    let mut spec = PipelineSpec::new("max_rows", "1")
+        .with_source("rows", cfg)
+        .with_sink(
+            "out",
+            SinkConfig::parquet("rows", "memory:///files/max_rows"),
+        );
+    spec.settings.epoch.max_rows = Some(600_000);
+    let engine = Engine::new();
+    let first = engine
+        .compile(spec)
+        .await?
+        .run(RunOptions {
+            max_epochs: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    let read = first.component("rows").map(|c| c.rows_out).unwrap_or(0);
+    assert!(
+        read > 0 && read < rows,
+        "the first epoch read {read} of {rows} rows"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn schema_inference_samples_around_a_bad_record_which_meets_on_error() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    std::fs::write(
+        &path,
+        "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \n{\"id\": 3, \"name\": \"c\"}\n",
+    )
+    .unwrap();
+    let mut spec = PipelineSpec::new("infer_around", "1")
+        .with_source(
+            "rows",
+            SourceConfig::from(JsonlSourceConfig::new(path.to_string_lossy()))
+                .with_on_error(sluice::spec::OnError::DeadLetter),
+        )
+        .with_sink(
+            "out",
+            SinkConfig::parquet("rows", "memory:///files/infer_around"),
+        );
+    spec.dead_letter = Some(sluice::spec::DeadLetterConfig {
+        url: "memory:///files/infer_around_dead".into(),
+    });
+    let engine = Engine::new();
+    let summary = engine.run(spec).await?;
+    let c = summary.component("rows").expect("the source");
+    assert_eq!((c.rows_out, c.rows_dead_lettered), (2, 1));
+    let dead = committed_rows(&engine, "memory:///files/infer_around_dead").await?;
+    assert_eq!(
+        scalar(&query(dead, "SELECT CAST(min(line) AS BIGINT) FROM t").await),
+        2
+    );
+    Ok(())
+}

@@ -119,6 +119,8 @@ struct Case {
     /// Epoch cuts (fractions of the file), for plain files.
     cuts: Vec<f64>,
     min_split: u64,
+    /// A UTF-8 byte-order mark starts the file.
+    bom: bool,
 }
 
 fn schema() -> SchemaRef {
@@ -202,6 +204,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             1usize..4,
             proptest::collection::vec(0.0f64..1.0, 0..4),
             prop_oneof![Just(1u64), Just(64), Just(MIN_TEST_SPLIT)],
+            any::<bool>(),
         )
     })
     .prop_map(
@@ -215,6 +218,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             partitions,
             cuts,
             min_split,
+            bom,
         )| {
             let mut rows = rows;
             for (i, r) in rows.iter_mut().enumerate() {
@@ -232,6 +236,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 partitions,
                 cuts,
                 min_split,
+                bom,
             }
         },
     )
@@ -332,6 +337,9 @@ fn render(case: &Case) -> (Vec<u8>, Vec<(u64, Vec<u8>, Option<ErrorCode>)>) {
     let mut out = Vec::new();
     let mut line = 1u64;
     let mut bad = Vec::new();
+    if case.bom {
+        out.extend_from_slice(b"\xEF\xBB\xBF");
+    }
     let breaks = |bytes: &[u8]| {
         let mut cr = false;
         framing::count_line_breaks(bytes, &mut cr) + u64::from(cr)
