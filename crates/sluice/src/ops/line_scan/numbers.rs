@@ -204,7 +204,8 @@ fn plain_decimal(text: &[u8], precision: u8, scale: i8) -> Option<i128> {
                 any = true;
                 if v != 0 || b != b'0' {
                     int_digits += 1;
-                    if int_digits > 38 {
+                    // the scale's digits come on top: all of them fit 38 digits
+                    if int_digits + scale > usize::from(precision) {
                         return None;
                     }
                     v = v * 10 + i128::from(b - b'0');
@@ -327,5 +328,33 @@ mod tests {
             assert_eq!(plain_decimal(t.as_bytes(), p, s), None, "{t}");
         }
         assert_eq!(plain_decimal(b"12.34", 4, 2), Some(1234));
+        // 38 integer digits and a full scale would overflow an i128
+        let wide = format!("{}.{}", "9".repeat(38), "9".repeat(38));
+        assert_eq!(plain_decimal(wide.as_bytes(), 38, 38), None);
+        assert!(decimal_value(wide.as_bytes(), 38, 38).is_err());
+        assert!(decimal_value(wide.as_bytes(), 38, 0).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any literal, any precision and scale: no panic, and what is read
+        /// is arrow's value for it (when arrow reads it too).
+        #[test]
+        fn decimals_are_read_exactly_or_refused(
+            text in "[+-]?[0-9]{0,45}(\\.[0-9]{0,45})?([eE][+-]?[0-9]{1,3})?",
+            precision in 1u8..=38,
+            scale_pick in 0u8..=38,
+        ) {
+            use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
+            use datafusion::arrow::datatypes::Decimal128Type;
+            let scale = (scale_pick % (precision + 1)) as i8;
+            if let Ok(Some(v)) = decimal_value(text.as_bytes(), precision, scale)
+                && !text.contains(['e', 'E'])
+                && let Ok(a) = parse_decimal::<Decimal128Type>(&text, precision, scale)
+            {
+                proptest::prop_assert_eq!(v, a, "{} ({},{})", text, precision, scale);
+            }
+            let _ = integer_fits(text.as_bytes(), i64::MIN.into(), i64::MAX.into());
+            let _ = float_fits(text.as_bytes(), false);
+        }
     }
 }
