@@ -18,10 +18,9 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
 use datafusion::arrow::datatypes::{
     DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type, Float64Type, Schema,
-    SchemaRef, i256,
+    SchemaRef,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::project_schema;
@@ -29,7 +28,7 @@ use sluice_contract::ErrorCode;
 
 use super::framing::csv_field_ranges;
 use super::json_check::{JsonChecker, Problem};
-use super::numbers::decimal_value;
+use super::numbers::{decimal_value, decimal_value_256};
 use super::{CsvOptions, LineFormat};
 
 /// A record given up, by its index among the records handed over.
@@ -57,6 +56,8 @@ pub(crate) struct BatchDecoder {
     /// Columns in the file (CSV: the field count every record must have).
     file_columns: usize,
     json: Option<JsonChecker>,
+    /// A column is a decimal (read as text, then converted here).
+    has_decimals: bool,
     batch_size: usize,
 }
 
@@ -73,8 +74,10 @@ impl BatchDecoder {
             .fields()
             .iter()
             .map(|f| {
+                // decimals are read as text and converted exactly here: arrow's
+                // decimal parser drops extra digits and wraps around on long ones
                 let t = match f.data_type() {
-                    DataType::Decimal128(..) | DataType::Decimal256(..) if csv => DataType::Utf8,
+                    DataType::Decimal128(..) | DataType::Decimal256(..) => DataType::Utf8,
                     t => t.clone(),
                 };
                 Field::new(f.name(), t, true).with_metadata(f.metadata().clone())
@@ -92,7 +95,14 @@ impl BatchDecoder {
                 .map(|f| f.as_ref().clone().with_nullable(true))
                 .collect::<Vec<_>>(),
         ));
+        let has_decimals = file_schema.fields().iter().any(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Decimal128(..) | DataType::Decimal256(..)
+            )
+        });
         Ok(Self {
+            has_decimals,
             checked_schema,
             json: (!csv).then(|| JsonChecker::new(file_schema)),
             format,
@@ -231,8 +241,12 @@ impl BatchDecoder {
             }
             LineFormat::Jsonl => {
                 let schema = project_schema(&self.decode_schema, projection)?;
+                // numbers into text columns as written: how decimals arrive
+                // (the JSON check has refused numbers for real text columns;
+                // only schemas with a decimal column ask for it)
                 let mut d = datafusion::arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(batch_size)
+                    .with_coerce_primitive(self.has_decimals)
                     .build_decoder()?;
                 let n = decode_all(bytes, |b| d.decode(b))?;
                 if d.has_partial_record() {
@@ -274,7 +288,7 @@ impl BatchDecoder {
             let column = decoded.column(i);
             let name = field.name();
             let column = match (field.data_type(), &self.format) {
-                (DataType::Decimal128(p, s) | DataType::Decimal256(p, s), LineFormat::Csv(_)) => {
+                (DataType::Decimal128(p, s) | DataType::Decimal256(p, s), _) => {
                     strict_decimals(column, field.data_type(), *p, *s, |row, m| {
                         refuse(
                             row,
@@ -386,29 +400,16 @@ fn strict_decimals(
     scale: i8,
     mut refuse: impl FnMut(usize, String),
 ) -> datafusion::common::Result<ArrayRef> {
-    fn read<T: DecimalType>(
-        v: &str,
-        precision: u8,
-        scale: i8,
-        from_i128: fn(i128) -> T::Native,
-    ) -> Result<T::Native, String> {
-        let v = v.trim_ascii();
-        match decimal_value(v.as_bytes(), precision, scale)? {
-            // exact, and computed in the same pass as the check
-            Some(unscaled) => Ok(from_i128(unscaled)),
-            None => parse_decimal::<T>(v, precision, scale).map_err(|e| arrow_message(&e)),
-        }
-    }
     fn build<T: DecimalType>(
         text: &StringArray,
         precision: u8,
         scale: i8,
-        from_i128: fn(i128) -> T::Native,
+        read: fn(&[u8], u8, i8) -> Result<T::Native, String>,
         refuse: &mut impl FnMut(usize, String),
     ) -> datafusion::common::Result<ArrayRef> {
         let mut b = PrimitiveBuilder::<T>::with_capacity(text.len());
         for (row, v) in text.iter().enumerate() {
-            match v.map(|v| read::<T>(v, precision, scale, from_i128)) {
+            match v.map(|v| read(v.trim_ascii().as_bytes(), precision, scale)) {
                 Some(Ok(d)) => b.append_value(d),
                 Some(Err(m)) => {
                     refuse(row, m);
@@ -421,12 +422,18 @@ fn strict_decimals(
             b.finish().with_precision_and_scale(precision, scale)?,
         ))
     }
+    // exact, and computed in the same pass as the check (never by a parser
+    // that wraps around)
+    fn read128(v: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
+        decimal_value(v, precision, scale)?
+            .ok_or_else(|| "too wide for a 128-bit decimal".to_string())
+    }
     let text = column.as_string::<i32>();
     match target {
         DataType::Decimal256(..) => {
-            build::<Decimal256Type>(text, precision, scale, i256::from_i128, &mut refuse)
+            build::<Decimal256Type>(text, precision, scale, decimal_value_256, &mut refuse)
         }
-        _ => build::<Decimal128Type>(text, precision, scale, |v| v, &mut refuse),
+        _ => build::<Decimal128Type>(text, precision, scale, read128, &mut refuse),
     }
 }
 
@@ -459,7 +466,7 @@ fn infinite_rows(column: &ArrayRef) -> Vec<usize> {
 
 /// The text of field `index` of a CSV record, unquoted.
 fn csv_field_text(record: &[u8], o: &CsvOptions, index: usize) -> String {
-    let ranges = csv_field_ranges(record, o.delimiter, o.quote);
+    let ranges = csv_field_ranges(record, o.delimiter, o.quote, o.escape);
     let Some(&(s, e)) = ranges.get(index) else {
         return String::new();
     };
@@ -572,5 +579,27 @@ mod tests {
                 (2, ErrorCode::ConstraintViolation)
             ]
         );
+    }
+
+    #[test]
+    fn json_decimals_are_read_exactly_however_they_are_written() {
+        let d = decoder(
+            LineFormat::Jsonl,
+            vec![Field::new("d", DataType::Decimal128(10, 2), true)],
+        );
+        let wide = format!(r#"{{"d": 1{}e-40}}"#, "0".repeat(40));
+        let zeros = format!(r#"{{"d": 1{}e-150}}"#, "0".repeat(150));
+        let (rows, bad) = run(
+            &d,
+            &[
+                &wide,
+                &zeros,
+                r#"{"d": 12.5}"#,
+                r#"{"d": 0e99999}"#,
+                r#"{"d": 1.005}"#,
+            ],
+        );
+        assert_eq!(rows, vec!["1.00", "1.00", "12.50", "0.00"]);
+        assert_eq!(bad, vec![(4, ErrorCode::TypeMismatch)]);
     }
 }

@@ -129,6 +129,10 @@ impl Framer {
     /// they (with their terminators and the blank lines between them) take.
     /// With `eof`, `buf` holds the rest of the input and all of it is framed.
     pub(crate) fn frame(&mut self, buf: &[u8], eof: bool, out: &mut Vec<Frame>) -> usize {
+        let delimiter = match self.dialect {
+            Dialect::Csv { delimiter, .. } => Some(delimiter),
+            Dialect::Jsonl => None,
+        };
         let mut pos = 0;
         loop {
             // blank lines between records
@@ -143,12 +147,14 @@ impl Framer {
                             self.line += 1;
                         }
                     }
-                    b' ' | b'\t' | b'\x0c' => {
+                    b' ' | b'\t' | b'\x0c' if Some(buf[pos]) != delimiter => {
                         // whitespace starting a record: blank only if the line is
+                        // (a tab that delimits fields is not whitespace: `\t\t` is a record)
+                        let is_blank = |c: &u8| c.is_ascii_whitespace() && Some(*c) != delimiter;
                         let line_end = memchr::memchr2(b'\n', b'\r', &buf[pos..]);
                         let blank = match line_end {
-                            Some(n) => buf[pos..pos + n].iter().all(u8::is_ascii_whitespace),
-                            None if eof => buf[pos..].iter().all(u8::is_ascii_whitespace),
+                            Some(n) => buf[pos..pos + n].iter().all(is_blank),
+                            None if eof => buf[pos..].iter().all(is_blank),
                             None => return pos,
                         };
                         if !blank {
@@ -180,12 +186,38 @@ impl Framer {
 
     /// A record that ends at its line's end (JSON lines).
     fn line_record(&mut self, buf: &[u8], start: usize, eof: bool) -> Option<(Frame, usize)> {
-        let end = match memchr::memchr2(b'\n', b'\r', &buf[start..]) {
-            Some(n) => start + n,
+        // a long line arriving in many chunks is searched once, not per chunk
+        let from = start + self.resume.take().map_or(0, |r| r.pos);
+        let end = match memchr::memchr2(b'\n', b'\r', &buf[from..]) {
+            Some(n) => from + n,
             None if eof => buf.len(),
-            None => return None,
+            None => {
+                self.park(
+                    &Resume {
+                        pos: buf.len(),
+                        state: CsvState::FieldStart,
+                        breaks: 0,
+                        delimiters: 0,
+                        first_break: None,
+                    },
+                    start,
+                );
+                return None;
+            }
         };
-        let next = self.after_break(buf, end, eof)?;
+        let Some(next) = self.after_break(buf, end, eof) else {
+            self.park(
+                &Resume {
+                    pos: end,
+                    state: CsvState::FieldStart,
+                    breaks: 0,
+                    delimiters: 0,
+                    first_break: None,
+                },
+                start,
+            );
+            return None;
+        };
         let frame = Frame {
             start,
             end,
@@ -465,13 +497,24 @@ pub(crate) fn count_line_breaks(bytes: &[u8], pending_cr: &mut bool) -> u64 {
 
 /// The byte ranges of a CSV record's fields, quotes kept (for the rare checks
 /// that need a field's text after arrow has parsed it).
-pub(crate) fn csv_field_ranges(record: &[u8], delimiter: u8, quote: u8) -> Vec<(usize, usize)> {
+pub(crate) fn csv_field_ranges(
+    record: &[u8],
+    delimiter: u8,
+    quote: u8,
+    escape: Option<u8>,
+) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut quoted = false;
     let mut at_start = true;
+    let mut escaped = false;
     for (i, &b) in record.iter().enumerate() {
-        if b == quote && (at_start || quoted) {
+        if std::mem::take(&mut escaped) {
+            continue; // the byte after the escape is taken as it is
+        }
+        if quoted && Some(b) == escape && escape != Some(quote) {
+            escaped = true;
+        } else if b == quote && (at_start || quoted) {
             quoted = !quoted;
         } else if b == delimiter && !quoted {
             out.push((start, i));
@@ -620,10 +663,32 @@ mod tests {
     #[test]
     fn field_ranges_respect_quotes() {
         let r = b"1,\"a,b\",,x\"y";
-        let got: Vec<&[u8]> = csv_field_ranges(r, b',', b'"')
+        let got: Vec<&[u8]> = csv_field_ranges(r, b',', b'"', None)
             .into_iter()
             .map(|(s, e)| &r[s..e])
             .collect();
         assert_eq!(got, vec![&b"1"[..], b"\"a,b\"", b"", b"x\"y"]);
+        // an escaped quote does not close the field
+        let r = b"\"x\\\",inf\",1e999";
+        let got: Vec<&[u8]> = csv_field_ranges(r, b',', b'"', Some(b'\\'))
+            .into_iter()
+            .map(|(s, e)| &r[s..e])
+            .collect();
+        assert_eq!(got, vec![&b"\"x\\\",inf\""[..], b"1e999"]);
+    }
+
+    #[test]
+    fn a_line_of_tab_delimiters_is_a_record_not_a_blank_line() {
+        let tsv = Dialect::Csv {
+            delimiter: b'\t',
+            quote: b'"',
+            escape: None,
+            newlines_in_values: false,
+        };
+        let got = each_chunking(tsv, b"a\tb\n\t\n  \n1\t2");
+        assert_eq!(
+            got.iter().map(|g| (g.0.as_str(), g.1)).collect::<Vec<_>>(),
+            vec![("a\tb", 1), ("\t", 2), ("1\t2", 4)]
+        );
     }
 }

@@ -64,6 +64,8 @@ fn literal(text: &[u8]) -> Option<Literal<'_>> {
     })
 }
 
+use datafusion::arrow::datatypes::i256;
+
 /// The text, for a message (built only when one is).
 fn shown(text: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(text)
@@ -131,6 +133,48 @@ pub(crate) fn decimal_value(text: &[u8], precision: u8, scale: i8) -> Result<Opt
     if let Some(v) = plain_decimal(text, precision, scale) {
         return Ok(Some(v));
     }
+    exact_decimal(
+        text,
+        precision,
+        scale,
+        38,
+        0i128,
+        |v, d| v * 10 + i128::from(d),
+        |v| -v,
+    )
+}
+
+/// [`decimal_value`] for 256-bit decimals (up to 76 digits).
+pub(crate) fn decimal_value_256(text: &[u8], precision: u8, scale: i8) -> Result<i256, String> {
+    let v = exact_decimal(
+        text,
+        precision,
+        scale,
+        76,
+        i256::ZERO,
+        |v, d| {
+            v.wrapping_mul(i256::from_i128(10))
+                .wrapping_add(i256::from_i128(i128::from(d)))
+        },
+        |v| v.wrapping_neg(),
+    )?;
+    v.ok_or_else(|| format!("{} is too wide for a 256-bit decimal", shown(text)))
+}
+
+/// The check of [`decimal_fits`], and the unscaled value in `T` when it has
+/// fewer than `digits` digits (every value of a column whose precision is
+/// at most `digits`, so the arithmetic cannot overflow); `Ok(None)` for a
+/// value that fits the column but not `T`. The value is computed here from
+/// the digits, never by a parser that wraps around.
+fn exact_decimal<T>(
+    text: &[u8],
+    precision: u8,
+    scale: i8,
+    digits: i64,
+    zero: T,
+    push_digit: impl Fn(T, u8) -> T,
+    negate: impl Fn(T) -> T,
+) -> Result<Option<T>, String> {
     let shown = || shown(text);
     let lit = literal(text).ok_or_else(|| format!("{} is not a number", shown()))?;
     // the digits are int ++ frac; find the first and last significant ones
@@ -143,7 +187,7 @@ pub(crate) fn decimal_value(text: &[u8], precision: u8, scale: i8) -> Result<Opt
     };
     let len = lit.int.len() + lit.frac.len();
     let Some(first) = (0..len).find(|i| digit(*i) != b'0') else {
-        return Ok(Some(0)); // zero
+        return Ok(Some(zero));
     };
     let last = (first..len)
         .rev()
@@ -167,17 +211,17 @@ pub(crate) fn decimal_value(text: &[u8], precision: u8, scale: i8) -> Result<Opt
         ));
     }
     // unscaled value: the significant digits, shifted to the scale
-    if high + scale >= 38 {
+    if high + scale >= digits {
         return Ok(None);
     }
-    let mut v: i128 = 0;
+    let mut v = zero;
     for i in first..=last {
-        v = v * 10 + i128::from(digit(i) - b'0');
+        v = push_digit(v, digit(i) - b'0');
     }
     for _ in 0..(low + scale) {
-        v *= 10;
+        v = push_digit(v, 0);
     }
-    Ok(Some(if lit.negative { -v } else { v }))
+    Ok(Some(if lit.negative { negate(v) } else { v }))
 }
 
 /// The common case of [`decimal_value`] in one pass: `[sign] digits [.
@@ -288,6 +332,18 @@ mod tests {
             Ok(Some(big.parse::<i128>().unwrap()))
         );
         assert_eq!(decimal_value(b"1", 76, 40), Ok(None));
+        assert_eq!(
+            decimal_value_256(b"1", 76, 40),
+            Ok(i256::from_i128(10).wrapping_pow(40))
+        );
+        // arrow's parser wraps around on these; the exact reading does not
+        let wide = format!("1{}e-40", "0".repeat(80));
+        assert_eq!(
+            decimal_value_256(wide.as_bytes(), 50, 0),
+            Ok(i256::from_i128(10).wrapping_pow(40))
+        );
+        let long = format!("1{}e-40", "0".repeat(40));
+        assert_eq!(decimal_value(long.as_bytes(), 10, 2), Ok(Some(100)));
     }
 
     #[test]
