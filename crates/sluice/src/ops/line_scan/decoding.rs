@@ -19,8 +19,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{
-    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type, Float64Type, Schema,
-    SchemaRef,
+    ArrowPrimitiveType, DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type,
+    Float64Type, Schema, SchemaRef,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::project_schema;
@@ -391,6 +391,9 @@ fn arrow_message(e: &ArrowError) -> String {
     m
 }
 
+/// Reads one decimal's text exactly: `(text, precision, scale)`.
+type ReadDecimal<T> = fn(&[u8], u8, i8) -> Result<<T as ArrowPrimitiveType>::Native, String>;
+
 /// Reads a text column into a decimal column, refusing any value whose
 /// digits do not all fit (arrow would drop them).
 fn strict_decimals(
@@ -404,7 +407,7 @@ fn strict_decimals(
         text: &StringArray,
         precision: u8,
         scale: i8,
-        read: fn(&[u8], u8, i8) -> Result<T::Native, String>,
+        read: ReadDecimal<T>,
         refuse: &mut impl FnMut(usize, String),
     ) -> datafusion::common::Result<ArrayRef> {
         let mut b = PrimitiveBuilder::<T>::with_capacity(text.len());
