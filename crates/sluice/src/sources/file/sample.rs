@@ -54,10 +54,16 @@ pub(super) async fn infer_lines_schema(
             }
             // the header and the records with as many fields as it has
             let wanted = records.frames[0].fields;
+            // the header stays the header even when it is malformed (the scan
+            // skips the first record as the header whatever it holds)
             let good: Vec<&Frame> = records
                 .frames
                 .iter()
-                .filter(|r| r.fault.is_none() && r.fields == wanted)
+                .enumerate()
+                .filter(|(i, r)| {
+                    (*i == 0 && o.has_header) || (r.fault.is_none() && r.fields == wanted)
+                })
+                .map(|(_, r)| r)
                 .take(rows + usize::from(o.has_header))
                 .collect();
             let text = records.join(&good);
