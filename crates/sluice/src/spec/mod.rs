@@ -727,6 +727,59 @@ mod tests {
         PipelineSpec::from_toml(text, Path::new("p.toml"), Path::new("."))
     }
 
+    proptest::proptest! {
+        /// A pipeline file with any bytes changed, cut or repeated parses or
+        /// is refused with issues at lines inside the file; never a panic.
+        #[test]
+        fn mangled_pipeline_files_are_refused_not_panicked_on(
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), "[\\[\\]=\".a-z_0-9 \n{},]{0,6}"),
+                0..6,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut text = String::from(r#"
+[pipeline]
+name = "demo"
+
+[sources.orders]
+kind = "csv"
+path = "orders.csv"
+on_error = "dead_letter"
+
+[stages.big]
+kind = "sql"
+inputs = ["orders"]
+query = "SELECT * FROM orders"
+
+[sinks.out]
+kind = "parquet"
+input = "big"
+url = "out"
+
+[dead_letter]
+url = "dead"
+"#);
+            for (at, insert) in &edits {
+                let mut i = at.index(text.len() + 1);
+                while !text.is_char_boundary(i) {
+                    i -= 1;
+                }
+                text.insert_str(i, insert);
+            }
+            let mut end = cut.index(text.len() + 1);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let lines = text[..end].lines().count().max(1);
+            if let Err(SluiceError::Spec(issues)) = parse(&text[..end]) {
+                for i in issues {
+                    proptest::prop_assert!(i.line.is_none_or(|l| l >= 1 && l <= lines + 1), "{i:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn parses_a_small_pipeline() -> Result<()> {
         let spec = parse(

@@ -48,6 +48,8 @@ pub(crate) struct BatchDecoder {
     /// What arrow decodes into: every column nullable (nulls are checked
     /// here), CSV decimals as text (read strictly here).
     decode_schema: SchemaRef,
+    /// What arrow's decoders return: `decode_schema`, projected.
+    decoded_schema: SchemaRef,
     /// The output schema with every column nullable: the checked columns
     /// before the bad rows are taken out.
     checked_schema: SchemaRef,
@@ -101,7 +103,9 @@ impl BatchDecoder {
                 DataType::Decimal128(..) | DataType::Decimal256(..)
             )
         });
+        let decoded_schema = project_schema(&decode_schema, projection)?;
         Ok(Self {
+            decoded_schema,
             has_decimals,
             checked_schema,
             json: (!csv).then(|| JsonChecker::new(file_schema)),
@@ -159,24 +163,15 @@ impl BatchDecoder {
         if parts.is_empty() {
             return Ok(None);
         }
-        let decoded = if parts.len() == 1 {
-            parts
-                .pop()
-                .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.decode_out())))
-        } else {
-            concat_batches(&parts[0].schema(), &parts)?
+        let decoded = match parts.pop() {
+            Some(only) if parts.is_empty() => only,
+            Some(last) => {
+                parts.push(last);
+                concat_batches(&self.decoded_schema, &parts)?
+            }
+            None => return Ok(None),
         };
         self.finish(decoded, raw, spans, &good_rows, bad)
-    }
-
-    /// The decoded (not yet checked) schema of the output columns.
-    fn decode_out(&self) -> SchemaRef {
-        Arc::new(Schema::new(
-            self.file_index
-                .iter()
-                .map(|i| self.decode_schema.field(*i).clone())
-                .collect::<Vec<_>>(),
-        ))
     }
 
     /// Decodes `spans` whole, or halves them until each bad record is alone.
@@ -228,7 +223,6 @@ impl BatchDecoder {
 
     /// One arrow decode of `bytes`, expecting about `rows` rows.
     fn decode_bytes(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch, ArrowError> {
-        let projection = Some(&self.file_index);
         let batch_size = rows.max(1).max(self.batch_size);
         let (consumed, batch) = match &self.format {
             LineFormat::Csv(o) => {
@@ -240,14 +234,14 @@ impl BatchDecoder {
                 (n, d.flush()?)
             }
             LineFormat::Jsonl => {
-                let schema = project_schema(&self.decode_schema, projection)?;
                 // numbers into text columns as written: how decimals arrive
                 // (the JSON check has refused numbers for real text columns;
                 // only schemas with a decimal column ask for it)
-                let mut d = datafusion::arrow::json::ReaderBuilder::new(schema)
-                    .with_batch_size(batch_size)
-                    .with_coerce_primitive(self.has_decimals)
-                    .build_decoder()?;
+                let mut d =
+                    datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&self.decoded_schema))
+                        .with_batch_size(batch_size)
+                        .with_coerce_primitive(self.has_decimals)
+                        .build_decoder()?;
                 let n = decode_all(bytes, |b| d.decode(b))?;
                 if d.has_partial_record() {
                     return Err(ArrowError::JsonError("the record is cut short".into()));
@@ -260,7 +254,7 @@ impl BatchDecoder {
                 "more rows than records in the batch".into(),
             ));
         }
-        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.decode_out())))
+        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.decoded_schema))))
     }
 
     /// The checks arrow does not make, then the output schema.

@@ -17,6 +17,10 @@
 
 use std::fmt;
 
+/// A UTF-8 byte-order mark: skipped at the start of a file (csv and jsonl
+/// alike), by scans and schema samples.
+pub(crate) const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// How records are delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {

@@ -22,14 +22,19 @@ pub(crate) mod split;
 use std::ops::Range;
 use std::sync::Arc;
 
+use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use object_store::{ObjectMeta, ObjectStore};
 use serde::Deserialize;
+use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::dead_letter::OnError;
 use framing::Dialect;
@@ -67,6 +72,26 @@ impl Compression {
             }
             other => other,
         }
+    }
+}
+
+/// `raw` decompressed as `compression` says (`Auto` must be resolved
+/// first, see [`Compression::of`]), in 1 MiB pieces: what scans and schema
+/// samples read.
+pub(crate) fn decompressed(
+    raw: BoxStream<'static, std::io::Result<Bytes>>,
+    compression: Compression,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    match compression {
+        Compression::Gzip => {
+            let mut d = GzipDecoder::new(StreamReader::new(raw));
+            d.multiple_members(true);
+            ReaderStream::with_capacity(d, 1 << 20).boxed()
+        }
+        Compression::Zstd => {
+            ReaderStream::with_capacity(ZstdDecoder::new(StreamReader::new(raw)), 1 << 20).boxed()
+        }
+        Compression::None | Compression::Auto => raw,
     }
 }
 

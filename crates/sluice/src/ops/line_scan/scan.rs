@@ -19,7 +19,6 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -37,18 +36,16 @@ use futures::stream::BoxStream;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use sluice_contract::ErrorCode;
 use tokio::sync::mpsc::Sender;
-use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::decoding::{Bad, BatchDecoder};
+use super::framing::UTF8_BOM;
 use super::framing::{Frame, Framer, count_line_breaks};
 use super::split::RangeWindow;
-use super::{Compression, LineFormat, LineUnit};
+use super::{LineFormat, LineUnit};
 use crate::dead_letter::{DeadLetter, DeadLetters, OnError};
 use crate::epoch::EpochBinding;
 use crate::error::{RetryHint, SluiceError};
 use crate::metrics::ComponentId;
-
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// What every partition of a scan shares.
 #[derive(Debug, Clone)]
@@ -323,19 +320,10 @@ impl UnitReader<'_> {
             }
             _ => self.shared.store.get(path).await.map_err(store_err)?,
         };
-        let raw = crate::storage::byte_stream(result);
-        Ok(match self.unit.compression {
-            Compression::Gzip => {
-                let mut d = GzipDecoder::new(StreamReader::new(raw));
-                d.multiple_members(true);
-                ReaderStream::with_capacity(d, 1 << 20).boxed()
-            }
-            Compression::Zstd => {
-                ReaderStream::with_capacity(ZstdDecoder::new(StreamReader::new(raw)), 1 << 20)
-                    .boxed()
-            }
-            _ => raw.boxed(),
-        })
+        Ok(super::decompressed(
+            crate::storage::byte_stream(result),
+            self.unit.compression,
+        ))
     }
 
     /// Reads the unit; returns false when the receiver is gone.

@@ -3,14 +3,13 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use datafusion::arrow::datatypes::Schema;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 
 use crate::error::Cause;
-use crate::ops::line_scan::framing::{Frame, Framer};
+use crate::ops::line_scan::framing::{Frame, Framer, UTF8_BOM};
 use crate::ops::line_scan::{Compression, JsonChecker, LineFormat};
 
 /// Bytes read from the start of the first file to infer its schema.
@@ -151,23 +150,12 @@ async fn read_sample(
         .get(&file.location)
         .await
         .map_err(|e| InferError::Failed("cannot read", Cause::new(e)))?;
-    let reader = StreamReader::new(crate::storage::byte_stream(got));
+    let stream = crate::ops::line_scan::decompressed(crate::storage::byte_stream(got), compression);
     let mut sample = Vec::new();
-    let limit = limit as u64;
-    let read = match compression {
-        Compression::Gzip => {
-            let mut d = GzipDecoder::new(reader);
-            d.multiple_members(true);
-            d.take(limit).read_to_end(&mut sample).await
-        }
-        Compression::Zstd => {
-            ZstdDecoder::new(reader)
-                .take(limit)
-                .read_to_end(&mut sample)
-                .await
-        }
-        _ => reader.take(limit).read_to_end(&mut sample).await,
-    };
+    let read = StreamReader::new(stream)
+        .take(limit as u64)
+        .read_to_end(&mut sample)
+        .await;
     read.map_err(|e| {
         InferError::Failed("cannot read a sample to infer the schema", Cause::new(e))
     })?;
@@ -184,9 +172,7 @@ impl<'a> Sample<'a> {
     /// Frames `sample`; `complete` when it is the whole file (otherwise the
     /// record it ends inside is left out).
     fn frame(sample: &'a [u8], format: &LineFormat, complete: bool) -> Self {
-        let bytes = sample
-            .strip_prefix(b"\xEF\xBB\xBF".as_slice())
-            .unwrap_or(sample);
+        let bytes = sample.strip_prefix(UTF8_BOM).unwrap_or(sample);
         let mut frames = Vec::new();
         Framer::new(format.dialect(), 1).frame(bytes, complete, &mut frames);
         Self { bytes, frames }
