@@ -14,18 +14,19 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, PrimitiveBuilder, RecordBatch, RecordBatchOptions,
-    StringArray,
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::i256;
 use datafusion::arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type,
-    Float64Type, Schema, SchemaRef,
+    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type, Float64Type, Schema,
+    SchemaRef,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::project_schema;
 use sluice_contract::ErrorCode;
 
+use super::csv_columns;
 use super::framing::csv_field_ranges;
 use super::json_check::{JsonChecker, Problem};
 use super::numbers::{decimal_value, decimal_value_256};
@@ -60,6 +61,9 @@ pub(crate) struct BatchDecoder {
     json: Option<JsonChecker>,
     /// A column is a decimal (read as text, then converted here).
     has_decimals: bool,
+    /// CSV read by [`csv_columns`] (every output type and the dialect are
+    /// supported there) rather than by arrow's reader.
+    csv_direct: bool,
     batch_size: usize,
 }
 
@@ -104,7 +108,18 @@ impl BatchDecoder {
             )
         });
         let decoded_schema = project_schema(&decode_schema, projection)?;
+        let csv_direct = match &format {
+            LineFormat::Csv(o) => {
+                csv_columns::dialect_supported(o)
+                    && out_schema
+                        .fields()
+                        .iter()
+                        .all(|f| csv_columns::supports(f.data_type()))
+            }
+            LineFormat::Jsonl => false,
+        };
         Ok(Self {
+            csv_direct,
             decoded_schema,
             has_decimals,
             checked_schema,
@@ -116,6 +131,14 @@ impl BatchDecoder {
             file_columns: file_schema.fields().len(),
             batch_size,
         })
+    }
+
+    /// The same decoder with CSV read by arrow's reader, the way every CSV
+    /// was read before [`csv_columns`]: the reference its tests compare with.
+    #[cfg(test)]
+    pub(crate) fn through_arrow_reader(mut self) -> Self {
+        self.csv_direct = false;
+        self
     }
 
     /// The schema of the batches [`BatchDecoder::decode`] returns.
@@ -133,15 +156,9 @@ impl BatchDecoder {
     ) -> Result<(), Problem> {
         match &self.json {
             Some(checker) => checker.check(record, scratch),
-            None if fields != self.file_columns => Err(Problem {
-                code: ErrorCode::Malformed,
-                message: format!(
-                    "{fields} field{} where the schema has {} column{}",
-                    if fields == 1 { "" } else { "s" },
-                    self.file_columns,
-                    if self.file_columns == 1 { "" } else { "s" }
-                ),
-            }),
+            None if fields != self.file_columns => {
+                Err(field_count_problem(fields, self.file_columns))
+            }
             None => Ok(()),
         }
     }
@@ -156,6 +173,9 @@ impl BatchDecoder {
     ) -> datafusion::common::Result<Option<RecordBatch>> {
         if spans.is_empty() {
             return Ok(None);
+        }
+        if let (true, LineFormat::Csv(o)) = (self.csv_direct, &self.format) {
+            return self.decode_csv(raw, spans, o, bad);
         }
         let mut parts = Vec::new();
         let mut good_rows = Vec::new();
@@ -257,7 +277,31 @@ impl BatchDecoder {
         Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.decoded_schema))))
     }
 
-    /// The checks arrow does not make, then the output schema.
+    /// CSV cut and read column by column ([`csv_columns`]): one pass, and a
+    /// bad value costs its own row only.
+    fn decode_csv(
+        &self,
+        raw: &[u8],
+        spans: &[Range<usize>],
+        o: &CsvOptions,
+        bad: &mut Vec<Bad>,
+    ) -> datafusion::common::Result<Option<RecordBatch>> {
+        let fields = csv_columns::cut(raw, spans, o, self.file_columns, bad);
+        let mut verdicts = Verdicts::new(&fields.rows, bad);
+        let mut columns = Vec::with_capacity(self.out_schema.fields().len());
+        for (field, &index) in self.out_schema.fields().iter().zip(&self.file_index) {
+            let name = field.name();
+            columns.push(csv_columns::read_column(
+                &fields,
+                index,
+                field.data_type(),
+                &mut |row, code, m| verdicts.refuse(row, code, format!("column `{name}`: {m}")),
+            )?);
+        }
+        self.settle(columns, verdicts)
+    }
+
+    /// The checks arrow's readers do not make, then the output schema.
     fn finish(
         &self,
         decoded: RecordBatch,
@@ -266,17 +310,7 @@ impl BatchDecoder {
         good_rows: &[usize],
         bad: &mut Vec<Bad>,
     ) -> datafusion::common::Result<Option<RecordBatch>> {
-        let rows = decoded.num_rows();
-        let mut keep = vec![true; rows];
-        let mut refuse = |row: usize, code: ErrorCode, message: String| {
-            if std::mem::replace(&mut keep[row], false) {
-                bad.push(Bad {
-                    index: good_rows[row],
-                    code,
-                    message,
-                });
-            }
-        };
+        let mut verdicts = Verdicts::new(good_rows, bad);
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(decoded.num_columns());
         for (i, field) in self.out_schema.fields().iter().enumerate() {
             let column = decoded.column(i);
@@ -284,7 +318,7 @@ impl BatchDecoder {
             let column = match (field.data_type(), &self.format) {
                 (DataType::Decimal128(p, s) | DataType::Decimal256(p, s), _) => {
                     strict_decimals(column, field.data_type(), *p, *s, |row, m| {
-                        refuse(
+                        verdicts.refuse(
                             row,
                             ErrorCode::TypeMismatch,
                             format!("column `{name}`: {m}"),
@@ -296,7 +330,7 @@ impl BatchDecoder {
                         let record = &raw[spans[good_rows[row]].clone()];
                         let text = csv_field_text(record, o, self.file_index[i]);
                         if !is_infinity_literal(&text) {
-                            refuse(
+                            verdicts.refuse(
                                 row,
                                 ErrorCode::TypeMismatch,
                                 format!("column `{name}`: {text} is out of range for a float"),
@@ -307,24 +341,40 @@ impl BatchDecoder {
                 }
                 _ => Arc::clone(column),
             };
+            columns.push(column);
+        }
+        self.settle(columns, verdicts)
+    }
+
+    /// Nulls in not-null columns refused, the refused rows taken out, and
+    /// the output schema put on the rest.
+    fn settle(
+        &self,
+        columns: Vec<ArrayRef>,
+        mut verdicts: Verdicts<'_>,
+    ) -> datafusion::common::Result<Option<RecordBatch>> {
+        let rows = verdicts.keep.len();
+        for (field, column) in self.out_schema.fields().iter().zip(&columns) {
             if !field.is_nullable() && column.null_count() > 0 {
                 for row in (0..rows).filter(|r| column.is_null(*r)) {
-                    refuse(
+                    verdicts.refuse(
                         row,
                         ErrorCode::ConstraintViolation,
-                        format!("column `{name}` is declared not null but has no value"),
+                        format!(
+                            "column `{}` is declared not null but has no value",
+                            field.name()
+                        ),
                     );
                 }
             }
-            columns.push(column);
         }
         let mut batch = RecordBatch::try_new_with_options(
             Arc::clone(&self.checked_schema),
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
-        if keep.iter().any(|k| !k) {
-            batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        if verdicts.keep.iter().any(|k| !k) {
+            batch = filter_record_batch(&batch, &BooleanArray::from(verdicts.keep))?;
         }
         if batch.num_rows() == 0 {
             return Ok(None);
@@ -334,6 +384,47 @@ impl BatchDecoder {
             batch.columns().to_vec(),
             &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
         )?))
+    }
+}
+
+/// The rows of a decoded batch that checks after decoding gave up: the first
+/// refusal of a row is the one reported.
+struct Verdicts<'a> {
+    keep: Vec<bool>,
+    /// The record index (among those handed over) of each row.
+    index: &'a [usize],
+    bad: &'a mut Vec<Bad>,
+}
+
+impl<'a> Verdicts<'a> {
+    fn new(index: &'a [usize], bad: &'a mut Vec<Bad>) -> Self {
+        Self {
+            keep: vec![true; index.len()],
+            index,
+            bad,
+        }
+    }
+
+    fn refuse(&mut self, row: usize, code: ErrorCode, message: String) {
+        if std::mem::replace(&mut self.keep[row], false) {
+            self.bad.push(Bad {
+                index: self.index[row],
+                code,
+                message,
+            });
+        }
+    }
+}
+
+/// A CSV record with the wrong number of fields.
+pub(super) fn field_count_problem(fields: usize, columns: usize) -> Problem {
+    Problem {
+        code: ErrorCode::Malformed,
+        message: format!(
+            "{fields} field{} where the schema has {columns} column{}",
+            if fields == 1 { "" } else { "s" },
+            if columns == 1 { "" } else { "s" }
+        ),
     }
 }
 
@@ -385,11 +476,52 @@ fn arrow_message(e: &ArrowError) -> String {
     m
 }
 
-/// Reads one decimal's text exactly: `(text, precision, scale)`.
-type ReadDecimal<T> = fn(&[u8], u8, i8) -> Result<<T as ArrowPrimitiveType>::Native, String>;
+/// A decimal type whose values are read from text exactly: every digit
+/// kept or the value refused (arrow's parser drops extra digits and wraps
+/// around on long ones).
+pub(super) trait ExactDecimal: DecimalType {
+    fn read(text: &[u8], precision: u8, scale: i8) -> Result<Self::Native, String>;
+}
 
-/// Reads a text column into a decimal column, refusing any value whose
-/// digits do not all fit (arrow would drop them).
+impl ExactDecimal for Decimal128Type {
+    fn read(text: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
+        decimal_value(text, precision, scale)?
+            .ok_or_else(|| "too wide for a 128-bit decimal".to_string())
+    }
+}
+
+impl ExactDecimal for Decimal256Type {
+    fn read(text: &[u8], precision: u8, scale: i8) -> Result<i256, String> {
+        decimal_value_256(text, precision, scale)
+    }
+}
+
+/// A decimal column read from the texts `text(row)` (None: null); a value
+/// whose digits do not all fit is passed to `refuse` and becomes a null.
+pub(super) fn decimals<'s, T: ExactDecimal>(
+    rows: usize,
+    text: impl Fn(usize) -> Option<&'s str>,
+    precision: u8,
+    scale: i8,
+    refuse: &mut impl FnMut(usize, String),
+) -> datafusion::common::Result<ArrayRef> {
+    let mut b = PrimitiveBuilder::<T>::with_capacity(rows);
+    for row in 0..rows {
+        match text(row).map(|v| T::read(v.trim_ascii().as_bytes(), precision, scale)) {
+            Some(Ok(d)) => b.append_value(d),
+            Some(Err(m)) => {
+                refuse(row, m);
+                b.append_null();
+            }
+            None => b.append_null(),
+        }
+    }
+    Ok(Arc::new(
+        b.finish().with_precision_and_scale(precision, scale)?,
+    ))
+}
+
+/// Reads a text column into a decimal column exactly (see [`decimals`]).
 fn strict_decimals(
     column: &ArrayRef,
     target: &DataType,
@@ -397,40 +529,13 @@ fn strict_decimals(
     scale: i8,
     mut refuse: impl FnMut(usize, String),
 ) -> datafusion::common::Result<ArrayRef> {
-    fn build<T: DecimalType>(
-        text: &StringArray,
-        precision: u8,
-        scale: i8,
-        read: ReadDecimal<T>,
-        refuse: &mut impl FnMut(usize, String),
-    ) -> datafusion::common::Result<ArrayRef> {
-        let mut b = PrimitiveBuilder::<T>::with_capacity(text.len());
-        for (row, v) in text.iter().enumerate() {
-            match v.map(|v| read(v.trim_ascii().as_bytes(), precision, scale)) {
-                Some(Ok(d)) => b.append_value(d),
-                Some(Err(m)) => {
-                    refuse(row, m);
-                    b.append_null();
-                }
-                None => b.append_null(),
-            }
-        }
-        Ok(Arc::new(
-            b.finish().with_precision_and_scale(precision, scale)?,
-        ))
-    }
-    // exact, and computed in the same pass as the check (never by a parser
-    // that wraps around)
-    fn read128(v: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
-        decimal_value(v, precision, scale)?
-            .ok_or_else(|| "too wide for a 128-bit decimal".to_string())
-    }
     let text = column.as_string::<i32>();
+    let value = |row: usize| text.is_valid(row).then(|| text.value(row));
     match target {
         DataType::Decimal256(..) => {
-            build::<Decimal256Type>(text, precision, scale, decimal_value_256, &mut refuse)
+            decimals::<Decimal256Type>(text.len(), value, precision, scale, &mut refuse)
         }
-        _ => build::<Decimal128Type>(text, precision, scale, read128, &mut refuse),
+        _ => decimals::<Decimal128Type>(text.len(), value, precision, scale, &mut refuse),
     }
 }
 
@@ -474,7 +579,7 @@ fn csv_field_text(record: &[u8], o: &CsvOptions, index: usize) -> String {
         .to_string()
 }
 
-fn is_infinity_literal(text: &str) -> bool {
+pub(super) fn is_infinity_literal(text: &str) -> bool {
     let t = text
         .trim()
         .trim_start_matches(['+', '-'])

@@ -7,11 +7,13 @@
 //!   that cannot be framed become one faulty record each.
 //! - [`json_check`] and [`numbers`]: what arrow's readers would accept but
 //!   change (a truncated number, a trailing comma) is refused first.
-//! - [`decoding`]: records into Arrow batches, bad records found and named.
+//! - [`decoding`]: records into Arrow batches, bad records found and named;
+//!   CSV read column by column by [`csv_columns`].
 //! - [`scan`]: `LineScanExec`, the DataFusion operator that runs them.
 //!
 //! This module holds the formats and the table a slice of files is read as.
 
+mod csv_columns;
 mod decoding;
 pub(crate) mod framing;
 mod json_check;

@@ -1,0 +1,627 @@
+//! CSV records decoded straight into Arrow columns, in one pass over their
+//! fields.
+//!
+//! The framer has already found each record's borders and counted its
+//! fields; handing the bytes to arrow's CSV reader meant parsing them a second
+//! time (its `csv_core` pass was the largest single cost of a CSV scan). Here
+//! the fields are cut at the delimiters, quoted ones unquoted into a side
+//! buffer, and each column is read by arrow's own value parsers
+//! (`cast_utils::Parser`, `string_to_datetime`), so a value reads exactly as
+//! through arrow's reader. A value that does not read costs its own row, with
+//! a message naming the column and the text, and no batch is decoded twice to
+//! find it.
+//!
+//! Types arrow's CSV reader has and this module does not (dictionaries,
+//! `Float16`, the narrow decimals) go the old way, through arrow's reader
+//! ([`supports`] decides).
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use datafusion::arrow::array::timezone::Tz;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, NullArray, PrimitiveBuilder, StringBuilder, StringViewBuilder,
+};
+use datafusion::arrow::compute::kernels::cast_utils::{Parser, string_to_datetime};
+use datafusion::arrow::datatypes::{
+    ArrowTimestampType, DataType, Date32Type, Date64Type, Decimal128Type, Decimal256Type,
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Time32MillisecondType,
+    Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use sluice_contract::ErrorCode;
+
+use super::CsvOptions;
+use super::decoding::{Bad, decimals, field_count_problem, is_infinity_literal};
+
+/// Whether a column of type `t` is read here (else through arrow's reader).
+pub(super) fn supports(t: &DataType) -> bool {
+    use DataType::*;
+    matches!(
+        t,
+        Null | Boolean
+            | Int8
+            | Int16
+            | Int32
+            | Int64
+            | UInt8
+            | UInt16
+            | UInt32
+            | UInt64
+            | Float32
+            | Float64
+            | Decimal128(..)
+            | Decimal256(..)
+            | Date32
+            | Date64
+            | Time32(TimeUnit::Second | TimeUnit::Millisecond)
+            | Time64(TimeUnit::Microsecond | TimeUnit::Nanosecond)
+            | Timestamp(..)
+            | Utf8
+            | Utf8View
+    )
+}
+
+/// Whether the dialect can be cut here: its special bytes are ASCII, so a cut
+/// next to one always falls between two characters.
+pub(super) fn dialect_supported(o: &CsvOptions) -> bool {
+    o.delimiter.is_ascii() && o.quote.is_ascii() && o.escape.is_none_or(|e| e.is_ascii())
+}
+
+/// The fields of a batch's records, cut.
+///
+/// Row `r`'s field `j` is `text[bounds[r * (width + 1) + j] ..
+/// bounds[r * (width + 1) + j + 1] - 1]`: every field is followed by one
+/// separator byte (its delimiter, or the record's line end).
+pub(super) struct CutFields<'a> {
+    text: Cow<'a, str>,
+    bounds: Vec<usize>,
+    width: usize,
+    /// The index (among the records handed over) of each row.
+    pub(super) rows: Vec<usize>,
+}
+
+impl CutFields<'_> {
+    fn field(&self, row: usize, column: usize) -> &str {
+        let at = row * (self.width + 1) + column;
+        // bounds sit next to ASCII bytes (see `dialect_supported`): always
+        // between characters; `get` keeps that from ever being a panic
+        self.text
+            .get(self.bounds[at]..self.bounds[at + 1] - 1)
+            .unwrap_or_default()
+    }
+
+    /// How many rows (records cut into the expected number of fields).
+    pub(super) fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// Cuts `spans` of `raw` (each record followed by a line end) into `width`
+/// fields each. Records that are not UTF-8, or do not have `width` fields,
+/// are pushed to `bad` and get no row.
+pub(super) fn cut<'a>(
+    raw: &'a [u8],
+    spans: &[Range<usize>],
+    o: &CsvOptions,
+    width: usize,
+    bad: &mut Vec<Bad>,
+) -> CutFields<'a> {
+    let mut bounds = Vec::with_capacity(spans.len() * (width + 1));
+    let mut rows = Vec::with_capacity(spans.len());
+    // a record cut into the wrong number of fields gets no row (the framer
+    // counted them already; this keeps the two from ever disagreeing)
+    let keep_row = |index: usize,
+                    bounds: &mut Vec<usize>,
+                    first: usize,
+                    rows: &mut Vec<usize>,
+                    bad: &mut Vec<Bad>| {
+        let fields = bounds.len() - first - 1;
+        if fields == width {
+            rows.push(index);
+        } else {
+            bounds.truncate(first);
+            let p = field_count_problem(fields, width);
+            bad.push(Bad {
+                index,
+                code: p.code,
+                message: p.message,
+            });
+        }
+    };
+    let quoted = memchr::memchr(o.quote, raw).is_some();
+    if let (false, Ok(text)) = (quoted, std::str::from_utf8(raw)) {
+        // the common case: fields are the bytes between delimiters
+        for (index, span) in spans.iter().enumerate() {
+            let first = bounds.len();
+            bounds.push(span.start);
+            bounds.extend(
+                memchr::memchr_iter(o.delimiter, &raw[span.clone()]).map(|d| span.start + d + 1),
+            );
+            bounds.push(span.end + 1);
+            keep_row(index, &mut bounds, first, &mut rows, bad);
+        }
+        return CutFields {
+            text: Cow::Borrowed(text),
+            bounds,
+            width,
+            rows,
+        };
+    }
+    // quotes somewhere, or bytes that are not UTF-8: every record's fields
+    // are copied, unquoted, into one buffer laid out like `raw`
+    let mut clean = String::with_capacity(raw.len());
+    for (index, span) in spans.iter().enumerate() {
+        let Ok(record) = std::str::from_utf8(&raw[span.clone()]) else {
+            bad.push(Bad {
+                index,
+                code: ErrorCode::Malformed,
+                message: "invalid UTF-8".to_string(),
+            });
+            continue;
+        };
+        let first = bounds.len();
+        unquote(record, o, &mut clean, &mut bounds);
+        keep_row(index, &mut bounds, first, &mut rows, bad);
+    }
+    CutFields {
+        text: Cow::Owned(clean),
+        bounds,
+        width,
+        rows,
+    }
+}
+
+/// Appends `record`'s fields to `out`, unquoted as arrow's reader (csv_core)
+/// does: a field that starts with a quote runs to its closing quote, a
+/// doubled quote inside is one quote, and the escape byte (if any) takes the
+/// next byte as it is. Pushes the start of every field, then the end of the
+/// record plus one, to `bounds`.
+fn unquote(record: &str, o: &CsvOptions, out: &mut String, bounds: &mut Vec<usize>) {
+    let b = record.as_bytes();
+    // `run` is the start of the bytes not yet copied; cuts are made only
+    // next to ASCII special bytes, so every slice is whole characters
+    let mut run = 0;
+    let mut i = 0;
+    let mut quoted = false;
+    let mut field_start = 0;
+    bounds.push(out.len());
+    while i < b.len() {
+        let c = b[i];
+        if quoted {
+            if Some(c) == o.escape && c != o.quote {
+                out.push_str(&record[run..i]);
+                run = i + 1;
+                i += 2;
+            } else if c == o.quote {
+                out.push_str(&record[run..i]);
+                if b.get(i + 1) == Some(&o.quote) {
+                    // a doubled quote: the second one is kept
+                    run = i + 1;
+                    i += 2;
+                } else {
+                    quoted = false;
+                    run = i + 1;
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        } else if c == o.delimiter {
+            out.push_str(&record[run..i]);
+            out.push(char::from(c));
+            bounds.push(out.len());
+            run = i + 1;
+            field_start = i + 1;
+            i += 1;
+        } else if c == o.quote && i == field_start {
+            quoted = true;
+            run = i + 1;
+            i += 1;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(record.get(run..).unwrap_or_default());
+    out.push('\n');
+    bounds.push(out.len());
+}
+
+/// Reads column `column` of `fields` as `target`; a value that does not read
+/// is passed to `refuse` (with its row and why) and becomes a null. An empty
+/// field is a null, as in arrow's reader.
+pub(super) fn read_column(
+    fields: &CutFields<'_>,
+    column: usize,
+    target: &DataType,
+    refuse: &mut impl FnMut(usize, ErrorCode, String),
+) -> datafusion::common::Result<ArrayRef> {
+    let rows = fields.len();
+    let text = |row: usize| Some(fields.field(row, column)).filter(|s| !s.is_empty());
+    let mut mismatch = |row: usize, m: String| refuse(row, ErrorCode::TypeMismatch, m);
+    Ok(match target {
+        DataType::Null => Arc::new(NullArray::new(rows)),
+        DataType::Boolean => {
+            let mut b = BooleanBuilder::with_capacity(rows);
+            for row in 0..rows {
+                match text(row) {
+                    None => b.append_null(),
+                    Some(s) if s.eq_ignore_ascii_case("true") => b.append_value(true),
+                    Some(s) if s.eq_ignore_ascii_case("false") => b.append_value(false),
+                    Some(s) => {
+                        mismatch(row, not_a(s, target));
+                        b.append_null();
+                    }
+                }
+            }
+            Arc::new(b.finish())
+        }
+        DataType::Int8 => parsed::<Int8Type>(rows, text, &mut mismatch),
+        DataType::Int16 => parsed::<Int16Type>(rows, text, &mut mismatch),
+        DataType::Int32 => parsed::<Int32Type>(rows, text, &mut mismatch),
+        DataType::Int64 => parsed::<Int64Type>(rows, text, &mut mismatch),
+        DataType::UInt8 => parsed::<UInt8Type>(rows, text, &mut mismatch),
+        DataType::UInt16 => parsed::<UInt16Type>(rows, text, &mut mismatch),
+        DataType::UInt32 => parsed::<UInt32Type>(rows, text, &mut mismatch),
+        DataType::UInt64 => parsed::<UInt64Type>(rows, text, &mut mismatch),
+        DataType::Float32 => floats::<Float32Type>(rows, text, &mut mismatch, f32::is_infinite),
+        DataType::Float64 => floats::<Float64Type>(rows, text, &mut mismatch, f64::is_infinite),
+        DataType::Date32 => parsed::<Date32Type>(rows, text, &mut mismatch),
+        DataType::Date64 => parsed::<Date64Type>(rows, text, &mut mismatch),
+        DataType::Time32(TimeUnit::Second) => parsed::<Time32SecondType>(rows, text, &mut mismatch),
+        DataType::Time32(TimeUnit::Millisecond) => {
+            parsed::<Time32MillisecondType>(rows, text, &mut mismatch)
+        }
+        DataType::Time64(TimeUnit::Microsecond) => {
+            parsed::<Time64MicrosecondType>(rows, text, &mut mismatch)
+        }
+        DataType::Time64(TimeUnit::Nanosecond) => {
+            parsed::<Time64NanosecondType>(rows, text, &mut mismatch)
+        }
+        DataType::Timestamp(unit, zone) => match zone {
+            Some(z) => {
+                let tz: Tz = z.parse()?;
+                timestamps(*unit, zone, rows, text, &tz, &mut mismatch)
+            }
+            None => timestamps(*unit, zone, rows, text, &Utc, &mut mismatch),
+        },
+        DataType::Decimal128(p, s) => {
+            decimals::<Decimal128Type>(rows, text, *p, *s, &mut mismatch)?
+        }
+        DataType::Decimal256(p, s) => {
+            decimals::<Decimal256Type>(rows, text, *p, *s, &mut mismatch)?
+        }
+        DataType::Utf8 => {
+            let mut b = StringBuilder::with_capacity(rows, fields.text.len() / fields.width.max(1));
+            for row in 0..rows {
+                b.append_option(text(row));
+            }
+            Arc::new(b.finish())
+        }
+        DataType::Utf8View => {
+            let mut b = StringViewBuilder::with_capacity(rows);
+            for row in 0..rows {
+                b.append_option(text(row));
+            }
+            Arc::new(b.finish())
+        }
+        other => {
+            return Err(datafusion::common::DataFusionError::Internal(format!(
+                "CSV columns of type {other} are read by arrow's reader"
+            )));
+        }
+    })
+}
+
+fn not_a(text: &str, target: &DataType) -> String {
+    format!("{text:?} is not a valid {target}")
+}
+
+/// A column of values read by arrow's parser for `T`.
+fn parsed<'s, T: Parser>(
+    rows: usize,
+    text: impl Fn(usize) -> Option<&'s str>,
+    mismatch: &mut impl FnMut(usize, String),
+) -> ArrayRef {
+    let mut b = PrimitiveBuilder::<T>::with_capacity(rows);
+    for row in 0..rows {
+        match text(row) {
+            None => b.append_null(),
+            Some(s) => match T::parse(s) {
+                Some(v) => b.append_value(v),
+                None => {
+                    mismatch(row, not_a(s, &T::DATA_TYPE));
+                    b.append_null();
+                }
+            },
+        }
+    }
+    Arc::new(b.finish())
+}
+
+/// Floats: arrow's parser, and a value too large for the type (which that
+/// parser reads as infinity) refused unless it was written as infinity.
+fn floats<'s, T: Parser>(
+    rows: usize,
+    text: impl Fn(usize) -> Option<&'s str>,
+    mismatch: &mut impl FnMut(usize, String),
+    infinite: fn(T::Native) -> bool,
+) -> ArrayRef {
+    let mut b = PrimitiveBuilder::<T>::with_capacity(rows);
+    for row in 0..rows {
+        match text(row) {
+            None => b.append_null(),
+            Some(s) => match T::parse(s) {
+                Some(v) if infinite(v) && !is_infinity_literal(s) => {
+                    mismatch(row, format!("{s} is out of range for a float"));
+                    b.append_null();
+                }
+                Some(v) => b.append_value(v),
+                None => {
+                    mismatch(row, not_a(s, &T::DATA_TYPE));
+                    b.append_null();
+                }
+            },
+        }
+    }
+    Arc::new(b.finish())
+}
+
+/// Timestamps as arrow's reader reads them (`string_to_datetime` in `tz`,
+/// the column's zone, or UTC when it has none).
+fn timestamps<'s, Z: TimeZone>(
+    unit: TimeUnit,
+    zone: &Option<Arc<str>>,
+    rows: usize,
+    text: impl Fn(usize) -> Option<&'s str>,
+    tz: &Z,
+    mismatch: &mut impl FnMut(usize, String),
+) -> ArrayRef {
+    fn build<'s, T: ArrowTimestampType, Z: TimeZone>(
+        zone: &Option<Arc<str>>,
+        rows: usize,
+        text: impl Fn(usize) -> Option<&'s str>,
+        tz: &Z,
+        mismatch: &mut impl FnMut(usize, String),
+    ) -> ArrayRef {
+        let mut b = PrimitiveBuilder::<T>::with_capacity(rows);
+        for row in 0..rows {
+            let Some(s) = text(row) else {
+                b.append_null();
+                continue;
+            };
+            let value = string_to_datetime(tz, s)
+                .map_err(|e| e.to_string())
+                .and_then(|d| {
+                    match T::UNIT {
+                        TimeUnit::Second => Some(d.timestamp()),
+                        TimeUnit::Millisecond => Some(d.timestamp_millis()),
+                        TimeUnit::Microsecond => Some(d.timestamp_micros()),
+                        TimeUnit::Nanosecond => d.timestamp_nanos_opt(),
+                    }
+                    .ok_or_else(|| format!("{s:?} is out of range for nanoseconds"))
+                });
+            match value {
+                Ok(v) => b.append_value(v),
+                Err(m) => {
+                    mismatch(row, m);
+                    b.append_null();
+                }
+            }
+        }
+        Arc::new(b.finish().with_timezone_opt(zone.clone()))
+    }
+    match unit {
+        TimeUnit::Second => build::<TimestampSecondType, Z>(zone, rows, text, tz, mismatch),
+        TimeUnit::Millisecond => {
+            build::<TimestampMillisecondType, Z>(zone, rows, text, tz, mismatch)
+        }
+        TimeUnit::Microsecond => {
+            build::<TimestampMicrosecondType, Z>(zone, rows, text, tz, mismatch)
+        }
+        TimeUnit::Nanosecond => build::<TimestampNanosecondType, Z>(zone, rows, text, tz, mismatch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use proptest::prelude::*;
+
+    use super::super::LineFormat;
+    use super::super::decoding::BatchDecoder;
+    use super::super::framing::Framer;
+    use super::*;
+
+    /// Every type read here, zones and units included.
+    fn types() -> Vec<DataType> {
+        vec![
+            DataType::Null,
+            DataType::Boolean,
+            DataType::Int8,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt16,
+            DataType::UInt64,
+            DataType::Float32,
+            DataType::Float64,
+            DataType::Decimal128(10, 2),
+            DataType::Decimal256(40, 5),
+            DataType::Date32,
+            DataType::Date64,
+            DataType::Time32(TimeUnit::Second),
+            DataType::Time64(TimeUnit::Nanosecond),
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+02:00".into())),
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("America/New_York".into())),
+            DataType::Timestamp(TimeUnit::Second, None),
+            DataType::Utf8,
+            DataType::Utf8View,
+        ]
+    }
+
+    /// Values that read as some types and not others, at their edges.
+    const VALUES: &[&str] = &[
+        "",
+        "0",
+        "-1",
+        "127",
+        "128",
+        "-129",
+        "255",
+        "65536",
+        "4294967296",
+        "18446744073709551615",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "+5",
+        "1.5",
+        "7.0",
+        "-0.125",
+        "1e400",
+        "-1e40",
+        "3.4e39",
+        "inf",
+        "-Infinity",
+        "NaN",
+        "true",
+        "FALSE",
+        "tRuE",
+        "yes",
+        "2024-01-02",
+        "2024-02-30",
+        "99999-01-01",
+        "1970-01-01T00:00:00",
+        "2024-01-02 03:04:05.123456789",
+        "2024-01-02T03:04:05Z",
+        "2024-01-02T03:04:05+05:30",
+        "2262-04-12T00:00:00",
+        "12:34:56",
+        "12:34:56.789",
+        "25:00:00",
+        " 1",
+        "1 ",
+        "1.005",
+        "123456789.12",
+        "abc",
+        "héllo",
+        "日本語",
+        "a\"b",
+        "a,b",
+        "x\ny",
+        "\"\"",
+        "a\\b",
+        "\\\"",
+    ];
+
+    /// One field as written: bare, quoted (doubled or escaped inner quotes),
+    /// or with text after its closing quote; now and then not UTF-8.
+    fn render(value: &str, how: u8, escape: bool) -> Vec<u8> {
+        let must_quote = value.contains([',', '"', '\n', '\r']);
+        match how % 5 {
+            _ if how == 255 => b"\xff\xfe".to_vec(),
+            0 | 1 if !must_quote => value.as_bytes().to_vec(),
+            3 if escape => {
+                format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")).into_bytes()
+            }
+            4 if !must_quote => format!("\"{value}\"x").into_bytes(),
+            _ => format!("\"{}\"", value.replace('"', "\"\"")).into_bytes(),
+        }
+    }
+
+    fn decoded(
+        d: &BatchDecoder,
+        records: &[Vec<u8>],
+    ) -> (
+        Option<datafusion::arrow::array::RecordBatch>,
+        Vec<(usize, ErrorCode)>,
+    ) {
+        let mut raw = Vec::new();
+        let mut spans = Vec::new();
+        for r in records {
+            let s = raw.len();
+            raw.extend_from_slice(r);
+            spans.push(s..raw.len());
+            raw.push(b'\n');
+        }
+        let mut bad = Vec::new();
+        let batch = d.decode(&raw, &spans, &mut bad).unwrap();
+        let mut bad: Vec<_> = bad.into_iter().map(|b| (b.index, b.code)).collect();
+        bad.sort();
+        (batch, bad)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Read here or by arrow's reader, the same records give the same
+        /// rows with the same values, and the same records are refused with
+        /// the same codes.
+        #[test]
+        fn columns_read_as_arrow_reads_them(
+            columns in proptest::collection::vec((0..21usize, any::<bool>()), 1..6),
+            cells in proptest::collection::vec(
+                proptest::collection::vec((0..VALUES.len(), any::<u8>()), 6), 1..30),
+            escape in any::<bool>(),
+            projection_mask in any::<u8>(),
+        ) {
+            let types = types();
+            let schema = Arc::new(Schema::new(
+                columns.iter().enumerate().map(|(i, (t, nullable))| {
+                    Field::new(format!("c{i}"), types[*t].clone(), *nullable)
+                }).collect::<Vec<_>>(),
+            ));
+            let projection: Vec<usize> =
+                (0..columns.len()).filter(|i| projection_mask & (1 << i) != 0).collect();
+            let options = CsvOptions {
+                escape: escape.then_some(b'\\'),
+                newlines_in_values: true,
+                ..CsvOptions::default()
+            };
+            let format = LineFormat::Csv(options.clone());
+            let direct = BatchDecoder::new(format.clone(), &schema, Some(&projection), 8).unwrap();
+            let arrow = BatchDecoder::new(format, &schema, Some(&projection), 8)
+                .unwrap()
+                .through_arrow_reader();
+            // the records the scan would hand over: framed whole, with the
+            // right field count
+            let dialect = LineFormat::Csv(options.clone()).dialect();
+            let records: Vec<Vec<u8>> = cells
+                .iter()
+                .map(|row| {
+                    row[..columns.len()]
+                        .iter()
+                        .map(|(v, how)| render(VALUES[*v], *how, escape))
+                        .collect::<Vec<_>>()
+                        .join(&b","[..])
+                })
+                .filter(|r| {
+                    let mut frames = Vec::new();
+                    Framer::new(dialect, 1).frame(r, true, &mut frames);
+                    matches!(&frames[..], [f] if f.fault.is_none() && f.end == r.len()
+                        && direct.precheck(r, f.fields, &mut Vec::new()).is_ok())
+                })
+                .collect();
+            let (got, got_bad) = decoded(&direct, &records);
+            let (want, want_bad) = decoded(&arrow, &records);
+            prop_assert_eq!(&got_bad, &want_bad);
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn quoted_fields_are_unquoted_as_csv_core_does() {
+        let o = CsvOptions {
+            escape: Some(b'\\'),
+            ..CsvOptions::default()
+        };
+        let mut out = String::new();
+        let mut bounds = Vec::new();
+        unquote(r#""a""b",c"d,"e\"f\\","","x"y"#, &o, &mut out, &mut bounds);
+        assert_eq!(out, "a\"b,c\"d,e\"f\\,,xy\n");
+        assert_eq!(bounds, vec![0, 4, 8, 13, 14, 17]);
+    }
+}
