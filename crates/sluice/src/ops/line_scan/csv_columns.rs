@@ -15,7 +15,6 @@
 //! `Float16`, the narrow decimals) go the old way, through arrow's reader
 //! ([`supports`] decides).
 
-use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -71,27 +70,56 @@ pub(super) fn dialect_supported(o: &CsvOptions) -> bool {
     o.delimiter.is_ascii() && o.quote.is_ascii() && o.escape.is_none_or(|e| e.is_ascii())
 }
 
+/// The buffers a cut fills, kept from batch to batch (fresh ones per batch
+/// cost page faults: the kernel zeroes every new page).
+#[derive(Debug, Default)]
+pub(crate) struct CutBuffers {
+    bounds: Vec<usize>,
+    /// Quoted records, unquoted (or every record, when the batch is not
+    /// all UTF-8).
+    side: String,
+    rows: Vec<usize>,
+}
+
 /// The fields of a batch's records, cut.
 ///
-/// Row `r`'s field `j` is `text[bounds[r * (width + 1) + j] ..
-/// bounds[r * (width + 1) + j + 1] - 1]`: every field is followed by one
-/// separator byte (its delimiter, or the record's line end).
+/// Row `r`'s field `j` spans `bounds[r * (width + 1) + j] ..
+/// bounds[r * (width + 1) + j + 1] - 1`: every field is followed by one
+/// separator byte (its delimiter, or the record's line end). Positions below
+/// `base` are in `text` (the records as they came), the others at `base`
+/// onwards in `side`.
 pub(super) struct CutFields<'a> {
-    text: Cow<'a, str>,
-    bounds: Vec<usize>,
+    text: &'a str,
+    side: &'a str,
+    base: usize,
+    bounds: &'a [usize],
     width: usize,
     /// The index (among the records handed over) of each row.
-    pub(super) rows: Vec<usize>,
+    pub(super) rows: &'a [usize],
 }
 
 impl CutFields<'_> {
     fn field(&self, row: usize, column: usize) -> &str {
         let at = row * (self.width + 1) + column;
-        // bounds sit next to ASCII bytes (see `dialect_supported`): always
+        let (start, end) = (self.bounds[at], self.bounds[at + 1] - 1);
+        // bounds sit next to ASCII bytes (see `dialect_supported`), so always
         // between characters; `get` keeps that from ever being a panic
-        self.text
-            .get(self.bounds[at]..self.bounds[at + 1] - 1)
-            .unwrap_or_default()
+        let field = if start >= self.base {
+            self.side.get(start - self.base..end - self.base)
+        } else {
+            self.text.get(start..end)
+        };
+        field.unwrap_or_default()
+    }
+
+    /// The bytes of column `column`'s fields, all rows.
+    fn column_bytes(&self, column: usize) -> usize {
+        (0..self.len())
+            .map(|row| {
+                let at = row * (self.width + 1) + column;
+                self.bounds[at + 1] - 1 - self.bounds[at]
+            })
+            .sum()
     }
 
     /// How many rows (records cut into the expected number of fields).
@@ -109,9 +137,12 @@ pub(super) fn cut<'a>(
     o: &CsvOptions,
     width: usize,
     bad: &mut Vec<Bad>,
+    buffers: &'a mut CutBuffers,
 ) -> CutFields<'a> {
-    let mut bounds = Vec::with_capacity(spans.len() * (width + 1));
-    let mut rows = Vec::with_capacity(spans.len());
+    let CutBuffers { bounds, side, rows } = buffers;
+    bounds.clear();
+    side.clear();
+    rows.clear();
     // a record cut into the wrong number of fields gets no row (the framer
     // counted them already; this keeps the two from ever disagreeing)
     let keep_row = |index: usize,
@@ -132,43 +163,37 @@ pub(super) fn cut<'a>(
             });
         }
     };
-    let quoted = memchr::memchr(o.quote, raw).is_some();
-    if let (false, Ok(text)) = (quoted, std::str::from_utf8(raw)) {
-        // the common case: fields are the bytes between delimiters
-        for (index, span) in spans.iter().enumerate() {
-            let first = bounds.len();
-            bounds.push(span.start);
-            bounds.extend(
-                memchr::memchr_iter(o.delimiter, &raw[span.clone()]).map(|d| span.start + d + 1),
-            );
-            bounds.push(span.end + 1);
-            keep_row(index, &mut bounds, first, &mut rows, bad);
-        }
-        return CutFields {
-            text: Cow::Borrowed(text),
-            bounds,
-            width,
-            rows,
-        };
-    }
-    // quotes somewhere, or bytes that are not UTF-8: every record's fields
-    // are copied, unquoted, into one buffer laid out like `raw`
-    let mut clean = String::with_capacity(raw.len());
+    // the side buffer's positions start past every position in `raw`
+    let base = raw.len() + 1;
+    let text = std::str::from_utf8(raw).ok();
     for (index, span) in spans.iter().enumerate() {
-        let Ok(record) = std::str::from_utf8(&raw[span.clone()]) else {
-            bad.push(Bad {
-                index,
-                code: ErrorCode::Malformed,
-                message: "invalid UTF-8".to_string(),
-            });
-            continue;
-        };
+        let record = &raw[span.clone()];
         let first = bounds.len();
-        unquote(record, o, &mut clean, &mut bounds);
-        keep_row(index, &mut bounds, first, &mut rows, bad);
+        match text {
+            // the common case: fields are the bytes between delimiters
+            Some(_) if memchr::memchr(o.quote, record).is_none() => {
+                bounds.push(span.start);
+                bounds.extend(memchr::memchr_iter(o.delimiter, record).map(|d| span.start + d + 1));
+                bounds.push(span.end + 1);
+            }
+            _ => {
+                let Ok(record) = std::str::from_utf8(record) else {
+                    bad.push(Bad {
+                        index,
+                        code: ErrorCode::Malformed,
+                        message: "invalid UTF-8".to_string(),
+                    });
+                    continue;
+                };
+                unquote(record, o, side, bounds, base);
+            }
+        }
+        keep_row(index, bounds, first, rows, bad);
     }
     CutFields {
-        text: Cow::Owned(clean),
+        text: text.unwrap_or_default(),
+        side,
+        base,
         bounds,
         width,
         rows,
@@ -179,8 +204,8 @@ pub(super) fn cut<'a>(
 /// does: a field that starts with a quote runs to its closing quote, a
 /// doubled quote inside is one quote, and the escape byte (if any) takes the
 /// next byte as it is. Pushes the start of every field, then the end of the
-/// record plus one, to `bounds`.
-fn unquote(record: &str, o: &CsvOptions, out: &mut String, bounds: &mut Vec<usize>) {
+/// record plus one, to `bounds` (as positions in `out` plus `base`).
+fn unquote(record: &str, o: &CsvOptions, out: &mut String, bounds: &mut Vec<usize>, base: usize) {
     let b = record.as_bytes();
     // `run` is the start of the bytes not yet copied; cuts are made only
     // next to ASCII special bytes, so every slice is whole characters
@@ -188,7 +213,7 @@ fn unquote(record: &str, o: &CsvOptions, out: &mut String, bounds: &mut Vec<usiz
     let mut i = 0;
     let mut quoted = false;
     let mut field_start = 0;
-    bounds.push(out.len());
+    bounds.push(base + out.len());
     while i < b.len() {
         let c = b[i];
         if quoted {
@@ -213,7 +238,7 @@ fn unquote(record: &str, o: &CsvOptions, out: &mut String, bounds: &mut Vec<usiz
         } else if c == o.delimiter {
             out.push_str(&record[run..i]);
             out.push(char::from(c));
-            bounds.push(out.len());
+            bounds.push(base + out.len());
             run = i + 1;
             field_start = i + 1;
             i += 1;
@@ -227,7 +252,7 @@ fn unquote(record: &str, o: &CsvOptions, out: &mut String, bounds: &mut Vec<usiz
     }
     out.push_str(record.get(run..).unwrap_or_default());
     out.push('\n');
-    bounds.push(out.len());
+    bounds.push(base + out.len());
 }
 
 /// Reads column `column` of `fields` as `target`; a value that does not read
@@ -295,7 +320,7 @@ pub(super) fn read_column(
             decimals::<Decimal256Type>(rows, text, *p, *s, &mut mismatch)?
         }
         DataType::Utf8 => {
-            let mut b = StringBuilder::with_capacity(rows, fields.text.len() / fields.width.max(1));
+            let mut b = StringBuilder::with_capacity(rows, fields.column_bytes(column));
             for row in 0..rows {
                 b.append_option(text(row));
             }
@@ -548,7 +573,9 @@ mod tests {
             raw.push(b'\n');
         }
         let mut bad = Vec::new();
-        let batch = d.decode(&raw, &spans, &mut bad).unwrap();
+        let batch = d
+            .decode(&raw, &spans, &mut bad, &mut CutBuffers::default())
+            .unwrap();
         let mut bad: Vec<_> = bad.into_iter().map(|b| (b.index, b.code)).collect();
         bad.sort();
         (batch, bad)
@@ -620,7 +647,13 @@ mod tests {
         };
         let mut out = String::new();
         let mut bounds = Vec::new();
-        unquote(r#""a""b",c"d,"e\"f\\","","x"y"#, &o, &mut out, &mut bounds);
+        unquote(
+            r#""a""b",c"d,"e\"f\\","","x"y"#,
+            &o,
+            &mut out,
+            &mut bounds,
+            0,
+        );
         assert_eq!(out, "a\"b,c\"d,e\"f\\,,xy\n");
         assert_eq!(bounds, vec![0, 4, 8, 13, 14, 17]);
     }

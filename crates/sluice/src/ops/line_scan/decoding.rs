@@ -27,6 +27,7 @@ use datafusion::common::project_schema;
 use sluice_contract::ErrorCode;
 
 use super::csv_columns;
+pub(crate) use super::csv_columns::CutBuffers;
 use super::framing::csv_field_ranges;
 use super::json_check::{JsonChecker, Problem};
 use super::numbers::{decimal_value, decimal_value_256};
@@ -165,17 +166,19 @@ impl BatchDecoder {
 
     /// Decodes `spans` of `raw` (each record followed by `\n`, in order and
     /// back to back). Returns the good rows in order; pushes the rest to `bad`.
+    /// `buffers` are the caller's to keep from batch to batch.
     pub(crate) fn decode(
         &self,
         raw: &[u8],
         spans: &[Range<usize>],
         bad: &mut Vec<Bad>,
+        buffers: &mut CutBuffers,
     ) -> datafusion::common::Result<Option<RecordBatch>> {
         if spans.is_empty() {
             return Ok(None);
         }
         if let (true, LineFormat::Csv(o)) = (self.csv_direct, &self.format) {
-            return self.decode_csv(raw, spans, o, bad);
+            return self.decode_csv(raw, spans, o, bad, buffers);
         }
         let mut parts = Vec::new();
         let mut good_rows = Vec::new();
@@ -285,9 +288,10 @@ impl BatchDecoder {
         spans: &[Range<usize>],
         o: &CsvOptions,
         bad: &mut Vec<Bad>,
+        buffers: &mut CutBuffers,
     ) -> datafusion::common::Result<Option<RecordBatch>> {
-        let fields = csv_columns::cut(raw, spans, o, self.file_columns, bad);
-        let mut verdicts = Verdicts::new(&fields.rows, bad);
+        let fields = csv_columns::cut(raw, spans, o, self.file_columns, bad, buffers);
+        let mut verdicts = Verdicts::new(fields.rows, bad);
         let mut columns = Vec::with_capacity(self.out_schema.fields().len());
         for (field, &index) in self.out_schema.fields().iter().zip(&self.file_index) {
             let name = field.name();
@@ -607,7 +611,9 @@ mod tests {
             raw.push(b'\n');
         }
         let mut bad = Vec::new();
-        let batch = d.decode(&raw, &spans, &mut bad).unwrap();
+        let batch = d
+            .decode(&raw, &spans, &mut bad, &mut CutBuffers::default())
+            .unwrap();
         let values = batch
             .map(|b| {
                 let c = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();

@@ -37,7 +37,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use sluice_contract::ErrorCode;
 use tokio::sync::mpsc::Sender;
 
-use super::decoding::{Bad, BatchDecoder};
+use super::decoding::{Bad, BatchDecoder, CutBuffers};
 use super::framing::UTF8_BOM;
 use super::framing::{Frame, Framer, count_line_breaks};
 use super::split::RangeWindow;
@@ -212,6 +212,7 @@ impl ExecutionPlan for LineScanExec {
                     dead_letters: &dead_letters,
                     line_base: None,
                     first_offset: None,
+                    buffers: CutBuffers::default(),
                 };
                 match reader.read(&tx, &mut remaining).await {
                     Ok(true) => {}
@@ -274,6 +275,8 @@ struct UnitReader<'a> {
     line_base: Option<u64>,
     /// File offset of the unit's first line.
     first_offset: Option<u64>,
+    /// The decoder's buffers, kept from batch to batch.
+    buffers: CutBuffers,
 }
 
 impl UnitReader<'_> {
@@ -428,7 +431,7 @@ impl UnitReader<'_> {
         let mut bad: Vec<Bad> = Vec::new();
         let rows = self
             .decoder
-            .decode(&batch.raw, &batch.spans, &mut bad)
+            .decode(&batch.raw, &batch.spans, &mut bad, &mut self.buffers)
             .map_err(|e| SluiceError::Internal(format!("decoding {}: {e}", self.uri())))?;
         // every record given up, in file order
         let mut given_up: Vec<(Origin, &[u8], ErrorCode, String)> = batch

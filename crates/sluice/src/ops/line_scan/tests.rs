@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use sluice_contract::ErrorCode;
 use tokio::io::AsyncWriteExt;
 
-use super::decoding::BatchDecoder;
+use super::decoding::{BatchDecoder, CutBuffers};
 use super::framing::{Dialect, Framer};
 use super::*;
 use crate::dead_letter::DeadLetter;
@@ -675,6 +675,7 @@ fn framing_and_decoding_survive_any_bytes() {
             let mut frames = Vec::new();
             let mut fed = 0;
             let mut last_line = 0;
+            let mut buffers = CutBuffers::default();
             loop {
                 let eof = fed == bytes.len();
                 frames.clear();
@@ -696,7 +697,9 @@ fn framing_and_decoding_survive_any_bytes() {
                     }
                 }
                 let mut bad = Vec::new();
-                let rows = decoder.decode(&raw, &spans, &mut bad).unwrap();
+                let rows = decoder
+                    .decode(&raw, &spans, &mut bad, &mut buffers)
+                    .unwrap();
                 let n = rows.map_or(0, |b| b.num_rows());
                 prop_assert_eq!(n + bad.len(), spans.len());
                 buf.drain(..used);
