@@ -201,7 +201,8 @@ def bench_workload(workload, args, data, work):
             "rss_mb": statistics.median(r["rss_mb"] for r in runs),
             "out_rows": fp["rows"],
         }
-        print(f"  {workload} {engine:10} {results[engine]['wall']:7.2f} s  {results[engine]['rss_mb']:6.0f} MB"
+        print(f"  {workload} {engine:10} {results[engine]['wall']:7.2f} s  CPU {results[engine]['cpu']:6.2f} s"
+              f"  {results[engine]['rss_mb']:6.0f} MB"
               f"  (runs: {', '.join(f'{w:.2f}' for w in results[engine]['walls'])})", flush=True)
     return {"rows": rows, "bytes": size, "out_rows": reference["rows"], "engines": results}
 
