@@ -97,9 +97,13 @@ fn set(key: &str, value: &Path) -> String {
 }
 
 fn commits(dir: &Path) -> Vec<serde_json::Value> {
+    // only `.json`: a running pipeline's store stages each commit as
+    // `<name>.json#N` and renames it, so a staged name can vanish between
+    // listing and reading
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("_sluice/commits"))
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
+    files.retain(|f| f.extension().is_some_and(|e| e == "json"));
     files.sort();
     files
         .iter()
