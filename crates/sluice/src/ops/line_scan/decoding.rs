@@ -1,13 +1,19 @@
 //! Decoding framed records into Arrow batches, exactly or not at all.
 //!
 //! The scan hands over a batch's well-framed records, each followed by a
-//! `\n`, in one buffer. They are decoded by arrow's readers in one go; when
-//! that fails or the row count is off, the records are halved until every
-//! bad one is found on its own (a few decodes per bad record, not one per
-//! record). Then the checks arrow does not make run over the decoded
-//! columns: decimals read strictly (arrow drops extra digits), floats that
-//! overflowed, and nulls in columns declared not null. Bad rows are taken
-//! out with one filter; the scan turns them into dead letters.
+//! `\n`, in one buffer.
+//!
+//! - CSV is cut into fields and read column by column ([`csv_columns`]): a
+//!   value that does not read costs its own row, found in the same pass.
+//! - JSON lines (and CSV with a type only arrow's CSV reader has) are
+//!   decoded by arrow's readers in one go; when that fails or the row count
+//!   is off, the records are halved until every bad one is found on its own
+//!   (a few decodes per bad record, not one per record).
+//!
+//! Then the checks arrow does not make: decimals read strictly (arrow drops
+//! extra digits), floats that overflowed, and nulls in columns declared not
+//! null. Bad rows are taken out with one filter; the scan turns them into
+//! dead letters.
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Framing: cutting a byte stream into records, with their physical lines.
 //!
-//! The decoders (arrow's CSV and JSON readers) are only ever handed whole,
-//! well-framed records. Framing is ours, so that:
+//! The decoders (sluice's CSV column reader, arrow's JSON reader) are only
+//! ever handed whole, well-framed records. Framing is ours, so that:
 //!
 //! - every record is known before it is decoded: its first physical line,
 //!   its byte offset, and (CSV) its field count, so a bad one is named
