@@ -8,6 +8,11 @@ use clap::Parser;
 
 // DataFusion allocates and frees many large buffers; mimalloc keeps them
 // instead of mapping fresh pages each time (as DataFusion's own CLI does).
+// Built with `no_thp`: mimalloc does not ask for transparent huge pages,
+// whose 2 MiB zeroing on first touch cost more than their TLB savings give
+// back here (docs/benchmarks.md: workload 2 ran 10 % faster in 10 % less
+// memory without them; set MIMALLOC_ALLOW_THP=0 on kernels whose THP mode
+// is `always`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
