@@ -102,8 +102,9 @@ impl CutFields<'_> {
     fn field(&self, row: usize, column: usize) -> &str {
         let at = row * (self.width + 1) + column;
         let (start, end) = (self.bounds[at], self.bounds[at + 1] - 1);
-        // bounds sit next to ASCII bytes (see `dialect_supported`), so always
-        // between characters; `get` keeps that from ever being a panic
+        // bounds sit next to ASCII bytes (see `dialect_supported`) in valid
+        // UTF-8, so always between characters: `get` cannot fail, and is
+        // used so that even a broken invariant is not a panic
         let field = if start >= self.base {
             self.side.get(start - self.base..end - self.base)
         } else {

@@ -133,7 +133,12 @@ impl JsonChecker {
         }
     }
 
-    fn column(&self, key: &[u8]) -> Option<(usize, Expect)> {
+    /// The column named `key`; `next` (the column after the previous key's)
+    /// is tried first, since records usually keep one key order.
+    fn column(&self, key: &[u8], next: usize) -> Option<(usize, Expect)> {
+        if self.names.get(next).is_some_and(|n| n.as_bytes() == key) {
+            return Some((next, self.expects[next]));
+        }
         if self.names.len() <= LINEAR_LOOKUP {
             let i = self.names.iter().position(|n| n.as_bytes() == key)?;
             Some((i, self.expects[i]))
@@ -150,6 +155,7 @@ impl JsonChecker {
         }
         seen.clear();
         seen.resize(self.names.len(), false);
+        let mut next = 0;
         let mut p = Parser {
             b: record,
             pos: 0,
@@ -183,10 +189,11 @@ impl JsonChecker {
                 let value_at = p.pos;
                 let token = p.value()?;
                 let column = match &key {
-                    Key::Raw(k) => self.column(k),
-                    Key::Escaped(k) => self.column(k),
+                    Key::Raw(k) => self.column(k, next),
+                    Key::Escaped(k) => self.column(k, next),
                 };
                 if let Some((i, expect)) = column {
+                    next = i + 1;
                     if std::mem::replace(&mut seen[i], true) {
                         return Err(malformed(
                             key_at,
