@@ -338,27 +338,33 @@ pub(super) fn read_column(
             }
             Arc::new(b.finish())
         }
-        DataType::Int8 => parsed::<Int8Type>(rows, text, &mut mismatch),
-        DataType::Int16 => parsed::<Int16Type>(rows, text, &mut mismatch),
-        DataType::Int32 => parsed::<Int32Type>(rows, text, &mut mismatch),
-        DataType::Int64 => parsed::<Int64Type>(rows, text, &mut mismatch),
-        DataType::UInt8 => parsed::<UInt8Type>(rows, text, &mut mismatch),
-        DataType::UInt16 => parsed::<UInt16Type>(rows, text, &mut mismatch),
-        DataType::UInt32 => parsed::<UInt32Type>(rows, text, &mut mismatch),
-        DataType::UInt64 => parsed::<UInt64Type>(rows, text, &mut mismatch),
-        DataType::Float32 => floats::<Float32Type>(rows, text, &mut mismatch, f32::is_infinite),
-        DataType::Float64 => floats::<Float64Type>(rows, text, &mut mismatch, f64::is_infinite),
-        DataType::Date32 => parsed::<Date32Type>(rows, text, &mut mismatch),
-        DataType::Date64 => parsed::<Date64Type>(rows, text, &mut mismatch),
-        DataType::Time32(TimeUnit::Second) => parsed::<Time32SecondType>(rows, text, &mut mismatch),
+        DataType::Int8 => parsed::<Int8Type>(rows, text, &mut mismatch, take_any),
+        DataType::Int16 => parsed::<Int16Type>(rows, text, &mut mismatch, take_any),
+        DataType::Int32 => parsed::<Int32Type>(rows, text, &mut mismatch, take_any),
+        DataType::Int64 => parsed::<Int64Type>(rows, text, &mut mismatch, take_any),
+        DataType::UInt8 => parsed::<UInt8Type>(rows, text, &mut mismatch, take_any),
+        DataType::UInt16 => parsed::<UInt16Type>(rows, text, &mut mismatch, take_any),
+        DataType::UInt32 => parsed::<UInt32Type>(rows, text, &mut mismatch, take_any),
+        DataType::UInt64 => parsed::<UInt64Type>(rows, text, &mut mismatch, take_any),
+        DataType::Float32 => parsed::<Float32Type>(rows, text, &mut mismatch, |v, s| {
+            overflowed(v.is_infinite(), s)
+        }),
+        DataType::Float64 => parsed::<Float64Type>(rows, text, &mut mismatch, |v, s| {
+            overflowed(v.is_infinite(), s)
+        }),
+        DataType::Date32 => parsed::<Date32Type>(rows, text, &mut mismatch, take_any),
+        DataType::Date64 => parsed::<Date64Type>(rows, text, &mut mismatch, take_any),
+        DataType::Time32(TimeUnit::Second) => {
+            parsed::<Time32SecondType>(rows, text, &mut mismatch, take_any)
+        }
         DataType::Time32(TimeUnit::Millisecond) => {
-            parsed::<Time32MillisecondType>(rows, text, &mut mismatch)
+            parsed::<Time32MillisecondType>(rows, text, &mut mismatch, take_any)
         }
         DataType::Time64(TimeUnit::Microsecond) => {
-            parsed::<Time64MicrosecondType>(rows, text, &mut mismatch)
+            parsed::<Time64MicrosecondType>(rows, text, &mut mismatch, take_any)
         }
         DataType::Time64(TimeUnit::Nanosecond) => {
-            parsed::<Time64NanosecondType>(rows, text, &mut mismatch)
+            parsed::<Time64NanosecondType>(rows, text, &mut mismatch, take_any)
         }
         DataType::Timestamp(unit, zone) => match zone {
             Some(z) => {
@@ -399,54 +405,45 @@ fn not_a(text: &str, target: &DataType) -> String {
     format!("{text:?} is not a valid {target}")
 }
 
-/// A column of values read by arrow's parser for `T`.
+/// A column of values read by arrow's parser for `T`; `refuse_value` may
+/// still refuse a parsed value (saying why).
 fn parsed<'s, T: Parser>(
     rows: usize,
     text: impl Fn(usize) -> Option<&'s str>,
     mismatch: &mut impl FnMut(usize, String),
+    refuse_value: impl Fn(T::Native, &str) -> Option<String>,
 ) -> ArrayRef {
     let mut b = PrimitiveBuilder::<T>::with_capacity(rows);
     for row in 0..rows {
-        match text(row) {
-            None => b.append_null(),
-            Some(s) => match T::parse(s) {
-                Some(v) => b.append_value(v),
+        let Some(s) = text(row) else {
+            b.append_null();
+            continue;
+        };
+        let why = match T::parse(s) {
+            Some(v) => match refuse_value(v, s) {
                 None => {
-                    mismatch(row, not_a(s, &T::DATA_TYPE));
-                    b.append_null();
+                    b.append_value(v);
+                    continue;
                 }
+                Some(why) => why,
             },
-        }
+            None => not_a(s, &T::DATA_TYPE),
+        };
+        mismatch(row, why);
+        b.append_null();
     }
     Arc::new(b.finish())
 }
 
-/// Floats: arrow's parser, and a value too large for the type (which that
-/// parser reads as infinity) refused unless it was written as infinity.
-fn floats<'s, T: Parser>(
-    rows: usize,
-    text: impl Fn(usize) -> Option<&'s str>,
-    mismatch: &mut impl FnMut(usize, String),
-    infinite: fn(T::Native) -> bool,
-) -> ArrayRef {
-    let mut b = PrimitiveBuilder::<T>::with_capacity(rows);
-    for row in 0..rows {
-        match text(row) {
-            None => b.append_null(),
-            Some(s) => match T::parse(s) {
-                Some(v) if infinite(v) && !is_infinity_literal(s) => {
-                    mismatch(row, format!("{s} is out of range for a float"));
-                    b.append_null();
-                }
-                Some(v) => b.append_value(v),
-                None => {
-                    mismatch(row, not_a(s, &T::DATA_TYPE));
-                    b.append_null();
-                }
-            },
-        }
-    }
-    Arc::new(b.finish())
+/// Any value arrow's parser reads is taken.
+fn take_any<V>(_: V, _: &str) -> Option<String> {
+    None
+}
+
+/// A float too large for its type, which arrow's parser reads as infinity,
+/// is refused unless it was written as infinity.
+fn overflowed(infinite: bool, s: &str) -> Option<String> {
+    (infinite && !is_infinity_literal(s)).then(|| format!("{s} is out of range for a float"))
 }
 
 /// Timestamps as arrow's reader reads them (`string_to_datetime` in `tz`,
@@ -511,7 +508,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::LineFormat;
-    use super::super::decoding::BatchDecoder;
+    use super::super::decoding::{BatchDecoder, packed};
     use super::super::framing::Framer;
     use super::*;
 
@@ -618,14 +615,7 @@ mod tests {
         Option<datafusion::arrow::array::RecordBatch>,
         Vec<(usize, ErrorCode)>,
     ) {
-        let mut raw = Vec::new();
-        let mut spans = Vec::new();
-        for r in records {
-            let s = raw.len();
-            raw.extend_from_slice(r);
-            spans.push(s..raw.len());
-            raw.push(b'\n');
-        }
+        let (raw, spans) = packed(records);
         let mut bad = Vec::new();
         let batch = d
             .decode(&raw, &spans, &mut bad, &mut CutBuffers::default())

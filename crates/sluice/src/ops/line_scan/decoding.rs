@@ -597,6 +597,21 @@ pub(super) fn is_infinity_literal(text: &str) -> bool {
     t == "inf" || t == "infinity"
 }
 
+/// Records laid out as the scan hands them to [`BatchDecoder::decode`]:
+/// back to back, each followed by `\n`, with their spans.
+#[cfg(test)]
+pub(super) fn packed(records: &[impl AsRef<[u8]>]) -> (Vec<u8>, Vec<Range<usize>>) {
+    let mut raw = Vec::new();
+    let mut spans = Vec::new();
+    for r in records {
+        let s = raw.len();
+        raw.extend_from_slice(r.as_ref());
+        spans.push(s..raw.len());
+        raw.push(b'\n');
+    }
+    (raw, spans)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,14 +623,7 @@ mod tests {
     /// Decodes `records`; returns the rows' first column as text and the
     /// bad records' (index, code).
     fn run(d: &BatchDecoder, records: &[&str]) -> (Vec<String>, Vec<(usize, ErrorCode)>) {
-        let mut raw = Vec::new();
-        let mut spans = Vec::new();
-        for r in records {
-            let s = raw.len();
-            raw.extend_from_slice(r.as_bytes());
-            spans.push(s..raw.len());
-            raw.push(b'\n');
-        }
+        let (raw, spans) = packed(records);
         let mut bad = Vec::new();
         let batch = d
             .decode(&raw, &spans, &mut bad, &mut CutBuffers::default())
