@@ -75,6 +75,8 @@ pub(super) fn dialect_supported(o: &CsvOptions) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct CutBuffers {
     bounds: Vec<usize>,
+    /// One record's bounds, before they are spread over the columns.
+    record: Vec<usize>,
     /// Quoted records, unquoted (or every record, when the batch is not
     /// all UTF-8).
     side: String,
@@ -83,25 +85,38 @@ pub(crate) struct CutBuffers {
 
 /// The fields of a batch's records, cut.
 ///
-/// Row `r`'s field `j` spans `bounds[r * (width + 1) + j] ..
-/// bounds[r * (width + 1) + j + 1] - 1`: every field is followed by one
-/// separator byte (its delimiter, or the record's line end). Positions below
+/// Row `r`'s field `j` spans `bounds[j * stride + r] ..
+/// bounds[(j + 1) * stride + r] - 1`: every field is followed by one
+/// separator byte (its delimiter, or the record's line end). The bounds are
+/// laid out column by column, so reading a column walks memory in order
+/// (row by row, each field was a cache miss away from the last). Positions below
 /// `base` are in `text` (the records as they came), the others at `base`
 /// onwards in `side`.
 pub(super) struct CutFields<'a> {
+    /// The records as they came (when all of them are UTF-8).
     text: &'a str,
     side: &'a str,
     base: usize,
     bounds: &'a [usize],
-    width: usize,
+    stride: usize,
     /// The index (among the records handed over) of each row.
     pub(super) rows: &'a [usize],
 }
 
-impl CutFields<'_> {
-    fn field(&self, row: usize, column: usize) -> &str {
-        let at = row * (self.width + 1) + column;
-        let (start, end) = (self.bounds[at], self.bounds[at + 1] - 1);
+impl<'a> CutFields<'a> {
+    /// Column `column`'s fields: the start of each row's, and the start of
+    /// the next field (one past its separator).
+    fn column(&self, column: usize) -> (&'a [usize], &'a [usize]) {
+        let rows = self.len();
+        let at = column * self.stride;
+        let next = at + self.stride;
+        (&self.bounds[at..at + rows], &self.bounds[next..next + rows])
+    }
+
+    /// The text of a field from its bounds (see [`CutFields::column`]).
+    #[inline]
+    fn field_text(&self, start: usize, next: usize) -> &'a str {
+        let end = next - 1;
         // bounds sit next to ASCII bytes (see `dialect_supported`) in valid
         // UTF-8, so always between characters: `get` cannot fail, and is
         // used so that even a broken invariant is not a panic
@@ -115,12 +130,8 @@ impl CutFields<'_> {
 
     /// The bytes of column `column`'s fields, all rows.
     fn column_bytes(&self, column: usize) -> usize {
-        (0..self.len())
-            .map(|row| {
-                let at = row * (self.width + 1) + column;
-                self.bounds[at + 1] - 1 - self.bounds[at]
-            })
-            .sum()
+        let (starts, nexts) = self.column(column);
+        nexts.iter().zip(starts).map(|(n, s)| n - 1 - s).sum()
     }
 
     /// How many rows (records cut into the expected number of fields).
@@ -140,48 +151,32 @@ pub(super) fn cut<'a>(
     bad: &mut Vec<Bad>,
     buffers: &'a mut CutBuffers,
 ) -> CutFields<'a> {
-    let CutBuffers { bounds, side, rows } = buffers;
+    let CutBuffers {
+        bounds,
+        record: one,
+        side,
+        rows,
+    } = buffers;
+    let stride = spans.len();
     bounds.clear();
+    bounds.resize((width + 1) * stride, 0);
     side.clear();
     rows.clear();
-    // a record cut into the wrong number of fields gets no row (the framer
-    // counted them already; this keeps the two from ever disagreeing)
-    let keep_row = |index: usize,
-                    bounds: &mut Vec<usize>,
-                    first: usize,
-                    rows: &mut Vec<usize>,
-                    bad: &mut Vec<Bad>| {
-        let fields = bounds.len() - first - 1;
-        if fields == width {
-            rows.push(index);
-        } else {
-            bounds.truncate(first);
-            let p = field_count_problem(fields, width);
-            bad.push(Bad {
-                index,
-                code: p.code,
-                message: p.message,
-            });
-        }
-    };
     // the side buffer's positions start past every position in `raw`
     let base = raw.len() + 1;
     let text = std::str::from_utf8(raw).ok();
     for (index, span) in spans.iter().enumerate() {
         let record = &raw[span.clone()];
-        let first = bounds.len();
+        one.clear();
         // the common case: no quote, and fields are the bytes between
         // delimiters
         let mut in_place = text.is_some();
         if in_place {
-            bounds.push(span.start);
-            in_place = delimiters_unless_quoted(record, span.start, o.delimiter, o.quote, bounds);
-            if !in_place {
-                bounds.truncate(first);
-            }
+            one.push(span.start);
+            in_place = delimiters_unless_quoted(record, span.start, o.delimiter, o.quote, one);
         }
         if in_place {
-            bounds.push(span.end + 1);
+            one.push(span.end + 1);
         } else {
             let Ok(record) = std::str::from_utf8(record) else {
                 bad.push(Bad {
@@ -191,16 +186,33 @@ pub(super) fn cut<'a>(
                 });
                 continue;
             };
-            unquote(record, o, side, bounds, base);
+            one.clear();
+            unquote(record, o, side, one, base);
         }
-        keep_row(index, bounds, first, rows, bad);
+        // a record cut into the wrong number of fields gets no row (the
+        // framer counted them already; this keeps the two from ever
+        // disagreeing)
+        if one.len() != width + 1 {
+            let p = field_count_problem(one.len() - 1, width);
+            bad.push(Bad {
+                index,
+                code: p.code,
+                message: p.message,
+            });
+            continue;
+        }
+        let row = rows.len();
+        for (column, bound) in one.iter().enumerate() {
+            bounds[column * stride + row] = *bound;
+        }
+        rows.push(index);
     }
     CutFields {
         text: text.unwrap_or_default(),
         side,
         base,
         bounds,
-        width,
+        stride,
         rows,
     }
 }
@@ -319,7 +331,9 @@ pub(super) fn read_column(
     refuse: &mut impl FnMut(usize, ErrorCode, String),
 ) -> datafusion::common::Result<ArrayRef> {
     let rows = fields.len();
-    let text = |row: usize| Some(fields.field(row, column)).filter(|s| !s.is_empty());
+    let (starts, nexts) = fields.column(column);
+    let text =
+        |row: usize| Some(fields.field_text(starts[row], nexts[row])).filter(|s| !s.is_empty());
     let mut mismatch = |row: usize, m: String| refuse(row, ErrorCode::TypeMismatch, m);
     Ok(match target {
         DataType::Null => Arc::new(NullArray::new(rows)),
