@@ -46,7 +46,16 @@ pub(crate) enum Fault {
     UnclosedQuote,
     /// Something other than a delimiter or a line end follows a closing quote.
     TextAfterQuote,
+    /// A quoted value (values may hold newlines) runs on over lines past
+    /// [`MAX_QUOTED_SPAN`] bytes without closing.
+    QuotedSpanTooLong,
 }
+
+/// The most bytes a multi-line quoted value may span before its record is
+/// given up (its first line, as for a quote that never closes). Without it,
+/// one stray quote with `newlines_in_values` would hold the rest of the file
+/// in memory, waiting for a closing quote.
+pub(crate) const MAX_QUOTED_SPAN: usize = 64 << 20;
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -56,6 +65,9 @@ impl fmt::Display for Fault {
             }
             Fault::UnclosedQuote => "a quoted value is never closed",
             Fault::TextAfterQuote => "text follows a closing quote inside a field",
+            Fault::QuotedSpanTooLong => {
+                "a quoted value runs on over lines past 64 MiB without closing (a stray quote?)"
+            }
         })
     }
 }
@@ -117,6 +129,8 @@ pub(crate) struct Framer {
     /// Physical line of the next byte to frame.
     line: u64,
     resume: Option<Resume>,
+    /// See [`MAX_QUOTED_SPAN`] (smaller in tests).
+    max_quoted_span: usize,
 }
 
 impl Framer {
@@ -126,6 +140,7 @@ impl Framer {
             dialect,
             line: first_line,
             resume: None,
+            max_quoted_span: MAX_QUOTED_SPAN,
         }
     }
 
@@ -287,6 +302,11 @@ impl Framer {
         };
         loop {
             let Some(&b) = buf.get(r.pos) else {
+                let spans_lines = r.first_break.is_some();
+                let quoted = matches!(r.state, CsvState::Quoted | CsvState::Escaped);
+                if quoted && spans_lines && r.pos - start > self.max_quoted_span {
+                    return self.first_line_only(&r, buf, start, eof, Fault::QuotedSpanTooLong);
+                }
                 if !eof {
                     self.park(&r, start);
                     return None;
@@ -651,6 +671,52 @@ mod tests {
             &got[1..],
             &[("2,\"c\"".into(), 2, 2, None), ("3,d".into(), 3, 2, None)]
         );
+    }
+
+    #[test]
+    fn a_quoted_span_past_the_cap_costs_its_first_line_and_reading_goes_on() {
+        // a stray quote with newlines_in_values: without the cap the framer
+        // would wait for a closing quote until the end of the input
+        let mut data = b"1,ok\n2,\"stray\n".to_vec();
+        for i in 0..50 {
+            data.extend_from_slice(format!("{},plain\n", i + 3).as_bytes());
+        }
+        let mut framer = Framer::new(CSV_NL, 1);
+        framer.max_quoted_span = 64;
+        let mut out = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut got = Vec::new();
+        for chunk in data.chunks(16) {
+            buf.extend_from_slice(chunk);
+            out.clear();
+            let used = framer.frame(&buf, false, &mut out);
+            got.extend(
+                out.iter()
+                    .map(|f| (buf[f.start..f.end].to_vec(), f.line, f.fault)),
+            );
+            buf.drain(..used);
+            // what waits is bounded by the cap, not the input
+            assert!(buf.len() <= 64 + 16 + 16, "{} bytes held", buf.len());
+        }
+        out.clear();
+        framer.frame(&buf, true, &mut out);
+        got.extend(
+            out.iter()
+                .map(|f| (buf[f.start..f.end].to_vec(), f.line, f.fault)),
+        );
+        assert_eq!(got[0], (b"1,ok".to_vec(), 1, None));
+        assert_eq!(
+            got[1],
+            (b"2,\"stray".to_vec(), 2, Some(Fault::QuotedSpanTooLong))
+        );
+        // every line after the stray quote's is read as a record of its own
+        assert_eq!(got.len(), 52);
+        let plain: Vec<u64> = got[2..]
+            .iter()
+            .filter(|g| g.2.is_none())
+            .map(|g| g.1)
+            .collect();
+        assert_eq!(plain, (3..=52).collect::<Vec<u64>>());
     }
 
     #[test]
