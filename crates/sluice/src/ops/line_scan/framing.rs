@@ -47,15 +47,20 @@ pub(crate) enum Fault {
     /// Something other than a delimiter or a line end follows a closing quote.
     TextAfterQuote,
     /// A quoted value (values may hold newlines) runs on over lines past
-    /// [`MAX_QUOTED_SPAN`] bytes without closing.
+    /// [`MAX_RECORD_BYTES`] without closing.
     QuotedSpanTooLong,
+    /// A line runs past [`MAX_RECORD_BYTES`] without a line break.
+    LineTooLong,
 }
 
-/// The most bytes a multi-line quoted value may span before its record is
-/// given up (its first line, as for a quote that never closes). Without it,
-/// one stray quote with `newlines_in_values` would hold the rest of the file
-/// in memory, waiting for a closing quote.
-pub(crate) const MAX_QUOTED_SPAN: usize = 64 << 20;
+/// The most bytes a record may take before it is given up. Without a bound,
+/// one stray quote with `newlines_in_values`, or a file with no line breaks,
+/// would be held in memory whole:
+/// - a multi-line quoted value past it costs its first line, as a quote that
+///   never closes does, and framing goes on with the next line;
+/// - a single line past it is given up (its first `MAX_RECORD_BYTES`) and
+///   the rest of the line is skipped unread.
+pub(crate) const MAX_RECORD_BYTES: usize = 64 << 20;
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,6 +72,9 @@ impl fmt::Display for Fault {
             Fault::TextAfterQuote => "text follows a closing quote inside a field",
             Fault::QuotedSpanTooLong => {
                 "a quoted value runs on over lines past 64 MiB without closing (a stray quote?)"
+            }
+            Fault::LineTooLong => {
+                "a line runs past 64 MiB without a line break; its first 64 MiB are given up here and the rest of the line is skipped"
             }
         })
     }
@@ -129,8 +137,10 @@ pub(crate) struct Framer {
     /// Physical line of the next byte to frame.
     line: u64,
     resume: Option<Resume>,
-    /// See [`MAX_QUOTED_SPAN`] (smaller in tests).
-    max_quoted_span: usize,
+    /// See [`MAX_RECORD_BYTES`] (smaller in tests).
+    max_record: usize,
+    /// Skipping the rest of a line given up as too long.
+    skipping: bool,
 }
 
 impl Framer {
@@ -140,7 +150,8 @@ impl Framer {
             dialect,
             line: first_line,
             resume: None,
-            max_quoted_span: MAX_QUOTED_SPAN,
+            max_record: MAX_RECORD_BYTES,
+            skipping: false,
         }
     }
 
@@ -153,6 +164,18 @@ impl Framer {
             Dialect::Jsonl => None,
         };
         let mut pos = 0;
+        if self.skipping {
+            // the rest of a line given up as too long
+            let Some(n) = memchr::memchr2(b'\n', b'\r', buf) else {
+                return buf.len();
+            };
+            let Some(next) = self.after_break(buf, n, eof) else {
+                return n; // a `\r` ends the buffer: the next byte decides
+            };
+            self.skipping = false;
+            self.line += 1;
+            pos = next;
+        }
         loop {
             // blank lines between records
             while pos < buf.len() {
@@ -198,7 +221,23 @@ impl Framer {
                     out.push(frame);
                     pos = next;
                 }
-                None => return pos,
+                None => {
+                    let one_line = self.resume.is_some_and(|r| r.first_break.is_none());
+                    if one_line && buf.len() - pos > self.max_record {
+                        // give up what there is of the line, skip the rest
+                        out.push(Frame {
+                            start: pos,
+                            end: buf.len(),
+                            line: self.line,
+                            fields: 0,
+                            fault: Some(Fault::LineTooLong),
+                        });
+                        self.resume = None;
+                        self.skipping = true;
+                        return buf.len();
+                    }
+                    return pos;
+                }
             }
         }
     }
@@ -304,7 +343,7 @@ impl Framer {
             let Some(&b) = buf.get(r.pos) else {
                 let spans_lines = r.first_break.is_some();
                 let quoted = matches!(r.state, CsvState::Quoted | CsvState::Escaped);
-                if quoted && spans_lines && r.pos - start > self.max_quoted_span {
+                if quoted && spans_lines && r.pos - start > self.max_record {
                     return self.first_line_only(&r, buf, start, eof, Fault::QuotedSpanTooLong);
                 }
                 if !eof {
@@ -682,7 +721,7 @@ mod tests {
             data.extend_from_slice(format!("{},plain\n", i + 3).as_bytes());
         }
         let mut framer = Framer::new(CSV_NL, 1);
-        framer.max_quoted_span = 64;
+        framer.max_record = 64;
         let mut out = Vec::new();
         let mut buf: Vec<u8> = Vec::new();
         let mut got = Vec::new();
@@ -717,6 +756,40 @@ mod tests {
             .map(|g| g.1)
             .collect();
         assert_eq!(plain, (3..=52).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn a_line_past_the_cap_is_given_up_and_the_rest_of_it_skipped() {
+        for dialect in [CSV, CSV_NL, Dialect::Jsonl] {
+            let mut data = b"first\r\n".to_vec();
+            data.extend(std::iter::repeat_n(b'x', 1000));
+            data.extend_from_slice(b"\r\nafter\n\"q\n");
+            let mut framer = Framer::new(dialect, 1);
+            framer.max_record = 100;
+            let mut buf: Vec<u8> = Vec::new();
+            let mut out = Vec::new();
+            let mut got = Vec::new();
+            for (i, chunk) in data.chunks(7).enumerate() {
+                buf.extend_from_slice(chunk);
+                let eof = (i + 1) * 7 >= data.len();
+                out.clear();
+                let used = framer.frame(&buf, eof, &mut out);
+                got.extend(out.iter().map(|f| (f.end - f.start, f.line, f.fault)));
+                buf.drain(..used);
+                assert!(
+                    buf.len() <= 100 + 7,
+                    "{dialect:?}: {} bytes held",
+                    buf.len()
+                );
+            }
+            assert_eq!(got[0], (5, 1, None), "{dialect:?}");
+            assert_eq!(got[1].1, 2, "{dialect:?}");
+            assert_eq!(got[1].2, Some(Fault::LineTooLong), "{dialect:?}");
+            assert!(got[1].0 > 100 && got[1].0 <= 107, "{dialect:?}: {got:?}");
+            assert_eq!(got[2], (5, 3, None), "{dialect:?}");
+            assert_eq!(got[3].1, 4, "{dialect:?}");
+            assert_eq!(got.len(), 4, "{dialect:?}: {got:?}");
+        }
     }
 
     #[test]
