@@ -12,7 +12,7 @@
 //! find it.
 //!
 //! Types arrow's CSV reader has and this module does not (dictionaries,
-//! `Float16`, the narrow decimals) go the old way, through arrow's reader
+//! `Float16`) go the old way, through arrow's reader
 //! ([`supports`] decides).
 
 use std::ops::Range;
@@ -25,16 +25,17 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::kernels::cast_utils::{Parser, string_to_datetime};
 use datafusion::arrow::datatypes::{
-    ArrowTimestampType, DataType, Date32Type, Date64Type, Decimal128Type, Decimal256Type,
-    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Time32MillisecondType,
-    Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    ArrowTimestampType, DataType, Date32Type, Date64Type, Float32Type, Float64Type, Int8Type,
+    Int16Type, Int32Type, Int64Type, Time32MillisecondType, Time32SecondType,
+    Time64MicrosecondType, Time64NanosecondType, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
 };
+use datafusion::common::internal_err;
 use sluice_contract::ErrorCode;
 
 use super::CsvOptions;
-use super::decoding::{Bad, decimals, field_count_problem, is_infinity_literal};
+use super::decoding::{Bad, decimal_column, field_count_problem, is_decimal, is_infinity_literal};
 
 /// Whether a column of type `t` is read here (else through arrow's reader).
 pub(super) fn supports(t: &DataType) -> bool {
@@ -52,6 +53,8 @@ pub(super) fn supports(t: &DataType) -> bool {
             | UInt64
             | Float32
             | Float64
+            | Decimal32(..)
+            | Decimal64(..)
             | Decimal128(..)
             | Decimal256(..)
             | Date32
@@ -178,7 +181,10 @@ pub(super) fn cut<'a>(
         if in_place {
             one.push(span.end + 1);
         } else {
-            let Ok(record) = std::str::from_utf8(record) else {
+            // the batch's text when it is all UTF-8 (a record's ends are line
+            // ends, so between characters), else this record checked alone
+            let text = text.and_then(|t| t.get(span.clone()));
+            let Some(record) = text.or_else(|| std::str::from_utf8(record).ok()) else {
                 bad.push(Bad {
                     index,
                     code: ErrorCode::Malformed,
@@ -387,12 +393,10 @@ pub(super) fn read_column(
             }
             None => timestamps(*unit, zone, rows, text, &Utc, &mut mismatch),
         },
-        DataType::Decimal128(p, s) => {
-            decimals::<Decimal128Type>(rows, text, *p, *s, &mut mismatch)?
-        }
-        DataType::Decimal256(p, s) => {
-            decimals::<Decimal256Type>(rows, text, *p, *s, &mut mismatch)?
-        }
+        t if is_decimal(t) => match decimal_column(t, rows, text, &mut mismatch) {
+            Some(column) => column?,
+            None => return internal_err!("{t} is not a decimal type"),
+        },
         DataType::Utf8 => {
             let mut b = StringBuilder::with_capacity(rows, fields.column_bytes(column));
             for row in 0..rows {
@@ -540,6 +544,8 @@ mod tests {
             DataType::Float64,
             DataType::Decimal128(10, 2),
             DataType::Decimal256(40, 5),
+            DataType::Decimal32(5, 2),
+            DataType::Decimal64(12, 3),
             DataType::Date32,
             DataType::Date64,
             DataType::Time32(TimeUnit::Second),
@@ -647,7 +653,7 @@ mod tests {
         /// the same codes.
         #[test]
         fn columns_read_as_arrow_reads_them(
-            columns in proptest::collection::vec((0..21usize, any::<bool>()), 1..6),
+            columns in proptest::collection::vec((0..23usize, any::<bool>()), 1..6),
             cells in proptest::collection::vec(
                 proptest::collection::vec((0..VALUES.len(), any::<u8>()), 6), 1..30),
             escape in any::<bool>(),

@@ -18,6 +18,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use datafusion::arrow::array::timezone::Tz;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, PrimitiveBuilder, RecordBatch, RecordBatchOptions,
 };
@@ -25,8 +26,8 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::i256;
 use datafusion::arrow::datatypes::{
-    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Float32Type, Float64Type, Schema,
-    SchemaRef,
+    DataType, Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type, DecimalType, Field,
+    Float32Type, Float64Type, Schema, SchemaRef,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::project_schema;
@@ -90,7 +91,7 @@ impl BatchDecoder {
                 // decimals are read as text and converted exactly here: arrow's
                 // decimal parser drops extra digits and wraps around on long ones
                 let t = match f.data_type() {
-                    DataType::Decimal128(..) | DataType::Decimal256(..) => DataType::Utf8,
+                    t if is_decimal(t) => DataType::Utf8,
                     t => t.clone(),
                 };
                 Field::new(f.name(), t, true).with_metadata(f.metadata().clone())
@@ -108,12 +109,19 @@ impl BatchDecoder {
                 .map(|f| f.as_ref().clone().with_nullable(true))
                 .collect::<Vec<_>>(),
         ));
-        let has_decimals = file_schema.fields().iter().any(|f| {
-            matches!(
-                f.data_type(),
-                DataType::Decimal128(..) | DataType::Decimal256(..)
-            )
-        });
+        let has_decimals = file_schema
+            .fields()
+            .iter()
+            .any(|f| is_decimal(f.data_type()));
+        // a column's time zone is checked here, naming the column, rather
+        // than failing the first batch as an internal error
+        for f in out_schema.fields() {
+            if let DataType::Timestamp(_, Some(zone)) = f.data_type() {
+                zone.parse::<Tz>().map_err(|e| {
+                    datafusion::common::DataFusionError::Plan(format!("column `{}`: {e}", f.name()))
+                })?;
+            }
+        }
         let decoded_schema = project_schema(&decode_schema, projection)?;
         let csv_direct = match &format {
             LineFormat::Csv(o) => {
@@ -326,13 +334,18 @@ impl BatchDecoder {
             let column = decoded.column(i);
             let name = field.name();
             let column = match (field.data_type(), &self.format) {
-                (DataType::Decimal128(p, s) | DataType::Decimal256(p, s), _) => {
-                    strict_decimals(column, field.data_type(), *p, *s, |row, m| {
+                (t, _) if is_decimal(t) => {
+                    let text = column.as_string::<i32>();
+                    let value = |row: usize| text.is_valid(row).then(|| text.value(row));
+                    let mut refuse = |row, m| {
                         verdicts.refuse(
                             row,
                             ErrorCode::TypeMismatch,
                             format!("column `{name}`: {m}"),
                         )
+                    };
+                    decimal_column(t, text.len(), value, &mut refuse).unwrap_or_else(|| {
+                        datafusion::common::internal_err!("{t} is not a decimal type")
                     })?
                 }
                 (DataType::Float32 | DataType::Float64, LineFormat::Csv(o)) => {
@@ -500,6 +513,22 @@ impl ExactDecimal for Decimal128Type {
     }
 }
 
+/// The narrow decimals: the 128-bit reading, which fits them once their
+/// precision (at most 9 and 18 digits) has been checked.
+impl ExactDecimal for Decimal32Type {
+    fn read(text: &[u8], precision: u8, scale: i8) -> Result<i32, String> {
+        i32::try_from(Decimal128Type::read(text, precision, scale)?)
+            .map_err(|_| "too wide for a 32-bit decimal".to_string())
+    }
+}
+
+impl ExactDecimal for Decimal64Type {
+    fn read(text: &[u8], precision: u8, scale: i8) -> Result<i64, String> {
+        i64::try_from(Decimal128Type::read(text, precision, scale)?)
+            .map_err(|_| "too wide for a 64-bit decimal".to_string())
+    }
+}
+
 impl ExactDecimal for Decimal256Type {
     fn read(text: &[u8], precision: u8, scale: i8) -> Result<i256, String> {
         decimal_value_256(text, precision, scale)
@@ -531,22 +560,32 @@ pub(super) fn decimals<'s, T: ExactDecimal>(
     ))
 }
 
-/// Reads a text column into a decimal column exactly (see [`decimals`]).
-fn strict_decimals(
-    column: &ArrayRef,
+/// Decimals of any width are read as text and converted here, exactly.
+pub(super) fn is_decimal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    )
+}
+
+/// A decimal column of type `target` read exactly from the texts `text(row)`
+/// (see [`decimals`]); `None` when `target` is not a decimal type.
+pub(super) fn decimal_column<'s>(
     target: &DataType,
-    precision: u8,
-    scale: i8,
-    mut refuse: impl FnMut(usize, String),
-) -> datafusion::common::Result<ArrayRef> {
-    let text = column.as_string::<i32>();
-    let value = |row: usize| text.is_valid(row).then(|| text.value(row));
-    match target {
-        DataType::Decimal256(..) => {
-            decimals::<Decimal256Type>(text.len(), value, precision, scale, &mut refuse)
-        }
-        _ => decimals::<Decimal128Type>(text.len(), value, precision, scale, &mut refuse),
-    }
+    rows: usize,
+    text: impl Fn(usize) -> Option<&'s str>,
+    refuse: &mut impl FnMut(usize, String),
+) -> Option<datafusion::common::Result<ArrayRef>> {
+    Some(match *target {
+        DataType::Decimal32(p, s) => decimals::<Decimal32Type>(rows, text, p, s, refuse),
+        DataType::Decimal64(p, s) => decimals::<Decimal64Type>(rows, text, p, s, refuse),
+        DataType::Decimal128(p, s) => decimals::<Decimal128Type>(rows, text, p, s, refuse),
+        DataType::Decimal256(p, s) => decimals::<Decimal256Type>(rows, text, p, s, refuse),
+        _ => return None,
+    })
 }
 
 /// Rows holding an infinite float.
@@ -615,6 +654,7 @@ pub(super) fn packed(records: &[impl AsRef<[u8]>]) -> (Vec<u8>, Vec<Range<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::datatypes::TimeUnit;
 
     fn decoder(format: LineFormat, fields: Vec<Field>) -> BatchDecoder {
         BatchDecoder::new(format, &Arc::new(Schema::new(fields)), None, 1024).unwrap()
@@ -700,6 +740,55 @@ mod tests {
                 (1, ErrorCode::TypeMismatch),
                 (2, ErrorCode::ConstraintViolation)
             ]
+        );
+    }
+
+    #[test]
+    fn narrow_decimals_are_exact_too() {
+        for format in [LineFormat::Csv(CsvOptions::default()), LineFormat::Jsonl] {
+            let csv = matches!(format, LineFormat::Csv(_));
+            let d = decoder(
+                format,
+                vec![
+                    Field::new("a", DataType::Decimal32(5, 2), true),
+                    Field::new("b", DataType::Decimal64(12, 3), true),
+                ],
+            );
+            let records: Vec<String> = [("123.45", "1.5"), ("1.555", "1"), ("1", "1.0005")]
+                .iter()
+                .map(|(a, b)| match csv {
+                    true => format!("{a},{b}"),
+                    false => format!(r#"{{"a": {a}, "b": {b}}}"#),
+                })
+                .collect();
+            let records: Vec<&str> = records.iter().map(String::as_str).collect();
+            let (rows, bad) = run(&d, &records);
+            assert_eq!(rows, vec!["123.45"], "csv: {csv}");
+            assert_eq!(
+                bad,
+                vec![(1, ErrorCode::TypeMismatch), (2, ErrorCode::TypeMismatch)],
+                "csv: {csv}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_column_in_an_unknown_time_zone_is_refused_naming_it() {
+        let e = BatchDecoder::new(
+            LineFormat::Csv(CsvOptions::default()),
+            &Arc::new(Schema::new(vec![Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("Mars/Olympus".into())),
+                true,
+            )])),
+            None,
+            8,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("column `at`") && e.contains("Mars/Olympus"),
+            "{e}"
         );
     }
 

@@ -125,6 +125,19 @@ struct Resume {
     first_break: Option<usize>,
 }
 
+impl Resume {
+    /// A scan at `pos`, at the start of a field, with nothing seen yet.
+    fn at(pos: usize) -> Self {
+        Self {
+            pos,
+            state: CsvState::FieldStart,
+            breaks: 0,
+            delimiters: 0,
+            first_break: None,
+        }
+    }
+}
+
 /// Cuts a byte stream into records; see the module docs.
 ///
 /// The caller hands [`Framer::frame`] a buffer that starts at a record
@@ -153,6 +166,14 @@ impl Framer {
             max_record: MAX_RECORD_BYTES,
             skipping: false,
         }
+    }
+
+    /// The same framer with a record cap of `max_record` bytes (tests
+    /// reach the cap with small inputs).
+    #[cfg(test)]
+    pub(crate) fn with_max_record(mut self, max_record: usize) -> Self {
+        self.max_record = max_record;
+        self
     }
 
     /// Frames the records at the start of `buf` into `out`; returns the bytes
@@ -197,7 +218,15 @@ impl Framer {
                         let blank = match line_end {
                             Some(n) => buf[pos..pos + n].iter().all(is_blank),
                             None if eof => buf[pos..].iter().all(is_blank),
-                            None => return pos,
+                            // blank so far: wait for the line's end, unless it runs
+                            // past the record cap (then it is framed, and capped,
+                            // as a record)
+                            None if buf.len() - pos <= self.max_record
+                                && buf[pos..].iter().all(is_blank) =>
+                            {
+                                return pos;
+                            }
+                            None => false,
                         };
                         if !blank {
                             break;
@@ -221,23 +250,43 @@ impl Framer {
                     out.push(frame);
                     pos = next;
                 }
-                None => {
-                    let one_line = self.resume.is_some_and(|r| r.first_break.is_none());
-                    if one_line && buf.len() - pos > self.max_record {
-                        // give up what there is of the line, skip the rest
-                        out.push(Frame {
-                            start: pos,
-                            end: buf.len(),
-                            line: self.line,
-                            fields: 0,
-                            fault: Some(Fault::LineTooLong),
-                        });
-                        self.resume = None;
-                        self.skipping = true;
-                        return buf.len();
-                    }
-                    return pos;
-                }
+                // an unfinished record past the cap is given up here, whatever
+                // made it wait (the buffer's end, or a `\r` at it)
+                None => match self.resume {
+                    Some(r) if buf.len() - pos > self.max_record => match r.first_break {
+                        None => {
+                            // one line: give up what there is of it, skip the rest
+                            out.push(Frame {
+                                start: pos,
+                                end: buf.len(),
+                                line: self.line,
+                                fields: 0,
+                                fault: Some(Fault::LineTooLong),
+                            });
+                            self.resume = None;
+                            self.skipping = true;
+                            return buf.len();
+                        }
+                        Some(first_break) => {
+                            // a quoted value over lines: its first line is given
+                            // up (as for a quote that never closes), and framing
+                            // goes on with the next line
+                            let end = pos + first_break;
+                            out.push(Frame {
+                                start: pos,
+                                end,
+                                line: self.line,
+                                fields: r.delimiters + 1,
+                                fault: Some(Fault::QuotedSpanTooLong),
+                            });
+                            self.line += 1;
+                            self.resume = None;
+                            // that break was read whole when it was found
+                            pos = self.after_break(buf, end, eof).unwrap_or(end + 1);
+                        }
+                    },
+                    _ => return pos,
+                },
             }
         }
     }
@@ -250,30 +299,12 @@ impl Framer {
             Some(n) => from + n,
             None if eof => buf.len(),
             None => {
-                self.park(
-                    &Resume {
-                        pos: buf.len(),
-                        state: CsvState::FieldStart,
-                        breaks: 0,
-                        delimiters: 0,
-                        first_break: None,
-                    },
-                    start,
-                );
+                self.park(&Resume::at(buf.len()), start);
                 return None;
             }
         };
         let Some(next) = self.after_break(buf, end, eof) else {
-            self.park(
-                &Resume {
-                    pos: end,
-                    state: CsvState::FieldStart,
-                    breaks: 0,
-                    delimiters: 0,
-                    first_break: None,
-                },
-                start,
-            );
+            self.park(&Resume::at(end), start);
             return None;
         };
         let frame = Frame {
@@ -320,13 +351,7 @@ impl Framer {
                 first_break: r.first_break.map(|b| start + b),
                 ..r
             },
-            None => Resume {
-                pos: start,
-                state: CsvState::FieldStart,
-                breaks: 0,
-                delimiters: 0,
-                first_break: None,
-            },
+            None => Resume::at(start),
         };
         let finish = |this: &mut Self, r: &Resume, end: usize, next: usize, fault| {
             let frame = Frame {
@@ -341,11 +366,6 @@ impl Framer {
         };
         loop {
             let Some(&b) = buf.get(r.pos) else {
-                let spans_lines = r.first_break.is_some();
-                let quoted = matches!(r.state, CsvState::Quoted | CsvState::Escaped);
-                if quoted && spans_lines && r.pos - start > self.max_record {
-                    return self.first_line_only(&r, buf, start, eof, Fault::QuotedSpanTooLong);
-                }
                 if !eof {
                     self.park(&r, start);
                     return None;
