@@ -27,7 +27,23 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    let delta = if sluice::delta::is_table(engine, url, &S3Settings::default()).await {
+        match sluice::delta::history(engine, url, &S3Settings::default(), None).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
     let Some(last) = commits.last() else {
+        if let Some(history) = &delta {
+            outln!("{url}: a Delta table with no sluice commits");
+            super::delta::print_history(history);
+            return ExitCode::SUCCESS;
+        }
         eprintln!("{url}: no sluice commits here (no _sluice/commits/ folder with commit files)");
         return ExitCode::from(1);
     };
@@ -100,6 +116,9 @@ pub async fn run(engine: &Engine, url: &str, json: bool) -> ExitCode {
     outln!("\nsource offsets at the last commit:");
     for (src, o) in &last.source_offsets {
         outln!("  {src}: {}", o.end);
+    }
+    if let Some(history) = &delta {
+        super::delta::print_history(history);
     }
     ExitCode::SUCCESS
 }

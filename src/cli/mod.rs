@@ -19,6 +19,7 @@ macro_rules! out {
 }
 
 mod dead_letters;
+mod delta;
 mod inspect;
 mod progress;
 mod rollout;
@@ -172,7 +173,39 @@ enum Command {
     /// Work with the schema registry (`schemas/<name>/<version>.json`).
     #[command(subcommand)]
     Schema(SchemaCommand),
-    /// List the commits, files, rows, schema and lineage of a sluice sink.
+    /// Rewrite a Delta table's small files into files of a target size, in
+    /// one transaction that changes no data (docs/delta.md).
+    Compact {
+        /// The table's folder or URL.
+        url: String,
+        /// The size of the files written, e.g. 128MiB.
+        #[arg(long, default_value = "128MiB")]
+        target_file_size: sluice::spec::ByteSize,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the files a Delta table removed longer ago than the retention
+    /// period (docs/delta.md).
+    Vacuum {
+        /// The table's folder or URL.
+        url: String,
+        /// Keep files removed more recently than this, e.g. 7d or 12h.
+        #[arg(long, default_value = "7d")]
+        retain: sluice::spec::HumanDuration,
+        /// Also delete files the log never named, older than the retention.
+        #[arg(long)]
+        full: bool,
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow a retention shorter than the table's
+        /// `delta.deletedFileRetentionDuration`.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the commits, files, rows, schema and lineage of a sluice sink
+    /// (and the history of a Delta table).
     Inspect {
         /// The sink's folder or URL (`out/revenue`, `s3://bucket/out`).
         url: String,
@@ -448,6 +481,18 @@ pub async fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::Inspect { url, json } => inspect::run(&engine, &url, json).await,
+        Command::Compact {
+            url,
+            target_file_size,
+            json,
+        } => delta::compact(&engine, &url, target_file_size.0, json).await,
+        Command::Vacuum {
+            url,
+            retain,
+            full,
+            dry_run,
+            force,
+        } => delta::vacuum(&engine, &url, retain.0, full, dry_run, force).await,
         Command::Stage(StageCommand::Check { url, command }) => {
             stage_check::run(url, command).await
         }

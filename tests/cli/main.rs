@@ -4,6 +4,7 @@
 //! prepares (`SLUICE_PYTHON`).
 
 mod dead_letters;
+mod delta;
 mod lineage;
 mod metrics;
 mod placement;

@@ -23,7 +23,7 @@ impl Lcg {
     }
 }
 
-fn write_input(dir: &Path, files: usize) {
+pub(super) fn write_input(dir: &Path, files: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for f in 0..files {
         let body: String = (0..20)
@@ -39,7 +39,7 @@ fn write_input(dir: &Path, files: usize) {
     }
 }
 
-fn run_args(input: &str, files_out: &str, events_out: &str) -> Vec<String> {
+pub(super) fn run_args(input: &str, files_out: &str, events_out: &str) -> Vec<String> {
     vec![
         "run".into(),
         "-q".into(),
@@ -175,14 +175,14 @@ fn twenty_kills_on_local_disk_lose_and_duplicate_nothing() {
 }
 
 /// A moto S3 server on a free port, stopped on drop.
-struct S3Server {
+pub(super) struct S3Server {
     child: Child,
-    endpoint: String,
+    pub(super) endpoint: String,
 }
 
 impl S3Server {
     /// The variables a sluice process needs to use this server.
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(super) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID", "test".into()),
             ("AWS_SECRET_ACCESS_KEY", "test".into()),
@@ -192,7 +192,7 @@ impl S3Server {
         ]
     }
 
-    fn create_bucket(&self, name: &str) {
+    pub(super) fn create_bucket(&self, name: &str) {
         curl(&["-X", "PUT", &format!("{}/{name}", self.endpoint)]);
     }
 }
@@ -204,7 +204,7 @@ impl Drop for S3Server {
     }
 }
 
-fn start_s3() -> S3Server {
+pub(super) fn start_s3() -> S3Server {
     let py = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
     let moto = PathBuf::from(&py).with_file_name("moto_server");
     assert!(

@@ -260,7 +260,17 @@ impl CommitLog {
     /// names match [`is_data_file_name`]); other files are never touched.
     /// Returns the deleted paths.
     pub(crate) async fn remove_uncommitted(&self) -> Result<Vec<String>, CommitLogError> {
-        let committed = self.committed_files().await?;
+        self.remove_unlisted(&self.committed_files().await?).await
+    }
+
+    /// Deletes the files sluice wrote under the root that `committed` does
+    /// not list (paths relative to the root), as [`Self::remove_uncommitted`]
+    /// does for the files of this log; a sink whose files another log lists
+    /// (Delta's) passes that log's files. Returns the deleted paths.
+    pub(crate) async fn remove_unlisted(
+        &self,
+        committed: &BTreeSet<String>,
+    ) -> Result<Vec<String>, CommitLogError> {
         let prefix = (!self.root.prefix.as_ref().is_empty()).then_some(&self.root.prefix);
         let all: Vec<_> = self
             .store
@@ -279,7 +289,7 @@ impl CommitLog {
             })
             .collect();
         let debris: BTreeSet<&str> =
-            crate::epoch::recovery::debris(&committed, listed.iter().map(|(r, _)| r.as_str()))
+            crate::epoch::recovery::debris(committed, listed.iter().map(|(r, _)| r.as_str()))
                 .into_iter()
                 .collect();
         for (rel, location) in &listed {

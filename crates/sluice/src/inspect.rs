@@ -1,4 +1,5 @@
-//! `sluice inspect`: what a sluice sink holds, read from its commit log.
+//! `sluice inspect`: what a sluice sink holds, read from its commit log (or
+//! from a Delta table's log, for a `delta` sink).
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -9,8 +10,14 @@ use crate::error::{Result, RetryHint, SluiceError};
 use crate::spec::S3Settings;
 use crate::storage::Location;
 
-/// Every commit of the sink at `url` (a folder or object-store URL), oldest first.
+/// Every commit of the sink at `url` (a folder or object-store URL), oldest
+/// first: from its commit log, or, for a `delta` sink, from the sluice
+/// records in the Delta table's history.
 pub async fn read_commits(engine: &Engine, url: &str, s3: &S3Settings) -> Result<Vec<Commit>> {
+    if crate::delta::is_table(engine, url, s3).await {
+        let history = crate::delta::history(engine, url, s3, None).await?;
+        return Ok(history.into_iter().filter_map(|v| v.commit).collect());
+    }
     Ok(open(engine, url, s3).await?.1)
 }
 

@@ -43,6 +43,7 @@
 mod commit_log;
 mod compile;
 mod dead_letter;
+pub mod delta;
 mod engine;
 mod epoch;
 mod error;

@@ -81,6 +81,10 @@ pub(super) async fn plan_all(
         if let SinkKind::Parquet(ParquetSinkConfig {
             schema: Some(reference),
             ..
+        })
+        | SinkKind::Delta(ParquetSinkConfig {
+            schema: Some(reference),
+            ..
         }) = &cfg.kind
             && let Some(issue) = check_contract(
                 spec,

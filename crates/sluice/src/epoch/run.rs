@@ -1000,6 +1000,7 @@ impl Run {
                 task: Arc::clone(task),
                 schema: Arc::clone(&part.schema),
                 sink: s.id.clone(),
+                conform: None,
             };
             let span = trace::start(
                 "sink write",
@@ -1156,6 +1157,7 @@ async fn write_rows(
             task: Arc::clone(task),
             schema: Arc::clone(&part.schema),
             sink: s.id.clone(),
+            conform: None,
         })
         .await?;
     Ok(())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::blackhole::BlackholeSink;
+use super::delta::{DeltaSink, DeltaSinkConfig};
 use super::file::{CsvSinkConfig, FileSink, JsonlSinkConfig, ParquetSinkConfig};
 use super::stdout::{StdoutSink, StdoutSinkConfig};
 use super::{Sink, SinkContext, SinkFactory};
@@ -28,6 +29,8 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// `kind = "parquet"`.
     Parquet(ParquetSinkConfig),
+    /// `kind = "delta"`: a Delta Lake table (Parquet files, Delta's log).
+    Delta(DeltaSinkConfig),
     /// `kind = "csv"`.
     Csv(CsvSinkConfig),
     /// `kind = "jsonl"`.
@@ -95,6 +98,7 @@ impl SinkConfig {
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {
             SinkKind::Parquet(_) => "parquet",
+            SinkKind::Delta(_) => "delta",
             SinkKind::Csv(_) => "csv",
             SinkKind::Jsonl(_) => "jsonl",
             SinkKind::Stdout(_) => "stdout",
@@ -106,7 +110,7 @@ impl SinkConfig {
     /// The file keys, for a file sink.
     pub fn files(&self) -> Option<&FileSinkKeys> {
         match &self.kind {
-            SinkKind::Parquet(c) => Some(&c.files),
+            SinkKind::Parquet(c) | SinkKind::Delta(c) => Some(&c.files),
             SinkKind::Csv(c) => Some(&c.files),
             SinkKind::Jsonl(c) => Some(&c.files),
             SinkKind::Stdout(_) | SinkKind::Blackhole | SinkKind::Custom(_) => None,
@@ -140,7 +144,7 @@ impl SinkConfig {
         let mut kind = (entry.decode)(table).map_err(|e| with_all_keys(e, &entry.all_keys()))?;
         if let Some(files) = files {
             match &mut kind {
-                SinkKind::Parquet(c) => c.files = files,
+                SinkKind::Parquet(c) | SinkKind::Delta(c) => c.files = files,
                 SinkKind::Csv(c) => c.files = files,
                 SinkKind::Jsonl(c) => c.files = files,
                 SinkKind::Stdout(_) | SinkKind::Blackhole | SinkKind::Custom(_) => {}
@@ -158,6 +162,7 @@ impl SinkConfig {
     ) -> Result<Arc<dyn Sink>> {
         match &self.kind {
             SinkKind::Parquet(c) => FileSink::open_parquet(name, c, spec, stores),
+            SinkKind::Delta(c) => DeltaSink::open(name, c, spec, stores),
             SinkKind::Csv(c) => FileSink::open_csv(name, c, spec, stores),
             SinkKind::Jsonl(c) => FileSink::open_jsonl(name, c, spec, stores),
             SinkKind::Stdout(c) => Ok(Arc::new(StdoutSink::new(name, c.clone()))),
@@ -202,6 +207,12 @@ pub(crate) const KINDS: &[Kind] = &[
         files: true,
         keys: fields_of::<ParquetSinkConfig>,
         decode: |t| decode_table(t).map(SinkKind::Parquet),
+    },
+    Kind {
+        name: "delta",
+        files: true,
+        keys: fields_of::<DeltaSinkConfig>,
+        decode: |t| decode_table(t).map(SinkKind::Delta),
     },
     Kind {
         name: "csv",

@@ -9,6 +9,7 @@
 
 mod blackhole;
 mod config;
+pub(crate) mod delta;
 mod file;
 mod stdout;
 
@@ -17,6 +18,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -26,6 +28,7 @@ use sluice_contract::{LineageEntry, Provenance};
 
 pub(crate) use config::KINDS;
 pub use config::{FileSinkKeys, SinkConfig, SinkKind};
+pub use delta::DeltaSinkConfig;
 pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
 pub use stdout::StdoutSinkConfig;
 
@@ -108,7 +111,13 @@ pub struct EpochOutput {
     pub(crate) task: Arc<TaskContext>,
     pub(crate) schema: SchemaRef,
     pub(crate) sink: ComponentId,
+    /// A sink's own casts of every batch ([`EpochOutput::conformed`]), with
+    /// the schema the plan's batches have before them.
+    pub(crate) conform: Option<(SchemaRef, Conform)>,
 }
+
+/// Casts a batch to a sink's schema, or says why a value cannot be cast.
+pub(crate) type Conform = fn(&RecordBatch, &SchemaRef) -> std::result::Result<RecordBatch, String>;
 
 impl Debug for EpochOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,6 +157,14 @@ impl EpochOutput {
         self.plan.output_partitioning().partition_count()
     }
 
+    /// The same rows, each batch cast by `conform` to `target` (a sink whose
+    /// format holds fewer types than Arrow: Delta's).
+    pub(crate) fn conformed(mut self, target: SchemaRef, conform: Conform) -> Self {
+        let planned = std::mem::replace(&mut self.schema, target);
+        self.conform = Some((planned, conform));
+        self
+    }
+
     /// The rows of one partition, with [`EpochOutput::schema`]; errors name
     /// the component they happened in.
     pub fn execute(&self, partition: usize) -> Result<SendableRecordBatchStream> {
@@ -156,14 +173,24 @@ impl EpochOutput {
             .execute(partition, Arc::clone(&self.task))
             .map_err(|e| SluiceError::from_datafusion(e, Some(self.sink.clone())))?;
         let schema = Arc::clone(&self.schema);
+        let conform = self.conform.clone();
         let sink = self.sink.clone();
         let with_metadata = stream.map(move |batch| {
             let batch = batch?;
-            batch.with_schema(Arc::clone(&schema)).map_err(|e| {
+            let Some((planned, conform)) = &conform else {
+                return batch.with_schema(Arc::clone(&schema)).map_err(|e| {
+                    datafusion::common::internal_datafusion_err!(
+                        "{sink}: a batch does not match its plan's schema: {e}"
+                    )
+                });
+            };
+            let batch = batch.with_schema(Arc::clone(planned)).map_err(|e| {
                 datafusion::common::internal_datafusion_err!(
                     "{sink}: a batch does not match its plan's schema: {e}"
                 )
-            })
+            })?;
+            conform(&batch, &schema)
+                .map_err(|m| datafusion::common::exec_datafusion_err!("{sink}: {m}"))
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),

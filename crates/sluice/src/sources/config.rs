@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::file::{
     ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig,
 };
+use super::delta::{self, DeltaSourceConfig};
 use super::generator::GeneratorSourceConfig;
 use super::nexmark::NexmarkSourceConfig;
 use super::stdin::StdinSourceConfig;
@@ -56,6 +57,8 @@ pub enum SourceKind {
     Parquet(ParquetSourceConfig),
     /// `kind = "arrow_ipc"`.
     ArrowIpc(ArrowIpcSourceConfig),
+    /// `kind = "delta"`: one version of a Delta table.
+    Delta(DeltaSourceConfig),
     /// `kind = "tpch"`.
     Tpch(TpchSourceConfig),
     /// `kind = "generator"`.
@@ -179,6 +182,7 @@ impl SourceConfig {
             SourceKind::Jsonl(c) => file::open_jsonl(c, self.on_error, ctx).await,
             SourceKind::Parquet(c) => file::open_parquet(c, ctx).await,
             SourceKind::ArrowIpc(c) => file::open_arrow_ipc(c, ctx).await,
+            SourceKind::Delta(c) => delta::open(c, ctx).await,
             SourceKind::Tpch(c) => tpch::open(c, ctx),
             SourceKind::Generator(c) => generator::open(c, ctx),
             SourceKind::Nexmark(c) => nexmark::open(c, ctx),
@@ -197,6 +201,7 @@ impl SourceKind {
             SourceKind::Jsonl(_) => "jsonl",
             SourceKind::Parquet(_) => "parquet",
             SourceKind::ArrowIpc(_) => "arrow_ipc",
+            SourceKind::Delta(_) => "delta",
             SourceKind::Tpch(_) => "tpch",
             SourceKind::Generator(_) => "generator",
             SourceKind::Nexmark(_) => "nexmark",
@@ -290,6 +295,12 @@ pub(crate) const KINDS: &[Kind] = &[
         shared: &["lookup"],
         keys: fields_of::<ArrowIpcSourceConfig>,
         decode: |t| decode_table(t).map(SourceKind::ArrowIpc),
+    },
+    Kind {
+        name: "delta",
+        shared: &["lookup"],
+        keys: fields_of::<DeltaSourceConfig>,
+        decode: |t| decode_table(t).map(SourceKind::Delta),
     },
     Kind {
         name: "tpch",

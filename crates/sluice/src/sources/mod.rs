@@ -13,6 +13,7 @@
 //! engine adds its own source with a [`SourceFactory`].
 
 mod config;
+mod delta;
 pub(crate) mod epoch_table;
 mod file;
 mod generator;
@@ -40,6 +41,7 @@ pub use crate::ops::tpch_scan::TpchTable;
 pub(crate) use config::EVENT_TIME;
 pub(crate) use config::KINDS;
 pub use config::{CustomSource, SourceConfig, SourceKind};
+pub use delta::{DeltaOffset, DeltaSourceConfig};
 pub(crate) use epoch_table::EpochTable;
 pub use file::{
     ArrowIpcSourceConfig, CsvSourceConfig, DirFormat, DirSourceConfig, FileOffset,

@@ -93,7 +93,7 @@ impl Serialize for ByteSize {
     }
 }
 
-/// A duration written as `"250ms"`, `"1s"`, `"2m"` or `"1h"`.
+/// A duration written as `"250ms"`, `"1s"`, `"2m"`, `"1h"` or `"7d"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
@@ -113,9 +113,10 @@ impl FromStr for HumanDuration {
             "s" | "" => value,
             "m" | "min" => value * 60.0,
             "h" => value * 3600.0,
+            "d" => value * 86400.0,
             other => {
                 return Err(format!(
-                    "unknown duration unit `{other}` in `{s}`; use ms, s, m or h"
+                    "unknown duration unit `{other}` in `{s}`; use ms, s, m, h or d"
                 ));
             }
         };

@@ -4,6 +4,7 @@
 
 mod common;
 mod corrupt_parquet;
+mod delta;
 mod embedding;
 mod epochs;
 mod errors;

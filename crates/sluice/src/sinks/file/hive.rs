@@ -11,7 +11,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// Name of the folder for a null partition value (Hive's convention).
-pub(super) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+pub(crate) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// Splits batches by partition columns and drops those columns from the rows.
 #[derive(Debug)]
@@ -20,6 +20,8 @@ pub(crate) struct HiveSplitter {
     key_indices: Vec<usize>,
     keep_indices: Vec<usize>,
     converter: RowConverter,
+    /// How values are spelt in folder names and in [`PartitionSlice::values`].
+    format: FormatOptions<'static>,
     /// Schema of the rows written into files (without partition columns).
     pub file_schema: SchemaRef,
 }
@@ -36,8 +38,13 @@ pub(crate) struct PartitionSlice {
 }
 
 impl HiveSplitter {
-    /// A splitter for `columns` of `schema`; errors name a missing column.
-    pub(crate) fn try_new(schema: &SchemaRef, columns: &[String]) -> Result<Self, String> {
+    /// A splitter for `columns` of `schema`, spelling values with `format`
+    /// (its null text is replaced); errors name a missing column.
+    pub(crate) fn try_new(
+        schema: &SchemaRef,
+        columns: &[String],
+        format: FormatOptions<'static>,
+    ) -> Result<Self, String> {
         let mut key_indices = Vec::new();
         for c in columns {
             let i = schema.index_of(c).map_err(|_| {
@@ -72,6 +79,7 @@ impl HiveSplitter {
             key_indices,
             keep_indices,
             converter,
+            format: format.with_null(NULL_PARTITION),
             file_schema,
         })
     }
@@ -97,10 +105,9 @@ impl HiveSplitter {
                 .push(i as u32);
         }
         let data = batch.project(&self.keep_indices)?;
-        let options = FormatOptions::default().with_null(NULL_PARTITION);
         let formatters: Vec<ArrayFormatter> = keys
             .iter()
-            .map(|k| ArrayFormatter::try_new(k.as_ref(), &options))
+            .map(|k| ArrayFormatter::try_new(k.as_ref(), &self.format))
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(order.len());
         for k in order {
@@ -168,7 +175,8 @@ mod tests {
                 Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
             ],
         )?;
-        let s = HiveSplitter::try_new(&schema, &["k".to_string()]).unwrap();
+        let s = HiveSplitter::try_new(&schema, &["k".to_string()], FormatOptions::default())
+            .unwrap();
         let parts = s.split(&batch)?;
         let dirs: Vec<&str> = parts.iter().map(|p| p.dir.as_str()).collect();
         assert_eq!(dirs, vec!["k=a%2Fb", "k=__HIVE_DEFAULT_PARTITION__", "k=c"]);
@@ -176,7 +184,7 @@ mod tests {
         assert_eq!(parts[0].batch.num_columns(), 1);
         assert_eq!(parts[0].values["k"], "a/b");
         assert!(
-            HiveSplitter::try_new(&schema, &["nope".to_string()])
+            HiveSplitter::try_new(&schema, &["nope".to_string()], FormatOptions::default())
                 .unwrap_err()
                 .contains("nope")
         );

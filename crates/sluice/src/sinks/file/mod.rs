@@ -27,11 +27,12 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use datafusion::arrow::util::display::FormatOptions;
 use sluice_contract::metadata::ALL_KEYS;
 use tokio::task::JoinSet;
 
 pub use config::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
-pub(super) use hive::HiveSplitter;
+pub(super) use hive::{HiveSplitter, NULL_PARTITION};
 use upload::Upload;
 pub(super) use writer::{OpenFile, OutputFormat};
 
@@ -62,6 +63,33 @@ pub(super) struct FileSink {
     /// (see the module docs). A run whose sealed files are not committed
     /// fails, and the next run reads the flag from the log again.
     holds_a_file: std::sync::atomic::AtomicBool,
+    layout: Layout,
+}
+
+/// Which log lists the files, and so how they are laid out for readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::sinks) enum Layout {
+    /// sluice's commit log (the `parquet`, `csv` and `jsonl` sinks).
+    Plain,
+    /// A Delta table's log (the `delta` sink): no zero-row file, since the
+    /// table carries the schema, and partition values spelt as Delta reads
+    /// them.
+    Delta,
+}
+
+impl Layout {
+    /// How partition values are spelt. Delta reads a timestamp partition
+    /// value as `2024-01-02 03:04:05.000006` (no zone) or as ISO 8601 in UTC;
+    /// the delta sink hands over zoned timestamps already in UTC.
+    fn partition_format(self) -> FormatOptions<'static> {
+        let options = FormatOptions::default();
+        match self {
+            Layout::Plain => options,
+            Layout::Delta => options
+                .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.6f"))
+                .with_timestamp_tz_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ")),
+        }
+    }
 }
 
 impl std::fmt::Debug for FileSink {
@@ -71,15 +99,17 @@ impl std::fmt::Debug for FileSink {
 }
 
 impl FileSink {
+    #[allow(clippy::too_many_arguments)]
     fn open(
         name: &str,
         url: &str,
         format: OutputFormat,
         partition_by: &[String],
         target: u64,
+        layout: Layout,
         spec: &PipelineSpec,
         stores: &StoreRegistry,
-    ) -> Result<Arc<dyn Sink>> {
+    ) -> Result<FileSink> {
         let key = format!("sinks.{name}.url");
         let location = Location::parse(url, &spec.base_dir)
             .map_err(|m| SluiceError::spec(spec.issue(&key, m)))?;
@@ -98,7 +128,7 @@ impl FileSink {
                 "must be more than 0 bytes",
             )));
         }
-        Ok(Arc::new(FileSink {
+        Ok(FileSink {
             name: name.to_string(),
             log: CommitLog::new(Arc::clone(&store), location.clone()),
             multipart: stores.multipart_for(&location),
@@ -109,7 +139,8 @@ impl FileSink {
             target_file_bytes: target,
             groups: std::sync::Mutex::new(BTreeMap::new()),
             holds_a_file: std::sync::atomic::AtomicBool::new(false),
-        }))
+            layout,
+        })
     }
 
     /// Opens a `parquet` sink.
@@ -119,6 +150,17 @@ impl FileSink {
         spec: &PipelineSpec,
         stores: &StoreRegistry,
     ) -> Result<Arc<dyn Sink>> {
+        Ok(Arc::new(Self::parquet(name, c, Layout::Plain, spec, stores)?))
+    }
+
+    /// Parquet files laid out for `layout`'s log.
+    pub(in crate::sinks) fn parquet(
+        name: &str,
+        c: &ParquetSinkConfig,
+        layout: Layout,
+        spec: &PipelineSpec,
+        stores: &StoreRegistry,
+    ) -> Result<FileSink> {
         let compression: Compression = c.compression.parse().map_err(|e| {
             SluiceError::spec(
                 spec.issue(
@@ -147,6 +189,7 @@ impl FileSink {
             OutputFormat::Parquet(Box::new(props)),
             &c.files.partition_by,
             c.files.target_file_size.0,
+            layout,
             spec,
             stores,
         )
@@ -179,9 +222,11 @@ impl FileSink {
             format,
             &c.files.partition_by,
             c.files.target_file_size.0,
+            Layout::Plain,
             spec,
             stores,
         )
+        .map(|s| Arc::new(s) as Arc<dyn Sink>)
     }
 
     /// Opens a `jsonl` sink.
@@ -197,14 +242,48 @@ impl FileSink {
             OutputFormat::Jsonl,
             &c.files.partition_by,
             c.files.target_file_size.0,
+            Layout::Plain,
             spec,
             stores,
         )
+        .map(|s| Arc::new(s) as Arc<dyn Sink>)
     }
 
     fn lock_groups(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Pending>> {
         // a poisoned lock means a writer panicked; its files are still listed
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hive partition columns.
+    pub(in crate::sinks) fn partition_by(&self) -> &[String] {
+        &self.partition_by
+    }
+
+    /// Where the files go.
+    pub(in crate::sinks) fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The store the files go to.
+    pub(in crate::sinks) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Deletes what earlier runs left: their multipart uploads, and the
+    /// files sluice wrote that `committed` (paths relative to the sink) does
+    /// not list. For a sink whose files another log lists (Delta's).
+    pub(in crate::sinks) async fn remove_unlisted(
+        &self,
+        committed: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>> {
+        let mut removed = self.abort_left_uploads().await?;
+        removed.extend(
+            self.log
+                .remove_unlisted(committed)
+                .await
+                .map_err(|e| self.log_err(e))?,
+        );
+        Ok(removed)
     }
 
     /// Aborts the multipart uploads a killed run left (see [`upload`]).
@@ -285,7 +364,7 @@ impl FileSink {
     ) -> Option<&'a (SchemaRef, u64, String)> {
         let parquet = matches!(self.format, OutputFormat::Parquet(_));
         let holds = self.holds_a_file.load(std::sync::atomic::Ordering::Relaxed);
-        (parquet && self.partition_by.is_empty() && !holds)
+        (parquet && self.layout == Layout::Plain && self.partition_by.is_empty() && !holds)
             .then_some(pending.first_write.as_ref())
             .flatten()
     }
@@ -605,7 +684,7 @@ impl Sink for FileSink {
             None
         } else {
             Some(
-                HiveSplitter::try_new(&schema, &self.partition_by)
+                HiveSplitter::try_new(&schema, &self.partition_by, self.layout.partition_format())
                     .map_err(|m| self.err(m, RetryHint::Never))?,
             )
         };
@@ -780,6 +859,10 @@ impl Sink for FileSink {
         // anything else this run left (files of tasks that were cancelled,
         // groups sealed and not committed)
         let _ = self.abort_left_uploads().await;
-        let _ = self.log.remove_uncommitted().await;
+        // sluice's log lists no file of a Delta layout: the delta sink sweeps
+        // against the table's log itself
+        if self.layout == Layout::Plain {
+            let _ = self.log.remove_uncommitted().await;
+        }
     }
 }
