@@ -66,7 +66,13 @@ pub fn print_history(versions: &[TableVersion]) {
     outln!("\nDelta history (oldest first):");
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["version", "committed at", "operation", "sluice epoch", "rows"]);
+    t.set_header(vec![
+        "version",
+        "committed at",
+        "operation",
+        "sluice epoch",
+        "rows",
+    ]);
     for v in versions {
         let at = v
             .timestamp

@@ -81,7 +81,10 @@ fn twenty_kills_of_delta_sinks_on_local_disk_leave_every_row_once_for_delta_read
     let tmp = tempfile::tempdir().unwrap();
     write_input(&tmp.path().join("in"), 150);
     let p = |d: &str| tmp.path().join(d).to_string_lossy().into_owned();
-    finish(&run_args(&p("in"), &p("clean_files"), &p("clean_events")), &[]);
+    finish(
+        &run_args(&p("in"), &p("clean_files"), &p("clean_events")),
+        &[],
+    );
     let killed = delta_args(&p("in"), &p("files"), &p("events"));
     let runs = kill_repeatedly(&killed, &[], 20, 11);
     finish(&killed, &[]);
@@ -98,7 +101,12 @@ fn twenty_kills_of_delta_sinks_on_local_disk_leave_every_row_once_for_delta_read
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| f.as_str().unwrap().trim_start_matches("file://").to_string())
+            .map(|f| {
+                f.as_str()
+                    .unwrap()
+                    .trim_start_matches("file://")
+                    .to_string()
+            })
             .collect();
         live.sort();
         let mut on_disk: Vec<String> = data_files(&tmp.path().join(table))
@@ -109,9 +117,19 @@ fn twenty_kills_of_delta_sinks_on_local_disk_leave_every_row_once_for_delta_read
         assert_eq!(on_disk, live, "files the log does not hold were left");
     }
     // a run after the end commits nothing: the table's txn says it is done
-    let before = delta_check(&p("events"), "event_id", &tmp.path().join("clean_events"), &[]);
+    let before = delta_check(
+        &p("events"),
+        "event_id",
+        &tmp.path().join("clean_events"),
+        &[],
+    );
     finish(&killed, &[]);
-    let after = delta_check(&p("events"), "event_id", &tmp.path().join("clean_events"), &[]);
+    let after = delta_check(
+        &p("events"),
+        "event_id",
+        &tmp.path().join("clean_events"),
+        &[],
+    );
     assert_eq!(before["version"], after["version"]);
 }
 
@@ -123,7 +141,10 @@ fn twenty_kills_of_a_delta_sink_on_an_s3_compatible_server_leave_every_row_once(
     let tmp = tempfile::tempdir().unwrap();
     write_input(&tmp.path().join("in"), 150);
     let p = |d: &str| tmp.path().join(d).to_string_lossy().into_owned();
-    finish(&run_args(&p("in"), &p("clean_files"), &p("clean_events")), &[]);
+    finish(
+        &run_args(&p("in"), &p("clean_files"), &p("clean_events")),
+        &[],
+    );
     // the files stay local (the dir source tails a local folder); the
     // generator's rows go to S3
     let killed = delta_args(&p("in"), &p("files"), "s3://sluice/events");
@@ -154,7 +175,10 @@ fn inspect_compact_and_vacuum_a_delta_table() {
     let tmp = tempfile::tempdir().unwrap();
     write_input(&tmp.path().join("in"), 30);
     let p = |d: &str| tmp.path().join(d).to_string_lossy().into_owned();
-    finish(&run_args(&p("in"), &p("clean_files"), &p("clean_events")), &[]);
+    finish(
+        &run_args(&p("in"), &p("clean_files"), &p("clean_events")),
+        &[],
+    );
     finish(&delta_args(&p("in"), &p("files"), &p("events")), &[]);
     let table = p("events");
     let small = data_files(&tmp.path().join("events")).len();
@@ -180,8 +204,18 @@ fn inspect_compact_and_vacuum_a_delta_table() {
     // the compacted files are kept for older versions' readers, until a vacuum
     assert_eq!(data_files(&tmp.path().join("events")).len(), small + 1);
     let o = sluice(&["vacuum", &table, "--retain", "0s"]);
-    assert!(!o.status.success(), "a retention under 7 days needs --force");
-    ok(sluice(&["vacuum", &table, "--retain", "0s", "--force", "--dry-run"]));
+    assert!(
+        !o.status.success(),
+        "a retention under 7 days needs --force"
+    );
+    ok(sluice(&[
+        "vacuum",
+        &table,
+        "--retain",
+        "0s",
+        "--force",
+        "--dry-run",
+    ]));
     assert_eq!(data_files(&tmp.path().join("events")).len(), small + 1);
     ok(sluice(&["vacuum", &table, "--retain", "0s", "--force"]));
     assert_eq!(data_files(&tmp.path().join("events")).len(), 1);
@@ -198,7 +232,11 @@ fn the_main_example_as_a_delta_table_reads_as_its_parquet_output() {
     let tmp = tempfile::tempdir().unwrap();
     let (parquet, table) = (tmp.path().join("parquet"), tmp.path().join("table"));
     for (pipeline, key, out) in [
-        ("examples/tpch_revenue/pipeline.toml", "sinks.out.url", &parquet),
+        (
+            "examples/tpch_revenue/pipeline.toml",
+            "sinks.out.url",
+            &parquet,
+        ),
         ("examples/tpch_revenue/delta.toml", "sinks.out.url", &table),
     ] {
         ok(sluice(&[

@@ -14,6 +14,7 @@ use crate::storage::Location;
 /// first: from its commit log, or, for a `delta` sink, from the sluice
 /// records in the Delta table's history.
 pub async fn read_commits(engine: &Engine, url: &str, s3: &S3Settings) -> Result<Vec<Commit>> {
+    #[cfg(feature = "delta")]
     if crate::delta::is_table(engine, url, s3).await {
         let history = crate::delta::history(engine, url, s3, None).await?;
         return Ok(history.into_iter().filter_map(|v| v.commit).collect());

@@ -43,6 +43,7 @@
 mod commit_log;
 mod compile;
 mod dead_letter;
+#[cfg(feature = "delta")]
 pub mod delta;
 mod engine;
 mod epoch;

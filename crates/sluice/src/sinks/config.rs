@@ -6,7 +6,6 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::blackhole::BlackholeSink;
-use super::delta::{DeltaSink, DeltaSinkConfig};
 use super::file::{CsvSinkConfig, FileSink, JsonlSinkConfig, ParquetSinkConfig};
 use super::stdout::{StdoutSink, StdoutSinkConfig};
 use super::{Sink, SinkContext, SinkFactory};
@@ -42,6 +41,10 @@ pub enum SinkKind {
     /// A sink added in code.
     Custom(Arc<dyn SinkFactory>),
 }
+
+/// `kind = "delta"` has the parquet sink's keys: its files are written the
+/// same way; only the log differs.
+pub type DeltaSinkConfig = ParquetSinkConfig;
 
 /// The keys every file sink (`parquet`, `csv`, `jsonl`) has: where the
 /// files go and how they are cut.
@@ -162,7 +165,7 @@ impl SinkConfig {
     ) -> Result<Arc<dyn Sink>> {
         match &self.kind {
             SinkKind::Parquet(c) => FileSink::open_parquet(name, c, spec, stores),
-            SinkKind::Delta(c) => DeltaSink::open(name, c, spec, stores),
+            SinkKind::Delta(c) => open_delta(name, c, spec, stores),
             SinkKind::Csv(c) => FileSink::open_csv(name, c, spec, stores),
             SinkKind::Jsonl(c) => FileSink::open_jsonl(name, c, spec, stores),
             SinkKind::Stdout(c) => Ok(Arc::new(StdoutSink::new(name, c.clone()))),
@@ -170,6 +173,29 @@ impl SinkConfig {
             SinkKind::Custom(factory) => factory.open(&SinkContext { name, spec }),
         }
     }
+}
+
+#[cfg(feature = "delta")]
+fn open_delta(
+    name: &str,
+    c: &DeltaSinkConfig,
+    spec: &PipelineSpec,
+    stores: &StoreRegistry,
+) -> Result<Arc<dyn Sink>> {
+    super::delta::DeltaSink::open(name, c, spec, stores)
+}
+
+#[cfg(not(feature = "delta"))]
+fn open_delta(
+    name: &str,
+    _: &DeltaSinkConfig,
+    spec: &PipelineSpec,
+    _: &StoreRegistry,
+) -> Result<Arc<dyn Sink>> {
+    Err(crate::error::SluiceError::spec(spec.issue(
+        format!("sinks.{name}.kind"),
+        "sluice was built without its `delta` feature (on by default)",
+    )))
 }
 
 /// A kind of sink a pipeline file can name.

@@ -9,6 +9,7 @@
 
 mod blackhole;
 mod config;
+#[cfg(feature = "delta")]
 pub(crate) mod delta;
 mod file;
 mod stdout;
@@ -26,9 +27,9 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use sluice_contract::{LineageEntry, Provenance};
 
+pub use config::DeltaSinkConfig;
 pub(crate) use config::KINDS;
 pub use config::{FileSinkKeys, SinkConfig, SinkKind};
-pub use delta::DeltaSinkConfig;
 pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
 pub use stdout::StdoutSinkConfig;
 
@@ -157,6 +158,7 @@ impl EpochOutput {
         self.plan.output_partitioning().partition_count()
     }
 
+    #[cfg_attr(not(feature = "delta"), allow(dead_code))]
     /// The same rows, each batch cast by `conform` to `target` (a sink whose
     /// format holds fewer types than Arrow: Delta's).
     pub(crate) fn conformed(mut self, target: SchemaRef, conform: Conform) -> Self {

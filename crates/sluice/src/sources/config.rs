@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::delta::{self, DeltaSourceConfig};
 use super::file::{
     ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig,
 };
-use super::delta::{self, DeltaSourceConfig};
 use super::generator::GeneratorSourceConfig;
 use super::nexmark::NexmarkSourceConfig;
 use super::stdin::StdinSourceConfig;

@@ -77,8 +77,8 @@ async fn every_commit_is_one_delta_version_and_a_rerun_writes_nothing() -> Resul
     let q = "SELECT event_id, event_time, key, value, tags, device FROM events";
     let summary = engine.run(generated(tmp.path(), 1000, q, "")).await?;
     assert_eq!(summary.epochs, 10);
-    let history = sluice::delta::history(&engine, &url(tmp.path()), &Default::default(), None)
-        .await?;
+    let history =
+        sluice::delta::history(&engine, &url(tmp.path()), &Default::default(), None).await?;
     let ops: Vec<&str> = history.iter().map(|v| v.operation.as_str()).collect();
     assert_eq!(ops.len(), 10, "{ops:?}");
     assert_eq!(ops[0], "CREATE TABLE");
@@ -91,12 +91,17 @@ async fn every_commit_is_one_delta_version_and_a_rerun_writes_nothing() -> Resul
 
     let again = engine.run(generated(tmp.path(), 1000, q, "")).await?;
     assert_eq!(again.epochs, 0, "the table's txn says every epoch is in");
-    let after = sluice::delta::history(&engine, &url(tmp.path()), &Default::default(), None)
-        .await?;
+    let after =
+        sluice::delta::history(&engine, &url(tmp.path()), &Default::default(), None).await?;
     assert_eq!(after.len(), 10);
 
     assert_eq!(
-        table_rows(&engine, tmp.path(), "SELECT count(DISTINCT event_id) FROM t").await?,
+        table_rows(
+            &engine,
+            tmp.path(),
+            "SELECT count(DISTINCT event_id) FROM t"
+        )
+        .await?,
         1000
     );
     assert_eq!(
@@ -111,7 +116,12 @@ async fn the_lineage_carries_on_through_a_delta_source() -> Result<()> {
     let tmp = tempfile::tempdir().unwrap();
     let engine = Engine::new();
     engine
-        .run(generated(tmp.path(), 200, "SELECT event_id, key FROM events", ""))
+        .run(generated(
+            tmp.path(),
+            200,
+            "SELECT event_id, key FROM events",
+            "",
+        ))
         .await?;
     table_rows(&engine, tmp.path(), "SELECT count(*) FROM t").await?;
     let copy = committed_rows(&engine, "memory:///copy").await?;
@@ -131,12 +141,17 @@ async fn the_lineage_carries_on_through_a_delta_source() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_nullable_column_added_evolves_the_table_and_a_breaking_change_is_refused()
--> Result<()> {
+async fn a_nullable_column_added_evolves_the_table_and_a_breaking_change_is_refused() -> Result<()>
+{
     let tmp = tempfile::tempdir().unwrap();
     let engine = Engine::new();
     engine
-        .run(generated(tmp.path(), 200, "SELECT event_id, key FROM events", ""))
+        .run(generated(
+            tmp.path(),
+            200,
+            "SELECT event_id, key FROM events",
+            "",
+        ))
         .await?;
     // a required column new to the table: its older rows have none
     let e = engine
@@ -164,7 +179,12 @@ async fn a_nullable_column_added_evolves_the_table_and_a_breaking_change_is_refu
         ))
         .await?;
     assert_eq!(
-        table_rows(&engine, tmp.path(), "SELECT count(*) FROM t WHERE value IS NULL").await?,
+        table_rows(
+            &engine,
+            tmp.path(),
+            "SELECT count(*) FROM t WHERE value IS NULL"
+        )
+        .await?,
         200
     );
     assert_eq!(
@@ -201,7 +221,12 @@ async fn partition_by_makes_delta_partition_columns_with_nulls_as_null() -> Resu
         ))
         .await?;
     assert_eq!(
-        table_rows(&engine, tmp.path(), "SELECT count(*) FROM t WHERE category IS NULL").await?,
+        table_rows(
+            &engine,
+            tmp.path(),
+            "SELECT count(*) FROM t WHERE category IS NULL"
+        )
+        .await?,
         // the generator's null categories, as a plain parquet copy counts them
         {
             let copy = spec(
@@ -226,7 +251,12 @@ url = "memory:///plain"
         }
     );
     assert_eq!(
-        table_rows(&engine, tmp.path(), "SELECT count(DISTINCT event_id) FROM t").await?,
+        table_rows(
+            &engine,
+            tmp.path(),
+            "SELECT count(DISTINCT event_id) FROM t"
+        )
+        .await?,
         500
     );
     let hours = table_rows(

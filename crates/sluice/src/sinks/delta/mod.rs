@@ -28,22 +28,22 @@ use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, Table
 use deltalake_core::kernel::{Action, Add, MetadataExt, Transaction};
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, OutputMode, SaveMode};
+use object_store::ObjectStoreExt;
 use sluice_contract::compat;
 use sluice_contract::metadata::{LINEAGE, PIPELINE, SCHEMA, SCHEMA_VERSION};
-use object_store::ObjectStoreExt;
 use tokio::sync::Mutex;
 
 use table::COMMIT_INFO_KEY;
 pub(crate) use table::{HISTORY_DEPTH, Table, kernel_schema, sluice_commit};
 
 use super::file::{FileSink, Layout};
-use super::{CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink, SinkLog};
+use super::{
+    CommitRecord, CommittedRange, DeltaSinkConfig, EpochOutput, Recovered, Sealed, Sink, SinkLog,
+};
 use crate::commit_log::{COMMIT_FORMAT, Commit, CommittedFile};
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::spec::PipelineSpec;
 use crate::storage::StoreRegistry;
-
-pub use super::file::ParquetSinkConfig as DeltaSinkConfig;
 
 /// The schema metadata kept as table properties. Provenance changes every
 /// epoch, so it goes into each commit's `commitInfo` instead.
@@ -72,9 +72,8 @@ impl DeltaSink {
         stores: &StoreRegistry,
     ) -> Result<Arc<dyn Sink>> {
         let files = FileSink::parquet(name, c, Layout::Delta, spec, stores)?;
-        let table = Table::new(files.location(), Arc::clone(files.store())).map_err(|m| {
-            SluiceError::spec(spec.issue(format!("sinks.{name}.url"), m))
-        })?;
+        let table = Table::new(files.location(), Arc::clone(files.store()))
+            .map_err(|m| SluiceError::spec(spec.issue(format!("sinks.{name}.url"), m)))?;
         Ok(Arc::new(DeltaSink {
             app_id: format!("{}/{name}", spec.pipeline.name),
             files,
@@ -169,8 +168,7 @@ impl DeltaSink {
                 RetryHint::Never,
             ));
         }
-        let current_kernel =
-            kernel_schema(&current).map_err(|m| self.err(m, RetryHint::Never))?;
+        let current_kernel = kernel_schema(&current).map_err(|m| self.err(m, RetryHint::Never))?;
         let added: Vec<_> = incoming
             .fields()
             .filter(|f| current_kernel.field(f.name()).is_none())
@@ -196,24 +194,20 @@ impl DeltaSink {
                 current_kernel.fields().cloned().chain(added),
             )
             .map_err(|e| self.err(e.to_string(), RetryHint::Never))?;
-            metadata = metadata
-                .with_schema(&merged)
-                .map_err(|e| {
-                    self.err(
-                        format!("cannot evolve the table's schema: {e}"),
-                        RetryHint::Never,
-                    )
-                })?;
+            metadata = metadata.with_schema(&merged).map_err(|e| {
+                self.err(
+                    format!("cannot evolve the table's schema: {e}"),
+                    RetryHint::Never,
+                )
+            })?;
         }
         for (k, v) in changed {
-            metadata = metadata
-                .add_config_key(k, v)
-                .map_err(|e| {
-                    self.err(
-                        format!("cannot set the table's properties: {e}"),
-                        RetryHint::Never,
-                    )
-                })?;
+            metadata = metadata.add_config_key(k, v).map_err(|e| {
+                self.err(
+                    format!("cannot set the table's properties: {e}"),
+                    RetryHint::Never,
+                )
+            })?;
         }
         Ok(vec![Action::Metadata(metadata)])
     }
@@ -376,7 +370,8 @@ impl Sink for DeltaSink {
             self.discard(&sealed).await;
             return Ok(());
         }
-        let schema = types::delta_schema(&record.schema).unwrap_or_else(|| Arc::clone(&record.schema));
+        let schema =
+            types::delta_schema(&record.schema).unwrap_or_else(|| Arc::clone(&record.schema));
         let commit = Commit {
             format: COMMIT_FORMAT,
             epoch: record.epoch,
@@ -506,11 +501,17 @@ impl Sink for DeltaSink {
         }
         deleted += self.files.remove_unlisted(&Default::default()).await?.len() as u64;
         let log_dir = location.child("_delta_log");
-        let mut logs: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(store.list(Some(&log_dir)))
-            .await
-            .map_err(|e| {
-                SluiceError::sink_failed(self.files.name(), location.url(), "cannot list the log", e)
-            })?;
+        let mut logs: Vec<_> =
+            futures::TryStreamExt::try_collect::<Vec<_>>(store.list(Some(&log_dir)))
+                .await
+                .map_err(|e| {
+                    SluiceError::sink_failed(
+                        self.files.name(),
+                        location.url(),
+                        "cannot list the log",
+                        e,
+                    )
+                })?;
         logs.sort_by(|a, b| b.location.cmp(&a.location));
         for meta in logs {
             match store.delete(&meta.location).await {
@@ -525,8 +526,8 @@ impl Sink for DeltaSink {
                 }
             }
         }
-        *table = Table::new(location, Arc::clone(store))
-            .map_err(|m| self.err(m, RetryHint::Never))?;
+        *table =
+            Table::new(location, Arc::clone(store)).map_err(|m| self.err(m, RetryHint::Never))?;
         Ok(deleted)
     }
 }

@@ -51,7 +51,10 @@ impl Table {
         let prefixed: Arc<dyn ObjectStore> = if location.prefix.as_ref().is_empty() {
             Arc::clone(&store)
         } else {
-            Arc::new(PrefixStore::new(Arc::clone(&store), location.prefix.clone()))
+            Arc::new(PrefixStore::new(
+                Arc::clone(&store),
+                location.prefix.clone(),
+            ))
         };
         // Delta's default log store commits a version with a create-if-absent
         // put, which local disk, memory and S3 all do atomically

@@ -175,8 +175,8 @@ mod tests {
                 Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
             ],
         )?;
-        let s = HiveSplitter::try_new(&schema, &["k".to_string()], FormatOptions::default())
-            .unwrap();
+        let s =
+            HiveSplitter::try_new(&schema, &["k".to_string()], FormatOptions::default()).unwrap();
         let parts = s.split(&batch)?;
         let dirs: Vec<&str> = parts.iter().map(|p| p.dir.as_str()).collect();
         assert_eq!(dirs, vec!["k=a%2Fb", "k=__HIVE_DEFAULT_PARTITION__", "k=c"]);

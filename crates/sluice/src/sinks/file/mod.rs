@@ -21,13 +21,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::display::FormatOptions;
 use futures::StreamExt;
 use object_store::multipart::MultipartStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use datafusion::arrow::util::display::FormatOptions;
 use sluice_contract::metadata::ALL_KEYS;
 use tokio::task::JoinSet;
 
@@ -150,7 +150,13 @@ impl FileSink {
         spec: &PipelineSpec,
         stores: &StoreRegistry,
     ) -> Result<Arc<dyn Sink>> {
-        Ok(Arc::new(Self::parquet(name, c, Layout::Plain, spec, stores)?))
+        Ok(Arc::new(Self::parquet(
+            name,
+            c,
+            Layout::Plain,
+            spec,
+            stores,
+        )?))
     }
 
     /// Parquet files laid out for `layout`'s log.
