@@ -26,6 +26,23 @@ pub(crate) const COMMITS_DIR: &str = "_sluice/commits";
 /// Version of the commit file format.
 pub(crate) const COMMIT_FORMAT: u32 = 1;
 
+impl Commit {
+    /// What [`crate::sinks::Sink::recover`] reports of this commit.
+    pub(crate) fn into_range(self) -> crate::epoch::recovery::CommittedRange {
+        crate::epoch::recovery::CommittedRange {
+            first: self.first_epoch.min(self.epoch),
+            last: self.epoch,
+            offsets: self.source_offsets,
+            rollout: self
+                .rollout
+                .into_iter()
+                .map(|(s, r)| (s, r.choice))
+                .collect(),
+            state: self.state,
+        }
+    }
+}
+
 /// One data file of a commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommittedFile {

@@ -16,6 +16,11 @@ fn spec(dir: &Path, text: &str) -> PipelineSpec {
 /// A generator of `rows` events into a Delta table at `table`, cut into
 /// epochs of 100 rows, each its own commit.
 fn generated(dir: &Path, rows: u64, query: &str, sink_keys: &str) -> PipelineSpec {
+    generated_at(dir, "table", rows, query, sink_keys)
+}
+
+/// [`generated`], into the table at `url`.
+fn generated_at(dir: &Path, url: &str, rows: u64, query: &str, sink_keys: &str) -> PipelineSpec {
     spec(
         dir,
         &format!(
@@ -38,7 +43,7 @@ query = "{query}"
 [sinks.table]
 kind = "delta"
 input = "picked"
-url = "table"
+url = "{url}"
 {sink_keys}
 "#
         ),
@@ -47,20 +52,28 @@ url = "table"
 
 /// Every row of the table, read by a sluice `delta` source into memory.
 async fn table_rows(engine: &Engine, dir: &Path, sql: &str) -> Result<i128> {
+    rows_at(engine, dir, "table", sql).await
+}
+
+/// [`table_rows`] of the table at `url`.
+async fn rows_at(engine: &Engine, dir: &Path, url: &str, sql: &str) -> Result<i128> {
     let copy = spec(
         dir,
-        r#"
+        &format!(
+            r#"
 [pipeline]
 name = "reader"
 [sources.t]
 kind = "delta"
-url = "table"
+url = "{url}"
 [sinks.copy]
 kind = "parquet"
 input = "t"
 url = "memory:///copy"
-"#,
+"#
+        ),
     );
+    engine.compile(copy.clone()).await?.reset_sinks().await?;
     engine.run(copy).await?;
     let rows = committed_rows(engine, "memory:///copy").await?;
     Ok(scalar(&query(rows, sql).await))
@@ -302,5 +315,61 @@ async fn nanoseconds_of_whole_microseconds_are_written_as_delta_timestamps() -> 
         table_rows(&engine, tmp.path(), "SELECT count(at) FROM t").await?,
         100
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reset_deletes_the_table_and_the_next_run_writes_every_row_once() -> Result<()> {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::new();
+    let q = "SELECT event_id, key FROM events";
+    engine.run(generated(tmp.path(), 300, q, "")).await?;
+    let deleted = engine
+        .compile(generated(tmp.path(), 300, q, ""))
+        .await?
+        .reset_sinks()
+        .await?;
+    assert!(deleted >= 6, "3 data files and 3 log versions: {deleted}");
+    let log_entries = std::fs::read_dir(tmp.path().join("table/_delta_log"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(log_entries, 0, "the log is gone");
+    let again = engine.run(generated(tmp.path(), 300, q, "")).await?;
+    assert_eq!(again.epochs, 3);
+    assert_eq!(
+        table_rows(
+            &engine,
+            tmp.path(),
+            "SELECT count(DISTINCT event_id) FROM t"
+        )
+        .await?,
+        300
+    );
+    assert_eq!(
+        table_rows(&engine, tmp.path(), "SELECT count(*) FROM t").await?,
+        300
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_in_memory_table_is_written_and_read_through_the_same_store() -> Result<()> {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::new();
+    let q = "SELECT event_id, key FROM events";
+    engine
+        .run(generated_at(tmp.path(), "memory:///tables/t", 250, q, ""))
+        .await?;
+    assert_eq!(
+        rows_at(
+            &engine,
+            tmp.path(),
+            "memory:///tables/t",
+            "SELECT count(DISTINCT event_id) FROM t"
+        )
+        .await?,
+        250
+    );
+    assert!(!tmp.path().join("table").exists(), "nothing on disk");
     Ok(())
 }

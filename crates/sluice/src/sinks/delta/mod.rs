@@ -37,9 +37,7 @@ use table::COMMIT_INFO_KEY;
 pub(crate) use table::{HISTORY_DEPTH, Table, kernel_schema, sluice_commit};
 
 use super::file::{FileSink, Layout};
-use super::{
-    CommitRecord, CommittedRange, DeltaSinkConfig, EpochOutput, Recovered, Sealed, Sink, SinkLog,
-};
+use super::{CommitRecord, DeltaSinkConfig, EpochOutput, Recovered, Sealed, Sink, SinkLog};
 use crate::commit_log::{COMMIT_FORMAT, Commit, CommittedFile};
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::spec::PipelineSpec;
@@ -118,6 +116,18 @@ impl DeltaSink {
     fn owns(&self, commit: &Commit) -> bool {
         let pipeline = commit.pipeline.split('@').next().unwrap_or_default();
         format!("{pipeline}/{}", commit.sink) == self.app_id
+    }
+
+    /// The files the table's newest version names (see [`Table::named_files`]).
+    async fn named_files(&self, table: &mut Table) -> Result<std::collections::BTreeSet<String>> {
+        table
+            .refresh()
+            .await
+            .map_err(|e| self.delta_err("cannot read the table's log", e))?;
+        table
+            .named_files()
+            .await
+            .map_err(|e| self.delta_err("cannot list the table's files", e))
     }
 
     /// Deletes the files of `sealed` (never committed).
@@ -304,14 +314,7 @@ impl Sink for DeltaSink {
 
     async fn recover(&self) -> Result<Recovered> {
         let mut table = self.table.lock().await;
-        table
-            .refresh()
-            .await
-            .map_err(|e| self.delta_err("cannot read the table's log", e))?;
-        let named = table
-            .named_files()
-            .await
-            .map_err(|e| self.delta_err("cannot list the table's files", e))?;
+        let named = self.named_files(&mut table).await?;
         let removed = self.files.remove_unlisted(&named).await?;
         let commits = self.own_commits(&table).await?;
         let version = table
@@ -332,18 +335,7 @@ impl Sink for DeltaSink {
             ));
         }
         Ok(Recovered {
-            log: SinkLog::durable(
-                commits
-                    .into_iter()
-                    .map(|c| CommittedRange {
-                        first: c.first_epoch.min(c.epoch),
-                        last: c.epoch,
-                        offsets: c.source_offsets,
-                        rollout: c.rollout.into_iter().map(|(s, r)| (s, r.choice)).collect(),
-                        state: c.state,
-                    })
-                    .collect(),
-            ),
+            log: SinkLog::durable(commits.into_iter().map(Commit::into_range).collect()),
             removed_files: removed,
         })
     }
@@ -464,23 +456,14 @@ impl Sink for DeltaSink {
     async fn abort(&self) {
         self.files.abort().await;
         let mut table = self.table.lock().await;
-        if table.refresh().await.is_ok()
-            && let Ok(named) = table.named_files().await
-        {
+        if let Ok(named) = self.named_files(&mut table).await {
             let _ = self.files.remove_unlisted(&named).await;
         }
     }
 
     async fn reset(&self) -> Result<u64> {
         let mut table = self.table.lock().await;
-        table
-            .refresh()
-            .await
-            .map_err(|e| self.delta_err("cannot read the table's log", e))?;
-        let named = table
-            .named_files()
-            .await
-            .map_err(|e| self.delta_err("cannot list the table's files", e))?;
+        let named = self.named_files(&mut table).await?;
         let mut deleted = 0u64;
         let store = self.files.store();
         let location = self.files.location();

@@ -30,8 +30,10 @@ pub(crate) const HISTORY_DEPTH: usize = 1000;
 pub(crate) struct Table {
     pub(crate) location: Location,
     pub(crate) log_store: LogStoreRef,
-    /// Loaded (and refreshed) by [`Table::refresh`]; `None` until the table exists.
+    /// delta-rs's view of it, read by [`Table::refresh`] (it holds no state
+    /// before the table exists).
     pub(crate) table: DeltaTable,
+    /// Whether a state was read: later refreshes read only newer versions.
     loaded: bool,
 }
 

@@ -36,7 +36,7 @@ pub(super) use hive::{HiveSplitter, NULL_PARTITION};
 use upload::Upload;
 pub(super) use writer::{OpenFile, OutputFormat};
 
-use super::{CommitRecord, CommittedRange, EpochOutput, Recovered, Sealed, Sink, SinkLog};
+use super::{CommitRecord, EpochOutput, Recovered, Sealed, Sink, SinkLog};
 use crate::commit_log::{COMMIT_FORMAT, Commit, CommitLog, CommittedFile, data_file_name};
 use crate::error::{Cause, Result, RetryHint, SluiceError};
 use crate::spec::PipelineSpec;
@@ -668,18 +668,7 @@ impl Sink for FileSink {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(Recovered {
-            log: SinkLog::durable(
-                commits
-                    .into_iter()
-                    .map(|c| CommittedRange {
-                        first: c.first_epoch.min(c.epoch),
-                        last: c.epoch,
-                        offsets: c.source_offsets,
-                        rollout: c.rollout.into_iter().map(|(s, r)| (s, r.choice)).collect(),
-                        state: c.state,
-                    })
-                    .collect(),
-            ),
+            log: SinkLog::durable(commits.into_iter().map(Commit::into_range).collect()),
             removed_files: removed,
         })
     }
