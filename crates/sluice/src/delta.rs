@@ -109,7 +109,7 @@ pub async fn history(
         };
         // the version a commit read, plus one: what its writer recorded
         // (a log entry says nothing of its own number)
-        let version = info.read_version.map(|v| v as u64 + 1);
+        let version = info.read_version.and_then(|v| v.checked_add(1));
         out.push(TableVersion {
             version,
             timestamp: info.timestamp,

@@ -29,7 +29,7 @@ fn delta_type(t: &DataType) -> Option<DataType> {
                 _ => false,
             };
             (*unit != TimeUnit::Microsecond || !same_zone)
-                .then(|| DataType::Timestamp(TimeUnit::Microsecond, utc))
+                .then_some(DataType::Timestamp(TimeUnit::Microsecond, utc))
         }
         DataType::Date64 => Some(DataType::Date32),
         DataType::UInt8 => Some(DataType::Int16),
