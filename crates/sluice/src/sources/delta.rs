@@ -111,23 +111,59 @@ mod reader {
             });
         }
         let (upstream_lineage, upstream_provenance) = upstream(&table, &name, &location).await?;
-        let mut source = DeltaSource {
+        let version = cfg
+            .version
+            .unwrap_or_else(|| table.table.version().unwrap_or_default());
+        let provider = scan(&mut table, version)
+            .await
+            .map_err(|(message, retry)| SluiceError::Source {
+                source_name: name.clone(),
+                file: Some(location.url()),
+                line: None,
+                message,
+                retry,
+                cause: None,
+            })?;
+        let source = DeltaSource {
             name,
-            version: 0,
-            provider: Arc::new(datafusion::datasource::empty::EmptyTable::new(Arc::new(
-                datafusion::arrow::datatypes::Schema::empty(),
-            ))),
+            version,
+            provider,
             table,
             upstream_lineage,
             upstream_provenance,
             read: false,
         };
-        let version = match cfg.version {
-            Some(v) => v,
-            None => source.table.table.version().unwrap_or_default(),
-        };
-        source.load(version).await?;
         Ok(Box::new(source))
+    }
+
+    /// Version `version` of the table's log, and the scan of it; an error
+    /// says what failed and whether trying again may help.
+    async fn scan(
+        table: &mut Table,
+        version: u64,
+    ) -> std::result::Result<Arc<dyn TableProvider>, (String, RetryHint)> {
+        fn failed(
+            what: &str,
+            version: u64,
+            e: &(dyn std::error::Error + 'static),
+        ) -> (String, RetryHint) {
+            (
+                format!("cannot {what} version {version} of the table: {e}"),
+                crate::error::retry_hint_of(e),
+            )
+        }
+        if table.table.version() != Some(version) {
+            table
+                .table
+                .load_version(version)
+                .await
+                .map_err(|e| failed("read", version, &e))?;
+        }
+        table
+            .table
+            .table_provider()
+            .await
+            .map_err(|e| failed("scan", version, &e))
     }
 
     /// The lineage and provenance of the newest sluice commit in the table's
@@ -181,20 +217,9 @@ mod reader {
 
         /// Reads version `version` of the log and makes its scan.
         async fn load(&mut self, version: u64) -> Result<()> {
-            if self.table.table.version() != Some(version) {
-                self.table.table.load_version(version).await.map_err(|e| {
-                    self.err(
-                        format!("cannot read version {version} of the table: {e}"),
-                        RetryHint::Never,
-                    )
-                })?;
-            }
-            self.provider = self.table.table.table_provider().await.map_err(|e| {
-                self.err(
-                    format!("cannot scan version {version} of the table: {e}"),
-                    RetryHint::Never,
-                )
-            })?;
+            self.provider = scan(&mut self.table, version)
+                .await
+                .map_err(|(message, retry)| self.err(message, retry))?;
             self.version = version;
             Ok(())
         }

@@ -179,3 +179,69 @@ pub(crate) fn sluice_commit(info: &CommitInfo) -> Option<Result<Commit, String>>
             .map_err(|e| format!("a Delta commit's `{COMMIT_INFO_KEY}` record is unreadable: {e}")),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn info_with(value: serde_json::Value) -> CommitInfo {
+        let mut info = CommitInfo::default();
+        info.info.insert(COMMIT_INFO_KEY.to_string(), value);
+        info
+    }
+
+    /// A record sluice wrote, as JSON.
+    fn record() -> serde_json::Value {
+        serde_json::json!({
+            "format": 1, "epoch": 4, "first_epoch": 3, "pipeline": "p@1", "sink": "s",
+            "run_id": "0123abcd", "committed_at": "2026-12-03T00:00:00.000Z",
+            "files": [{"path": "part-00000004-0123abcd-000-0000.parquet", "rows": 2, "bytes": 10}],
+            "rows": 2, "bytes": 10,
+            "schema": {"fields": [], "metadata": {}},
+            "partition_by": [], "lineage": [], "provenance": {"pipeline": "p@1", "sources": []},
+            "source_offsets": {}
+        })
+    }
+
+    #[test]
+    fn a_record_sluice_wrote_reads_back_and_other_commits_are_not_sluices() {
+        let c = sluice_commit(&info_with(record())).unwrap().unwrap();
+        assert_eq!((c.first_epoch, c.epoch, c.rows), (3, 4, 2));
+        assert!(sluice_commit(&CommitInfo::default()).is_none());
+    }
+
+    proptest! {
+        /// A peer's log may hold anything under the key: a record with any
+        /// field replaced by any JSON is read or refused with a message,
+        /// never a panic; a record read back keeps the epoch it says.
+        #[test]
+        fn any_record_in_a_commit_is_read_or_refused(
+            field in 0usize..16,
+            replacement in prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                ".{0,12}".prop_map(serde_json::Value::from),
+                Just(serde_json::json!([1, "x", null])),
+                Just(serde_json::json!({"a": {"b": []}})),
+            ],
+            drop in any::<bool>(),
+        ) {
+            let mut value = record();
+            let keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+            let key = &keys[field % keys.len()];
+            if drop {
+                value.as_object_mut().unwrap().remove(key);
+            } else {
+                value[key.as_str()] = replacement;
+            }
+            match sluice_commit(&info_with(value.clone())) {
+                Some(Ok(c)) => prop_assert_eq!(Some(c.epoch), value["epoch"].as_u64()),
+                Some(Err(m)) => prop_assert!(m.contains(COMMIT_INFO_KEY), "{}", m),
+                None => prop_assert!(false, "the key is there"),
+            }
+        }
+    }
+}
