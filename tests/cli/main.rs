@@ -5,6 +5,7 @@
 
 mod dead_letters;
 mod delta;
+mod kafka;
 mod lineage;
 mod metrics;
 mod placement;

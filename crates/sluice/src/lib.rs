@@ -51,6 +51,7 @@ mod error;
 mod explain;
 pub mod functions;
 pub mod inspect;
+mod kafka;
 mod metrics;
 mod observe;
 mod openlineage;

@@ -38,8 +38,9 @@ pub(crate) trait BatchGenerator: Send + Sync + fmt::Debug + 'static {
     fn describe(&self) -> String;
     /// The schema of every batch.
     fn schema(&self) -> SchemaRef;
-    /// The batches of `unit`, in order.
-    fn generate(&self, unit: u64) -> Batches;
+    /// The batches of `unit`, in order. `task` is the executing epoch's
+    /// (a generator that gives up on rows reaches its dead letters through it).
+    fn generate(&self, unit: u64, task: &TaskContext) -> Batches;
 }
 
 /// The units of one slice of a generator, as a table.
@@ -181,12 +182,14 @@ impl ExecutionPlan for GenerateExec {
     fn execute(
         &self,
         partition: usize,
-        _ctx: Arc<TaskContext>,
+        ctx: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let units = self.groups.get(partition).cloned().unwrap_or_default();
         let generator = Arc::clone(&self.generator);
         let projection = self.projection.clone();
-        let batches = units.into_iter().flat_map(move |u| generator.generate(u));
+        let batches = units
+            .into_iter()
+            .flat_map(move |u| generator.generate(u, &ctx));
         let mut remaining = self.limit.unwrap_or(usize::MAX);
         let iter = batches
             .map(move |b| {
@@ -210,7 +213,14 @@ impl ExecutionPlan for GenerateExec {
                     b
                 }))
             })
-            .map(|r| r.map_err(DataFusionError::from));
+            // a sluice error a generator gave (a row it gave up on) stays
+            // one, so the run reports it as such
+            .map(|r| {
+                r.map_err(|e| match e {
+                    ArrowError::ExternalError(inner) => DataFusionError::External(inner),
+                    e => DataFusionError::from(e),
+                })
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             futures::stream::iter(iter),

@@ -3,6 +3,7 @@
 //! a unit of work is a generator part.
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::TaskContext;
 use serde::Deserialize;
 
 use super::generate::{BatchGenerator, Batches};
@@ -158,7 +159,7 @@ impl BatchGenerator for TpchGenerator {
     fn schema(&self) -> SchemaRef {
         self.table.schema()
     }
-    fn generate(&self, unit: u64) -> Batches {
+    fn generate(&self, unit: u64, _task: &TaskContext) -> Batches {
         self.table.generate(
             self.scale_factor,
             unit as i32,

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::blackhole::BlackholeSink;
 use super::file::{CsvSinkConfig, FileSink, JsonlSinkConfig, ParquetSinkConfig};
+use super::kafka::{KafkaSink, KafkaSinkConfig};
 use super::stdout::{StdoutSink, StdoutSinkConfig};
 use super::{Sink, SinkContext, SinkFactory};
 use crate::error::Result;
@@ -36,6 +37,8 @@ pub enum SinkKind {
     Jsonl(JsonlSinkConfig),
     /// `kind = "stdout"`.
     Stdout(StdoutSinkConfig),
+    /// `kind = "kafka"`.
+    Kafka(KafkaSinkConfig),
     /// `kind = "blackhole"`: reads every row and keeps none.
     Blackhole,
     /// A sink added in code.
@@ -105,6 +108,7 @@ impl SinkConfig {
             SinkKind::Csv(_) => "csv",
             SinkKind::Jsonl(_) => "jsonl",
             SinkKind::Stdout(_) => "stdout",
+            SinkKind::Kafka(_) => "kafka",
             SinkKind::Blackhole => "blackhole",
             SinkKind::Custom(_) => "custom",
         }
@@ -116,7 +120,10 @@ impl SinkConfig {
             SinkKind::Parquet(c) | SinkKind::Delta(c) => Some(&c.files),
             SinkKind::Csv(c) => Some(&c.files),
             SinkKind::Jsonl(c) => Some(&c.files),
-            SinkKind::Stdout(_) | SinkKind::Blackhole | SinkKind::Custom(_) => None,
+            SinkKind::Stdout(_)
+            | SinkKind::Kafka(_)
+            | SinkKind::Blackhole
+            | SinkKind::Custom(_) => None,
         }
     }
 
@@ -150,7 +157,10 @@ impl SinkConfig {
                 SinkKind::Parquet(c) | SinkKind::Delta(c) => c.files = files,
                 SinkKind::Csv(c) => c.files = files,
                 SinkKind::Jsonl(c) => c.files = files,
-                SinkKind::Stdout(_) | SinkKind::Blackhole | SinkKind::Custom(_) => {}
+                SinkKind::Stdout(_)
+                | SinkKind::Kafka(_)
+                | SinkKind::Blackhole
+                | SinkKind::Custom(_) => {}
             }
         }
         Ok(Self { input, kind })
@@ -169,6 +179,7 @@ impl SinkConfig {
             SinkKind::Csv(c) => FileSink::open_csv(name, c, spec, stores),
             SinkKind::Jsonl(c) => FileSink::open_jsonl(name, c, spec, stores),
             SinkKind::Stdout(c) => Ok(Arc::new(StdoutSink::new(name, c.clone()))),
+            SinkKind::Kafka(c) => KafkaSink::open(name, c, spec),
             SinkKind::Blackhole => Ok(Arc::new(BlackholeSink::new(name))),
             SinkKind::Custom(factory) => factory.open(&SinkContext { name, spec }),
         }
@@ -257,6 +268,12 @@ pub(crate) const KINDS: &[Kind] = &[
         files: false,
         keys: fields_of::<StdoutSinkConfig>,
         decode: |t| decode_table(t).map(SinkKind::Stdout),
+    },
+    Kind {
+        name: "kafka",
+        files: false,
+        keys: fields_of::<KafkaSinkConfig>,
+        decode: |t| decode_table(t).map(SinkKind::Kafka),
     },
     Kind {
         name: "blackhole",

@@ -12,6 +12,7 @@ mod config;
 #[cfg(feature = "delta")]
 pub(crate) mod delta;
 mod file;
+mod kafka;
 mod stdout;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ pub use config::DeltaSinkConfig;
 pub(crate) use config::KINDS;
 pub use config::{FileSinkKeys, SinkConfig, SinkKind};
 pub use file::{CsvSinkConfig, JsonlSinkConfig, ParquetSinkConfig};
+pub use kafka::{KafkaSinkConfig, KafkaSinkFormat};
 pub use stdout::StdoutSinkConfig;
 
 use crate::commit_log::{CommittedFile, SourceOffsets};

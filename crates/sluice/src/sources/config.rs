@@ -15,6 +15,7 @@ use super::file::{
     ArrowIpcSourceConfig, CsvSourceConfig, DirSourceConfig, JsonlSourceConfig, ParquetSourceConfig,
 };
 use super::generator::GeneratorSourceConfig;
+use super::kafka::{self, KafkaFormat, KafkaSourceConfig};
 use super::nexmark::NexmarkSourceConfig;
 use super::stdin::StdinSourceConfig;
 use super::tpch::TpchSourceConfig;
@@ -69,6 +70,8 @@ pub enum SourceKind {
     Dir(DirSourceConfig),
     /// `kind = "stdin"`.
     Stdin(StdinSourceConfig),
+    /// `kind = "kafka"`.
+    Kafka(KafkaSourceConfig),
     /// A source added in code.
     Custom(CustomSource),
 }
@@ -111,6 +114,7 @@ kind_into_config! {
     NexmarkSourceConfig => Nexmark,
     DirSourceConfig => Dir,
     StdinSourceConfig => Stdin,
+    KafkaSourceConfig => Kafka,
 }
 
 impl SourceConfig {
@@ -156,15 +160,32 @@ impl SourceConfig {
             return Err(unknown_key(key, &entry.all_keys()));
         }
         let shared: SharedKeys = decode_table(shared)?;
+        let kind = (entry.decode)(table).map_err(|e| with_all_keys(e, &entry.all_keys()))?;
         let event_time = EventTimeKeys {
-            event_time: shared.event_time,
+            event_time: shared.event_time.or_else(|| {
+                // a Kafka source with a watermark is timed by its messages'
+                // timestamps unless it names a column
+                let timed = shared.watermark.is_some()
+                    || shared.idle_timeout.is_some()
+                    || shared.late.is_some();
+                match &kind {
+                    SourceKind::Kafka(k) if timed => Some(
+                        if k.format == KafkaFormat::Raw {
+                            "timestamp"
+                        } else {
+                            kafka::chunk::TIMESTAMP
+                        }
+                        .to_string(),
+                    ),
+                    _ => None,
+                }
+            }),
             watermark: shared.watermark,
             idle_timeout: shared.idle_timeout,
             late: shared.late,
         }
         .config()
         .map_err(|(key, message)| format!("`{key}`: {message}"))?;
-        let kind = (entry.decode)(table).map_err(|e| with_all_keys(e, &entry.all_keys()))?;
         Ok(Self {
             kind,
             lookup: shared.lookup,
@@ -188,6 +209,7 @@ impl SourceConfig {
             SourceKind::Nexmark(c) => nexmark::open(c, ctx),
             SourceKind::Dir(c) => file::open_dir(c, self.on_error, ctx).await,
             SourceKind::Stdin(c) => stdin::open(c, self.on_error, ctx),
+            SourceKind::Kafka(c) => kafka::open(c, self.on_error, ctx).await,
             SourceKind::Custom(CustomSource(factory)) => factory.open(ctx).await,
         }
     }
@@ -207,6 +229,7 @@ impl SourceKind {
             SourceKind::Nexmark(_) => "nexmark",
             SourceKind::Dir(_) => "dir",
             SourceKind::Stdin(_) => "stdin",
+            SourceKind::Kafka(_) => "kafka",
             SourceKind::Custom(_) => "custom",
         }
     }
@@ -331,5 +354,11 @@ pub(crate) const KINDS: &[Kind] = &[
         shared: &["on_error"],
         keys: fields_of::<StdinSourceConfig>,
         decode: |t| decode_table(t).map(SourceKind::Stdin),
+    },
+    Kind {
+        name: "kafka",
+        shared: &["on_error", "checks"],
+        keys: fields_of::<KafkaSourceConfig>,
+        decode: |t| decode_table(t).map(SourceKind::Kafka),
     },
 ];

@@ -16,6 +16,7 @@ use datafusion::arrow::array::{
     StructArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use datafusion::execution::TaskContext;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_contract::SourceProvenance;
@@ -197,7 +198,7 @@ impl BatchGenerator for EventGenerator {
     fn schema(&self) -> SchemaRef {
         events_schema()
     }
-    fn generate(&self, unit: u64) -> Batches {
+    fn generate(&self, unit: u64, _task: &TaskContext) -> Batches {
         let to = (unit + self.chunk).min(self.end);
         Box::new(std::iter::once(self.batch(unit, to)))
     }

@@ -17,6 +17,7 @@ mod delta;
 pub(crate) mod epoch_table;
 mod file;
 mod generator;
+pub(crate) mod kafka;
 mod memory;
 mod nexmark;
 mod stdin;
@@ -48,6 +49,7 @@ pub use file::{
     JsonlSourceConfig, ParquetSourceConfig,
 };
 pub use generator::{GeneratorOffset, GeneratorSourceConfig};
+pub use kafka::{KafkaFormat, KafkaOffset, KafkaSourceConfig, KafkaStart};
 pub use memory::{MemoryOffset, MemorySource};
 pub use nexmark::{NexmarkOffset, NexmarkSourceConfig};
 pub use stdin::{StdinFormat, StdinOffset, StdinSourceConfig};

@@ -67,6 +67,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
+use datafusion::execution::TaskContext;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_contract::SourceProvenance;
@@ -767,7 +768,7 @@ impl BatchGenerator for NexmarkGenerator {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
-    fn generate(&self, unit: u64) -> Batches {
+    fn generate(&self, unit: u64, _task: &TaskContext) -> Batches {
         let to = unit.saturating_add(self.chunk).min(self.end);
         // exactly one batch per unit, even an empty one: an event-time scan
         // reads the partitions' batches round robin to restore the order

@@ -14,7 +14,7 @@
 //! This module holds the formats and the table a slice of files is read as.
 
 mod csv_columns;
-mod decoding;
+pub(crate) mod decoding;
 pub(crate) mod framing;
 mod json_check;
 mod numbers;
