@@ -28,7 +28,7 @@ use crate::error::{RetryHint, SluiceError};
 use crate::metrics::ComponentId;
 use crate::ops::generate::{BatchGenerator, Batches};
 use crate::ops::line_scan::decoding::{Bad, BatchDecoder, CutBuffers};
-use crate::ops::line_scan::framing::csv_field_ranges;
+use crate::ops::line_scan::framing::{Dialect, Framer};
 
 /// The columns every decoded row ends with: where its message was.
 pub(crate) const PARTITION: &str = "_partition";
@@ -143,8 +143,8 @@ pub(crate) enum Decoding {
     /// JSON or CSV values, by the line decoders, plus [`metadata_fields`].
     Lines {
         decoder: BatchDecoder,
-        /// CSV: delimiter, quote and escape (to count a record's fields).
-        csv: Option<(u8, u8, Option<u8>)>,
+        /// CSV: the dialect each message is framed by (one record each).
+        csv: Option<Dialect>,
     },
     /// Every message as it is ([`raw_schema`]).
     Raw,
@@ -326,7 +326,7 @@ fn raw_rows(c: &Chunk, schema: &SchemaRef, rows: Range<usize>) -> Result<RecordB
 /// (with the metadata columns), and the messages refused, in offset order.
 pub(crate) fn decode_rows(
     decoder: &BatchDecoder,
-    csv: Option<(u8, u8, Option<u8>)>,
+    csv: Option<Dialect>,
     c: &Chunk,
     schema: &SchemaRef,
     rows: Range<usize>,
@@ -336,6 +336,7 @@ pub(crate) fn decode_rows(
     let mut refused: Vec<Refused> = Vec::new();
     let mut kept: Vec<usize> = Vec::with_capacity(rows.len());
     let mut scratch = Vec::new();
+    let mut frames = Vec::new();
     for i in rows.clone() {
         let Some(span) = &c.spans[i] else {
             refused.push((
@@ -347,7 +348,25 @@ pub(crate) fn decode_rows(
         };
         let record = trim_line_end(&c.values[span.clone()]);
         let fields = match csv {
-            Some((d, q, e)) => csv_field_ranges(record, d, q, e).len(),
+            // a message is one CSV record: framed alone, so a stray quote
+            // or line break costs this message only
+            Some(dialect) => {
+                frames.clear();
+                Framer::new(dialect, 1).frame(record, true, &mut frames);
+                match frames.as_slice() {
+                    [f] if f.fault.is_none() && f.start == 0 && f.end == record.len() => f.fields,
+                    [f] if f.fault.is_some() => {
+                        let fault = f.fault.map(|f| f.to_string()).unwrap_or_default();
+                        refused.push((i, ErrorCode::Malformed, fault));
+                        continue;
+                    }
+                    other => {
+                        let m = format!("the message holds {} CSV records, not one", other.len());
+                        refused.push((i, ErrorCode::Malformed, m));
+                        continue;
+                    }
+                }
+            }
             None => 0,
         };
         match decoder.precheck(record, fields, &mut scratch) {
@@ -431,4 +450,156 @@ pub(crate) fn decode_rows(
 fn trim_line_end(v: &[u8]) -> &[u8] {
     let v = v.strip_suffix(b"\n").unwrap_or(v);
     v.strip_suffix(b"\r").unwrap_or(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+    use datafusion::arrow::datatypes::Int64Type;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ops::line_scan::{CsvOptions, LineFormat};
+
+    fn declared() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("word", DataType::Utf8, true),
+        ]))
+    }
+
+    fn out_schema() -> SchemaRef {
+        let mut fields: Vec<Field> = declared()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(metadata_fields());
+        Arc::new(Schema::new(fields))
+    }
+
+    /// A message: a good one of `id` (JSON or CSV), or any bytes, or none.
+    #[derive(Debug, Clone)]
+    enum Msg {
+        Good(i64, String),
+        Bytes(Vec<u8>),
+        Tombstone,
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            4 => (any::<i64>(), "[a-z\"\\\\ ,\n\u{2028}é]{0,12}").prop_map(|(i, w)| Msg::Good(i, w)),
+            2 => proptest::collection::vec(any::<u8>(), 0..40).prop_map(Msg::Bytes),
+            1 => Just(Msg::Tombstone),
+        ]
+    }
+
+    fn encode(m: &Msg, csv: bool) -> Option<Vec<u8>> {
+        match m {
+            Msg::Good(i, w) if csv => {
+                Some(format!("{i},\"{}\"", w.replace('"', "\"\"")).into_bytes())
+            }
+            Msg::Good(i, w) => Some(
+                serde_json::json!({"id": i, "word": w})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Msg::Bytes(b) => Some(b.clone()),
+            Msg::Tombstone => None,
+        }
+    }
+
+    fn decode_all(msgs: &[Msg], csv: bool, batch: usize) -> (Vec<RecordBatch>, Vec<Refused>) {
+        let format = if csv {
+            LineFormat::Csv(CsvOptions {
+                has_header: false,
+                newlines_in_values: true,
+                ..CsvOptions::default()
+            })
+        } else {
+            LineFormat::Jsonl
+        };
+        let dialect = format.dialect();
+        let decoder = BatchDecoder::new(format, &declared(), None, 1024).unwrap();
+        let mut c = Chunk::new(Arc::from("t"), 3);
+        for (i, m) in msgs.iter().enumerate() {
+            let v = encode(m, csv);
+            c.push(
+                100 + i as i64,
+                Some(1_700_000_000_000 + i as i64),
+                v.as_deref(),
+                None,
+            );
+        }
+        let mut buffers = CutBuffers::default();
+        let (mut batches, mut refused) = (Vec::new(), Vec::new());
+        for from in (0..msgs.len()).step_by(batch) {
+            let rows = from..(from + batch).min(msgs.len());
+            let (b, r) = decode_rows(
+                &decoder,
+                csv.then_some(dialect),
+                &c,
+                &out_schema(),
+                rows,
+                &mut buffers,
+            )
+            .expect("decoding never fails on what it reads");
+            batches.push(b);
+            refused.extend(r);
+        }
+        (batches, refused)
+    }
+
+    proptest! {
+        /// Every message is a row or refused, never both, never neither;
+        /// a good message is a row with its values and its offset; a
+        /// refused one is named by its index.
+        #[test]
+        fn every_message_is_a_row_or_refused(
+            msgs in proptest::collection::vec(msg(), 0..40),
+            csv in any::<bool>(),
+            batch in 1usize..16,
+        ) {
+            let (batches, refused) = decode_all(&msgs, csv, batch);
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            prop_assert_eq!(rows + refused.len(), msgs.len());
+            let refused_at: Vec<usize> = refused.iter().map(|r| r.0).collect();
+            let mut sorted = refused_at.clone();
+            sorted.dedup();
+            prop_assert_eq!(&sorted, &refused_at, "refused twice or out of order");
+            let mut decoded = Vec::new();
+            for b in &batches {
+                let ids = b.column(0).as_primitive::<Int64Type>();
+                let words = b.column(1).as_string::<i32>();
+                let offsets = b.column(3).as_primitive::<Int64Type>();
+                for r in 0..b.num_rows() {
+                    decoded.push((offsets.value(r), ids.value(r), words.is_valid(r).then(|| words.value(r).to_string())));
+                }
+            }
+            let mut at = 0;
+            for (i, m) in msgs.iter().enumerate() {
+                let is_refused = refused_at.contains(&i);
+                match m {
+                    Msg::Good(id, w) => {
+                        prop_assert!(!is_refused, "a good message {m:?} was refused: {refused:?}");
+                        let (o, got_id, got_w) = &decoded[at];
+                        prop_assert_eq!(*o, 100 + i as i64);
+                        prop_assert_eq!(got_id, id);
+                        // CSV reads an empty field as null
+                        if !(csv && w.is_empty()) {
+                            prop_assert_eq!(got_w.as_deref(), Some(w.as_str()));
+                        }
+                        at += 1;
+                    }
+                    Msg::Tombstone => prop_assert!(is_refused),
+                    Msg::Bytes(_) => {
+                        if !is_refused {
+                            prop_assert_eq!(decoded[at].0, 100 + i as i64);
+                            at += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

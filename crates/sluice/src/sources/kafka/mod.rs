@@ -246,8 +246,9 @@ pub(super) async fn open(
                         newlines_in_values: true,
                         ..CsvOptions::default()
                     };
-                    let csv = Some((o.delimiter, o.quote, o.escape));
-                    (LineFormat::Csv(o), csv)
+                    let format = LineFormat::Csv(o);
+                    let dialect = Some(format.dialect());
+                    (format, dialect)
                 }
                 _ => (LineFormat::Jsonl, None),
             };
