@@ -243,3 +243,226 @@ url = "{}"
         "{t}"
     );
 }
+
+/// A run of the same pipeline as a paused one takes its Kafka sink over:
+/// the paused run (a zombie, SIGSTOP then SIGCONT) is fenced at its next
+/// commit and stops, naming the takeover; every message is in the output
+/// topic once.
+#[test]
+fn a_paused_run_taken_over_is_fenced_and_commits_nothing() {
+    let b = broker();
+    let (input, output) = (topic("zin"), topic("zout"));
+    kafka_tool(&["create", &b, &input, "2"]);
+    kafka_tool(&["create", &b, &output, "2"]);
+    kafka_tool(&["produce", &b, &input, "0", "4000"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = tmp.path().join("zombie.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[pipeline]
+name = "zombie"
+[settings]
+commit_interval = "0s"
+[settings.epoch]
+max_rows = 100
+max_latency = "200ms"
+[sources.in]
+kind = "kafka"
+brokers = "{b}"
+topic = "{input}"
+format = "json"
+columns = [{{ name = "id", type = "bigint", nullable = false }}, {{ name = "word", type = "varchar" }}]
+[sinks.out]
+kind = "kafka"
+input = "in"
+brokers = "{b}"
+topic = "{output}"
+commit_topic = "{output}.commits"
+key = "id"
+"#
+        ),
+    )
+    .unwrap();
+    let p = pipeline.to_str().unwrap();
+    let zombie = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-q", p])
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // paused once it has committed something, mid-run
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let seen: serde_json::Value =
+            serde_json::from_str(&kafka_tool(&["consume", &b, &output])).unwrap();
+        if seen["count"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run committed nothing in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = zombie.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    kafka_tool(&["produce", &b, &input, "4000", "2000"]);
+    // the second run takes over and reads everything
+    ok(sluice(&["run", "-q", "--exit-when-idle", p]));
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = zombie.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the zombie kept running: {stderr}");
+    assert!(stderr.contains("took over"), "the zombie's error: {stderr}");
+    let seen: serde_json::Value =
+        serde_json::from_str(&kafka_tool(&["consume", &b, &output])).unwrap();
+    assert_eq!(seen["count"], 6000, "{}", seen["count"]);
+    assert_eq!(seen["ids"].as_object().unwrap().len(), 6000);
+}
+
+/// Avro in the Confluent wire format, with writer schemas from a
+/// Confluent-compatible registry (a local HTTP server speaking its API):
+/// two writer schemas read as the declared columns, and every bad message
+/// (wrong magic byte, unknown schema id, a body cut short or too long, too
+/// short for a header) dead-lettered with its partition and offset.
+#[test]
+fn avro_messages_read_through_a_schema_registry() {
+    let b = broker();
+    let input = topic("avro");
+    kafka_tool(&["create", &b, &input, "2"]);
+    let bad: serde_json::Value =
+        serde_json::from_str(&kafka_tool(&["produce-avro", &b, &input])).unwrap();
+    let port = super::free_port().to_string();
+    let mut registry = Command::new(python())
+        .arg(root().join("tests/support/kafka_tool.py"))
+        .args(["registry", &port])
+        .spawn()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = tmp.path().join("avro.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[pipeline]
+name = "avro"
+[sources.orders]
+kind = "kafka"
+brokers = "{b}"
+topic = "{input}"
+format = "avro"
+schema_registry = "http://127.0.0.1:{port}"
+columns = [
+  {{ name = "id", type = "bigint", nullable = false }},
+  {{ name = "word", type = "varchar" }},
+  {{ name = "extra", type = "double" }},
+]
+on_error = "dead_letter"
+[sinks.out]
+kind = "parquet"
+input = "orders"
+url = "{out}"
+[dead_letter]
+url = "{dead}"
+"#,
+            out = tmp.path().join("out").display(),
+            dead = tmp.path().join("dead").display(),
+        ),
+    )
+    .unwrap();
+    // the registry answers once it listens
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = sluice(&["run", "-q", "--exit-when-idle", pipeline.to_str().unwrap()]);
+    registry.kill().unwrap();
+    registry.wait().unwrap();
+    ok(o);
+    let r = duckdb_check(&[
+        "query",
+        "--sink",
+        &format!("out={}", tmp.path().join("out").display()),
+        "--sql",
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids, min(id) AS lo, max(id) AS hi, \
+         count(extra) AS extras, sum(CASE WHEN id >= 100 AND extra = id / 2 THEN 1 ELSE 0 END) AS right_extras, \
+         sum(CASE WHEN word = 'w' || id THEN 1 ELSE 0 END) AS right_words FROM out",
+    ]);
+    let row = &r[0];
+    assert_eq!(row["n"], 200, "{r}");
+    assert_eq!(row["ids"], 200, "{r}");
+    assert_eq!(
+        (row["lo"].as_i64(), row["hi"].as_i64()),
+        (Some(0), Some(199)),
+        "{r}"
+    );
+    assert_eq!(row["extras"], 100, "{r}");
+    assert_eq!(
+        row["right_extras"].to_string().trim_matches('"'),
+        "100",
+        "{r}"
+    );
+    assert_eq!(
+        row["right_words"].to_string().trim_matches('"'),
+        "200",
+        "{r}"
+    );
+    let dead = duckdb_check(&[
+        "query",
+        "--sink",
+        &format!("dead={}", tmp.path().join("dead").display()),
+        "--sql",
+        "SELECT file, \"offset\", message FROM dead ORDER BY file, \"offset\"",
+    ]);
+    let got: Vec<(String, u64)> = dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["file"].as_str().unwrap().to_string(),
+                d["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = bad
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                format!("kafka://{input}/{}", m["partition"]),
+                m["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "dead letters: {dead}");
+    let messages = dead.to_string();
+    for m in [
+        "Confluent wire format",
+        "schema id 99",
+        "too long or cut short",
+    ] {
+        assert!(
+            messages.contains(m),
+            "no dead letter says {m:?}: {messages}"
+        );
+    }
+}

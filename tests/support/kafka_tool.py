@@ -13,6 +13,13 @@ independent client: librdkafka through Python, not sluice's code).
        "unparsed": messages that are not JSON objects with an id}
   kafka_tool.py lag BROKERS GROUP TOPIC
       the group's committed offsets per partition, as JSON
+  kafka_tool.py registry PORT
+      a Confluent-compatible schema registry on 127.0.0.1:PORT serving the
+      writer schemas AVRO_SCHEMAS by id (GET /schemas/ids/<id>)
+  kafka_tool.py produce-avro BROKERS TOPIC
+      Avro messages in the Confluent wire format: ids 0..99 written with
+      schema 1, ids 100..199 with schema 2 (a field more), then one bad
+      message of each kind; prints the partition and offset of the bad ones
 """
 
 import json
@@ -30,6 +37,69 @@ BAD = [
     b'[1, 2, 3]',                    # not an object
     b'{"word": "no id"}',            # a required column missing
 ]
+
+
+AVRO_SCHEMAS = {
+    1: {"type": "record", "name": "Order", "fields": [
+        {"name": "id", "type": "long"}, {"name": "word", "type": "string"}]},
+    2: {"type": "record", "name": "Order", "fields": [
+        {"name": "id", "type": "long"}, {"name": "word", "type": "string"},
+        {"name": "extra", "type": ["null", "double"], "default": None}]},
+}
+
+
+def registry(port):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            parts = self.path.strip("/").split("/")
+            if len(parts) == 3 and parts[:2] == ["schemas", "ids"] and parts[2].isdigit() \
+                    and int(parts[2]) in AVRO_SCHEMAS:
+                body = json.dumps({"schema": json.dumps(AVRO_SCHEMAS[int(parts[2])])}).encode()
+                self.send_response(200)
+            else:
+                body = b'{"error_code": 40403, "message": "Schema not found"}'
+                self.send_response(404)
+            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    HTTPServer(("127.0.0.1", int(port)), Handler).serve_forever()
+
+
+def produce_avro(brokers, topic):
+    import io
+    import struct
+    import fastavro
+
+    def frame(schema_id, record):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(AVRO_SCHEMAS[schema_id]), record)
+        return b"\x00" + struct.pack(">I", schema_id) + buf.getvalue()
+
+    p = Producer({"bootstrap.servers": brokers})
+    placed = []
+
+    def report(err, msg):
+        if err is not None:
+            raise RuntimeError(err)
+        if msg.key() == b"bad":
+            placed.append({"partition": msg.partition(), "offset": msg.offset()})
+
+    for i in range(100):
+        p.produce(topic, key=str(i).encode(), value=frame(1, {"id": i, "word": f"w{i}"}), on_delivery=report)
+    for i in range(100, 200):
+        p.produce(topic, key=str(i).encode(), value=frame(2, {"id": i, "word": f"w{i}", "extra": i / 2}),
+                  on_delivery=report)
+    good = frame(1, {"id": 7, "word": "seven"})
+    for bad in [b"\x01" + good[1:], b"\x00\x00\x00\x00\x63" + good[5:], good[:-2], good + b"\x02x", b"\x00\x00"]:
+        p.produce(topic, key=b"bad", value=bad, on_delivery=report)
+    p.flush(60)
+    print(json.dumps(sorted(placed, key=lambda x: (x["partition"], x["offset"]))))
 
 
 def create(brokers, topic, partitions):
@@ -127,5 +197,9 @@ if __name__ == "__main__":
         consume(*args)
     elif cmd == "lag":
         lag(*args)
+    elif cmd == "registry":
+        registry(*args)
+    elif cmd == "produce-avro":
+        produce_avro(*args)
     else:
         sys.exit(f"unknown command {cmd}")

@@ -146,6 +146,8 @@ pub(crate) enum Decoding {
         /// CSV: the dialect each message is framed by (one record each).
         csv: Option<Dialect>,
     },
+    /// Avro in the Confluent wire format, plus [`metadata_fields`].
+    Avro(super::avro::AvroDecoding),
     /// Every message as it is ([`raw_schema`]).
     Raw,
 }
@@ -239,6 +241,11 @@ impl ChunkJob {
                 )?;
                 self.give_up(&refused)?;
                 Ok(batch)
+            }
+            Decoding::Avro(avro) => {
+                let (decoded, refused) = avro.decode(&self.chunk, rows.clone())?;
+                self.give_up(&refused)?;
+                with_metadata(decoded, &self.chunk, &self.schema, rows, &refused)
             }
         }
     }
@@ -407,12 +414,24 @@ pub(crate) fn decode_rows(
         refused.push((kept[b.index], b.code, b.message));
     }
     refused.sort_by_key(|r| r.0);
+    let batch = with_metadata(decoded, c, schema, rows, &refused)?;
+    Ok((batch, refused))
+}
+
+/// The decoded rows of messages `rows` (those not `refused`), followed by
+/// the metadata columns of their messages.
+fn with_metadata(
+    decoded: Option<RecordBatch>,
+    c: &Chunk,
+    schema: &SchemaRef,
+    rows: Range<usize>,
+    refused: &[Refused],
+) -> Result<RecordBatch, ArrowError> {
     let Some(decoded) = decoded else {
-        return Ok((RecordBatch::new_empty(Arc::clone(schema)), refused));
+        return Ok(RecordBatch::new_empty(Arc::clone(schema)));
     };
-    // the metadata columns of the rows that decoded
     let mut good = vec![true; rows.len()];
-    for (i, _, _) in &refused {
+    for (i, _, _) in refused {
         good[i - rows.start] = false;
     }
     let indices: UInt32Array = good
@@ -443,7 +462,7 @@ pub(crate) fn decode_rows(
     columns.push(Arc::new(Int32Array::from(vec![c.partition; n])));
     columns.push(offsets);
     columns.push(times);
-    Ok((RecordBatch::try_new(Arc::clone(schema), columns)?, refused))
+    RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 /// A value without the one line end a producer may have left on it.

@@ -19,6 +19,7 @@
 //! partition's messages of a slice are one unit of the scan, spread over
 //! the plan's partitions.
 
+mod avro;
 pub(crate) mod chunk;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -52,7 +53,8 @@ pub enum KafkaFormat {
     Json,
     /// One CSV record per message (no header).
     Csv,
-    /// Avro in the Confluent wire format (not built yet: refused).
+    /// Avro in the Confluent wire format (a 0 byte, a 4-byte schema id,
+    /// the body).
     Avro,
     /// The message as it is: key, value, headers, topic, partition, offset,
     /// timestamp.
@@ -119,9 +121,14 @@ pub struct KafkaSourceConfig {
     /// CSV field delimiter (default `,`).
     #[serde(default)]
     pub delimiter: Option<String>,
-    /// A Confluent-compatible schema registry (`format = "avro"`).
+    /// A Confluent-compatible schema registry (`format = "avro"`): writer
+    /// schemas by id, `GET <url>/schemas/ids/<id>`.
     #[serde(default)]
     pub schema_registry: Option<String>,
+    /// Writer schemas by id from sluice's registry (`format = "avro"`):
+    /// `{ "17" = "orders@2" }`; looked up before `schema_registry`.
+    #[serde(default)]
+    pub schema_ids: BTreeMap<String, String>,
     /// librdkafka settings passed to the client as they are
     /// (`security.protocol`, `sasl.mechanism`, ...).
     #[serde(default)]
@@ -189,13 +196,7 @@ pub(super) async fn open(
             }
             (chunk::raw_schema(), Decoding::Raw)
         }
-        KafkaFormat::Avro => {
-            return Err(issue(
-                "format",
-                "`avro` is not supported yet; use `json`, `csv` or `raw`".into(),
-            ));
-        }
-        KafkaFormat::Json | KafkaFormat::Csv => {
+        KafkaFormat::Json | KafkaFormat::Csv | KafkaFormat::Avro => {
             let declared = match (&cfg.columns, &cfg.schema) {
                 (Some(cols), None) => schema_from_columns(cols).map_err(|m| issue("columns", m))?,
                 (None, Some(reference)) => {
@@ -229,45 +230,73 @@ pub(super) async fn open(
                     ));
                 }
             }
-            let (format, csv) = match cfg.format {
-                KafkaFormat::Csv => {
-                    let delimiter = match cfg.delimiter.as_deref().unwrap_or(",").as_bytes() {
-                        [b] => *b,
-                        _ => {
-                            return Err(issue(
-                                "delimiter",
-                                "must be exactly one ASCII character".into(),
-                            ));
-                        }
-                    };
-                    let o = CsvOptions {
-                        has_header: false,
-                        delimiter,
-                        newlines_in_values: true,
-                        ..CsvOptions::default()
-                    };
-                    let format = LineFormat::Csv(o);
-                    let dialect = Some(format.dialect());
-                    (format, dialect)
-                }
-                _ => (LineFormat::Jsonl, None),
-            };
             let declared = Arc::new(declared);
-            let decoder = BatchDecoder::new(format, &declared, None, ctx.batch_size)
-                .map_err(|e| issue("columns", e.to_string()))?;
             let mut fields: Vec<_> = declared
                 .fields()
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect();
             fields.extend(chunk::metadata_fields());
-            (
-                Arc::new(Schema::new_with_metadata(
-                    fields,
-                    declared.metadata().clone(),
-                )),
-                Decoding::Lines { decoder, csv },
-            )
+            let schema = Arc::new(Schema::new_with_metadata(
+                fields,
+                declared.metadata().clone(),
+            ));
+            if cfg.format == KafkaFormat::Avro {
+                let schemas = Arc::new(avro::WriterSchemas::default());
+                for (id, reference) in &cfg.schema_ids {
+                    let id: u32 = id.parse().map_err(|_| {
+                        issue(
+                            "schema_ids",
+                            format!("`{id}` is not a schema id (a number)"),
+                        )
+                    })?;
+                    let registered = ctx
+                        .spec
+                        .registry()
+                        .get(reference)
+                        .map_err(|e| issue("schema_ids", e.to_string()))?;
+                    let writer = arrow_avro::schema::AvroSchema::try_from(&registered.schema)
+                        .map_err(|e| {
+                            issue("schema_ids", format!("`{reference}` has no Avro form: {e}"))
+                        })?;
+                    schemas.insert(id, writer);
+                }
+                if cfg.schema_ids.is_empty() && cfg.schema_registry.is_none() {
+                    return Err(issue(
+                        "schema_registry",
+                        "`format = \"avro\"` needs `schema_registry` or `schema_ids` (where writer schemas are found by id)".into(),
+                    ));
+                }
+                let decoding = Decoding::Avro(avro::AvroDecoding { declared, schemas });
+                (schema, decoding)
+            } else {
+                let (format, csv) = match cfg.format {
+                    KafkaFormat::Csv => {
+                        let delimiter = match cfg.delimiter.as_deref().unwrap_or(",").as_bytes() {
+                            [b] => *b,
+                            _ => {
+                                return Err(issue(
+                                    "delimiter",
+                                    "must be exactly one ASCII character".into(),
+                                ));
+                            }
+                        };
+                        let o = CsvOptions {
+                            has_header: false,
+                            delimiter,
+                            newlines_in_values: true,
+                            ..CsvOptions::default()
+                        };
+                        let format = LineFormat::Csv(o);
+                        let dialect = Some(format.dialect());
+                        (format, dialect)
+                    }
+                    _ => (LineFormat::Jsonl, None),
+                };
+                let decoder = BatchDecoder::new(format, &declared, None, ctx.batch_size)
+                    .map_err(|e| issue("columns", e.to_string()))?;
+                (schema, Decoding::Lines { decoder, csv })
+            }
         }
     };
     let group = cfg
@@ -320,6 +349,7 @@ pub(super) async fn open(
         target_partitions: ctx.target_partitions,
         batch_size: ctx.batch_size,
         on_error,
+        schema_registry: cfg.schema_registry.clone(),
     }))
 }
 
@@ -354,6 +384,8 @@ struct KafkaSource {
     target_partitions: usize,
     batch_size: usize,
     on_error: OnError,
+    /// `format = "avro"`: where unknown schema ids are looked up.
+    schema_registry: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -549,6 +581,45 @@ impl KafkaSource {
         }
     }
 
+    /// `format = "avro"`: looks up in the registry every schema id of
+    /// `chunks` not known yet. An id the registry lacks stays unknown (its
+    /// messages go to `on_error`); a registry that cannot be reached fails
+    /// the read.
+    async fn resolve_schema_ids(&self, chunks: &BTreeMap<(String, i32), Chunk>) -> Result<()> {
+        let (Decoding::Avro(avro), Some(registry)) =
+            (self.decoding.as_ref(), &self.schema_registry)
+        else {
+            return Ok(());
+        };
+        let mut unknown = std::collections::BTreeSet::new();
+        for c in chunks.values() {
+            for s in c.spans.iter().flatten() {
+                if let Some(id) = avro::schema_id(&c.values[s.clone()])
+                    && !avro.schemas.contains(id)
+                {
+                    unknown.insert(id);
+                }
+            }
+        }
+        for id in unknown {
+            let found =
+                avro::fetch_schema(registry, id)
+                    .await
+                    .map_err(|m| SluiceError::Source {
+                        source_name: self.name.clone(),
+                        file: None,
+                        line: None,
+                        message: m,
+                        retry: RetryHint::WithBackoff,
+                        cause: None,
+                    })?;
+            if let Some(schema) = found {
+                avro.schemas.insert(id, schema);
+            }
+        }
+        Ok(())
+    }
+
     fn message_error(&self, e: rdkafka::error::KafkaError) -> SluiceError {
         self.error("cannot read a message", e)
     }
@@ -646,6 +717,7 @@ impl Source for KafkaSource {
             }
         }
         self.warm_until = None;
+        self.resolve_schema_ids(&chunks).await?;
         let kept = Kept {
             start,
             end: position.clone(),
@@ -739,6 +811,7 @@ impl Source for KafkaSource {
                 }
             }
         }
+        self.resolve_schema_ids(&chunks).await?;
         let kept = Kept {
             start: start.clone(),
             end: end.clone(),
