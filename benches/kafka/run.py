@@ -59,8 +59,8 @@ def start_broker():
 
 def create(brokers, topic, partitions):
     from confluent_kafka.admin import AdminClient, NewTopic
-    fs = AdminClient({"bootstrap.servers": brokers}).create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin = AdminClient({"bootstrap.servers": brokers})  # kept alive until the topic exists
+    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     for f in fs.values():
         f.result(30)
 

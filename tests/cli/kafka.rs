@@ -466,3 +466,87 @@ url = "{dead}"
         );
     }
 }
+
+/// Windows on Kafka: timed by the messages' timestamps (a `watermark` and no
+/// `event_time`), into a Kafka sink that keeps its windows' state in
+/// `state_url`. Killed runs emit the same windows, with the same counts, as
+/// a clean run.
+#[test]
+fn windows_over_kafka_timestamps_survive_kills_with_their_state() {
+    let b = broker();
+    let (input, clean, killed) = (topic("win"), topic("win-clean"), topic("win-killed"));
+    kafka_tool(&["create", &b, &input, "1"]);
+    kafka_tool(&["create", &b, &clean, "1"]);
+    kafka_tool(&["create", &b, &killed, "1"]);
+    // 6,000 messages 10 ms apart: 60 one-second windows
+    kafka_tool(&["produce", &b, &input, "0", "6000", "--ts-step", "10"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = tmp.path().join("windows.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[pipeline]
+name = "kafka_windows"
+[settings]
+commit_interval = "0s"
+[settings.epoch]
+max_rows = 100
+max_latency = "200ms"
+[sources.orders]
+kind = "kafka"
+brokers = "{b}"
+topic = "{input}"
+format = "json"
+columns = [{{ name = "id", type = "bigint", nullable = false }}, {{ name = "word", type = "varchar" }}]
+watermark = "1s"
+[stages.per_second]
+kind = "sql"
+inputs = ["orders"]
+query = "SELECT date_bin(INTERVAL '1 second', _timestamp) AS second, count(*) AS n, sum(id) AS ids FROM orders GROUP BY date_bin(INTERVAL '1 second', _timestamp)"
+[sinks.out]
+kind = "kafka"
+input = "per_second"
+brokers = "{b}"
+topic = "unset"
+"#
+        ),
+    )
+    .unwrap();
+    let args = |out: &str, state: &str| -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "run".into(),
+            "-q".into(),
+            "--exit-when-idle".into(),
+            pipeline.to_string_lossy().into_owned(),
+        ];
+        for s in [
+            format!("sinks.out.topic=\"{out}\""),
+            format!("sinks.out.commit_topic=\"{out}.commits\""),
+            format!(
+                "sinks.out.state_url=\"{}\"",
+                tmp.path().join(state).display()
+            ),
+        ] {
+            a.push("--set".into());
+            a.push(s);
+        }
+        a
+    };
+    finish(&args(&clean, "clean_state"), &[]);
+    let killed_args = args(&killed, "killed_state");
+    let runs = kill_repeatedly(&killed_args, &[], 10, 23);
+    finish(&killed_args, &[]);
+    eprintln!("{runs} runs, 10 of them killed with SIGKILL");
+    let rows = |t: &str| -> serde_json::Value {
+        let seen: serde_json::Value =
+            serde_json::from_str(&kafka_tool(&["consume", &b, t])).unwrap();
+        seen["rows"].clone()
+    };
+    let (want, got) = (rows(&clean), rows(&killed));
+    // the last window is still open (the topic does not end): 59 closed
+    assert!(want.as_array().unwrap().len() >= 58, "clean run: {want}");
+    assert_eq!(
+        got, want,
+        "windows of the killed runs differ from the clean run's"
+    );
+}

@@ -5,12 +5,14 @@ independent client: librdkafka through Python, not sluice's code).
   kafka_tool.py produce BROKERS TOPIC FIRST COUNT [--bad N]
       JSON messages {"id": i, "word": "w<i % 13>"} keyed by id, for i in
       FIRST..FIRST+COUNT; with --bad, N malformed messages more (one of
-      each kind: broken JSON, a wrong type, a tombstone, ...). Prints the
-      partition and offset of every bad message as JSON.
+      each kind: broken JSON, a wrong type, a tombstone, ...); with
+      --ts-step MS, message i has the timestamp 2023-11-14T22:13:20Z + i*MS.
+      Prints the partition and offset of every bad message as JSON.
   kafka_tool.py consume BROKERS TOPIC
       every message a read_committed consumer sees, as JSON:
       {"count": n, "ids": {id: times}, "headers": {...first message's},
-       "unparsed": messages that are not JSON objects with an id}
+       "unparsed": messages that are not JSON objects with an id,
+       "rows": every JSON message, sorted}
   kafka_tool.py lag BROKERS GROUP TOPIC
       the group's committed offsets per partition, as JSON
   kafka_tool.py registry PORT
@@ -109,7 +111,7 @@ def create(brokers, topic, partitions):
         f.result(30)
 
 
-def produce(brokers, topic, first, count, bad=0):
+def produce(brokers, topic, first, count, bad=0, ts_step=None):
     p = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "enable.idempotence": True})
     placed = []
 
@@ -120,7 +122,9 @@ def produce(brokers, topic, first, count, bad=0):
             placed.append({"partition": msg.partition(), "offset": msg.offset()})
 
     for i in range(int(first), int(first) + int(count)):
-        p.produce(topic, key=str(i).encode(), value=json.dumps({"id": i, "word": f"w{i % 13}"}).encode(), on_delivery=report)
+        extra = {} if ts_step is None else {"timestamp": 1_700_000_000_000 + i * int(ts_step)}
+        p.produce(topic, key=str(i).encode(), value=json.dumps({"id": i, "word": f"w{i % 13}"}).encode(),
+                  on_delivery=report, **extra)
         p.poll(0)
     for k in range(int(bad)):
         p.produce(topic, key=b"bad", value=BAD[k % len(BAD)], headers=[("bad", b"1")], on_delivery=report)
@@ -146,7 +150,7 @@ def consume(brokers, topic):
         ends[tp.partition] = hi
     tps = [TopicPartition(topic, p, 0) for p in ends]
     c.assign(tps)
-    ids, count, headers, unparsed = {}, 0, None, 0
+    ids, count, headers, unparsed, rows = {}, 0, None, 0, []
     idle_since = time.time()
     while time.time() - idle_since < 5:
         m = c.poll(0.5)
@@ -161,8 +165,11 @@ def consume(brokers, topic):
         idle_since = time.time()
         try:
             row = json.loads(m.value())
-            row["id"]
         except Exception:
+            unparsed += 1
+            continue
+        rows.append(row)
+        if not isinstance(row, dict) or "id" not in row:
             unparsed += 1
             continue
         ids[str(row["id"])] = ids.get(str(row["id"]), 0) + 1
@@ -170,7 +177,8 @@ def consume(brokers, topic):
         if headers is None:
             headers = {k: v.decode() for k, v in (m.headers() or [])}
     c.close()
-    print(json.dumps({"count": count, "ids": ids, "headers": headers or {}, "unparsed": unparsed}))
+    print(json.dumps({"count": count, "ids": ids, "headers": headers or {}, "unparsed": unparsed,
+                      "rows": sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))}))
 
 
 def lag(brokers, group, topic):
@@ -187,12 +195,13 @@ if __name__ == "__main__":
     if cmd == "create":
         create(*args)
     elif cmd == "produce":
-        bad = 0
-        if "--bad" in args:
-            i = args.index("--bad")
-            bad = args[i + 1]
-            args = args[:i] + args[i + 2:]
-        produce(*args, bad=bad)
+        opts = {}
+        for flag, key in (("--bad", "bad"), ("--ts-step", "ts_step")):
+            if flag in args:
+                i = args.index(flag)
+                opts[key] = args[i + 1]
+                args = args[:i] + args[i + 2:]
+        produce(*args, **opts)
     elif cmd == "consume":
         consume(*args)
     elif cmd == "lag":

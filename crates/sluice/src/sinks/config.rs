@@ -179,7 +179,7 @@ impl SinkConfig {
             SinkKind::Csv(c) => FileSink::open_csv(name, c, spec, stores),
             SinkKind::Jsonl(c) => FileSink::open_jsonl(name, c, spec, stores),
             SinkKind::Stdout(c) => Ok(Arc::new(StdoutSink::new(name, c.clone()))),
-            SinkKind::Kafka(c) => KafkaSink::open(name, c, spec),
+            SinkKind::Kafka(c) => KafkaSink::open(name, c, spec, stores),
             SinkKind::Blackhole => Ok(Arc::new(BlackholeSink::new(name))),
             SinkKind::Custom(factory) => factory.open(&SinkContext { name, spec }),
         }

@@ -49,6 +49,12 @@ use crate::kafka::{
 };
 use crate::spec::PipelineSpec;
 use crate::spec::values::HumanDuration;
+use crate::storage::{Location, StoreRegistry};
+
+/// The schema metadata every message carries as headers (besides the
+/// epoch's `traceparent`): small, and what a consumer needs to know what it
+/// reads and where it came from.
+const HEADERS: &[&str] = &["sluice.schema", "sluice.schema.version", "sluice.lineage"];
 
 fn default_commit_topic() -> String {
     "sluice.commits".into()
@@ -86,6 +92,11 @@ pub struct KafkaSinkConfig {
     /// broker caps it with `transaction.max.timeout.ms`, 15 min by default).
     #[serde(default)]
     pub transaction_timeout: Option<HumanDuration>,
+    /// A folder or URL where the state of windowed operators feeding the
+    /// sink is kept across restarts (relative to the pipeline file); absent:
+    /// in memory only.
+    #[serde(default)]
+    pub state_url: Option<String>,
     /// librdkafka settings passed to the producer as they are.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -115,6 +126,10 @@ pub(crate) struct KafkaSink {
     /// Encoded epochs by commit group.
     pending: Mutex<BTreeMap<u64, Vec<Encoded>>>,
     timeout: Duration,
+    /// `init_transactions` is called once per producer (a second call fails).
+    initialized: std::sync::atomic::AtomicBool,
+    /// Where operator state is kept (`state_url`).
+    state: Option<crate::state::StateStore>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -131,6 +146,7 @@ impl KafkaSink {
         name: &str,
         cfg: &KafkaSinkConfig,
         spec: &PipelineSpec,
+        stores: &StoreRegistry,
     ) -> Result<Arc<dyn Sink>> {
         let issue =
             |k: &str, m: &str| SluiceError::spec(spec.issue(format!("sinks.{name}.{k}"), m));
@@ -143,6 +159,25 @@ impl KafkaSink {
         if timeout < Duration::from_secs(1) {
             return Err(issue("transaction_timeout", "must be at least 1s"));
         }
+        let state = match &cfg.state_url {
+            Some(url) => {
+                let location = Location::parse(url, &spec.base_dir).map_err(|m| {
+                    SluiceError::spec(spec.issue(format!("sinks.{name}.state_url"), m))
+                })?;
+                let store = stores
+                    .store_for(&location, &spec.settings.s3)
+                    .map_err(|m| {
+                        SluiceError::spec(spec.issue(format!("sinks.{name}.state_url"), m))
+                    })?;
+                Some(crate::state::StateStore::new(
+                    name,
+                    &location.url(),
+                    store,
+                    location.prefix,
+                ))
+            }
+            None => None,
+        };
         let client = client_config(&cfg.brokers, &cfg.options);
         let mut producer_config = client.clone();
         producer_config
@@ -173,6 +208,8 @@ impl KafkaSink {
             client,
             pending: Mutex::new(BTreeMap::new()),
             timeout,
+            initialized: std::sync::atomic::AtomicBool::new(false),
+            state,
         }))
     }
 
@@ -438,6 +475,10 @@ impl Sink for KafkaSink {
         format!("kafka://{}/{}", self.cfg.brokers, self.cfg.topic)
     }
 
+    fn state_store(&self) -> Option<crate::state::StateStore> {
+        self.state.clone()
+    }
+
     async fn check_reachable(&self) -> Result<()> {
         let consumer = Arc::new(
             plain_consumer(&self.client)
@@ -454,11 +495,15 @@ impl Sink for KafkaSink {
         self.ensure_commit_topic().await?;
         // fences any earlier run and aborts its open transaction, so the
         // commit log below is read up to its end
-        let producer = Arc::clone(&self.producer);
-        let timeout = self.timeout.max(REQUEST_TIMEOUT);
-        blocking(move || producer.init_transactions(timeout))
-            .await
-            .map_err(|e| self.kafka_err("cannot start the transactional producer", e))?;
+        if !self.initialized.load(std::sync::atomic::Ordering::Acquire) {
+            let producer = Arc::clone(&self.producer);
+            let timeout = self.timeout.max(REQUEST_TIMEOUT);
+            blocking(move || producer.init_transactions(timeout))
+                .await
+                .map_err(|e| self.kafka_err("cannot start the transactional producer", e))?;
+            self.initialized
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let commits = self.read_log().await?;
         Ok(Recovered {
             log: SinkLog::durable(commits.into_iter().map(Commit::into_range).collect()),
@@ -469,9 +514,9 @@ impl Sink for KafkaSink {
     async fn write(&self, output: EpochOutput) -> Result<u64> {
         let mut encoded = Encoded::default();
         let schema = output.schema();
-        for (k, v) in schema.metadata() {
-            if k.starts_with("sluice.") {
-                encoded.headers.push((k.clone(), v.as_bytes().to_vec()));
+        for k in HEADERS {
+            if let Some(v) = schema.metadata().get(*k) {
+                encoded.headers.push((k.to_string(), v.as_bytes().to_vec()));
             }
         }
         if let Ok(binding) = EpochBinding::of_task(&output.task)

@@ -311,7 +311,17 @@ pub(super) async fn open(
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
         // a committed offset that retention deleted fails the run
-        .set("auto.offset.reset", "error");
+        .set("auto.offset.reset", "error")
+        // librdkafka waits 1 s before fetching again once its queue holds
+        // `queued.min.messages`; a consumer that drains it in bursts (an
+        // epoch at a time) then idles: ask again after 10 ms, with more
+        // queued, so a backlog is read at the speed it is decoded
+        .set("fetch.queue.backoff.ms", "10")
+        .set("queued.min.messages", "500000");
+    // the user's settings win
+    for (k, v) in &cfg.options {
+        config.set(k, v);
+    }
     let consumer: StreamConsumer = config
         .create()
         .map_err(|e| source_error(ctx.name, None, "cannot create the Kafka consumer", e))?;
