@@ -346,12 +346,7 @@ fn avro_messages_read_through_a_schema_registry() {
     kafka_tool(&["create", &b, &input, "2"]);
     let bad: serde_json::Value =
         serde_json::from_str(&kafka_tool(&["produce-avro", &b, &input])).unwrap();
-    let port = super::free_port().to_string();
-    let mut registry = Command::new(python())
-        .arg(root().join("tests/support/kafka_tool.py"))
-        .args(["registry", &port])
-        .spawn()
-        .unwrap();
+    let (mut registry, url) = start_registry();
     let tmp = tempfile::tempdir().unwrap();
     let pipeline = tmp.path().join("avro.toml");
     std::fs::write(
@@ -364,7 +359,7 @@ kind = "kafka"
 brokers = "{b}"
 topic = "{input}"
 format = "avro"
-schema_registry = "http://127.0.0.1:{port}"
+schema_registry = "{url}"
 columns = [
   {{ name = "id", type = "bigint", nullable = false }},
   {{ name = "word", type = "varchar" }},
@@ -383,15 +378,6 @@ url = "{dead}"
         ),
     )
     .unwrap();
-    // the registry answers once it listens
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the registry did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     let o = sluice(&["run", "-q", "--exit-when-idle", pipeline.to_str().unwrap()]);
     registry.kill().unwrap();
     registry.wait().unwrap();
@@ -548,5 +534,384 @@ topic = "unset"
     assert_eq!(
         got, want,
         "windows of the killed runs differ from the clean run's"
+    );
+}
+
+/// A worker of the scale-out test: `sluice run` of `pipeline`, its log
+/// (`SLUICE_LOG=info`) in `log`.
+fn worker(pipeline: &Path, log: &Path, env: &[(&str, &str)]) -> std::process::Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.args(["run", "-q", pipeline.to_str().unwrap()])
+        .current_dir(root())
+        .env("SLUICE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+/// Kills the workers still running when a test ends (a failed assertion
+/// must not leave them consuming).
+#[derive(Default)]
+struct Reaper(Vec<u32>);
+
+impl Reaper {
+    fn watch(&mut self, child: std::process::Child) -> std::process::Child {
+        self.0.push(child.id());
+        child
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Rows the parquet sink `dir` has committed (0 before its first commit).
+fn committed_rows(dir: &Path) -> u64 {
+    let commits = dir.join("_sluice/commits");
+    let Ok(entries) = std::fs::read_dir(&commits) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|c| c["rows"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Waits up to `secs` for `cond`.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// How many partitions the newest assignment in a worker's log holds.
+fn partitions_held(log: &Path) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rfind(|l| l.contains("the consumer group assigned partitions"))
+        .map_or(0, |l| l.matches("(\"").count())
+}
+
+/// Scale-out: workers of one consumer group share a topic's six partitions
+/// and commit into one Parquet sink, while messages keep coming.
+///
+/// - **The zombie.** Worker z stops itself (SIGSTOP, the
+///   `stop_before_commit` failpoint) with its first epoch sealed and not
+///   committed. Its session times out, worker b takes all six partitions
+///   and commits them past z's epoch. Then z is resumed, and commits: the
+///   shared log must refuse it (z rewinds, and says so).
+/// - **Kills and a new worker.** Worker a is killed (SIGKILL) and restarted
+///   six times; worker c joins after the second kill.
+///
+/// Every message is committed exactly once over the union (DuckDB reads
+/// the committed files).
+#[test]
+fn workers_of_a_consumer_group_share_the_partitions_exactly_once() {
+    let b = broker();
+    let input = topic("shared");
+    kafka_tool(&["create", &b, &input, "6"]);
+    kafka_tool(&["produce", &b, &input, "0", "10000"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let files = tmp.path().join("files");
+    let pipeline = tmp.path().join("group.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[pipeline]
+name = "scaleout"
+[settings]
+commit_interval = "0s"
+[settings.epoch]
+max_rows = 200
+max_latency = "200ms"
+[sources.orders]
+kind = "kafka"
+brokers = "{b}"
+topic = "{input}"
+group = "{input}.workers"
+assignment = "group"
+format = "json"
+columns = [{{ name = "id", type = "bigint", nullable = false }}, {{ name = "word", type = "varchar" }}]
+options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+[stages.tagged]
+kind = "sql"
+inputs = ["orders"]
+query = "SELECT id, word, _partition, _offset FROM orders"
+[sinks.files]
+kind = "parquet"
+input = "tagged"
+url = "{}"
+"#,
+            files.display()
+        ),
+    )
+    .unwrap();
+    let log = |name: &str| tmp.path().join(format!("{name}.log"));
+    let pause = |ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms));
+    // 30,000 more messages while the workers run
+    let producer = {
+        let (b, input) = (b.clone(), input.clone());
+        std::thread::spawn(move || {
+            for i in 0..30u64 {
+                std::thread::sleep(std::time::Duration::from_millis(700));
+                kafka_tool(&[
+                    "produce",
+                    &b,
+                    &input,
+                    &(10_000 + i * 1_000).to_string(),
+                    "1000",
+                ]);
+            }
+        })
+    };
+
+    let mut reaper = Reaper::default();
+    // the zombie
+    let wb = reaper.watch(worker(&pipeline, &log("b"), &[]));
+    wait_for(60, "worker b commits", || committed_rows(&files) > 0);
+    let zombie = reaper.watch(worker(
+        &pipeline,
+        &log("zombie"),
+        &[("SLUICE_FAILPOINT", "stop_before_commit")],
+    ));
+    wait_for(
+        60,
+        "the zombie stops itself before its first commit",
+        || {
+            std::fs::read_to_string(format!("/proc/{}/stat", zombie.id())).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('T'))
+            })
+        },
+    );
+    wait_for(60, "worker b takes the zombie's partitions", || {
+        partitions_held(&log("b")) == 6
+    });
+    let before = committed_rows(&files);
+    wait_for(30, "worker b commits the zombie's partitions", || {
+        committed_rows(&files) > before + 1000
+    });
+    signal(&zombie, "-CONT");
+
+    // kills, and a worker more
+    let mut a = reaper.watch(worker(&pipeline, &log("a0"), &[]));
+    let mut c = None;
+    let mut rng = 0x5eed_u64;
+    for round in 1..=6 {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        pause(1000 + (rng >> 33) % 2000);
+        a.kill().unwrap(); // SIGKILL
+        a.wait().unwrap();
+        a = reaper.watch(worker(&pipeline, &log(&format!("a{round}")), &[]));
+        if round == 2 {
+            c = Some(reaper.watch(worker(&pipeline, &log("c"), &[])));
+        }
+    }
+    producer.join().unwrap();
+    let n = 40_000;
+    wait_for(180, "every message committed", || {
+        committed_rows(&files) >= n
+    });
+    // (a worker restarted a moment ago may not handle SIGTERM yet)
+    pause(3000);
+    let mut workers = vec![("a6", a), ("b", wb), ("zombie", zombie)];
+    workers.extend(c.map(|c| ("c", c)));
+    for (_, w) in &workers {
+        signal(w, "-TERM");
+    }
+    for (name, w) in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "worker {name} failed to stop ({:?}):\n{}",
+            out.status,
+            std::fs::read_to_string(log(name)).unwrap_or_default()
+        );
+    }
+
+    let r = duckdb_check(&[
+        "query",
+        "--sink",
+        &format!("files={}", files.display()),
+        "--sql",
+        "SELECT count(*) AS rows, count(DISTINCT id) AS ids, min(id) AS lo, max(id) AS hi, \
+         count(DISTINCT (_partition, _offset)) AS positions FROM files",
+    ]);
+    let row = &r[0];
+    assert_eq!(row["rows"], n, "{r}");
+    assert_eq!(row["ids"], n, "{r}");
+    assert_eq!(row["positions"], n, "{r}");
+    assert_eq!(row["lo"], 0, "{r}");
+    assert_eq!(row["hi"], n - 1, "{r}");
+    // the zombie's epoch was refused by the log, and it went on from there
+    let zombie_log = std::fs::read_to_string(log("zombie")).unwrap();
+    assert!(
+        zombie_log.contains("another worker committed")
+            && zombie_log.contains("rewinding to the shared log"),
+        "the zombie's commit was not refused:\n{zombie_log}"
+    );
+}
+
+/// Starts `kafka_tool.py registry` on a free port; returns it and its URL
+/// once it answers.
+fn start_registry() -> (std::process::Child, String) {
+    let port = super::free_port().to_string();
+    let registry = Command::new(python())
+        .arg(root().join("tests/support/kafka_tool.py"))
+        .args(["registry", &port])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (registry, format!("http://127.0.0.1:{port}"))
+}
+
+/// The sink's Avro: rows written in the Confluent wire format with a writer
+/// schema sluice registers, read back by fastavro (an independent reader)
+/// with the registry's schema, and by sluice's own Avro source.
+#[test]
+fn a_kafka_sink_writes_avro_with_a_registered_schema() {
+    let b = broker();
+    let (input, output) = (topic("to-avro"), topic("avro-out"));
+    kafka_tool(&["create", &b, &input, "2"]);
+    kafka_tool(&["create", &b, &output, "2"]);
+    kafka_tool(&["produce", &b, &input, "0", "3000"]);
+    let (mut registry, url) = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let write = tmp.path().join("write.toml");
+    std::fs::write(
+        &write,
+        format!(
+            r#"[pipeline]
+name = "avro_sink"
+[sources.orders]
+kind = "kafka"
+brokers = "{b}"
+topic = "{input}"
+format = "json"
+columns = [{{ name = "id", type = "bigint", nullable = false }}, {{ name = "word", type = "varchar" }}]
+[stages.shouted]
+kind = "sql"
+inputs = ["orders"]
+query = "SELECT id, upper(word) AS word, _partition AS part FROM orders"
+[sinks.out]
+kind = "kafka"
+input = "shouted"
+brokers = "{b}"
+topic = "{output}"
+commit_topic = "{output}.commits"
+key = "id"
+format = "avro"
+schema_registry = "{url}"
+"#
+        ),
+    )
+    .unwrap();
+    let read = tmp.path().join("read.toml");
+    std::fs::write(
+        &read,
+        format!(
+            r#"[pipeline]
+name = "avro_back"
+[sources.shouted]
+kind = "kafka"
+brokers = "{b}"
+topic = "{output}"
+format = "avro"
+schema_registry = "{url}"
+columns = [{{ name = "id", type = "bigint", nullable = false }}, {{ name = "word", type = "varchar" }}, {{ name = "part", type = "int" }}]
+[sinks.files]
+kind = "parquet"
+input = "shouted"
+url = "{}"
+"#,
+            tmp.path().join("files").display()
+        ),
+    )
+    .unwrap();
+    let wrote = sluice(&["run", "-q", "--exit-when-idle", write.to_str().unwrap()]);
+    let seen = Command::new(python())
+        .arg(root().join("tests/support/kafka_tool.py"))
+        .args(["consume", &b, &output, "--avro", &url])
+        .output()
+        .unwrap();
+    let back = sluice(&["run", "-q", "--exit-when-idle", read.to_str().unwrap()]);
+    let subjects = Command::new(python())
+        .args([
+            "-c",
+            &format!("import urllib.request; print(urllib.request.urlopen('{url}/subjects').read().decode())"),
+        ])
+        .output()
+        .unwrap();
+    registry.kill().unwrap();
+    registry.wait().unwrap();
+    ok(wrote);
+    ok(back);
+    assert!(seen.status.success(), "{}", text(&seen));
+    let seen: serde_json::Value = serde_json::from_slice(&seen.stdout).unwrap();
+    assert_eq!(seen["count"], 3000, "{}", seen["count"]);
+    assert_eq!(seen["unparsed"], 0);
+    let rows = seen["rows"].as_array().unwrap();
+    for r in rows {
+        let id = r["id"].as_u64().unwrap();
+        assert_eq!(r["word"], format!("W{}", id % 13), "{r}");
+        assert!(r["part"].as_u64().unwrap() < 2, "{r}");
+    }
+    assert_eq!(seen["ids"].as_object().unwrap().len(), 3000);
+    assert!(
+        String::from_utf8_lossy(&subjects.stdout).contains(&format!("{output}-value")),
+        "the writer schema is registered under <topic>-value: {}",
+        text(&subjects)
+    );
+    let r = duckdb_check(&[
+        "query",
+        "--sink",
+        &format!("files={}", tmp.path().join("files").display()),
+        "--sql",
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids, \
+         sum(CASE WHEN word = 'W' || (id % 13) THEN 1 ELSE 0 END) AS right_words FROM files",
+    ]);
+    assert_eq!(r[0]["n"], 3000, "{r}");
+    assert_eq!(r[0]["ids"], 3000, "{r}");
+    assert_eq!(
+        r[0]["right_words"].to_string().trim_matches('"'),
+        "3000",
+        "{r}"
     );
 }

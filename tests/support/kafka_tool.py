@@ -8,8 +8,10 @@ independent client: librdkafka through Python, not sluice's code).
       each kind: broken JSON, a wrong type, a tombstone, ...); with
       --ts-step MS, message i has the timestamp 2023-11-14T22:13:20Z + i*MS.
       Prints the partition and offset of every bad message as JSON.
-  kafka_tool.py consume BROKERS TOPIC
-      every message a read_committed consumer sees, as JSON:
+  kafka_tool.py consume BROKERS TOPIC [--avro REGISTRY_URL]
+      every message a read_committed consumer sees, as JSON (with --avro,
+      values in the Confluent wire format, decoded by fastavro with the
+      writer schema the registry has for their id):
       {"count": n, "ids": {id: times}, "headers": {...first message's},
        "unparsed": messages that are not JSON objects with an id,
        "rows": every JSON message, sorted}
@@ -17,7 +19,9 @@ independent client: librdkafka through Python, not sluice's code).
       the group's committed offsets per partition, as JSON
   kafka_tool.py registry PORT
       a Confluent-compatible schema registry on 127.0.0.1:PORT serving the
-      writer schemas AVRO_SCHEMAS by id (GET /schemas/ids/<id>)
+      writer schemas AVRO_SCHEMAS by id (GET /schemas/ids/<id>), and
+      registering new ones (POST /subjects/<subject>/versions, ids from
+      1000; GET /subjects lists the subjects)
   kafka_tool.py produce-avro BROKERS TOPIC
       Avro messages in the Confluent wire format: ids 0..99 written with
       schema 1, ids 100..199 with schema 2 (a field more), then one bad
@@ -53,19 +57,42 @@ AVRO_SCHEMAS = {
 def registry(port):
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
+    schemas = {i: json.dumps(v) for i, v in AVRO_SCHEMAS.items()}
+    subjects = {}
+
     class Handler(BaseHTTPRequestHandler):
+        def answer(self, status, body):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
         def do_GET(self):
             parts = self.path.strip("/").split("/")
             if len(parts) == 3 and parts[:2] == ["schemas", "ids"] and parts[2].isdigit() \
-                    and int(parts[2]) in AVRO_SCHEMAS:
-                body = json.dumps({"schema": json.dumps(AVRO_SCHEMAS[int(parts[2])])}).encode()
-                self.send_response(200)
+                    and int(parts[2]) in schemas:
+                self.answer(200, {"schema": schemas[int(parts[2])]})
+            elif parts == ["subjects"]:
+                self.answer(200, sorted(subjects))
             else:
-                body = b'{"error_code": 40403, "message": "Schema not found"}'
-                self.send_response(404)
-            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            self.end_headers()
-            self.wfile.write(body)
+                self.answer(404, {"error_code": 40403, "message": "Schema not found"})
+
+        def do_POST(self):
+            parts = self.path.strip("/").split("/")
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if len(parts) != 3 or parts[0] != "subjects" or parts[2] != "versions":
+                return self.answer(404, {"error_code": 404, "message": "not found"})
+            try:
+                schema = json.loads(body)["schema"]
+                import fastavro
+                fastavro.parse_schema(json.loads(schema))
+            except Exception as e:
+                return self.answer(422, {"error_code": 42201, "message": f"invalid schema: {e}"})
+            known = [i for i, s in schemas.items() if s == schema]
+            sid = known[0] if known else 1000 + len(schemas)
+            schemas[sid] = schema
+            subjects.setdefault(parts[1], set()).add(sid)
+            self.answer(200, {"id": sid})
 
         def log_message(self, *args):
             pass
@@ -133,7 +160,33 @@ def produce(brokers, topic, first, count, bad=0, ts_step=None):
     print(json.dumps(sorted(placed, key=lambda x: (x["partition"], x["offset"]))))
 
 
-def consume(brokers, topic):
+def avro_decoder(registry_url):
+    """Decodes Confluent wire format values with the registry's schemas."""
+    import io
+    import struct
+    import urllib.request
+    import fastavro
+
+    cache = {}
+
+    def decode(value):
+        if value is None or len(value) < 5 or value[0] != 0:
+            raise ValueError("not the Confluent wire format")
+        sid = struct.unpack(">I", value[1:5])[0]
+        if sid not in cache:
+            with urllib.request.urlopen(f"{registry_url}/schemas/ids/{sid}") as r:
+                cache[sid] = fastavro.parse_schema(json.loads(json.loads(r.read())["schema"]))
+        buf = io.BytesIO(value[5:])
+        row = fastavro.schemaless_reader(buf, cache[sid])
+        if buf.read():
+            raise ValueError("bytes left after the Avro body")
+        return row
+
+    return decode
+
+
+def consume(brokers, topic, avro=None):
+    decode = avro_decoder(avro) if avro else json.loads
     c = Consumer({
         "bootstrap.servers": brokers,
         "group.id": f"check-{time.time_ns()}",
@@ -164,7 +217,7 @@ def consume(brokers, topic):
             raise RuntimeError(m.error())
         idle_since = time.time()
         try:
-            row = json.loads(m.value())
+            row = decode(m.value())
         except Exception:
             unparsed += 1
             continue
@@ -203,7 +256,12 @@ if __name__ == "__main__":
                 args = args[:i] + args[i + 2:]
         produce(*args, **opts)
     elif cmd == "consume":
-        consume(*args)
+        opts = {}
+        if "--avro" in args:
+            i = args.index("--avro")
+            opts["avro"] = args[i + 1]
+            args = args[:i] + args[i + 2:]
+        consume(*args, **opts)
     elif cmd == "lag":
         lag(*args)
     elif cmd == "registry":

@@ -8,9 +8,18 @@
 //! committed files are part of the output; anything else under the sink that
 //! carries sluice's data-file naming is debris from a run that died before its
 //! commit, and [`CommitLog::remove_uncommitted`] deletes it.
+//!
+//! Several workers may share one log ([`CommitLog::share`], for a `kafka`
+//! source with `assignment = "group"`). A commit then takes the next free
+//! number of the log rather than its epoch's, and only after
+//! [`crate::epoch::ledger::conflict`] finds that every partition it holds
+//! starts where the log has it. Debris is then only what this run left,
+//! or what is older than [`SHARED_DEBRIS_AGE`]: another worker's files may
+//! be about to be committed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use datafusion::arrow::datatypes::Schema;
 use futures::TryStreamExt;
@@ -25,6 +34,10 @@ use crate::storage::{Location, relative_to};
 pub(crate) const COMMITS_DIR: &str = "_sluice/commits";
 /// Version of the commit file format.
 pub(crate) const COMMIT_FORMAT: u32 = 1;
+/// In a shared log, how old a file no commit lists must be before another
+/// run deletes it. A worker never commits a group it began writing more
+/// than half of this ago (a paused worker's files may be gone).
+pub(crate) const SHARED_DEBRIS_AGE: Duration = Duration::from_secs(3600);
 
 impl Commit {
     /// What [`crate::sinks::Sink::recover`] reports of this commit.
@@ -125,6 +138,34 @@ pub(crate) enum CommitLogError {
         /// The commit file.
         path: String,
     },
+    /// In a shared log, another worker committed a partition this commit
+    /// holds first (a rebalance moved it, or this worker was paused).
+    #[error(
+        "another worker committed {source_name} partition {partition} first: this commit starts it at {ours}, commit {slot} of the log has it at {theirs}; rewinding to the log"
+    )]
+    Conflict {
+        /// The source.
+        source_name: String,
+        /// The partition, as a path in the source's offsets.
+        partition: String,
+        /// Where this commit starts it.
+        ours: String,
+        /// Where the log has it.
+        theirs: String,
+        /// The newest commit of the log.
+        slot: u64,
+    },
+    /// In a shared log, a commit of writes begun too long ago (see
+    /// [`SHARED_DEBRIS_AGE`]).
+    #[error(
+        "the files of this commit were begun {age_s}s ago, more than half of the {limit_s}s after which other workers may delete them; rewinding to the log"
+    )]
+    TooOld {
+        /// Seconds since the first write of the commit.
+        age_s: u64,
+        /// [`SHARED_DEBRIS_AGE`] in seconds.
+        limit_s: u64,
+    },
     /// A commit file exists but cannot be parsed.
     #[error("commit file {path} is corrupt: {message}")]
     Corrupt {
@@ -162,6 +203,7 @@ impl CommitLogError {
             CommitLogError::AlreadyCommitted { .. } | CommitLogError::Corrupt { .. } => {
                 RetryHint::Never
             }
+            CommitLogError::Conflict { .. } | CommitLogError::TooOld { .. } => RetryHint::Rewind,
             CommitLogError::Local { source, .. } => crate::error::io_retry_hint(source),
             CommitLogError::Store { source, .. } => crate::error::store_retry_hint(source),
         }
@@ -173,12 +215,52 @@ impl CommitLogError {
 pub(crate) struct CommitLog {
     store: Arc<dyn ObjectStore>,
     root: Location,
+    /// Set when workers share the log ([`CommitLog::share`]).
+    shared: Arc<OnceLock<Shared>>,
+}
+
+/// How a log is shared.
+#[derive(Debug)]
+struct Shared {
+    /// The sources whose offsets are partitions owned by one worker at a time.
+    sources: BTreeSet<String>,
+    /// This run's id (in its data file names).
+    run_id: String,
+    /// The log's positions, read up to a commit.
+    ledger: Mutex<Ledger>,
+}
+
+/// The positions of the shared sources after commit `through`.
+#[derive(Debug, Default, Clone)]
+struct Ledger {
+    through: Option<u64>,
+    positions: BTreeMap<String, serde_json::Value>,
 }
 
 impl CommitLog {
     /// The log of the sink rooted at `root`.
     pub(crate) fn new(store: Arc<dyn ObjectStore>, root: Location) -> Self {
-        Self { store, root }
+        Self {
+            store,
+            root,
+            shared: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Shares the log with other workers of the pipeline, each reading
+    /// some partitions of `sources` (see the module docs). Run `run_id`
+    /// is this worker.
+    pub(crate) fn share(&self, sources: BTreeSet<String>, run_id: &str) {
+        let _ = self.shared.set(Shared {
+            sources,
+            run_id: run_id.to_string(),
+            ledger: Mutex::new(Ledger::default()),
+        });
+    }
+
+    /// Whether other workers share the log.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared.get().is_some()
     }
 
     fn commit_path(&self, epoch: u64) -> ObjectPath {
@@ -236,8 +318,78 @@ impl CommitLog {
         Ok(out)
     }
 
-    /// Creates the commit file of `commit.epoch`; fails if it exists.
-    pub(crate) async fn write(&self, commit: &Commit) -> Result<(), CommitLogError> {
+    /// Creates the commit file of `commit.epoch`; fails if it exists. In a
+    /// shared log, creates the next free one, once the commit fits the log
+    /// ([`crate::epoch::ledger::conflict`]). Returns the number it took.
+    pub(crate) async fn write(&self, commit: &Commit) -> Result<u64, CommitLogError> {
+        let Some(shared) = self.shared.get() else {
+            return self.create(commit).await.map(|()| commit.epoch);
+        };
+        loop {
+            let ledger = self.read_ledger(shared).await?;
+            for (name, offsets) in &commit.source_offsets {
+                let Some(log) = ledger.positions.get(name) else {
+                    continue;
+                };
+                if !shared.sources.contains(name) {
+                    continue;
+                }
+                if let Some((partition, ours, theirs)) =
+                    crate::epoch::ledger::conflict(log, &offsets.start)
+                {
+                    return Err(CommitLogError::Conflict {
+                        source_name: name.clone(),
+                        partition,
+                        ours: ours.to_string(),
+                        theirs: theirs.to_string(),
+                        slot: ledger.through.unwrap_or(0),
+                    });
+                }
+            }
+            let slot = ledger.through.map_or(0, |t| t + 1);
+            let numbered = Commit {
+                epoch: slot,
+                first_epoch: slot,
+                ..commit.clone()
+            };
+            match self.create(&numbered).await {
+                Ok(()) => return Ok(slot),
+                // another worker took the number: read what it committed
+                Err(CommitLogError::AlreadyCommitted { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The shared sources' positions after the newest commit, reading only
+    /// the commits made since the last call.
+    async fn read_ledger(&self, shared: &Shared) -> Result<Ledger, CommitLogError> {
+        let mut ledger = shared
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for e in self.epochs().await? {
+            if ledger.through.is_some_and(|t| e <= t) {
+                continue;
+            }
+            let c = self.read(e).await?;
+            for name in &shared.sources {
+                if let Some(o) = c.source_offsets.get(name) {
+                    let at = ledger
+                        .positions
+                        .entry(name.clone())
+                        .or_insert_with(|| serde_json::json!({}));
+                    *at = crate::epoch::ledger::positions([&*at, &o.end]);
+                }
+            }
+            ledger.through = Some(e);
+        }
+        *shared.ledger.lock().unwrap_or_else(|p| p.into_inner()) = ledger.clone();
+        Ok(ledger)
+    }
+
+    async fn create(&self, commit: &Commit) -> Result<(), CommitLogError> {
         let path = self.commit_path(commit.epoch);
         let body = serde_json::to_vec_pretty(commit).map_err(|e| CommitLogError::Corrupt {
             path: self.root.object_url(&path),
@@ -298,6 +450,9 @@ impl CommitLog {
         let mut removed = self.remove_staged_uploads().await?;
         let listed: Vec<(String, ObjectPath)> = all
             .into_iter()
+            .filter(|m| {
+                self.may_delete(m.location.filename().unwrap_or(""), m.last_modified.into())
+            })
             .map(|m| {
                 (
                     relative_to(&m.location, &self.root.prefix).to_string(),
@@ -323,6 +478,17 @@ impl CommitLog {
 }
 
 impl CommitLog {
+    /// Whether a file no commit lists may be deleted: always, unless the
+    /// log is shared; then only this run's or, another's, once older than
+    /// [`SHARED_DEBRIS_AGE`].
+    pub(crate) fn may_delete(&self, name: &str, modified: SystemTime) -> bool {
+        let Some(shared) = self.shared.get() else {
+            return true;
+        };
+        name.contains(&format!("-{}-", shared.run_id))
+            || modified.elapsed().is_ok_and(|age| age >= SHARED_DEBRIS_AGE)
+    }
+
     /// On local disk, an upload is written to `<file>#<n>` and renamed when
     /// complete; a process killed mid-upload leaves that staging file, which
     /// object_store's listing never shows. Deletes the staging files of
@@ -333,13 +499,16 @@ impl CommitLog {
             return Ok(Vec::new());
         };
         let url = self.root.url();
-        tokio::task::spawn_blocking(move || remove_staged_files(&root))
-            .await
-            .map_err(|e| CommitLogError::Corrupt {
-                path: url.clone(),
-                message: format!("the staging-file sweep stopped: {e}"),
-            })?
-            .map_err(|(path, e)| CommitLogError::Local { path, source: e })
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || {
+            remove_staged_files(&root, |name, modified| log.may_delete(name, modified))
+        })
+        .await
+        .map_err(|e| CommitLogError::Corrupt {
+            path: url.clone(),
+            message: format!("the staging-file sweep stopped: {e}"),
+        })?
+        .map_err(|(path, e)| CommitLogError::Local { path, source: e })
     }
 
     /// Deletes every committed data file and then the commit files, newest
@@ -410,7 +579,10 @@ fn is_commit_file_name(name: &str) -> bool {
 
 /// Walks a local sink folder and deletes staged uploads (see
 /// [`is_staged_upload_name`]); returns their paths relative to `root`.
-fn remove_staged_files(root: &std::path::Path) -> Result<Vec<String>, (String, std::io::Error)> {
+fn remove_staged_files(
+    root: &std::path::Path,
+    may_delete: impl Fn(&str, SystemTime) -> bool,
+) -> Result<Vec<String>, (String, std::io::Error)> {
     let mut removed = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -427,7 +599,15 @@ fn remove_staged_files(root: &std::path::Path) -> Result<Vec<String>, (String, s
                 .map_err(|e| (path.display().to_string(), e))?;
             if file_type.is_dir() {
                 stack.push(path);
-            } else if is_staged_upload_name(&entry.file_name().to_string_lossy()) {
+            } else if is_staged_upload_name(&entry.file_name().to_string_lossy())
+                && may_delete(
+                    &entry.file_name().to_string_lossy(),
+                    entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                )
+            {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -561,6 +741,74 @@ mod tests {
         // the user's own file and the committed file stay
         assert!(store.head(&root.child("README.md")).await.is_ok());
         assert!(store.head(&root.child(&kept)).await.is_ok());
+        Ok(())
+    }
+
+    fn with_offsets(mut c: Commit, partition: &str, start: i64, end: i64) -> Commit {
+        let at = |o: i64| serde_json::json!({ "topics": { "t": { partition: o } } });
+        c.source_offsets.insert(
+            "orders".into(),
+            SourceOffsets {
+                start: at(start),
+                end: at(end),
+            },
+        );
+        c
+    }
+
+    /// Two workers share a log: a commit takes the next free number, and
+    /// one that starts a partition behind the log is refused (a rewind),
+    /// whatever number its epoch had.
+    #[tokio::test]
+    async fn a_shared_log_refuses_a_stale_range_and_numbers_commits_itself()
+    -> Result<(), CommitLogError> {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let root = Location::parse("memory:///sink", Path::new(".")).unwrap();
+        let (a, b) = (
+            CommitLog::new(Arc::clone(&store), root.clone()),
+            CommitLog::new(Arc::clone(&store), root.clone()),
+        );
+        let sources: BTreeSet<String> = ["orders".to_string()].into();
+        a.share(sources.clone(), "aaaaaaaa");
+        b.share(sources, "bbbbbbbb");
+        assert_eq!(a.write(&with_offsets(commit(0, &[]), "0", 0, 10)).await?, 0);
+        // b read partition 0 from the start too: a zombie's range
+        let stale = b.write(&with_offsets(commit(0, &[]), "0", 0, 5)).await;
+        let Err(e @ CommitLogError::Conflict { .. }) = stale else {
+            panic!("a stale range was committed: {stale:?}");
+        };
+        assert_eq!(e.retry_hint(), crate::error::RetryHint::Rewind);
+        assert!(e.to_string().contains("topics/t/0"), "{e}");
+        // its own partition commits, under the next number
+        assert_eq!(b.write(&with_offsets(commit(0, &[]), "1", 0, 7)).await?, 1);
+        // and a range that follows the log does too
+        assert_eq!(
+            b.write(&with_offsets(commit(5, &[]), "0", 10, 12)).await?,
+            2
+        );
+        assert_eq!(a.epochs().await?, vec![0, 1, 2]);
+        assert_eq!(a.read(2).await?.first_epoch, 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_shared_log_leaves_another_runs_fresh_files() -> Result<(), CommitLogError> {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let root = Location::parse("memory:///sink", Path::new(".")).unwrap();
+        let log = CommitLog::new(Arc::clone(&store), root.clone());
+        log.share(BTreeSet::new(), "aaaaaaaa");
+        let mine = data_file_name(0, "aaaaaaaa", 0, 0, "parquet");
+        let theirs = data_file_name(0, "bbbbbbbb", 0, 0, "parquet");
+        for name in [&mine, &theirs] {
+            store.put(&root.child(name), "x".into()).await.unwrap();
+        }
+        assert_eq!(log.remove_uncommitted().await?, vec![mine]);
+        assert!(store.head(&root.child(&theirs)).await.is_ok());
+        let old = SystemTime::now() - SHARED_DEBRIS_AGE - Duration::from_secs(1);
+        assert!(
+            log.may_delete(&theirs, old),
+            "old debris of another run goes"
+        );
         Ok(())
     }
 }

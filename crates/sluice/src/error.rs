@@ -23,6 +23,11 @@ pub enum RetryHint {
     Never,
     /// A transient condition (network, store throttling); retrying may help.
     WithBackoff,
+    /// This worker's view of a log it shares with other workers is stale
+    /// (its consumer group moved partitions, or another worker committed
+    /// them first): drop what is not committed, read the log again and go
+    /// on, at once and without counting a retry.
+    Rewind,
 }
 
 /// A mistake in a pipeline spec: which file, which key, what is wrong, how to fix it.

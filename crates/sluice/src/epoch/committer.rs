@@ -309,6 +309,14 @@ impl CommitQueue {
         }));
     }
 
+    /// Starts afresh once every commit is done (after a failed epoch was
+    /// settled and rewound): the next commit waits for nothing before it,
+    /// rather than giving up behind the commit that failed.
+    pub(super) fn restart_chain(&mut self) {
+        debug_assert!(self.running.is_empty(), "commits still running");
+        self.newest = None;
+    }
+
     /// Whether the next epoch must wait for the oldest commit.
     pub(super) fn is_full(&self) -> bool {
         self.running.len() > self.capacity

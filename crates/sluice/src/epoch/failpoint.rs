@@ -1,6 +1,8 @@
 //! Crash points for the kill tests: `SLUICE_FAILPOINT=before_commit`,
 //! `between_commits`, `after_commit` (optionally `@<epoch>`) or
-//! `mid_upload` aborts the process there.
+//! `mid_upload` aborts the process there. `stop_before_commit` makes the
+//! process a zombie instead: the first time every sink is sealed, it stops
+//! itself (SIGSTOP) until someone sends it SIGCONT, and then commits.
 //!
 //! Compiled only with the `failpoints` feature (the CLI's tests turn it on);
 //! a library build has no way to abort the service embedding it.
@@ -20,6 +22,8 @@ pub(crate) enum Point {
     AfterCommit,
     /// A part of a multipart upload is on the store, the upload not complete.
     MidUpload,
+    /// As [`Point::BeforeCommit`], where the process stops rather than aborts.
+    StopBeforeCommit,
 }
 
 impl Point {
@@ -31,6 +35,7 @@ impl Point {
             Point::BetweenCommits => "between_commits",
             Point::AfterCommit => "after_commit",
             Point::MidUpload => "mid_upload",
+            Point::StopBeforeCommit => "stop_before_commit",
         }
     }
 }
@@ -57,6 +62,7 @@ impl Failpoint {
                     Point::BetweenCommits,
                     Point::AfterCommit,
                     Point::MidUpload,
+                    Point::StopBeforeCommit,
                 ]
                 .into_iter()
                 .find(|p| p.name() == point)?;
@@ -70,6 +76,25 @@ impl Failpoint {
 
     /// Aborts the process when `point` at `epoch` is the armed crash point.
     pub(crate) fn hit(&self, point: Point, epoch: u64) {
+        #[cfg(feature = "failpoints")]
+        if point == Point::BeforeCommit
+            && self
+                .armed
+                .is_some_and(|(p, _)| p == Point::StopBeforeCommit)
+        {
+            static STOPPED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !STOPPED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                eprintln!(
+                    "sluice: failpoint `stop_before_commit` hit at epoch {epoch}; stopping the process (SIGSTOP)"
+                );
+                // (a test build only: a short blocking call is fine here)
+                let _ = std::process::Command::new("kill")
+                    .args(["-STOP", &std::process::id().to_string()])
+                    .status();
+            }
+            return;
+        }
         #[cfg(feature = "failpoints")]
         if let Some((p, e)) = self.armed
             && p == point

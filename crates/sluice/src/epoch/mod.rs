@@ -20,6 +20,7 @@ mod binding;
 mod committer;
 pub(crate) mod failpoint;
 mod handle;
+pub(crate) mod ledger;
 pub(crate) mod recovery;
 mod run;
 mod stats;

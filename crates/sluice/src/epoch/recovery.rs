@@ -268,6 +268,31 @@ pub(crate) fn debris<'a>(
         .collect()
 }
 
+/// Where each of `shared` (sources whose partitions several workers
+/// share) is, after every commit of the logs: a partition is where the
+/// newest commit holding it left it ([`crate::epoch::ledger::positions`]).
+/// A source no commit holds is left out (it starts at its beginning).
+pub(crate) fn shared_positions(
+    logs: &BTreeMap<String, SinkLog>,
+    shared: &BTreeSet<String>,
+) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for log in logs.values() {
+        let mut commits: Vec<&CommittedRange> = log.commits.iter().collect();
+        commits.sort_by_key(|c| c.last);
+        for name in shared {
+            let ends: Vec<&Value> = commits
+                .iter()
+                .filter_map(|c| c.offsets.get(name).map(|o| &o.end))
+                .collect();
+            if !ends.is_empty() {
+                out.insert(name.clone(), crate::epoch::ledger::positions(ends));
+            }
+        }
+    }
+    out
+}
+
 fn file_name(rel: &str) -> &str {
     rel.rsplit('/').next().unwrap_or(rel)
 }

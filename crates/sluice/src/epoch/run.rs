@@ -63,6 +63,9 @@ pub(crate) struct Run {
     live: Option<Arc<LivePage>>,
     /// The run's span.
     trace: Context,
+    /// The sources whose partitions this worker shares with others
+    /// ([`Run::share_logs`]).
+    shared: BTreeSet<String>,
     /// The rolled-out stages' choices, guard and status.
     rollout: Option<RolloutControl>,
 }
@@ -178,6 +181,7 @@ impl Run {
             metrics: None,
             live: None,
             trace: Context::new(),
+            shared: BTreeSet::new(),
         }
     }
 
@@ -357,6 +361,10 @@ impl Run {
         let started = Instant::now();
         let pace = self.pace();
 
+        // 0. workers of a consumer group share the sinks' logs
+        let shared = self.share_logs()?;
+        self.shared = shared.clone();
+
         // 1. what the sinks hold
         let mut logs: BTreeMap<String, SinkLog> = BTreeMap::new();
         let mut removed_files = Vec::new();
@@ -370,12 +378,20 @@ impl Run {
             );
             logs.insert(name.clone(), r.log);
         }
-        let resume = recovery::plan(&logs).map_err(SluiceError::Recovery)?;
+        let mut resume = recovery::plan(&logs).map_err(SluiceError::Recovery)?;
+        for (name, at) in recovery::shared_positions(&logs, &shared) {
+            resume.resume_at.insert(name, at);
+        }
         let committer = Arc::new(Committer::new(
             Arc::clone(&self.plan),
             Arc::clone(&self.run_id),
         ));
-        let states = load_states(&self.plan, &logs, &committer).await?;
+        // (a shared log's newest commit holds another worker's clocks)
+        let states = if shared.is_empty() {
+            load_states(&self.plan, &logs, &committer).await?
+        } else {
+            BTreeMap::new()
+        };
         let first_epoch = resume
             .replays
             .first()
@@ -451,7 +467,14 @@ impl Run {
             };
             // the commits under way finish first: what they commit stays
             let failure = self.settle(&mut st, lineage).await.err().unwrap_or(failure);
+            st.queue.restart_chain();
             self.abort_sinks().await;
+            if failure.retry_hint() == RetryHint::Rewind && !shared.is_empty() {
+                // partitions moved between the workers: not a failure
+                tracing::info!(epoch = st.after_commit, reason = %failure, "rewinding to the shared log");
+                self.rewind_to_log(&mut st, &shared).await?;
+                continue;
+            }
             let retry = failure.retry_hint() == RetryHint::WithBackoff && st.retries_left > 0;
             if let Some(m) = &self.metrics {
                 m.epoch_failed(retry);
@@ -690,6 +713,18 @@ impl Run {
             st.committed.insert(name.clone(), o.end.clone());
         }
         st.after_commit = c.last + 1;
+        if !self.shared.is_empty()
+            && let Some(op) = c.states.values().flat_map(|s| s.operators.keys()).next()
+        {
+            // (dedupe and custom operators keep state without event time)
+            return Err(SluiceError::Plan {
+                stage: op.clone(),
+                file: None,
+                message: format!(
+                    "operator `{op}` keeps state between epochs, which workers sharing a consumer group's partitions cannot split; run one worker (`assignment = \"all\"`)"
+                ),
+            });
+        }
         st.committed_state.extend(c.states);
         st.stats.add(&c.stats);
         if self.metrics.is_some() || self.live.is_some() {
@@ -1124,6 +1159,85 @@ impl Run {
         st.epoch = st.after_commit;
         st.state = st.committed_state.clone();
         Ok(())
+    }
+
+    /// The sources whose partitions the workers of a consumer group share
+    /// (see [`crate::sources::Source::shares_partitions`]); when there is
+    /// one, every sink's log is shared ([`crate::sinks::Sink::share`]).
+    /// What sharing cannot keep exactly once is refused: another source
+    /// (every worker would read all of it), several sinks (a worker could
+    /// commit to one and lose the partition before the other), event time
+    /// (each worker's clock sees only its partitions).
+    fn share_logs(&self) -> Result<BTreeSet<String>> {
+        let shared: BTreeSet<String> = self
+            .sources
+            .iter()
+            .filter(|(n, s)| !self.is_lookup(n) && s.shares_partitions())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let Some(first) = shared.first() else {
+            return Ok(shared);
+        };
+        let refuse = |key: String, m: String| {
+            SluiceError::spec(self.plan.spec.issue(key, m).with_help(
+                "run one worker (`assignment = \"all\"`), or split the pipeline so that the shared Kafka source feeds one sink",
+            ))
+        };
+        let key = format!("sources.{first}.assignment");
+        if let Some((other, _)) = self
+            .sources
+            .iter()
+            .find(|(n, _)| !self.is_lookup(n) && !shared.contains(*n))
+        {
+            return Err(refuse(
+                key,
+                format!(
+                    "with `assignment = \"group\"`, source `{other}` would be read whole by every worker; a pipeline sharing a consumer group's partitions reads nothing else (lookups aside)"
+                ),
+            ));
+        }
+        if self.plan.sinks.len() != 1 {
+            return Err(refuse(
+                key,
+                format!(
+                    "with `assignment = \"group\"`, a pipeline has one sink (this one has {}: {}); `[dead_letter]` counts as one, use `on_error = \"skip\"` or `\"fail\"`",
+                    self.plan.sinks.len(),
+                    self.plan
+                        .sinks
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if let Some(n) = shared.iter().find(|n| {
+            self.plan
+                .sources
+                .get(*n)
+                .is_some_and(|s| s.event_time.is_some())
+        }) {
+            return Err(refuse(format!("sources.{n}.event_time"), "with `assignment = \"group\"`, event time (and the windows it closes) is not supported: each worker's clock would see only its own partitions".to_string()));
+        }
+        for s in self.plan.sinks.values() {
+            s.sink.share(&shared, &self.run_id)?;
+        }
+        Ok(shared)
+    }
+
+    /// After a rebalance or a lost race for a partition: reads the shared
+    /// log again and resumes every shared source at its positions.
+    async fn rewind_to_log(&mut self, st: &mut LoopState, shared: &BTreeSet<String>) -> Result<()> {
+        let mut logs = BTreeMap::new();
+        for (name, s) in &self.plan.sinks {
+            logs.insert(name.clone(), s.sink.recover().await?.log);
+        }
+        for name in shared {
+            st.committed.remove(name);
+        }
+        st.committed
+            .extend(recovery::shared_positions(&logs, shared));
+        self.rewind(st).await
     }
 
     async fn abort_sinks(&mut self) {

@@ -21,15 +21,22 @@
 //! - **Headers** carry `sluice.schema`, `sluice.schema.version`,
 //!   `sluice.lineage` (the schema's metadata) and the epoch's
 //!   `traceparent`.
+//! - **Formats.** JSON, one object per message; or Avro in the Confluent
+//!   wire format, with the writer schema (derived from the sink's Arrow
+//!   schema) registered in a Confluent-compatible registry, or named by the
+//!   id the user registered it under.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arrow_avro::schema::{AvroSchema, FingerprintStrategy};
+use arrow_avro::writer::WriterBuilder;
+use arrow_avro::writer::format::AvroSoeFormat;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -67,7 +74,8 @@ pub enum KafkaSinkFormat {
     /// One JSON object per message (the default).
     #[default]
     Json,
-    /// Avro in the Confluent wire format (not built yet: refused).
+    /// Avro in the Confluent wire format: a 0 byte, the writer schema's id
+    /// (4 bytes, big endian), the body.
     Avro,
 }
 
@@ -85,6 +93,17 @@ pub struct KafkaSinkConfig {
     /// `json` (default) or `avro`.
     #[serde(default)]
     pub format: KafkaSinkFormat,
+    /// `format = "avro"`: a Confluent-compatible registry the writer schema
+    /// is registered in (`POST <url>/subjects/<subject>/versions`).
+    #[serde(default)]
+    pub schema_registry: Option<String>,
+    /// `format = "avro"`: the registry subject (default `<topic>-value`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `format = "avro"`: the id the writer schema is registered under,
+    /// when it is registered already (no registry is then asked).
+    #[serde(default)]
+    pub schema_id: Option<u32>,
     /// The topic sluice's commit records go to (created, compacted, when missing).
     #[serde(default = "default_commit_topic")]
     pub commit_topic: String,
@@ -130,6 +149,8 @@ pub(crate) struct KafkaSink {
     initialized: std::sync::atomic::AtomicBool,
     /// Where operator state is kept (`state_url`).
     state: Option<crate::state::StateStore>,
+    /// `format = "avro"`: the writer schema's id, once known.
+    avro_id: tokio::sync::OnceCell<u32>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -150,8 +171,25 @@ impl KafkaSink {
     ) -> Result<Arc<dyn Sink>> {
         let issue =
             |k: &str, m: &str| SluiceError::spec(spec.issue(format!("sinks.{name}.{k}"), m));
-        if cfg.format == KafkaSinkFormat::Avro {
-            return Err(issue("format", "`avro` is not supported yet; use `json`"));
+        match cfg.format {
+            KafkaSinkFormat::Avro if cfg.schema_id.is_none() && cfg.schema_registry.is_none() => {
+                return Err(issue(
+                    "schema_registry",
+                    "`format = \"avro\"` needs `schema_registry` (where the writer schema is registered) or `schema_id` (the id it is registered under)",
+                ));
+            }
+            KafkaSinkFormat::Json => {
+                for (k, given) in [
+                    ("schema_registry", cfg.schema_registry.is_some()),
+                    ("subject", cfg.subject.is_some()),
+                    ("schema_id", cfg.schema_id.is_some()),
+                ] {
+                    if given {
+                        return Err(issue(k, "only for `format = \"avro\"`"));
+                    }
+                }
+            }
+            KafkaSinkFormat::Avro => {}
         }
         let timeout = cfg
             .transaction_timeout
@@ -210,6 +248,10 @@ impl KafkaSink {
             timeout,
             initialized: std::sync::atomic::AtomicBool::new(false),
             state,
+            avro_id: match cfg.schema_id {
+                Some(id) => tokio::sync::OnceCell::new_with(Some(id)),
+                None => tokio::sync::OnceCell::new(),
+            },
         }))
     }
 
@@ -342,12 +384,88 @@ impl KafkaSink {
             .collect()
     }
 
-    /// Encodes one batch's rows as JSON messages with their keys.
+    /// The id of the writer schema of rows of `schema`: `schema_id`, or
+    /// the id the registry gives it (registered once per run; registering
+    /// the same schema again gives the same id).
+    async fn avro_id(&self, schema: &Schema) -> Result<u32> {
+        self.avro_id
+            .get_or_try_init(|| async {
+                let registry = self.cfg.schema_registry.as_deref().unwrap_or_default();
+                let subject = self
+                    .cfg
+                    .subject
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-value", self.cfg.topic));
+                let writer = AvroSchema::try_from(schema).map_err(|e| {
+                    self.err(
+                        format!("the sink's columns have no Avro schema: {e}"),
+                        RetryHint::Never,
+                    )
+                })?;
+                crate::sources::kafka::avro::register_schema(
+                    registry,
+                    &subject,
+                    &writer.json_string,
+                )
+                .await
+                .map_err(|m| self.err(m, RetryHint::WithBackoff))
+            })
+            .await
+            .copied()
+    }
+
+    /// Encodes one batch's rows as Avro messages (the Confluent wire
+    /// format, writer schema `id`).
+    fn encode_avro(
+        &self,
+        batch: &datafusion::arrow::array::RecordBatch,
+        plain: &SchemaRef,
+        id: u32,
+        into: &mut Encoded,
+    ) -> Result<()> {
+        let failed = |e: arrow_avro::errors::AvroError| {
+            self.err(format!("cannot encode rows as Avro: {e}"), RetryHint::Never)
+        };
+        let batch = datafusion::arrow::array::RecordBatch::try_new(
+            Arc::clone(plain),
+            batch.columns().to_vec(),
+        )
+        .map_err(|e| self.err(format!("cannot encode rows as Avro: {e}"), RetryHint::Never))?;
+        let mut encoder = WriterBuilder::new(plain.as_ref().clone())
+            .with_fingerprint_strategy(FingerprintStrategy::Id(id))
+            .build_encoder::<AvroSoeFormat>()
+            .map_err(failed)?;
+        encoder.encode(&batch).map_err(failed)?;
+        for row in encoder.flush().iter() {
+            into.values.extend_from_slice(&row);
+            into.ends.push(into.values.len());
+        }
+        Ok(())
+    }
+
+    /// Encodes one batch's rows as messages (JSON, or Avro with writer
+    /// schema `avro`), with their keys.
     fn encode(
         &self,
         batch: &datafusion::arrow::array::RecordBatch,
+        avro: Option<(&SchemaRef, u32)>,
         into: &mut Encoded,
     ) -> Result<()> {
+        if let Some((plain, id)) = avro {
+            let before = into.ends.len();
+            self.encode_avro(batch, plain, id, into)?;
+            if into.ends.len() - before != batch.num_rows() {
+                return Err(self.err(
+                    format!(
+                        "{} rows became {} Avro messages",
+                        batch.num_rows(),
+                        into.ends.len() - before
+                    ),
+                    RetryHint::Never,
+                ));
+            }
+            return self.encode_keys(batch, into);
+        }
         let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
         w.write(batch)
             .and_then(|_| w.finish())
@@ -371,6 +489,15 @@ impl KafkaSink {
                 RetryHint::Never,
             ));
         }
+        self.encode_keys(batch, into)
+    }
+
+    /// Each row's key: the `key` column as text.
+    fn encode_keys(
+        &self,
+        batch: &datafusion::arrow::array::RecordBatch,
+        into: &mut Encoded,
+    ) -> Result<()> {
         if let Some(key) = &self.cfg.key {
             let column = batch.column_by_name(key).ok_or_else(|| {
                 self.err(
@@ -526,12 +653,28 @@ impl Sink for KafkaSink {
                 .headers
                 .push(("traceparent".into(), tp.into_bytes()));
         }
+        // Avro: the columns without sluice's metadata (which the headers
+        // carry), so the writer schema is the same in every epoch
+        let avro = match self.cfg.format {
+            KafkaSinkFormat::Json => None,
+            KafkaSinkFormat::Avro => {
+                let plain: SchemaRef = Arc::new(Schema::new(
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone().with_metadata(Default::default()))
+                        .collect::<Vec<_>>(),
+                ));
+                let id = self.avro_id(&plain).await?;
+                Some((plain, id))
+            }
+        };
         let mut stream = output.execute_all()?;
         let mut rows = 0u64;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| output.error(e))?;
             rows += batch.num_rows() as u64;
-            self.encode(&batch, &mut encoded)?;
+            self.encode(&batch, avro.as_ref().map(|(s, id)| (s, *id)), &mut encoded)?;
         }
         if let Ok(mut pending) = self.pending.lock() {
             pending

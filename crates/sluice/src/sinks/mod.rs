@@ -279,6 +279,27 @@ pub trait Sink: Send + Sync + Debug {
         Ok(())
     }
 
+    /// Shares the sink's commit log with the other workers of the pipeline
+    /// (a `kafka` source with `assignment = "group"`): each worker reads
+    /// some partitions of `sources` and commits them, and a commit that
+    /// starts a partition anywhere but where the log has it fails with
+    /// [`crate::RetryHint::Rewind`] (see `docs/exactly-once.md`). Run
+    /// `run_id` is this worker. The default refuses: a sink without such a
+    /// log cannot be shared.
+    fn share(&self, sources: &std::collections::BTreeSet<String>, run_id: &str) -> Result<()> {
+        let _ = (sources, run_id);
+        Err(SluiceError::Sink {
+            sink: self.name().to_string(),
+            url: self.url(),
+            message: format!(
+                "a `{}` sink cannot be shared by several workers of a consumer group; use a file sink (parquet, csv, jsonl)",
+                self.kind()
+            ),
+            retry: crate::error::RetryHint::Never,
+            cause: None,
+        })
+    }
+
     /// Deletes everything written and not committed (every group).
     async fn abort(&self) {}
 

@@ -49,7 +49,7 @@ pub use file::{
     JsonlSourceConfig, ParquetSourceConfig,
 };
 pub use generator::{GeneratorOffset, GeneratorSourceConfig};
-pub use kafka::{KafkaFormat, KafkaOffset, KafkaSourceConfig, KafkaStart};
+pub use kafka::{KafkaAssignment, KafkaFormat, KafkaOffset, KafkaSourceConfig, KafkaStart};
 pub use memory::{MemoryOffset, MemorySource};
 pub use nexmark::{NexmarkOffset, NexmarkSourceConfig};
 pub use stdin::{StdinFormat, StdinOffset, StdinSourceConfig};
@@ -125,6 +125,18 @@ pub trait Source: Send + Debug {
     /// Whether the source ends.
     fn is_bounded(&self) -> bool {
         true
+    }
+
+    /// Whether several workers of the pipeline share the source's
+    /// partitions (a `kafka` source with `assignment = "group"`). Its
+    /// offsets are then a tree with one leaf per partition, holding the
+    /// partitions this worker reads; the engine shares the sink's log
+    /// ([`crate::sinks::Sink::share`]) and resumes the source at the log's
+    /// positions of every partition whenever it rewinds. A source that
+    /// sees its partitions move fails its read with
+    /// [`RetryHint::Rewind`].
+    fn shares_partitions(&self) -> bool {
+        false
     }
 
     /// Moves the read position to `at` (a slice `end` from a commit).
@@ -205,6 +217,8 @@ pub trait AnySource: Send + Debug {
     fn upstream_lineage(&self) -> Vec<LineageEntry>;
     /// [`Source::is_bounded`].
     fn is_bounded(&self) -> bool;
+    /// [`Source::shares_partitions`].
+    fn shares_partitions(&self) -> bool;
     /// [`Source::estimated_remaining_rows`].
     fn estimated_remaining_rows(&self) -> Option<u64>;
     /// [`Source::backlog`].
@@ -265,6 +279,9 @@ impl<S: Source> AnySource for S {
     }
     fn is_bounded(&self) -> bool {
         Source::is_bounded(self)
+    }
+    fn shares_partitions(&self) -> bool {
+        Source::shares_partitions(self)
     }
     fn estimated_remaining_rows(&self) -> Option<u64> {
         Source::estimated_remaining_rows(self)

@@ -64,6 +64,9 @@ pub(super) struct FileSink {
     /// fails, and the next run reads the flag from the log again.
     holds_a_file: std::sync::atomic::AtomicBool,
     layout: Layout,
+    /// When each commit group's first write began (a shared log refuses
+    /// to commit a group begun too long ago).
+    began: std::sync::Mutex<BTreeMap<u64, std::time::Instant>>,
 }
 
 /// Which log lists the files, and so how they are laid out for readers.
@@ -140,6 +143,7 @@ impl FileSink {
             groups: std::sync::Mutex::new(BTreeMap::new()),
             holds_a_file: std::sync::atomic::AtomicBool::new(false),
             layout,
+            began: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -297,16 +301,18 @@ impl FileSink {
         let Some(multipart) = &self.multipart else {
             return Ok(Vec::new());
         };
-        upload::abort_left_uploads(&self.store, multipart, &self.location)
-            .await
-            .map_err(|e| {
-                SluiceError::sink_failed(
-                    &self.name,
-                    self.location.url(),
-                    "cannot abort the uploads an earlier run left",
-                    e,
-                )
-            })
+        upload::abort_left_uploads(&self.store, multipart, &self.location, |name, modified| {
+            self.log.may_delete(name, modified)
+        })
+        .await
+        .map_err(|e| {
+            SluiceError::sink_failed(
+                &self.name,
+                self.location.url(),
+                "cannot abort the uploads an earlier run left",
+                e,
+            )
+        })
     }
 
     /// Takes a group out of the map for as long as it is written or sealed.
@@ -695,6 +701,11 @@ impl Sink for FileSink {
             run_id: output.run_id().to_string(),
         });
         let group = output.commit_group();
+        self.began
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group)
+            .or_insert_with(std::time::Instant::now);
         let mut pending = self.take_group(group);
         pending.first_write.get_or_insert_with(|| {
             (
@@ -823,7 +834,36 @@ impl Sink for FileSink {
             rollout: record.rollout.clone(),
             state: record.state.clone(),
         };
-        self.log.write(&commit).await.map_err(|e| self.log_err(e))
+        let began = self
+            .began
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&record.first_epoch);
+        if self.log.is_shared()
+            && let Some(age) = began.map(|b| b.elapsed())
+            && age > crate::commit_log::SHARED_DEBRIS_AGE / 2
+        {
+            return Err(self.log_err(crate::commit_log::CommitLogError::TooOld {
+                age_s: age.as_secs(),
+                limit_s: crate::commit_log::SHARED_DEBRIS_AGE.as_secs(),
+            }));
+        }
+        self.log
+            .write(&commit)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.log_err(e))
+    }
+
+    fn share(&self, sources: &std::collections::BTreeSet<String>, run_id: &str) -> Result<()> {
+        if self.layout != Layout::Plain {
+            return Err(self.err(
+                "a sink whose files another log lists cannot be shared by workers",
+                RetryHint::Never,
+            ));
+        }
+        self.log.share(sources.clone(), run_id);
+        Ok(())
     }
 
     fn state_store(&self) -> Option<crate::state::StateStore> {
@@ -840,6 +880,7 @@ impl Sink for FileSink {
     }
 
     async fn abort(&self) {
+        self.began.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let groups = std::mem::take(&mut *self.lock_groups());
         for (_, mut pending) in groups {
             for (_, files) in pending.open.drain() {

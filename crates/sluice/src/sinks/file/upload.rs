@@ -262,11 +262,19 @@ pub(crate) async fn abort_left_uploads(
     store: &Arc<dyn ObjectStore>,
     multipart: &Arc<dyn MultipartStore>,
     root: &Location,
+    may_abort: impl Fn(&str, std::time::SystemTime) -> bool,
 ) -> object_store::Result<Vec<String>> {
     let dir = root.child(UPLOADS_DIR);
     let records: Vec<_> = store.list(Some(&dir)).try_collect().await?;
     let mut aborted = Vec::new();
     for meta in records {
+        // (another worker's upload in progress, when the log is shared)
+        if !may_abort(
+            meta.location.filename().unwrap_or(""),
+            meta.last_modified.into(),
+        ) {
+            continue;
+        }
         let body = store.get(&meta.location).await?.bytes().await?;
         match serde_json::from_slice::<UploadRecord>(&body) {
             Ok(r) => {

@@ -211,6 +211,42 @@ impl AvroDecoding {
     }
 }
 
+/// Registers the Avro schema `schema` (its JSON) under `subject` of the
+/// Confluent-compatible registry at `base`; returns its id (the same id
+/// when it is registered already).
+pub(crate) async fn register_schema(
+    base: &str,
+    subject: &str,
+    schema: &str,
+) -> Result<u32, String> {
+    let url = format!("{}/subjects/{subject}/versions", base.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        .body(serde_json::json!({ "schema": schema }).to_string())
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the schema registry at {url}: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("cannot read the schema registry's answer for {url}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "the schema registry refused the writer schema at {url} ({status}): {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        id: u32,
+    }
+    serde_json::from_slice::<Answer>(&body)
+        .map(|a| a.id)
+        .map_err(|e| format!("the schema registry's answer for {url} has no schema id: {e}"))
+}
+
 /// The schema of id `id` from a Confluent-compatible registry at `base`;
 /// `Ok(None)` when the registry does not have it.
 pub(crate) async fn fetch_schema(base: &str, id: u32) -> Result<Option<AvroSchema>, String> {

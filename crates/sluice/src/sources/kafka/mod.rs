@@ -18,9 +18,15 @@
 //! The partitions of the topics are found once, when the source opens; each
 //! partition's messages of a slice are one unit of the scan, spread over
 //! the plan's partitions.
+//!
+//! With `assignment = "group"`, several `sluice run`s share the partitions:
+//! the consumer group decides which ones each reads ([`group`]), and the
+//! sink's log, shared by the workers, decides where
+//! ([`crate::epoch::ledger`]).
 
-mod avro;
+pub(crate) mod avro;
 pub(crate) mod chunk;
+mod group;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -59,6 +65,19 @@ pub enum KafkaFormat {
     /// The message as it is: key, value, headers, topic, partition, offset,
     /// timestamp.
     Raw,
+}
+
+/// Which partitions a process reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaAssignment {
+    /// Every partition of the topics (the default): one process reads all.
+    #[default]
+    All,
+    /// The partitions the consumer group gives this process: every
+    /// `sluice run` of the pipeline with the same `group` reads its share,
+    /// and all of them commit to the same sink.
+    Group,
 }
 
 /// Where a partition is first read from, when no commit says.
@@ -112,6 +131,10 @@ pub struct KafkaSourceConfig {
     /// `earliest` (default), `latest` or an RFC 3339 time.
     #[serde(default)]
     pub start: KafkaStart,
+    /// `all` (default: this process reads every partition) or `group`
+    /// (the consumer group shares the partitions among the processes).
+    #[serde(default)]
+    pub assignment: KafkaAssignment,
     /// The columns of a value (`json`, `csv`).
     #[serde(default)]
     pub columns: Option<Vec<ColumnSpec>>,
@@ -325,6 +348,23 @@ pub(super) async fn open(
     let consumer: StreamConsumer = config
         .create()
         .map_err(|e| source_error(ctx.name, None, "cannot create the Kafka consumer", e))?;
+    let member =
+        match cfg.assignment {
+            KafkaAssignment::All => None,
+            KafkaAssignment::Group => {
+                let mut member = client_config(&cfg.brokers, &cfg.options);
+                member
+                    .set("group.id", &group)
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false");
+                for (k, v) in &cfg.options {
+                    member.set(k, v);
+                }
+                Some(group::Membership::join(&member, &topics).map_err(|e| {
+                    source_error(ctx.name, None, "cannot join the consumer group", e)
+                })?)
+            }
+        };
     let consumer = Arc::new(consumer);
     let mut partitions = Vec::new();
     for t in &topics {
@@ -350,7 +390,13 @@ pub(super) async fn open(
         schema,
         decoding: Arc::new(decoding),
         consumer,
-        partitions,
+        partitions: if member.is_some() {
+            Vec::new()
+        } else {
+            partitions
+        },
+        member,
+        generation: 0,
         first: None,
         position: None,
         kept: Vec::new(),
@@ -380,8 +426,13 @@ struct KafkaSource {
     schema: SchemaRef,
     decoding: Arc<Decoding>,
     consumer: Arc<StreamConsumer>,
-    /// Every partition of the topics.
+    /// The partitions read: every partition of the topics, or (with a
+    /// group `member`) those it held at the last resume.
     partitions: Vec<(String, i32)>,
+    /// `assignment = "group"`: this worker's place in the consumer group.
+    member: Option<group::Membership>,
+    /// The member's generation `partitions` were taken at.
+    generation: u64,
     /// Where the first run began (`start` resolved), for `restart`.
     first: Option<KafkaOffset>,
     /// The next offset to read of every partition; `None` until the source
@@ -468,6 +519,8 @@ impl KafkaSource {
         for (t, p) in &self.partitions {
             let o = match at.get(t, *p) {
                 Some(o) => o,
+                // in a group, a partition no worker has committed yet
+                None if self.member.is_some() => self.start_of(t, *p).await?,
                 None => {
                     let consumer = Arc::clone(&self.consumer);
                     let (tc, pc) = (t.clone(), *p);
@@ -512,6 +565,9 @@ impl KafkaSource {
     }
 
     async fn ensure_positioned(&mut self) -> Result<()> {
+        if self.position.is_none() && self.member.is_some() {
+            return self.resume(&KafkaOffset::default()).await;
+        }
         if self.position.is_none() {
             let first = self.resolve_start().await?;
             self.first = Some(first.clone());
@@ -630,6 +686,29 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Fails with [`RetryHint::Rewind`] when the group moved partitions
+    /// since the source took its own.
+    fn check_generation(&self) -> Result<()> {
+        let Some(member) = &self.member else {
+            return Ok(());
+        };
+        let now = member.assignment();
+        if now.generation == self.generation {
+            return Ok(());
+        }
+        Err(SluiceError::Source {
+            source_name: self.name.clone(),
+            file: Some(format!("kafka consumer group {}", self.group)),
+            line: None,
+            message: format!(
+                "the group moved partitions (this worker read {:?}, it now holds {:?})",
+                self.partitions, now.partitions
+            ),
+            retry: RetryHint::Rewind,
+            cause: None,
+        })
+    }
+
     fn message_error(&self, e: rdkafka::error::KafkaError) -> SluiceError {
         self.error("cannot read a message", e)
     }
@@ -648,6 +727,9 @@ impl Source for KafkaSource {
     fn is_bounded(&self) -> bool {
         false
     }
+    fn shares_partitions(&self) -> bool {
+        self.member.is_some()
+    }
     fn provenance(&self) -> SourceProvenance {
         let mut parameters = serde_json::Map::new();
         parameters.insert("brokers".to_string(), serde_json::json!(self.brokers));
@@ -662,6 +744,16 @@ impl Source for KafkaSource {
     }
 
     async fn resume(&mut self, at: &KafkaOffset) -> Result<()> {
+        if let Some(member) = &self.member {
+            // the partitions held now, where the shared log has them (the
+            // kept messages may be of partitions gone to another worker)
+            let a = member.assignment();
+            self.generation = a.generation;
+            self.partitions = a.partitions;
+            self.kept.clear();
+            self.again.clear();
+            return self.position_at(at).await;
+        }
         // rewound in the same process after a failed epoch: serve the kept
         // messages again, from the one that starts at `at`
         if let Some(i) = self.kept.iter().position(|k| &k.start == at) {
@@ -674,6 +766,9 @@ impl Source for KafkaSource {
     }
 
     async fn restart(&mut self) -> Result<()> {
+        if self.member.is_some() {
+            return self.resume(&KafkaOffset::default()).await;
+        }
         let first = match &self.first {
             Some(f) => f.clone(),
             None => {
@@ -690,6 +785,7 @@ impl Source for KafkaSource {
             return Ok(Some(self.slice_of(&k)));
         }
         self.ensure_positioned().await?;
+        self.check_generation()?;
         let start = self.position.clone().unwrap_or_default();
         let mut position = start.clone();
         let max_rows = limits.max_rows.unwrap_or(100_000);
@@ -727,6 +823,8 @@ impl Source for KafkaSource {
             }
         }
         self.warm_until = None;
+        // (a rebalance while reading: the partitions may be another's now)
+        self.check_generation()?;
         self.resolve_schema_ids(&chunks).await?;
         let kept = Kept {
             start,
@@ -837,9 +935,14 @@ impl Source for KafkaSource {
         self.kept.retain(|k| !offsets_le(&k.end, at));
         // for monitoring only: the group's lag; sluice reads its own commits
         let tpl = at.list();
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
-        {
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let reported = match &self.member {
+            Some(m) => m.report(&tpl),
+            None => self.consumer.commit(&tpl, CommitMode::Async),
+        };
+        if let Err(e) = reported {
             tracing::warn!(source = %self.name, "cannot report offsets to group `{}`: {e}", self.group);
         }
         Ok(())
