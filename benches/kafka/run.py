@@ -22,8 +22,12 @@ All three run the same query over the same topic on the same broker
   target/bench/spark-venv/bin/python benches/kafka/run.py [--messages N]
       [--rate R] [--seconds S] [--sluice PATH] [--skip-spark]
 
-The venv (pyspark 4.2.0, confluent-kafka, pyarrow, psutil) and the
-connector's jars (benches/kafka/pom.xml, with Maven) are prepared by the
+Make the venv once (pyspark 4.2.0, confluent-kafka, pyarrow, psutil, from PyPI):
+
+  python3 -m venv target/bench/spark-venv
+  target/bench/spark-venv/bin/pip install pyspark==4.2.0 confluent-kafka pyarrow psutil
+
+The connector's jars (benches/kafka/pom.xml, with Maven) are fetched by the
 script when missing.
 """
 import argparse

@@ -11,10 +11,13 @@ use sluice_flight::conformance::{Outcome, all_passed, check};
 /// Certifies the stage at `url`, or the program `command` started on a unix socket.
 pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
     let mut child = None;
+    // the child's socket, removed whatever happens (as the engine does)
+    let mut socket_file = None;
     let target = match (url, command.split_first()) {
         (Some(u), None) => Target::Url(u),
         (None, Some((program, args))) => {
             let socket = sluice_flight::launch::socket_path("check");
+            socket_file = Some(SocketFile(socket.clone()));
             let mut c = match sluice_flight::launch::spawn(sluice_flight::launch::ChildStage {
                 name: "check",
                 program: std::path::Path::new(program),
@@ -32,6 +35,7 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
                 sluice_flight::launch::wait_healthy(&mut c, &socket, Duration::from_secs(20)).await
             {
                 eprintln!("error: {program}: {e}");
+                sluice_flight::launch::stop(&mut c, Duration::from_secs(5)).await;
                 return ExitCode::from(1);
             }
             child = Some(c);
@@ -68,9 +72,10 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
             outln!("the stage process exited during the checks ({status})");
             ok = false;
         }
-        let _ = c.start_kill();
-        let _ = c.wait().await;
+        // as the engine stops a child stage: SIGTERM, 5 s, then SIGKILL
+        sluice_flight::launch::stop(&mut c, Duration::from_secs(5)).await;
     }
+    drop(socket_file);
     let (pass, fail, skip) = results
         .iter()
         .fold((0, 0, 0), |(p, f, s), r| match r.outcome {
@@ -83,5 +88,14 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// Removes a child stage's socket file when dropped.
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

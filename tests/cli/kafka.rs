@@ -915,3 +915,92 @@ url = "{}"
         "{r}"
     );
 }
+
+/// CSV messages, one record each: every malformed one (a wrong type, a
+/// field too many or too few, an open quote, a tombstone, an empty value)
+/// is dead-lettered with its partition and offset; the good ones are rows.
+#[test]
+fn malformed_csv_messages_are_dead_lettered_with_partition_and_offset() {
+    let b = broker();
+    let input = topic("csv");
+    kafka_tool(&["create", &b, &input, "2"]);
+    let bad: serde_json::Value =
+        serde_json::from_str(&kafka_tool(&["produce-csv", &b, &input])).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = tmp.path().join("csv.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[pipeline]
+name = "csv"
+[sources.orders]
+kind = "kafka"
+brokers = "{b}"
+topic = "{input}"
+format = "csv"
+columns = [{{ name = "id", type = "bigint", nullable = false }}, {{ name = "word", type = "varchar" }}]
+on_error = "dead_letter"
+[sinks.out]
+kind = "parquet"
+input = "orders"
+url = "{out}"
+[dead_letter]
+url = "{dead}"
+"#,
+            out = tmp.path().join("out").display(),
+            dead = tmp.path().join("dead").display(),
+        ),
+    )
+    .unwrap();
+    ok(sluice(&[
+        "run",
+        "-q",
+        "--exit-when-idle",
+        pipeline.to_str().unwrap(),
+    ]));
+    let r = duckdb_check(&[
+        "query",
+        "--sink",
+        &format!("out={}", tmp.path().join("out").display()),
+        "--sql",
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids, \
+         sum(CASE WHEN word = 'w' || id THEN 1 ELSE 0 END) AS right_words FROM out",
+    ]);
+    assert_eq!(r[0]["n"], 100, "{r}");
+    assert_eq!(r[0]["ids"], 100, "{r}");
+    assert_eq!(
+        r[0]["right_words"].to_string().trim_matches('"'),
+        "100",
+        "{r}"
+    );
+    let dead = duckdb_check(&[
+        "query",
+        "--sink",
+        &format!("dead={}", tmp.path().join("dead").display()),
+        "--sql",
+        "SELECT file, \"offset\" FROM dead ORDER BY file, \"offset\"",
+    ]);
+    let got: Vec<(String, u64)> = dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["file"].as_str().unwrap().to_string(),
+                d["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = bad
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                format!("kafka://{input}/{}", m["partition"]),
+                m["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "dead letters: {dead}");
+}

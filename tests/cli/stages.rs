@@ -312,15 +312,25 @@ fn the_conformance_kit_certifies_every_example_stage_in_both_languages() {
         "rust/enrich",
     ] {
         let bin = root().join("target/stages").join(s);
-        let o = run(&[
-            "stage".into(),
-            "check".into(),
-            "--".into(),
-            bin.to_string_lossy().into(),
-        ]);
+        // the child's socket goes in TMPDIR; the kit removes it at the end
+        let tmp = tempfile::tempdir().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["stage", "check", "--"])
+            .arg(&bin)
+            .current_dir(root())
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
         let t = text(&o);
         assert!(o.status.success(), "{s}:\n{t}");
         assert!(t.contains("0 failed"), "{s}:\n{t}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".sock"))
+            .collect();
+        assert!(left.is_empty(), "{s}: sockets left behind: {left:?}");
         for check in [
             "describe",
             "health",
@@ -411,6 +421,11 @@ fn row_errors_that_name_rows_wrongly_fail_the_run_as_a_protocol_violation() {
         ("twice", "twice"),
         ("no_seq", "no `in_seq`"),
         ("second", "a second `row_errors` message"),
+        ("empty", "names no row"),
+        ("early_flushed", "`flushed` before"),
+        ("wrong_epoch", "of epoch"),
+        ("ack_body", "rows in an `ack`"),
+        ("no_rows_count", "without `rows`"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let o = liar(tmp.path(), lie);

@@ -22,6 +22,11 @@ independent client: librdkafka through Python, not sluice's code).
       writer schemas AVRO_SCHEMAS by id (GET /schemas/ids/<id>), and
       registering new ones (POST /subjects/<subject>/versions, ids from
       1000; GET /subjects lists the subjects)
+  kafka_tool.py produce-csv BROKERS TOPIC
+      CSV messages "<i>,w<i>" for i in 0..99, then one bad message of each
+      kind (a wrong type, a field too many, a field too few, an open
+      quote, a tombstone, an empty value); prints the partition and offset
+      of the bad ones
   kafka_tool.py produce-avro BROKERS TOPIC
       Avro messages in the Confluent wire format: ids 0..99 written with
       schema 1, ids 100..199 with schema 2 (a field more), then one bad
@@ -126,6 +131,24 @@ def produce_avro(brokers, topic):
                   on_delivery=report)
     good = frame(1, {"id": 7, "word": "seven"})
     for bad in [b"\x01" + good[1:], b"\x00\x00\x00\x00\x63" + good[5:], good[:-2], good + b"\x02x", b"\x00\x00"]:
+        p.produce(topic, key=b"bad", value=bad, on_delivery=report)
+    p.flush(60)
+    print(json.dumps(sorted(placed, key=lambda x: (x["partition"], x["offset"]))))
+
+
+def produce_csv(brokers, topic):
+    p = Producer({"bootstrap.servers": brokers})
+    placed = []
+
+    def report(err, msg):
+        if err is not None:
+            raise RuntimeError(err)
+        if msg.key() == b"bad":
+            placed.append({"partition": msg.partition(), "offset": msg.offset()})
+
+    for i in range(100):
+        p.produce(topic, key=str(i).encode(), value=f"{i},w{i}".encode(), on_delivery=report)
+    for bad in [b"seven,x", b"1,a,extra", b"2", b'3,"open quote', None, b""]:
         p.produce(topic, key=b"bad", value=bad, on_delivery=report)
     p.flush(60)
     print(json.dumps(sorted(placed, key=lambda x: (x["partition"], x["offset"]))))
@@ -268,5 +291,7 @@ if __name__ == "__main__":
         registry(*args)
     elif cmd == "produce-avro":
         produce_avro(*args)
+    elif cmd == "produce-csv":
+        produce_csv(*args)
     else:
         sys.exit(f"unknown command {cmd}")

@@ -8,8 +8,14 @@ answers (tests/cli/stages.rs):
   second         sends two `row_errors` messages for one batch
   unknown_code   names row 0, with a code outside the vocabulary (not a lie
                  the engine refuses: it keeps the code in the message)
+  empty          a `row_errors` message that names no row
+  early_flushed  sends `flushed` after its first answer, before `end`
+  wrong_epoch    answers with the envelope of another epoch
+  ack_body       a message with rows whose envelope says `ack`
+  no_rows_count  a `flushed` without `rows`
 
-Every batch is answered with its rows but row 0, then the row_errors message.
+Every batch (of at most 10 rows, so an exchange has several) is answered
+with its rows but row 0, then the row_errors message.
 """
 import json
 import os
@@ -23,7 +29,7 @@ def env(**kv):
 
 MANIFEST = {
     "name": "liar", "version": "1.0.0", "language": "python", "protocol": "sluice.stage.v1",
-    "input_schema": None, "output_schema": None, "max_batch_rows": 1 << 20, "max_batch_bytes": 64 << 20,
+    "input_schema": None, "output_schema": None, "max_batch_rows": 10, "max_batch_bytes": 64 << 20,
     "stateful": False, "ordering": "preserve", "errors": "row",
 }
 
@@ -57,9 +63,14 @@ class Liar(flight.FlightServerBase):
             if chunk.data is not None:
                 n, in_seq = chunk.data.num_rows, meta.get("seq", 0)
                 kept = chunk.data.slice(1)
-                writer.write_with_metadata(kept, env(v=1, kind="batch", epoch=epoch, seq=seq, in_seq=in_seq))
+                kind = "ack" if lie == "ack_body" else "batch"
+                at = epoch + 1 if lie == "wrong_epoch" else epoch
+                writer.write_with_metadata(kept, env(v=1, kind=kind, epoch=at, seq=seq, in_seq=in_seq))
                 seq += 1
                 rows += kept.num_rows
+                if lie == "early_flushed":
+                    writer.write_metadata(env(v=1, kind="flushed", epoch=epoch, seq=seq, rows=rows))
+                    return
                 row0 = {"row": 0, "code": "REJECTED", "message": "row zero"}
                 if lie == "out_of_range":
                     errors(in_seq, n, errors=[{"row": n, "code": "REJECTED", "message": "past the end"}])
@@ -70,11 +81,16 @@ class Liar(flight.FlightServerBase):
                 elif lie == "second":
                     errors(in_seq, n, errors=[row0])
                     errors(in_seq, n, errors=[row0])
+                elif lie == "empty":
+                    errors(in_seq, n, errors=[])
                 else:
                     errors(in_seq, n, errors=[{"row": 0, "code": "SHRUG", "message": "row zero"}])
             elif meta.get("kind") == "end":
                 break
-        writer.write_metadata(env(v=1, kind="flushed", epoch=epoch, seq=seq, rows=rows))
+        if lie == "no_rows_count":
+            writer.write_metadata(env(v=1, kind="flushed", epoch=epoch, seq=seq))
+        else:
+            writer.write_metadata(env(v=1, kind="flushed", epoch=epoch, seq=seq, rows=rows))
 
 
 if __name__ == "__main__":

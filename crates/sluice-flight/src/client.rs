@@ -58,6 +58,18 @@ pub enum StageEvent {
     Flushed(Envelope),
 }
 
+impl StageEvent {
+    /// The event's envelope.
+    pub fn envelope(&self) -> &Envelope {
+        match self {
+            StageEvent::Batch { envelope, .. }
+            | StageEvent::Ack(envelope)
+            | StageEvent::RowErrors(envelope)
+            | StageEvent::Flushed(envelope) => envelope,
+        }
+    }
+}
+
 /// A connection to one stage.
 #[derive(Debug, Clone)]
 pub struct StageClient {
@@ -232,9 +244,11 @@ impl StageClient {
                 let event = match msg {
                     Ok(m) => decode_event(&target, m),
                     Err(FlightError::Tonic(status)) => Some(Err(StageError::from_status(&status))),
+                    // a batch before the schema, IPC that does not decode:
+                    // the stage's bug, not a broken connection (not retried)
                     Err(e) => Some(Err(StageError::new(
-                        ErrorCode::Unavailable,
-                        format!("{target}: {e}"),
+                        ErrorCode::Internal,
+                        format!("{target}: protocol violation: {e}"),
                     ))),
                 };
                 if let Some(event) = event {
@@ -255,24 +269,36 @@ fn decode_event(
     msg: arrow_flight::decode::DecodedFlightData,
 ) -> Option<Result<StageEvent, StageError>> {
     let md = msg.inner.app_metadata.clone();
-    let bad = |m: String| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}"));
+    // what a stage sends that breaks the protocol is its bug: `INTERNAL`,
+    // not retried (docs/protocol.md, section 5)
+    let bad = |m: String| {
+        StageError::new(
+            ErrorCode::Internal,
+            format!("{target}: protocol violation: {m}"),
+        )
+    };
     match msg.payload {
         DecodedPayload::Schema(_) => None,
-        DecodedPayload::RecordBatch(batch) => Some(
-            Envelope::decode(&md)
-                .map(|envelope| StageEvent::Batch { batch, envelope })
-                .map_err(bad),
-        ),
+        DecodedPayload::RecordBatch(batch) => Some(Envelope::decode(&md).map_err(bad).and_then(
+            |envelope| match envelope.kind {
+                Kind::Batch => Ok(StageEvent::Batch { batch, envelope }),
+                other => Err(bad(format!(
+                    "{} rows in an `{}` message: only a `batch` message carries rows",
+                    batch.num_rows(),
+                    other.as_str()
+                ))),
+            },
+        )),
         DecodedPayload::None if md.is_empty() => None,
         DecodedPayload::None => Some(Envelope::decode(&md).map_err(bad).and_then(
             |e| match e.kind {
                 Kind::Ack => Ok(StageEvent::Ack(e)),
                 Kind::RowErrors => Ok(StageEvent::RowErrors(e)),
                 Kind::Flushed => Ok(StageEvent::Flushed(e)),
-                other => Err(StageError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("{target}: unexpected `{other:?}` message from the stage"),
-                )),
+                other => Err(bad(format!(
+                    "a `{}` message without rows from the stage",
+                    other.as_str()
+                ))),
             },
         )),
     }

@@ -23,6 +23,19 @@ pub enum Kind {
     Flushed,
 }
 
+impl Kind {
+    /// As the envelope spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Batch => "batch",
+            Kind::End => "end",
+            Kind::Ack => "ack",
+            Kind::RowErrors => "row_errors",
+            Kind::Flushed => "flushed",
+        }
+    }
+}
+
 /// One failed row of a `row_errors` message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowErrorEntry {

@@ -55,6 +55,11 @@ impl SentBatches {
                 "a second `row_errors` message for input batch {seq}: one per batch"
             ));
         }
+        if errors.is_empty() {
+            return Err(format!(
+                "a `row_errors` message for input batch {seq} names no row: send none when no row failed"
+            ));
+        }
         let mut seen = HashSet::with_capacity(errors.len());
         for e in errors {
             if e.row >= *rows {

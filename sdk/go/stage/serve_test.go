@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/sluice-etl/sluice/sdk/go/internal/stagetest"
 	"github.com/sluice-etl/sluice/sdk/go/stage"
+	"github.com/sluice-etl/sluice/sdk/go/stage/stagetest"
 )
 
 // serve runs stage.Serve in the background and returns a channel with its

@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sluice-etl/sluice/sdk/go/internal/envelope"
-	"github.com/sluice-etl/sluice/sdk/go/internal/stagetest"
 	"github.com/sluice-etl/sluice/sdk/go/stage"
+	"github.com/sluice-etl/sluice/sdk/go/stage/stagetest"
 )
 
 // keepEven keeps the rows with an even id, reports ids that are multiples

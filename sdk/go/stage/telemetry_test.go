@@ -16,8 +16,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/sluice-etl/sluice/sdk/go/internal/stagetest"
 	"github.com/sluice-etl/sluice/sdk/go/stage"
+	"github.com/sluice-etl/sluice/sdk/go/stage/stagetest"
 )
 
 // The engine's exchange span, as the engine sends it in `traceparent`.

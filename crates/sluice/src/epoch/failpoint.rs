@@ -23,6 +23,7 @@ pub(crate) enum Point {
     /// A part of a multipart upload is on the store, the upload not complete.
     MidUpload,
     /// As [`Point::BeforeCommit`], where the process stops rather than aborts.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     StopBeforeCommit,
 }
 

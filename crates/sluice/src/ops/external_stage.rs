@@ -432,7 +432,10 @@ async fn exchange_body(
     let keep_at_most = 2 * config.max_in_flight.max(1) + 2;
     // the row count of every batch sent, to check the stage's row errors
     let sent_batches: Arc<std::sync::Mutex<SentBatches>> = Arc::default();
+    // set once every input batch was handed over: only then may `flushed` come
+    let input_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeder = {
+        let input_done = Arc::clone(&input_done);
         let recent = Arc::clone(&recent);
         let sent_batches = Arc::clone(&sent_batches);
         let (permits, in_flight, sent, failed) = (
@@ -486,6 +489,8 @@ async fn exchange_body(
                     }
                 }
             }
+            // (before `feed` drops, which makes the client send `end`)
+            input_done.store(true, Ordering::SeqCst);
         })
     };
     let _abort_feeder = AbortOnDrop(feeder);
@@ -517,7 +522,16 @@ async fn exchange_body(
                 "the stage closed the exchange without `flushed` (did it crash?)",
             ));
         };
-        match event? {
+        let event = event?;
+        let epoch = event.envelope().epoch;
+        if epoch != open.epoch {
+            return Err(violation(format!(
+                "a `{}` message of epoch {epoch} in the exchange of epoch {}",
+                event.envelope().kind.as_str(),
+                open.epoch
+            )));
+        }
+        match event {
             StageEvent::Batch { batch, envelope } => {
                 check_schema(&schema, &batch.schema()).map_err(|m| {
                     StageError::new(
@@ -620,15 +634,32 @@ async fn exchange_body(
                 }
             }
             StageEvent::Flushed(envelope) => {
-                if let Some(rows) = envelope.rows
-                    && rows != rows_received
-                {
-                    return Err(StageError::new(
-                        ErrorCode::Internal,
-                        format!("the stage says it sent {rows} rows, {rows_received} arrived"),
-                    ));
+                // an early `flushed` would end the partition with input unread
+                let sent = sent.load(Ordering::Relaxed);
+                if !input_done.load(Ordering::SeqCst) || answers.next < sent {
+                    return Err(violation(format!(
+                        "`flushed` before the exchange was over ({} of {sent} input batches answered{})",
+                        answers.next,
+                        if input_done.load(Ordering::SeqCst) {
+                            ""
+                        } else {
+                            ", more input to come"
+                        }
+                    )));
                 }
-                return Ok(());
+                match envelope.rows {
+                    None => {
+                        return Err(violation(
+                            "`flushed` without `rows` (the count of output rows it sent)".into(),
+                        ));
+                    }
+                    Some(rows) if rows != rows_received => {
+                        return Err(violation(format!(
+                            "the stage says it sent {rows} rows, {rows_received} arrived"
+                        )));
+                    }
+                    Some(_) => return Ok(()),
+                }
             }
         }
     }

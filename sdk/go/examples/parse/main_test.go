@@ -10,8 +10,8 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
-	"github.com/sluice-etl/sluice/sdk/go/internal/stagetest"
 	"github.com/sluice-etl/sluice/sdk/go/stage"
+	"github.com/sluice-etl/sluice/sdk/go/stage/stagetest"
 )
 
 func logLines(mem memory.Allocator, lines ...string) arrow.RecordBatch {

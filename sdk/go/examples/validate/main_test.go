@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sluice-etl/sluice/sdk/go/examples/internal/lines"
-	"github.com/sluice-etl/sluice/sdk/go/internal/stagetest"
 	"github.com/sluice-etl/sluice/sdk/go/stage"
+	"github.com/sluice-etl/sluice/sdk/go/stage/stagetest"
 )
 
 func open(t *testing.T, mem memory.Allocator, config string) stage.Processor {

@@ -3,6 +3,18 @@
 // it with a plain Flight client, message by message, checking the protocol
 // on the way (the schema comes first, every message after it has an
 // envelope).
+//
+// It is public so that a stage written outside this module can be tested
+// the way the SDK's own examples are:
+//
+//	srv := stagetest.Start(t, myStage{}, memory.DefaultAllocator)
+//	events, err := srv.Run(ctx, stagetest.OpenCmd("mine", 1, 0, ""), schema, rec)
+//	// stagetest.Kinds(events) == "batch(0) flushed"
+//
+// or, for the stage's own binary (its main), RunMainIfAsked in TestMain and
+// StartProcess in the test. What it does not do: dictionary-encoded output
+// (Recv refuses a dictionary message), and the engine's full verdict on an
+// exchange; run `sluice stage check` for that.
 package stagetest
 
 import (
@@ -190,14 +202,37 @@ func (s *Server) Describe(ctx context.Context) (stage.Manifest, []byte, error) {
 	return m, body, err
 }
 
-// OpenCmd is an open request (protocol.md section 3); config is JSON or "".
+// OpenCmd is an open request (protocol.md section 3); config is JSON, or
+// "" for none (`null`, as the engine sends for a stage without `config`).
 func OpenCmd(stageName string, epoch uint64, partition uint32, config string) []byte {
 	if config == "" {
-		config = "{}"
+		config = "null"
 	}
-	return fmt.Appendf(nil, `{"protocol":%q,"stage":%q,"epoch":%d,"partition":%d,"config":%s}`,
-		stage.Protocol, stageName, epoch, partition, config)
+	name, _ := json.Marshal(stageName) // a string always marshals
+	return fmt.Appendf(nil, `{"protocol":"%s","stage":%s,"epoch":%d,"partition":%d,"config":%s}`,
+		stage.Protocol, name, epoch, partition, config)
 }
+
+// The envelope of every message (protocol.md section 4), as Event carries it.
+type (
+	// Envelope is one message's app_metadata.
+	Envelope = envelope.Envelope
+	// Kind says what a message is.
+	Kind = envelope.Kind
+	// RowError is one entry of a row_errors message.
+	RowError = envelope.RowError
+	// Lineage identifies the stage implementation that produced a batch.
+	Lineage = envelope.Lineage
+)
+
+// The kinds of message.
+const (
+	Batch     = envelope.Batch
+	End       = envelope.End
+	Ack       = envelope.Ack
+	RowErrors = envelope.RowErrors
+	Flushed   = envelope.Flushed
+)
 
 // Event is one message the stage sent after its schema.
 type Event struct {
