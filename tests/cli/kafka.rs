@@ -83,6 +83,34 @@ fn kill_args(b: &str, input: &str, output: &str, dir: &Path) -> Vec<String> {
     args
 }
 
+/// The dead letters `dead` (rows with `file` and `offset`) are the bad
+/// messages `bad` (`kafka_tool.py`'s partitions and offsets) of `topic`.
+fn same_places(dead: &serde_json::Value, topic: &str, bad: &serde_json::Value) {
+    let got: Vec<(String, u64)> = dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["file"].as_str().unwrap().to_string(),
+                d["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = bad
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                format!("kafka://{topic}/{}", m["partition"]),
+                m["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "dead letters: {dead}");
+}
+
 /// Every id of `0..n` exactly once in the parquet sink and in the topic.
 fn every_id_once(dir: &Path, b: &str, output: &str, n: u64) {
     let r = duckdb_check(&[
@@ -153,29 +181,7 @@ fn twenty_kills_of_kafka_to_parquet_and_kafka_deliver_every_message_once() {
         "--sql",
         "SELECT file, \"offset\", code FROM dead ORDER BY file, \"offset\"",
     ]);
-    let got: Vec<(String, u64)> = r
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["file"].as_str().unwrap().to_string(),
-                d["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let want: Vec<(String, u64)> = bad
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                format!("kafka://{input}/{}", m["partition"]),
-                m["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(got, want, "dead letters: {r}");
+    same_places(&r, &input, &bad);
 
     // a rerun finds nothing new and commits nothing twice
     finish(&args, &[]);
@@ -417,29 +423,7 @@ url = "{dead}"
         "--sql",
         "SELECT file, \"offset\", message FROM dead ORDER BY file, \"offset\"",
     ]);
-    let got: Vec<(String, u64)> = dead
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["file"].as_str().unwrap().to_string(),
-                d["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let want: Vec<(String, u64)> = bad
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                format!("kafka://{input}/{}", m["partition"]),
-                m["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(got, want, "dead letters: {dead}");
+    same_places(&dead, &input, &bad);
     let messages = dead.to_string();
     for m in [
         "Confluent wire format",
@@ -980,27 +964,5 @@ url = "{dead}"
         "--sql",
         "SELECT file, \"offset\" FROM dead ORDER BY file, \"offset\"",
     ]);
-    let got: Vec<(String, u64)> = dead
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["file"].as_str().unwrap().to_string(),
-                d["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let want: Vec<(String, u64)> = bad
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                format!("kafka://{input}/{}", m["partition"]),
-                m["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(got, want, "dead letters: {dead}");
+    same_places(&dead, &input, &bad);
 }

@@ -59,6 +59,20 @@ AVRO_SCHEMAS = {
 }
 
 
+def placing_bad():
+    """A delivery callback that notes where each message keyed `bad` went,
+    and the list it notes them in."""
+    placed = []
+
+    def report(err, msg):
+        if err is not None:
+            raise RuntimeError(err)
+        if msg.key() == b"bad":
+            placed.append({"partition": msg.partition(), "offset": msg.offset()})
+
+    return placed, report
+
+
 def registry(port):
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -116,13 +130,7 @@ def produce_avro(brokers, topic):
         return b"\x00" + struct.pack(">I", schema_id) + buf.getvalue()
 
     p = Producer({"bootstrap.servers": brokers})
-    placed = []
-
-    def report(err, msg):
-        if err is not None:
-            raise RuntimeError(err)
-        if msg.key() == b"bad":
-            placed.append({"partition": msg.partition(), "offset": msg.offset()})
+    placed, report = placing_bad()
 
     for i in range(100):
         p.produce(topic, key=str(i).encode(), value=frame(1, {"id": i, "word": f"w{i}"}), on_delivery=report)
@@ -138,13 +146,7 @@ def produce_avro(brokers, topic):
 
 def produce_csv(brokers, topic):
     p = Producer({"bootstrap.servers": brokers})
-    placed = []
-
-    def report(err, msg):
-        if err is not None:
-            raise RuntimeError(err)
-        if msg.key() == b"bad":
-            placed.append({"partition": msg.partition(), "offset": msg.offset()})
+    placed, report = placing_bad()
 
     for i in range(100):
         p.produce(topic, key=str(i).encode(), value=f"{i},w{i}".encode(), on_delivery=report)
@@ -163,13 +165,7 @@ def create(brokers, topic, partitions):
 
 def produce(brokers, topic, first, count, bad=0, ts_step=None):
     p = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "enable.idempotence": True})
-    placed = []
-
-    def report(err, msg):
-        if err is not None:
-            raise RuntimeError(err)
-        if msg.key() == b"bad":
-            placed.append({"partition": msg.partition(), "offset": msg.offset()})
+    placed, report = placing_bad()
 
     for i in range(int(first), int(first) + int(count)):
         extra = {} if ts_step is None else {"timestamp": 1_700_000_000_000 + i * int(ts_step)}

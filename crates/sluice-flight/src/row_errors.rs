@@ -120,7 +120,8 @@ mod tests {
         );
         assert_eq!(s.accept(Some(0), &[err(0), err(2)]), Ok(()));
         assert!(s.accept(Some(0), &[err(1)]).unwrap_err().contains("second"));
-        assert_eq!(s.accept(Some(1), &[]), Ok(()));
+        assert!(s.accept(Some(1), &[]).unwrap_err().contains("names no row"));
+        assert_eq!(s.accept(Some(1), &[err(0)]), Ok(()));
         for seq in 2..(REMEMBERED as u64 + 10) {
             s.sent(seq, 1);
         }
@@ -132,8 +133,9 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever a stage answers, it is accepted exactly when every row it
-        /// names is a distinct row of a batch that was sent, once per batch.
+        /// Whatever a stage answers, it is accepted exactly when it names
+        /// rows, every one a distinct row of a batch that was sent, once per
+        /// batch.
         #[test]
         fn accepted_exactly_when_it_names_real_rows_once(
             sizes in proptest::collection::vec(0u64..6, 1..6),
@@ -151,6 +153,7 @@ mod tests {
                     Some(q) => (q as usize) < sizes.len()
                         && !reported.contains(&q)
                         && distinct
+                        && !rows.is_empty()
                         && rows.iter().all(|r| *r < sizes[q as usize]),
                     None => false,
                 };

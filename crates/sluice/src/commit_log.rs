@@ -40,6 +40,35 @@ pub(crate) const COMMIT_FORMAT: u32 = 1;
 pub(crate) const SHARED_DEBRIS_AGE: Duration = Duration::from_secs(3600);
 
 impl Commit {
+    /// The commit of `sealed` by sink `sink`, as `record` describes it,
+    /// committed now.
+    pub(crate) fn of(
+        record: &crate::sinks::CommitRecord,
+        sink: &str,
+        sealed: crate::sinks::Sealed,
+        partition_by: Vec<String>,
+    ) -> Self {
+        Commit {
+            format: COMMIT_FORMAT,
+            epoch: record.epoch,
+            first_epoch: record.first_epoch,
+            pipeline: record.pipeline.clone(),
+            sink: sink.to_string(),
+            run_id: record.run_id.clone(),
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            rows: sealed.rows,
+            bytes: sealed.bytes,
+            files: sealed.files,
+            schema: record.schema.as_ref().clone(),
+            partition_by,
+            lineage: record.lineage.clone(),
+            provenance: record.provenance.clone(),
+            source_offsets: record.source_offsets.clone(),
+            rollout: record.rollout.clone(),
+            state: record.state.clone(),
+        }
+    }
+
     /// What [`crate::sinks::Sink::recover`] reports of this commit.
     pub(crate) fn into_range(self) -> crate::epoch::recovery::CommittedRange {
         crate::epoch::recovery::CommittedRange {

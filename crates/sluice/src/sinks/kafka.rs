@@ -48,7 +48,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use super::{CommitRecord, EpochOutput, Recovered, Sealed, Sink, SinkLog};
-use crate::commit_log::{COMMIT_FORMAT, Commit};
+use crate::commit_log::Commit;
 use crate::epoch::EpochBinding;
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::kafka::{
@@ -719,25 +719,7 @@ impl Sink for KafkaSink {
                 .flat_map(|k| pending.remove(&k).unwrap_or_default())
                 .collect()
         };
-        let commit = Commit {
-            format: COMMIT_FORMAT,
-            epoch: record.epoch,
-            first_epoch: record.first_epoch,
-            pipeline: record.pipeline.clone(),
-            sink: self.name.clone(),
-            run_id: record.run_id.clone(),
-            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            files: Vec::new(),
-            rows: sealed.rows,
-            bytes: sealed.bytes,
-            schema: record.schema.as_ref().clone(),
-            partition_by: Vec::new(),
-            lineage: record.lineage.clone(),
-            provenance: record.provenance.clone(),
-            source_offsets: record.source_offsets.clone(),
-            rollout: record.rollout.clone(),
-            state: record.state.clone(),
-        };
+        let commit = Commit::of(record, &self.name, sealed, Vec::new());
         let body = serde_json::to_vec(&commit)
             .map_err(|e| self.err(format!("cannot record the commit: {e}"), RetryHint::Never))?;
         let producer = Arc::clone(&self.producer);

@@ -38,7 +38,7 @@ pub(crate) use table::{HISTORY_DEPTH, Table, kernel_schema, sluice_commit};
 
 use super::file::{FileSink, Layout};
 use super::{CommitRecord, DeltaSinkConfig, EpochOutput, Recovered, Sealed, Sink, SinkLog};
-use crate::commit_log::{COMMIT_FORMAT, Commit, CommittedFile};
+use crate::commit_log::{Commit, CommittedFile};
 use crate::error::{Result, RetryHint, SluiceError};
 use crate::spec::PipelineSpec;
 use crate::storage::StoreRegistry;
@@ -365,23 +365,13 @@ impl Sink for DeltaSink {
         let schema =
             types::delta_schema(&record.schema).unwrap_or_else(|| Arc::clone(&record.schema));
         let commit = Commit {
-            format: COMMIT_FORMAT,
-            epoch: record.epoch,
-            first_epoch: record.first_epoch,
-            pipeline: record.pipeline.clone(),
-            sink: self.files.name().to_string(),
-            run_id: record.run_id.clone(),
-            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            rows: sealed.rows,
-            bytes: sealed.bytes,
-            files: sealed.files.clone(),
             schema: schema.as_ref().clone(),
-            partition_by: self.files.partition_by().to_vec(),
-            lineage: record.lineage.clone(),
-            provenance: record.provenance.clone(),
-            source_offsets: record.source_offsets.clone(),
-            rollout: record.rollout.clone(),
-            state: record.state.clone(),
+            ..Commit::of(
+                record,
+                self.files.name(),
+                sealed.clone(),
+                self.files.partition_by().to_vec(),
+            )
         };
         let info = serde_json::to_value(&commit)
             .map_err(|e| self.err(format!("cannot record the commit: {e}"), RetryHint::Never))?;

@@ -37,7 +37,7 @@ use upload::Upload;
 pub(super) use writer::{OpenFile, OutputFormat};
 
 use super::{CommitRecord, EpochOutput, Recovered, Sealed, Sink, SinkLog};
-use crate::commit_log::{COMMIT_FORMAT, Commit, CommitLog, CommittedFile, data_file_name};
+use crate::commit_log::{Commit, CommitLog, CommittedFile, data_file_name};
 use crate::error::{Cause, Result, RetryHint, SluiceError};
 use crate::spec::PipelineSpec;
 use crate::storage::{Location, StoreRegistry};
@@ -815,25 +815,7 @@ impl Sink for FileSink {
     }
 
     async fn commit(&self, sealed: Sealed, record: &CommitRecord) -> Result<()> {
-        let commit = Commit {
-            format: COMMIT_FORMAT,
-            epoch: record.epoch,
-            first_epoch: record.first_epoch,
-            pipeline: record.pipeline.clone(),
-            sink: self.name.clone(),
-            run_id: record.run_id.clone(),
-            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            rows: sealed.rows,
-            bytes: sealed.bytes,
-            files: sealed.files,
-            schema: record.schema.as_ref().clone(),
-            partition_by: self.partition_by.clone(),
-            lineage: record.lineage.clone(),
-            provenance: record.provenance.clone(),
-            source_offsets: record.source_offsets.clone(),
-            rollout: record.rollout.clone(),
-            state: record.state.clone(),
-        };
+        let commit = Commit::of(record, &self.name, sealed, self.partition_by.clone());
         let began = self
             .began
             .lock()
