@@ -277,6 +277,12 @@ enum StageCommand {
         /// Address of a running stage.
         #[arg(long)]
         url: Option<String>,
+        /// The stage's config, as JSON, in every open request (what its
+        /// `config` table in a pipeline would be), e.g. `'{"max": 3}'`; so
+        /// that a stage that only rejects rows under some config shows its
+        /// row errors to the `row_errors` check. Default: none (`null`).
+        #[arg(long)]
+        config: Option<String>,
         /// The program (and arguments) to start on a unix socket.
         #[arg(last = true)]
         command: Vec<String>,
@@ -493,9 +499,11 @@ pub async fn main(cli: Cli) -> ExitCode {
             dry_run,
             force,
         } => delta::vacuum(&engine, &url, retain.0, full, dry_run, force).await,
-        Command::Stage(StageCommand::Check { url, command }) => {
-            stage_check::run(url, command).await
-        }
+        Command::Stage(StageCommand::Check {
+            url,
+            config,
+            command,
+        }) => stage_check::run(url, config, command).await,
         Command::Stage(StageCommand::Bench {
             pipeline,
             stage,

@@ -9,7 +9,18 @@ use sluice_flight::Target;
 use sluice_flight::conformance::{Outcome, all_passed, check};
 
 /// Certifies the stage at `url`, or the program `command` started on a unix socket.
-pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
+pub async fn run(url: Option<String>, config: Option<String>, command: Vec<String>) -> ExitCode {
+    let config = match config
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        None => serde_json::Value::Null,
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            eprintln!("error: --config is not JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut child = None;
     // the child's socket, removed whatever happens (as the engine does)
     let mut socket_file = None;
@@ -47,7 +58,7 @@ pub async fn run(url: Option<String>, command: Vec<String>) -> ExitCode {
         }
     };
     outln!("conformance of the stage at {target} (sluice.stage.v1)");
-    let results = check(&target).await;
+    let results = check(&target, &config).await;
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec!["check", "result", "ms", "what", "detail"]);

@@ -364,9 +364,14 @@ fn the_conformance_kit_fails_a_stage_that_breaks_the_protocol() {
     stages_built();
     let bin = root().join("target/stages/rust/faulty");
     let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["stage", "check", "--"])
+        .args([
+            "stage",
+            "check",
+            "--config",
+            r#"{"bad_output": true}"#,
+            "--",
+        ])
         .arg(&bin)
-        .env("SLUICE_FAULTY_CONFIG", r#"{"bad_output": true}"#)
         .output()
         .unwrap();
     let t = text(&o);

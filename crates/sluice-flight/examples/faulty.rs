@@ -9,8 +9,8 @@
 //!   stage creates it), so the restarted process behaves.
 //!
 //! Without a config in the open request, `SLUICE_FAULTY_CONFIG` (the same
-//! keys, as JSON) is used: that is how the conformance kit's own tests make
-//! it misbehave.
+//! keys, as JSON) is used (`sluice stage check --config` gives the kit a
+//! config to send).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

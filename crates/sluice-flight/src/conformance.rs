@@ -248,6 +248,8 @@ struct Kit {
     target: Target,
     client: StageClient,
     manifest: Manifest,
+    /// The `config` of every open request.
+    config: serde_json::Value,
 }
 
 impl Kit {
@@ -257,7 +259,7 @@ impl Kit {
             stage: "conformance".into(),
             epoch,
             partition: 0,
-            config: serde_json::Value::Null,
+            config: self.config.clone(),
         }
     }
 
@@ -414,8 +416,9 @@ fn from(r: Result<(), String>) -> Outcome {
     }
 }
 
-/// Runs every check against the stage at `target`.
-pub async fn check(target: &Target) -> Vec<CheckResult> {
+/// Runs every check against the stage at `target`, opening every exchange
+/// with `config` (the stage's `config` table in a pipeline; `null` for none).
+pub async fn check(target: &Target, config: &serde_json::Value) -> Vec<CheckResult> {
     let mut out = Vec::new();
     let t = Instant::now();
     let client = match StageClient::connect(target, Duration::from_secs(10)).await {
@@ -460,6 +463,7 @@ pub async fn check(target: &Target) -> Vec<CheckResult> {
         target: target.clone(),
         client,
         manifest,
+        config: config.clone(),
     };
     out.push(
         timed("health", "`health` answers ok", async {
