@@ -55,7 +55,7 @@ type config struct {
 }
 
 func newConfig(opts []Option) config {
-	c := config{mem: memory.DefaultAllocator, log: defaultLogger(), shutdownTimeout: 10 * time.Second}
+	c := config{mem: memory.DefaultAllocator, log: defaultLogger(), shutdownTimeout: 4 * time.Second}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -79,7 +79,9 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 
 // WithShutdownTimeout bounds how long Serve waits for running exchanges
 // after a signal or the cancellation of its context before it cuts them
-// off. Default: 10s.
+// off. Default: 4s, inside the 5 s the engine waits after SIGTERM before
+// it sends SIGKILL (protocol.md section 1), so that the stage still exits
+// on its own, with its last spans exported.
 func WithShutdownTimeout(d time.Duration) Option { return func(c *config) { c.shutdownTimeout = d } }
 
 // WithServerOptions adds gRPC server options (TLS credentials for a remote
