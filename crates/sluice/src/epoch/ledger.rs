@@ -127,7 +127,43 @@ mod tests {
         )
     }
 
+    /// Any JSON at all, as a hand-edited or foreign commit log may hold.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z0-9]{0,3}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("[a-c0-2]{1,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        /// Whatever the commits hold, the rule neither panics nor lets a
+        /// commit through that contradicts the log: a start the log's own
+        /// positions give never conflicts, and one that changes a leaf the
+        /// log has always does.
+        #[test]
+        fn any_json_in_a_log_is_judged_without_panic(ends in prop::collection::vec(any_json(), 0..5), start in any_json()) {
+            let log = positions(ends.iter());
+            prop_assert!(conflict(&log, &log).is_none());
+            if let Some((path, ours, theirs)) = conflict(&log, &start) {
+                prop_assert_ne!(ours, theirs, "a conflict at {} of equal values", path);
+            }
+            if let Value::Object(m) = &log
+                && let Some((k, v)) = m.iter().find(|(_, v)| !v.is_object())
+            {
+                let changed = serde_json::json!({ k.clone(): [v.clone()] });
+                prop_assert!(conflict(&log, &changed).is_some());
+            }
+        }
+
         #[test]
         fn committed_ranges_never_overlap(attempts in attempts()) {
             let mut log: Vec<(Value, Value)> = Vec::new();

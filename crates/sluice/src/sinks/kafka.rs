@@ -134,6 +134,13 @@ struct Encoded {
     headers: Vec<(String, Vec<u8>)>,
 }
 
+/// An epoch's Avro encoder and the writer schema it encodes (the sink's
+/// columns without sluice's metadata).
+struct AvroWriter {
+    plain: SchemaRef,
+    encoder: arrow_avro::writer::Encoder,
+}
+
 pub(crate) struct KafkaSink {
     name: String,
     cfg: KafkaSinkConfig,
@@ -414,75 +421,48 @@ impl KafkaSink {
             .copied()
     }
 
-    /// Encodes one batch's rows as Avro messages (the Confluent wire
-    /// format, writer schema `id`).
+    /// Encodes one batch's rows as Avro messages with `avro`'s encoder.
     fn encode_avro(
         &self,
         batch: &datafusion::arrow::array::RecordBatch,
-        plain: &SchemaRef,
-        id: u32,
+        avro: &mut AvroWriter,
         into: &mut Encoded,
     ) -> Result<()> {
-        let failed = |e: arrow_avro::errors::AvroError| {
-            self.err(format!("cannot encode rows as Avro: {e}"), RetryHint::Never)
-        };
+        let failed =
+            |e: String| self.err(format!("cannot encode rows as Avro: {e}"), RetryHint::Never);
+        // the same columns under the writer schema (no sluice metadata)
         let batch = datafusion::arrow::array::RecordBatch::try_new(
-            Arc::clone(plain),
+            Arc::clone(&avro.plain),
             batch.columns().to_vec(),
         )
-        .map_err(|e| self.err(format!("cannot encode rows as Avro: {e}"), RetryHint::Never))?;
-        let mut encoder = WriterBuilder::new(plain.as_ref().clone())
-            .with_fingerprint_strategy(FingerprintStrategy::Id(id))
-            .build_encoder::<AvroSoeFormat>()
-            .map_err(failed)?;
-        encoder.encode(&batch).map_err(failed)?;
-        for row in encoder.flush().iter() {
+        .map_err(|e| failed(e.to_string()))?;
+        avro.encoder
+            .encode(&batch)
+            .map_err(|e| failed(e.to_string()))?;
+        for row in avro.encoder.flush().iter() {
             into.values.extend_from_slice(&row);
             into.ends.push(into.values.len());
         }
         Ok(())
     }
 
-    /// Encodes one batch's rows as messages (JSON, or Avro with writer
-    /// schema `avro`), with their keys.
+    /// Encodes one batch's rows as messages (JSON, or Avro with `avro`'s
+    /// encoder), with their keys.
     fn encode(
         &self,
         batch: &datafusion::arrow::array::RecordBatch,
-        avro: Option<(&SchemaRef, u32)>,
+        avro: Option<&mut AvroWriter>,
         into: &mut Encoded,
     ) -> Result<()> {
-        if let Some((plain, id)) = avro {
-            let before = into.ends.len();
-            self.encode_avro(batch, plain, id, into)?;
-            if into.ends.len() - before != batch.num_rows() {
-                return Err(self.err(
-                    format!(
-                        "{} rows became {} Avro messages",
-                        batch.num_rows(),
-                        into.ends.len() - before
-                    ),
-                    RetryHint::Never,
-                ));
-            }
-            return self.encode_keys(batch, into);
-        }
-        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
-        w.write(batch)
-            .and_then(|_| w.finish())
-            .map_err(|e| self.err(format!("cannot encode rows as JSON: {e}"), RetryHint::Never))?;
-        let json = w.into_inner();
-        // one line per row: arrow's JSON writer escapes line breaks in values
         let before = into.ends.len();
-        let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', &json) {
-            into.values.extend_from_slice(&json[start..end]);
-            into.ends.push(into.values.len());
-            start = end + 1;
+        match avro {
+            Some(avro) => self.encode_avro(batch, avro, into)?,
+            None => self.encode_json(batch, into)?,
         }
         if into.ends.len() - before != batch.num_rows() {
             return Err(self.err(
                 format!(
-                    "{} rows became {} JSON lines",
+                    "{} rows became {} messages",
                     batch.num_rows(),
                     into.ends.len() - before
                 ),
@@ -490,6 +470,27 @@ impl KafkaSink {
             ));
         }
         self.encode_keys(batch, into)
+    }
+
+    /// Encodes one batch's rows as JSON messages.
+    fn encode_json(
+        &self,
+        batch: &datafusion::arrow::array::RecordBatch,
+        into: &mut Encoded,
+    ) -> Result<()> {
+        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+        w.write(batch)
+            .and_then(|_| w.finish())
+            .map_err(|e| self.err(format!("cannot encode rows as JSON: {e}"), RetryHint::Never))?;
+        let json = w.into_inner();
+        // one line per row: arrow's JSON writer escapes line breaks in values
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', &json) {
+            into.values.extend_from_slice(&json[start..end]);
+            into.ends.push(into.values.len());
+            start = end + 1;
+        }
+        Ok(())
     }
 
     /// Each row's key: the `key` column as text.
@@ -655,7 +656,7 @@ impl Sink for KafkaSink {
         }
         // Avro: the columns without sluice's metadata (which the headers
         // carry), so the writer schema is the same in every epoch
-        let avro = match self.cfg.format {
+        let mut avro = match self.cfg.format {
             KafkaSinkFormat::Json => None,
             KafkaSinkFormat::Avro => {
                 let plain: SchemaRef = Arc::new(Schema::new(
@@ -666,7 +667,14 @@ impl Sink for KafkaSink {
                         .collect::<Vec<_>>(),
                 ));
                 let id = self.avro_id(&plain).await?;
-                Some((plain, id))
+                // one encoder for the epoch, not one per batch
+                let encoder = WriterBuilder::new(plain.as_ref().clone())
+                    .with_fingerprint_strategy(FingerprintStrategy::Id(id))
+                    .build_encoder::<AvroSoeFormat>()
+                    .map_err(|e| {
+                        self.err(format!("cannot encode rows as Avro: {e}"), RetryHint::Never)
+                    })?;
+                Some(AvroWriter { plain, encoder })
             }
         };
         let mut stream = output.execute_all()?;
@@ -674,7 +682,7 @@ impl Sink for KafkaSink {
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| output.error(e))?;
             rows += batch.num_rows() as u64;
-            self.encode(&batch, avro.as_ref().map(|(s, id)| (s, *id)), &mut encoded)?;
+            self.encode(&batch, avro.as_mut(), &mut encoded)?;
         }
         if let Ok(mut pending) = self.pending.lock() {
             pending

@@ -6,16 +6,18 @@ use sluice::{Engine, PipelineSpec, Result, RunOptions};
 
 use crate::common::{committed_rows, query, scalar};
 
+/// TPC-H orders at SF 0.01 (15,000 rows) in 5 parts.
+fn orders() -> TpchSourceConfig {
+    TpchSourceConfig {
+        table: sluice::sources::TpchTable::Orders,
+        scale_factor: 0.01,
+        parts: Some(5),
+    }
+}
+
 fn orders_spec(url: &str) -> PipelineSpec {
     let mut spec = PipelineSpec::new("epochs", "1")
-        .with_source(
-            "orders",
-            TpchSourceConfig {
-                table: sluice::sources::TpchTable::Orders,
-                scale_factor: 0.01,
-                parts: Some(5),
-            },
-        )
+        .with_source("orders", orders())
         .with_source(
             "nation",
             SourceConfig::from(TpchSourceConfig {
@@ -211,14 +213,7 @@ impl sluice::sinks::SinkFactory for FlakyFactory {
 async fn after_a_failed_commit_is_retried_later_epochs_commit() -> Result<()> {
     let flaky = std::sync::Arc::new(FlakyCommits::default());
     let mut spec = PipelineSpec::new("flaky", "1")
-        .with_source(
-            "orders",
-            TpchSourceConfig {
-                table: sluice::sources::TpchTable::Orders,
-                scale_factor: 0.01,
-                parts: Some(5),
-            },
-        )
+        .with_source("orders", orders())
         .with_custom_sink(
             "flaky",
             "orders",
