@@ -2,9 +2,10 @@
 //
 // A stage is a program that transforms Arrow record batches for a sluice
 // pipeline, out of the engine's process. The engine talks to it over Arrow
-// Flight with the protocol sluice.stage.v1 (docs/protocol.md in the
-// repository); this package implements the stage's side of it, so a stage
-// is a type with four methods and a main that calls Serve.
+// Flight with the stage protocol (docs/protocol.md in the repository),
+// versions sluice.stage.v1.1 and sluice.stage.v1; this package implements
+// the stage's side of it, so a stage is a type with four methods and a
+// main that calls Serve.
 //
 // # Writing a stage
 //
@@ -51,6 +52,8 @@
 //     only then) means output = input. The SDK fills the defaults (language
 //     "go", protocol, 65536 rows and 32 MiB per batch, ordering "preserve",
 //     errors "row") and refuses an inconsistent manifest before serving.
+//     PlainTypes and Timing (protocol v1.1) ask the engine to cast view
+//     types away and promise a latency.
 //   - Open is called once per exchange with the open request: the pipeline's
 //     name for the stage, epoch, partition, the stage's config table and the
 //     input schema, already checked against the manifest (a mismatch fails
@@ -71,7 +74,38 @@
 // The SDK does the protocol: it answers every input batch with an output
 // batch, or with an "ack" when no row came out, then a "row_errors" message
 // if there are row errors; it stamps output batches with the lineage of the
-// stage; and after Flush it sends "flushed" with the number of rows.
+// stage; and after Flush it sends "flushed" with the number of rows. An
+// output record too large for one gRPC message (over 32 MiB, estimated from
+// its buffers) goes as several zero-copy row slices, "batch" messages
+// answering the same input batch, each under the 64 MiB limit.
+//
+// # Protocol versions
+//
+// The SDK speaks ProtocolV1_1 and ProtocolV1. The engine's "describe"
+// request lists the versions it speaks, {"protocols":[...]} (an empty body
+// is a v1 engine), and the manifest comes back in the newest version both
+// speak: its "protocol" says which, and the v1.1 keys "plain_types" and
+// "timing" are left out for a v1 engine. With no version in common,
+// describe fails with INVALID_ARGUMENT, "the engine speaks ...; this stage
+// speaks sluice.stage.v1.1, sluice.stage.v1". An exchange opens with either
+// version (OpenRequest.Protocol); any other is INVALID_ARGUMENT. A manifest
+// whose Protocol is ProtocolV1 makes the stage speak only v1.
+//
+// # TLS and tokens
+//
+// A remote stage (SLUICE_STAGE_ADDR) should not serve anyone who can reach
+// its port. Serve and NewServer read:
+//
+//   - SLUICE_STAGE_TLS_CERT and SLUICE_STAGE_TLS_KEY, PEM files: serve TLS
+//     (one without the other is an error);
+//   - SLUICE_STAGE_TLS_CLIENT_CA, a PEM file of CAs: clients must present a
+//     certificate signed by one of them (mutual TLS);
+//   - SLUICE_STAGE_TOKEN: every RPC must carry the gRPC metadata
+//     "authorization: Bearer <token>", else it fails with UNAUTHENTICATED
+//     ("no token: ..." or "wrong token"). The token is compared in constant
+//     time and never logged nor put in an error.
+//
+// WithTLS and WithToken set the same in code and override the environment.
 //
 // # Filtering and errors
 //

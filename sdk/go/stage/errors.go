@@ -28,6 +28,13 @@ const (
 	Internal            Code = "INTERNAL"             // a bug
 )
 
+// Codes returns every code of the protocol, in the order of the table of
+// protocol.md section 5 (testdata/protocol/error_codes.json).
+func Codes() []Code {
+	return []Code{Malformed, TypeMismatch, ConstraintViolation, Rejected, Late, SchemaMismatch,
+		InvalidArgument, Timeout, Unavailable, Internal}
+}
+
 // Valid reports whether c is one of the codes of the protocol.
 func (c Code) Valid() bool {
 	switch c {

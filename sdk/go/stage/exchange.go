@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -149,8 +151,9 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 	if err := json.Unmarshal(desc.GetCmd(), &x.req); err != nil {
 		return Fatal(InvalidArgument, "open request: %v", err)
 	}
-	if x.req.Protocol != Protocol {
-		return Fatal(InvalidArgument, "open request: protocol %q, stage %q speaks %q", x.req.Protocol, m.Name, Protocol)
+	if !slices.Contains(x.svc.speaks, x.req.Protocol) {
+		// the words of the Rust SDK
+		return Fatal(InvalidArgument, "the engine opened the exchange in %s; this stage speaks %s", x.req.Protocol, strings.Join(x.svc.speaks, ", "))
 	}
 	if inSchema == nil {
 		return Fatal(InvalidArgument, "the first message carries no input schema")
@@ -410,16 +413,26 @@ func (x *exchange) send(w *flight.Writer, a answer) error {
 	}
 	switch {
 	case a.rec != nil:
-		e := env(envelope.Batch)
-		e.InSeq, e.Lineage = a.inSeq, &x.svc.lineage
-		if err := w.WriteWithAppMetadata(a.rec, envelope.Encode(&e)); err != nil {
-			if status.Code(err) == codes.ResourceExhausted {
-				return Fatal(Internal, "stage %q: an output batch of %d rows is larger than the gRPC message limit (%d bytes): %v",
-					x.svc.manifest.Name, a.rec.NumRows(), MaxMessageSize, err)
+		// An answer larger than the message limit goes as several "batch"
+		// messages with the same in_seq (Flush output: without one).
+		pieces := splitRecord(a.rec, outputBudget)
+		defer func() {
+			for _, p := range pieces {
+				p.Release()
 			}
-			return err
+		}()
+		for _, p := range pieces {
+			e := env(envelope.Batch)
+			e.InSeq, e.Lineage = a.inSeq, &x.svc.lineage
+			if err := w.WriteWithAppMetadata(p, envelope.Encode(&e)); err != nil {
+				if status.Code(err) == codes.ResourceExhausted {
+					return Fatal(Internal, "stage %q: an output message of %d rows, cut from a larger answer as estimated, is still larger than the gRPC message limit (%d bytes): %v",
+						x.svc.manifest.Name, p.NumRows(), MaxMessageSize, err)
+				}
+				return err
+			}
+			x.rows += uint64(p.NumRows())
 		}
-		x.rows += uint64(a.rec.NumRows())
 	case a.inSeq != nil:
 		e := env(envelope.Ack)
 		e.InSeq = a.inSeq

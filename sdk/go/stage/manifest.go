@@ -6,15 +6,29 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/flight"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
-// Protocol is the protocol this SDK speaks, the "protocol" of manifests and
-// open requests.
-const Protocol = "sluice.stage.v1"
+// The versions of the stage protocol (docs/protocol.md). This SDK speaks
+// both; the engine and the stage agree on one in "describe".
+const (
+	// ProtocolV1 is the first version.
+	ProtocolV1 = "sluice.stage.v1"
+	// ProtocolV1_1 adds the manifest's "plain_types" and "timing" and the
+	// engine's list of versions in the describe request.
+	ProtocolV1_1 = "sluice.stage.v1.1"
+	// Protocol is the newest version this SDK speaks.
+	Protocol = ProtocolV1_1
+)
+
+// Protocols returns the versions this SDK speaks, newest first.
+func Protocols() []string { return []string{ProtocolV1_1, ProtocolV1} }
 
 // Language is the "language" of the manifest of a Go stage.
 const Language = "go"
@@ -53,7 +67,13 @@ type Manifest struct {
 	Name     string `json:"name"`     // required
 	Version  string `json:"version"`  // required, the implementation's version
 	Language string `json:"language"` // "go" when empty
-	Protocol string `json:"protocol"` // Protocol when empty; nothing else is accepted
+
+	// Protocol is the newest protocol version the stage speaks: empty for
+	// Protocol (the SDK's newest); ProtocolV1 restricts the stage to v1.
+	// The stage speaks every version of Protocols() from this one down. In
+	// a describe answer it is the version agreed with the engine: the
+	// newest both speak.
+	Protocol string `json:"protocol"`
 
 	// InputSchema nil: the stage accepts any schema. OutputSchema nil: the
 	// output schema is the input schema; allowed only when InputSchema is nil.
@@ -68,6 +88,65 @@ type Manifest struct {
 	Stateful bool        `json:"stateful"` // output depends on earlier batches: Flush matters
 	Ordering Ordering    `json:"ordering"` // OrderingPreserve when empty
 	Errors   ErrorPolicy `json:"errors"`   // ErrorsRow when empty
+
+	// PlainTypes (v1.1) asks the engine to cast view types before sending:
+	// Utf8View to Utf8, BinaryView to Binary, nested ones too, so that the
+	// stage never sees them. Written only when true, and not to a v1 engine.
+	PlainTypes bool `json:"plain_types,omitempty"`
+
+	// Timing (v1.1) is the stage's promise on latency, which the engine
+	// measures and reports breaches of. nil: no promise. Not written to a
+	// v1 engine.
+	Timing *Timing `json:"timing,omitempty"`
+}
+
+// Timing is the latency a stage promises (manifest key "timing", v1.1).
+// Both are required, at least a millisecond, and BatchP99 ≤ MaxAnswer; in
+// JSON they are whole milliseconds ("batch_p99_ms", "max_answer_ms"), a
+// fraction of one rounded up.
+type Timing struct {
+	// BatchP99 is the 99th percentile of the round trip of one batch: from
+	// the engine sending it to the stage's answer.
+	BatchP99 time.Duration
+	// MaxAnswer is the longest the stage takes to answer one batch.
+	MaxAnswer time.Duration
+}
+
+type timingJSON struct {
+	BatchP99MS  int64 `json:"batch_p99_ms"`
+	MaxAnswerMS int64 `json:"max_answer_ms"`
+}
+
+// MarshalJSON writes {"batch_p99_ms":N,"max_answer_ms":M}.
+func (t Timing) MarshalJSON() ([]byte, error) {
+	return json.Marshal(timingJSON{ceilMS(t.BatchP99), ceilMS(t.MaxAnswer)})
+}
+
+// UnmarshalJSON reads {"batch_p99_ms":N,"max_answer_ms":M}; both must be
+// positive integers, and no other key is allowed.
+func (t *Timing) UnmarshalJSON(b []byte) error {
+	var j struct {
+		BatchP99MS  *int64 `json:"batch_p99_ms"`
+		MaxAnswerMS *int64 `json:"max_answer_ms"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return fmt.Errorf("stage: timing: %w", err)
+	}
+	if j.BatchP99MS == nil || j.MaxAnswerMS == nil || *j.BatchP99MS <= 0 || *j.MaxAnswerMS <= 0 {
+		return fmt.Errorf("stage: timing %s: batch_p99_ms and max_answer_ms must be positive integers", b)
+	}
+	*t = Timing{BatchP99: time.Duration(*j.BatchP99MS) * time.Millisecond, MaxAnswer: time.Duration(*j.MaxAnswerMS) * time.Millisecond}
+	return nil
+}
+
+func ceilMS(d time.Duration) int64 {
+	ms := int64(d / time.Millisecond)
+	if d%time.Millisecond > 0 {
+		ms++
+	}
+	return ms
 }
 
 // SchemaRef is a named, versioned schema contract. In JSON the schema is
@@ -140,7 +219,16 @@ func (m Manifest) normalized() (Manifest, error) {
 	}
 	check(m.Name != "", "name is empty")
 	check(m.Version != "", "version is empty")
-	check(m.Protocol == Protocol, "protocol %q: this SDK speaks %q", m.Protocol, Protocol)
+	check(slices.Contains(Protocols(), m.Protocol), "protocol %q: this SDK speaks %s", m.Protocol, strings.Join(Protocols(), ", "))
+	if m.Protocol == ProtocolV1 {
+		check(!m.PlainTypes, "plain_types needs protocol %s, the manifest says %s", ProtocolV1_1, ProtocolV1)
+		check(m.Timing == nil, "timing needs protocol %s, the manifest says %s", ProtocolV1_1, ProtocolV1)
+	}
+	if t := m.Timing; t != nil {
+		check(t.BatchP99 >= time.Millisecond && t.MaxAnswer >= time.Millisecond,
+			"timing: batch p99 %v and max answer %v must both be at least 1ms", t.BatchP99, t.MaxAnswer)
+		check(t.BatchP99 <= t.MaxAnswer, "timing: batch p99 %v is more than the max answer %v", t.BatchP99, t.MaxAnswer)
+	}
 	check(m.MaxBatchRows > 0, "max_batch_rows %d is not positive", m.MaxBatchRows)
 	check(m.MaxBatchBytes > 0 && m.MaxBatchBytes <= MaxMessageSize,
 		"max_batch_bytes %d is not in 1..%d (the gRPC message limit)", m.MaxBatchBytes, MaxMessageSize)
@@ -153,6 +241,23 @@ func (m Manifest) normalized() (Manifest, error) {
 		return m, fmt.Errorf("stage: invalid manifest of %q: %w", m.Name, err)
 	}
 	return m, nil
+}
+
+// speaks lists the protocol versions of a normalized manifest, newest
+// first: those of the SDK from m.Protocol down.
+func (m Manifest) speaks() []string {
+	all := Protocols()
+	return all[slices.Index(all, m.Protocol):]
+}
+
+// forProtocol is the manifest as described to an engine that agreed on
+// version v: without the keys v does not have.
+func (m Manifest) forProtocol(v string) Manifest {
+	m.Protocol = v
+	if v == ProtocolV1 {
+		m.PlainTypes, m.Timing = false, nil
+	}
+	return m
 }
 
 func refName(r *SchemaRef) string {

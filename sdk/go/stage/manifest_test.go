@@ -22,7 +22,7 @@ func TestManifestJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	ipc := base64.StdEncoding.EncodeToString(flight.SerializeSchema(people, memory.DefaultAllocator))
-	want := `{"name":"enrich","version":"0.1.0","language":"go","protocol":"sluice.stage.v1",` +
+	want := `{"name":"enrich","version":"0.1.0","language":"go","protocol":"sluice.stage.v1.1",` +
 		`"input_schema":{"name":"people","version":"1","ipc":"` + ipc + `"},` +
 		`"output_schema":{"name":"people","version":"1","ipc":"` + ipc + `"},` +
 		`"max_batch_rows":1000,"max_batch_bytes":1048576,"stateful":true,"ordering":"none","errors":"fatal_only"}`

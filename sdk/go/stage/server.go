@@ -1,16 +1,18 @@
 package stage
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"go.opentelemetry.io/otel"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/flight"
 	flightgen "github.com/apache/arrow-go/v18/arrow/flight/gen/flight"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -52,6 +55,8 @@ type config struct {
 	shutdownTimeout time.Duration
 	grpcOpts        []grpc.ServerOption
 	tracerProvider  trace.TracerProvider // nil: see tracerOf
+	tls             *tlsFiles            // nil: from the environment
+	token           *string              // nil: from the environment
 }
 
 func newConfig(opts []Option) config {
@@ -84,8 +89,11 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 // on its own, with its last spans exported.
 func WithShutdownTimeout(d time.Duration) Option { return func(c *config) { c.shutdownTimeout = d } }
 
-// WithServerOptions adds gRPC server options (TLS credentials for a remote
-// stage, interceptors) after the SDK's message size limits.
+// WithServerOptions adds gRPC server options (interceptors, keepalive)
+// after the SDK's own: its message size limits, and the credentials and
+// token check of WithTLS and WithToken. A grpc.Creds here replaces the
+// credentials of WithTLS; a grpc.UnaryInterceptor or grpc.StreamInterceptor
+// runs before the token check.
 func WithServerOptions(opts ...grpc.ServerOption) Option {
 	return func(c *config) { c.grpcOpts = append(c.grpcOpts, opts...) }
 }
@@ -99,9 +107,17 @@ func WithServerOptions(opts ...grpc.ServerOption) Option {
 // sets it when it starts the stage as a child process; a stale socket file
 // left by a previous run is replaced), else on the TCP address
 // SLUICE_STAGE_ADDR (host:port), else it fails. WithListener overrides both.
+//
+// It serves TLS when SLUICE_STAGE_TLS_CERT and SLUICE_STAGE_TLS_KEY are set,
+// requires client certificates when SLUICE_STAGE_TLS_CLIENT_CA is, and a
+// token when SLUICE_STAGE_TOKEN is; WithTLS and WithToken override them.
 func Serve(ctx context.Context, s Stage, opts ...Option) error {
 	cfg := newConfig(opts)
 	svc, err := newService(s, cfg)
+	var sec security
+	if err == nil {
+		sec, err = securityOf(cfg)
+	}
 	if err != nil {
 		if cfg.lis != nil {
 			cfg.lis.Close()
@@ -132,7 +148,7 @@ func Serve(ctx context.Context, s Stage, opts ...Option) error {
 			cfg.log.Warn("sluice stage: the last spans were not exported", "stage", svc.manifest.Name, "error", err)
 		}
 	}()
-	gs := newGRPCServer(svc, cfg)
+	gs := newGRPCServer(svc, cfg, sec)
 
 	ctx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stopSignals()
@@ -140,7 +156,12 @@ func Serve(ctx context.Context, s Stage, opts ...Option) error {
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 	cfg.log.Info("sluice stage serving", "stage", svc.manifest.Name, "version", svc.manifest.Version,
-		"network", lis.Addr().Network(), "addr", lis.Addr().String())
+		"network", lis.Addr().Network(), "addr", lis.Addr().String(),
+		"tls", sec.creds != nil, "client_certificates", sec.clientAuth, "token", sec.tokenHash != nil)
+	if sec.tokenHash != nil && sec.creds == nil && lis.Addr().Network() == "tcp" {
+		cfg.log.Warn("sluice stage: the token travels in clear text: serve TLS on TCP (SLUICE_STAGE_TLS_CERT and SLUICE_STAGE_TLS_KEY)",
+			"stage", svc.manifest.Name)
+	}
 
 	select {
 	case err := <-served:
@@ -190,22 +211,34 @@ func listenFromEnv() (net.Listener, error) {
 }
 
 // NewServer returns a gRPC server serving s as a Flight service, with the
-// message size limits of the protocol; call its Serve with a listener.
-// Serve is this plus listening on the environment's address and signals.
+// message size limits of the protocol and the TLS and token of WithTLS and
+// WithToken, or of the environment (as Serve); call its Serve with a
+// listener. Serve is this plus listening on the environment's address and
+// signals.
 func NewServer(s Stage, opts ...Option) (*grpc.Server, error) {
 	cfg := newConfig(opts)
 	svc, err := newService(s, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return newGRPCServer(svc, cfg), nil
+	sec, err := securityOf(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return newGRPCServer(svc, cfg, sec), nil
 }
 
 // Register registers s as the Flight service of reg, for a program that
 // runs its own gRPC server. That server must accept messages of
-// MaxMessageSize (grpc.MaxRecvMsgSize, grpc.MaxSendMsgSize).
+// MaxMessageSize (grpc.MaxRecvMsgSize, grpc.MaxSendMsgSize), and has its
+// own credentials: Register reads no TLS or token setting, and refuses
+// WithTLS and WithToken.
 func Register(reg grpc.ServiceRegistrar, s Stage, opts ...Option) error {
-	svc, err := newService(s, newConfig(opts))
+	cfg := newConfig(opts)
+	if cfg.tls != nil || cfg.token != nil {
+		return errSecurityInRegister
+	}
+	svc, err := newService(s, cfg)
 	if err != nil {
 		return err
 	}
@@ -219,7 +252,7 @@ const (
 	connWindow   = 64 << 20
 )
 
-func newGRPCServer(svc *service, cfg config) *grpc.Server {
+func newGRPCServer(svc *service, cfg config, sec security) *grpc.Server {
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
@@ -229,7 +262,8 @@ func newGRPCServer(svc *service, cfg config) *grpc.Server {
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.ReadBufferSize(1 << 20),
 		grpc.WriteBufferSize(1 << 20),
-	}, cfg.grpcOpts...)
+	}, sec.serverOptions(svc.log)...)
+	opts = append(opts, cfg.grpcOpts...)
 	gs := grpc.NewServer(opts...)
 	flightgen.RegisterFlightServiceServer(gs, svc)
 	return gs
@@ -241,8 +275,9 @@ type service struct {
 	flight.BaseFlightServer
 
 	stage    Stage
-	manifest Manifest // normalized
-	describe []byte   // the manifest's JSON, computed once
+	manifest Manifest          // normalized
+	speaks   []string          // the protocol versions of the stage, newest first
+	describe map[string][]byte // the manifest's JSON for each version, computed once
 	lineage  envelope.Lineage
 	mem      memory.Allocator
 	log      *slog.Logger
@@ -257,13 +292,17 @@ func newService(s Stage, cfg config) (*service, error) {
 	if err != nil {
 		return nil, err
 	}
-	describe, err := marshalNoHTMLEscape(m)
-	if err != nil {
-		return nil, fmt.Errorf("stage: manifest of %q: %w", m.Name, err)
+	speaks := m.speaks()
+	describe := make(map[string][]byte, len(speaks))
+	for _, v := range speaks {
+		if describe[v], err = marshalNoHTMLEscape(m.forProtocol(v)); err != nil {
+			return nil, fmt.Errorf("stage: manifest of %q: %w", m.Name, err)
+		}
 	}
 	return &service{
 		stage:    s,
 		manifest: m,
+		speaks:   speaks,
 		describe: describe,
 		lineage:  envelope.Lineage{Stage: m.Name, Kind: "external", Version: m.Version, Language: m.Language},
 		mem:      cfg.mem,
@@ -275,7 +314,11 @@ func newService(s Stage, cfg config) (*service, error) {
 func (s *service) DoAction(a *flight.Action, stream flight.FlightService_DoActionServer) error {
 	switch a.GetType() {
 	case ActionDescribe:
-		return stream.Send(&flight.Result{Body: s.describe})
+		v, err := s.negotiate(a.GetBody())
+		if err != nil {
+			return err
+		}
+		return stream.Send(&flight.Result{Body: s.describe[v]})
 	case ActionHealth:
 		err := guard("Health", s.log, func() error { return s.stage.Health(stream.Context()) })
 		if err != nil {
@@ -292,9 +335,39 @@ func (s *service) DoAction(a *flight.Action, stream flight.FlightService_DoActio
 	}
 }
 
+// negotiate picks the protocol version of a describe answer: the newest
+// that both the engine and the stage speak. The body of the request is
+// {"protocols":[...]}, the versions the engine speaks; an empty body is a
+// v1 engine, which speaks only ProtocolV1.
+func (s *service) negotiate(body []byte) (string, error) {
+	engine := []string{ProtocolV1}
+	if len(bytes.TrimSpace(body)) > 0 {
+		var req struct {
+			Protocols []string `json:"protocols"`
+		}
+		// unknown keys are ignored: a newer engine may add some
+		dec := json.NewDecoder(bytes.NewReader(body))
+		if err := dec.Decode(&req); err == nil && dec.More() {
+			return "", Fatal(InvalidArgument, `describe request: more than one JSON value; want {"protocols":[...]} (the versions the engine speaks) or an empty body`)
+		} else if err != nil {
+			return "", Fatal(InvalidArgument, `describe request: %v; want {"protocols":[...]} (the versions the engine speaks) or an empty body`, err)
+		}
+		if len(req.Protocols) == 0 {
+			return "", Fatal(InvalidArgument, `describe request: no "protocols"; want {"protocols":[...]} (the versions the engine speaks) or an empty body`)
+		}
+		engine = req.Protocols
+	}
+	for _, v := range s.speaks {
+		if slices.Contains(engine, v) {
+			return v, nil
+		}
+	}
+	return "", Fatal(InvalidArgument, "the engine speaks %s; this stage speaks %s", strings.Join(engine, ", "), strings.Join(s.speaks, ", "))
+}
+
 func (s *service) ListActions(_ *flight.Empty, stream flight.FlightService_ListActionsServer) error {
 	for _, a := range []*flight.ActionType{
-		{Type: ActionDescribe, Description: "the stage manifest, JSON (" + Protocol + ")"},
+		{Type: ActionDescribe, Description: "the stage manifest, JSON (" + strings.Join(s.speaks, ", ") + ")"},
 		{Type: ActionHealth, Description: `{"status":"ok"} when the stage can serve`},
 	} {
 		if err := stream.Send(a); err != nil {

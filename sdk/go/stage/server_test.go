@@ -531,7 +531,7 @@ func TestOpenAndConfig(t *testing.T) {
 		t.Fatalf("config of the wrong type: %v", err)
 	}
 	_, err = srv.Run(ctx, []byte(`{"protocol":"sluice.stage.v0","stage":"x","epoch":1,"partition":0}`), people)
-	wantStatus(t, err, codes.InvalidArgument, `[INVALID_ARGUMENT] open request: protocol "sluice.stage.v0", stage "configured" speaks "sluice.stage.v1"`)
+	wantStatus(t, err, codes.InvalidArgument, "[INVALID_ARGUMENT] the engine opened the exchange in sluice.stage.v0; this stage speaks sluice.stage.v1.1, sluice.stage.v1")
 	_, err = srv.Run(ctx, []byte(`{not json`), people)
 	if e, ok := stage.FromError(err); !ok || e.Code != stage.InvalidArgument || !strings.HasPrefix(e.Message, "open request: ") {
 		t.Fatalf("bad open JSON: %v", err)

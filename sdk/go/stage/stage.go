@@ -101,8 +101,8 @@ func (ProcessorFunc) Flush(context.Context) ([]arrow.RecordBatch, error) { retur
 // OpenRequest is the first message of an exchange: the JSON "open" request
 // of protocol.md section 3 and what the SDK knows about the exchange.
 type OpenRequest struct {
-	Protocol  string          `json:"protocol"`
-	Stage     string          `json:"stage"` // the stage's name in the pipeline
+	Protocol  string          `json:"protocol"` // the version of the exchange: ProtocolV1_1 or ProtocolV1
+	Stage     string          `json:"stage"`    // the stage's name in the pipeline
 	Epoch     uint64          `json:"epoch"`
 	Partition uint32          `json:"partition"`
 	Config    json.RawMessage `json:"config,omitempty"` // the stage's config table; may be empty

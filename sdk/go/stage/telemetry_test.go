@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -40,19 +41,24 @@ func tracedExchange(t *testing.T, st stage.Stage, traceparent string, opts ...st
 	if err != nil {
 		t.Fatal(err)
 	}
-	for seq := range 2 {
-		in := peopleBatch(mem, 0, 3)
-		env := `{"v":1,"kind":"batch","epoch":7,"seq":` + itoa(int64(seq))
-		if traceparent != "" {
-			env += `,"traceparent":"` + traceparent + `"`
+	// A stage that fails the exchange ends the stream: a Send after that
+	// returns io.EOF, and the status comes with RecvAll.
+	send := func() error {
+		for seq := range 2 {
+			in := peopleBatch(mem, 0, 3)
+			env := `{"v":1,"kind":"batch","epoch":7,"seq":` + itoa(int64(seq))
+			if traceparent != "" {
+				env += `,"traceparent":"` + traceparent + `"`
+			}
+			err := x.SendRaw(in, []byte(env+`}`))
+			in.Release()
+			if err != nil {
+				return err
+			}
 		}
-		err := x.SendRaw(in, []byte(env+`}`))
-		in.Release()
-		if err != nil {
-			t.Fatal(err)
-		}
+		return x.End()
 	}
-	if err := x.End(); err != nil {
+	if err := send(); err != nil && err != io.EOF {
 		t.Fatal(err)
 	}
 	events, _ := x.RecvAll()

@@ -13,13 +13,16 @@ import (
 
 // goldenPath locates testdata/protocol/envelopes.jsonl from this file: the
 // repository layout is fixed (sdk/go/internal/envelope → repository root).
-func goldenPath(t *testing.T) string {
+func goldenPath(t *testing.T) string { return protocolTestdata(t, "envelopes.jsonl") }
+
+// protocolTestdata locates a file of testdata/protocol.
+func protocolTestdata(t *testing.T, name string) string {
 	t.Helper()
 	_, file, _, ok := runtime.Caller(0)
 	if !ok || !filepath.IsAbs(file) { // -trimpath: fall back to the package directory
 		file = filepath.Join(".", "envelope_test.go")
 	}
-	return filepath.Join(filepath.Dir(file), "..", "..", "..", "..", "testdata", "protocol", "envelopes.jsonl")
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "..", "testdata", "protocol", name)
 }
 
 func TestGoldenVectors(t *testing.T) {
@@ -49,8 +52,60 @@ func TestGoldenVectors(t *testing.T) {
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if n < 8 {
-		t.Fatalf("read %d vectors, want at least 8", n)
+	if n < 11 {
+		t.Fatalf("read %d vectors, want at least 11", n)
+	}
+}
+
+// envelopes_decode.jsonl: each line is [input, canonical]. The input spells
+// an envelope the non-canonical ways other encoders do (encoding/json's
+// \u2028 and \u003c, ASCII-only with surrogate pairs, whitespace, upper-case
+// hex, \/, another key order); decoding it and encoding again must give the
+// canonical bytes exactly.
+func TestDecodeVectors(t *testing.T) {
+	f, err := os.Open(protocolTestdata(t, "envelopes_decode.jsonl"))
+	if err != nil {
+		t.Fatalf("decode vectors: %v", err)
+	}
+	defer f.Close()
+
+	sc := bufio.NewScanner(f)
+	n := 0
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
+		n++
+		var pair []string
+		if err := json.Unmarshal(line, &pair); err != nil || len(pair) != 2 {
+			t.Fatalf("line %d: not a JSON array [input, canonical] (%v): %s", n, err, line)
+		}
+		input, canonical := pair[0], pair[1]
+		if input == canonical {
+			t.Errorf("line %d: the input is already canonical; the vector tests nothing", n)
+		}
+		env, err := Decode([]byte(input))
+		if err != nil {
+			t.Errorf("line %d: decode: %v\n%s", n, err, input)
+			continue
+		}
+		if got := Encode(&env); string(got) != canonical {
+			t.Errorf("line %d: re-encoding differs\n got: %s\nwant: %s", n, got, canonical)
+		}
+		// the canonical form is a fixed point
+		again, err := Decode([]byte(canonical))
+		if err != nil {
+			t.Errorf("line %d: decode canonical: %v", n, err)
+		} else if got := Encode(&again); string(got) != canonical {
+			t.Errorf("line %d: canonical form not stable\n got: %s\nwant: %s", n, got, canonical)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n < 5 {
+		t.Fatalf("read %d vectors, want at least 5", n)
 	}
 }
 

@@ -12,7 +12,8 @@
 //	// stagetest.Kinds(events) == "batch(0) flushed"
 //
 // or, for the stage's own binary (its main), RunMainIfAsked in TestMain and
-// StartProcess in the test. What it does not do: dictionary-encoded output
+// StartProcess in the test. Describe asks as an engine of this SDK's
+// protocol version does, DescribeV1 as a v1 engine. What it does not do: dictionary-encoded output
 // (Recv refuses a dictionary message), and the engine's full verdict on an
 // exchange; run `sluice stage check` for that.
 package stagetest
@@ -30,6 +31,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -42,6 +44,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-etl/sluice/sdk/go/internal/envelope"
 	"github.com/sluice-etl/sluice/sdk/go/stage"
@@ -57,6 +60,14 @@ type Server struct {
 // Start serves st until the test ends. mem is used by the client side to
 // decode output; pass the same checked allocator as to the server
 // (stage.WithAllocator in opts) to account for everything.
+//
+// The server is plaintext and requires no token whatever the environment
+// says (SLUICE_STAGE_TLS_*, SLUICE_STAGE_TOKEN): Start passes
+// stage.WithTLS("", "", "") and stage.WithToken("") before opts. To test a
+// token, pass stage.WithToken in opts and connect with ConnectWith(t,
+// "unix://"+srv.Socket, mem, BearerToken(token)); to test TLS, serve on a
+// TCP listener of your own (stage.WithListener) and connect with
+// ConnectWith and TLS credentials.
 func Start(t testing.TB, st stage.Stage, mem memory.Allocator, opts ...stage.Option) *Server {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "stage.sock")
@@ -64,6 +75,7 @@ func Start(t testing.TB, st stage.Stage, mem memory.Allocator, opts ...stage.Opt
 	if err != nil {
 		t.Fatal(err)
 	}
+	opts = append([]stage.Option{stage.WithTLS("", "", ""), stage.WithToken("")}, opts...)
 	gs, err := stage.NewServer(st, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -77,11 +89,25 @@ func Start(t testing.TB, st stage.Stage, mem memory.Allocator, opts ...stage.Opt
 // connection is closed when the test ends.
 func Connect(t testing.TB, socket string, mem memory.Allocator) *Server {
 	t.Helper()
-	conn, err := Dial(socket)
+	return ConnectWith(t, "unix://"+socket, mem)
+}
+
+// ConnectWith returns a client of a stage at a gRPC target ("unix:///path",
+// "127.0.0.1:7001"), dialled like Dial with opts added last: TLS with
+// grpc.WithTransportCredentials(credentials.NewTLS(...)), a token with
+// BearerToken. The connection is closed when the test ends. Socket is set
+// for a unix target.
+func ConnectWith(t testing.TB, target string, mem memory.Allocator, opts ...grpc.DialOption) *Server {
+	t.Helper()
+	conn, err := DialWith(target, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
+	socket, _ := strings.CutPrefix(target, "unix://")
+	if socket == target {
+		socket = ""
+	}
 	return &Server{Socket: socket, Client: flightgen.NewFlightServiceClient(conn), mem: mem}
 }
 
@@ -166,18 +192,46 @@ func StartProcess(t testing.TB, mem memory.Allocator) *Server {
 // over unix://<path>, messages up to 64 MiB both ways. Reconnection backs
 // off from 10ms rather than gRPC's 1s: a stage that is starting refuses the
 // first attempts.
-func Dial(socket string) (*grpc.ClientConn, error) {
+func Dial(socket string) (*grpc.ClientConn, error) { return DialWith("unix://" + socket) }
+
+// DialWith connects to a stage at a gRPC target like Dial, plaintext unless
+// opts (added last) set transport credentials.
+func DialWith(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	bo := backoff.DefaultConfig
 	bo.BaseDelay, bo.MaxDelay = 10*time.Millisecond, 200*time.Millisecond
-	return grpc.NewClient("unix://"+socket,
+	return grpc.NewClient(target, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: time.Second}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(stage.MaxMessageSize), grpc.MaxCallSendMsgSize(stage.MaxMessageSize)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(stage.MaxMessageSize), grpc.MaxCallSendMsgSize(stage.MaxMessageSize)),
+	}, opts...)...)
 }
 
-// Action calls DoAction and returns the body of its single result.
+// BearerToken makes every RPC of a connection carry the gRPC metadata
+// "authorization: Bearer <token>", as the engine does for a stage that
+// requires a token (stage.WithToken). It is sent over plaintext
+// connections too, so that tests on a unix socket can use it.
+func BearerToken(token string) grpc.DialOption {
+	return grpc.WithPerRPCCredentials(bearer(token))
+}
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return false }
+
+// Action calls DoAction with an empty body and returns the body of its
+// single result.
 func (s *Server) Action(ctx context.Context, typ string) ([]byte, error) {
-	stream, err := s.Client.DoAction(ctx, &flight.Action{Type: typ})
+	return s.ActionWithBody(ctx, typ, nil)
+}
+
+// ActionWithBody calls DoAction with a request body and returns the body
+// of its single result.
+func (s *Server) ActionWithBody(ctx context.Context, typ string, body []byte) ([]byte, error) {
+	stream, err := s.Client.DoAction(ctx, &flight.Action{Type: typ, Body: body})
 	if err != nil {
 		return nil, err
 	}
@@ -191,9 +245,27 @@ func (s *Server) Action(ctx context.Context, typ string) ([]byte, error) {
 	return res.GetBody(), nil
 }
 
-// Describe returns the manifest the stage describes itself with.
+// Describe returns the manifest the stage describes itself with to an
+// engine of this SDK's version: the request lists stage.Protocols(), and
+// the answer is in the newest version the stage speaks.
 func (s *Server) Describe(ctx context.Context) (stage.Manifest, []byte, error) {
-	body, err := s.Action(ctx, stage.ActionDescribe)
+	return s.describe(ctx, DescribeRequest(stage.Protocols()...))
+}
+
+// DescribeV1 describes the stage as a v1 engine asks: with an empty body,
+// which means the engine speaks only stage.ProtocolV1.
+func (s *Server) DescribeV1(ctx context.Context) (stage.Manifest, []byte, error) {
+	return s.describe(ctx, nil)
+}
+
+// DescribeAs describes the stage as an engine that speaks the given
+// protocol versions asks (DescribeRequest).
+func (s *Server) DescribeAs(ctx context.Context, protocols ...string) (stage.Manifest, []byte, error) {
+	return s.describe(ctx, DescribeRequest(protocols...))
+}
+
+func (s *Server) describe(ctx context.Context, req []byte) (stage.Manifest, []byte, error) {
+	body, err := s.ActionWithBody(ctx, stage.ActionDescribe, req)
 	if err != nil {
 		return stage.Manifest{}, nil, err
 	}
@@ -202,15 +274,35 @@ func (s *Server) Describe(ctx context.Context) (stage.Manifest, []byte, error) {
 	return m, body, err
 }
 
-// OpenCmd is an open request (protocol.md section 3); config is JSON, or
-// "" for none (`null`, as the engine sends for a stage without `config`).
+// DescribeRequest is the body of the engine's describe action (v1.1):
+// {"protocols":[...]}, the versions the engine speaks.
+func DescribeRequest(protocols ...string) []byte {
+	if protocols == nil {
+		protocols = []string{}
+	}
+	b, _ := json.Marshal(struct {
+		Protocols []string `json:"protocols"`
+	}{protocols}) // strings always marshal
+	return b
+}
+
+// OpenCmd is an open request (protocol.md section 3) of the newest protocol
+// version, stage.Protocol; config is JSON, or "" for none (`null`, as the
+// engine sends for a stage without `config`).
 func OpenCmd(stageName string, epoch uint64, partition uint32, config string) []byte {
+	return OpenCmdAs(stage.Protocol, stageName, epoch, partition, config)
+}
+
+// OpenCmdAs is OpenCmd with another protocol version, the one agreed in
+// describe (stage.ProtocolV1 with a v1 engine).
+func OpenCmdAs(protocol, stageName string, epoch uint64, partition uint32, config string) []byte {
 	if config == "" {
 		config = "null"
 	}
-	name, _ := json.Marshal(stageName) // a string always marshals
-	return fmt.Appendf(nil, `{"protocol":"%s","stage":%s,"epoch":%d,"partition":%d,"config":%s}`,
-		stage.Protocol, name, epoch, partition, config)
+	proto, _ := json.Marshal(protocol) // a string always marshals
+	name, _ := json.Marshal(stageName)
+	return fmt.Appendf(nil, `{"protocol":%s,"stage":%s,"epoch":%d,"partition":%d,"config":%s}`,
+		proto, name, epoch, partition, config)
 }
 
 // The envelope of every message (protocol.md section 4), as Event carries it.
@@ -238,6 +330,9 @@ const (
 type Event struct {
 	Envelope envelope.Envelope
 	Record   arrow.RecordBatch // the body of a "batch", decoded; release it
+	// Size is the size of the message on the wire (the serialized
+	// FlightData), which must stay under stage.MaxMessageSize.
+	Size int
 }
 
 // Release releases the records of events.
@@ -349,7 +444,7 @@ func (x *Exchange) Recv() (Event, error) {
 		if !bytes.Equal(envelope.Encode(&env), fd.GetAppMetadata()) {
 			return Event{}, fmt.Errorf("stagetest: envelope not canonical: %s", fd.GetAppMetadata())
 		}
-		ev := Event{Envelope: env}
+		ev := Event{Envelope: env, Size: proto.Size(fd)}
 		if len(fd.GetDataHeader()) > 0 {
 			if ev.Record, err = x.decode(fd); err != nil {
 				return Event{}, err
