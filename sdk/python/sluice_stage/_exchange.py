@@ -1,0 +1,338 @@
+"""One exchange (docs/protocol.md, section 3): read the open request, then
+answer every input batch in order, then flush after ``end``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from ._envelope import Envelope, EnvelopeError, Lineage, decode, encode, loads
+from ._errors import Code, RowError, StageError, valid_code
+from ._manifest import MAX_MESSAGE_SIZE, PROTOCOLS
+from ._stage import OpenRequest, Processed
+
+if TYPE_CHECKING:
+    from ._server import StageServer
+
+log = logging.getLogger("sluice_stage")
+
+MESSAGE_BUDGET = MAX_MESSAGE_SIZE // 2
+"""The most bytes of one output batch message. Half the 64 MiB limit, so
+that neither the estimate nor the IPC framing can push a message over it;
+a larger output batch goes as several ``batch`` messages (row slices, no
+copy) answering the same input batch."""
+
+
+class Cancelled(Exception):
+    """The engine cancelled the exchange (or went away)."""
+
+
+def schema_difference(want: pa.Schema, got: pa.Schema, *, looser_nulls_ok: bool) -> Optional[str]:
+    """Why ``got`` cannot be used where ``want`` is declared, naming the
+    first offending field, or None. Same rule as the engine and the other
+    SDKs: same fields in order, same names, equal types (metadata ignored),
+    and no nullable field where ``want`` says not null, unless
+    ``looser_nulls_ok`` (output, where the SDK checks the data instead)."""
+    for i, w in enumerate(want):
+        if i >= len(got):
+            return f'field "{w.name}": missing (expected {w.type} at position {i})'
+        g = got.field(i)
+        if g.name != w.name:
+            return f'field {i}: expected "{w.name}", got "{g.name}"'
+        if not g.type.equals(w.type):
+            return f'field "{w.name}": expected {w.type}, got {g.type}'
+        if g.nullable and not w.nullable and not looser_nulls_ok:
+            return f'field "{w.name}": expected not null, got nullable'
+    if len(got) > len(want):
+        g = got.field(len(want))
+        return f'field "{g.name}": not declared ({g.type} at position {len(want)})'
+    return None
+
+
+def pieces(batch: pa.RecordBatch, budget: int = MESSAGE_BUDGET) -> list[pa.RecordBatch]:
+    """``batch`` cut into zero-copy row slices whose IPC messages are at
+    most ``budget`` bytes each, in order. A single row larger than the
+    budget goes alone; one that cannot fit in a gRPC message at all is an
+    INTERNAL error (the engine would refuse the message)."""
+    if batch.nbytes <= budget:
+        return [batch]
+    size = pa.ipc.get_record_batch_size(batch)
+    if size <= budget:
+        return [batch]
+    if batch.num_rows <= 1:
+        if size > MAX_MESSAGE_SIZE - (1 << 20):
+            raise StageError(
+                Code.INTERNAL,
+                f"an output row of {size} bytes does not fit in one gRPC message ({MAX_MESSAGE_SIZE} bytes)",
+            )
+        return [batch]
+    half = batch.num_rows // 2
+    return pieces(batch.slice(0, half), budget) + pieces(batch.slice(half), budget)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class Exchange:
+    """The state of one exchange; :meth:`run` drives it."""
+
+    def __init__(self, server: "StageServer", context: Any, descriptor: Any, reader: Any, writer: Any):
+        self.server = server
+        self.manifest = server.manifest
+        self.context = context
+        self.descriptor = descriptor
+        self.reader = reader
+        self.writer = writer
+        self.request: Optional[OpenRequest] = None
+        self.seq = 0  # the next envelope's seq: every message with an envelope counts
+        self.rows = 0  # output rows sent, for "flushed"
+        self.lineage = Lineage(self.manifest.name, "external", self.manifest.version, self.manifest.language)
+
+    # --- the protocol ------------------------------------------------------
+
+    def run(self) -> None:
+        self.request = req = self._open_request()
+        proc = self._call("open", self.server.stage.open, req)
+        if not callable(getattr(proc, "process", None)):
+            raise StageError(Code.INTERNAL, f"open returned {type(proc).__name__}, not a Processor")
+        try:
+            # the schema message goes first, in every exchange: an ack or
+            # row_errors may come before any output batch
+            self._io(self.writer.begin, req.output_schema)
+            while True:
+                chunk = self._next()
+                if chunk.data is None:
+                    self._end(chunk.app_metadata)
+                    break
+                env = self._input_envelope(chunk)
+                answer = self._call("process", proc.process, chunk.data)
+                self._answer(env.seq, chunk.data.num_rows, answer)
+            # a generator's body runs inside list(): guarded like flush itself
+            flushed = self._call("flush", lambda: self._batches(proc.flush()))
+            for batch in flushed:
+                out = self._conform(batch)
+                if out.num_rows:
+                    self._send_batch(out, None)
+            self._send_metadata(Envelope("flushed", req.epoch, self.seq, rows=self.rows))
+        finally:
+            close = getattr(proc, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    log.exception("sluice_stage: Processor.close of stage %r raised", self.manifest.name)
+
+    def _open_request(self) -> OpenRequest:
+        m = self.manifest
+        d = self.descriptor
+        if d is None or d.descriptor_type != flight.DescriptorType.CMD or not d.command:
+            raise StageError(
+                Code.INVALID_ARGUMENT,
+                "the first message must carry a CMD FlightDescriptor whose cmd is the open request",
+            )
+        try:
+            o = loads(d.command)
+        except EnvelopeError as e:
+            raise StageError(Code.INVALID_ARGUMENT, f"open request: {e}") from None
+        if not isinstance(o, dict):
+            raise StageError(Code.INVALID_ARGUMENT, "open request: not a JSON object")
+        protocol = o.get("protocol")
+        if protocol not in PROTOCOLS:
+            raise StageError(
+                Code.INVALID_ARGUMENT,
+                f"the engine opened the exchange in {json.dumps(protocol)[:60]}; this stage speaks {', '.join(PROTOCOLS)}",
+            )
+        stage, epoch, partition = o.get("stage"), o.get("epoch"), o.get("partition")
+        if not isinstance(stage, str):
+            raise StageError(Code.INVALID_ARGUMENT, 'open request: "stage" is missing or not a string')
+        for key, value, limit in (("epoch", epoch, (1 << 64) - 1), ("partition", partition, (1 << 32) - 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+                raise StageError(Code.INVALID_ARGUMENT, f'open request: "{key}" is not an integer in 0..{limit}')
+        try:
+            in_schema = self.reader.schema
+        except Exception as e:
+            raise StageError(Code.INVALID_ARGUMENT, f"the first message carries no input schema: {_first_line(e)}") from None
+        if m.input_schema is not None:
+            why = schema_difference(m.input_schema.schema, in_schema, looser_nulls_ok=False)
+            if why:
+                d = m.input_schema
+                raise StageError(Code.SCHEMA_MISMATCH, f"stage {m.name!r}: input {why} (declared {d.name} v{d.version})")
+        out_schema = m.output_schema.schema if m.output_schema is not None else in_schema
+        return OpenRequest(protocol, stage, epoch, partition, o.get("config"), in_schema, out_schema)
+
+    def _next(self) -> Any:
+        try:
+            return self.reader.read_chunk()
+        except StopIteration:
+            raise StageError(
+                Code.INVALID_ARGUMENT,
+                'the input ended without an "end" message: the exchange is aborted, nothing is flushed',
+            ) from None
+        except Exception as e:
+            if self.context.is_cancelled():
+                raise Cancelled() from None
+            raise StageError(Code.INVALID_ARGUMENT, f"reading input: {_first_line(e)}") from None
+
+    def _envelope(self, meta: Any, what: str) -> Envelope:
+        if meta is None or meta.size == 0:
+            raise StageError(Code.INVALID_ARGUMENT, f"{what} has no envelope (app_metadata)")
+        try:
+            env = decode(meta.to_pybytes())
+        except EnvelopeError as e:
+            raise StageError(Code.INVALID_ARGUMENT, f"{what}: {e}") from None
+        if env.epoch != self.request.epoch:
+            raise StageError(
+                Code.INVALID_ARGUMENT,
+                f"{what} seq {env.seq} is for epoch {env.epoch}, the exchange is for epoch {self.request.epoch}",
+            )
+        return env
+
+    def _input_envelope(self, chunk: Any) -> Envelope:
+        env = self._envelope(chunk.app_metadata, "an input batch")
+        if env.kind != "batch":
+            raise StageError(Code.INVALID_ARGUMENT, f'an input message with rows has kind "{env.kind}", not "batch"')
+        n = chunk.data.num_rows
+        if n > self.manifest.max_batch_rows:
+            raise StageError(
+                Code.INVALID_ARGUMENT,
+                f"input batch seq {env.seq} has {n} rows, more than max_batch_rows {self.manifest.max_batch_rows}",
+            )
+        return env
+
+    def _end(self, meta: Any) -> None:
+        env = self._envelope(meta, "a metadata-only input message")
+        if env.kind != "end":
+            raise StageError(
+                Code.INVALID_ARGUMENT,
+                f'a metadata-only input message has kind "{env.kind}"; only "end" comes without rows',
+            )
+
+    def _answer(self, in_seq: int, in_rows: int, answer: Any) -> None:
+        if isinstance(answer, Processed):
+            out, errors = answer.output, answer.errors
+        elif answer is None or isinstance(answer, pa.RecordBatch):
+            out, errors = answer, ()
+        else:
+            raise StageError(
+                Code.INTERNAL,
+                f"process returned {type(answer).__name__}; expected Processed, a pyarrow.RecordBatch or None",
+            )
+        # checked before anything of this answer is sent: a bad row error
+        # is the stage's bug, and the engine would refuse it anyway
+        errors = self._row_errors(errors, in_rows)
+        if out is not None:
+            out = self._conform(out)
+        if out is not None and out.num_rows > 0:
+            self._send_batch(out, in_seq)
+        else:
+            # Flight cannot send an empty body; every input batch gets an answer
+            self._send_metadata(Envelope("ack", self.request.epoch, self.seq, in_seq=in_seq))
+        if errors:
+            self._send_metadata(Envelope("row_errors", self.request.epoch, self.seq, in_seq=in_seq, errors=errors))
+
+    def _row_errors(self, errors: Any, in_rows: int) -> tuple[RowError, ...]:
+        name = self.manifest.name
+        if errors is None:
+            return ()
+        try:
+            errors = list(errors)
+        except TypeError:
+            raise StageError(Code.INTERNAL, f"stage {name!r}: row errors must be a list of RowError") from None
+        if not errors:
+            return ()
+        if self.manifest.errors == "fatal_only":
+            raise StageError(
+                Code.INTERNAL,
+                f"stage {name!r} reported {len(errors)} row error(s), but its manifest says errors = \"fatal_only\"",
+            )
+        seen: set[int] = set()
+        out = []
+        for e in errors:
+            if not isinstance(e, RowError):
+                raise StageError(Code.INTERNAL, f"stage {name!r}: a row error is a {type(e).__name__}, not a RowError")
+            row = e.row
+            if isinstance(row, bool) or not isinstance(row, int):
+                raise StageError(Code.INTERNAL, f"stage {name!r}: a row error names row {row!r}, not an int")
+            if not 0 <= row < in_rows:
+                raise StageError(
+                    Code.INTERNAL, f"stage {name!r}: a row error names row {row}, the input batch has {in_rows} rows"
+                )
+            if row in seen:
+                raise StageError(Code.INTERNAL, f"stage {name!r}: two row errors name row {row}")
+            seen.add(row)
+            if not valid_code(e.code):
+                raise StageError(Code.INTERNAL, f"stage {name!r}: the row error of row {row} has the unknown code {e.code!r}")
+            if not isinstance(e.message, str):
+                raise StageError(Code.INTERNAL, f"stage {name!r}: the message of the row error of row {row} is not a str")
+            out.append(RowError(row, str(e.code), e.message))
+        return tuple(out)
+
+    def _conform(self, batch: Any) -> pa.RecordBatch:
+        """``batch`` checked against the output schema and stamped with it
+        (the stream has one schema; metadata and nullability flags may
+        differ, nulls in a not-null column may not)."""
+        name = self.manifest.name
+        if not isinstance(batch, pa.RecordBatch):
+            raise StageError(Code.INTERNAL, f"stage {name!r}: an output is a {type(batch).__name__}, not a pyarrow.RecordBatch")
+        want = self.request.output_schema
+        if not batch.schema.equals(want):
+            why = schema_difference(want, batch.schema, looser_nulls_ok=True)
+            if why:
+                raise StageError(Code.SCHEMA_MISMATCH, f"stage {name!r}: output {why}")
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=want)
+        for i, f in enumerate(want):
+            if not f.nullable and batch.column(i).null_count:
+                raise StageError(
+                    Code.SCHEMA_MISMATCH,
+                    f'stage {name!r}: output field "{f.name}": declared not null, has {batch.column(i).null_count} null(s)',
+                )
+        return batch
+
+    def _batches(self, flushed: Any) -> Iterable[Any]:
+        if flushed is None:
+            return ()
+        if isinstance(flushed, pa.RecordBatch):
+            return (flushed,)
+        try:
+            return list(flushed)
+        except TypeError:
+            raise StageError(Code.INTERNAL, "flush must return an iterable of pyarrow.RecordBatch") from None
+
+    # --- sending -------------------------------------------------------------
+
+    def _send_batch(self, batch: pa.RecordBatch, in_seq: Optional[int]) -> None:
+        for piece in pieces(batch):
+            env = Envelope("batch", self.request.epoch, self.seq, in_seq=in_seq, lineage=self.lineage)
+            self._io(self.writer.write_with_metadata, piece, encode(env))
+            self.seq += 1
+            self.rows += piece.num_rows
+
+    def _send_metadata(self, env: Envelope) -> None:
+        self._io(self.writer.write_metadata, encode(env))
+        self.seq += 1
+
+    def _io(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as e:
+            if self.context.is_cancelled():
+                raise Cancelled() from None
+            raise StageError(Code.INTERNAL, f"sending output: {_first_line(e)}") from None
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        """Runs a callback of the stage: a StageError keeps its code, any
+        other exception is a bug of the stage (INTERNAL), logged with its
+        traceback on the stage's stderr, which the engine collects."""
+        try:
+            return fn(*args)
+        except StageError:
+            raise
+        except Exception as e:
+            log.exception("sluice_stage: %s of stage %r raised", what, self.manifest.name)
+            raise StageError(Code.INTERNAL, f"{what} raised {type(e).__name__}: {_first_line(e)}") from None
