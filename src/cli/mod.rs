@@ -271,7 +271,7 @@ enum RolloutCommand {
 
 #[derive(Debug, Subcommand)]
 enum StageCommand {
-    /// Certify a stage against sluice.stage.v1 (the conformance kit):
+    /// Certify a stage against the stage protocol (the conformance kit):
     /// `sluice stage check -- ./my-stage --flag` or `--url grpc://host:port`.
     Check {
         /// Address of a running stage.
@@ -286,6 +286,18 @@ enum StageCommand {
         /// The program (and arguments) to start on a unix socket.
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// Serve the jittery pass-through stage on $SLUICE_STAGE_SOCKET (or
+    /// $SLUICE_STAGE_ADDR): random delays, bursts and stalls past the
+    /// timeout, set by its `config` table. Put it in a pipeline where a
+    /// pass-through could be: the output must not change (checks the engine).
+    Jitter {
+        /// Promise this batch p99 in the manifest (`timing`, v1.1), in ms.
+        #[arg(long, requires = "promise_max_ms")]
+        promise_p99_ms: Option<u64>,
+        /// Promise this longest answer in the manifest, in ms.
+        #[arg(long, requires = "promise_p99_ms")]
+        promise_max_ms: Option<u64>,
     },
     /// Run a stage and its variants side by side on sample input: rows/s,
     /// CPU per million rows, peak RSS and batch latency at several batch
@@ -504,6 +516,24 @@ pub async fn main(cli: Cli) -> ExitCode {
             config,
             command,
         }) => stage_check::run(url, config, command).await,
+        Command::Stage(StageCommand::Jitter {
+            promise_p99_ms,
+            promise_max_ms,
+        }) => {
+            let timing = promise_p99_ms.zip(promise_max_ms).map(|(p99, max)| {
+                sluice_flight::manifest::Timing {
+                    batch_p99_ms: p99,
+                    max_answer_ms: max,
+                }
+            });
+            match sluice_flight::serve(sluice_flight::jitter::JitterStage::new(timing)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Stage(StageCommand::Bench {
             pipeline,
             stage,

@@ -57,7 +57,7 @@ pub async fn run(url: Option<String>, config: Option<String>, command: Vec<Strin
             return ExitCode::from(2);
         }
     };
-    outln!("conformance of the stage at {target} (sluice.stage.v1)");
+    outln!("conformance of the stage at {target}");
     let results = check(&target, &config).await;
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);

@@ -9,6 +9,7 @@ mod kafka;
 mod lineage;
 mod metrics;
 mod placement;
+mod remote;
 mod rollout;
 mod schemas;
 mod stages;

@@ -301,22 +301,49 @@ fn output_that_breaks_the_manifest_names_the_stage_and_the_field() {
 }
 
 #[test]
-fn the_conformance_kit_certifies_every_example_stage_in_both_languages() {
+fn the_conformance_kit_certifies_every_example_stage_in_go_rust_and_python() {
     stages_built();
-    for s in [
+    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python_example = |name: &str| {
+        vec![
+            python.clone(),
+            root()
+                .join("sdk/python/examples")
+                .join(name)
+                .display()
+                .to_string(),
+        ]
+    };
+    let mut stages: Vec<(String, Vec<String>, &str)> = [
         "go/identity",
         "rust/identity",
         "go/validate",
         "rust/validate",
         "go/enrich",
         "rust/enrich",
-    ] {
-        let bin = root().join("target/stages").join(s);
+    ]
+    .iter()
+    .map(|s| {
+        let bin = root().join("target/stages").join(s).display().to_string();
+        (s.to_string(), vec![bin], "null")
+    })
+    .collect();
+    stages.push((
+        "python/identity".into(),
+        python_example("identity.py"),
+        "null",
+    ));
+    stages.push((
+        "python/validate".into(),
+        python_example("validate.py"),
+        r#"{"max_quantity":45}"#,
+    ));
+    for (s, command, config) in &stages {
         // the child's socket goes in TMPDIR; the kit removes it at the end
         let tmp = tempfile::tempdir().unwrap();
         let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["stage", "check", "--"])
-            .arg(&bin)
+            .args(["stage", "check", "--config", config, "--"])
+            .args(command)
             .current_dir(root())
             .env("TMPDIR", tmp.path())
             .output()
@@ -333,6 +360,7 @@ fn the_conformance_kit_certifies_every_example_stage_in_both_languages() {
         assert!(left.is_empty(), "{s}: sockets left behind: {left:?}");
         for check in [
             "describe",
+            "versions",
             "health",
             "exchange",
             "empty",
@@ -354,6 +382,10 @@ fn the_conformance_kit_certifies_every_example_stage_in_both_languages() {
             assert!(
                 t.lines().any(|l| l.contains("large") && l.contains("pass")),
                 "{s}: large batches:\n{t}"
+            );
+            assert!(
+                t.lines().any(|l| l.contains("views") && l.contains("pass")),
+                "{s}: view types:\n{t}"
             );
         }
     }
@@ -463,4 +495,193 @@ fn a_row_error_code_outside_the_vocabulary_is_kept_in_the_message() {
         r["message"].as_str().unwrap().contains("`SHRUG` is not in"),
         "{r}"
     );
+}
+
+/// Runs TPC-H `orders` (scale factor 0.01: 15,000 rows, `batch_size` rows
+/// per batch) through one external stage, `[stages.through]` with
+/// `stage_keys` (TOML lines), into JSON lines under `out`; `env` is added to
+/// the engine's environment (and so its child stages').
+pub(crate) fn orders_through(
+    stage_keys: &str,
+    batch_size: usize,
+    env: &[(&str, &str)],
+    out: &Path,
+) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[pipeline]
+name = "through"
+
+[settings]
+batch_size = {batch_size}
+
+[sources.orders]
+kind = "tpch"
+table = "orders"
+scale_factor = 0.01
+
+[stages.through]
+kind = "external"
+inputs = ["orders"]
+{stage_keys}
+
+[sinks.out]
+kind = "jsonl"
+input = "through"
+url = "{out}"
+"#,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["run", "-q"])
+        .arg(&pipeline)
+        .current_dir(root())
+        .env_remove("SLUICE_FAILPOINT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Every line of the JSON-lines files under `out`, sorted.
+pub(crate) fn jsonl_rows(out: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    for f in std::fs::read_dir(out).unwrap().filter_map(|e| e.ok()) {
+        if f.path().extension().is_some_and(|e| e == "jsonl") {
+            rows.extend(
+                std::fs::read_to_string(f.path())
+                    .unwrap()
+                    .lines()
+                    .map(String::from),
+            );
+        }
+    }
+    rows.sort();
+    rows
+}
+
+fn command_of(program: &Path, args: &[&str]) -> String {
+    let mut parts = vec![format!("{:?}", program.display().to_string())];
+    parts.extend(args.iter().map(|a| format!("{a:?}")));
+    format!("command = [{}]", parts.join(", "))
+}
+
+/// The engine under a stage whose timing varies (the kit's jittery stage,
+/// `sluice stage jitter`): random delays, answers in bursts, and two stalls
+/// past the timeout, after which the engine replaces the stage and retries
+/// the epoch. The output is the identity stage's, row for row.
+#[test]
+fn a_jittery_stage_leaves_the_output_as_a_well_behaved_one_does() {
+    stages_built();
+    let tmp = tempfile::tempdir().unwrap();
+    let (calm, jittery) = (tmp.path().join("calm"), tmp.path().join("jittery"));
+    let o = orders_through(
+        &command_of(&root().join("target/stages/rust/identity"), &[]),
+        500,
+        &[],
+        &calm,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let stalls = tmp.path().join("stalls");
+    let keys = format!(
+        "{}\ntimeout = \"1s\"\nmax_in_flight = 4\nconfig = {{ seed = 11, max_delay_ms = 4, burst_every = 6, burst_ms = 150, stalls = 2, stall_ms = 3000, stall_after = 8, stall_file = {:?} }}",
+        command_of(
+            Path::new(env!("CARGO_BIN_EXE_sluice")),
+            &["stage", "jitter"]
+        ),
+        stalls.display().to_string()
+    );
+    let o = orders_through(&keys, 500, &[], &jittery);
+    assert!(o.status.success(), "{}", text(&o));
+    // the stalls happened: the engine timed out twice and went on
+    let stalled = std::fs::read_to_string(&stalls).unwrap_or_default();
+    assert_eq!(stalled.lines().count(), 2, "{stalled}\n{}", text(&o));
+    let (want, got) = (jsonl_rows(&calm), jsonl_rows(&jittery));
+    assert_eq!(want.len(), 15_000);
+    assert!(
+        want == got,
+        "{} rows through the jittery stage, {} through identity",
+        got.len(),
+        want.len()
+    );
+}
+
+/// A stage's timing promise (manifest `timing`, v1.1): with no `timeout` in
+/// the pipeline, `max_answer_ms` is the timeout (a stall past it replaces
+/// the stage, and the run still delivers every row); a p99 the stage does
+/// not keep is reported at the end of the run.
+#[test]
+fn a_stage_is_held_to_its_timing_promise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stalls = tmp.path().join("stalls");
+    let sluice = Path::new(env!("CARGO_BIN_EXE_sluice"));
+    let keys = format!(
+        "{}\nconfig = {{ seed = 5, max_delay_ms = 30, stalls = 1, stall_ms = 5000, stall_after = 3, stall_file = {:?} }}",
+        command_of(
+            sluice,
+            &[
+                "stage",
+                "jitter",
+                "--promise-p99-ms",
+                "1",
+                "--promise-max-ms",
+                "800"
+            ]
+        ),
+        stalls.display().to_string()
+    );
+    let out = tmp.path().join("out");
+    let o = orders_through(&keys, 1000, &[("SLUICE_LOG", "warn")], &out);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert_eq!(jsonl_rows(&out).len(), 15_000);
+    // the stall outlasted max_answer_ms (800 ms, not the default 30 s):
+    // the engine gave up on the answer, replaced the stage and retried
+    assert_eq!(std::fs::read_to_string(&stalls).unwrap().lines().count(), 1);
+    assert!(t.contains("no answer to a batch within 800ms"), "{t}");
+    // delays up to 30 ms against a promised p99 of 1 ms
+    assert!(t.contains("promises a batch p99 of 1 ms"), "{t}");
+    assert!(
+        t.contains("longer than the stage's manifest promises"),
+        "{t}"
+    );
+}
+
+/// A manifest with `plain_types` (v1.1) gets no view types: the tpch
+/// source's `Utf8View` columns arrive as `Utf8` at a Python stage whose
+/// kernel has no view version; without it, the same stage refuses them.
+#[test]
+fn a_stage_asking_for_plain_types_never_sees_a_view() {
+    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let keys = command_of(
+        Path::new(&python),
+        &[&root()
+            .join("tests/support/plain_stage.py")
+            .display()
+            .to_string()],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("plain");
+    let o = orders_through(&keys, 4000, &[], &out);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows = jsonl_rows(&out);
+    assert_eq!(rows.len(), 15_000);
+    // the stage upper-cased the strings: "1-URGENT", "o" status became "O"
+    let first: serde_json::Value = serde_json::from_str(&rows[0]).unwrap();
+    let comment = first["o_comment"].as_str().unwrap();
+    assert_eq!(comment, comment.to_uppercase(), "{first}");
+    let o = orders_through(
+        &keys,
+        4000,
+        &[("PLAIN_TYPES", "0")],
+        &tmp.path().join("views"),
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("takes plain types only"), "{t}");
 }

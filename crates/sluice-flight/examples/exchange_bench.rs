@@ -15,7 +15,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema};
 use futures::StreamExt;
-use sluice_flight::{OpenRequest, PROTOCOL, StageEvent};
+use sluice_flight::{OpenRequest, StageEvent};
 
 fn lineitem_like(rows: usize) -> RecordBatch {
     let mut fields = Vec::new();
@@ -95,8 +95,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         socket: &socket,
         otlp: None,
     })?;
-    let client =
+    let mut client =
         sluice_flight::launch::wait_healthy(&mut child, &socket, Duration::from_secs(20)).await?;
+    let manifest = client.describe().await?;
 
     let batch = lineitem_like(rows);
     let bytes_per_batch: usize = batch
@@ -105,7 +106,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
         .sum();
     let open = OpenRequest {
-        protocol: PROTOCOL.into(),
+        protocol: manifest.protocol.clone(),
         stage: "bench".into(),
         epoch: 0,
         partition: 0,

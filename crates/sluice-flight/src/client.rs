@@ -1,6 +1,7 @@
 //! The engine side of the protocol: connect to a stage, describe it, check
 //! its health, and run exchanges.
 
+use std::error::Error as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use crate::codec::{BatchEncoder, control_message, normalize_metadata_only};
 use crate::codes::StageError;
 use crate::envelope::{Envelope, Kind};
 use crate::manifest::{Manifest, OpenRequest};
+use crate::security::{ClientSecurity, Token};
+use crate::version::{self, DescribeRequest};
 
 /// Where a stage listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +78,10 @@ impl StageEvent {
 pub struct StageClient {
     inner: FlightServiceClient<Channel>,
     target: Target,
+    /// Sent with every call (`authorization: Bearer ...`).
+    token: Option<Token>,
+    /// Over TLS: whether a client certificate is offered.
+    tls_client_cert: Option<bool>,
 }
 
 fn unavailable(target: &Target, e: impl std::fmt::Display) -> StageError {
@@ -82,13 +89,39 @@ fn unavailable(target: &Target, e: impl std::fmt::Display) -> StageError {
 }
 
 impl StageClient {
-    /// Connects (lazily: the first call dials).
+    /// Connects to a stage without TLS or token.
     pub async fn connect(target: &Target, timeout: Duration) -> Result<Self, StageError> {
+        Self::connect_with(target, timeout, &ClientSecurity::default()).await
+    }
+
+    /// Connects with the pipeline's `tls` (for `grpcs://` URLs) and `token`.
+    pub async fn connect_with(
+        target: &Target,
+        timeout: Duration,
+        security: &ClientSecurity,
+    ) -> Result<Self, StageError> {
+        let refuse =
+            |m: String| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}"));
         let uri = match target {
             Target::Unix(p) => format!("unix://{}", p.display()),
-            Target::Url(u) => u.replacen("grpc://", "http://", 1),
+            Target::Url(u) => {
+                let tls = u.starts_with("grpcs://");
+                match (tls, &security.tls) {
+                    (true, None) => {
+                        return Err(refuse(
+                            "a grpcs:// stage needs `tls = { ca = \"...\" }`: the CA that signed its certificate".into(),
+                        ));
+                    }
+                    (false, Some(_)) => {
+                        return Err(refuse("`tls` is set but the url is not grpcs://".into()));
+                    }
+                    _ => {}
+                }
+                u.replacen("grpcs://", "https://", 1)
+                    .replacen("grpc://", "http://", 1)
+            }
         };
-        let endpoint = Endpoint::from_shared(uri.clone())
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| {
                 StageError::new(
                     ErrorCode::InvalidArgument,
@@ -100,17 +133,91 @@ impl StageClient {
             .initial_stream_window_size(crate::STREAM_WINDOW)
             .initial_connection_window_size(crate::CONNECTION_WINDOW)
             .max_frame_size(crate::MAX_FRAME);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| unavailable(target, e))?;
+        if let Some(files) = &security.tls {
+            let config = files.client_config().map_err(refuse)?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| refuse(e.to_string()))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            match crate::security::explain_tls_failure(&e) {
+                // a TLS refusal does not pass with a retry
+                Some(why) => refuse(format!("{why} ({})", crate::security::error_chain(&e))),
+                None => unavailable(target, crate::security::error_chain(&e)),
+            }
+        })?;
         let inner = FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         Ok(Self {
             inner,
             target: target.clone(),
+            token: security.token.clone(),
+            tls_client_cert: security.tls.as_ref().map(|t| t.cert.is_some()),
         })
+    }
+
+    /// A request carrying the token, if any.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(t) = &self.token {
+            t.attach(&mut r);
+        }
+        r
+    }
+
+    /// A failed call, in the pipeline's words when it was refused for its
+    /// token or its TLS (neither passes with a retry).
+    fn failed(&self, status: &tonic::Status) -> StageError {
+        if status.code() == tonic::Code::Unauthenticated {
+            let which = match &self.token {
+                Some(t) => format!("the token in `{}`", t.source()),
+                None => "the call: no `token` is set".into(),
+            };
+            return StageError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{}: the stage refused {which} ({})",
+                    self.target,
+                    status.message()
+                ),
+            );
+        }
+        let chain = crate::security::error_chain(status);
+        if let Some(why) = crate::security::explain_tls_failure(status) {
+            return StageError::new(
+                ErrorCode::InvalidArgument,
+                format!("{}: {why} ({chain})", self.target),
+            );
+        }
+        // with TLS 1.3 a server refuses a client certificate after the
+        // client finished its handshake: the client only sees the
+        // connection close, without the TLS alert
+        let closed = status.source().is_some()
+            && matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            );
+        if let (true, Some(offered)) = (closed, self.tls_client_cert) {
+            let why = if offered {
+                "it probably refused the client certificate in `tls.cert` (not signed by a CA it trusts)"
+            } else {
+                "it probably requires a client certificate: set `tls.cert` and `tls.key`"
+            };
+            return StageError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{}: the stage closed the connection after the TLS handshake; {why} ({chain})",
+                    self.target
+                ),
+            );
+        }
+        let mut e = StageError::from_status(status);
+        if status.source().is_some() {
+            // "transport error" alone says nothing: add its causes
+            e.message = format!("{}: {chain}", self.target);
+        }
+        e
     }
 
     /// Where the stage listens.
@@ -118,15 +225,15 @@ impl StageClient {
         &self.target
     }
 
-    async fn action(&mut self, name: &str) -> Result<Vec<u8>, StageError> {
+    async fn action(&mut self, name: &str, body: Vec<u8>) -> Result<Vec<u8>, StageError> {
         let mut stream = self
             .inner
-            .do_action(Action {
+            .do_action(self.request(Action {
                 r#type: name.into(),
-                body: Default::default(),
-            })
+                body: body.into(),
+            }))
             .await
-            .map_err(|s| StageError::from_status(&s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         let first = stream
             .next()
@@ -134,19 +241,47 @@ impl StageClient {
             .ok_or_else(|| {
                 StageError::new(ErrorCode::Internal, format!("`{name}` returned no result"))
             })?
-            .map_err(|s| StageError::from_status(&s))?;
+            .map_err(|s| self.failed(&s))?;
         Ok(first.body.to_vec())
     }
 
-    /// `DoAction("describe")`.
+    /// `DoAction("describe")`, naming the protocol versions this engine
+    /// speaks; the manifest comes back in the newest one the stage speaks too.
     pub async fn describe(&mut self) -> Result<Manifest, StageError> {
-        let body = self.action("describe").await?;
+        self.describe_as(Some(&DescribeRequest::ours())).await
+    }
+
+    /// `describe` as an engine speaking `request.protocols` would send it;
+    /// `None` sends the empty body of a `sluice.stage.v1` engine (the
+    /// conformance kit plays other engines with it).
+    pub async fn describe_as(
+        &mut self,
+        request: Option<&DescribeRequest>,
+    ) -> Result<Manifest, StageError> {
+        let request = match request {
+            Some(r) => serde_json::to_vec(r)
+                .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?,
+            None => Vec::new(),
+        };
+        let body = self.action("describe", request).await?;
         let m: Manifest = serde_json::from_slice(&body).map_err(|e| {
             StageError::new(
                 ErrorCode::SchemaMismatch,
                 format!("{}: the manifest is not valid: {e}", self.target),
             )
         })?;
+        if !version::is_spoken(&m.protocol) {
+            // a stage that ignored the request's versions
+            return Err(StageError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{}: the stage speaks {}; this engine speaks {}",
+                    self.target,
+                    m.protocol,
+                    version::SPOKEN.join(", ")
+                ),
+            ));
+        }
         m.check().map_err(|e| {
             StageError::new(ErrorCode::SchemaMismatch, format!("{}: {e}", self.target))
         })?;
@@ -155,7 +290,7 @@ impl StageClient {
 
     /// `DoAction("health")`.
     pub async fn health(&mut self) -> Result<(), StageError> {
-        self.action("health").await.map(|_| ())
+        self.action("health", Vec::new()).await.map(|_| ())
     }
 
     /// Runs one exchange: sends `open`, the schema, every batch of `input`
@@ -225,12 +360,12 @@ impl StageClient {
                 .send(control_message(&Envelope::new(Kind::End, epoch, seq)))
                 .await;
         });
-        let request = tokio_stream::wrappers::ReceiverStream::new(req_rx);
+        let request = self.request(tokio_stream::wrappers::ReceiverStream::new(req_rx));
         let response = self
             .inner
             .do_exchange(request)
             .await
-            .map_err(|s| StageError::from_status(&s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         let target = self.target.clone();
         let (ev_tx, ev_rx) = tokio::sync::mpsc::channel::<Result<StageEvent, StageError>>(2);

@@ -67,6 +67,31 @@ impl BatchEncoder {
     }
 }
 
+/// The most bytes (by memory size) of one output batch message: half the
+/// message limit, so that an estimate off by a little never crosses it.
+pub const MESSAGE_BUDGET: usize = crate::MAX_MESSAGE_SIZE / 2;
+
+/// Cuts `batch` into slices (zero-copy) of at most `max_rows` rows and, by
+/// the batch's average row size, at most `max_bytes` bytes. A single row
+/// larger than `max_bytes` goes alone: rows are never cut. The engine cuts
+/// its input to the manifest's limits with it, the SDK its output to
+/// [`MESSAGE_BUDGET`].
+pub fn slices(batch: RecordBatch, max_rows: usize, max_bytes: usize) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let bytes = batch.get_array_memory_size().max(1);
+    // the memory size counts whole buffers, so a sliced batch gets smaller
+    // pieces than it needs, never larger ones
+    let by_bytes = (max_bytes as u128 * rows as u128 / bytes as u128).max(1);
+    let per = (max_rows as u128).min(by_bytes).max(1) as usize;
+    if rows <= per {
+        return vec![batch];
+    }
+    (0..rows)
+        .step_by(per)
+        .map(|o| batch.slice(o, per.min(rows - o)))
+        .collect()
+}
+
 /// An IPC message header that says "no payload" (`MessageHeader::NONE`).
 fn none_header() -> Vec<u8> {
     let mut fbb = flatbuffers::FlatBufferBuilder::new();
@@ -99,6 +124,42 @@ pub fn control_message(envelope: &Envelope) -> FlightData {
 mod tests {
     use super::*;
     use crate::envelope::Kind;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn batch(rows: usize, text: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let ids = Int64Array::from_iter_values(0..rows as i64);
+        let s = StringArray::from_iter_values((0..rows).map(|_| "x".repeat(text)));
+        RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
+    }
+
+    proptest! {
+        /// The slices hold every row once, in order, and each fits the
+        /// manifest's limits (a row bigger than the byte limit alone).
+        #[test]
+        fn slices_keep_every_row_within_the_limits(rows in 0usize..300, text in 0usize..200, max_rows in 1usize..100, max_bytes in 1usize..20_000) {
+            let b = batch(rows, text);
+            let per_row = b.get_array_memory_size() / rows.max(1);
+            let pieces = slices(b, max_rows, max_bytes);
+            let mut next = 0i64;
+            for p in &pieces {
+                prop_assert!(p.num_rows() <= max_rows);
+                prop_assert!(p.num_rows() == 1 || p.num_rows() * per_row <= max_bytes, "{} rows of ~{per_row} bytes", p.num_rows());
+                let ids = p.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                for id in ids.values() {
+                    prop_assert_eq!(*id, next);
+                    next += 1;
+                }
+            }
+            prop_assert_eq!(next as usize, rows);
+        }
+    }
 
     #[test]
     fn every_type_of_the_zoo_encodes() {

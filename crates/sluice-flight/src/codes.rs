@@ -81,4 +81,37 @@ mod tests {
         let plain = StageError::from_status(&Status::unavailable("connection refused"));
         assert_eq!(plain.code, ErrorCode::Unavailable);
     }
+
+    /// The table of docs/protocol.md section 5, as both SDKs must map it.
+    #[test]
+    fn the_code_table_is_the_golden_one() {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            code: String,
+            grpc: String,
+            grpc_number: i32,
+            retried: bool,
+        }
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/protocol/error_codes.json"
+        );
+        let rows: Vec<Row> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let codes: Vec<&str> = rows.iter().map(|r| r.code.as_str()).collect();
+        let ours: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(codes, ours, "the codes, in documentation order");
+        for (row, code) in rows.iter().zip(ErrorCode::ALL) {
+            let grpc = StageError::grpc_code(code);
+            assert_eq!(grpc as i32, row.grpc_number, "{}", row.code);
+            let name = format!("{grpc:?}");
+            // tonic spells `DeadlineExceeded`, the table `DEADLINE_EXCEEDED`
+            assert_eq!(
+                name.to_uppercase(),
+                row.grpc.replace('_', ""),
+                "{}",
+                row.code
+            );
+            assert_eq!(code.is_retryable(), row.retried, "{}", row.code);
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The conformance kit: certifies that a stage speaks `sluice.stage.v1`.
+//! The conformance kit: certifies that a stage speaks the stage protocol
+//! (`sluice.stage.v1` or `v1.1`, whichever `describe` settles on).
 //!
 //! [`check`] runs every check against a live stage and returns one
 //! [`CheckResult`] per check; `sluice stage check` prints them as a table.
@@ -9,12 +10,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::{Int32Builder, ListBuilder, StringDictionaryBuilder};
+use arrow_array::builder::{Int32Builder, ListBuilder, StringDictionaryBuilder, StringViewBuilder};
 use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
-    Int8Array, Int16Array, Int32Array, Int64Array, LargeStringArray, RecordBatch, StringArray,
-    StructArray, TimestampMicrosecondArray, UInt32Array, UInt64Array, new_null_array,
+    Array, ArrayRef, BinaryViewArray, BooleanArray, Date32Array, Decimal128Array, Float32Array,
+    Float64Array, Int8Array, Int16Array, Int32Array, Int64Array, LargeStringArray, RecordBatch,
+    StringArray, StringViewArray, StructArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
+    new_null_array,
 };
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightData, FlightDescriptor};
@@ -27,7 +29,9 @@ use crate::codec::{BatchEncoder, control_message};
 use crate::envelope::{Envelope, Kind};
 use crate::manifest::{ErrorSemantics, Manifest, OpenRequest, check_schema};
 use crate::row_errors::SentBatches;
-use crate::{MAX_MESSAGE_SIZE, PROTOCOL, StageError};
+use crate::version::{self, DescribeRequest};
+use crate::{MAX_MESSAGE_SIZE, StageError};
+use sluice_contract::ErrorCode;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +248,70 @@ pub fn type_zoo(rows: usize) -> RecordBatch {
     RecordBatch::try_new(schema, columns).unwrap_or_else(|e| panic!("type zoo: {e}"))
 }
 
+/// A batch of view types (as DataFusion's readers make them): `Utf8View`
+/// with short (inlined) and long strings, `BinaryView`, and a list of
+/// `Utf8View`, with nulls.
+pub fn view_zoo(rows: usize) -> RecordBatch {
+    let text = |i: usize| match i % 4 {
+        0 => None,
+        1 => Some(format!("s{i}")),
+        _ => Some(format!("a string longer than twelve bytes, number {i}")),
+    };
+    let names = {
+        let mut b = ListBuilder::new(StringViewBuilder::new());
+        for i in 0..rows {
+            if i % 5 == 4 {
+                b.append_null();
+            } else {
+                for j in 0..(i % 3) {
+                    b.values().append_value(format!("name {i}.{j} of the list"));
+                }
+                b.append(true);
+            }
+        }
+        b.finish()
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("text", DataType::Utf8View, true),
+        Field::new("bytes", DataType::BinaryView, true),
+        Field::new("names", names.data_type().clone(), true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+        Arc::new((0..rows).map(text).collect::<StringViewArray>()),
+        Arc::new(
+            (0..rows)
+                .map(|i| text(i + 1).map(String::into_bytes))
+                .collect::<BinaryViewArray>(),
+        ),
+        Arc::new(names),
+    ];
+    // every column above is built for `schema`; a failure here is a bug in the kit
+    RecordBatch::try_new(schema, columns).unwrap_or_else(|e| panic!("view zoo: {e}"))
+}
+
+/// `batch` with its view types cast to plain ones, as the engine sends it
+/// to a stage whose manifest says `plain_types`.
+pub fn plain_batch(batch: &RecordBatch) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match crate::manifest::plain_type(f.data_type()) {
+            Some(t) => f.as_ref().clone().with_data_type(t),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(&fields)
+        .map(|(c, f)| arrow_cast::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
 struct Kit {
     target: Target,
     client: StageClient,
@@ -255,7 +323,7 @@ struct Kit {
 impl Kit {
     fn open(&self, epoch: u64) -> OpenRequest {
         OpenRequest {
-            protocol: PROTOCOL.into(),
+            protocol: self.manifest.protocol.clone(),
             stage: "conformance".into(),
             epoch,
             partition: 0,
@@ -290,6 +358,37 @@ impl Kit {
             .exchange(&self.open(epoch), schema, input, None)
             .await?;
         events.collect::<Vec<_>>().await.into_iter().collect()
+    }
+
+    /// Sends `batch` through a pass-through stage; passes when `expected`
+    /// comes back: same schema, same values.
+    async fn unchanged(&self, batch: RecordBatch, expected: RecordBatch, epoch: u64) -> Outcome {
+        let events = match self.run(vec![batch], epoch).await {
+            Ok(ev) => ev,
+            Err(e) => return Outcome::Fail(e.to_string()),
+        };
+        let got: Vec<RecordBatch> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                StageEvent::Batch { batch, .. } => Some(batch),
+                _ => None,
+            })
+            .collect();
+        if let Some(b) = got
+            .iter()
+            .find(|b| b.schema().fields() != expected.schema().fields())
+        {
+            return Outcome::Fail(format!(
+                "the output schema is not the input's: {} (sent {})",
+                b.schema(),
+                expected.schema()
+            ));
+        }
+        match arrow_select::concat::concat_batches(&expected.schema(), &got) {
+            Ok(b) if b.columns() == expected.columns() => Outcome::Pass,
+            Ok(_) => Outcome::Fail("values changed on the way".into()),
+            Err(e) => Outcome::Fail(format!("output does not have the input schema: {e}")),
+        }
     }
 
     async fn raw(&self) -> Result<FlightServiceClient<Channel>, String> {
@@ -409,6 +508,48 @@ async fn timed<F: std::future::Future<Output = Outcome>>(
     }
 }
 
+/// Version negotiation (docs/protocol.md, section 2): a stage answers an
+/// engine in the newest version both speak, or refuses by naming both.
+async fn versions(kit: &Kit) -> Outcome {
+    let mut client = kit.client.clone();
+    match client.describe_as(None).await {
+        Ok(m) if m.protocol != version::V1 => {
+            return Outcome::Fail(format!(
+                "an engine speaking only {} got a manifest in {}",
+                version::V1,
+                m.protocol
+            ));
+        }
+        Ok(_) => {}
+        // a stage may need a newer engine; it must say which versions
+        Err(e) if e.code == ErrorCode::InvalidArgument && e.message.contains(version::V1) => {}
+        Err(e) => {
+            return Outcome::Fail(format!(
+                "an engine speaking only {}: {e} (expected a v1 manifest or INVALID_ARGUMENT naming the versions)",
+                version::V1
+            ));
+        }
+    }
+    let unknown = DescribeRequest {
+        protocols: vec!["sluice.stage.v0-unknown".into()],
+    };
+    match client.describe_as(Some(&unknown)).await {
+        // a v1 stage predates negotiation: it ignores the request, and an
+        // engine that does not speak v1 refuses it
+        Ok(m) if m.protocol == version::V1 && kit.manifest.protocol == version::V1 => Outcome::Pass,
+        Ok(m) => Outcome::Fail(format!(
+            "an engine speaking only sluice.stage.v0-unknown got a manifest in {}",
+            m.protocol
+        )),
+        Err(e) if e.code == ErrorCode::InvalidArgument && e.message.contains("v0-unknown") => {
+            Outcome::Pass
+        }
+        Err(e) => Outcome::Fail(format!(
+            "an unknown version: {e} (expected INVALID_ARGUMENT naming both sides' versions)"
+        )),
+    }
+}
+
 fn from(r: Result<(), String>) -> Outcome {
     match r {
         Ok(()) => Outcome::Pass,
@@ -466,6 +607,14 @@ pub async fn check(target: &Target, config: &serde_json::Value) -> Vec<CheckResu
         config: config.clone(),
     };
     out.push(
+        timed(
+            "versions",
+            "a v1 engine gets a v1 manifest (or a clear refusal); an unknown version is refused",
+            versions(&kit),
+        )
+        .await,
+    );
+    out.push(
         timed("health", "`health` answers ok", async {
             from(kit.client.clone().health().await.map_err(|e| e.to_string()))
         })
@@ -512,17 +661,24 @@ pub async fn check(target: &Target, config: &serde_json::Value) -> Vec<CheckResu
                 return Outcome::Skip("the stage declares its input schema; fidelity is checked on that schema by `exchange`".into());
             }
             let zoo = type_zoo(300);
-            match kit.run(vec![zoo.clone()], 2).await {
-                Ok(ev) => {
-                    let got: Vec<RecordBatch> =
-                        ev.into_iter().filter_map(|e| if let StageEvent::Batch { batch, .. } = e { Some(batch) } else { None }).collect();
-                    let got = match arrow_select::concat::concat_batches(&zoo.schema(), &got) {
-                        Ok(b) => b,
-                        Err(e) => return Outcome::Fail(format!("output does not have the input schema: {e}")),
-                    };
-                    if got.columns() == zoo.columns() { Outcome::Pass } else { Outcome::Fail("values changed on the way".into()) }
-                }
-                Err(e) => Outcome::Fail(e.to_string()),
+            kit.unchanged(zoo.clone(), zoo, 2).await
+        })
+        .await,
+    );
+
+    out.push(
+        timed("views", "view types (Utf8View, BinaryView, nested) survive, or arrive plain when the manifest says plain_types", async {
+            if kit.manifest.input_schema.is_some() {
+                return Outcome::Skip("the stage declares its input schema; fidelity is checked on that schema by `exchange`".into());
+            }
+            let views = view_zoo(300);
+            if !kit.manifest.plain_types {
+                return kit.unchanged(views.clone(), views, 5).await;
+            }
+            // what the engine sends such a stage
+            match plain_batch(&views) {
+                Ok(plain) => kit.unchanged(plain.clone(), plain, 5).await,
+                Err(e) => Outcome::Fail(format!("the kit cannot cast its view types: {e}")),
             }
         })
         .await,

@@ -1,4 +1,4 @@
-//! sluice's stage protocol, `sluice.stage.v1`, over Arrow Flight.
+//! sluice's stage protocol, `sluice.stage.v1` and `v1.1`, over Arrow Flight.
 //!
 //! An external stage is a Flight server that transforms record batches; the
 //! engine is its client. `docs/protocol.md` is the normative text; this crate
@@ -12,6 +12,8 @@
 //!   call [`serve`].
 //! - [`client`]: the engine side: connect, describe, health, exchange.
 //! - [`codes`]: fatal errors as gRPC statuses, `[CODE] message`.
+//! - [`version`]: protocol versions, negotiated through `describe`.
+//! - [`security`]: TLS and bearer tokens for remote stages.
 #![deny(missing_docs)]
 
 pub mod client;
@@ -19,14 +21,17 @@ pub mod codec;
 pub mod codes;
 pub mod conformance;
 pub mod envelope;
+pub mod jitter;
 pub mod launch;
 pub mod logging;
 pub mod manifest;
 pub mod row_errors;
+pub mod security;
 pub mod server;
 #[cfg(feature = "otlp")]
 pub mod telemetry;
 mod trace;
+pub mod version;
 
 pub use client::{StageClient, StageEvent, Target};
 pub use codes::StageError;
@@ -34,8 +39,8 @@ pub use envelope::{Envelope, Kind, RowErrorEntry};
 pub use manifest::{Manifest, OpenRequest, SchemaDecl};
 pub use server::{Processed, Processor, RowError, Stage, serve, service};
 
-/// The protocol name and version every manifest and open request carries.
-pub const PROTOCOL: &str = "sluice.stage.v1";
+/// The newest protocol version this crate speaks ([`version`] lists them all).
+pub const PROTOCOL: &str = version::V1_1;
 
 /// Largest gRPC message either end accepts (a batch is one message).
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow_flight::{IpcMessage, SchemaAsIpc};
 use arrow_ipc::writer::IpcWriteOptions;
-use arrow_schema::{Schema, SchemaRef};
+use arrow_schema::{DataType, FieldRef, Schema, SchemaRef};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -101,7 +101,7 @@ pub struct Manifest {
     pub version: String,
     /// Implementation language.
     pub language: String,
-    /// [`PROTOCOL`].
+    /// The protocol version of this answer ([`crate::version`]).
     pub protocol: String,
     /// Accepted input; `None` accepts any schema.
     pub input_schema: Option<SchemaDecl>,
@@ -117,6 +117,27 @@ pub struct Manifest {
     pub ordering: Ordering,
     /// Error semantics.
     pub errors: ErrorSemantics,
+    /// v1.1: the engine casts view types (`Utf8View`, `BinaryView`, also
+    /// nested) to plain ones before sending, for stages whose Arrow library
+    /// lacks kernels for them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_types: bool,
+    /// v1.1: the stage's timing promise, measured by the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
+}
+
+/// How fast a stage promises to answer (v1.1): the engine measures every
+/// batch's round trip against it and counts breaches (docs/protocol.md,
+/// section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// The 99th percentile of a batch's round trip, in milliseconds.
+    pub batch_p99_ms: u64,
+    /// The longest a batch may wait for its answer, in milliseconds; the
+    /// engine's `timeout` when the pipeline sets none.
+    pub max_answer_ms: u64,
 }
 
 impl Manifest {
@@ -135,7 +156,21 @@ impl Manifest {
             stateful: false,
             ordering: Ordering::Preserve,
             errors: ErrorSemantics::FatalOnly,
+            plain_types: false,
+            timing: None,
         }
+    }
+
+    /// The manifest as answered in `protocol`: a v1 answer leaves out what
+    /// v1.1 added (a v1 engine would not read it).
+    pub fn in_protocol(&self, protocol: &str) -> Manifest {
+        let mut m = self.clone();
+        m.protocol = protocol.to_string();
+        if protocol == crate::version::V1 {
+            m.plain_types = false;
+            m.timing = None;
+        }
+        m
     }
 
     /// The output schema for a given input schema.
@@ -148,10 +183,26 @@ impl Manifest {
 
     /// Checks the manifest is coherent.
     pub fn check(&self) -> Result<(), String> {
-        if self.protocol != PROTOCOL {
+        if !crate::version::is_spoken(&self.protocol) {
             return Err(format!(
-                "protocol is `{}`, expected `{PROTOCOL}`",
-                self.protocol
+                "the stage speaks protocol `{}`; this engine speaks {}",
+                self.protocol,
+                crate::version::SPOKEN.join(", ")
+            ));
+        }
+        if self.protocol == crate::version::V1 && (self.plain_types || self.timing.is_some()) {
+            return Err(format!(
+                "a {} manifest carries `plain_types` or `timing`, which {} added",
+                crate::version::V1,
+                crate::version::V1_1
+            ));
+        }
+        if let Some(t) = self.timing
+            && (t.batch_p99_ms == 0 || t.max_answer_ms == 0 || t.batch_p99_ms > t.max_answer_ms)
+        {
+            return Err(format!(
+                "timing: batch_p99_ms ({}) and max_answer_ms ({}) must be positive, the p99 at most the maximum",
+                t.batch_p99_ms, t.max_answer_ms
             ));
         }
         if self.input_schema.is_some() && self.output_schema.is_none() {
@@ -167,7 +218,7 @@ impl Manifest {
 /// The JSON `cmd` of the first message of an exchange.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenRequest {
-    /// [`PROTOCOL`].
+    /// The protocol version the manifest was answered in.
     pub protocol: String,
     /// The stage's name in the pipeline.
     pub stage: String,
@@ -178,6 +229,37 @@ pub struct OpenRequest {
     /// The stage's `config` table from the pipeline.
     #[serde(default)]
     pub config: serde_json::Value,
+}
+
+/// `data_type` with its view types made plain (`Utf8View` → `Utf8`,
+/// `BinaryView` → `Binary`, inside lists, structs, maps and dictionaries
+/// too), or `None` when it holds none: what the engine sends a stage whose
+/// manifest says `plain_types`.
+pub fn plain_type(data_type: &DataType) -> Option<DataType> {
+    let field = |f: &FieldRef| -> Option<FieldRef> {
+        plain_type(f.data_type()).map(|t| Arc::new(f.as_ref().clone().with_data_type(t)))
+    };
+    Some(match data_type {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::List(f) => DataType::List(field(f)?),
+        DataType::LargeList(f) => DataType::LargeList(field(f)?),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(field(f)?, *n),
+        DataType::Map(f, sorted) => DataType::Map(field(f)?, *sorted),
+        DataType::Dictionary(k, v) => DataType::Dictionary(k.clone(), Box::new(plain_type(v)?)),
+        DataType::Struct(fields) => {
+            if fields.iter().all(|f| plain_type(f.data_type()).is_none()) {
+                return None;
+            }
+            DataType::Struct(
+                fields
+                    .iter()
+                    .map(|f| field(f).unwrap_or_else(|| Arc::clone(f)))
+                    .collect(),
+            )
+        }
+        _ => return None,
+    })
 }
 
 /// Checks that `actual` can be read as `declared`: same field names and
@@ -229,7 +311,7 @@ pub fn check_schema(declared: &Schema, actual: &Schema) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_schema::{DataType, Field, TimeUnit};
+    use arrow_schema::{Field, TimeUnit};
 
     #[test]
     fn manifests_round_trip_through_json_with_exact_schemas() {
@@ -258,6 +340,69 @@ mod tests {
         let back: Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
         assert!(back.check().is_ok());
+    }
+
+    #[test]
+    fn v1_1_keys_are_answered_only_in_v1_1() {
+        let mut m = Manifest::new("x", "1.0.0");
+        m.plain_types = true;
+        m.timing = Some(Timing {
+            batch_p99_ms: 20,
+            max_answer_ms: 500,
+        });
+        let v11 = serde_json::to_string(&m.in_protocol(crate::version::V1_1)).unwrap();
+        assert!(v11.ends_with(
+            r#""errors":"fatal_only","plain_types":true,"timing":{"batch_p99_ms":20,"max_answer_ms":500}}"#
+        ));
+        let back: Manifest = serde_json::from_str(&v11).unwrap();
+        assert!(back.check().is_ok());
+        assert_eq!(back, m.in_protocol(crate::version::V1_1));
+        let v1 = serde_json::to_string(&m.in_protocol(crate::version::V1)).unwrap();
+        assert!(v1.ends_with(r#""errors":"fatal_only"}"#), "{v1}");
+        assert!(v1.contains(r#""protocol":"sluice.stage.v1","#));
+        // a v1 manifest that carries them anyway is refused
+        let mut bad: Manifest = serde_json::from_str(&v11).unwrap();
+        bad.protocol = crate::version::V1.into();
+        assert!(bad.check().unwrap_err().contains("v1.1"));
+        let mut future: Manifest = serde_json::from_str(&v11).unwrap();
+        future.protocol = "sluice.stage.v2".into();
+        assert!(future.check().unwrap_err().contains("sluice.stage.v2"));
+        let mut slow = m.clone();
+        slow.timing = Some(Timing {
+            batch_p99_ms: 600,
+            max_answer_ms: 500,
+        });
+        assert!(slow.check().is_err());
+    }
+
+    #[test]
+    fn plain_types_replace_every_view_and_nothing_else() {
+        use arrow_schema::Fields;
+        assert_eq!(plain_type(&DataType::Utf8View), Some(DataType::Utf8));
+        assert_eq!(plain_type(&DataType::BinaryView), Some(DataType::Binary));
+        assert_eq!(plain_type(&DataType::Utf8), None);
+        assert_eq!(plain_type(&DataType::Int64), None);
+        let nested = DataType::Struct(Fields::from(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new_list(
+                "names",
+                Field::new_list_field(DataType::Utf8View, true),
+                true,
+            ),
+        ]));
+        let want = DataType::Struct(Fields::from(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new_list("names", Field::new_list_field(DataType::Utf8, true), true),
+        ]));
+        assert_eq!(plain_type(&nested), Some(want));
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8View));
+        assert_eq!(
+            plain_type(&dict),
+            Some(DataType::Dictionary(
+                Box::new(DataType::Int32),
+                Box::new(DataType::Utf8)
+            ))
+        );
     }
 
     #[test]

@@ -56,11 +56,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::codec::{BatchEncoder, control_message, normalize_metadata_only};
+use crate::codec::{
+    BatchEncoder, MESSAGE_BUDGET, control_message, normalize_metadata_only, slices,
+};
 use crate::codes::StageError;
 use crate::envelope::{Envelope, Kind, RowErrorEntry};
 use crate::manifest::{ErrorSemantics, Manifest, OpenRequest, check_schema};
-use crate::{ENV_ADDR, ENV_SOCKET, MAX_MESSAGE_SIZE, PROTOCOL};
+use crate::security::{StageSecurity, TokenCheck};
+use crate::version::{self, DescribeRequest};
+use crate::{ENV_ADDR, ENV_SOCKET, MAX_MESSAGE_SIZE};
 
 /// A row that failed, reported instead of output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,10 +162,16 @@ pub enum ServeError {
     /// Listening or serving failed.
     #[error("cannot serve on {0}: {1}")]
     Io(String, String),
+    /// The TLS or token settings of the environment are incomplete or unreadable.
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Serves `stage` on the unix socket in `SLUICE_STAGE_SOCKET` (or TCP
-/// `SLUICE_STAGE_ADDR`) until SIGINT or SIGTERM.
+/// `SLUICE_STAGE_ADDR`) until SIGINT or SIGTERM. With
+/// `SLUICE_STAGE_TLS_CERT` and `_KEY` it serves TLS (mutual TLS with
+/// `SLUICE_STAGE_TLS_CLIENT_CA`), with `SLUICE_STAGE_TOKEN` every call must
+/// carry that bearer token ([`crate::security`]).
 pub async fn serve<S: Stage>(stage: S) -> Result<(), ServeError> {
     // the engine's log format, unless the program set up logging itself
     crate::logging::init();
@@ -186,11 +196,25 @@ async fn serve_service<S: Stage>(
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    let router = tonic::transport::Server::builder()
+    let security = StageSecurity::from_env().map_err(ServeError::Security)?;
+    let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(crate::STREAM_WINDOW)
         .initial_connection_window_size(crate::CONNECTION_WINDOW)
-        .max_frame_size(crate::MAX_FRAME)
-        .add_service(svc);
+        .max_frame_size(crate::MAX_FRAME);
+    if security.token.is_some() && security.tls.is_none() && std::env::var(ENV_SOCKET).is_err() {
+        tracing::warn!(
+            "the stage checks a token over plain TCP: anyone on the path can read it; serve TLS too"
+        );
+    }
+    if let Some(tls) = security.tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServeError::Security(format!("TLS: {e}")))?;
+    }
+    let router = builder.add_service(tonic::service::interceptor::InterceptedService::new(
+        svc,
+        TokenCheck(security.token),
+    ));
     if let Ok(path) = std::env::var(ENV_SOCKET) {
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)
@@ -286,7 +310,7 @@ impl<S: Stage> FlightService for StageService<S> {
         let actions = ["describe", "health"].map(|a| {
             Ok(ActionType {
                 r#type: a.into(),
-                description: format!("sluice.stage.v1 {a}"),
+                description: format!("sluice.stage {a}"),
             })
         });
         Ok(Response::new(futures::stream::iter(actions).boxed()))
@@ -296,13 +320,19 @@ impl<S: Stage> FlightService for StageService<S> {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let body = match request.get_ref().r#type.as_str() {
-            "describe" => serde_json::to_vec(self.manifest.as_ref()).map_err(|e| {
-                fatal(
-                    ErrorCode::Internal,
-                    format!("cannot encode the manifest: {e}"),
-                )
-            })?,
+        let action = request.into_inner();
+        let body = match action.r#type.as_str() {
+            "describe" => {
+                let version = DescribeRequest::parse(&action.body)
+                    .and_then(|r| version::negotiate(&r.protocols, &version::SPOKEN))
+                    .map_err(|m| fatal(ErrorCode::InvalidArgument, m))?;
+                serde_json::to_vec(&self.manifest.in_protocol(version)).map_err(|e| {
+                    fatal(
+                        ErrorCode::Internal,
+                        format!("cannot encode the manifest: {e}"),
+                    )
+                })?
+            }
             "health" => match self.stage.health().await {
                 Ok(()) => br#"{"status":"ok"}"#.to_vec(),
                 Err(e) => return Err(fatal(ErrorCode::Unavailable, e.message)),
@@ -354,6 +384,31 @@ impl Out {
         let e = Envelope::new(kind, self.epoch, self.seq);
         self.seq += 1;
         e
+    }
+
+    /// Sends one output batch (answering `in_seq`, or none at `flush`): in
+    /// several messages when it is larger than [`MESSAGE_BUDGET`], since a
+    /// message over the 64 MiB limit would fail the exchange
+    /// (docs/protocol.md, section 1).
+    async fn send_batch(
+        &mut self,
+        encoder: &mut BatchEncoder,
+        batch: RecordBatch,
+        in_seq: Option<u64>,
+        lineage: &LineageEntry,
+    ) -> Result<(), Status> {
+        for piece in slices(batch, usize::MAX, MESSAGE_BUDGET) {
+            let mut e = self.envelope(Kind::Batch);
+            e.in_seq = in_seq;
+            e.lineage = Some(lineage.clone());
+            for m in encoder
+                .batch_messages(&piece, &e)
+                .map_err(|e| fatal(ErrorCode::Internal, e.to_string()))?
+            {
+                self.send(m).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -444,10 +499,14 @@ async fn exchange_traced<S: Stage>(
             format!("the open request is not valid JSON: {e}"),
         )
     })?;
-    if open.protocol != PROTOCOL {
+    if !version::is_spoken(&open.protocol) {
         return Err(fatal(
             ErrorCode::InvalidArgument,
-            format!("protocol `{}` is not {PROTOCOL}", open.protocol),
+            format!(
+                "the engine opened the exchange in {}; this stage speaks {}",
+                open.protocol,
+                version::SPOKEN.join(", ")
+            ),
         ));
     }
     let input_schema: SchemaRef = match first.payload {
@@ -520,14 +579,8 @@ async fn exchange_traced<S: Stage>(
                     Some(b) => {
                         let b = conform(&manifest, &output_schema, b)?;
                         rows_out += b.num_rows() as u64;
-                        let mut e = out.envelope(Kind::Batch).answering(env.seq);
-                        e.lineage = Some(lineage.clone());
-                        for m in encoder
-                            .batch_messages(&b, &e)
-                            .map_err(|e| fatal(ErrorCode::Internal, e.to_string()))?
-                        {
-                            out.send(m).await?;
-                        }
+                        out.send_batch(&mut encoder, b, Some(env.seq), &lineage)
+                            .await?;
                     }
                     None => {
                         let e = out.envelope(Kind::Ack).answering(env.seq);
@@ -602,14 +655,7 @@ async fn exchange_traced<S: Stage>(
         }
         let b = conform(&manifest, &output_schema, b)?;
         rows_out += b.num_rows() as u64;
-        let mut e = out.envelope(Kind::Batch);
-        e.lineage = Some(lineage.clone());
-        for m in encoder
-            .batch_messages(&b, &e)
-            .map_err(|e| fatal(ErrorCode::Internal, e.to_string()))?
-        {
-            out.send(m).await?;
-        }
+        out.send_batch(&mut encoder, b, None, &lineage).await?;
     }
     let mut e = out.envelope(Kind::Flushed);
     e.rows = Some(rows_out);

@@ -353,10 +353,19 @@ async fn plan_external(
         ));
     };
     let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir, spec.observability.otlp_endpoint()).await.map_err(|e| {
-        let which = if c.url.is_some() { "url" } else { "command" };
+        // the key the error is about, for the file and line of the message
+        let which = if e.message.starts_with("token") {
+            "token"
+        } else if e.message.contains("tls") {
+            "tls"
+        } else if c.url.is_some() {
+            "url"
+        } else {
+            "command"
+        };
         SluiceError::spec(
             spec.issue(format!("{key}.{which}"), format!("{label}: {e}"))
-                .with_help("the program must serve sluice.stage.v1 on $SLUICE_STAGE_SOCKET (see docs/protocol.md); build the example stages with `./scripts/build-stages`"),
+                .with_help("the program must serve the stage protocol on $SLUICE_STAGE_SOCKET (see docs/protocol.md); build the example stages with `./scripts/build-stages`"),
         )
     })?;
     let plan = ctx
@@ -369,6 +378,15 @@ async fn plan_external(
         })?
         .into_unoptimized_plan();
     let m = &runtime.manifest;
+    let plan = if m.plain_types {
+        plain_types(plan).map_err(|e| SluiceError::Plan {
+            stage: name.to_string(),
+            file: None,
+            message: e.to_string(),
+        })?
+    } else {
+        plan
+    };
     if let Some(decl) = &m.input_schema {
         let upstream = plan.schema().as_arrow().clone();
         sluice_flight::manifest::check_schema(&decl.schema, &upstream).map_err(|msg| {
@@ -394,6 +412,30 @@ async fn plan_external(
         node: Arc::new(node),
     });
     Ok((plan, runtime))
+}
+
+/// `plan` with its view-typed columns cast to plain types (a manifest's
+/// `plain_types`): the cast is one Arrow kernel per column, in the plan, so
+/// the stage's input schema, the checks and the exchange all see plain types.
+fn plain_types(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    use datafusion::logical_expr::{Expr, LogicalPlanBuilder, cast};
+    use sluice_flight::manifest::plain_type;
+    let schema = Arc::clone(plan.schema());
+    if schema
+        .fields()
+        .iter()
+        .all(|f| plain_type(f.data_type()).is_none())
+    {
+        return Ok(plan);
+    }
+    let columns = schema.iter().map(|(qualifier, field)| {
+        let column = Expr::Column((qualifier, field).into());
+        match plain_type(field.data_type()) {
+            Some(plain) => cast(column, plain).alias_qualified(qualifier.cloned(), field.name()),
+            None => column,
+        }
+    });
+    LogicalPlanBuilder::from(plan).project(columns)?.build()
 }
 
 /// The refusal of an aggregate or join that would answer per epoch.

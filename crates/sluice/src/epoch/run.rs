@@ -258,6 +258,9 @@ impl Run {
 
     async fn shutdown_stages(plan: &PipelinePlan) {
         for rt in plan.externals.values() {
+            if let Some(breach) = rt.timing_verdict() {
+                tracing::warn!("{breach}");
+            }
             rt.shutdown().await;
         }
     }

@@ -164,6 +164,16 @@ const STAGE_STARTS: Family = family(
     "Times an external stage's process was started (1 = never restarted).",
     FamilyKind::Counter,
 );
+const STAGE_PROMISE: Family = family(
+    "sluice_stage_timing_promise_seconds",
+    "What an external stage's manifest promises (timing, protocol v1.1): promise=batch_p99 or max_answer.",
+    FamilyKind::Gauge,
+);
+const STAGE_OVER_PROMISE: Family = family(
+    "sluice_stage_answers_over_promise_total",
+    "Answers of an external stage slower than its manifest's timing promise (promise=batch_p99 or max_answer).",
+    FamilyKind::Counter,
+);
 const BACKLOG: Family = family(
     "sluice_source_backlog_files",
     "Files waiting to be read in a tailed folder.",
@@ -357,6 +367,23 @@ impl RunMetrics {
                 l.clone(),
                 rt.starts.load(std::sync::atomic::Ordering::Relaxed) as f64,
             );
+            if let Some(t) = rt.manifest.timing {
+                let promises = [
+                    ("batch_p99", t.batch_p99_ms, &rt.over_p99),
+                    ("max_answer", t.max_answer_ms, &rt.over_max),
+                ];
+                for (promise, ms, over) in promises {
+                    let mut l = l.clone();
+                    l.push(("promise", promise.to_string()));
+                    self.registry
+                        .set(STAGE_PROMISE, l.clone(), ms as f64 / 1000.0);
+                    self.registry.set(
+                        STAGE_OVER_PROMISE,
+                        l,
+                        over.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                    );
+                }
+            }
             self.registry
                 .set_histogram(STAGE_ROUND_TRIP, l, rt.round_trips());
         }

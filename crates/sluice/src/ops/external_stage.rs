@@ -43,7 +43,7 @@ use opentelemetry::KeyValue;
 use sluice_contract::ErrorCode;
 use sluice_flight::manifest::check_schema;
 use sluice_flight::row_errors::SentBatches;
-use sluice_flight::{OpenRequest, PROTOCOL, StageError, StageEvent};
+use sluice_flight::{OpenRequest, StageError, StageEvent};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -317,26 +317,6 @@ fn stage_failure(stage: &str, e: StageError) -> SluiceError {
     }
 }
 
-/// Cuts `batch` into slices (zero-copy) the manifest accepts: at most
-/// `max_rows` rows and, by the batch's average row size, at most
-/// `max_bytes` bytes. A single row larger than `max_bytes` goes alone: rows
-/// are never cut.
-fn slices(batch: RecordBatch, max_rows: usize, max_bytes: usize) -> Vec<RecordBatch> {
-    let rows = batch.num_rows();
-    let bytes = batch.get_array_memory_size().max(1);
-    // the memory size counts whole buffers, so a sliced batch gets smaller
-    // pieces than it needs, never larger ones
-    let by_bytes = (max_bytes as u128 * rows as u128 / bytes as u128).max(1);
-    let per = (max_rows as u128).min(by_bytes).max(1) as usize;
-    if rows <= per {
-        return vec![batch];
-    }
-    (0..rows)
-        .step_by(per)
-        .map(|o| batch.slice(o, per.min(rows - o)))
-        .collect()
-}
-
 /// Which exchange: the stage, the epoch it belongs to, the plan partition.
 struct Exchange {
     runtime: Arc<ExternalRuntime>,
@@ -405,7 +385,8 @@ async fn exchange_body(
     let manifest = runtime.manifest.clone();
     let config = runtime.config.clone();
     let open = OpenRequest {
-        protocol: PROTOCOL.into(),
+        // the version `describe` settled on
+        protocol: manifest.protocol.clone(),
         stage: runtime.name.clone(),
         epoch: binding.epoch(),
         partition: partition as u32,
@@ -459,7 +440,7 @@ async fn exchange_body(
                         return;
                     }
                 };
-                for piece in slices(b, max_rows, max_bytes) {
+                for piece in sluice_flight::codec::slices(b, max_rows, max_bytes) {
                     if piece.num_rows() == 0 {
                         continue;
                     }
@@ -498,7 +479,7 @@ async fn exchange_body(
     let mut events = client
         .exchange(&open, input_schema, batches, traceparent)
         .await?;
-    let timeout = config.timeout.0;
+    let timeout = runtime.answer_timeout();
     let mut rows_received = 0u64;
     let mut answers = Answers::default();
     loop {
@@ -510,6 +491,7 @@ async fn exchange_body(
         let next = match tokio::time::timeout(wait, events.next()).await {
             Ok(n) => n,
             Err(_) => {
+                runtime.check_timing(timeout);
                 return Err(StageError::new(
                     ErrorCode::Timeout,
                     format!("no answer to a batch within {timeout:?}"),
@@ -762,19 +744,6 @@ impl Answers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use proptest::prelude::*;
-
-    fn batch(rows: usize, text: usize) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("s", DataType::Utf8, false),
-        ]));
-        let ids = Int64Array::from_iter_values(0..rows as i64);
-        let s = StringArray::from_iter_values((0..rows).map(|_| "x".repeat(text)));
-        RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
-    }
 
     #[test]
     fn an_answer_answers_every_batch_up_to_it_once() {
@@ -784,27 +753,5 @@ mod tests {
         assert_eq!(a.answer(2, 3), Ok(2)); // batch 1 had no answer of its own
         assert_eq!(a.answer(1, 3), Ok(0));
         assert!(a.answer(3, 3).unwrap_err().contains("never sent"));
-    }
-
-    proptest! {
-        /// The slices hold every row once, in order, and each fits the
-        /// manifest's limits (a row bigger than the byte limit alone).
-        #[test]
-        fn slices_keep_every_row_within_the_limits(rows in 0usize..300, text in 0usize..200, max_rows in 1usize..100, max_bytes in 1usize..20_000) {
-            let b = batch(rows, text);
-            let per_row = b.get_array_memory_size() / rows.max(1);
-            let pieces = slices(b, max_rows, max_bytes);
-            let mut next = 0i64;
-            for p in &pieces {
-                prop_assert!(p.num_rows() <= max_rows);
-                prop_assert!(p.num_rows() == 1 || p.num_rows() * per_row <= max_bytes, "{} rows of ~{per_row} bytes", p.num_rows());
-                let ids = p.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-                for id in ids.values() {
-                    prop_assert_eq!(*id, next);
-                    next += 1;
-                }
-            }
-            prop_assert_eq!(next as usize, rows);
-        }
     }
 }

@@ -1,4 +1,5 @@
-//! The `external` stage: a Go or Rust program speaking `sluice.stage.v1`.
+//! The `external` stage: a program (Go, Rust, Python, ...) speaking the stage
+//! protocol (`sluice.stage.v1` or `v1.1`, docs/protocol.md).
 //!
 //! [`ExternalRuntime`] owns the connection: it starts the child process on a
 //! unix socket (or dials a URL), waits for `health`, keeps the manifest, and
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_contract::ErrorCode;
+use sluice_flight::security::{ClientSecurity, TlsFiles, Token};
 use sluice_flight::{Manifest, StageClient, StageError, Target};
 use tokio::process::Child;
 use tokio::sync::Mutex;
@@ -21,9 +23,9 @@ use crate::spec::HumanDuration;
 
 pub(crate) use crate::dead_letter::OnError;
 
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
-}
+/// How long a batch may wait for its answer when neither the pipeline nor
+/// the manifest's `timing` says.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn default_retries() -> u32 {
     3
@@ -47,15 +49,26 @@ pub struct ExternalStageConfig {
     /// the engine sets `SLUICE_STAGE_SOCKET`. Exactly one of `command` and `url`.
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// Address of a running stage: `grpc://host:port`.
+    /// Address of a running stage: `grpc://host:port`, or `grpcs://host:port`
+    /// with `tls`.
     #[serde(default)]
     pub url: Option<String>,
+    /// For a `grpcs://` url: the CA that signed the stage's certificate, and
+    /// the engine's certificate and key when the stage asks for one (mutual
+    /// TLS). PEM files, relative to the pipeline file.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// A bearer token sent with every call to a remote stage, from the
+    /// environment: `token = "env:STAGE_TOKEN"`.
+    #[serde(default)]
+    pub token: Option<String>,
     /// The stage's own settings, passed in every open request.
     #[serde(default)]
     pub config: Option<toml::Table>,
-    /// How long the engine waits for the answer to a batch (default 30s).
-    #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
+    /// How long the engine waits for the answer to a batch: by default the
+    /// manifest's `timing.max_answer_ms` (v1.1), else 30s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
     /// How often a failed epoch is retried when the failure may pass
     /// (the stage crashed, timed out or was unavailable); default 3.
     #[serde(default = "default_retries")]
@@ -88,7 +101,7 @@ enum Launch {
         /// Where the child exports its spans (`[observability] otlp`).
         otlp: Option<String>,
     },
-    Remote(Target),
+    Remote(Target, ClientSecurity),
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +124,10 @@ pub(crate) struct ExternalRuntime {
     state: Mutex<State>,
     /// Times the child process was (re)started.
     pub starts: AtomicU64,
+    /// Answers slower than the manifest's `timing.batch_p99_ms`.
+    pub over_p99: AtomicU64,
+    /// Answers slower than the manifest's `timing.max_answer_ms`.
+    pub over_max: AtomicU64,
     /// Round-trip time of each answered batch, in microseconds (sent →
     /// answered): the first million, for percentiles.
     pub latencies_us: std::sync::Mutex<Vec<u32>>,
@@ -122,6 +139,11 @@ pub(crate) struct ExternalRuntime {
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a stage being replaced (it hung, or failed an exchange with a
+/// retryable status) gets between SIGTERM and SIGKILL: enough to export its
+/// spans and log why, short enough not to hold the retry back.
+const RESTART_GRACE: Duration = Duration::from_secs(2);
 
 /// What a stage's child process has used so far.
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +176,12 @@ impl ExternalRuntime {
         base_dir: &std::path::Path,
         otlp: Option<String>,
     ) -> Result<Arc<Self>, StageError> {
+        if config.command.is_some() && (config.tls.is_some() || config.token.is_some()) {
+            return Err(StageError::new(
+                ErrorCode::InvalidArgument,
+                "`tls` and `token` are for remote stages (`url`); a child stage listens on a private unix socket",
+            ));
+        }
         let launch = match (&config.command, &config.url) {
             (Some(cmd), None) if !cmd.is_empty() => {
                 let program = PathBuf::from(&cmd[0]);
@@ -170,7 +198,19 @@ impl ExternalRuntime {
                     otlp,
                 }
             }
-            (None, Some(url)) => Launch::Remote(Target::Url(url.clone())),
+            (None, Some(url)) => {
+                let token = config
+                    .token
+                    .as_deref()
+                    .map(Token::from_reference)
+                    .transpose()
+                    .map_err(|m| StageError::new(ErrorCode::InvalidArgument, m))?;
+                let security = ClientSecurity {
+                    tls: config.tls.as_ref().map(|t| t.relative_to(base_dir)),
+                    token,
+                };
+                Launch::Remote(Target::Url(url.clone()), security)
+            }
             _ => {
                 return Err(StageError::new(
                     ErrorCode::InvalidArgument,
@@ -185,6 +225,8 @@ impl ExternalRuntime {
             launch,
             state: Mutex::new(State::default()),
             starts: AtomicU64::new(0),
+            over_p99: AtomicU64::new(0),
+            over_max: AtomicU64::new(0),
             latencies_us: std::sync::Mutex::new(Vec::new()),
             round_trips: std::sync::Mutex::default(),
             recent_us: std::sync::Mutex::new(None),
@@ -206,15 +248,15 @@ impl ExternalRuntime {
         let mut state = self.state.lock().await;
         let alive = match state.child.as_mut() {
             Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => matches!(self.launch, Launch::Remote(_)) && state.client.is_some(),
+            None => matches!(self.launch, Launch::Remote(..)) && state.client.is_some(),
         };
         if alive && let Some(c) = &state.client {
             return Ok(c.clone());
         }
         state.client = None;
         match &self.launch {
-            Launch::Remote(target) => {
-                let c = StageClient::connect(target, self.config.timeout.0).await?;
+            Launch::Remote(target, security) => {
+                let c = StageClient::connect_with(target, self.answer_timeout(), security).await?;
                 state.client = Some(c.clone());
                 Ok(c)
             }
@@ -230,7 +272,7 @@ impl ExternalRuntime {
                     tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
                 }
                 if let Some(mut old) = state.child.take() {
-                    let _ = old.kill().await;
+                    sluice_flight::launch::stop(&mut old, RESTART_GRACE).await;
                 }
                 let mut child = sluice_flight::launch::spawn(sluice_flight::launch::ChildStage {
                     name: &self.name,
@@ -264,8 +306,68 @@ impl ExternalRuntime {
         }
     }
 
+    /// How long a batch may wait for its answer: the pipeline's `timeout`,
+    /// else the stage's promised `max_answer_ms`, else 30 s.
+    pub(crate) fn answer_timeout(&self) -> Duration {
+        match (&self.config.timeout, &self.manifest.timing) {
+            (Some(t), _) => t.0,
+            (None, Some(timing)) => Duration::from_millis(timing.max_answer_ms),
+            (None, None) => DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Measures one round trip against the manifest's timing promise (a
+    /// batch that timed out counts as answered at its timeout: later than
+    /// promised when the timeout is the promise or longer).
+    pub(crate) fn check_timing(&self, took: Duration) {
+        let Some(t) = self.manifest.timing else {
+            return;
+        };
+        if took > Duration::from_millis(t.batch_p99_ms) {
+            self.over_p99.fetch_add(1, Ordering::Relaxed);
+        }
+        if took >= Duration::from_millis(t.max_answer_ms) {
+            let n = self.over_max.fetch_add(1, Ordering::Relaxed) + 1;
+            // the first breach and then every hundredth: a log line per
+            // slow batch would drown the rest
+            if n == 1 || n % 100 == 0 {
+                tracing::warn!(
+                    stage = %self.name,
+                    took_ms = took.as_millis() as u64,
+                    max_answer_ms = t.max_answer_ms,
+                    breaches = n,
+                    "an answer took longer than the stage's manifest promises (timing.max_answer_ms)"
+                );
+            }
+        }
+    }
+
+    /// The stage's timing promise against what was measured so far: a
+    /// message when the measured p99 is above the promised one.
+    pub(crate) fn timing_verdict(&self) -> Option<String> {
+        let t = self.manifest.timing?;
+        let p99 = self.latency_quantile_us(0.99)?;
+        let answers = self
+            .latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        (u64::from(p99) > t.batch_p99_ms * 1000).then(|| {
+            format!(
+                "stage `{}` promises a batch p99 of {} ms (timing.batch_p99_ms); measured {:.1} ms over {answers} answers, {} of them over the promise and {} over max_answer_ms ({} ms)",
+                self.name,
+                t.batch_p99_ms,
+                f64::from(p99) / 1000.0,
+                self.over_p99.load(Ordering::Relaxed),
+                self.over_max.load(Ordering::Relaxed),
+                t.max_answer_ms
+            )
+        })
+    }
+
     /// Records the round trip of one batch.
     pub(crate) fn record_latency(&self, took: Duration) {
+        self.check_timing(took);
         let mut l = self.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
         // a bounded sample is plenty for percentiles
         if l.len() < 1_000_000 {
@@ -374,16 +476,17 @@ impl ExternalRuntime {
         })
     }
 
-    /// Forgets the current connection after an exchange failed, so the next
-    /// call checks the child and reconnects. With `kill` (the stage hung),
-    /// the child is stopped so the next call starts a fresh one.
+    /// Forgets the current connection after an exchange failed with a
+    /// retryable status, so the next call replaces the child (SIGTERM, then
+    /// SIGKILL after [`RESTART_GRACE`]) or redials the URL. With `kill` (the
+    /// stage hung) the child is stopped here already, so no exchange of the
+    /// retry can reach it.
     pub(crate) fn reset(&self, kill: bool) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
             state.client = None;
             if kill && let Some(child) = state.child.as_mut() {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                sluice_flight::launch::stop(child, RESTART_GRACE).await;
             }
         })
     }
