@@ -413,6 +413,20 @@ fn the_conformance_kit_fails_a_stage_that_breaks_the_protocol() {
             .any(|l| l.contains("types") && l.contains("FAIL") && l.contains("SCHEMA_MISMATCH")),
         "{t}"
     );
+    // a stage that reports rows and keeps them in its output
+    let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["stage", "check", "--config", r#"{"report_kept": 3}"#, "--"])
+        .arg(&bin)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.contains("row_errors") && l.contains("FAIL")),
+        "{t}"
+    );
+    assert!(t.contains("delivered and dead-lettered"), "{t}");
 }
 
 /// Runs a generator of 100 rows through `tests/support/lying_stage.py`
@@ -474,6 +488,42 @@ fn row_errors_that_name_rows_wrongly_fail_the_run_as_a_protocol_violation() {
         );
         assert!(commits(&tmp.path().join("out")).is_empty(), "{lie}");
         assert!(commits(&tmp.path().join("dead")).is_empty(), "{lie}");
+    }
+}
+
+/// A stage answering `describe` in a version the engine does not speak, or
+/// with v1.1 keys in a v1 manifest, is refused, naming both versions; the
+/// liar itself is a v1 stage (it ignores the describe request), which the
+/// other tests run.
+#[test]
+fn a_manifest_in_a_version_the_engine_does_not_speak_is_refused_naming_both() {
+    let keys = format!(
+        "command = [{:?}, {:?}]",
+        super::python(),
+        root()
+            .join("tests/support/lying_stage.py")
+            .display()
+            .to_string()
+    );
+    for (manifest, says) in [
+        (
+            r#"{"protocol":"sluice.stage.v2"}"#,
+            "the stage speaks sluice.stage.v2; this engine speaks sluice.stage.v1.1, sluice.stage.v1",
+        ),
+        (
+            r#"{"timing":{"batch_p99_ms":5,"max_answer_ms":50}}"#,
+            "a sluice.stage.v1 manifest carries `plain_types` or `timing`",
+        ),
+        (
+            r#"{"protocol":"sluice.stage.v1.1","timing":{"batch_p99_ms":500,"max_answer_ms":50}}"#,
+            "the p99 at most the maximum",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = orders_through(&keys, 8192, &[("LIAR_MANIFEST", manifest)], tmp.path());
+        let t = text(&o);
+        assert!(!o.status.success(), "{manifest}: {t}");
+        assert!(t.contains(says), "{manifest}: {t}");
     }
 }
 

@@ -37,7 +37,9 @@ MANIFEST = {
 class Liar(flight.FlightServerBase):
     def do_action(self, context, action):
         if action.type == "describe":
-            return [json.dumps(MANIFEST).encode()]
+            # describe lies come from the environment (describe has no config):
+            # LIAR_MANIFEST is JSON merged into the manifest
+            return [json.dumps({**MANIFEST, **json.loads(os.environ.get("LIAR_MANIFEST", "{}"))}).encode()]
         if action.type == "health":
             return [b'{"status":"ok"}']
         raise flight.FlightServerError(f"[INVALID_ARGUMENT] unknown action {action.type}")

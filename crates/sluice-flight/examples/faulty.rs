@@ -5,6 +5,9 @@
 //! - `crash_at_batch = N`: the process exits at its Nth input batch;
 //! - `hang_at_batch = N`: it stops answering at its Nth input batch;
 //! - `bad_output = true`: it answers with a column of the wrong type;
+//! - `report_kept = N`: it reports every Nth row of a batch as REJECTED but
+//!   keeps it in its output (which the protocol forbids: the row would be
+//!   delivered and dead-lettered);
 //! - `once = "/path"`: misbehave only if this file does not exist yet (the
 //!   stage creates it), so the restarted process behaves.
 //!
@@ -27,6 +30,7 @@ struct Config {
     hang_at_batch: Option<u64>,
     #[serde(default)]
     bad_output: bool,
+    report_kept: Option<u64>,
     once: Option<String>,
 }
 
@@ -46,7 +50,10 @@ struct Run {
 #[async_trait::async_trait]
 impl Stage for Faulty {
     fn manifest(&self) -> Manifest {
-        Manifest::new("faulty", "1.0.0")
+        let mut m = Manifest::new("faulty", "1.0.0");
+        // `report_kept` reports row errors
+        m.errors = sluice_flight::manifest::ErrorSemantics::Row;
+        m
     }
 
     async fn open(&self, request: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
@@ -107,6 +114,18 @@ impl Processor for Run {
             let bad = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
                 .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
             return Ok(Processed::batch(bad));
+        }
+        if let Some(every) = self.config.report_kept.filter(|n| *n > 0) {
+            let row_errors = (0..batch.num_rows() as u64)
+                .step_by(every as usize)
+                .map(|row| {
+                    sluice_flight::RowError::new(row, ErrorCode::Rejected, "reported, but kept")
+                })
+                .collect();
+            return Ok(Processed {
+                output: Some(batch),
+                row_errors,
+            });
         }
         Ok(Processed::batch(batch))
     }

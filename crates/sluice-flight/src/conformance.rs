@@ -874,7 +874,7 @@ pub async fn check(target: &Target, config: &serde_json::Value) -> Vec<CheckResu
     out.push(
         timed(
             "row_errors",
-            "row errors are well formed (row index inside the batch, known code)",
+            "row errors are well formed (row index inside the batch, known code) and the rows they name are left out of the output",
             async {
                 if kit.manifest.errors == ErrorSemantics::FatalOnly {
                     return Outcome::Skip("the manifest says errors = fatal_only".into());
@@ -894,7 +894,9 @@ pub async fn check(target: &Target, config: &serde_json::Value) -> Vec<CheckResu
                                 }
                             })
                             .sum();
-                        match answers_are_complete(&ev, &inputs, &kit.manifest) {
+                        let checked = answers_are_complete(&ev, &inputs, &kit.manifest)
+                            .and_then(|()| reported_rows_are_left_out(&ev, &inputs));
+                        match checked {
                             Err(m) => Outcome::Fail(m),
                             Ok(()) if n == 0 => {
                                 Outcome::Skip("no row failed on the generated input".into())
@@ -909,6 +911,76 @@ pub async fn check(target: &Target, config: &serde_json::Value) -> Vec<CheckResu
         .await,
     );
     out
+}
+
+/// A row a stage reports as failed MUST NOT also be in its output (it would
+/// be delivered and dead-lettered). Checkable when the output has the input's
+/// schema (a filter or validator): no reported input row may come back,
+/// value for value, in the answers to its batch.
+fn reported_rows_are_left_out(events: &[StageEvent], inputs: &[RecordBatch]) -> Result<(), String> {
+    use arrow_cast::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("\u{0}null");
+    // each row as text, one cell after the other (the kit's inputs are small)
+    let rows_of = |b: &RecordBatch| -> Result<Vec<String>, String> {
+        let formatters = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok((0..b.num_rows())
+            .map(|i| {
+                formatters
+                    .iter()
+                    .map(|f| f.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("\u{1}")
+            })
+            .collect())
+    };
+    for e in events {
+        let StageEvent::RowErrors(env) = e else {
+            continue;
+        };
+        let (Some(seq), Some(errors)) = (env.in_seq, env.errors.as_ref()) else {
+            continue;
+        };
+        let Some(input) = inputs.get(seq as usize) else {
+            continue;
+        };
+        let answers: Vec<&RecordBatch> = events
+            .iter()
+            .filter_map(|e| match e {
+                StageEvent::Batch { batch, envelope } if envelope.in_seq == Some(seq) => {
+                    Some(batch)
+                }
+                _ => None,
+            })
+            .collect();
+        if answers
+            .iter()
+            .any(|b| b.schema().fields() != input.schema().fields())
+        {
+            // output of another shape: the kit cannot tell rows apart
+            return Ok(());
+        }
+        let input_rows = rows_of(input)?;
+        let mut answered = std::collections::HashSet::new();
+        for b in answers {
+            answered.extend(rows_of(b)?);
+        }
+        if let Some(kept) = errors.iter().find(|r| {
+            input_rows
+                .get(r.row as usize)
+                .is_some_and(|row| answered.contains(row))
+        }) {
+            return Err(format!(
+                "row {} of input batch {seq} is reported ({}) and also in the output: it would be delivered and dead-lettered; a stage must leave the rows it reports out",
+                kept.row, kept.code
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether every check passed or was skipped.

@@ -1,0 +1,127 @@
+//! The Rust SDK's server, end to end over a unix socket: what a stage
+//! answers reaches the engine's client as the protocol says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use futures::StreamExt;
+use sluice_flight::{
+    Manifest, OpenRequest, Processed, Processor, Stage, StageClient, StageError, StageEvent,
+    Target, service,
+};
+
+/// Answers each input batch with 70 rows of 1 MiB each: one answer larger
+/// than the 64 MiB message limit.
+struct Grow;
+struct GrowRun;
+
+const ROW_BYTES: usize = 1 << 20;
+const ROWS: usize = 70;
+
+#[async_trait::async_trait]
+impl Stage for Grow {
+    fn manifest(&self) -> Manifest {
+        let mut m = Manifest::new("grow", "1.0.0");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("blob", DataType::Utf8, false),
+        ]));
+        m.output_schema = Some(sluice_flight::SchemaDecl {
+            name: "grown".into(),
+            version: "1".into(),
+            schema: Arc::clone(&schema),
+        });
+        m.input_schema = Some(sluice_flight::SchemaDecl {
+            name: "ids".into(),
+            version: "1".into(),
+            schema: Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)])),
+        });
+        m
+    }
+
+    async fn open(&self, _: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
+        Ok(Box::new(GrowRun))
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for GrowRun {
+    async fn process(&mut self, _: RecordBatch) -> Result<Processed, StageError> {
+        let ids = Int64Array::from_iter_values(0..ROWS as i64);
+        let blobs = StringArray::from_iter_values((0..ROWS).map(|i| {
+            let c = char::from(b'a' + (i % 26) as u8);
+            c.to_string().repeat(ROW_BYTES)
+        }));
+        let schema = self_schema();
+        Ok(Processed::batch(
+            RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(blobs)]).unwrap(),
+        ))
+    }
+}
+
+fn self_schema() -> Arc<Schema> {
+    Grow.manifest().output_schema.unwrap().schema
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_the_message_limit_arrives_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("grow.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service(Grow).unwrap())
+            .serve_with_incoming(incoming),
+    );
+    let mut client = StageClient::connect(&Target::Unix(socket), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let manifest = client.describe().await.unwrap();
+    let input_schema = manifest.input_schema.as_ref().unwrap().schema.clone();
+    let input = RecordBatch::try_new(
+        Arc::clone(&input_schema),
+        vec![Arc::new(Int64Array::from(vec![1, 2]))],
+    )
+    .unwrap();
+    let open = OpenRequest {
+        protocol: manifest.protocol.clone(),
+        stage: "grow".into(),
+        epoch: 1,
+        partition: 0,
+        config: serde_json::Value::Null,
+    };
+    let events: Vec<StageEvent> = client
+        .exchange(
+            &open,
+            input_schema,
+            futures::stream::iter([Ok(input)]).boxed(),
+            None,
+        )
+        .await
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    let pieces: Vec<&RecordBatch> = events
+        .iter()
+        .filter_map(|e| match e {
+            StageEvent::Batch { batch, envelope } => {
+                assert_eq!(envelope.in_seq, Some(0));
+                Some(batch)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+    let all = arrow_select::concat::concat_batches(&self_schema(), pieces).unwrap();
+    let ids = all.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(ids.values().to_vec(), (0..ROWS as i64).collect::<Vec<_>>());
+    match events.last() {
+        Some(StageEvent::Flushed(e)) => assert_eq!(e.rows, Some(ROWS as u64)),
+        other => panic!("last event {other:?}"),
+    }
+    server.abort();
+}
