@@ -111,6 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         epoch: 0,
         partition: 0,
         config: serde_json::Value::Null,
+        snapshot: None,
     };
     // one warm-up exchange
     for (round, n) in [(0, batches.min(10)), (1, batches)] {

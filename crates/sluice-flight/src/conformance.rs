@@ -328,6 +328,7 @@ impl Kit {
             epoch,
             partition: 0,
             config: self.config.clone(),
+            snapshot: None,
         }
     }
 

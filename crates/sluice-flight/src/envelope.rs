@@ -73,6 +73,9 @@ pub struct Envelope {
     /// Total output rows, for `flushed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// A stateful v1.1 stage's state after the exchange, base64, on `flushed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 impl Envelope {
@@ -88,6 +91,7 @@ impl Envelope {
             lineage: None,
             errors: None,
             rows: None,
+            snapshot: None,
         }
     }
 

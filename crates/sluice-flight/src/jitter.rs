@@ -197,6 +197,7 @@ mod tests {
             epoch: 3,
             partition: 1,
             config,
+            snapshot: None,
         }
     }
 

@@ -42,6 +42,7 @@ pub fn spawn(stage: ChildStage<'_>) -> Result<Child, StageError> {
     let _ = std::fs::remove_file(stage.socket);
     let mut command = Command::new(stage.program);
     command.env_remove(ENV_SERVICE);
+    stop_with_this_process(&mut command);
     if let Some(endpoint) = stage.otlp {
         command.env(ENV_ENDPOINT, endpoint);
     }
@@ -82,6 +83,38 @@ pub async fn stop(child: &mut Child, grace: Duration) {
     }
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+}
+
+/// Makes the child receive SIGTERM when this process dies, however it dies
+/// (a crash, SIGKILL): a stage outliving its engine would hold its socket
+/// and whatever pipes it inherited, and a restarted engine starts its own.
+///
+/// Linux ties the signal to the *thread* that started the child; the
+/// engine starts stages from tokio's worker threads, which live as long as
+/// the runtime (nothing in sluice moves a worker with `block_in_place`).
+fn stop_with_this_process(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: between fork and exec only async-signal-safe calls are
+        // made: getpid/getppid/prctl; no allocation, no lock
+        let parent = unsafe { libc::getpid() };
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // the engine died between fork and prctl: do not start
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other(
+                        "the engine exited while starting the stage",
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// Waits until the child answers `health` on its socket, or exits, or `timeout` passes.

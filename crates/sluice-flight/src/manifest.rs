@@ -229,6 +229,34 @@ pub struct OpenRequest {
     /// The stage's `config` table from the pipeline.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// v1.1, stateful stages: the state the last committed epoch left for
+    /// this stage and partition, base64; `None` before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+impl OpenRequest {
+    /// The state to start from ([`OpenRequest::snapshot`], decoded); `None`
+    /// before the first commit.
+    pub fn restore(&self) -> Result<Option<Vec<u8>>, crate::StageError> {
+        self.snapshot
+            .as_deref()
+            .map(|s| {
+                STANDARD.decode(s).map_err(|e| {
+                    crate::StageError::new(
+                        sluice_contract::ErrorCode::InvalidArgument,
+                        format!("the open request's snapshot is not base64: {e}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// Whether the exchange takes part in commits with its state: a
+    /// stateful stage in v1.1.
+    pub fn carries_state(&self, manifest: &Manifest) -> bool {
+        manifest.stateful && self.protocol == crate::version::V1_1
+    }
 }
 
 /// `data_type` with its view types made plain (`Utf8View` → `Utf8`,

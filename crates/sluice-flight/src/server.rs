@@ -65,6 +65,7 @@ use crate::manifest::{ErrorSemantics, Manifest, OpenRequest, check_schema};
 use crate::security::{StageSecurity, TokenCheck};
 use crate::version::{self, DescribeRequest};
 use crate::{ENV_ADDR, ENV_SOCKET, MAX_MESSAGE_SIZE};
+use base64::Engine as _;
 
 /// A row that failed, reported instead of output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +117,18 @@ pub trait Processor: Send {
     /// Returns what a stateful stage still holds, at the end of the exchange.
     async fn flush(&mut self) -> Result<Vec<RecordBatch>, StageError> {
         Ok(Vec::new())
+    }
+
+    /// A stateful stage's state after the exchange (after [`Processor::flush`]),
+    /// committed by the engine with the epoch and handed back in the next
+    /// exchange's [`OpenRequest::restore`]. Called only when the manifest
+    /// says `stateful` and the protocol is v1.1; such a stage must implement
+    /// it (the default fails the exchange).
+    async fn snapshot(&mut self) -> Result<Vec<u8>, StageError> {
+        Err(StageError::new(
+            ErrorCode::Internal,
+            "the manifest says stateful, but the processor does not implement Processor::snapshot",
+        ))
     }
 }
 
@@ -509,6 +522,9 @@ async fn exchange_traced<S: Stage>(
             ),
         ));
     }
+    // a snapshot that does not decode is the engine's bug, refused before
+    // the stage sees the exchange
+    open.restore().map_err(Status::from)?;
     let input_schema: SchemaRef = match first.payload {
         DecodedPayload::Schema(s) => s,
         _ => {
@@ -659,6 +675,10 @@ async fn exchange_traced<S: Stage>(
     }
     let mut e = out.envelope(Kind::Flushed);
     e.rows = Some(rows_out);
+    if open.carries_state(&manifest) {
+        let state = processor.snapshot().await.map_err(Status::from)?;
+        e.snapshot = Some(base64::engine::general_purpose::STANDARD.encode(state));
+    }
     out.send(control_message(&e)).await
 }
 

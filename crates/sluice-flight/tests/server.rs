@@ -92,6 +92,7 @@ async fn an_answer_larger_than_the_message_limit_arrives_in_pieces() {
         epoch: 1,
         partition: 0,
         config: serde_json::Value::Null,
+        snapshot: None,
     };
     let events: Vec<StageEvent> = client
         .exchange(

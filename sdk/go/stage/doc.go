@@ -43,7 +43,8 @@
 // The engine starts the binary with SLUICE_STAGE_SOCKET set to a unix socket
 // path, waits until the "health" action succeeds, and opens one exchange
 // (one DoExchange stream) per partition and epoch; exchanges of one process
-// run concurrently. sdk/go/examples has three complete stages.
+// run concurrently. sdk/go/examples has complete stages, totals a stateful
+// one.
 //
 // # The contract
 //
@@ -65,7 +66,8 @@
 //   - Flush is called once after the last batch, when the engine ends the
 //     epoch: a stateful stage returns what it held back. It is not called
 //     when the exchange fails; an io.Closer Processor is closed in every
-//     case.
+//     case. Then, for a stateful stage in a v1.1 exchange, Snapshot (see
+//     Stateful stages).
 //   - Output records must have OpenRequest.OutputSchema (names, types,
 //     nullability; metadata is ignored) and no null in a not-null column,
 //     else the exchange fails with SCHEMA_MISMATCH naming the stage and the
@@ -74,7 +76,8 @@
 // The SDK does the protocol: it answers every input batch with an output
 // batch, or with an "ack" when no row came out, then a "row_errors" message
 // if there are row errors; it stamps output batches with the lineage of the
-// stage; and after Flush it sends "flushed" with the number of rows. An
+// stage; and after Flush it sends "flushed" with the number of rows (and
+// the snapshot of a stateful stage, v1.1). An
 // output record too large for one gRPC message (over 32 MiB, estimated from
 // its buffers) goes as several zero-copy row slices, "batch" messages
 // answering the same input batch, each under the 64 MiB limit.
@@ -90,6 +93,34 @@
 // speaks sluice.stage.v1.1, sluice.stage.v1". An exchange opens with either
 // version (OpenRequest.Protocol); any other is INVALID_ARGUMENT. A manifest
 // whose Protocol is ProtocolV1 makes the stage speak only v1.
+//
+// # Stateful stages
+//
+// A stage whose manifest says Stateful has output that depends on earlier
+// batches of the exchange (Flush matters). In a v1.1 exchange its state
+// also takes part in the engine's commits, so that it survives epochs,
+// failures and restarts. An exchange is one partition of one epoch, and the
+// engine keeps the state per stage and partition:
+//
+//   - Open gets OpenRequest.Snapshot: the state the last committed epoch
+//     left for this partition (nil for the first epoch). The Processor must
+//     start from exactly that state, never from what the process still
+//     holds: after a failed epoch the engine replays it from the snapshot
+//     of the last commit. A snapshot that is not base64 fails the exchange
+//     with INVALID_ARGUMENT before Open; one the stage cannot read should
+//     too (Fatal(InvalidArgument, ...)).
+//   - The Processor implements Snapshotter. After Flush, the SDK calls
+//     Snapshot and sends the bytes, base64, as the "snapshot" of the
+//     "flushed" message (an empty state is ""); the engine commits it with
+//     the epoch. An error from Snapshot fails the exchange with its code.
+//     A stateful stage whose Processor does not implement Snapshotter
+//     fails every v1.1 exchange with INTERNAL, before any batch.
+//
+// In a v1 exchange, and for a stage that is not stateful, there is no
+// snapshot either way and Snapshot is not called. The encoding of the state
+// is the stage's own; keep it deterministic (encoding/json sorts map keys)
+// and able to read what earlier versions of the stage wrote.
+// examples/totals keeps running totals per key this way.
 //
 // # TLS and tokens
 //

@@ -2,6 +2,7 @@ package stage
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -60,6 +61,10 @@ type exchange struct {
 	stream flight.FlightService_DoExchangeServer
 	req    OpenRequest
 
+	// stateful: the manifest says stateful and the exchange is v1.1, so the
+	// stage's state takes part in commits: "flushed" carries its snapshot.
+	stateful bool
+
 	// Owned by the writer (the handler goroutine).
 	seq  uint64 // the next envelope's seq: every message with an envelope counts
 	rows uint64 // output rows sent, for "flushed"
@@ -79,6 +84,9 @@ type answer struct {
 	rec     arrow.RecordBatch // output rows, or nil: an "ack" when inSeq is set
 	errs    []envelope.RowError
 	flushed bool // the last answer: send "flushed"
+	// snapshot is the state of a stateful v1.1 stage after the exchange,
+	// base64, for "flushed"; nil otherwise.
+	snapshot *string
 }
 
 func (a answer) release() {
@@ -122,6 +130,11 @@ func (x *exchange) run() error {
 	if c, ok := proc.(io.Closer); ok {
 		defer func() { _ = guard("Close", x.svc.log, c.Close) }()
 	}
+	if _, ok := proc.(Snapshotter); x.stateful && !ok {
+		// found before any work is done: "flushed" could not be sent
+		return Fatal(Internal, "stage %q is stateful and the exchange is %s, so its state is committed with each epoch: its Processor (%T) must implement stage.Snapshotter (Snapshot(ctx) ([]byte, error))",
+			x.svc.manifest.Name, ProtocolV1_1, proc)
+	}
 
 	// 2. The answer starts with the output schema, sent now rather than
 	// with the first output batch: an "ack" or "row_errors" may come first.
@@ -155,6 +168,20 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 		// the words of the Rust SDK
 		return Fatal(InvalidArgument, "the engine opened the exchange in %s; this stage speaks %s", x.req.Protocol, strings.Join(x.svc.speaks, ", "))
 	}
+	var snap struct {
+		Snapshot *string `json:"snapshot"` // null: none
+	}
+	if err := json.Unmarshal(desc.GetCmd(), &snap); err != nil { // valid JSON (above): the snapshot is not a string
+		return Fatal(InvalidArgument, "open request: snapshot: %v; want a base64 string or null", err)
+	}
+	if snap.Snapshot != nil {
+		b, err := base64.StdEncoding.DecodeString(*snap.Snapshot)
+		if err != nil {
+			return Fatal(InvalidArgument, "open request: snapshot: not base64 (standard alphabet, padded): %v", err)
+		}
+		x.req.Snapshot = b
+	}
+	x.stateful = m.Stateful && x.req.Protocol == ProtocolV1_1
 	if inSchema == nil {
 		return Fatal(InvalidArgument, "the first message carries no input schema")
 	}
@@ -228,8 +255,8 @@ func (x *exchange) checkInput(meta []byte, rec arrow.RecordBatch) (envelope.Enve
 }
 
 // process runs the Processor over every input batch, in order, then Flush
-// after "end". It closes answers when it returns, after the final answer on
-// success, early on failure.
+// after "end", then Snapshot for a stateful v1.1 exchange. It closes answers
+// when it returns, after the final answer on success, early on failure.
 func (x *exchange) process(ctx context.Context, cancel context.CancelCauseFunc, proc Processor, inputs <-chan input, answers chan<- answer) {
 	defer close(answers)
 	send := func(a answer) bool {
@@ -284,7 +311,20 @@ func (x *exchange) process(ctx context.Context, cancel context.CancelCauseFunc, 
 		cancel(err)
 		return
 	}
-	send(answer{flushed: true})
+	final := answer{flushed: true}
+	if x.stateful {
+		var state []byte
+		err := guard("Snapshot", x.svc.log, func() (err error) {
+			state, err = proc.(Snapshotter).Snapshot(ctx) // checked at open
+			return err
+		})
+		if err != nil {
+			cancel(err)
+			return
+		}
+		final.snapshot = envelope.String(base64.StdEncoding.EncodeToString(state))
+	}
+	send(final)
 }
 
 // processOne calls Process on one input batch and checks what it returns.
@@ -409,6 +449,7 @@ func (x *exchange) send(w *flight.Writer, a answer) error {
 	if a.flushed {
 		e := env(envelope.Flushed)
 		e.Rows = envelope.Uint64(x.rows)
+		e.Snapshot = a.snapshot
 		return w.WriteMetadata(envelope.Encode(&e))
 	}
 	switch {

@@ -20,8 +20,9 @@ import (
 const (
 	// ProtocolV1 is the first version.
 	ProtocolV1 = "sluice.stage.v1"
-	// ProtocolV1_1 adds the manifest's "plain_types" and "timing" and the
-	// engine's list of versions in the describe request.
+	// ProtocolV1_1 adds the manifest's "plain_types" and "timing", the
+	// engine's list of versions in the describe request, and the snapshots
+	// of stateful stages (Snapshotter).
 	ProtocolV1_1 = "sluice.stage.v1.1"
 	// Protocol is the newest version this SDK speaks.
 	Protocol = ProtocolV1_1
@@ -85,7 +86,11 @@ type Manifest struct {
 	MaxBatchRows  int64 `json:"max_batch_rows"`
 	MaxBatchBytes int64 `json:"max_batch_bytes"`
 
-	Stateful bool        `json:"stateful"` // output depends on earlier batches: Flush matters
+	// Stateful: output depends on earlier batches of the exchange, so Flush
+	// matters; in a v1.1 exchange the state also takes part in commits: it
+	// starts from OpenRequest.Snapshot and the Processor must implement
+	// Snapshotter.
+	Stateful bool        `json:"stateful"`
 	Ordering Ordering    `json:"ordering"` // OrderingPreserve when empty
 	Errors   ErrorPolicy `json:"errors"`   // ErrorsRow when empty
 

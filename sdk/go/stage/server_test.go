@@ -327,6 +327,15 @@ func (b *buffering) Flush(context.Context) ([]arrow.RecordBatch, error) {
 	return out, nil
 }
 
+// Snapshot: everything held was flushed, so the state is empty (protocol
+// v1.1 commits it; "flushed" carries "").
+func (b *buffering) Snapshot(context.Context) ([]byte, error) {
+	if len(b.held) > 0 {
+		return nil, errors.New("rows held after Flush")
+	}
+	return nil, nil
+}
+
 func (b *buffering) Close() error {
 	for _, r := range b.held { // only left when the exchange failed
 		r.Release()
@@ -357,6 +366,9 @@ func TestFlushOfStatefulStage(t *testing.T) {
 	}
 	if *events[4].Envelope.Rows != 5 || !closed {
 		t.Fatalf("flushed %d rows, closed %v", *events[4].Envelope.Rows, closed)
+	}
+	if snap := events[4].Envelope.Snapshot; snap == nil || *snap != "" {
+		t.Fatalf(`flushed snapshot %v, want "" (an empty state)`, snap)
 	}
 }
 

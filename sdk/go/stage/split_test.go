@@ -65,6 +65,8 @@ func (e *exploding) Flush(context.Context) ([]arrow.RecordBatch, error) {
 	return []arrow.RecordBatch{e.make()}, nil
 }
 
+func (e *exploding) Snapshot(context.Context) ([]byte, error) { return nil, nil } // no state
+
 // protocol.md section 1: a stage keeps each output message under 64 MiB
 // by splitting a large answer into several "batch" messages with the same
 // in_seq. The client accepts messages of up to 64 MiB, as the engine does,

@@ -77,6 +77,27 @@ type Processor interface {
 	Flush(ctx context.Context) ([]arrow.RecordBatch, error)
 }
 
+// Snapshotter is implemented by the Processor of a stateful stage (its
+// manifest says Stateful) for protocol v1.1, where the stage's state takes
+// part in the engine's commits. One exchange is one partition of one epoch:
+// the exchange starts from OpenRequest.Snapshot, and after Flush, when the
+// engine has ended the epoch, the SDK calls Snapshot once and sends what it
+// returns in the "flushed" message (base64). The engine commits it with the
+// epoch and hands it back in the open request of the partition's next
+// exchange, or of the replay of this epoch if it fails.
+//
+// Snapshot returns the complete state after the exchange, in any encoding
+// the stage reads back in Open; nil or empty is an empty state. It is not
+// called when the exchange fails, nor for a v1 exchange or a stage that is
+// not stateful. An error fails the exchange (an *Error made with Fatal
+// keeps its code, anything else is INTERNAL), and no "flushed" is sent.
+//
+// A stateful stage whose Processor does not implement Snapshotter fails
+// every v1.1 exchange with INTERNAL.
+type Snapshotter interface {
+	Snapshot(ctx context.Context) ([]byte, error)
+}
+
 // Base gives a Stage or Processor the defaults: healthy, nothing to flush.
 // Embed it and override only what you need.
 type Base struct{}
@@ -106,6 +127,17 @@ type OpenRequest struct {
 	Epoch     uint64          `json:"epoch"`
 	Partition uint32          `json:"partition"`
 	Config    json.RawMessage `json:"config,omitempty"` // the stage's config table; may be empty
+
+	// Snapshot is the open request's "snapshot" (v1.1, a stateful stage):
+	// the state that the last committed epoch left for this stage and
+	// partition, as the stage's Snapshotter returned it (decoded from the
+	// base64 of the wire; an undecodable one fails the exchange with
+	// INVALID_ARGUMENT before Open). nil when there is none: the first
+	// epoch, a stage that is not stateful, a v1 exchange. A stateful stage
+	// must start the exchange from exactly this state, never from what it
+	// holds in memory: after a failed epoch the engine replays it from the
+	// last commit's snapshot. An empty non-nil Snapshot is an empty state.
+	Snapshot []byte `json:"-"`
 
 	// Set by the SDK, not sent by the engine.
 

@@ -24,7 +24,8 @@ and ``open`` returning a :class:`Processor` per exchange), then call
 
 The SDK speaks the protocol: the ``describe`` (with version negotiation)
 and ``health`` actions, envelopes, acks, row errors, splitting large output,
-``flushed``, fatal errors as ``[CODE] message`` statuses, and a graceful
+``flushed`` (with the state of a stateful v1.1 stage: ``OpenRequest.snapshot``
+in, ``Processor.snapshot`` out), fatal errors as ``[CODE] message`` statuses, and a graceful
 stop on SIGTERM.
 """
 

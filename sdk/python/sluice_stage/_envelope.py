@@ -42,7 +42,9 @@ class Lineage:
 @dataclass(frozen=True)
 class Envelope:
     """One envelope. Optional keys are ``None`` when absent (and then left
-    out of the encoding); ``in_seq`` 0 is present."""
+    out of the encoding); ``in_seq`` 0 is present. ``snapshot`` is the
+    state of a stateful v1.1 stage on ``flushed``, as the base64 text of
+    the wire (``""``, an empty state, is present)."""
 
     kind: str
     epoch: int
@@ -52,6 +54,7 @@ class Envelope:
     lineage: Optional[Lineage] = None
     errors: Optional[tuple[RowError, ...]] = None
     rows: Optional[int] = None
+    snapshot: Optional[str] = None
     v: int = VERSION
 
 
@@ -85,6 +88,8 @@ def encode(env: Envelope) -> bytes:
         obj["errors"] = [{"row": e.row, "code": str(e.code), "message": e.message} for e in env.errors]
     if env.rows is not None:
         obj["rows"] = env.rows
+    if env.snapshot is not None:
+        obj["snapshot"] = env.snapshot
     return _dumps(obj)
 
 
@@ -181,5 +186,8 @@ def decode(data: bytes | str) -> Envelope:
             out.append(RowError(row, _str(e, "code", f"errors[{i}]"), _str(e, "message", f"errors[{i}]")))
         errors = tuple(out)
     rows = _uint(obj, "rows", False)
+    snapshot = obj.get("snapshot")
+    if snapshot is not None and not isinstance(snapshot, str):
+        raise EnvelopeError('"snapshot" is not a string')
     return Envelope(kind=kind, epoch=epoch, seq=seq, in_seq=in_seq, traceparent=traceparent,
-                    lineage=lineage, errors=errors, rows=rows, v=v)
+                    lineage=lineage, errors=errors, rows=rows, snapshot=snapshot, v=v)

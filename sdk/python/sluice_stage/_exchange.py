@@ -1,8 +1,11 @@
 """One exchange (docs/protocol.md, section 3): read the open request, then
-answer every input batch in order, then flush after ``end``."""
+answer every input batch in order, then flush after ``end`` (and, for a
+stateful stage in v1.1, send its snapshot with ``flushed``)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Iterable, Optional
@@ -12,8 +15,8 @@ import pyarrow.flight as flight
 
 from ._envelope import Envelope, EnvelopeError, Lineage, decode, encode, loads
 from ._errors import Code, RowError, StageError, valid_code
-from ._manifest import MAX_MESSAGE_SIZE, PROTOCOLS
-from ._stage import OpenRequest, Processed
+from ._manifest import MAX_MESSAGE_SIZE, PROTOCOL_V1_1, PROTOCOLS
+from ._stage import OpenRequest, Processed, Processor
 
 if TYPE_CHECKING:
     from ._server import StageServer
@@ -74,6 +77,13 @@ def pieces(batch: pa.RecordBatch, budget: int = MESSAGE_BUDGET) -> list[pa.Recor
     return pieces(batch.slice(0, half), budget) + pieces(batch.slice(half), budget)
 
 
+def _implements_snapshot(proc: Any) -> bool:
+    """Whether ``proc`` has a snapshot method other than the base class's,
+    which only raises."""
+    fn = getattr(proc, "snapshot", None)
+    return callable(fn) and getattr(fn, "__func__", None) is not Processor.snapshot
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
@@ -98,10 +108,15 @@ class Exchange:
 
     def run(self) -> None:
         self.request = req = self._open_request()
+        # the state takes part in commits: "flushed" carries its snapshot
+        stateful = self.manifest.stateful and req.protocol == PROTOCOL_V1_1
         proc = self._call("open", self.server.stage.open, req)
         if not callable(getattr(proc, "process", None)):
             raise StageError(Code.INTERNAL, f"open returned {type(proc).__name__}, not a Processor")
         try:
+            if stateful and not _implements_snapshot(proc):
+                # found before any work is done: "flushed" could not be sent
+                raise StageError(Code.INTERNAL, self._no_snapshot(proc))
             # the schema message goes first, in every exchange: an ack or
             # row_errors may come before any output batch
             self._io(self.writer.begin, req.output_schema)
@@ -119,7 +134,8 @@ class Exchange:
                 out = self._conform(batch)
                 if out.num_rows:
                     self._send_batch(out, None)
-            self._send_metadata(Envelope("flushed", req.epoch, self.seq, rows=self.rows))
+            snapshot = self._snapshot(proc) if stateful else None
+            self._send_metadata(Envelope("flushed", req.epoch, self.seq, rows=self.rows, snapshot=snapshot))
         finally:
             close = getattr(proc, "close", None)
             if callable(close):
@@ -154,6 +170,19 @@ class Exchange:
         for key, value, limit in (("epoch", epoch, (1 << 64) - 1), ("partition", partition, (1 << 32) - 1)):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
                 raise StageError(Code.INVALID_ARGUMENT, f'open request: "{key}" is not an integer in 0..{limit}')
+        snapshot = o.get("snapshot")  # null: none
+        if snapshot is not None:
+            if not isinstance(snapshot, str):
+                raise StageError(
+                    Code.INVALID_ARGUMENT,
+                    f"open request: snapshot is {json.dumps(snapshot)[:40]}; want a base64 string or null",
+                )
+            try:
+                snapshot = base64.b64decode(snapshot, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise StageError(
+                    Code.INVALID_ARGUMENT, f"open request: snapshot: not base64 (standard alphabet, padded): {e}"
+                ) from None
         try:
             in_schema = self.reader.schema
         except Exception as e:
@@ -164,7 +193,7 @@ class Exchange:
                 d = m.input_schema
                 raise StageError(Code.SCHEMA_MISMATCH, f"stage {m.name!r}: input {why} (declared {d.name} v{d.version})")
         out_schema = m.output_schema.schema if m.output_schema is not None else in_schema
-        return OpenRequest(protocol, stage, epoch, partition, o.get("config"), in_schema, out_schema)
+        return OpenRequest(protocol, stage, epoch, partition, o.get("config"), in_schema, out_schema, snapshot)
 
     def _next(self) -> Any:
         try:
@@ -303,6 +332,29 @@ class Exchange:
             return list(flushed)
         except TypeError:
             raise StageError(Code.INTERNAL, "flush must return an iterable of pyarrow.RecordBatch") from None
+
+    def _no_snapshot(self, proc: Any) -> str:
+        return (
+            f"stage {self.manifest.name!r} is stateful and the exchange is {PROTOCOL_V1_1}, so its state is "
+            f"committed with each epoch: its Processor ({type(proc).__name__}) must implement snapshot() -> bytes"
+        )
+
+    def _snapshot(self, proc: Any) -> str:
+        """The processor's state after the exchange, base64, for ``flushed``."""
+
+        def call() -> Any:
+            try:
+                return proc.snapshot()
+            except NotImplementedError:  # the base class's, called by an override
+                raise StageError(Code.INTERNAL, self._no_snapshot(proc)) from None
+
+        state = self._call("snapshot", call)
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise StageError(
+                Code.INTERNAL,
+                f"stage {self.manifest.name!r}: snapshot returned {type(state).__name__}, not bytes",
+            )
+        return base64.b64encode(state).decode("ascii")
 
     # --- sending -------------------------------------------------------------
 

@@ -16,7 +16,8 @@ PROTOCOL_V1 = "sluice.stage.v1"
 """The first protocol version."""
 
 PROTOCOL_V1_1 = "sluice.stage.v1.1"
-"""Adds ``plain_types`` and ``timing`` to the manifest."""
+"""Adds ``plain_types`` and ``timing`` to the manifest, and the snapshots
+of stateful stages (``OpenRequest.snapshot``, ``Processor.snapshot``)."""
 
 PROTOCOLS = (PROTOCOL_V1_1, PROTOCOL_V1)
 """The versions this SDK speaks, newest first: ``describe`` answers in the
@@ -83,7 +84,10 @@ class Manifest:
     None: the output schema is the input schema, allowed only when
     ``input_schema`` is None (a pass-through). The engine slices its input
     to ``max_batch_rows`` and ``max_batch_bytes``. ``stateful``: output
-    depends on earlier batches of the exchange (then ``flush`` matters).
+    depends on earlier batches of the exchange (then ``flush`` matters);
+    in a v1.1 exchange the state also takes part in the engine's commits:
+    the processor starts from ``OpenRequest.snapshot`` and must implement
+    ``Processor.snapshot``.
     ``ordering``: ``"preserve"`` (output rows keep input order) or
     ``"none"``. ``errors``: ``"row"`` (the stage may report row errors) or
     ``"fatal_only"`` (it never does; the SDK enforces it).

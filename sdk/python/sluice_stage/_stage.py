@@ -38,6 +38,15 @@ class OpenRequest:
     ``input_schema`` the schema of the input batches (already checked
     against the manifest) and ``output_schema`` the schema output batches
     must have (the manifest's, or the input schema for a pass-through).
+
+    ``snapshot`` (protocol v1.1, a stateful stage): the state the last
+    committed epoch left for this stage and partition, as the processor's
+    :meth:`Processor.snapshot` returned it (decoded from the base64 of the
+    wire); None when there is none (the first epoch, a stage that is not
+    stateful, a v1 exchange), ``b""`` for an empty state. A stateful stage
+    must start the exchange from exactly this state, never from what it
+    holds in memory: after a failed epoch the engine replays it from the
+    snapshot of the last commit.
     """
 
     protocol: str
@@ -47,6 +56,7 @@ class OpenRequest:
     config: Any
     input_schema: pa.Schema
     output_schema: pa.Schema
+    snapshot: Optional[bytes] = None
 
     def config_with(self, **defaults: Any) -> dict[str, Any]:
         """The config table as a dict: ``defaults`` overridden by the
@@ -104,6 +114,8 @@ class Processor:
 
     Keep per-exchange state here (a stateful stage buffers rows until
     :meth:`flush`), not in the :class:`Stage`, which all exchanges share.
+    A stateful stage restores its state from :attr:`OpenRequest.snapshot`
+    and gives it back in :meth:`snapshot` (protocol v1.1).
     """
 
     def process(self, batch: pa.RecordBatch) -> "Processed | pa.RecordBatch | None":
@@ -123,6 +135,26 @@ class Processor:
         fails. A stateful stage returns what it held back; those batches
         are sent before ``flushed``. The default holds nothing."""
         return ()
+
+    def snapshot(self) -> bytes:
+        """The state after the exchange, for a stateful stage (the
+        manifest says ``stateful``) in a protocol v1.1 exchange, where the
+        state takes part in the engine's commits.
+
+        Called once after :meth:`flush`, when the engine has ended the
+        epoch; the bytes (``bytes``, ``bytearray`` or ``memoryview``, any
+        encoding the stage reads back; ``b""`` for an empty state) go out,
+        base64, in the ``flushed`` message. The engine commits them with
+        the epoch and hands them back as :attr:`OpenRequest.snapshot` of
+        the partition's next exchange, or of the replay of this epoch if it
+        fails. Never called for a v1 exchange, a stage that is not
+        stateful, or an exchange that failed. Raise :class:`StageError` to
+        fail the exchange with its code (no ``flushed`` is sent).
+
+        The default raises NotImplementedError: a stateful stage must
+        override it, else its v1.1 exchanges fail INTERNAL.
+        """
+        raise NotImplementedError
 
     def close(self) -> None:
         """Called once when the exchange ends, however it ends (flushed,

@@ -4,6 +4,8 @@ answer stream."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -58,10 +60,23 @@ class Result:
     schema: Optional[pa.Schema] = None
 
 
-def open_request(epoch: int = 1, protocol: str = PROTOCOL_V1, config: Any = None, **extra: Any) -> bytes:
+def open_request(
+    epoch: int = 1, protocol: str = PROTOCOL_V1, config: Any = None, snapshot: Optional[bytes] = None, **extra: Any
+) -> bytes:
+    """The open request; ``snapshot`` (the state of a stateful v1.1 stage)
+    is sent base64, and left out when None."""
     o = {"protocol": protocol, "stage": "test", "epoch": epoch, "partition": 0, "config": config}
+    if snapshot is not None:
+        o["snapshot"] = base64.b64encode(snapshot).decode()
     o.update(extra)
     return json.dumps(o).encode()
+
+
+def flushed_snapshot(res: "Result") -> Optional[bytes]:
+    """The decoded snapshot of the exchange's ``flushed``, or None."""
+    if not res.messages or res.messages[-1].env.kind != "flushed" or res.messages[-1].env.snapshot is None:
+        return None
+    return base64.b64decode(res.messages[-1].env.snapshot, validate=True)
 
 
 def exchange(
@@ -115,12 +130,16 @@ def batch_of(ids: list[int], text: str = "") -> pa.RecordBatch:
     )
 
 
-def check_answers(res: Result, inputs: list[pa.RecordBatch], epoch: int) -> list[str]:
+def check_answers(
+    res: Result, inputs: list[pa.RecordBatch], epoch: int, snapshot: Optional[bool] = None
+) -> list[str]:
     """The rules of protocol.md sections 3-5 for a complete exchange: every
     envelope of the exchange's epoch with seq 0, 1, ...; each input batch
     answered in order (batches, or one ack alone), at most one row_errors
     per batch right after its answer, naming rows of that batch once each
-    with known codes; ``flushed`` last, once, with the number of rows."""
+    with known codes; ``flushed`` last, once, with the number of rows; a
+    snapshot on ``flushed`` only, base64, and there exactly when
+    ``snapshot`` says (a stateful v1.1 stage; None: not checked)."""
     p: list[str] = []
     msgs = res.messages
     if res.error is not None:
@@ -135,6 +154,8 @@ def check_answers(res: Result, inputs: list[pa.RecordBatch], epoch: int) -> list
         e = m.env
         if e.epoch != epoch:
             p.append(f"message {i}: epoch {e.epoch}")
+        if e.snapshot is not None and e.kind != "flushed":
+            p.append(f"message {i}: a snapshot on {e.kind}")
         if e.seq != i:
             p.append(f"message {i}: seq {e.seq}")
         if e.kind == "flushed":
@@ -144,6 +165,13 @@ def check_answers(res: Result, inputs: list[pa.RecordBatch], epoch: int) -> list
                 p.append(f"flushed after answering {answered + 1} of {len(inputs)} batches")
             if e.rows != rows:
                 p.append(f"flushed says {e.rows} rows, {rows} arrived")
+            if snapshot is not None and (e.snapshot is not None) != snapshot:
+                p.append(f"flushed {'without' if snapshot else 'with'} a snapshot")
+            if e.snapshot is not None:
+                try:
+                    base64.b64decode(e.snapshot, validate=True)
+                except (binascii.Error, ValueError):
+                    p.append(f"message {i}: the snapshot is not base64")
             continue
         if e.kind == "batch":
             if m.batch is None or m.batch.num_rows == 0:

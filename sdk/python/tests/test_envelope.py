@@ -19,7 +19,7 @@ def lines(name):
 class GoldenVectors(unittest.TestCase):
     def test_every_canonical_line_round_trips_byte_for_byte(self):
         vectors = lines("envelopes.jsonl")
-        self.assertGreaterEqual(len(vectors), 11)
+        self.assertGreaterEqual(len(vectors), 12)
         for line in vectors:
             with self.subTest(line=line[:60]):
                 self.assertEqual(encode(decode(line.encode("utf-8"))), line.encode("utf-8"))
@@ -52,6 +52,21 @@ class GoldenVectors(unittest.TestCase):
             '"errors":[{"row":2,"code":"REJECTED","message":"<&>é"}],"rows":9}',
         )
 
+    def test_the_snapshot_of_a_stateful_stage_is_the_last_key(self):
+        line = b'{"v":1,"kind":"flushed","epoch":12,"seq":7,"rows":3,"snapshot":"eyJ0b3RhbHMiOnsiMyI6MTIwfX0="}'
+        self.assertIn(line.decode(), lines("envelopes.jsonl"))  # the golden vector
+        e = decode(line)
+        self.assertEqual((e.kind, e.rows, e.snapshot), ("flushed", 3, "eyJ0b3RhbHMiOnsiMyI6MTIwfX0="))
+        self.assertEqual(encode(Envelope("flushed", 12, 7, rows=3, snapshot="eyJ0b3RhbHMiOnsiMyI6MTIwfX0=")), line)
+        # another key order and spelling: the same canonical bytes
+        other = b'{"snapshot":"eyJ0b3RhbHMiOnsiMyI6MTIwfX0\\u003d","rows":3,"seq":7,"epoch":12,"kind":"flushed","v":1}'
+        self.assertEqual(encode(decode(other)), line)
+        # "" is an empty state, present; null is none
+        self.assertEqual(encode(Envelope("flushed", 1, 0, rows=0, snapshot="")),
+                         b'{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0,"snapshot":""}')
+        self.assertEqual(decode(b'{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0,"snapshot":""}').snapshot, "")
+        self.assertIsNone(decode(b'{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0,"snapshot":null}').snapshot)
+
     def test_lone_surrogates_are_written_as_replacement_characters(self):
         e = decode(b'{"v":1,"kind":"row_errors","epoch":0,"seq":0,"in_seq":0,'
                    b'"errors":[{"row":0,"code":"REJECTED","message":"a\\ud800b"}]}')
@@ -76,6 +91,8 @@ class Refusals(unittest.TestCase):
         b'{"v":1,"kind":"end","epoch":0,"seq":0,"lineage":{"stage":"a"}}',
         b'{"v":1,"kind":"row_errors","epoch":0,"seq":0,"errors":[{"row":-1,"code":"X","message":""}]}',
         b'{"v":1,"kind":"row_errors","epoch":0,"seq":0,"errors":{}}',
+        b'{"v":1,"kind":"flushed","epoch":0,"seq":0,"rows":0,"snapshot":5}',
+        b'{"v":1,"kind":"flushed","epoch":0,"seq":0,"rows":0,"snapshot":["e30="]}',
         b"[" * 100000,
         b'{"v":1,"kind":"end","epoch":' + b"9" * 5000 + b',"seq":0}',
     ]

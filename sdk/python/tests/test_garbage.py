@@ -178,10 +178,23 @@ class CheckerCanFail(unittest.TestCase):
                                  ({"kind": "flushed", "epoch": 1, "seq": 2, "rows": 1}, None)),
             "wrong epoch": res(({"kind": "ack", "epoch": 2, "seq": 0, "in_seq": 0}, None),
                                ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 0}, None)),
+            "snapshot on an ack": res(({"kind": "ack", "epoch": 1, "seq": 0, "in_seq": 0, "snapshot": ""}, None),
+                                      ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 0, "snapshot": ""}, None)),
+            "snapshot not base64": res(({"kind": "ack", "epoch": 1, "seq": 0, "in_seq": 0}, None),
+                                       ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 0, "snapshot": "e30"}, None)),
         }
         for what, r in broken.items():
             with self.subTest(what):
                 self.assertNotEqual(check_answers(r, [b], 1), [])
+        # a snapshot where none belongs, and none where one does
+        with_snapshot = res(({"kind": "ack", "epoch": 1, "seq": 0, "in_seq": 0}, None),
+                            ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 0, "snapshot": "e30="}, None))
+        without = res(({"kind": "ack", "epoch": 1, "seq": 0, "in_seq": 0}, None),
+                      ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 0}, None))
+        self.assertEqual(check_answers(with_snapshot, [b], 1, snapshot=True), [])
+        self.assertEqual(check_answers(with_snapshot, [b], 1, snapshot=False), ["flushed with a snapshot"])
+        self.assertEqual(check_answers(without, [b], 1, snapshot=False), [])
+        self.assertEqual(check_answers(without, [b], 1, snapshot=True), ["flushed without a snapshot"])
 
 
 if __name__ == "__main__":

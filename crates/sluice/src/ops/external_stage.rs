@@ -53,6 +53,8 @@ use crate::error::{RetryHint, SluiceError};
 use crate::metrics::ComponentId;
 use crate::observe::trace;
 use crate::stages::external::{ExternalRuntime, OnError};
+use crate::stages::snapshot;
+use crate::state::StateScope;
 
 /// Logical node of an external stage.
 #[derive(Debug, Clone)]
@@ -246,6 +248,9 @@ impl ExecutionPlan for ExternalStageExec {
         ctx: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let binding = EpochBinding::of_task(&ctx)?;
+        // a stateful stage's state lives in the sink's state (none where no
+        // sink plan runs, as in `sluice stage bench`)
+        let state = StateScope::of_task(&ctx).ok();
         let input = self.input.execute(partition, ctx)?;
         let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
         let tx = builder.tx();
@@ -264,6 +269,7 @@ impl ExecutionPlan for ExternalStageExec {
         let exchange_of = Exchange {
             runtime: Arc::clone(&runtime),
             binding,
+            state,
             partition,
             traceparent: trace::traceparent(&span),
         };
@@ -321,6 +327,8 @@ fn stage_failure(stage: &str, e: StageError) -> SluiceError {
 struct Exchange {
     runtime: Arc<ExternalRuntime>,
     binding: Arc<EpochBinding>,
+    /// The sink's state, for a stateful stage's snapshots.
+    state: Option<Arc<StateScope>>,
     partition: usize,
     /// The exchange span's W3C context, sent to the stage with every batch.
     traceparent: Option<String>,
@@ -378,20 +386,30 @@ async fn exchange_body(
     let Exchange {
         runtime,
         binding,
+        state,
         partition,
         traceparent,
     } = of;
     let client = runtime.client().await?;
     let manifest = runtime.manifest.clone();
     let config = runtime.config.clone();
-    let open = OpenRequest {
+    let mut open = OpenRequest {
         // the version `describe` settled on
         protocol: manifest.protocol.clone(),
         stage: runtime.name.clone(),
         epoch: binding.epoch(),
         partition: partition as u32,
         config: config.config_json(),
+        snapshot: None,
     };
+    let stateful = open.carries_state(&manifest);
+    let state_key = snapshot::key(&runtime.name, partition);
+    if stateful && let Some(scope) = &state {
+        open.snapshot = scope
+            .previous(&state_key)
+            .map(|s| snapshot::to_base64(&s))
+            .transpose()?;
+    }
     let input_schema = input.schema();
     let max_rows = manifest.max_batch_rows.min(usize::MAX as u64) as usize;
     let max_bytes = manifest.max_batch_bytes.min(usize::MAX as u64) as usize;
@@ -640,8 +658,28 @@ async fn exchange_body(
                             "the stage says it sent {rows} rows, {rows_received} arrived"
                         )));
                     }
-                    Some(_) => return Ok(()),
+                    Some(_) => {}
                 }
+                match (stateful, envelope.snapshot) {
+                    (true, Some(text)) => {
+                        let saved = snapshot::from_base64(&text).map_err(violation)?;
+                        if let Some(scope) = &state {
+                            scope.save(&state_key, saved);
+                        }
+                    }
+                    (true, None) => {
+                        return Err(violation(
+                            "a stateful stage's `flushed` has no `snapshot` (its state after the exchange)".into(),
+                        ));
+                    }
+                    (false, Some(_)) => {
+                        return Err(violation(
+                            "a `snapshot` from a stage whose manifest does not say stateful (or speaks v1)".into(),
+                        ));
+                    }
+                    (false, None) => {}
+                }
+                return Ok(());
             }
         }
     }

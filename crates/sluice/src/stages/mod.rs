@@ -8,6 +8,7 @@
 
 pub(crate) mod external;
 pub(crate) mod operator;
+pub(crate) mod snapshot;
 pub(crate) mod sql;
 
 pub use external::ExternalStageConfig;

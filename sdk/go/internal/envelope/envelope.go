@@ -71,10 +71,17 @@ type Envelope struct {
 	Lineage     *Lineage   `json:"lineage,omitempty"`
 	Errors      []RowError `json:"errors,omitempty"`
 	Rows        *uint64    `json:"rows,omitempty"`
+	// Snapshot is the state of a stateful v1.1 stage after the exchange,
+	// base64 (standard alphabet, padded) as it is on the wire, only on
+	// "flushed". nil: absent; "" is an empty state, and is written.
+	Snapshot *string `json:"snapshot,omitempty"`
 }
 
 // Uint64 returns a pointer to v, for InSeq and Rows.
 func Uint64(v uint64) *uint64 { return &v }
+
+// String returns a pointer to s, for Snapshot.
+func String(s string) *string { return &s }
 
 // Encode returns the canonical bytes of e.
 func Encode(e *Envelope) []byte { return Append(make([]byte, 0, 128), e) }
@@ -127,6 +134,10 @@ func Append(dst []byte, e *Envelope) []byte {
 	if e.Rows != nil {
 		dst = append(dst, `,"rows":`...)
 		dst = strconv.AppendUint(dst, *e.Rows, 10)
+	}
+	if e.Snapshot != nil {
+		dst = append(dst, `,"snapshot":`...)
+		dst = AppendString(dst, *e.Snapshot)
 	}
 	return append(dst, '}')
 }
@@ -194,6 +205,7 @@ type wire struct {
 	Lineage     *Lineage   `json:"lineage"`
 	Errors      []RowError `json:"errors"`
 	Rows        *uint64    `json:"rows"`
+	Snapshot    *string    `json:"snapshot"`
 }
 
 // Decode parses an envelope. It checks what every envelope must have (v = 1,
@@ -231,5 +243,6 @@ func Decode(b []byte) (Envelope, error) {
 		Lineage:     w.Lineage,
 		Errors:      w.Errors,
 		Rows:        w.Rows,
+		Snapshot:    w.Snapshot,
 	}, nil
 }

@@ -52,8 +52,8 @@ func TestGoldenVectors(t *testing.T) {
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if n < 11 {
-		t.Fatalf("read %d vectors, want at least 11", n)
+	if n < 12 {
+		t.Fatalf("read %d vectors, want at least 12", n)
 	}
 }
 
@@ -125,6 +125,51 @@ func TestExactIntegers(t *testing.T) {
 	flushed := Envelope{V: 1, Kind: Flushed, Epoch: 3, Seq: 0, Rows: Uint64(0)}
 	if got, want := string(Encode(&flushed)), `{"v":1,"kind":"flushed","epoch":3,"seq":0,"rows":0}`; got != want {
 		t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+// The snapshot of a stateful v1.1 stage (protocol.md section 4): the last
+// key, on "flushed"; kept as the base64 text of the wire; "" (an empty
+// state) is present, null and absence are the same.
+func TestSnapshot(t *testing.T) {
+	const line = `{"v":1,"kind":"flushed","epoch":12,"seq":7,"rows":3,"snapshot":"eyJ0b3RhbHMiOnsiMyI6MTIwfX0="}`
+	env, err := Decode([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Snapshot == nil || *env.Snapshot != "eyJ0b3RhbHMiOnsiMyI6MTIwfX0=" || env.Rows == nil || *env.Rows != 3 {
+		t.Fatalf("decoded %+v", env)
+	}
+	built := Envelope{V: 1, Kind: Flushed, Epoch: 12, Seq: 7, Rows: Uint64(3), Snapshot: String("eyJ0b3RhbHMiOnsiMyI6MTIwfX0=")}
+	if got := string(Encode(&built)); got != line {
+		t.Fatalf("got  %s\nwant %s", got, line)
+	}
+	empty := Envelope{V: 1, Kind: Flushed, Epoch: 1, Seq: 0, Rows: Uint64(0), Snapshot: String("")}
+	if got, want := string(Encode(&empty)), `{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0,"snapshot":""}`; got != want {
+		t.Fatalf("empty state: got %s, want %s", got, want)
+	}
+	for _, in := range []string{
+		`{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0}`,
+		`{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0,"snapshot":null}`,
+	} {
+		env, err := Decode([]byte(in))
+		if err != nil || env.Snapshot != nil {
+			t.Fatalf("%s: snapshot %v, %v; want absent", in, env.Snapshot, err)
+		}
+		if got, want := string(Encode(&env)), `{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0}`; got != want {
+			t.Fatalf("%s: re-encoded %s", in, got)
+		}
+	}
+	// another spelling of the same string, in another key order
+	env, err = Decode([]byte(`{"snapshot":"eyJ0b3RhbHMiOnsiMyI6MTIwfX0\u003d","rows":3,"seq":7,"epoch":12,"kind":"flushed","v":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(Encode(&env)); got != line {
+		t.Fatalf("got  %s\nwant %s", got, line)
+	}
+	if _, err := Decode([]byte(`{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0,"snapshot":5}`)); err == nil {
+		t.Fatal("a snapshot that is not a string was accepted")
 	}
 }
 

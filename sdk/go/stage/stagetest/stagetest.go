@@ -12,7 +12,14 @@
 //	// stagetest.Kinds(events) == "batch(0) flushed"
 //
 // or, for the stage's own binary (its main), RunMainIfAsked in TestMain and
-// StartProcess in the test. Describe asks as an engine of this SDK's
+// StartProcess in the test. A stateful stage (protocol v1.1) carries its
+// state from one exchange to the next as with the engine, through the
+// snapshot of "flushed" and the next open request:
+//
+//	state, _ := stagetest.FlushedSnapshot(events)
+//	events, err = srv.Run(ctx, stagetest.OpenCmd("mine", 2, 0, "", stagetest.WithSnapshot(state)), schema, rec)
+//
+// Describe asks as an engine of this SDK's
 // protocol version does, DescribeV1 as a v1 engine. What it does not do: dictionary-encoded output
 // (Recv refuses a dictionary message), and the engine's full verdict on an
 // exchange; run `sluice stage check` for that.
@@ -21,6 +28,7 @@ package stagetest
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -288,21 +296,47 @@ func DescribeRequest(protocols ...string) []byte {
 
 // OpenCmd is an open request (protocol.md section 3) of the newest protocol
 // version, stage.Protocol; config is JSON, or "" for none (`null`, as the
-// engine sends for a stage without `config`).
-func OpenCmd(stageName string, epoch uint64, partition uint32, config string) []byte {
-	return OpenCmdAs(stage.Protocol, stageName, epoch, partition, config)
+// engine sends for a stage without `config`). opts add optional keys
+// (WithSnapshot).
+func OpenCmd(stageName string, epoch uint64, partition uint32, config string, opts ...OpenOption) []byte {
+	return OpenCmdAs(stage.Protocol, stageName, epoch, partition, config, opts...)
 }
 
 // OpenCmdAs is OpenCmd with another protocol version, the one agreed in
 // describe (stage.ProtocolV1 with a v1 engine).
-func OpenCmdAs(protocol, stageName string, epoch uint64, partition uint32, config string) []byte {
+func OpenCmdAs(protocol, stageName string, epoch uint64, partition uint32, config string, opts ...OpenOption) []byte {
 	if config == "" {
 		config = "null"
 	}
+	var o openOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	proto, _ := json.Marshal(protocol) // a string always marshals
 	name, _ := json.Marshal(stageName)
-	return fmt.Appendf(nil, `{"protocol":%s,"stage":%s,"epoch":%d,"partition":%d,"config":%s}`,
+	cmd := fmt.Appendf(nil, `{"protocol":%s,"stage":%s,"epoch":%d,"partition":%d,"config":%s`,
 		proto, name, epoch, partition, config)
+	if o.snapshot != nil {
+		b64, _ := json.Marshal(base64.StdEncoding.EncodeToString(o.snapshot))
+		cmd = fmt.Appendf(cmd, `,"snapshot":%s`, b64)
+	}
+	return append(cmd, '}')
+}
+
+// OpenOption adds an optional key to an open request (OpenCmd, OpenCmdAs).
+type OpenOption func(*openOptions)
+
+type openOptions struct {
+	snapshot []byte
+}
+
+// WithSnapshot makes the open request carry "snapshot" (v1.1): the state a
+// stateful stage starts the exchange from, as the engine sends the one
+// the partition's last committed epoch left (Event.Snapshot of the
+// "flushed" of an earlier exchange). nil leaves the key out (the first
+// epoch); an empty non-nil state is sent as "".
+func WithSnapshot(state []byte) OpenOption {
+	return func(o *openOptions) { o.snapshot = state }
 }
 
 // The envelope of every message (protocol.md section 4), as Event carries it.
@@ -333,6 +367,24 @@ type Event struct {
 	// Size is the size of the message on the wire (the serialized
 	// FlightData), which must stay under stage.MaxMessageSize.
 	Size int
+	// Snapshot is the envelope's "snapshot" decoded from base64: the state
+	// a stateful stage left after a v1.1 exchange, on "flushed" (an empty
+	// non-nil slice for an empty state); nil when the message carries none.
+	// Open the partition's next exchange with it (WithSnapshot).
+	Snapshot []byte
+}
+
+// FlushedSnapshot returns the snapshot of the "flushed" message of events
+// (the last event) and whether it carried one.
+func FlushedSnapshot(events []Event) ([]byte, bool) {
+	if len(events) == 0 {
+		return nil, false
+	}
+	last := events[len(events)-1]
+	if last.Envelope.Kind != envelope.Flushed || last.Envelope.Snapshot == nil {
+		return nil, false
+	}
+	return last.Snapshot, true
 }
 
 // Release releases the records of events.
@@ -346,10 +398,11 @@ func Release(events []Event) {
 
 // Exchange is one DoExchange stream, driven by hand.
 type Exchange struct {
-	stream flightgen.FlightService_DoExchangeClient
-	mem    memory.Allocator
-	epoch  uint64
-	seq    uint64
+	stream   flightgen.FlightService_DoExchangeClient
+	mem      memory.Allocator
+	epoch    uint64
+	seq      uint64
+	protocol string // of the open request
 
 	outSchemaMsg *flight.FlightData // the stage's schema message
 	OutputSchema *arrow.Schema
@@ -359,7 +412,8 @@ type Exchange struct {
 // a CMD descriptor and the input schema.
 func (s *Server) Open(ctx context.Context, open []byte, schema *arrow.Schema) (*Exchange, error) {
 	var req struct {
-		Epoch uint64 `json:"epoch"`
+		Protocol string `json:"protocol"`
+		Epoch    uint64 `json:"epoch"`
 	}
 	_ = json.Unmarshal(open, &req)
 	stream, err := s.Client.DoExchange(ctx)
@@ -377,7 +431,7 @@ func (s *Server) Open(ctx context.Context, open []byte, schema *arrow.Schema) (*
 	if err != nil {
 		return nil, err
 	}
-	return &Exchange{stream: stream, mem: s.mem, epoch: req.Epoch}, nil
+	return &Exchange{stream: stream, mem: s.mem, epoch: req.Epoch, protocol: req.Protocol}, nil
 }
 
 // Send sends rec with a "batch" envelope numbered from 0.
@@ -445,6 +499,19 @@ func (x *Exchange) Recv() (Event, error) {
 			return Event{}, fmt.Errorf("stagetest: envelope not canonical: %s", fd.GetAppMetadata())
 		}
 		ev := Event{Envelope: env, Size: proto.Size(fd)}
+		if env.Snapshot != nil {
+			// what the engine refuses (protocol.md section 4); whether a
+			// "flushed" lacks one depends on the manifest: the test's business
+			switch {
+			case env.Kind != envelope.Flushed:
+				return Event{}, fmt.Errorf("stagetest: a %q message carries a snapshot; only \"flushed\" may", env.Kind)
+			case x.protocol != stage.ProtocolV1_1:
+				return Event{}, fmt.Errorf("stagetest: \"flushed\" carries a snapshot in a %s exchange", x.protocol)
+			}
+			if ev.Snapshot, err = base64.StdEncoding.DecodeString(*env.Snapshot); err != nil {
+				return Event{}, fmt.Errorf("stagetest: the snapshot of \"flushed\" is not base64: %w", err)
+			}
+		}
 		if len(fd.GetDataHeader()) > 0 {
 			if ev.Record, err = x.decode(fd); err != nil {
 				return Event{}, err
