@@ -1,12 +1,14 @@
 //! `sluice stage check`: the conformance kit, as a table.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use comfy_table::Table;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
+use futures::future::BoxFuture;
 use sluice_flight::Target;
-use sluice_flight::conformance::{Outcome, all_passed, check};
+use sluice_flight::conformance::{Outcome, all_passed, check_with};
 
 /// Certifies the stage at `url`, or the program `command` started on a unix socket.
 pub async fn run(url: Option<String>, config: Option<String>, command: Vec<String>) -> ExitCode {
@@ -58,7 +60,44 @@ pub async fn run(url: Option<String>, config: Option<String>, command: Vec<Strin
         }
     };
     outln!("conformance of the stage at {target}");
-    let results = check(&target, &config).await;
+    // the `state` check kills the child and starts it again
+    let child = Arc::new(tokio::sync::Mutex::new(child));
+    let restart = {
+        let child = Arc::clone(&child);
+        let (program, args) = (
+            command.first().cloned(),
+            command.get(1..).map(<[String]>::to_vec),
+        );
+        let socket = socket_file.as_ref().map(|s| s.0.clone());
+        move || -> BoxFuture<'static, Result<(), String>> {
+            let child = Arc::clone(&child);
+            let (program, args, socket) = (program.clone(), args.clone(), socket.clone());
+            Box::pin(async move {
+                let (Some(program), Some(args), Some(socket)) = (program, args, socket) else {
+                    return Err("the kit did not start this stage".into());
+                };
+                let mut slot = child.lock().await;
+                if let Some(mut old) = slot.take() {
+                    let _ = old.kill().await;
+                }
+                let mut c = sluice_flight::launch::spawn(sluice_flight::launch::ChildStage {
+                    name: "check",
+                    program: std::path::Path::new(&program),
+                    args: &args,
+                    socket: &socket,
+                    otlp: None,
+                })
+                .map_err(|e| e.to_string())?;
+                let healthy =
+                    sluice_flight::launch::wait_healthy(&mut c, &socket, Duration::from_secs(20))
+                        .await;
+                *slot = Some(c);
+                healthy.map(|_| ()).map_err(|e| e.to_string())
+            })
+        }
+    };
+    let can_restart = socket_file.is_some();
+    let results = check_with(&target, &config, can_restart.then_some(&restart as _)).await;
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec!["check", "result", "ms", "what", "detail"]);
@@ -78,7 +117,7 @@ pub async fn run(url: Option<String>, config: Option<String>, command: Vec<Strin
     }
     outln!("{t}");
     let mut ok = all_passed(&results);
-    if let Some(mut c) = child {
+    if let Some(mut c) = child.lock().await.take() {
         if let Ok(Some(status)) = c.try_wait() {
             outln!("the stage process exited during the checks ({status})");
             ok = false;

@@ -332,6 +332,43 @@ impl Kit {
         }
     }
 
+    /// Runs epoch `epoch` of a stateful stage from `snapshot`; returns its
+    /// output rows and the snapshot of its `flushed`.
+    async fn run_stateful(
+        &self,
+        client: &StageClient,
+        batches: Vec<RecordBatch>,
+        epoch: u64,
+        snapshot: Option<String>,
+    ) -> Result<(Vec<RecordBatch>, Option<String>), String> {
+        let schema = batches.first().map(|b| b.schema()).ok_or("no input")?;
+        let mut open = self.open(epoch);
+        open.snapshot = snapshot;
+        let input = futures::stream::iter(batches.into_iter().map(Ok)).boxed();
+        let events: Vec<StageEvent> = client
+            .exchange(&open, schema, input, None)
+            .await
+            .map_err(|e| e.to_string())?
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let mut rows = Vec::new();
+        let mut snapshot = None;
+        for e in events {
+            match e {
+                StageEvent::Batch { batch, .. } => rows.push(batch),
+                StageEvent::Flushed(env) => snapshot = env.snapshot,
+                _ => {}
+            }
+        }
+        match snapshot {
+            Some(s) => Ok((rows, Some(s))),
+            None => Err(format!("the `flushed` of epoch {epoch} has no `snapshot`")),
+        }
+    }
+
     /// The batches to send through the stage, if the kit can make them.
     fn input(&self, rows: usize, seed: u64) -> Option<RecordBatch> {
         match &self.manifest.input_schema {
@@ -509,6 +546,113 @@ async fn timed<F: std::future::Future<Output = Outcome>>(
     }
 }
 
+/// A stateful stage (v1.1) is exactly once across its crashes: three epochs,
+/// each opened with the snapshot of the one before, give the same rows and
+/// the same last snapshot when the stage is killed in the middle of epoch 2
+/// (or, without `restart`, the exchange is dropped) and epoch 2 is replayed
+/// from epoch 1's snapshot, as the engine does.
+async fn state(kit: &Kit, restart: Option<Restart<'_>>) -> Outcome {
+    if !kit.manifest.stateful || kit.manifest.protocol != version::V1_1 {
+        return Outcome::Skip("not a stateful v1.1 stage".into());
+    }
+    let epochs: Vec<Vec<RecordBatch>> = (0..3u64)
+        .map(|e| {
+            (0..2)
+                .filter_map(|b| kit.input(300, 40 + 2 * e + b))
+                .collect()
+        })
+        .collect();
+    if epochs.iter().any(|b| b.len() != 2) {
+        return Outcome::Skip("the kit cannot generate input of this schema".into());
+    }
+    let calm = async {
+        let mut snapshot = None;
+        let mut out = Vec::new();
+        for (e, batches) in epochs.iter().enumerate() {
+            let (rows, s) = kit
+                .run_stateful(&kit.client, batches.clone(), 20 + e as u64, snapshot)
+                .await?;
+            out.push(rows);
+            snapshot = s;
+        }
+        Ok::<_, String>((out, snapshot))
+    };
+    let (want, want_snapshot) = match calm.await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let interrupted = async {
+        let (first, s1) = kit
+            .run_stateful(&kit.client, epochs[0].clone(), 20, None)
+            .await?;
+        // epoch 2: one batch in, its answer out, then the stage dies
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, StageError>>(2);
+        let mut open = kit.open(21);
+        open.snapshot = s1.clone();
+        let mut events = kit
+            .client
+            .exchange(
+                &open,
+                epochs[1][0].schema(),
+                tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tx.send(Ok(epochs[1][0].clone())).await;
+        // the first answer: the stage has taken the batch into its state
+        let _ = events.next().await;
+        let client = match restart {
+            Some(restart) => {
+                restart().await?;
+                StageClient::connect(&kit.target, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| format!("after the restart: {e}"))?
+            }
+            None => kit.client.clone(),
+        };
+        drop((tx, events));
+        let (second, s2) = kit.run_stateful(&client, epochs[1].clone(), 21, s1).await?;
+        let (third, s3) = kit.run_stateful(&client, epochs[2].clone(), 22, s2).await?;
+        Ok::<_, String>((vec![first, second, third], s3))
+    };
+    let (got, got_snapshot) = match interrupted.await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Fail(e),
+    };
+    for (e, (w, g)) in want.iter().zip(&got).enumerate() {
+        let same = match (w.first(), g.first()) {
+            (Some(first), Some(_)) => {
+                let schema = first.schema();
+                match (
+                    arrow_select::concat::concat_batches(&schema, w),
+                    arrow_select::concat::concat_batches(&schema, g),
+                ) {
+                    (Ok(w), Ok(g)) => w.columns() == g.columns(),
+                    _ => false,
+                }
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            return Outcome::Fail(format!(
+                "epoch {} gave other rows after the stage {} mid-epoch 2 and epoch 2 was replayed from epoch 1's snapshot",
+                e + 1,
+                if restart.is_some() {
+                    "was killed"
+                } else {
+                    "lost its exchange"
+                }
+            ));
+        }
+    }
+    if want_snapshot != got_snapshot {
+        return Outcome::Fail("the last snapshot differs from the uninterrupted run's".into());
+    }
+    Outcome::Pass
+}
+
 /// Version negotiation (docs/protocol.md, section 2): a stage answers an
 /// engine in the newest version both speak, or refuses by naming both.
 async fn versions(kit: &Kit) -> Outcome {
@@ -558,9 +702,25 @@ fn from(r: Result<(), String>) -> Outcome {
     }
 }
 
+/// Kills the stage's process (SIGKILL) and starts it again at the same
+/// target, for the `state` check; `sluice stage check` passes one for the
+/// program it started.
+pub type Restart<'a> =
+    &'a (dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Sync);
+
 /// Runs every check against the stage at `target`, opening every exchange
 /// with `config` (the stage's `config` table in a pipeline; `null` for none).
 pub async fn check(target: &Target, config: &serde_json::Value) -> Vec<CheckResult> {
+    check_with(target, config, None).await
+}
+
+/// [`check`], able to kill and restart the stage (the `state` check kills a
+/// stateful stage mid-exchange; without `restart` it only aborts the exchange).
+pub async fn check_with(
+    target: &Target,
+    config: &serde_json::Value,
+    restart: Option<Restart<'_>>,
+) -> Vec<CheckResult> {
     let mut out = Vec::new();
     let t = Instant::now();
     let client = match StageClient::connect(target, Duration::from_secs(10)).await {
@@ -908,6 +1068,14 @@ pub async fn check(target: &Target, config: &serde_json::Value) -> Vec<CheckResu
                     Err(e) => Outcome::Fail(e.to_string()),
                 }
             },
+        )
+        .await,
+    );
+    out.push(
+        timed(
+            "state",
+            "a stateful stage killed mid-epoch and replayed from its last snapshot gives the uninterrupted run's rows and state",
+            state(&kit, restart),
         )
         .await,
     );
