@@ -1222,6 +1222,11 @@ impl Run {
         }) {
             return Err(refuse(format!("sources.{n}.event_time"), "with `assignment = \"group\"`, event time (and the windows it closes) is not supported: each worker's clock would see only its own partitions".to_string()));
         }
+        if let Some((n, _)) = self.plan.externals.iter().find(|(_, rt)| {
+            rt.manifest.stateful && rt.manifest.protocol == sluice_flight::version::V1_1
+        }) {
+            return Err(refuse(format!("stages.{n}"), "with `assignment = \"group\"`, a stateful external stage is not supported: its committed state is per worker, and a partition moving to another worker would leave it behind".to_string()));
+        }
         for s in self.plan.sinks.values() {
             s.sink.share(&shared, &self.run_id)?;
         }
