@@ -226,6 +226,7 @@ fn tokens_are_never_written_in_pipeline_files() {
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("env:STAGE_TOKEN") && t.contains("token"), "{t}");
+    assert!(!t.contains(TOKEN), "the token was printed:\n{t}");
     // a grpcs:// url without the CA, and tls on a plain url
     let o = run_through(&stage, "", TOKEN, out.path());
     assert!(text(&o).contains("needs `tls"), "{}", text(&o));

@@ -82,6 +82,9 @@ pub struct StageClient {
     token: Option<Token>,
     /// Over TLS: whether a client certificate is offered.
     tls_client_cert: Option<bool>,
+    /// Whether a call ever succeeded on this connection: after one, a
+    /// closed connection is not a TLS refusal but a stage going away.
+    proven: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn unavailable(target: &Target, e: impl std::fmt::Display) -> StageError {
@@ -154,6 +157,7 @@ impl StageClient {
             target: target.clone(),
             token: security.token.clone(),
             tls_client_cert: security.tls.as_ref().map(|t| t.cert.is_some()),
+            proven: Default::default(),
         })
     }
 
@@ -194,6 +198,7 @@ impl StageClient {
         // client finished its handshake: the client only sees the
         // connection close, without the TLS alert
         let closed = status.source().is_some()
+            && !self.proven.load(std::sync::atomic::Ordering::Relaxed)
             && matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
@@ -242,6 +247,8 @@ impl StageClient {
                 StageError::new(ErrorCode::Internal, format!("`{name}` returned no result"))
             })?
             .map_err(|s| self.failed(&s))?;
+        self.proven
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(first.body.to_vec())
     }
 

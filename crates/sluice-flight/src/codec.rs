@@ -88,8 +88,26 @@ pub fn slices(batch: RecordBatch, max_rows: usize, max_bytes: usize) -> Vec<Reco
     }
     (0..rows)
         .step_by(per)
-        .map(|o| batch.slice(o, per.min(rows - o)))
+        .map(|o| compact_views(batch.slice(o, per.min(rows - o))))
         .collect()
+}
+
+/// A slice whose view columns hold only the slice's strings. The IPC writer
+/// sends a view column's data buffers whole, so each slice of a view column
+/// would otherwise weigh as much as the batch it came from; this copies the
+/// slice's strings (the one copy splitting costs, and only for views).
+fn compact_views(slice: RecordBatch) -> RecordBatch {
+    use arrow_array::cast::AsArray;
+    let compacted: Vec<arrow_array::ArrayRef> = slice
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            arrow_schema::DataType::Utf8View => std::sync::Arc::new(c.as_string_view().gc()) as _,
+            arrow_schema::DataType::BinaryView => std::sync::Arc::new(c.as_binary_view().gc()) as _,
+            _ => std::sync::Arc::clone(c),
+        })
+        .collect();
+    RecordBatch::try_new(slice.schema(), compacted).unwrap_or(slice)
 }
 
 /// An IPC message header that says "no payload" (`MessageHeader::NONE`).
@@ -158,6 +176,44 @@ mod tests {
                 }
             }
             prop_assert_eq!(next as usize, rows);
+        }
+    }
+
+    /// A view column's slice carries only its own strings: the IPC writer
+    /// sends a view column's data buffers whole.
+    #[test]
+    fn slices_of_view_columns_weigh_their_share() {
+        let long = |i: usize| format!("a string well over twelve bytes long, number {i:06}");
+        let views = arrow_array::StringViewArray::from_iter_values((0..1000).map(long));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "s",
+            DataType::Utf8View,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(views)]).unwrap();
+        let whole = batch.get_array_memory_size();
+        let pieces = slices(batch.clone(), 100, usize::MAX);
+        assert_eq!(pieces.len(), 10);
+        let mut enc = BatchEncoder::new();
+        let _ = enc.schema_message(&batch.schema());
+        for (i, p) in pieces.iter().enumerate() {
+            assert!(p.get_array_memory_size() * 5 < whole, "piece {i}");
+            let bytes: usize = enc
+                .batch_messages(p, &Envelope::new(Kind::Batch, 0, i as u64))
+                .unwrap()
+                .iter()
+                .map(|m| m.data_body.len())
+                .sum();
+            assert!(
+                bytes * 5 < whole,
+                "piece {i}: {bytes} bytes of IPC, the whole is {whole}"
+            );
+            let s = p
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::StringViewArray>()
+                .unwrap();
+            assert_eq!(s.value(0), long(i * 100));
         }
     }
 

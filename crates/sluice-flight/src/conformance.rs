@@ -546,16 +546,19 @@ async fn timed<F: std::future::Future<Output = Outcome>>(
     }
 }
 
-/// A stateful stage (v1.1) is exactly once across its crashes: three epochs,
-/// each opened with the snapshot of the one before, give the same rows and
-/// the same last snapshot when the stage is killed in the middle of epoch 2
-/// (or, without `restart`, the exchange is dropped) and epoch 2 is replayed
-/// from epoch 1's snapshot, as the engine does.
+/// A stateful stage (v1.1) is exactly once across its crashes: four epochs,
+/// each opened with the snapshot of the one before, give the same rows when
+/// the stage is killed in the middle of epoch 2 (or, without `restart`, the
+/// exchange is dropped) and epoch 2 is replayed from epoch 1's snapshot, as
+/// the engine does.
 async fn state(kit: &Kit, restart: Option<Restart<'_>>) -> Outcome {
     if !kit.manifest.stateful || kit.manifest.protocol != version::V1_1 {
         return Outcome::Skip("not a stateful v1.1 stage".into());
     }
-    let epochs: Vec<Vec<RecordBatch>> = (0..3u64)
+    // the fourth epoch's rows show the state the third left: snapshots are
+    // compared by what they do, not by their bytes (a stage need not encode
+    // its state deterministically)
+    let epochs: Vec<Vec<RecordBatch>> = (0..4u64)
         .map(|e| {
             (0..2)
                 .filter_map(|b| kit.input(300, 40 + 2 * e + b))
@@ -575,9 +578,9 @@ async fn state(kit: &Kit, restart: Option<Restart<'_>>) -> Outcome {
             out.push(rows);
             snapshot = s;
         }
-        Ok::<_, String>((out, snapshot))
+        Ok::<_, String>(out)
     };
-    let (want, want_snapshot) = match calm.await {
+    let want = match calm.await {
         Ok(r) => r,
         Err(e) => return Outcome::Fail(e),
     };
@@ -614,9 +617,10 @@ async fn state(kit: &Kit, restart: Option<Restart<'_>>) -> Outcome {
         drop((tx, events));
         let (second, s2) = kit.run_stateful(&client, epochs[1].clone(), 21, s1).await?;
         let (third, s3) = kit.run_stateful(&client, epochs[2].clone(), 22, s2).await?;
-        Ok::<_, String>((vec![first, second, third], s3))
+        let (fourth, _) = kit.run_stateful(&client, epochs[3].clone(), 23, s3).await?;
+        Ok::<_, String>(vec![first, second, third, fourth])
     };
-    let (got, got_snapshot) = match interrupted.await {
+    let got = match interrupted.await {
         Ok(r) => r,
         Err(e) => return Outcome::Fail(e),
     };
@@ -647,9 +651,6 @@ async fn state(kit: &Kit, restart: Option<Restart<'_>>) -> Outcome {
             ));
         }
     }
-    if want_snapshot != got_snapshot {
-        return Outcome::Fail("the last snapshot differs from the uninterrupted run's".into());
-    }
     Outcome::Pass
 }
 
@@ -667,7 +668,12 @@ async fn versions(kit: &Kit) -> Outcome {
         }
         Ok(_) => {}
         // a stage may need a newer engine; it must say which versions
-        Err(e) if e.code == ErrorCode::InvalidArgument && e.message.contains(version::V1) => {}
+        // (the client's own refusal of a manifest in a version it does not
+        // speak says "this engine speaks": that is the stage's fault)
+        Err(e)
+            if e.code == ErrorCode::InvalidArgument
+                && e.message.contains(version::V1)
+                && !e.message.contains("this engine speaks") => {}
         Err(e) => {
             return Outcome::Fail(format!(
                 "an engine speaking only {}: {e} (expected a v1 manifest or INVALID_ARGUMENT naming the versions)",
@@ -686,7 +692,11 @@ async fn versions(kit: &Kit) -> Outcome {
             "an engine speaking only sluice.stage.v0-unknown got a manifest in {}",
             m.protocol
         )),
-        Err(e) if e.code == ErrorCode::InvalidArgument && e.message.contains("v0-unknown") => {
+        Err(e)
+            if e.code == ErrorCode::InvalidArgument
+                && e.message.contains("v0-unknown")
+                && !e.message.contains("this engine speaks") =>
+        {
             Outcome::Pass
         }
         Err(e) => Outcome::Fail(format!(
@@ -1074,7 +1084,7 @@ pub async fn check_with(
     out.push(
         timed(
             "state",
-            "a stateful stage killed mid-epoch and replayed from its last snapshot gives the uninterrupted run's rows and state",
+            "a stateful stage killed mid-epoch and replayed from its last snapshot gives the uninterrupted run's rows, in that epoch and the next two",
             state(&kit, restart),
         )
         .await,

@@ -133,6 +133,9 @@ impl Jitter {
         let Some(path) = &self.config.stall_file else {
             return Ok(false);
         };
+        // the partitions of one process count in one file: one at a time
+        static COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _counting = COUNTING.lock().await;
         let failed = |e: std::io::Error| {
             StageError::new(
                 ErrorCode::Internal,

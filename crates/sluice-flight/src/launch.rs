@@ -42,6 +42,16 @@ pub fn spawn(stage: ChildStage<'_>) -> Result<Child, StageError> {
     let _ = std::fs::remove_file(stage.socket);
     let mut command = Command::new(stage.program);
     command.env_remove(ENV_SERVICE);
+    // a child listens on a private unix socket: the engine's own stage TLS
+    // and token settings are not for it (and the token is a secret)
+    for var in [
+        crate::security::ENV_TLS_CERT,
+        crate::security::ENV_TLS_KEY,
+        crate::security::ENV_TLS_CLIENT_CA,
+        crate::security::ENV_TOKEN,
+    ] {
+        command.env_remove(var);
+    }
     stop_with_this_process(&mut command);
     if let Some(endpoint) = stage.otlp {
         command.env(ENV_ENDPOINT, endpoint);
@@ -105,9 +115,8 @@ fn stop_with_this_process(command: &mut Command) {
                 }
                 // the engine died between fork and prctl: do not start
                 if libc::getppid() != parent {
-                    return Err(std::io::Error::other(
-                        "the engine exited while starting the stage",
-                    ));
+                    // (no allocation after fork: an OS error code, no message)
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });

@@ -251,6 +251,7 @@ impl ExecutionPlan for ExternalStageExec {
         // a stateful stage's state lives in the sink's state (none where no
         // sink plan runs, as in `sluice stage bench`)
         let state = StateScope::of_task(&ctx).ok();
+        let partitions = self.input.output_partitioning().partition_count();
         let input = self.input.execute(partition, ctx)?;
         let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
         let tx = builder.tx();
@@ -271,6 +272,7 @@ impl ExecutionPlan for ExternalStageExec {
             binding,
             state,
             partition,
+            partitions,
             traceparent: trace::traceparent(&span),
         };
         let log_span = trace::log_span(&span);
@@ -329,6 +331,8 @@ struct Exchange {
     binding: Arc<EpochBinding>,
     /// The sink's state, for a stateful stage's snapshots.
     state: Option<Arc<StateScope>>,
+    /// How many partitions the plan has (a snapshot is one partition's).
+    partitions: usize,
     partition: usize,
     /// The exchange span's W3C context, sent to the stage with every batch.
     traceparent: Option<String>,
@@ -388,6 +392,7 @@ async fn exchange_body(
         binding,
         state,
         partition,
+        partitions,
         traceparent,
     } = of;
     let client = runtime.client().await?;
@@ -407,7 +412,7 @@ async fn exchange_body(
     if stateful && let Some(scope) = &state {
         open.snapshot = scope
             .previous(&state_key)
-            .map(|s| snapshot::to_base64(&s))
+            .map(|s| snapshot::to_base64(&s, partitions))
             .transpose()?;
     }
     let input_schema = input.schema();
@@ -500,21 +505,41 @@ async fn exchange_body(
     let timeout = runtime.answer_timeout();
     let mut rows_received = 0u64;
     let mut answers = Answers::default();
+    // once the input is over and every batch answered, the stage owes
+    // `flushed`: the timeout counts from then
+    let mut owed_flushed_since: Option<std::time::Instant> = None;
     loop {
-        let wait = if in_flight.load(Ordering::Relaxed) > 0 {
-            timeout
-        } else {
-            Duration::from_secs(24 * 3600)
+        // the timeout counts from the oldest unanswered batch's sending
+        let oldest = sent_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .map(|(_, t)| *t);
+        let owed_since = match oldest {
+            Some(t) => Some(t),
+            None if input_done.load(Ordering::SeqCst) => {
+                Some(*owed_flushed_since.get_or_insert_with(std::time::Instant::now))
+            }
+            None => None,
         };
+        // nothing owed: look again soon, a batch may be sent meanwhile
+        let wait = owed_since.map_or(IDLE_LOOK, |t| timeout.saturating_sub(t.elapsed()));
         let next = match tokio::time::timeout(wait, events.next()).await {
             Ok(n) => n,
-            Err(_) => {
-                runtime.check_timing(timeout);
-                return Err(StageError::new(
-                    ErrorCode::Timeout,
-                    format!("no answer to a batch within {timeout:?}"),
-                ));
-            }
+            Err(_) => match owed_since {
+                Some(t) if t.elapsed() >= timeout => {
+                    runtime.check_timing(t.elapsed());
+                    return Err(StageError::new(
+                        ErrorCode::Timeout,
+                        if oldest.is_some() {
+                            format!("no answer to a batch within {timeout:?}")
+                        } else {
+                            format!("no `flushed` within {timeout:?} of the end of the input")
+                        },
+                    ));
+                }
+                _ => continue,
+            },
         };
         let Some(event) = next else {
             return Err(StageError::new(
@@ -662,7 +687,7 @@ async fn exchange_body(
                 }
                 match (stateful, envelope.snapshot) {
                     (true, Some(text)) => {
-                        let saved = snapshot::from_base64(&text).map_err(violation)?;
+                        let saved = snapshot::from_base64(&text, partitions).map_err(violation)?;
                         if let Some(scope) = &state {
                             scope.save(&state_key, saved);
                         }
@@ -718,7 +743,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Records the round trip of input batch `seq` (answers come in order).
+/// How often an exchange that owes nothing looks again whether a batch was
+/// sent (and so an answer is owed, with its timeout).
+const IDLE_LOOK: Duration = Duration::from_millis(50);
+
+/// Records the round trips of the input batches `seq` answers: it and every
+/// earlier one still unanswered (answers come in order).
 fn record(
     runtime: &ExternalRuntime,
     sent_at: &std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
@@ -730,9 +760,7 @@ fn record(
             break;
         }
         q.pop_front();
-        if s == seq {
-            runtime.record_latency(t.elapsed());
-        }
+        runtime.record_latency(t.elapsed());
     }
 }
 

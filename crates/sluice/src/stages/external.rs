@@ -330,7 +330,7 @@ impl ExternalRuntime {
             let n = self.over_max.fetch_add(1, Ordering::Relaxed) + 1;
             // the first breach and then every hundredth: a log line per
             // slow batch would drown the rest
-            if n == 1 || n % 100 == 0 {
+            if n == 1 || n.is_multiple_of(100) {
                 tracing::warn!(
                     stage = %self.name,
                     took_ms = took.as_millis() as u64,
@@ -352,7 +352,7 @@ impl ExternalRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len();
-        (u64::from(p99) > t.batch_p99_ms * 1000).then(|| {
+        (u64::from(p99) > t.batch_p99_ms.saturating_mul(1000)).then(|| {
             format!(
                 "stage `{}` promises a batch p99 of {} ms (timing.batch_p99_ms); measured {:.1} ms over {answers} answers, {} of them over the promise and {} over max_answer_ms ({} ms)",
                 self.name,
