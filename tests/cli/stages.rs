@@ -335,6 +335,7 @@ fn the_conformance_kit_certifies_every_example_stage_in_go_rust_and_python() {
         python_example("identity.py"),
         "null",
     ));
+    stages.push(("python/totals".into(), python_example("totals.py"), "null"));
     stages.push((
         "python/validate".into(),
         python_example("validate.py"),
@@ -404,32 +405,24 @@ fn the_conformance_kit_certifies_every_example_stage_in_go_rust_and_python() {
 fn the_conformance_kit_fails_a_stage_that_breaks_the_protocol() {
     stages_built();
     let bin = root().join("target/stages/rust/faulty");
-    let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "stage",
-            "check",
-            "--config",
-            r#"{"bad_output": true}"#,
-            "--",
-        ])
-        .arg(&bin)
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{t}");
+    let kit = |config: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["stage", "check", "--config", config, "--"])
+            .arg(&bin)
+            .output()
+            .unwrap();
+        (o.status.code(), text(&o))
+    };
+    let (code, t) = kit(r#"{"bad_output": true}"#);
+    assert_eq!(code, Some(1), "{t}");
     assert!(
         t.lines()
             .any(|l| l.contains("types") && l.contains("FAIL") && l.contains("SCHEMA_MISMATCH")),
         "{t}"
     );
     // a stage that reports rows and keeps them in its output
-    let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["stage", "check", "--config", r#"{"report_kept": 3}"#, "--"])
-        .arg(&bin)
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{t}");
+    let (code, t) = kit(r#"{"report_kept": 3}"#);
+    assert_eq!(code, Some(1), "{t}");
     assert!(
         t.lines()
             .any(|l| l.contains("row_errors") && l.contains("FAIL")),
@@ -749,12 +742,18 @@ fn a_stage_asking_for_plain_types_never_sees_a_view() {
 /// across epochs and crashes through the engine's commits: per-key running
 /// totals over ten epochs, the engine aborted once right after a commit and
 /// once right before one, then run to the end. DuckDB finds every row once
-/// and every total equal to the running sum it computes itself, in Go and
-/// in Rust.
+/// and every total equal to the running sum it computes itself, in Go, Rust
+/// and Python.
 #[test]
 fn a_stateful_stage_keeps_its_totals_exactly_once_across_epochs_and_crashes() {
     stages_built();
-    for lang in ["rust", "go"] {
+    let python = super::python();
+    let script = root().join("sdk/python/examples/totals.py");
+    for lang in ["rust", "go", "python"] {
+        let command = match lang {
+            "python" => command_of(Path::new(&python), &[&script.display().to_string()]),
+            _ => command_of(&root().join("target/stages").join(lang).join("totals"), &[]),
+        };
         let tmp = tempfile::tempdir().unwrap();
         let p = super::pipeline_in(
             tmp.path(),
@@ -779,19 +778,13 @@ query = "SELECT CAST(event_id AS BIGINT) AS id, CAST(split_part(key, '-', 2) AS 
 [stages.totals]
 kind = "external"
 inputs = ["keyed"]
-command = [{bin:?}]
+{command}
 
 [sinks.out]
 kind = "parquet"
 input = "totals"
 url = "out"
 "#,
-                bin = root()
-                    .join("target/stages")
-                    .join(lang)
-                    .join("totals")
-                    .display()
-                    .to_string()
             ),
         );
         let run = |failpoint: Option<&str>| {
