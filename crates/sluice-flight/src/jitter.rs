@@ -142,15 +142,16 @@ impl Jitter {
                 format!("stall_file {}: {e}", path.display()),
             )
         };
-        let done = match tokio::fs::read_to_string(path).await {
-            Ok(text) => text.lines().count() as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        // read once: the count and the text the new line is added to
+        let mut text = match tokio::fs::read_to_string(path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(failed(e)),
         };
+        let done = text.lines().count() as u64;
         if done >= self.config.stalls {
             return Ok(false);
         }
-        let mut text = tokio::fs::read_to_string(path).await.unwrap_or_default();
         text.push_str(&format!("stalled by process {}\n", std::process::id()));
         tokio::fs::write(path, text).await.map_err(failed)?;
         Ok(true)

@@ -370,6 +370,38 @@ mod tests {
         assert!(back.check().is_ok());
     }
 
+    proptest::proptest! {
+        /// A manifest is a stage's answer: any JSON value mutated from a valid
+        /// one (keys dropped, values replaced) decodes and checks to a manifest
+        /// or a reason, never a panic; one that passes `check` speaks a
+        /// version the engine speaks.
+        #[test]
+        fn any_manifest_answer_is_checked_or_refused(
+            drop in proptest::collection::vec(0usize..14, 0..3),
+            replace in proptest::option::of((0usize..14, proptest::prelude::any::<i64>(), "[a-z.0-9]{0,12}")),
+        ) {
+            let mut m = Manifest::new("x", "1.0.0");
+            m.timing = Some(Timing { batch_p99_ms: 5, max_answer_ms: 50 });
+            m.plain_types = true;
+            let mut json = serde_json::to_value(m.in_protocol(crate::version::V1_1)).unwrap();
+            let obj = json.as_object_mut().unwrap();
+            let keys: Vec<String> = obj.keys().cloned().collect();
+            for d in drop {
+                if let Some(k) = keys.get(d) { obj.remove(k); }
+            }
+            if let Some((i, n, s)) = replace
+                && let Some(k) = keys.get(i)
+            {
+                obj.insert(k.clone(), if n % 2 == 0 { serde_json::json!(n) } else { serde_json::json!(s) });
+            }
+            if let Ok(m) = serde_json::from_value::<Manifest>(json)
+                && m.check().is_ok()
+            {
+                proptest::prop_assert!(crate::version::is_spoken(&m.protocol));
+            }
+        }
+    }
+
     #[test]
     fn v1_1_keys_are_answered_only_in_v1_1() {
         let mut m = Manifest::new("x", "1.0.0");

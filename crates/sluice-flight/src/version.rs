@@ -92,6 +92,34 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// A describe body is what the engine (or anything dialing the
+        /// stage) sends: any bytes give a request or a reason, never a panic,
+        /// and what negotiates is always a version both sides speak.
+        #[test]
+        fn any_describe_body_negotiates_or_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok(r) = DescribeRequest::parse(&body) {
+                proptest::prop_assert!(!r.protocols.is_empty());
+                if let Ok(v) = negotiate(&r.protocols, &SPOKEN) {
+                    proptest::prop_assert!(r.protocols.iter().any(|p| p == v));
+                }
+            }
+        }
+
+        /// Any JSON shape with a `protocols` key is read or refused.
+        #[test]
+        fn any_protocol_list_negotiates_to_a_common_version(list in proptest::collection::vec("sluice\\.stage\\.v[0-9.]{0,4}|[a-z]{0,6}", 0..6)) {
+            let body = serde_json::to_vec(&serde_json::json!({"protocols": list})).unwrap();
+            match DescribeRequest::parse(&body) {
+                Ok(r) => match negotiate(&r.protocols, &SPOKEN) {
+                    Ok(v) => proptest::prop_assert!(list.iter().any(|p| p == v) && is_spoken(v)),
+                    Err(m) => proptest::prop_assert!(!list.iter().any(|p| is_spoken(p)) && m.contains("this stage speaks")),
+                },
+                Err(_) => proptest::prop_assert!(list.is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn bad_describe_bodies_are_refused_with_a_reason() {
         for body in [
