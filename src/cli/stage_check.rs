@@ -100,7 +100,7 @@ pub async fn run(url: Option<String>, config: Option<String>, command: Vec<Strin
     let results = check_with(&target, &config, can_restart.then_some(&restart as _)).await;
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["check", "result", "ms", "what", "detail"]);
+    t.set_header(vec!["check", "path", "result", "ms", "what", "detail"]);
     for r in &results {
         let (result, detail) = match &r.outcome {
             Outcome::Pass => ("pass", String::new()),
@@ -109,6 +109,7 @@ pub async fn run(url: Option<String>, config: Option<String>, command: Vec<Strin
         };
         t.add_row(vec![
             r.name.to_string(),
+            r.path.to_string(),
             result.to_string(),
             r.took.as_millis().to_string(),
             r.what.to_string(),

@@ -514,7 +514,7 @@ fn a_manifest_in_a_version_the_engine_does_not_speak_is_refused_naming_both() {
         ),
         (
             r#"{"timing":{"batch_p99_ms":5,"max_answer_ms":50}}"#,
-            "a sluice.stage.v1 manifest carries `plain_types` or `timing`",
+            "a sluice.stage.v1 manifest carries `plain_types`, `timing` or `shared_memory`",
         ),
         (
             r#"{"protocol":"sluice.stage.v1.1","timing":{"batch_p99_ms":500,"max_answer_ms":50}}"#,

@@ -6,6 +6,9 @@
 //! ```text
 //! cargo run --release -p sluice-flight --example exchange_bench -- --rows 65536 --batches 200 -- target/stages/rust/identity
 //! ```
+//!
+//! Batches go through shared memory when the stage's manifest offers it;
+//! `--flight` sends them over Flight, as to a remote stage.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,6 +101,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut client =
         sluice_flight::launch::wait_healthy(&mut child, &socket, Duration::from_secs(20)).await?;
     let manifest = client.describe().await?;
+    let flight_only = args[..split].iter().any(|a| a == "--flight");
+    client.use_shared_memory(manifest.shared_memory && !flight_only);
+    let path = if client.uses_shared_memory() {
+        "shm"
+    } else {
+        "flight"
+    };
 
     let batch = lineitem_like(rows);
     let bytes_per_batch: usize = batch
@@ -112,6 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         partition: 0,
         config: serde_json::Value::Null,
         snapshot: None,
+        shared_memory: None,
     };
     // one warm-up exchange
     for (round, n) in [(0, batches.min(10)), (1, batches)] {
@@ -160,7 +171,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let gb = (bytes_per_batch * n) as f64 / 1e9;
         println!(
-            "{{\"stage\":\"{program}\",\"rows_per_batch\":{rows},\"batches\":{n},\"rows\":{rows_out},\"seconds\":{:.4},\"gb_per_s\":{:.3},\"rows_per_s\":{:.0},\"rtt_p50_ms\":{:.3},\"rtt_p99_ms\":{:.3}}}",
+            "{{\"stage\":\"{program}\",\"path\":\"{path}\",\"rows_per_batch\":{rows},\"batches\":{n},\"rows\":{rows_out},\"seconds\":{:.4},\"gb_per_s\":{:.3},\"rows_per_s\":{:.0},\"rtt_p50_ms\":{:.3},\"rtt_p99_ms\":{:.3}}}",
             took.as_secs_f64(),
             gb / took.as_secs_f64(),
             rows_out as f64 / took.as_secs_f64(),

@@ -3,6 +3,7 @@
 
 use std::error::Error as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
@@ -85,6 +86,8 @@ pub struct StageClient {
     /// Whether a call ever succeeded on this connection: after one, a
     /// closed connection is not a TLS refusal but a stage going away.
     proven: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Offer the stage shared memory in each exchange ([`crate::shm`]).
+    shared_memory: bool,
 }
 
 fn unavailable(target: &Target, e: impl std::fmt::Display) -> StageError {
@@ -158,7 +161,20 @@ impl StageClient {
             token: security.token.clone(),
             tls_client_cert: security.tls.as_ref().map(|t| t.cert.is_some()),
             proven: Default::default(),
+            shared_memory: false,
         })
+    }
+
+    /// Offers shared memory in each exchange (a stage whose manifest says
+    /// `shared_memory`, on a unix socket: it must be on this machine);
+    /// otherwise batches go over Flight.
+    pub fn use_shared_memory(&mut self, on: bool) {
+        self.shared_memory = on && matches!(self.target, Target::Unix(_));
+    }
+
+    /// Whether exchanges offer shared memory.
+    pub fn uses_shared_memory(&self) -> bool {
+        self.shared_memory
     }
 
     /// A request carrying the token, if any.
@@ -326,19 +342,41 @@ impl StageClient {
 
     async fn exchange_owned(
         mut self,
-        open: OpenRequest,
+        mut open: OpenRequest,
         input_schema: SchemaRef,
         mut input: BoxStream<'static, Result<RecordBatch, StageError>>,
         traceparent: Option<String>,
     ) -> Result<BoxStream<'static, Result<StageEvent, StageError>>, StageError> {
+        let epoch = open.epoch;
+        let mut encoder = BatchEncoder::new();
+        // the stage's releases of our slots, and ours of its slots, travel
+        // beside the batches
+        let (rel_tx, rel_rx) = tokio::sync::mpsc::unbounded_channel::<crate::shm::SlotRef>();
+        let incoming = Arc::new(std::sync::OnceLock::new());
+        open.shared_memory = None;
+        if self.shared_memory {
+            let release: crate::shm::Release = Arc::new(move |slot| {
+                let _ = rel_tx.send(slot);
+            });
+            match crate::shm::engine_side(Arc::clone(&input_schema), release) {
+                Ok((offer, side)) => {
+                    open.shared_memory = Some(offer);
+                    encoder = encoder.with_shared_memory(side.writer);
+                    let _ = incoming.set(side.incoming);
+                }
+                Err(e) => tracing::warn!(
+                    target = %self.target,
+                    error = %e,
+                    "no shared memory for the exchange; batches go over Flight"
+                ),
+            }
+        }
         let cmd = serde_json::to_vec(&open)
             .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
-        let epoch = open.epoch;
         // encoding runs in its own task: it overlaps with the rest of the
         // plan, and the request stream stays a plain channel
         let (req_tx, req_rx) = tokio::sync::mpsc::channel::<FlightData>(2);
         tokio::spawn(async move {
-            let mut encoder = BatchEncoder::new();
             let mut first = encoder.schema_message(&input_schema);
             first.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd));
             if req_tx.send(first).await.is_err() {
@@ -367,7 +405,10 @@ impl StageClient {
                 .send(control_message(&Envelope::new(Kind::End, epoch, seq)))
                 .await;
         });
-        let request = self.request(tokio_stream::wrappers::ReceiverStream::new(req_rx));
+        let requests = tokio_stream::wrappers::ReceiverStream::new(req_rx);
+        let releases = tokio_stream::wrappers::UnboundedReceiverStream::new(rel_rx)
+            .map(move |slot| crate::shm::release_message(epoch, slot));
+        let request = self.request(futures::stream::select(requests, releases));
         let response = self
             .inner
             .do_exchange(request)
@@ -377,8 +418,19 @@ impl StageClient {
         let target = self.target.clone();
         let (ev_tx, ev_rx) = tokio::sync::mpsc::channel::<Result<StageEvent, StageError>>(2);
         tokio::spawn(async move {
+            let violation = {
+                let target = target.clone();
+                move |m: String| -> tonic::Status {
+                    StageError::new(
+                        ErrorCode::Internal,
+                        format!("{target}: protocol violation: {m}"),
+                    )
+                    .into()
+                }
+            };
+            let messages = crate::shm::expand(response, incoming, violation);
             let mut decoder = FlightDataDecoder::new(
-                response
+                messages
                     .map_ok(normalize_metadata_only)
                     .map_err(FlightError::from),
             );

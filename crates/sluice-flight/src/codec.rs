@@ -2,14 +2,17 @@
 //!
 //! Each batch is one `FlightData` (dictionaries, if any, go first in their own
 //! messages, without an envelope), its envelope in `app_metadata`. Control
-//! messages are `FlightData` with only `app_metadata`.
+//! messages are `FlightData` with only `app_metadata`. On the shared-memory
+//! path ([`crate::shm`]) a batch is a control message naming its slot.
 
 use arrow_array::RecordBatch;
 use arrow_flight::FlightData;
 use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
-use arrow_schema::{ArrowError, Schema};
+use arrow_schema::{ArrowError, Schema, SchemaRef};
+use std::sync::Arc;
 
 use crate::envelope::Envelope;
+use crate::shm::ShmWriter;
 
 /// Encodes the batches of one stream.
 #[derive(Debug)]
@@ -18,6 +21,12 @@ pub struct BatchEncoder {
     tracker: DictionaryTracker,
     options: IpcWriteOptions,
     context: IpcWriteContext,
+    /// The shared-memory path, when the exchange has one.
+    shm: Option<ShmWriter>,
+    /// The last batch went through shared memory: the next one over Flight
+    /// sends its dictionaries again (the receiver keeps one set for both).
+    flight_stale: bool,
+    schema: Option<SchemaRef>,
 }
 
 impl Default for BatchEncoder {
@@ -37,12 +46,22 @@ impl BatchEncoder {
             tracker: DictionaryTracker::new(false),
             options: IpcWriteOptions::default(),
             context,
+            shm: None,
+            flight_stale: false,
+            schema: None,
         }
+    }
+
+    /// Sends batches through `shm` when a slot is free, over Flight otherwise.
+    pub fn with_shared_memory(mut self, shm: ShmWriter) -> Self {
+        self.shm = Some(shm);
+        self
     }
 
     /// The schema message that starts a stream; it also registers the
     /// dictionary ids the batches' dictionaries are sent under.
     pub fn schema_message(&mut self, schema: &Schema) -> FlightData {
+        self.schema = Some(Arc::new(schema.clone()));
         FlightData::from(self.generator.schema_to_bytes_with_dictionary_tracker(
             schema,
             &mut self.tracker,
@@ -56,6 +75,21 @@ impl BatchEncoder {
         batch: &RecordBatch,
         envelope: &Envelope,
     ) -> Result<Vec<FlightData>, ArrowError> {
+        if let Some(shm) = &mut self.shm
+            && let Some(slot) = shm.write(batch)?
+        {
+            let mut e = envelope.clone();
+            e.shm = Some(slot);
+            self.flight_stale = true;
+            return Ok(vec![control_message(&e)]);
+        }
+        if std::mem::take(&mut self.flight_stale)
+            && let Some(schema) = self.schema.clone()
+        {
+            // forget what went over Flight before: the same ids, assigned again
+            self.tracker = DictionaryTracker::new(false);
+            let _ = self.schema_message(&schema);
+        }
         let (dicts, data) =
             self.generator
                 .encode(batch, &mut self.tracker, &self.options, &mut self.context)?;

@@ -55,6 +55,10 @@ pub struct CheckResult {
     pub outcome: Outcome,
     /// How long it took.
     pub took: Duration,
+    /// The path the batches took: `flight`, `shm` (shared memory), or empty
+    /// for checks without batches. The kit runs every exchange check over
+    /// each path the stage offers.
+    pub path: &'static str,
 }
 
 /// A generated batch for `schema` of `rows` rows, when every type is one
@@ -312,6 +316,7 @@ pub fn plain_batch(batch: &RecordBatch) -> Result<RecordBatch, arrow_schema::Arr
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
+#[derive(Clone)]
 struct Kit {
     target: Target,
     client: StageClient,
@@ -329,6 +334,7 @@ impl Kit {
             partition: 0,
             config: self.config.clone(),
             snapshot: None,
+            shared_memory: None,
         }
     }
 
@@ -543,6 +549,7 @@ async fn timed<F: std::future::Future<Output = Outcome>>(
         what,
         outcome,
         took: t.elapsed(),
+        path: "",
     }
 }
 
@@ -608,9 +615,11 @@ async fn state(kit: &Kit, restart: Option<Restart<'_>>) -> Outcome {
         let client = match restart {
             Some(restart) => {
                 restart().await?;
-                StageClient::connect(&kit.target, Duration::from_secs(10))
+                let mut c = StageClient::connect(&kit.target, Duration::from_secs(10))
                     .await
-                    .map_err(|e| format!("after the restart: {e}"))?
+                    .map_err(|e| format!("after the restart: {e}"))?;
+                c.use_shared_memory(kit.client.uses_shared_memory());
+                c
             }
             None => kit.client.clone(),
         };
@@ -741,6 +750,7 @@ pub async fn check_with(
                 what: "the stage accepts a gRPC connection",
                 outcome: Outcome::Fail(e.to_string()),
                 took: t.elapsed(),
+                path: "",
             });
             return out;
         }
@@ -758,6 +768,7 @@ pub async fn check_with(
                 what: "the manifest decodes, is coherent and names the protocol",
                 outcome: ok,
                 took: t.elapsed(),
+                path: "",
             });
             m
         }
@@ -767,6 +778,7 @@ pub async fn check_with(
                 what: "the manifest decodes, is coherent and names the protocol",
                 outcome: Outcome::Fail(e.to_string()),
                 took: t.elapsed(),
+                path: "",
             });
             return out;
         }
@@ -792,6 +804,27 @@ pub async fn check_with(
         .await,
     );
 
+    // every check with batches, over Flight and, for a child stage that
+    // offers it, through shared memory
+    let mut paths = vec!["flight"];
+    if kit.manifest.shared_memory && matches!(kit.target, Target::Unix(_)) {
+        paths.push("shm");
+    }
+    for path in paths {
+        let mut kit = kit.clone();
+        kit.client.use_shared_memory(path == "shm");
+        for mut r in exchange_checks(&kit, restart).await {
+            r.path = path;
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// The checks that exchange batches, over the path `kit.client` takes.
+async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckResult> {
+    let kit = kit.clone();
+    let mut out = Vec::new();
     out.push(
         timed(
             "exchange",

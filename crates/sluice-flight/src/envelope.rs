@@ -21,6 +21,8 @@ pub enum Kind {
     RowErrors,
     /// Stage → engine: all output of the exchange was sent.
     Flushed,
+    /// v1.1, shared memory: the receiver is done with a slot (`shm`).
+    Release,
 }
 
 impl Kind {
@@ -32,6 +34,7 @@ impl Kind {
             Kind::Ack => "ack",
             Kind::RowErrors => "row_errors",
             Kind::Flushed => "flushed",
+            Kind::Release => "release",
         }
     }
 }
@@ -76,6 +79,10 @@ pub struct Envelope {
     /// A stateful v1.1 stage's state after the exchange, base64, on `flushed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// v1.1, shared memory: on a `batch`, the slot holding its IPC
+    /// messages; on a `release`, the slot given back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm: Option<crate::shm::SlotRef>,
 }
 
 impl Envelope {
@@ -92,6 +99,7 @@ impl Envelope {
             errors: None,
             rows: None,
             snapshot: None,
+            shm: None,
         }
     }
 

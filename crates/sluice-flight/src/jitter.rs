@@ -202,6 +202,7 @@ mod tests {
             partition: 1,
             config,
             snapshot: None,
+            shared_memory: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //! - [`codes`]: fatal errors as gRPC statuses, `[CODE] message`.
 //! - [`version`]: protocol versions, negotiated through `describe`.
 //! - [`security`]: TLS and bearer tokens for remote stages.
+//! - [`shm`]: the shared-memory path for child stages.
 #![deny(missing_docs)]
 
 pub mod client;
@@ -28,6 +29,7 @@ pub mod manifest;
 pub mod row_errors;
 pub mod security;
 pub mod server;
+pub mod shm;
 #[cfg(feature = "otlp")]
 pub mod telemetry;
 mod trace;

@@ -125,6 +125,10 @@ pub struct Manifest {
     /// v1.1: the stage's timing promise, measured by the engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timing: Option<Timing>,
+    /// v1.1: the stage can take batches through shared memory when it runs
+    /// as the engine's child (docs/protocol.md, section 8; [`crate::shm`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_memory: bool,
 }
 
 /// How fast a stage promises to answer (v1.1): the engine measures every
@@ -158,6 +162,7 @@ impl Manifest {
             errors: ErrorSemantics::FatalOnly,
             plain_types: false,
             timing: None,
+            shared_memory: false,
         }
     }
 
@@ -169,6 +174,7 @@ impl Manifest {
         if protocol == crate::version::V1 {
             m.plain_types = false;
             m.timing = None;
+            m.shared_memory = false;
         }
         m
     }
@@ -190,9 +196,11 @@ impl Manifest {
                 crate::version::SPOKEN.join(", ")
             ));
         }
-        if self.protocol == crate::version::V1 && (self.plain_types || self.timing.is_some()) {
+        if self.protocol == crate::version::V1
+            && (self.plain_types || self.timing.is_some() || self.shared_memory)
+        {
             return Err(format!(
-                "a {} manifest carries `plain_types` or `timing`, which {} added",
+                "a {} manifest carries `plain_types`, `timing` or `shared_memory`, which {} added",
                 crate::version::V1,
                 crate::version::V1_1
             ));
@@ -233,6 +241,10 @@ pub struct OpenRequest {
     /// this stage and partition, base64; `None` before the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// v1.1, a stage whose manifest says `shared_memory`, run as the
+    /// engine's child: the memory batches travel through ([`crate::shm`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_memory: Option<crate::shm::Offer>,
 }
 
 impl OpenRequest {

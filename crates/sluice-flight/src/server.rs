@@ -63,6 +63,7 @@ use crate::codes::StageError;
 use crate::envelope::{Envelope, Kind, RowErrorEntry};
 use crate::manifest::{ErrorSemantics, Manifest, OpenRequest, check_schema};
 use crate::security::{StageSecurity, TokenCheck};
+use crate::shm::{Release, SlotRef, expand, release_message, stage_side};
 use crate::version::{self, DescribeRequest};
 use crate::{ENV_ADDR, ENV_SOCKET, MAX_MESSAGE_SIZE};
 use base64::Engine as _;
@@ -149,7 +150,9 @@ pub trait Stage: Send + Sync + 'static {
 
 /// The Flight service of a stage, for embedding in a tonic server.
 pub fn service<S: Stage>(stage: S) -> Result<FlightServiceServer<StageService<S>>, StageError> {
-    let manifest = stage.manifest();
+    let mut manifest = stage.manifest();
+    // the SDK reads and writes batches in shared memory for every stage
+    manifest.shared_memory = true;
     manifest
         .check()
         .map_err(|m| StageError::new(ErrorCode::Internal, format!("invalid manifest: {m}")))?;
@@ -384,10 +387,21 @@ struct Out {
     tx: mpsc::Sender<Result<FlightData, Status>>,
     seq: u64,
     epoch: u64,
+    /// Slots of the engine's shared memory whose input batches are gone
+    /// (their last array dropped), given back before the next message.
+    releases: Arc<std::sync::Mutex<Vec<SlotRef>>>,
 }
 
 impl Out {
     async fn send(&self, m: FlightData) -> Result<(), Status> {
+        let released =
+            std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()));
+        for slot in released {
+            self.push(release_message(self.epoch, slot)).await?;
+        }
+        self.push(m).await
+    }
+    async fn push(&self, m: FlightData) -> Result<(), Status> {
         self.tx
             .send(Ok(m))
             .await
@@ -474,6 +488,11 @@ async fn exchange_traced<S: Stage>(
     tx: mpsc::Sender<Result<FlightData, Status>>,
     span: &mut crate::trace::ExchangeSpan,
 ) -> Result<(), Status> {
+    // set once the open request is read, if it offers shared memory
+    let incoming = Arc::new(std::sync::OnceLock::new());
+    let input = expand(input, Arc::clone(&incoming), |m| {
+        fatal(ErrorCode::InvalidArgument, m)
+    });
     let mut decoder = FlightDataDecoder::new(
         input
             .map_ok(normalize_metadata_only)
@@ -545,12 +564,30 @@ async fn exchange_traced<S: Stage>(
     let output_schema = manifest.output_for(&input_schema);
     let mut processor = stage.open(&open).await.map_err(Status::from)?;
 
+    let releases = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut out = Out {
         tx,
         seq: 0,
         epoch: open.epoch,
+        releases: Arc::clone(&releases),
     };
     let mut encoder = BatchEncoder::new();
+    if let Some(offer) = &open.shared_memory {
+        let release: Release = Arc::new(move |slot| {
+            releases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(slot)
+        });
+        let side = stage_side(offer, Arc::clone(&output_schema), release).map_err(|m| {
+            fatal(
+                ErrorCode::InvalidArgument,
+                format!("{m} (a stage in another container or on another machine cannot: set `shared_memory = false` on the stage in the pipeline)"),
+            )
+        })?;
+        encoder = encoder.with_shared_memory(side.writer);
+        let _ = incoming.set(side.incoming);
+    }
     out.send(encoder.schema_message(&output_schema)).await?;
     let lineage = LineageEntry {
         stage: manifest.name.clone(),

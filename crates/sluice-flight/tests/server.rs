@@ -93,6 +93,7 @@ async fn an_answer_larger_than_the_message_limit_arrives_in_pieces() {
         partition: 0,
         config: serde_json::Value::Null,
         snapshot: None,
+        shared_memory: None,
     };
     let events: Vec<StageEvent> = client
         .exchange(

@@ -65,9 +65,20 @@ type exchange struct {
 	// stage's state takes part in commits: "flushed" carries its snapshot.
 	stateful bool
 
+	// shm is the exchange's shared memory (protocol.md section 8), when the
+	// engine offered it; nil otherwise.
+	shm *sharedMemory
+
 	// Owned by the writer (the handler goroutine).
 	seq  uint64 // the next envelope's seq: every message with an envelope counts
 	rows uint64 // output rows sent, for "flushed"
+	out  *outputStream
+	w    *flight.Writer // output over Flight
+	// slots writes output into the stage's half of the shared memory; nil
+	// without one. flightStale: the last batch went there, so the Flight
+	// writer must send its dictionaries again (the engine keeps one set).
+	slots       *slotWriter
+	flightStale bool
 
 	span exchangeSpan // a child of the engine's exchange span (telemetry.go)
 }
@@ -103,8 +114,10 @@ func (x *exchange) run() error {
 	// 1. The first message carries the open request (descriptor) and the
 	// input schema.
 	in := &inputStream{stream: x.stream}
-	rdr, err := flight.NewRecordReader(in, ipc.WithAllocator(mem))
+	msgs := newMessageReader(in)
+	rdr, err := ipc.NewReaderFromMessageReader(msgs, ipc.WithAllocator(mem))
 	if err != nil {
+		msgs.Release()
 		return inputError("reading the open request and input schema", err)
 	}
 	readerStarted := false
@@ -113,8 +126,12 @@ func (x *exchange) run() error {
 			rdr.Release()
 		}
 	}()
-	if err := x.open(rdr.LatestFlightDescriptor(), rdr.Schema()); err != nil {
+	if err := x.open(msgs.descriptor, rdr.Schema()); err != nil {
 		return err
+	}
+	if x.shm != nil {
+		defer x.shm.close() // unmapped once no input buffer reads it either
+		in.shm = x.shm
 	}
 	var proc Processor
 	err = guard("Open", x.svc.log, func() (err error) {
@@ -138,20 +155,24 @@ func (x *exchange) run() error {
 
 	// 2. The answer starts with the output schema, sent now rather than
 	// with the first output batch: an "ack" or "row_errors" may come first.
-	out := &outputStream{stream: x.stream}
-	if err := out.sendSchema(x.req.OutputSchema, mem); err != nil {
+	x.out = &outputStream{stream: x.stream, shm: x.shm, epoch: x.req.Epoch}
+	if err := x.out.sendSchema(x.req.OutputSchema, mem); err != nil {
 		return err
 	}
-	w := flight.NewRecordWriter(out, ipc.WithSchema(x.req.OutputSchema), ipc.WithAllocator(mem))
-	defer w.Close() // releases the writer's dictionaries; never sends (see outputStream)
+	x.w = flight.NewRecordWriter(x.out, ipc.WithSchema(x.req.OutputSchema), ipc.WithAllocator(mem))
+	defer func() { x.w.Close() }() // releases the writer's dictionaries; never sends (see outputStream)
+	if x.shm != nil {
+		x.slots = &slotWriter{s: x.shm, schema: x.req.OutputSchema, mem: mem}
+		defer x.slots.reset()
+	}
 
 	// 3. The pipeline.
 	inputs := make(chan input)
 	answers := make(chan answer)
 	readerStarted = true
-	go x.read(ctx, cancel, rdr, in, inputs)
+	go x.read(ctx, cancel, rdr, msgs, in, inputs)
 	go x.process(ctx, cancel, proc, inputs, answers)
-	return x.write(ctx, cancel, w, answers)
+	return x.write(ctx, cancel, answers)
 }
 
 // open parses and checks the open request and the input schema, and
@@ -196,6 +217,19 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 		x.req.OutputSchema = m.OutputSchema.Schema
 	}
 	x.req.Allocator = x.svc.mem
+	var offer struct {
+		SharedMemory *shmOffer `json:"shared_memory"`
+	}
+	if err := json.Unmarshal(desc.GetCmd(), &offer); err != nil {
+		return Fatal(InvalidArgument, "open request: shared_memory: %v", err)
+	}
+	if offer.SharedMemory != nil {
+		shm, err := openSharedMemory(offer.SharedMemory)
+		if err != nil {
+			return err
+		}
+		x.shm = shm
+	}
 	return nil
 }
 
@@ -205,11 +239,11 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 // It is not waited for: when the exchange fails while the engine is still
 // sending, it may be blocked in Recv, which returns once the handler has
 // returned and gRPC ends the stream. It holds no record while blocked.
-func (x *exchange) read(ctx context.Context, cancel context.CancelCauseFunc, rdr *flight.Reader, in *inputStream, inputs chan<- input) {
+func (x *exchange) read(ctx context.Context, cancel context.CancelCauseFunc, rdr *ipc.Reader, msgs *messageReader, in *inputStream, inputs chan<- input) {
 	defer rdr.Release()
 	for rdr.Next() {
 		rec := rdr.RecordBatch()
-		env, err := x.checkInput(rdr.LatestAppMetadata(), rec)
+		env, err := x.checkInput(msgs.appMetadata, rec)
 		if err != nil {
 			cancel(err)
 			return
@@ -417,12 +451,12 @@ func (x *exchange) rowErrors(errs []RowError, inRows int64) ([]envelope.RowError
 // write sends the answers, in order, with their envelopes. It returns nil
 // once "flushed" is sent, else the cause of the failure. It always drains
 // answers, so the processing step has returned when write does.
-func (x *exchange) write(ctx context.Context, cancel context.CancelCauseFunc, w *flight.Writer, answers <-chan answer) error {
+func (x *exchange) write(ctx context.Context, cancel context.CancelCauseFunc, answers <-chan answer) error {
 	var failed error
 	flushed := false
 	for a := range answers {
 		if failed == nil {
-			if failed = x.send(w, a); failed != nil {
+			if failed = x.send(a); failed != nil {
 				cancel(failed)
 			}
 			flushed = a.flushed && failed == nil
@@ -440,7 +474,7 @@ func (x *exchange) write(ctx context.Context, cancel context.CancelCauseFunc, w 
 	return Fatal(Internal, "the exchange ended without flushing") // unreachable
 }
 
-func (x *exchange) send(w *flight.Writer, a answer) error {
+func (x *exchange) send(a answer) error {
 	env := func(kind envelope.Kind) envelope.Envelope {
 		e := envelope.Envelope{V: envelope.Version, Kind: kind, Epoch: x.req.Epoch, Seq: x.seq}
 		x.seq++
@@ -450,7 +484,7 @@ func (x *exchange) send(w *flight.Writer, a answer) error {
 		e := env(envelope.Flushed)
 		e.Rows = envelope.Uint64(x.rows)
 		e.Snapshot = a.snapshot
-		return w.WriteMetadata(envelope.Encode(&e))
+		return x.w.WriteMetadata(envelope.Encode(&e))
 	}
 	switch {
 	case a.rec != nil:
@@ -465,7 +499,14 @@ func (x *exchange) send(w *flight.Writer, a answer) error {
 		for _, p := range pieces {
 			e := env(envelope.Batch)
 			e.InSeq, e.Lineage = a.inSeq, &x.svc.lineage
-			if err := w.WriteWithAppMetadata(p, envelope.Encode(&e)); err != nil {
+			if sent, err := x.sendInSharedMemory(p, &e); err != nil || sent {
+				if err != nil {
+					return err
+				}
+				x.rows += uint64(p.NumRows())
+				continue
+			}
+			if err := x.w.WriteWithAppMetadata(p, envelope.Encode(&e)); err != nil {
 				if status.Code(err) == codes.ResourceExhausted {
 					return Fatal(Internal, "stage %q: an output message of %d rows, cut from a larger answer as estimated, is still larger than the gRPC message limit (%d bytes): %v",
 						x.svc.manifest.Name, p.NumRows(), MaxMessageSize, err)
@@ -477,16 +518,40 @@ func (x *exchange) send(w *flight.Writer, a answer) error {
 	case a.inSeq != nil:
 		e := env(envelope.Ack)
 		e.InSeq = a.inSeq
-		if err := w.WriteMetadata(envelope.Encode(&e)); err != nil {
+		if err := x.w.WriteMetadata(envelope.Encode(&e)); err != nil {
 			return err
 		}
 	}
 	if len(a.errs) > 0 {
 		e := env(envelope.RowErrors)
 		e.InSeq, e.Errors = a.inSeq, a.errs
-		return w.WriteMetadata(envelope.Encode(&e))
+		return x.w.WriteMetadata(envelope.Encode(&e))
 	}
 	return nil
+}
+
+// sendInSharedMemory sends rec through the stage's half of the shared
+// memory, if the exchange has one and a slot is free: the envelope names
+// the slot. Otherwise sent is false and rec goes over Flight, whose writer
+// then sends its dictionaries again if the last batch went the other way.
+func (x *exchange) sendInSharedMemory(rec arrow.RecordBatch, e *envelope.Envelope) (sent bool, err error) {
+	if x.slots != nil {
+		slot, ok, err := x.slots.write(rec)
+		if err != nil {
+			return false, Fatal(Internal, "stage %q: writing output into shared memory: %v", x.svc.manifest.Name, err)
+		}
+		if ok {
+			e.Shm = &slot
+			x.flightStale = true
+			return true, x.w.WriteMetadata(envelope.Encode(e))
+		}
+	}
+	if x.flightStale {
+		x.w.Close()
+		x.w = flight.NewRecordWriter(x.out, ipc.WithSchema(x.req.OutputSchema), ipc.WithAllocator(x.svc.mem))
+		x.flightStale = false
+	}
+	return false, nil
 }
 
 // inputError classifies a failure to read input: a gRPC status of the
@@ -511,23 +576,44 @@ type inputStream struct {
 	stream  flight.FlightService_DoExchangeServer
 	started bool
 	end     *envelope.Envelope
+
+	// shm is the exchange's shared memory, set after the open request;
+	// slot names the shared memory of the message Recv last returned (nil:
+	// the message carries its batch itself). The engine's releases of the
+	// stage's slots stop here.
+	shm  *sharedMemory
+	slot *envelope.Slot
 }
 
 func (s *inputStream) Recv() (*flight.FlightData, error) {
-	fd, err := s.stream.Recv()
-	if err != nil || !s.started || len(fd.GetDataHeader()) > 0 {
-		s.started = true // the first message is the open request; the reader handles it
-		return fd, err
+	s.slot = nil
+	for {
+		fd, err := s.stream.Recv()
+		if err != nil || !s.started || len(fd.GetDataHeader()) > 0 {
+			s.started = true // the first message is the open request; the reader handles it
+			return fd, err
+		}
+		env, err := envelope.Decode(fd.GetAppMetadata())
+		if err != nil {
+			return nil, Fatal(InvalidArgument, "metadata-only input message: %v", err)
+		}
+		switch {
+		case env.Shm != nil && s.shm == nil:
+			return nil, Fatal(InvalidArgument, "a %q message names a slot of shared memory, but none was shared", env.Kind)
+		case env.Kind == envelope.Release && env.Shm != nil:
+			if err := s.shm.free(*env.Shm); err != nil {
+				return nil, err
+			}
+			continue
+		case env.Kind == envelope.Batch && env.Shm != nil:
+			s.slot = env.Shm
+			return fd, nil
+		case env.Kind != envelope.End:
+			return nil, Fatal(InvalidArgument, "a metadata-only input message has kind %q; only %q may have no body", env.Kind, envelope.End)
+		}
+		s.end = &env
+		return nil, io.EOF
 	}
-	env, err := envelope.Decode(fd.GetAppMetadata())
-	if err != nil {
-		return nil, Fatal(InvalidArgument, "metadata-only input message: %v", err)
-	}
-	if env.Kind != envelope.End {
-		return nil, Fatal(InvalidArgument, "a metadata-only input message has kind %q; only %q may have no body", env.Kind, envelope.End)
-	}
-	s.end = &env
-	return nil, io.EOF
 }
 
 // outputStream is what the flight.Writer writes to. The exchange sends
@@ -538,6 +624,25 @@ func (s *inputStream) Recv() (*flight.FlightData, error) {
 type outputStream struct {
 	stream     flight.FlightService_DoExchangeServer
 	schemaSent bool
+	// shm, when the exchange has shared memory: the engine slots whose
+	// buffers are all released go back before each message.
+	shm   *sharedMemory
+	epoch uint64
+}
+
+// sendReleases gives back the engine's slots the stage is done with. A
+// release does not count in seq.
+func (o *outputStream) sendReleases() error {
+	if o.shm == nil {
+		return nil
+	}
+	for _, sl := range o.shm.takeReleased() {
+		e := envelope.Envelope{V: envelope.Version, Kind: envelope.Release, Epoch: o.epoch, Shm: &sl}
+		if err := o.stream.Send(&flight.FlightData{AppMetadata: envelope.Encode(&e)}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (o *outputStream) sendSchema(schema *arrow.Schema, mem memory.Allocator) error {
@@ -550,6 +655,9 @@ func (o *outputStream) sendSchema(schema *arrow.Schema, mem memory.Allocator) er
 }
 
 func (o *outputStream) Send(fd *flight.FlightData) error {
+	if err := o.sendReleases(); err != nil {
+		return err
+	}
 	switch messageType(fd.GetDataHeader()) {
 	case ipc.MessageSchema:
 		if o.schemaSent {

@@ -103,6 +103,12 @@ type Manifest struct {
 	// measures and reports breaches of. nil: no promise. Not written to a
 	// v1 engine.
 	Timing *Timing `json:"timing,omitempty"`
+
+	// SharedMemory (v1.1) tells the engine the stage reads and writes
+	// batches in shared memory when it runs as the engine's child
+	// (protocol.md section 8). The SDK sets it when it describes the stage:
+	// it implements that path for every stage; what a stage sets is ignored.
+	SharedMemory bool `json:"shared_memory,omitempty"`
 }
 
 // Timing is the latency a stage promises (manifest key "timing", v1.1).
@@ -259,6 +265,7 @@ func (m Manifest) speaks() []string {
 // version v: without the keys v does not have.
 func (m Manifest) forProtocol(v string) Manifest {
 	m.Protocol = v
+	m.SharedMemory = v != ProtocolV1
 	if v == ProtocolV1 {
 		m.PlainTypes, m.Timing = false, nil
 	}

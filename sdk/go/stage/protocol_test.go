@@ -45,12 +45,12 @@ func TestDescribeToAV11Engine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Protocol != stage.ProtocolV1_1 || !m.PlainTypes || m.Timing == nil ||
+	if m.Protocol != stage.ProtocolV1_1 || !m.PlainTypes || m.Timing == nil || !m.SharedMemory ||
 		*m.Timing != (stage.Timing{BatchP99: 50 * time.Millisecond, MaxAnswer: 2 * time.Second}) {
 		t.Fatalf("manifest %+v (timing %+v)", m, m.Timing)
 	}
 	if !strings.Contains(string(body), `"protocol":"sluice.stage.v1.1",`) ||
-		!strings.HasSuffix(string(body), `"errors":"row","plain_types":true,"timing":{"batch_p99_ms":50,"max_answer_ms":2000}}`) {
+		!strings.HasSuffix(string(body), `"errors":"row","plain_types":true,"timing":{"batch_p99_ms":50,"max_answer_ms":2000},"shared_memory":true}`) {
 		t.Fatalf("describe: %s", body)
 	}
 }

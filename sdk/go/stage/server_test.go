@@ -72,7 +72,7 @@ func TestDescribeAndHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantKeys := []string{"name", "version", "language", "protocol", "input_schema", "output_schema",
-		"max_batch_rows", "max_batch_bytes", "stateful", "ordering", "errors"}
+		"max_batch_rows", "max_batch_bytes", "stateful", "ordering", "errors", "shared_memory"}
 	for _, k := range wantKeys {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("describe: missing key %q in %s", k, body)

@@ -21,7 +21,7 @@ from typing import Any, Optional
 from ._errors import RowError
 
 VERSION = 1
-KINDS = ("batch", "end", "ack", "row_errors", "flushed")
+KINDS = ("batch", "end", "ack", "row_errors", "flushed", "release")
 _U64 = (1 << 64) - 1
 
 
@@ -40,6 +40,16 @@ class Lineage:
 
 
 @dataclass(frozen=True)
+class Slot:
+    """A range of an exchange's shared memory (v1.1; this SDK takes the
+    plain Flight path and never sees one from an engine, but reads and
+    writes the key like the other SDKs)."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
 class Envelope:
     """One envelope. Optional keys are ``None`` when absent (and then left
     out of the encoding); ``in_seq`` 0 is present. ``snapshot`` is the
@@ -55,6 +65,7 @@ class Envelope:
     errors: Optional[tuple[RowError, ...]] = None
     rows: Optional[int] = None
     snapshot: Optional[str] = None
+    shm: Optional[Slot] = None
     v: int = VERSION
 
 
@@ -90,6 +101,8 @@ def encode(env: Envelope) -> bytes:
         obj["rows"] = env.rows
     if env.snapshot is not None:
         obj["snapshot"] = env.snapshot
+    if env.shm is not None:
+        obj["shm"] = {"offset": env.shm.offset, "length": env.shm.length}
     return _dumps(obj)
 
 
@@ -189,5 +202,11 @@ def decode(data: bytes | str) -> Envelope:
     snapshot = obj.get("snapshot")
     if snapshot is not None and not isinstance(snapshot, str):
         raise EnvelopeError('"snapshot" is not a string')
+    shm = None
+    if obj.get("shm") is not None:
+        raw = obj["shm"]
+        if not isinstance(raw, dict):
+            raise EnvelopeError('"shm" is not an object')
+        shm = Slot(_uint(raw, "offset", True), _uint(raw, "length", True))
     return Envelope(kind=kind, epoch=epoch, seq=seq, in_seq=in_seq, traceparent=traceparent,
-                    lineage=lineage, errors=errors, rows=rows, snapshot=snapshot, v=v)
+                    lineage=lineage, errors=errors, rows=rows, snapshot=snapshot, shm=shm, v=v)

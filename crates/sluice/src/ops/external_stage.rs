@@ -406,6 +406,7 @@ async fn exchange_body(
         partition: partition as u32,
         config: config.config_json(),
         snapshot: None,
+        shared_memory: None,
     };
     let stateful = open.carries_state(&manifest);
     let state_key = snapshot::key(&runtime.name, partition);

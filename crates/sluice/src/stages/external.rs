@@ -79,6 +79,15 @@ pub struct ExternalStageConfig {
     /// `fail` (default) or `skip`: what row errors do.
     #[serde(default = "default_on_error")]
     pub on_error: OnError,
+    /// Batches to and from a child stage whose manifest says
+    /// `shared_memory` travel through shared memory (default `true`);
+    /// `false` sends them over Flight, as to a remote stage.
+    #[serde(default = "default_shared_memory")]
+    pub shared_memory: bool,
+}
+
+fn default_shared_memory() -> bool {
+    true
 }
 
 impl ExternalStageConfig {
@@ -289,7 +298,7 @@ impl ExternalRuntime {
                 let result =
                     sluice_flight::launch::wait_healthy(&mut child, socket, START_TIMEOUT).await;
                 state.child = Some(child);
-                let c = result.map_err(|e| {
+                let mut c = result.map_err(|e| {
                     StageError::new(
                         e.code,
                         format!(
@@ -300,6 +309,7 @@ impl ExternalRuntime {
                         ),
                     )
                 })?;
+                c.use_shared_memory(self.config.shared_memory && self.manifest.shared_memory);
                 state.client = Some(c.clone());
                 Ok(c)
             }

@@ -33,11 +33,12 @@ const (
 	Ack       Kind = "ack"        // stage → engine: an input batch produced no output row
 	RowErrors Kind = "row_errors" // stage → engine: rows of an input batch that failed
 	Flushed   Kind = "flushed"    // stage → engine: every output row was sent; last message
+	Release   Kind = "release"    // v1.1 shared memory: the receiver is done with a slot (Shm)
 )
 
 func (k Kind) valid() bool {
 	switch k {
-	case Batch, End, Ack, RowErrors, Flushed:
+	case Batch, End, Ack, RowErrors, Flushed, Release:
 		return true
 	}
 	return false
@@ -75,6 +76,15 @@ type Envelope struct {
 	// base64 (standard alphabet, padded) as it is on the wire, only on
 	// "flushed". nil: absent; "" is an empty state, and is written.
 	Snapshot *string `json:"snapshot,omitempty"`
+	// Shm (v1.1, shared memory) is, on a "batch", the slot holding its IPC
+	// messages, and on a "release" the slot given back. nil: absent.
+	Shm *Slot `json:"shm,omitempty"`
+}
+
+// Slot is a range of the exchange's shared memory.
+type Slot struct {
+	Offset uint64 `json:"offset"`
+	Length uint64 `json:"length"`
 }
 
 // Uint64 returns a pointer to v, for InSeq and Rows.
@@ -138,6 +148,13 @@ func Append(dst []byte, e *Envelope) []byte {
 	if e.Snapshot != nil {
 		dst = append(dst, `,"snapshot":`...)
 		dst = AppendString(dst, *e.Snapshot)
+	}
+	if e.Shm != nil {
+		dst = append(dst, `,"shm":{"offset":`...)
+		dst = strconv.AppendUint(dst, e.Shm.Offset, 10)
+		dst = append(dst, `,"length":`...)
+		dst = strconv.AppendUint(dst, e.Shm.Length, 10)
+		dst = append(dst, '}')
 	}
 	return append(dst, '}')
 }
@@ -206,6 +223,13 @@ type wire struct {
 	Errors      []RowError `json:"errors"`
 	Rows        *uint64    `json:"rows"`
 	Snapshot    *string    `json:"snapshot"`
+	Shm         *wireSlot  `json:"shm"`
+}
+
+// wireSlot is a Slot whose keys must both be present.
+type wireSlot struct {
+	Offset *uint64 `json:"offset"`
+	Length *uint64 `json:"length"`
 }
 
 // Decode parses an envelope. It checks what every envelope must have (v = 1,
@@ -232,6 +256,12 @@ func Decode(b []byte) (Envelope, error) {
 		return Envelope{}, errors.New(`envelope: missing "epoch"`)
 	case w.Seq == nil:
 		return Envelope{}, errors.New(`envelope: missing "seq"`)
+	case w.Shm != nil && (w.Shm.Offset == nil || w.Shm.Length == nil):
+		return Envelope{}, errors.New(`envelope: "shm" needs "offset" and "length"`)
+	}
+	var shm *Slot
+	if w.Shm != nil {
+		shm = &Slot{Offset: *w.Shm.Offset, Length: *w.Shm.Length}
 	}
 	return Envelope{
 		V:           *w.V,
@@ -244,5 +274,6 @@ func Decode(b []byte) (Envelope, error) {
 		Errors:      w.Errors,
 		Rows:        w.Rows,
 		Snapshot:    w.Snapshot,
+		Shm:         shm,
 	}, nil
 }

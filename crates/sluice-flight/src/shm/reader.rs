@@ -1,0 +1,389 @@
+//! Reading the batches a peer put in shared memory.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow_flight::FlightData;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use super::{Mapping, SlotRef, Slots};
+use crate::envelope::{Envelope, Kind};
+
+/// Called with each slot of the peer this side is done with; the owner of
+/// the outgoing stream sends it back as a `release`.
+pub type Release = Arc<dyn Fn(SlotRef) + Send + Sync>;
+
+/// One side's view of the peer's messages on the shared-memory path.
+pub struct Incoming {
+    mapping: Arc<Mapping>,
+    /// The peer's half: its slots must lie in it.
+    peer: Slots,
+    /// This side's half, shared with its [`super::ShmWriter`]: the peer's
+    /// `release` messages free slots in it.
+    own: Arc<Mutex<Slots>>,
+    release: Release,
+    /// Decode in place (the stage, which trusts its engine) or copy first
+    /// (the engine, which never reads memory the stage could still write).
+    in_place: bool,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("in_place", &self.in_place)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A slot read in place: the bytes stay in shared memory until the last
+/// array referencing them is dropped, which gives the slot back.
+struct Lease {
+    mapping: Arc<Mapping>,
+    slot: SlotRef,
+    release: Release,
+}
+
+impl AsRef<[u8]> for Lease {
+    fn as_ref(&self) -> &[u8] {
+        // checked to lie inside the mapping when the lease was made
+        self.mapping
+            .bytes(self.slot.offset, self.slot.length)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        (self.release)(self.slot);
+    }
+}
+
+impl Incoming {
+    /// The peer's half is `peer`; `own` is this side's.
+    pub fn new(
+        mapping: Arc<Mapping>,
+        peer: Slots,
+        own: Arc<Mutex<Slots>>,
+        release: Release,
+        in_place: bool,
+    ) -> Self {
+        Self {
+            mapping,
+            peer,
+            own,
+            release,
+            in_place,
+        }
+    }
+
+    /// One message of the peer as the messages to decode: a batch in shared
+    /// memory becomes its IPC messages (the envelope on the last one); a
+    /// `release` gives back a slot of this side and becomes nothing; any
+    /// other message stays itself. An error is the peer breaking the protocol.
+    pub fn expand(&self, data: FlightData) -> Result<Vec<FlightData>, String> {
+        let Some(envelope) = shared_memory_envelope(&data) else {
+            return Ok(vec![data]);
+        };
+        let slot = envelope.shm.ok_or("unreachable: no slot")?;
+        match envelope.kind {
+            Kind::Release => {
+                let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+                own.free(slot)?;
+                Ok(Vec::new())
+            }
+            Kind::Batch => {
+                if !self.peer.contains(slot)
+                    || self.mapping.bytes(slot.offset, slot.length).is_none()
+                {
+                    return Err(format!(
+                        "a batch in shared memory at {} ({} bytes), outside the sender's half",
+                        slot.offset, slot.length
+                    ));
+                }
+                let bytes = if self.in_place {
+                    Bytes::from_owner(Lease {
+                        mapping: Arc::clone(&self.mapping),
+                        slot,
+                        release: Arc::clone(&self.release),
+                    })
+                } else {
+                    let copy = Bytes::copy_from_slice(
+                        self.mapping
+                            .bytes(slot.offset, slot.length)
+                            .unwrap_or_default(),
+                    );
+                    (self.release)(slot);
+                    copy
+                };
+                ipc_messages(bytes, data.app_metadata)
+            }
+            other => Err(format!(
+                "a `{}` message names a slot of shared memory; only `batch` and `release` do",
+                other.as_str()
+            )),
+        }
+    }
+}
+
+/// The envelope of a message without IPC payload that names a slot.
+fn shared_memory_envelope(data: &FlightData) -> Option<Envelope> {
+    if !data.data_header.is_empty() || !data.data_body.is_empty() || data.app_metadata.is_empty() {
+        return None;
+    }
+    Envelope::decode(&data.app_metadata)
+        .ok()
+        .filter(|e| e.shm.is_some())
+}
+
+/// Splits a slot into the IPC stream messages it holds (continuation
+/// marker, metadata length, metadata, body); the last must be the record
+/// batch, and gets `app_metadata`.
+fn ipc_messages(slot: Bytes, app_metadata: Bytes) -> Result<Vec<FlightData>, String> {
+    let bad = |m: String| format!("a batch in shared memory: {m}");
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < slot.len() {
+        let word = |i: usize| -> Option<[u8; 4]> { slot.get(i..i + 4)?.try_into().ok() };
+        let (Some(marker), Some(len)) = (word(at), word(at + 4)) else {
+            return Err(bad(format!("{} stray bytes at {at}", slot.len() - at)));
+        };
+        if u32::from_le_bytes(marker) != 0xFFFF_FFFF {
+            return Err(bad(format!("no continuation marker at byte {at}")));
+        }
+        let meta_len = i32::from_le_bytes(len);
+        let meta_start = at + 8;
+        let meta_end = usize::try_from(meta_len)
+            .ok()
+            .filter(|&l| l > 0)
+            .and_then(|l| meta_start.checked_add(l))
+            .filter(|&e| e <= slot.len())
+            .ok_or_else(|| bad(format!("metadata of {meta_len} bytes at byte {at}")))?;
+        let header = slot.slice(meta_start..meta_end);
+        let message = arrow_ipc::root_as_message(&header)
+            .map_err(|e| bad(format!("metadata at byte {at}: {e}")))?;
+        let body_end = usize::try_from(message.bodyLength())
+            .ok()
+            .and_then(|l| meta_end.checked_add(l))
+            .filter(|&e| e <= slot.len())
+            .ok_or_else(|| {
+                bad(format!(
+                    "a body of {} bytes at byte {meta_end}, past the slot's end",
+                    message.bodyLength()
+                ))
+            })?;
+        let kind = message.header_type();
+        out.push((
+            kind,
+            FlightData {
+                data_header: header.clone(),
+                data_body: slot.slice(meta_end..body_end),
+                ..Default::default()
+            },
+        ));
+        at = body_end;
+    }
+    let batches = out
+        .iter()
+        .filter(|(k, _)| *k == arrow_ipc::MessageHeader::RecordBatch)
+        .count();
+    let dictionaries = out
+        .iter()
+        .filter(|(k, _)| *k == arrow_ipc::MessageHeader::DictionaryBatch)
+        .count();
+    match out.last() {
+        Some((arrow_ipc::MessageHeader::RecordBatch, _))
+            if batches == 1 && dictionaries + 1 == out.len() => {}
+        _ => {
+            return Err(bad(format!(
+                "{} messages; want dictionaries, then one record batch",
+                out.len()
+            )));
+        }
+    }
+    let mut messages: Vec<FlightData> = out.into_iter().map(|(_, d)| d).collect();
+    if let Some(last) = messages.last_mut() {
+        last.app_metadata = app_metadata;
+    }
+    Ok(messages)
+}
+
+/// The peer's messages with each batch in shared memory expanded
+/// ([`Incoming::expand`]) once `incoming` is set (the stage sets it after
+/// the open request; before, messages pass through). A message naming a
+/// slot when no memory was shared, or breaking the protocol, becomes
+/// `violation(message)`.
+pub fn expand<S, E>(
+    messages: S,
+    incoming: Arc<OnceLock<Incoming>>,
+    violation: impl Fn(String) -> E + Send + 'static,
+) -> impl Stream<Item = Result<FlightData, E>> + Send + 'static
+where
+    S: Stream<Item = Result<FlightData, E>> + Send + 'static,
+    E: Send + 'static,
+{
+    messages.flat_map(move |m| {
+        let out: Vec<Result<FlightData, E>> = match m {
+            Err(e) => vec![Err(e)],
+            Ok(data) => match incoming.get() {
+                Some(i) => match i.expand(data) {
+                    Ok(v) => v.into_iter().map(Ok).collect(),
+                    Err(m) => vec![Err(violation(m))],
+                },
+                None if shared_memory_envelope(&data).is_some() => vec![Err(violation(
+                    "a message names a slot of shared memory, but none was shared".into(),
+                ))],
+                None => vec![Ok(data)],
+            },
+        };
+        futures::stream::iter(out)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::ShmWriter;
+    use arrow_array::RecordBatch;
+
+    fn pair() -> (Arc<Mapping>, Arc<Mutex<Slots>>, Slots) {
+        let (m, _path) = Mapping::create(4 << 20).unwrap();
+        (
+            Arc::new(m),
+            Arc::new(Mutex::new(Slots::new(0, 2 << 20))),
+            Slots::new(2 << 20, 2 << 20),
+        )
+    }
+
+    /// Decodes like the Flight decoder: dictionaries are kept between batches.
+    fn decode(
+        schema: &arrow_schema::SchemaRef,
+        dicts: &mut std::collections::HashMap<i64, arrow_array::ArrayRef>,
+        messages: Vec<FlightData>,
+    ) -> Vec<RecordBatch> {
+        let mut out = Vec::new();
+        for m in messages {
+            let msg = arrow_ipc::root_as_message(&m.data_header).unwrap();
+            match msg.header_type() {
+                arrow_ipc::MessageHeader::DictionaryBatch => {
+                    let d = msg.header_as_dictionary_batch().unwrap();
+                    arrow_ipc::reader::read_dictionary(
+                        &arrow_buffer::Buffer::from(m.data_body.clone()),
+                        d,
+                        schema,
+                        dicts,
+                        &msg.version(),
+                    )
+                    .unwrap();
+                }
+                // as arrow-flight's decoder does: the body itself, not a copy
+                _ => out.push(
+                    arrow_ipc::reader::read_record_batch(
+                        &arrow_buffer::Buffer::from(m.data_body.clone()),
+                        msg.header_as_record_batch().unwrap(),
+                        Arc::clone(schema),
+                        dicts,
+                        None,
+                        &msg.version(),
+                    )
+                    .unwrap(),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Every type of the kit's zoo goes through a slot and back unchanged,
+    /// in place and copied, and each slot is released exactly once.
+    #[test]
+    fn the_type_zoo_round_trips_through_a_slot() {
+        let zoo = crate::conformance::type_zoo(300);
+        for in_place in [true, false] {
+            let (mapping, ours, _) = pair();
+            let mut w = ShmWriter::new(Arc::clone(&mapping), Arc::clone(&ours), zoo.schema());
+            let released = Arc::new(Mutex::new(Vec::new()));
+            let counter = Arc::clone(&released);
+            let writer_slots = Arc::clone(&ours);
+            let incoming = Incoming::new(
+                Arc::clone(&mapping),
+                Slots::new(0, 2 << 20),
+                Arc::new(Mutex::new(Slots::new(2 << 20, 2 << 20))),
+                // the release reaches the writer
+                Arc::new(move |slot| {
+                    writer_slots.lock().unwrap().free(slot).unwrap();
+                    counter.lock().unwrap().push(slot);
+                }),
+                in_place,
+            );
+            let mut dicts = std::collections::HashMap::new();
+            for seq in 0..3 {
+                let slot = w.write(&zoo).unwrap().expect("a free slot");
+                let mut e = Envelope::new(Kind::Batch, 1, seq);
+                e.shm = Some(slot);
+                let data = crate::codec::control_message(&e);
+                let before = released.lock().unwrap().len();
+                let messages = incoming.expand(data).unwrap();
+                assert!(!messages.last().unwrap().app_metadata.is_empty());
+                let batches = decode(&zoo.schema(), &mut dicts, messages);
+                assert_eq!(batches, vec![zoo.clone()]);
+                // copied: given back at once; in place: the arrays still read it
+                let given_back = released.lock().unwrap()[before..].to_vec();
+                assert_eq!(
+                    given_back.contains(&slot),
+                    !in_place,
+                    "{slot:?} {given_back:?} in place {in_place} seq {seq}"
+                );
+                drop(batches);
+            }
+            // a slot may also hold dictionaries, which the decoder keeps
+            drop(dicts);
+            assert_eq!(released.lock().unwrap().len(), 3);
+            assert_eq!(ours.lock().unwrap().in_use(), 0);
+        }
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_half_is_left_to_flight() {
+        let (mapping, ours, _) = pair();
+        let big = crate::conformance::type_zoo(60_000);
+        let mut w = ShmWriter::new(mapping, Arc::clone(&ours), big.schema());
+        assert!(big.get_array_memory_size() > 2 << 20);
+        assert_eq!(w.write(&big).unwrap(), None);
+        assert_eq!(ours.lock().unwrap().in_use(), 0);
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer writes into its slot and however it names it,
+        /// expanding it returns messages or an error, never panics.
+        #[test]
+        fn any_slot_contents_expand_or_are_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), offset in 0u64..(4 << 20), length in 0u64..4096, mutate in proptest::prelude::any::<bool>()) {
+            let (mapping, _ours, peer) = pair();
+            let zoo = crate::conformance::type_zoo(5);
+            let peer_slots = Arc::new(Mutex::new(Slots::new(2 << 20, 2 << 20)));
+            let mut w = ShmWriter::new(Arc::clone(&mapping), Arc::clone(&peer_slots), zoo.schema());
+            let mut slot = w.write(&zoo).unwrap().unwrap();
+            if mutate {
+                // a real slot with some of its bytes overwritten
+                let p = mapping.slot_ptr(slot.offset, slot.length).unwrap();
+                let n = bytes.len().min(slot.length as usize);
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, n) };
+            } else {
+                slot = SlotRef { offset, length };
+            }
+            let incoming = Incoming::new(Arc::clone(&mapping), peer, Arc::new(Mutex::new(Slots::new(0, 2 << 20))), Arc::new(|_| {}), true);
+            let mut e = Envelope::new(Kind::Batch, 1, 0);
+            e.shm = Some(slot);
+            if let Ok(messages) = incoming.expand(crate::codec::control_message(&e)) {
+                let mut dicts = std::collections::HashMap::new();
+                for m in messages {
+                    // decoding may fail; it must not panic
+                    if let Ok(msg) = arrow_ipc::root_as_message(&m.data_header)
+                        && let Some(d) = msg.header_as_dictionary_batch() {
+                        let _ = arrow_ipc::reader::read_dictionary(&arrow_buffer::Buffer::from(m.data_body.clone()), d, &zoo.schema(), &mut dicts, &msg.version());
+                    } else {
+                        let _ = arrow_flight::utils::flight_data_to_arrow_batch(&m, zoo.schema(), &dicts);
+                    }
+                }
+            }
+        }
+    }
+}

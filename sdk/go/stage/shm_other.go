@@ -1,0 +1,12 @@
+//go:build !linux
+
+package stage
+
+import "errors"
+
+// The engine offers shared memory only on Linux (a memfd).
+func mapFile(string, uint64) ([]byte, error) {
+	return nil, errors.New("shared memory needs Linux")
+}
+
+func unmap([]byte) error { return nil }
