@@ -850,7 +850,8 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
                             ));
                         }
                         answers_are_complete(&ev, &inputs, &kit.manifest)?;
-                        check_outputs(&ev, &kit.manifest, &inputs[0].schema())
+                        check_outputs(&ev, &kit.manifest, &inputs[0].schema())?;
+                        path_taken(&ev, kit.client.uses_shared_memory())
                     })()),
                     Err(e) => Outcome::Fail(e.to_string()),
                 }
@@ -1123,6 +1124,30 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
         .await,
     );
     out
+}
+
+/// On the shared-memory path, small answers (the kit's are) come through
+/// shared memory: a stage that offers it and answers over Flight anyway
+/// does not implement it. Over Flight, no answer may name a slot.
+fn path_taken(events: &[StageEvent], shared: bool) -> Result<(), String> {
+    let batches: Vec<&Envelope> = events
+        .iter()
+        .filter_map(|e| match e {
+            StageEvent::Batch { envelope, .. } => Some(envelope),
+            _ => None,
+        })
+        .collect();
+    let in_shm = batches.iter().filter(|e| e.shm.is_some()).count();
+    match (shared, in_shm) {
+        (true, 0) if !batches.is_empty() => Err(format!(
+            "the stage offers shared memory, but sent all {} output batches over Flight",
+            batches.len()
+        )),
+        (false, n) if n > 0 => Err(format!(
+            "{n} output batches name a slot of shared memory, which this exchange did not offer"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A row a stage reports as failed MUST NOT also be in its output (it would

@@ -101,6 +101,9 @@ pub struct ComponentStats {
     pub batch_latency_p50_us: u64,
     /// External stages: 99th percentile round trip of a batch, µs.
     pub batch_latency_p99_us: u64,
+    /// External stages: output batches that came through shared memory
+    /// (docs/protocol.md, section 8) rather than over Flight.
+    pub batches_in_shared_memory: u64,
 }
 
 impl ComponentStats {

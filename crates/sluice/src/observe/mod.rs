@@ -159,6 +159,11 @@ const STAGE_ROUND_TRIP: Family = family(
     "Round trip of a batch through an external stage (sent to answered).",
     FamilyKind::Histogram,
 );
+const STAGE_SHM_BATCHES: Family = family(
+    "sluice_stage_shared_memory_batches_total",
+    "Output batches of an external stage that came through shared memory rather than over Flight.",
+    FamilyKind::Counter,
+);
 const STAGE_STARTS: Family = family(
     "sluice_stage_process_starts_total",
     "Times an external stage's process was started (1 = never restarted).",
@@ -366,6 +371,11 @@ impl RunMetrics {
                 STAGE_STARTS,
                 l.clone(),
                 rt.starts.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            );
+            self.registry.set(
+                STAGE_SHM_BATCHES,
+                l.clone(),
+                rt.shm_batches.load(std::sync::atomic::Ordering::Relaxed) as f64,
             );
             if let Some(t) = rt.manifest.timing {
                 let promises = [

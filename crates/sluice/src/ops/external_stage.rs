@@ -559,6 +559,9 @@ async fn exchange_body(
         }
         match event {
             StageEvent::Batch { batch, envelope } => {
+                if envelope.shm.is_some() {
+                    runtime.shm_batches.fetch_add(1, Ordering::Relaxed);
+                }
                 check_schema(&schema, &batch.schema()).map_err(|m| {
                     StageError::new(
                         ErrorCode::SchemaMismatch,

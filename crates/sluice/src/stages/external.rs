@@ -135,6 +135,8 @@ pub(crate) struct ExternalRuntime {
     pub starts: AtomicU64,
     /// Answers slower than the manifest's `timing.batch_p99_ms`.
     pub over_p99: AtomicU64,
+    /// Output batches that came through shared memory.
+    pub shm_batches: AtomicU64,
     /// Answers slower than the manifest's `timing.max_answer_ms`.
     pub over_max: AtomicU64,
     /// Round-trip time of each answered batch, in microseconds (sent →
@@ -235,6 +237,7 @@ impl ExternalRuntime {
             state: Mutex::new(State::default()),
             starts: AtomicU64::new(0),
             over_p99: AtomicU64::new(0),
+            shm_batches: AtomicU64::new(0),
             over_max: AtomicU64::new(0),
             latencies_us: std::sync::Mutex::new(Vec::new()),
             round_trips: std::sync::Mutex::default(),
