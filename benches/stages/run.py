@@ -29,20 +29,28 @@ STAGES = {
     "go": os.path.join(ROOT, "target/stages/go/identity"),
     "pyarrow": echo,
 }
+# (stage, path): the Rust and Go SDKs take shared memory as the engine's
+# children, and Flight when told to (as to a remote stage); pyarrow.flight
+# takes Flight
+RUNS_OF = [("rust", "shm"), ("go", "shm"), ("pyarrow", "flight"), ("rust", "flight"), ("go", "flight")]
 
 
-def isolated(stage, rows):
+def isolated(stage, path, rows):
     batches = max(20, (200 * 65536 // rows) // (10 if QUICK else 1))
-    out = subprocess.run([BENCH, "--rows", str(rows), "--batches", str(batches), "--", STAGES[stage]],
+    flight = ["--flight"] if path == "flight" else []
+    out = subprocess.run([BENCH, "--rows", str(rows), "--batches", str(batches), *flight, "--", STAGES[stage]],
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["path"] == path, r
+    return r
 
 
-def pipeline(stage, rows):
+def pipeline(stage, rows, path=None):
     cfg = os.path.join(ROOT, "benches/stages", "baseline.toml" if stage is None else "with_stage.toml")
     args = [SLUICE, "run", "--json", cfg, "--set", f"settings.batch_size={rows}", "--set", f"sources.lineitem.scale_factor={SF}"]
     if stage is not None:
         args += ["--set", f'stages.through.command=["{STAGES[stage]}"]']
+        args += ["--set", f"stages.through.shared_memory={'true' if path == 'shm' else 'false'}"]
     walls, summaries = [], []
     for _ in range(RUNS + 1):  # the first run warms up
         s = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
@@ -53,27 +61,30 @@ def pipeline(stage, rows):
     rows_total = next(c for c in s["components"] if c["name"] == "lineitem")["rows_out"]
     nbytes = next(c for c in s["components"] if c["name"] == "lineitem")["bytes"]
     st = next((c for c in s["components"] if c["name"] == "through"), None)
+    if st is not None:
+        # the path asked for is the path taken
+        assert (st["batches_in_shared_memory"] > 0) == (path == "shm"), st
     return {"wall": statistics.median(walls), "walls": walls, "rows": rows_total, "bytes": nbytes,
             "p50_us": st["batch_latency_p50_us"] if st else None, "p99_us": st["batch_latency_p99_us"] if st else None}
 
 
 print(f"## Identity stage: Go, Rust and pyarrow.flight (SF {SF}, {RUNS} runs, median)\n")
 print("### In isolation (`exchange_bench`: one exchange, the same lineitem-like batch sent repeatedly)\n")
-print("| stage | rows/batch | GB/s | M rows/s | round trip p50 ms | p99 ms |")
-print("|---|---|---|---|---|---|")
+print("| stage | path | rows/batch | GB/s | M rows/s | round trip p50 ms | p99 ms |")
+print("|---|---|---|---|---|---|---|")
 for rows in (8192, 65536):
-    for stage in STAGES:
-        r = isolated(stage, rows)
-        print(f"| {stage} | {rows} | {r['gb_per_s']:.2f} | {r['rows_per_s'] / 1e6:.2f} | {r['rtt_p50_ms']:.2f} | {r['rtt_p99_ms']:.2f} |")
+    for stage, path in RUNS_OF:
+        r = isolated(stage, path, rows)
+        print(f"| {stage} | {path} | {rows} | {r['gb_per_s']:.2f} | {r['rows_per_s'] / 1e6:.2f} | {r['rtt_p50_ms']:.2f} | {r['rtt_p99_ms']:.2f} |")
 print()
 print("### In the pipeline (TPC-H lineitem → [identity stage] → blackhole)\n")
-print("| stage | rows/batch | wall s (median) | M rows/s | GB/s through the stage | throughput vs no stage | added p50 ms/batch | p99 ms |")
-print("|---|---|---|---|---|---|---|---|")
+print("| stage | path | rows/batch | wall s (median) | M rows/s | GB/s through the stage | throughput vs no stage | round trip p50 ms/batch | p99 ms |")
+print("|---|---|---|---|---|---|---|---|---|")
 for rows in (8192, 65536):
     base = pipeline(None, rows)
-    print(f"| none | {rows} | {base['wall']:.2f} | {base['rows'] / base['wall'] / 1e6:.2f} | – | 100% | – | – |")
-    for stage in STAGES:
-        r = pipeline(stage, rows)
+    print(f"| none | – | {rows} | {base['wall']:.2f} | {base['rows'] / base['wall'] / 1e6:.2f} | – | 100% | – | – |")
+    for stage, path in RUNS_OF:
+        r = pipeline(stage, rows, path)
         ratio = base["wall"] / r["wall"]
-        print(f"| {stage} | {rows} | {r['wall']:.2f} | {r['rows'] / r['wall'] / 1e6:.2f} | {r['bytes'] / r['wall'] / 1e9:.2f} | "
+        print(f"| {stage} | {path} | {rows} | {r['wall']:.2f} | {r['rows'] / r['wall'] / 1e6:.2f} | {r['bytes'] / r['wall'] / 1e9:.2f} | "
               f"{ratio * 100:.0f}% | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} |")

@@ -89,20 +89,34 @@ fn go_and_rust_twins_give_the_same_rows_as_duckdb() {
         std::fs::read_to_string(root().join("tests/duckdb/mixed_stages_expected.sql")).unwrap();
     let dump = format!("DUMP={}", raw.display());
     let mut skipped = Vec::new();
-    for (validate, enrich) in [
-        ("go/validate", "rust/enrich"),
-        ("rust/validate", "go/enrich"),
-        ("go/validate", "go/enrich"),
-        ("rust/validate", "rust/enrich"),
+    // through shared memory (the default for a child stage), and once over
+    // Flight: the same rows either way
+    for (validate, enrich, shared) in [
+        ("go/validate", "rust/enrich", true),
+        ("rust/validate", "go/enrich", true),
+        ("go/validate", "go/enrich", true),
+        ("rust/validate", "rust/enrich", true),
+        ("go/validate", "rust/enrich", false),
     ] {
         let out = tmp.path().join(format!(
-            "{}-{}",
+            "{}-{}-{shared}",
             validate.replace('/', "_"),
             enrich.replace('/', "_")
         ));
-        let o = ok(mixed(&out, validate, enrich, &[]));
+        let flight = [
+            "stages.valid.shared_memory=false",
+            "stages.enriched.shared_memory=false",
+        ];
+        let extra: &[&str] = if shared { &[] } else { &flight };
+        let o = ok(mixed(&out, validate, enrich, extra));
         let s = summary(&o);
         skipped.push(component(&s, "valid")["rows_skipped"].as_u64().unwrap());
+        for stage in ["valid", "enriched"] {
+            let in_shm = component(&s, stage)["batches_in_shared_memory"]
+                .as_u64()
+                .unwrap();
+            assert_eq!(in_shm > 0, shared, "{validate}+{enrich}: {stage}: {s}");
+        }
         let r = duckdb_check(&[
             "compare",
             "--setup",
@@ -361,43 +375,53 @@ fn the_conformance_kit_certifies_every_example_stage_in_go_rust_and_python() {
             .filter(|n| n.to_string_lossy().ends_with(".sock"))
             .collect();
         assert!(left.is_empty(), "{s}: sockets left behind: {left:?}");
-        for check in [
-            "describe",
-            "versions",
-            "health",
+        for check in ["describe", "versions", "health"] {
+            assert!(
+                t.lines().any(|l| l.contains(check) && l.contains("pass")),
+                "{s}: `{check}` did not pass:\n{t}"
+            );
+        }
+        // every check with batches, over Flight, and through shared memory
+        // for the Go and Rust SDKs (Python takes the Flight path only)
+        let paths: &[&str] = if s.starts_with("python") {
+            &["flight"]
+        } else {
+            &["flight", "shm"]
+        };
+        let passed = |check: &str, path: &str| {
+            t.lines().any(|l| {
+                let cells: Vec<&str> = l.split(['│', '┆']).map(str::trim).collect();
+                cells.get(1) == Some(&check)
+                    && cells.get(2) == Some(&path)
+                    && cells.get(3) == Some(&"pass")
+            })
+        };
+        let mut checks = vec![
             "exchange",
             "empty",
             "malformed",
             "cancel",
             "backpressure",
             "concurrent",
-        ] {
-            assert!(
-                t.lines().any(|l| l.contains(check) && l.contains("pass")),
-                "{s}: `{check}` did not pass:\n{t}"
-            );
-        }
+        ];
         if s.ends_with("totals") {
             // killed mid-epoch, replayed from its snapshot: the same rows
-            assert!(
-                t.lines().any(|l| l.contains("state") && l.contains("pass")),
-                "{s}: state across a kill:\n{t}"
-            );
+            checks.push("state");
         }
         if s.ends_with("identity") {
-            assert!(
-                t.lines().any(|l| l.contains("types") && l.contains("pass")),
-                "{s}: type fidelity:\n{t}"
-            );
-            assert!(
-                t.lines().any(|l| l.contains("large") && l.contains("pass")),
-                "{s}: large batches:\n{t}"
-            );
-            assert!(
-                t.lines().any(|l| l.contains("views") && l.contains("pass")),
-                "{s}: view types:\n{t}"
-            );
+            // type fidelity, large batches, view types
+            checks.extend(["types", "large", "views"]);
         }
+        for path in paths {
+            for check in &checks {
+                assert!(passed(check, path), "{s}: `{check}` over {path}:\n{t}");
+            }
+        }
+        assert_eq!(
+            passed("exchange", "shm"),
+            paths.contains(&"shm"),
+            "{s}: the paths checked:\n{t}"
+        );
     }
 }
 

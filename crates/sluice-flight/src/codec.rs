@@ -112,9 +112,7 @@ pub const MESSAGE_BUDGET: usize = crate::MAX_MESSAGE_SIZE / 2;
 /// [`MESSAGE_BUDGET`].
 pub fn slices(batch: RecordBatch, max_rows: usize, max_bytes: usize) -> Vec<RecordBatch> {
     let rows = batch.num_rows();
-    let bytes = batch.get_array_memory_size().max(1);
-    // the memory size counts whole buffers, so a sliced batch gets smaller
-    // pieces than it needs, never larger ones
+    let bytes = batch_bytes(&batch).max(1);
     let by_bytes = (max_bytes as u128 * rows as u128 / bytes as u128).max(1);
     let per = (max_rows as u128).min(by_bytes).max(1) as usize;
     if rows <= per {
@@ -142,6 +140,21 @@ fn compact_views(slice: RecordBatch) -> RecordBatch {
         })
         .collect();
     RecordBatch::try_new(slice.schema(), compacted).unwrap_or(slice)
+}
+
+/// The bytes of a batch's buffers, as the IPC writer sends them: each
+/// buffer's length (a view column's data buffers whole, as they are sent).
+/// Not the memory size, which counts capacities: an array decoded from a
+/// message (or in place from shared memory) has the whole message body as
+/// its allocation, so each column would weigh as much as the batch. A
+/// buffer shared by a slice counts whole: an overestimate, never an under.
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
+    fn data_bytes(d: &arrow_data::ArrayData) -> usize {
+        d.buffers().iter().map(|b| b.len()).sum::<usize>()
+            + d.nulls().map_or(0, |n| n.buffer().len())
+            + d.child_data().iter().map(data_bytes).sum::<usize>()
+    }
+    batch.columns().iter().map(|c| data_bytes(&c.to_data())).sum()
 }
 
 /// An IPC message header that says "no payload" (`MessageHeader::NONE`).
@@ -197,7 +210,7 @@ mod tests {
         #[test]
         fn slices_keep_every_row_within_the_limits(rows in 0usize..300, text in 0usize..200, max_rows in 1usize..100, max_bytes in 1usize..20_000) {
             let b = batch(rows, text);
-            let per_row = b.get_array_memory_size() / rows.max(1);
+            let per_row = batch_bytes(&b) / rows.max(1);
             let pieces = slices(b, max_rows, max_bytes);
             let mut next = 0i64;
             for p in &pieces {
@@ -248,6 +261,70 @@ mod tests {
                 .downcast_ref::<arrow_array::StringViewArray>()
                 .unwrap();
             assert_eq!(s.value(0), long(i * 100));
+        }
+    }
+
+    /// Batches alternate between shared memory and Flight (the middle one
+    /// does not fit its half) and share dictionaries: the receiver, which
+    /// keeps one set of dictionaries for both paths, decodes each with its own.
+    #[test]
+    fn dictionaries_stay_right_when_batches_switch_paths() {
+        use crate::shm::{Incoming, Mapping, ShmWriter, Slots};
+        use arrow_array::{DictionaryArray, types::Int32Type};
+        let dict = |words: &[&str], rows: usize, pad: usize| {
+            let keys = arrow_array::Int32Array::from_iter_values((0..rows).map(|i| (i % words.len()) as i32));
+            let values: arrow_array::ArrayRef = Arc::new(StringArray::from_iter_values(words.iter().map(|w| format!("{w}{}", "-".repeat(pad)))));
+            let d = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "d",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                false,
+            )]));
+            RecordBatch::try_new(schema, vec![Arc::new(d)]).unwrap()
+        };
+        let a = dict(&["x", "y"], 100, 0);
+        let big = dict(&["p", "q"], 100, 300_000); // larger than the half
+        let b = dict(&["u", "v", "w"], 100, 0);
+        let batches = [a.clone(), big, a.clone(), b.clone(), a.clone(), b];
+
+        let (mapping, _) = Mapping::create(1 << 20).unwrap();
+        let mapping = Arc::new(mapping);
+        let ours = Arc::new(std::sync::Mutex::new(Slots::new(0, 1 << 19)));
+        let mut enc = BatchEncoder::new().with_shared_memory(ShmWriter::new(
+            Arc::clone(&mapping),
+            Arc::clone(&ours),
+            a.schema(),
+        ));
+        let freed = Arc::clone(&ours);
+        let incoming = Incoming::new(
+            mapping,
+            Slots::new(0, 1 << 19),
+            Arc::new(std::sync::Mutex::new(Slots::new(1 << 19, 1 << 19))),
+            Arc::new(move |slot| freed.lock().unwrap().free(slot).unwrap()),
+            false,
+        );
+        let mut messages = vec![enc.schema_message(&a.schema())];
+        let mut in_shm = 0;
+        for (i, batch) in batches.iter().enumerate() {
+            for m in enc.batch_messages(batch, &Envelope::new(Kind::Batch, 0, i as u64)).unwrap() {
+                let expanded = incoming.expand(m.clone()).unwrap();
+                in_shm += usize::from(expanded.len() != 1 || expanded[0] != m);
+                messages.extend(expanded);
+            }
+        }
+        assert!(in_shm >= 4, "{in_shm} batches went through shared memory");
+        let decoded: Vec<RecordBatch> = futures::executor::block_on(async {
+            use futures::TryStreamExt;
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+                futures::stream::iter(messages.into_iter().map(Ok)),
+            )
+            .try_collect()
+            .await
+        })
+        .unwrap();
+        assert_eq!(decoded.len(), batches.len());
+        for (i, (got, want)) in decoded.iter().zip(&batches).enumerate() {
+            assert_eq!(got, want, "batch {i}");
         }
     }
 

@@ -127,3 +127,98 @@ async fn an_answer_larger_than_the_message_limit_arrives_in_pieces() {
     }
     server.abort();
 }
+
+/// Keeps every input batch until the end of the exchange (as a buffering
+/// stage would) and answers each with itself.
+struct Hoard;
+struct HoardRun(Vec<RecordBatch>);
+
+#[async_trait::async_trait]
+impl Stage for Hoard {
+    fn manifest(&self) -> Manifest {
+        Manifest::new("hoard", "1.0.0")
+    }
+    async fn open(&self, _: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
+        Ok(Box::new(HoardRun(Vec::new())))
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for HoardRun {
+    async fn process(&mut self, batch: RecordBatch) -> Result<Processed, StageError> {
+        self.0.push(batch.clone());
+        Ok(Processed::batch(batch))
+    }
+}
+
+/// Through shared memory, a stage that holds on to its input keeps the
+/// engine's slots: once the engine's half is full the batches go over
+/// Flight instead, and every batch still arrives, unchanged and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_over_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hoard.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service(Hoard).unwrap())
+            .serve_with_incoming(incoming),
+    );
+    let mut client = StageClient::connect(&Target::Unix(socket), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let manifest = client.describe().await.unwrap();
+    assert!(manifest.shared_memory, "the Rust SDK offers shared memory");
+    client.use_shared_memory(true);
+    // 4 MiB a batch: 100 of them are more than the engine's 256 MiB half
+    let batch = |i: i64| {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let ids = Int64Array::from_iter_values((0..1024).map(|r| i * 1024 + r));
+        let s = StringArray::from_iter_values((0..1024).map(|r| format!("{i}:{r}:{}", "x".repeat(4096))));
+        RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
+    };
+    let inputs: Vec<RecordBatch> = (0..100).map(batch).collect();
+    let open = OpenRequest {
+        protocol: manifest.protocol.clone(),
+        stage: "hoard".into(),
+        epoch: 1,
+        partition: 0,
+        config: serde_json::Value::Null,
+        snapshot: None,
+        shared_memory: None,
+    };
+    let events = tokio::time::timeout(Duration::from_secs(120), async {
+        client
+            .exchange(
+                &open,
+                inputs[0].schema(),
+                futures::stream::iter(inputs.clone().into_iter().map(Ok)).boxed(),
+                None,
+            )
+            .await
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect::<Vec<StageEvent>>()
+            .await
+    })
+    .await
+    .expect("no deadlock");
+    let answers: Vec<(&RecordBatch, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            StageEvent::Batch { batch, envelope } => Some((batch, envelope.shm.is_some())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), inputs.len());
+    for (i, ((got, _), want)) in answers.iter().zip(&inputs).enumerate() {
+        assert_eq!(*got, want, "batch {i}");
+    }
+    // the engine copies answers out and releases them at once: they all fit
+    assert!(answers.iter().all(|(_, shm)| *shm));
+    server.abort();
+}

@@ -168,4 +168,16 @@
 // tests pass a memory.CheckedAllocator and assert that every byte comes
 // back. A cancelled exchange (the engine gave up on the epoch) cancels the
 // context passed to Open, Process and Flush; return promptly.
+//
+// # Shared memory
+//
+// When the engine starts the stage as its child, batches travel through
+// memory both processes map (protocol.md section 8), about three copies of
+// a batch instead of twelve; the SDK does it for every stage and the
+// manifest says so. An input record then reads the engine's memory in
+// place: the SDK gives that memory back when the record's last buffer is
+// released, so a Processor that Retains an input record (to answer it later)
+// holds a slot of the engine's memory until it Releases it. Holding many
+// costs nothing but speed: when the engine's half is full, batches go over
+// Flight.
 package stage

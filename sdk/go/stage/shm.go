@@ -194,9 +194,10 @@ func (s *sharedMemory) frames(sl envelope.Slot) ([]frame, error) {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory: metadata of %d bytes at byte %d", n, at)
 		}
 		meta := b[start : start+int(n)]
-		m := ipc.NewMessage(memory.NewBufferBytes(meta), memory.NewBufferBytes(nil))
-		bodyLen, typ := m.BodyLen(), m.Type()
-		m.Release()
+		bodyLen, typ, err := readMeta(meta)
+		if err != nil {
+			return nil, Fatal(InvalidArgument, "a batch in shared memory: the metadata at byte %d: %v", at, err)
+		}
 		end := start + int(n)
 		if bodyLen < 0 || bodyLen > int64(len(b)-end) {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory: a body of %d bytes at byte %d, past the slot's end", bodyLen, end)
@@ -222,6 +223,20 @@ func (s *sharedMemory) frames(sl envelope.Slot) ([]frame, error) {
 		out[i] = frame{meta: m.meta, body: memory.NewBufferWithAllocator(m.body, l)}
 	}
 	return out, nil
+}
+
+// readMeta reads a message's body length and type. The flatbuffers runtime
+// does not verify its input and panics on bytes that are not a message:
+// that panic is an error here.
+func readMeta(meta []byte) (bodyLen int64, typ ipc.MessageType, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("not an IPC message (%v)", r)
+		}
+	}()
+	m := ipc.NewMessage(memory.NewBufferBytes(meta), memory.NewBufferBytes(nil))
+	defer m.Release()
+	return m.BodyLen(), m.Type(), nil
 }
 
 func le32(b []byte) uint32 {

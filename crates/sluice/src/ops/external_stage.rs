@@ -395,7 +395,9 @@ async fn exchange_body(
         partitions,
         traceparent,
     } = of;
-    let client = runtime.client().await?;
+    let mut client = runtime.client().await?;
+    // decided per exchange: the manifest is described after the first connection
+    client.use_shared_memory(runtime.config.shared_memory && runtime.manifest.shared_memory);
     let manifest = runtime.manifest.clone();
     let config = runtime.config.clone();
     let mut open = OpenRequest {

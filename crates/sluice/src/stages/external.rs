@@ -312,7 +312,6 @@ impl ExternalRuntime {
                         ),
                     )
                 })?;
-                c.use_shared_memory(self.config.shared_memory && self.manifest.shared_memory);
                 state.client = Some(c.clone());
                 Ok(c)
             }
