@@ -405,10 +405,19 @@ impl StageClient {
                 .send(control_message(&Envelope::new(Kind::End, epoch, seq)))
                 .await;
         });
-        let requests = tokio_stream::wrappers::ReceiverStream::new(req_rx);
+        // the request stream ends when the batches do (after `end`, or
+        // without it when the input failed: the stage must see that), even
+        // though releases could still come
+        let requests = tokio_stream::wrappers::ReceiverStream::new(req_rx)
+            .map(Some)
+            .chain(futures::stream::once(async { None }));
         let releases = tokio_stream::wrappers::UnboundedReceiverStream::new(rel_rx)
-            .map(move |slot| crate::shm::release_message(epoch, slot));
-        let request = self.request(futures::stream::select(requests, releases));
+            .map(move |slot| Some(crate::shm::release_message(epoch, slot)));
+        let request = self.request(
+            futures::stream::select(requests, releases)
+                .take_while(|m| futures::future::ready(m.is_some()))
+                .filter_map(futures::future::ready),
+        );
         let response = self
             .inner
             .do_exchange(request)

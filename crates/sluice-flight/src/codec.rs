@@ -154,7 +154,11 @@ pub fn batch_bytes(batch: &RecordBatch) -> usize {
             + d.nulls().map_or(0, |n| n.buffer().len())
             + d.child_data().iter().map(data_bytes).sum::<usize>()
     }
-    batch.columns().iter().map(|c| data_bytes(&c.to_data())).sum()
+    batch
+        .columns()
+        .iter()
+        .map(|c| data_bytes(&c.to_data()))
+        .sum()
 }
 
 /// An IPC message header that says "no payload" (`MessageHeader::NONE`).
@@ -272,8 +276,12 @@ mod tests {
         use crate::shm::{Incoming, Mapping, ShmWriter, Slots};
         use arrow_array::{DictionaryArray, types::Int32Type};
         let dict = |words: &[&str], rows: usize, pad: usize| {
-            let keys = arrow_array::Int32Array::from_iter_values((0..rows).map(|i| (i % words.len()) as i32));
-            let values: arrow_array::ArrayRef = Arc::new(StringArray::from_iter_values(words.iter().map(|w| format!("{w}{}", "-".repeat(pad)))));
+            let keys = arrow_array::Int32Array::from_iter_values(
+                (0..rows).map(|i| (i % words.len()) as i32),
+            );
+            let values: arrow_array::ArrayRef = Arc::new(StringArray::from_iter_values(
+                words.iter().map(|w| format!("{w}{}", "-".repeat(pad))),
+            ));
             let d = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
             let schema = Arc::new(Schema::new(vec![Field::new(
                 "d",
@@ -306,7 +314,10 @@ mod tests {
         let mut messages = vec![enc.schema_message(&a.schema())];
         let mut in_shm = 0;
         for (i, batch) in batches.iter().enumerate() {
-            for m in enc.batch_messages(batch, &Envelope::new(Kind::Batch, 0, i as u64)).unwrap() {
+            for m in enc
+                .batch_messages(batch, &Envelope::new(Kind::Batch, 0, i as u64))
+                .unwrap()
+            {
                 let expanded = incoming.expand(m.clone()).unwrap();
                 in_shm += usize::from(expanded.len() != 1 || expanded[0] != m);
                 messages.extend(expanded);

@@ -938,52 +938,79 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
     out.push(
         timed(
             "malformed",
-            "garbage FlightData gets an error status, and the stage keeps serving",
+            "garbage FlightData (through shared memory: a slot outside the engine's half, a slot of garbage) gets an error status, and the stage keeps serving",
             async {
-                let mut raw = match kit.raw().await {
-                    Ok(r) => r,
-                    Err(e) => return Outcome::Fail(e),
-                };
                 let Some(b) = kit.input(10, 5) else {
                     return Outcome::Skip("cannot generate input".into());
                 };
-                let mut encoder = BatchEncoder::new();
-                let mut first = encoder.schema_message(&b.schema());
-                first.flight_descriptor = Some(FlightDescriptor::new_cmd(
-                    serde_json::to_vec(&kit.open(5)).unwrap_or_default(),
-                ));
-                let garbage = FlightData {
-                    data_header: vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3].into(),
-                    data_body: vec![9; 64].into(),
-                    app_metadata: Envelope::new(Kind::Batch, 5, 0).encode().into(),
-                    ..Default::default()
+                // the memory a shared-memory exchange is offered: its first
+                // 64 bytes hold garbage
+                let shared = if kit.client.uses_shared_memory() {
+                    match crate::shm::Mapping::create(1 << 20) {
+                        Ok((mapping, path)) => {
+                            if let Some(p) = mapping.slot_ptr(0, 64) {
+                                // SAFETY: inside the mapping, which nobody else writes yet
+                                unsafe { std::ptr::write_bytes(p, 0x5a, 64) };
+                            }
+                            let offer = crate::shm::Offer { path, size: 1 << 20, stage_offset: 1 << 19 };
+                            Some((mapping, offer))
+                        }
+                        Err(e) => return Outcome::Fail(format!("cannot create shared memory: {e}")),
+                    }
+                } else {
+                    None
                 };
-                let request = futures::stream::iter(vec![
-                    first,
-                    garbage,
-                    control_message(&Envelope::new(Kind::End, 5, 1)),
-                ]);
-                let answer = match raw.do_exchange(request).await {
-                    Ok(resp) => resp
-                        .into_inner()
-                        .collect::<Vec<_>>()
-                        .await
-                        .into_iter()
-                        .find_map(|m| m.err()),
-                    Err(status) => Some(status),
+                let in_slot = |offset: u64| {
+                    let mut e = Envelope::new(Kind::Batch, 5, 0);
+                    e.shm = Some(crate::shm::SlotRef { offset, length: 64 });
+                    control_message(&e)
                 };
-                match answer {
-                    None => Outcome::Fail(
-                        "the stage accepted a garbage message without an error".into(),
-                    ),
-                    Some(_) => from(
-                        kit.client
-                            .clone()
-                            .health()
+                let bad = match &shared {
+                    None => vec![FlightData {
+                        data_header: vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3].into(),
+                        data_body: vec![9; 64].into(),
+                        app_metadata: Envelope::new(Kind::Batch, 5, 0).encode().into(),
+                        ..Default::default()
+                    }],
+                    Some((_, offer)) => vec![in_slot(offer.size), in_slot(0)],
+                };
+                for garbage in bad {
+                    let mut raw = match kit.raw().await {
+                        Ok(r) => r,
+                        Err(e) => return Outcome::Fail(e),
+                    };
+                    let mut open = kit.open(5);
+                    open.shared_memory = shared.as_ref().map(|(_, o)| o.clone());
+                    let mut encoder = BatchEncoder::new();
+                    let mut first = encoder.schema_message(&b.schema());
+                    first.flight_descriptor = Some(FlightDescriptor::new_cmd(
+                        serde_json::to_vec(&open).unwrap_or_default(),
+                    ));
+                    let request = futures::stream::iter(vec![
+                        first,
+                        garbage.clone(),
+                        control_message(&Envelope::new(Kind::End, 5, 1)),
+                    ]);
+                    let answer = match raw.do_exchange(request).await {
+                        Ok(resp) => resp
+                            .into_inner()
+                            .collect::<Vec<_>>()
                             .await
-                            .map_err(|e| format!("unhealthy afterwards: {e}")),
-                    ),
+                            .into_iter()
+                            .find_map(|m| m.err()),
+                        Err(status) => Some(status),
+                    };
+                    if answer.is_none() {
+                        return Outcome::Fail(format!(
+                            "the stage accepted a bad message without an error: {}",
+                            String::from_utf8_lossy(&garbage.app_metadata)
+                        ));
+                    }
+                    if let Err(e) = kit.client.clone().health().await {
+                        return Outcome::Fail(format!("unhealthy afterwards: {e}"));
+                    }
                 }
+                Outcome::Pass
             },
         )
         .await,

@@ -178,7 +178,9 @@ async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_ove
             Field::new("s", DataType::Utf8, false),
         ]));
         let ids = Int64Array::from_iter_values((0..1024).map(|r| i * 1024 + r));
-        let s = StringArray::from_iter_values((0..1024).map(|r| format!("{i}:{r}:{}", "x".repeat(4096))));
+        let s = StringArray::from_iter_values(
+            (0..1024).map(|r| format!("{i}:{r}:{}", "x".repeat(4096))),
+        );
         RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
     };
     let inputs: Vec<RecordBatch> = (0..100).map(batch).collect();

@@ -301,7 +301,7 @@ impl ExternalRuntime {
                 let result =
                     sluice_flight::launch::wait_healthy(&mut child, socket, START_TIMEOUT).await;
                 state.child = Some(child);
-                let mut c = result.map_err(|e| {
+                let c = result.map_err(|e| {
                     StageError::new(
                         e.code,
                         format!(
