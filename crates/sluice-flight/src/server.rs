@@ -369,12 +369,15 @@ impl<S: Stage> FlightService for StageService<S> {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(8);
+        // a unix socket has no remote address: only there is the engine on
+        // this machine, and may share memory
+        let local = request.remote_addr().is_none();
         let input = request.into_inner();
         let stage = Arc::clone(&self.stage);
         let manifest = Arc::clone(&self.manifest);
         tokio::spawn(async move {
             let errors = tx.clone();
-            if let Err(status) = run_exchange(stage, manifest, input, tx).await {
+            if let Err(status) = run_exchange(stage, manifest, input, tx, local).await {
                 let _ = errors.send(Err(status)).await;
             }
         });
@@ -446,9 +449,10 @@ async fn run_exchange<S: Stage>(
     manifest: Arc<Manifest>,
     input: Streaming<FlightData>,
     tx: mpsc::Sender<Result<FlightData, Status>>,
+    local: bool,
 ) -> Result<(), Status> {
     let mut span = crate::trace::ExchangeSpan::default();
-    let result = exchange_traced(stage, manifest, input, tx, &mut span).await;
+    let result = exchange_traced(stage, manifest, input, tx, local, &mut span).await;
     log_exchange(&span, result.as_ref().err());
     span.end(result.as_ref().err());
     result
@@ -486,6 +490,7 @@ async fn exchange_traced<S: Stage>(
     manifest: Arc<Manifest>,
     input: Streaming<FlightData>,
     tx: mpsc::Sender<Result<FlightData, Status>>,
+    local: bool,
     span: &mut crate::trace::ExchangeSpan,
 ) -> Result<(), Status> {
     // set once the open request is read, if it offers shared memory
@@ -573,6 +578,16 @@ async fn exchange_traced<S: Stage>(
     };
     let mut encoder = BatchEncoder::new();
     if let Some(offer) = &open.shared_memory {
+        // a client elsewhere (TCP) could name any file of this machine for
+        // the stage to read unchecked and write into
+        if !local {
+            return Err(fatal(
+                ErrorCode::InvalidArgument,
+                "shared memory is taken only from an engine on the stage's unix socket",
+            ));
+        }
+        crate::shm::Mapping::check_memfd(&offer.path)
+            .map_err(|m| fatal(ErrorCode::InvalidArgument, format!("shared memory: {m}")))?;
         let release: Release = Arc::new(move |slot| {
             releases
                 .lock()
@@ -587,10 +602,9 @@ async fn exchange_traced<S: Stage>(
         })?;
         encoder = encoder.with_shared_memory(side.writer);
         let _ = incoming.set(side.incoming);
-        // SAFETY: the peer is a process of this machine that could open
-        // this stage's unix socket and share memory with it: one that can
-        // read and write this process's memory anyway (the engine that
-        // started it). Its batches are valid Arrow; checking every string's
+        // SAFETY: the peer is a process of this machine that can connect to
+        // the stage's unix socket and shares a memfd with it: the engine
+        // that started it, which can write this process's memory anyway. Its batches are valid Arrow; checking every string's
         // UTF-8 again would cost what the shared memory saves.
         decoder = unsafe { decoder.with_skip_validation() };
     }

@@ -224,3 +224,57 @@ async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_ove
     assert!(answers.iter().all(|(_, shm)| *shm));
     server.abort();
 }
+
+/// Over TCP a stage refuses shared memory: a client elsewhere could name
+/// any file of the stage's machine for it to read and write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_on_tcp_refuses_shared_memory() {
+    use arrow_flight::FlightDescriptor;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service(Hoard).unwrap())
+            .serve_with_incoming(incoming),
+    );
+    let (_memory, path) = sluice_flight::shm::Mapping::create(1 << 20).unwrap();
+    let open = OpenRequest {
+        protocol: sluice_flight::PROTOCOL.into(),
+        stage: "hoard".into(),
+        epoch: 1,
+        partition: 0,
+        config: serde_json::Value::Null,
+        snapshot: None,
+        shared_memory: Some(sluice_flight::shm::Offer {
+            path,
+            size: 1 << 20,
+            stage_offset: 1 << 19,
+        }),
+    };
+    let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
+    let mut first = sluice_flight::codec::BatchEncoder::new().schema_message(&schema);
+    first.flight_descriptor = Some(FlightDescriptor::new_cmd(
+        serde_json::to_vec(&open).unwrap(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = FlightServiceClient::new(channel);
+    let status = match raw.do_exchange(futures::stream::iter([first])).await {
+        Ok(r) => r
+            .into_inner()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .find_map(|m| m.err())
+            .expect("an error"),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("unix socket"), "{status}");
+    server.abort();
+}

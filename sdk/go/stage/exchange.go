@@ -17,6 +17,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/sluice-etl/sluice/sdk/go/internal/envelope"
@@ -224,6 +225,15 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 		return Fatal(InvalidArgument, "open request: shared_memory: %v", err)
 	}
 	if offer.SharedMemory != nil {
+		// Only the engine that started the stage shares memory with it: a
+		// client elsewhere (TCP) could name any file of this machine for
+		// the stage to read unchecked and write into.
+		if p, ok := peer.FromContext(x.stream.Context()); !ok || p.Addr == nil || p.Addr.Network() != "unix" {
+			return Fatal(InvalidArgument, "open request: shared memory is taken only from an engine on the stage's unix socket")
+		}
+		if err := isMemfd(offer.SharedMemory.Path); err != nil {
+			return Fatal(InvalidArgument, "open request: shared memory %q: %v", offer.SharedMemory.Path, err)
+		}
 		shm, err := openSharedMemory(offer.SharedMemory)
 		if err != nil {
 			return err

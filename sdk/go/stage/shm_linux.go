@@ -5,8 +5,22 @@ package stage
 import (
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 )
+
+// isMemfd checks that path names an anonymous memory file (a memfd seen
+// through /proc/<pid>/fd), not a file with a name.
+func isMemfd(path string) error {
+	target, err := os.Readlink(path)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(target, "/memfd:") {
+		return fmt.Errorf("it is %s, not a memfd", target)
+	}
+	return nil
+}
 
 // mapFile maps size bytes of the file at path, shared and writable.
 func mapFile(path string, size uint64) ([]byte, error) {

@@ -10,3 +10,5 @@ func mapFile(string, uint64) ([]byte, error) {
 }
 
 func unmap([]byte) error { return nil }
+
+func isMemfd(string) error { return errors.New("shared memory needs Linux") }

@@ -40,6 +40,18 @@ impl Mapping {
         Ok((Self::map(file, size)?, path))
     }
 
+    /// Whether `path` names an anonymous memory file (a memfd seen through
+    /// `/proc/<pid>/fd`), not a file with a name: a stage maps only that, so
+    /// an open request cannot make it read and write an arbitrary file.
+    pub fn check_memfd(path: &str) -> Result<(), String> {
+        let target = std::fs::read_link(path).map_err(|e| format!("`{path}`: {e}"))?;
+        if target.to_string_lossy().starts_with("/memfd:") {
+            Ok(())
+        } else {
+            Err(format!("`{path}` is {}, not a memfd", target.display()))
+        }
+    }
+
     /// Opens and maps the peer's memory file of at least `size` bytes.
     pub fn open(path: &str, size: u64) -> io::Result<Mapping> {
         let file = std::fs::OpenOptions::new()
@@ -146,5 +158,17 @@ mod tests {
             "larger than the file"
         );
         assert!(Mapping::open("/proc/self/fd/999999", 1).is_err());
+        assert!(Mapping::check_memfd(&path).is_ok());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let named = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(file.as_file())
+        );
+        assert!(
+            Mapping::check_memfd(&named)
+                .unwrap_err()
+                .contains("not a memfd")
+        );
+        assert!(Mapping::check_memfd(file.path().to_str().unwrap()).is_err());
     }
 }
