@@ -115,6 +115,20 @@ func openSharedMemory(o *shmOffer) (*sharedMemory, error) {
 	return s, nil
 }
 
+// acquire takes a reference unless the memory is already unmapped: the
+// input goroutine may still read a message after the exchange has ended.
+func (s *sharedMemory) acquire() bool {
+	for {
+		n := s.refs.Load()
+		if n <= 0 {
+			return false
+		}
+		if s.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
 func (s *sharedMemory) unref() {
 	if s.refs.Add(-1) == 0 {
 		_ = unmap(s.data)
@@ -175,6 +189,10 @@ type frame struct {
 // frames splits a slot into its IPC stream messages: dictionaries, then one
 // record batch. Nothing is copied.
 func (s *sharedMemory) frames(sl envelope.Slot) ([]frame, error) {
+	if !s.acquire() {
+		return nil, Fatal(Internal, "a batch in shared memory after the exchange ended")
+	}
+	defer s.unref() // each frame's buffer holds its own reference from here on
 	if !s.engine.contains(sl) || sl.Offset+sl.Length > uint64(len(s.data)) {
 		return nil, Fatal(InvalidArgument, "a batch in shared memory at %d (%d bytes), outside the engine's half", sl.Offset, sl.Length)
 	}

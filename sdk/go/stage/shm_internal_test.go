@@ -211,3 +211,16 @@ func FuzzSharedMemoryFrames(f *testing.F) {
 		copy(s.data[base:base+uint64(len(good))], good)
 	})
 }
+
+// A message read after the exchange ended (the input goroutine is not
+// waited for) finds the memory unmapped and says so, without touching it.
+func TestABatchAfterTheExchangeEndedIsRefused(t *testing.T) {
+	s := testMemory(t, 1<<16)
+	s.close()
+	if _, err := s.frames(envelope.Slot{Offset: 0, Length: 64}); err == nil {
+		t.Fatal("frames of an unmapped memory")
+	}
+	if s.acquire() {
+		t.Fatal("a reference to an unmapped memory")
+	}
+}
