@@ -25,6 +25,7 @@ use crate::envelope::{Envelope, Kind};
 use crate::manifest::{Manifest, OpenRequest};
 use crate::security::{ClientSecurity, Token};
 use crate::version::{self, DescribeRequest};
+use crate::views::ViewsAsBinary;
 
 /// Where a stage listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,6 +439,19 @@ impl StageClient {
                 }
             };
             let messages = crate::shm::expand(response, incoming, violation);
+            // the answer's string views are checked faster than arrow's
+            // reader would (crate::views): set at the stage's schema message
+            let views = Arc::new(std::sync::OnceLock::<ViewsAsBinary>::new());
+            let plan = Arc::clone(&views);
+            let messages = messages.map_ok(move |m| {
+                if plan.get().is_none()
+                    && let Some((binary, p)) = ViewsAsBinary::for_schema_message(&m)
+                {
+                    let _ = plan.set(p);
+                    return binary;
+                }
+                m
+            });
             let mut decoder = FlightDataDecoder::new(
                 messages
                     .map_ok(normalize_metadata_only)
@@ -445,7 +459,7 @@ impl StageClient {
             );
             while let Some(msg) = decoder.next().await {
                 let event = match msg {
-                    Ok(m) => decode_event(&target, m),
+                    Ok(m) => decode_event(&target, m, views.get()),
                     Err(FlightError::Tonic(status)) => Some(Err(StageError::from_status(&status))),
                     // a batch before the schema, IPC that does not decode:
                     // the stage's bug, not a broken connection (not retried)
@@ -470,6 +484,7 @@ impl StageClient {
 fn decode_event(
     target: &Target,
     msg: arrow_flight::decode::DecodedFlightData,
+    views: Option<&ViewsAsBinary>,
 ) -> Option<Result<StageEvent, StageError>> {
     let md = msg.inner.app_metadata.clone();
     // what a stage sends that breaks the protocol is its bug: `INTERNAL`,
@@ -482,16 +497,21 @@ fn decode_event(
     };
     match msg.payload {
         DecodedPayload::Schema(_) => None,
-        DecodedPayload::RecordBatch(batch) => Some(Envelope::decode(&md).map_err(bad).and_then(
-            |envelope| match envelope.kind {
+        DecodedPayload::RecordBatch(batch) => Some(
+            match views {
+                Some(v) => v.restore(batch).map_err(bad),
+                None => Ok(batch),
+            }
+            .and_then(|batch| Envelope::decode(&md).map_err(bad).map(|e| (batch, e)))
+            .and_then(|(batch, envelope)| match envelope.kind {
                 Kind::Batch => Ok(StageEvent::Batch { batch, envelope }),
                 other => Err(bad(format!(
                     "{} rows in an `{}` message: only a `batch` message carries rows",
                     batch.num_rows(),
                     other.as_str()
                 ))),
-            },
-        )),
+            }),
+        ),
         DecodedPayload::None if md.is_empty() => None,
         DecodedPayload::None => Some(Envelope::decode(&md).map_err(bad).and_then(
             |e| match e.kind {

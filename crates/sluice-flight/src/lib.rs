@@ -15,6 +15,7 @@
 //! - [`version`]: protocol versions, negotiated through `describe`.
 //! - [`security`]: TLS and bearer tokens for remote stages.
 //! - [`shm`]: the shared-memory path for child stages.
+//! - [`views`]: checking the string views of a stage's answer.
 #![deny(missing_docs)]
 
 pub mod client;
@@ -34,6 +35,7 @@ pub mod shm;
 pub mod telemetry;
 mod trace;
 pub mod version;
+pub mod views;
 
 pub use client::{StageClient, StageEvent, Target};
 pub use codes::StageError;
