@@ -369,15 +369,20 @@ impl<S: Stage> FlightService for StageService<S> {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(8);
-        // a unix socket has no remote address: only there is the engine on
-        // this machine, and may share memory
-        let local = request.remote_addr().is_none();
+        // the process on the other end of the stage's unix socket: only it
+        // may share memory, and only a memory file it holds (over TCP, or
+        // in a tonic server without peer credentials, there is none)
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .and_then(|cred| cred.pid());
         let input = request.into_inner();
         let stage = Arc::clone(&self.stage);
         let manifest = Arc::clone(&self.manifest);
         tokio::spawn(async move {
             let errors = tx.clone();
-            if let Err(status) = run_exchange(stage, manifest, input, tx, local).await {
+            if let Err(status) = run_exchange(stage, manifest, input, tx, peer).await {
                 let _ = errors.send(Err(status)).await;
             }
         });
@@ -449,10 +454,10 @@ async fn run_exchange<S: Stage>(
     manifest: Arc<Manifest>,
     input: Streaming<FlightData>,
     tx: mpsc::Sender<Result<FlightData, Status>>,
-    local: bool,
+    peer: Option<i32>,
 ) -> Result<(), Status> {
     let mut span = crate::trace::ExchangeSpan::default();
-    let result = exchange_traced(stage, manifest, input, tx, local, &mut span).await;
+    let result = exchange_traced(stage, manifest, input, tx, peer, &mut span).await;
     log_exchange(&span, result.as_ref().err());
     span.end(result.as_ref().err());
     result
@@ -490,7 +495,7 @@ async fn exchange_traced<S: Stage>(
     manifest: Arc<Manifest>,
     input: Streaming<FlightData>,
     tx: mpsc::Sender<Result<FlightData, Status>>,
-    local: bool,
+    peer: Option<i32>,
     span: &mut crate::trace::ExchangeSpan,
 ) -> Result<(), Status> {
     // set once the open request is read, if it offers shared memory
@@ -580,21 +585,19 @@ async fn exchange_traced<S: Stage>(
     if let Some(offer) = &open.shared_memory {
         // a client elsewhere (TCP) could name any file of this machine for
         // the stage to read unchecked and write into
-        if !local {
+        let Some(peer) = peer else {
             return Err(fatal(
                 ErrorCode::InvalidArgument,
                 "shared memory is taken only from an engine on the stage's unix socket",
             ));
-        }
-        crate::shm::Mapping::check_memfd(&offer.path)
-            .map_err(|m| fatal(ErrorCode::InvalidArgument, format!("shared memory: {m}")))?;
+        };
         let release: Release = Arc::new(move |slot| {
             releases
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(slot)
         });
-        let side = stage_side(offer, Arc::clone(&output_schema), release).map_err(|m| {
+        let side = stage_side(offer, peer, Arc::clone(&output_schema), release).map_err(|m| {
             fatal(
                 ErrorCode::InvalidArgument,
                 format!("{m} (a stage in another container or on another machine cannot: set `shared_memory = false` on the stage in the pipeline)"),
@@ -602,10 +605,11 @@ async fn exchange_traced<S: Stage>(
         })?;
         encoder = encoder.with_shared_memory(side.writer);
         let _ = incoming.set(side.incoming);
-        // SAFETY: the peer is a process of this machine that can connect to
-        // the stage's unix socket and shares a memfd with it: the engine
-        // that started it, which can write this process's memory anyway. Its batches are valid Arrow; checking every string's
-        // UTF-8 again would cost what the shared memory saves.
+        // SAFETY: the memory is a sealed memfd held by the process on the
+        // other end of the stage's unix socket (checked by `stage_side`):
+        // the engine, which the stage trusts to send valid Arrow as it
+        // trusts it with its input. Checking every string's UTF-8 again
+        // would cost what the shared memory saves.
         decoder = unsafe { decoder.with_skip_validation() };
     }
     out.send(encoder.schema_message(&output_schema)).await?;

@@ -172,12 +172,15 @@
 // # Shared memory
 //
 // When the engine starts the stage as its child, batches travel through
-// memory both processes map (protocol.md section 8), about three copies of
-// a batch instead of twelve; the SDK does it for every stage and the
-// manifest says so. An input record then reads the engine's memory in
-// place: the SDK gives that memory back when the record's last buffer is
-// released, so a Processor that Retains an input record (to answer it later)
-// holds a slot of the engine's memory until it Releases it. Holding many
-// costs nothing but speed: when the engine's half is full, batches go over
-// Flight.
+// memory both processes map (protocol.md section 8), three or four copies
+// of a batch instead of twelve; Serve and NewServer do it for every stage
+// served without TLS on the engine's unix socket (not Register, whose
+// server has its own credentials) and the manifest says so. Each input batch is copied
+// to the Go heap and the engine's memory given back at once, since Go
+// strings taken from arrays point into their buffers. WithInPlaceInput
+// reads input in place instead, one copy less: then copy what you keep past
+// Process (strings.Clone, bytes.Clone), and know that a Retained input
+// record holds a slot of the engine's memory until it is Released (which
+// only costs speed: when the engine's half is full, batches go over
+// Flight).
 package stage

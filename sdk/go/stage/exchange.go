@@ -225,16 +225,19 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 		return Fatal(InvalidArgument, "open request: shared_memory: %v", err)
 	}
 	if offer.SharedMemory != nil {
-		// Only the engine that started the stage shares memory with it: a
-		// client elsewhere (TCP) could name any file of this machine for
-		// the stage to read unchecked and write into.
-		if p, ok := peer.FromContext(x.stream.Context()); !ok || p.Addr == nil || p.Addr.Network() != "unix" {
-			return Fatal(InvalidArgument, "open request: shared memory is taken only from an engine on the stage's unix socket")
+		// Only the process on the other end of the stage's unix socket
+		// shares memory with it, and only a memory file it holds: a client
+		// elsewhere (TCP) could name any file of this machine for the stage
+		// to read unchecked and write into.
+		p, ok := peer.FromContext(x.stream.Context())
+		var from peerInfo
+		if ok {
+			from, ok = p.AuthInfo.(peerInfo)
 		}
-		if err := isMemfd(offer.SharedMemory.Path); err != nil {
-			return Fatal(InvalidArgument, "open request: shared memory %q: %v", offer.SharedMemory.Path, err)
+		if !ok || from.pid == 0 {
+			return Fatal(InvalidArgument, "open request: shared memory is taken only from an engine on the stage's unix socket, served without TLS by stage.Serve or stage.NewServer")
 		}
-		shm, err := openSharedMemory(offer.SharedMemory)
+		shm, err := openSharedMemory(offer.SharedMemory, from.pid, x.svc.inPlace)
 		if err != nil {
 			return err
 		}
@@ -453,7 +456,9 @@ func (x *exchange) rowErrors(errs []RowError, inRows int64) ([]envelope.RowError
 		if !e.Code.Valid() {
 			return nil, Fatal(Internal, "stage %q: the row error of row %d has the unknown code %q", m.Name, e.Row, e.Code)
 		}
-		out[i] = envelope.RowError{Row: e.Row, Code: string(e.Code), Message: e.Message}
+		// the message may be a value of the input batch, read in place from
+		// shared memory the engine reuses once the input is released
+		out[i] = envelope.RowError{Row: e.Row, Code: string(e.Code), Message: strings.Clone(e.Message)}
 	}
 	return out, nil
 }

@@ -12,6 +12,7 @@ package stage
 // Flight, so nothing waits for memory.
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -96,13 +97,18 @@ type sharedMemory struct {
 	// refs counts the exchange and every slot still read in place; the
 	// memory is unmapped when it drops to zero.
 	refs atomic.Int64
+
+	// inPlace: the engine's batches are read where they lie (WithInPlaceInput);
+	// otherwise each is copied to the Go heap and its slot given back at once
+	inPlace bool
 }
 
-func openSharedMemory(o *shmOffer) (*sharedMemory, error) {
+// openSharedMemory maps the memory the engine (process peer) offers.
+func openSharedMemory(o *shmOffer, peer int32, inPlace bool) (*sharedMemory, error) {
 	if o.Size == 0 || o.StageOffset == 0 || o.StageOffset >= o.Size || o.StageOffset%shmAlignment != 0 || o.Size > 1<<40 {
 		return nil, Fatal(InvalidArgument, "open request: shared memory of %d bytes with the stage's half at %d: the halves must be non-empty and aligned to %d", o.Size, o.StageOffset, shmAlignment)
 	}
-	data, err := mapFile(o.Path, o.Size)
+	data, err := mapFile(o.Path, peer, o.Size)
 	if err != nil {
 		return nil, Fatal(InvalidArgument, "cannot map the engine's shared memory %q: %v (a stage in another container or on another machine cannot: set shared_memory = false on the stage in the pipeline)", o.Path, err)
 	}
@@ -110,6 +116,8 @@ func openSharedMemory(o *shmOffer) (*sharedMemory, error) {
 		data:   data,
 		engine: slots{start: 0, end: o.StageOffset},
 		own:    slots{start: o.StageOffset, end: o.Size, used: map[uint64]uint64{}},
+
+		inPlace: inPlace,
 	}
 	s.refs.Store(1)
 	return s, nil
@@ -173,11 +181,16 @@ func (l *lease) Reallocate(n int, b []byte) []byte {
 }
 func (l *lease) Free([]byte) {
 	if l.buffers.Add(-1) == 0 {
-		l.s.mu.Lock()
-		l.s.released = append(l.s.released, l.slot)
-		l.s.mu.Unlock()
+		l.s.giveBack(l.slot)
 		l.s.unref()
 	}
+}
+
+// giveBack queues the release of an engine slot nothing reads any more.
+func (s *sharedMemory) giveBack(sl envelope.Slot) {
+	s.mu.Lock()
+	s.released = append(s.released, sl)
+	s.mu.Unlock()
 }
 
 // frame is one IPC message read from a slot.
@@ -187,7 +200,8 @@ type frame struct {
 }
 
 // frames splits a slot into its IPC stream messages: dictionaries, then one
-// record batch. Nothing is copied.
+// record batch, read in place or from a copy (the slot then goes back at
+// once).
 func (s *sharedMemory) frames(sl envelope.Slot) ([]frame, error) {
 	if !s.acquire() {
 		return nil, Fatal(Internal, "a batch in shared memory after the exchange ended")
@@ -197,8 +211,15 @@ func (s *sharedMemory) frames(sl envelope.Slot) ([]frame, error) {
 		return nil, Fatal(InvalidArgument, "a batch in shared memory at %d (%d bytes), outside the engine's half", sl.Offset, sl.Length)
 	}
 	b := s.data[sl.Offset : sl.Offset+sl.Length]
+	if !s.inPlace {
+		// Go strings and slices taken from arrays point into their buffers
+		// and keep them alive; memory the engine reuses cannot be kept alive
+		b = bytes.Clone(b)
+		s.giveBack(sl)
+	}
 	type raw struct{ meta, body []byte }
 	var msgs []raw
+	record := false
 	for at := 0; at < len(b); {
 		if len(b)-at < 8 {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory: %d stray bytes at %d", len(b)-at, at)
@@ -221,6 +242,7 @@ func (s *sharedMemory) frames(sl envelope.Slot) ([]frame, error) {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory: a body of %d bytes at byte %d, past the slot's end", bodyLen, end)
 		}
 		last := typ == ipc.MessageRecordBatch
+		record = last
 		if !last && typ != ipc.MessageDictionaryBatch {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory holds a %v message; want dictionaries, then one record batch", typ)
 		}
@@ -230,13 +252,19 @@ func (s *sharedMemory) frames(sl envelope.Slot) ([]frame, error) {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory: %d bytes after the record batch", len(b)-at)
 		}
 	}
-	if len(msgs) == 0 {
-		return nil, Fatal(InvalidArgument, "an empty batch in shared memory")
+	if !record { // dictionaries alone would leave the batch's envelope unanswered
+		return nil, Fatal(InvalidArgument, "a batch in shared memory without its record batch")
+	}
+	out := make([]frame, len(msgs))
+	if !s.inPlace {
+		for i, m := range msgs {
+			out[i] = frame{meta: m.meta, body: memory.NewBufferBytes(m.body)}
+		}
+		return out, nil
 	}
 	l := &lease{s: s, slot: sl}
 	l.buffers.Store(int32(len(msgs)))
 	s.refs.Add(1)
-	out := make([]frame, len(msgs))
 	for i, m := range msgs {
 		out[i] = frame{meta: m.meta, body: memory.NewBufferWithAllocator(m.body, l)}
 	}

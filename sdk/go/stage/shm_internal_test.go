@@ -1,11 +1,17 @@
+//go:build linux
+
 package stage
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -61,22 +67,80 @@ func TestSlotsNeverOverlap(t *testing.T) {
 	}
 }
 
-// testMemory maps a file standing in for the engine's memfd, of 2 × half bytes.
-func testMemory(t testing.TB, half uint64) *sharedMemory {
+// memfd makes a memory file of size bytes as the engine does (sealed at
+// its size unless told not to) and returns its /proc path.
+func memfd(t testing.TB, size int64, seal bool) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "shm")
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
+	fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(path, int64(2*half)); err != nil {
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Ftruncate(fd, size); err != nil {
 		t.Fatal(err)
 	}
-	s, err := openSharedMemory(&shmOffer{Path: path, Size: 2 * half, StageOffset: half})
+	if seal {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd)
+}
+
+// testMemory maps a memory file standing in for the engine's, of 2 × half
+// bytes, its batches read in place.
+func testMemory(t testing.TB, half uint64) *sharedMemory {
+	return testMemoryOf(t, half, true)
+}
+
+func testMemoryOf(t testing.TB, half uint64, inPlace bool) *sharedMemory {
+	t.Helper()
+	path := memfd(t, int64(2*half), true)
+	s, err := openSharedMemory(&shmOffer{Path: path, Size: 2 * half, StageOffset: half}, int32(os.Getpid()), inPlace)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.close)
 	return s
+}
+
+// Only a memory file of the peer, sealed at its size, is mapped: not one of
+// another process, not a file with a name, not a memfd its owner could
+// shrink under the mapping.
+func TestOnlyASealedMemfdOfThePeerIsMapped(t *testing.T) {
+	me := int32(os.Getpid())
+	sealed := memfd(t, 1<<16, true)
+	if _, err := mapFile(sealed, me+1, 1<<16); err == nil || !strings.Contains(err.Error(), "not a descriptor of the peer") {
+		t.Fatalf("another process's file: %v", err)
+	}
+	fd := sealed[strings.LastIndex(sealed, "/")+1:]
+	for _, p := range []string{"/proc/self/fd/" + fd, "/dev/fd/" + fd, sealed + "/../" + fd, "x/proc/" + fmt.Sprint(me) + "/fd/" + fd} {
+		if _, err := mapFile(p, me, 1<<16); err == nil {
+			t.Fatalf("%s mapped", p)
+		}
+	}
+	named := filepath.Join(t.TempDir(), "shm")
+	if err := os.WriteFile(named, make([]byte, 1<<16), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(named)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range []string{fmt.Sprintf("/proc/%d/fd/%d", me, f.Fd()), memfd(t, 1<<16, false)} {
+		if _, err := mapFile(p, me, 1<<16); err == nil || !strings.Contains(err.Error(), "not a memfd sealed") {
+			t.Fatalf("%s: %v", p, err)
+		}
+	}
+	if _, err := mapFile(sealed, me, 1<<17); err == nil {
+		t.Fatal("mapped past the file's end")
+	}
+	b, err := mapFile(sealed, me, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unmap(b)
 }
 
 func testRecord(t testing.TB) arrow.RecordBatch {
@@ -111,26 +175,7 @@ func TestARecordGoesThroughASlotAndItsSlotComesBack(t *testing.T) {
 	}
 	// read it back as the engine's batch would be: pretend the stage's half is the engine's
 	s.engine = s.own
-	in := &inputStream{shm: s}
-	frames, err := s.frames(slot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(frames) != 2 {
-		t.Fatalf("%d messages, want a dictionary and a record batch", len(frames))
-	}
-	mr := newMessageReader(in)
-	mr.pending = frames
-	schemaMsg := ipc.GetSchemaPayload(rec.Schema(), memory.NewGoAllocator())
-	meta := schemaMsg.Meta()
-	rdr, err := ipc.NewReaderFromMessageReader(&prefixed{first: ipc.NewMessage(meta, memory.NewBufferBytes(nil)), rest: mr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !rdr.Next() {
-		t.Fatalf("no record: %v", rdr.Err())
-	}
-	got := rdr.RecordBatch()
+	got, rdr := readSlot(t, s, slot, rec.Schema())
 	got.Retain()
 	if !array.RecordEqual(got, rec) {
 		t.Fatalf("got %v\nwant %v", got, rec)
@@ -142,6 +187,84 @@ func TestARecordGoesThroughASlotAndItsSlotComesBack(t *testing.T) {
 	got.Release()
 	if r := s.takeReleased(); len(r) != 1 || r[0] != slot {
 		t.Fatalf("released %v, want [%v]", r, slot)
+	}
+}
+
+// readSlot reads the record in slot as the input of an exchange would; the
+// record is the reader's until it is released.
+func readSlot(t *testing.T, s *sharedMemory, slot envelope.Slot, schema *arrow.Schema) (arrow.RecordBatch, *ipc.Reader) {
+	t.Helper()
+	frames, err := s.frames(slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(frames) != 2 {
+		t.Fatalf("%d messages, want a dictionary and a record batch", len(frames))
+	}
+	mr := newMessageReader(&inputStream{shm: s})
+	mr.pending = frames
+	payload := ipc.GetSchemaPayload(schema, memory.NewGoAllocator())
+	meta := payload.Meta()
+	rdr, err := ipc.NewReaderFromMessageReader(&prefixed{first: ipc.NewMessage(meta, memory.NewBufferBytes(nil)), rest: mr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rdr.Next() {
+		t.Fatalf("no record: %v", rdr.Err())
+	}
+	return rdr.RecordBatch(), rdr
+}
+
+// Without WithInPlaceInput a batch is copied out of its slot, which goes
+// back at once: the engine overwriting it changes nothing the stage holds,
+// strings taken from the arrays included.
+func TestACopiedBatchGivesItsSlotBackAtOnce(t *testing.T) {
+	s := testMemoryOf(t, 1<<20, false)
+	rec := testRecord(t)
+	defer rec.Release()
+	w := &slotWriter{s: s, schema: rec.Schema(), mem: memory.NewGoAllocator()}
+	defer w.reset()
+	slot, ok, err := w.write(rec)
+	if err != nil || !ok {
+		t.Fatalf("write: %v %v", ok, err)
+	}
+	s.engine = s.own
+	got, rdr := readSlot(t, s, slot, rec.Schema())
+	defer rdr.Release()
+	if r := s.takeReleased(); len(r) != 1 || r[0] != slot {
+		t.Fatalf("released %v, want [%v] at once", r, slot)
+	}
+	name := got.Column(1).(*array.Dictionary).Dictionary().(*array.String).Value(1)
+	for i := slot.Offset; i < slot.Offset+slot.Length; i++ {
+		s.data[i] = 0xff // the engine reuses the slot
+	}
+	if !array.RecordEqual(got, rec) || name != "bb" {
+		t.Fatalf("changed under the stage: %v (%q)", got, name)
+	}
+}
+
+// A slot of dictionaries without the record batch they belong to is
+// refused: its envelope would otherwise go unanswered.
+func TestASlotOfDictionariesAloneIsRefused(t *testing.T) {
+	s := testMemory(t, 1<<16)
+	rec := testRecord(t)
+	defer rec.Release()
+	w := &slotWriter{s: s, schema: rec.Schema(), mem: memory.NewGoAllocator()}
+	defer w.reset()
+	slot, ok, err := w.write(rec)
+	if err != nil || !ok {
+		t.Fatalf("write: %v %v", ok, err)
+	}
+	s.engine = s.own
+	b := s.data[slot.Offset:]
+	n := int(le32(b[4:]))
+	bodyLen, typ, err := readMeta(b[8 : 8+n])
+	if err != nil || typ != ipc.MessageDictionaryBatch {
+		t.Fatalf("first message: %v %v", typ, err)
+	}
+	dict := envelope.Slot{Offset: slot.Offset, Length: uint64(8+n) + uint64(bodyLen)}
+	if _, err := s.frames(dict); err == nil || !strings.Contains(err.Error(), "without its record batch") {
+		t.Fatalf("dictionaries alone: %v", err)
 	}
 }
 

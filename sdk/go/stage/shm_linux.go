@@ -3,32 +3,44 @@
 package stage
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
-// isMemfd checks that path names an anonymous memory file (a memfd seen
-// through /proc/<pid>/fd), not a file with a name.
-func isMemfd(path string) error {
-	target, err := os.Readlink(path)
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(target, "/memfd:") {
-		return fmt.Errorf("it is %s, not a memfd", target)
-	}
-	return nil
-}
+// memfdSeals are the seals the engine's memory file must carry: its size is
+// fixed while mapped, so the engine cannot shrink it under the stage's
+// mapping (a read past a file's end is SIGBUS, not an error).
+const memfdSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW
 
-// mapFile maps size bytes of the file at path, shared and writable.
-func mapFile(path string, size uint64) ([]byte, error) {
+// mapFile maps size bytes of the memory file that peer (the process on the
+// other end of the stage's unix socket) offered. path must be one of peer's
+// descriptors (/proc/<peer>/fd/<n>) and the file opened a memfd sealed at
+// its size: an open request cannot make the stage map a file with a name,
+// another process's memory, or memory that could shrink under it.
+func mapFile(path string, peer int32, size uint64) ([]byte, error) {
+	pid, n, ok := strings.Cut(strings.TrimPrefix(path, "/proc/"), "/fd/")
+	if _, err := strconv.ParseUint(n, 10, 32); !ok || !strings.HasPrefix(path, "/proc/") || pid != strconv.Itoa(int(peer)) || err != nil {
+		return nil, fmt.Errorf("not a descriptor of the peer (process %d): want /proc/%d/fd/<n>", peer, peer)
+	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close() // the mapping outlives the descriptor
+	// checked on the file opened, not on the path: the peer cannot swap the
+	// descriptor between a check and the open
+	if seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0); err != nil || seals&memfdSeals != memfdSeals {
+		return nil, fmt.Errorf("not a memfd sealed against shrinking and growing")
+	}
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -40,3 +52,51 @@ func mapFile(path string, size uint64) ([]byte, error) {
 }
 
 func unmap(b []byte) error { return syscall.Munmap(b) }
+
+// peerCredentials is the transport of a server without TLS: plaintext, as
+// gRPC's insecure credentials, and on a unix socket it records the process
+// on the other end (SO_PEERCRED), whose memory file an exchange may map.
+type peerCredentials struct{}
+
+// peerInfo is the AuthInfo of a connection; pid is 0 when unknown (TCP).
+type peerInfo struct {
+	credentials.CommonAuthInfo
+	pid int32
+}
+
+func (peerInfo) AuthType() string { return "insecure" }
+
+func plainInfo() peerInfo {
+	return peerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}
+}
+
+func (peerCredentials) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	info := plainInfo()
+	if u, ok := c.(*net.UnixConn); ok {
+		if raw, err := u.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) {
+				if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+					info.pid = cred.Pid
+				}
+			})
+		}
+	}
+	return c, info, nil
+}
+
+func (peerCredentials) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return c, plainInfo(), nil
+}
+
+func (peerCredentials) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "insecure"}
+}
+
+func (p peerCredentials) Clone() credentials.TransportCredentials { return p }
+
+func (peerCredentials) OverrideServerName(string) error { return nil }
+
+// plaintextOptions are the server options of a server without TLS.
+func plaintextOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.Creds(peerCredentials{})}
+}

@@ -2,13 +2,22 @@
 
 package stage
 
-import "errors"
+import (
+	"errors"
+
+	"google.golang.org/grpc"
+)
 
 // The engine offers shared memory only on Linux (a memfd).
-func mapFile(string, uint64) ([]byte, error) {
+func mapFile(string, int32, uint64) ([]byte, error) {
 	return nil, errors.New("shared memory needs Linux")
 }
 
 func unmap([]byte) error { return nil }
 
-func isMemfd(string) error { return errors.New("shared memory needs Linux") }
+// peerInfo is never made off Linux: no exchange maps memory there.
+type peerInfo struct{ pid int32 }
+
+// plaintextOptions are the server options of a server without TLS: gRPC's
+// defaults.
+func plaintextOptions() []grpc.ServerOption { return nil }

@@ -16,8 +16,13 @@
 //! copy); the stage decodes it in place, without a copy, and the SDK gives
 //! the slot back only when the last array referencing it is dropped; the
 //! stage writes its output into its half (one copy); the engine copies the
-//! output out before decoding it (one copy), because it never reads memory
+//! output out before decoding it (one copy), because it never decodes memory
 //! the stage could still write.
+//!
+//! Whom the stage trusts: only the process on the other end of its unix
+//! socket, and only a memory file that process holds, sealed against
+//! shrinking (a peer that could shrink it would turn the other side's next
+//! read into SIGBUS).
 
 mod memory;
 mod reader;
@@ -70,7 +75,7 @@ pub(crate) fn halves(offer: &Offer) -> Result<(Slots, Slots), String> {
     if offer.size == 0
         || offer.stage_offset == 0
         || offer.stage_offset >= offer.size
-        || offer.stage_offset % ALIGNMENT != 0
+        || !offer.stage_offset.is_multiple_of(ALIGNMENT)
     {
         return Err(format!(
             "shared memory of {} bytes with the stage's half at {}: the halves must be non-empty and aligned to {ALIGNMENT}",
@@ -109,15 +114,17 @@ pub fn engine_side(
     Ok((offer, side(mapping, engine, stage, schema, release, false)))
 }
 
-/// The stage's side of the engine's offer. The stage decodes the engine's
+/// The stage's side of the engine's offer, from `peer`, the process on the
+/// other end of the stage's unix socket. The stage decodes the engine's
 /// batches in place.
 pub fn stage_side(
     offer: &Offer,
+    peer: i32,
     schema: arrow_schema::SchemaRef,
     release: reader::Release,
 ) -> Result<Side, String> {
     let (engine, stage) = halves(offer)?;
-    let mapping = Mapping::open(&offer.path, offer.size).map_err(|e| {
+    let mapping = Mapping::open(&offer.path, peer, offer.size).map_err(|e| {
         format!(
             "cannot map the engine's shared memory `{}`: {e}",
             offer.path

@@ -107,9 +107,9 @@ impl Incoming {
                         release: Arc::clone(&self.release),
                     })
                 } else {
-                    let copy = Bytes::copy_from_slice(
+                    let copy = Bytes::from(
                         self.mapping
-                            .bytes(slot.offset, slot.length)
+                            .copy_out(slot.offset, slot.length)
                             .unwrap_or_default(),
                     );
                     (self.release)(slot);

@@ -39,7 +39,9 @@ func pass(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.
 }
 
 func main() {
-	if err := stage.Serve(context.Background(), identity{}); err != nil {
+	// it keeps no value of its input past Process, so it may read its input
+	// where the engine wrote it in shared memory, without a copy
+	if err := stage.Serve(context.Background(), identity{}, stage.WithInPlaceInput()); err != nil {
 		fmt.Fprintln(os.Stderr, "identity:", err)
 		os.Exit(1)
 	}
