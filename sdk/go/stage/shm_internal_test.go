@@ -87,6 +87,9 @@ func memfd(t testing.TB, size int64, seal bool) string {
 	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd)
 }
 
+// MemfdForTest is memfd for the tests of package stage_test.
+var MemfdForTest = memfd
+
 // testMemory maps a memory file standing in for the engine's, of 2 × half
 // bytes, its batches read in place.
 func testMemory(t testing.TB, half uint64) *sharedMemory {
@@ -161,20 +164,27 @@ func testRecord(t testing.TB) arrow.RecordBatch {
 	return b.NewRecordBatch()
 }
 
-// A record written into the stage's half reads back in place, equal, and
-// its slot is released only when the last buffer reading it is.
-func TestARecordGoesThroughASlotAndItsSlotComesBack(t *testing.T) {
-	s := testMemory(t, 1<<20)
+// slotOfRecord writes the test record into the stage's half, then makes
+// that half the engine's: the slot reads back as an engine's batch would.
+func slotOfRecord(t testing.TB, s *sharedMemory) (arrow.RecordBatch, envelope.Slot) {
+	t.Helper()
 	rec := testRecord(t)
-	defer rec.Release()
+	t.Cleanup(rec.Release)
 	w := &slotWriter{s: s, schema: rec.Schema(), mem: memory.NewGoAllocator()}
-	defer w.reset()
+	t.Cleanup(w.reset)
 	slot, ok, err := w.write(rec)
 	if err != nil || !ok {
 		t.Fatalf("write: %v %v", ok, err)
 	}
-	// read it back as the engine's batch would be: pretend the stage's half is the engine's
 	s.engine = s.own
+	return rec, slot
+}
+
+// A record written into the stage's half reads back in place, equal, and
+// its slot is released only when the last buffer reading it is.
+func TestARecordGoesThroughASlotAndItsSlotComesBack(t *testing.T) {
+	s := testMemory(t, 1<<20)
+	rec, slot := slotOfRecord(t, s)
 	got, rdr := readSlot(t, s, slot, rec.Schema())
 	got.Retain()
 	if !array.RecordEqual(got, rec) {
@@ -220,15 +230,7 @@ func readSlot(t *testing.T, s *sharedMemory, slot envelope.Slot, schema *arrow.S
 // strings taken from the arrays included.
 func TestACopiedBatchGivesItsSlotBackAtOnce(t *testing.T) {
 	s := testMemoryOf(t, 1<<20, false)
-	rec := testRecord(t)
-	defer rec.Release()
-	w := &slotWriter{s: s, schema: rec.Schema(), mem: memory.NewGoAllocator()}
-	defer w.reset()
-	slot, ok, err := w.write(rec)
-	if err != nil || !ok {
-		t.Fatalf("write: %v %v", ok, err)
-	}
-	s.engine = s.own
+	rec, slot := slotOfRecord(t, s)
 	got, rdr := readSlot(t, s, slot, rec.Schema())
 	defer rdr.Release()
 	if r := s.takeReleased(); len(r) != 1 || r[0] != slot {
@@ -247,15 +249,7 @@ func TestACopiedBatchGivesItsSlotBackAtOnce(t *testing.T) {
 // refused: its envelope would otherwise go unanswered.
 func TestASlotOfDictionariesAloneIsRefused(t *testing.T) {
 	s := testMemory(t, 1<<16)
-	rec := testRecord(t)
-	defer rec.Release()
-	w := &slotWriter{s: s, schema: rec.Schema(), mem: memory.NewGoAllocator()}
-	defer w.reset()
-	slot, ok, err := w.write(rec)
-	if err != nil || !ok {
-		t.Fatalf("write: %v %v", ok, err)
-	}
-	s.engine = s.own
+	_, slot := slotOfRecord(t, s)
 	b := s.data[slot.Offset:]
 	n := int(le32(b[4:]))
 	bodyLen, typ, err := readMeta(b[8 : 8+n])
@@ -302,15 +296,8 @@ func TestARecordLargerThanTheHalfGoesOverFlight(t *testing.T) {
 // frames or an error, never panics; a good slot with bytes overwritten too.
 func FuzzSharedMemoryFrames(f *testing.F) {
 	s := testMemory(f, 1<<16)
-	rec := testRecord(f)
-	defer rec.Release()
-	w := &slotWriter{s: s, schema: rec.Schema(), mem: memory.NewGoAllocator()}
-	slot, ok, err := w.write(rec)
-	if err != nil || !ok {
-		f.Fatalf("write: %v %v", ok, err)
-	}
+	_, slot := slotOfRecord(f, s)
 	good := bytes.Clone(s.data[slot.Offset : slot.Offset+slot.Length])
-	s.engine = s.own
 	f.Add(good, uint64(0), uint64(len(good)), uint32(0))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0}, uint64(64), uint64(8), uint32(3))
 	f.Fuzz(func(t *testing.T, b []byte, offset, length uint64, flip uint32) {

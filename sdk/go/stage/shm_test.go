@@ -8,30 +8,12 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/sluice-etl/sluice/sdk/go/stage"
 	"github.com/sluice-etl/sluice/sdk/go/stage/stagetest"
 )
-
-// sealedMemfd makes a memory file as the engine does: sealed at its size.
-func sealedMemfd(t *testing.T, size int64) string {
-	t.Helper()
-	fd, err := unix.MemfdCreate("engine", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Ftruncate(fd, size); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd)
-}
 
 // offering is an open request that offers the memory file at path.
 func offering(path string) []byte {
@@ -43,7 +25,7 @@ func offering(path string) []byte {
 // socket, and refuses an offer from a TCP client or one that names another
 // process's memory.
 func TestSharedMemoryIsTakenOnlyFromThePeer(t *testing.T) {
-	path := sealedMemfd(t, 1<<20)
+	path := stage.MemfdForTest(t, 1<<20, true) // as the engine makes it: sealed at its size
 	srv, mem := start(t, processing("s", nil))
 	if _, err := srv.Run(t.Context(), offering(path), people); err != nil {
 		t.Fatalf("an offer from the peer: %v", err)
