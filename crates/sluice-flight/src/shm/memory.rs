@@ -126,17 +126,30 @@ impl Mapping {
         self.len == 0
     }
 
-    /// The bytes `[offset, offset + length)`, or `None` outside the mapping.
-    ///
-    /// The peer may write these bytes at any time if it breaks the protocol;
-    /// readers that cannot trust it copy them first.
-    pub fn bytes(&self, offset: u64, length: u64) -> Option<&[u8]> {
+    /// Where `[offset, offset + length)` starts in this process, if it lies
+    /// inside the mapping.
+    fn range(&self, offset: u64, length: u64) -> Option<(*mut u8, usize)> {
         let (o, l) = (usize::try_from(offset).ok()?, usize::try_from(length).ok()?);
         if o.checked_add(l)? > self.len {
             return None;
         }
+        // SAFETY: `o` is inside the mapping (or its end, for `l` = 0)
+        Some((unsafe { self.ptr.add(o) }, l))
+    }
+
+    /// Whether `[offset, offset + length)` lies inside the mapping.
+    pub fn holds(&self, offset: u64, length: u64) -> bool {
+        self.range(offset, length).is_some()
+    }
+
+    /// The bytes `[offset, offset + length)`, or `None` outside the mapping,
+    /// for a side that trusts its peer (the stage reading the engine's
+    /// batches in place): a peer that wrote them while they are borrowed
+    /// would break the borrow's promise.
+    pub fn bytes(&self, offset: u64, length: u64) -> Option<&[u8]> {
+        let (p, l) = self.range(offset, length)?;
         // SAFETY: inside the mapping, which lives as long as `self`
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.add(o), l) })
+        Some(unsafe { std::slice::from_raw_parts(p, l) })
     }
 
     /// A copy of the bytes `[offset, offset + length)`, or `None` outside
@@ -144,15 +157,12 @@ impl Mapping {
     /// peer may be writing them at the same moment if it breaks the
     /// protocol, and a shared slice of changing bytes would be undefined.
     pub fn copy_out(&self, offset: u64, length: u64) -> Option<Vec<u8>> {
-        let (o, l) = (usize::try_from(offset).ok()?, usize::try_from(length).ok()?);
-        if o.checked_add(l)? > self.len {
-            return None;
-        }
+        let (p, l) = self.range(offset, length)?;
         let mut copy = Vec::with_capacity(l);
         // SAFETY: the source lies inside the mapping, the destination holds
         // `l` bytes, and they cannot overlap
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.add(o), copy.as_mut_ptr(), l);
+            std::ptr::copy_nonoverlapping(p, copy.as_mut_ptr(), l);
             copy.set_len(l);
         }
         Some(copy)
@@ -161,9 +171,7 @@ impl Mapping {
     /// A pointer to `[offset, offset + length)` for writing a slot this
     /// side was handed, or `None` outside the mapping.
     pub(crate) fn slot_ptr(&self, offset: u64, length: u64) -> Option<*mut u8> {
-        self.bytes(offset, length)?;
-        // SAFETY: checked to lie inside the mapping
-        Some(unsafe { self.ptr.add(offset as usize) })
+        self.range(offset, length).map(|(p, _)| p)
     }
 
     /// The file behind the mapping.
@@ -195,6 +203,7 @@ mod tests {
         assert_eq!(theirs.bytes(4096, 5).unwrap(), b"hello");
         assert_eq!(theirs.copy_out(4096, 5).unwrap(), b"hello");
         assert!(theirs.bytes((1 << 20) - 2, 3).is_none());
+        assert!(theirs.holds((1 << 20) - 2, 2) && !theirs.holds((1 << 20) - 2, 3));
         assert!(theirs.copy_out((1 << 20) - 2, 3).is_none());
         assert!(theirs.bytes(u64::MAX, 2).is_none());
         assert!(theirs.copy_out(u64::MAX, 2).is_none());

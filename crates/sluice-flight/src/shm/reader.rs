@@ -92,9 +92,7 @@ impl Incoming {
                 Ok(Vec::new())
             }
             Kind::Batch => {
-                if !self.peer.contains(slot)
-                    || self.mapping.bytes(slot.offset, slot.length).is_none()
-                {
+                if !self.peer.contains(slot) || !self.mapping.holds(slot.offset, slot.length) {
                     return Err(format!(
                         "a batch in shared memory at {} ({} bytes), outside the sender's half",
                         slot.offset, slot.length
