@@ -24,6 +24,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/flight"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/sluice-etl/sluice/sdk/go/internal/envelope"
 )
@@ -83,6 +84,20 @@ func (s *slots) free(sl envelope.Slot) error {
 		return nil
 	}
 	return fmt.Errorf("a release of %d bytes at %d, which is not a slot in use", sl.Length, sl.Offset)
+}
+
+// peerInfo is the AuthInfo of a plaintext connection (peerCredentials, on
+// Linux); pid is the process on the other end of a unix socket, 0 when
+// unknown (TCP).
+type peerInfo struct {
+	credentials.CommonAuthInfo
+	pid int32
+}
+
+func (peerInfo) AuthType() string { return "insecure" }
+
+func plainInfo() peerInfo {
+	return peerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}
 }
 
 // sharedMemory is one exchange's shared memory, on the stage's side.

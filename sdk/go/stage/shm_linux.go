@@ -58,18 +58,6 @@ func unmap(b []byte) error { return syscall.Munmap(b) }
 // on the other end (SO_PEERCRED), whose memory file an exchange may map.
 type peerCredentials struct{}
 
-// peerInfo is the AuthInfo of a connection; pid is 0 when unknown (TCP).
-type peerInfo struct {
-	credentials.CommonAuthInfo
-	pid int32
-}
-
-func (peerInfo) AuthType() string { return "insecure" }
-
-func plainInfo() peerInfo {
-	return peerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}
-}
-
 func (peerCredentials) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	info := plainInfo()
 	if u, ok := c.(*net.UnixConn); ok {

@@ -15,9 +15,6 @@ func mapFile(string, int32, uint64) ([]byte, error) {
 
 func unmap([]byte) error { return nil }
 
-// peerInfo is never made off Linux: no exchange maps memory there.
-type peerInfo struct{ pid int32 }
-
 // plaintextOptions are the server options of a server without TLS: gRPC's
 // defaults.
 func plaintextOptions() []grpc.ServerOption { return nil }
