@@ -61,6 +61,29 @@ impl Processor for GrowRun {
     }
 }
 
+/// Serves `stage` on a unix socket in `dir`, as the engine's child would be,
+/// and connects the engine's client to it.
+async fn serve_on_unix_socket<S: Stage>(
+    dir: &std::path::Path,
+    stage: S,
+) -> (
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    StageClient,
+) {
+    let socket = dir.join("stage.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service(stage).unwrap())
+            .serve_with_incoming(incoming),
+    );
+    let client = StageClient::connect(&Target::Unix(socket), Duration::from_secs(10))
+        .await
+        .unwrap();
+    (server, client)
+}
+
 fn self_schema() -> Arc<Schema> {
     Grow.manifest().output_schema.unwrap().schema
 }
@@ -68,17 +91,7 @@ fn self_schema() -> Arc<Schema> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_larger_than_the_message_limit_arrives_in_pieces() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("grow.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service(Grow).unwrap())
-            .serve_with_incoming(incoming),
-    );
-    let mut client = StageClient::connect(&Target::Unix(socket), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (server, mut client) = serve_on_unix_socket(dir.path(), Grow).await;
     let manifest = client.describe().await.unwrap();
     let input_schema = manifest.input_schema.as_ref().unwrap().schema.clone();
     let input = RecordBatch::try_new(
@@ -157,17 +170,7 @@ impl Processor for HoardRun {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_over_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("hoard.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service(Hoard).unwrap())
-            .serve_with_incoming(incoming),
-    );
-    let mut client = StageClient::connect(&Target::Unix(socket), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (server, mut client) = serve_on_unix_socket(dir.path(), Hoard).await;
     let manifest = client.describe().await.unwrap();
     assert!(manifest.shared_memory, "the Rust SDK offers shared memory");
     client.use_shared_memory(true);
