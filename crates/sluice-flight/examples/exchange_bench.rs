@@ -103,11 +103,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = client.describe().await?;
     let flight_only = args[..split].iter().any(|a| a == "--flight");
     client.use_shared_memory(manifest.shared_memory && !flight_only);
-    let path = if client.uses_shared_memory() {
-        "shm"
-    } else {
-        "flight"
-    };
 
     let batch = lineitem_like(rows);
     let bytes_per_batch: usize = batch
@@ -142,10 +137,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut events = client.exchange(&open, batch.schema(), input, None).await?;
         let mut rtts = Vec::with_capacity(n);
         let mut rows_out = 0usize;
+        // the path the answers took, not the one asked for: a failed offer
+        // falls back to Flight
+        let (mut answers, mut in_shm) = (0usize, 0usize);
         while let Some(e) = events.next().await {
             match e? {
                 StageEvent::Batch { batch, envelope } => {
                     rows_out += batch.num_rows();
+                    answers += 1;
+                    in_shm += usize::from(envelope.shm.is_some());
                     if let Some(seq) = envelope.in_seq
                         && let Some(t) = sent_at
                             .lock()
@@ -163,6 +163,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if round == 0 {
             continue;
         }
+        let path = match in_shm {
+            0 => "flight",
+            n if n == answers => "shm",
+            _ => "mixed",
+        };
         rtts.sort();
         let q = |p: f64| {
             rtts.get(((rtts.len().max(1) - 1) as f64 * p) as usize)

@@ -152,7 +152,8 @@ pub trait Stage: Send + Sync + 'static {
 pub fn service<S: Stage>(stage: S) -> Result<FlightServiceServer<StageService<S>>, StageError> {
     let mut manifest = stage.manifest();
     // the SDK reads and writes batches in shared memory for every stage
-    manifest.shared_memory = true;
+    // that speaks v1.1 (a stage pinned to v1 cannot announce it)
+    manifest.shared_memory = manifest.protocol != crate::version::V1;
     manifest
         .check()
         .map_err(|m| StageError::new(ErrorCode::Internal, format!("invalid manifest: {m}")))?;
@@ -572,8 +573,6 @@ async fn exchange_traced<S: Stage>(
         })?;
     }
     let output_schema = manifest.output_for(&input_schema);
-    let mut processor = stage.open(&open).await.map_err(Status::from)?;
-
     let releases = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut out = Out {
         tx,
@@ -588,7 +587,10 @@ async fn exchange_traced<S: Stage>(
         let Some(peer) = peer else {
             return Err(fatal(
                 ErrorCode::InvalidArgument,
-                "shared memory is taken only from an engine on the stage's unix socket",
+                format!(
+                    "stage `{}`: shared memory is taken only from an engine on the stage's unix socket",
+                    manifest.name
+                ),
             ));
         };
         let release: Release = Arc::new(move |slot| {
@@ -600,7 +602,7 @@ async fn exchange_traced<S: Stage>(
         let side = stage_side(offer, peer, Arc::clone(&output_schema), release).map_err(|m| {
             fatal(
                 ErrorCode::InvalidArgument,
-                format!("{m} (a stage in another container or on another machine cannot: set `shared_memory = false` on the stage in the pipeline)"),
+                format!("stage `{}`: {m} (a stage in another container or on another machine cannot: set `shared_memory = false` on the stage in the pipeline)", manifest.name),
             )
         })?;
         encoder = encoder.with_shared_memory(side.writer);
@@ -612,6 +614,8 @@ async fn exchange_traced<S: Stage>(
         // would cost what the shared memory saves.
         decoder = unsafe { decoder.with_skip_validation() };
     }
+    let mut processor = stage.open(&open).await.map_err(Status::from)?;
+
     out.send(encoder.schema_message(&output_schema)).await?;
     let lineage = LineageEntry {
         stage: manifest.name.clone(),

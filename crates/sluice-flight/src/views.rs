@@ -36,11 +36,13 @@ pub fn views_are_utf8(array: &BinaryViewArray) -> Result<(), String> {
         .collect();
     for (row, &v) in array.views().iter().enumerate() {
         let len = v as u32 as usize;
+        let inline;
         let bytes = if len <= 12 {
             if v & INLINE_HIGH_BITS == 0 {
                 continue;
             }
-            v.to_le_bytes()[4..4 + len].to_vec()
+            inline = v.to_le_bytes();
+            &inline[4..4 + len]
         } else {
             let view = ByteView::from(v);
             let index = view.buffer_index as usize;
@@ -49,8 +51,9 @@ pub fn views_are_utf8(array: &BinaryViewArray) -> Result<(), String> {
                 .map(|b| b.as_slice())
                 .ok_or_else(|| format!("row {row}: no data buffer {index}"))?;
             let start = view.offset as usize;
-            let bytes = data
-                .get(start..start + len)
+            let bytes = start
+                .checked_add(len)
+                .and_then(|end| data.get(start..end))
                 .ok_or_else(|| format!("row {row}: bytes {start}..+{len} past its buffer"))?;
             // in valid UTF-8, a position is a character boundary unless its
             // byte continues a character (0b10xxxxxx)
@@ -58,9 +61,9 @@ pub fn views_are_utf8(array: &BinaryViewArray) -> Result<(), String> {
             if whole[index] && boundary(start) && boundary(start + len) {
                 continue;
             }
-            bytes.to_vec()
+            bytes
         };
-        std::str::from_utf8(&bytes).map_err(|e| format!("row {row} is not UTF-8: {e}"))?;
+        std::str::from_utf8(bytes).map_err(|e| format!("row {row} is not UTF-8: {e}"))?;
     }
     Ok(())
 }

@@ -281,3 +281,30 @@ async fn a_stage_on_tcp_refuses_shared_memory() {
     assert!(status.message().contains("unix socket"), "{status}");
     server.abort();
 }
+
+/// A stage whose manifest says protocol v1 (the SDK still negotiates the
+/// version with the engine).
+struct PinnedToV1;
+
+#[async_trait::async_trait]
+impl Stage for PinnedToV1 {
+    fn manifest(&self) -> Manifest {
+        let mut m = Manifest::new("pinned", "1.0.0");
+        m.protocol = sluice_flight::version::V1.into();
+        m
+    }
+    async fn open(&self, _: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
+        Ok(Box::new(HoardRun(Vec::new())))
+    }
+}
+
+/// The SDK announces shared memory only in a v1.1 manifest: one that says
+/// v1 cannot carry the key, and is served (it was refused as invalid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_manifest_is_served_without_shared_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut client) = serve_on_unix_socket(dir.path(), PinnedToV1).await;
+    let manifest = client.describe().await.unwrap();
+    assert!(!manifest.shared_memory);
+    server.abort();
+}
