@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -120,7 +121,11 @@ type sharedMemory struct {
 
 // openSharedMemory maps the memory the engine (process peer) offers.
 func openSharedMemory(o *shmOffer, peer int32, inPlace bool) (*sharedMemory, error) {
-	if o.Size == 0 || o.StageOffset == 0 || o.StageOffset >= o.Size || o.StageOffset%shmAlignment != 0 || o.Size > 1<<40 {
+	if o.Size > 1<<40 || o.Size > uint64(math.MaxInt) {
+		// more than this process could map (or than any engine offers)
+		return nil, Fatal(InvalidArgument, "open request: shared memory of %d bytes: more than this stage can map", o.Size)
+	}
+	if o.Size == 0 || o.StageOffset == 0 || o.StageOffset >= o.Size || o.StageOffset%shmAlignment != 0 {
 		return nil, Fatal(InvalidArgument, "open request: shared memory of %d bytes with the stage's half at %d: the halves must be non-empty and aligned to %d", o.Size, o.StageOffset, shmAlignment)
 	}
 	data, err := mapFile(o.Path, peer, o.Size)

@@ -334,3 +334,26 @@ func TestABatchAfterTheExchangeEndedIsRefused(t *testing.T) {
 		t.Fatal("a reference to an unmapped memory")
 	}
 }
+
+// An offer whose halves are empty, unaligned or out of order, or larger
+// than the stage could map, is refused before anything is mapped.
+func TestABadOfferIsRefused(t *testing.T) {
+	path := memfd(t, 1<<16, true)
+	me := int32(os.Getpid())
+	for _, o := range []shmOffer{
+		{Size: 0, StageOffset: 0},
+		{Size: 1 << 16, StageOffset: 0},
+		{Size: 1 << 16, StageOffset: 1 << 16},
+		{Size: 1 << 16, StageOffset: 1<<15 + 1},
+		{Size: 1 << 15, StageOffset: 1 << 16},
+		{Size: 1 << 41, StageOffset: 1 << 15},
+		{Size: ^uint64(0), StageOffset: 1 << 15},
+		{Size: 1 << 17, StageOffset: 1 << 15}, // larger than the file
+	} {
+		o.Path = path
+		if s, err := openSharedMemory(&o, me, true); err == nil {
+			s.close()
+			t.Errorf("offer %+v mapped", o)
+		}
+	}
+}

@@ -38,8 +38,12 @@ func mapFile(path string, peer int32, size uint64) ([]byte, error) {
 	defer f.Close() // the mapping outlives the descriptor
 	// checked on the file opened, not on the path: the peer cannot swap the
 	// descriptor between a check and the open
-	if seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0); err != nil || seals&memfdSeals != memfdSeals {
-		return nil, fmt.Errorf("not a memfd sealed against shrinking and growing")
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return nil, fmt.Errorf("not a memfd sealed against shrinking and growing (it has no seals: %v)", err)
+	}
+	if seals&memfdSeals != memfdSeals {
+		return nil, fmt.Errorf("not a memfd sealed against shrinking and growing (its seals are %#x)", seals)
 	}
 	st, err := f.Stat()
 	if err != nil {
