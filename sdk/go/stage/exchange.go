@@ -503,8 +503,22 @@ func (x *exchange) send(a answer) error {
 	}
 	switch {
 	case a.rec != nil:
-		// An answer larger than the message limit goes as several "batch"
-		// messages with the same in_seq (Flush output: without one).
+		batchEnv := func() *envelope.Envelope {
+			e := env(envelope.Batch)
+			e.InSeq, e.Lineage = a.inSeq, &x.svc.lineage
+			return &e
+		}
+		// In shared memory an answer goes whole (the message limit is
+		// Flight's). Over Flight, one larger than the limit goes as several
+		// "batch" messages with the same in_seq (Flush output: without one).
+		sent, err := x.sendInSharedMemory(a.rec, batchEnv)
+		if err != nil {
+			return err
+		}
+		if sent {
+			x.rows += uint64(a.rec.NumRows())
+			break
+		}
 		pieces := splitRecord(a.rec, outputBudget)
 		defer func() {
 			for _, p := range pieces {
@@ -512,16 +526,7 @@ func (x *exchange) send(a answer) error {
 			}
 		}()
 		for _, p := range pieces {
-			e := env(envelope.Batch)
-			e.InSeq, e.Lineage = a.inSeq, &x.svc.lineage
-			if sent, err := x.sendInSharedMemory(p, &e); err != nil || sent {
-				if err != nil {
-					return err
-				}
-				x.rows += uint64(p.NumRows())
-				continue
-			}
-			if err := x.w.WriteWithAppMetadata(p, envelope.Encode(&e)); err != nil {
+			if err := x.w.WriteWithAppMetadata(p, envelope.Encode(batchEnv())); err != nil {
 				if status.Code(err) == codes.ResourceExhausted {
 					return Fatal(Internal, "stage %q: an output message of %d rows, cut from a larger answer as estimated, is still larger than the gRPC message limit (%d bytes): %v",
 						x.svc.manifest.Name, p.NumRows(), MaxMessageSize, err)
@@ -546,16 +551,18 @@ func (x *exchange) send(a answer) error {
 }
 
 // sendInSharedMemory sends rec through the stage's half of the shared
-// memory, if the exchange has one and a slot is free: the envelope names
-// the slot. Otherwise sent is false and rec goes over Flight, whose writer
-// then sends its dictionaries again if the last batch went the other way.
-func (x *exchange) sendInSharedMemory(rec arrow.RecordBatch, e *envelope.Envelope) (sent bool, err error) {
+// memory, if the exchange has one and a slot is free, with the envelope
+// newEnv makes naming the slot. Otherwise sent is false, nothing is sent
+// and rec goes over Flight, whose writer then sends its dictionaries again
+// if the last batch went the other way.
+func (x *exchange) sendInSharedMemory(rec arrow.RecordBatch, newEnv func() *envelope.Envelope) (sent bool, err error) {
 	if x.slots != nil {
 		slot, ok, err := x.slots.write(rec)
 		if err != nil {
 			return false, Fatal(Internal, "stage %q: writing output into shared memory: %v", x.svc.manifest.Name, err)
 		}
 		if ok {
+			e := newEnv()
 			e.Shm = &slot
 			x.flightStale = true
 			return true, x.w.WriteMetadata(envelope.Encode(e))
@@ -688,7 +695,9 @@ func messageType(header []byte) ipc.MessageType {
 	if len(header) == 0 {
 		return ipc.MessageNone
 	}
-	m := ipc.NewMessage(memory.NewBufferBytes(header), memory.NewBufferBytes(nil))
-	defer m.Release()
-	return m.Type()
+	_, typ, err := readMeta(header)
+	if err != nil {
+		return ipc.MessageNone
+	}
+	return typ
 }

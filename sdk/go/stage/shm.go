@@ -13,6 +13,7 @@ package stage
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -244,10 +245,10 @@ func (s *sharedMemory) frames(sl envelope.Slot) ([]frame, error) {
 		if len(b)-at < 8 {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory: %d stray bytes at %d", len(b)-at, at)
 		}
-		if le32(b[at:]) != 0xFFFFFFFF {
+		if binary.LittleEndian.Uint32(b[at:]) != 0xFFFFFFFF {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory: no continuation marker at byte %d", at)
 		}
-		n := int64(int32(le32(b[at+4:])))
+		n := int64(int32(binary.LittleEndian.Uint32(b[at+4:])))
 		start := at + 8
 		if n <= 0 || n > int64(len(b)-start) {
 			return nil, Fatal(InvalidArgument, "a batch in shared memory: metadata of %d bytes at byte %d", n, at)
@@ -303,10 +304,6 @@ func readMeta(meta []byte) (bodyLen int64, typ ipc.MessageType, err error) {
 	m := ipc.NewMessage(memory.NewBufferBytes(meta), memory.NewBufferBytes(nil))
 	defer m.Release()
 	return m.BodyLen(), m.Type(), nil
-}
-
-func le32(b []byte) uint32 {
-	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
 }
 
 // messageReader is what the IPC reader reads the input from: the Flight
@@ -422,9 +419,11 @@ func (p *slotWriter) Write(b []byte) (int, error) {
 // write puts rec into a free slot of the stage's half and returns it;
 // ok is false when no free slot is large enough (send it over Flight).
 func (p *slotWriter) write(rec arrow.RecordBatch) (slot envelope.Slot, ok bool, err error) {
-	var size uint64
+	// the estimate of split.go (a slice counts its rows only), plus the
+	// dictionaries, which go in the slot too
+	size := uint64(recordSize(rec).total())
 	for _, c := range rec.Columns() {
-		size += dataBytes(c.Data())
+		size += uint64(dictionaryBytes(c.Data()))
 	}
 	bound := size + size/16 + 4096 + 512*uint64(len(rec.Schema().Fields())+1)
 	p.s.mu.Lock()
@@ -464,20 +463,15 @@ func (p *slotWriter) reset() {
 
 var _ io.Writer = (*slotWriter)(nil)
 
-// dataBytes is the bytes of an array's buffers, children and dictionary,
-// plus the padding each buffer may get.
-func dataBytes(d arrow.ArrayData) uint64 {
-	var n uint64
-	for _, b := range d.Buffers() {
-		if b != nil {
-			n += uint64(b.Len()) + 8
-		}
+// dictionaryBytes is the bytes of the dictionaries an array carries, at
+// any depth.
+func dictionaryBytes(d arrow.ArrayData) int64 {
+	var n int64
+	if dict := d.Dictionary(); d.DataType().ID() == arrow.DICTIONARY && dict != nil {
+		n += dataSize(dict) + dictionaryBytes(dict)
 	}
 	for _, c := range d.Children() {
-		n += dataBytes(c)
-	}
-	if d.DataType().ID() == arrow.DICTIONARY && d.Dictionary() != nil {
-		n += dataBytes(d.Dictionary())
+		n += dictionaryBytes(c)
 	}
 	return n
 }

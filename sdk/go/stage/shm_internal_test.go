@@ -4,6 +4,7 @@ package stage
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -251,7 +252,7 @@ func TestASlotOfDictionariesAloneIsRefused(t *testing.T) {
 	s := testMemory(t, 1<<16)
 	_, slot := slotOfRecord(t, s)
 	b := s.data[slot.Offset:]
-	n := int(le32(b[4:]))
+	n := int(binary.LittleEndian.Uint32(b[4:]))
 	bodyLen, typ, err := readMeta(b[8 : 8+n])
 	if err != nil || typ != ipc.MessageDictionaryBatch {
 		t.Fatalf("first message: %v %v", typ, err)
