@@ -14,7 +14,7 @@ use arrow_flight::{Action, FlightData, FlightDescriptor};
 use arrow_schema::SchemaRef;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use sluice_contract::ErrorCode;
 use tonic::transport::{Channel, Endpoint};
 
@@ -427,7 +427,12 @@ impl StageClient {
             .into_inner();
         let target = self.target.clone();
         let (ev_tx, ev_rx) = tokio::sync::mpsc::channel::<Result<StageEvent, StageError>>(2);
-        tokio::spawn(async move {
+        // arrow's IPC decoding panics on some malformed schemas and batches
+        // (`fb_to_schema`'s unwraps): a stage's bytes must end the exchange
+        // with an error that says so, not a silent task abort that reads as
+        // a crashed stage
+        let (panic_tx, panic_target) = (ev_tx.clone(), target.clone());
+        let decode = async move {
             let violation = {
                 let target = target.clone();
                 move |m: String| -> tonic::Status {
@@ -441,14 +446,19 @@ impl StageClient {
             let messages = crate::shm::expand(response, incoming, violation);
             // the answer's string views are checked faster than arrow's
             // reader would (crate::views): set at the stage's schema message
-            let views = Arc::new(std::sync::OnceLock::<ViewsAsBinary>::new());
+            let views = Arc::new(std::sync::OnceLock::<Option<ViewsAsBinary>>::new());
             let plan = Arc::clone(&views);
             let messages = messages.map_ok(move |m| {
-                if plan.get().is_none()
-                    && let Some((binary, p)) = ViewsAsBinary::for_schema_message(&m)
-                {
+                // decided once, at the first message with IPC data (the
+                // decoder refuses anything but the schema there)
+                if plan.get().is_none() && !m.data_header.is_empty() {
+                    let found = ViewsAsBinary::for_schema_message(&m);
+                    let (message, p) = match found {
+                        Some((binary, p)) => (binary, Some(p)),
+                        None => (m, None),
+                    };
                     let _ = plan.set(p);
-                    return binary;
+                    return message;
                 }
                 m
             });
@@ -459,7 +469,7 @@ impl StageClient {
             );
             while let Some(msg) = decoder.next().await {
                 let event = match msg {
-                    Ok(m) => decode_event(&target, m, views.get()),
+                    Ok(m) => decode_event(&target, m, views.get().and_then(Option::as_ref)),
                     Err(FlightError::Tonic(status)) => Some(Err(StageError::from_status(&status))),
                     // a batch before the schema, IPC that does not decode:
                     // the stage's bug, not a broken connection (not retried)
@@ -474,6 +484,21 @@ impl StageClient {
                         return;
                     }
                 }
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(decode).catch_unwind().await {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                let _ = panic_tx
+                    .send(Err(StageError::new(
+                        ErrorCode::Internal,
+                        format!("{panic_target}: protocol violation: the stage's answer cannot be decoded ({why})"),
+                    )))
+                    .await;
             }
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(ev_rx).boxed())

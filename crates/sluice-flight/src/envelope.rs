@@ -122,13 +122,39 @@ impl Envelope {
         if e.v != 1 {
             return Err(format!("unsupported envelope version {}", e.v));
         }
-        Ok(e)
+        match (e.kind, e.shm) {
+            (Kind::Release, None) => Err("a `release` envelope must name its slot (`shm`)".into()),
+            (Kind::Batch | Kind::Release, _) | (_, None) => Ok(e),
+            (kind, Some(_)) => Err(format!(
+                "a `{}` envelope names a slot of shared memory (`shm`); only `batch` and `release` do",
+                kind.as_str()
+            )),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a `batch` or a `release` names a slot, and a `release` must.
+    #[test]
+    fn a_slot_is_named_where_the_protocol_says() {
+        let slot = r#""shm":{"offset":64,"length":128}"#;
+        for ok in [
+            format!(r#"{{"v":1,"kind":"batch","epoch":1,"seq":0,{slot}}}"#),
+            format!(r#"{{"v":1,"kind":"release","epoch":1,"seq":0,{slot}}}"#),
+        ] {
+            assert!(Envelope::decode(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        let release = Envelope::decode(br#"{"v":1,"kind":"release","epoch":1,"seq":0}"#);
+        assert!(release.unwrap_err().contains("must name its slot"));
+        for kind in ["end", "ack", "flushed", "row_errors"] {
+            let bad = format!(r#"{{"v":1,"kind":"{kind}","epoch":1,"seq":0,{slot}}}"#);
+            let err = Envelope::decode(bad.as_bytes()).unwrap_err();
+            assert!(err.contains("only `batch` and `release`"), "{kind}: {err}");
+        }
+    }
 
     #[test]
     fn golden_envelopes_round_trip_byte_for_byte() {

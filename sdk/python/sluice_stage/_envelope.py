@@ -208,5 +208,9 @@ def decode(data: bytes | str) -> Envelope:
         if not isinstance(raw, dict):
             raise EnvelopeError('"shm" is not an object')
         shm = Slot(_uint(raw, "offset", True), _uint(raw, "length", True))
+    if kind == "release" and shm is None:
+        raise EnvelopeError('a "release" must name its slot ("shm")')
+    if shm is not None and kind not in ("batch", "release"):
+        raise EnvelopeError(f'a "{kind}" names a slot of shared memory ("shm"); only "batch" and "release" do')
     return Envelope(kind=kind, epoch=epoch, seq=seq, in_seq=in_seq, traceparent=traceparent,
                     lineage=lineage, errors=errors, rows=rows, snapshot=snapshot, shm=shm, v=v)

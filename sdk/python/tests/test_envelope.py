@@ -93,6 +93,9 @@ class Refusals(unittest.TestCase):
         b'{"v":1,"kind":"row_errors","epoch":0,"seq":0,"errors":{}}',
         b'{"v":1,"kind":"flushed","epoch":0,"seq":0,"rows":0,"snapshot":5}',
         b'{"v":1,"kind":"flushed","epoch":0,"seq":0,"rows":0,"snapshot":["e30="]}',
+        b'{"v":1,"kind":"release","epoch":0,"seq":0}',
+        b'{"v":1,"kind":"end","epoch":0,"seq":0,"shm":{"offset":64,"length":64}}',
+        b'{"v":1,"kind":"batch","epoch":0,"seq":0,"shm":{"offset":64}}',
         b"[" * 100000,
         b'{"v":1,"kind":"end","epoch":' + b"9" * 5000 + b',"seq":0}',
     ]

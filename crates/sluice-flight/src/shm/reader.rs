@@ -81,11 +81,10 @@ impl Incoming {
     /// `release` gives back a slot of this side and becomes nothing; any
     /// other message stays itself. An error is the peer breaking the protocol.
     pub fn expand(&self, data: FlightData) -> Result<Vec<FlightData>, String> {
-        let Some(envelope) = shared_memory_envelope(&data) else {
+        let Some((kind, slot)) = shared_memory_envelope(&data) else {
             return Ok(vec![data]);
         };
-        let slot = envelope.shm.ok_or("unreachable: no slot")?;
-        match envelope.kind {
+        match kind {
             Kind::Release => {
                 let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
                 own.free(slot)?;
@@ -123,14 +122,14 @@ impl Incoming {
     }
 }
 
-/// The envelope of a message without IPC payload that names a slot.
-fn shared_memory_envelope(data: &FlightData) -> Option<Envelope> {
+/// The kind and slot of a message without IPC payload that names a slot
+/// (`Envelope::decode` admits a slot only on a `batch` or a `release`).
+fn shared_memory_envelope(data: &FlightData) -> Option<(Kind, SlotRef)> {
     if !data.data_header.is_empty() || !data.data_body.is_empty() || data.app_metadata.is_empty() {
         return None;
     }
-    Envelope::decode(&data.app_metadata)
-        .ok()
-        .filter(|e| e.shm.is_some())
+    let envelope = Envelope::decode(&data.app_metadata).ok()?;
+    Some((envelope.kind, envelope.shm?))
 }
 
 /// Splits a slot into the IPC stream messages it holds (continuation

@@ -258,6 +258,10 @@ func Decode(b []byte) (Envelope, error) {
 		return Envelope{}, errors.New(`envelope: missing "seq"`)
 	case w.Shm != nil && (w.Shm.Offset == nil || w.Shm.Length == nil):
 		return Envelope{}, errors.New(`envelope: "shm" needs "offset" and "length"`)
+	case *w.Kind == Release && w.Shm == nil:
+		return Envelope{}, errors.New(`envelope: a "release" must name its slot ("shm")`)
+	case w.Shm != nil && *w.Kind != Batch && *w.Kind != Release:
+		return Envelope{}, fmt.Errorf(`envelope: a %q names a slot of shared memory ("shm"); only "batch" and "release" do`, *w.Kind)
 	}
 	var shm *Slot
 	if w.Shm != nil {

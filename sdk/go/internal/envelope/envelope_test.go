@@ -221,6 +221,10 @@ func TestDecodeRejects(t *testing.T) {
 		`{"v":1,"kind":"batch","epoch":1,"seq":0,"shm":{"offset":-64,"length":64}}`,
 		`{"v":1,"kind":"batch","epoch":1,"seq":0,"shm":{"offset":64,"length":18446744073709551616}}`,
 		`{"v":1,"kind":"release","epoch":1,"seq":0,"shm":{"offset":6.4,"length":64}}`,
+		// only a batch or a release names a slot, and a release must
+		`{"v":1,"kind":"release","epoch":1,"seq":0}`,
+		`{"v":1,"kind":"end","epoch":1,"seq":0,"shm":{"offset":64,"length":64}}`,
+		`{"v":1,"kind":"ack","epoch":1,"seq":0,"in_seq":0,"shm":{"offset":64,"length":64}}`,
 	} {
 		if _, err := Decode([]byte(in)); err == nil {
 			t.Errorf("Decode(%q) succeeded, want an error", in)
