@@ -159,6 +159,9 @@ impl Stage for Hoard {
 #[async_trait::async_trait]
 impl Processor for HoardRun {
     async fn process(&mut self, batch: RecordBatch) -> Result<Processed, StageError> {
+        if batch.num_columns() == 2 {
+            HELD.lock().unwrap().push(in_shared_memory(&batch));
+        }
         self.0.push(batch.clone());
         Ok(Processed::batch(batch))
     }
@@ -225,7 +228,38 @@ async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_ove
     }
     // the engine copies answers out and releases them at once: they all fit
     assert!(answers.iter().all(|(_, shm)| *shm));
+    // the inputs: the first ones read in place from the engine's memory
+    // file, the rest (once the engine's half was full) from Flight
+    let held = HELD.lock().unwrap().clone();
+    assert_eq!(held.len(), inputs.len());
+    let in_memory = held.iter().take_while(|&&m| m).count();
+    assert!(
+        in_memory > 0 && in_memory < inputs.len() && !held[in_memory..].contains(&true),
+        "{held:?}"
+    );
     server.abort();
+}
+
+/// Whether each batch `HoardRun` took lies in a memory file of the stages'
+/// shared memory, in the order taken (one hoarding test per process).
+static HELD: std::sync::Mutex<Vec<bool>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether `batch`'s string data lies in a memory file the stage mapped
+/// (`/proc/self/maps` names it `/memfd:sluice-stage`).
+fn in_shared_memory(batch: &RecordBatch) -> bool {
+    let at = batch.column(1).to_data().buffers()[1].as_ptr() as usize;
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("/memfd:sluice-stage"))
+        .filter_map(|l| l.split_whitespace().next()?.split_once('-'))
+        .filter_map(|(from, to)| {
+            Some((
+                usize::from_str_radix(from, 16).ok()?,
+                usize::from_str_radix(to, 16).ok()?,
+            ))
+        })
+        .any(|(from, to)| (from..to).contains(&at))
 }
 
 /// Over TCP a stage refuses shared memory: a client elsewhere could name
