@@ -46,7 +46,9 @@ def isolated(stage, path, rows):
     out = subprocess.run([BENCH, "--rows", str(rows), "--batches", str(batches), *flight, "--", STAGES[stage]],
                          capture_output=True, text=True, check=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
-    if r["path"] != path:
+    # over shm, answers that find the stage's half full (the engine has not
+    # yet released enough) go over Flight: "mixed" is the path working
+    if (r["answers_in_shm"] > 0) != (path == "shm"):
         raise SystemExit(f"asked for the {path} path, the answers took {r['path']}: {r}")
     return r
 
@@ -86,12 +88,12 @@ def run_pipeline(stage, rows, path, sf):
 
 print(f"## Identity stage: Go, Rust and pyarrow.flight (SF {SF} and {SF_HI}, {RUNS} runs, median)\n")
 print("### In isolation (`exchange_bench`: one exchange, the same lineitem-like batch sent repeatedly)\n")
-print("| stage | path | rows/batch | GB/s | M rows/s | round trip p50 ms | p99 ms |")
-print("|---|---|---|---|---|---|---|")
+print("| stage | path | rows/batch | GB/s | M rows/s | round trip p50 ms | p99 ms | answers in shared memory |")
+print("|---|---|---|---|---|---|---|---|")
 for rows in (8192, 65536):
     for stage, path in RUNS_OF:
         r = isolated(stage, path, rows)
-        print(f"| {stage} | {path} | {rows} | {r['gb_per_s']:.2f} | {r['rows_per_s'] / 1e6:.2f} | {r['rtt_p50_ms']:.2f} | {r['rtt_p99_ms']:.2f} |")
+        print(f"| {stage} | {path} | {rows} | {r['gb_per_s']:.2f} | {r['rows_per_s'] / 1e6:.2f} | {r['rtt_p50_ms']:.2f} | {r['rtt_p99_ms']:.2f} | {r['answers_in_shm'] / r['answers'] * 100:.0f}% |")
 print()
 print("### In the pipeline (TPC-H lineitem → [identity stage] → blackhole)\n")
 print(f"Throughput is marginal, between SF {SF} and SF {SF_HI} (see the script); the whole run at SF {SF} is shown too.\n")

@@ -176,7 +176,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let gb = (bytes_per_batch * n) as f64 / 1e9;
         println!(
-            "{{\"stage\":\"{program}\",\"path\":\"{path}\",\"rows_per_batch\":{rows},\"batches\":{n},\"rows\":{rows_out},\"seconds\":{:.4},\"gb_per_s\":{:.3},\"rows_per_s\":{:.0},\"rtt_p50_ms\":{:.3},\"rtt_p99_ms\":{:.3}}}",
+            "{{\"stage\":\"{program}\",\"path\":\"{path}\",\"answers\":{answers},\"answers_in_shm\":{in_shm},\"rows_per_batch\":{rows},\"batches\":{n},\"rows\":{rows_out},\"seconds\":{:.4},\"gb_per_s\":{:.3},\"rows_per_s\":{:.0},\"rtt_p50_ms\":{:.3},\"rtt_p99_ms\":{:.3}}}",
             took.as_secs_f64(),
             gb / took.as_secs_f64(),
             rows_out as f64 / took.as_secs_f64(),
