@@ -348,6 +348,154 @@ mod tests {
         assert_eq!(ours.lock().unwrap().in_use(), 0);
     }
 
+    /// One message of a peer, as the sequence property below draws them.
+    #[derive(Debug, Clone)]
+    enum Peer {
+        /// A batch written into a slot of the peer's half, named rightly.
+        Batch,
+        /// A batch message naming any range.
+        Named(u64, u64),
+        /// The release of one of our slots in use (by index), or of a slot
+        /// it already gave back.
+        Release(proptest::sample::Index),
+        /// A release of any range.
+        ReleaseAny(u64, u64),
+        /// A message carrying its own IPC data, or only an envelope.
+        Flight(Kind),
+    }
+
+    fn peer_message() -> impl proptest::strategy::Strategy<Value = Peer> {
+        use proptest::prelude::*;
+        let kind = proptest::sample::select(vec![Kind::Ack, Kind::End, Kind::Flushed]);
+        prop_oneof![
+            3 => Just(Peer::Batch),
+            1 => (0u64..(4 << 20), 0u64..8192).prop_map(|(o, l)| Peer::Named(o, l)),
+            3 => any::<proptest::sample::Index>().prop_map(Peer::Release),
+            1 => (0u64..(4 << 20), 0u64..8192).prop_map(|(o, l)| Peer::ReleaseAny(o, l)),
+            1 => kind.prop_map(Peer::Flight),
+        ]
+    }
+
+    /// Takes the slots given back since the last call: each must be one
+    /// read and not given back before; it goes back to the peer's writer.
+    fn settle(
+        given_back: &Mutex<Vec<SlotRef>>,
+        outstanding: &mut Vec<SlotRef>,
+        peer_slots: &Mutex<Slots>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        for slot in std::mem::take(&mut *given_back.lock().unwrap()) {
+            let Some(i) = outstanding.iter().position(|s| *s == slot) else {
+                return Err(proptest::test_runner::TestCaseError::fail(format!(
+                    "{slot:?} given back twice, or never read"
+                )));
+            };
+            outstanding.swap_remove(i);
+            peer_slots.lock().unwrap().free(slot).unwrap();
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Any sequence of a peer's messages, in place or copied: a batch in
+        /// its slot comes out as the batch, and its slot is given back
+        /// exactly once; a release frees exactly the slot of ours it names,
+        /// once; a misnamed slot is an error; other messages pass as they
+        /// are; nothing panics.
+        #[test]
+        fn any_sequence_of_messages_keeps_the_slots_right(
+            messages in proptest::collection::vec(peer_message(), 1..60),
+            in_place in proptest::prelude::any::<bool>(),
+        ) {
+            let (mapping, ours, peer) = pair();
+            let zoo = crate::conformance::type_zoo(7);
+            let peer_slots = Arc::new(Mutex::new(Slots::new(2 << 20, 2 << 20)));
+            let mut writer = ShmWriter::new(Arc::clone(&mapping), Arc::clone(&peer_slots), zoo.schema());
+            let given_back = Arc::new(Mutex::new(Vec::<SlotRef>::new()));
+            let log = Arc::clone(&given_back);
+            let incoming = Incoming::new(
+                Arc::clone(&mapping),
+                peer,
+                Arc::clone(&ours),
+                Arc::new(move |slot| log.lock().unwrap().push(slot)),
+                in_place,
+            );
+            // our slots the peer holds, and those it gave back
+            let mut lent: Vec<SlotRef> = (0..4).filter_map(|_| ours.lock().unwrap().alloc(1000)).collect();
+            let mut returned: Vec<SlotRef> = Vec::new();
+            let mut written = 0usize;
+            // the peer's slots read and not given back yet; the decoder's
+            // dictionaries, kept between batches as arrow-flight keeps them
+            let mut outstanding: Vec<SlotRef> = Vec::new();
+            let mut dicts = std::collections::HashMap::new();
+            for (seq, m) in messages.into_iter().enumerate() {
+                let envelope = |kind: Kind, slot: Option<SlotRef>| {
+                    let mut e = Envelope::new(kind, 1, seq as u64);
+                    e.shm = slot;
+                    crate::codec::control_message(&e)
+                };
+                match m {
+                    Peer::Batch => {
+                        let Some(slot) = writer.write(&zoo).unwrap() else { continue };
+                        written += 1;
+                        let out = incoming.expand(envelope(Kind::Batch, Some(slot)));
+                        let out = out.map_err(|e| proptest::test_runner::TestCaseError::fail(e))?;
+                        proptest::prop_assert!(out.last().is_some_and(|d| !d.app_metadata.is_empty()));
+                        proptest::prop_assert_eq!(decode(&zoo.schema(), &mut dicts, out), vec![zoo.clone()]);
+                        outstanding.push(slot);
+                        if !in_place {
+                            proptest::prop_assert_eq!(given_back.lock().unwrap().clone(), vec![slot]);
+                        }
+                    }
+                    Peer::Named(offset, length) => {
+                        let slot = SlotRef { offset, length };
+                        // a range outside the peer's half is refused; inside
+                        // it, bytes that are not a batch are refused as well
+                        let read = incoming.peer.contains(slot);
+                        if incoming.expand(envelope(Kind::Batch, Some(slot))).is_ok() {
+                            proptest::prop_assert!(read);
+                        }
+                        // a slot in the peer's half was read, whatever it
+                        // held, and is given back at once; outside, nothing is
+                        let back = std::mem::take(&mut *given_back.lock().unwrap());
+                        proptest::prop_assert_eq!(back, if read { vec![slot] } else { vec![] });
+                    }
+                    Peer::Release(pick) => {
+                        let all: Vec<SlotRef> = lent.iter().chain(&returned).copied().collect();
+                        if all.is_empty() { continue }
+                        let slot = all[pick.index(all.len())];
+                        let out = incoming.expand(envelope(Kind::Release, Some(slot)));
+                        if let Some(i) = lent.iter().position(|s| *s == slot) {
+                            proptest::prop_assert_eq!(out.map(|v| v.len()), Ok(0));
+                            returned.push(lent.swap_remove(i));
+                        } else {
+                            proptest::prop_assert!(out.is_err(), "a slot given back twice");
+                        }
+                    }
+                    Peer::ReleaseAny(offset, length) => {
+                        let slot = SlotRef { offset, length };
+                        if incoming.expand(envelope(Kind::Release, Some(slot))).is_ok() {
+                            let i = lent.iter().position(|s| *s == slot);
+                            proptest::prop_assert!(i.is_some(), "freed {:?}, never lent", slot);
+                            if let Some(i) = i { returned.push(lent.swap_remove(i)); }
+                        }
+                    }
+                    Peer::Flight(kind) => {
+                        let data = envelope(kind, None);
+                        let out = incoming.expand(data.clone()).unwrap();
+                        proptest::prop_assert_eq!(out, vec![data]);
+                    }
+                }
+                proptest::prop_assert_eq!(ours.lock().unwrap().in_use(), lent.len());
+                settle(&given_back, &mut outstanding, &peer_slots)?;
+            }
+            // the decoder's dictionaries read the slot they came in
+            drop(dicts);
+            settle(&given_back, &mut outstanding, &peer_slots)?;
+            proptest::prop_assert!(outstanding.is_empty(), "never given back: {:?}", outstanding);
+            proptest::prop_assert_eq!(peer_slots.lock().unwrap().in_use(), 0, "{} written", written);
+        }
+    }
+
     proptest::proptest! {
         /// Whatever a peer writes into its slot and however it names it,
         /// expanding it returns messages or an error, never panics.
