@@ -6,9 +6,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -16,6 +18,7 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/flight"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
@@ -355,6 +358,156 @@ func TestABadOfferIsRefused(t *testing.T) {
 		if s, err := openSharedMemory(&o, me, true); err == nil {
 			s.close()
 			t.Errorf("offer %+v mapped", o)
+		}
+	}
+}
+
+// scriptedStream is the engine's side of an exchange as a list of
+// messages; only Recv is used.
+type scriptedStream struct {
+	flight.FlightService_DoExchangeServer
+	messages []*flight.FlightData
+	received int
+}
+
+func (s *scriptedStream) Recv() (*flight.FlightData, error) {
+	if s.received == len(s.messages) {
+		return nil, io.EOF
+	}
+	s.received++
+	return s.messages[s.received-1], nil
+}
+
+// Any sequence of engine messages read as an exchange reads its input —
+// batches in their slots, batches naming any range, releases of the stage's
+// slots (twice, too) and of any range, other metadata-only kinds, "end" —
+// in place or copied: nothing panics, every record read is the one
+// written, every slot read is given back exactly once when nothing reads
+// it, and a release frees exactly the slot it names, once.
+func FuzzInputMessageSequences(f *testing.F) {
+	f.Add([]byte{0, 0, 2, 0, 5}, false)
+	f.Add([]byte{0, 0, 2, 0, 5}, true)
+	f.Add([]byte{2, 2, 0, 3, 7, 1, 9, 4}, true)
+	f.Add([]byte{0, 1, 200, 0, 5}, false)
+	f.Fuzz(fuzzBody)
+}
+
+func fuzzBody(t *testing.T, script []byte, inPlace bool) {
+	{
+		const half = 1 << 18
+		s := testMemoryOf(t, half, inPlace)
+		// the engine: the same memory, its writer in the first half
+		eng := &sharedMemory{data: s.data, own: slots{start: 0, end: half, used: map[uint64]uint64{}}}
+		rec := testRecord(t)
+		defer rec.Release()
+		w := &slotWriter{s: eng, schema: rec.Schema(), mem: memory.NewGoAllocator()}
+		defer w.reset()
+
+		// the stage's slots the engine holds, and those it gave back
+		var lent, returned []envelope.Slot
+		for range 4 {
+			sl, _ := s.own.alloc(1000)
+			lent = append(lent, sl)
+		}
+		schema := ipc.GetSchemaPayload(rec.Schema(), memory.NewGoAllocator())
+		defer schema.Release()
+		meta := schema.Meta()
+		defer meta.Release()
+		msgs := []*flight.FlightData{{DataHeader: meta.Bytes()}}
+		message := func(kind envelope.Kind, seq int, sl *envelope.Slot) *flight.FlightData {
+			e := envelope.Envelope{V: envelope.Version, Kind: kind, Epoch: 1, Seq: uint64(seq), Shm: sl}
+			return &flight.FlightData{AppMetadata: envelope.Encode(&e)}
+		}
+		written := map[envelope.Slot]bool{} // slots holding a batch, by message
+		named := map[int]envelope.Slot{}    // message index → slot it names
+		lentAt := map[int]bool{}            // message index → a release of a slot then lent
+		for i := 0; i < len(script); i++ {
+			arg := func() uint64 {
+				if i+1 < len(script) {
+					i++
+					return uint64(script[i])
+				}
+				return 0
+			}
+			switch script[i] % 6 {
+			case 0:
+				sl, ok, err := w.write(rec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ok {
+					written[sl] = true
+					named[len(msgs)] = sl
+					msgs = append(msgs, message(envelope.Batch, len(msgs), &sl))
+				}
+			case 1:
+				sl := envelope.Slot{Offset: arg() * 4096, Length: arg() * 97}
+				named[len(msgs)] = sl
+				msgs = append(msgs, message(envelope.Batch, len(msgs), &sl))
+			case 2:
+				all := append(append([]envelope.Slot{}, lent...), returned...)
+				sl := all[int(arg())%len(all)]
+				if j := slices.Index(lent, sl); j >= 0 {
+					lentAt[len(msgs)] = true
+					lent = slices.Delete(lent, j, j+1)
+					returned = append(returned, sl)
+				}
+				msgs = append(msgs, message(envelope.Release, 0, &sl))
+			case 3:
+				sl := envelope.Slot{Offset: half + arg()*64, Length: arg() * 64}
+				if j := slices.Index(lent, sl); j >= 0 { // drawn by chance
+					lentAt[len(msgs)] = true
+					lent = slices.Delete(lent, j, j+1)
+					returned = append(returned, sl)
+				}
+				msgs = append(msgs, message(envelope.Release, 0, &sl))
+			case 4:
+				msgs = append(msgs, message(envelope.Ack, len(msgs), nil))
+			case 5:
+				msgs = append(msgs, message(envelope.End, len(msgs), nil))
+			}
+		}
+
+		stream := &scriptedStream{messages: msgs}
+		in := &inputStream{stream: stream}
+		mr := newMessageReader(in)
+		rdr, err := ipc.NewReaderFromMessageReader(mr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.shm = s
+		for rdr.Next() {
+			if !array.RecordEqual(rdr.RecordBatch(), rec) {
+				t.Fatalf("read %v, wrote %v", rdr.RecordBatch(), rec)
+			}
+		}
+		rdr.Release()
+
+		// what the reader took in: every release of a lent slot up to the
+		// last message read freed it; an unknown release stopped the reading
+		freedAt := 0
+		for j := range stream.received {
+			if lentAt[j] {
+				freedAt++
+			}
+		}
+		if inUse, want := len(s.own.used), 4-freedAt; inUse != want && rdr.Err() == nil {
+			t.Fatalf("%d stage slots in use, want %d", inUse, want)
+		}
+		back := map[envelope.Slot]int{}
+		for _, sl := range s.takeReleased() {
+			back[sl]++
+		}
+		for j, sl := range named {
+			read := j < stream.received && written[sl]
+			if read && back[sl] != 1 {
+				t.Fatalf("slot %v of message %d read, given back %d times", sl, j, back[sl])
+			}
+		}
+		for sl, n := range back {
+			if n > 1 && !written[sl] {
+				t.Fatalf("slot %v given back %d times", sl, n)
+			}
 		}
 	}
 }
