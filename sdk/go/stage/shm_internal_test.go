@@ -389,6 +389,7 @@ func FuzzInputMessageSequences(f *testing.F) {
 	f.Add([]byte{0, 0, 2, 0, 5}, true)
 	f.Add([]byte{2, 2, 0, 3, 7, 1, 9, 4}, true)
 	f.Add([]byte{0, 1, 200, 0, 5}, false)
+	f.Add([]byte{2, 0, 2, 3, 0, 5}, true) // the same slot released twice
 	f.Fuzz(fuzzBody)
 }
 
@@ -421,6 +422,7 @@ func fuzzBody(t *testing.T, script []byte, inPlace bool) {
 		written := map[envelope.Slot]bool{} // slots holding a batch, by message
 		named := map[int]envelope.Slot{}    // message index → slot it names
 		lentAt := map[int]bool{}            // message index → a release of a slot then lent
+		var badAt []int                     // message indexes of releases of slots not lent
 		for i := 0; i < len(script); i++ {
 			arg := func() uint64 {
 				if i+1 < len(script) {
@@ -451,6 +453,8 @@ func fuzzBody(t *testing.T, script []byte, inPlace bool) {
 					lentAt[len(msgs)] = true
 					lent = slices.Delete(lent, j, j+1)
 					returned = append(returned, sl)
+				} else {
+					badAt = append(badAt, len(msgs))
 				}
 				msgs = append(msgs, message(envelope.Release, 0, &sl))
 			case 3:
@@ -459,6 +463,8 @@ func fuzzBody(t *testing.T, script []byte, inPlace bool) {
 					lentAt[len(msgs)] = true
 					lent = slices.Delete(lent, j, j+1)
 					returned = append(returned, sl)
+				} else {
+					badAt = append(badAt, len(msgs))
 				}
 				msgs = append(msgs, message(envelope.Release, 0, &sl))
 			case 4:
@@ -493,6 +499,9 @@ func fuzzBody(t *testing.T, script []byte, inPlace bool) {
 		}
 		if inUse, want := len(s.own.used), 4-freedAt; inUse != want && rdr.Err() == nil {
 			t.Fatalf("%d stage slots in use, want %d", inUse, want)
+		}
+		if len(badAt) > 0 && badAt[0] < stream.received && rdr.Err() == nil {
+			t.Fatalf("the release in message %d of a slot not lent was taken", badAt[0])
 		}
 		back := map[envelope.Slot]int{}
 		for _, sl := range s.takeReleased() {
