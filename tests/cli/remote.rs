@@ -160,7 +160,9 @@ fn remote_stages_serve_mutual_tls_and_check_tokens_in_go_and_rust() {
         assert_eq!(jsonl_rows(out.path()).len(), 15_000, "{program}");
 
         // each wrong part is refused, saying which
-        let refusals: [(&str, String, &str, &str); 5] = [
+        // (what, the stage's keys, the token, what the message says, the
+        // key whose line it points at)
+        let refusals: [(&str, String, &str, &str, &str); 5] = [
             (
                 "a CA that did not sign the stage's certificate",
                 with_token(&tls(
@@ -170,28 +172,38 @@ fn remote_stages_serve_mutual_tls_and_check_tokens_in_go_and_rust() {
                 )),
                 TOKEN,
                 "not signed by the CA in `tls.ca`",
+                "tls",
             ),
             (
                 "no client certificate",
                 with_token(&tls(&pki, "ca.pem", None)),
                 TOKEN,
                 "requires a client certificate",
+                "tls",
             ),
             (
                 "a client certificate of another CA",
                 with_token(&tls(&pki, "ca.pem", Some(("stranger.pem", "stranger.key")))),
                 TOKEN,
                 "refused the client certificate",
+                "tls",
             ),
             (
                 "a wrong token",
                 with_token(&good_tls),
                 "not-the-token",
                 "refused the token in `env:STAGE_TOKEN`",
+                "token",
             ),
-            ("no token", good_tls.clone(), TOKEN, "no `token` is set"),
+            (
+                "no token",
+                good_tls.clone(),
+                TOKEN,
+                "no `token` is set",
+                "token",
+            ),
         ];
-        for (what, keys, token, says) in refusals {
+        for (what, keys, token, says, key) in refusals {
             let out = tempfile::tempdir().unwrap();
             let o = run_through(&stage, &keys, token, out.path());
             let t = text(&o);
@@ -199,6 +211,10 @@ fn remote_stages_serve_mutual_tls_and_check_tokens_in_go_and_rust() {
             assert!(
                 t.contains(says),
                 "{program}, {what}: expected `{says}` in:\n{t}"
+            );
+            assert!(
+                t.contains(&format!(".{key}`: ")),
+                "{program}, {what}: expected the line of `{key}` in:\n{t}"
             );
             assert!(
                 !t.contains(TOKEN),

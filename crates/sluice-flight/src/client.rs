@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::MAX_MESSAGE_SIZE;
 use crate::codec::{BatchEncoder, control_message, normalize_metadata_only};
-use crate::codes::StageError;
+use crate::codes::{Setting, StageError};
 use crate::envelope::{Envelope, Kind};
 use crate::manifest::{Manifest, OpenRequest};
 use crate::security::{ClientSecurity, Token};
@@ -107,8 +107,11 @@ impl StageClient {
         timeout: Duration,
         security: &ClientSecurity,
     ) -> Result<Self, StageError> {
-        let refuse =
-            |m: String| StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}"));
+        // refusals of the connection's TLS: no retry passes them
+        let refuse = |m: String| {
+            StageError::new(ErrorCode::InvalidArgument, format!("{target}: {m}"))
+                .about(Setting::Tls)
+        };
         let uri = match target {
             Target::Unix(p) => format!("unix://{}", p.display()),
             Target::Url(u) => {
@@ -134,6 +137,7 @@ impl StageClient {
                     ErrorCode::InvalidArgument,
                     format!("`{uri}` is not a stage address: {e}"),
                 )
+                .about(Setting::Url)
             })?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
@@ -202,14 +206,16 @@ impl StageClient {
                     self.target,
                     status.message()
                 ),
-            );
+            )
+            .about(Setting::Token);
         }
         let chain = crate::security::error_chain(status);
         if let Some(why) = crate::security::explain_tls_failure(status) {
             return StageError::new(
                 ErrorCode::InvalidArgument,
                 format!("{}: {why} ({chain})", self.target),
-            );
+            )
+            .about(Setting::Tls);
         }
         // with TLS 1.3 a server refuses a client certificate after the
         // client finished its handshake: the client only sees the
@@ -232,7 +238,8 @@ impl StageClient {
                     "{}: the stage closed the connection after the TLS handshake; {why} ({chain})",
                     self.target
                 ),
-            );
+            )
+            .about(Setting::Tls);
         }
         let mut e = StageError::from_status(status);
         if status.source().is_some() {

@@ -10,6 +10,31 @@ pub struct StageError {
     pub code: ErrorCode,
     /// What went wrong.
     pub message: String,
+    /// The stage's pipeline setting the error is about, when the engine
+    /// knows it: a pipeline's message points at that setting's line.
+    pub setting: Option<Setting>,
+}
+
+/// A setting of an external stage in the pipeline file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// `url`: where a remote stage listens.
+    Url,
+    /// `tls`: the CA, certificate and key of a `grpcs://` connection.
+    Tls,
+    /// `token`: the bearer token sent to a remote stage.
+    Token,
+}
+
+impl Setting {
+    /// The setting's key in a stage's table.
+    pub fn key(self) -> &'static str {
+        match self {
+            Setting::Url => "url",
+            Setting::Tls => "tls",
+            Setting::Token => "token",
+        }
+    }
 }
 
 impl StageError {
@@ -18,7 +43,14 @@ impl StageError {
         Self {
             code,
             message: message.into(),
+            setting: None,
         }
+    }
+
+    /// The error, about the pipeline's `setting`.
+    pub fn about(mut self, setting: Setting) -> Self {
+        self.setting = Some(setting);
+        self
     }
 
     /// The gRPC code a sluice code travels as (protocol.md §5).

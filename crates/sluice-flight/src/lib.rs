@@ -38,7 +38,7 @@ pub mod version;
 pub mod views;
 
 pub use client::{StageClient, StageEvent, Target};
-pub use codes::StageError;
+pub use codes::{Setting, StageError};
 pub use envelope::{Envelope, Kind, RowErrorEntry};
 pub use manifest::{Manifest, OpenRequest, SchemaDecl};
 pub use server::{Processed, Processor, RowError, Stage, serve, service};

@@ -354,14 +354,10 @@ async fn plan_external(
     };
     let runtime = ExternalRuntime::start(name, c.clone(), &spec.base_dir, spec.observability.otlp_endpoint()).await.map_err(|e| {
         // the key the error is about, for the file and line of the message
-        let which = if e.message.starts_with("token") {
-            "token"
-        } else if e.message.contains("tls") {
-            "tls"
-        } else if c.url.is_some() {
-            "url"
-        } else {
-            "command"
+        let which = match e.setting {
+            Some(setting) => setting.key(),
+            None if c.url.is_some() => "url",
+            None => "command",
         };
         SluiceError::spec(
             spec.issue(format!("{key}.{which}"), format!("{label}: {e}"))

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_contract::ErrorCode;
 use sluice_flight::security::{ClientSecurity, TlsFiles, Token};
-use sluice_flight::{Manifest, StageClient, StageError, Target};
+use sluice_flight::{Manifest, Setting, StageClient, StageError, Target};
 use tokio::process::Child;
 use tokio::sync::Mutex;
 
@@ -188,10 +188,16 @@ impl ExternalRuntime {
         otlp: Option<String>,
     ) -> Result<Arc<Self>, StageError> {
         if config.command.is_some() && (config.tls.is_some() || config.token.is_some()) {
+            let setting = if config.tls.is_some() {
+                Setting::Tls
+            } else {
+                Setting::Token
+            };
             return Err(StageError::new(
                 ErrorCode::InvalidArgument,
                 "`tls` and `token` are for remote stages (`url`); a child stage listens on a private unix socket",
-            ));
+            )
+            .about(setting));
         }
         let launch = match (&config.command, &config.url) {
             (Some(cmd), None) if !cmd.is_empty() => {
@@ -215,7 +221,9 @@ impl ExternalRuntime {
                     .as_deref()
                     .map(Token::from_reference)
                     .transpose()
-                    .map_err(|m| StageError::new(ErrorCode::InvalidArgument, m))?;
+                    .map_err(|m| {
+                        StageError::new(ErrorCode::InvalidArgument, m).about(Setting::Token)
+                    })?;
                 let security = ClientSecurity {
                     tls: config.tls.as_ref().map(|t| t.relative_to(base_dir)),
                     token,
