@@ -25,7 +25,10 @@ pub struct BatchEncoder {
     shm: Option<ShmWriter>,
     /// The last batch went through shared memory: the next one over Flight
     /// sends its dictionaries again (the receiver keeps one set for both).
+    /// Never set for a schema without dictionaries.
     flight_stale: bool,
+    /// The stream's schema has dictionary fields (at any depth).
+    has_dictionaries: bool,
     schema: Option<SchemaRef>,
 }
 
@@ -48,6 +51,7 @@ impl BatchEncoder {
             context,
             shm: None,
             flight_stale: false,
+            has_dictionaries: false,
             schema: None,
         }
     }
@@ -62,6 +66,10 @@ impl BatchEncoder {
     /// dictionary ids the batches' dictionaries are sent under.
     pub fn schema_message(&mut self, schema: &Schema) -> FlightData {
         self.schema = Some(Arc::new(schema.clone()));
+        self.has_dictionaries = schema
+            .flattened_fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), arrow_schema::DataType::Dictionary(..)));
         FlightData::from(self.generator.schema_to_bytes_with_dictionary_tracker(
             schema,
             &mut self.tracker,
@@ -80,7 +88,7 @@ impl BatchEncoder {
         {
             let mut e = envelope.clone();
             e.shm = Some(slot);
-            self.flight_stale = true;
+            self.flight_stale = self.has_dictionaries;
             return Ok(vec![control_message(&e)]);
         }
         if std::mem::take(&mut self.flight_stale)
@@ -112,7 +120,7 @@ pub const MESSAGE_BUDGET: usize = crate::MAX_MESSAGE_SIZE / 2;
 /// [`MESSAGE_BUDGET`].
 pub fn slices(batch: RecordBatch, max_rows: usize, max_bytes: usize) -> Vec<RecordBatch> {
     let rows = batch.num_rows();
-    let bytes = batch_bytes(&batch).max(1);
+    let bytes = ipc_bytes(&batch).max(1);
     let by_bytes = (max_bytes as u128 * rows as u128 / bytes as u128).max(1);
     let per = (max_rows as u128).min(by_bytes).max(1) as usize;
     if rows <= per {
@@ -148,7 +156,7 @@ fn compact_views(slice: RecordBatch) -> RecordBatch {
 /// message (or in place from shared memory) has the whole message body as
 /// its allocation, so each column would weigh as much as the batch. A
 /// buffer shared by a slice counts whole: an overestimate, never an under.
-pub fn batch_bytes(batch: &RecordBatch) -> usize {
+pub fn ipc_bytes(batch: &RecordBatch) -> usize {
     fn data_bytes(d: &arrow_data::ArrayData) -> usize {
         d.buffers().iter().map(|b| b.len()).sum::<usize>()
             + d.nulls().map_or(0, |n| n.buffer().len())
@@ -214,7 +222,7 @@ mod tests {
         #[test]
         fn slices_keep_every_row_within_the_limits(rows in 0usize..300, text in 0usize..200, max_rows in 1usize..100, max_bytes in 1usize..20_000) {
             let b = batch(rows, text);
-            let per_row = batch_bytes(&b) / rows.max(1);
+            let per_row = ipc_bytes(&b) / rows.max(1);
             let pieces = slices(b, max_rows, max_bytes);
             let mut next = 0i64;
             for p in &pieces {

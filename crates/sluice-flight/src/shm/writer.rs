@@ -66,14 +66,14 @@ impl Write for SlotCursor {
     }
 }
 
-/// A generous bound on a batch's IPC size: the bytes its arrays' slices
-/// use, plus padding and metadata per field. Not the memory size: that
-/// counts whole buffers, and an array decoded in place from a slot has the
-/// whole slot as its buffer. A batch over the bound overflows its slot and
-/// goes over Flight.
+/// A generous bound on a batch's IPC size: the bytes of its buffers as IPC
+/// sends them ([`crate::codec::ipc_bytes`]), plus padding and metadata per
+/// field. Not the memory size: that counts capacities, and an array decoded
+/// in place from a slot has the whole slot as its buffer. A batch over the
+/// bound overflows its slot and goes over Flight.
 fn upper_bound(batch: &RecordBatch) -> u64 {
     let fields = batch.schema().flattened_fields().len() as u64 + 1;
-    let bytes = crate::codec::batch_bytes(batch) as u64;
+    let bytes = crate::codec::ipc_bytes(batch) as u64;
     bytes + bytes / 16 + 4096 + fields * 512
 }
 

@@ -402,7 +402,7 @@ impl Stream for StageStream {
         match self.input.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(batch))) => {
                 let rows = batch.num_rows() as u64;
-                let size = batch_bytes(&batch) as u64;
+                let size = slice_bytes(&batch) as u64;
                 self.counters.rows.fetch_add(rows, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes.fetch_add(size, Ordering::Relaxed);
@@ -431,8 +431,9 @@ impl RecordBatchStream for StageStream {
     }
 }
 
-/// Bytes of the data a batch refers to (not of whole shared buffers).
-pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
+/// Bytes of the data a batch's slices refer to (not of whole shared
+/// buffers): what the stage counts as having passed through it.
+fn slice_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
         .iter()
