@@ -109,7 +109,7 @@ pub async fn run(url: Option<String>, config: Option<String>, command: Vec<Strin
         };
         t.add_row(vec![
             r.name.to_string(),
-            r.path.to_string(),
+            r.path.map_or("", |p| p.as_str()).to_string(),
             result.to_string(),
             r.took.as_millis().to_string(),
             r.what.to_string(),

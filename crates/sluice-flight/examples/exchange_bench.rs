@@ -110,15 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
         .sum();
-    let open = OpenRequest {
-        protocol: manifest.protocol.clone(),
-        stage: "bench".into(),
-        epoch: 0,
-        partition: 0,
-        config: serde_json::Value::Null,
-        snapshot: None,
-        shared_memory: None,
-    };
+    let open = OpenRequest::new(&manifest.protocol, "bench", 0, 0);
     // one warm-up exchange
     for (round, n) in [(0, batches.min(10)), (1, batches)] {
         let sent_at: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();

@@ -55,10 +55,28 @@ pub struct CheckResult {
     pub outcome: Outcome,
     /// How long it took.
     pub took: Duration,
-    /// The path the batches took: `flight`, `shm` (shared memory), or empty
-    /// for checks without batches. The kit runs every exchange check over
-    /// each path the stage offers.
-    pub path: &'static str,
+    /// The path the batches took; `None` for checks without batches. The
+    /// kit runs every exchange check over each path the stage offers.
+    pub path: Option<BatchPath>,
+}
+
+/// The way the batches of an exchange travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPath {
+    /// In the Flight messages themselves.
+    Flight,
+    /// Through the exchange's shared memory ([`crate::shm`]).
+    SharedMemory,
+}
+
+impl BatchPath {
+    /// As the kit's table names it: `flight` or `shm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchPath::Flight => "flight",
+            BatchPath::SharedMemory => "shm",
+        }
+    }
 }
 
 /// A generated batch for `schema` of `rows` rows, when every type is one
@@ -327,15 +345,8 @@ struct Kit {
 
 impl Kit {
     fn open(&self, epoch: u64) -> OpenRequest {
-        OpenRequest {
-            protocol: self.manifest.protocol.clone(),
-            stage: "conformance".into(),
-            epoch,
-            partition: 0,
-            config: self.config.clone(),
-            snapshot: None,
-            shared_memory: None,
-        }
+        OpenRequest::new(&self.manifest.protocol, "conformance", epoch, 0)
+            .with_config(self.config.clone())
     }
 
     /// Runs epoch `epoch` of a stateful stage from `snapshot`; returns its
@@ -549,7 +560,7 @@ async fn timed<F: std::future::Future<Output = Outcome>>(
         what,
         outcome,
         took: t.elapsed(),
-        path: "",
+        path: None,
     }
 }
 
@@ -750,7 +761,7 @@ pub async fn check_with(
                 what: "the stage accepts a gRPC connection",
                 outcome: Outcome::Fail(e.to_string()),
                 took: t.elapsed(),
-                path: "",
+                path: None,
             });
             return out;
         }
@@ -768,7 +779,7 @@ pub async fn check_with(
                 what: "the manifest decodes, is coherent and names the protocol",
                 outcome: ok,
                 took: t.elapsed(),
-                path: "",
+                path: None,
             });
             m
         }
@@ -778,7 +789,7 @@ pub async fn check_with(
                 what: "the manifest decodes, is coherent and names the protocol",
                 outcome: Outcome::Fail(e.to_string()),
                 took: t.elapsed(),
-                path: "",
+                path: None,
             });
             return out;
         }
@@ -806,15 +817,19 @@ pub async fn check_with(
 
     // every check with batches, over Flight and, for a child stage that
     // offers it, through shared memory
-    let mut paths = vec!["flight"];
-    if kit.manifest.shared_memory && matches!(kit.target, Target::Unix(_)) {
-        paths.push("shm");
+    let mut paths = vec![BatchPath::Flight];
+    let mut shm = kit.client.clone();
+    // the client decides whether the stage can be offered shared memory
+    shm.use_shared_memory(kit.manifest.shared_memory);
+    if shm.uses_shared_memory() {
+        paths.push(BatchPath::SharedMemory);
     }
     for path in paths {
         let mut kit = kit.clone();
-        kit.client.use_shared_memory(path == "shm");
+        kit.client
+            .use_shared_memory(path == BatchPath::SharedMemory);
         for mut r in exchange_checks(&kit, restart).await {
-            r.path = path;
+            r.path = Some(path);
             out.push(r);
         }
     }

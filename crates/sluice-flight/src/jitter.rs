@@ -195,15 +195,7 @@ mod tests {
     use super::*;
 
     fn open(config: serde_json::Value) -> OpenRequest {
-        OpenRequest {
-            protocol: crate::PROTOCOL.into(),
-            stage: "j".into(),
-            epoch: 3,
-            partition: 1,
-            config,
-            snapshot: None,
-            shared_memory: None,
-        }
+        OpenRequest::new(crate::PROTOCOL, "j", 3, 1).with_config(config)
     }
 
     #[tokio::test]

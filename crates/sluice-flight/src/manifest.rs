@@ -248,6 +248,33 @@ pub struct OpenRequest {
 }
 
 impl OpenRequest {
+    /// The request of an exchange of `stage` (its pipeline name) for
+    /// `epoch` and `partition`, in `protocol` (the version `describe`
+    /// settled on): no `config`, no snapshot, no shared memory (the client
+    /// offers it when the exchange has it).
+    pub fn new(
+        protocol: impl Into<String>,
+        stage: impl Into<String>,
+        epoch: u64,
+        partition: u32,
+    ) -> Self {
+        Self {
+            protocol: protocol.into(),
+            stage: stage.into(),
+            epoch,
+            partition,
+            config: serde_json::Value::Null,
+            snapshot: None,
+            shared_memory: None,
+        }
+    }
+
+    /// With the stage's `config` table.
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.config = config;
+        self
+    }
+
     /// The state to start from ([`OpenRequest::snapshot`], decoded); `None`
     /// before the first commit.
     pub fn restore(&self) -> Result<Option<Vec<u8>>, crate::StageError> {

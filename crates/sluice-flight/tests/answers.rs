@@ -149,15 +149,7 @@ async fn an_answer_arrow_panics_on_is_a_protocol_violation_naming_the_stage() {
         vec![Arc::new(Int64Array::from(vec![1]))],
     )
     .unwrap();
-    let open = OpenRequest {
-        protocol: sluice_flight::PROTOCOL.into(),
-        stage: "garbler".into(),
-        epoch: 1,
-        partition: 0,
-        config: serde_json::Value::Null,
-        snapshot: None,
-        shared_memory: None,
-    };
+    let open = OpenRequest::new(sluice_flight::PROTOCOL, "garbler", 1, 0);
     let input = futures::stream::iter([Ok(batch)]).boxed();
     let mut events = client.exchange(&open, schema, input, None).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(20), events.next())

@@ -99,15 +99,7 @@ async fn an_answer_larger_than_the_message_limit_arrives_in_pieces() {
         vec![Arc::new(Int64Array::from(vec![1, 2]))],
     )
     .unwrap();
-    let open = OpenRequest {
-        protocol: manifest.protocol.clone(),
-        stage: "grow".into(),
-        epoch: 1,
-        partition: 0,
-        config: serde_json::Value::Null,
-        snapshot: None,
-        shared_memory: None,
-    };
+    let open = OpenRequest::new(&manifest.protocol, "grow", 1, 0);
     let events: Vec<StageEvent> = client
         .exchange(
             &open,
@@ -190,15 +182,7 @@ async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_ove
         RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
     };
     let inputs: Vec<RecordBatch> = (0..100).map(batch).collect();
-    let open = OpenRequest {
-        protocol: manifest.protocol.clone(),
-        stage: "hoard".into(),
-        epoch: 1,
-        partition: 0,
-        config: serde_json::Value::Null,
-        snapshot: None,
-        shared_memory: None,
-    };
+    let open = OpenRequest::new(&manifest.protocol, "hoard", 1, 0);
     let events = tokio::time::timeout(Duration::from_secs(120), async {
         client
             .exchange(
@@ -278,17 +262,12 @@ async fn a_stage_on_tcp_refuses_shared_memory() {
     );
     let (_memory, path) = sluice_flight::shm::Mapping::create(1 << 20).unwrap();
     let open = OpenRequest {
-        protocol: sluice_flight::PROTOCOL.into(),
-        stage: "hoard".into(),
-        epoch: 1,
-        partition: 0,
-        config: serde_json::Value::Null,
-        snapshot: None,
         shared_memory: Some(sluice_flight::shm::Offer {
             path,
             size: 1 << 20,
             stage_offset: 1 << 19,
         }),
+        ..OpenRequest::new(sluice_flight::PROTOCOL, "hoard", 1, 0)
     };
     let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
     let mut first = sluice_flight::codec::BatchEncoder::new().schema_message(&schema);

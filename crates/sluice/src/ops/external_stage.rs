@@ -400,16 +400,14 @@ async fn exchange_body(
     client.use_shared_memory(runtime.config.shared_memory && runtime.manifest.shared_memory);
     let manifest = runtime.manifest.clone();
     let config = runtime.config.clone();
-    let mut open = OpenRequest {
+    let mut open = OpenRequest::new(
         // the version `describe` settled on
-        protocol: manifest.protocol.clone(),
-        stage: runtime.name.clone(),
-        epoch: binding.epoch(),
-        partition: partition as u32,
-        config: config.config_json(),
-        snapshot: None,
-        shared_memory: None,
-    };
+        &manifest.protocol,
+        &runtime.name,
+        binding.epoch(),
+        partition as u32,
+    )
+    .with_config(config.config_json());
     let stateful = open.carries_state(&manifest);
     let state_key = snapshot::key(&runtime.name, partition);
     if stateful && let Some(scope) = &state {
