@@ -82,9 +82,22 @@ impl Registry {
         Ok(names)
     }
 
+    /// The folder of schema `name`: a name is one folder of the registry,
+    /// never a path leading out of it (`../x`, `/etc`).
+    fn dir_of(&self, name: &str) -> Result<PathBuf, RegistryError> {
+        let mut parts = Path::new(name).components();
+        match (parts.next(), parts.next()) {
+            (Some(std::path::Component::Normal(_)), None) => Ok(self.root.join(name)),
+            _ => Err(self.error(
+                &self.root,
+                format!("`{name}` is not a schema name: a name is one folder of the registry, without `/` or `..`"),
+            )),
+        }
+    }
+
     /// The versions of `name`, ascending.
     pub fn versions(&self, name: &str) -> Result<Vec<u32>, RegistryError> {
-        let dir = self.root.join(name);
+        let dir = self.dir_of(name)?;
         let entries = std::fs::read_dir(&dir).map_err(|e| {
             self.error(
                 &dir,
@@ -139,7 +152,7 @@ impl Registry {
 
     /// Reads one version.
     pub fn load(&self, name: &str, version: u32) -> Result<RegisteredSchema, RegistryError> {
-        let file = self.root.join(name).join(format!("{version}.json"));
+        let file = self.dir_of(name)?.join(format!("{version}.json"));
         let text = std::fs::read_to_string(&file).map_err(|e| {
             self.error(
                 &file,
@@ -394,6 +407,68 @@ mod tests {
         let json = schema_to_json("e", 2, &a).to_string();
         let (_d2, r2) = registry_with(&[("e/2.json", &json)]);
         assert_eq!(r2.get("e@2").unwrap().schema, a, "{json}");
+    }
+
+    /// A reference names a folder of the registry, never a path out of it.
+    #[test]
+    fn names_do_not_lead_out_of_the_registry() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("x")).unwrap();
+        std::fs::write(
+            outside.path().join("x/1.json"),
+            r#"{"name":"x","version":1,"fields":[]}"#,
+        )
+        .unwrap();
+        let (_d, r) = registry_with(&[("a/1.json", r#"{"name":"a","version":1,"fields":[]}"#)]);
+        let escape = format!("{}/x", outside.path().display());
+        let up = format!(
+            "../{}/x",
+            outside.path().file_name().unwrap().to_string_lossy()
+        );
+        for name in [escape.as_str(), up.as_str(), "..", ".", "a/..", ""] {
+            let e = r.get(&format!("{name}@1")).unwrap_err().to_string();
+            assert!(e.contains("not a schema name"), "{name}: {e}");
+            assert!(r.versions(name).is_err(), "{name}");
+        }
+        assert_eq!(r.get("a@1").unwrap().version, 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a registry file holds, reading it gives a schema
+        /// or an error naming the file; never a panic.
+        #[test]
+        fn any_file_is_a_schema_or_an_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("s")).unwrap();
+            std::fs::write(dir.path().join("s/1.json"), &bytes).unwrap();
+            if let Err(e) = Registry::new(dir.path()).get("s@1") {
+                proptest::prop_assert!(e.to_string().contains("1.json"), "{}", e);
+            }
+        }
+
+        /// A registry file with any field types and flags reads back
+        /// through the JSON form the registry writes.
+        #[test]
+        fn json_like_files_are_a_schema_or_an_error(
+            types in proptest::collection::vec("(bigint|varchar|struct|list|decimal\\([0-9]{1,2},-?[0-9]{1,2}\\)|Int64|Timestamp\\(Second, None\\)|nope)", 0..5),
+            nullable in proptest::prelude::any::<bool>(),
+        ) {
+            let fields: Vec<serde_json::Value> = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| serde_json::json!({"name": format!("f{i}"), "type": t, "nullable": nullable}))
+                .collect();
+            let text = serde_json::json!({"name": "s", "version": 1, "fields": fields}).to_string();
+            let (_d, r) = registry_with(&[("s/1.json", &text)]);
+            match r.get("s@1") {
+                Ok(s) => {
+                    let json = schema_to_json("s", 2, &s.schema).to_string();
+                    let (_d2, r2) = registry_with(&[("s/2.json", &json)]);
+                    proptest::prop_assert_eq!(r2.get("s@2").map(|s| s.schema), Ok(s.schema));
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().contains("1.json"), "{}", e),
+            }
+        }
     }
 
     #[test]
