@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -56,13 +58,13 @@ impl TlsFiles {
 
     /// The client side of the connection, files read.
     pub fn client_config(&self) -> Result<ClientTlsConfig, String> {
-        let mut config =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca, "tls.ca")?));
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(certificates(&self.ca, "tls.ca")?));
         match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
                 config = config.identity(Identity::from_pem(
-                    read(cert, "tls.cert")?,
-                    read(key, "tls.key")?,
+                    certificates(cert, "tls.cert")?,
+                    private_key(key, "tls.key")?,
                 ));
             }
             (None, None) => {}
@@ -74,6 +76,39 @@ impl TlsFiles {
 
 fn read(path: &Path, key: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{key} = \"{}\": {e}", path.display()))
+}
+
+/// The bytes of a PEM file holding at least one certificate, checked here
+/// so that a wrong file is named with its setting (TLS itself would only
+/// say that some certificate is bad, later, at the connection).
+fn certificates(path: &Path, key: &str) -> Result<Vec<u8>, String> {
+    let bytes = read(path, key)?;
+    let mut found = 0;
+    for c in CertificateDer::pem_slice_iter(&bytes) {
+        c.map_err(|e| format!("{key} = \"{}\": not PEM: {e}", path.display()))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(format!(
+            "{key} = \"{}\": no certificate in the file (a `-----BEGIN CERTIFICATE-----` block)",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The bytes of a PEM file holding a private key, checked as
+/// [`certificates`] are.
+fn private_key(path: &Path, key: &str) -> Result<Vec<u8>, String> {
+    let bytes = read(path, key)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "{key} = \"{}\": no private key in the file (a `-----BEGIN PRIVATE KEY-----` block)",
+            path.display()
+        ),
+        e => format!("{key} = \"{}\": not PEM: {e}", path.display()),
+    })?;
+    Ok(bytes)
 }
 
 /// A bearer token. `Debug` and error messages never show it.
@@ -179,12 +214,12 @@ impl StageSecurity {
                 // an error means a provider is installed already: fine
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-                    read(Path::new(&cert), ENV_TLS_CERT)?,
-                    read(Path::new(&key), ENV_TLS_KEY)?,
+                    certificates(Path::new(&cert), ENV_TLS_CERT)?,
+                    private_key(Path::new(&key), ENV_TLS_KEY)?,
                 ));
                 if let Some(ca) = ca {
                     config = config
-                        .client_ca_root(Certificate::from_pem(read(
+                        .client_ca_root(Certificate::from_pem(certificates(
                             Path::new(&ca),
                             ENV_TLS_CLIENT_CA,
                         )?))
@@ -291,6 +326,88 @@ mod tests {
                 .unwrap_err()
                 .contains("env:Z")
         );
+    }
+
+    /// A certificate and its key, PEM.
+    fn pem_pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn files(dir: &Path, ca: &[u8], cert: &[u8], key: &[u8]) -> TlsFiles {
+        for (name, bytes) in [("ca", ca), ("cert", cert), ("key", key)] {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        TlsFiles {
+            ca: "ca".into(),
+            cert: Some("cert".into()),
+            key: Some("key".into()),
+        }
+        .relative_to(dir)
+    }
+
+    /// A file that is not what its setting wants is named with the
+    /// setting and says what it lacks.
+    #[test]
+    fn wrong_pem_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_pair();
+        let (cert, key) = (cert.as_bytes(), key.as_bytes());
+        assert!(files(dir.path(), cert, cert, key).client_config().is_ok());
+        let cases: [(&[u8], &[u8], &[u8], &str); 5] = [
+            (key, cert, key, "tls.ca = \""),
+            (cert, key, key, "tls.cert = \""),
+            (cert, cert, cert, "tls.key = \""),
+            (b"", cert, key, "no certificate in the file"),
+            (&cert[..cert.len() / 2], cert, key, "not PEM"),
+        ];
+        for (ca, c, k, says) in cases {
+            let e = files(dir.path(), ca, c, k).client_config().unwrap_err();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the three files hold (anything, or a good PEM file cut
+        /// or with a byte changed), the connection's settings are made or
+        /// refused with the setting named; never a panic, in our checks or
+        /// in the TLS setup after them.
+        #[test]
+        fn any_pem_files_are_taken_or_refused(
+            which in 0usize..3,
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in proptest::prelude::any::<Option<(proptest::sample::Index, u8)>>(),
+            raw in proptest::prelude::any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (cert, key) = pem_pair();
+            let mut good = [cert.clone().into_bytes(), cert.into_bytes(), key.into_bytes()];
+            let target = &mut good[which];
+            if raw {
+                *target = garbage;
+            } else {
+                target.truncate(cut.index(target.len() + 1));
+                if let Some((at, byte)) = flip && !target.is_empty() {
+                    let i = at.index(target.len());
+                    target[i] = byte;
+                }
+            }
+            let f = files(dir.path(), &good[0], &good[1], &good[2]);
+            match f.client_config() {
+                Ok(config) => {
+                    let _ = tonic::transport::Endpoint::from_static("https://localhost:1").tls_config(config);
+                }
+                Err(e) => {
+                    let named = ["tls.ca = ", "tls.cert = ", "tls.key = "][which];
+                    proptest::prop_assert!(e.contains(named), "{}", e);
+                }
+            }
+        }
     }
 
     #[test]
