@@ -256,7 +256,7 @@ func (x *exchange) read(ctx context.Context, cancel context.CancelCauseFunc, rdr
 	defer rdr.Release()
 	for rdr.Next() {
 		rec := rdr.RecordBatch()
-		env, err := x.checkInput(msgs.appMetadata, rec)
+		env, err := x.checkInput(msgs.appMetadata, msgs.inSlot, rec)
 		if err != nil {
 			cancel(err)
 			return
@@ -281,7 +281,9 @@ func (x *exchange) read(ctx context.Context, cancel context.CancelCauseFunc, rdr
 	}
 }
 
-func (x *exchange) checkInput(meta []byte, rec arrow.RecordBatch) (envelope.Envelope, error) {
+// checkInput checks the envelope of an input batch; inSlot: the batch came
+// through shared memory.
+func (x *exchange) checkInput(meta []byte, inSlot bool, rec arrow.RecordBatch) (envelope.Envelope, error) {
 	if len(meta) == 0 {
 		return envelope.Envelope{}, Fatal(InvalidArgument, "an input batch has no envelope (app_metadata)")
 	}
@@ -291,6 +293,9 @@ func (x *exchange) checkInput(meta []byte, rec arrow.RecordBatch) (envelope.Enve
 	}
 	if env.Kind != envelope.Batch {
 		return env, Fatal(InvalidArgument, "an input message with a body has kind %q, want %q", env.Kind, envelope.Batch)
+	}
+	if env.Shm != nil && !inSlot {
+		return env, Fatal(InvalidArgument, "input batch seq %d carries its IPC data and names a slot of shared memory too", env.Seq)
 	}
 	if env.Epoch != x.req.Epoch {
 		return env, Fatal(InvalidArgument, "input batch seq %d is for epoch %d, the exchange is for epoch %d", env.Seq, env.Epoch, x.req.Epoch)

@@ -226,6 +226,12 @@ class Exchange:
         env = self._envelope(chunk.app_metadata, "an input batch")
         if env.kind != "batch":
             raise StageError(Code.INVALID_ARGUMENT, f'an input message with rows has kind "{env.kind}", not "batch"')
+        if env.shm is not None:
+            # this SDK takes no shared memory: the rows are in the message
+            raise StageError(
+                Code.INVALID_ARGUMENT,
+                f"input batch seq {env.seq} carries its IPC data and names a slot of shared memory too",
+            )
         n = chunk.data.num_rows
         if n > self.manifest.max_batch_rows:
             raise StageError(

@@ -167,12 +167,15 @@ class FullExchange(unittest.TestCase):
                 "wrong epoch": [b'{"v":1,"kind":"batch","epoch":2,"seq":0}'],
                 "rows in an end message": [b'{"v":1,"kind":"end","epoch":1,"seq":0}'],
                 "no envelope": [b""],
+                "rows and a slot": [b'{"v":1,"kind":"batch","epoch":1,"seq":0,"shm":{"offset":0,"length":64}}'],
             }
             for what, metadata in cases.items():
                 with self.subTest(what):
                     res = exchange(client, [b], metadata=metadata)
                     self.assertIsInstance(res.error, pa.ArrowInvalid)
                     self.assertTrue(str(res.error).startswith("[INVALID_ARGUMENT] "), str(res.error))
+                    if what == "rows and a slot":
+                        self.assertIn("names a slot of shared memory too", str(res.error))
             res = exchange(client, [b], cmd=b'{"protocol":"sluice.stage.v1","stage":"x","epoch":-1,"partition":0}')
             self.assertTrue(str(res.error).startswith('[INVALID_ARGUMENT] open request: "epoch"'), str(res.error))
 

@@ -132,6 +132,14 @@ fn shared_memory_envelope(data: &FlightData) -> Option<(Kind, SlotRef)> {
     Some((envelope.kind, envelope.shm?))
 }
 
+/// Whether a message that carries its own IPC data also names a slot: it
+/// would say its batch is in two places.
+fn names_a_slot_beside_its_data(data: &FlightData) -> bool {
+    !data.data_header.is_empty()
+        && !data.app_metadata.is_empty()
+        && Envelope::decode(&data.app_metadata).is_ok_and(|e| e.shm.is_some())
+}
+
 /// Splits a slot into the IPC stream messages it holds (continuation
 /// marker, metadata length, metadata, body); the last must be the record
 /// batch, and gets `app_metadata`.
@@ -207,7 +215,8 @@ fn ipc_messages(slot: Bytes, app_metadata: Bytes) -> Result<Vec<FlightData>, Str
 /// The peer's messages with each batch in shared memory expanded
 /// ([`Incoming::expand`]) once `incoming` is set (the stage sets it after
 /// the open request; before, messages pass through). A message naming a
-/// slot when no memory was shared, or breaking the protocol, becomes
+/// slot when no memory was shared, one carrying its IPC data and naming a
+/// slot too, or one breaking the protocol otherwise, becomes
 /// `violation(message)`.
 pub fn expand<S, E>(
     messages: S,
@@ -221,6 +230,9 @@ where
     messages.flat_map(move |m| {
         let out: Vec<Result<FlightData, E>> = match m {
             Err(e) => vec![Err(e)],
+            Ok(data) if names_a_slot_beside_its_data(&data) => vec![Err(violation(
+                "a message carries its IPC data and names a slot of shared memory too".into(),
+            ))],
             Ok(data) => match incoming.get() {
                 Some(i) => match i.expand(data) {
                     Ok(v) => v.into_iter().map(Ok).collect(),
@@ -335,6 +347,39 @@ mod tests {
             drop(dicts);
             assert_eq!(released.lock().unwrap().len(), 3);
             assert_eq!(ours.lock().unwrap().in_use(), 0);
+        }
+    }
+
+    /// A batch is in its message or in a slot, never both; a plain
+    /// message passes, shared memory or not.
+    #[tokio::test]
+    async fn a_message_with_its_data_and_a_slot_is_a_violation() {
+        use futures::StreamExt;
+        let zoo = crate::conformance::type_zoo(3);
+        let mut encoder = crate::codec::BatchEncoder::new();
+        let _ = encoder.schema_message(&zoo.schema());
+        let mut e = Envelope::new(Kind::Batch, 1, 0);
+        let plain = encoder.batch_messages(&zoo, &e).unwrap();
+        e.shm = Some(SlotRef {
+            offset: 2 << 20,
+            length: 64,
+        });
+        let both = encoder.batch_messages(&zoo, &e).unwrap();
+        for shared in [false, true] {
+            let incoming = Arc::new(OnceLock::new());
+            if shared {
+                let (mapping, ours, peer) = pair();
+                let _ = incoming.set(Incoming::new(mapping, peer, ours, Arc::new(|_| {}), true));
+            }
+            let run = |messages: Vec<FlightData>| {
+                let stream = futures::stream::iter(messages.into_iter().map(Ok::<_, String>));
+                expand(stream, Arc::clone(&incoming), |m| m).collect::<Vec<_>>()
+            };
+            let out = run(plain.clone()).await;
+            assert!(out.iter().all(Result::is_ok), "{out:?}");
+            let out = run(both.clone()).await;
+            let last = out.last().unwrap().as_ref().unwrap_err();
+            assert!(last.contains("names a slot of shared memory too"), "{last}");
         }
     }
 
