@@ -358,7 +358,9 @@ mod tests {
         let (cert, key) = pem_pair();
         let (cert, key) = (cert.as_bytes(), key.as_bytes());
         assert!(files(dir.path(), cert, cert, key).client_config().is_ok());
-        let cases: [(&[u8], &[u8], &[u8], &str); 5] = [
+        // (the CA file, the certificate, the key, what the refusal says)
+        type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a str);
+        let cases: [Case; 5] = [
             (key, cert, key, "tls.ca = \""),
             (cert, key, key, "tls.cert = \""),
             (cert, cert, cert, "tls.key = \""),

@@ -483,7 +483,7 @@ mod tests {
                         let Some(slot) = writer.write(&zoo).unwrap() else { continue };
                         written += 1;
                         let out = incoming.expand(envelope(Kind::Batch, Some(slot)));
-                        let out = out.map_err(|e| proptest::test_runner::TestCaseError::fail(e))?;
+                        let out = out.map_err(proptest::test_runner::TestCaseError::fail)?;
                         proptest::prop_assert!(out.last().is_some_and(|d| !d.app_metadata.is_empty()));
                         proptest::prop_assert_eq!(decode(&zoo.schema(), &mut dicts, out), vec![zoo.clone()]);
                         outstanding.push(slot);
