@@ -423,6 +423,18 @@ func fuzzBody(t *testing.T, script []byte, inPlace bool) {
 		named := map[int]envelope.Slot{}    // message index → slot it names
 		lentAt := map[int]bool{}            // message index → a release of a slot then lent
 		var badAt []int                     // message indexes of releases of slots not lent
+		// release gives sl back: a slot lent is taken back once, any
+		// other release must stop the reading
+		release := func(sl envelope.Slot) {
+			if j := slices.Index(lent, sl); j >= 0 {
+				lentAt[len(msgs)] = true
+				lent = slices.Delete(lent, j, j+1)
+				returned = append(returned, sl)
+			} else {
+				badAt = append(badAt, len(msgs))
+			}
+			msgs = append(msgs, message(envelope.Release, 0, &sl))
+		}
 		for i := 0; i < len(script); i++ {
 			arg := func() uint64 {
 				if i+1 < len(script) {
@@ -448,25 +460,9 @@ func fuzzBody(t *testing.T, script []byte, inPlace bool) {
 				msgs = append(msgs, message(envelope.Batch, len(msgs), &sl))
 			case 2:
 				all := append(append([]envelope.Slot{}, lent...), returned...)
-				sl := all[int(arg())%len(all)]
-				if j := slices.Index(lent, sl); j >= 0 {
-					lentAt[len(msgs)] = true
-					lent = slices.Delete(lent, j, j+1)
-					returned = append(returned, sl)
-				} else {
-					badAt = append(badAt, len(msgs))
-				}
-				msgs = append(msgs, message(envelope.Release, 0, &sl))
-			case 3:
-				sl := envelope.Slot{Offset: half + arg()*64, Length: arg() * 64}
-				if j := slices.Index(lent, sl); j >= 0 { // drawn by chance
-					lentAt[len(msgs)] = true
-					lent = slices.Delete(lent, j, j+1)
-					returned = append(returned, sl)
-				} else {
-					badAt = append(badAt, len(msgs))
-				}
-				msgs = append(msgs, message(envelope.Release, 0, &sl))
+				release(all[int(arg())%len(all)])
+			case 3: // any range, a lent slot by chance
+				release(envelope.Slot{Offset: half + arg()*64, Length: arg() * 64})
 			case 4:
 				msgs = append(msgs, message(envelope.Ack, len(msgs), nil))
 			case 5:
