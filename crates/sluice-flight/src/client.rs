@@ -495,11 +495,7 @@ impl StageClient {
         };
         tokio::spawn(async move {
             if let Err(panic) = std::panic::AssertUnwindSafe(decode).catch_unwind().await {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("no message");
+                let why = crate::panic_message(panic.as_ref());
                 let _ = panic_tx
                     .send(Err(StageError::new(
                         ErrorCode::Internal,

@@ -193,6 +193,99 @@ mod tests {
         assert!(n >= 5);
     }
 
+    fn envelope() -> impl proptest::strategy::Strategy<Value = Envelope> {
+        use proptest::prelude::*;
+        let kind = prop::sample::select(vec![
+            Kind::Batch,
+            Kind::End,
+            Kind::Ack,
+            Kind::RowErrors,
+            Kind::Flushed,
+            Kind::Release,
+        ]);
+        // any text: control characters, U+2028, quotes, astral planes
+        let text = || any::<String>();
+        let lineage =
+            (text(), text(), text(), text()).prop_map(|(stage, kind, version, language)| {
+                LineageEntry {
+                    stage,
+                    kind,
+                    version,
+                    language,
+                }
+            });
+        let errors = prop::collection::vec(
+            (any::<u64>(), text(), text()).prop_map(|(row, code, message)| RowErrorEntry {
+                row,
+                code,
+                message,
+            }),
+            0..3,
+        );
+        let slot = (any::<u64>(), any::<u64>())
+            .prop_map(|(offset, length)| crate::shm::SlotRef { offset, length });
+        (
+            (kind, any::<u64>(), any::<u64>(), any::<Option<u64>>()),
+            (
+                prop::option::of(text()),
+                prop::option::of(lineage),
+                prop::option::of(errors),
+                any::<Option<u64>>(),
+                prop::option::of(text()),
+            ),
+            slot,
+        )
+            .prop_map(
+                |(
+                    (kind, epoch, seq, in_seq),
+                    (traceparent, lineage, errors, rows, snapshot),
+                    slot,
+                )| {
+                    let mut e = Envelope::new(kind, epoch, seq);
+                    e.in_seq = in_seq;
+                    e.traceparent = traceparent;
+                    e.lineage = lineage;
+                    e.errors = errors;
+                    e.rows = rows;
+                    e.snapshot = snapshot;
+                    // where the protocol has a slot, and only there
+                    e.shm = matches!(kind, Kind::Batch | Kind::Release).then_some(slot);
+                    e
+                },
+            )
+    }
+
+    proptest::proptest! {
+        /// Every envelope decodes from its canonical bytes to itself, and
+        /// those bytes are what encoding it again gives.
+        #[test]
+        fn every_envelope_round_trips(e in envelope()) {
+            let bytes = e.encode();
+            let back = Envelope::decode(&bytes);
+            proptest::prop_assert_eq!(back.as_ref(), Ok(&e));
+            proptest::prop_assert_eq!(back.map(|b| b.encode()), Ok(bytes));
+        }
+
+        /// Whatever bytes arrive, and whatever a changed byte does to a good
+        /// envelope, decoding gives an envelope or a reason, never a panic;
+        /// what it gives encodes to bytes that decode to it again.
+        #[test]
+        fn any_bytes_decode_or_are_refused(
+            e in envelope(),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            flip in proptest::prelude::any::<(proptest::sample::Index, u8)>(),
+        ) {
+            let mut changed = e.encode();
+            let i = flip.0.index(changed.len());
+            changed[i] = flip.1;
+            for bytes in [garbage, changed] {
+                if let Ok(d) = Envelope::decode(&bytes) {
+                    proptest::prop_assert_eq!(Envelope::decode(&d.encode()), Ok(d));
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_envelopes_are_refused_with_a_reason() {
         assert!(

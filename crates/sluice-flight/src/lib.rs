@@ -60,6 +60,18 @@ pub const CONNECTION_WINDOW: u32 = 64 << 20;
 /// Largest HTTP/2 frame (the maximum the protocol allows is 16 MiB - 1).
 pub const MAX_FRAME: u32 = 1 << 20;
 
+/// What a caught panic said (the payload `catch_unwind` returns). Arrow's
+/// IPC reader panics on some malformed input (`fb_to_schema`'s unwraps),
+/// and input the engine did not write is decoded under `catch_unwind`, the
+/// panic becoming an error that quotes it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
+}
+
 /// Environment variable naming the unix socket a child stage listens on.
 pub const ENV_SOCKET: &str = "SLUICE_STAGE_SOCKET";
 

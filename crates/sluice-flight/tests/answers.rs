@@ -167,3 +167,19 @@ async fn an_answer_arrow_panics_on_is_a_protocol_violation_naming_the_stage() {
     );
     server.abort();
 }
+
+/// A manifest is the stage's too: a declared schema arrow's reader panics
+/// on is refused as not a schema, and `describe` does not take the engine
+/// down.
+#[test]
+fn a_declared_schema_arrow_panics_on_is_refused() {
+    use base64::Engine as _;
+    let header = schema_arrow_panics_on();
+    // the encapsulated message, as a manifest carries it
+    let mut ipc = vec![0xFF, 0xFF, 0xFF, 0xFF];
+    ipc.extend_from_slice(&(header.len() as i32).to_le_bytes());
+    ipc.extend_from_slice(&header);
+    let text = base64::engine::general_purpose::STANDARD.encode(&ipc);
+    let e = sluice_flight::manifest::schema_from_base64(&text).unwrap_err();
+    assert!(e.contains("not an Arrow IPC schema"), "{e}");
+}

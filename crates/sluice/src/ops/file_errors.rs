@@ -154,11 +154,7 @@ impl Stream for CatchPanics {
             Ok(p) => p,
             Err(payload) => {
                 self.input = None;
-                let what = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let what = sluice_flight::panic_message(payload.as_ref());
                 Poll::Ready(Some(Err(DataFusionError::Execution(format!(
                     "the reader failed on corrupt data ({what})"
                 )))))

@@ -219,11 +219,7 @@ fn decode(bytes: bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, String> 
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(panic) => Err(format!(
             "the Arrow IPC reader gave up on it ({})",
-            panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("no message")
+            sluice_flight::panic_message(panic.as_ref())
         )),
     }
 }

@@ -118,16 +118,10 @@ fn metadata_problem(metadata: &[u8]) -> Option<String> {
     match decoded {
         Ok(Ok(())) => None,
         Ok(Err(m)) => Some(format!("a corrupt Parquet file: {m}")),
-        Err(panic) => {
-            let said = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("no message");
-            Some(format!(
-                "a corrupt Parquet file: the parquet reader gave up on its metadata ({said})"
-            ))
-        }
+        Err(panic) => Some(format!(
+            "a corrupt Parquet file: the parquet reader gave up on its metadata ({})",
+            sluice_flight::panic_message(panic.as_ref())
+        )),
     }
 }
 
