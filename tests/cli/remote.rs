@@ -1,6 +1,6 @@
 //! Remote stages over TLS with bearer tokens (`url = "grpcs://..."`, `tls`,
-//! `token`), against the Go and the Rust SDK: certificates are made here
-//! (rcgen), the stages serve them from their environment.
+//! `token`), against the Go, the Rust and the Python SDK: certificates are
+//! made here (rcgen), the stages serve them from their environment.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -87,10 +87,12 @@ struct RemoteStage {
 }
 
 impl RemoteStage {
-    fn start(program: &Path, pki: &Pki) -> Self {
+    /// Starts `command` (a program and its arguments).
+    fn start(command: &[String], pki: &Pki) -> Self {
         let addr = free_addr();
         let port = addr.rsplit(':').next().unwrap().to_string();
-        let child = Command::new(program)
+        let child = Command::new(&command[0])
+            .args(&command[1..])
             .env("SLUICE_STAGE_ADDR", &addr)
             .env_remove("SLUICE_STAGE_SOCKET")
             .env("SLUICE_STAGE_TLS_CERT", pki.path("server.pem"))
@@ -106,8 +108,7 @@ impl RemoteStage {
         while std::net::TcpStream::connect(&addr).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "{} never listened on {addr}",
-                program.display()
+                "{command:?} never listened on {addr}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -148,8 +149,24 @@ fn tls(pki: &Pki, ca: &str, client: Option<(&str, &str)>) -> String {
 fn remote_stages_serve_mutual_tls_and_check_tokens_in_go_and_rust() {
     stages_built();
     let pki = Pki::new();
-    for program in ["go/identity", "rust/identity"] {
-        let stage = RemoteStage::start(&root().join("target/stages").join(program), &pki);
+    let built = |p: &str| vec![root().join("target/stages").join(p).display().to_string()];
+    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let programs = [
+        ("go/identity", built("go/identity")),
+        ("rust/identity", built("rust/identity")),
+        (
+            "python identity.py",
+            vec![
+                python,
+                root()
+                    .join("sdk/python/examples/identity.py")
+                    .display()
+                    .to_string(),
+            ],
+        ),
+    ];
+    for (program, command) in programs {
+        let stage = RemoteStage::start(&command, &pki);
         let good_tls = tls(&pki, "ca.pem", Some(("client.pem", "client.key")));
         let with_token = |t: &str| format!("{t}\ntoken = \"env:STAGE_TOKEN\"");
 
@@ -232,7 +249,13 @@ fn remote_stages_serve_mutual_tls_and_check_tokens_in_go_and_rust() {
 fn tokens_are_never_written_in_pipeline_files() {
     stages_built();
     let pki = Pki::new();
-    let stage = RemoteStage::start(&root().join("target/stages/rust/identity"), &pki);
+    let stage = RemoteStage::start(
+        &[root()
+            .join("target/stages/rust/identity")
+            .display()
+            .to_string()],
+        &pki,
+    );
     let out = tempfile::tempdir().unwrap();
     let keys = format!(
         "{}\ntoken = \"{TOKEN}\"",

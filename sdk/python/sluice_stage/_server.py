@@ -16,6 +16,7 @@ import pyarrow.flight as flight
 from ._errors import Code, StageError, to_flight_error
 from ._exchange import Cancelled, Exchange
 from ._manifest import PROTOCOLS, Manifest, negotiate
+from ._security import ENV_TLS_CERT, security_from_env
 from ._stage import Stage
 
 log = logging.getLogger("sluice_stage")
@@ -110,15 +111,22 @@ def _where(x: Exchange) -> str:
     return f"pipeline stage {r.stage!r}, epoch {r.epoch}, partition {r.partition}"
 
 
-def listen_location(environ: Any = None) -> str:
+def listen_location(environ: Any = None, tls: bool = False) -> str:
     """The Flight location to listen on, from the environment: the unix
     socket ``SLUICE_STAGE_SOCKET`` (the engine sets it for a child stage; a
     stale socket file left by an earlier process is removed), else TCP
-    ``SLUICE_STAGE_ADDR`` (host:port). Raises ValueError when neither is set."""
+    ``SLUICE_STAGE_ADDR`` (host:port), with TLS when ``tls``. Raises
+    ValueError when neither is set, or for TLS on a unix socket (pyarrow
+    serves TLS on TCP only; a child stage needs none)."""
     env = os.environ if environ is None else environ
     path = env.get(ENV_SOCKET, "")
     if path.startswith("unix://"):
         path = path[len("unix://"):]
+    if path and tls:
+        raise ValueError(
+            f"{ENV_TLS_CERT} is set, and this SDK serves TLS on TCP ({ENV_ADDR}) only: "
+            f"a child stage on {ENV_SOCKET} needs no TLS"
+        )
     if path:
         path = os.path.abspath(path)
         try:
@@ -131,7 +139,7 @@ def listen_location(environ: Any = None) -> str:
         return f"grpc+unix://{path}"
     addr = env.get(ENV_ADDR, "")
     if addr:
-        return f"grpc+tcp://{addr}"
+        return f"grpc+tls://{addr}" if tls else f"grpc+tcp://{addr}"
     raise ValueError(
         f"nowhere to listen: set {ENV_SOCKET} (a unix socket path; the engine does) or {ENV_ADDR} (host:port)"
     )
@@ -161,8 +169,11 @@ def serve(stage: Stage, *, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> None:
     _default_logging()
     location = f"${ENV_SOCKET} or ${ENV_ADDR}"
     try:
-        location = listen_location()
-        server = StageServer(stage, location)
+        security = security_from_env()
+        location = listen_location(tls=security.tls)
+        if security.token is not None and not security.tls and location.startswith("grpc+tcp://"):
+            log.warning("the stage checks a token over plain TCP: anyone on the path can read it; serve TLS too")
+        server = StageServer(stage, location, **security.server_options())
     except ValueError as e:
         raise SystemExit(f"sluice_stage: {e}") from None
     except Exception as e:
