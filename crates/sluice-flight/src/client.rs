@@ -384,6 +384,9 @@ impl StageClient {
         // encoding runs in its own task: it overlaps with the rest of the
         // plan, and the request stream stays a plain channel
         let (req_tx, req_rx) = tokio::sync::mpsc::channel::<FlightData>(2);
+        // set once `end` is sent: the input was whole
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended_here = Arc::clone(&ended);
         tokio::spawn(async move {
             let mut first = encoder.schema_message(&input_schema);
             first.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd));
@@ -409,16 +412,24 @@ impl StageClient {
                     Err(_) => return,
                 }
             }
-            let _ = req_tx
-                .send(control_message(&Envelope::new(Kind::End, epoch, seq)))
-                .await;
+            let end = control_message(&Envelope::new(Kind::End, epoch, seq));
+            if req_tx.send(end).await.is_ok() {
+                ended_here.store(true, std::sync::atomic::Ordering::Release);
+            }
         });
-        // the request stream ends when the batches do (after `end`, or
-        // without it when the input failed: the stage must see that), even
-        // though releases could still come
+        // after `end` the request stream stays open while the stage's slots
+        // are given back (protocol.md section 8: its flush output can use
+        // them again); it ends when the answer does, which drops the last
+        // sender of releases. When the input failed it ends at once, without
+        // `end`: the stage must see that.
         let requests = tokio_stream::wrappers::ReceiverStream::new(req_rx)
             .map(Some)
-            .chain(futures::stream::once(async { None }));
+            .chain(
+                futures::stream::once(async move {
+                    (!ended.load(std::sync::atomic::Ordering::Acquire)).then_some(None)
+                })
+                .filter_map(futures::future::ready),
+            );
         let releases = tokio_stream::wrappers::UnboundedReceiverStream::new(rel_rx)
             .map(move |slot| Some(crate::shm::release_message(epoch, slot)));
         let request = self.request(

@@ -730,21 +730,37 @@ async fn exchange_traced<S: Stage>(
             "the exchange ended without an `end` message",
         ));
     }
-    for b in processor.flush().await.map_err(Status::from)? {
-        if b.num_rows() == 0 {
-            continue;
+    // with shared memory the engine goes on giving the stage's slots back
+    // after `end` (protocol.md section 8): taking those releases while the
+    // flush output is written lets it use the slots again ([`shm::expand`]
+    // frees them as it reads; anything else after `end` stops the reading)
+    let releases_after_end = incoming.get().is_some().then(|| {
+        tokio::spawn(async move {
+            let _ = decoder.next().await;
+        })
+    });
+    let flushed = async {
+        for b in processor.flush().await.map_err(Status::from)? {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let b = conform(&manifest, &output_schema, b)?;
+            rows_out += b.num_rows() as u64;
+            out.send_batch(&mut encoder, b, None, &lineage).await?;
         }
-        let b = conform(&manifest, &output_schema, b)?;
-        rows_out += b.num_rows() as u64;
-        out.send_batch(&mut encoder, b, None, &lineage).await?;
+        let mut e = out.envelope(Kind::Flushed);
+        e.rows = Some(rows_out);
+        if open.carries_state(&manifest) {
+            let state = processor.snapshot().await.map_err(Status::from)?;
+            e.snapshot = Some(base64::engine::general_purpose::STANDARD.encode(state));
+        }
+        out.send(control_message(&e)).await
     }
-    let mut e = out.envelope(Kind::Flushed);
-    e.rows = Some(rows_out);
-    if open.carries_state(&manifest) {
-        let state = processor.snapshot().await.map_err(Status::from)?;
-        e.snapshot = Some(base64::engine::general_purpose::STANDARD.encode(state));
+    .await;
+    if let Some(task) = releases_after_end {
+        task.abort();
     }
-    out.send(control_message(&e)).await
+    flushed
 }
 
 /// Checks an output batch against the declared output schema and labels it with it.

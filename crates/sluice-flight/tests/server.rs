@@ -169,19 +169,7 @@ async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_ove
     let manifest = client.describe().await.unwrap();
     assert!(manifest.shared_memory, "the Rust SDK offers shared memory");
     client.use_shared_memory(true);
-    // 4 MiB a batch: 100 of them are more than the engine's 256 MiB half
-    let batch = |i: i64| {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("s", DataType::Utf8, false),
-        ]));
-        let ids = Int64Array::from_iter_values((0..1024).map(|r| i * 1024 + r));
-        let s = StringArray::from_iter_values(
-            (0..1024).map(|r| format!("{i}:{r}:{}", "x".repeat(4096))),
-        );
-        RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
-    };
-    let inputs: Vec<RecordBatch> = (0..100).map(batch).collect();
+    let inputs: Vec<RecordBatch> = (0..100).map(big_batch).collect();
     let open = OpenRequest::new(&manifest.protocol, "hoard", 1, 0);
     let events = tokio::time::timeout(Duration::from_secs(120), async {
         client
@@ -220,6 +208,96 @@ async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_ove
     assert!(
         in_memory > 0 && in_memory < inputs.len() && !held[in_memory..].contains(&true),
         "{held:?}"
+    );
+    server.abort();
+}
+
+/// Batch `i` of 4 MiB: 100 of them are more than either side's 256 MiB
+/// half of an exchange's shared memory.
+fn big_batch(i: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, false),
+    ]));
+    let ids = Int64Array::from_iter_values((0..1024).map(|r| i * 1024 + r));
+    let s =
+        StringArray::from_iter_values((0..1024).map(|r| format!("{i}:{r}:{}", "x".repeat(4096))));
+    RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
+}
+
+/// Answers nothing until `end`, then everything it was sent: all its
+/// output is flush output.
+struct Gather;
+struct GatherRun(Vec<RecordBatch>);
+
+#[async_trait::async_trait]
+impl Stage for Gather {
+    fn manifest(&self) -> Manifest {
+        Manifest::new("gather", "1.0.0")
+    }
+    async fn open(&self, _: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
+        Ok(Box::new(GatherRun(Vec::new())))
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for GatherRun {
+    async fn process(&mut self, batch: RecordBatch) -> Result<Processed, StageError> {
+        self.0.push(batch);
+        Ok(Processed::default())
+    }
+    async fn flush(&mut self) -> Result<Vec<RecordBatch>, StageError> {
+        Ok(std::mem::take(&mut self.0))
+    }
+}
+
+/// Flush output larger than the stage's half still goes through shared
+/// memory: the engine gives the stage's slots back after `end` too, and
+/// the stage reads those releases while it flushes. Without them the half
+/// would hold at most `capacity` answers and the rest would go over Flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_output_reuses_the_slots_the_engine_gives_back_after_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut client) = serve_on_unix_socket(dir.path(), Gather).await;
+    let manifest = client.describe().await.unwrap();
+    client.use_shared_memory(true);
+    let inputs: Vec<RecordBatch> = (0..100).map(big_batch).collect();
+    let open = OpenRequest::new(&manifest.protocol, "gather", 1, 0);
+    let events = tokio::time::timeout(Duration::from_secs(120), async {
+        client
+            .exchange(
+                &open,
+                inputs[0].schema(),
+                futures::stream::iter(inputs.clone().into_iter().map(Ok)).boxed(),
+                None,
+            )
+            .await
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect::<Vec<StageEvent>>()
+            .await
+    })
+    .await
+    .expect("no deadlock");
+    let answers: Vec<(&RecordBatch, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            StageEvent::Batch { batch, envelope } => Some((batch, envelope.shm.is_some())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), inputs.len());
+    for (i, ((got, _), want)) in answers.iter().zip(&inputs).enumerate() {
+        assert_eq!(*got, want, "batch {i}");
+    }
+    assert!(matches!(events.last(), Some(StageEvent::Flushed(_))));
+    let capacity = (sluice_flight::shm::DEFAULT_SIZE / 2) as usize
+        / sluice_flight::codec::ipc_bytes(&inputs[0]);
+    let in_memory = answers.iter().filter(|(_, shm)| *shm).count();
+    assert!(
+        in_memory > capacity,
+        "{in_memory} of {} flush answers through shared memory; the stage's half holds {capacity}",
+        answers.len()
     );
     server.abort();
 }

@@ -278,6 +278,13 @@ func (x *exchange) read(ctx context.Context, cancel context.CancelCauseFunc, rdr
 		cancel(Fatal(InvalidArgument, `"end" is for epoch %d, the exchange is for epoch %d`, in.end.Epoch, x.req.Epoch))
 	default:
 		close(inputs)
+		if in.shm != nil {
+			// the engine goes on giving the stage's slots back after "end"
+			// (protocol.md section 8): Recv frees each as it reads it, so
+			// the flush output can use them again. It returns at anything
+			// else, or when the exchange is over.
+			_, _ = in.Recv()
+		}
 	}
 }
 

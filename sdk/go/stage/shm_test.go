@@ -3,10 +3,16 @@
 package stage_test
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -51,4 +57,99 @@ func wantStatusContaining(t *testing.T, err error, code codes.Code, part string)
 	if st, ok := status.FromError(err); err == nil || !ok || st.Code() != code || !strings.Contains(st.Message(), part) {
 		t.Fatalf("got %v, want %v with %q", err, code, part)
 	}
+}
+
+// gather answers nothing until "end", then every record it was sent.
+type gather struct{ held []arrow.RecordBatch }
+
+func (g *gather) Process(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+	rec.Retain()
+	g.held = append(g.held, rec)
+	return nil, nil, nil
+}
+
+func (g *gather) Flush(context.Context) ([]arrow.RecordBatch, error) {
+	out := g.held
+	g.held = nil
+	return out, nil
+}
+
+// Flush output larger than the stage's half still goes through shared
+// memory: the engine gives slots back after "end" too, and the stage reads
+// those releases while it flushes. Without them the half would hold at
+// most its capacity of answers and the rest would go over Flight.
+func TestFlushOutputReusesTheSlotsGivenBackAfterEnd(t *testing.T) {
+	path := stage.MemfdForTest(t, 1<<20, true) // the stage's half: 512 KiB
+	st := processing("gather", nil)
+	st.open = func(context.Context, stage.OpenRequest) (stage.Processor, error) { return &gather{}, nil }
+	srv, mem := start(t, st)
+	x, err := srv.Open(t.Context(), offering(path), people)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const records = 40
+	rec := bigPeople(mem, 1000) // about 100 KiB
+	defer rec.Release()
+	for range records {
+		if err := x.Send(rec); err != nil {
+			_, why := x.RecvAll()
+			t.Fatalf("%v: %v", err, why)
+		}
+	}
+	if err := x.EndKeepOpen(); err != nil {
+		t.Fatal(err)
+	}
+	inMemory, answers := 0, 0
+	for {
+		ev, err := x.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Record != nil {
+			ev.Record.Release()
+		}
+		if ev.Envelope.Kind != "batch" {
+			continue
+		}
+		answers++
+		if ev.Envelope.Shm != nil {
+			inMemory++
+			// io.EOF: the stage has answered everything and ended the call
+			if err := x.SendRelease(*ev.Envelope.Shm); err != nil && err != io.EOF {
+				t.Fatal(err)
+			}
+		}
+	}
+	_ = x.CloseSend()
+	capacity := (1 << 19) / recordBytes(rec)
+	if answers != records || inMemory <= capacity {
+		t.Fatalf("%d of %d answers through shared memory; the stage's half holds %d", inMemory, answers, capacity)
+	}
+}
+
+// bigPeople is a people record of n rows with 100-byte names.
+func bigPeople(mem memory.Allocator, n int) arrow.RecordBatch {
+	b := array.NewRecordBuilder(mem, people)
+	defer b.Release()
+	for i := range n {
+		b.Field(0).(*array.Int64Builder).Append(int64(i))
+		b.Field(1).(*array.StringBuilder).Append(strings.Repeat("x", 100))
+	}
+	return b.NewRecordBatch()
+}
+
+// recordBytes is the bytes of rec's buffers.
+func recordBytes(rec arrow.RecordBatch) int {
+	n := 0
+	for _, c := range rec.Columns() {
+		for _, b := range c.Data().Buffers() {
+			if b != nil {
+				n += b.Len()
+			}
+		}
+	}
+	return n
 }

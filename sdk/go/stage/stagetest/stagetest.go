@@ -467,6 +467,22 @@ func (x *Exchange) End() error {
 	return x.stream.CloseSend()
 }
 
+// EndKeepOpen sends "end" and keeps the sending side open, as the engine
+// does on the shared-memory path: it goes on giving the stage's slots
+// back (SendRelease) until the answer ends. Close it with CloseSend.
+func (x *Exchange) EndKeepOpen() error {
+	env := envelope.Envelope{V: 1, Kind: envelope.End, Epoch: x.epoch, Seq: x.seq}
+	x.seq++
+	return x.stream.Send(&flight.FlightData{AppMetadata: envelope.Encode(&env)})
+}
+
+// SendRelease gives back a slot of the stage's half of the shared memory
+// (an answer's Envelope.Shm), as the engine does once it has read it.
+func (x *Exchange) SendRelease(slot envelope.Slot) error {
+	env := envelope.Envelope{V: 1, Kind: envelope.Release, Epoch: x.epoch, Shm: &slot}
+	return x.stream.Send(&flight.FlightData{AppMetadata: envelope.Encode(&env)})
+}
+
 // CloseSend closes the sending side without "end" (a protocol violation).
 func (x *Exchange) CloseSend() error { return x.stream.CloseSend() }
 
