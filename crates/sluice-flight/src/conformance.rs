@@ -953,7 +953,7 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
     out.push(
         timed(
             "malformed",
-            "garbage FlightData (through shared memory: a slot outside the engine's half, a slot of garbage) gets an error status, and the stage keeps serving",
+            "garbage FlightData (through shared memory: a slot outside the engine's half, a slot of garbage, a batch carrying its data and naming a slot too) gets an error status, and the stage keeps serving",
             async {
                 let Some(b) = kit.input(10, 5) else {
                     return Outcome::Skip("cannot generate input".into());
@@ -980,14 +980,23 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
                     e.shm = Some(crate::shm::SlotRef { offset, length: 64 });
                     control_message(&e)
                 };
-                let bad = match &shared {
-                    None => vec![FlightData {
+                // a good batch whose envelope names a slot too: in two places
+                let in_both = || {
+                    let mut encoder = BatchEncoder::new();
+                    let _ = encoder.schema_message(&b.schema());
+                    let mut e = Envelope::new(Kind::Batch, 5, 0);
+                    e.shm = Some(crate::shm::SlotRef { offset: 64, length: 64 });
+                    encoder.batch_messages(&b, &e).unwrap_or_default()
+                };
+                // each: the messages between the schema and `end`
+                let bad: Vec<Vec<FlightData>> = match &shared {
+                    None => vec![vec![FlightData {
                         data_header: vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3].into(),
                         data_body: vec![9; 64].into(),
                         app_metadata: Envelope::new(Kind::Batch, 5, 0).encode().into(),
                         ..Default::default()
-                    }],
-                    Some((_, offer)) => vec![in_slot(offer.size), in_slot(0)],
+                    }]],
+                    Some((_, offer)) => vec![vec![in_slot(offer.size)], vec![in_slot(0)], in_both()],
                 };
                 for garbage in bad {
                     let mut raw = match kit.raw().await {
@@ -1001,11 +1010,15 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
                     first.flight_descriptor = Some(FlightDescriptor::new_cmd(
                         serde_json::to_vec(&open).unwrap_or_default(),
                     ));
-                    let request = futures::stream::iter(vec![
-                        first,
-                        garbage.clone(),
-                        control_message(&Envelope::new(Kind::End, 5, 1)),
-                    ]);
+                    let what = garbage
+                        .last()
+                        .map(|m| String::from_utf8_lossy(&m.app_metadata).into_owned())
+                        .unwrap_or_default();
+                    let request = futures::stream::iter(
+                        std::iter::once(first)
+                            .chain(garbage)
+                            .chain(std::iter::once(control_message(&Envelope::new(Kind::End, 5, 1)))),
+                    );
                     let answer = match raw.do_exchange(request).await {
                         Ok(resp) => resp
                             .into_inner()
@@ -1017,8 +1030,7 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
                     };
                     if answer.is_none() {
                         return Outcome::Fail(format!(
-                            "the stage accepted a bad message without an error: {}",
-                            String::from_utf8_lossy(&garbage.app_metadata)
+                            "the stage accepted a bad message without an error: {what}"
                         ));
                     }
                     if let Err(e) = kit.client.clone().health().await {
