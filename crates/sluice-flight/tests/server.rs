@@ -302,6 +302,49 @@ async fn flush_output_reuses_the_slots_the_engine_gives_back_after_end() {
     server.abort();
 }
 
+/// An input that fails mid-exchange still ends the request stream at once,
+/// without `end`, with shared memory too (where a clean `end` keeps it open
+/// for releases): the stage sees the input aborted and fails the exchange,
+/// instead of waiting for more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_input_ends_the_exchange_without_end_through_shared_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut client) = serve_on_unix_socket(dir.path(), Gather).await;
+    let manifest = client.describe().await.unwrap();
+    client.use_shared_memory(true);
+    let open = OpenRequest::new(&manifest.protocol, "gather", 1, 0);
+    let batch = big_batch(0);
+    let input = futures::stream::iter([
+        Ok(batch.clone()),
+        Err(StageError::new(
+            sluice_contract::ErrorCode::Internal,
+            "the source failed",
+        )),
+    ])
+    .boxed();
+    let events = tokio::time::timeout(Duration::from_secs(60), async {
+        client
+            .exchange(&open, batch.schema(), input, None)
+            .await
+            .unwrap()
+            .collect::<Vec<_>>()
+            .await
+    })
+    .await
+    .expect("the stage saw the input end, no hang");
+    let error = events
+        .iter()
+        .find_map(|e| e.as_ref().err())
+        .expect("the exchange fails");
+    assert!(error.message.contains("without an `end`"), "{error}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Ok(StageEvent::Flushed(_))))
+    );
+    server.abort();
+}
+
 /// Whether each batch `HoardRun` took lies in a memory file of the stages'
 /// shared memory, in the order taken (one hoarding test per process).
 static HELD: std::sync::Mutex<Vec<bool>> = std::sync::Mutex::new(Vec::new());
