@@ -164,19 +164,40 @@ impl Processor for HoardRun {
 /// Flight instead, and every batch still arrives, unchanged and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_over_flight() {
+    let inputs: Vec<RecordBatch> = (0..100).map(big_batch).collect();
+    let (_, answers_in_memory) = echo_through_shared_memory(Hoard, &inputs).await;
+    // the engine copies answers out and releases them at once: they all fit
+    assert!(answers_in_memory.iter().all(|&m| m));
+    // the inputs: the first ones read in place from the engine's memory
+    // file, the rest (once the engine's half was full) from Flight
+    let held = HELD.lock().unwrap().clone();
+    assert_eq!(held.len(), inputs.len());
+    let in_memory = held.iter().take_while(|&&m| m).count();
+    assert!(
+        in_memory > 0 && in_memory < inputs.len() && !held[in_memory..].contains(&true),
+        "{held:?}"
+    );
+}
+
+/// Runs `inputs` through `stage`, served on a unix socket, with shared
+/// memory: every answer must be its input, in order. Returns the events
+/// and, for each answer, whether it came through shared memory.
+async fn echo_through_shared_memory<S: Stage>(
+    stage: S,
+    inputs: &[RecordBatch],
+) -> (Vec<StageEvent>, Vec<bool>) {
     let dir = tempfile::tempdir().unwrap();
-    let (server, mut client) = serve_on_unix_socket(dir.path(), Hoard).await;
+    let (server, mut client) = serve_on_unix_socket(dir.path(), stage).await;
     let manifest = client.describe().await.unwrap();
     assert!(manifest.shared_memory, "the Rust SDK offers shared memory");
     client.use_shared_memory(true);
-    let inputs: Vec<RecordBatch> = (0..100).map(big_batch).collect();
-    let open = OpenRequest::new(&manifest.protocol, "hoard", 1, 0);
+    let open = OpenRequest::new(&manifest.protocol, &manifest.name, 1, 0);
     let events = tokio::time::timeout(Duration::from_secs(120), async {
         client
             .exchange(
                 &open,
                 inputs[0].schema(),
-                futures::stream::iter(inputs.clone().into_iter().map(Ok)).boxed(),
+                futures::stream::iter(inputs.to_vec().into_iter().map(Ok)).boxed(),
                 None,
             )
             .await
@@ -187,6 +208,7 @@ async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_ove
     })
     .await
     .expect("no deadlock");
+    server.abort();
     let answers: Vec<(&RecordBatch, bool)> = events
         .iter()
         .filter_map(|e| match e {
@@ -195,21 +217,11 @@ async fn a_stage_holding_its_input_fills_the_shared_memory_and_the_rest_goes_ove
         })
         .collect();
     assert_eq!(answers.len(), inputs.len());
-    for (i, ((got, _), want)) in answers.iter().zip(&inputs).enumerate() {
+    for (i, ((got, _), want)) in answers.iter().zip(inputs).enumerate() {
         assert_eq!(*got, want, "batch {i}");
     }
-    // the engine copies answers out and releases them at once: they all fit
-    assert!(answers.iter().all(|(_, shm)| *shm));
-    // the inputs: the first ones read in place from the engine's memory
-    // file, the rest (once the engine's half was full) from Flight
-    let held = HELD.lock().unwrap().clone();
-    assert_eq!(held.len(), inputs.len());
-    let in_memory = held.iter().take_while(|&&m| m).count();
-    assert!(
-        in_memory > 0 && in_memory < inputs.len() && !held[in_memory..].contains(&true),
-        "{held:?}"
-    );
-    server.abort();
+    let in_memory = answers.iter().map(|(_, m)| *m).collect();
+    (events, in_memory)
 }
 
 /// Batch `i` of 4 MiB: 100 of them are more than either side's 256 MiB
@@ -257,49 +269,17 @@ impl Processor for GatherRun {
 /// would hold at most `capacity` answers and the rest would go over Flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_output_reuses_the_slots_the_engine_gives_back_after_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, mut client) = serve_on_unix_socket(dir.path(), Gather).await;
-    let manifest = client.describe().await.unwrap();
-    client.use_shared_memory(true);
     let inputs: Vec<RecordBatch> = (0..100).map(big_batch).collect();
-    let open = OpenRequest::new(&manifest.protocol, "gather", 1, 0);
-    let events = tokio::time::timeout(Duration::from_secs(120), async {
-        client
-            .exchange(
-                &open,
-                inputs[0].schema(),
-                futures::stream::iter(inputs.clone().into_iter().map(Ok)).boxed(),
-                None,
-            )
-            .await
-            .unwrap()
-            .map(|e| e.unwrap())
-            .collect::<Vec<StageEvent>>()
-            .await
-    })
-    .await
-    .expect("no deadlock");
-    let answers: Vec<(&RecordBatch, bool)> = events
-        .iter()
-        .filter_map(|e| match e {
-            StageEvent::Batch { batch, envelope } => Some((batch, envelope.shm.is_some())),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(answers.len(), inputs.len());
-    for (i, ((got, _), want)) in answers.iter().zip(&inputs).enumerate() {
-        assert_eq!(*got, want, "batch {i}");
-    }
+    let (events, answers_in_memory) = echo_through_shared_memory(Gather, &inputs).await;
     assert!(matches!(events.last(), Some(StageEvent::Flushed(_))));
     let capacity = (sluice_flight::shm::DEFAULT_SIZE / 2) as usize
         / sluice_flight::codec::ipc_bytes(&inputs[0]);
-    let in_memory = answers.iter().filter(|(_, shm)| *shm).count();
+    let in_memory = answers_in_memory.iter().filter(|&&m| m).count();
     assert!(
         in_memory > capacity,
         "{in_memory} of {} flush answers through shared memory; the stage's half holds {capacity}",
-        answers.len()
+        inputs.len()
     );
-    server.abort();
 }
 
 /// An input that fails mid-exchange still ends the request stream at once,

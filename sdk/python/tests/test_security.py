@@ -3,6 +3,7 @@ SLUICE_STAGE_TLS_CERT/_KEY/_CLIENT_CA and SLUICE_STAGE_TOKEN refuses what
 the Rust and Go SDKs refuse. Certificates are made here (cryptography)."""
 
 import datetime
+import importlib.util
 import os
 import tempfile
 import unittest
@@ -13,8 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sluice_stage import Manifest, Processor, Stage, StageServer
+from sluice_stage import StageServer
 from sluice_stage._security import MSG_NO_TOKEN, MSG_WRONG_TOKEN, Security, security_from_env
+
+from .support import SDK
 
 TOKEN = "tok-3b9e-nobody-may-print"
 
@@ -59,17 +62,12 @@ class _Authority:
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-class Identity(Stage):
-    def manifest(self):
-        return Manifest(name="identity", version="1.0.0", errors="fatal_only")
-
-    def open(self, request):
-        return Pass()
-
-
-class Pass(Processor):
-    def process(self, batch):
-        return batch
+def _identity():
+    """The example identity stage (examples/identity.py)."""
+    spec = importlib.util.spec_from_file_location("identity_example", os.path.join(SDK, "examples", "identity.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Identity()
 
 
 def describe(client, token=None):
@@ -87,7 +85,7 @@ class Served(unittest.TestCase):
         cls.client_cert, cls.client_key = cls.ca.sign("engine")
         cls.stranger_cert, cls.stranger_key = cls.other.sign("engine")
         security = Security(cert=cls.server_cert, key=cls.server_key, client_ca=cls.ca.pem, token=TOKEN.encode())
-        cls.server = StageServer(Identity(), "grpc+tls://localhost:0", **security.server_options())
+        cls.server = StageServer(_identity(), "grpc+tls://localhost:0", **security.server_options())
         cls.location = f"grpc+tls://localhost:{cls.server.port}"
 
     @classmethod
