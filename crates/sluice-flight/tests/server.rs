@@ -192,12 +192,14 @@ async fn echo_through_shared_memory<S: Stage>(
     assert!(manifest.shared_memory, "the Rust SDK offers shared memory");
     client.use_shared_memory(true);
     let open = OpenRequest::new(&manifest.protocol, &manifest.name, 1, 0);
+    // the input stream owns its batches
+    let owned = inputs.to_vec();
     let events = tokio::time::timeout(Duration::from_secs(120), async {
         client
             .exchange(
                 &open,
                 inputs[0].schema(),
-                futures::stream::iter(inputs.to_vec().into_iter().map(Ok)).boxed(),
+                futures::stream::iter(owned.into_iter().map(Ok)).boxed(),
                 None,
             )
             .await
