@@ -379,6 +379,9 @@ impl StageClient {
                 ),
             }
         }
+        // with shared memory the request stream stays open after `end`, for
+        // releases (below); without, it half-closes after `end`, as in v1
+        let keep_open = open.shared_memory.is_some();
         let cmd = serde_json::to_vec(&open)
             .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
         // encoding runs in its own task: it overlaps with the rest of the
@@ -417,23 +420,31 @@ impl StageClient {
                 ended_here.store(true, std::sync::atomic::Ordering::Release);
             }
         });
-        // after `end` the request stream stays open while the stage's slots
-        // are given back (protocol.md section 8: its flush output can use
-        // them again); it ends when the answer does, which drops the last
-        // sender of releases. When the input failed it ends at once, without
-        // `end`: the stage must see that.
+        // With shared memory, after `end` the request stream stays open while
+        // the stage's slots are given back (protocol.md section 8: its flush
+        // output can use them again), until the stage's `flushed` (nothing
+        // is released after it) or the end of its answer. Without shared
+        // memory it ends after `end`. When the input failed it ends at once,
+        // without `end`: the stage must see that.
         let requests = tokio_stream::wrappers::ReceiverStream::new(req_rx)
             .map(Some)
             .chain(
                 futures::stream::once(async move {
-                    (!ended.load(std::sync::atomic::Ordering::Acquire)).then_some(None)
+                    let clean = ended.load(std::sync::atomic::Ordering::Acquire);
+                    (!(keep_open && clean)).then_some(None)
                 })
                 .filter_map(futures::future::ready),
             );
         let releases = tokio_stream::wrappers::UnboundedReceiverStream::new(rel_rx)
             .map(move |slot| Some(crate::shm::release_message(epoch, slot)));
+        // fires at `flushed`, or when the decoding ends (its sender dropped)
+        let (answered_tx, answered_rx) = tokio::sync::oneshot::channel::<()>();
+        let answered = futures::stream::once(async move {
+            let _ = answered_rx.await;
+            None
+        });
         let request = self.request(
-            futures::stream::select(requests, releases)
+            futures::stream::select(futures::stream::select(requests, releases), answered)
                 .take_while(|m| futures::future::ready(m.is_some()))
                 .filter_map(futures::future::ready),
         );
@@ -485,7 +496,15 @@ impl StageClient {
                     .map_ok(normalize_metadata_only)
                     .map_err(FlightError::from),
             );
-            while let Some(msg) = decoder.next().await {
+            let mut answered = Some(answered_tx);
+            loop {
+                // the events' reader may go away first (the exchange is over
+                // for the engine): then nothing waits for the rest
+                let msg = tokio::select! {
+                    msg = decoder.next() => msg,
+                    _ = ev_tx.closed() => return,
+                };
+                let Some(msg) = msg else { return };
                 let event = match msg {
                     Ok(m) => decode_event(&target, m, views.get().and_then(Option::as_ref)),
                     Err(FlightError::Tonic(status)) => Some(Err(StageError::from_status(&status))),
@@ -497,6 +516,11 @@ impl StageClient {
                     ))),
                 };
                 if let Some(event) = event {
+                    if matches!(event, Ok(StageEvent::Flushed(_)))
+                        && let Some(tx) = answered.take()
+                    {
+                        let _ = tx.send(());
+                    }
                     let stop = event.is_err();
                     if ev_tx.send(event).await.is_err() || stop {
                         return;

@@ -78,14 +78,22 @@ fn read(path: &Path, key: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{key} = \"{}\": {e}", path.display()))
 }
 
-/// The bytes of a PEM file holding at least one certificate, checked here
-/// so that a wrong file is named with its setting (TLS itself would only
-/// say that some certificate is bad, later, at the connection).
+/// The bytes of a PEM file holding at least one certificate, each parsed
+/// here, so that a wrong file is named with its setting (TLS itself would
+/// only say that some certificate is bad, later, at the connection).
 fn certificates(path: &Path, key: &str) -> Result<Vec<u8>, String> {
     let bytes = read(path, key)?;
     let mut found = 0;
     for c in CertificateDer::pem_slice_iter(&bytes) {
-        c.map_err(|e| format!("{key} = \"{}\": not PEM: {e}", path.display()))?;
+        let c = c.map_err(|e| format!("{key} = \"{}\": not PEM: {e}", path.display()))?;
+        // parsing it as a trust anchor reads its X.509 structure
+        rustls::RootCertStore::empty().add(c).map_err(|e| {
+            format!(
+                "{key} = \"{}\": certificate {} is not a valid X.509 certificate: {e}",
+                path.display(),
+                found + 1
+            )
+        })?;
         found += 1;
     }
     if found == 0 {
@@ -101,12 +109,18 @@ fn certificates(path: &Path, key: &str) -> Result<Vec<u8>, String> {
 /// [`certificates`] are.
 fn private_key(path: &Path, key: &str) -> Result<Vec<u8>, String> {
     let bytes = read(path, key)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    let der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
             "{key} = \"{}\": no private key in the file (a `-----BEGIN PRIVATE KEY-----` block)",
             path.display()
         ),
         e => format!("{key} = \"{}\": not PEM: {e}", path.display()),
+    })?;
+    rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| {
+        format!(
+            "{key} = \"{}\": not a private key TLS can use (RSA, ECDSA or Ed25519): {e}",
+            path.display()
+        )
     })?;
     Ok(bytes)
 }
@@ -360,12 +374,24 @@ mod tests {
         assert!(files(dir.path(), cert, cert, key).client_config().is_ok());
         // (the CA file, the certificate, the key, what the refusal says)
         type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a str);
-        let cases: [Case; 5] = [
+        // PEM blocks whose base64 is fine and whose contents are not
+        let junk_cert =
+            b"-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
+        let junk_key =
+            b"-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n";
+        let cases: [Case; 7] = [
             (key, cert, key, "tls.ca = \""),
             (cert, key, key, "tls.cert = \""),
             (cert, cert, cert, "tls.key = \""),
             (b"", cert, key, "no certificate in the file"),
             (&cert[..cert.len() / 2], cert, key, "not PEM"),
+            (
+                junk_cert,
+                cert,
+                key,
+                "certificate 1 is not a valid X.509 certificate",
+            ),
+            (cert, cert, junk_key, "not a private key TLS can use"),
         ];
         for (ca, c, k, says) in cases {
             let e = files(dir.path(), ca, c, k).client_config().unwrap_err();

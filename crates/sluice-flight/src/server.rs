@@ -734,12 +734,25 @@ async fn exchange_traced<S: Stage>(
     // after `end` (protocol.md section 8): taking those releases while the
     // flush output is written lets it use the slots again ([`shm::expand`]
     // frees them as it reads; anything else after `end` stops the reading)
-    let releases_after_end = incoming.get().is_some().then(|| {
-        tokio::spawn(async move {
-            let _ = decoder.next().await;
-        })
+    let stage_name = manifest.name.clone();
+    let _releases_after_end = incoming.get().is_some().then(|| {
+        AbortOnDrop(tokio::spawn(async move {
+            match decoder.next().await {
+                None => {}
+                Some(Err(e)) => tracing::warn!(
+                    stage = stage_name,
+                    error = %e,
+                    "after `end`: the engine broke the protocol"
+                ),
+                Some(Ok(_)) => tracing::warn!(
+                    stage = stage_name,
+                    "after `end`: the engine sent more than releases; not read"
+                ),
+            }
+        }))
     });
-    let flushed = async {
+    // the tail: `_releases_after_end` is dropped (its task aborted) after it
+    async {
         for b in processor.flush().await.map_err(Status::from)? {
             if b.num_rows() == 0 {
                 continue;
@@ -756,11 +769,17 @@ async fn exchange_traced<S: Stage>(
         }
         out.send(control_message(&e)).await
     }
-    .await;
-    if let Some(task) = releases_after_end {
-        task.abort();
+    .await
+}
+
+/// A task that ends with its handle: the reading of releases after `end`
+/// stops when the exchange does, also when flushing fails or panics.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    flushed
 }
 
 /// Checks an output batch against the declared output schema and labels it with it.

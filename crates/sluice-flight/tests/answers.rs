@@ -1,6 +1,7 @@
-//! The engine's client against a peer that sends what no SDK would: bytes
-//! that make arrow's IPC decoding panic end the exchange with an error that
-//! names the stage and says why, not with a silent abort.
+//! The engine's client against peers that do what no SDK does: bytes that
+//! make arrow's IPC decoding panic end the exchange with an error that names
+//! the stage and says why, not with a silent abort; and stages that wait for
+//! the end of the engine's stream where the protocol lets them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,13 +47,36 @@ fn schema_arrow_panics_on() -> Vec<u8> {
         .expect("the bit width is in the header")
 }
 
-/// Answers every exchange with that schema message.
-struct Garbler;
+/// A stage no SDK would write.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// Answers every exchange with that schema message.
+    Garbler,
+    /// Reads the engine's stream to its end before it answers, as a v1
+    /// stage may: without shared memory the engine half-closes after `end`.
+    AnswersAtEof,
+    /// Answers after `end`, then reads the engine's stream to its end before
+    /// it ends its answer: the engine ends its stream at `flushed`, with
+    /// shared memory too (where it stays open after `end` for releases).
+    WaitsForEofAfterFlushed,
+}
+
+/// Reads `input` to its `end` (or its end), and then, when `to_eof`, on to
+/// the end of the stream.
+async fn read_input(input: &mut Streaming<FlightData>, to_eof: bool) {
+    while let Some(Ok(m)) = input.next().await {
+        let end = sluice_flight::Envelope::decode(&m.app_metadata)
+            .is_ok_and(|e| e.kind == sluice_flight::Kind::End);
+        if end && !to_eof {
+            return;
+        }
+    }
+}
 
 type BoxS<T> = BoxStream<'static, Result<T, Status>>;
 
 #[tonic::async_trait]
-impl FlightService for Garbler {
+impl FlightService for Peer {
     type HandshakeStream = BoxS<HandshakeResponse>;
     type ListFlightsStream = BoxS<FlightInfo>;
     type DoGetStream = BoxS<FlightData>;
@@ -63,16 +87,43 @@ impl FlightService for Garbler {
 
     async fn do_exchange(
         &self,
-        _: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        let schema = FlightData {
-            data_header: schema_arrow_panics_on().into(),
-            ..Default::default()
-        };
+        if let Peer::Garbler = self {
+            let schema = FlightData {
+                data_header: schema_arrow_panics_on().into(),
+                ..Default::default()
+            };
+            return Ok(Response::new(
+                futures::stream::iter([Ok(schema)])
+                    .chain(futures::stream::pending())
+                    .boxed(),
+            ));
+        }
+        let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
+        let mut flushed = sluice_flight::Envelope::new(sluice_flight::Kind::Flushed, 1, 1);
+        flushed.rows = Some(0);
+        let answer = [
+            sluice_flight::codec::BatchEncoder::new().schema_message(&schema),
+            sluice_flight::codec::control_message(&flushed),
+        ];
+        let mut input = request.into_inner();
+        if let Peer::AnswersAtEof = self {
+            // not even the answer's headers before the engine's stream ends
+            read_input(&mut input, true).await;
+            return Ok(Response::new(futures::stream::iter(answer.map(Ok)).boxed()));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            read_input(&mut input, false).await;
+            for m in answer {
+                let _ = tx.send(Ok(m)).await;
+            }
+            read_input(&mut input, true).await;
+            // the answer ends with `tx`
+        });
         Ok(Response::new(
-            futures::stream::iter([Ok(schema)])
-                .chain(futures::stream::pending())
-                .boxed(),
+            tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
         ))
     }
     async fn handshake(
@@ -128,30 +179,80 @@ impl FlightService for Garbler {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_arrow_panics_on_is_a_protocol_violation_naming_the_stage() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("garbler.sock");
+/// `peer` served on a unix socket in `dir`, and a client to it.
+async fn serve(
+    dir: &std::path::Path,
+    peer: Peer,
+) -> (
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    std::path::PathBuf,
+    StageClient,
+) {
+    let socket = dir.join("peer.sock");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(
         tokio::net::UnixListener::bind(&socket).unwrap(),
     );
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(FlightServiceServer::new(Garbler))
+            .add_service(FlightServiceServer::new(peer))
             .serve_with_incoming(incoming),
     );
     let client = StageClient::connect(&Target::Unix(socket.clone()), Duration::from_secs(10))
         .await
         .unwrap();
+    (server, socket, client)
+}
+
+/// An exchange of one one-row batch.
+async fn exchange_one_row(
+    client: &StageClient,
+) -> futures::stream::BoxStream<'static, Result<sluice_flight::StageEvent, sluice_flight::StageError>>
+{
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
     let batch = RecordBatch::try_new(
         Arc::clone(&schema),
         vec![Arc::new(Int64Array::from(vec![1]))],
     )
     .unwrap();
-    let open = OpenRequest::new(sluice_flight::PROTOCOL, "garbler", 1, 0);
+    let open = OpenRequest::new(sluice_flight::PROTOCOL, "peer", 1, 0);
     let input = futures::stream::iter([Ok(batch)]).boxed();
-    let mut events = client.exchange(&open, schema, input, None).await.unwrap();
+    client.exchange(&open, schema, input, None).await.unwrap()
+}
+
+/// Stages that wait for the end of the engine's stream get it: without
+/// shared memory right after `end`, with it at `flushed`. Every event
+/// arrives and the answer ends (it hangs otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_waiting_for_the_end_of_the_engines_stream_gets_it() {
+    for (peer, shared_memory) in [
+        (Peer::AnswersAtEof, false),
+        (Peer::WaitsForEofAfterFlushed, false),
+        (Peer::WaitsForEofAfterFlushed, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, _, mut client) = serve(dir.path(), peer).await;
+        client.use_shared_memory(shared_memory);
+        let events = tokio::time::timeout(Duration::from_secs(20), async {
+            exchange_one_row(&client).await.collect::<Vec<_>>().await
+        })
+        .await
+        .expect("the answer ends, not a hang");
+        assert!(
+            matches!(
+                events.last(),
+                Some(Ok(sluice_flight::StageEvent::Flushed(_)))
+            ),
+            "{events:?}"
+        );
+        server.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_arrow_panics_on_is_a_protocol_violation_naming_the_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, socket, client) = serve(dir.path(), Peer::Garbler).await;
+    let mut events = exchange_one_row(&client).await;
     let first = tokio::time::timeout(Duration::from_secs(20), events.next())
         .await
         .expect("an answer, not a hang");

@@ -256,7 +256,7 @@ func (x *exchange) read(ctx context.Context, cancel context.CancelCauseFunc, rdr
 	defer rdr.Release()
 	for rdr.Next() {
 		rec := rdr.RecordBatch()
-		env, err := x.checkInput(msgs.appMetadata, msgs.inSlot, rec)
+		env, err := x.checkInput(msgs.appMetadata, rec)
 		if err != nil {
 			cancel(err)
 			return
@@ -283,14 +283,19 @@ func (x *exchange) read(ctx context.Context, cancel context.CancelCauseFunc, rdr
 			// (protocol.md section 8): Recv frees each as it reads it, so
 			// the flush output can use them again. It returns at anything
 			// else, or when the exchange is over.
-			_, _ = in.Recv()
+			fd, err := in.Recv()
+			switch {
+			case ctx.Err() != nil || err == io.EOF || (err == nil && fd == nil):
+			case err != nil:
+				x.svc.log.Warn("sluice stage: after end, the engine broke the protocol", "stage", x.svc.manifest.Name, "error", err)
+			default:
+				x.svc.log.Warn("sluice stage: after end, the engine sent more than releases; not read", "stage", x.svc.manifest.Name)
+			}
 		}
 	}
 }
 
-// checkInput checks the envelope of an input batch; inSlot: the batch came
-// through shared memory.
-func (x *exchange) checkInput(meta []byte, inSlot bool, rec arrow.RecordBatch) (envelope.Envelope, error) {
+func (x *exchange) checkInput(meta []byte, rec arrow.RecordBatch) (envelope.Envelope, error) {
 	if len(meta) == 0 {
 		return envelope.Envelope{}, Fatal(InvalidArgument, "an input batch has no envelope (app_metadata)")
 	}
@@ -300,9 +305,6 @@ func (x *exchange) checkInput(meta []byte, inSlot bool, rec arrow.RecordBatch) (
 	}
 	if env.Kind != envelope.Batch {
 		return env, Fatal(InvalidArgument, "an input message with a body has kind %q, want %q", env.Kind, envelope.Batch)
-	}
-	if env.Shm != nil && !inSlot {
-		return env, Fatal(InvalidArgument, "input batch seq %d carries its IPC data and names a slot of shared memory too", env.Seq)
 	}
 	if env.Epoch != x.req.Epoch {
 		return env, Fatal(InvalidArgument, "input batch seq %d is for epoch %d, the exchange is for epoch %d", env.Seq, env.Epoch, x.req.Epoch)
@@ -623,9 +625,19 @@ func (s *inputStream) Recv() (*flight.FlightData, error) {
 	s.slot = nil
 	for {
 		fd, err := s.stream.Recv()
-		if err != nil || !s.started || len(fd.GetDataHeader()) > 0 {
+		if err != nil || !s.started {
 			s.started = true // the first message is the open request; the reader handles it
 			return fd, err
+		}
+		if len(fd.GetDataHeader()) > 0 || len(fd.GetDataBody()) > 0 {
+			// a batch (or dictionary) in its message must not name a slot
+			// too: it would be in two places
+			if len(fd.GetAppMetadata()) > 0 {
+				if env, err := envelope.Decode(fd.GetAppMetadata()); err == nil && env.Shm != nil {
+					return nil, Fatal(InvalidArgument, "input message seq %d carries its IPC data and names a slot of shared memory too", env.Seq)
+				}
+			}
+			return fd, nil
 		}
 		env, err := envelope.Decode(fd.GetAppMetadata())
 		if err != nil {

@@ -604,7 +604,7 @@ func TestProtocolViolations(t *testing.T) {
 		}, "[INVALID_ARGUMENT] input batch seq 0 is for epoch 6, the exchange is for epoch 5"},
 		{"rows in the message and a slot", func(x *stagetest.Exchange) error {
 			return x.SendRaw(in, []byte(`{"v":1,"kind":"batch","epoch":5,"seq":0,"shm":{"offset":0,"length":64}}`))
-		}, "[INVALID_ARGUMENT] input batch seq 0 carries its IPC data and names a slot of shared memory too"},
+		}, "[INVALID_ARGUMENT] input message seq 0 carries its IPC data and names a slot of shared memory too"},
 		{"no end", func(x *stagetest.Exchange) error {
 			if err := x.Send(in); err != nil {
 				return err

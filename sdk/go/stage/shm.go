@@ -319,9 +319,6 @@ type messageReader struct {
 
 	descriptor  *flight.FlightDescriptor
 	appMetadata []byte
-	// inSlot: the latest batch came through shared memory (its envelope
-	// names the slot; a batch in its own message must not name one)
-	inSlot bool
 }
 
 func newMessageReader(in *inputStream) *messageReader {
@@ -345,7 +342,6 @@ func (r *messageReader) Message() (*ipc.Message, error) {
 			r.descriptor = d
 		}
 		slot := r.in.slot
-		r.inSlot = slot != nil
 		if slot == nil {
 			r.appMetadata = fd.GetAppMetadata()
 			r.msg = ipc.NewMessage(memory.NewBufferBytes(fd.GetDataHeader()), memory.NewBufferBytes(fd.GetDataBody()))

@@ -27,8 +27,13 @@ ENV_TOKEN = "SLUICE_STAGE_TOKEN"
 MSG_NO_TOKEN = 'no token: this stage requires "authorization: Bearer <token>" (the pipeline\'s token)'
 MSG_WRONG_TOKEN = "wrong token"
 
-# what a gRPC header value may hold: visible ASCII and spaces
-_HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
+# what a gRPC header value may hold: visible ASCII, spaces and tabs
+_HEADER_SAFE = re.compile(r"[\t\x20-\x7e]+")
+
+# the PEM blocks each variable wants: certificates; an unencrypted private
+# key (PKCS #8, RSA or EC), not a certificate request or an encrypted key
+_CERTIFICATE = re.compile(rb"^-----BEGIN CERTIFICATE-----\r?$", re.MULTILINE)
+_PRIVATE_KEY = re.compile(rb"^-----BEGIN (?:RSA |EC )?PRIVATE KEY-----\r?$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -61,17 +66,14 @@ class Security:
         return f"Security(tls={self.tls}, mutual={self.client_ca is not None}, token={self.token is not None})"
 
 
-def _pem(path: str, variable: str, block: str) -> bytes:
+def _pem(path: str, variable: str, block: "re.Pattern[bytes]", what: str, begins: str) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise ValueError(f'{variable} = "{path}": {e.strerror or e}') from None
-    if b"-----BEGIN " not in data or block.encode() not in data:
-        what = "certificate" if block == "CERTIFICATE" else "private key"
-        raise ValueError(
-            f'{variable} = "{path}": no {what} in the file (a `-----BEGIN {block}-----` block)'
-        )
+    if not block.search(data):
+        raise ValueError(f'{variable} = "{path}": no {what} in the file (a `-----BEGIN {begins}-----` block)')
     return data
 
 
@@ -93,10 +95,9 @@ def security_from_env(environ: Optional[Mapping[str, str]] = None) -> Security:
     if token is not None and not _HEADER_SAFE.fullmatch(token):
         raise ValueError(f"${ENV_TOKEN} holds characters a gRPC header cannot carry")
     return Security(
-        cert=_pem(cert, ENV_TLS_CERT, "CERTIFICATE") if cert else None,
-        # "PRIVATE KEY" is in every PEM key block: RSA, EC and PKCS #8
-        key=_pem(key, ENV_TLS_KEY, "PRIVATE KEY") if key else None,
-        client_ca=_pem(ca, ENV_TLS_CLIENT_CA, "CERTIFICATE") if ca else None,
+        cert=_pem(cert, ENV_TLS_CERT, _CERTIFICATE, "certificate", "CERTIFICATE") if cert else None,
+        key=_pem(key, ENV_TLS_KEY, _PRIVATE_KEY, "unencrypted private key", "PRIVATE KEY") if key else None,
+        client_ca=_pem(ca, ENV_TLS_CLIENT_CA, _CERTIFICATE, "certificate", "CERTIFICATE") if ca else None,
         token=token.encode() if token is not None else None,
     )
 

@@ -132,11 +132,17 @@ class FromEnvironment(unittest.TestCase):
         ca = _Authority("ca")
         cert, key = ca.sign("localhost")
         self.files = {}
-        for name, data in (("cert.pem", cert), ("key.pem", key), ("ca.pem", ca.pem), ("empty", b"")):
+        request = b"-----BEGIN CERTIFICATE REQUEST-----\nAAEC\n-----END CERTIFICATE REQUEST-----\n"
+        encrypted = b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAEC\n-----END ENCRYPTED PRIVATE KEY-----\n"
+        for name, data in (("cert.pem", cert), ("key.pem", key), ("ca.pem", ca.pem), ("empty", b""),
+                           ("request.pem", request), ("encrypted.pem", encrypted)):
             path = os.path.join(self.dir.name, name)
             with open(path, "wb") as f:
                 f.write(data)
             self.files[name] = path
+
+    def test_a_token_may_hold_what_a_header_may(self):
+        self.assertEqual(security_from_env({"SLUICE_STAGE_TOKEN": "a b\tc"}).token, b"a b\tc")
 
     def test_nothing_set_is_plain_grpc(self):
         s = security_from_env({})
@@ -163,9 +169,13 @@ class FromEnvironment(unittest.TestCase):
             ({"SLUICE_STAGE_TLS_CERT": f["empty"], "SLUICE_STAGE_TLS_KEY": f["key.pem"]},
              "SLUICE_STAGE_TLS_CERT = \"%s\": no certificate" % f["empty"]),
             ({"SLUICE_STAGE_TLS_CERT": f["cert.pem"], "SLUICE_STAGE_TLS_KEY": f["cert.pem"]},
-             "SLUICE_STAGE_TLS_KEY = \"%s\": no private key" % f["cert.pem"]),
+             "SLUICE_STAGE_TLS_KEY = \"%s\": no unencrypted private key" % f["cert.pem"]),
             ({"SLUICE_STAGE_TLS_CERT": f["cert.pem"], "SLUICE_STAGE_TLS_KEY": os.path.join(self.dir.name, "nope")},
              "SLUICE_STAGE_TLS_KEY = "),
+            ({"SLUICE_STAGE_TLS_CERT": f["request.pem"], "SLUICE_STAGE_TLS_KEY": f["key.pem"]},
+             "SLUICE_STAGE_TLS_CERT = \"%s\": no certificate" % f["request.pem"]),
+            ({"SLUICE_STAGE_TLS_CERT": f["cert.pem"], "SLUICE_STAGE_TLS_KEY": f["encrypted.pem"]},
+             "no unencrypted private key"),
             ({"SLUICE_STAGE_TOKEN": "bad\ntoken"}, "cannot carry"),
         ]
         for environ, says in cases:

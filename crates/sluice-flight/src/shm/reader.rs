@@ -135,7 +135,7 @@ fn shared_memory_envelope(data: &FlightData) -> Option<(Kind, SlotRef)> {
 /// Whether a message that carries its own IPC data also names a slot: it
 /// would say its batch is in two places.
 fn names_a_slot_beside_its_data(data: &FlightData) -> bool {
-    !data.data_header.is_empty()
+    (!data.data_header.is_empty() || !data.data_body.is_empty())
         && !data.app_metadata.is_empty()
         && Envelope::decode(&data.app_metadata).is_ok_and(|e| e.shm.is_some())
 }
