@@ -5,6 +5,7 @@ the Rust and Go SDKs refuse. Certificates are made here (cryptography)."""
 import datetime
 import importlib.util
 import os
+import random
 import tempfile
 import unittest
 
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sluice_stage import StageServer
-from sluice_stage._security import MSG_NO_TOKEN, MSG_WRONG_TOKEN, Security, security_from_env
+from sluice_stage._security import MSG_NO_TOKEN, MSG_WRONG_TOKEN, Security, TokenCheck, security_from_env
 
 from .support import SDK
 
@@ -140,6 +141,46 @@ class FromEnvironment(unittest.TestCase):
             with open(path, "wb") as f:
                 f.write(data)
             self.files[name] = path
+
+    def test_any_file_bytes_are_taken_or_refused_naming_the_variable(self):
+        # random bytes, and good files cut or with a byte changed: a
+        # Security or a ValueError naming the variable, never anything else
+        rng = random.Random(15)
+        f = self.files
+        good = {name: open(f[name], "rb").read() for name in ("cert.pem", "key.pem", "ca.pem")}
+        variables = {"cert.pem": "SLUICE_STAGE_TLS_CERT", "key.pem": "SLUICE_STAGE_TLS_KEY",
+                     "ca.pem": "SLUICE_STAGE_TLS_CLIENT_CA"}
+        for _ in range(300):
+            which = rng.choice(sorted(good))
+            data = bytearray(good[which])
+            if rng.random() < 0.3:
+                data = bytearray(rng.randbytes(rng.randrange(200)))
+            else:
+                del data[rng.randrange(len(data) + 1):]
+                if data and rng.random() < 0.7:
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            path = os.path.join(self.dir.name, "fuzzed")
+            with open(path, "wb") as out:
+                out.write(data)
+            environ = {variables[n]: (path if n == which else f[n]) for n in good}
+            try:
+                security_from_env(environ)
+            except ValueError as e:
+                self.assertIn(variables[which], str(e))
+
+    def test_any_authorization_header_is_admitted_only_when_it_is_the_token(self):
+        rng = random.Random(16)
+        check = TokenCheck(TOKEN.encode())
+        values = [None, "", "Bearer", f"Bearer {TOKEN}", f"bearer {TOKEN}", f"Bearer {TOKEN} ", TOKEN]
+        values += ["".join(chr(rng.randrange(1, 0x3000)) for _ in range(rng.randrange(40))) for _ in range(200)]
+        for value in values:
+            headers = {} if value is None else {"authorization": [value]}
+            if value == f"Bearer {TOKEN}":
+                self.assertIsNone(check.start_call(None, headers))
+                continue
+            with self.assertRaises(flight.FlightUnauthenticatedError) as e:
+                check.start_call(None, headers)
+            self.assertNotIn(TOKEN, str(e.exception))
 
     def test_a_token_may_hold_what_a_header_may(self):
         self.assertEqual(security_from_env({"SLUICE_STAGE_TOKEN": "a b\tc"}).token, b"a b\tc")
