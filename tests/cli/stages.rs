@@ -398,6 +398,7 @@ fn the_conformance_kit_certifies_every_example_stage_in_go_rust_and_python() {
         };
         let mut checks = vec![
             "exchange",
+            "unchanged",
             "empty",
             "malformed",
             "cancel",
@@ -583,6 +584,17 @@ pub(crate) fn orders_through(
     env: &[(&str, &str)],
     out: &Path,
 ) -> Output {
+    orders_through_with(stage_keys, batch_size, env, out, "-q")
+}
+
+/// [`orders_through`], run with `flag` (`-q`, or `--json` for the summary).
+fn orders_through_with(
+    stage_keys: &str,
+    batch_size: usize,
+    env: &[(&str, &str)],
+    out: &Path,
+    flag: &str,
+) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = dir.path().join("pipeline.toml");
     std::fs::write(
@@ -614,7 +626,7 @@ url = "{out}"
     )
     .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.args(["run", "-q"])
+    cmd.args(["run", flag])
         .arg(&pipeline)
         .current_dir(root())
         .env_remove("SLUICE_FAILPOINT");
@@ -645,6 +657,52 @@ fn command_of(program: &Path, args: &[&str]) -> String {
     let mut parts = vec![format!("{:?}", program.display().to_string())];
     parts.extend(args.iter().map(|a| format!("{a:?}")));
     format!("command = [{}]", parts.join(", "))
+}
+
+/// An identity stage of each SDK answers every batch `unchanged` (its rows
+/// cross once), through shared memory and over Flight, and the output is
+/// row for row what it is when the rows travel back
+/// (`unchanged_answers = false`).
+#[test]
+fn identity_stages_answer_unchanged_and_deliver_the_same_rows() {
+    stages_built();
+    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python_identity = root().join("sdk/python/examples/identity.py");
+    let stages = [
+        command_of(&root().join("target/stages/rust/identity"), &[]),
+        command_of(&root().join("target/stages/go/identity"), &[]),
+        command_of(Path::new(&python), &[python_identity.to_str().unwrap()]),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, stage) in stages.iter().enumerate() {
+        let mut outputs = Vec::new();
+        for (shared_memory, unchanged) in [(true, true), (false, true), (true, false)] {
+            let out = tmp.path().join(format!("{i}-{shared_memory}-{unchanged}"));
+            let keys = format!(
+                "{stage}
+shared_memory = {shared_memory}
+unchanged_answers = {unchanged}"
+            );
+            let o = orders_through_with(&keys, 1000, &[], &out, "--json");
+            let s = summary(&o);
+            let through = component(&s, "through");
+            let batches = through["batches_unchanged"].as_u64().unwrap();
+            let what = format!("{stage}, shm {shared_memory}, unchanged {unchanged}: {s}");
+            // 15 batches of 1,000 rows (the split may cut more)
+            if unchanged {
+                assert!(batches >= 15, "{what}");
+            } else {
+                assert_eq!(batches, 0, "{what}");
+            }
+            assert_eq!(through["rows_out"].as_u64(), Some(15_000), "{what}");
+            outputs.push(jsonl_rows(&out));
+        }
+        assert_eq!(outputs[0].len(), 15_000, "{stage}");
+        assert!(
+            outputs.iter().all(|o| *o == outputs[0]),
+            "{stage}: the outputs differ"
+        );
+    }
 }
 
 /// The engine under a stage whose timing varies (the kit's jittery stage,

@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Batches go through shared memory when the stage's manifest offers it;
-//! `--flight` sends them over Flight, as to a remote stage.
+//! `--flight` sends them over Flight, as to a remote stage. A v1.1 stage may
+//! answer a batch `unchanged` (an identity stage does), and then its rows
+//! only travel one way; `--send-back` does not offer that, so every answer
+//! carries its rows back, as a stage that changes them must.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema};
 use futures::StreamExt;
+use sluice_flight::envelope::Kind;
 use sluice_flight::{OpenRequest, StageEvent};
 
 fn lineitem_like(rows: usize) -> RecordBatch {
@@ -103,6 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = client.describe().await?;
     let flight_only = args[..split].iter().any(|a| a == "--flight");
     client.use_shared_memory(manifest.shared_memory && !flight_only);
+    client.take_unchanged_answers(!args[..split].iter().any(|a| a == "--send-back"));
 
     let batch = lineitem_like(rows);
     let bytes_per_batch: usize = batch
@@ -131,13 +136,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut rows_out = 0usize;
         // the path the answers took, not the one asked for: a failed offer
         // falls back to Flight
-        let (mut answers, mut in_shm) = (0usize, 0usize);
+        let (mut answers, mut in_shm, mut unchanged) = (0usize, 0usize, 0usize);
         while let Some(e) = events.next().await {
             match e? {
                 StageEvent::Batch { batch, envelope } => {
                     rows_out += batch.num_rows();
                     answers += 1;
                     in_shm += usize::from(envelope.shm.is_some());
+                    unchanged += usize::from(envelope.kind == Kind::Unchanged);
                     if let Some(seq) = envelope.in_seq
                         && let Some(t) = sent_at
                             .lock()
@@ -156,8 +162,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let path = match in_shm {
+            _ if unchanged == answers => "unchanged",
             0 => "flight",
-            n if n == answers => "shm",
+            n if n + unchanged == answers => "shm",
             _ => "mixed",
         };
         rtts.sort();
@@ -168,7 +175,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let gb = (bytes_per_batch * n) as f64 / 1e9;
         println!(
-            "{{\"stage\":\"{program}\",\"path\":\"{path}\",\"answers\":{answers},\"answers_in_shm\":{in_shm},\"rows_per_batch\":{rows},\"batches\":{n},\"rows\":{rows_out},\"seconds\":{:.4},\"gb_per_s\":{:.3},\"rows_per_s\":{:.0},\"rtt_p50_ms\":{:.3},\"rtt_p99_ms\":{:.3}}}",
+            "{{\"stage\":\"{program}\",\"path\":\"{path}\",\"answers\":{answers},\"answers_in_shm\":{in_shm},\"answers_unchanged\":{unchanged},\"rows_per_batch\":{rows},\"batches\":{n},\"rows\":{rows_out},\"seconds\":{:.4},\"gb_per_s\":{:.3},\"rows_per_s\":{:.0},\"rtt_p50_ms\":{:.3},\"rtt_p99_ms\":{:.3}}}",
             took.as_secs_f64(),
             gb / took.as_secs_f64(),
             rows_out as f64 / took.as_secs_f64(),

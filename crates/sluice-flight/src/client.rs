@@ -24,6 +24,7 @@ use crate::codes::{Setting, StageError};
 use crate::envelope::{Envelope, Kind};
 use crate::manifest::{Manifest, OpenRequest};
 use crate::security::{ClientSecurity, Token};
+use crate::unchanged::Held;
 use crate::version::{self, DescribeRequest};
 use crate::views::ViewsAsBinary;
 
@@ -48,7 +49,8 @@ impl std::fmt::Display for Target {
 /// What a stage sends back in an exchange.
 #[derive(Debug, Clone)]
 pub enum StageEvent {
-    /// Output rows.
+    /// Output rows: a `batch` message, or the input batch an `unchanged`
+    /// answer stands for (`envelope.kind` says which).
     Batch {
         /// The rows.
         batch: RecordBatch,
@@ -89,6 +91,8 @@ pub struct StageClient {
     proven: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Offer the stage shared memory in each exchange ([`crate::shm`]).
     shared_memory: bool,
+    /// Offer `unchanged` answers in each v1.1 exchange ([`crate::unchanged`]).
+    unchanged: bool,
 }
 
 fn unavailable(target: &Target, e: impl std::fmt::Display) -> StageError {
@@ -167,6 +171,7 @@ impl StageClient {
             tls_client_cert: security.tls.as_ref().map(|t| t.cert.is_some()),
             proven: Default::default(),
             shared_memory: false,
+            unchanged: true,
         })
     }
 
@@ -180,6 +185,14 @@ impl StageClient {
     /// Whether exchanges offer shared memory.
     pub fn uses_shared_memory(&self) -> bool {
         self.shared_memory
+    }
+
+    /// Whether v1.1 exchanges offer `unchanged` answers (on by default):
+    /// a stage that answers a batch with the batch itself then sends no
+    /// rows back, and the exchange yields the batch it sent. Off, such a
+    /// stage sends its rows (what measuring the transport wants).
+    pub fn take_unchanged_answers(&mut self, on: bool) {
+        self.unchanged = on;
     }
 
     /// A request carrying the token, if any.
@@ -379,6 +392,11 @@ impl StageClient {
                 ),
             }
         }
+        open.unchanged = self.unchanged && open.protocol == crate::version::V1_1;
+        let held = open
+            .unchanged
+            .then(|| Arc::new(std::sync::Mutex::new(Held::default())));
+        let holding = held.clone();
         // with shared memory the request stream stays open after `end`, for
         // releases (below); without, it half-closes after `end`, as in v1
         let keep_open = open.shared_memory.is_some();
@@ -401,6 +419,12 @@ impl StageClient {
                 let Ok(batch) = batch else { return };
                 let mut e = Envelope::new(Kind::Batch, epoch, seq);
                 e.traceparent = traceparent.clone();
+                if let Some(h) = &holding {
+                    // held before it is sent: its answer may come at once
+                    h.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .hold(seq, batch.clone());
+                }
                 seq += 1;
                 match encoder.batch_messages(&batch, &e) {
                     Ok(msgs) => {
@@ -506,7 +530,12 @@ impl StageClient {
                 };
                 let Some(msg) = msg else { return };
                 let event = match msg {
-                    Ok(m) => decode_event(&target, m, views.get().and_then(Option::as_ref)),
+                    Ok(m) => decode_event(
+                        &target,
+                        m,
+                        views.get().and_then(Option::as_ref),
+                        held.as_deref(),
+                    ),
                     Err(FlightError::Tonic(status)) => Some(Err(StageError::from_status(&status))),
                     // a batch before the schema, IPC that does not decode:
                     // the stage's bug, not a broken connection (not retried)
@@ -543,11 +572,14 @@ impl StageClient {
     }
 }
 
-/// One decoded message as an event; `None` for messages without one (schema, dictionaries).
+/// One decoded message as an event; `None` for messages without one
+/// (schema, dictionaries). `held`: the batches an `unchanged` answer may
+/// stand for, when the exchange offered them.
 fn decode_event(
     target: &Target,
     msg: arrow_flight::decode::DecodedFlightData,
     views: Option<&ViewsAsBinary>,
+    held: Option<&std::sync::Mutex<Held>>,
 ) -> Option<Result<StageEvent, StageError>> {
     let md = msg.inner.app_metadata.clone();
     // what a stage sends that breaks the protocol is its bug: `INTERNAL`,
@@ -558,7 +590,7 @@ fn decode_event(
             format!("{target}: protocol violation: {m}"),
         )
     };
-    match msg.payload {
+    let event = match msg.payload {
         DecodedPayload::Schema(_) => None,
         DecodedPayload::RecordBatch(batch) => Some(
             match views {
@@ -581,11 +613,51 @@ fn decode_event(
                 Kind::Ack => Ok(StageEvent::Ack(e)),
                 Kind::RowErrors => Ok(StageEvent::RowErrors(e)),
                 Kind::Flushed => Ok(StageEvent::Flushed(e)),
+                Kind::Unchanged => unchanged(held, e).map_err(bad),
                 other => Err(bad(format!(
                     "a `{}` message without rows from the stage",
                     other.as_str()
                 ))),
             },
         )),
+    };
+    // every answer names the batch it answers: the held ones before it go
+    if let (Some(Ok(event)), Some(held)) = (&event, held)
+        && let Some(in_seq) = event.envelope().in_seq
+    {
+        let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            StageEvent::RowErrors(_) => {
+                if let Err(m) = held.row_errors(in_seq) {
+                    return Some(Err(bad(m)));
+                }
+            }
+            _ => held.answered(in_seq),
+        }
     }
+    event
+}
+
+/// An `unchanged` answer as the batch it stands for: the batch the engine
+/// sent as its `in_seq`.
+fn unchanged(
+    held: Option<&std::sync::Mutex<Held>>,
+    envelope: Envelope,
+) -> Result<StageEvent, String> {
+    let Some(held) = held else {
+        return Err(
+            "an `unchanged` answer, which the engine did not offer in this exchange".into(),
+        );
+    };
+    let Some(in_seq) = envelope.in_seq else {
+        return Err(
+            "an `unchanged` answer has no `in_seq`: it must name the input batch it stands for"
+                .into(),
+        );
+    };
+    let batch = held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unchanged(in_seq)?;
+    Ok(StageEvent::Batch { batch, envelope })
 }

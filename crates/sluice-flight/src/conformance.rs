@@ -417,7 +417,12 @@ impl Kit {
 
     /// Sends `batch` through a pass-through stage; passes when `expected`
     /// comes back: same schema, same values.
-    async fn unchanged(&self, batch: RecordBatch, expected: RecordBatch, epoch: u64) -> Outcome {
+    async fn passes_through(
+        &self,
+        batch: RecordBatch,
+        expected: RecordBatch,
+        epoch: u64,
+    ) -> Outcome {
         let events = match self.run(vec![batch], epoch).await {
             Ok(ev) => ev,
             Err(e) => return Outcome::Fail(e.to_string()),
@@ -794,6 +799,11 @@ pub async fn check_with(
             return out;
         }
     };
+    // the checks send their batches both ways: a stage that passes its input
+    // through must still encode it right (the `unchanged` check offers the
+    // shortcut)
+    let mut client = client;
+    client.take_unchanged_answers(false);
     let kit = Kit {
         target: target.clone(),
         client,
@@ -876,12 +886,50 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
     );
 
     out.push(
+        timed(
+            "unchanged",
+            "with `unchanged` answers offered (v1.1), the same rows come out as without",
+            async {
+                if kit.manifest.protocol != crate::version::V1_1 {
+                    return Outcome::Skip("a v1 stage is not offered `unchanged` answers".into());
+                }
+                let Some(b) = kit.input(300, 6) else {
+                    return Outcome::Skip(
+                        "the input schema has types the kit cannot generate".into(),
+                    );
+                };
+                let inputs = vec![b.clone(), kit.input(100, 7).unwrap_or(b)];
+                let mut offered = kit.clone();
+                offered.client.take_unchanged_answers(true);
+                let with = match offered.run(inputs.clone(), 6).await {
+                    Ok(ev) => ev,
+                    Err(e) => return Outcome::Fail(format!("with `unchanged` offered: {e}")),
+                };
+                let without = match kit.run(inputs, 6).await {
+                    Ok(ev) => ev,
+                    Err(e) => return Outcome::Fail(e.to_string()),
+                };
+                from(flushed_last(&with).and_then(|rows| {
+                    if rows as usize != rows_of(&with) {
+                        return Err(format!(
+                            "`flushed` says {rows} rows, {} arrived",
+                            rows_of(&with)
+                        ));
+                    }
+                    same_rows(&with, &without)
+                }))
+            },
+        )
+        .await,
+    );
+
+    out.push(
         timed("types", "nested struct and list, nullable, dictionary, decimal, timestamp with tz survive unchanged", async {
             if kit.manifest.input_schema.is_some() {
                 return Outcome::Skip("the stage declares its input schema; fidelity is checked on that schema by `exchange`".into());
             }
             let zoo = type_zoo(300);
-            kit.unchanged(zoo.clone(), zoo, 2).await
+            kit.passes_through(zoo.clone(), zoo, 2).await
         })
         .await,
     );
@@ -893,11 +941,11 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
             }
             let views = view_zoo(300);
             if !kit.manifest.plain_types {
-                return kit.unchanged(views.clone(), views, 5).await;
+                return kit.passes_through(views.clone(), views, 5).await;
             }
             // what the engine sends such a stage
             match plain_batch(&views) {
-                Ok(plain) => kit.unchanged(plain.clone(), plain, 5).await,
+                Ok(plain) => kit.passes_through(plain.clone(), plain, 5).await,
                 Err(e) => Outcome::Fail(format!("the kit cannot cast its view types: {e}")),
             }
         })
@@ -1180,6 +1228,34 @@ async fn exchange_checks(kit: &Kit, restart: Option<Restart<'_>>) -> Vec<CheckRe
     out
 }
 
+/// Whether two exchanges gave the same output rows, in the same order.
+fn same_rows(a: &[StageEvent], b: &[StageEvent]) -> Result<(), String> {
+    let rows = |events: &[StageEvent]| -> Vec<RecordBatch> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                StageEvent::Batch { batch, .. } => Some(batch.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (a, b) = (rows(a), rows(b));
+    let Some(schema) = b.first().or(a.first()).map(|x| x.schema()) else {
+        return Ok(());
+    };
+    let whole = |x: &[RecordBatch]| {
+        arrow_select::concat::concat_batches(&schema, x).map_err(|e| e.to_string())
+    };
+    match (whole(&a)?, whole(&b)?) {
+        (a, b) if a.columns() == b.columns() => Ok(()),
+        (a, b) => Err(format!(
+            "{} rows with `unchanged` offered, {} without, or other values",
+            a.num_rows(),
+            b.num_rows()
+        )),
+    }
+}
+
 /// On the shared-memory path, small answers (the kit's are) come through
 /// shared memory: a stage that offers it and answers over Flight anyway
 /// does not implement it. Over Flight, no answer may name a slot.
@@ -1187,7 +1263,8 @@ fn path_taken(events: &[StageEvent], shared: bool) -> Result<(), String> {
     let batches: Vec<&Envelope> = events
         .iter()
         .filter_map(|e| match e {
-            StageEvent::Batch { envelope, .. } => Some(envelope),
+            // an `unchanged` answer travels in neither
+            StageEvent::Batch { envelope, .. } if envelope.kind == Kind::Batch => Some(envelope),
             _ => None,
         })
         .collect();

@@ -23,6 +23,10 @@ pub enum Kind {
     Flushed,
     /// v1.1, shared memory: the receiver is done with a slot (`shm`).
     Release,
+    /// v1.1, stage → engine, when the engine offered it: the output for
+    /// input batch `in_seq` is that batch, as the engine sent it. The rows
+    /// do not travel back: the engine reuses the batch it holds.
+    Unchanged,
 }
 
 impl Kind {
@@ -35,6 +39,7 @@ impl Kind {
             Kind::RowErrors => "row_errors",
             Kind::Flushed => "flushed",
             Kind::Release => "release",
+            Kind::Unchanged => "unchanged",
         }
     }
 }
@@ -149,7 +154,7 @@ mod tests {
         }
         let release = Envelope::decode(br#"{"v":1,"kind":"release","epoch":1,"seq":0}"#);
         assert!(release.unwrap_err().contains("must name its slot"));
-        for kind in ["end", "ack", "flushed", "row_errors"] {
+        for kind in ["end", "ack", "flushed", "row_errors", "unchanged"] {
             let bad = format!(r#"{{"v":1,"kind":"{kind}","epoch":1,"seq":0,{slot}}}"#);
             let err = Envelope::decode(bad.as_bytes()).unwrap_err();
             assert!(err.contains("only `batch` and `release`"), "{kind}: {err}");
@@ -202,6 +207,7 @@ mod tests {
             Kind::RowErrors,
             Kind::Flushed,
             Kind::Release,
+            Kind::Unchanged,
         ]);
         // any text: control characters, U+2028, quotes, astral planes
         let text = || any::<String>();

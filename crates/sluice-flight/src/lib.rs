@@ -34,6 +34,7 @@ pub mod shm;
 #[cfg(feature = "otlp")]
 pub mod telemetry;
 mod trace;
+mod unchanged;
 pub mod version;
 pub mod views;
 

@@ -248,6 +248,10 @@ pub struct OpenRequest {
     /// engine's child: the memory batches travel through ([`crate::shm`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_memory: Option<crate::shm::Offer>,
+    /// v1.1: the engine takes `unchanged` answers in this exchange
+    /// ([`crate::envelope::Kind::Unchanged`]; the client offers them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 impl OpenRequest {
@@ -269,6 +273,7 @@ impl OpenRequest {
             config: serde_json::Value::Null,
             snapshot: None,
             shared_memory: None,
+            unchanged: false,
         }
     }
 
@@ -298,6 +303,11 @@ impl OpenRequest {
     /// stateful stage in v1.1.
     pub fn carries_state(&self, manifest: &Manifest) -> bool {
         manifest.stateful && self.protocol == crate::version::V1_1
+    }
+
+    /// Whether the stage may answer `unchanged`: offered, in v1.1.
+    pub fn takes_unchanged(&self) -> bool {
+        self.unchanged && self.protocol == crate::version::V1_1
     }
 }
 

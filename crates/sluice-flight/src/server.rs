@@ -40,7 +40,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -625,6 +625,11 @@ async fn exchange_traced<S: Stage>(
     };
     let mut rows_out = 0u64;
     let mut ended = false;
+    // the engine checks the batch it reuses, under the input's schema,
+    // against the output schema: a stage that renames its input's columns
+    // sends its rows
+    let takes_unchanged =
+        open.takes_unchanged() && check_schema(&output_schema, &input_schema).is_ok();
     while let Some(msg) = decoder.next().await {
         let msg = msg.map_err(|e| {
             fatal(
@@ -655,8 +660,26 @@ async fn exchange_traced<S: Stage>(
                     ));
                 }
                 let n = batch.num_rows() as u64;
+                // `Arc`s of the input's arrays, to see whether the output is them
+                let input = takes_unchanged.then(|| batch.columns().to_vec());
                 let processed = processor.process(batch).await.map_err(Status::from)?;
                 match processed.output.filter(|b| b.num_rows() > 0) {
+                    Some(b) if input.as_deref().is_some_and(|i| is_unchanged(i, n, &b)) => {
+                        // the nulls where the output schema says not null
+                        conform(&manifest, &output_schema, b)?;
+                        if !processed.row_errors.is_empty() {
+                            return Err(fatal(
+                                ErrorCode::Internal,
+                                format!(
+                                    "stage `{}` answered input batch {} with its input unchanged and reported row errors for it: a stage must leave the rows it reports out of its output",
+                                    manifest.name, env.seq
+                                ),
+                            ));
+                        }
+                        rows_out += n;
+                        let e = out.envelope(Kind::Unchanged).answering(env.seq);
+                        out.send(control_message(&e)).await?;
+                    }
                     Some(b) => {
                         let b = conform(&manifest, &output_schema, b)?;
                         rows_out += b.num_rows() as u64;
@@ -780,6 +803,19 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Whether `output` is, by construction, the input whose arrays are
+/// `input`: the same arrays, or arrays over the same buffers with the same
+/// offsets and lengths (its values cannot differ). Equal values in other
+/// buffers do not count: comparing them would cost what sending them does.
+fn is_unchanged(input: &[ArrayRef], rows: u64, output: &RecordBatch) -> bool {
+    input.len() == output.num_columns()
+        && output.num_rows() as u64 == rows
+        && input
+            .iter()
+            .zip(output.columns())
+            .all(|(i, o)| Arc::ptr_eq(i, o) || i.to_data().ptr_eq(&o.to_data()))
 }
 
 /// Checks an output batch against the declared output schema and labels it with it.

@@ -1,7 +1,8 @@
 //! The engine's client against peers that do what no SDK does: bytes that
 //! make arrow's IPC decoding panic end the exchange with an error that names
-//! the stage and says why, not with a silent abort; and stages that wait for
-//! the end of the engine's stream where the protocol lets them.
+//! the stage and says why, not with a silent abort; stages that wait for
+//! the end of the engine's stream where the protocol lets them; and
+//! `unchanged` answers that name no batch the engine holds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,9 @@ enum Peer {
     /// it ends its answer: the engine ends its stream at `flushed`, with
     /// shared memory too (where it stays open after `end` for releases).
     WaitsForEofAfterFlushed,
+    /// Reads the input to `end`, then answers with the schema and these
+    /// metadata-only messages.
+    Says(fn() -> Vec<sluice_flight::Envelope>),
 }
 
 /// Reads `input` to its `end` (or its end), and then, when `to_eof`, on to
@@ -108,6 +112,15 @@ impl FlightService for Peer {
             sluice_flight::codec::control_message(&flushed),
         ];
         let mut input = request.into_inner();
+        if let Peer::Says(script) = self {
+            read_input(&mut input, false).await;
+            let answer: Vec<FlightData> = std::iter::once(answer[0].clone())
+                .chain(script().iter().map(sluice_flight::codec::control_message))
+                .collect();
+            return Ok(Response::new(
+                futures::stream::iter(answer.into_iter().map(Ok)).boxed(),
+            ));
+        }
         if let Peer::AnswersAtEof = self {
             // not even the answer's headers before the engine's stream ends
             read_input(&mut input, true).await;
@@ -283,4 +296,98 @@ fn a_declared_schema_arrow_panics_on_is_refused() {
     let text = base64::engine::general_purpose::STANDARD.encode(&ipc);
     let e = sluice_flight::manifest::schema_from_base64(&text).unwrap_err();
     assert!(e.contains("not an Arrow IPC schema"), "{e}");
+}
+
+/// `kind` answering input batch `in_seq` of the one-batch exchange.
+fn says(kind: sluice_flight::Kind, seq: u64, in_seq: Option<u64>) -> sluice_flight::Envelope {
+    let mut e = sluice_flight::Envelope::new(kind, 1, seq);
+    e.in_seq = in_seq;
+    e
+}
+
+fn flushed(seq: u64, rows: u64) -> sluice_flight::Envelope {
+    let mut e = says(sluice_flight::Kind::Flushed, seq, None);
+    e.rows = Some(rows);
+    e
+}
+
+/// An `unchanged` answer stands for the batch the engine sent, only where
+/// the engine offered it and while it holds the batch; one that names no
+/// such batch, or a batch whose rows it then reports, is a protocol
+/// violation (the rows would be made up, or delivered and dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_answers_stand_for_a_batch_sent_or_are_refused() {
+    use sluice_flight::{Kind, StageEvent};
+    // (offered, what the peer answers, the refusal or "" for none)
+    type Script = fn() -> Vec<sluice_flight::Envelope>;
+    let cases: [(bool, Script, &str); 5] = [
+        (
+            true,
+            || vec![says(Kind::Unchanged, 0, Some(0)), flushed(1, 1)],
+            "",
+        ),
+        (
+            false,
+            || vec![says(Kind::Unchanged, 0, Some(0)), flushed(1, 1)],
+            "which the engine did not offer",
+        ),
+        (
+            true,
+            || vec![says(Kind::Unchanged, 0, None), flushed(1, 1)],
+            "has no `in_seq`",
+        ),
+        (
+            true,
+            || vec![says(Kind::Unchanged, 0, Some(1)), flushed(1, 1)],
+            "never sent (1 sent)",
+        ),
+        (
+            true,
+            || {
+                let mut errors = says(Kind::RowErrors, 1, Some(0));
+                errors.errors = Some(vec![sluice_flight::RowErrorEntry {
+                    row: 0,
+                    code: "REJECTED".into(),
+                    message: "no".into(),
+                }]);
+                vec![says(Kind::Unchanged, 0, Some(0)), errors, flushed(2, 1)]
+            },
+            "which the stage answered `unchanged`",
+        ),
+    ];
+    for (offered, script, refusal) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, _, mut client) = serve(dir.path(), Peer::Says(script)).await;
+        client.take_unchanged_answers(offered);
+        let events = tokio::time::timeout(Duration::from_secs(20), async {
+            exchange_one_row(&client).await.collect::<Vec<_>>().await
+        })
+        .await
+        .expect("the answer ends, not a hang");
+        server.abort();
+        let what = format!("{:?}", script());
+        if refusal.is_empty() {
+            match &events[..] {
+                [
+                    Ok(StageEvent::Batch { batch, envelope }),
+                    Ok(StageEvent::Flushed(_)),
+                ] => {
+                    assert_eq!(envelope.kind, Kind::Unchanged);
+                    let ids = batch.column(0).as_any().downcast_ref::<Int64Array>();
+                    assert_eq!(ids.map(|a| a.values().to_vec()), Some(vec![1]), "{what}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+            continue;
+        }
+        let err = events
+            .into_iter()
+            .find_map(Result::err)
+            .unwrap_or_else(|| panic!("{what}: no refusal"));
+        assert!(
+            err.message.contains("protocol violation") && err.message.contains(refusal),
+            "{what}: {err}"
+        );
+        assert_eq!(err.code, sluice_contract::ErrorCode::Internal, "{what}");
+    }
 }

@@ -191,6 +191,8 @@ async fn echo_through_shared_memory<S: Stage>(
     let manifest = client.describe().await.unwrap();
     assert!(manifest.shared_memory, "the Rust SDK offers shared memory");
     client.use_shared_memory(true);
+    // the rows must travel back: these echoes would answer `unchanged`
+    client.take_unchanged_answers(false);
     let open = OpenRequest::new(&manifest.protocol, &manifest.name, 1, 0);
     // the input stream owns its batches
     let owned = inputs.to_vec();
@@ -423,4 +425,201 @@ async fn a_v1_manifest_is_served_without_shared_memory() {
     let manifest = client.describe().await.unwrap();
     assert!(!manifest.shared_memory);
     server.abort();
+}
+
+/// What [`Answerer`] answers each input batch with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answer {
+    /// The input itself.
+    Same,
+    /// The input's arrays, in a batch of its own (as `conform` makes).
+    Rebuilt,
+    /// Equal values in new arrays.
+    Copy,
+    /// The input without its last row.
+    Shorter,
+    /// The input itself, with a row error for row 0.
+    SameWithRowError,
+    /// The input's arrays under the declared output schema, which renames
+    /// a column: the engine could not take its own batch for that.
+    Renamed,
+}
+
+/// [`big_batch`]'s schema with `id` called `key`.
+fn renamed() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, false),
+    ]))
+}
+
+struct Answerer(Answer);
+struct AnswererRun(Answer);
+
+#[async_trait::async_trait]
+impl Stage for Answerer {
+    fn manifest(&self) -> Manifest {
+        let mut m = Manifest::new("answerer", "1.0.0");
+        m.errors = sluice_flight::manifest::ErrorSemantics::Row;
+        if self.0 == Answer::Renamed {
+            m.output_schema = Some(sluice_flight::SchemaDecl {
+                name: "renamed".into(),
+                version: "1".into(),
+                schema: renamed(),
+            });
+        }
+        m
+    }
+    async fn open(&self, _: &OpenRequest) -> Result<Box<dyn Processor>, StageError> {
+        Ok(Box::new(AnswererRun(self.0)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for AnswererRun {
+    async fn process(&mut self, batch: RecordBatch) -> Result<Processed, StageError> {
+        let mut out = Processed::batch(match self.0 {
+            Answer::Same | Answer::SameWithRowError => batch,
+            Answer::Rebuilt => {
+                RecordBatch::try_new(batch.schema(), batch.columns().to_vec()).unwrap()
+            }
+            Answer::Copy => {
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        let data = c.to_data();
+                        let mut copy = arrow_data::transform::MutableArrayData::new(
+                            vec![&data],
+                            false,
+                            c.len(),
+                        );
+                        copy.try_extend(0, 0, c.len()).unwrap();
+                        arrow_array::make_array(copy.freeze())
+                    })
+                    .collect();
+                RecordBatch::try_new(batch.schema(), columns).unwrap()
+            }
+            Answer::Shorter => batch.slice(0, batch.num_rows() - 1),
+            Answer::Renamed => RecordBatch::try_new(renamed(), batch.columns().to_vec()).unwrap(),
+        });
+        if self.0 == Answer::SameWithRowError {
+            out.row_errors.push(sluice_flight::RowError::new(
+                0,
+                sluice_contract::ErrorCode::Rejected,
+                "no",
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Three batches through [`Answerer`] with `unchanged` answers offered
+/// or not, over Flight or shared memory: the events, or the failure.
+async fn answered(
+    answer: Answer,
+    offered: bool,
+    shared_memory: bool,
+    protocol: &str,
+) -> (Vec<RecordBatch>, Result<Vec<StageEvent>, StageError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut client) = serve_on_unix_socket(dir.path(), Answerer(answer)).await;
+    client.describe().await.unwrap();
+    client.use_shared_memory(shared_memory);
+    client.take_unchanged_answers(offered);
+    let inputs: Vec<RecordBatch> = (0..3).map(big_batch).map(|b| b.slice(0, 50)).collect();
+    let open = OpenRequest::new(protocol, "answerer", 1, 0);
+    let events = client
+        .exchange(
+            &open,
+            inputs[0].schema(),
+            futures::stream::iter(inputs.clone().into_iter().map(Ok)).boxed(),
+            None,
+        )
+        .await
+        .unwrap()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect();
+    server.abort();
+    (inputs, events)
+}
+
+/// A stage whose answer is its input (the same arrays) answers
+/// `unchanged` where the engine offers it, and the engine's client yields
+/// the very batch it sent; anything else, and any exchange without the
+/// offer, sends the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_its_input_goes_back_as_unchanged_only_where_offered() {
+    use sluice_flight::Kind;
+    let cases = [
+        (Answer::Same, true, sluice_flight::PROTOCOL, true),
+        (Answer::Rebuilt, true, sluice_flight::PROTOCOL, true),
+        (Answer::Same, false, sluice_flight::PROTOCOL, false),
+        (Answer::Same, true, sluice_flight::version::V1, false),
+        (Answer::Copy, true, sluice_flight::PROTOCOL, false),
+        (Answer::Shorter, true, sluice_flight::PROTOCOL, false),
+        (Answer::Renamed, true, sluice_flight::PROTOCOL, false),
+    ];
+    for (answer, offered, protocol, want_unchanged) in cases {
+        for shared_memory in [false, true] {
+            let what = format!("{answer:?}, offered {offered}, {protocol}, shm {shared_memory}");
+            let (inputs, events) = answered(answer, offered, shared_memory, protocol).await;
+            let events = events.unwrap_or_else(|e| panic!("{what}: {e}"));
+            let batches: Vec<(&RecordBatch, &sluice_flight::Envelope)> = events
+                .iter()
+                .filter_map(|e| match e {
+                    StageEvent::Batch { batch, envelope } => Some((batch, envelope)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(batches.len(), 3, "{what}");
+            let mut rows = 0;
+            for (i, ((batch, envelope), input)) in batches.iter().zip(&inputs).enumerate() {
+                let want_rows = input.num_rows() - usize::from(answer == Answer::Shorter);
+                assert_eq!(batch.num_rows(), want_rows, "{what}: batch {i}");
+                assert_eq!(
+                    batch.columns(),
+                    input.slice(0, want_rows).columns(),
+                    "{what}: batch {i}"
+                );
+                assert_eq!(envelope.in_seq, Some(i as u64), "{what}");
+                rows += want_rows as u64;
+                if want_unchanged {
+                    assert_eq!(envelope.kind, Kind::Unchanged, "{what}: batch {i}");
+                    assert!(envelope.shm.is_none() && envelope.lineage.is_none());
+                    // no copy: the engine's own arrays
+                    assert!(Arc::ptr_eq(batch.column(1), input.column(1)), "{what}");
+                } else {
+                    assert_eq!(envelope.kind, Kind::Batch, "{what}: batch {i}");
+                }
+            }
+            match events.last() {
+                Some(StageEvent::Flushed(e)) => assert_eq!(e.rows, Some(rows), "{what}"),
+                other => panic!("{what}: last event {other:?}"),
+            }
+        }
+    }
+}
+
+/// A stage must leave the rows it reports out of its output: an answer
+/// that is its whole input and reports a row of it fails the exchange
+/// (without the offer the rows go as a batch, and the engine cannot see it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_answer_with_row_errors_fails_the_exchange() {
+    let (_, events) = answered(
+        Answer::SameWithRowError,
+        true,
+        false,
+        sluice_flight::PROTOCOL,
+    )
+    .await;
+    let err = events.unwrap_err();
+    assert_eq!(err.code, sluice_contract::ErrorCode::Internal, "{err}");
+    assert!(
+        err.message
+            .contains("leave the rows it reports out of its output"),
+        "{err}"
+    );
 }

@@ -62,7 +62,10 @@
 //   - Process is called for every input batch of the exchange, in order,
 //     from one goroutine; the input record is released by the SDK after it
 //     returns, and the output record is handed over to the SDK, which sends
-//     and releases it. Return rec.Retain()ed rec to pass it through.
+//     and releases it. Return rec.Retain()ed rec to pass it through; when
+//     the engine offers "unchanged" answers (v1.1) that costs no copy back:
+//     the SDK names the input batch instead of sending its rows, and the
+//     engine reuses the batch it holds.
 //   - Flush is called once after the last batch, when the engine ends the
 //     epoch: a stateful stage returns what it held back. It is not called
 //     when the exchange fails; an io.Closer Processor is closed in every
@@ -74,8 +77,9 @@
 //     field.
 //
 // The SDK does the protocol: it answers every input batch with an output
-// batch, or with an "ack" when no row came out, then a "row_errors" message
-// if there are row errors; it stamps output batches with the lineage of the
+// batch, or with an "ack" when no row came out (or an "unchanged" when the
+// output is the input record itself and the engine takes those), then a
+// "row_errors" message if there are row errors; it stamps output batches with the lineage of the
 // stage; and after Flush it sends "flushed" with the number of rows (and
 // the snapshot of a stateful stage, v1.1). An
 // output record too large for one gRPC message (over 32 MiB, estimated from

@@ -70,6 +70,12 @@ type exchange struct {
 	// engine offered it; nil otherwise.
 	shm *sharedMemory
 
+	// unchanged: the engine takes "unchanged" answers (v1.1, offered in the
+	// open request) and holds input batches whose schema passes for the
+	// output schema, so an output that is the input record itself goes back
+	// as one small message naming it instead of its rows.
+	unchanged bool
+
 	// Owned by the writer (the handler goroutine).
 	seq  uint64 // the next envelope's seq: every message with an envelope counts
 	rows uint64 // output rows sent, for "flushed"
@@ -99,6 +105,9 @@ type answer struct {
 	// snapshot is the state of a stateful v1.1 stage after the exchange,
 	// base64, for "flushed"; nil otherwise.
 	snapshot *string
+	// unchanged: the output is input batch inSeq itself, of that many rows
+	// (0: it is not); rec is then nil and an "unchanged" goes instead.
+	unchanged int64
 }
 
 func (a answer) release() {
@@ -242,6 +251,20 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 			return err
 		}
 		x.shm = shm
+	}
+	if x.req.Protocol == ProtocolV1_1 { // a v1 engine never offers it: the key means nothing there
+		var take struct {
+			Unchanged *bool `json:"unchanged"` // null: not offered
+		}
+		if err := json.Unmarshal(desc.GetCmd(), &take); err != nil {
+			return Fatal(InvalidArgument, "open request: unchanged: %v; want true or false", err)
+		}
+		// The engine reuses its input batch under the output schema and
+		// checks it there as declared (not the data), so an input schema
+		// that does not pass for the output schema (a nullable field
+		// declared not null on the way out) goes back as rows, stamped.
+		x.unchanged = take.Unchanged != nil && *take.Unchanged &&
+			schemacheck.Compatible(x.req.OutputSchema, inSchema) == nil
 	}
 	return nil
 }
@@ -422,7 +445,37 @@ func (x *exchange) processOne(ctx context.Context, proc Processor, in input) (an
 		a.release()
 		return answer{}, err
 	}
+	if x.unchanged && a.rec != nil && isInput(a.rec, in.rec) {
+		if len(a.errs) > 0 {
+			a.release()
+			return answer{}, Fatal(Internal, "stage %q answered input batch seq %d with its input unchanged and reported %d row error(s) for it: a stage must leave the rows it reports out of its output, or they are delivered and reported both",
+				x.svc.manifest.Name, in.env.Seq, len(a.errs))
+		}
+		// released now, not once sent: an input read in place from shared
+		// memory gives its slot back to the engine with its last reference
+		a.rec.Release()
+		a.rec, a.unchanged = nil, in.rec.NumRows()
+	}
 	return a, nil
+}
+
+// isInput reports whether out is the input record in, by construction: as
+// many rows and columns, and every column the very same array data (conform
+// may have stamped out with the output schema, around the same columns).
+// An array's Data carries its type, offset, length, buffers, children and
+// dictionary, so the same Data is the same values; a slice, a subset of the
+// columns or a copy of equal values is other Data, and goes as rows.
+// Comparing values instead would cost what sending them does.
+func isInput(out, in arrow.RecordBatch) bool {
+	if out.NumRows() != in.NumRows() || out.NumCols() != in.NumCols() {
+		return false
+	}
+	for i := range out.NumCols() {
+		if out.Column(int(i)).Data() != in.Column(int(i)).Data() {
+			return false
+		}
+	}
+	return true
 }
 
 // conform checks an output record against the output schema and returns it
@@ -549,6 +602,14 @@ func (x *exchange) send(a answer) error {
 			}
 			x.rows += uint64(p.NumRows())
 		}
+	case a.unchanged > 0:
+		// the engine reuses the batch it sent: its rows count as sent
+		e := env(envelope.Unchanged)
+		e.InSeq = a.inSeq
+		if err := x.w.WriteMetadata(envelope.Encode(&e)); err != nil {
+			return err
+		}
+		x.rows += uint64(a.unchanged)
 	case a.inSeq != nil:
 		e := env(envelope.Ack)
 		e.InSeq = a.inSeq

@@ -4,12 +4,15 @@ import (
 	"context"
 	"log/slog"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/sluice-etl/sluice/sdk/go/stage"
 	"github.com/sluice-etl/sluice/sdk/go/stage/stagetest"
@@ -97,15 +100,22 @@ var quiet = stage.WithLogger(slog.New(slog.DiscardHandler))
 
 // start serves st with a checked allocator that must be back to 0 bytes
 // when the test ends (polling: a cancelled exchange finishes on the server
-// a little after the client sees it end).
-func start(t *testing.T, st stage.Stage) (*stagetest.Server, *memory.CheckedAllocator) {
+// a little after the client sees it end), and opts.
+func start(t *testing.T, st stage.Stage, opts ...stage.Option) (*stagetest.Server, *memory.CheckedAllocator) {
 	t.Helper()
 	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
 	t.Cleanup(func() {
 		eventually(t, "allocator back to 0 bytes", func() bool { return mem.CurrentAlloc() == 0 })
 		mem.AssertSize(t, 0)
 	})
-	return stagetest.Start(t, st, mem, stage.WithAllocator(mem), quiet), mem
+	return stagetest.Start(t, st, mem, append([]stage.Option{stage.WithAllocator(mem), quiet}, opts...)...), mem
+}
+
+func wantStatusContaining(t *testing.T, err error, code codes.Code, part string) {
+	t.Helper()
+	if st, ok := status.FromError(err); err == nil || !ok || st.Code() != code || !strings.Contains(st.Message(), part) {
+		t.Fatalf("got %v, want %v with %q", err, code, part)
+	}
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {

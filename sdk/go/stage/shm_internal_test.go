@@ -94,6 +94,27 @@ func memfd(t testing.TB, size int64, seal bool) string {
 // MemfdForTest is memfd for the tests of package stage_test.
 var MemfdForTest = memfd
 
+// EngineSlotForTest writes rec into the engine's half, [0, stageOffset), of
+// the memory file at path (from memfd, size bytes), as the engine writes an
+// input batch, and returns its slot: for the tests of package stage_test
+// that send input through shared memory.
+func EngineSlotForTest(t testing.TB, path string, size, stageOffset uint64, rec arrow.RecordBatch) envelope.Slot {
+	t.Helper()
+	s, err := openSharedMemory(&shmOffer{Path: path, Size: size, StageOffset: stageOffset}, int32(os.Getpid()), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close() // the bytes stay in the file
+	eng := &sharedMemory{data: s.data, own: slots{start: 0, end: stageOffset, used: map[uint64]uint64{}}}
+	w := &slotWriter{s: eng, schema: rec.Schema(), mem: memory.NewGoAllocator()}
+	defer w.reset()
+	slot, ok, err := w.write(rec)
+	if err != nil || !ok {
+		t.Fatalf("writing the engine's slot: ok %v, %v", ok, err)
+	}
+	return slot
+}
+
 // testMemory maps a memory file standing in for the engine's, of 2 × half
 // bytes, its batches read in place.
 func testMemory(t testing.TB, half uint64) *sharedMemory {

@@ -15,15 +15,15 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/sluice-etl/sluice/sdk/go/stage"
 	"github.com/sluice-etl/sluice/sdk/go/stage/stagetest"
 )
 
-// offering is an open request that offers the memory file at path.
-func offering(path string) []byte {
-	open := stagetest.OpenCmd("s", 1, 0, "")
+// offering is an open request that offers the memory file at path, with
+// the keys of opts.
+func offering(path string, opts ...stagetest.OpenOption) []byte {
+	open := stagetest.OpenCmd("s", 1, 0, "", opts...)
 	return fmt.Appendf(open[:len(open)-1], `,"shared_memory":{"path":%q,"size":1048576,"stage_offset":524288}}`, path)
 }
 
@@ -50,13 +50,6 @@ func TestSharedMemoryIsTakenOnlyFromThePeer(t *testing.T) {
 	tcp := stagetest.ConnectWith(t, lis.Addr().String(), mem)
 	_, err = tcp.Run(t.Context(), offering(path), people)
 	wantStatusContaining(t, err, codes.InvalidArgument, "shared memory is taken only from an engine on the stage's unix socket")
-}
-
-func wantStatusContaining(t *testing.T, err error, code codes.Code, part string) {
-	t.Helper()
-	if st, ok := status.FromError(err); err == nil || !ok || st.Code() != code || !strings.Contains(st.Message(), part) {
-		t.Fatalf("got %v, want %v with %q", err, code, part)
-	}
 }
 
 // gather answers nothing until "end", then every record it was sent.
@@ -152,4 +145,91 @@ func recordBytes(rec arrow.RecordBatch) int {
 		}
 	}
 	return n
+}
+
+// The identity stage reading its input in place, offered shared memory and
+// "unchanged" answers: every answer is an "unchanged", none takes a slot of
+// the stage's half (the rows do not travel back at all). Offered shared
+// memory alone, the same answers go through slots.
+func TestUnchangedAnswersTakeNoSlot(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []stagetest.OpenOption
+		want string
+		shm  bool // the answers name slots
+	}{
+		{"offered", []stagetest.OpenOption{stagetest.WithUnchanged()}, "unchanged(0) unchanged(1) flushed", false},
+		{"not offered", nil, "batch(0) batch(1) flushed", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := stage.MemfdForTest(t, 1<<20, true)
+			srv, mem := start(t, identityStage(), stage.WithInPlaceInput())
+			in := []arrow.RecordBatch{peopleBatch(mem, 0, 6), peopleBatch(mem, 6, 9)}
+			defer func() {
+				for _, r := range in {
+					r.Release()
+				}
+			}()
+			events, err := srv.Run(t.Context(), offering(path, tc.opts...), people, in...)
+			defer stagetest.Release(events)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := stagetest.Kinds(events); got != tc.want {
+				t.Fatalf("events %s, want %s", got, tc.want)
+			}
+			for i, e := range events[:2] {
+				if (e.Envelope.Shm != nil) != tc.shm {
+					t.Errorf("answer %d: slot %+v", i, e.Envelope.Shm)
+				}
+			}
+			wantFlushedRows(t, events, 9)
+		})
+	}
+}
+
+// An input batch in a slot of the engine's half, read in place and
+// answered "unchanged": the stage holds no reference to it once it has
+// answered (the output is released at once, not kept until sent), so the
+// slot goes back to the engine, once, before "flushed".
+func TestAnUnchangedInputInPlaceGivesItsSlotBack(t *testing.T) {
+	const size, stageOffset = 1 << 20, 1 << 19
+	path := stage.MemfdForTest(t, size, true)
+	srv, mem := start(t, identityStage(), stage.WithInPlaceInput())
+	rec := peopleBatch(mem, 0, 7)
+	defer rec.Release()
+	slot := stage.EngineSlotForTest(t, path, size, stageOffset, rec)
+
+	x, err := srv.Open(t.Context(), offering(path, stagetest.WithUnchanged()), people)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := fmt.Appendf(nil, `{"v":1,"kind":"batch","epoch":1,"seq":0,"shm":{"offset":%d,"length":%d}}`, slot.Offset, slot.Length)
+	if err := x.SendRaw(nil, meta); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.End(); err != nil {
+		t.Fatal(err)
+	}
+	events, err := x.RecvAll()
+	defer stagetest.Release(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var answers []stagetest.Event
+	released := 0
+	for _, e := range events {
+		if e.Envelope.Kind == "release" {
+			if *e.Envelope.Shm != slot {
+				t.Fatalf("released %+v, the slot was %+v", *e.Envelope.Shm, slot)
+			}
+			released++
+			continue
+		}
+		answers = append(answers, e)
+	}
+	if got := stagetest.Kinds(answers); got != "unchanged(0) flushed" || released != 1 {
+		t.Fatalf("answers %s, %d release(s) of the slot; all: %s", got, released, stagetest.Kinds(events))
+	}
+	wantFlushedRows(t, answers, 7)
 }

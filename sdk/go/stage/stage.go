@@ -52,6 +52,13 @@ type Processor interface {
 	// rec through unchanged, call rec.Retain() and return rec. Build new
 	// records with OpenRequest.Allocator.
 	//
+	// Passing rec through costs no copy back when the engine offers it
+	// (v1.1): an out that is rec itself (the same arrays, in the same order,
+	// all rows; also stamped with the output schema) goes as an "unchanged"
+	// message naming the batch, and the engine reuses the batch it holds. A
+	// copy or a slice, even of equal values, goes as rows. Such an out with
+	// row errors for the same batch breaks the rule below and is INTERNAL.
+	//
 	// out may be nil or have zero rows: the SDK then answers the batch with
 	// an "ack". Its schema must be OpenRequest.OutputSchema (field names,
 	// types and nullability; metadata is ignored), and a not-null column

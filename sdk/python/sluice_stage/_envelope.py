@@ -21,7 +21,10 @@ from typing import Any, Optional
 from ._errors import RowError
 
 VERSION = 1
-KINDS = ("batch", "end", "ack", "row_errors", "flushed", "release")
+# "unchanged" (v1.1, stage -> engine, only when the open request offers it):
+# the output for input batch in_seq is that batch itself, as the engine sent
+# it; no rows travel back, the engine reuses the batch it holds
+KINDS = ("batch", "end", "ack", "row_errors", "flushed", "release", "unchanged")
 _U64 = (1 << 64) - 1
 
 

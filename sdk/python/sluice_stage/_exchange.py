@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Iterable, Optional
@@ -77,6 +78,69 @@ def pieces(batch: pa.RecordBatch, budget: int = MESSAGE_BUDGET) -> list[pa.Recor
     return pieces(batch.slice(0, half), budget) + pieces(batch.slice(half), budget)
 
 
+class _CArray(ctypes.Structure):
+    """``struct ArrowArray`` of the Arrow C data interface: the physical
+    layout of an array, as pyarrow exports it without copying a value."""
+
+
+_CArray._fields_ = [
+    ("length", ctypes.c_int64),
+    ("null_count", ctypes.c_int64),
+    ("offset", ctypes.c_int64),
+    ("n_buffers", ctypes.c_int64),
+    ("n_children", ctypes.c_int64),
+    ("buffers", ctypes.POINTER(ctypes.c_void_p)),
+    ("children", ctypes.POINTER(ctypes.POINTER(_CArray))),
+    ("dictionary", ctypes.POINTER(_CArray)),
+    ("release", ctypes.CFUNCTYPE(None, ctypes.POINTER(_CArray))),
+    ("private_data", ctypes.c_void_p),
+]
+
+
+def _walk(c: _CArray) -> tuple:
+    return (
+        c.length,
+        c.offset,
+        tuple(c.buffers[i] for i in range(c.n_buffers)),
+        tuple(_walk(c.children[i].contents) for i in range(c.n_children)),
+        _walk(c.dictionary.contents) if c.dictionary else None,
+    )
+
+
+def _layout(array: pa.Array) -> tuple:
+    """Where ``array``'s values are: length, offset and buffer addresses, of
+    it, its children and its dictionary, at every depth."""
+    c = _CArray()
+    array._export_to_c(ctypes.addressof(c))
+    try:
+        return _walk(c)
+    finally:
+        c.release(ctypes.byref(c))
+
+
+def is_input(out: pa.RecordBatch, batch: pa.RecordBatch) -> bool:
+    """Whether ``out`` is the input ``batch`` by construction: as many rows
+    and columns, each column of the same type over the very same memory
+    (offsets, lengths and buffer addresses, children and dictionaries
+    included), whatever RecordBatch object holds them (pyarrow makes a new
+    wrapper at every ``column(i)``, and the output may be stamped with the
+    output schema). Buffer addresses alone would not do: a dictionary, or a
+    child's offset, is not in ``buffers()``. Equal values elsewhere (a copy)
+    are not the input: comparing values would cost what sending them does."""
+    if out is batch:
+        return True
+    if out.num_rows != batch.num_rows or out.num_columns != batch.num_columns:
+        return False
+    try:
+        for i in range(out.num_columns):
+            a, b = out.column(i), batch.column(i)
+            if not a.type.equals(b.type) or _layout(a) != _layout(b):
+                return False
+    except Exception:  # a type the C data interface does not carry: send the rows
+        return False
+    return True
+
+
 def _implements_snapshot(proc: Any) -> bool:
     """Whether ``proc`` has a snapshot method other than the base class's,
     which only raises."""
@@ -102,6 +166,9 @@ class Exchange:
         self.request: Optional[OpenRequest] = None
         self.seq = 0  # the next envelope's seq: every message with an envelope counts
         self.rows = 0  # output rows sent, for "flushed"
+        # the engine takes "unchanged" answers (v1.1, offered in the open
+        # request) for input whose schema passes for the output schema
+        self.unchanged = False
         self.lineage = Lineage(self.manifest.name, "external", self.manifest.version, self.manifest.language)
 
     # --- the protocol ------------------------------------------------------
@@ -126,8 +193,9 @@ class Exchange:
                     self._end(chunk.app_metadata)
                     break
                 env = self._input_envelope(chunk)
-                answer = self._call("process", proc.process, chunk.data)
-                self._answer(env.seq, chunk.data.num_rows, answer)
+                batch = chunk.data  # one object: each .data is a new wrapper
+                answer = self._call("process", proc.process, batch)
+                self._answer(env.seq, batch, answer)
             # a generator's body runs inside list(): guarded like flush itself
             flushed = self._call("flush", lambda: self._batches(proc.flush()))
             for batch in flushed:
@@ -193,6 +261,17 @@ class Exchange:
                 d = m.input_schema
                 raise StageError(Code.SCHEMA_MISMATCH, f"stage {m.name!r}: input {why} (declared {d.name} v{d.version})")
         out_schema = m.output_schema.schema if m.output_schema is not None else in_schema
+        if protocol == PROTOCOL_V1_1:  # a v1 engine never offers it: the key means nothing there
+            offer = o.get("unchanged")  # null: not offered
+            if offer is not None and not isinstance(offer, bool):
+                raise StageError(
+                    Code.INVALID_ARGUMENT, f"open request: unchanged is {json.dumps(offer)[:40]}; want true or false"
+                )
+            # The engine reuses its input batch under the output schema and
+            # checks it there as declared (not the data), so an input schema
+            # that does not pass for the output schema (a nullable field
+            # declared not null on the way out) goes back as rows, stamped.
+            self.unchanged = bool(offer) and schema_difference(out_schema, in_schema, looser_nulls_ok=False) is None
         return OpenRequest(protocol, stage, epoch, partition, o.get("config"), in_schema, out_schema, snapshot)
 
     def _next(self) -> Any:
@@ -248,7 +327,8 @@ class Exchange:
                 f'a metadata-only input message has kind "{env.kind}"; only "end" comes without rows',
             )
 
-    def _answer(self, in_seq: int, in_rows: int, answer: Any) -> None:
+    def _answer(self, in_seq: int, batch: pa.RecordBatch, answer: Any) -> None:
+        in_rows = batch.num_rows
         if isinstance(answer, Processed):
             out, errors = answer.output, answer.errors
         elif answer is None or isinstance(answer, pa.RecordBatch):
@@ -263,7 +343,18 @@ class Exchange:
         errors = self._row_errors(errors, in_rows)
         if out is not None:
             out = self._conform(out)
-        if out is not None and out.num_rows > 0:
+        if out is not None and out.num_rows > 0 and self.unchanged and is_input(out, batch):
+            if errors:
+                raise StageError(
+                    Code.INTERNAL,
+                    f"stage {self.manifest.name!r} answered input batch seq {in_seq} with its input unchanged and "
+                    f"reported {len(errors)} row error(s) for it: a stage must leave the rows it reports out of "
+                    "its output, or they are delivered and reported both",
+                )
+            # the engine reuses the batch it sent: its rows count as sent
+            self._send_metadata(Envelope("unchanged", self.request.epoch, self.seq, in_seq=in_seq))
+            self.rows += in_rows
+        elif out is not None and out.num_rows > 0:
             self._send_batch(out, in_seq)
         else:
             # Flight cannot send an empty body; every input batch gets an answer

@@ -127,6 +127,12 @@ class Processor:
         too large for one gRPC message, and sends row errors after the
         output. Raise :class:`StageError` to fail the exchange with its
         code; any other exception fails it as INTERNAL.
+
+        Returning ``batch`` itself (or its very columns in a new batch)
+        costs no copy back when the engine offers it (v1.1): the SDK sends
+        an ``unchanged`` answer naming the batch and the engine reuses the
+        batch it holds. A copy or a slice of equal values goes as rows. Row
+        errors with such an output are INTERNAL: its rows are all in it.
         """
         raise NotImplementedError
 

@@ -131,7 +131,7 @@ def batch_of(ids: list[int], text: str = "") -> pa.RecordBatch:
 
 
 def check_answers(
-    res: Result, inputs: list[pa.RecordBatch], epoch: int, snapshot: Optional[bool] = None
+    res: Result, inputs: list[pa.RecordBatch], epoch: int, snapshot: Optional[bool] = None, unchanged: bool = False
 ) -> list[str]:
     """The rules of protocol.md sections 3-5 for a complete exchange: every
     envelope of the exchange's epoch with seq 0, 1, ...; each input batch
@@ -139,7 +139,10 @@ def check_answers(
     per batch right after its answer, naming rows of that batch once each
     with known codes; ``flushed`` last, once, with the number of rows; a
     snapshot on ``flushed`` only, base64, and there exactly when
-    ``snapshot`` says (a stateful v1.1 stage; None: not checked)."""
+    ``snapshot`` says (a stateful v1.1 stage; None: not checked).
+    ``unchanged``: the exchange offered "unchanged" answers (v1.1); each
+    stands for its input batch's rows, without rows, lineage or slot of its
+    own, and no row_errors may follow it."""
     p: list[str] = []
     msgs = res.messages
     if res.error is not None:
@@ -149,6 +152,7 @@ def check_answers(
     errored: set[int] = set()
     acked: set[int] = set()
     batched: set[int] = set()
+    whole: set[int] = set()  # answered "unchanged": every row delivered
     last_answer_kind = None
     for i, m in enumerate(msgs):
         e = m.env
@@ -189,6 +193,24 @@ def check_answers(
             if e.in_seq in errored:
                 p.append(f"message {i}: a batch for input {e.in_seq} after its row_errors")
             batched.add(e.in_seq)
+        elif e.kind == "unchanged":
+            if not unchanged:
+                p.append(f"message {i}: an unchanged answer, which the exchange did not offer")
+            if m.batch is not None:
+                p.append(f"message {i}: an unchanged with rows")
+            if e.lineage is not None or e.shm is not None:
+                p.append(f"message {i}: an unchanged with lineage or a slot")
+            if e.in_seq is None:
+                p.append(f"message {i}: an unchanged without in_seq")
+                continue
+            if e.in_seq in acked:
+                p.append(f"message {i}: an unchanged for acked input {e.in_seq}")
+            if e.in_seq in errored:
+                p.append(f"message {i}: an unchanged for input {e.in_seq} after its row_errors")
+            if 0 <= e.in_seq < len(inputs):
+                rows += inputs[e.in_seq].num_rows
+            batched.add(e.in_seq)
+            whole.add(e.in_seq)
         elif e.kind == "ack":
             if m.batch is not None:
                 p.append(f"message {i}: an ack with rows")
@@ -204,6 +226,8 @@ def check_answers(
                 continue
             if e.in_seq in errored:
                 p.append(f"message {i}: a second row_errors for input {e.in_seq}")
+            if e.in_seq in whole:
+                p.append(f"message {i}: row_errors for input {e.in_seq}, answered unchanged: delivered and reported")
             if e.in_seq != answered:
                 p.append(f"message {i}: row_errors for input {e.in_seq} not right after its answer")
             errored.add(e.in_seq)
@@ -223,7 +247,7 @@ def check_answers(
         else:
             p.append(f"message {i}: kind {e.kind} from a stage")
             continue
-        # an answer (batch or ack) with in_seq
+        # an answer (batch, unchanged or ack) with in_seq
         if e.in_seq is None or not 0 <= e.in_seq < len(inputs):
             p.append(f"message {i}: answers input {e.in_seq}, which was never sent")
         elif e.in_seq < answered or (e.in_seq == answered and last_answer_kind == "ack"):

@@ -67,6 +67,21 @@ class GoldenVectors(unittest.TestCase):
         self.assertEqual(decode(b'{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0,"snapshot":""}').snapshot, "")
         self.assertIsNone(decode(b'{"v":1,"kind":"flushed","epoch":1,"seq":0,"rows":0,"snapshot":null}').snapshot)
 
+    def test_the_unchanged_answer_carries_its_in_seq_alone(self):
+        line = b'{"v":1,"kind":"unchanged","epoch":7,"seq":2,"in_seq":0}'
+        self.assertIn(line.decode(), lines("envelopes.jsonl"))  # the golden vector
+        e = decode(line)
+        self.assertEqual((e.kind, e.epoch, e.seq, e.in_seq), ("unchanged", 7, 2, 0))
+        self.assertEqual((e.lineage, e.errors, e.rows, e.shm), (None, None, None, None))
+        self.assertEqual(encode(Envelope("unchanged", 7, 2, in_seq=0)), line)
+        # another spelling and key order, an unknown key: the same canonical bytes
+        other = b'{ "in_seq": 0, "seq": 2, "epoch": 7, "kind": "un\\u0063hanged", "v": 1, "later": [1] }'
+        self.assertEqual(encode(decode(other)), line)
+        # the engine's own batch: no slot of shared memory
+        with self.assertRaises(EnvelopeError) as cm:
+            decode(b'{"v":1,"kind":"unchanged","epoch":7,"seq":2,"in_seq":0,"shm":{"offset":0,"length":64}}')
+        self.assertIn('a "unchanged" names a slot of shared memory', str(cm.exception))
+
     def test_lone_surrogates_are_written_as_replacement_characters(self):
         e = decode(b'{"v":1,"kind":"row_errors","epoch":0,"seq":0,"in_seq":0,'
                    b'"errors":[{"row":0,"code":"REJECTED","message":"a\\ud800b"}]}')
@@ -96,6 +111,8 @@ class Refusals(unittest.TestCase):
         b'{"v":1,"kind":"release","epoch":0,"seq":0}',
         b'{"v":1,"kind":"end","epoch":0,"seq":0,"shm":{"offset":64,"length":64}}',
         b'{"v":1,"kind":"batch","epoch":0,"seq":0,"shm":{"offset":64}}',
+        b'{"v":1,"kind":"unchanged","epoch":0,"seq":0,"in_seq":0,"shm":{"offset":64,"length":64}}',
+        b'{"v":1,"kind":"Unchanged","epoch":0,"seq":0,"in_seq":0}',
         b"[" * 100000,
         b'{"v":1,"kind":"end","epoch":' + b"9" * 5000 + b',"seq":0}',
     ]
@@ -134,8 +151,9 @@ def random_json(rng, depth=0):
 def near_envelope(rng):
     """An envelope with some keys dropped or given random values: mostly
     invalid, sometimes valid, never a crash."""
-    e = {"v": 1, "kind": rng.choice(["batch", "end", "ack", "row_errors", "flushed"]), "epoch": rng.randrange(3), "seq": rng.randrange(3)}
-    for key in ["in_seq", "traceparent", "lineage", "errors", "rows"]:
+    e = {"v": 1, "kind": rng.choice(["batch", "end", "ack", "row_errors", "flushed", "release", "unchanged"]),
+         "epoch": rng.randrange(3), "seq": rng.randrange(3)}
+    for key in ["in_seq", "traceparent", "lineage", "errors", "rows", "shm"]:
         if rng.random() < 0.3:
             e[key] = random_json(rng, 2)
     for key in list(e):

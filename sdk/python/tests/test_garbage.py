@@ -195,6 +195,32 @@ class CheckerCanFail(unittest.TestCase):
         self.assertEqual(check_answers(with_snapshot, [b], 1, snapshot=False), ["flushed with a snapshot"])
         self.assertEqual(check_answers(without, [b], 1, snapshot=False), [])
         self.assertEqual(check_answers(without, [b], 1, snapshot=True), ["flushed without a snapshot"])
+        # "unchanged": the input batch's rows, where offered, and nothing after it
+        unchanged = res(({"kind": "unchanged", "epoch": 1, "seq": 0, "in_seq": 0}, None),
+                        ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 2}, None))
+        self.assertEqual(check_answers(unchanged, [b], 1, unchanged=True), [])
+        self.assertEqual(check_answers(unchanged, [b], 1),
+                         ["message 0: an unchanged answer, which the exchange did not offer"])
+        broken = {
+            "wrong rows": res(({"kind": "unchanged", "epoch": 1, "seq": 0, "in_seq": 0}, None),
+                              ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 0}, None)),
+            "no in_seq": res(({"kind": "unchanged", "epoch": 1, "seq": 0}, None),
+                             ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 0}, None)),
+            "with rows": res(({"kind": "unchanged", "epoch": 1, "seq": 0, "in_seq": 0}, out),
+                             ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 2}, None)),
+            "with lineage": res(({"kind": "unchanged", "epoch": 1, "seq": 0, "in_seq": 0, "lineage": lin}, None),
+                                ({"kind": "flushed", "epoch": 1, "seq": 1, "rows": 2}, None)),
+            "then row errors": res(({"kind": "unchanged", "epoch": 1, "seq": 0, "in_seq": 0}, None),
+                                   ({"kind": "row_errors", "epoch": 1, "seq": 1, "in_seq": 0,
+                                     "errors": (RowError(1, "REJECTED", "x"),)}, None),
+                                   ({"kind": "flushed", "epoch": 1, "seq": 2, "rows": 2}, None)),
+            "after an ack": res(({"kind": "ack", "epoch": 1, "seq": 0, "in_seq": 0}, None),
+                                ({"kind": "unchanged", "epoch": 1, "seq": 1, "in_seq": 0}, None),
+                                ({"kind": "flushed", "epoch": 1, "seq": 2, "rows": 2}, None)),
+        }
+        for what, r in broken.items():
+            with self.subTest(what):
+                self.assertNotEqual(check_answers(r, [b], 1, unchanged=True), [])
 
 
 if __name__ == "__main__":

@@ -155,6 +155,7 @@ impl Stats {
                 s.batch_latency_p50_us = rt.latency_quantile_us(0.5).unwrap_or(0) as u64;
                 s.batch_latency_p99_us = rt.latency_quantile_us(0.99).unwrap_or(0) as u64;
                 s.batches_in_shared_memory = rt.shm_batches.load(Ordering::Relaxed);
+                s.batches_unchanged = rt.unchanged_batches.load(Ordering::Relaxed);
             }
             out.push(s);
         }

@@ -164,6 +164,11 @@ const STAGE_SHM_BATCHES: Family = family(
     "Output batches of an external stage that came through shared memory rather than over Flight.",
     FamilyKind::Counter,
 );
+const STAGE_UNCHANGED_BATCHES: Family = family(
+    "sluice_stage_unchanged_batches_total",
+    "Answers of an external stage that were its input batch unchanged, reused without the rows travelling back.",
+    FamilyKind::Counter,
+);
 const STAGE_STARTS: Family = family(
     "sluice_stage_process_starts_total",
     "Times an external stage's process was started (1 = never restarted).",
@@ -376,6 +381,12 @@ impl RunMetrics {
                 STAGE_SHM_BATCHES,
                 l.clone(),
                 rt.shm_batches.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            );
+            self.registry.set(
+                STAGE_UNCHANGED_BATCHES,
+                l.clone(),
+                rt.unchanged_batches
+                    .load(std::sync::atomic::Ordering::Relaxed) as f64,
             );
             if let Some(t) = rt.manifest.timing {
                 let promises = [

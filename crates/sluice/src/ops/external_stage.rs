@@ -41,6 +41,7 @@ use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
 use opentelemetry::KeyValue;
 use sluice_contract::ErrorCode;
+use sluice_flight::envelope::Kind;
 use sluice_flight::manifest::check_schema;
 use sluice_flight::row_errors::SentBatches;
 use sluice_flight::{OpenRequest, StageError, StageEvent};
@@ -398,6 +399,7 @@ async fn exchange_body(
     let mut client = runtime.client().await?;
     // decided per exchange: the manifest is described after the first connection
     client.use_shared_memory(runtime.config.shared_memory && runtime.manifest.shared_memory);
+    client.take_unchanged_answers(runtime.config.unchanged_answers);
     let manifest = runtime.manifest.clone();
     let config = runtime.config.clone();
     let mut open = OpenRequest::new(
@@ -561,6 +563,9 @@ async fn exchange_body(
             StageEvent::Batch { batch, envelope } => {
                 if envelope.shm.is_some() {
                     runtime.shm_batches.fetch_add(1, Ordering::Relaxed);
+                }
+                if envelope.kind == Kind::Unchanged {
+                    runtime.unchanged_batches.fetch_add(1, Ordering::Relaxed);
                 }
                 check_schema(&schema, &batch.schema()).map_err(|m| {
                     StageError::new(

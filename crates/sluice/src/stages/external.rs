@@ -82,11 +82,17 @@ pub struct ExternalStageConfig {
     /// Batches to and from a child stage whose manifest says
     /// `shared_memory` travel through shared memory (default `true`);
     /// `false` sends them over Flight, as to a remote stage.
-    #[serde(default = "default_shared_memory")]
+    #[serde(default = "default_true")]
     pub shared_memory: bool,
+    /// A v1.1 stage whose answer to a batch is that batch unchanged says so
+    /// instead of sending the rows back, and the engine reuses the batch it
+    /// sent (default `true`); `false` makes it send the rows, which is what
+    /// measuring the transport wants.
+    #[serde(default = "default_true")]
+    pub unchanged_answers: bool,
 }
 
-fn default_shared_memory() -> bool {
+fn default_true() -> bool {
     true
 }
 
@@ -137,6 +143,9 @@ pub(crate) struct ExternalRuntime {
     pub over_p99: AtomicU64,
     /// Output batches that came through shared memory.
     pub shm_batches: AtomicU64,
+    /// Answers that were the input batch unchanged, reused without its
+    /// rows travelling back.
+    pub unchanged_batches: AtomicU64,
     /// Answers slower than the manifest's `timing.max_answer_ms`.
     pub over_max: AtomicU64,
     /// Round-trip time of each answered batch, in microseconds (sent →
@@ -246,6 +255,7 @@ impl ExternalRuntime {
             starts: AtomicU64::new(0),
             over_p99: AtomicU64::new(0),
             shm_batches: AtomicU64::new(0),
+            unchanged_batches: AtomicU64::new(0),
             over_max: AtomicU64::new(0),
             latencies_us: std::sync::Mutex::new(Vec::new()),
             round_trips: std::sync::Mutex::default(),

@@ -32,7 +32,9 @@ func (identity) Open(context.Context, stage.OpenRequest) (stage.Processor, error
 }
 
 // pass returns its input: Retain, because the SDK releases the input after
-// Process and the output once sent, one reference each.
+// Process and the output once sent, one reference each. Being the input
+// itself, the output goes back as an "unchanged" answer, no rows, when the
+// engine offers those (v1.1).
 func pass(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
 	rec.Retain()
 	return rec, nil, nil

@@ -49,6 +49,34 @@ func TestServedAnySchema(t *testing.T) {
 	}
 }
 
+// Offered "unchanged" answers (v1.1, the engine's default), the identity
+// sends no rows back: each answer names its input batch, whose rows count
+// in "flushed".
+func TestServedUnchanged(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+	defer mem.AssertSize(t, 0)
+	srv := stagetest.Start(t, identity{}, mem, stage.WithAllocator(mem), stage.WithInPlaceInput())
+
+	schema := arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes.Int64}}, nil)
+	rec, _, err := array.RecordFromJSON(mem, schema, strings.NewReader(`[{"id":1},{"id":2},{"id":3}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rec.Release()
+
+	events, err := srv.Run(t.Context(), stagetest.OpenCmd("identity", 4, 1, "", stagetest.WithUnchanged()), schema, rec, rec)
+	defer stagetest.Release(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stagetest.Kinds(events); got != "unchanged(0) unchanged(1) flushed" {
+		t.Fatalf("events %s", got)
+	}
+	if rows := events[2].Envelope.Rows; rows == nil || *rows != 6 {
+		t.Fatalf("flushed rows %v, want 6", rows)
+	}
+}
+
 func TestMain(m *testing.M) {
 	stagetest.RunMainIfAsked(main)
 	os.Exit(m.Run())

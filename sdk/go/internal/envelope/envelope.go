@@ -34,11 +34,16 @@ const (
 	RowErrors Kind = "row_errors" // stage → engine: rows of an input batch that failed
 	Flushed   Kind = "flushed"    // stage → engine: every output row was sent; last message
 	Release   Kind = "release"    // v1.1 shared memory: the receiver is done with a slot (Shm)
+	// Unchanged (v1.1, stage → engine, only when the open request offers
+	// it): the output for input batch InSeq is that batch itself, all its
+	// rows as the engine sent them; the engine reuses the batch it holds
+	// instead of receiving the rows again. No body, no Shm.
+	Unchanged Kind = "unchanged"
 )
 
 func (k Kind) valid() bool {
 	switch k {
-	case Batch, End, Ack, RowErrors, Flushed, Release:
+	case Batch, End, Ack, RowErrors, Flushed, Release, Unchanged:
 		return true
 	}
 	return false

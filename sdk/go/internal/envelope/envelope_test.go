@@ -173,6 +173,44 @@ func TestSnapshot(t *testing.T) {
 	}
 }
 
+// "unchanged" (v1.1): the golden vector decodes to its fields and a built
+// envelope encodes to it; like an "ack" it carries in_seq and nothing else
+// (that in_seq is there is the reader's check, as for an "ack").
+func TestUnchanged(t *testing.T) {
+	const line = `{"v":1,"kind":"unchanged","epoch":7,"seq":2,"in_seq":0}`
+	golden, err := os.ReadFile(goldenPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(golden, []byte(line+"\n")) {
+		t.Fatalf("%s is not a golden vector", line)
+	}
+	env, err := Decode([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Kind != Unchanged || env.Epoch != 7 || env.Seq != 2 || env.InSeq == nil || *env.InSeq != 0 ||
+		env.Shm != nil || env.Lineage != nil || env.Rows != nil {
+		t.Fatalf("decoded %+v", env)
+	}
+	built := Envelope{V: Version, Kind: Unchanged, Epoch: 7, Seq: 2, InSeq: Uint64(0)}
+	if got := string(Encode(&built)); got != line {
+		t.Fatalf("got  %s\nwant %s", got, line)
+	}
+	// another spelling and key order, an unknown key: the same canonical bytes
+	env, err = Decode([]byte(`{ "in_seq": 0, "seq": 2, "epoch": 7, "kind": "un\u0063hanged", "v": 1, "later": [1] }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(Encode(&env)); got != line {
+		t.Fatalf("got  %s\nwant %s", got, line)
+	}
+	_, err = Decode([]byte(`{"v":1,"kind":"unchanged","epoch":7,"seq":2,"in_seq":0,"shm":{"offset":0,"length":64}}`))
+	if err == nil || !strings.Contains(err.Error(), `a "unchanged" names a slot of shared memory`) {
+		t.Fatalf("an unchanged naming a slot: %v", err)
+	}
+}
+
 // AppendString must agree with encoding/json (HTML escaping off) on every
 // string except U+2028/U+2029, which encoding/json always escapes and
 // serde_json never does, and invalid UTF-8.
@@ -225,6 +263,9 @@ func TestDecodeRejects(t *testing.T) {
 		`{"v":1,"kind":"release","epoch":1,"seq":0}`,
 		`{"v":1,"kind":"end","epoch":1,"seq":0,"shm":{"offset":64,"length":64}}`,
 		`{"v":1,"kind":"ack","epoch":1,"seq":0,"in_seq":0,"shm":{"offset":64,"length":64}}`,
+		// an "unchanged" answers with the engine's own batch: it has no slot
+		`{"v":1,"kind":"unchanged","epoch":1,"seq":0,"in_seq":0,"shm":{"offset":64,"length":64}}`,
+		`{"v":1,"kind":"Unchanged","epoch":1,"seq":0,"in_seq":0}`,
 	} {
 		if _, err := Decode([]byte(in)); err == nil {
 			t.Errorf("Decode(%q) succeeded, want an error", in)
@@ -235,14 +276,18 @@ func TestDecodeRejects(t *testing.T) {
 func FuzzRoundTrip(f *testing.F) {
 	f.Add(uint64(12), uint64(3), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "quantity 47 exceeds 45", int64(7))
 	f.Add(^uint64(0), uint64(1)<<53+1, "", "a\u2028b \"<&>\" \x01", int64(0))
+	f.Add(uint64(7), uint64(2), "", "", int64(3))
 	f.Fuzz(func(t *testing.T, epoch, seq uint64, trace, msg string, row int64) {
 		if !utf8Valid(trace) || !utf8Valid(msg) {
 			t.Skip()
 		}
 		in := Envelope{V: 1, Kind: RowErrors, Epoch: epoch, Seq: seq, InSeq: Uint64(seq / 2), Traceparent: trace,
 			Errors: []RowError{{Row: row, Code: "REJECTED", Message: msg}}}
-		if row%2 == 0 { // a slot of shared memory, any offset and length
+		switch {
+		case row%2 == 0: // a slot of shared memory, any offset and length
 			in.Kind, in.Errors, in.Shm = Batch, nil, &Slot{Offset: epoch ^ seq, Length: uint64(row)}
+		case row%3 == 0: // the input batch itself: in_seq and nothing else
+			in.Kind, in.Errors, in.Traceparent = Unchanged, nil, ""
 		}
 		b := Encode(&in)
 		out, err := Decode(b)
@@ -263,6 +308,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"v":1,"kind":"batch","epoch":1,"seq":0,"shm":{"offset":64,"length":128}}`))
 	f.Add([]byte(`{"v":1,"kind":"release","epoch":1,"seq":0,"shm":{"offset":0,"length":18446744073709551615}}`))
 	f.Add([]byte(`{"v":1,"kind":"row_errors","epoch":1,"seq":2,"in_seq":1,"errors":[{"row":0,"code":"REJECTED","message":"x"}]}`))
+	f.Add([]byte(`{"v":1,"kind":"unchanged","epoch":7,"seq":2,"in_seq":0}`))
+	f.Add([]byte(`{"v":1,"kind":"unchanged","epoch":7,"seq":2,"in_seq":0,"shm":{"offset":0,"length":64}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := Decode(b)
 		if err != nil {

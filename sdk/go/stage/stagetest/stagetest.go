@@ -19,6 +19,13 @@
 //	state, _ := stagetest.FlushedSnapshot(events)
 //	events, err = srv.Run(ctx, stagetest.OpenCmd("mine", 2, 0, "", stagetest.WithSnapshot(state)), schema, rec)
 //
+// An engine of v1.1 takes "unchanged" answers (WithUnchanged): a stage
+// that returns its input record itself then answers with an "unchanged"
+// event naming the batch instead of its rows,
+//
+//	events, err = srv.Run(ctx, stagetest.OpenCmd("mine", 3, 0, "", stagetest.WithUnchanged()), schema, rec)
+//	// stagetest.Kinds(events) == "unchanged(0) flushed"
+//
 // Describe asks as an engine of this SDK's
 // protocol version does, DescribeV1 as a v1 engine. What it does not do: dictionary-encoded output
 // (Recv refuses a dictionary message), and the engine's full verdict on an
@@ -297,7 +304,7 @@ func DescribeRequest(protocols ...string) []byte {
 // OpenCmd is an open request (protocol.md section 3) of the newest protocol
 // version, stage.Protocol; config is JSON, or "" for none (`null`, as the
 // engine sends for a stage without `config`). opts add optional keys
-// (WithSnapshot).
+// (WithSnapshot, WithUnchanged).
 func OpenCmd(stageName string, epoch uint64, partition uint32, config string, opts ...OpenOption) []byte {
 	return OpenCmdAs(stage.Protocol, stageName, epoch, partition, config, opts...)
 }
@@ -320,6 +327,9 @@ func OpenCmdAs(protocol, stageName string, epoch uint64, partition uint32, confi
 		b64, _ := json.Marshal(base64.StdEncoding.EncodeToString(o.snapshot))
 		cmd = fmt.Appendf(cmd, `,"snapshot":%s`, b64)
 	}
+	if o.unchanged {
+		cmd = append(cmd, `,"unchanged":true`...)
+	}
 	return append(cmd, '}')
 }
 
@@ -327,7 +337,8 @@ func OpenCmdAs(protocol, stageName string, epoch uint64, partition uint32, confi
 type OpenOption func(*openOptions)
 
 type openOptions struct {
-	snapshot []byte
+	snapshot  []byte
+	unchanged bool
 }
 
 // WithSnapshot makes the open request carry "snapshot" (v1.1): the state a
@@ -337,6 +348,18 @@ type openOptions struct {
 // epoch); an empty non-nil state is sent as "".
 func WithSnapshot(state []byte) OpenOption {
 	return func(o *openOptions) { o.snapshot = state }
+}
+
+// WithUnchanged makes the open request carry "unchanged": true (v1.1), as
+// the engine does by default: the exchange takes "unchanged" answers, and
+// a stage whose output for a batch is that batch itself (the same arrays)
+// sends one such message instead of the rows (Event of kind Unchanged, no
+// Record: the rows are those of the batch it names, which the test sent).
+// With OpenCmdAs(stage.ProtocolV1, ...) the key is sent too, but a v1
+// exchange has no such answers: the stage must ignore it, and Recv refuses
+// an "unchanged" then.
+func WithUnchanged() OpenOption {
+	return func(o *openOptions) { o.unchanged = true }
 }
 
 // The envelope of every message (protocol.md section 4), as Event carries it.
@@ -358,6 +381,7 @@ const (
 	Ack       = envelope.Ack
 	RowErrors = envelope.RowErrors
 	Flushed   = envelope.Flushed
+	Unchanged = envelope.Unchanged
 )
 
 // Event is one message the stage sent after its schema.
@@ -403,6 +427,9 @@ type Exchange struct {
 	epoch    uint64
 	seq      uint64
 	protocol string // of the open request
+	// unchanged: the open request offered "unchanged" answers in a v1.1
+	// exchange, so the stage may send them
+	unchanged bool
 
 	outSchemaMsg *flight.FlightData // the stage's schema message
 	OutputSchema *arrow.Schema
@@ -412,8 +439,9 @@ type Exchange struct {
 // a CMD descriptor and the input schema.
 func (s *Server) Open(ctx context.Context, open []byte, schema *arrow.Schema) (*Exchange, error) {
 	var req struct {
-		Protocol string `json:"protocol"`
-		Epoch    uint64 `json:"epoch"`
+		Protocol  string `json:"protocol"`
+		Epoch     uint64 `json:"epoch"`
+		Unchanged bool   `json:"unchanged"`
 	}
 	_ = json.Unmarshal(open, &req)
 	stream, err := s.Client.DoExchange(ctx)
@@ -431,7 +459,8 @@ func (s *Server) Open(ctx context.Context, open []byte, schema *arrow.Schema) (*
 	if err != nil {
 		return nil, err
 	}
-	return &Exchange{stream: stream, mem: s.mem, epoch: req.Epoch, protocol: req.Protocol}, nil
+	return &Exchange{stream: stream, mem: s.mem, epoch: req.Epoch, protocol: req.Protocol,
+		unchanged: req.Unchanged && req.Protocol == stage.ProtocolV1_1}, nil
 }
 
 // Send sends rec with a "batch" envelope numbered from 0.
@@ -441,8 +470,14 @@ func (x *Exchange) Send(rec arrow.RecordBatch) error {
 	return x.SendRaw(rec, envelope.Encode(&env))
 }
 
-// SendRaw sends rec with the given app_metadata, for malformed input.
+// SendRaw sends rec with the given app_metadata, for malformed input. A
+// nil rec sends a metadata-only message: a batch the test wrote into the
+// engine's half of the shared memory itself (its envelope names the slot),
+// or a message without rows where rows belong.
 func (x *Exchange) SendRaw(rec arrow.RecordBatch, appMetadata []byte) error {
+	if rec == nil {
+		return x.stream.Send(&flight.FlightData{AppMetadata: appMetadata})
+	}
 	p, err := ipc.GetRecordBatchPayload(rec, ipc.WithAllocator(x.mem))
 	if err != nil {
 		return err
@@ -515,6 +550,19 @@ func (x *Exchange) Recv() (Event, error) {
 			return Event{}, fmt.Errorf("stagetest: envelope not canonical: %s", fd.GetAppMetadata())
 		}
 		ev := Event{Envelope: env, Size: proto.Size(fd)}
+		if env.Kind == envelope.Unchanged {
+			// what the engine refuses (protocol.md sections 3 and 4)
+			switch {
+			case !x.unchanged:
+				return Event{}, fmt.Errorf("stagetest: an \"unchanged\" answer in a %s exchange that did not offer them", x.protocol)
+			case env.InSeq == nil:
+				return Event{}, errors.New("stagetest: an \"unchanged\" answer without in_seq")
+			case len(fd.GetDataHeader()) > 0 || len(fd.GetDataBody()) > 0:
+				return Event{}, errors.New("stagetest: an \"unchanged\" answer carries IPC data")
+			case env.Lineage != nil:
+				return Event{}, errors.New("stagetest: an \"unchanged\" answer carries lineage")
+			}
+		}
 		if env.Snapshot != nil {
 			// what the engine refuses (protocol.md section 4); whether a
 			// "flushed" lacks one depends on the manifest: the test's business

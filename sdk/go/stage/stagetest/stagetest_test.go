@@ -119,3 +119,56 @@ func TestSnapshotChecks(t *testing.T) {
 		t.Fatalf("WithSnapshot(empty): %s", got)
 	}
 }
+
+// stagetest writes "unchanged": true with WithUnchanged, and takes an
+// "unchanged" answer only where the engine does: offered in a v1.1
+// exchange, naming its input batch, without rows or lineage.
+func TestUnchangedChecks(t *testing.T) {
+	const ok = `{"v":1,"kind":"unchanged","epoch":1,"seq":0,"in_seq":0}`
+	const flushed = `{"v":1,"kind":"flushed","epoch":1,"seq":1,"rows":0}`
+	for _, tc := range []struct {
+		name     string
+		protocol string
+		offer    bool
+		answer   string
+		err      string // "" for none
+	}{
+		{"offered", stage.ProtocolV1_1, true, ok, ""},
+		{"not offered", stage.ProtocolV1_1, false, ok, `stagetest: an "unchanged" answer in a sluice.stage.v1.1 exchange that did not offer them`},
+		{"in v1", stage.ProtocolV1, true, ok, `stagetest: an "unchanged" answer in a sluice.stage.v1 exchange that did not offer them`},
+		{"without in_seq", stage.ProtocolV1_1, true, `{"v":1,"kind":"unchanged","epoch":1,"seq":0}`, `stagetest: an "unchanged" answer without in_seq`},
+		{"with lineage", stage.ProtocolV1_1, true,
+			`{"v":1,"kind":"unchanged","epoch":1,"seq":0,"in_seq":0,"lineage":{"stage":"fake","kind":"external","version":"1","language":"go"}}`,
+			`stagetest: an "unchanged" answer carries lineage`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &scripted{envelopes: []string{tc.answer, flushed}, opened: make(chan []byte, 1)}
+			srv := serve(t, s)
+			var opts []stagetest.OpenOption
+			if tc.offer {
+				opts = append(opts, stagetest.WithUnchanged())
+			}
+			events, err := srv.Run(t.Context(), stagetest.OpenCmdAs(tc.protocol, "fake", 1, 0, "", opts...), schema)
+			defer stagetest.Release(events)
+			want := `{"protocol":"` + tc.protocol + `","stage":"fake","epoch":1,"partition":0,"config":null}`
+			if tc.offer {
+				want = strings.TrimSuffix(want, "}") + `,"unchanged":true}`
+			}
+			if got := string(<-s.opened); got != want {
+				t.Errorf("open request %s, want %s", got, want)
+			}
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := stagetest.Kinds(events); got != "unchanged(0) flushed" || events[0].Record != nil || events[0].Envelope.Kind != stagetest.Unchanged {
+				t.Fatalf("events %s", got)
+			}
+		})
+	}
+}
