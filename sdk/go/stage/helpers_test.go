@@ -134,3 +134,18 @@ func goroutinesBackTo(t *testing.T, n int) {
 	t.Helper()
 	eventually(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= n })
 }
+
+// gather answers nothing until "end", then every record it was sent.
+type gather struct{ held []arrow.RecordBatch }
+
+func (g *gather) Process(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+	rec.Retain()
+	g.held = append(g.held, rec)
+	return nil, nil, nil
+}
+
+func (g *gather) Flush(context.Context) ([]arrow.RecordBatch, error) {
+	out := g.held
+	g.held = nil
+	return out, nil
+}

@@ -52,21 +52,6 @@ func TestSharedMemoryIsTakenOnlyFromThePeer(t *testing.T) {
 	wantStatusContaining(t, err, codes.InvalidArgument, "shared memory is taken only from an engine on the stage's unix socket")
 }
 
-// gather answers nothing until "end", then every record it was sent.
-type gather struct{ held []arrow.RecordBatch }
-
-func (g *gather) Process(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
-	rec.Retain()
-	g.held = append(g.held, rec)
-	return nil, nil, nil
-}
-
-func (g *gather) Flush(context.Context) ([]arrow.RecordBatch, error) {
-	out := g.held
-	g.held = nil
-	return out, nil
-}
-
 // Flush output larger than the stage's half still goes through shared
 // memory: the engine gives slots back after "end" too, and the stage reads
 // those releases while it flushes. Without them the half would hold at

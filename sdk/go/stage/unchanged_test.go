@@ -275,27 +275,11 @@ func TestUnchangedOutputWithRowErrorsIsInternal(t *testing.T) {
 	}
 }
 
-// holding answers nothing until "end", then returns every input record it
-// was sent, as it was.
-type holding struct{ held []arrow.RecordBatch }
-
-func (h *holding) Process(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
-	rec.Retain()
-	h.held = append(h.held, rec)
-	return nil, nil, nil
-}
-
-func (h *holding) Flush(context.Context) ([]arrow.RecordBatch, error) {
-	out := h.held
-	h.held = nil
-	return out, nil
-}
-
 // Flush output answers no input batch: input records returned at Flush go
 // as rows, without in_seq, even offered "unchanged" answers.
 func TestFlushOutputIsNeverUnchanged(t *testing.T) {
 	st := processing("s", nil)
-	st.open = func(context.Context, stage.OpenRequest) (stage.Processor, error) { return &holding{}, nil }
+	st.open = func(context.Context, stage.OpenRequest) (stage.Processor, error) { return &gather{}, nil }
 	events, rows := runPeople(t, st, stagetest.OpenCmd("s", 1, 0, "", stagetest.WithUnchanged()))
 	if got, want := stagetest.Kinds(events), "ack(0) ack(1) ack(2) batch batch batch flushed"; got != want {
 		t.Fatalf("events %s, want %s", got, want)
