@@ -1,7 +1,7 @@
 """Identity-stage benchmark: what a stage in Go, in Rust or in pyarrow.flight
 costs, in isolation and inside a pipeline.
 
-  target/pyenv/bin/python benches/stages/run.py [--quick]
+  target/pyenv/bin/python benches/stages/run.py [--quick] [--repeat N]
 
 Needs release builds: `cargo build --release` and
 `./scripts/build-stages --release`. Prints a Markdown report.
@@ -18,6 +18,10 @@ BENCH = os.path.join(ROOT, "target/release/examples/exchange_bench")
 PY = os.path.join(ROOT, "target/pyenv/bin/python")
 QUICK = "--quick" in sys.argv
 RUNS = 1 if QUICK else 3
+# --repeat N: N more passes of the stage-less pipeline and the shared-memory
+# identity stages with `unchanged` answers, 5 runs a point (this machine's
+# run-to-run noise is several points: one pass does not settle a ratio)
+REPEAT = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 0
 # The pipeline runs at two scale factors: a run's wall time holds a fixed
 # part (the TPC-H generator builds its 300 MB text pool first, ~0.8 s on one
 # core, with or without a stage) that would flatter the stage, so the
@@ -115,3 +119,16 @@ for rows in (8192, 65536):
         print(f"| {stage} | {path} | {answers} | {rows} | {r['wall']:.2f} | {r['wall_hi']:.2f} | {r['rows_per_s'] / 1e6:.2f} | {r['bytes_per_s'] / 1e9:.2f} | "
               f"{r['rows_per_s'] / base['rows_per_s'] * 100:.0f}% | {base['wall'] / r['wall'] * 100:.0f}% | "
               f"{r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} |")
+
+if REPEAT:
+    RUNS = 5
+    print()
+    print(f"### Repeated: shared memory, `unchanged` answers ({REPEAT} passes, {RUNS} runs a point)\n")
+    print("| rows/batch | pass | no stage M rows/s | rust vs no stage | go vs no stage |")
+    print("|---|---|---|---|---|")
+    for rows in (8192, 65536):
+        for n in range(REPEAT):
+            base = pipeline(None, rows)
+            ratios = [pipeline(stage, rows, "shm", "unchanged")["rows_per_s"] / base["rows_per_s"] * 100
+                      for stage in ("rust", "go")]
+            print(f"| {rows} | {n + 1} | {base['rows_per_s'] / 1e6:.2f} | {ratios[0]:.0f}% | {ratios[1]:.0f}% |", flush=True)

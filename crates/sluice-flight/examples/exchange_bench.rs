@@ -107,7 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = client.describe().await?;
     let flight_only = args[..split].iter().any(|a| a == "--flight");
     client.use_shared_memory(manifest.shared_memory && !flight_only);
-    client.take_unchanged_answers(!args[..split].iter().any(|a| a == "--send-back"));
+    client.offer_unchanged_answers(!args[..split].iter().any(|a| a == "--send-back"));
 
     let batch = lineitem_like(rows);
     let bytes_per_batch: usize = batch
@@ -162,6 +162,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let path = match in_shm {
+            0 if answers == 0 => "none",
             _ if unchanged == answers => "unchanged",
             0 => "flight",
             n if n + unchanged == answers => "shm",

@@ -7,7 +7,10 @@
 //! - `bad_output = true`: it answers with a column of the wrong type;
 //! - `report_kept = N`: it reports every Nth row of a batch as REJECTED but
 //!   keeps it in its output (which the protocol forbids: the row would be
-//!   delivered and dead-lettered);
+//!   delivered and dead-lettered). The output is a copy of the input: the
+//!   SDK itself refuses an output that is the very input with row errors,
+//!   and this mode is there for the kit's check, which must find it in
+//!   stages written without the SDK;
 //! - `once = "/path"`: misbehave only if this file does not exist yet (the
 //!   stage creates it), so the restarted process behaves.
 //!
@@ -122,8 +125,11 @@ impl Processor for Run {
                     sluice_flight::RowError::new(row, ErrorCode::Rejected, "reported, but kept")
                 })
                 .collect();
+            let every_row = arrow_array::UInt32Array::from_iter_values(0..batch.num_rows() as u32);
+            let copy = arrow_select::take::take_record_batch(&batch, &every_row)
+                .map_err(|e| StageError::new(ErrorCode::Internal, e.to_string()))?;
             return Ok(Processed {
-                output: Some(batch),
+                output: Some(copy),
                 row_errors,
             });
         }

@@ -171,7 +171,7 @@ impl StageClient {
             tls_client_cert: security.tls.as_ref().map(|t| t.cert.is_some()),
             proven: Default::default(),
             shared_memory: false,
-            unchanged: true,
+            unchanged: false,
         })
     }
 
@@ -187,12 +187,19 @@ impl StageClient {
         self.shared_memory
     }
 
-    /// Whether v1.1 exchanges offer `unchanged` answers (on by default):
+    /// Offers `unchanged` answers in each v1.1 exchange (off by default):
     /// a stage that answers a batch with the batch itself then sends no
-    /// rows back, and the exchange yields the batch it sent. Off, such a
-    /// stage sends its rows (what measuring the transport wants).
-    pub fn take_unchanged_answers(&mut self, on: bool) {
+    /// rows back, and the exchange yields the batch it sent, under the
+    /// schema it was sent with; the caller checks it as any answer. The
+    /// exchange holds each batch until a later one is answered, so the
+    /// caller bounds what is held by bounding the batches in flight.
+    pub fn offer_unchanged_answers(&mut self, on: bool) {
         self.unchanged = on;
+    }
+
+    /// Whether v1.1 exchanges offer `unchanged` answers.
+    pub fn offers_unchanged_answers(&self) -> bool {
+        self.unchanged
     }
 
     /// A request carrying the token, if any.
@@ -392,10 +399,9 @@ impl StageClient {
                 ),
             }
         }
-        open.unchanged = self.unchanged && open.protocol == crate::version::V1_1;
-        let held = open
-            .unchanged
-            .then(|| Arc::new(std::sync::Mutex::new(Held::default())));
+        let offered = self.unchanged && open.protocol == crate::version::V1_1;
+        open.unchanged = offered.then_some(true);
+        let held = offered.then(|| Arc::new(std::sync::Mutex::new(Held::default())));
         let holding = held.clone();
         // with shared memory the request stream stays open after `end`, for
         // releases (below); without, it half-closes after `end`, as in v1
@@ -423,7 +429,7 @@ impl StageClient {
                     // held before it is sent: its answer may come at once
                     h.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .hold(seq, batch.clone());
+                        .hold(batch.clone());
                 }
                 seq += 1;
                 match encoder.batch_messages(&batch, &e) {
@@ -621,18 +627,19 @@ fn decode_event(
             },
         )),
     };
-    // every answer names the batch it answers: the held ones before it go
+    // every answer names the batch it answers: the held ones before it go,
+    // and a batch answered `unchanged` gets no other answer
     if let (Some(Ok(event)), Some(held)) = (&event, held)
         && let Some(in_seq) = event.envelope().in_seq
     {
         let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
-        match event {
-            StageEvent::RowErrors(_) => {
-                if let Err(m) = held.row_errors(in_seq) {
-                    return Some(Err(bad(m)));
-                }
-            }
-            _ => held.answered(in_seq),
+        let checked = match event {
+            StageEvent::RowErrors(_) => held.row_errors(in_seq),
+            StageEvent::Batch { envelope, .. } if envelope.kind == Kind::Unchanged => Ok(()),
+            _ => held.rows(in_seq),
+        };
+        if let Err(m) = checked {
+            return Some(Err(bad(m)));
         }
     }
     event

@@ -248,10 +248,11 @@ pub struct OpenRequest {
     /// engine's child: the memory batches travel through ([`crate::shm`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_memory: Option<crate::shm::Offer>,
-    /// v1.1: the engine takes `unchanged` answers in this exchange
-    /// ([`crate::envelope::Kind::Unchanged`]; the client offers them).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub unchanged: bool,
+    /// v1.1: `Some(true)` when the engine takes `unchanged` answers in
+    /// this exchange ([`crate::envelope::Kind::Unchanged`]; the client
+    /// offers them). Absent, `null` and `false` all mean it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchanged: Option<bool>,
 }
 
 impl OpenRequest {
@@ -273,7 +274,7 @@ impl OpenRequest {
             config: serde_json::Value::Null,
             snapshot: None,
             shared_memory: None,
-            unchanged: false,
+            unchanged: None,
         }
     }
 
@@ -307,7 +308,7 @@ impl OpenRequest {
 
     /// Whether the stage may answer `unchanged`: offered, in v1.1.
     pub fn takes_unchanged(&self) -> bool {
-        self.unchanged && self.protocol == crate::version::V1_1
+        self.unchanged == Some(true) && self.protocol == crate::version::V1_1
     }
 }
 
@@ -391,6 +392,24 @@ pub fn check_schema(declared: &Schema, actual: &Schema) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `unchanged` is taken only as `true` in a v1.1 exchange: `null`,
+    /// `false` and its absence mean no offer, as in the Go and Python SDKs.
+    #[test]
+    fn an_unchanged_offer_is_true_in_v1_1_or_none() {
+        for (protocol, key, takes) in [
+            (crate::version::V1_1, r#","unchanged":true"#, true),
+            (crate::version::V1_1, r#","unchanged":false"#, false),
+            (crate::version::V1_1, r#","unchanged":null"#, false),
+            (crate::version::V1_1, "", false),
+            (crate::version::V1, r#","unchanged":true"#, false),
+        ] {
+            let json =
+                format!(r#"{{"protocol":"{protocol}","stage":"s","epoch":1,"partition":0{key}}}"#);
+            let open: OpenRequest = serde_json::from_str(&json).unwrap();
+            assert_eq!(open.takes_unchanged(), takes, "{json}");
+        }
+    }
     use arrow_schema::{Field, TimeUnit};
 
     #[test]

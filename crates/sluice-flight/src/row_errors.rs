@@ -15,7 +15,7 @@ use crate::RowErrorEntry;
 
 /// How many sent batches are remembered: answers come in input order, so a
 /// `row_errors` naming a batch older than this breaks the order anyway.
-const REMEMBERED: usize = 4096;
+pub(crate) const REMEMBERED: usize = 4096;
 
 /// The input batches sent to one exchange, newest last.
 #[derive(Debug, Default)]

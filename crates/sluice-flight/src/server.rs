@@ -661,21 +661,26 @@ async fn exchange_traced<S: Stage>(
                 }
                 let n = batch.num_rows() as u64;
                 // `Arc`s of the input's arrays, to see whether the output is them
-                let input = takes_unchanged.then(|| batch.columns().to_vec());
+                let input = batch.columns().to_vec();
                 let processed = processor.process(batch).await.map_err(Status::from)?;
-                match processed.output.filter(|b| b.num_rows() > 0) {
-                    Some(b) if input.as_deref().is_some_and(|i| is_unchanged(i, n, &b)) => {
+                let output = processed.output.filter(|b| b.num_rows() > 0);
+                let same = output.as_ref().is_some_and(|b| is_unchanged(&input, n, b));
+                // before any await: a slot of shared memory the input reads
+                // goes back to the engine with this answer, not the next
+                drop(input);
+                if same && !processed.row_errors.is_empty() {
+                    return Err(fatal(
+                        ErrorCode::Internal,
+                        format!(
+                            "stage `{}` answered input batch {} with its input unchanged and reported row errors for it: a stage must leave the rows it reports out of its output",
+                            manifest.name, env.seq
+                        ),
+                    ));
+                }
+                match output {
+                    Some(b) if same && takes_unchanged => {
                         // the nulls where the output schema says not null
-                        conform(&manifest, &output_schema, b)?;
-                        if !processed.row_errors.is_empty() {
-                            return Err(fatal(
-                                ErrorCode::Internal,
-                                format!(
-                                    "stage `{}` answered input batch {} with its input unchanged and reported row errors for it: a stage must leave the rows it reports out of its output",
-                                    manifest.name, env.seq
-                                ),
-                            ));
-                        }
+                        drop(conform(&manifest, &output_schema, b)?);
                         rows_out += n;
                         let e = out.envelope(Kind::Unchanged).answering(env.seq);
                         out.send(control_message(&e)).await?;

@@ -1,87 +1,170 @@
 //! `unchanged` answers (v1.1, protocol.md section 3): a stage whose output
 //! for an input batch is that batch, as sent, says so in one small message
 //! instead of sending the rows back, and the engine reuses the batch it
-//! holds. An identity stage, a filter that kept every row or a tap that
-//! only looks then costs one copy (into the stage) instead of three.
+//! holds. An identity stage, a filter that returns its input when it kept
+//! every row, or a tap that only looks then costs one copy (into the stage)
+//! instead of three.
 //!
-//! The engine holds each batch it sent until an answer for a later batch
+//! The exchange holds each batch it sent until an answer for a later batch
 //! comes: answers come in input order, so no `unchanged` can name an
-//! earlier one. At most `max_in_flight` batches (and the one answered last)
-//! are held, and they are `Arc`s of what the plan produced: no copy.
+//! earlier one. The engine sends at most `max_in_flight` unanswered
+//! batches, so it holds at most that many and the one answered last; they
+//! are `Arc`s of what the plan produced: no copy.
+//!
+//! What each batch was answered with is remembered longer (as long as
+//! [`crate::row_errors`] remembers batches), so that an `unchanged` batch
+//! can get no other answer and no row errors, in any order: its rows would
+//! be delivered twice, or delivered and dead-lettered.
 
 use std::collections::VecDeque;
 
 use arrow_array::RecordBatch;
 
-/// The batches sent in an exchange that a stage may still answer
-/// `unchanged`.
+use crate::row_errors::REMEMBERED;
+
+/// What a sent batch was answered with so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answered {
+    Not,
+    /// `batch` messages (one or several) or an `ack`.
+    Rows,
+    Unchanged,
+}
+
+#[derive(Debug)]
+struct Sent {
+    /// Until a later batch is answered.
+    batch: Option<RecordBatch>,
+    answered: Answered,
+    /// `row_errors` came for it.
+    reported: bool,
+}
+
+/// The batches sent in an exchange that offered `unchanged` answers, and
+/// what the stage answered each with.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
-    /// From the last batch answered on, in order of `seq`; with whether the
-    /// batch was answered `unchanged`.
-    batches: VecDeque<(u64, RecordBatch, bool)>,
-    /// Batches sent so far: the next batch's `seq`.
-    sent: u64,
+    /// Batches `first..first + len`, oldest first.
+    sent: VecDeque<Sent>,
+    first: u64,
+    /// Batches before this one were let go.
+    held_from: u64,
 }
 
 impl Held {
-    /// Holds the batch about to be sent as `seq`.
-    pub(crate) fn hold(&mut self, seq: u64, batch: RecordBatch) {
-        self.batches.push_back((seq, batch, false));
-        self.sent = seq + 1;
+    /// Batches sent so far: the next batch's `seq`.
+    fn next(&self) -> u64 {
+        self.first + self.sent.len() as u64
     }
 
-    /// An answer for input batch `in_seq` came: every batch before it is
-    /// answered for good and let go.
-    pub(crate) fn answered(&mut self, in_seq: u64) {
-        while self.batches.front().is_some_and(|(s, _, _)| *s < in_seq) {
-            self.batches.pop_front();
+    /// Holds the batch about to be sent as the next `seq`.
+    pub(crate) fn hold(&mut self, batch: RecordBatch) {
+        self.sent.push_back(Sent {
+            batch: Some(batch),
+            answered: Answered::Not,
+            reported: false,
+        });
+        while self.sent.len() > REMEMBERED {
+            self.sent.pop_front();
+            self.first += 1;
+        }
+        self.held_from = self.held_from.max(self.first);
+    }
+
+    fn get(&mut self, seq: u64) -> Option<&mut Sent> {
+        let i = seq.checked_sub(self.first)?;
+        self.sent.get_mut(usize::try_from(i).ok()?)
+    }
+
+    /// An answer for `in_seq` came: every batch before it is answered for
+    /// good and let go.
+    fn let_go_before(&mut self, in_seq: u64) {
+        let until = in_seq.min(self.next());
+        for seq in self.held_from..until {
+            if let Some(s) = self.get(seq) {
+                s.batch = None;
+            }
+        }
+        self.held_from = self.held_from.max(until);
+    }
+
+    /// A `batch` or an `ack` answering `in_seq`.
+    pub(crate) fn rows(&mut self, in_seq: u64) -> Result<(), String> {
+        self.let_go_before(in_seq);
+        match self.get(in_seq) {
+            Some(s) if s.answered == Answered::Unchanged => Err(format!(
+                "an answer for input batch {in_seq}, which the stage answered `unchanged`: an `unchanged` answer is the batch's only one"
+            )),
+            Some(s) => {
+                s.answered = Answered::Rows;
+                Ok(())
+            }
+            // never sent, or long ago: the engine's own checks say so
+            None => Ok(()),
         }
     }
 
     /// The batch an `unchanged` answer for `in_seq` stands for; the error
     /// says why there is none (a protocol violation of the stage).
     pub(crate) fn unchanged(&mut self, in_seq: u64) -> Result<RecordBatch, String> {
-        if in_seq >= self.sent {
+        if in_seq >= self.next() {
             return Err(format!(
                 "an `unchanged` answer for input batch {in_seq}, which was never sent ({} sent)",
-                self.sent
+                self.next()
             ));
         }
-        self.answered(in_seq);
-        match self.batches.front_mut() {
-            Some((seq, batch, unchanged)) if *seq == in_seq => {
-                *unchanged = true;
-                Ok(batch.clone())
+        self.let_go_before(in_seq);
+        let s = match self.get(in_seq) {
+            Some(s) if s.batch.is_some() => s,
+            _ => {
+                return Err(format!(
+                    "an `unchanged` answer for input batch {in_seq} after an answer for a later batch: answers come in input order"
+                ));
             }
-            _ => Err(format!(
-                "an `unchanged` answer for input batch {in_seq} after an answer for a later batch: answers come in input order"
-            )),
+        };
+        if s.reported {
+            return Err(format!(
+                "an `unchanged` answer for input batch {in_seq} after `row_errors` for it: its rows would be delivered and reported"
+            ));
         }
+        if s.answered != Answered::Not {
+            return Err(format!(
+                "an `unchanged` answer for input batch {in_seq}, which was answered already: an `unchanged` answer is the batch's only one"
+            ));
+        }
+        s.answered = Answered::Unchanged;
+        Ok(s.batch
+            .clone()
+            .unwrap_or_else(|| unreachable!("checked above")))
     }
 
-    /// Row errors for `in_seq` came: refused when the batch was answered
+    /// `row_errors` for `in_seq` came: refused for a batch answered
     /// `unchanged`, whose rows were all delivered (a stage must leave the
     /// rows it reports out of its output, section 5).
     pub(crate) fn row_errors(&mut self, in_seq: u64) -> Result<(), String> {
-        self.answered(in_seq);
-        match self.batches.front() {
-            Some((seq, _, true)) if *seq == in_seq => Err(format!(
+        self.let_go_before(in_seq);
+        match self.get(in_seq) {
+            Some(s) if s.answered == Answered::Unchanged => Err(format!(
                 "row errors for input batch {in_seq}, which the stage answered `unchanged`: its rows would be delivered and reported"
             )),
-            _ => Ok(()),
+            Some(s) => {
+                s.reported = true;
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
     /// How many batches are held.
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.batches.len()
+    fn held(&self) -> usize {
+        self.sent.iter().filter(|s| s.batch.is_some()).count()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     use arrow_array::{ArrayRef, Int64Array};
@@ -94,98 +177,117 @@ mod tests {
         RecordBatch::try_from_iter([("seq", col)]).unwrap()
     }
 
-    #[test]
-    fn an_unchanged_answer_is_the_batch_sent_while_no_later_one_was_answered() {
+    fn held(n: u64) -> (Held, Vec<RecordBatch>) {
         let mut h = Held::default();
-        for s in 0..3 {
-            h.hold(s, batch(s));
+        let sent: Vec<RecordBatch> = (0..n).map(batch).collect();
+        for b in &sent {
+            h.hold(b.clone());
         }
-        let b = h.unchanged(1).unwrap();
-        assert!(Arc::ptr_eq(b.column(0), batch_col(&h, 1)));
-        assert_eq!(h.len(), 2, "batch 0 is answered by the answer for 1");
-        // twice for one batch: its rows twice, as two `batch` answers would
-        assert!(h.unchanged(1).is_ok());
-        assert!(h.unchanged(0).unwrap_err().contains("later batch"));
-        assert!(h.unchanged(3).unwrap_err().contains("never sent (3 sent)"));
-        assert!(
-            h.row_errors(1)
-                .unwrap_err()
-                .contains("answered `unchanged`")
-        );
-        assert!(h.row_errors(2).is_ok());
+        (h, sent)
     }
 
-    fn batch_col(h: &Held, seq: u64) -> &ArrayRef {
-        h.batches
-            .iter()
-            .find(|(s, _, _)| *s == seq)
-            .map(|(_, b, _)| b.column(0))
-            .unwrap()
+    #[test]
+    fn an_unchanged_answer_is_the_batch_sent_and_its_only_answer() {
+        let (mut h, sent) = held(4);
+        let b = h.unchanged(1).unwrap();
+        assert!(Arc::ptr_eq(b.column(0), sent[1].column(0)), "no copy");
+        assert_eq!(h.held(), 3, "batch 0 is answered by the answer for 1");
+        for refused in [
+            h.unchanged(1).unwrap_err(),
+            h.rows(1).unwrap_err(),
+            h.row_errors(1).unwrap_err(),
+            h.unchanged(0).unwrap_err(),
+            h.unchanged(9).unwrap_err(),
+        ] {
+            assert!(refused.contains("input batch"), "{refused}");
+        }
+        assert!(
+            h.row_errors(2).is_ok() && h.unchanged(2).is_err(),
+            "reported first"
+        );
+        assert!(
+            h.rows(3).is_ok() && h.unchanged(3).is_err(),
+            "answered first"
+        );
+        // after a later answer, row errors for the unchanged batch are still refused
+        assert!(h.row_errors(1).is_err());
+        assert_eq!(h.held(), 1, "only the batch answered last");
     }
 
     /// What the engine sends and a stage may answer, as the exchange meets
-    /// it (`Answer` and `RowErrors` name a batch sent, modulo).
+    /// it (answers name a batch sent, modulo, or any number for
+    /// `unchanged`).
     #[derive(Debug, Clone)]
     enum Step {
         Send,
-        Answer(u64),
+        Rows(u64),
         Unchanged(u64),
         RowErrors(u64),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            Just(Step::Send),
-            (0u64..12).prop_map(Step::Answer),
-            (0u64..12).prop_map(Step::Unchanged),
-            (0u64..12).prop_map(Step::RowErrors),
+            2 => Just(Step::Send),
+            1 => (0u64..12).prop_map(Step::Rows),
+            1 => (0u64..12).prop_map(Step::Unchanged),
+            1 => (0u64..12).prop_map(Step::RowErrors),
         ]
     }
 
     proptest! {
-        /// Any sequence of sends and answers: an `unchanged` gives exactly
-        /// the batch sent as its `in_seq` when no later batch was answered
-        /// and it was sent, and a refusal otherwise; row errors are refused
-        /// exactly for a batch answered `unchanged`; nothing answered for
-        /// good stays held.
+        /// Any sequence of sends and answers, against a model that keeps
+        /// every batch's answers: an `unchanged` gives exactly the batch
+        /// sent as its `in_seq` when it was sent, no later batch was
+        /// answered and the batch had no answer and no row errors yet;
+        /// nothing else answers or reports a batch answered `unchanged`;
+        /// only batches from the one answered last on are held.
         #[test]
-        fn held_batches_follow_the_answers(steps in prop::collection::vec(step(), 0..40)) {
+        fn held_batches_follow_the_answers(steps in prop::collection::vec(step(), 0..60)) {
             let mut h = Held::default();
-            let (mut sent, mut latest, mut whole) = (0u64, None::<u64>, std::collections::HashSet::new());
+            let mut sent = 0u64;
+            // the model: the latest batch answered, and per batch what came
+            let mut latest = None::<u64>;
+            let mut got: HashMap<u64, Vec<&'static str>> = HashMap::new();
             for s in steps {
                 match s {
-                    Step::Send => { h.hold(sent, batch(sent)); sent += 1; }
+                    Step::Send => { h.hold(batch(sent)); sent += 1; }
                     // the engine refuses an answer for a batch never sent
-                    // before it gets here: answers name sent batches
-                    Step::Answer(_) | Step::RowErrors(_) if sent == 0 => {}
-                    Step::Answer(k) => {
+                    // before it gets here
+                    Step::Rows(_) | Step::RowErrors(_) if sent == 0 => {}
+                    Step::Rows(k) => {
                         let i = k % sent;
-                        h.answered(i);
+                        let ok = !got.get(&i).is_some_and(|g| g.contains(&"unchanged"));
+                        prop_assert_eq!(h.rows(i).is_ok(), ok);
+                        got.entry(i).or_default().push("rows");
+                        latest = latest.max(Some(i));
+                    }
+                    Step::RowErrors(k) => {
+                        let i = k % sent;
+                        let ok = !got.get(&i).is_some_and(|g| g.contains(&"unchanged"));
+                        prop_assert_eq!(h.row_errors(i).is_ok(), ok);
+                        got.entry(i).or_default().push("row_errors");
                         latest = latest.max(Some(i));
                     }
                     Step::Unchanged(i) => {
-                        let ok = i < sent && latest.is_none_or(|l| i >= l);
+                        let ok = i < sent
+                            && latest.is_none_or(|l| i >= l)
+                            && got.get(&i).is_none_or(|g| g.is_empty());
                         match h.unchanged(i) {
                             Ok(b) => {
                                 prop_assert!(ok);
                                 let v = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
                                 prop_assert_eq!(v, i as i64);
-                                latest = latest.max(Some(i));
-                                whole.insert(i);
+                                got.entry(i).or_default().push("unchanged");
                             }
                             Err(_) => prop_assert!(!ok),
                         }
-                    }
-                    Step::RowErrors(k) => {
-                        let i = k % sent;
-                        let refused = h.row_errors(i).is_err();
-                        let current = latest.is_none_or(|l| i >= l);
-                        prop_assert_eq!(refused, whole.contains(&i) && current);
-                        latest = latest.max(Some(i));
+                        if i < sent {
+                            latest = latest.max(Some(i));
+                        }
                     }
                 }
-                let before = latest.unwrap_or(0);
-                prop_assert!(h.batches.iter().all(|(s, _, _)| *s >= before));
+                let from = latest.unwrap_or(0).min(sent);
+                prop_assert_eq!(h.held() as u64, sent - from);
             }
         }
     }

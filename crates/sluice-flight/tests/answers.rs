@@ -61,8 +61,8 @@ enum Peer {
     /// shared memory too (where it stays open after `end` for releases).
     WaitsForEofAfterFlushed,
     /// Reads the input to `end`, then answers with the schema and these
-    /// metadata-only messages.
-    Says(fn() -> Vec<sluice_flight::Envelope>),
+    /// messages.
+    Says(fn() -> Vec<FlightData>),
 }
 
 /// Reads `input` to its `end` (or its end), and then, when `to_eof`, on to
@@ -114,9 +114,8 @@ impl FlightService for Peer {
         let mut input = request.into_inner();
         if let Peer::Says(script) = self {
             read_input(&mut input, false).await;
-            let answer: Vec<FlightData> = std::iter::once(answer[0].clone())
-                .chain(script().iter().map(sluice_flight::codec::control_message))
-                .collect();
+            let answer: Vec<FlightData> =
+                std::iter::once(answer[0].clone()).chain(script()).collect();
             return Ok(Response::new(
                 futures::stream::iter(answer.into_iter().map(Ok)).boxed(),
             ));
@@ -221,15 +220,27 @@ async fn exchange_one_row(
     client: &StageClient,
 ) -> futures::stream::BoxStream<'static, Result<sluice_flight::StageEvent, sluice_flight::StageError>>
 {
+    exchange_rows(client, 1).await
+}
+
+/// One row of `id`.
+fn one_row(id: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![Arc::new(Int64Array::from(vec![1]))],
-    )
-    .unwrap();
+    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![id]))]).unwrap()
+}
+
+/// An exchange of `n` one-row batches, ids 1 to `n`.
+async fn exchange_rows(
+    client: &StageClient,
+    n: i64,
+) -> futures::stream::BoxStream<'static, Result<sluice_flight::StageEvent, sluice_flight::StageError>>
+{
     let open = OpenRequest::new(sluice_flight::PROTOCOL, "peer", 1, 0);
-    let input = futures::stream::iter([Ok(batch)]).boxed();
-    client.exchange(&open, schema, input, None).await.unwrap()
+    let input = futures::stream::iter((1..=n).map(|id| Ok(one_row(id)))).boxed();
+    client
+        .exchange(&open, one_row(0).schema(), input, None)
+        .await
+        .unwrap()
 }
 
 /// Stages that wait for the end of the engine's stream get it: without
@@ -298,86 +309,161 @@ fn a_declared_schema_arrow_panics_on_is_refused() {
     assert!(e.contains("not an Arrow IPC schema"), "{e}");
 }
 
-/// `kind` answering input batch `in_seq` of the one-batch exchange.
-fn says(kind: sluice_flight::Kind, seq: u64, in_seq: Option<u64>) -> sluice_flight::Envelope {
+/// A metadata-only `kind` answering input batch `in_seq`.
+fn says(kind: sluice_flight::Kind, seq: u64, in_seq: Option<u64>) -> FlightData {
     let mut e = sluice_flight::Envelope::new(kind, 1, seq);
     e.in_seq = in_seq;
-    e
+    sluice_flight::codec::control_message(&e)
 }
 
-fn flushed(seq: u64, rows: u64) -> sluice_flight::Envelope {
-    let mut e = says(sluice_flight::Kind::Flushed, seq, None);
+/// A row (id 9) in a message of `kind` answering `in_seq`.
+fn row(kind: sluice_flight::Kind, seq: u64, in_seq: u64) -> FlightData {
+    let e = sluice_flight::Envelope::new(kind, 1, seq).answering(in_seq);
+    let mut m = sluice_flight::codec::BatchEncoder::new()
+        .batch_messages(&one_row(9), &e)
+        .unwrap();
+    m.pop().unwrap()
+}
+
+/// `row_errors` for row 0 of `in_seq`.
+fn reports(seq: u64, in_seq: u64) -> FlightData {
+    let mut e =
+        sluice_flight::Envelope::new(sluice_flight::Kind::RowErrors, 1, seq).answering(in_seq);
+    e.errors = Some(vec![sluice_flight::RowErrorEntry {
+        row: 0,
+        code: "REJECTED".into(),
+        message: "no".into(),
+    }]);
+    sluice_flight::codec::control_message(&e)
+}
+
+fn flushed(seq: u64, rows: u64) -> FlightData {
+    let mut e = sluice_flight::Envelope::new(sluice_flight::Kind::Flushed, 1, seq);
     e.rows = Some(rows);
-    e
+    sluice_flight::codec::control_message(&e)
 }
 
 /// An `unchanged` answer stands for the batch the engine sent, only where
-/// the engine offered it and while it holds the batch; one that names no
-/// such batch, or a batch whose rows it then reports, is a protocol
-/// violation (the rows would be made up, or delivered and dead-lettered).
+/// the engine offered it, while it holds the batch, and as the batch's only
+/// answer. Anything else is a protocol violation: rows made up, delivered
+/// twice, or delivered and dead-lettered, whatever the order of the
+/// messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_answers_stand_for_a_batch_sent_or_are_refused() {
-    use sluice_flight::{Kind, StageEvent};
-    // (offered, what the peer answers, the refusal or "" for none)
-    type Script = fn() -> Vec<sluice_flight::Envelope>;
-    let cases: [(bool, Script, &str); 5] = [
+    use sluice_flight::Kind::{Ack, Batch, Unchanged};
+    use sluice_flight::StageEvent;
+    // (offered, what the peer answers to two one-row batches, the refusal or "" for none)
+    type Script = fn() -> Vec<FlightData>;
+    let cases: [(bool, Script, &str); 13] = [
         (
             true,
-            || vec![says(Kind::Unchanged, 0, Some(0)), flushed(1, 1)],
+            || {
+                vec![
+                    says(Unchanged, 0, Some(0)),
+                    says(Unchanged, 1, Some(1)),
+                    flushed(2, 2),
+                ]
+            },
             "",
         ),
         (
             false,
-            || vec![says(Kind::Unchanged, 0, Some(0)), flushed(1, 1)],
+            || vec![says(Unchanged, 0, Some(0))],
             "which the engine did not offer",
         ),
+        (true, || vec![says(Unchanged, 0, None)], "has no `in_seq`"),
         (
             true,
-            || vec![says(Kind::Unchanged, 0, None), flushed(1, 1)],
-            "has no `in_seq`",
+            || vec![says(Unchanged, 0, Some(2))],
+            "never sent (2 sent)",
         ),
         (
             true,
-            || vec![says(Kind::Unchanged, 0, Some(1)), flushed(1, 1)],
-            "never sent (1 sent)",
+            || vec![says(Unchanged, 0, Some(0)), reports(1, 0)],
+            "which the stage answered `unchanged`",
         ),
         (
             true,
             || {
-                let mut errors = says(Kind::RowErrors, 1, Some(0));
-                errors.errors = Some(vec![sluice_flight::RowErrorEntry {
-                    row: 0,
-                    code: "REJECTED".into(),
-                    message: "no".into(),
-                }]);
-                vec![says(Kind::Unchanged, 0, Some(0)), errors, flushed(2, 1)]
+                vec![
+                    says(Unchanged, 0, Some(0)),
+                    says(Ack, 1, Some(1)),
+                    reports(2, 0),
+                ]
             },
             "which the stage answered `unchanged`",
+        ),
+        (
+            true,
+            || vec![says(Ack, 0, Some(0)), says(Unchanged, 1, Some(0))],
+            "answered already",
+        ),
+        (
+            true,
+            || vec![row(Batch, 0, 0), says(Unchanged, 1, Some(0))],
+            "answered already",
+        ),
+        (
+            true,
+            || vec![says(Unchanged, 0, Some(0)), says(Unchanged, 1, Some(0))],
+            "answered already",
+        ),
+        (
+            true,
+            || vec![says(Unchanged, 0, Some(0)), row(Batch, 1, 0)],
+            "the batch's only one",
+        ),
+        (
+            true,
+            || vec![says(Ack, 0, Some(1)), says(Unchanged, 1, Some(0))],
+            "after an answer for a later batch",
+        ),
+        (
+            true,
+            || vec![row(Unchanged, 0, 0)],
+            "only a `batch` message carries rows",
+        ),
+        (
+            true,
+            || vec![reports(0, 0), says(Unchanged, 1, Some(0))],
+            "after `row_errors` for it",
         ),
     ];
     for (offered, script, refusal) in cases {
         let dir = tempfile::tempdir().unwrap();
         let (server, _, mut client) = serve(dir.path(), Peer::Says(script)).await;
-        client.take_unchanged_answers(offered);
+        client.offer_unchanged_answers(offered);
         let events = tokio::time::timeout(Duration::from_secs(20), async {
-            exchange_one_row(&client).await.collect::<Vec<_>>().await
+            exchange_rows(&client, 2).await.collect::<Vec<_>>().await
         })
         .await
         .expect("the answer ends, not a hang");
         server.abort();
-        let what = format!("{:?}", script());
+        let what = format!(
+            "{:?}",
+            script()
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.app_metadata).into_owned())
+                .collect::<Vec<_>>()
+        );
         if refusal.is_empty() {
-            match &events[..] {
-                [
-                    Ok(StageEvent::Batch { batch, envelope }),
-                    Ok(StageEvent::Flushed(_)),
-                ] => {
-                    assert_eq!(envelope.kind, Kind::Unchanged);
-                    let ids = batch.column(0).as_any().downcast_ref::<Int64Array>();
-                    assert_eq!(ids.map(|a| a.values().to_vec()), Some(vec![1]), "{what}");
-                }
-                other => panic!("{what}: {other:?}"),
-            }
+            let ids: Vec<i64> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Ok(StageEvent::Batch { batch, envelope }) => {
+                        assert_eq!(envelope.kind, Unchanged, "{what}");
+                        let ids = batch.column(0).as_any().downcast_ref::<Int64Array>();
+                        Some(ids.unwrap().value(0))
+                    }
+                    Ok(_) => None,
+                    Err(e) => panic!("{what}: {e}"),
+                })
+                .collect();
+            assert_eq!(ids, [1, 2], "{what}: the batches sent");
+            assert!(
+                matches!(events.last(), Some(Ok(StageEvent::Flushed(_)))),
+                "{what}"
+            );
             continue;
         }
         let err = events

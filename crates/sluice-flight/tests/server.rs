@@ -192,7 +192,7 @@ async fn echo_through_shared_memory<S: Stage>(
     assert!(manifest.shared_memory, "the Rust SDK offers shared memory");
     client.use_shared_memory(true);
     // the rows must travel back: these echoes would answer `unchanged`
-    client.take_unchanged_answers(false);
+    client.offer_unchanged_answers(false);
     let open = OpenRequest::new(&manifest.protocol, &manifest.name, 1, 0);
     // the input stream owns its batches
     let owned = inputs.to_vec();
@@ -526,7 +526,7 @@ async fn answered(
     let (server, mut client) = serve_on_unix_socket(dir.path(), Answerer(answer)).await;
     client.describe().await.unwrap();
     client.use_shared_memory(shared_memory);
-    client.take_unchanged_answers(offered);
+    client.offer_unchanged_answers(offered);
     let inputs: Vec<RecordBatch> = (0..3).map(big_batch).map(|b| b.slice(0, 50)).collect();
     let open = OpenRequest::new(protocol, "answerer", 1, 0);
     let events = client
@@ -604,22 +604,25 @@ async fn an_answer_that_is_its_input_goes_back_as_unchanged_only_where_offered()
 }
 
 /// A stage must leave the rows it reports out of its output: an answer
-/// that is its whole input and reports a row of it fails the exchange
-/// (without the offer the rows go as a batch, and the engine cannot see it).
+/// that is its whole input and reports a row of it fails the exchange,
+/// whether the engine offered `unchanged` answers or not (the SDK sees it
+/// either way; the engine cannot when the rows travel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unchanged_answer_with_row_errors_fails_the_exchange() {
-    let (_, events) = answered(
-        Answer::SameWithRowError,
-        true,
-        false,
-        sluice_flight::PROTOCOL,
-    )
-    .await;
-    let err = events.unwrap_err();
-    assert_eq!(err.code, sluice_contract::ErrorCode::Internal, "{err}");
-    assert!(
-        err.message
-            .contains("leave the rows it reports out of its output"),
-        "{err}"
-    );
+async fn an_answer_that_is_its_input_with_row_errors_fails_the_exchange() {
+    for offered in [true, false] {
+        let (_, events) = answered(
+            Answer::SameWithRowError,
+            offered,
+            false,
+            sluice_flight::PROTOCOL,
+        )
+        .await;
+        let err = events.unwrap_err();
+        assert_eq!(err.code, sluice_contract::ErrorCode::Internal, "{err}");
+        assert!(
+            err.message
+                .contains("leave the rows it reports out of its output"),
+            "offered {offered}: {err}"
+        );
+    }
 }

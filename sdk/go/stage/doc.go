@@ -65,7 +65,9 @@
 //     and releases it. Return rec.Retain()ed rec to pass it through; when
 //     the engine offers "unchanged" answers (v1.1) that costs no copy back:
 //     the SDK names the input batch instead of sending its rows, and the
-//     engine reuses the batch it holds.
+//     engine reuses the batch it holds. Row errors for a batch answered
+//     with rec itself are INTERNAL (its rows are all in the output), with
+//     or without that offer.
 //   - Flush is called once after the last batch, when the engine ends the
 //     epoch: a stateful stage returns what it held back. It is not called
 //     when the exchange fails; an io.Closer Processor is closed in every

@@ -71,9 +71,10 @@ type exchange struct {
 	shm *sharedMemory
 
 	// unchanged: the engine takes "unchanged" answers (v1.1, offered in the
-	// open request) and holds input batches whose schema passes for the
-	// output schema, so an output that is the input record itself goes back
-	// as one small message naming it instead of its rows.
+	// open request) and the input schema passes for the output schema as the
+	// engine compares them (schemacheck.Exact), so an output that is the
+	// input record itself goes back as one small message naming it instead
+	// of its rows.
 	unchanged bool
 
 	// Owned by the writer (the handler goroutine).
@@ -136,12 +137,13 @@ func (x *exchange) run() error {
 			rdr.Release()
 		}
 	}()
-	if err := x.open(msgs.descriptor, rdr.Schema()); err != nil {
-		return err
-	}
-	if x.shm != nil {
+	err = x.open(msgs.descriptor, rdr.Schema())
+	if x.shm != nil { // mapped, even if open failed after mapping it
 		defer x.shm.close() // unmapped once no input buffer reads it either
 		in.shm = x.shm
+	}
+	if err != nil {
+		return err
 	}
 	var proc Processor
 	err = guard("Open", x.svc.log, func() (err error) {
@@ -227,6 +229,24 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 		x.req.OutputSchema = m.OutputSchema.Schema
 	}
 	x.req.Allocator = x.svc.mem
+	// Every key is read before shared memory is mapped: a bad one fails the
+	// exchange with nothing to unmap.
+	if x.req.Protocol == ProtocolV1_1 { // a v1 engine never offers it: the key means nothing there
+		var take struct {
+			Unchanged *bool `json:"unchanged"` // null: not offered
+		}
+		if err := json.Unmarshal(desc.GetCmd(), &take); err != nil {
+			return Fatal(InvalidArgument, "open request: unchanged: %v; want true or false", err)
+		}
+		// The engine reuses its input batch under the output schema and
+		// checks it there as declared (not the data), with its own strict
+		// type comparison, so an input schema that does not pass for the
+		// output schema that way (a nullable field declared not null on the
+		// way out, another name or metadata of a nested field) goes back
+		// as rows, stamped.
+		x.unchanged = take.Unchanged != nil && *take.Unchanged &&
+			schemacheck.Exact(x.req.OutputSchema, inSchema) == nil
+	}
 	var offer struct {
 		SharedMemory *shmOffer `json:"shared_memory"`
 	}
@@ -234,6 +254,9 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 		return Fatal(InvalidArgument, "open request: shared_memory: %v", err)
 	}
 	if offer.SharedMemory != nil {
+		// Mapped last, once every other key has passed (run unmaps it
+		// should open still fail after this).
+		//
 		// Only the process on the other end of the stage's unix socket
 		// shares memory with it, and only a memory file it holds: a client
 		// elsewhere (TCP) could name any file of this machine for the stage
@@ -251,20 +274,6 @@ func (x *exchange) open(desc *flight.FlightDescriptor, inSchema *arrow.Schema) e
 			return err
 		}
 		x.shm = shm
-	}
-	if x.req.Protocol == ProtocolV1_1 { // a v1 engine never offers it: the key means nothing there
-		var take struct {
-			Unchanged *bool `json:"unchanged"` // null: not offered
-		}
-		if err := json.Unmarshal(desc.GetCmd(), &take); err != nil {
-			return Fatal(InvalidArgument, "open request: unchanged: %v; want true or false", err)
-		}
-		// The engine reuses its input batch under the output schema and
-		// checks it there as declared (not the data), so an input schema
-		// that does not pass for the output schema (a nullable field
-		// declared not null on the way out) goes back as rows, stamped.
-		x.unchanged = take.Unchanged != nil && *take.Unchanged &&
-			schemacheck.Compatible(x.req.OutputSchema, inSchema) == nil
 	}
 	return nil
 }
@@ -445,12 +454,19 @@ func (x *exchange) processOne(ctx context.Context, proc Processor, in input) (an
 		a.release()
 		return answer{}, err
 	}
-	if x.unchanged && a.rec != nil && isInput(a.rec, in.rec) {
-		if len(a.errs) > 0 {
-			a.release()
-			return answer{}, Fatal(Internal, "stage %q answered input batch seq %d with its input unchanged and reported %d row error(s) for it: a stage must leave the rows it reports out of its output, or they are delivered and reported both",
-				x.svc.manifest.Name, in.env.Seq, len(a.errs))
-		}
+	if a.rec == nil || !isInput(a.rec, in.rec) {
+		return a, nil
+	}
+	// The output is the input itself, every row of it: row errors for the
+	// batch would be rows delivered and reported both. Refused whether or
+	// not the engine takes "unchanged" answers, so that its offer (a
+	// pipeline key) never decides whether a stage passes.
+	if len(a.errs) > 0 {
+		a.release()
+		return answer{}, Fatal(Internal, "stage %q answered input batch seq %d with its input unchanged and reported %d row error(s) for it: a stage must leave the rows it reports out of its output, or they are delivered and reported both",
+			x.svc.manifest.Name, in.env.Seq, len(a.errs))
+	}
+	if x.unchanged {
 		// released now, not once sent: an input read in place from shared
 		// memory gives its slot back to the engine with its last reference
 		a.rec.Release()

@@ -3,11 +3,14 @@
 package stage_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -217,4 +220,60 @@ func TestAnUnchangedInputInPlaceGivesItsSlotBack(t *testing.T) {
 		t.Fatalf("answers %s, %d release(s) of the slot; all: %s", got, released, stagetest.Kinds(events))
 	}
 	wantFlushedRows(t, answers, 7)
+}
+
+// mapped reports whether this process maps the memory file at path (a
+// /proc/<pid>/fd/<n> of MemfdForTest): a line of /proc/self/maps names a
+// memfd of that file's inode.
+func mapped(t *testing.T, path string) bool {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := strconv.FormatUint(fi.Sys().(*syscall.Stat_t).Ino, 10)
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(maps)) {
+		// address perms offset dev inode path
+		if f := strings.Fields(line); len(f) >= 6 && f[4] == ino && strings.HasPrefix(f[5], "/memfd:") {
+			return true
+		}
+	}
+	return false
+}
+
+// The memory an exchange maps is unmapped however the exchange ends: when
+// it ends, and when its open request is refused, here for an "unchanged"
+// offer that is not a boolean beside a good shared-memory offer (read
+// before the memory is mapped, so nothing is left mapped).
+func TestAnExchangeLeavesNoMapping(t *testing.T) {
+	path := stage.MemfdForTest(t, 1<<20, true)
+	srv, _ := start(t, identityStage())
+
+	// the check sees the mapping of an exchange under way
+	x, err := srv.Open(t.Context(), offering(path, stagetest.WithUnchanged()), people)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the memory mapped", func() bool { return mapped(t, path) })
+	if err := x.End(); err != nil {
+		t.Fatal(err)
+	}
+	events, err := x.RecvAll()
+	stagetest.Release(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the memory unmapped after the exchange", func() bool { return !mapped(t, path) })
+
+	bad := bytes.Replace(offering(path), []byte(`"config":null`), []byte(`"config":null,"unchanged":"yes"`), 1)
+	if !bytes.Contains(bad, []byte(`"unchanged":"yes"`)) || !bytes.Contains(bad, []byte(`"shared_memory":`)) {
+		t.Fatalf("open request %s", bad)
+	}
+	_, err = srv.Run(t.Context(), bad, people)
+	wantStatusContaining(t, err, codes.InvalidArgument, "open request: unchanged:")
+	eventually(t, "the memory unmapped after a refused open request", func() bool { return !mapped(t, path) })
 }

@@ -55,9 +55,13 @@ type Processor interface {
 	// Passing rec through costs no copy back when the engine offers it
 	// (v1.1): an out that is rec itself (the same arrays, in the same order,
 	// all rows; also stamped with the output schema) goes as an "unchanged"
-	// message naming the batch, and the engine reuses the batch it holds. A
-	// copy or a slice, even of equal values, goes as rows. Such an out with
-	// row errors for the same batch breaks the rule below and is INTERNAL.
+	// message naming the batch, and the engine reuses the batch it holds
+	// (when the input schema passes for the output schema as the engine
+	// compares types, nested field names and metadata included; otherwise
+	// as rows). A copy or a slice, even of equal values, goes as rows. An
+	// out that is rec itself with row errors for the same batch breaks the
+	// rule below and is INTERNAL, whether or not the engine offers
+	// "unchanged" answers.
 	//
 	// out may be nil or have zero rows: the SDK then answers the batch with
 	// an "ack". Its schema must be OpenRequest.OutputSchema (field names,

@@ -249,29 +249,81 @@ func TestOtherArraysGoAsRowsWhateverTheirValues(t *testing.T) {
 
 // Unchanged output and row errors for the same batch: the reported rows
 // would be delivered and reported both. The stage's bug: INTERNAL, naming
-// the rule, before anything of that answer is sent.
+// the rule, before anything of that answer is sent; whether or not the
+// engine offers "unchanged" answers (the pipeline's unchanged_answers), so
+// that the key never decides whether a stage passes.
 func TestUnchangedOutputWithRowErrorsIsInternal(t *testing.T) {
-	st := processing("s", func(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
-		rec.Retain()
-		var errs []stage.RowError
-		if ids(rec)[0] >= 10 {
-			errs = append(errs, stage.NewRowError(0, stage.Rejected, "no"))
-		}
-		return rec, errs, nil
-	})
-	srv, mem := start(t, st)
-	in := []arrow.RecordBatch{peopleBatch(mem, 0, 3), peopleBatch(mem, 10, 12)}
-	defer func() {
-		for _, r := range in {
-			r.Release()
-		}
-	}()
-	events, err := srv.Run(t.Context(), stagetest.OpenCmd("s", 1, 0, "", stagetest.WithUnchanged()), people, in...)
-	defer stagetest.Release(events)
-	wantStatusContaining(t, err, codes.Internal,
-		`[INTERNAL] stage "s" answered input batch seq 1 with its input unchanged and reported 1 row error(s) for it: a stage must leave the rows it reports out of its output`)
-	if got := stagetest.Kinds(events); got != "unchanged(0)" {
-		t.Fatalf("events before the failure: %s", got)
+	for _, tc := range []struct {
+		name   string
+		open   []byte
+		before string // the answer to the good batch, sent before the failure
+	}{
+		{"offered", stagetest.OpenCmd("s", 1, 0, "", stagetest.WithUnchanged()), "unchanged(0)"},
+		{"not offered", stagetest.OpenCmd("s", 1, 0, ""), "batch(0)"},
+		{"v1", stagetest.OpenCmdAs(stage.ProtocolV1, "s", 1, 0, ""), "batch(0)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := processing("s", func(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+				rec.Retain()
+				var errs []stage.RowError
+				if ids(rec)[0] >= 10 {
+					errs = append(errs, stage.NewRowError(0, stage.Rejected, "no"))
+				}
+				return rec, errs, nil
+			})
+			srv, mem := start(t, st)
+			in := []arrow.RecordBatch{peopleBatch(mem, 0, 3), peopleBatch(mem, 10, 12)}
+			defer func() {
+				for _, r := range in {
+					r.Release()
+				}
+			}()
+			events, err := srv.Run(t.Context(), tc.open, people, in...)
+			defer stagetest.Release(events)
+			wantStatusContaining(t, err, codes.Internal,
+				`[INTERNAL] stage "s" answered input batch seq 1 with its input unchanged and reported 1 row error(s) for it: a stage must leave the rows it reports out of its output`)
+			if got := stagetest.Kinds(events); got != tc.before {
+				t.Fatalf("events before the failure: %s, want %s", got, tc.before)
+			}
+		})
+	}
+}
+
+// The refusal above is of the input itself only: row errors with output
+// in other arrays (here a copy of the rows not reported) go as before, the
+// rows then the row errors, offered "unchanged" answers or not.
+func TestRowErrorsWithACopyOfTheInputGoAsRows(t *testing.T) {
+	for name, opts := range map[string][]stagetest.OpenOption{
+		"offered":     {stagetest.WithUnchanged()},
+		"not offered": nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := &testStage{manifest: stage.Manifest{Name: "s", Version: "1"}}
+			st.open = func(_ context.Context, req stage.OpenRequest) (stage.Processor, error) {
+				return stage.ProcessorFunc(func(_ context.Context, rec arrow.RecordBatch) (arrow.RecordBatch, []stage.RowError, error) {
+					// every row but the first, reported
+					rest := make([]int64, rec.NumRows()-1)
+					for i := range rest {
+						rest[i] = int64(i + 1)
+					}
+					return take(req.Allocator, rec, rest), []stage.RowError{stage.NewRowError(0, stage.Rejected, "no")}, nil
+				}), nil
+			}
+			srv, mem := start(t, st)
+			in := peopleBatch(mem, 0, 3)
+			defer in.Release()
+			events, err := srv.Run(t.Context(), stagetest.OpenCmd("s", 1, 0, "", opts...), people, in)
+			defer stagetest.Release(events)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := stagetest.Kinds(events), "batch(0) row_errors(0) flushed"; got != want {
+				t.Fatalf("events %s, want %s", got, want)
+			}
+			if got := ids(events[0].Record); len(got) != 2 || got[0] != 1 || got[1] != 2 {
+				t.Fatalf("ids %v", got)
+			}
+		})
 	}
 }
 
@@ -285,4 +337,58 @@ func TestFlushOutputIsNeverUnchanged(t *testing.T) {
 		t.Fatalf("events %s, want %s", got, want)
 	}
 	wantFlushedRows(t, events, rows)
+}
+
+// The engine takes an "unchanged" answer as the batch it sent, which it
+// checks against the output schema with its own strict type comparison:
+// the name, nullability and metadata of every nested field count. So the
+// SDK answers "unchanged" only for an input schema that passes for the
+// output schema that way; one that differs only where arrow.TypeEqual does
+// not look (a list's element name, a nested field's metadata) goes as rows.
+func TestUnchangedNeedsNestedFieldsAsDeclared(t *testing.T) {
+	list := func(elem string, meta ...string) arrow.DataType {
+		f := arrow.Field{Name: elem, Type: arrow.BinaryTypes.String, Nullable: true}
+		if len(meta) == 2 {
+			f.Metadata = arrow.NewMetadata(meta[:1], meta[1:])
+		}
+		return arrow.ListOfField(f)
+	}
+	tagged := func(tags arrow.DataType) *arrow.Schema {
+		return arrow.NewSchema([]arrow.Field{
+			{Name: "id", Type: arrow.PrimitiveTypes.Int64},
+			{Name: "s", Type: arrow.StructOf(arrow.Field{Name: "tags", Type: tags, Nullable: true}), Nullable: true},
+		}, nil)
+	}
+	in := tagged(list("item"))
+	for _, tc := range []struct {
+		name string
+		out  *arrow.Schema
+		want string
+	}{
+		{"the same", tagged(list("item")), "unchanged(0) flushed"},
+		{"another element name", tagged(list("element")), "batch(0) flushed"},
+		{"element metadata", tagged(list("item", "k", "v")), "batch(0) flushed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := identityStage()
+			st.manifest.OutputSchema = &stage.SchemaRef{Name: "tagged", Version: "2", Schema: tc.out}
+			srv, mem := start(t, st)
+			rec, _, err := array.RecordFromJSON(mem, in, strings.NewReader(`[{"id":1,"s":{"tags":["a","b"]}},{"id":2,"s":{"tags":null}},{"id":3,"s":null}]`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rec.Release()
+			events, err := srv.Run(t.Context(), stagetest.OpenCmd("identity", 1, 0, "", stagetest.WithUnchanged()), in, rec)
+			defer stagetest.Release(events)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := stagetest.Kinds(events); got != tc.want {
+				t.Fatalf("events %s, want %s", got, tc.want)
+			}
+			if r := events[0].Record; r != nil && (!r.Schema().Equal(tc.out) || !array.RecordEqual(r, rec)) {
+				t.Fatalf("rows %v, sent %v", r, rec)
+			}
+		})
+	}
 }

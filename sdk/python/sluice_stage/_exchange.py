@@ -35,19 +35,45 @@ class Cancelled(Exception):
     """The engine cancelled the exchange (or went away)."""
 
 
-def schema_difference(want: pa.Schema, got: pa.Schema, *, looser_nulls_ok: bool) -> Optional[str]:
+def exact_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether ``a`` and ``b`` are equal as the engine compares types (Rust's
+    DataType equality): nested fields (of a struct, list, map, union,
+    run-end encoding, a dictionary's values, an extension's storage) with
+    the same names, nullability and metadata too, at every depth.
+    ``equals(check_metadata=True)`` compares those, except inside a
+    dictionary's value type, hence the walk."""
+    if not a.equals(b, check_metadata=True):
+        return False
+    if isinstance(a, pa.DictionaryType):  # equal: b is one too
+        return exact_type(a.index_type, b.index_type) and exact_type(a.value_type, b.value_type)
+    if isinstance(a, pa.BaseExtensionType):
+        return isinstance(b, pa.BaseExtensionType) and exact_type(a.storage_type, b.storage_type)
+    if a.num_fields != b.num_fields:
+        return False
+    for i in range(a.num_fields):
+        x, y = a.field(i), b.field(i)
+        if x.name != y.name or x.nullable != y.nullable or x.metadata != y.metadata or not exact_type(x.type, y.type):
+            return False
+    return True
+
+
+def schema_difference(
+    want: pa.Schema, got: pa.Schema, *, looser_nulls_ok: bool, exact_types: bool = False
+) -> Optional[str]:
     """Why ``got`` cannot be used where ``want`` is declared, naming the
     first offending field, or None. Same rule as the engine and the other
     SDKs: same fields in order, same names, equal types (metadata ignored),
     and no nullable field where ``want`` says not null, unless
-    ``looser_nulls_ok`` (output, where the SDK checks the data instead)."""
+    ``looser_nulls_ok`` (output, where the SDK checks the data instead).
+    With ``exact_types`` the types are compared by :func:`exact_type`, as
+    the engine compares a batch it reuses; top-level fields as above."""
     for i, w in enumerate(want):
         if i >= len(got):
             return f'field "{w.name}": missing (expected {w.type} at position {i})'
         g = got.field(i)
         if g.name != w.name:
             return f'field {i}: expected "{w.name}", got "{g.name}"'
-        if not g.type.equals(w.type):
+        if not (exact_type(w.type, g.type) if exact_types else g.type.equals(w.type)):
             return f'field "{w.name}": expected {w.type}, got {g.type}'
         if g.nullable and not w.nullable and not looser_nulls_ok:
             return f'field "{w.name}": expected not null, got nullable'
@@ -97,25 +123,57 @@ _CArray._fields_ = [
 ]
 
 
-def _walk(c: _CArray) -> tuple:
+class _CSchema(ctypes.Structure):
+    """``struct ArrowSchema`` of the Arrow C data interface: the type of an
+    exported array, node for node."""
+
+
+_CSchema._fields_ = [
+    ("format", ctypes.c_char_p),
+    ("name", ctypes.c_char_p),
+    ("metadata", ctypes.c_char_p),  # binary, not NUL-terminated as a whole: not read
+    ("flags", ctypes.c_int64),
+    ("n_children", ctypes.c_int64),
+    ("children", ctypes.POINTER(ctypes.POINTER(_CSchema))),
+    ("dictionary", ctypes.POINTER(_CSchema)),
+    ("release", ctypes.CFUNCTYPE(None, ctypes.POINTER(_CSchema))),
+    ("private_data", ctypes.c_void_p),
+]
+
+# Formats whose export ends with one more buffer than the array has: the
+# sizes of the variadic data buffers (string_view, binary_view), an array
+# the exporter allocates anew at each export. Its address says nothing of
+# where the values are (the data buffers before it do), so it is left out.
+_VARIADIC_SIZES = (b"vu", b"vz")
+
+
+def _walk(c: _CArray, s: _CSchema) -> tuple:
+    n = c.n_buffers - 1 if s.format in _VARIADIC_SIZES else c.n_buffers
+    if c.n_children != s.n_children or bool(c.dictionary) != bool(s.dictionary):
+        raise ValueError("an exported array and its schema disagree")  # not expected of pyarrow
     return (
         c.length,
         c.offset,
-        tuple(c.buffers[i] for i in range(c.n_buffers)),
-        tuple(_walk(c.children[i].contents) for i in range(c.n_children)),
-        _walk(c.dictionary.contents) if c.dictionary else None,
+        tuple(c.buffers[i] for i in range(n)),
+        tuple(_walk(c.children[i].contents, s.children[i].contents) for i in range(c.n_children)),
+        _walk(c.dictionary.contents, s.dictionary.contents) if c.dictionary else None,
     )
 
 
 def _layout(array: pa.Array) -> tuple:
     """Where ``array``'s values are: length, offset and buffer addresses, of
-    it, its children and its dictionary, at every depth."""
-    c = _CArray()
-    array._export_to_c(ctypes.addressof(c))
+    it, its children and its dictionary, at every depth (the array exported
+    with its schema, to tell which buffers are the values')."""
+    c, s = _CArray(), _CSchema()
     try:
-        return _walk(c)
+        array._export_to_c(ctypes.addressof(c), ctypes.addressof(s))
+        return _walk(c, s)
     finally:
-        c.release(ctypes.byref(c))
+        # a struct not (or no longer) exported has no release callback
+        if c.release:
+            c.release(ctypes.byref(c))
+        if s.release:
+            s.release(ctypes.byref(s))
 
 
 def is_input(out: pa.RecordBatch, batch: pa.RecordBatch) -> bool:
@@ -167,7 +225,8 @@ class Exchange:
         self.seq = 0  # the next envelope's seq: every message with an envelope counts
         self.rows = 0  # output rows sent, for "flushed"
         # the engine takes "unchanged" answers (v1.1, offered in the open
-        # request) for input whose schema passes for the output schema
+        # request) and the input schema passes for the output schema as the
+        # engine compares them (exact_type)
         self.unchanged = False
         self.lineage = Lineage(self.manifest.name, "external", self.manifest.version, self.manifest.language)
 
@@ -268,10 +327,14 @@ class Exchange:
                     Code.INVALID_ARGUMENT, f"open request: unchanged is {json.dumps(offer)[:40]}; want true or false"
                 )
             # The engine reuses its input batch under the output schema and
-            # checks it there as declared (not the data), so an input schema
-            # that does not pass for the output schema (a nullable field
-            # declared not null on the way out) goes back as rows, stamped.
-            self.unchanged = bool(offer) and schema_difference(out_schema, in_schema, looser_nulls_ok=False) is None
+            # checks it there as declared (not the data), with its own strict
+            # type comparison, so an input schema that does not pass for the
+            # output schema that way (a nullable field declared not null on
+            # the way out, another name or metadata of a nested field) goes
+            # back as rows, stamped.
+            self.unchanged = bool(offer) and schema_difference(
+                out_schema, in_schema, looser_nulls_ok=False, exact_types=True
+            ) is None
         return OpenRequest(protocol, stage, epoch, partition, o.get("config"), in_schema, out_schema, snapshot)
 
     def _next(self) -> Any:
@@ -343,14 +406,20 @@ class Exchange:
         errors = self._row_errors(errors, in_rows)
         if out is not None:
             out = self._conform(out)
-        if out is not None and out.num_rows > 0 and self.unchanged and is_input(out, batch):
-            if errors:
-                raise StageError(
-                    Code.INTERNAL,
-                    f"stage {self.manifest.name!r} answered input batch seq {in_seq} with its input unchanged and "
-                    f"reported {len(errors)} row error(s) for it: a stage must leave the rows it reports out of "
-                    "its output, or they are delivered and reported both",
-                )
+        # The output is the input itself, every row of it: row errors for the
+        # batch would be rows delivered and reported both. Refused whether
+        # or not the engine takes "unchanged" answers, so that its offer (a
+        # pipeline key) never decides whether a stage passes. (is_input is
+        # only asked when its answer matters.)
+        same = out is not None and out.num_rows > 0 and bool(errors or self.unchanged) and is_input(out, batch)
+        if same and errors:
+            raise StageError(
+                Code.INTERNAL,
+                f"stage {self.manifest.name!r} answered input batch seq {in_seq} with its input unchanged and "
+                f"reported {len(errors)} row error(s) for it: a stage must leave the rows it reports out of "
+                "its output, or they are delivered and reported both",
+            )
+        if same and self.unchanged:
             # the engine reuses the batch it sent: its rows count as sent
             self._send_metadata(Envelope("unchanged", self.request.epoch, self.seq, in_seq=in_seq))
             self.rows += in_rows

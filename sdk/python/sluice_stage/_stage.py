@@ -131,8 +131,12 @@ class Processor:
         Returning ``batch`` itself (or its very columns in a new batch)
         costs no copy back when the engine offers it (v1.1): the SDK sends
         an ``unchanged`` answer naming the batch and the engine reuses the
-        batch it holds. A copy or a slice of equal values goes as rows. Row
-        errors with such an output are INTERNAL: its rows are all in it.
+        batch it holds (when the input schema passes for the output schema
+        as the engine compares types, nested field names and metadata
+        included; otherwise as rows). A copy or a slice of equal values
+        goes as rows. Row errors with ``batch`` itself as the output are
+        INTERNAL, offered ``unchanged`` answers or not: its rows are all in
+        it.
         """
         raise NotImplementedError
 

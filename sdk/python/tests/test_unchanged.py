@@ -2,15 +2,18 @@
 request, an output that is the input batch itself goes back as one small
 message naming it instead of its rows."""
 
+import ctypes
 import random
 import unittest
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from sluice_stage import PROTOCOL_V1, PROTOCOL_V1_1, Code, Manifest, Processed, Processor, RowError, SchemaDecl, Stage
 from sluice_stage._envelope import encode
-from sluice_stage._exchange import is_input
+from sluice_stage import _exchange
+from sluice_stage._exchange import _CArray, exact_type, is_input
 
 from .support import batch_of, check_answers, exchange, open_request, quiet, running
 
@@ -105,6 +108,38 @@ class Offered(unittest.TestCase):
             self.assertEqual(kinds(res), [("batch", 0), ("flushed", None)])
             self.assertTrue(res.messages[0].batch.schema.equals(stricter))
             self.assertEqual(res.messages[0].batch.to_pydict(), no_nulls.to_pydict())
+
+    def test_nested_fields_must_be_as_declared(self):
+        # The engine checks the batch it reuses against the output schema
+        # with its own strict type comparison (nested names, nullability and
+        # metadata): an input schema that differs from the output schema
+        # there, where pyarrow's equals() does not look by default, goes as
+        # rows.
+        def schema(elem="item", meta=None, dict_elem="item"):
+            tags = pa.list_(pa.field(elem, pa.string(), metadata=meta))
+            codes = pa.dictionary(pa.int32(), pa.list_(pa.field(dict_elem, pa.string())))
+            return pa.schema([pa.field("id", pa.int64()), pa.field("s", pa.struct([pa.field("tags", tags)])),
+                              pa.field("codes", codes)])
+
+        declared = schema()
+        batch = pa.record_batch([
+            pa.array([1, 2, 3], pa.int64()),
+            pa.array([{"tags": ["a", "b"]}, {"tags": None}, None], declared.field("s").type),
+            pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()),
+                                           pa.array([["x"], ["y", "z"]], declared.field("codes").type.value_type)),
+        ], schema=declared)
+        for what, out, want in [
+            ("the same", schema(), "unchanged"),
+            ("another element name", schema(elem="element"), "batch"),
+            ("element metadata", schema(meta={"k": "v"}), "batch"),
+            ("another element name in the dictionary's values", schema(dict_elem="element"), "batch"),
+        ]:
+            with self.subTest(what), running(Producing(lambda b: b, (declared, out))) as (_, client):
+                res = exchange(client, [batch], cmd=offering())
+                self.assertEqual(check_answers(res, [batch], 1, unchanged=True), [])
+                self.assertEqual(kinds(res), [(want, 0), ("flushed", None)])
+                if want == "batch":
+                    self.assertEqual(res.messages[0].batch.to_pydict(), batch.to_pydict())
 
     def test_other_arrays_go_as_rows_whatever_their_values(self):
         def other_dictionary(b):
@@ -229,11 +264,76 @@ class NotOffered(unittest.TestCase):
         self.assertIsInstance(res.error, pa.ArrowInvalid)
         self.assertTrue(str(res.error).startswith('[INVALID_ARGUMENT] open request: unchanged is "yes"'), str(res.error))
 
+    def test_the_input_itself_with_row_errors_is_internal_without_the_offer_too(self):
+        # the rule does not depend on the offer: the reported rows would be
+        # delivered (as rows) and reported both
+        def produce(b):
+            errors = [RowError(0, Code.REJECTED, "no")] if b.column(0)[0].as_py() >= 4 else []
+            return Processed(b, errors)
+
+        for what, cmd in [
+            ("absent", open_request(protocol=PROTOCOL_V1_1)),
+            ("false", open_request(protocol=PROTOCOL_V1_1, unchanged=False)),
+            ("v1", open_request(protocol=PROTOCOL_V1)),
+        ]:
+            with self.subTest(what), running(Producing(produce)) as (_, client):
+                res = exchange(client, INPUTS, cmd=cmd)
+                self.assertIsInstance(res.error, flight.FlightInternalError)
+                self.assertTrue(str(res.error).startswith(
+                    "[INTERNAL] stage 'producing' answered input batch seq 1 with its input unchanged and reported 1 "
+                    "row error(s) for it: a stage must leave the rows it reports out of its output"), str(res.error))
+                self.assertEqual(kinds(res), [("batch", 0)])  # nothing of the bad answer was sent
+
+    def test_row_errors_with_other_arrays_go_as_before(self):
+        # the refusal is of the input itself only: a copy of the rows not
+        # reported, and their row errors, go as rows then row errors
+        def produce(b):
+            return Processed(b.take(pa.array(range(1, b.num_rows))), [RowError(0, Code.REJECTED, "no")])
+
+        for what, cmd in [("offered", offering()), ("not offered", open_request(protocol=PROTOCOL_V1_1))]:
+            with self.subTest(what), running(Producing(produce)) as (_, client):
+                res = exchange(client, INPUTS[:1], cmd=cmd)
+                self.assertIsNone(res.error)
+                self.assertEqual(kinds(res), [("batch", 0), ("row_errors", 0), ("flushed", None)])
+                self.assertEqual(res.messages[0].batch.column(0).to_pylist(), [1, 2, 3])
+
     def test_the_checker_refuses_an_unchanged_answer_that_was_not_offered(self):
         with running(Producing(lambda b: b)) as (_, client):
             res = exchange(client, INPUTS, cmd=offering())
         self.assertEqual(check_answers(res, INPUTS, 1, unchanged=True), [])
         self.assertIn("message 0: an unchanged answer, which the exchange did not offer", check_answers(res, INPUTS, 1))
+
+
+class ExactType(unittest.TestCase):
+    """The type comparison that decides whether to answer ``unchanged``:
+    as strict as the engine's, where ``DataType.equals`` is not."""
+
+    def test_nested_names_nullability_and_metadata_count(self):
+        item, element = pa.field("item", pa.int64()), pa.field("element", pa.int64())
+        with_meta = pa.field("item", pa.int64(), metadata={"k": "v"})
+        not_null = pa.field("item", pa.int64(), nullable=False)
+        dictionary = lambda v: pa.dictionary(pa.int32(), v)  # noqa: E731
+        for what, a, b, loose, exact in [
+            ("equal", pa.list_(item), pa.list_(item), True, True),
+            ("list element name", pa.list_(item), pa.list_(element), True, False),
+            ("large list element name", pa.large_list(item), pa.large_list(element), True, False),
+            ("list element metadata", pa.list_(item), pa.list_(with_meta), True, False),
+            ("list element nullability", pa.list_(item), pa.list_(not_null), False, False),
+            ("struct field metadata", pa.struct([item]), pa.struct([with_meta]), True, False),
+            ("list in a struct", pa.struct([pa.field("l", pa.list_(item))]), pa.struct([pa.field("l", pa.list_(element))]),
+             True, False),
+            ("map item name", pa.map_(pa.string(), pa.int64()),
+             pa.map_(pa.field("key", pa.string(), nullable=False), pa.field("val", pa.int64())), True, False),
+            ("dictionary values", dictionary(pa.list_(item)), dictionary(pa.list_(element)), True, False),
+            ("dictionary values in a struct", pa.struct([pa.field("d", dictionary(pa.list_(item)))]),
+             pa.struct([pa.field("d", dictionary(pa.list_(element)))]), True, False),
+            ("dictionary values equal", dictionary(pa.struct([item])), dictionary(pa.struct([item])), True, True),
+            ("views", pa.list_(pa.field("v", pa.string_view())), pa.list_(pa.field("v", pa.string_view())), True, True),
+        ]:
+            with self.subTest(what):
+                self.assertEqual(a.equals(b), loose)  # what pyarrow says, for contrast
+                self.assertEqual(exact_type(a, b), exact)
+                self.assertEqual(exact_type(b, a), exact)
 
 
 class IsInput(unittest.TestCase):
@@ -255,6 +355,9 @@ class IsInput(unittest.TestCase):
         self.assertFalse(is_input(pa.concat_batches([b.slice(0, 1), b.slice(1)]), b))
         other = pa.DictionaryArray.from_arrays(cols[0].indices, pa.array(["c", "d"]))
         self.assertFalse(is_input(pa.record_batch([other] + cols[1:], names=list("dslvn")), b))
+        # a copy of the view column alone (test_view_columns_* for more)
+        view_copy = pa.concat_arrays([cols[3].slice(0, 1), cols[3].slice(1)])
+        self.assertFalse(is_input(pa.record_batch(cols[:3] + [view_copy] + cols[4:], names=list("dslvn")), b))
         # a struct over the same child memory, the child seen from its second row
         child = pa.array([0, 1, 2, 3])
         s = pa.StructArray.from_arrays([child.slice(0, 3)], names=["x"])
@@ -265,6 +368,93 @@ class IsInput(unittest.TestCase):
         ints = pa.array([1, 2, 3], pa.int64())
         self.assertFalse(is_input(pa.record_batch([ints.view(pa.timestamp("s"))], names=["v"]),
                                   pa.record_batch([ints], names=["v"])))
+
+    def test_view_columns_at_any_depth(self):
+        # string_view and binary_view, alone, in a struct, in a list, as a
+        # dictionary's values: the input itself every time, a copy never
+        views = view_columns()
+        b = pa.record_batch(views, names=[f"c{i}" for i in range(len(views))])
+        for _ in range(20):
+            self.assertTrue(is_input(b, b))
+            self.assertTrue(is_input(pa.RecordBatch.from_arrays(b.columns, schema=b.schema), b))
+        for i, col in enumerate(views):
+            # a copy: concatenated views (their data buffers are shared, their
+            # views are not), and the values built anew
+            for copy in (pa.concat_arrays([col.slice(0, 1), col.slice(1)]), rebuilt(col)):
+                self.assertTrue(copy.equals(col))
+                with self.subTest(column=i, copy=copy.type):
+                    cols = list(b.columns)
+                    cols[i] = copy
+                    self.assertFalse(is_input(pa.record_batch(cols, schema=b.schema), b))
+
+    def test_view_columns_whatever_the_allocator_does_between_exports(self):
+        # Each export of a view array carries a buffer of the variadic buffer
+        # sizes, allocated anew: exports of other view arrays held between
+        # two exports of the same column take the memory the first one freed,
+        # so that buffer lies elsewhere the second time. The comparison
+        # leaves it out, so the answer holds whatever was allocated between.
+        rng = random.Random(20261205)
+        views = view_columns()
+        b = pa.record_batch(views, names=[f"c{i}" for i in range(len(views))])
+        held = []
+
+        def allocate():
+            for _ in range(rng.randrange(1, 4)):
+                other = rng.choice(views).slice(rng.randrange(0, 2))
+                c = _CArray()
+                other._export_to_c(ctypes.addressof(c))
+                held.append(c)
+
+        def release_some():
+            while len(held) > rng.randrange(0, 40):
+                c = held.pop(rng.randrange(len(held)))
+                c.release(ctypes.byref(c))
+
+        layout = _exchange._layout
+
+        def allocating_layout(array):
+            try:
+                return layout(array)
+            finally:
+                allocate()  # between the exports is_input compares
+
+        try:
+            for _ in range(300):
+                col = rng.choice(views)
+                first = _exchange._layout(col)
+                allocate()
+                self.assertEqual(_exchange._layout(col), first)
+                with mock.patch.object(_exchange, "_layout", allocating_layout):
+                    self.assertTrue(is_input(pa.RecordBatch.from_arrays(b.columns, schema=b.schema), b))
+                    copy = pa.concat_arrays([views[0].slice(0, 1), views[0].slice(1)])
+                    self.assertFalse(is_input(pa.record_batch([copy] + b.columns[1:], schema=b.schema), b))
+                release_some()
+        finally:
+            for c in held:
+                c.release(ctypes.byref(c))
+
+
+def rebuilt(col):
+    """A copy of ``col`` built from its values."""
+    if isinstance(col, pa.DictionaryArray):
+        return pa.DictionaryArray.from_arrays(pa.array(col.indices.to_pylist(), col.indices.type),
+                                              pa.array(col.dictionary.to_pylist(), col.dictionary.type))
+    return pa.array(col.to_pylist(), col.type)
+
+
+def view_columns():
+    """Columns of view types, at the top and nested, each value long enough
+    to lie in a data buffer (not inline in its view)."""
+    long = "a value too long to be inline in its view, "
+    sv = pa.array([long + "1", None, long + "2"], pa.string_view())
+    bv = pa.array([long.encode() + b"1", long.encode() + b"2", None], pa.binary_view())
+    return [
+        sv,
+        bv,
+        pa.StructArray.from_arrays([bv, pa.array([1, 2, 3])], names=["bv", "n"]),
+        pa.ListArray.from_arrays(pa.array([0, 1, 3, 3], pa.int32()), pa.array([long + "a", long + "b", "c"], pa.string_view())),
+        pa.DictionaryArray.from_arrays(pa.array([1, 0, 1], pa.int32()), pa.array([long + "x", long + "y"], pa.string_view())),
+    ]
 
 
 if __name__ == "__main__":

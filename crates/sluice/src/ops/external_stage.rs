@@ -399,7 +399,6 @@ async fn exchange_body(
     let mut client = runtime.client().await?;
     // decided per exchange: the manifest is described after the first connection
     client.use_shared_memory(runtime.config.shared_memory && runtime.manifest.shared_memory);
-    client.take_unchanged_answers(runtime.config.unchanged_answers);
     let manifest = runtime.manifest.clone();
     let config = runtime.config.clone();
     let mut open = OpenRequest::new(
@@ -419,6 +418,12 @@ async fn exchange_body(
             .transpose()?;
     }
     let input_schema = input.schema();
+    // an `unchanged` answer is the batch the engine sent, taken as output:
+    // offered only where what it sends passes for the output schema (the
+    // engine's check, not each SDK's idea of it)
+    client.offer_unchanged_answers(
+        runtime.config.unchanged_answers && check_schema(&schema, &input_schema).is_ok(),
+    );
     let max_rows = manifest.max_batch_rows.min(usize::MAX as u64) as usize;
     let max_bytes = manifest.max_batch_bytes.min(usize::MAX as u64) as usize;
     // backpressure: a permit per batch in flight, returned when it is answered
@@ -564,20 +569,28 @@ async fn exchange_body(
                 if envelope.shm.is_some() {
                     runtime.shm_batches.fetch_add(1, Ordering::Relaxed);
                 }
-                if envelope.kind == Kind::Unchanged {
+                let unchanged = envelope.kind == Kind::Unchanged;
+                if unchanged {
+                    // the engine's own batch, whose schema passed at the offer
                     runtime.unchanged_batches.fetch_add(1, Ordering::Relaxed);
-                }
-                check_schema(&schema, &batch.schema()).map_err(|m| {
-                    StageError::new(
-                        ErrorCode::SchemaMismatch,
-                        format!("output breaks the manifest: {m}"),
-                    )
-                })?;
-                let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
-                    .map_err(|e| {
+                } else {
+                    check_schema(&schema, &batch.schema()).map_err(|m| {
                         StageError::new(
                             ErrorCode::SchemaMismatch,
-                            format!("output breaks the manifest: {e}"),
+                            format!("output breaks the manifest: {m}"),
+                        )
+                    })?;
+                }
+                let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
+                    .map_err(|e| {
+                        let what = if unchanged {
+                            "an input batch answered `unchanged`"
+                        } else {
+                            "output"
+                        };
+                        StageError::new(
+                            ErrorCode::SchemaMismatch,
+                            format!("{what} breaks the manifest: {e}"),
                         )
                     })?;
                 if let Some(seq) = envelope.in_seq {
