@@ -92,6 +92,7 @@ def run_pipeline(stage, rows, path, answers, sf):
     nbytes = next(c for c in s["components"] if c["name"] == "lineitem")["bytes"]
     st = next((c for c in s["components"] if c["name"] == "through"), None)
     if st is not None and ((st["batches_unchanged"] > 0) != (answers == "unchanged") or
+                           (st["input_batches_in_shared_memory"] > 0) != (path == "shm") or
                            (answers == "rows" and (st["batches_in_shared_memory"] > 0) != (path == "shm"))):
         raise SystemExit(f"asked for the {path} path with {answers} answers, the summary says otherwise: {st}")
     return {"wall": statistics.median(walls), "walls": walls, "rows": rows_total, "bytes": nbytes,

@@ -660,7 +660,8 @@ fn command_of(program: &Path, args: &[&str]) -> String {
 }
 
 /// An identity stage of each SDK answers every batch `unchanged` (its rows
-/// cross once), through shared memory and over Flight, and the output is
+/// cross once), its input through shared memory (counted: no answer
+/// carries rows to show it) and over Flight, and the output is
 /// row for row what it is when the rows travel back
 /// (`unchanged_answers = false`).
 #[test]
@@ -695,6 +696,10 @@ unchanged_answers = {unchanged}"
                 assert_eq!(batches, 0, "{what}");
             }
             assert_eq!(through["rows_out"].as_u64(), Some(15_000), "{what}");
+            // the input's path: shared memory for the Rust and Go SDKs as
+            // the engine's children (the Python SDK takes Flight)
+            let sent_in_shm = through["input_batches_in_shared_memory"].as_u64().unwrap();
+            assert_eq!(sent_in_shm > 0, shared_memory && i < 2, "{what}");
             outputs.push(jsonl_rows(&out));
         }
         assert_eq!(outputs[0].len(), 15_000, "{stage}");

@@ -93,6 +93,8 @@ pub struct StageClient {
     shared_memory: bool,
     /// Offer `unchanged` answers in each v1.1 exchange ([`crate::unchanged`]).
     unchanged: bool,
+    /// Counts the input batches that went through shared memory.
+    sent_in_shm: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 fn unavailable(target: &Target, e: impl std::fmt::Display) -> StageError {
@@ -172,6 +174,7 @@ impl StageClient {
             proven: Default::default(),
             shared_memory: false,
             unchanged: false,
+            sent_in_shm: None,
         })
     }
 
@@ -200,6 +203,14 @@ impl StageClient {
     /// Whether v1.1 exchanges offer `unchanged` answers.
     pub fn offers_unchanged_answers(&self) -> bool {
         self.unchanged
+    }
+
+    /// Adds one to `counter` for every input batch an exchange sends
+    /// through shared memory (answers are counted where they arrive: their
+    /// envelope names a slot). With `unchanged` answers no answer carries
+    /// rows, so this is what shows the path taken.
+    pub fn count_sent_in_shared_memory(&mut self, counter: Arc<std::sync::atomic::AtomicU64>) {
+        self.sent_in_shm = Some(counter);
     }
 
     /// A request carrying the token, if any.
@@ -403,6 +414,7 @@ impl StageClient {
         open.unchanged = offered.then_some(true);
         let held = offered.then(|| Arc::new(std::sync::Mutex::new(Held::default())));
         let holding = held.clone();
+        let sent_in_shm = self.sent_in_shm.clone();
         // with shared memory the request stream stays open after `end`, for
         // releases (below); without, it half-closes after `end`, as in v1
         let keep_open = open.shared_memory.is_some();
@@ -434,6 +446,13 @@ impl StageClient {
                 seq += 1;
                 match encoder.batch_messages(&batch, &e) {
                     Ok(msgs) => {
+                        // a batch in a slot is one metadata-only message;
+                        // over Flight its message has an IPC header
+                        if let (Some(n), [m]) = (&sent_in_shm, msgs.as_slice())
+                            && m.data_header.is_empty()
+                        {
+                            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         for m in msgs {
                             if req_tx.send(m).await.is_err() {
                                 return;

@@ -104,6 +104,9 @@ pub struct ComponentStats {
     /// External stages: output batches that came through shared memory
     /// (docs/protocol.md, section 8) rather than over Flight.
     pub batches_in_shared_memory: u64,
+    /// External stages: input batches sent to the stage through shared
+    /// memory (with `unchanged` answers the output count stays 0).
+    pub input_batches_in_shared_memory: u64,
     /// External stages: answers that were the input batch unchanged, reused
     /// by the engine without the rows travelling back (protocol.md, section 3).
     pub batches_unchanged: u64,

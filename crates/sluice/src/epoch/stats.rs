@@ -156,6 +156,7 @@ impl Stats {
                 s.batch_latency_p99_us = rt.latency_quantile_us(0.99).unwrap_or(0) as u64;
                 s.batches_in_shared_memory = rt.shm_batches.load(Ordering::Relaxed);
                 s.batches_unchanged = rt.unchanged_batches.load(Ordering::Relaxed);
+                s.input_batches_in_shared_memory = rt.shm_input_batches.load(Ordering::Relaxed);
             }
             out.push(s);
         }

@@ -164,6 +164,11 @@ const STAGE_SHM_BATCHES: Family = family(
     "Output batches of an external stage that came through shared memory rather than over Flight.",
     FamilyKind::Counter,
 );
+const STAGE_SHM_INPUT_BATCHES: Family = family(
+    "sluice_stage_shared_memory_input_batches_total",
+    "Input batches sent to an external stage through shared memory rather than over Flight.",
+    FamilyKind::Counter,
+);
 const STAGE_UNCHANGED_BATCHES: Family = family(
     "sluice_stage_unchanged_batches_total",
     "Answers of an external stage that were its input batch unchanged, reused without the rows travelling back.",
@@ -381,6 +386,12 @@ impl RunMetrics {
                 STAGE_SHM_BATCHES,
                 l.clone(),
                 rt.shm_batches.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            );
+            self.registry.set(
+                STAGE_SHM_INPUT_BATCHES,
+                l.clone(),
+                rt.shm_input_batches
+                    .load(std::sync::atomic::Ordering::Relaxed) as f64,
             );
             self.registry.set(
                 STAGE_UNCHANGED_BATCHES,

@@ -399,6 +399,7 @@ async fn exchange_body(
     let mut client = runtime.client().await?;
     // decided per exchange: the manifest is described after the first connection
     client.use_shared_memory(runtime.config.shared_memory && runtime.manifest.shared_memory);
+    client.count_sent_in_shared_memory(Arc::clone(&runtime.shm_input_batches));
     let manifest = runtime.manifest.clone();
     let config = runtime.config.clone();
     let mut open = OpenRequest::new(

@@ -143,6 +143,8 @@ pub(crate) struct ExternalRuntime {
     pub over_p99: AtomicU64,
     /// Output batches that came through shared memory.
     pub shm_batches: AtomicU64,
+    /// Input batches sent through shared memory.
+    pub shm_input_batches: Arc<AtomicU64>,
     /// Answers that were the input batch unchanged, reused without its
     /// rows travelling back.
     pub unchanged_batches: AtomicU64,
@@ -255,6 +257,7 @@ impl ExternalRuntime {
             starts: AtomicU64::new(0),
             over_p99: AtomicU64::new(0),
             shm_batches: AtomicU64::new(0),
+            shm_input_batches: Arc::default(),
             unchanged_batches: AtomicU64::new(0),
             over_max: AtomicU64::new(0),
             latencies_us: std::sync::Mutex::new(Vec::new()),
