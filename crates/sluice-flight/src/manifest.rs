@@ -393,6 +393,38 @@ pub fn check_schema(declared: &Schema, actual: &Schema) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    mod unchanged_offer {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever JSON the engine (a peer) puts under `unchanged`,
+            /// the open request parses or is refused, never panics, and
+            /// only `true` in a v1.1 exchange is an offer.
+            #[test]
+            fn any_value_is_an_offer_only_when_true_in_v1_1(
+                value in prop_oneof![
+                    any::<bool>().prop_map(|b| b.to_string()),
+                    any::<i64>().prop_map(|n| n.to_string()),
+                    any::<String>().prop_map(|t| serde_json::Value::String(t).to_string()),
+                    Just("null".to_string()),
+                    Just("[true]".to_string()),
+                    Just(r#"{"x":true}"#.to_string()),
+                ],
+                v1_1 in any::<bool>(),
+            ) {
+                let protocol = if v1_1 { crate::version::V1_1 } else { crate::version::V1 };
+                let json = format!(r#"{{"protocol":"{protocol}","stage":"s","epoch":1,"partition":0,"unchanged":{value}}}"#);
+                let parsed = serde_json::from_str::<OpenRequest>(&json);
+                let bool_or_null = ["true", "false", "null"].contains(&value.as_str());
+                prop_assert_eq!(parsed.is_ok(), bool_or_null, "{}", json);
+                if let Ok(open) = parsed {
+                    prop_assert_eq!(open.takes_unchanged(), v1_1 && value == "true");
+                }
+            }
+        }
+    }
+
     /// `unchanged` is taken only as `true` in a v1.1 exchange: `null`,
     /// `false` and its absence mean no offer, as in the Go and Python SDKs.
     #[test]

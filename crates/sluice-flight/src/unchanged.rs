@@ -114,13 +114,13 @@ impl Held {
             ));
         }
         self.let_go_before(in_seq);
-        let s = match self.get(in_seq) {
-            Some(s) if s.batch.is_some() => s,
-            _ => {
-                return Err(format!(
-                    "an `unchanged` answer for input batch {in_seq} after an answer for a later batch: answers come in input order"
-                ));
-            }
+        let Some((s, batch)) = self
+            .get(in_seq)
+            .and_then(|s| s.batch.clone().map(|b| (s, b)))
+        else {
+            return Err(format!(
+                "an `unchanged` answer for input batch {in_seq} after an answer for a later batch: answers come in input order"
+            ));
         };
         if s.reported {
             return Err(format!(
@@ -133,9 +133,7 @@ impl Held {
             ));
         }
         s.answered = Answered::Unchanged;
-        Ok(s.batch
-            .clone()
-            .unwrap_or_else(|| unreachable!("checked above")))
+        Ok(batch)
     }
 
     /// `row_errors` for `in_seq` came: refused for a batch answered
