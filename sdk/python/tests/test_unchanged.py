@@ -197,7 +197,11 @@ class Offered(unittest.TestCase):
         self.assertTrue(str(res.error).startswith(
             "[INTERNAL] stage 'producing' answered input batch seq 1 with its input unchanged and reported 1 row "
             "error(s) for it: a stage must leave the rows it reports out of its output"), str(res.error))
-        self.assertEqual(kinds(res), [("unchanged", 0)])  # nothing of the bad answer was sent
+        # nothing of the bad answer was sent. The answer to batch 0 went
+        # before the failure, but pyarrow's server may end the call with
+        # the error status before that message is flushed: the client then
+        # reads none (seen once in CI), so it may be missing, never more
+        self.assertIn(kinds(res), ([("unchanged", 0)], []))
 
     def test_any_script_yields_a_conforming_answer_stream(self):
         rng = random.Random(20260514)
@@ -282,7 +286,9 @@ class NotOffered(unittest.TestCase):
                 self.assertTrue(str(res.error).startswith(
                     "[INTERNAL] stage 'producing' answered input batch seq 1 with its input unchanged and reported 1 "
                     "row error(s) for it: a stage must leave the rows it reports out of its output"), str(res.error))
-                self.assertEqual(kinds(res), [("batch", 0)])  # nothing of the bad answer was sent
+                # nothing of the bad answer was sent (batch 0's may be lost
+                # to the error status, as above)
+                self.assertIn(kinds(res), ([("batch", 0)], []))
 
     def test_row_errors_with_other_arrays_go_as_before(self):
         # the refusal is of the input itself only: a copy of the rows not
